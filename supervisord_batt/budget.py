@@ -1,0 +1,574 @@
+"""The concurrency budget: a pure ledger of leases over the host's task limits.
+
+`BudgetLedger` answers "how many workers may this job run now?" at once, never blocking,
+with a process pool of n, a thread pool of n or sequential, and tracks the answer as a
+lease until it is released, expires or its holder disconnects. It does no I/O: the daemon
+feeds it `HostSample`s and the measured task count of every holder's process tree, and a
+clock is injected, so every rule here is tested without sleeping.
+"""
+
+# Why leases are charged at their granted size. A job creates its pool after the grant
+# and the next host sample sees it only seconds later; two jobs granted between two
+# samples would otherwise both see the same free tasks and together overrun the limit
+# (the incident: loky's own threads then fail with "can't start new thread" and the job
+# hangs). So a grant is charged in full the moment it is made, and the sample's count is
+# corrected per holder instead: the holder's measured tree is taken out of the limit's
+# in_use and its charge, max(measured tree, base tasks + pool cost), put back. A pool
+# that exists is then counted once, and a pool that is granted but not yet created is
+# counted too. A shrink frees nothing until the client acknowledges it (its workers may
+# still be alive), and what a released job still runs is freed by the next sample.
+#
+# Why a pool of n < 2 becomes sequential. A pool's main thread only waits on its
+# workers, so one worker computes no faster than the main thread alone, and it still
+# costs kernel tasks (a process pool of 1 costs 5: FACTS.md) that can be refused half
+# way, which is what leaves orphaned workers and hung jobs. Grants and targets are
+# therefore 0 (sequential) or at least MIN_POOL workers.
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, get_args
+
+from supervisord_batt.config import BudgetConfig
+from supervisord_batt.host import HostSample, Limit
+
+Kind = Literal["process", "thread", "sequential"]
+Level = Literal["normal", "high", "extreme"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+LEVELS: tuple[Level, ...] = get_args(Level)
+
+# Kernel tasks (threads + processes) a pool adds to a job beyond its main thread, measured
+# in FACTS.md "What a loky pool costs" (Python 3.11, loky 3.6.0 and 3.7.0, pids cgroup):
+# ProcessPoolExecutor(3) after the first submit() is 8 tasks = the main thread, 3 workers
+# (one thread each), ExecutorManagerThread, QueueFeederThread and two resource trackers
+# (loky's and multiprocessing's) which stay until the job exits. So a process pool of n
+# costs n + 4; a thread pool of n costs its n threads; sequential costs nothing.
+PROCESS_WORKER_TASKS = 1
+PROCESS_POOL_THREADS = 2  # ExecutorManagerThread + QueueFeederThread, in the job
+LOKY_RESOURCE_TRACKERS = 2  # loky's and multiprocessing's resource trackers
+PROCESS_POOL_OVERHEAD = PROCESS_POOL_THREADS + LOKY_RESOURCE_TRACKERS
+THREAD_WORKER_TASKS = 1
+MIN_POOL = 2  # a pool of 1 never beats sequential (see the comment at the top)
+_UNBOUNDED = 1 << 30
+
+
+class LeaseError(Exception):
+    """A lease operation the ledger refuses; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Request:
+    """A job asking for up to `want` workers of one of `kinds` (sequential always fits)."""
+
+    holder: str  # the daemon's key for the connection that owns the lease
+    pid: int
+    uid: int
+    job: str
+    want: int
+    kinds: tuple[Kind, ...] = KINDS
+    cgroups: tuple[str, ...] = ()  # the holder's cgroup fs paths
+    base_tasks: int = 1  # tasks in the holder's tree when it asks
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to acquire or renew: run `target` workers of `kind`, charged `workers`."""
+
+    lease_id: str
+    kind: Kind
+    workers: int  # what the lease is charged for (the client may run this many now)
+    target: int  # what the client should run; below `workers` means shrink
+    level: Level
+    ttl: float
+    reason: str  # one short line for the daemon's log
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A snapshot of one lease."""
+
+    lease_id: str
+    holder: str
+    pid: int
+    uid: int
+    job: str
+    kind: Kind
+    workers: int
+    target: int
+    wanted: int
+    cost_tasks: int  # the pool's tasks at `workers`
+    charge_tasks: int  # what the lease counts against each limit in its scope
+    base_tasks: int
+    created_at: float
+    renewed_at: float
+    last_progress: float
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    capacity: int  # process workers a new holder in every scope could get now
+    leased: int  # sum of workers over leases
+    leased_tasks: int  # sum of pool tasks over leases
+    level: Level
+    fair_share: int  # the water level of the last max-min allocation (0: nobody pooled)
+    free_tasks: Mapping[str, int]  # limit name -> limit - reserve - adjusted usage
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    level: Level
+    changed: bool
+    previous: Level
+    reason: str
+
+
+def pool_cost(kind: Kind, workers: int) -> int:
+    """Kernel tasks a pool of `workers` adds to a job (see the constants above)."""
+    if workers <= 0 or kind == "sequential":
+        return 0
+    if kind == "process":
+        return workers * PROCESS_WORKER_TASKS + PROCESS_POOL_OVERHEAD
+    return workers * THREAD_WORKER_TASKS
+
+
+def workers_for(kind: Kind, tasks: int) -> int:
+    """The largest pool of `kind` costing at most `tasks` (0 when none does)."""
+    if kind == "process":
+        return max(0, (tasks - PROCESS_POOL_OVERHEAD) // PROCESS_WORKER_TASKS)
+    if kind == "thread":
+        return max(0, tasks // THREAD_WORKER_TASKS)
+    return 0
+
+
+def reserve_for(limit: Limit, config: BudgetConfig) -> int:
+    """Tasks kept free under `limit`: the larger of the floor and the percent."""
+    return max(config.reserve_tasks, math.ceil(limit.limit * config.reserve_percent / 100))
+
+
+@dataclass
+class _Entry:
+    """A lease's mutable state inside the ledger."""
+
+    lease_id: str
+    req: Request
+    seq: int
+    created_at: float
+    kind: Kind = "sequential"
+    workers: int = 0
+    alloc: int = 0  # max-min allocation of the last recompute
+    alloc_kind: Kind = "sequential"
+    renewed_at: float = 0.0
+    last_progress: float = 0.0
+    measured: int | None = None  # holder tree at the last sample; None: not measured
+    sampled_cost: int = 0  # pool cost at the last sample
+    sampled_process: int = 0  # process workers at the last sample
+    everywhere: bool = False  # a probe that is inside every scope
+
+    def target(self) -> int:
+        target = min(self.alloc, self.workers)
+        return target if target >= MIN_POOL else 0
+
+    def charge(self, kind: Kind, workers: int) -> int:
+        """Tasks counted against each limit in scope if the lease held this pool."""
+        cost = pool_cost(kind, workers)
+        full = self.req.base_tasks + cost
+        if self.measured is None:
+            return full
+        return max(self.measured + max(0, cost - self.sampled_cost), full)
+
+    def unsampled(self, kind: Kind, workers: int) -> int:
+        """Process workers beyond those the last sample's memory figure already saw."""
+        return max(0, workers - self.sampled_process) if kind == "process" else 0
+
+    def in_scope(self, limit: Limit) -> bool:
+        if limit.kind in ("threads-max", "pid_max") or limit.scope is None or self.everywhere:
+            return True
+        if limit.kind == "nproc":
+            return limit.scope == self.req.uid
+        scope = str(limit.scope).rstrip("/")
+        return any(p.rstrip("/") == scope or p.startswith(scope + "/") for p in self.req.cgroups)
+
+    def snapshot(self) -> Lease:
+        r = self.req
+        return Lease(
+            lease_id=self.lease_id, holder=r.holder, pid=r.pid, uid=r.uid, job=r.job,
+            kind=self.kind, workers=self.workers, target=self.target(), wanted=r.want,
+            cost_tasks=pool_cost(self.kind, self.workers),
+            charge_tasks=self.charge(self.kind, self.workers), base_tasks=r.base_tasks,
+            created_at=self.created_at, renewed_at=self.renewed_at,
+            last_progress=self.last_progress,
+        )
+
+
+@dataclass
+class _Book:
+    """Adjusted usage of every limit, CPUs and memory for one assignment of pool sizes."""
+
+    sample: HostSample
+    reserves: tuple[int, ...]
+    usage: list[int]
+    cpus: int
+    mem_slots: int
+    sizes: dict[str, tuple[Kind, int]]
+    cpu_used: int = 0
+    mem_used: int = 0
+
+    def cpu_of(self, lease_id: str) -> int:
+        return max(1, self.sizes[lease_id][1]) if lease_id in self.sizes else 0
+
+    def mem_of(self, e: _Entry) -> int:
+        return e.unsampled(*self.sizes[e.lease_id]) if e.lease_id in self.sizes else 0
+
+    def set(self, e: _Entry, kind: Kind, workers: int) -> None:
+        """Resize one lease (or add it) and update the usage it moves."""
+        old = self.sizes.get(e.lease_id)
+        for i, lim in enumerate(self.sample.limits):
+            if e.in_scope(lim):
+                self.usage[i] += e.charge(kind, workers) - (e.charge(*old) if old else 0)
+        self.cpu_used += max(1, workers) - self.cpu_of(e.lease_id)
+        self.mem_used += e.unsampled(kind, workers) - self.mem_of(e)
+        self.sizes[e.lease_id] = (kind, workers)
+
+    def fit(self, e: _Entry, kind: Kind) -> tuple[int, str]:
+        """The largest pool of `kind` every cap lets `e` hold now, and the binding cap."""
+        best, why = _UNBOUNDED, ""
+        old = self.sizes.get(e.lease_id)
+        for i, lim in enumerate(self.sample.limits):
+            if not e.in_scope(lim):
+                continue
+            room = lim.limit - self.reserves[i] - self.usage[i] + (e.charge(*old) if old else 0)
+            tasks = room - e.req.base_tasks
+            if e.measured is not None:
+                tasks = min(tasks, e.sampled_cost + room - e.measured)
+            n = workers_for(kind, tasks)
+            if n < best:
+                size = max(n + 1, MIN_POOL)
+                best = n
+                why = (f"{lim.name} headroom {max(0, tasks)} tasks < {kind} pool of {size}"
+                       f" ({pool_cost(kind, size)} tasks)")
+        others = self.cpu_used - self.cpu_of(e.lease_id)
+        if self.cpus - others < best:
+            best, why = self.cpus - others, f"cpu cap: {self.cpus} CPUs, {others} in use"
+        if kind == "process":
+            spare = self.mem_slots - (self.mem_used - self.mem_of(e))
+            n = e.sampled_process + max(0, spare)
+            if n < best:
+                best, why = n, f"memory: {max(0, spare)} worker slots free"
+        return max(0, best), why
+
+
+class BudgetLedger:
+    """Leases of concurrency over the host's task limits, CPUs and memory."""
+
+    def __init__(
+        self,
+        config: BudgetConfig,
+        clock: Callable[[], float],
+        sample: HostSample | None = None,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._sample: HostSample | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._counter = 0
+        self._level: Level = "normal"
+        self._fair_share = 0
+        if sample is not None:
+            self.update(sample, {})
+
+    @property
+    def level(self) -> Level:
+        return self._level
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def acquire(self, req: Request) -> Grant:
+        """Grant at once what fits now: process, else thread, else sequential."""
+        _validate(req)
+        self._counter += 1
+        now = self._clock()
+        e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now,
+                   last_progress=now)
+        self._entries[e.lease_id] = e
+        self._recompute()
+        kind, workers, reason = self._best_now(e)
+        e.kind, e.workers = kind, workers
+        return self._grant(e, reason)
+
+    def renew(self, lease_id: str, workers_in_use: int | None = None) -> Grant:
+        """Extend the lease; acknowledge a shrink; grow toward the fair share if it fits."""
+        e = self._get(lease_id)
+        e.renewed_at = self._clock()
+        if workers_in_use is not None:
+            if not 0 <= workers_in_use <= e.workers:
+                raise LeaseError(
+                    "invalid_workers",
+                    f"{lease_id}: {workers_in_use} workers in use, {e.workers} granted",
+                )
+            if workers_in_use < e.workers:
+                e.workers = max(workers_in_use, e.target())
+                e.kind = e.kind if e.workers else "sequential"
+        return self._grant(e, self._grow(e))
+
+    def heartbeat(self, lease_id: str) -> Lease:
+        """Record that the holder made progress (for the no-progress timeout)."""
+        e = self._get(lease_id)
+        e.last_progress = self._clock()
+        return e.snapshot()
+
+    def release(self, lease_id: str) -> Lease:
+        """Give the lease back; releasing a lease the ledger does not hold is an error."""
+        e = self._get(lease_id)
+        del self._entries[lease_id]
+        self._recompute()
+        return e.snapshot()
+
+    def release_holder(self, holder: str) -> list[Lease]:
+        """Release every lease of one holder (its connection closed)."""
+        return self._drop(e for e in self._entries.values() if e.req.holder == holder)
+
+    def expire(self) -> list[Lease]:
+        """Release the leases not renewed within the TTL."""
+        deadline = self._clock() - self._config.lease_ttl
+        return self._drop(e for e in self._entries.values() if e.renewed_at < deadline)
+
+    def lease(self, lease_id: str) -> Lease:
+        return self._get(lease_id).snapshot()
+
+    # -- host -----------------------------------------------------------------------------
+
+    def update(self, sample: HostSample, trees: Mapping[str, int]) -> UpdateResult:
+        """Take a new sample and holder tree sizes; recompute level and targets."""
+        self._sample = sample
+        for e in self._entries.values():
+            e.measured = trees.get(e.lease_id)
+            e.sampled_cost = pool_cost(e.kind, e.workers)
+            e.sampled_process = e.workers if e.kind == "process" else 0
+        previous = self._level
+        self._level, reason = self._compute_level()
+        self._recompute()
+        return UpdateResult(self._level, self._level != previous, previous, reason)
+
+    def statistics(self) -> LedgerStats:
+        entries = sorted(self._entries.values(), key=lambda e: e.seq)
+        free: dict[str, int] = {}
+        if self._sample is not None:
+            book = self._book(None)
+            for i, lim in enumerate(self._sample.limits):
+                free[lim.name] = lim.limit - book.reserves[i] - book.usage[i]
+        return LedgerStats(
+            capacity=self._capacity(),
+            leased=sum(e.workers for e in entries),
+            leased_tasks=sum(pool_cost(e.kind, e.workers) for e in entries),
+            level=self._level,
+            fair_share=self._fair_share,
+            free_tasks=MappingProxyType(free),
+            leases=tuple(e.snapshot() for e in entries),
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _get(self, lease_id: str) -> _Entry:
+        try:
+            return self._entries[lease_id]
+        except KeyError:
+            raise LeaseError("unknown_lease", f"no lease {lease_id!r} is held") from None
+
+    def _drop(self, doomed: Iterable[_Entry]) -> list[Lease]:
+        gone = sorted(doomed, key=lambda e: e.seq)
+        for e in gone:
+            del self._entries[e.lease_id]
+        if gone:
+            self._recompute()
+        return [e.snapshot() for e in gone]
+
+    def _grant(self, e: _Entry, reason: str) -> Grant:
+        return Grant(e.lease_id, e.kind, e.workers, e.target(), self._level,
+                     self._config.lease_ttl, reason)
+
+    def _cap(self, e: _Entry) -> int:
+        """The most workers this lease may ever hold."""
+        if not any(k in e.req.kinds for k in ("process", "thread")):
+            return 0
+        cap = min(e.req.want, self._config.max_per_lease)
+        return cap if cap >= MIN_POOL else 0
+
+    def _book(self, sizes: Mapping[str, tuple[Kind, int]] | None) -> _Book:
+        """Usage with every lease at `sizes` (None: at its charged size)."""
+        assert self._sample is not None
+        sample, cfg = self._sample, self._config
+        cpus = cfg.cpu_cap if cfg.cpu_cap is not None else sample.cpus
+        slots = (sample.mem_available_bytes // cfg.memory_per_slot
+                 if cfg.memory_per_slot > 0 else _UNBOUNDED)
+        usage = [lim.in_use - sum(e.measured for e in self._entries.values()
+                                  if e.measured is not None and e.in_scope(lim))
+                 for lim in sample.limits]
+        book = _Book(sample, tuple(reserve_for(lim, cfg) for lim in sample.limits), usage,
+                     math.floor(cpus), slots, {})
+        for e in sorted(self._entries.values(), key=lambda e: e.seq):
+            book.set(e, *(sizes[e.lease_id] if sizes is not None else (e.kind, e.workers)))
+        return book
+
+    def _kinds_for(self, e: _Entry, workers: int) -> list[Kind]:
+        """Pool kinds the lease may hold at this size under the current level."""
+        if self._level == "extreme":
+            return []
+        if e.alloc >= MIN_POOL:  # the allocation already chose a kind
+            live = [e.alloc_kind]
+        elif e.workers >= MIN_POOL:  # a live pool keeps its kind
+            live = [e.kind]
+        else:
+            live = [k for k in ("process", "thread") if k in e.req.kinds]
+        if self._level == "high":  # no new process pools, and none grows
+            live = [k for k in live if k != "process" or workers <= e.workers]
+        return live
+
+    def _recompute(self) -> None:
+        """Max-min water-filling of current capacity over the holders that asked.
+
+        Every lease starts sequential; round f raises each lease still growing to f
+        workers if that fits every cap in its scope (the first round goes straight to
+        MIN_POOL). A lease that does not fit stops. If any lease could not get its
+        first pool, nobody goes beyond MIN_POOL: no second slot while one asker has none.
+        """
+        entries = sorted(self._entries.values(), key=lambda e: e.seq)
+        for e in entries:
+            e.alloc, e.alloc_kind = 0, "sequential"
+        self._fair_share = 0
+        if self._sample is None or self._level == "extreme":
+            return
+        book = self._book({e.lease_id: ("sequential", 0) for e in entries})
+        growing = [e for e in entries
+                   if self._cap(e) >= MIN_POOL and self._kinds_for(e, MIN_POOL)]
+        size = MIN_POOL
+        while growing:
+            grown = [e for e in growing if self._raise(book, e, size)]
+            if grown:
+                self._fair_share = size
+            if size == MIN_POOL and len(grown) < len(growing):
+                return
+            growing = [e for e in grown if self._cap(e) > size]
+            size += 1
+
+    def _raise(self, book: _Book, e: _Entry, size: int) -> bool:
+        for kind in self._kinds_for(e, size):
+            if book.fit(e, kind)[0] >= size:
+                book.set(e, kind, size)
+                e.alloc, e.alloc_kind = size, kind
+                return True
+        return False
+
+    def _best_now(self, e: _Entry) -> tuple[Kind, int, str]:
+        """The largest pool that fits now, capped by the lease's allocation."""
+        if self._sample is None:
+            return "sequential", 0, "no host sample yet"
+        if self._level == "extreme":
+            return "sequential", 0, "level extreme: sequential only"
+        if self._cap(e) < MIN_POOL:
+            return "sequential", 0, f"asked for {e.req.want} workers: a pool of 1 never pays"
+        book, why = self._book(None), ""
+        kinds = self._kinds_for(e, MIN_POOL)
+        if e.alloc_kind == "process" and "thread" in e.req.kinds:
+            kinds.append("thread")
+        for kind in kinds:
+            fit, why = book.fit(e, kind)
+            workers = min(fit, e.alloc)
+            if workers >= MIN_POOL:
+                return kind, workers, self._why_short(e, workers, fit, why)
+        if e.alloc < MIN_POOL and self._fair_share:
+            why = f"fair share: {self._fair_share} workers each, none left for a new pool"
+        return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
+
+    def _why_short(self, e: _Entry, workers: int, fit: int, why: str) -> str:
+        if workers >= e.req.want:
+            return "granted in full"
+        if workers == fit:
+            return why
+        if workers == self._config.max_per_lease:
+            return f"max_per_lease {workers}"
+        return f"fair share {e.alloc} across {len(self._entries)} holders"
+
+    def _grow(self, e: _Entry) -> str:
+        """Raise the lease toward its allocation if that fits right now."""
+        if self._sample is None or e.alloc <= e.workers:
+            return "shrink" if e.target() < e.workers else "unchanged"
+        kinds = self._kinds_for(e, e.alloc)
+        if not kinds:
+            return "unchanged"
+        fit, why = self._book(None).fit(e, kinds[0])
+        workers = min(fit, e.alloc)
+        if workers <= e.workers or workers < MIN_POOL:
+            return why
+        e.kind, e.workers = kinds[0], workers
+        return f"grown to {workers}" if workers == e.alloc else why
+
+    def _compute_level(self) -> tuple[Level, str]:
+        """The pressure level from the tightest limit and PSI."""
+        assert self._sample is not None
+        found: list[tuple[int, str]] = []
+        th = self._config.pressure
+        book = self._book(None)
+        for i, lim in enumerate(self._sample.limits):
+            if lim.limit <= 0:
+                continue
+            pct = 100.0 * (lim.limit - book.reserves[i] - book.usage[i]) / lim.limit
+            found.append(_grade(pct, th.headroom_high_percent, th.headroom_extreme_percent,
+                                f"{lim.name} free {pct:.1f}%", below=True))
+        psi = self._sample.psi
+        if psi is not None and psi.cpu_some_avg10 is not None:
+            found.append(_grade(psi.cpu_some_avg10, th.cpu_high, th.cpu_extreme,
+                                f"psi cpu some avg10 {psi.cpu_some_avg10:g}"))
+        if psi is not None and psi.memory_some_avg10 is not None:
+            found.append(_grade(psi.memory_some_avg10, th.memory_high, th.memory_extreme,
+                                f"psi memory some avg10 {psi.memory_some_avg10:g}"))
+        grade, reason = max(found, default=(0, "no limits"), key=lambda f: f[0])
+        return LEVELS[grade], reason
+
+    def _capacity(self) -> int:
+        """Process workers a new holder inside every scope could get now."""
+        if self._sample is None or self._level != "normal":
+            return 0
+        probe = _Entry("", Request("", 0, 0, "", self._config.max_per_lease, base_tasks=0),
+                       0, 0.0, everywhere=True)
+        fit, _ = self._book(None).fit(probe, "process")
+        workers = min(fit, self._config.max_per_lease)
+        return workers if workers >= MIN_POOL else 0
+
+
+def _grade(value: float, high: float, extreme: float, what: str, *, below: bool = False
+           ) -> tuple[int, str]:
+    """0, 1 or 2 (normal, high, extreme) for one signal, with its description."""
+    if below:
+        value, high, extreme = -value, -high, -extreme
+        hit = 2 if value > extreme else 1 if value > high else 0
+    else:
+        hit = 2 if value >= extreme else 1 if value >= high else 0
+    return hit, what
+
+
+def _validate(req: Request) -> None:
+    problems = []
+    if req.want < 0:
+        problems.append(f"want must be >= 0, got {req.want}")
+    if req.base_tasks < 0:
+        problems.append(f"base_tasks must be >= 0, got {req.base_tasks}")
+    if any(k not in KINDS for k in req.kinds):
+        problems.append(f"kinds must be among {', '.join(KINDS)}, got {req.kinds}")
+    if problems:
+        raise LeaseError("invalid_request", "; ".join(problems))
+
+
+__all__ = [
+    "KINDS", "LEVELS", "LOKY_RESOURCE_TRACKERS", "MIN_POOL", "PROCESS_POOL_OVERHEAD",
+    "PROCESS_POOL_THREADS", "PROCESS_WORKER_TASKS", "THREAD_WORKER_TASKS", "BudgetLedger",
+    "Grant", "Kind", "Lease", "LeaseError", "LedgerStats", "Level", "Request",
+    "UpdateResult", "pool_cost", "reserve_for", "workers_for",
+]

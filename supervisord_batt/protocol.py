@@ -1,0 +1,137 @@
+"""The wire protocol: newline-delimited JSON over a Unix stream socket.
+
+Each request is one JSON object on one line with an `op` and, optionally, an `id` the
+reply echoes. Each reply is one line in one envelope: `{"ok": true, ...fields}` or
+`{"ok": false, "error": {"code": ..., "message": ...}}`. The operations and their fields
+are documented in docs/PROTOCOL.md; the schemas below are the single source of truth
+for what a request may contain, so the server never sees a field of the wrong type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = 1
+MAX_LINE_DEFAULT = 64 * 1024
+KINDS = ("process", "thread", "sequential")
+
+# error codes (stable: clients switch on them)
+BAD_JSON = "bad_json"
+TOO_LARGE = "too_large"
+UNKNOWN_OP = "unknown_op"
+BAD_REQUEST = "bad_request"
+UNSUPPORTED_VERSION = "unsupported_version"
+UNKNOWN_LEASE = "unknown_lease"
+FORBIDDEN = "forbidden"
+TOO_MANY_CONNECTIONS = "too_many_connections"
+SHUTTING_DOWN = "shutting_down"
+NOT_FOUND = "not_found"
+INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request that gets an error reply; `fatal` closes the connection after it."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    required: bool = False
+
+
+_INT = (int,)
+_STR = (str,)
+_NUM = (int, float)
+
+# op -> field -> spec; `op` and `id` are accepted on every request
+SCHEMAS: dict[str, dict[str, Field]] = {
+    "hello": {"version": Field(_INT, True), "client": Field(_STR)},
+    "acquire": {
+        "want": Field(_INT, True),
+        "kinds": Field((list,)),
+        "job": Field(_STR),
+        "pid": Field(_INT),
+    },
+    "renew": {"lease": Field(_STR, True), "workers_in_use": Field(_INT)},
+    "release": {"lease": Field(_STR, True)},
+    "heartbeat": {"lease": Field(_STR), "progress": Field(_NUM + _STR)},
+    "status": {},
+    "start": {"target": Field(_STR, True)},
+    "stop": {"target": Field(_STR, True)},
+    "restart": {"target": Field(_STR, True)},
+    "reload": {},
+}
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse and validate one request line; raise ProtocolError with the reason."""
+    try:
+        msg = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(BAD_JSON, f"not a JSON object: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(BAD_JSON, f"expected a JSON object, got {type(msg).__name__}")
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(BAD_REQUEST, "missing 'op' (a string)")
+    schema = SCHEMAS.get(op)
+    if schema is None:
+        raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(sorted(SCHEMAS))}")
+    _validate(op, msg, schema)
+    return msg
+
+
+def _validate(op: str, msg: Mapping[str, Any], schema: Mapping[str, Field]) -> None:
+    if "id" in msg and not _is(msg["id"], (int, str)):
+        raise ProtocolError(BAD_REQUEST, "'id' must be an integer or a string")
+    for key, value in msg.items():
+        if key in ("op", "id"):
+            continue
+        spec = schema.get(key)
+        if spec is None:
+            raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {key!r}")
+        if not _is(value, spec.types):
+            names = " or ".join(t.__name__ for t in spec.types)
+            raise ProtocolError(BAD_REQUEST, f"{op}.{key}: expected {names}, got {value!r:.60}")
+    for key, spec in schema.items():
+        if spec.required and key not in msg:
+            raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
+    if op == "acquire":
+        if msg["want"] < 0:
+            raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")
+        kinds = msg.get("kinds", list(KINDS))
+        if not kinds or any(k not in KINDS for k in kinds):
+            raise ProtocolError(BAD_REQUEST, f"acquire.kinds: a non-empty list of {KINDS}")
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    # bool is an int subclass in Python, never in this protocol
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def encode(reply: Mapping[str, Any]) -> bytes:
+    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def ok(request_id: object = None, **fields: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = {"ok": True}
+    if request_id is not None:
+        reply["id"] = request_id
+    reply.update(fields)
+    return reply
+
+
+def error(code: str, message: str, request_id: object = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+    if request_id is not None:
+        reply["id"] = request_id
+    return reply

@@ -1,0 +1,198 @@
+"""Shared test helpers: wait on a condition to a deadline, real pids cgroups, real users."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PIDS_V1 = Path("/sys/fs/cgroup/pids")
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # the last error is the most useful report
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}")
+        time.sleep(interval)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pids_v1_writable() -> bool:
+    return is_root() and (PIDS_V1 / "cgroup.procs").exists() and os.access(PIDS_V1, os.W_OK)
+
+
+class PidsCgroup:
+    """A real cgroup v1 pids child; removed on close after its members are gone."""
+
+    def __init__(self, parent: Path = PIDS_V1, name: str | None = None) -> None:
+        self.name = name or f"sbtest-{uuid.uuid4().hex[:10]}"
+        self.path = parent / self.name
+        self.path.mkdir()
+
+    @property
+    def cgroup_path(self) -> str:
+        """The path as /proc/<pid>/cgroup names it."""
+        return "/" + str(self.path.relative_to(PIDS_V1))
+
+    def set_max(self, value: int | str) -> None:
+        (self.path / "pids.max").write_text(f"{value}\n")
+
+    def current(self) -> int:
+        return int((self.path / "pids.current").read_text())
+
+    def events_max(self) -> int:
+        for line in (self.path / "pids.events").read_text().splitlines():
+            key, _, val = line.partition(" ")
+            if key == "max":
+                return int(val)
+        return 0
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
+    def procs(self) -> list[int]:
+        return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+
+    def preexec(self) -> Callable[[], None]:
+        """A preexec_fn that moves the child into this cgroup before exec."""
+        procs = str(self.path / "cgroup.procs")
+
+        def move() -> None:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        return move
+
+    def close(self) -> None:
+        """Kill what is still inside (only members of our own cgroup), then remove it."""
+        if not self.path.exists():
+            return
+        for child in sorted(self.path.iterdir()):
+            if child.is_dir():
+                PidsCgroup._close_dir(child)
+        PidsCgroup._close_dir(self.path)
+
+    @staticmethod
+    def _close_dir(path: Path) -> None:
+        for child in sorted(path.iterdir()):
+            if child.is_dir():
+                PidsCgroup._close_dir(child)
+        deadline = time.monotonic() + 10
+        while True:
+            members = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+            if not members:
+                break
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cgroup {path} still has members {members}")
+            time.sleep(0.01)
+        # rmdir can race with the last exit being accounted; retry to the deadline
+        while True:
+            try:
+                path.rmdir()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+class TestUser:
+    """A real system user made with useradd, removed with userdel."""
+
+    def __init__(self, prefix: str = "sbt") -> None:
+        self.name = f"{prefix}{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", self.name],
+            check=True,
+            capture_output=True,
+        )
+        self.uid = pwd.getpwnam(self.name).pw_uid
+        self.gid = pwd.getpwnam(self.name).pw_gid
+
+    def close(self) -> None:
+        subprocess.run(["userdel", self.name], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def killing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Kill (by pid) and reap a child we started, whatever happens in the block."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        proc.wait(timeout=10)
+
+
+class WireClient:
+    """A raw newline-JSON client for tests that need to send exact bytes."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        import socket as _socket
+
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_reply(self) -> dict[str, object]:
+        import json
+
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"daemon closed the connection; partial {self.buf!r:.200}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def request(self, op: str, **fields: object) -> dict[str, object]:
+        import json
+
+        self.send_raw(json.dumps({"op": op, **fields}).encode() + b"\n")
+        return self.read_reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> WireClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

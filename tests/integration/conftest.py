@@ -1,0 +1,112 @@
+"""A factory fixture that runs the real daemon as a subprocess on a real socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import WireClient, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DaemonHandle:
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.socket = workdir / "s.sock"
+        config.setdefault("daemon", {})
+        config["daemon"].setdefault("socket", str(self.socket))
+        config["daemon"].setdefault("log_format", "json")
+        config["daemon"].setdefault("log_level", "debug")
+        config["daemon"].setdefault("sample_interval", "100ms")
+        config["daemon"].setdefault("scan_interval", "500ms")
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "daemon.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env.pop("SUPERVISORD_BATT_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisord_batt", "run", "-c", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+        )
+
+    def wait_ready(self) -> None:
+        wait_until(self._answers, timeout=20, what="daemon answering status")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            with WireClient(self.socket, timeout=2) as c:
+                return bool(c.request("status").get("ok"))
+        except OSError:
+            return False
+
+    def client(self) -> WireClient:
+        return WireClient(self.socket)
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as c:
+            reply = c.request("status")
+        assert reply["ok"], reply
+        return reply
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if name is None or event.get("event") == name:
+                    out.append(event)
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon() -> Iterator[Callable[..., DaemonHandle]]:
+    """Factory: daemon(config_dict) starts a real daemon; all are stopped at teardown."""
+    started: list[DaemonHandle] = []
+    dirs: list[Path] = []
+
+    def start(config: dict[str, Any] | None = None) -> DaemonHandle:
+        # short directory: a Unix socket path is limited to 107 bytes
+        workdir = Path(tempfile.mkdtemp(prefix="sbt-", dir="/tmp"))
+        dirs.append(workdir)
+        handle = DaemonHandle(workdir, config or {})
+        started.append(handle)
+        handle.wait_ready()
+        return handle
+
+    try:
+        yield start
+    finally:
+        for handle in started:
+            handle.stop()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
