@@ -600,7 +600,8 @@ def _command(node: Node) -> tuple[str, ...]:
 
 
 def _environment(node: Node) -> tuple[tuple[str, str], ...]:
-    """NAME: value pairs; values are scalars, kept as written."""
+    """NAME: value pairs sorted by name (order means nothing, so a reload that only
+    reorders them changes nothing); values are scalars, kept as written."""
     if _is_null(node):
         return ()
     if not isinstance(node, MappingNode):
@@ -617,7 +618,7 @@ def _environment(node: Node) -> tuple[tuple[str, str], ...]:
                 problems.append((f".{name}", key_node, str(exc)))
     if problems:
         raise _Invalid.many(problems)
-    return tuple(result)
+    return tuple(sorted(result))
 
 
 # ------------------------------------------------------------------------- sections

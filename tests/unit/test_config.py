@@ -6,6 +6,7 @@ import dataclasses
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -167,7 +168,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ("budget:\n  cpu_cap: 0\n", "budget.cpu_cap", 2, "(0, inf)"),
         ("budget:\n  cgroups: [/a, {x: 1}]\n", "budget.cgroups[1]", 2, "got a mapping"),
         (
-            "budget:\n  pressure:\n    headroom_high_percent: 10\n    headroom_extreme_percent: 20\n",
+            "budget:\n  pressure:\n    headroom_high_percent: 10\n"
+            "    headroom_extreme_percent: 20\n",
             "budget.pressure.headroom_extreme_percent",
             4,
             "must be below headroom_high_percent",
@@ -430,19 +432,20 @@ def test_socket_mode_forms() -> None:
     assert load("daemon:\n  socket_mode: '0o600'\n").daemon.socket_mode == 0o600
 
 
-def test_environment_values_kept_as_written() -> None:
+def test_environment_values_kept_as_written_and_sorted() -> None:
     (p,) = load(
         """\
         programs:
           a:
             command: x
             environment:
-              DEBUG: true
-              MODE: 0660
-              N: 3
               NAME: batt
+              DEBUG: true
+              N: 3
+              MODE: 0660
         """
     ).programs
+    # sorted by name: reordering variables is no change on reload
     assert p.environment == (("DEBUG", "true"), ("MODE", "0660"), ("N", "3"), ("NAME", "batt"))
 
 
@@ -728,7 +731,7 @@ def test_round_trip_sets_every_key_to_a_non_default(tmp_path: Path) -> None:
     # The round trip proves something only if every field differs from its default.
     every = load(EVERY_KEY.replace("{socket}", str(tmp_path / "s.sock")))
     default = load("programs:\n  zeta:\n    command: x\n")
-    pairs = [
+    pairs: list[tuple[Any, Any]] = [
         (every.daemon, default.daemon),
         (every.budget, default.budget),
         (every.budget.pressure, default.budget.pressure),
