@@ -158,6 +158,15 @@ def parse_status(data: bytes) -> tuple[int, int] | None:
     return uid, threads
 
 
+def parse_stat(data: bytes) -> tuple[int, int] | None:
+    """(ppid, num_threads) from /proc/<pid>/stat; the comm field may hold spaces and ')'."""
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[1]), int(fields[17])  # fields 4 and 20 of proc(5)
+    except (IndexError, ValueError):
+        return None
+
+
 def parse_status_field(text: str, key: str) -> str | None:
     """One "Key:\\tvalue" line of a status file (e.g. Cpus_allowed_list)."""
     for line in text.splitlines():

@@ -230,6 +230,15 @@ def test_parse_status_takes_real_uid(ruid: int, euid: int, threads: int) -> None
     assert procfs.parse_status(b"Name:\tx\n") is None
 
 
+@pytest.mark.parametrize(
+    ("comm", "expected"), [("python", (7, 3)), ("a b) c (d)", (7, 3)), ("", (7, 3))]
+)
+def test_parse_stat(comm: str, expected: tuple[int, int]) -> None:
+    rest = " ".join(["S", "7"] + ["0"] * 15 + ["3", "0", "123"])
+    assert procfs.parse_stat(f"42 ({comm}) {rest}\n".encode()) == expected
+    assert procfs.parse_stat(b"42 (x) S\n") is None
+
+
 @pytest.mark.parametrize(("soft", "expected"), [("unlimited", None), ("63", 63), ("0", 0)])
 def test_parse_limits_nproc(soft: str, expected: int | None) -> None:
     assert procfs.parse_limits_nproc(LIMITS.format(soft=soft, hard="unlimited")) == expected
@@ -575,6 +584,30 @@ def test_user_names_resolve() -> None:
         ]
     with pytest.raises(ValueError, match="unknown user"):
         HostMonitor(users=["no-such-user-sbt"])
+
+
+def test_tree_tasks_on_fake_tree(host: FakeHost) -> None:
+    def proc(pid: int, ppid: int, threads: int) -> None:
+        fields = ["S", str(ppid)] + ["0"] * 15 + [str(threads), "0", "1"]
+        write(host.proc / str(pid) / "stat", f"{pid} (w {pid}) {' '.join(fields)}\n")
+
+    proc(10, 1, 2)  # root 10 -> 11 -> 12, and 13
+    proc(11, 10, 3)
+    proc(12, 11, 1)
+    proc(13, 10, 4)
+    proc(20, 1, 5)  # another tree
+    (host.proc / "14").mkdir()  # exited mid-scan
+    with host.monitor() as mon:
+        trees = mon.tree_tasks([10, 11, 20, 99])
+    assert set(trees) == {10, 11, 20}
+    assert (trees[10].pids[0], sorted(trees[10].pids), trees[10].tasks) == (
+        10,
+        [10, 11, 12, 13],
+        10,
+    )
+    assert (sorted(trees[11].pids), trees[11].tasks) == ([11, 12], 4)
+    assert (trees[20].pids, trees[20].tasks) == ((20,), 5)
+    assert mon.tree_tasks([]) == {}
 
 
 # ---------------------------------------------------------------- output
