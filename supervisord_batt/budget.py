@@ -103,6 +103,7 @@ class Lease:
     workers: int
     target: int
     wanted: int
+    share: int  # its max-min allocation: what it grows to once the others shrink
     cost_tasks: int  # the pool's tasks at `workers`
     charge_tasks: int  # what the lease counts against each limit in its scope
     base_tasks: int
@@ -113,7 +114,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class LedgerStats:
-    capacity: int  # process workers a new holder in every scope could get now
+    capacity: int  # process workers a new holder in every scope could get now (0 unless normal)
     leased: int  # sum of workers over leases
     leased_tasks: int  # sum of pool tasks over leases
     level: Level
@@ -199,11 +200,21 @@ class _Entry:
     def snapshot(self) -> Lease:
         r = self.req
         return Lease(
-            lease_id=self.lease_id, holder=r.holder, pid=r.pid, uid=r.uid, job=r.job,
-            kind=self.kind, workers=self.workers, target=self.target(), wanted=r.want,
+            lease_id=self.lease_id,
+            holder=r.holder,
+            pid=r.pid,
+            uid=r.uid,
+            job=r.job,
+            kind=self.kind,
+            workers=self.workers,
+            target=self.target(),
+            wanted=r.want,
+            share=self.alloc,
             cost_tasks=pool_cost(self.kind, self.workers),
-            charge_tasks=self.charge(self.kind, self.workers), base_tasks=r.base_tasks,
-            created_at=self.created_at, renewed_at=self.renewed_at,
+            charge_tasks=self.charge(self.kind, self.workers),
+            base_tasks=r.base_tasks,
+            created_at=self.created_at,
+            renewed_at=self.renewed_at,
             last_progress=self.last_progress,
         )
 
@@ -252,8 +263,10 @@ class _Book:
             if n < best:
                 size = max(n + 1, MIN_POOL)
                 best = n
-                why = (f"{lim.name} headroom {max(0, tasks)} tasks < {kind} pool of {size}"
-                       f" ({pool_cost(kind, size)} tasks)")
+                why = (
+                    f"{lim.name} headroom {max(0, tasks)} tasks < {kind} pool of {size}"
+                    f" ({pool_cost(kind, size)} tasks)"
+                )
         others = self.cpu_used - self.cpu_of(e.lease_id)
         if self.cpus - others < best:
             best, why = self.cpus - others, f"cpu cap: {self.cpus} CPUs, {others} in use"
@@ -295,12 +308,13 @@ class BudgetLedger:
         _validate(req)
         self._counter += 1
         now = self._clock()
-        e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now,
-                   last_progress=now)
+        e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now, last_progress=now)
         self._entries[e.lease_id] = e
         self._recompute()
         kind, workers, reason = self._best_now(e)
         e.kind, e.workers = kind, workers
+        if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
+            self._recompute()
         return self._grant(e, reason)
 
     def renew(self, lease_id: str, workers_in_use: int | None = None) -> Grant:
@@ -391,8 +405,9 @@ class BudgetLedger:
         return [e.snapshot() for e in gone]
 
     def _grant(self, e: _Entry, reason: str) -> Grant:
-        return Grant(e.lease_id, e.kind, e.workers, e.target(), self._level,
-                     self._config.lease_ttl, reason)
+        return Grant(
+            e.lease_id, e.kind, e.workers, e.target(), self._level, self._config.lease_ttl, reason
+        )
 
     def _cap(self, e: _Entry) -> int:
         """The most workers this lease may ever hold."""
@@ -406,13 +421,28 @@ class BudgetLedger:
         assert self._sample is not None
         sample, cfg = self._sample, self._config
         cpus = cfg.cpu_cap if cfg.cpu_cap is not None else sample.cpus
-        slots = (sample.mem_available_bytes // cfg.memory_per_slot
-                 if cfg.memory_per_slot > 0 else _UNBOUNDED)
-        usage = [lim.in_use - sum(e.measured for e in self._entries.values()
-                                  if e.measured is not None and e.in_scope(lim))
-                 for lim in sample.limits]
-        book = _Book(sample, tuple(reserve_for(lim, cfg) for lim in sample.limits), usage,
-                     math.floor(cpus), slots, {})
+        slots = (
+            sample.mem_available_bytes // cfg.memory_per_slot
+            if cfg.memory_per_slot > 0
+            else _UNBOUNDED
+        )
+        usage = [
+            lim.in_use
+            - sum(
+                e.measured
+                for e in self._entries.values()
+                if e.measured is not None and e.in_scope(lim)
+            )
+            for lim in sample.limits
+        ]
+        book = _Book(
+            sample,
+            tuple(reserve_for(lim, cfg) for lim in sample.limits),
+            usage,
+            math.floor(cpus),
+            slots,
+            {},
+        )
         for e in sorted(self._entries.values(), key=lambda e: e.seq):
             book.set(e, *(sizes[e.lease_id] if sizes is not None else (e.kind, e.workers)))
         return book
@@ -421,10 +451,11 @@ class BudgetLedger:
         """Pool kinds the lease may hold at this size under the current level."""
         if self._level == "extreme":
             return []
-        if e.alloc >= MIN_POOL:  # the allocation already chose a kind
-            live = [e.alloc_kind]
-        elif e.workers >= MIN_POOL:  # a live pool keeps its kind
+        live: list[Kind]
+        if e.workers > 0 and e.kind != "sequential":  # a live pool keeps its kind
             live = [e.kind]
+        elif e.alloc >= MIN_POOL:  # this allocation already chose a kind
+            live = [e.alloc_kind]
         else:
             live = [k for k in ("process", "thread") if k in e.req.kinds]
         if self._level == "high":  # no new process pools, and none grows
@@ -438,16 +469,16 @@ class BudgetLedger:
         workers if that fits every cap in its scope (the first round goes straight to
         MIN_POOL). A lease that does not fit stops. If any lease could not get its
         first pool, nobody goes beyond MIN_POOL: no second slot while one asker has none.
+        Live pools are served first, so a newcomer that cannot fit takes no pool away.
         """
-        entries = sorted(self._entries.values(), key=lambda e: e.seq)
+        entries = sorted(self._entries.values(), key=lambda e: (e.workers < MIN_POOL, e.seq))
         for e in entries:
             e.alloc, e.alloc_kind = 0, "sequential"
         self._fair_share = 0
         if self._sample is None or self._level == "extreme":
             return
         book = self._book({e.lease_id: ("sequential", 0) for e in entries})
-        growing = [e for e in entries
-                   if self._cap(e) >= MIN_POOL and self._kinds_for(e, MIN_POOL)]
+        growing = [e for e in entries if self._cap(e) >= MIN_POOL and self._kinds_for(e, MIN_POOL)]
         size = MIN_POOL
         while growing:
             grown = [e for e in growing if self._raise(book, e, size)]
@@ -520,15 +551,34 @@ class BudgetLedger:
             if lim.limit <= 0:
                 continue
             pct = 100.0 * (lim.limit - book.reserves[i] - book.usage[i]) / lim.limit
-            found.append(_grade(pct, th.headroom_high_percent, th.headroom_extreme_percent,
-                                f"{lim.name} free {pct:.1f}%", below=True))
+            found.append(
+                _grade(
+                    pct,
+                    th.headroom_high_percent,
+                    th.headroom_extreme_percent,
+                    f"{lim.name} free {pct:.1f}%",
+                    below=True,
+                )
+            )
         psi = self._sample.psi
         if psi is not None and psi.cpu_some_avg10 is not None:
-            found.append(_grade(psi.cpu_some_avg10, th.cpu_high, th.cpu_extreme,
-                                f"psi cpu some avg10 {psi.cpu_some_avg10:g}"))
+            found.append(
+                _grade(
+                    psi.cpu_some_avg10,
+                    th.cpu_high,
+                    th.cpu_extreme,
+                    f"psi cpu some avg10 {psi.cpu_some_avg10:g}",
+                )
+            )
         if psi is not None and psi.memory_some_avg10 is not None:
-            found.append(_grade(psi.memory_some_avg10, th.memory_high, th.memory_extreme,
-                                f"psi memory some avg10 {psi.memory_some_avg10:g}"))
+            found.append(
+                _grade(
+                    psi.memory_some_avg10,
+                    th.memory_high,
+                    th.memory_extreme,
+                    f"psi memory some avg10 {psi.memory_some_avg10:g}",
+                )
+            )
         grade, reason = max(found, default=(0, "no limits"), key=lambda f: f[0])
         return LEVELS[grade], reason
 
@@ -536,15 +586,21 @@ class BudgetLedger:
         """Process workers a new holder inside every scope could get now."""
         if self._sample is None or self._level != "normal":
             return 0
-        probe = _Entry("", Request("", 0, 0, "", self._config.max_per_lease, base_tasks=0),
-                       0, 0.0, everywhere=True)
+        probe = _Entry(
+            "",
+            Request("", 0, 0, "", self._config.max_per_lease, base_tasks=0),
+            0,
+            0.0,
+            everywhere=True,
+        )
         fit, _ = self._book(None).fit(probe, "process")
         workers = min(fit, self._config.max_per_lease)
         return workers if workers >= MIN_POOL else 0
 
 
-def _grade(value: float, high: float, extreme: float, what: str, *, below: bool = False
-           ) -> tuple[int, str]:
+def _grade(
+    value: float, high: float, extreme: float, what: str, *, below: bool = False
+) -> tuple[int, str]:
     """0, 1 or 2 (normal, high, extreme) for one signal, with its description."""
     if below:
         value, high, extreme = -value, -high, -extreme
@@ -567,8 +623,24 @@ def _validate(req: Request) -> None:
 
 
 __all__ = [
-    "KINDS", "LEVELS", "LOKY_RESOURCE_TRACKERS", "MIN_POOL", "PROCESS_POOL_OVERHEAD",
-    "PROCESS_POOL_THREADS", "PROCESS_WORKER_TASKS", "THREAD_WORKER_TASKS", "BudgetLedger",
-    "Grant", "Kind", "Lease", "LeaseError", "LedgerStats", "Level", "Request",
-    "UpdateResult", "pool_cost", "reserve_for", "workers_for",
+    "KINDS",
+    "LEVELS",
+    "LOKY_RESOURCE_TRACKERS",
+    "MIN_POOL",
+    "PROCESS_POOL_OVERHEAD",
+    "PROCESS_POOL_THREADS",
+    "PROCESS_WORKER_TASKS",
+    "THREAD_WORKER_TASKS",
+    "BudgetLedger",
+    "Grant",
+    "Kind",
+    "Lease",
+    "LeaseError",
+    "LedgerStats",
+    "Level",
+    "Request",
+    "UpdateResult",
+    "pool_cost",
+    "reserve_for",
+    "workers_for",
 ]

@@ -1,0 +1,522 @@
+"""Unit tests of the budget ledger: hand-built samples and a fake clock, no sleeping."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+import pytest
+
+from supervisord_batt.budget import (
+    PROCESS_POOL_OVERHEAD,
+    BudgetLedger,
+    Kind,
+    LeaseError,
+    Request,
+    pool_cost,
+)
+from supervisord_batt.config import BudgetConfig, PressureThresholds
+from supervisord_batt.host import HostSample, Limit, LimitKind, Psi
+
+CGROUP = "/sys/fs/cgroup/pids/batt"
+GIB = 1 << 30
+
+# thresholds that never fire
+QUIET = PressureThresholds(
+    headroom_high_percent=-1000.0,
+    headroom_extreme_percent=-1000.0,
+    cpu_high=101.0,
+    cpu_extreme=101.0,
+    memory_high=101.0,
+    memory_extreme=101.0,
+)
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def config(**overrides: object) -> BudgetConfig:
+    base = BudgetConfig(
+        reserve_tasks=0,
+        reserve_percent=0.0,
+        max_per_lease=64,
+        cpu_cap=None,
+        memory_per_slot=0,
+        lease_ttl=30.0,
+        cgroups=(),
+        watch_users=(),
+        pressure=QUIET,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def limit(
+    limit: int = 10_000,
+    in_use: int = 0,
+    kind: LimitKind = "threads-max",
+    scope: str | int | None = None,
+    name: str | None = None,
+) -> Limit:
+    if name is None:
+        name = kind if scope is None else f"{kind}:{scope}"
+    return Limit(name=name, kind=kind, scope=scope, limit=limit, in_use=in_use)
+
+
+def sample(
+    *limits: Limit,
+    cpus: float = 64.0,
+    mem: int = 64 * GIB,
+    psi: Psi | None = None,
+    taken_at: float = 0.0,
+) -> HostSample:
+    lims = limits or (limit(),)
+    return HostSample(
+        taken_at=taken_at,
+        wall_time=taken_at,
+        threads_total=0,
+        threads_max=0,
+        pid_max=0,
+        cgroups=(),
+        users=(),
+        mem_available_bytes=mem,
+        mem_total_bytes=mem,
+        cpus=cpus,
+        psi=psi,
+        limits=lims,
+    )
+
+
+def request(
+    holder: str = "h1",
+    want: int = 4,
+    *,
+    kinds: tuple[Kind, ...] = ("process", "thread", "sequential"),
+    uid: int = 1000,
+    cgroups: tuple[str, ...] = (),
+    base_tasks: int = 1,
+    pid: int = 4242,
+    job: str = "batt",
+) -> Request:
+    return Request(
+        holder=holder,
+        pid=pid,
+        uid=uid,
+        job=job,
+        want=want,
+        kinds=kinds,
+        cgroups=cgroups,
+        base_tasks=base_tasks,
+    )
+
+
+def ledger(
+    *limits: Limit,
+    clock: FakeClock | None = None,
+    cpus: float = 64.0,
+    mem: int = 64 * GIB,
+    psi: Psi | None = None,
+    **cfg: object,
+) -> BudgetLedger:
+    return BudgetLedger(
+        config(**cfg), clock or FakeClock(), sample(*limits, cpus=cpus, mem=mem, psi=psi)
+    )
+
+
+# -- grants and fallbacks ---------------------------------------------------------------
+
+
+def test_process_grant_when_idle() -> None:
+    led = ledger()
+    grant = led.acquire(request(want=4))
+    assert (grant.kind, grant.workers, grant.target, grant.level) == ("process", 4, 4, "normal")
+    assert grant.lease_id == "L1"
+    assert grant.ttl == 30.0
+    stats = led.statistics()
+    assert stats.leased == 4
+    assert stats.leased_tasks == 4 + PROCESS_POOL_OVERHEAD
+    assert stats.free_tasks["threads-max"] == 10_000 - 1 - 8
+
+
+def test_cost_constants_match_the_measured_pool() -> None:
+    # FACTS.md: ProcessPoolExecutor(3) after submit is 8 tasks, main thread included
+    assert 1 + pool_cost("process", 3) == 8
+    assert pool_cost("thread", 3) == 3
+    assert pool_cost("sequential", 5) == 0
+    assert pool_cost("process", 0) == 0
+
+
+def test_falls_back_to_thread_then_sequential_as_headroom_shrinks() -> None:
+    # base 1 task: 8 free -> process of 3 (1 + 7); 5 free -> thread of 4; 2 free -> nothing
+    led = ledger(limit(100, 92))
+    assert (led.acquire(request(want=4)).kind, led.statistics().leased) == ("process", 3)
+    led = ledger(limit(100, 95))
+    grant = led.acquire(request(want=4))
+    assert (grant.kind, grant.workers) == ("thread", 4)
+    led = ledger(limit(100, 98))
+    grant = led.acquire(request(want=4))
+    assert (grant.kind, grant.workers) == ("sequential", 0)
+    assert "threads-max headroom 1 tasks < thread pool of 2" in grant.reason
+
+
+def test_kinds_the_request_accepts_are_respected() -> None:
+    led = ledger(limit(100, 95))
+    grant = led.acquire(request(want=4, kinds=("process", "sequential")))
+    assert grant.kind == "sequential"
+    grant = ledger().acquire(request(want=4, kinds=("thread",)))
+    assert (grant.kind, grant.workers) == ("thread", 4)
+    grant = ledger().acquire(request(want=4, kinds=("sequential",)))
+    assert (grant.kind, grant.workers) == ("sequential", 0)
+
+
+def test_pool_of_one_becomes_sequential() -> None:
+    grant = ledger().acquire(request(want=1))
+    assert (grant.kind, grant.workers, grant.target) == ("sequential", 0, 0)
+    # 5 tasks beyond the base: a process pool of 1 would fit, so it is threads
+    grant = ledger(limit(100, 94)).acquire(request(want=4))
+    assert (grant.kind, grant.workers) == ("thread", 4)
+    # 1 task beyond the base: a thread pool of 1 would fit, so it is sequential
+    grant = ledger(limit(100, 98)).acquire(request(want=4))
+    assert (grant.kind, grant.workers) == ("sequential", 0)
+
+
+def test_no_sample_yet_means_sequential() -> None:
+    led = BudgetLedger(config(), FakeClock())
+    grant = led.acquire(request())
+    assert (grant.kind, grant.reason) == ("sequential", "no host sample yet")
+
+
+def test_invalid_request_is_refused() -> None:
+    with pytest.raises(LeaseError) as err:
+        ledger().acquire(request(want=-1))
+    assert err.value.code == "invalid_request"
+
+
+# -- scopes and reserves ----------------------------------------------------------------
+
+
+def test_cgroup_scope_only_charges_holders_inside_it() -> None:
+    cg = limit(20, 0, "cgroup", CGROUP, name="cgroup:/batt")
+    led = ledger(limit(), cg)
+    inside = led.acquire(request("a", 8, cgroups=(CGROUP + "/job1",)))
+    assert (inside.kind, inside.workers) == ("process", 8)  # 1 + 12 tasks <= 20
+    outside = led.acquire(request("b", 8, cgroups=("/sys/fs/cgroup/pids/other",)))
+    assert (outside.kind, outside.workers) == ("process", 8)
+    # a sibling whose name only starts like the scope is outside it too
+    sibling = led.acquire(request("c", 8, cgroups=(CGROUP + "2",)))
+    assert sibling.workers == 8
+    assert led.statistics().free_tasks["cgroup:/batt"] == 20 - 13
+    # the cgroup itself (not only its children) is in scope: 7 free, 1 of them d's base
+    exact = led.acquire(request("d", 8, cgroups=(CGROUP,)))
+    assert (exact.kind, exact.workers) == ("process", 2)
+    # both holders inside the cgroup share it: 2 * (1 + 5 + 4) <= 20
+    assert led.renew(inside.lease_id).target == 5
+    assert led.renew(outside.lease_id).target == 8
+
+
+def test_cgroup_headroom_names_the_limit_in_the_reason() -> None:
+    cg = limit(7, 0, "cgroup", CGROUP, name="cgroup:/batt")
+    grant = ledger(limit(), cg).acquire(
+        request(want=4, kinds=("process",), base_tasks=3, cgroups=(CGROUP,))
+    )
+    assert grant.kind == "sequential"
+    assert grant.reason == "cgroup:/batt headroom 4 tasks < process pool of 2 (6 tasks)"
+
+
+def test_nproc_scope_by_uid() -> None:
+    nproc = limit(12, 0, "nproc", 1000, name="nproc:alice")
+    led = ledger(limit(), nproc)
+    alice = led.acquire(request("a", 8, uid=1000))
+    assert (alice.kind, alice.workers) == ("process", 7)  # 1 + 7 + 4 = 12
+    bob = led.acquire(request("b", 8, uid=1001))
+    assert (bob.kind, bob.workers) == ("process", 8)
+    assert led.statistics().free_tasks["nproc:alice"] == 0
+
+
+def test_reserve_absolute_and_percent() -> None:
+    # 100 free: reserve max(10, 20% of 100) = 20 -> 80 - 1 base - 4 = 75... capped at want
+    led = ledger(limit(100, 0), reserve_tasks=10, reserve_percent=20.0)
+    assert led.statistics().free_tasks["threads-max"] == 80
+    assert led.acquire(request(want=100)).workers == 64  # max_per_lease
+    led = ledger(limit(100, 70), reserve_tasks=20, reserve_percent=5.0)
+    grant = led.acquire(request(want=100))
+    assert (grant.kind, grant.workers) == ("process", 5)  # 100 - 20 - 70 - 1 - 4
+    led = ledger(limit(1000, 900), reserve_tasks=10, reserve_percent=9.0)
+    grant = led.acquire(request(want=100))
+    assert (grant.kind, grant.workers) == ("process", 5)  # 1000 - 90 - 900 - 1 - 4
+
+
+# -- other caps ---------------------------------------------------------------------------
+
+
+def test_cpu_cap_two_cpus_eight_holders_mostly_sequential() -> None:
+    led = ledger(cpus=2.0)
+    grants = [led.acquire(request(f"h{i}", 4)) for i in range(8)]
+    assert (grants[0].kind, grants[0].workers) == ("process", 2)
+    assert all(g.kind == "sequential" for g in grants[1:])
+    assert grants[1].reason == "cpu cap: 2 CPUs, 2 in use"
+    # the first pool is told to shrink: 8 jobs on 2 CPUs run best sequentially
+    assert led.renew(grants[0].lease_id).target == 0
+
+
+def test_cpu_cap_overrides_sample() -> None:
+    led = ledger(cpus=16.0, cpu_cap=3.0)
+    assert led.acquire(request(want=8)).workers == 3
+
+
+def test_memory_cap() -> None:
+    led = ledger(mem=5 * GIB, memory_per_slot=GIB)
+    first = led.acquire(request("a", 4))
+    assert (first.kind, first.workers) == ("process", 4)
+    second = led.acquire(request("b", 4, kinds=("process",)))
+    assert second.kind == "sequential"  # 1 slot left: no pool of 2
+    assert second.reason.startswith("memory: 1 worker slots free")
+    # threads need no memory slot
+    third = led.acquire(request("c", 4))
+    assert third.kind == "thread"
+
+
+def test_memory_counts_only_workers_granted_since_the_sample() -> None:
+    led = ledger(mem=4 * GIB, memory_per_slot=GIB)
+    grant = led.acquire(request("a", 4))
+    assert grant.workers == 4
+    # the next sample already sees the pool's memory: 4 GiB are now 0 free
+    led.update(sample(limit(), mem=0), {grant.lease_id: 9})
+    assert led.renew(grant.lease_id).workers == 4
+    assert led.acquire(request("b", 4, kinds=("process",))).kind == "sequential"
+
+
+def test_max_per_lease() -> None:
+    led = ledger(max_per_lease=3)
+    grant = led.acquire(request(want=10))
+    assert (grant.kind, grant.workers) == ("process", 3)
+    assert grant.reason == "max_per_lease 3"
+    assert ledger(max_per_lease=1).acquire(request(want=10)).kind == "sequential"
+
+
+# -- levels -------------------------------------------------------------------------------
+
+
+PRESSURE = PressureThresholds(
+    headroom_high_percent=20.0,
+    headroom_extreme_percent=5.0,
+    cpu_high=40.0,
+    cpu_extreme=80.0,
+    memory_high=30.0,
+    memory_extreme=60.0,
+)
+
+
+def test_level_transitions_from_headroom() -> None:
+    led = ledger(limit(100, 10), pressure=PRESSURE)
+    assert led.level == "normal"
+    result = led.update(sample(limit(100, 85)), {})
+    assert (result.level, result.changed, result.previous) == ("high", True, "normal")
+    assert result.reason == "threads-max free 15.0%"
+    grant = led.acquire(request(want=4))
+    assert grant.kind == "thread"  # no new process pools at high
+    result = led.update(sample(limit(100, 96)), {})
+    assert (result.level, result.changed) == ("extreme", True)
+    assert led.acquire(request("b", 4)).kind == "sequential"
+    result = led.update(sample(limit(100, 96)), {})
+    assert (result.level, result.changed) == ("extreme", False)
+    result = led.update(sample(limit(100, 0)), {})
+    assert (result.level, result.changed) == ("normal", True)
+
+
+def test_level_transitions_from_psi() -> None:
+    led = ledger(pressure=PRESSURE)
+    result = led.update(sample(psi=Psi(cpu_some_avg10=50.0, memory_some_avg10=None)), {})
+    assert (result.level, result.reason) == ("high", "psi cpu some avg10 50")
+    result = led.update(sample(psi=Psi(cpu_some_avg10=10.0, memory_some_avg10=70.0)), {})
+    assert (result.level, result.reason) == ("extreme", "psi memory some avg10 70")
+    result = led.update(sample(psi=Psi(None, None)), {})
+    assert result.level == "normal"
+
+
+def test_level_counts_leases_not_yet_sampled() -> None:
+    led = ledger(limit(100, 50), pressure=PRESSURE)
+    lease = led.acquire(request(want=40)).lease_id  # 1 + 44 tasks: 5 free
+    result = led.update(sample(limit(100, 50)), {})
+    assert result.level == "high"
+    assert led.lease(lease).workers == 40
+
+
+def test_extreme_sets_every_target_to_zero() -> None:
+    led = ledger(limit(1000, 0), pressure=PRESSURE)
+    ids = [led.acquire(request(f"h{i}", 4)).lease_id for i in range(3)]
+    assert all(led.lease(i).target == 4 for i in ids)
+    led.update(sample(limit(1000, 990)), {})
+    assert led.level == "extreme"
+    assert [led.renew(i).target for i in ids] == [0, 0, 0]
+    # still charged at the granted size until acknowledged
+    assert led.statistics().leased == 12
+    grant = led.renew(ids[0], workers_in_use=0)
+    assert (grant.kind, grant.workers, grant.target) == ("sequential", 0, 0)
+    assert led.statistics().leased == 8
+
+
+# -- shrink, grow, fairness ---------------------------------------------------------------
+
+
+def test_fair_share_caps_newcomer_and_shrinks_incumbent() -> None:
+    led = ledger(limit(40, 0))
+    first = led.acquire(request("a", 30))
+    assert first.workers == 30  # 1 + 30 + 4 = 35 <= 40
+    second = led.acquire(request("b", 30))
+    # 5 tasks free until the first acknowledges its shrink: a thread pool of 4
+    assert (second.kind, second.workers) == ("thread", 4)
+    # the fair share: 2 bases + a process pool of 17 (21 tasks) + a thread pool of 17 = 40
+    assert led.statistics().fair_share == 17
+    assert led.renew(first.lease_id).target == 17
+    stats = led.statistics()
+    assert (stats.leases[1].wanted, stats.leases[1].target) == (30, 4)
+    led.renew(first.lease_id, workers_in_use=17)
+    grown = led.renew(second.lease_id)
+    assert (grown.kind, grown.workers, grown.reason) == ("thread", 17, "grown to 17")
+
+
+def test_no_second_slot_while_an_asker_has_none() -> None:
+    led = ledger(limit(15, 0))  # a process pool of 2 costs 6, plus 1 base task per holder
+    a = led.acquire(request("a", 9, kinds=("process",)))
+    assert a.workers == 9
+    b = led.acquire(request("b", 9, kinds=("process",)))
+    assert b.kind == "sequential"
+    assert led.renew(a.lease_id).target == 3  # 2 bases + 7 + 6 = 15
+    led.renew(a.lease_id, workers_in_use=3)
+    assert led.renew(b.lease_id).workers == 2
+    c = led.acquire(request("c", 9, kinds=("process",)))
+    assert c.kind == "sequential"
+    # c has no pool, so a gives back its third worker; the live pools are kept
+    assert [lease.target for lease in led.statistics().leases] == [2, 2, 0]
+    assert led.statistics().fair_share == 2
+
+
+def test_shrink_acknowledged_via_renew() -> None:
+    led = ledger(limit(100, 0))
+    lease = led.acquire(request(want=20)).lease_id
+    led.update(sample(limit(100, 80)), {})  # capacity fell: 20 free for a charge of 25
+    grant = led.renew(lease)
+    assert (grant.workers, grant.target) == (20, 15)  # 80 + 1 + 15 + 4 = 100
+    assert led.statistics().leased == 20  # not freed before the client acknowledges
+    acked = led.renew(lease, workers_in_use=grant.target)
+    assert acked.workers == acked.target == grant.target
+    assert led.statistics().leased == grant.target
+    with pytest.raises(LeaseError) as err:
+        led.renew(lease, workers_in_use=acked.workers + 1)
+    assert err.value.code == "invalid_workers"
+
+
+def test_grow_on_renew_after_a_release() -> None:
+    led = ledger(limit(30, 0))
+    a = led.acquire(request("a", 20))
+    assert a.workers == 20  # 1 + 24 = 25
+    b = led.acquire(request("b", 20))
+    assert (b.kind, b.workers) == ("thread", 4)  # 5 free, a is told to shrink
+    led.release(a.lease_id)
+    grown = led.renew(b.lease_id)
+    assert grown.kind == "thread"  # a live pool keeps its kind
+    assert grown.workers == grown.target == 20
+    assert grown.reason == "grown to 20"
+
+
+def test_sequential_lease_grows_into_a_pool_when_room_appears() -> None:
+    led = ledger(limit(20, 19))
+    lease = led.acquire(request(want=4)).lease_id
+    assert led.lease(lease).kind == "sequential"
+    led.update(sample(limit(20, 5)), {lease: 1})
+    grant = led.renew(lease)
+    assert (grant.kind, grant.workers) == ("process", 4)
+
+
+# -- lease life ---------------------------------------------------------------------------
+
+
+def test_ttl_expiry() -> None:
+    clock = FakeClock()
+    led = ledger(clock=clock)
+    old = led.acquire(request("a")).lease_id
+    clock.advance(20)
+    young = led.acquire(request("b")).lease_id
+    clock.advance(15)
+    led.renew(young)
+    assert led.expire()[0].lease_id == old
+    assert [lease.lease_id for lease in led.statistics().leases] == [young]
+    clock.advance(30.5)
+    assert [lease.lease_id for lease in led.expire()] == [young]
+    assert led.expire() == []
+
+
+def test_heartbeat_records_progress() -> None:
+    clock = FakeClock()
+    led = ledger(clock=clock)
+    lease = led.acquire(request()).lease_id
+    clock.advance(5)
+    assert led.heartbeat(lease).last_progress == clock.now
+    assert led.lease(lease).renewed_at == clock.now - 5
+
+
+def test_release_unknown_is_an_error() -> None:
+    led = ledger()
+    lease = led.acquire(request()).lease_id
+    freed = led.release(lease)
+    assert (freed.lease_id, freed.workers) == (lease, 4)
+    for call in (led.release, led.renew, led.heartbeat):
+        with pytest.raises(LeaseError) as err:
+            call(lease)
+        assert err.value.code == "unknown_lease"
+
+
+def test_release_holder() -> None:
+    led = ledger()
+    a1 = led.acquire(request("a", 4)).lease_id
+    led.acquire(request("b", 4))
+    a2 = led.acquire(request("a", 4)).lease_id
+    assert [lease.lease_id for lease in led.release_holder("a")] == [a1, a2]
+    assert [lease.holder for lease in led.statistics().leases] == ["b"]
+    assert led.release_holder("a") == []
+
+
+def test_statistics_are_frozen() -> None:
+    led = ledger(limit(50, 0))
+    stats = led.statistics()
+    assert stats.capacity == 50 - 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.leased = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        stats.free_tasks["threads-max"] = 0  # type: ignore[index]
+
+
+# -- never over capacity, never counted twice ----------------------------------------------
+
+
+def test_many_acquires_between_two_samples_never_exceed_free_tasks() -> None:
+    led = ledger(limit(200, 100))
+    grants = [led.acquire(request(f"h{i}", 8, base_tasks=0)) for i in range(30)]
+    charged = sum(pool_cost(g.kind, g.workers) for g in grants)
+    assert charged <= 100
+    assert led.statistics().free_tasks["threads-max"] == 100 - charged >= 0
+    assert sum(g.workers > 0 for g in grants) >= 2
+
+
+def test_a_tree_that_grows_to_its_charge_is_not_counted_twice() -> None:
+    led = ledger(limit(100, 10))
+    a = led.acquire(request("a", 6, base_tasks=2))
+    assert a.workers == 6  # charge 2 + 10 = 12
+    free_before = led.statistics().free_tasks["threads-max"]
+    # the pool now exists: in_use grew by its 10 tasks and a's tree measures 12
+    led.update(sample(limit(100, 20)), {a.lease_id: 12})
+    # not less: a's base tasks, already in in_use, are no longer charged a second time
+    assert led.statistics().free_tasks["threads-max"] == free_before + 2
+    # a tree larger than its charge is counted as measured
+    led.update(sample(limit(100, 25)), {a.lease_id: 17})
+    assert led.statistics().free_tasks["threads-max"] == 75
+    b = led.acquire(request("b", 6, base_tasks=1))
+    assert b.workers == 6

@@ -1,0 +1,234 @@
+"""Property tests of the budget ledger over random samples and random lease traffic."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisord_batt.budget import (
+    MIN_POOL,
+    BudgetLedger,
+    Kind,
+    LedgerStats,
+    Request,
+    pool_cost,
+)
+from supervisord_batt.config import BudgetConfig, PressureThresholds
+from supervisord_batt.host import HostSample, Limit
+from tests.unit.test_budget import CGROUP, GIB, QUIET, FakeClock, config, sample
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+UIDS = (1000, 1001)
+KIND_SETS: tuple[tuple[Kind, ...], ...] = (
+    ("process", "thread", "sequential"),
+    ("process", "sequential"),
+    ("thread",),
+    ("sequential",),
+)
+
+
+@st.composite
+def limits(draw: st.DrawFn) -> tuple[Limit, ...]:
+    out = []
+    for kind, scope in (("threads-max", None), ("cgroup", CGROUP), ("nproc", 1000)):
+        if kind != "threads-max" and not draw(st.booleans()):
+            continue
+        lim = draw(st.integers(5, 300))
+        name = kind if scope is None else f"{kind}:{scope}"
+        out.append(Limit(name, kind, scope, lim, draw(st.integers(0, lim + 10))))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+@st.composite
+def samples(draw: st.DrawFn, shape: tuple[Limit, ...] | None = None) -> HostSample:
+    lims = (
+        draw(limits())
+        if shape is None
+        else tuple(replace(lim, in_use=draw(st.integers(0, lim.limit + 10))) for lim in shape)
+    )
+    return sample(
+        *lims, cpus=draw(st.sampled_from([1.0, 2.0, 4.0, 16.0])), mem=draw(st.integers(0, 16)) * GIB
+    )
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> BudgetConfig:
+    pressure = draw(st.sampled_from([QUIET, PressureThresholds(20.0, 5.0, 101, 101, 101, 101)]))
+    return config(
+        reserve_tasks=draw(st.integers(0, 10)),
+        reserve_percent=draw(st.sampled_from([0.0, 5.0, 15.0])),
+        max_per_lease=draw(st.integers(1, 16)),
+        cpu_cap=draw(st.sampled_from([None, 2.0, 8.0])),
+        memory_per_slot=draw(st.sampled_from([0, GIB // 2, GIB])),
+        pressure=pressure,
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    return Request(
+        holder=f"h{draw(st.integers(0, 4))}",
+        pid=1,
+        uid=draw(st.sampled_from(UIDS)),
+        job="batt",
+        want=draw(st.integers(0, 12)),
+        kinds=draw(st.sampled_from(KIND_SETS)),
+        cgroups=draw(st.sampled_from([(), (CGROUP + "/job",), ("/sys/fs/cgroup/pids/x",)])),
+        base_tasks=draw(st.integers(0, 5)),
+    )
+
+
+def in_scope(lim: Limit, req: Request) -> bool:
+    if lim.kind == "cgroup":
+        return any(p.startswith(str(lim.scope)) for p in req.cgroups)
+    if lim.kind == "nproc":
+        return req.uid == lim.scope
+    return True
+
+
+@dataclass
+class Model:
+    """What the test remembers to state the properties."""
+
+    ledger: BudgetLedger
+    clock: FakeClock
+    shape: tuple[Limit, ...]
+    requests: dict[str, Request] = field(default_factory=dict)
+    since_sample: set[str] = field(default_factory=set)
+    free_at_sample: dict[str, int] = field(default_factory=dict)
+
+    def after_update(self) -> None:
+        self.since_sample.clear()
+        self.free_at_sample = dict(self.ledger.statistics().free_tasks)
+
+    def check_never_over(self) -> None:
+        """(1) Grants never push usage over limit - reserve unless the sample did.
+
+        Free tasks may only fall below min(0, free at the sample) by the base tasks of
+        the leases acquired since, which are charged in full (they are in in_use too).
+        """
+        stats = self.ledger.statistics()
+        live = {lease.lease_id for lease in stats.leases}
+        for lim in self.shape:
+            bases = sum(
+                self.requests[i].base_tasks
+                for i in self.since_sample & live
+                if in_scope(lim, self.requests[i])
+            )
+            floor = min(0, self.free_at_sample[lim.name]) - bases
+            assert stats.free_tasks[lim.name] >= floor, (lim.name, stats)
+
+
+def snapshot(stats: LedgerStats) -> tuple[object, ...]:
+    return (
+        stats.leased,
+        stats.leased_tasks,
+        dict(stats.free_tasks),
+        [(lease.lease_id, lease.workers, lease.target) for lease in stats.leases],
+    )
+
+
+def check_fairness(model: Model, cfg: BudgetConfig) -> None:
+    """(3) If a holder that asked got no share, nobody is shared more than a first pool."""
+    stats = model.ledger.statistics()
+    if stats.level != "normal" or cfg.max_per_lease < MIN_POOL:
+        return
+    for lease in stats.leases:
+        assert lease.target <= lease.share <= stats.fair_share
+    starved = [
+        lease
+        for lease in stats.leases
+        if lease.share == 0
+        and lease.wanted >= MIN_POOL
+        and set(model.requests[lease.lease_id].kinds) - {"sequential"}
+    ]
+    if starved:
+        assert all(lease.share <= MIN_POOL for lease in stats.leases), stats
+
+
+def run_ops(model: Model, cfg: BudgetConfig, data: st.DataObject, steps: int) -> None:
+    led = model.ledger
+    for _ in range(steps):
+        op = data.draw(
+            st.sampled_from(["acquire", "acquire", "release", "renew", "update", "expire", "pair"])
+        )
+        live = [lease.lease_id for lease in led.statistics().leases]
+        if op == "acquire":
+            req = data.draw(requests())
+            grant = led.acquire(req)
+            model.requests[grant.lease_id] = req
+            model.since_sample.add(grant.lease_id)
+            check_fairness(model, cfg)
+        elif op == "pair":  # (2) release gives back exactly what acquire took
+            was = snapshot(led.statistics())
+            grant = led.acquire(data.draw(requests()))
+            freed = led.release(grant.lease_id)
+            assert (freed.workers, freed.kind) == (grant.workers, grant.kind)
+            assert snapshot(led.statistics()) == was
+        elif op == "release" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            before = led.statistics()
+            freed = led.release(lease_id)
+            after = led.statistics()
+            assert after.leased == before.leased - freed.workers
+            assert after.leased_tasks == before.leased_tasks - freed.cost_tasks
+        elif op == "renew" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            held = led.lease(lease_id)
+            ack = data.draw(st.sampled_from([None, held.target, held.workers]))
+            grant = led.renew(lease_id, ack)
+            assert grant.workers <= max(held.workers, grant.target)
+        elif op == "update":
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            led.update(data.draw(samples(model.shape)), trees)
+            model.after_update()
+        elif op == "expire":
+            model.clock.advance(data.draw(st.sampled_from([1.0, 20.0, 40.0])))
+            led.expire()
+        model.check_never_over()
+
+
+def new_model(cfg: BudgetConfig, first: HostSample) -> Model:
+    clock = FakeClock()
+    model = Model(BudgetLedger(cfg, clock, first), clock, first.limits)
+    model.after_update()
+    return model
+
+
+@SETTINGS
+@given(cfg=configs(), first=samples(), data=st.data())
+def test_random_traffic_keeps_the_invariants(
+    cfg: BudgetConfig, first: HostSample, data: st.DataObject
+) -> None:
+    run_ops(new_model(cfg, first), cfg, data, steps=data.draw(st.integers(1, 25)))
+
+
+@SETTINGS
+@given(cfg=configs(), first=samples(), data=st.data())
+def test_less_headroom_never_yields_a_larger_grant(
+    cfg: BudgetConfig, first: HostSample, data: st.DataObject
+) -> None:
+    """(4) Same state, same request, a sample with more in use: no larger grant."""
+    cfg = replace(cfg, memory_per_slot=0)  # memory caps processes only: see the report
+    model = new_model(cfg, first)
+    run_ops(model, cfg, data, steps=data.draw(st.integers(0, 10)))
+    roomy = data.draw(samples(model.shape))
+    tight = replace(
+        roomy,
+        limits=tuple(
+            replace(lim, in_use=lim.in_use + data.draw(st.integers(0, 40))) for lim in roomy.limits
+        ),
+    )
+    live = [lease.lease_id for lease in model.ledger.statistics().leases]
+    trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+    req = data.draw(requests())
+    grants = []
+    for host in (roomy, tight):
+        led = copy.deepcopy(model.ledger)
+        led.update(host, trees)
+        grant = led.acquire(req)
+        grants.append((pool_cost(grant.kind, grant.workers), grant))
+    assert grants[1][0] <= grants[0][0], grants
