@@ -371,6 +371,13 @@ class BudgetLedger:
         self._recompute()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """Take a reloaded budget config; targets follow at once, leases are kept."""
+        self._config = config
+        if self._sample is not None:
+            self._level, _ = self._compute_level()
+            self._recompute()
+
     def statistics(self) -> LedgerStats:
         entries = sorted(self._entries.values(), key=lambda e: e.seq)
         free: dict[str, int] = {}

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "-c", "--config", type=Path, default=None,
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
         help="YAML config (default: $SUPERVISORD_BATT_CONFIG, /etc/supervisord-batt/"
         "supervisord-batt.yaml, then the shipped default)",
     )
@@ -26,7 +29,9 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_socket_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--socket", type=Path, default=None,
+        "--socket",
+        type=Path,
+        default=None,
         help="daemon socket (default: $SUPERVISORD_BATT_SOCKET, then the config's daemon.socket)",
     )
 
@@ -45,10 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="show how close the host is to every thread/pid limit")
     _add_config_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
-    p.add_argument("--cgroup", action="append", default=[], metavar="PATH",
-                   help="also watch this cgroup (cgroup path like /batt, or its directory)")
-    p.add_argument("--user", action="append", default=[], metavar="USER",
-                   help="also count this user's tasks against its RLIMIT_NPROC")
+    p.add_argument(
+        "--cgroup",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also watch this cgroup (cgroup path like /batt, or its directory)",
+    )
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="also count this user's tasks against its RLIMIT_NPROC",
+    )
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
@@ -62,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("exec", help="run an unmodified program under a lease (env exports the grant)")
+    p = sub.add_parser(
+        "exec", help="run an unmodified program under a lease (env exports the grant)"
+    )
     _add_socket_arg(p)
     p.add_argument("--want", type=int, default=2, help="workers wanted (default 2)")
     p.add_argument("--job", default=None, help="job name shown in status and logs")
@@ -165,8 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     d = config.daemon
     logs.configure(d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file)
-    socket_path = args.socket or (Path(os.environ["SUPERVISORD_BATT_SOCKET"])
-                                  if os.environ.get("SUPERVISORD_BATT_SOCKET") else None)
+    socket_path = args.socket or (
+        Path(os.environ["SUPERVISORD_BATT_SOCKET"])
+        if os.environ.get("SUPERVISORD_BATT_SOCKET")
+        else None
+    )
     return run_daemon(config, socket_path)
 
 
@@ -182,7 +202,10 @@ def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
         return {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
     except OSError as exc:
-        print(f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -206,7 +229,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("supervisord-batt exec: no command given (usage: exec [--want N] -- CMD ...)", file=sys.stderr)
+        print(
+            "supervisord-batt exec: no command given (usage: exec [--want N] -- CMD ...)",
+            file=sys.stderr,
+        )
         return 2
     if args.socket is not None:
         os.environ["SUPERVISORD_BATT_SOCKET"] = str(args.socket)

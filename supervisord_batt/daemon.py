@@ -14,6 +14,7 @@ loop; the slow /proc scan runs inline on its own interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisord_batt import __version__, protocol
-from supervisord_batt.budget import Grant, LeaseError, Ledger, Request
+from supervisord_batt.budget import BudgetLedger, Grant, LeaseError, Request
 from supervisord_batt.config import Config, ConfigError, load_config
 from supervisord_batt.host import HostMonitor, HostSample, sample_to_json
 from supervisord_batt.logs import get_logger
@@ -35,16 +36,15 @@ class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None) -> None:
         self.config = config
         self.socket_path = socket_path or config.daemon.socket
-        self.monitor = HostMonitor(
-            cgroups=config.budget.cgroups, users=self._watched_users(config)
-        )
-        self.ledger = Ledger(config.budget, clock=time.monotonic)
+        self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=self._watched_users(config))
+        self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
         self.server = Server(config.daemon, self.handle, self.on_close, self.socket_path)
         self.sample: HostSample | None = None
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.started_at = time.monotonic()
         self._last_scan = 0.0
+        self._trees: dict[str, int] = {}
 
     @staticmethod
     def _watched_users(config: Config) -> list[int | str]:
@@ -74,8 +74,15 @@ class Daemon:
         self.ledger.update(self.sample, {})
         await self.server.start()
         tightest = self.sample.tightest()
-        log.info("started", version=__version__, pid=os.getpid(), socket=str(self.socket_path),
-                 tightest=tightest.name, headroom=tightest.headroom, level=self.ledger.statistics().level)
+        log.info(
+            "started",
+            version=__version__,
+            pid=os.getpid(),
+            socket=str(self.socket_path),
+            tightest=tightest.name,
+            headroom=tightest.headroom,
+            level=self.ledger.statistics().level,
+        )
 
     async def main_loop(self) -> None:
         interval = self.config.daemon.sample_interval
@@ -86,10 +93,8 @@ class Daemon:
             now = time.monotonic()
             if next_tick < now:  # a slow tick: skip the missed ones, no burst
                 next_tick = now + interval
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), timeout=next_tick - now)
-            except asyncio.TimeoutError:
-                pass
 
     async def shutdown(self) -> None:
         self.server.accepting = False
@@ -115,26 +120,42 @@ class Daemon:
     # -- the tick ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        trees: dict[str, int] = {}
         if now - self._last_scan >= self.config.daemon.scan_interval:
             self.monitor.scan()
-            trees = self._holder_trees()
+            self._trees = self._holder_trees()
             self._last_scan = now
         self.sample = self.monitor.sample()
-        previous = self.ledger.statistics().level
-        self.ledger.update(self.sample, trees)
-        stats = self.ledger.statistics()
-        if stats.level != previous:
+        # trees from the last scan stand until the next one: a tree that grew since is
+        # charged at its lease (counted twice until then: the safe side)
+        result = self.ledger.update(self.sample, self._trees)
+        if result.changed:
+            stats = self.ledger.statistics()
             tightest = self.sample.tightest()
-            log.warning("pressure_change", old=previous, new=stats.level, tightest=tightest.name,
-                        headroom=tightest.headroom, capacity=stats.capacity, leased=stats.leased)
+            log.warning(
+                "pressure_change",
+                old=result.previous,
+                new=result.level,
+                reason=result.reason,
+                tightest=tightest.name,
+                headroom=tightest.headroom,
+                capacity=stats.capacity,
+                leased=stats.leased,
+            )
         for lease in self.ledger.expire():
-            log.warning("lease_expired", lease=lease.lease_id, pid=lease.pid, job=lease.job,
-                        workers=lease.workers, reason=f"not renewed within {self.config.budget.lease_ttl}s")
+            log.warning(
+                "lease_expired",
+                lease=lease.lease_id,
+                pid=lease.pid,
+                job=lease.job,
+                workers=lease.workers,
+                reason=f"not renewed within {self.config.budget.lease_ttl}s",
+            )
         self.server.sweep_idle(now)
 
     def _holder_trees(self) -> dict[str, int]:
         leases = self.ledger.statistics().leases
+        if not leases:
+            return {}
         usage = self.monitor.tree_tasks({lease.pid for lease in leases})
         return {lease.lease_id: usage[lease.pid].tasks for lease in leases if lease.pid in usage}
 
@@ -150,7 +171,7 @@ class Daemon:
             log.error("reload_rejected", path=str(source), reason=str(exc))
             return protocol.error(protocol.BAD_REQUEST, f"config rejected, old one kept:\n{exc}")
         self.config = new
-        self.ledger.config = new.budget
+        self.ledger.reconfigure(new.budget)
         log.info("reloaded", path=str(source))
         return protocol.ok()
 
@@ -168,15 +189,23 @@ class Daemon:
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):
-            log.info("release", lease=lease.lease_id, pid=lease.pid, job=lease.job, kind=lease.kind,
-                     workers=lease.workers, reason="connection closed")
+            log.info(
+                "release",
+                lease=lease.lease_id,
+                pid=lease.pid,
+                job=lease.job,
+                kind=lease.kind,
+                workers=lease.workers,
+                reason="connection closed",
+            )
 
     def op_hello(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"hello","version":1,"client":"name"} -> {"ok":true,"version":1,"server":"..."}"""
         if msg["version"] != protocol.VERSION:
             raise protocol.ProtocolError(
                 protocol.UNSUPPORTED_VERSION,
-                f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}")
+                f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}",
+            )
         conn.data["client"] = msg.get("client", "")
         return protocol.ok(version=protocol.VERSION, server=f"supervisord-batt {__version__}")
 
@@ -186,14 +215,28 @@ class Daemon:
         if "cgroups" not in conn.data:
             conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
         request = Request(
-            holder=conn.key, pid=peer.pid, uid=peer.uid, job=msg.get("job") or f"pid{peer.pid}",
-            want=msg["want"], kinds=tuple(msg.get("kinds", protocol.KINDS)),
-            cgroups=conn.data["cgroups"], base_tasks=thread_count(peer.pid),
+            holder=conn.key,
+            pid=peer.pid,
+            uid=peer.uid,
+            job=msg.get("job") or f"pid{peer.pid}",
+            want=msg["want"],
+            kinds=tuple(msg.get("kinds", protocol.KINDS)),
+            cgroups=conn.data["cgroups"],
+            base_tasks=thread_count(peer.pid),
         )
         grant = self.ledger.acquire(request)
         event = "grant" if grant.kind != "sequential" or request.want < 2 else "deny"
-        log.info(event, lease=grant.lease_id, pid=peer.pid, job=request.job, want=request.want,
-                 kind=grant.kind, workers=grant.workers, level=grant.level, reason=grant.reason)
+        log.info(
+            event,
+            lease=grant.lease_id,
+            pid=peer.pid,
+            job=request.job,
+            want=request.want,
+            kind=grant.kind,
+            workers=grant.workers,
+            level=grant.level,
+            reason=grant.reason,
+        )
         return _grant_reply(grant)
 
     def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -205,8 +248,15 @@ class Daemon:
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"release","lease":"L1"} -> {"ok":true,"kind":...,"workers":N}"""
         lease = self.ledger.release(self._owned(conn, msg["lease"]))
-        log.info("release", lease=lease.lease_id, pid=lease.pid, job=lease.job, kind=lease.kind,
-                 workers=lease.workers, reason="released by holder")
+        log.info(
+            "release",
+            lease=lease.lease_id,
+            pid=lease.pid,
+            job=lease.job,
+            kind=lease.kind,
+            workers=lease.workers,
+            reason="released by holder",
+        )
         return protocol.ok(lease=lease.lease_id, kind=lease.kind, workers=lease.workers)
 
     def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -233,9 +283,17 @@ class Daemon:
             "leased_tasks": stats.leased_tasks,
             "connections": len(self.server.connections),
             "leases": [
-                {"lease": lease.lease_id, "pid": lease.pid, "uid": lease.uid, "job": lease.job,
-                 "kind": lease.kind, "workers": lease.workers, "target": lease.target,
-                 "wanted": lease.wanted, "age_s": round(now - lease.created_at, 1)}
+                {
+                    "lease": lease.lease_id,
+                    "pid": lease.pid,
+                    "uid": lease.uid,
+                    "job": lease.job,
+                    "kind": lease.kind,
+                    "workers": lease.workers,
+                    "target": lease.target,
+                    "wanted": lease.wanted,
+                    "age_s": round(now - lease.created_at, 1),
+                }
                 for lease in stats.leases
             ],
             "host": sample_to_json(self.sample) if self.sample else None,
@@ -244,17 +302,26 @@ class Daemon:
     def _owned(self, conn: Connection, lease_id: str) -> str:
         """A lease this connection holds; anything else is an error, never a silent no-op."""
         try:
-            holder = self.ledger.holder_of(lease_id)
+            holder = self.ledger.lease(lease_id).holder
         except LeaseError as exc:
             raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, str(exc)) from None
         if holder != conn.key:
-            raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, f"lease {lease_id} is not held by this connection")
+            raise protocol.ProtocolError(
+                protocol.UNKNOWN_LEASE, f"lease {lease_id} is not held by this connection"
+            )
         return lease_id
 
 
 def _grant_reply(grant: Grant) -> dict[str, Any]:
-    return protocol.ok(lease=grant.lease_id, kind=grant.kind, workers=grant.workers,
-                       target=grant.target, level=grant.level, ttl=grant.ttl, reason=grant.reason)
+    return protocol.ok(
+        lease=grant.lease_id,
+        kind=grant.kind,
+        workers=grant.workers,
+        target=grant.target,
+        level=grant.level,
+        ttl=grant.ttl,
+        reason=grant.reason,
+    )
 
 
 def run_daemon(config: Config, socket_path: Path | None = None) -> int:

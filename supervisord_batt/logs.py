@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -39,13 +40,17 @@ def configure(
     stream: TextIO | None = None,
 ) -> None:
     """Set up structlog for the whole process; safe to call again (on reload)."""
-    global _stream
+    global _stream  # noqa: PLW0603 -- one log stream per process, replaced on reload
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         new_stream: TextIO = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     else:
         new_stream = stream if stream is not None else sys.stdout
-    if _stream is not None and _stream is not new_stream and _stream not in (sys.stdout, sys.stderr):
+    if (
+        _stream is not None
+        and _stream is not new_stream
+        and _stream not in (sys.stdout, sys.stderr)
+    ):
         _stream.close()
     _stream = new_stream
     use_console = fmt == "console" or (fmt == "auto" and new_stream.isatty())
@@ -69,12 +74,15 @@ def configure(
     )
 
 
-def _reorder(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _reorder(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """timestamp, level, event first, so a tailed line reads left to right."""
-    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    head: dict[str, Any] = {
+        k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict
+    }
     head.update(event_dict)
     return head
 
 
 def get_logger(**context: Any) -> Any:
-    return structlog.get_logger().bind(**context)
+    """A lazy logger: modules may bind at import time, before `configure` runs."""
+    return structlog.get_logger(**context)

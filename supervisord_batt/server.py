@@ -70,7 +70,9 @@ Hook = Callable[[Connection], None]
 
 
 def peer_credentials(sock: socket.socket) -> Peer:
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
     return Peer(pid, uid, gid)
 
 
@@ -95,7 +97,9 @@ class PeerPolicy:
             try:
                 self.gids.add(grp.getgrnam(name).gr_gid)
             except KeyError:
-                log.warning("unknown_group", group=name, reason="daemon.allowed_groups names no group")
+                log.warning(
+                    "unknown_group", group=name, reason="daemon.allowed_groups names no group"
+                )
 
     def allows(self, peer: Peer) -> bool:
         if peer.uid in self.uids:
@@ -108,7 +112,9 @@ class PeerPolicy:
 def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socket.socket:
     """Bind a listening Unix socket: replace a stale file, refuse a live daemon's."""
     if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-        raise OSError(f"socket path is {len(os.fsencode(path))} bytes, the limit is {_MAX_UNIX_PATH}: {path}")
+        raise OSError(
+            f"socket path is {len(os.fsencode(path))} bytes, the limit is {_MAX_UNIX_PATH}: {path}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -167,8 +173,12 @@ class Server:
         self.accepting = True
 
     async def start(self) -> None:
-        sock = bind_socket(self.path, self.config.socket_mode, self.config.socket_group,
-                           backlog=max(128, self.config.max_connections))
+        sock = bind_socket(
+            self.path,
+            self.config.socket_mode,
+            self.config.socket_group,
+            backlog=max(128, self.config.max_connections),
+        )
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=self.config.max_message_bytes
         )
@@ -189,8 +199,12 @@ class Server:
         """Close connections that sent nothing for `idle_timeout`."""
         for conn in list(self.connections.values()):
             if now - conn.last_active > self.config.idle_timeout:
-                log.info("connection_idle_closed", conn=conn.key, pid=conn.peer.pid,
-                         idle_s=round(now - conn.last_active, 1))
+                log.info(
+                    "connection_idle_closed",
+                    conn=conn.key,
+                    pid=conn.peer.pid,
+                    idle_s=round(now - conn.last_active, 1),
+                )
                 conn.writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -203,17 +217,32 @@ class Server:
             self._tasks.discard(task)
             writer.close()
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         sock = writer.get_extra_info("socket")
         peer = peer_credentials(sock)
         if not self.policy.allows(peer):
-            log.warning("peer_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason="not allowed")
-            writer.write(protocol.encode(protocol.error(
-                protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon")))
+            log.warning(
+                "peer_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason="not allowed"
+            )
+            writer.write(
+                protocol.encode(
+                    protocol.error(
+                        protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon"
+                    )
+                )
+            )
             return
         if len(self.connections) >= self.config.max_connections or not self.accepting:
-            code, why = ((protocol.TOO_MANY_CONNECTIONS, f"limit of {self.config.max_connections} connections")
-                         if self.accepting else (protocol.SHUTTING_DOWN, "the daemon is shutting down"))
+            code, why = (
+                (
+                    protocol.TOO_MANY_CONNECTIONS,
+                    f"limit of {self.config.max_connections} connections",
+                )
+                if self.accepting
+                else (protocol.SHUTTING_DOWN, "the daemon is shutting down")
+            )
             log.warning("connection_refused", pid=peer.pid, uid=peer.uid, reason=why)
             writer.write(protocol.encode(protocol.error(code, why)))
             return
@@ -234,7 +263,9 @@ class Server:
                 line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    log.info("half_message", conn=conn.key, pid=conn.peer.pid, bytes=len(exc.partial))
+                    log.info(
+                        "half_message", conn=conn.key, pid=conn.peer.pid, bytes=len(exc.partial)
+                    )
                 return
             except asyncio.LimitOverrunError as exc:
                 if not await self._skip_overlong(conn, reader, exc.consumed):
@@ -247,7 +278,9 @@ class Server:
             if fatal:
                 return
 
-    async def _skip_overlong(self, conn: Connection, reader: asyncio.StreamReader, consumed: int) -> bool:
+    async def _skip_overlong(
+        self, conn: Connection, reader: asyncio.StreamReader, consumed: int
+    ) -> bool:
         """Discard an overlong line up to its newline; False when the peer never ends it."""
         limit = self.config.max_message_bytes
         skipped = 0
@@ -255,8 +288,16 @@ class Server:
             await reader.readexactly(consumed)
             skipped += consumed
             if skipped > limit * _RESYNC_FACTOR:
-                self._reply_now(conn, protocol.error(protocol.TOO_LARGE, f"message over {limit} bytes; closing"))
-                log.warning("message_too_large", conn=conn.key, pid=conn.peer.pid, bytes=skipped, closed=True)
+                self._reply_now(
+                    conn, protocol.error(protocol.TOO_LARGE, f"message over {limit} bytes; closing")
+                )
+                log.warning(
+                    "message_too_large",
+                    conn=conn.key,
+                    pid=conn.peer.pid,
+                    bytes=skipped,
+                    closed=True,
+                )
                 return False
             try:
                 tail = await reader.readuntil(b"\n")
@@ -264,7 +305,9 @@ class Server:
                 consumed = exc.consumed
                 continue
             skipped += len(tail)
-            log.warning("message_too_large", conn=conn.key, pid=conn.peer.pid, bytes=skipped, closed=False)
+            log.warning(
+                "message_too_large", conn=conn.key, pid=conn.peer.pid, bytes=skipped, closed=False
+            )
             self._reply_now(conn, protocol.error(protocol.TOO_LARGE, f"message over {limit} bytes"))
             await conn.writer.drain()
             return True
@@ -279,8 +322,12 @@ class Server:
             request_id = msg.get("id")
             return await self.handler(conn, msg), False
         except protocol.ProtocolError as exc:
-            log.info("bad_request", conn=conn.key, pid=conn.peer.pid, code=exc.code, reason=exc.message)
+            log.info(
+                "bad_request", conn=conn.key, pid=conn.peer.pid, code=exc.code, reason=exc.message
+            )
             return protocol.error(exc.code, exc.message, request_id), exc.fatal
         except Exception as exc:  # a bug in a handler must not take the daemon down
             log.exception("handler_failed", conn=conn.key, pid=conn.peer.pid)
-            return protocol.error(protocol.INTERNAL, f"internal error: {type(exc).__name__}", request_id), False
+            return protocol.error(
+                protocol.INTERNAL, f"internal error: {type(exc).__name__}", request_id
+            ), False

@@ -6,9 +6,13 @@ from typing import Any
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
+    return [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [
+        fmt.format(*r) for r in rows
+    ]
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -29,9 +33,16 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append("")
     if leases:
         rows = [
-            [str(lease["lease"]), str(lease["pid"]), str(lease.get("job", "")), lease["kind"],
-             str(lease["workers"]), str(lease.get("target", "")), str(lease.get("wanted", "")),
-             f"{lease.get('age_s', 0):.0f}s"]
+            [
+                str(lease["lease"]),
+                str(lease["pid"]),
+                str(lease.get("job", "")),
+                lease["kind"],
+                str(lease["workers"]),
+                str(lease.get("target", "")),
+                str(lease.get("wanted", "")),
+                f"{lease.get('age_s', 0):.0f}s",
+            ]
             for lease in leases
         ]
         lines += _table(["LEASE", "PID", "JOB", "KIND", "WORKERS", "TARGET", "WANTED", "AGE"], rows)

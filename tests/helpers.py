@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,7 +39,9 @@ def wait_until(
             if last:
                 return last  # type: ignore[return-value]
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}")
+            raise WaitTimeout(
+                f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}"
+            )
         time.sleep(interval)
 
 
@@ -154,6 +158,43 @@ def killing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         proc.wait(timeout=10)
+
+
+def others_can_run(path: str) -> bool:
+    """Whether an unprivileged user can exec `path` (every parent directory searchable)."""
+    real = os.path.realpath(path)
+    parents = [os.path.dirname(real)]
+    while parents[-1] != os.path.dirname(parents[-1]):
+        parents.append(os.path.dirname(parents[-1]))
+    return all(os.stat(d).st_mode & 0o001 for d in parents) and bool(os.stat(real).st_mode & 0o001)
+
+
+def interpreter_for_others() -> str:
+    """Our interpreter if a test user can run it, else the system's python3."""
+    if others_can_run(sys.executable):
+        return sys.executable
+    system = shutil.which("python3", path=os.defpath)
+    if system is None or not others_can_run(system):
+        _skip("no python interpreter that an unprivileged test user can execute")
+    return system
+
+
+def _skip(reason: str) -> None:
+    import pytest
+
+    pytest.skip(reason)
+    raise AssertionError("unreachable")
+
+
+def drop_to(user: TestUser) -> Callable[[], None]:
+    """A preexec_fn that makes the child run as `user` (real and effective ids)."""
+
+    def drop() -> None:
+        os.setgid(user.gid)
+        os.setgroups([])
+        os.setuid(user.uid)
+
+    return drop
 
 
 class WireClient:

@@ -27,7 +27,7 @@ class DaemonHandle:
         self.workdir = workdir
         self.socket = workdir / "s.sock"
         config.setdefault("daemon", {})
-        config["daemon"].setdefault("socket", str(self.socket))
+        self.socket = Path(config["daemon"].setdefault("socket", str(self.socket)))
         config["daemon"].setdefault("log_format", "json")
         config["daemon"].setdefault("log_level", "debug")
         config["daemon"].setdefault("sample_interval", "100ms")
@@ -40,7 +40,10 @@ class DaemonHandle:
         env.pop("SUPERVISORD_BATT_SOCKET", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisord_batt", "run", "-c", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
         )
 
     def wait_ready(self) -> None:
@@ -110,3 +113,16 @@ def daemon() -> Iterator[Callable[..., DaemonHandle]]:
             handle.stop()
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon_once() -> Iterator[DaemonHandle]:
+    """One daemon shared by a module's read-only tests."""
+    workdir = Path(tempfile.mkdtemp(prefix="sbt-", dir="/tmp"))
+    handle = DaemonHandle(workdir, {})
+    try:
+        handle.wait_ready()
+        yield handle
+    finally:
+        handle.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

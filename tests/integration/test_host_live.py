@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import psutil
 import pytest
 
 from supervisord_batt.host import HostMonitor
-from tests.helpers import killing, wait_until
+from tests.helpers import interpreter_for_others, killing, wait_until
 
 if TYPE_CHECKING:  # imported for annotations only: pytest would try to collect TestUser
     from tests.helpers import PidsCgroup, TestUser
@@ -42,25 +41,6 @@ sys.stdin.read()
 """
 
 
-def others_can_run(path: str) -> bool:
-    """Whether an unprivileged user can exec `path` (every parent directory searchable)."""
-    real = os.path.realpath(path)
-    parents = [os.path.dirname(real)]
-    while parents[-1] != os.path.dirname(parents[-1]):
-        parents.append(os.path.dirname(parents[-1]))
-    return all(os.stat(d).st_mode & 0o001 for d in parents) and bool(os.stat(real).st_mode & 0o001)
-
-
-def interpreter_for_others() -> str:
-    """Our interpreter if a test user can run it, else the system's python3."""
-    if others_can_run(sys.executable):
-        return sys.executable
-    system = shutil.which("python3", path=os.defpath)
-    if system is None or not others_can_run(system):
-        pytest.skip("no python interpreter that an unprivileged test user can execute")
-    return system
-
-
 def start_child(
     threads: int,
     preexec: Callable[[], None] | None = None,
@@ -74,7 +54,7 @@ def start_child(
         cwd=os.sep,
         # the test process runs no threads of its own; preexec moves the child into a
         # cgroup or drops to the test user before exec
-        preexec_fn=preexec,  # noqa: PLW1509
+        preexec_fn=preexec,
     )
 
 

@@ -1,0 +1,181 @@
+"""Grant round trips against the real daemon, beside a bare asyncio Unix-socket echo.
+
+For 1, 16 and 64 client processes, each client connects once and loops for a fixed time:
+acquire (want 2), read the grant, release, read the reply. The floor is the same loop
+against a bare asyncio echo server (the same two messages, the same sizes), measured in
+the same run on the same machine. Prints p50/p99 of one acquire+release pair and the pairs
+per second over all clients, and the ratio daemon/floor (target: within 2x everywhere).
+
+    python benchmarks/bench_grant.py [--seconds 3] [--clients 1,16,64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ACQUIRE = json.dumps({"op": "acquire", "want": 2, "job": "bench"}).encode() + b"\n"
+
+
+def _release(lease: str) -> bytes:
+    return json.dumps({"op": "release", "lease": lease}).encode() + b"\n"
+
+
+def _client(path: str, seconds: float, echo: bool, start: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    f = s.makefile("rwb", buffering=0)
+    reader = s.makefile("rb")
+    lat: list[float] = []
+    while time.time() < start:
+        time.sleep(0.001)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        f.write(ACQUIRE)
+        grant = reader.readline()
+        lease = "L0" if echo else json.loads(grant)["lease"]
+        f.write(_release(lease))
+        reader.readline()
+        lat.append(time.perf_counter() - t0)
+    s.close()
+    out.put(lat)
+
+
+async def _echo_main(path: str, ready: mp.Event) -> None:  # type: ignore[type-arg]
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readuntil(b"\n")
+                writer.write(line)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=path, limit=65536, backlog=256)
+    ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+def _echo_server(path: str, ready: mp.Event) -> None:  # type: ignore[type-arg]
+    asyncio.run(_echo_main(path, ready))
+
+
+def run_cell(path: str, clients: int, seconds: float, echo: bool) -> dict[str, float]:
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    start = time.time() + 0.5 + clients * 0.01
+    procs = [
+        mp.Process(target=_client, args=(path, seconds, echo, start, out)) for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    lat: list[float] = []
+    for _ in procs:
+        lat += out.get(timeout=seconds + 60)
+    for p in procs:
+        p.join(timeout=30)
+    lat.sort()
+    return {
+        "p50_us": statistics.median(lat) * 1e6,
+        "p99_us": lat[int(len(lat) * 0.99) - 1] * 1e6,
+        "pairs_per_s": len(lat) / seconds,
+    }
+
+
+def start_daemon(workdir: Path) -> subprocess.Popen[bytes]:
+    sock = workdir / "d.sock"
+    (workdir / "c.yaml").write_text(
+        f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {workdir / 'd.log'}\n"
+        "  max_connections: 512\nbudget:\n  cpu_cap: 64\n  max_per_lease: 8\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(workdir / "c.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("daemon did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--clients", default="1,16,64")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.clients.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="sbb-", dir="/tmp"))
+    ready = mp.Event()
+    echo_path = str(workdir / "e.sock")
+    echo = mp.Process(target=_echo_server, args=(echo_path, ready), daemon=True)
+    echo.start()
+    ready.wait(10)
+    daemon = start_daemon(workdir)
+    rows = []
+    try:
+        for n in counts:
+            floor = run_cell(echo_path, n, args.seconds, echo=True)
+            real = run_cell(str(workdir / "d.sock"), n, args.seconds, echo=False)
+            rows.append(
+                {
+                    "clients": n,
+                    "echo": floor,
+                    "daemon": real,
+                    "ratio_p50": real["p50_us"] / floor["p50_us"],
+                    "ratio_p99": real["p99_us"] / floor["p99_us"],
+                    "ratio_throughput": floor["pairs_per_s"] / real["pairs_per_s"],
+                }
+            )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=20)
+        echo.terminate()
+        echo.join(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'clients':>7} | {'echo p50':>9} {'p99':>9} {'pairs/s':>9} | "
+        f"{'daemon p50':>10} {'p99':>9} {'pairs/s':>9} | {'x p50':>6} {'x p99':>6} {'x tput':>6}"
+    )
+    for r in rows:
+        e, d = r["echo"], r["daemon"]
+        print(
+            f"{r['clients']:>7} | {e['p50_us']:>7.0f}us {e['p99_us']:>7.0f}us "
+            f"{e['pairs_per_s']:>9.0f} | "
+            f"{d['p50_us']:>8.0f}us {d['p99_us']:>7.0f}us {d['pairs_per_s']:>9.0f} | "
+            f"{r['ratio_p50']:>6.2f} {r['ratio_p99']:>6.2f} {r['ratio_throughput']:>6.2f}"
+        )
+    print("target: every ratio <= 2.0 (x = daemon / echo floor, measured in this run)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The real daemon over its real socket: leases, connection death, TTL, peers, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
+
+HOLDER = textwrap.dedent(
+    """
+    import json, socket, sys
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    f = s.makefile("rwb")
+    request = {"op": "acquire", "want": int(sys.argv[2]), "job": "holder"}
+    f.write(json.dumps(request).encode() + b"\\n")
+    f.flush()
+    print(f.readline().decode().strip(), flush=True)
+    sys.stdin.read()  # hold the lease (and the connection) until stdin closes or we die
+    """
+)
+
+
+def start_holder(
+    sock: Path, want: int, python: str = sys.executable, **kw: object
+) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    proc = subprocess.Popen(
+        [python, "-c", HOLDER, str(sock), str(want)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        **kw,  # type: ignore[call-overload]
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    return proc, json.loads(line)
+
+
+def test_status_answers_with_stable_fields(daemon):
+    d = daemon()
+    status = d.status()
+    for key in ("level", "capacity", "leased", "leases", "host"):
+        assert key in status
+    assert status["level"] in ("normal", "high", "extreme")
+    assert status["leases"] == []
+    assert d.events("started")
+
+
+def test_cli_status_exit_codes(daemon, tmp_path):
+    d = daemon()
+    env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket))
+    ok = subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["level"] in ("normal", "high", "extreme")
+    human = subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert human.returncode == 0 and "capacity" in human.stdout
+    env["SUPERVISORD_BATT_SOCKET"] = str(tmp_path / "nobody.sock")
+    down = subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 2
+    assert "not reachable" in down.stderr
+
+
+def test_acquire_release_round_trip(daemon):
+    d = daemon({"budget": {"cpu_cap": 4}})
+    with d.client() as c:
+        assert c.request("hello", version=1, client="test")["ok"]
+        grant = c.request("acquire", want=2, job="rt", id=7)
+        assert grant["ok"] and grant["id"] == 7
+        assert grant["kind"] in ("process", "thread", "sequential")
+        leases = d.status()["leases"]
+        assert [lease["lease"] for lease in leases] == [grant["lease"]]
+        assert leases[0]["pid"] == os.getpid()
+        renewed = c.request("renew", lease=grant["lease"])
+        assert renewed["ok"] and renewed["lease"] == grant["lease"]
+        released = c.request("release", lease=grant["lease"])
+        assert released["ok"] and released["workers"] == grant["workers"]
+        again = c.request("release", lease=grant["lease"])
+        assert again["ok"] is False and again["error"]["code"] == "unknown_lease"
+    assert d.status()["leases"] == []
+
+
+def test_cannot_release_another_connections_lease(daemon):
+    d = daemon()
+    with d.client() as owner, d.client() as thief:
+        lease = owner.request("acquire", want=2)["lease"]
+        reply = thief.request("release", lease=lease)
+        assert reply["ok"] is False and reply["error"]["code"] == "unknown_lease"
+        assert len(d.status()["leases"]) == 1
+
+
+def test_version_mismatch_is_an_error(daemon):
+    d = daemon()
+    with d.client() as c:
+        reply = c.request("hello", version=99)
+        assert reply["error"]["code"] == "unsupported_version"
+        assert c.request("status")["ok"]
+
+
+def test_sigkilled_holder_frees_its_lease_within_a_second(daemon):
+    d = daemon({"budget": {"cpu_cap": 8}})
+    proc, grant = start_holder(d.socket, 2)
+    with killing(proc):
+        assert grant["ok"]
+        assert any(lease["pid"] == proc.pid for lease in d.status()["leases"])
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(lambda: not d.status()["leases"], timeout=1.0, what="lease released")
+        assert time.monotonic() - killed_at < 1.0
+    released = [e for e in d.events("release") if e.get("pid") == proc.pid]
+    assert released and released[0]["reason"] == "connection closed"
+
+
+def test_unrenewed_lease_expires(daemon):
+    d = daemon({"budget": {"lease_ttl": "1s"}})
+    with d.client() as c:
+        lease = c.request("acquire", want=2)["lease"]
+        wait_until(lambda: not d.status()["leases"], timeout=5, what="lease expired")
+        assert c.request("renew", lease=lease)["error"]["code"] == "unknown_lease"
+    assert any(e["lease"] == lease for e in d.events("lease_expired"))
+
+
+def test_refused_uid_gets_an_error_and_no_lease(daemon, test_user):
+    user = test_user()
+    d = daemon({"daemon": {"socket_mode": "0666"}})
+    d.workdir.chmod(0o755)
+    script = textwrap.dedent(
+        """
+        import json, socket, sys
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+        s.sendall(b'{"op":"acquire","want":2}\\n')
+        print(s.makefile("rb").readline().decode().strip())
+        """
+    )
+
+    out = subprocess.run(
+        [interpreter_for_others(), "-c", script, str(d.socket)],
+        preexec_fn=drop_to(user),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    reply = json.loads(out.stdout)
+    assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
+    assert d.status()["leases"] == []
+    refused = d.events("peer_refused")
+    assert refused and refused[0]["uid"] == user.uid and refused[0]["pid"] > 0
+
+
+def test_allowed_uid_is_served(daemon, test_user):
+    user = test_user()
+    d = daemon({"daemon": {"socket_mode": "0666", "allowed_uids": [user.uid]}})
+    d.workdir.chmod(0o755)
+
+    proc, grant = start_holder(
+        d.socket, 2, python=interpreter_for_others(), preexec_fn=drop_to(user)
+    )
+    with killing(proc):
+        assert grant["ok"], grant
+        assert [lease["uid"] for lease in d.status()["leases"]] == [user.uid]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"not json\n", "bad_json"),
+        (b"[1, 2]\n", "bad_json"),
+        (b'{"op": "fly"}\n', "unknown_op"),
+        (b'{"want": 2}\n', "bad_request"),
+        (b'{"op": "acquire", "want": "two"}\n', "bad_request"),
+        (b'{"op": "acquire", "want": true}\n', "bad_request"),
+        (b'{"op": "acquire", "want": -1}\n', "bad_request"),
+        (b'{"op": "acquire", "want": 2, "kinds": ["gpu"]}\n', "bad_request"),
+        (b'{"op": "release"}\n', "bad_request"),
+        (b'{"op": "status", "extra": 1}\n', "bad_request"),
+        (b"\xff\xfe\n", "bad_json"),
+    ],
+)
+def test_bad_messages_get_error_replies_and_the_connection_survives(daemon_once, payload, code):
+    with daemon_once.client() as c:
+        c.send_raw(payload)
+        reply = c.read_reply()
+        assert reply["ok"] is False and reply["error"]["code"] == code
+        assert c.request("status")["ok"]
+
+
+def test_oversized_message_is_skipped_and_connection_resyncs(daemon):
+    d = daemon({"daemon": {"max_message_bytes": "1KiB"}})
+    with d.client() as c:
+        c.send_raw(b'{"op":"status","pad":"' + b"x" * 5000 + b'"}\n')
+        assert c.read_reply()["error"]["code"] == "too_large"
+        assert c.request("status")["ok"]
+    with d.client() as c:  # no newline ever: closed after 16x the limit, daemon serves others
+        try:
+            c.send_raw(b"y" * 40_000)
+            assert c.read_reply()["error"]["code"] == "too_large"
+        except (ConnectionError, BrokenPipeError):
+            pass
+    assert d.status()["ok"]
+
+
+def test_half_message_then_close_does_not_disturb(daemon_once):
+    c = daemon_once.client()
+    c.send_raw(b'{"op": "acq')
+    c.close()
+    assert daemon_once.status()["ok"]
+
+
+def test_connection_limit_refuses_extra_clients(daemon):
+    d = daemon({"daemon": {"max_connections": 3}})
+    held = [d.client() for _ in range(3)]
+    try:
+        for c in held:
+            assert c.request("status")["ok"]
+        extra = d.client()
+        reply = extra.read_reply()
+        assert reply["error"]["code"] == "too_many_connections"
+        extra.close()
+    finally:
+        for c in held:
+            c.close()
+    wait_until(lambda: d.status()["connections"] == 1, timeout=5)
+
+
+def test_stale_socket_is_replaced_live_one_is_not(daemon, tmp_path):
+    d = daemon()
+    # a second daemon on the same socket must refuse to start and leave the first serving
+    env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket))
+    second = subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(d.config_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode != 0
+    assert "another daemon" in second.stdout + second.stderr
+    assert d.status()["ok"]
+    # a stale socket file (nobody listening) is replaced
+    stale = Path(d.workdir) / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    e = daemon({"daemon": {"socket": str(stale)}})
+    assert e.status()["ok"]
