@@ -33,7 +33,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from supervisord_batt import protocol
+from supervisord_batt.logs import get_logger
 
 if TYPE_CHECKING:
     from supervisord_batt.executor import BudgetExecutor
@@ -72,11 +75,7 @@ def default_socket_path() -> Path:
 
 def warn(message: str, **fields: Any) -> None:
     """One line: to structlog when the program configured it, else to stderr."""
-    import structlog
-
     if structlog.is_configured():
-        from supervisord_batt.logs import get_logger
-
         get_logger().warning(message, **fields)
         return
     with contextlib.suppress(OSError, ValueError):
@@ -190,10 +189,11 @@ class Grant:
 
     @property
     def size(self) -> int:
-        """Workers the job should run now: the target, and 1 (in-thread) when sequential."""
+        """Workers the job should run now: the daemon's target (lower: shrink, higher:
+        grow), 1 (in the calling thread) when sequential; 0 means go sequential."""
         if self.kind == "sequential":
             return 1
-        return max(0, min(self.workers, self.target) if self.target else self.workers)
+        return max(0, self.target)
 
     def _update(self, reply: dict[str, Any]) -> None:
         self.kind = str(reply.get("kind", self.kind))
@@ -250,7 +250,8 @@ class Grant:
 
     def executor(self, **kwargs: Any) -> BudgetExecutor:
         """An executor sized (and resized) by this grant; see supervisord_batt.executor."""
-        from supervisord_batt.executor import BudgetExecutor
+        # imported here: executor imports this module
+        from supervisord_batt.executor import BudgetExecutor  # noqa: PLC0415
 
         return BudgetExecutor(self, **kwargs)
 
@@ -306,7 +307,7 @@ def _acquire(path: Path, want: int, kinds: list[str], job: str | None,
     conn: Connection | None = None
     try:
         conn = Connection(path, timeout=timeout)
-        conn.request("hello", version=protocol.VERSION, client=f"supervisord-batt-client/{os.getpid()}")
+        conn.request("hello", version=protocol.VERSION, client=f"supervisord-batt/{os.getpid()}")
         fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
         if job:
             fields["job"] = job

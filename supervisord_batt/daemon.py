@@ -234,7 +234,7 @@ class Daemon:
             want=request.want,
             kind=grant.kind,
             workers=grant.workers,
-            level=grant.level,
+            pressure=grant.level,
             reason=grant.reason,
         )
         return _grant_reply(grant)

@@ -30,11 +30,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures.thread import BrokenThreadPool
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import psutil
+from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
+from loky import __version__ as loky_version
+from loky.process_executor import BrokenProcessPool  # type: ignore[import-untyped]
 
 from supervisord_batt.client import Grant, warn
 
@@ -88,17 +92,11 @@ def _is_refusal(exc: BaseException) -> bool:
         "can't start new thread" in str(exc) or "cannot join thread" in str(exc)
     ):
         return True
-    from loky.process_executor import BrokenProcessPool
-
     return isinstance(exc, BrokenProcessPool)
 
 
 def _is_broken_pool(exc: BaseException) -> bool:
     """A future failed because its pool broke (not because the task raised)."""
-    from concurrent.futures.thread import BrokenThreadPool
-
-    from loky.process_executor import BrokenProcessPool
-
     return isinstance(exc, BrokenProcessPool | BrokenThreadPool)
 
 
@@ -184,10 +182,8 @@ class _Loky:
     kind = "process"
 
     def __init__(self, n: int, warmup_limit: float = 120.0) -> None:
-        from loky import ProcessPoolExecutor, __version__
-
         self.size = n
-        self.loky_version = __version__
+        self.loky_version = str(loky_version)
         self.me = psutil.Process()
         self.before = {c.pid for c in self.me.children()}
         self.pids: set[int] = set()
@@ -228,6 +224,7 @@ class _Loky:
             "workers_started": len(getattr(ex, "_processes", {}) or {}),
             "manager_started": mgr is not None and mgr.ident is not None,
             "manager_alive": mgr is not None and mgr.is_alive(),
+            "trackers": _count_trackers(self.me),
         }
 
     def submit(self, fn: Callable[[Any], Any], item: Any) -> Future[Any]:
@@ -297,6 +294,15 @@ class _Loky:
         _gone, left = psutil.wait_procs(alive, timeout=_REAP_TIMEOUT)
         if left:
             warn(f"loky workers still alive after kill: {[p.pid for p in left]}")
+
+
+def _count_trackers(me: psutil.Process) -> int:
+    """Resource tracker processes (loky's, multiprocessing's) among our children."""
+    count = 0
+    for child in me.children():
+        with contextlib.suppress(psutil.Error):
+            count += any("resource_tracker" in part for part in child.cmdline())
+    return count
 
 
 def _kill(pids: Iterable[int]) -> None:
@@ -412,8 +418,16 @@ class BudgetExecutor:
 
     # --- running tasks --------------------------------------------------------------
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """fn over items, results in input order; a task's own exception propagates."""
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *,
+            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+        """fn over items, results in input order; a task's own exception propagates.
+
+        `on_done(index, result)` is called in the calling thread as each task finishes
+        (a place for heartbeats). A task running in a pool that fails is redone, once
+        per fallback, on the next kind down; with `task_timeout`, a task running longer
+        raises TaskTimeout after its pool was killed (sequential tasks cannot be timed
+        out: they run in the calling thread).
+        """
         todo = list(items)
         results: dict[int, R] = {}
         pending = deque(range(len(todo)))
@@ -432,7 +446,7 @@ class BudgetExecutor:
                     inflight[fut] = (index, time.monotonic())
                     if backend.kind == "sequential":
                         break  # already ran: let the loop renew and collect
-                self._collect(inflight, results, pending, backend)
+                self._collect(inflight, results, pending, backend, on_done)
             except PoolFailure as exc:
                 self._drop(backend, exc, inflight, pending)
                 continue
@@ -444,7 +458,8 @@ class BudgetExecutor:
         return [results[i] for i in range(len(todo))]
 
     def _collect(self, inflight: dict[Future[Any], tuple[int, float]], results: dict[int, Any],
-                 pending: deque[int], backend: _Backend) -> None:
+                 pending: deque[int], backend: _Backend,
+                 on_done: Callable[[int, Any], None] | None) -> None:
         if not inflight:
             return
         done, _ = wait(list(inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
@@ -458,6 +473,8 @@ class BudgetExecutor:
             exc = fut.exception()
             if exc is None:
                 results[index] = fut.result()
+                if on_done is not None:
+                    on_done(index, results[index])
             elif backend.kind != "sequential" and _is_broken_pool(exc):
                 pending.appendleft(index)  # the pool's failure, not the task's
                 failure = failure or PoolFailure("result", _describe(exc))
