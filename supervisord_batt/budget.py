@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal, get_args
 
@@ -172,6 +172,7 @@ class _Entry:
     sampled_cost: int = 0  # pool cost at the last sample
     sampled_process: int = 0  # process workers at the last sample
     everywhere: bool = False  # a probe that is inside every scope
+    scope: tuple[int, ...] = ()  # indices of the sample's limits it is in (see in_scope)
 
     def target(self) -> int:
         target = min(self.alloc, self.workers)
@@ -183,7 +184,8 @@ class _Entry:
         full = self.req.base_tasks + cost
         if self.measured is None:
             return full
-        return max(self.measured + max(0, cost - self.sampled_cost), full)
+        grown = cost - self.sampled_cost  # the part of the pool the sample did not see
+        return max(self.measured + grown if grown > 0 else self.measured, full)
 
     def unsampled(self, kind: Kind, workers: int) -> int:
         """Process workers beyond those the last sample's memory figure already saw."""
@@ -219,43 +221,68 @@ class _Entry:
         )
 
 
+_Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
+_Plan = tuple[_Entry, Kind, int]  # a lease in the water-filling: its pool kind and its cap
+
+
 @dataclass
 class _Book:
-    """Adjusted usage of every limit, CPUs and memory for one assignment of pool sizes."""
+    """Adjusted usage of every limit, CPUs and memory for one assignment of pool sizes.
 
-    sample: HostSample
-    reserves: tuple[int, ...]
-    usage: list[int]
+    The ledger keeps two books up to date as leases come, go and resize, so no call
+    rebuilds usage from every lease: `charged` (every lease at its granted pool) and
+    `idle` (every lease sequential, where the water-filling starts). A lease moves in a
+    book by `move(e, old, new)`, sizes being (kind, workers) or None for "not in the book".
+    """
+
+    limits: tuple[Limit, ...]
+    caps: tuple[int, ...]  # limit - reserve, per limit
+    usage: list[int]  # in_use - measured trees + charges, per limit
     cpus: int
     mem_slots: int
-    sizes: dict[str, tuple[Kind, int]]
     cpu_used: int = 0
     mem_used: int = 0
 
-    def cpu_of(self, lease_id: str) -> int:
-        return max(1, self.sizes[lease_id][1]) if lease_id in self.sizes else 0
+    def copy(self) -> _Book:
+        return replace(self, usage=list(self.usage))
 
-    def mem_of(self, e: _Entry) -> int:
-        return e.unsampled(*self.sizes[e.lease_id]) if e.lease_id in self.sizes else 0
+    def move(self, e: _Entry, old: _Size | None, new: _Size | None) -> None:
+        """Resize one lease (None: absent) and update the usage it moves."""
+        delta = _weight(e, new) - _weight(e, old)
+        if delta:
+            usage = self.usage
+            for i in e.scope:
+                usage[i] += delta
+        self.cpu_used += (max(1, new[1]) if new else 0) - (max(1, old[1]) if old else 0)
+        self.mem_used += (e.unsampled(*new) if new else 0) - (e.unsampled(*old) if old else 0)
 
-    def set(self, e: _Entry, kind: Kind, workers: int) -> None:
-        """Resize one lease (or add it) and update the usage it moves."""
-        old = self.sizes.get(e.lease_id)
-        for i, lim in enumerate(self.sample.limits):
-            if e.in_scope(lim):
-                self.usage[i] += e.charge(kind, workers) - (e.charge(*old) if old else 0)
-        self.cpu_used += max(1, workers) - self.cpu_of(e.lease_id)
-        self.mem_used += e.unsampled(kind, workers) - self.mem_of(e)
-        self.sizes[e.lease_id] = (kind, workers)
+    def fits(self, e: _Entry, kind: Kind, size: int, old: _Size) -> bool:
+        """Whether `fit(e, kind, old)[0] >= size`, without building the reason.
 
-    def fit(self, e: _Entry, kind: Kind) -> tuple[int, str]:
+        Every limit in scope offers the lease the same tasks beyond its slack, so only the
+        smallest slack matters; the two task bounds of `fit` become one need.
+        """
+        cost = pool_cost(kind, size)
+        need = e.req.base_tasks + cost
+        if e.measured is not None:
+            need = max(need, e.measured - e.sampled_cost + cost)
+        need -= e.charge(*old)
+        caps, usage = self.caps, self.usage
+        for i in e.scope:
+            if caps[i] - usage[i] < need:
+                return False
+        if self.cpus - (self.cpu_used - max(1, old[1])) < size:
+            return False
+        if kind != "process" or e.sampled_process >= size:
+            return True
+        return self.mem_slots - (self.mem_used - e.unsampled(*old)) >= size - e.sampled_process
+
+    def fit(self, e: _Entry, kind: Kind, old: _Size | None) -> tuple[int, str]:
         """The largest pool of `kind` every cap lets `e` hold now, and the binding cap."""
         best, why = _UNBOUNDED, ""
-        old = self.sizes.get(e.lease_id)
-        for i, lim in enumerate(self.sample.limits):
-            if not e.in_scope(lim):
-                continue
-            room = lim.limit - self.reserves[i] - self.usage[i] + (e.charge(*old) if old else 0)
+        held = e.charge(*old) if old else 0
+        for i in e.scope:
+            room = self.caps[i] - self.usage[i] + held
             tasks = room - e.req.base_tasks
             if e.measured is not None:
                 tasks = min(tasks, e.sampled_cost + room - e.measured)
@@ -264,22 +291,66 @@ class _Book:
                 size = max(n + 1, MIN_POOL)
                 best = n
                 why = (
-                    f"{lim.name} headroom {max(0, tasks)} tasks < {kind} pool of {size}"
-                    f" ({pool_cost(kind, size)} tasks)"
+                    f"{self.limits[i].name} headroom {max(0, tasks)} tasks < {kind} pool of"
+                    f" {size} ({pool_cost(kind, size)} tasks)"
                 )
-        others = self.cpu_used - self.cpu_of(e.lease_id)
+        others = self.cpu_used - (max(1, old[1]) if old else 0)
         if self.cpus - others < best:
             best, why = self.cpus - others, f"cpu cap: {self.cpus} CPUs, {others} in use"
         if kind == "process":
-            spare = self.mem_slots - (self.mem_used - self.mem_of(e))
+            spare = self.mem_slots - (self.mem_used - (e.unsampled(*old) if old else 0))
             n = e.sampled_process + max(0, spare)
             if n < best:
                 best, why = n, f"memory: {max(0, spare)} worker slots free"
         return max(0, best), why
 
+    def fits_all(self, plan: list[_Plan], top: int) -> bool:
+        """Whether every planned lease at min(its cap, top) fits every cap at once.
+
+        Sufficient for each lease's own check in the rounds up to `top`: a round's check
+        sees every other lease at or below its final size, charges only grow with size,
+        and `fits`' need is at most the charge. So when this holds those rounds are skipped.
+        """
+        by_scope: dict[tuple[int, ...], int] = {}
+        cpu, mem, process = self.cpu_used, self.mem_used, False
+        for e, kind, cap in plan:
+            size = min(cap, top)
+            if size <= e.alloc:
+                continue
+            old = (e.alloc_kind, e.alloc)
+            by_scope[e.scope] = by_scope.get(e.scope, 0) + e.charge(kind, size) - e.charge(*old)
+            cpu += size - max(1, e.alloc)
+            if kind == "process":
+                mem += e.unsampled(kind, size) - e.unsampled(*old)
+                process = True
+        if cpu > self.cpus or (process and mem > self.mem_slots):
+            return False
+        added: dict[int, int] = {}
+        for scope, delta in by_scope.items():
+            for i in scope:
+                added[i] = added.get(i, 0) + delta
+        return all(self.usage[i] + d <= self.caps[i] for i, d in added.items())
+
+
+def _weight(e: _Entry, size: _Size | None) -> int:
+    """What a lease adds to each limit in scope at `size`: its charge less its measured tree."""
+    if size is None:
+        return 0
+    return e.charge(*size) - (e.measured or 0)
+
 
 class BudgetLedger:
-    """Leases of concurrency over the host's task limits, CPUs and memory."""
+    """Leases of concurrency over the host's task limits, CPUs and memory.
+
+    Cost model (the daemon calls this on every request, on its one thread): the usage
+    every call reads is kept up to date incrementally in two `_Book`s, each lease knows
+    the limits in its scope as indices (found once per shape of the sample's limits), and
+    the max-min allocation is recomputed lazily: an operation that changes its inputs
+    marks it stale, and the next call that reads targets recomputes it once, with the
+    state as it was right after that operation (see `_fresh`). So a call costs O(its
+    lease's limits) plus, at most once per change, one water-filling, which itself skips
+    the rounds nobody contends for.
+    """
 
     def __init__(
         self,
@@ -290,10 +361,15 @@ class BudgetLedger:
         self._config = config
         self._clock = clock
         self._sample: HostSample | None = None
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry] = {}  # in seq order: leases are only appended
         self._counter = 0
         self._level: Level = "normal"
         self._fair_share = 0
+        self._stale = False  # the allocation predates the last change of its inputs
+        self._allocated: list[_Entry] = []  # the leases the last allocation gave a share
+        self._shape: tuple[tuple[str, str | int | None], ...] = ()
+        self._scopes: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
+        self._charged = self._idle = _Book((), (), [], 0, 0)
         if sample is not None:
             self.update(sample, {})
 
@@ -306,19 +382,24 @@ class BudgetLedger:
     def acquire(self, req: Request) -> Grant:
         """Grant at once what fits now: process, else thread, else sequential."""
         _validate(req)
+        # no _fresh(): the allocation is recomputed below, and a pending one is unseen
         self._counter += 1
         now = self._clock()
         e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now, last_progress=now)
+        e.scope = self._scope_of(req)
         self._entries[e.lease_id] = e
+        self._charged.move(e, None, ("sequential", 0))
+        self._idle.move(e, None, ("sequential", 0))
         self._recompute()
         kind, workers, reason = self._best_now(e)
-        e.kind, e.workers = kind, workers
+        self._resize(e, kind, workers)
         if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
             self._recompute()
         return self._grant(e, reason)
 
     def renew(self, lease_id: str, workers_in_use: int | None = None) -> Grant:
         """Extend the lease; acknowledge a shrink; grow toward the fair share if it fits."""
+        self._fresh()
         e = self._get(lease_id)
         e.renewed_at = self._clock()
         if workers_in_use is not None:
@@ -328,21 +409,22 @@ class BudgetLedger:
                     f"{lease_id}: {workers_in_use} workers in use, {e.workers} granted",
                 )
             if workers_in_use < e.workers:
-                e.workers = max(workers_in_use, e.target())
-                e.kind = e.kind if e.workers else "sequential"
+                workers = max(workers_in_use, e.target())
+                self._resize(e, e.kind if workers else "sequential", workers)
         return self._grant(e, self._grow(e))
 
     def heartbeat(self, lease_id: str) -> Lease:
         """Record that the holder made progress (for the no-progress timeout)."""
+        self._fresh()
         e = self._get(lease_id)
         e.last_progress = self._clock()
         return e.snapshot()
 
     def release(self, lease_id: str) -> Lease:
         """Give the lease back; releasing a lease the ledger does not hold is an error."""
+        self._fresh()
         e = self._get(lease_id)
-        del self._entries[lease_id]
-        self._recompute()
+        self._remove(e)
         return e.snapshot()
 
     def release_holder(self, holder: str) -> list[Lease]:
@@ -355,36 +437,41 @@ class BudgetLedger:
         return self._drop(e for e in self._entries.values() if e.renewed_at < deadline)
 
     def lease(self, lease_id: str) -> Lease:
+        self._fresh()
         return self._get(lease_id).snapshot()
 
     # -- host -----------------------------------------------------------------------------
 
     def update(self, sample: HostSample, trees: Mapping[str, int]) -> UpdateResult:
         """Take a new sample and holder tree sizes; recompute level and targets."""
+        # no _fresh(): the allocation is recomputed before anyone reads it again
         self._sample = sample
         for e in self._entries.values():
             e.measured = trees.get(e.lease_id)
             e.sampled_cost = pool_cost(e.kind, e.workers)
             e.sampled_process = e.workers if e.kind == "process" else 0
+        self._rebook()
         previous = self._level
         self._level, reason = self._compute_level()
-        self._recompute()
+        self._stale = True
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
     def reconfigure(self, config: BudgetConfig) -> None:
         """Take a reloaded budget config; targets follow at once, leases are kept."""
         self._config = config
         if self._sample is not None:
+            self._rebook()
             self._level, _ = self._compute_level()
-            self._recompute()
+            self._stale = True
 
     def statistics(self) -> LedgerStats:
-        entries = sorted(self._entries.values(), key=lambda e: e.seq)
+        self._fresh()
+        entries = list(self._entries.values())  # already in seq order
         free: dict[str, int] = {}
         if self._sample is not None:
-            book = self._book(None)
+            book = self._charged
             for i, lim in enumerate(self._sample.limits):
-                free[lim.name] = lim.limit - book.reserves[i] - book.usage[i]
+                free[lim.name] = book.caps[i] - book.usage[i]
         return LedgerStats(
             capacity=self._capacity(),
             leased=sum(e.workers for e in entries),
@@ -395,7 +482,18 @@ class BudgetLedger:
             leases=tuple(e.snapshot() for e in entries),
         )
 
-    # -- internals ------------------------------------------------------------------------
+    # -- internals: bookkeeping -----------------------------------------------------------
+
+    def _fresh(self) -> None:
+        """Bring the allocation up to date before a call reads or changes targets.
+
+        The ledger used to recompute inside every operation that changed the allocation's
+        inputs (acquire, release, update, reconfigure). It now only marks it stale there,
+        and every public call runs this first, so the recompute sees exactly the state the
+        eager one saw; acquire alone skips it, as it recomputes before anyone reads.
+        """
+        if self._stale:
+            self._recompute()
 
     def _get(self, lease_id: str) -> _Entry:
         try:
@@ -404,12 +502,59 @@ class BudgetLedger:
             raise LeaseError("unknown_lease", f"no lease {lease_id!r} is held") from None
 
     def _drop(self, doomed: Iterable[_Entry]) -> list[Lease]:
+        self._fresh()
         gone = sorted(doomed, key=lambda e: e.seq)
         for e in gone:
-            del self._entries[e.lease_id]
-        if gone:
-            self._recompute()
+            self._remove(e)
         return [e.snapshot() for e in gone]
+
+    def _remove(self, e: _Entry) -> None:
+        del self._entries[e.lease_id]
+        self._charged.move(e, (e.kind, e.workers), None)
+        self._idle.move(e, ("sequential", 0), None)
+        self._stale = True
+
+    def _resize(self, e: _Entry, kind: Kind, workers: int) -> None:
+        """Change a lease's charged pool (the allocation's order and kinds depend on it,
+        but the ledger never recomputed on it: the next acquire or release does)."""
+        self._charged.move(e, (e.kind, e.workers), (kind, workers))
+        e.kind, e.workers = kind, workers
+
+    def _scope_of(self, req: Request, everywhere: bool = False) -> tuple[int, ...]:
+        """Indices of the sample's limits a request is in, cached per cgroups and uid."""
+        if self._sample is None:
+            return ()
+        key = (req.cgroups, req.uid)
+        scope = self._scopes.get(key)
+        if scope is None:
+            probe = _Entry("", req, 0, 0.0, everywhere=everywhere)
+            scope = tuple(i for i, lim in enumerate(self._sample.limits) if probe.in_scope(lim))
+            if not everywhere:
+                self._scopes[key] = scope
+        return scope
+
+    def _rebook(self) -> None:
+        """Rebuild both books from every lease (a new sample or config)."""
+        assert self._sample is not None
+        sample, cfg = self._sample, self._config
+        shape = tuple((lim.kind, lim.scope) for lim in sample.limits)
+        if shape != self._shape:  # scopes are indices into the limits: find them again
+            self._shape, self._scopes = shape, {}
+            for e in self._entries.values():
+                e.scope = self._scope_of(e.req)
+        cpus = cfg.cpu_cap if cfg.cpu_cap is not None else sample.cpus
+        slots = (
+            sample.mem_available_bytes // cfg.memory_per_slot
+            if cfg.memory_per_slot > 0
+            else _UNBOUNDED
+        )
+        caps = tuple(lim.limit - reserve_for(lim, cfg) for lim in sample.limits)
+        usage = [lim.in_use for lim in sample.limits]
+        self._charged = _Book(sample.limits, caps, usage, math.floor(cpus), slots)
+        self._idle = self._charged.copy()
+        for e in self._entries.values():
+            self._charged.move(e, None, (e.kind, e.workers))
+            self._idle.move(e, None, ("sequential", 0))
 
     def _grant(self, e: _Entry, reason: str) -> Grant:
         return Grant(
@@ -422,37 +567,6 @@ class BudgetLedger:
             return 0
         cap = min(e.req.want, self._config.max_per_lease)
         return cap if cap >= MIN_POOL else 0
-
-    def _book(self, sizes: Mapping[str, tuple[Kind, int]] | None) -> _Book:
-        """Usage with every lease at `sizes` (None: at its charged size)."""
-        assert self._sample is not None
-        sample, cfg = self._sample, self._config
-        cpus = cfg.cpu_cap if cfg.cpu_cap is not None else sample.cpus
-        slots = (
-            sample.mem_available_bytes // cfg.memory_per_slot
-            if cfg.memory_per_slot > 0
-            else _UNBOUNDED
-        )
-        usage = [
-            lim.in_use
-            - sum(
-                e.measured
-                for e in self._entries.values()
-                if e.measured is not None and e.in_scope(lim)
-            )
-            for lim in sample.limits
-        ]
-        book = _Book(
-            sample,
-            tuple(reserve_for(lim, cfg) for lim in sample.limits),
-            usage,
-            math.floor(cpus),
-            slots,
-            {},
-        )
-        for e in sorted(self._entries.values(), key=lambda e: e.seq):
-            book.set(e, *(sizes[e.lease_id] if sizes is not None else (e.kind, e.workers)))
-        return book
 
     def _kinds_for(self, e: _Entry, workers: int) -> list[Kind]:
         """Pool kinds the lease may hold at this size under the current level."""
@@ -469,6 +583,8 @@ class BudgetLedger:
             live = [k for k in live if k != "process" or workers <= e.workers]
         return live
 
+    # -- internals: the allocation --------------------------------------------------------
+
     def _recompute(self) -> None:
         """Max-min water-filling of current capacity over the holders that asked.
 
@@ -477,32 +593,98 @@ class BudgetLedger:
         MIN_POOL). A lease that does not fit stops. If any lease could not get its
         first pool, nobody goes beyond MIN_POOL: no second slot while one asker has none.
         Live pools are served first, so a newcomer that cannot fit takes no pool away.
+
+        The rounds are simulated exactly, except that a run of rounds in which every
+        growing lease fits (`_Book.fits_all`) is taken in one step.
         """
-        entries = sorted(self._entries.values(), key=lambda e: (e.workers < MIN_POOL, e.seq))
-        for e in entries:
+        self._stale = False
+        for e in self._allocated:
             e.alloc, e.alloc_kind = 0, "sequential"
+        self._allocated = []
         self._fair_share = 0
         if self._sample is None or self._level == "extreme":
             return
-        book = self._book({e.lease_id: ("sequential", 0) for e in entries})
-        growing = [e for e in entries if self._cap(e) >= MIN_POOL and self._kinds_for(e, MIN_POOL)]
-        size = MIN_POOL
-        while growing:
-            grown = [e for e in growing if self._raise(book, e, size)]
-            if grown:
-                self._fair_share = size
-            if size == MIN_POOL and len(grown) < len(growing):
-                return
-            growing = [e for e in grown if self._cap(e) > size]
+        book = self._idle.copy()
+        # every lease counts one CPU even sequential, so with this many nobody gets a pool
+        if book.cpu_used - 1 + MIN_POOL > book.cpus:
+            return
+        plan = self._plan()
+        if not plan:
+            return
+        self._allocated = [e for e, _, _ in plan]
+        top = max(cap for _, _, cap in plan)
+        size = self._skip_rounds(book, plan, MIN_POOL - 1, top)
+        if size < MIN_POOL:  # someone's first pool is contended: go lease by lease
+            plan = self._first_round(book, plan)
+            size = self._skip_rounds(book, plan, MIN_POOL, top)
+        while plan := [p for p in plan if p[2] > size]:
             size += 1
+            plan = self._round(book, plan, size)
+            size = self._skip_rounds(book, plan, size, top)
 
-    def _raise(self, book: _Book, e: _Entry, size: int) -> bool:
-        for kind in self._kinds_for(e, size):
-            if book.fit(e, kind)[0] >= size:
-                book.set(e, kind, size)
-                e.alloc, e.alloc_kind = size, kind
-                return True
-        return False
+    def _plan(self) -> list[_Plan]:
+        """The leases that ask for a pool, live pools first, each with its first kind and
+        its cap (at level high a process pool grows no further than it is)."""
+        entries = self._entries.values()
+        ordered = [e for e in entries if e.workers >= MIN_POOL]
+        ordered += [e for e in entries if e.workers < MIN_POOL]
+        plan: list[_Plan] = []
+        for e in ordered:
+            cap = self._cap(e)
+            kinds = self._kinds_for(e, MIN_POOL) if cap >= MIN_POOL else []
+            if kinds:
+                if self._level == "high" and kinds[0] == "process":
+                    cap = min(cap, e.workers)
+                plan.append((e, kinds[0], cap))
+        return plan
+
+    def _first_round(self, book: _Book, plan: list[_Plan]) -> list[_Plan]:
+        """Round MIN_POOL, lease by lease; empty when anyone missed its first pool."""
+        grown: list[_Plan] = []
+        for e, _, cap in plan:
+            for kind in self._kinds_for(e, MIN_POOL):
+                if book.fits(e, kind, MIN_POOL, ("sequential", 0)):
+                    self._take(book, e, kind, MIN_POOL)
+                    grown.append((e, kind, cap))
+                    break
+        if grown:
+            self._fair_share = MIN_POOL
+        return grown if len(grown) == len(plan) else []
+
+    def _skip_rounds(self, book: _Book, plan: list[_Plan], size: int, top: int) -> int:
+        """Take at once the rounds after `size` in which every lease fits; the last size.
+
+        fits_all is monotone in the size, so a binary search finds the last such round.
+        """
+        low, high = size, top  # fits up to low; not known above
+        while low < high:
+            mid = (low + high + 1) // 2
+            if book.fits_all(plan, mid):
+                low = mid
+            else:
+                high = mid - 1
+        if low > size:
+            for e, kind, cap in plan:
+                if min(cap, low) > e.alloc:
+                    self._take(book, e, kind, min(cap, low))
+                    self._fair_share = max(self._fair_share, min(cap, low))
+        return low
+
+    def _round(self, book: _Book, plan: list[_Plan], size: int) -> list[_Plan]:
+        """One round beyond MIN_POOL, lease by lease: the leases that grew to `size`."""
+        grown = []
+        for p in plan:
+            e, kind, _ = p
+            if book.fits(e, kind, size, (kind, size - 1)):
+                self._take(book, e, kind, size)
+                grown.append(p)
+        if grown:
+            self._fair_share = size
+        return grown
+
+    def _take(self, book: _Book, e: _Entry, kind: Kind, size: int) -> None:
+        book.move(e, (e.alloc_kind, e.alloc), (kind, size))
+        e.alloc, e.alloc_kind = size, kind
 
     def _best_now(self, e: _Entry) -> tuple[Kind, int, str]:
         """The largest pool that fits now, capped by the lease's allocation."""
@@ -512,12 +694,12 @@ class BudgetLedger:
             return "sequential", 0, "level extreme: sequential only"
         if self._cap(e) < MIN_POOL:
             return "sequential", 0, f"asked for {e.req.want} workers: a pool of 1 never pays"
-        book, why = self._book(None), ""
+        why = ""
         kinds = self._kinds_for(e, MIN_POOL)
         if e.alloc_kind == "process" and "thread" in e.req.kinds:
             kinds.append("thread")
         for kind in kinds:
-            fit, why = book.fit(e, kind)
+            fit, why = self._charged.fit(e, kind, (e.kind, e.workers))
             workers = min(fit, e.alloc)
             if workers >= MIN_POOL:
                 return kind, workers, self._why_short(e, workers, fit, why)
@@ -541,11 +723,11 @@ class BudgetLedger:
         kinds = self._kinds_for(e, e.alloc)
         if not kinds:
             return "unchanged"
-        fit, why = self._book(None).fit(e, kinds[0])
+        fit, why = self._charged.fit(e, kinds[0], (e.kind, e.workers))
         workers = min(fit, e.alloc)
         if workers <= e.workers or workers < MIN_POOL:
             return why
-        e.kind, e.workers = kinds[0], workers
+        self._resize(e, kinds[0], workers)
         return f"grown to {workers}" if workers == e.alloc else why
 
     def _compute_level(self) -> tuple[Level, str]:
@@ -553,11 +735,11 @@ class BudgetLedger:
         assert self._sample is not None
         found: list[tuple[int, str]] = []
         th = self._config.pressure
-        book = self._book(None)
+        book = self._charged
         for i, lim in enumerate(self._sample.limits):
             if lim.limit <= 0:
                 continue
-            pct = 100.0 * (lim.limit - book.reserves[i] - book.usage[i]) / lim.limit
+            pct = 100.0 * (book.caps[i] - book.usage[i]) / lim.limit
             found.append(
                 _grade(
                     pct,
@@ -593,14 +775,10 @@ class BudgetLedger:
         """Process workers a new holder inside every scope could get now."""
         if self._sample is None or self._level != "normal":
             return 0
-        probe = _Entry(
-            "",
-            Request("", 0, 0, "", self._config.max_per_lease, base_tasks=0),
-            0,
-            0.0,
-            everywhere=True,
-        )
-        fit, _ = self._book(None).fit(probe, "process")
+        req = Request("", 0, 0, "", self._config.max_per_lease, base_tasks=0)
+        probe = _Entry("", req, 0, 0.0, everywhere=True)
+        probe.scope = tuple(range(len(self._sample.limits)))
+        fit, _ = self._charged.fit(probe, "process", None)
         workers = min(fit, self._config.max_per_lease)
         return workers if workers >= MIN_POOL else 0
 

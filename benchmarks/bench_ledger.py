@@ -1,0 +1,166 @@
+"""Cost of the budget ledger's calls with N live leases, without the daemon or a socket.
+
+The daemon calls the ledger on every request, on its one asyncio thread, so each call
+must stay far below a socket round trip (~60-100 us here). For N = 0, 16, 64 and 500 live
+leases (each a Request in /sys/fs/cgroup/pids wanting 2..8 workers) this times, on two
+host samples:
+
+- pair:   acquire + release of one more lease (what one client job costs the daemon)
+- renew:  renew of a live lease, cycling through them
+- update: update(sample, trees) with a measured tree for every lease (once per sample)
+
+"live" is HostMonitor().sample() of this machine with PSI dropped (so the level does not
+flip between runs); "synthetic" adds a cgroup pids limit around the leases and an nproc
+limit for their uid, so every lease is in scope of four limits. The budget config is the
+shipped default with cpu_cap 64. Prints median and p99 in microseconds.
+
+    python benchmarks/bench_ledger.py [--leases 0,16,64,500] [--seconds 1.0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from supervisord_batt.budget import BudgetLedger, Request
+from supervisord_batt.config import BudgetConfig, load_config_text
+from supervisord_batt.host import HostMonitor, HostSample, Limit
+
+CGROUP = "/sys/fs/cgroup/pids"
+UID = os.getuid()
+GIB = 1 << 30
+
+
+def live_sample() -> HostSample:
+    return replace(HostMonitor().sample(), psi=None)
+
+
+def synthetic_sample() -> HostSample:
+    limits = (
+        Limit("threads-max", "threads-max", None, 192_000, 900),
+        Limit("pid_max", "pid_max", None, 4_194_304, 900),
+        Limit(f"cgroup:{CGROUP}", "cgroup", CGROUP, 6000, 300),
+        Limit(f"nproc:{UID}", "nproc", UID, 8192, 400),
+    )
+    return HostSample(
+        taken_at=time.monotonic(),
+        wall_time=time.time(),
+        threads_total=900,
+        threads_max=192_000,
+        pid_max=4_194_304,
+        cgroups=(),
+        users=(),
+        mem_available_bytes=64 * GIB,
+        mem_total_bytes=128 * GIB,
+        cpus=64.0,
+        psi=None,
+        limits=limits,
+    )
+
+
+def request(i: int) -> Request:
+    return Request(
+        holder=f"h{i}",
+        pid=10_000 + i,
+        uid=UID,
+        job="bench",
+        want=2 + i % 7,
+        cgroups=(CGROUP,),
+        base_tasks=1,
+    )
+
+
+def _clock() -> float:
+    return 1000.0  # frozen: nothing expires while we measure
+
+
+def loaded(cfg: BudgetConfig, sample: HostSample, n: int) -> tuple[BudgetLedger, list[str]]:
+    """A ledger holding n live leases, sampled once with their trees measured."""
+    led = BudgetLedger(cfg, _clock, sample)
+    ids = [led.acquire(request(i)).lease_id for i in range(n)]
+    led.update(sample, trees(led, ids))
+    return led, ids
+
+
+def trees(led: BudgetLedger, ids: list[str]) -> dict[str, int]:
+    """Measured task counts as a sample would see them: base task plus the pool's cost."""
+    return {i: led.lease(i).charge_tasks for i in ids}
+
+
+def timed(op: Callable[[], object], seconds: float, at_least: int = 30) -> list[float]:
+    """Latencies of op in microseconds, repeated for about `seconds`."""
+    lat: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(lat) < at_least or time.perf_counter() < end:
+        t0 = time.perf_counter_ns()
+        op()
+        lat.append((time.perf_counter_ns() - t0) / 1000)
+    return lat
+
+
+Timings = dict[str, dict[str, float]]  # operation -> median, p99, runs
+
+
+def measure(cfg: BudgetConfig, sample: HostSample, n: int, seconds: float) -> tuple[str, Timings]:
+    """The level the ledger settles at with n leases, and the timings of each operation."""
+    led, ids = loaded(cfg, sample, n)
+    fresh = itertools.count(n)
+
+    def pair() -> None:
+        led.release(led.acquire(request(next(fresh))).lease_id)
+
+    cycle = itertools.cycle(ids)
+
+    def renew() -> None:
+        if ids:  # with no lease there is nothing to renew: times the call overhead only
+            led.renew(next(cycle))
+
+    sizes = trees(led, ids)
+    row: Timings = {}
+    for name, op in (
+        ("pair", pair),
+        ("renew", renew),
+        ("update", lambda: led.update(sample, sizes)),
+    ):
+        lat = sorted(timed(op, seconds))
+        row[name] = {
+            "median": statistics.median(lat),
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "n": len(lat),
+        }
+    return led.level, row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--leases", default="0,16,64,500")
+    ap.add_argument("--seconds", type=float, default=1.0, help="per operation and row")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    cfg = load_config_text("budget:\n  cpu_cap: 64\n").budget
+    rows: list[tuple[str, int, str, Timings]] = []
+    for label, sample in (("live", live_sample()), ("synthetic", synthetic_sample())):
+        for n in (int(x) for x in args.leases.split(",")):
+            rows.append((label, n, *measure(cfg, sample, n, args.seconds)))
+    if args.json:
+        keys = ("sample", "leases", "level", "timings")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        return
+    ops = ("pair", "renew", "update")
+    print(
+        f"{'sample':<10} {'leases':>6} {'level':<7} "
+        + " ".join(f"{o + ' p50/p99 us':>22}" for o in ops)
+    )
+    for label, n, level, timings in rows:
+        cells = " ".join(f"{timings[o]['median']:>10.1f} /{timings[o]['p99']:>9.1f}" for o in ops)
+        print(f"{label:<10} {n:>6} {level:<7} {cells}")
+
+
+if __name__ == "__main__":
+    main()
