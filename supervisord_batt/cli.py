@@ -77,6 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
     p.set_defaults(func=cmd_status)
 
+    for name, text in (
+        ("start", "start a program, one instance (PROGRAM:N) or all"),
+        ("stop", "stop (stop signal, grace, kill the whole tree) and wait until gone"),
+        ("restart", "stop, then start"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config_arg(p)
+        _add_socket_arg(p)
+        p.add_argument("target", metavar="PROGRAM[:N]|all")
+        p.set_defaults(func=cmd_control, op=name)
+
+    p = sub.add_parser("reload", help="re-read the config; a bad one is rejected, the old stays")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("tail", help="the last output of an instance; -f follows")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument("target", metavar="PROGRAM[:N]")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
+    p.set_defaults(func=cmd_tail)
+
     p = sub.add_parser(
         "exec", help="run an unmodified program under a lease (env exports the grant)"
     )
@@ -210,15 +235,63 @@ def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when every instance that should run is RUNNING, 1 when one is not, 2 when
+    the daemon cannot be reached."""
     from supervisord_batt.status import render_status
 
     reply = _request(args, "status")
-    if reply is None:
-        return 2
-    if not reply.get("ok"):
+    if reply is None or not reply.get("ok"):
         return 2
     reply.pop("ok", None)
     print(json.dumps(reply) if args.json else render_status(reply))
+    return 0 if reply.get("all_running", True) else 1
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    reply = _request(args, args.op, target=args.target)
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    for name, state in reply["instances"].items():
+        print(f"{name}: {state}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _request(args, "reload")
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    for key in ("added", "removed", "changed", "unchanged"):
+        print(f"{key}: {', '.join(reply[key]) or '-'}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import time
+
+    stream = "stderr" if args.stderr else "stdout"
+    reply = _request(args, "tail", target=args.target, stream=stream, bytes=args.bytes)
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    sys.stdout.write(reply["data"])
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(0.5)  # a person is watching: poll twice a second
+        nxt = _request(
+            args, "tail", target=args.target, stream=stream, offset=reply["offset"], bytes=64 * 1024
+        )
+        if nxt is None or not nxt.get("ok"):
+            return 2 if nxt is None else 1
+        if nxt["truncated"]:
+            sys.stdout.write(f"\n[... {nxt['start'] - reply['offset']} bytes skipped ...]\n")
+        sys.stdout.write(nxt["data"])
+        sys.stdout.flush()
+        reply = nxt
     return 0
 
 

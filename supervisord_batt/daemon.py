@@ -1,14 +1,15 @@
-"""The daemon: wires config, host monitor, ledger and socket server together.
+"""The daemon: wires config, host monitor, ledger, supervisor and socket server together.
 
-Its life is three steps, each on one screen: `startup()` (bind the socket, first sample),
-`main_loop()` (a drift-free tick: sample, expire leases, level changes; a slower /proc
-scan), `shutdown()` (stop intake, release everything, remove the socket). Signal handlers
-only set flags or schedule the same code paths the CLI uses (SIGHUP = reload).
+Its life is three steps, each on one screen: `startup()` (bind the socket, first sample,
+start the programs), `main_loop()` (a drift-free tick: sample, leases, progress timeouts;
+a slower /proc scan), `shutdown()` (stop intake, stop every worker tree, remove the
+socket). Signal handlers only set flags or schedule the code paths the CLI uses: SIGHUP
+runs the same reload as `supervisord-batt reload`, SIGTERM the same shutdown.
 
 # No threads
 The daemon must answer, kill and log when the host cannot start one more thread, so it
-never starts one: no executors, no `to_thread`, no loky. Everything here is one asyncio
-loop; the slow /proc scan runs inline on its own interval.
+never starts one: no executors, no `to_thread`, no loky, no asyncio subprocess (its child
+watcher uses a thread). Everything is one asyncio loop; children are watched by pidfd.
 """
 
 from __future__ import annotations
@@ -16,41 +17,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import __version__, protocol
-from supervisord_batt.budget import BudgetLedger, Grant, LeaseError, Request
+from supervisord_batt import __version__, logs
+from supervisord_batt.budget import BudgetLedger
+from supervisord_batt.commands import Commands
 from supervisord_batt.config import Config, ConfigError, load_config
-from supervisord_batt.host import HostMonitor, HostSample, sample_to_json
+from supervisord_batt.host import HostMonitor, HostSample
 from supervisord_batt.logs import get_logger
-from supervisord_batt.procinfo import cgroup_fs_paths, thread_count
-from supervisord_batt.server import Connection, Server
+from supervisord_batt.server import Connection, PeerPolicy, Server
+from supervisord_batt.supervisor import Supervisor
 
 log = get_logger(component="daemon")
+
+
+class ReloadRejected(Exception):
+    pass
 
 
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None) -> None:
         self.config = config
         self.socket_path = socket_path or config.daemon.socket
-        self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=self._watched_users(config))
+        self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
-        self.server = Server(config.daemon, self.handle, self.on_close, self.socket_path)
+        self.commands = Commands(self)
+        self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
+        self.server.policy = _policy(config)
+        self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
         self.should_exit = asyncio.Event()
-        self.force_exit = False
         self.started_at = time.monotonic()
         self._last_scan = 0.0
         self._trees: dict[str, int] = {}
-
-    @staticmethod
-    def _watched_users(config: Config) -> list[int | str]:
-        users: list[int | str] = [os.geteuid(), *config.budget.watch_users]
-        users += [p.user for p in config.programs if p.user]
-        return list(dict.fromkeys(users))
+        self._reloading: asyncio.Task[None] | None = None
 
     # -- life -------------------------------------------------------------------------
 
@@ -71,8 +75,9 @@ class Daemon:
         self.monitor.scan()
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
-        self.ledger.update(self.sample, {})
+        result = self.ledger.update(self.sample, {})
         await self.server.start()
+        self.supervisor.start()
         tightest = self.sample.tightest()
         log.info(
             "started",
@@ -81,7 +86,8 @@ class Daemon:
             socket=str(self.socket_path),
             tightest=tightest.name,
             headroom=tightest.headroom,
-            level=self.ledger.statistics().level,
+            pressure=self.ledger.level,
+            pressure_reason=result.reason,
         )
 
     async def main_loop(self) -> None:
@@ -97,7 +103,10 @@ class Daemon:
                 await asyncio.wait_for(self.should_exit.wait(), timeout=next_tick - now)
 
     async def shutdown(self) -> None:
+        """Stop taking leases, stop every worker (signal, grace, kill), close the socket."""
         self.server.accepting = False
+        timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
+        await self.supervisor.shutdown(timeout)
         leases = self.ledger.statistics().leases
         await self.server.close()
         self.monitor.close()
@@ -107,15 +116,26 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     def handle_exit(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set():
-            log.warning("forced_exit", signal=sig.name)
-            self.force_exit = True
+            log.warning(
+                "forced_exit", signal=sig.name, reason="second signal: SIGKILL to every tree"
+            )
+            self.supervisor.force_kill()
             os._exit(1)
         log.info("exit_requested", signal=sig.name)
         self.should_exit.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: the same reload as the CLI's, run as a task the loop owns."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        with contextlib.suppress(ReloadRejected):
+            await self.reload()
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -123,6 +143,7 @@ class Daemon:
         if now - self._last_scan >= self.config.daemon.scan_interval:
             self.monitor.scan()
             self._trees = self._holder_trees()
+            self.supervisor.reap()
             self._last_scan = now
         self.sample = self.monitor.sample()
         # trees from the last scan stand until the next one: a tree that grew since is
@@ -130,16 +151,14 @@ class Daemon:
         result = self.ledger.update(self.sample, self._trees)
         if result.changed:
             stats = self.ledger.statistics()
-            tightest = self.sample.tightest()
             log.warning(
                 "pressure_change",
                 old=result.previous,
                 new=result.level,
                 reason=result.reason,
-                tightest=tightest.name,
-                headroom=tightest.headroom,
                 capacity=stats.capacity,
                 leased=stats.leased,
+                **self.limits_now(),
             )
         for lease in self.ledger.expire():
             log.warning(
@@ -150,6 +169,7 @@ class Daemon:
                 workers=lease.workers,
                 reason=f"not renewed within {self.config.budget.lease_ttl}s",
             )
+        self.supervisor.tick(now)
         self.server.sweep_idle(now)
 
     def _holder_trees(self) -> dict[str, int]:
@@ -159,33 +179,18 @@ class Daemon:
         usage = self.monitor.tree_tasks({lease.pid for lease in leases})
         return {lease.lease_id: usage[lease.pid].tasks for lease in leases if lease.pid in usage}
 
-    # -- reload -----------------------------------------------------------------------
+    def limits_now(self) -> dict[str, Any]:
+        """The tightest limit right now, for log events about refusals and pressure."""
+        sample = self.monitor.sample()
+        tightest = sample.tightest()
+        return {
+            "tightest": tightest.name,
+            "tightest_limit": tightest.limit,
+            "tightest_in_use": tightest.in_use,
+            "headroom": tightest.headroom,
+        }
 
-    def reload(self) -> dict[str, Any]:
-        source = self.config.source
-        if source is None:
-            return protocol.error(protocol.BAD_REQUEST, "the daemon was not started from a file")
-        try:
-            new = load_config(source)
-        except (ConfigError, OSError) as exc:
-            log.error("reload_rejected", path=str(source), reason=str(exc))
-            return protocol.error(protocol.BAD_REQUEST, f"config rejected, old one kept:\n{exc}")
-        self.config = new
-        self.ledger.reconfigure(new.budget)
-        log.info("reloaded", path=str(source))
-        return protocol.ok()
-
-    # -- requests ---------------------------------------------------------------------
-
-    async def handle(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg["op"]
-        method = getattr(self, f"op_{op}", None)
-        if method is None:
-            raise protocol.ProtocolError(protocol.UNKNOWN_OP, f"op {op!r} is not served here")
-        reply: dict[str, Any] = method(conn, msg)
-        if "id" in msg:
-            reply["id"] = msg["id"]
-        return reply
+    # -- hooks ------------------------------------------------------------------------
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):
@@ -199,129 +204,68 @@ class Daemon:
                 reason="connection closed",
             )
 
-    def op_hello(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"hello","version":1,"client":"name"} -> {"ok":true,"version":1,"server":"..."}"""
-        if msg["version"] != protocol.VERSION:
-            raise protocol.ProtocolError(
-                protocol.UNSUPPORTED_VERSION,
-                f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}",
-            )
-        conn.data["client"] = msg.get("client", "")
-        return protocol.ok(version=protocol.VERSION, server=f"supervisord-batt {__version__}")
+    def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
+        """A worker's tree is verified gone: whatever it still leased goes back now."""
+        gone = set(pids)
+        for lease in self.ledger.statistics().leases:
+            if lease.pid in gone:
+                self.ledger.release(lease.lease_id)
+                log.info(
+                    "release",
+                    lease=lease.lease_id,
+                    pid=lease.pid,
+                    job=lease.job,
+                    kind=lease.kind,
+                    workers=lease.workers,
+                    instance=instance,
+                    reason="worker tree gone",
+                )
 
-    def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
-        peer = conn.peer
-        if "cgroups" not in conn.data:
-            conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
-        request = Request(
-            holder=conn.key,
-            pid=peer.pid,
-            uid=peer.uid,
-            job=msg.get("job") or f"pid{peer.pid}",
-            want=msg["want"],
-            kinds=tuple(msg.get("kinds", protocol.KINDS)),
-            cgroups=conn.data["cgroups"],
-            base_tasks=thread_count(peer.pid),
-        )
-        grant = self.ledger.acquire(request)
-        event = "grant" if grant.kind != "sequential" or request.want < 2 else "deny"
-        log.info(
-            event,
-            lease=grant.lease_id,
-            pid=peer.pid,
-            job=request.job,
-            want=request.want,
-            kind=grant.kind,
-            workers=grant.workers,
-            pressure=grant.level,
-            reason=grant.reason,
-        )
-        return _grant_reply(grant)
+    # -- reload -----------------------------------------------------------------------
 
-    def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"renew","lease":"L1","workers_in_use":N} -> the lease's current target"""
-        lease_id = self._owned(conn, msg["lease"])
-        grant = self.ledger.renew(lease_id, msg.get("workers_in_use"))
-        return _grant_reply(grant)
-
-    def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"release","lease":"L1"} -> {"ok":true,"kind":...,"workers":N}"""
-        lease = self.ledger.release(self._owned(conn, msg["lease"]))
-        log.info(
-            "release",
-            lease=lease.lease_id,
-            pid=lease.pid,
-            job=lease.job,
-            kind=lease.kind,
-            workers=lease.workers,
-            reason="released by holder",
-        )
-        return protocol.ok(lease=lease.lease_id, kind=lease.kind, workers=lease.workers)
-
-    def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true}"""
-        conn.data["last_progress"] = time.monotonic()
-        if "lease" in msg:
-            self.ledger.heartbeat(self._owned(conn, msg["lease"]))
-        return protocol.ok()
-
-    def op_status(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"status"} -> level, capacity, leased, leases, host"""
-        return protocol.ok(**self.status())
-
-    def status(self) -> dict[str, Any]:
-        stats = self.ledger.statistics()
-        now = time.monotonic()
-        return {
-            "pid": os.getpid(),
-            "version": __version__,
-            "uptime_s": round(now - self.started_at, 1),
-            "level": stats.level,
-            "capacity": stats.capacity,
-            "leased": stats.leased,
-            "leased_tasks": stats.leased_tasks,
-            "connections": len(self.server.connections),
-            "leases": [
-                {
-                    "lease": lease.lease_id,
-                    "pid": lease.pid,
-                    "uid": lease.uid,
-                    "job": lease.job,
-                    "kind": lease.kind,
-                    "workers": lease.workers,
-                    "target": lease.target,
-                    "wanted": lease.wanted,
-                    "age_s": round(now - lease.created_at, 1),
-                }
-                for lease in stats.leases
-            ],
-            "host": sample_to_json(self.sample) if self.sample else None,
-        }
-
-    def _owned(self, conn: Connection, lease_id: str) -> str:
-        """A lease this connection holds; anything else is an error, never a silent no-op."""
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the config file; a config that does not validate leaves the old one."""
+        source = self.config.source
+        if source is None:
+            raise ReloadRejected("the daemon was not started from a config file")
         try:
-            holder = self.ledger.lease(lease_id).holder
-        except LeaseError as exc:
-            raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, str(exc)) from None
-        if holder != conn.key:
-            raise protocol.ProtocolError(
-                protocol.UNKNOWN_LEASE, f"lease {lease_id} is not held by this connection"
+            new = load_config(source)
+        except (ConfigError, OSError) as exc:
+            log.error("reload_rejected", path=str(source), reason=str(exc))
+            raise ReloadRejected(f"config rejected, the old one stays:\n{exc}") from None
+        if new.daemon.socket != self.config.daemon.socket:
+            log.warning(
+                "reload_socket_ignored",
+                old=str(self.config.daemon.socket),
+                new=str(new.daemon.socket),
+                reason="the socket moves only on restart",
             )
-        return lease_id
+        self.config = new
+        self.ledger.reconfigure(new.budget)
+        self.server.policy = _policy(new)
+        self.monitor.close()
+        self.monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))
+        d = new.daemon
+        logs.configure(d.log_format, logs.LEVELS.get(d.log_level, 20), d.log_file)
+        diff = await self.supervisor.reload(new)
+        log.info("reloaded", path=str(source), **diff)
+        return diff
 
 
-def _grant_reply(grant: Grant) -> dict[str, Any]:
-    return protocol.ok(
-        lease=grant.lease_id,
-        kind=grant.kind,
-        workers=grant.workers,
-        target=grant.target,
-        level=grant.level,
-        ttl=grant.ttl,
-        reason=grant.reason,
-    )
+def _watched_users(config: Config) -> list[int | str]:
+    users: list[int | str] = [os.geteuid(), *config.budget.watch_users]
+    users += [p.user for p in config.programs if p.user]
+    return list(dict.fromkeys(users))
+
+
+def _policy(config: Config) -> PeerPolicy:
+    """Allowed peers: the configured uids and groups, plus every program's user."""
+    uids = list(config.daemon.allowed_uids)
+    for program in config.programs:
+        if program.user:
+            with contextlib.suppress(KeyError):
+                uids.append(pwd.getpwnam(program.user).pw_uid)
+    return PeerPolicy(tuple(uids), config.daemon.allowed_groups)
 
 
 def run_daemon(config: Config, socket_path: Path | None = None) -> int:

@@ -69,6 +69,12 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "stop": {"target": Field(_STR, True)},
     "restart": {"target": Field(_STR, True)},
     "reload": {},
+    "tail": {
+        "target": Field(_STR, True),
+        "stream": Field(_STR),
+        "offset": Field(_INT),
+        "bytes": Field(_INT),
+    },
 }
 
 
@@ -105,6 +111,8 @@ def _validate(op: str, msg: Mapping[str, Any], schema: Mapping[str, Field]) -> N
     for key, spec in schema.items():
         if spec.required and key not in msg:
             raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
+    if op == "tail" and msg.get("stream", "stdout") not in ("stdout", "stderr"):
+        raise ProtocolError(BAD_REQUEST, "tail.stream: 'stdout' or 'stderr'")
     if op == "acquire":
         if msg["want"] < 0:
             raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")

@@ -29,6 +29,13 @@ def render_status(status: dict[str, Any]) -> str:
             f"tightest limit {tightest['name']}: {tightest['in_use']}/{tightest['limit']} in use, "
             f"headroom {tightest['headroom']}"
         )
+    programs = status.get("programs", [])
+    if programs:
+        lines.append("")
+        rows = [_instance_row(inst) for program in programs for inst in program["instances"]]
+        lines += _table(
+            ["INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "TASKS", "LEASE", "LAST EXIT"], rows
+        )
     leases = status.get("leases", [])
     lines.append("")
     if leases:
@@ -49,3 +56,35 @@ def render_status(status: dict[str, Any]) -> str:
     else:
         lines.append("no leases")
     return "\n".join(lines)
+
+
+def _instance_row(inst: dict[str, Any]) -> list[str]:
+    uptime = inst.get("uptime_s")
+    backoff = inst.get("backoff_s")
+    state = inst["state"] + (f" ({backoff:.0f}s)" if backoff is not None else "")
+    return [
+        inst["name"],
+        state,
+        str(inst["pid"] or "-"),
+        f"{uptime:.0f}s" if uptime is not None else "-",
+        str(inst["restarts"]),
+        str(inst.get("tasks") if inst.get("tasks") is not None else "-"),
+        str(inst.get("lease") or "-"),
+        _describe_exit(inst.get("last_exit")),
+    ]
+
+
+def _describe_exit(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "-"
+    if info.get("signal"):
+        text = f"killed by {info['signal']}"
+    elif info.get("code") is not None:
+        text = f"exit {info['code']}"
+    else:
+        text = info.get("reason", "?")
+    if info.get("by_limit"):
+        text += f" ({info['reason']})"
+    elif info.get("reason") == "spawn_failed":
+        text = f"spawn failed: {info.get('detail') or ''}"
+    return text

@@ -106,12 +106,16 @@ class PidsCgroup:
 
     @staticmethod
     def _close_dir(path: Path) -> None:
-        for child in sorted(path.iterdir()):
-            if child.is_dir():
-                PidsCgroup._close_dir(child)
+        with contextlib.suppress(FileNotFoundError):
+            for child in sorted(path.iterdir()):
+                if child.is_dir():
+                    PidsCgroup._close_dir(child)
         deadline = time.monotonic() + 10
         while True:
-            members = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+            try:
+                members = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+            except FileNotFoundError:  # removed meanwhile by whoever made it
+                return
             if not members:
                 break
             for pid in members:
@@ -124,6 +128,8 @@ class PidsCgroup:
         while True:
             try:
                 path.rmdir()
+                return
+            except FileNotFoundError:
                 return
             except OSError:
                 if time.monotonic() > deadline:

@@ -28,7 +28,7 @@ PIDS_MAX = 120
 ACQUIRERS = 50
 
 
-def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(daemon, pids_cgroup):
+def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(pids_cgroup, daemon):
     cg = pids_cgroup()
     cg.set_max(PIDS_MAX)
     d = daemon(

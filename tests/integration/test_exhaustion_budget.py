@@ -45,7 +45,7 @@ def reference_checksum() -> str:
     return str(json.loads(out.stdout.splitlines()[-1])["checksum"])
 
 
-def test_demo_jobs_in_a_half_size_cgroup_all_finish_and_leave_nothing(daemon, pids_cgroup):
+def test_demo_jobs_in_a_half_size_cgroup_all_finish_and_leave_nothing(pids_cgroup, daemon):
     expected = reference_checksum()
     cg = pids_cgroup()
     cg.set_max(DEMAND // 2)
