@@ -12,19 +12,39 @@ from typing import Any
 from tests.helpers import killing
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--tasks", "6", "--samples", "2", "--want", "2", "--seed", "7",
-        "--min-ms", "5", "--max-ms", "10"]
+ARGS = [
+    "--tasks",
+    "6",
+    "--samples",
+    "2",
+    "--want",
+    "2",
+    "--seed",
+    "7",
+    "--min-ms",
+    "5",
+    "--max-ms",
+    "10",
+]
 
 
 def _demo(tmp_path: Path, fallback: str | None) -> tuple[int, dict[str, Any], str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "SUPERVISORD_BATT_SOCKET": str(tmp_path / "no-daemon.sock")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SUPERVISORD_BATT_SOCKET": str(tmp_path / "no-daemon.sock"),
+    }
     env.pop("SUPERVISORD_BATT_FALLBACK", None)
     if fallback:
         env["SUPERVISORD_BATT_FALLBACK"] = fallback
-    proc = subprocess.Popen([sys.executable, "-m", "supervisord_batt.demo", *ARGS], env=env,
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisord_batt.demo", *ARGS],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with killing(proc):  # type: ignore[arg-type]
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
@@ -54,8 +74,16 @@ def test_demo_without_daemon_runs_sequential_with_a_mode_independent_checksum(
 
 def test_demo_checksum_depends_on_the_seed(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = ("from supervisord_batt.demo import Task, score; "
-            "print(score(Task(0, 1, 2, 1, 2)) != score(Task(0, 2, 2, 1, 2)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60, check=True)
+    code = (
+        "from supervisord_batt.demo import Task, score; "
+        "print(score(Task(0, 1, 2, 1, 2)) != score(Task(0, 2, 2, 1, 2)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert out.stdout.strip() == "True"

@@ -63,8 +63,10 @@ def test_task_errors_propagate_unchanged(kind: str) -> None:
 
 def test_task_timeout_names_the_task_and_kills_the_workers() -> None:
     start = time.monotonic()
-    with BudgetExecutor(Grant.local("process", 2), task_timeout=1.0, poll_interval=0.1) as ex, \
-            pytest.raises(TaskTimeout) as err:
+    with (
+        BudgetExecutor(Grant.local("process", 2), task_timeout=1.0, poll_interval=0.1) as ex,
+        pytest.raises(TaskTimeout) as err,
+    ):
         ex.map(sleepy, [0.01, 60.0, 0.01])
     assert time.monotonic() - start < 20
     assert err.value.index == 1 and "task 1 (60.0)" in str(err.value)
@@ -115,5 +117,5 @@ def test_follows_a_shrink_between_tasks() -> None:
     with grant.executor(poll_interval=0.05) as ex:
         assert ex.map(sleepy, [0.05] * 10) == [0.05] * 10
     assert ex.kinds_used == ["thread:3", "thread:1"]
-    assert 1 in grant.renewals[grant.renewals.index(3):]  # acknowledged the new size
+    assert 1 in grant.renewals[grant.renewals.index(3) :]  # acknowledged the new size
     assert ex.fallbacks == []

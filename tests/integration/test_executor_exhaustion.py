@@ -69,9 +69,22 @@ def loky_version(request: pytest.FixtureRequest) -> str:
     version: str = request.param
     if version == "3.6.0" and not (LOKY_OLD / "loky").is_dir():
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-             "--target", str(LOKY_OLD), "loky==3.6.0"],
-            capture_output=True, text=True, timeout=300, check=False)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                str(LOKY_OLD),
+                "loky==3.6.0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot install loky 3.6.0: {done.stderr.strip()[-300:]}")
     return version
@@ -83,8 +96,14 @@ def _run(cg: PidsCgroup, version: str, tmp_path: Path) -> tuple[int, dict[str, A
     path = [str(LOKY_OLD)] if version == "3.6.0" else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(REPO)])}
     env.pop("SUPERVISORD_BATT_FALLBACK", None)
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=cg.preexec())
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=cg.preexec(),
+    )
     with killing(proc):  # type: ignore[arg-type]
         try:
             out, err = proc.communicate(timeout=DEADLINE)

@@ -51,7 +51,11 @@ def test_no_daemon_yields_sequential_with_one_warning(
     missing = tmp_path / "no-such.sock"
     with lease(3, job="batt", socket_path=missing) as grant:
         assert (grant.kind, grant.workers, grant.degraded, grant.lease_id) == (
-            "sequential", 1, True, None)
+            "sequential",
+            1,
+            True,
+            None,
+        )
         grant.renew(workers_in_use=1)  # no daemon: no-ops, never raise
         grant.heartbeat(progress=1)
         assert grant.kind == "sequential"
@@ -75,8 +79,12 @@ def test_refused_socket_degrades(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     "case", [("process:2", "process", 2), ("thread", "thread", 1), ("sequential", "sequential", 1)]
 )
-def test_fallback_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           capsys: pytest.CaptureFixture[str], case: tuple[str, str, int]) -> None:
+def test_fallback_from_env(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, str, int],
+) -> None:
     spec, kind, workers = case
     monkeypatch.setenv(client.FALLBACK_ENV, spec)
     with lease(4, socket_path=tmp_path / "none.sock") as grant:
@@ -89,8 +97,9 @@ def test_bad_fallback_env_is_reported_and_ignored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv(client.FALLBACK_ENV, "gpu:9")
-    with lease(2, socket_path=tmp_path / "none.sock", fallback="thread",
-               fallback_workers=2) as grant:
+    with lease(
+        2, socket_path=tmp_path / "none.sock", fallback="thread", fallback_workers=2
+    ) as grant:
         assert (grant.kind, grant.workers) == ("thread", 2)
     lines = _warnings(capsys.readouterr().err)
     assert len(lines) == 2 and "gpu:9" in lines[0]
@@ -154,8 +163,15 @@ class FakeDaemon:
 
 
 def _grant_reply(workers: int, target: int, kind: str = "process") -> dict[str, Any]:
-    return protocol.ok(lease="L1", kind=kind, workers=workers, target=target,
-                       level="normal", ttl=60.0, reason="headroom")
+    return protocol.ok(
+        lease="L1",
+        kind=kind,
+        workers=workers,
+        target=target,
+        level="normal",
+        ttl=60.0,
+        reason="headroom",
+    )
 
 
 @pytest.fixture
@@ -172,8 +188,9 @@ def fake_daemon(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
         d.close()
 
 
-def test_lease_renew_shrink_and_release(fake_daemon: Callable[..., FakeDaemon],
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_lease_renew_shrink_and_release(
+    fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
     target = {"n": 3}
 
     def handle(msg: dict[str, Any]) -> dict[str, Any]:
@@ -196,18 +213,25 @@ def test_lease_renew_shrink_and_release(fake_daemon: Callable[..., FakeDaemon],
     assert _warnings(capsys.readouterr().err) == []
 
 
-def test_error_reply_degrades(fake_daemon: Callable[..., FakeDaemon],
-                              capsys: pytest.CaptureFixture[str]) -> None:
-    d = fake_daemon(lambda msg: protocol.ok() if msg["op"] == "hello"
-                    else protocol.error(protocol.SHUTTING_DOWN, "daemon is stopping"))
+def test_error_reply_degrades(
+    fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = fake_daemon(
+        lambda msg: (
+            protocol.ok()
+            if msg["op"] == "hello"
+            else protocol.error(protocol.SHUTTING_DOWN, "daemon is stopping")
+        )
+    )
     with lease(2, socket_path=d.path) as grant:
         assert grant.degraded and grant.kind == "sequential"
     (line,) = _warnings(capsys.readouterr().err)
     assert "shutting_down: daemon is stopping" in line
 
 
-def test_connection_loss_degrades_once(fake_daemon: Callable[..., FakeDaemon],
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_connection_loss_degrades_once(
+    fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
     d = fake_daemon(lambda msg: _grant_reply(2, 2) if msg["op"] == "acquire" else protocol.ok())
     with lease(2, socket_path=d.path) as grant:
         d.drop()
@@ -221,8 +245,7 @@ def test_connection_loss_degrades_once(fake_daemon: Callable[..., FakeDaemon],
 
 def test_connection_bounds_the_reply_line(fake_daemon: Callable[..., FakeDaemon]) -> None:
     d = fake_daemon(lambda msg: b"x" * 5000)
-    with Connection(d.path, timeout=2, max_line=1024) as conn, \
-            pytest.raises(DaemonError) as err:
+    with Connection(d.path, timeout=2, max_line=1024) as conn, pytest.raises(DaemonError) as err:
         conn.request("hello", version=1)
     assert err.value.code == protocol.TOO_LARGE
 
@@ -236,8 +259,9 @@ def test_connection_times_out(fake_daemon: Callable[..., FakeDaemon]) -> None:
 # --- exec ---------------------------------------------------------------------------------
 
 
-def test_exec_exports_env_and_passes_exit_code(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exec_exports_env_and_passes_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "none.sock"))
     monkeypatch.setenv(client.FALLBACK_ENV, "process:2")
     out = tmp_path / "env.json"
@@ -274,16 +298,21 @@ def test_exec_missing_program_is_127(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_exec_forwards_sigterm_to_the_child(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    child = (f"import os, pathlib, time; pathlib.Path({str(ready)!r})"
-             ".write_text(str(os.getpid())); [time.sleep(0.05) for _ in range(2000)]")
-    wrapper = ("import sys; from supervisord_batt.client import exec_main; "
-               f"sys.exit(exec_main([sys.executable, '-c', {child!r}], want=1))")
+    child = (
+        f"import os, pathlib, time; pathlib.Path({str(ready)!r})"
+        ".write_text(str(os.getpid())); [time.sleep(0.05) for _ in range(2000)]"
+    )
+    wrapper = (
+        "import sys; from supervisord_batt.client import exec_main; "
+        f"sys.exit(exec_main([sys.executable, '-c', {child!r}], want=1))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), client.SOCKET_ENV: str(tmp_path / "n.sock")}
     proc = subprocess.Popen([sys.executable, "-c", wrapper], env=env, stderr=subprocess.PIPE)
     try:
         with killing(proc):
-            wait_until(lambda: ready.exists() and ready.read_text(), timeout=20,
-                       what="the child to start")
+            wait_until(
+                lambda: ready.exists() and ready.read_text(), timeout=20, what="the child to start"
+            )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     finally:
