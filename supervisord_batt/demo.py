@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -51,11 +52,20 @@ def score(task: Task) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m supervisord_batt.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m supervisord_batt.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--want", type=int, default=2, help="workers to ask the daemon for")
+    p.add_argument(
+        "--want",
+        type=int,
+        default=int(os.environ.get("SUPERVISORD_BATT_WANT", "2")),
+        help="workers to ask the daemon for (default: $SUPERVISORD_BATT_WANT, "
+        "which the supervisor sets from the program's slots, else 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-ms", type=float, default=50.0)
     p.add_argument("--max-ms", type=float, default=200.0)

@@ -271,6 +271,7 @@ class Supervisor:
         env.update(inst.program.environment)
         env["SUPERVISORD_BATT_SOCKET"] = str(self.socket_path)
         env["SUPERVISORD_BATT_INSTANCE"] = inst.name
+        env["SUPERVISORD_BATT_WANT"] = str(inst.program.slots)
         return env
 
     def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:

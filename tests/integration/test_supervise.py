@@ -208,6 +208,7 @@ def test_progress_timeout_kills_a_silent_worker_before_its_wall_clock(daemon):
 def test_heartbeats_keep_a_worker_alive(daemon):
     beat = """
         import json, os, socket, time
+        assert os.environ["SUPERVISORD_BATT_WANT"] == "3"  # the program's slots
         s = socket.socket(socket.AF_UNIX); s.connect(os.environ["SUPERVISORD_BATT_SOCKET"])
         f = s.makefile("rwb")
         for i in range(40):
@@ -215,7 +216,9 @@ def test_heartbeats_keep_a_worker_alive(daemon):
             assert json.loads(f.readline())["instance"] == os.environ["SUPERVISORD_BATT_INSTANCE"]
             time.sleep(0.1)
     """
-    d = daemon({"programs": {"beat": program(py(beat), progress_timeout="1s", restart="never")}})
+    d = daemon(
+        {"programs": {"beat": program(py(beat), progress_timeout="1s", restart="never", slots=3)}}
+    )
     wait_until(lambda: instance(d, "beat:0")["state"] == "EXITED", timeout=20)
     assert instance(d, "beat:0")["last_exit"]["code"] == 0, d.events("output")
     assert not d.events("no_progress")

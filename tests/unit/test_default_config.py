@@ -46,13 +46,13 @@ def test_shipped_config_has_the_demo_program() -> None:
     assert batt.name == "batt"
     assert batt.command == (
         "python3", "-m", "supervisord_batt.demo",
-        "--tasks", "20", "--samples", "8", "--want", "2",
-    )  # fmt: skip
+        "--tasks", "20", "--samples", "8",
+    )  # fmt: skip  (the pool size comes from `slots`, exported as SUPERVISORD_BATT_WANT)
     assert batt.numprocs == 3
     assert batt.wall_clock_limit == 600.0
     assert batt.stop_grace == 10.0
     assert batt.stop_signal is signal.SIGTERM
-    assert batt.restart == "on-failure"
+    assert batt.restart == "always"  # workers run job after job, as run_card.sh's loop did
     assert batt.progress_timeout == 120.0
     assert batt.slots == 2
     assert batt.output.mode == "daemon"
