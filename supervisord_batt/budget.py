@@ -150,8 +150,11 @@ def workers_for(kind: Kind, tasks: int) -> int:
 
 
 def reserve_for(limit: Limit, config: BudgetConfig) -> int:
-    """Tasks kept free under `limit`: the larger of the floor and the percent."""
-    return max(config.reserve_tasks, math.ceil(limit.limit * config.reserve_percent / 100))
+    """Tasks kept free under `limit`: the larger of the floor and the percent, but never
+    more than half the limit. The floor suits host-wide limits (tens of thousands); a small
+    cgroup (a TasksMax of 40, say) would otherwise be all reserve and never get a pool."""
+    wanted = max(config.reserve_tasks, math.ceil(limit.limit * config.reserve_percent / 100))
+    return min(wanted, limit.limit // 2)
 
 
 @dataclass

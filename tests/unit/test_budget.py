@@ -520,3 +520,15 @@ def test_a_tree_that_grows_to_its_charge_is_not_counted_twice() -> None:
     assert led.statistics().free_tasks["threads-max"] == 75
     b = led.acquire(request("b", 6, base_tasks=1))
     assert b.workers == 6
+
+
+def test_reserve_is_capped_at_half_a_small_limit() -> None:
+    """A 64-task floor must not swallow a cgroup of 28 (the contention benchmark's half cell)."""
+    from supervisord_batt.budget import reserve_for
+    from supervisord_batt.config import load_config_text
+    from supervisord_batt.host import Limit
+
+    config = load_config_text("budget:\n  reserve_tasks: 64\n  reserve_percent: 5\n").budget
+    assert reserve_for(Limit("cgroup:/x", "cgroup", "/x", 28, 0), config) == 14
+    assert reserve_for(Limit("pid_max", "pid_max", None, 32768, 0), config) == 1639
+    assert reserve_for(Limit("threads-max", "threads-max", None, 1000, 0), config) == 64
