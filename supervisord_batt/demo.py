@@ -41,13 +41,18 @@ def _spin(iterations: int, h: int) -> int:
     return h
 
 
+def score_sample(task: Task, sample: int) -> int:
+    """One sample of a task: a hashing loop whose length comes from a seeded RNG."""
+    rng = random.Random(f"{task.seed}:{task.index}:{sample}")
+    iterations = int(rng.uniform(task.min_ms, task.max_ms) * ITERS_PER_MS)
+    return _spin(iterations, rng.getrandbits(64))
+
+
 def score(task: Task) -> int:
     """The task's checksum: deterministic for (seed, index, samples, min_ms, max_ms)."""
     acc = 0
     for sample in range(task.samples):
-        rng = random.Random(f"{task.seed}:{task.index}:{sample}")
-        iterations = int(rng.uniform(task.min_ms, task.max_ms) * ITERS_PER_MS)
-        acc = (acc * 31 + _spin(iterations, rng.getrandbits(64))) & MASK
+        acc = (acc * 31 + score_sample(task, sample)) & MASK
     return acc
 
 
