@@ -73,7 +73,8 @@ async def _echo_main(path: str, ready: mp.Event) -> None:  # type: ignore[type-a
         await server.serve_forever()
 
 
-def _echo_server(path: str, ready: mp.Event) -> None:  # type: ignore[type-arg]
+def _echo_server(path: str, ready: mp.Event, nice: int) -> None:  # type: ignore[type-arg]
+    os.setpriority(os.PRIO_PROCESS, 0, nice)  # the same priority as the daemon under test
     asyncio.run(_echo_main(path, ready))
 
 
@@ -98,7 +99,7 @@ def run_cell(path: str, clients: int, seconds: float, echo: bool) -> dict[str, f
     }
 
 
-def start_daemon(workdir: Path) -> subprocess.Popen[bytes]:
+def start_daemon(workdir: Path, nice: int) -> subprocess.Popen[bytes]:
     sock = workdir / "d.sock"
     (workdir / "c.yaml").write_text(
         f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {workdir / 'd.log'}\n"
@@ -106,7 +107,8 @@ def start_daemon(workdir: Path) -> subprocess.Popen[bytes]:
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(workdir / "c.yaml")],
+        ["nice", "-n", str(nice), sys.executable, "-m", "supervisord_batt", "run", "-c",
+         str(workdir / "c.yaml")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -128,15 +130,17 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="priority of both servers, the daemon and the echo floor (default 0)")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="sbb-", dir="/tmp"))
     ready = mp.Event()
     echo_path = str(workdir / "e.sock")
-    echo = mp.Process(target=_echo_server, args=(echo_path, ready), daemon=True)
+    echo = mp.Process(target=_echo_server, args=(echo_path, ready, args.nice), daemon=True)
     echo.start()
     ready.wait(10)
-    daemon = start_daemon(workdir)
+    daemon = start_daemon(workdir, args.nice)
     rows = []
     try:
         for n in counts:

@@ -443,6 +443,10 @@ class BudgetLedger:
         self._fresh()
         return self._get(lease_id).snapshot()
 
+    def holder_of(self, lease_id: str) -> str:
+        """Who holds the lease (cheap: the request path checks ownership on every call)."""
+        return self._get(lease_id).req.holder
+
     # -- host -----------------------------------------------------------------------------
 
     def update(self, sample: HostSample, trees: Mapping[str, int]) -> UpdateResult:

@@ -61,8 +61,9 @@ class Commands:
     def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
         peer = conn.peer
-        if "cgroups" not in conn.data:
+        if "cgroups" not in conn.data:  # a connection's peer does not change: read once
             conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
+            conn.data["base_tasks"] = thread_count(peer.pid)
         request = Request(
             holder=conn.key,
             pid=peer.pid,
@@ -71,7 +72,7 @@ class Commands:
             want=msg["want"],
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
             cgroups=conn.data["cgroups"],
-            base_tasks=thread_count(peer.pid),
+            base_tasks=conn.data["base_tasks"],
         )
         grant = self.d.ledger.acquire(request)
         event = "grant" if grant.kind != "sequential" or request.want < 2 else "deny"
@@ -121,7 +122,7 @@ class Commands:
     def _owned(self, conn: Connection, lease_id: str) -> str:
         """A lease this connection holds; anything else is an error, never a silent no-op."""
         try:
-            holder = self.d.ledger.lease(lease_id).holder
+            holder = self.d.ledger.holder_of(lease_id)
         except LeaseError as exc:
             raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, str(exc)) from None
         if holder != conn.key:
