@@ -141,8 +141,7 @@ class Daemon:
 
     def tick(self, now: float) -> None:
         if now - self._last_scan >= self.config.daemon.scan_interval:
-            self.monitor.scan()
-            self._trees = self._holder_trees()
+            self._trees = self._scan()
             self.supervisor.reap()
             self._last_scan = now
         self.sample = self.monitor.sample()
@@ -172,11 +171,10 @@ class Daemon:
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
 
-    def _holder_trees(self) -> dict[str, int]:
+    def _scan(self) -> dict[str, int]:
+        """The slow /proc pass: per-user counts, and each lease holder's tree size."""
         leases = self.ledger.statistics().leases
-        if not leases:
-            return {}
-        usage = self.monitor.tree_tasks({lease.pid for lease in leases})
+        usage = self.monitor.scan({lease.pid for lease in leases})
         return {lease.lease_id: usage[lease.pid].tasks for lease in leases if lease.pid in usage}
 
     def limits_now(self) -> dict[str, Any]:

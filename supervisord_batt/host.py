@@ -304,17 +304,21 @@ class HostMonitor:
 
     # ------------------------------------------------------------ slow path
 
-    def scan(self) -> None:
-        """The O(processes) pass: per watched uid, its tasks and smallest RLIMIT_NPROC.
+    def scan(self, roots: Iterable[int] = ()) -> dict[int, TreeUsage]:
+        """The O(processes) pass: per watched uid, its tasks and smallest RLIMIT_NPROC;
+        and, from the same reads, the process tree of each pid in `roots`.
 
-        Also refreshes `cpus`. Without watched users there is no /proc pass at all.
+        Also refreshes `cpus`. With no watched users and no roots there is no pass at all.
         """
         self.cpus = self._read_cpus()
-        if not self._users:
-            return
+        roots = list(roots)
+        if not self._users and not roots:
+            return {}
         uids = {uid for uid, _ in self._users}
         tasks = dict.fromkeys(uids, 0)
         best: dict[int, tuple[int | None, int]] = {}  # uid -> (soft limit, pid)
+        children: dict[int, list[int]] = {}
+        threads: dict[int, int] = {}
         proc_fd = os.open(self.proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with os.scandir(self.proc_root) as it:
@@ -323,22 +327,35 @@ class HostMonitor:
                     if not name.isdigit():
                         continue
                     parsed = _read_status(proc_fd, name)
-                    if parsed is None or parsed[0] not in uids:
-                        continue  # vanished mid-scan, or not a watched user
-                    uid, threads = parsed
-                    tasks[uid] += threads
-                    if uid == 0:
-                        continue  # exempt: its limit does not matter
-                    limits = procfs.read_text(os.path.join(self.proc_root, name, "limits"))
-                    try:
-                        soft = procfs.parse_limits_nproc(limits or "")
-                    except ValueError:
+                    if parsed is None:
+                        continue  # vanished mid-scan
+                    uid, count, ppid = parsed
+                    threads[int(name)] = count
+                    children.setdefault(ppid, []).append(int(name))
+                    if uid not in uids:
                         continue
-                    prev = best.get(uid)
-                    if prev is None or (soft is not None and (prev[0] is None or soft < prev[0])):
-                        best[uid] = (soft, int(name))
+                    tasks[uid] += count
+                    if uid != 0:  # root is exempt: its limit does not matter
+                        self._nproc_of(name, uid, best)
         finally:
             os.close(proc_fd)
+        self._user_rows = self._rows(tasks, best)
+        return _trees(roots, children, threads)
+
+    def _nproc_of(self, name: str, uid: int, best: dict[int, tuple[int | None, int]]) -> None:
+        """Keep the smallest soft RLIMIT_NPROC seen for `uid`, with its pid."""
+        limits = procfs.read_text(os.path.join(self.proc_root, name, "limits"))
+        try:
+            soft = procfs.parse_limits_nproc(limits or "")
+        except ValueError:
+            return
+        prev = best.get(uid)
+        if prev is None or (soft is not None and (prev[0] is None or soft < prev[0])):
+            best[uid] = (soft, int(name))
+
+    def _rows(
+        self, tasks: dict[int, int], best: dict[int, tuple[int | None, int]]
+    ) -> tuple[UserUsage, ...]:
         now = time.monotonic()
         own = self._own_nproc()
         rows = []
@@ -356,7 +373,7 @@ class HostMonitor:
                     scanned_at=now,
                 )
             )
-        self._user_rows = tuple(rows)
+        return tuple(rows)
 
     def _own_nproc(self) -> int | None:
         if self._real_proc:
@@ -424,17 +441,7 @@ class HostMonitor:
                             children.setdefault(parsed[0], []).append(pid)
         finally:
             os.close(proc_fd)
-        out = {}
-        for root in roots:
-            if root not in threads:
-                continue
-            tree, todo = [], [root]
-            while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo += children.get(pid, ())
-            out[root] = TreeUsage(root, tuple(tree), sum(threads[p] for p in tree))
-        return out
+        return _trees(roots, children, threads)
 
     # ------------------------------------------------------------ lifetime
 
@@ -670,14 +677,31 @@ def _resolve_user(user: int | str) -> tuple[int, str | None]:
         raise ValueError(f"unknown user {user!r}") from None
 
 
-def _read_status(proc_fd: int, pid: str) -> tuple[int, int] | None:
-    """(real uid, threads) of one process, or None if it vanished mid-scan."""
+def _trees(
+    roots: list[int], children: dict[int, list[int]], threads: dict[int, int]
+) -> dict[int, TreeUsage]:
+    """Each root's tree from a ppid -> children map; roots that are gone are left out."""
+    out = {}
+    for root in roots:
+        if root not in threads:
+            continue
+        tree, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children.get(pid, ())
+        out[root] = TreeUsage(root, tuple(tree), sum(threads.get(p, 0) for p in tree))
+    return out
+
+
+def _read_status(proc_fd: int, pid: str) -> tuple[int, int, int] | None:
+    """(real uid, threads, ppid) of one process, or None if it vanished mid-scan."""
     try:
         fd = os.open(f"{pid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
     except OSError:
         return None
     try:
-        return procfs.parse_status(os.read(fd, 4096))
+        return procfs.parse_status_ppid(os.read(fd, 4096))
     except OSError:
         return None
     finally:

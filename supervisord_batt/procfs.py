@@ -146,16 +146,24 @@ def parse_psi_some_avg10(data: bytes | None) -> float | None:
 
 def parse_status(data: bytes) -> tuple[int, int] | None:
     """(real uid, threads) from /proc/<pid>/status; None if either field is missing."""
+    full = parse_status_ppid(data)
+    return None if full is None else (full[0], full[1])
+
+
+def parse_status_ppid(data: bytes) -> tuple[int, int, int] | None:
+    """(real uid, threads, ppid) from /proc/<pid>/status; None if a field is missing."""
     i = data.find(b"\nUid:")
     j = data.find(b"\nThreads:")
-    if i < 0 or j < 0:
+    k = data.find(b"\nPPid:")
+    if i < 0 or j < 0 or k < 0:
         return None
     try:
         uid = int(data[i + 5 : data.index(b"\n", i + 5)].split()[0])
         threads = int(data[j + 9 : data.find(b"\n", j + 9)].split()[0])
+        ppid = int(data[k + 6 : data.index(b"\n", k + 6)])
     except (IndexError, ValueError):
         return None
-    return uid, threads
+    return uid, threads, ppid
 
 
 def parse_stat(data: bytes) -> tuple[int, int] | None:
