@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import __version__, protocol
-from supervisord_batt.budget import Grant, LeaseError, Request
+from supervisord_batt.budget import Grant, Lease, LeaseError, Request
 from supervisord_batt.host import sample_to_json
 from supervisord_batt.logs import get_logger
 from supervisord_batt.procinfo import cgroup_fs_paths, thread_count
@@ -101,15 +101,7 @@ class Commands:
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.d.ledger.release(self._owned(conn, msg["lease"]))
-        log.info(
-            "release",
-            lease=lease.lease_id,
-            pid=lease.pid,
-            job=lease.job,
-            kind=lease.kind,
-            workers=lease.workers,
-            reason="released by holder",
-        )
+        log_lease("release", lease, "released by holder")
         return protocol.ok(lease=lease.lease_id, kind=lease.kind, workers=lease.workers)
 
     def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +225,21 @@ class Commands:
             return self.d.supervisor.select(target)
         except KeyError as exc:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
+
+
+def log_lease(event: str, lease: Lease, reason: str, **extra: Any) -> None:
+    """One log line for a lease that ends (released, expired, its holder gone)."""
+    logger = log.warning if event == "lease_expired" else log.info
+    logger(
+        event,
+        lease=lease.lease_id,
+        pid=lease.pid,
+        job=lease.job,
+        kind=lease.kind,
+        workers=lease.workers,
+        reason=reason,
+        **extra,
+    )
 
 
 def _grant_reply(grant: Grant) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from supervisord_batt import __version__, logs
 from supervisord_batt.budget import BudgetLedger
-from supervisord_batt.commands import Commands
+from supervisord_batt.commands import Commands, log_lease
 from supervisord_batt.config import Config, ConfigError, load_config
 from supervisord_batt.host import HostMonitor, HostSample
 from supervisord_batt.logs import get_logger
@@ -160,14 +160,7 @@ class Daemon:
                 **self.limits_now(),
             )
         for lease in self.ledger.expire():
-            log.warning(
-                "lease_expired",
-                lease=lease.lease_id,
-                pid=lease.pid,
-                job=lease.job,
-                workers=lease.workers,
-                reason=f"not renewed within {self.config.budget.lease_ttl}s",
-            )
+            log_lease("lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s")
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
 
@@ -192,15 +185,7 @@ class Daemon:
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):
-            log.info(
-                "release",
-                lease=lease.lease_id,
-                pid=lease.pid,
-                job=lease.job,
-                kind=lease.kind,
-                workers=lease.workers,
-                reason="connection closed",
-            )
+            log_lease("release", lease, "connection closed")
 
     def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
         """A worker's tree is verified gone: whatever it still leased goes back now."""
@@ -208,16 +193,7 @@ class Daemon:
         for lease in self.ledger.statistics().leases:
             if lease.pid in gone:
                 self.ledger.release(lease.lease_id)
-                log.info(
-                    "release",
-                    lease=lease.lease_id,
-                    pid=lease.pid,
-                    job=lease.job,
-                    kind=lease.kind,
-                    workers=lease.workers,
-                    instance=instance,
-                    reason="worker tree gone",
-                )
+                log_lease("release", lease, "worker tree gone", instance=instance)
 
     # -- reload -----------------------------------------------------------------------
 
