@@ -158,7 +158,8 @@ def _probe_targets(args: argparse.Namespace) -> tuple[list[str], list[int | str]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from supervisord_batt.host import HostMonitor, render_table, sample_to_json
+    from supervisord_batt.host import HostMonitor
+    from supervisord_batt.probe import render_table, sample_to_json
 
     cgroups, users = _probe_targets(args)
     with HostMonitor(cgroups=cgroups, users=users) as monitor:

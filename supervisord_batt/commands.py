@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import __version__, protocol
 from supervisord_batt.budget import Grant, Lease, LeaseError, Request
-from supervisord_batt.host import sample_to_json
 from supervisord_batt.logs import get_logger
+from supervisord_batt.probe import sample_to_json
 from supervisord_batt.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.programs import Start, State, Stop
 from supervisord_batt.server import Connection

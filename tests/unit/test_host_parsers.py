@@ -22,9 +22,8 @@ from supervisord_batt.host import (
     HostSample,
     Limit,
     Psi,
-    render_table,
-    sample_to_json,
 )
+from supervisord_batt.probe import render_table, sample_to_json
 
 MEMINFO = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n"
 PSI = (
