@@ -47,8 +47,12 @@ SOCKET_NAME = "supervisord-batt.sock"
 DEFAULT_TIMEOUT = 5.0
 KINDS = protocol.KINDS
 # env exported by `exec` so loky, OpenMP and BLAS size themselves from the grant
-THREAD_ENV_VARS = ("LOKY_MAX_CPU_COUNT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                   "MKL_NUM_THREADS")
+THREAD_ENV_VARS = (
+    "LOKY_MAX_CPU_COUNT",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 class DaemonError(Exception):
@@ -86,9 +90,13 @@ def warn(message: str, **fields: Any) -> None:
 class Connection:
     """A small blocking client: one request line out, exactly one reply line in."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT,
-                 max_line: int = protocol.MAX_LINE_DEFAULT) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_line: int = protocol.MAX_LINE_DEFAULT,
+    ) -> None:
         self.path = Path(path) if path is not None else default_socket_path()
         self.timeout = timeout
         self.max_line = max_line
@@ -210,8 +218,11 @@ class Grant:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        warn(f"lost the daemon ({why}); lease {self.lease_id} gone, running sequential",
-             lease=self.lease_id, reason=why)
+        warn(
+            f"lost the daemon ({why}); lease {self.lease_id} gone, running sequential",
+            lease=self.lease_id,
+            reason=why,
+        )
         self.kind, self.workers, self.target = "sequential", 1, 1
         self.lease_id, self.degraded, self.reason = None, True, f"daemon lost: {why}"
 
@@ -284,9 +295,16 @@ def _degraded(fallback: str, fallback_workers: int) -> Grant:
 
 
 @contextmanager
-def lease(want: int, *, kinds: Sequence[str] = KINDS, job: str | None = None,
-          socket_path: str | os.PathLike[str] | None = None, fallback: str = "sequential",
-          fallback_workers: int = 1, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Grant]:
+def lease(
+    want: int,
+    *,
+    kinds: Sequence[str] = KINDS,
+    job: str | None = None,
+    socket_path: str | os.PathLike[str] | None = None,
+    fallback: str = "sequential",
+    fallback_workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Iterator[Grant]:
     """Lease up to `want` workers for the block; degrade (never raise) without a daemon."""
     path = Path(socket_path) if socket_path is not None else default_socket_path()
     grant = _acquire(path, want, list(kinds), job, timeout)
@@ -301,8 +319,9 @@ def lease(want: int, *, kinds: Sequence[str] = KINDS, job: str | None = None,
         grant.release()
 
 
-def _acquire(path: Path, want: int, kinds: list[str], job: str | None,
-             timeout: float) -> Grant | None:
+def _acquire(
+    path: Path, want: int, kinds: list[str], job: str | None, timeout: float
+) -> Grant | None:
     """A live grant, or a Grant with degraded=True whose reason says what failed."""
     conn: Connection | None = None
     try:
@@ -343,8 +362,13 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def exec_main(argv: list[str], want: int, job: str | None = None, *,
-              socket_path: str | os.PathLike[str] | None = None) -> int:
+def exec_main(
+    argv: list[str],
+    want: int,
+    job: str | None = None,
+    *,
+    socket_path: str | os.PathLike[str] | None = None,
+) -> int:
     """Lease slots, run argv as a child sized by them, hold the lease until it exits."""
     if not argv:
         sys.stderr.write("supervisord-batt exec: no command given\n")

@@ -314,8 +314,14 @@ def _kill(pids: Iterable[int]) -> None:
 class BudgetExecutor:
     """Runs a job's tasks at the size its grant allows, falling back as pools fail."""
 
-    def __init__(self, grant: Grant | None = None, *, task_timeout: float | None = None,
-                 poll_interval: float = 0.5, renew_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        grant: Grant | None = None,
+        *,
+        task_timeout: float | None = None,
+        poll_interval: float = 0.5,
+        renew_interval: float = 1.0,
+    ) -> None:
         self.grant = grant if grant is not None else Grant.local()
         self.task_timeout = task_timeout
         self.poll_interval = poll_interval
@@ -333,8 +339,12 @@ class BudgetExecutor:
     def __enter__(self) -> BudgetExecutor:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -359,7 +369,7 @@ class BudgetExecutor:
         size = g.size
         if kind != "sequential" and size < 1:
             kind = "sequential"
-        for candidate in CHAIN[CHAIN.index(kind):]:
+        for candidate in CHAIN[CHAIN.index(kind) :]:
             if candidate not in self._failed:
                 kind = candidate
                 break
@@ -389,8 +399,14 @@ class BudgetExecutor:
         nxt = CHAIN[CHAIN.index(kind) + 1]
         self.fallbacks.append(Fallback(kind, nxt, n, exc.stage, exc.reason, exc.detail))
         where = f"{kind} pool of {n}"
-        warn(f"{where} failed at {exc.stage} ({exc.reason}); falling back to {nxt}",
-             kind=kind, workers=n, stage=exc.stage, reason=exc.reason, fallback=nxt)
+        warn(
+            f"{where} failed at {exc.stage} ({exc.reason}); falling back to {nxt}",
+            kind=kind,
+            workers=n,
+            stage=exc.stage,
+            reason=exc.reason,
+            fallback=nxt,
+        )
         return nxt
 
     def _follow_grant(self, busy: bool) -> bool:
@@ -418,8 +434,13 @@ class BudgetExecutor:
 
     # --- running tasks --------------------------------------------------------------
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *,
-            on_done: Callable[[int, R], None] | None = None) -> list[R]:
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        *,
+        on_done: Callable[[int, R], None] | None = None,
+    ) -> list[R]:
         """fn over items, results in input order; a task's own exception propagates.
 
         `on_done(index, result)` is called in the calling thread as each task finishes
@@ -457,9 +478,14 @@ class BudgetExecutor:
             self._check_timeouts(inflight, todo, backend)
         return [results[i] for i in range(len(todo))]
 
-    def _collect(self, inflight: dict[Future[Any], tuple[int, float]], results: dict[int, Any],
-                 pending: deque[int], backend: _Backend,
-                 on_done: Callable[[int, Any], None] | None) -> None:
+    def _collect(
+        self,
+        inflight: dict[Future[Any], tuple[int, float]],
+        results: dict[int, Any],
+        pending: deque[int],
+        backend: _Backend,
+        on_done: Callable[[int, Any], None] | None,
+    ) -> None:
         if not inflight:
             return
         done, _ = wait(list(inflight), timeout=self.poll_interval, return_when=FIRST_COMPLETED)
@@ -483,8 +509,13 @@ class BudgetExecutor:
         if failure is not None:
             raise failure
 
-    def _drop(self, backend: _Backend, exc: PoolFailure, inflight: dict[Future[Any], Any],
-              pending: deque[int]) -> None:
+    def _drop(
+        self,
+        backend: _Backend,
+        exc: PoolFailure,
+        inflight: dict[Future[Any], Any],
+        pending: deque[int],
+    ) -> None:
         """Kill a failed pool; put its unfinished tasks back, first, in input order."""
         for index in sorted((i for i, _ in inflight.values()), reverse=True):
             pending.appendleft(index)
@@ -493,8 +524,9 @@ class BudgetExecutor:
         self._backend = None
         self._fell(backend.kind, backend.size, exc)
 
-    def _check_timeouts(self, inflight: dict[Future[Any], tuple[int, float]], todo: list[Any],
-                        backend: _Backend) -> None:
+    def _check_timeouts(
+        self, inflight: dict[Future[Any], tuple[int, float]], todo: list[Any], backend: _Backend
+    ) -> None:
         if self.task_timeout is None or not inflight:
             return
         now = time.monotonic()
