@@ -60,6 +60,8 @@ class Commands:
 
     def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
+        if not self.d.server.accepting:
+            raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
         peer = conn.peer
         if "cgroups" not in conn.data:  # a connection's peer does not change: read once
             conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))

@@ -82,6 +82,7 @@ class Run:
     deadline: asyncio.TimerHandle | None = None
     last_progress: float = 0.0
     killing: asyncio.Task[None] | None = None
+    exit_seen: bool = False  # the main pid's exit was posted for this run
 
 
 def default_output_dir() -> Path:
@@ -239,6 +240,7 @@ class Supervisor:
                 os.close(out_w)
                 os.close(err_w)
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
+        run.exit_seen = False
         run.readers = [
             PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
             PipeReader(err_r, self.sinks[(inst.name, "stderr")]),
@@ -276,8 +278,9 @@ class Supervisor:
 
     def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
         run = self.runs.get(inst.name)
-        if run is None or run.proc is not proc:
+        if run is None or run.proc is not proc or run.exit_seen:
             return
+        run.exit_seen = True
         log.info(
             "exit",
             program=inst.program.name,
@@ -325,8 +328,9 @@ class Supervisor:
             kill_s=round(report.duration_s, 3),
             survivors=list(report.survivors),
         )
-        if proc.returncode is None:  # the main pid died in the kill: its exit is ours to take
-            self._exited(inst, proc, proc.wait())
+        # the main pid died in the kill (reaped by kill_tree's poll), before its pidfd
+        # reader ran: its exit is recorded here, so the run ends with a known status
+        self._exited(inst, proc, proc.wait())
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
         run.proc, run.cgroup, run.readers, run.killing = None, None, [], None

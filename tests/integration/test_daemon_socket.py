@@ -268,3 +268,20 @@ def test_stale_socket_is_replaced_live_one_is_not(daemon, tmp_path):
     s.close()
     e = daemon({"daemon": {"socket": str(stale)}})
     assert e.status()["ok"]
+
+
+def test_idle_connections_are_closed(daemon):
+    d = daemon({"daemon": {"idle_timeout": "1s"}})
+    c = d.client()
+    assert c.request("status")["ok"]
+
+    def closed() -> bool:
+        try:
+            return c.sock.recv(1) == b""
+        except BlockingIOError:
+            return False
+
+    c.sock.setblocking(False)
+    wait_until(closed, timeout=5, what="the daemon to close an idle connection")
+    c.close()
+    assert d.events("connection_idle_closed")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import psutil
@@ -409,3 +410,27 @@ def test_demo_worker_over_its_wall_clock_is_killed_with_its_loky_pool(daemon):
     released = [e for e in d.events("release") if e["pid"] == tree[0]]
     assert released
     wait_until(lambda: instance(d, "demo:0")["state"] == "EXITED", timeout=5)
+
+
+def test_shutdown_refuses_leases_and_a_second_signal_forces_exit(daemon):
+    stubborn = py(
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)"
+    )
+    d = daemon({"programs": {"stubborn": program(stubborn, stop_grace="60s")}})
+    wait_until(lambda: d.events("output"), timeout=10, what="the worker ignoring SIGTERM")
+    pid = instance(d, "stubborn:0")["pid"]
+    held = d.client()
+    d.proc.send_signal(signal.SIGTERM)  # graceful: the worker ignores TERM, grace is 60 s
+    wait_until(lambda: d.events("exit_requested"), timeout=5)
+    reply = held.request("acquire", want=2)
+    assert reply["ok"] is False and reply["error"]["code"] == "shutting_down"
+    held.close()
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGINT)  # the second signal does not wait out the grace
+    assert d.proc.wait(timeout=10) == 1
+    assert time.monotonic() - started < 5
+    wait_until(lambda: gone(pid), timeout=5, what="the stubborn worker killed")
+    assert d.events("forced_exit")
