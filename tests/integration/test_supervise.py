@@ -255,6 +255,14 @@ def test_spawn_refused_by_pids_limit_retries_and_recovers(pids_cgroup, daemon):
         what="recovery once pids free up",
     )
     assert running
+    # the host is out of pids again: the daemon still answers, logs and kills, since it
+    # never needs a new thread or process to do so
+    cg.set_max(cg.current())
+    pid = instance(d, "w:0")["pid"]
+    stopped = cli(d, "stop", "w:0")
+    assert stopped.returncode == 0 and "w:0: STOPPED" in stopped.stdout
+    assert gone(pid)
+    assert [e for e in d.events("tree_killed") if e["pid"] == pid]
 
 
 def _daemon_in(daemon, cg, config):
