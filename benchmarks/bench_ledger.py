@@ -1,9 +1,9 @@
 """Cost of the budget ledger's calls with N live leases, without the daemon or a socket.
 
 The daemon calls the ledger on every request, on its one asyncio thread, so each call
-must stay far below a socket round trip (~60-100 us here). For N = 0, 16, 64 and 500 live
-leases (each a Request in /sys/fs/cgroup/pids wanting 2..8 workers) this times, on two
-host samples:
+must stay far below a socket round trip (~60-100 us here). For N = 0, 8, 16, 32, 64 and
+500 live leases (each a Request in /sys/fs/cgroup/pids wanting 2..8 workers) this times,
+on four host samples:
 
 - pair:   acquire + release of one more lease (what one client job costs the daemon)
 - renew:  renew of a live lease, cycling through them
@@ -12,9 +12,18 @@ host samples:
 "live" is HostMonitor().sample() of this machine with PSI dropped (so the level does not
 flip between runs); "synthetic" adds a cgroup pids limit around the leases and an nproc
 limit for their uid, so every lease is in scope of four limits. The budget config is the
-shipped default with cpu_cap 64. Prints median and p99 in microseconds.
+shipped default with cpu_cap 64: from about 12 leases on the CPUs are contended, and from
+64 on nobody gets a pool at all. So two more rows keep the water-filling busy at every N:
+"cpu=4N" is synthetic with cpu_cap 4 N (the CPUs run out at a water level of about 4),
+and "memory" is that with memory for one process worker per lease, plus two. The
+ledger's shortcut covers the water-filling only while nothing but the CPUs can bind; where
+memory or a task limit can (here "memory" at 0 leases, "cpu=4N" at 500 where the cgroup
+binds, and "live" at 32 leases on a host with 23 GiB free) it runs round by round.
+Prints median and p99 in microseconds.
 
-    python benchmarks/bench_ledger.py [--leases 0,16,64,500] [--seconds 1.0] [--json]
+    python benchmarks/bench_ledger.py [--leases 0,8,16,32,64,500] [--seconds 1.0] [--json]
+
+It times the checkout it is in, whatever supervisord_batt is installed.
 """
 
 from __future__ import annotations
@@ -24,9 +33,13 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
 from supervisord_batt.budget import BudgetLedger, Request
 from supervisord_batt.config import BudgetConfig, load_config_text
@@ -62,6 +75,25 @@ def synthetic_sample() -> HostSample:
         psi=None,
         limits=limits,
     )
+
+
+def memory_bound_sample(cfg: BudgetConfig, n: int) -> HostSample:
+    """synthetic with memory for one process worker per lease, plus two: memory binds."""
+    return replace(synthetic_sample(), mem_available_bytes=(n + 2) * cfg.memory_per_slot)
+
+
+Row = tuple[str, BudgetConfig, HostSample]
+
+
+def rows_for(cfg: BudgetConfig, n: int) -> list[Row]:
+    """The four (label, config, sample) a row of n leases is timed on."""
+    wide = replace(cfg, cpu_cap=float(4 * max(n, 4)))
+    return [
+        ("live", cfg, live_sample()),
+        ("synthetic", cfg, synthetic_sample()),
+        ("cpu=4N", wide, synthetic_sample()),
+        ("memory", wide, memory_bound_sample(wide, n)),
+    ]
 
 
 def request(i: int) -> Request:
@@ -139,15 +171,17 @@ def measure(cfg: BudgetConfig, sample: HostSample, n: int, seconds: float) -> tu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--leases", default="0,16,64,500")
+    ap.add_argument("--leases", default="0,8,16,32,64,500")
     ap.add_argument("--seconds", type=float, default=1.0, help="per operation and row")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cfg = load_config_text("budget:\n  cpu_cap: 64\n").budget
     rows: list[tuple[str, int, str, Timings]] = []
-    for label, sample in (("live", live_sample()), ("synthetic", synthetic_sample())):
-        for n in (int(x) for x in args.leases.split(",")):
-            rows.append((label, n, *measure(cfg, sample, n, args.seconds)))
+    counts = [int(x) for x in args.leases.split(",")]
+    for kind in range(4):
+        for n in counts:
+            label, config, sample = rows_for(cfg, n)[kind]
+            rows.append((label, n, *measure(config, sample, n, args.seconds)))
     if args.json:
         keys = ("sample", "leases", "level", "timings")
         print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, get_args
 
@@ -176,6 +176,12 @@ class _Entry:
     sampled_process: int = 0  # process workers at the last sample
     everywhere: bool = False  # a probe that is inside every scope
     scope: tuple[int, ...] = ()  # indices of the sample's limits it is in (see in_scope)
+    # its place in the water-filling (`BudgetLedger._profile`), kept in `_Demand`:
+    plan_kind: Kind | None = None  # the kind it starts in; None: it asks for no pool
+    plan_cap: int = 0  # the most workers the water-filling may give it
+    plan_live: bool = False  # served first, as a live pool
+    full_tasks: int = 0  # charge at (plan_kind, plan_cap) less charge when sequential
+    full_mem: int = 0  # unsampled process workers at (plan_kind, plan_cap)
 
     def target(self) -> int:
         target = min(self.alloc, self.workers)
@@ -282,22 +288,19 @@ class _Book:
 
     def fit(self, e: _Entry, kind: Kind, old: _Size | None) -> tuple[int, str]:
         """The largest pool of `kind` every cap lets `e` hold now, and the binding cap."""
-        best, why = _UNBOUNDED, ""
+        best, at, at_tasks = _UNBOUNDED, -1, 0  # the first limit that binds most
         held = e.charge(*old) if old else 0
+        caps, usage, base, measured = self.caps, self.usage, e.req.base_tasks, e.measured
         for i in e.scope:
-            room = self.caps[i] - self.usage[i] + held
-            tasks = room - e.req.base_tasks
-            if e.measured is not None:
-                tasks = min(tasks, e.sampled_cost + room - e.measured)
+            room = caps[i] - usage[i] + held
+            tasks = room - base
+            if measured is not None:
+                tasks = min(tasks, e.sampled_cost + room - measured)
             n = workers_for(kind, tasks)
             if n < best:
-                size = max(n + 1, MIN_POOL)
-                best = n
-                why = (
-                    f"{self.limits[i].name} headroom {max(0, tasks)} tasks < {kind} pool of"
-                    f" {size} ({pool_cost(kind, size)} tasks)"
-                )
+                best, at, at_tasks = n, i, tasks
         others = self.cpu_used - (max(1, old[1]) if old else 0)
+        why = ""
         if self.cpus - others < best:
             best, why = self.cpus - others, f"cpu cap: {self.cpus} CPUs, {others} in use"
         if kind == "process":
@@ -305,6 +308,12 @@ class _Book:
             n = e.sampled_process + max(0, spare)
             if n < best:
                 best, why = n, f"memory: {max(0, spare)} worker slots free"
+        if not why and at >= 0:  # formatted once, for the limit that binds in the end
+            size = max(best + 1, MIN_POOL)
+            why = (
+                f"{self.limits[at].name} headroom {max(0, at_tasks)} tasks < {kind} pool of"
+                f" {size} ({pool_cost(kind, size)} tasks)"
+            )
         return max(0, best), why
 
     def fits_all(self, plan: list[_Plan], top: int) -> bool:
@@ -342,6 +351,61 @@ def _weight(e: _Entry, size: _Size | None) -> int:
     return e.charge(*size) - (e.measured or 0)
 
 
+@dataclass
+class _Demand:
+    """What the leases of the water-filling's plan ask for, summed: each lease counts at
+    its cap on top of the idle book. Kept up to date as leases come, go and resize, so that
+    `BudgetLedger._cpu_only` can tell in O(limits) that no task limit nor the memory can
+    stop a lease, and the caps' histogram gives the CPU water level in closed form."""
+
+    tasks: list[int]  # per limit: sum of full_tasks over the planned leases in scope
+    leases: list[int]  # per limit: planned leases in scope
+    caps: dict[int, int] = field(default_factory=dict)  # plan_cap -> planned leases
+    n: int = 0  # planned leases
+    mem: int = 0  # sum of full_mem
+    process: int = 0  # planned leases starting as process pools
+
+    def add(self, e: _Entry, sign: int) -> None:
+        """Count a lease in (sign 1) or out (sign -1) at its current profile."""
+        if e.plan_kind is None:
+            return
+        self.n += sign
+        left = self.caps.get(e.plan_cap, 0) + sign
+        if left:
+            self.caps[e.plan_cap] = left
+        else:
+            del self.caps[e.plan_cap]
+        tasks, leases, full = self.tasks, self.leases, sign * e.full_tasks
+        for i in e.scope:
+            tasks[i] += full
+            leases[i] += sign
+        self.mem += sign * e.full_mem
+        if e.plan_kind == "process":
+            self.process += sign
+
+    def level(self, spare: int) -> tuple[int, int, int]:
+        """The water-filling when only `spare` CPUs (beyond one per lease) can run out.
+
+        Returns (level, bonus, winners): every planned lease gets min(its cap, level), and
+        the first `winners` of those capped above it, in plan order, get `bonus` instead.
+        A round of the water-filling costs each growing lease one CPU, so the rounds all
+        fit up to the largest level whose sum of min(cap, level) stays within the spare
+        CPUs; the next round then serves the leases in order while CPUs last. Without a
+        first pool for everyone, the first `spare` leases get MIN_POOL (level 0).
+        """
+        if self.n > spare:
+            return 0, MIN_POOL, max(0, spare)
+        budget = spare + self.n  # the sum of min(cap, level) may reach this
+        fixed, above = 0, self.n  # sum of the caps below the segment; leases above it
+        for cap in sorted(self.caps):
+            level = (budget - fixed) // above  # the level if no cap lay below it
+            if level < cap:
+                return level, level + 1, budget - fixed - level * above
+            fixed += cap * self.caps[cap]
+            above -= self.caps[cap]
+        return max(self.caps, default=0), 0, 0
+
+
 class BudgetLedger:
     """Leases of concurrency over the host's task limits, CPUs and memory.
 
@@ -352,7 +416,13 @@ class BudgetLedger:
     marks it stale, and the next call that reads targets recomputes it once, with the
     state as it was right after that operation (see `_fresh`). So a call costs O(its
     lease's limits) plus, at most once per change, one water-filling, which itself skips
-    the rounds nobody contends for.
+    the rounds nobody contends for, and is O(leases) in closed form when only the CPU
+    cap can bind (`_Demand.level`).
+
+    acquire needs only the newcomer's share. When only the CPU cap can bind, it is read
+    off the water level in O(limits + distinct caps) (`_quick_share`), and the others'
+    shares follow at the next call that reads them; releasing that lease next undoes the
+    acquire, allocation included (`_undo_acquire`). So a pair costs no water-filling.
     """
 
     def __init__(
@@ -369,10 +439,18 @@ class BudgetLedger:
         self._level: Level = "normal"
         self._fair_share = 0
         self._stale = False  # the allocation predates the last change of its inputs
+        # the allocation is what a recompute now would give (a resize that moves a lease
+        # in the plan breaks this, as the allocation follows only at the next change)
+        self._exact = True
+        # the last change was acquiring this lease by `_quick_share`: only its own share
+        # and the fair share are known, and `_undo` is (fresh before it, fair share before)
+        self._fast: _Entry | None = None
+        self._undo = (False, 0)
         self._allocated: list[_Entry] = []  # the leases the last allocation gave a share
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
         self._charged = self._idle = _Book((), (), [], 0, 0)
+        self._demand = _Demand([], [])
         if sample is not None:
             self.update(sample, {})
 
@@ -386,6 +464,7 @@ class BudgetLedger:
         """Grant at once what fits now: process, else thread, else sequential."""
         _validate(req)
         # no _fresh(): the allocation is recomputed below, and a pending one is unseen
+        undo = (self._exact and not self._stale and self._fast is None, self._fair_share)
         self._counter += 1
         now = self._clock()
         e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now, last_progress=now)
@@ -393,11 +472,17 @@ class BudgetLedger:
         self._entries[e.lease_id] = e
         self._charged.move(e, None, ("sequential", 0))
         self._idle.move(e, None, ("sequential", 0))
-        self._recompute()
+        self._profile(e)
+        self._demand.add(e, 1)
+        quick = self._quick_share(e)
+        if not quick:
+            self._recompute()
         kind, workers, reason = self._best_now(e)
         self._resize(e, kind, workers)
         if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
-            self._recompute()
+            self._changed()  # the recompute the ledger did here, now due at the next read
+        elif quick:
+            self._fast, self._undo = e, undo
         return self._grant(e, reason)
 
     def renew(self, lease_id: str, workers_in_use: int | None = None) -> Grant:
@@ -425,6 +510,8 @@ class BudgetLedger:
 
     def release(self, lease_id: str) -> Lease:
         """Give the lease back; releasing a lease the ledger does not hold is an error."""
+        if self._fast is not None and self._fast.lease_id == lease_id:
+            return self._undo_acquire(self._fast)
         self._fresh()
         e = self._get(lease_id)
         self._remove(e)
@@ -460,7 +547,8 @@ class BudgetLedger:
         self._rebook()
         previous = self._level
         self._level, reason = self._compute_level()
-        self._stale = True
+        self._relist_all()
+        self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
     def reconfigure(self, config: BudgetConfig) -> None:
@@ -469,7 +557,8 @@ class BudgetLedger:
         if self._sample is not None:
             self._rebook()
             self._level, _ = self._compute_level()
-            self._stale = True
+            self._relist_all()
+            self._changed()
 
     def statistics(self) -> LedgerStats:
         self._fresh()
@@ -498,9 +587,41 @@ class BudgetLedger:
         inputs (acquire, release, update, reconfigure). It now only marks it stale there,
         and every public call runs this first, so the recompute sees exactly the state the
         eager one saw; acquire alone skips it, as it recomputes before anyone reads.
+
+        After a quick acquire (`_quick_share`) the eager recompute saw the newcomer still
+        sequential, before its grant (which moves it among the live pools): so it is
+        recomputed with the newcomer put back to sequential for the while.
         """
-        if self._stale:
+        e = self._fast
+        if e is not None:
+            kind, workers = e.kind, e.workers
+            e.kind, e.workers = "sequential", 0  # its books are untouched: only the plan
+            self._relist(e)
             self._recompute()
+            e.kind, e.workers = kind, workers
+            self._relist(e)
+        elif self._stale:
+            self._recompute()
+
+    def _changed(self) -> None:
+        """An input of the allocation changed: recompute it before the next read."""
+        self._stale, self._fast = True, None
+
+    def _undo_acquire(self, e: _Entry) -> Lease:
+        """Release the lease `_quick_share` just granted, with nothing in between.
+
+        Its share is the one the eager recompute gave it, and taking it out leaves the
+        books, the plan and so the inputs of the allocation as they were before acquire:
+        if the allocation was up to date then, it is again, fair share and all.
+        """
+        fresh, fair = self._undo
+        self._remove(e)
+        self._fast = None
+        if self._allocated and self._allocated[-1] is e:
+            self._allocated.pop()
+        if fresh:
+            self._stale, self._exact, self._fair_share = False, True, fair
+        return e.snapshot()
 
     def _get(self, lease_id: str) -> _Entry:
         try:
@@ -509,8 +630,12 @@ class BudgetLedger:
             raise LeaseError("unknown_lease", f"no lease {lease_id!r} is held") from None
 
     def _drop(self, doomed: Iterable[_Entry]) -> list[Lease]:
-        self._fresh()
         gone = sorted(doomed, key=lambda e: e.seq)
+        if not gone:  # nothing changes, nothing is read
+            return []
+        if len(gone) == 1 and gone[0] is self._fast:
+            return [self._undo_acquire(gone[0])]
+        self._fresh()
         for e in gone:
             self._remove(e)
         return [e.snapshot() for e in gone]
@@ -519,13 +644,17 @@ class BudgetLedger:
         del self._entries[e.lease_id]
         self._charged.move(e, (e.kind, e.workers), None)
         self._idle.move(e, ("sequential", 0), None)
-        self._stale = True
+        self._demand.add(e, -1)
+        self._changed()
 
     def _resize(self, e: _Entry, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,
         but the ledger never recomputed on it: the next acquire or release does)."""
+        if kind == e.kind and workers == e.workers:
+            return
         self._charged.move(e, (e.kind, e.workers), (kind, workers))
         e.kind, e.workers = kind, workers
+        self._relist(e)
 
     def _scope_of(self, req: Request, everywhere: bool = False) -> tuple[int, ...]:
         """Indices of the sample's limits a request is in, cached per cgroups and uid."""
@@ -577,13 +706,17 @@ class BudgetLedger:
 
     def _kinds_for(self, e: _Entry, workers: int) -> list[Kind]:
         """Pool kinds the lease may hold at this size under the current level."""
+        return self._pool_kinds(e, workers, e.alloc_kind if e.alloc >= MIN_POOL else None)
+
+    def _pool_kinds(self, e: _Entry, workers: int, chosen: Kind | None) -> list[Kind]:
+        """`_kinds_for`, with the kind the allocation chose (None: it chose none)."""
         if self._level == "extreme":
             return []
         live: list[Kind]
         if e.workers > 0 and e.kind != "sequential":  # a live pool keeps its kind
             live = [e.kind]
-        elif e.alloc >= MIN_POOL:  # this allocation already chose a kind
-            live = [e.alloc_kind]
+        elif chosen is not None:  # this allocation already chose a kind
+            live = [chosen]
         else:
             live = [k for k in ("process", "thread") if k in e.req.kinds]
         if self._level == "high":  # no new process pools, and none grows
@@ -601,24 +734,43 @@ class BudgetLedger:
         first pool, nobody goes beyond MIN_POOL: no second slot while one asker has none.
         Live pools are served first, so a newcomer that cannot fit takes no pool away.
 
-        The rounds are simulated exactly, except that a run of rounds in which every
-        growing lease fits (`_Book.fits_all`) is taken in one step.
+        When only the CPU cap can bind (`_cpu_only`) the outcome is in closed form
+        (`_Demand.level`). Otherwise the rounds are simulated exactly, except that a run of
+        rounds in which every growing lease fits (`_Book.fits_all`) is taken in one step.
         """
-        self._stale = False
+        self._stale, self._exact, self._fast = False, True, None
         for e in self._allocated:
             e.alloc, e.alloc_kind = 0, "sequential"
         self._allocated = []
         self._fair_share = 0
         if self._sample is None or self._level == "extreme":
             return
-        book = self._idle.copy()
         # every lease counts one CPU even sequential, so with this many nobody gets a pool
-        if book.cpu_used - 1 + MIN_POOL > book.cpus:
+        if self._idle.cpu_used - 1 + MIN_POOL > self._idle.cpus:
             return
         plan = self._plan()
         if not plan:
             return
         self._allocated = [e for e, _, _ in plan]
+        if self._cpu_only():
+            self._fill(plan)
+        else:
+            self._simulate(plan)
+
+    def _fill(self, plan: list[_Plan]) -> None:
+        """The water-filling when only the CPU cap can bind, from `_Demand.level`."""
+        level, bonus, winners = self._demand.level(self._idle.cpus - self._idle.cpu_used)
+        for e, kind, cap in plan:
+            size = min(cap, level)
+            if winners and cap > level:  # served in plan order while the CPUs last
+                size, winners = bonus, winners - 1
+            if size:
+                e.alloc, e.alloc_kind = size, kind
+                self._fair_share = max(self._fair_share, size)
+
+    def _simulate(self, plan: list[_Plan]) -> None:
+        """The water-filling round by round, skipping the rounds nobody contends for."""
+        book = self._idle.copy()
         top = max(cap for _, _, cap in plan)
         size = self._skip_rounds(book, plan, MIN_POOL - 1, top)
         if size < MIN_POOL:  # someone's first pool is contended: go lease by lease
@@ -631,19 +783,79 @@ class BudgetLedger:
 
     def _plan(self) -> list[_Plan]:
         """The leases that ask for a pool, live pools first, each with its first kind and
-        its cap (at level high a process pool grows no further than it is)."""
-        entries = self._entries.values()
-        ordered = [e for e in entries if e.workers >= MIN_POOL]
-        ordered += [e for e in entries if e.workers < MIN_POOL]
-        plan: list[_Plan] = []
-        for e in ordered:
-            cap = self._cap(e)
-            kinds = self._kinds_for(e, MIN_POOL) if cap >= MIN_POOL else []
-            if kinds:
-                if self._level == "high" and kinds[0] == "process":
-                    cap = min(cap, e.workers)
-                plan.append((e, kinds[0], cap))
-        return plan
+        its cap (see `_profile`)."""
+        live: list[_Plan] = []
+        rest: list[_Plan] = []
+        for e in self._entries.values():
+            if e.plan_kind is not None:
+                (live if e.plan_live else rest).append((e, e.plan_kind, e.plan_cap))
+        return live + rest
+
+    def _profile(self, e: _Entry) -> None:
+        """A lease's place in the plan: its first kind and its cap (at level high a process
+        pool grows no further than it is), and what it adds to the books at that cap."""
+        e.plan_live = e.workers >= MIN_POOL
+        cap = self._cap(e)
+        # as the plan sees it: the allocation that is being recomputed chose no kind yet
+        kinds = self._pool_kinds(e, MIN_POOL, None) if cap >= MIN_POOL else []
+        if not kinds:
+            e.plan_kind, e.plan_cap, e.full_tasks, e.full_mem = None, 0, 0, 0
+            return
+        kind = kinds[0]
+        if self._level == "high" and kind == "process":
+            cap = min(cap, e.workers)
+        e.plan_kind, e.plan_cap = kind, cap
+        e.full_tasks = e.charge(kind, cap) - e.charge("sequential", 0)
+        e.full_mem = e.unsampled(kind, cap)
+
+    def _relist(self, e: _Entry) -> None:
+        """Recount a lease in the demand after its pool or kind changed."""
+        was = (e.plan_kind, e.plan_cap, e.plan_live)
+        self._demand.add(e, -1)
+        self._profile(e)
+        self._demand.add(e, 1)
+        if (e.plan_kind, e.plan_cap, e.plan_live) != was:
+            self._exact = False
+
+    def _relist_all(self) -> None:
+        """Recount every lease (a new sample, level or config)."""
+        n = len(self._idle.caps)
+        self._demand = _Demand([0] * n, [0] * n)
+        for e in self._entries.values():
+            self._profile(e)
+            self._demand.add(e, 1)
+
+    def _cpu_only(self) -> bool:
+        """Whether no lease can stop growing but for want of CPUs: every limit and the
+        memory hold every planned lease at its cap at once (`fits_all` at the top, so by
+        its argument every `fits` passes them; a first kind then never falls back)."""
+        d, idle = self._demand, self._idle
+        for i, n in enumerate(d.leases):
+            if n and idle.usage[i] + d.tasks[i] > idle.caps[i]:
+                return False
+        return not d.process or idle.mem_used + d.mem <= idle.mem_slots
+
+    def _quick_share(self, e: _Entry) -> bool:
+        """The newcomer's share and the fair share without the others' (False: no shortcut).
+
+        The newcomer is last in plan order, so when only the CPU cap binds it never wins
+        the contested round: its share is min(its cap, the water level).
+        """
+        if self._sample is None or self._level == "extreme":
+            self._fair_share = 0
+            return True
+        spare = self._idle.cpus - self._idle.cpu_used
+        if spare < 1 or not self._demand.n:
+            self._fair_share = 0
+            return True
+        if not self._cpu_only():
+            return False
+        level, bonus, winners = self._demand.level(spare)
+        self._fair_share = bonus if winners else level
+        if e.plan_kind is not None and level:
+            e.alloc, e.alloc_kind = min(e.plan_cap, level), e.plan_kind
+            self._allocated.append(e)
+        return True
 
     def _first_round(self, book: _Book, plan: list[_Plan]) -> list[_Plan]:
         """Round MIN_POOL, lease by lease; empty when anyone missed its first pool."""

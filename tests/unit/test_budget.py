@@ -532,3 +532,35 @@ def test_reserve_is_capped_at_half_a_small_limit() -> None:
     assert reserve_for(Limit("cgroup:/x", "cgroup", "/x", 28, 0), config) == 14
     assert reserve_for(Limit("pid_max", "pid_max", None, 32768, 0), config) == 1639
     assert reserve_for(Limit("threads-max", "threads-max", None, 1000, 0), config) == 64
+
+
+def test_cpu_water_level_caps_the_newcomer_and_serves_the_contested_round_in_order() -> None:
+    # Tasks and memory to spare: only the 21 CPUs bind, and every lease counts one even
+    # sequential. With a and b at 8, c's share is the level 6 (3 * 6 = 18 <= 3 + 17 spare)
+    # but 21 - 16 = 5 CPUs are free now.
+    led = ledger(limit(10_000, 0), cpus=21.0)
+    a, b, c = (led.acquire(request(h, 8)) for h in "abc")
+    assert [(g.workers, g.target) for g in (a, b, c)] == [(8, 8), (8, 8), (5, 5)]
+    d = led.acquire(request("d", 8))
+    assert (d.kind, d.workers, d.reason) == ("sequential", 0, "cpu cap: 21 CPUs, 21 in use")
+    # 4 leases, 17 spare CPUs: levels 2..5 take 16, and the one left goes to the first
+    # lease of the contested round in plan order (live pools first): a. d, the newcomer,
+    # is last in that order, so its share is the level.
+    stats = led.statistics()
+    assert [lease.share for lease in stats.leases] == [6, 5, 5, 5]
+    assert [lease.target for lease in stats.leases] == [6, 5, 5, 0]
+    assert stats.fair_share == 6
+
+
+def test_acquire_then_release_leaves_the_allocation_as_it_was() -> None:
+    led = ledger(limit(10_000, 0), cpus=24.0)
+    held = [led.acquire(request(f"h{i}", 2 + i)) for i in range(5)]
+    led.renew(held[0].lease_id)
+    before = led.statistics()
+    for want in (2, 5, 9):
+        grant = led.acquire(request("x", want))
+        freed = led.release(grant.lease_id)
+        assert (freed.kind, freed.workers) == (grant.kind, grant.workers)
+        assert led.statistics() == before
+    # and a renew after the pairs sees the targets of an eager recompute
+    assert led.renew(held[4].lease_id).target == before.leases[4].target

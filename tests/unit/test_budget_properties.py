@@ -43,6 +43,19 @@ def limits(draw: st.DrawFn) -> tuple[Limit, ...]:
 
 
 @st.composite
+def roomy_limits(draw: st.DrawFn) -> tuple[Limit, ...]:
+    """Limits far above what the leases ask for: the CPUs (or memory) bind, not tasks."""
+    out = []
+    for kind, scope in (("threads-max", None), ("cgroup", CGROUP), ("nproc", 1000)):
+        if kind != "threads-max" and not draw(st.booleans()):
+            continue
+        lim = draw(st.integers(2_000, 20_000))
+        name = kind if scope is None else f"{kind}:{scope}"
+        out.append(Limit(name, kind, scope, lim, draw(st.integers(0, lim // 4))))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+@st.composite
 def samples(draw: st.DrawFn, shape: tuple[Limit, ...] | None = None) -> HostSample:
     lims = (
         draw(limits())
@@ -232,3 +245,15 @@ def test_less_headroom_never_yields_a_larger_grant(
         grant = led.acquire(req)
         grants.append((pool_cost(grant.kind, grant.workers), grant))
     assert grants[1][0] <= grants[0][0], grants
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_random_traffic_where_only_cpus_bind_keeps_the_invariants(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """The traffic of the first test, with task limits to spare and more CPUs, so that the
+    water-filling mostly runs in closed form and acquire mostly takes its shortcut."""
+    cfg = replace(cfg, cpu_cap=data.draw(st.sampled_from([None, 8.0, 16.0, 32.0])))
+    first = sample(*data.draw(roomy_limits()), cpus=64.0, mem=data.draw(st.integers(0, 16)) * GIB)
+    run_ops(new_model(cfg, first), cfg, data, steps=data.draw(st.integers(1, 40)))
