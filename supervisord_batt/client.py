@@ -214,17 +214,20 @@ class Grant:
         if self.kind != "sequential" and self.size < 1:
             self.kind = "sequential"
 
-    def _lose(self, why: str) -> None:
-        if self._conn is not None:
+    def _lose(self, why: str, *, keep_connection: bool = False) -> None:
+        """Run sequential from now on. An expired lease (`keep_connection`) keeps the
+        connection, so heartbeats still reach the daemon's no-progress watch."""
+        if self._conn is not None and not keep_connection:
             self._conn.close()
             self._conn = None
+        lost = "lease expired" if keep_connection else "lost the daemon"
         warn(
-            f"lost the daemon ({why}); lease {self.lease_id} gone, running sequential",
+            f"{lost} ({why}); lease {self.lease_id} gone, running sequential",
             lease=self.lease_id,
             reason=why,
         )
         self.kind, self.workers, self.target = "sequential", 1, 1
-        self.lease_id, self.degraded, self.reason = None, True, f"daemon lost: {why}"
+        self.lease_id, self.degraded, self.reason = None, True, f"{lost}: {why}"
 
     def renew(self, workers_in_use: int | None = None) -> Grant:
         """Keep the lease alive and learn the current target; returns self, updated."""
@@ -235,7 +238,9 @@ class Grant:
             fields["workers_in_use"] = int(workers_in_use)
         try:
             self._update(self._conn.request("renew", **fields))
-        except (OSError, DaemonError, ValueError, TypeError) as exc:
+        except DaemonError as exc:
+            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+        except (OSError, ValueError, TypeError) as exc:
             self._lose(_describe(exc))
         return self
 
@@ -245,15 +250,19 @@ class Grant:
         return self._conn is not None and time.monotonic() - self._renewed_at >= wait
 
     def heartbeat(self, progress: float | str | None = None) -> None:
-        """Tell the daemon the job is alive; also renews when the TTL needs it."""
-        if self._conn is None or self.lease_id is None:
+        """Tell the daemon the job is alive; also renews when the TTL needs it. Works
+        without a lease too (it expired): the daemon's no-progress watch still hears it."""
+        if self._conn is None:
             return
-        fields: dict[str, Any] = {"lease": self.lease_id}
+        fields: dict[str, Any] = {"lease": self.lease_id} if self.lease_id else {}
         if progress is not None:
             fields["progress"] = progress
         try:
             self._conn.request("heartbeat", **fields)
-        except (OSError, DaemonError, ValueError) as exc:
+        except DaemonError as exc:
+            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+            return
+        except (OSError, ValueError) as exc:
             self._lose(_describe(exc))
             return
         if self.renew_due():

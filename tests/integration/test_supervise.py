@@ -442,3 +442,29 @@ def test_shutdown_refuses_leases_and_a_second_signal_forces_exit(daemon):
     assert time.monotonic() - started < 5
     wait_until(lambda: gone(pid), timeout=5, what="the stubborn worker killed")
     assert d.events("forced_exit")
+
+
+def test_heartbeats_go_on_after_the_lease_expired(daemon):
+    """A long sequential task outlives its lease's TTL: the job keeps heartbeating without
+    the lease, so the no-progress watch does not kill a healthy job."""
+    job = """
+        import time
+        from supervisord_batt.client import lease
+        with lease(want=2, job="long") as grant:
+            time.sleep(1.6)  # one long task: longer than the 1 s TTL, no renew meanwhile
+            for i in range(12):
+                grant.heartbeat(progress=i)
+                time.sleep(0.25)  # the job's own work between heartbeats
+            print("kind", grant.kind, "degraded", grant.degraded, flush=True)
+    """
+    d = daemon(
+        {
+            "budget": {"lease_ttl": "1s"},
+            "programs": {"long": program(py(job), progress_timeout="2s", restart="never")},
+        }
+    )
+    wait_until(lambda: instance(d, "long:0")["state"] == "EXITED", timeout=20)
+    assert instance(d, "long:0")["last_exit"]["code"] == 0, d.events("output")
+    assert d.events("lease_expired")
+    assert not d.events("no_progress"), d.events("no_progress")
+    assert any(e["line"] == "kind sequential degraded True" for e in d.events("output"))
