@@ -77,6 +77,7 @@ class Daemon:
         self.sample = self.monitor.sample()
         result = self.ledger.update(self.sample, {})
         await self.server.start()
+        self._write_pid_file()
         self.supervisor.start()
         tightest = self.sample.tightest()
         log.info(
@@ -110,7 +111,19 @@ class Daemon:
         leases = self.ledger.statistics().leases
         await self.server.close()
         self.monitor.close()
+        if self.config.daemon.pid_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.daemon.pid_file.unlink()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
+
+    def _write_pid_file(self) -> None:
+        """daemon.pid_file: written once the socket serves, removed at shutdown."""
+        path = self.config.daemon.pid_file
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(path)  # atomic: a reader never sees a half-written pid
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
