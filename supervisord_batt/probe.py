@@ -146,5 +146,3 @@ def render_table(sample: HostSample) -> str:
             f"memory some avg10 {'-' if memp is None else f'{memp:.2f}%'}"
         )
     return "\n".join(out)
-
-

@@ -11,6 +11,7 @@ from supervisord_batt.procfs import (
     find_v2_mount,
     parse_mountinfo,
     parse_proc_cgroup,
+    read_stat,
 )
 
 
@@ -39,12 +40,6 @@ def cgroup_fs_paths(pid: int) -> list[str]:
 
 
 def thread_count(pid: int) -> int:
-    """Threads of one process (field 20 of /proc/<pid>/stat); 1 if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 1
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[17]) if len(fields) > 17 else 1
+    """Threads of one process; 1 if it cannot be read."""
+    st = read_stat(pid)
+    return st.threads if st is not None else 1

@@ -48,6 +48,7 @@ from supervisord_batt.cgroups import (
     instance_dir_name,
     plan_v2,
 )
+from supervisord_batt.procfs import ProcStat, read_stat
 
 __all__ = [
     "ExitWatcher",
@@ -73,54 +74,18 @@ _HARD_EXTRA_S = 5.0  # how long after the grace SIGKILL rounds may go on
 # ----------------------------------------------------------------------------- /proc
 
 
-@dataclass(frozen=True)
-class _Stat:
-    pid: int
-    state: str
-    ppid: int
-    pgrp: int
-    session: int
-    threads: int
-
-
-def _stat(pid: int) -> _Stat | None:
-    """Fields of /proc/<pid>/stat; None when the process is gone."""
-    try:  # os.open/os.read: a third cheaper than open() on a /proc pass
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    fields = data[data.rfind(b")") + 2 :].split()  # comm may hold spaces and ')'
-    try:
-        return _Stat(
-            pid,
-            fields[0].decode(),
-            int(fields[1]),
-            int(fields[2]),
-            int(fields[3]),
-            int(fields[17]),
-        )
-    except (IndexError, ValueError):
-        return None
-
-
-def _scan() -> dict[int, _Stat]:
+def _scan() -> dict[int, ProcStat]:
     """One pass over /proc: every process's stat."""
     out = {}
     for name in os.listdir("/proc"):
-        if name.isdigit() and (st := _stat(int(name))) is not None:
+        if name.isdigit() and (st := read_stat(int(name))) is not None:
             out[st.pid] = st
     return out
 
 
 def _running(pid: int) -> bool:
     """Exists and is not a zombie (a zombie holds no memory and runs nothing: it is gone)."""
-    st = _stat(pid)
+    st = read_stat(pid)
     return st is not None and st.state not in ("Z", "X")
 
 
@@ -335,7 +300,7 @@ def _collect(root_pid: int, cgroup: WorkerCgroup | None, session: int | None) ->
 
 
 def _threads(pid: int) -> int:
-    st = _stat(pid)
+    st = read_stat(pid)
     return st.threads if st is not None else 0
 
 
@@ -599,7 +564,7 @@ def reap_adopted(known: set[int]) -> list[tuple[int, int]]:
     """
     reaped = []
     for pid in sorted(_children_of_self() - known):
-        st = _stat(pid)
+        st = read_stat(pid)
         if st is None or st.state != "Z":
             continue
         try:

@@ -33,6 +33,7 @@ from typing import Any
 from supervisord_batt.config import Config, ProgramConfig
 from supervisord_batt.logs import get_logger
 from supervisord_batt.output import PipeReader, StreamSink
+from supervisord_batt.procfs import read_stat
 from supervisord_batt.proctree import (
     ExitWatcher,
     UnknownUser,
@@ -493,13 +494,11 @@ def _tree_tasks(run: Run) -> int | None:
 
 def _ancestry(pid: int) -> Iterable[int]:
     """pid, its parent, grandparent... up to (not including) PID 1."""
-    seen = 0
-    while pid > 1 and seen < 64:
-        yield pid
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
+    for _ in range(64):  # a bound, in case of a cycle through pid reuse
+        if pid <= 1:
             return
-        pid = int(data[data.rfind(b")") + 2 :].split()[1])
-        seen += 1
+        yield pid
+        st = read_stat(pid)
+        if st is None:
+            return
+        pid = st.ppid

@@ -165,6 +165,7 @@ def test_refused_uid_gets_an_error_and_no_lease(daemon, test_user):
         text=True,
         timeout=30,
     )
+    assert out.stdout, f"the refused client printed nothing; stderr: {out.stderr}"
     reply = json.loads(out.stdout)
     assert reply["ok"] is False and reply["error"]["code"] == "forbidden"
     assert d.status()["leases"] == []
