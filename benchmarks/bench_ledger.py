@@ -16,9 +16,10 @@ shipped default with cpu_cap 64: from about 12 leases on the CPUs are contended,
 64 on nobody gets a pool at all. So two more rows keep the water-filling busy at every N:
 "cpu=4N" is synthetic with cpu_cap 4 N (the CPUs run out at a water level of about 4),
 and "memory" is that with memory for one process worker per lease, plus two. The
-ledger's shortcut covers the water-filling only while nothing but the CPUs can bind; where
-memory or a task limit can (here "memory" at 0 leases, "cpu=4N" at 500 where the cgroup
-binds, and "live" at 32 leases on a host with 23 GiB free) it runs round by round.
+ledger's acquire takes a closed form while no task limit can bind: the CPUs alone, or
+the CPUs and memory (here "memory" at 0 leases, "cpu=4N" at 500 where memory binds in a
+later round, and "live" at 32 leases on a host with 23 GiB free, where the first round
+runs out of CPUs); where a task limit can, it runs the water-filling round by round.
 Prints median and p99 in microseconds.
 
     python benchmarks/bench_ledger.py [--leases 0,8,16,32,64,500] [--seconds 1.0] [--json]

@@ -182,6 +182,10 @@ class _Entry:
     plan_live: bool = False  # served first, as a live pool
     full_tasks: int = 0  # charge at (plan_kind, plan_cap) less charge when sequential
     full_mem: int = 0  # unsampled process workers at (plan_kind, plan_cap)
+    first_tasks: int = 0  # charge at (plan_kind, MIN_POOL) less charge when sequential
+    first_mem: int = 0  # unsampled process workers at (plan_kind, MIN_POOL)
+    plan_fallback: bool = False  # a process pool that may fall back to threads
+    plan_lo: int = 0  # the last size it grows to without a memory slot (<= plan_cap)
 
     def target(self) -> int:
         target = min(self.alloc, self.workers)
@@ -360,9 +364,12 @@ class _Demand:
 
     tasks: list[int]  # per limit: sum of full_tasks over the planned leases in scope
     leases: list[int]  # per limit: planned leases in scope
+    first_tasks: list[int]  # per limit: sum of first_tasks over the planned leases in scope
     caps: dict[int, int] = field(default_factory=dict)  # plan_cap -> planned leases
     n: int = 0  # planned leases
     mem: int = 0  # sum of full_mem
+    first_mem: int = 0  # sum of first_mem
+    groups: dict[tuple[int, int], int] = field(default_factory=dict)  # (lo, cap) -> leases
     process: int = 0  # planned leases starting as process pools
 
     def add(self, e: _Entry, sign: int) -> None:
@@ -375,13 +382,46 @@ class _Demand:
             self.caps[e.plan_cap] = left
         else:
             del self.caps[e.plan_cap]
-        tasks, leases, full = self.tasks, self.leases, sign * e.full_tasks
+        tasks, leases, first = self.tasks, self.leases, self.first_tasks
+        full, one = sign * e.full_tasks, sign * e.first_tasks
         for i in e.scope:
             tasks[i] += full
             leases[i] += sign
+            first[i] += one
         self.mem += sign * e.full_mem
+        self.first_mem += sign * e.first_mem
+        key = (e.plan_lo, e.plan_cap)
+        left = self.groups.get(key, 0) + sign
+        if left:
+            self.groups[key] = left
+        else:
+            del self.groups[key]
         if e.plan_kind == "process":
             self.process += sign
+
+    def used(self, size: int) -> tuple[int, int]:
+        """CPUs and memory slots the rounds after the first take, up to `size`, if every
+        planned lease grows in its first kind."""
+        cpu = mem = 0
+        for (lo, cap), n in self.groups.items():
+            top = min(cap, size)
+            cpu += n * (top - MIN_POOL)
+            if top > lo:
+                mem += n * (top - lo)
+        return cpu, mem
+
+    def growing(self, size: int) -> tuple[int, int, int]:
+        """Planned leases with a cap of at least `size`, those of them that need a memory
+        slot to grow to it, and those that do not need one up to it."""
+        grow = needy = free = 0
+        for (lo, cap), n in self.groups.items():
+            if cap >= size:
+                grow += n
+                if lo < size:
+                    needy += n
+                else:
+                    free += n
+        return grow, needy, free
 
     def level(self, spare: int) -> tuple[int, int, int]:
         """The water-filling when only `spare` CPUs (beyond one per lease) can run out.
@@ -423,6 +463,10 @@ class BudgetLedger:
     off the water level in O(limits + distinct caps) (`_quick_share`), and the others'
     shares follow at the next call that reads them; releasing that lease next undoes the
     acquire, allocation included (`_undo_acquire`). So a pair costs no water-filling.
+    When memory can bind too, but no task limit can, the newcomer's share is in closed
+    form as well (`_first_round_share`): it is last in plan order, so it needs only what
+    the others leave it, summed over their (memory-free size, cap) (`_Demand.used`).
+    Otherwise, or when a first pool falls back to threads, acquire simulates as before.
     """
 
     def __init__(
@@ -450,7 +494,7 @@ class BudgetLedger:
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
         self._charged = self._idle = _Book((), (), [], 0, 0)
-        self._demand = _Demand([], [])
+        self._demand = _Demand([], [], [])
         if sample is not None:
             self.update(sample, {})
 
@@ -800,27 +844,46 @@ class BudgetLedger:
         kinds = self._pool_kinds(e, MIN_POOL, None) if cap >= MIN_POOL else []
         if not kinds:
             e.plan_kind, e.plan_cap, e.full_tasks, e.full_mem = None, 0, 0, 0
+            e.first_tasks, e.first_mem, e.plan_fallback, e.plan_lo = 0, 0, False, 0
             return
         kind = kinds[0]
         if self._level == "high" and kind == "process":
             cap = min(cap, e.workers)
         e.plan_kind, e.plan_cap = kind, cap
-        e.full_tasks = e.charge(kind, cap) - e.charge("sequential", 0)
-        e.full_mem = e.unsampled(kind, cap)
+        # charge(kind, cap) and charge(kind, MIN_POOL) less charge("sequential", 0), inlined
+        # (this runs for every lease on every sample)
+        base, measured, sampled = e.req.base_tasks, e.measured, e.sampled_cost
+        full, first = pool_cost(kind, cap), pool_cost(kind, MIN_POOL)
+        if measured is None:
+            e.full_tasks, e.first_tasks = full, first
+        else:
+            idle = max(measured, base)
+            e.full_tasks = max(measured + max(0, full - sampled), base + full) - idle
+            e.first_tasks = max(measured + max(0, first - sampled), base + first) - idle
+        e.plan_fallback = len(kinds) > 1
+        if kind == "process":  # as `unsampled`, and the size it grows to without memory
+            sampled = e.sampled_process
+            e.full_mem, e.first_mem = max(0, cap - sampled), max(0, MIN_POOL - sampled)
+            e.plan_lo = min(max(sampled, MIN_POOL), cap)
+        else:
+            e.full_mem = e.first_mem = 0
+            e.plan_lo = cap
 
     def _relist(self, e: _Entry) -> None:
         """Recount a lease in the demand after its pool or kind changed."""
-        was = (e.plan_kind, e.plan_cap, e.plan_live)
+        was = (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback)
         self._demand.add(e, -1)
         self._profile(e)
         self._demand.add(e, 1)
-        if (e.plan_kind, e.plan_cap, e.plan_live) != was:
+        # the fallback to threads matters once more than the CPUs can bind (a first round
+        # of `_simulate`, or `_first_round_share`)
+        if (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback) != was:
             self._exact = False
 
     def _relist_all(self) -> None:
         """Recount every lease (a new sample, level or config)."""
         n = len(self._idle.caps)
-        self._demand = _Demand([0] * n, [0] * n)
+        self._demand = _Demand([0] * n, [0] * n, [0] * n)
         for e in self._entries.values():
             self._profile(e)
             self._demand.add(e, 1)
@@ -849,12 +912,140 @@ class BudgetLedger:
             self._fair_share = 0
             return True
         if not self._cpu_only():
-            return False
+            return self._first_round_share(e, spare)
         level, bonus, winners = self._demand.level(spare)
         self._fair_share = bonus if winners else level
         if e.plan_kind is not None and level:
             e.alloc, e.alloc_kind = min(e.plan_cap, level), e.plan_kind
             self._allocated.append(e)
+        return True
+
+    def _first_round_share(self, e: _Entry, spare: int) -> bool:
+        """`_quick_share` when more than the CPUs can bind (False: no shortcut).
+
+        Three cases are in closed form. The newcomer alone in the plan grows, round by
+        round, as far as it fits (`_Book.fit`). Otherwise no task limit may bind in the
+        first round (`first_tasks`, as `_cpu_only` at MIN_POOL); the others' first round is
+        then a walk over memory alone (`_first_walk`, or none when their first pools fit
+        the memory at once) until the CPUs run out, each taking one. The newcomer's
+        sequential task and CPU are in the idle book it starts from, and it adds no memory
+        there. If somebody misses a first pool, nobody goes beyond MIN_POOL, so the first
+        round is all: the newcomer, last in plan order, gets MIN_POOL if a CPU and its
+        memory are left after the others. If nobody does, and nobody fell back to threads,
+        the later rounds decide (`_later_share`).
+        """
+        d, idle = self._demand, self._idle
+        if e.plan_kind is not None and d.n == 1:
+            return self._lone_share(e)
+        for i, n in enumerate(d.leases):
+            if n and idle.usage[i] + d.first_tasks[i] > idle.caps[i]:
+                return False
+        mem = idle.mem_slots - idle.mem_used
+        others = d.first_mem - e.first_mem
+        if others <= mem:  # nobody runs out of memory
+            passed, missed, mem = d.n - (e.plan_kind is not None), 0, mem - others
+        else:
+            passed, missed, mem = self._first_walk(e, mem)
+        kind: Kind | None = None
+        if e.plan_kind is not None and passed < spare:  # a CPU is left for the newcomer
+            if e.first_mem == 0 or e.first_mem <= mem:
+                kind = e.plan_kind
+            elif e.plan_fallback:
+                kind = "thread"
+        if not missed and passed <= spare and (kind is not None or e.plan_kind is None):
+            # everyone has a first pool: the later rounds decide
+            if kind is None or kind != e.plan_kind or others > idle.mem_slots - idle.mem_used:
+                return False
+            share = self._later_share(e, spare - d.n, mem - e.first_mem)
+            if share is None:
+                return False
+            e.alloc, e.alloc_kind = share, kind
+            self._allocated.append(e)
+            self._fair_share = share  # not read before the recompute `_fast` defers
+            return True
+        self._fair_share = MIN_POOL if kind is not None or min(passed, spare) > 0 else 0
+        if kind is not None:
+            e.alloc, e.alloc_kind = MIN_POOL, kind
+            self._allocated.append(e)
+        return True
+
+    def _later_share(self, e: _Entry, cpu: int, mem: int) -> int | None:
+        """The newcomer's share when every planned lease took a first pool of its first
+        kind, leaving `cpu` CPUs and `mem` memory slots (None: no shortcut).
+
+        With no task limit binding at any size, a round costs each growing lease a CPU and,
+        a process pool past its sampled size, a memory slot. The rounds in which everyone
+        fits follow from the sums over (lo, cap) (`_Demand.used`). In the next, the others
+        go first: the newcomer grows if a CPU is left after them and, if it needs one, a
+        memory slot. If it grows there, the others took the last memory slot, so from then
+        on only leases that need none grow, and it grows while they leave it a CPU.
+        """
+        d, idle = self._demand, self._idle
+        for i, n in enumerate(d.leases):
+            if n and idle.usage[i] + d.tasks[i] > idle.caps[i]:
+                return None
+        cap, lo = e.plan_cap, e.plan_lo
+        low, high = MIN_POOL, cap  # everyone fits up to low; not known above
+        while low < high:
+            mid = (low + high + 1) // 2
+            used_cpu, used_mem = d.used(mid)
+            if used_cpu <= cpu and used_mem <= mem:
+                low = mid
+            else:
+                high = mid - 1
+        if low >= cap:
+            return cap
+        used_cpu, used_mem = d.used(low)
+        cpu, mem = cpu - used_cpu, mem - used_mem
+        size = low + 1
+        grow, needy, _ = d.growing(size)
+        own = lo < size  # the newcomer needs a memory slot
+        grow, needy = grow - 1, needy - own
+        passed = grow - needy + min(mem, needy)
+        if passed >= cpu or (own and mem <= needy):
+            return low  # the CPUs or memory ran out before its turn
+        if own or needy <= mem:
+            return None  # everyone fit after all: not the round the sums say
+        cpu -= passed + 1
+        while size < cap:  # no memory left: only leases that need none grow
+            size += 1
+            _, _, free = d.growing(size)
+            free -= lo >= size
+            if free >= cpu:
+                return size - 1
+            cpu -= free + 1
+        return size
+
+    def _first_walk(self, e: _Entry, mem: int) -> tuple[int, int, int]:
+        """The first round of the planned leases but `e`, in plan order, with CPUs to
+        spare and no task limit binding: (first pools, misses, memory slots left)."""
+        passed = missed = 0
+        for live in (True, False):
+            for o in self._entries.values():
+                if o.plan_kind is None or o.plan_live is not live or o is e:
+                    continue
+                if o.first_mem == 0 or o.first_mem <= mem:
+                    mem -= o.first_mem
+                    passed += 1
+                elif o.plan_fallback:  # threads need no memory
+                    passed += 1
+                else:
+                    missed += 1
+        return passed, missed, mem
+
+    def _lone_share(self, e: _Entry) -> bool:
+        """The newcomer alone in the plan: its first kind that fits a first pool, grown
+        as far as every cap lets it (each round's check is `fit` of the same book)."""
+        assert e.plan_kind is not None
+        kinds: list[Kind] = [e.plan_kind, "thread"] if e.plan_fallback else [e.plan_kind]
+        self._fair_share = 0
+        for kind in kinds:
+            fit, _ = self._idle.fit(e, kind, ("sequential", 0))
+            if fit >= MIN_POOL:
+                e.alloc, e.alloc_kind = min(e.plan_cap, fit), kind
+                self._allocated.append(e)
+                self._fair_share = e.alloc
+                break
         return True
 
     def _first_round(self, book: _Book, plan: list[_Plan]) -> list[_Plan]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from supervisord_batt.budget import (
+    KINDS,
     PROCESS_POOL_OVERHEAD,
     BudgetLedger,
     Kind,
@@ -564,3 +565,72 @@ def test_acquire_then_release_leaves_the_allocation_as_it_was() -> None:
         assert led.statistics() == before
     # and a renew after the pairs sees the targets of an eager recompute
     assert led.renew(held[4].lease_id).target == before.leases[4].target
+
+
+def test_memory_binds_a_lone_newcomer() -> None:
+    led = ledger(mem=3 * GIB, memory_per_slot=GIB)
+    grant = led.acquire(request("a", 8))
+    assert (grant.kind, grant.workers, grant.reason) == (
+        "process",
+        3,
+        "memory: 3 worker slots free",
+    )
+    assert led.statistics().fair_share == 3
+
+
+def test_memory_contended_first_round_keeps_everyone_at_a_first_pool() -> None:
+    # 4 slots: a and b take them, c (process only) misses its first pool, so nobody goes
+    # beyond MIN_POOL; d may fall back to threads and gets a first pool of those.
+    led = ledger(mem=4 * GIB, memory_per_slot=GIB)
+    grants = [
+        led.acquire(request(h, w, kinds=("process",))) for h, w in (("a", 2), ("b", 2), ("c", 4))
+    ]
+    assert [(g.kind, g.workers) for g in grants] == [
+        ("process", 2),
+        ("process", 2),
+        ("sequential", 0),
+    ]
+    assert grants[2].reason == "fair share: 2 workers each, none left for a new pool"
+    d = led.acquire(request("d", 4))
+    assert (d.kind, d.workers, d.reason) == ("thread", 2, "fair share 2 across 4 holders")
+    stats = led.statistics()
+    assert [(lease.share, lease.target) for lease in stats.leases] == [
+        (2, 2),
+        (2, 2),
+        (0, 0),
+        (2, 2),
+    ]
+    assert stats.fair_share == 2
+
+
+def test_memory_runs_out_in_a_later_round_and_threads_keep_growing() -> None:
+    # 6 slots, none sampled yet: a's pool of 6 holds them all. With b, the water-filling
+    # spends 4 on the first round and 2 on the next, so both stop at 3; b, the newcomer,
+    # then runs threads (they need no slot), and c, threads only, grows to its want.
+    led = ledger(mem=6 * GIB, memory_per_slot=GIB)
+    a = led.acquire(request("a", 8, kinds=("process",)))
+    assert (a.kind, a.workers) == ("process", 6)
+    b = led.acquire(request("b", 8))
+    assert (b.kind, b.workers, b.reason) == ("thread", 3, "fair share 3 across 2 holders")
+    c = led.acquire(request("c", 8, kinds=("thread",)))
+    assert (c.kind, c.workers, c.reason) == ("thread", 8, "granted in full")
+    stats = led.statistics()
+    assert [(lease.kind, lease.workers, lease.share, lease.target) for lease in stats.leases] == [
+        ("process", 6, 6, 6),
+        ("thread", 3, 8, 3),
+        ("thread", 8, 8, 8),
+    ]
+    assert stats.fair_share == 8
+
+
+def test_pairs_where_memory_binds_leave_the_allocation_as_it_was() -> None:
+    led = ledger(limit(10_000, 0), cpus=24.0, mem=9 * GIB, memory_per_slot=GIB)
+    held = [led.acquire(request(f"h{i}", 2 + i)) for i in range(5)]
+    led.update(sample(limit(10_000, 0), cpus=24.0, mem=3 * GIB), {})
+    led.renew(held[0].lease_id)
+    before = led.statistics()
+    for want, kinds in ((2, KINDS), (5, KINDS), (9, ("process",)), (4, ("thread",))):
+        grant = led.acquire(request("x", want, kinds=kinds))
+        freed = led.release(grant.lease_id)
+        assert (freed.kind, freed.workers) == (grant.kind, grant.workers)
+        assert led.statistics() == before
