@@ -1,0 +1,102 @@
+"""The running demand totals of the water-filling's plan (`_Demand`): what the planned
+leases ask for, summed per limit, per cap and per (memory-free size, cap), kept up to date
+as leases come, go and resize, with the water level in closed form when only the CPUs can
+run out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from supervisord_batt.books import _Entry
+from supervisord_batt.costs import MIN_POOL
+
+
+@dataclass
+class _Demand:
+    """What the leases of the water-filling's plan ask for, summed: each lease counts at
+    its cap on top of the idle book. Kept up to date as leases come, go and resize, so that
+    `_Allocation._cpu_only` can tell in O(limits) that no task limit nor the memory can
+    stop a lease, and the caps' histogram gives the CPU water level in closed form."""
+
+    tasks: list[int]  # per limit: sum of full_tasks over the planned leases in scope
+    leases: list[int]  # per limit: planned leases in scope
+    first_tasks: list[int]  # per limit: sum of first_tasks over the planned leases in scope
+    caps: dict[int, int] = field(default_factory=dict)  # plan_cap -> planned leases
+    n: int = 0  # planned leases
+    mem: int = 0  # sum of full_mem
+    first_mem: int = 0  # sum of first_mem
+    groups: dict[tuple[int, int], int] = field(default_factory=dict)  # (lo, cap) -> leases
+    process: int = 0  # planned leases starting as process pools
+
+    def add(self, e: _Entry, sign: int) -> None:
+        """Count a lease in (sign 1) or out (sign -1) at its current profile."""
+        if e.plan_kind is None:
+            return
+        self.n += sign
+        left = self.caps.get(e.plan_cap, 0) + sign
+        if left:
+            self.caps[e.plan_cap] = left
+        else:
+            del self.caps[e.plan_cap]
+        tasks, leases, first = self.tasks, self.leases, self.first_tasks
+        full, one = sign * e.full_tasks, sign * e.first_tasks
+        for i in e.scope:
+            tasks[i] += full
+            leases[i] += sign
+            first[i] += one
+        self.mem += sign * e.full_mem
+        self.first_mem += sign * e.first_mem
+        key = (e.plan_lo, e.plan_cap)
+        left = self.groups.get(key, 0) + sign
+        if left:
+            self.groups[key] = left
+        else:
+            del self.groups[key]
+        if e.plan_kind == "process":
+            self.process += sign
+
+    def used(self, size: int) -> tuple[int, int]:
+        """CPUs and memory slots the rounds after the first take, up to `size`, if every
+        planned lease grows in its first kind."""
+        cpu = mem = 0
+        for (lo, cap), n in self.groups.items():
+            top = min(cap, size)
+            cpu += n * (top - MIN_POOL)
+            if top > lo:
+                mem += n * (top - lo)
+        return cpu, mem
+
+    def growing(self, size: int) -> tuple[int, int, int]:
+        """Planned leases with a cap of at least `size`, those of them that need a memory
+        slot to grow to it, and those that do not need one up to it."""
+        grow = needy = free = 0
+        for (lo, cap), n in self.groups.items():
+            if cap >= size:
+                grow += n
+                if lo < size:
+                    needy += n
+                else:
+                    free += n
+        return grow, needy, free
+
+    def level(self, spare: int) -> tuple[int, int, int]:
+        """The water-filling when only `spare` CPUs (beyond one per lease) can run out.
+
+        Returns (level, bonus, winners): every planned lease gets min(its cap, level), and
+        the first `winners` of those capped above it, in plan order, get `bonus` instead.
+        A round of the water-filling costs each growing lease one CPU, so the rounds all
+        fit up to the largest level whose sum of min(cap, level) stays within the spare
+        CPUs; the next round then serves the leases in order while CPUs last. Without a
+        first pool for everyone, the first `spare` leases get MIN_POOL (level 0).
+        """
+        if self.n > spare:
+            return 0, MIN_POOL, max(0, spare)
+        budget = spare + self.n  # the sum of min(cap, level) may reach this
+        fixed, above = 0, self.n  # sum of the caps below the segment; leases above it
+        for cap in sorted(self.caps):
+            level = (budget - fixed) // above  # the level if no cap lay below it
+            if level < cap:
+                return level, level + 1, budget - fixed - level * above
+            fixed += cap * self.caps[cap]
+            above -= self.caps[cap]
+        return max(self.caps, default=0), 0, 0
