@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from supervisord_batt.demo import MASK, Task, score
+from supervisord_batt.demo import CPU_BOUND, MASK, Task, score
 from supervisord_batt.demo import score_sample as demo_score_sample
 
 MODES = ("unguarded", "heuristic", "sequential", "budget")
@@ -156,7 +156,7 @@ def run_budget(tasks: list[Task], workers: int, job: str) -> dict[str, Any]:
     values: list[int] = []
     error = ""
     done = 0
-    with lease(workers, job=job) as grant:
+    with lease(workers, kinds=CPU_BOUND, job=job) as grant:
         first = {
             "kind": grant.kind,
             "workers": grant.workers,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from supervisord_batt.client import lease
 
+CPU_BOUND = ("process", "sequential")  # the lease kinds a GIL-bound job can use
 ITERS_PER_MS = 10_000  # rough speed of one hashing iteration on the reference host
 MASK = (1 << 64) - 1
 
@@ -90,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = 0
     results: list[int] = []
     error = ""
-    with lease(args.want, job=args.job) as grant:
+    # pure-Python scoring holds the GIL: a thread pool would add threads and no speed, so
+    # the job accepts a process pool or sequential, never threads
+    with lease(args.want, kinds=CPU_BOUND, job=args.job) as grant:
 
         def progressed(_index: int, _result: object) -> None:
             nonlocal done
