@@ -451,7 +451,8 @@ def test_heartbeats_go_on_after_the_lease_expired(daemon):
         import time
         from supervisord_batt.client import lease
         with lease(want=2, job="long") as grant:
-            time.sleep(1.6)  # one long task: longer than the 1 s TTL, no renew meanwhile
+            grant.heartbeat(progress="start")  # the no-progress clock starts after imports
+            time.sleep(2.5)  # one long task: longer than the 1 s TTL, no renew meanwhile
             for i in range(12):
                 grant.heartbeat(progress=i)
                 time.sleep(0.25)  # the job's own work between heartbeats
@@ -460,7 +461,7 @@ def test_heartbeats_go_on_after_the_lease_expired(daemon):
     d = daemon(
         {
             "budget": {"lease_ttl": "1s"},
-            "programs": {"long": program(py(job), progress_timeout="2s", restart="never")},
+            "programs": {"long": program(py(job), progress_timeout="4s", restart="never")},
         }
     )
     wait_until(lambda: instance(d, "long:0")["state"] == "EXITED", timeout=20)
