@@ -37,6 +37,7 @@ log = get_logger(component="server")
 _UCRED = struct.Struct("3i")
 _MAX_UNIX_PATH = 107
 _RESYNC_FACTOR = 16
+_REFUSE_LINGER_S = 1.0
 
 
 class SocketInUse(Exception):
@@ -155,6 +156,20 @@ def _remove_stale(path: Path) -> None:
     raise SocketInUse(f"another daemon is serving {path}")
 
 
+async def _refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, why: str
+) -> None:
+    """Tell a refused peer why, then close; half-close first and take its first line for up
+    to a second, so a client that sends before it reads gets the reason, not EPIPE."""
+    writer.write(protocol.encode(protocol.error(code, why)))
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError):
+            await asyncio.wait_for(reader.readline(), timeout=_REFUSE_LINGER_S)
+
+
 class Server:
     """Accepts connections, checks peers, reads lines, dispatches, replies."""
 
@@ -226,13 +241,8 @@ class Server:
             log.warning(
                 "peer_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason="not allowed"
             )
-            writer.write(
-                protocol.encode(
-                    protocol.error(
-                        protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon"
-                    )
-                )
-            )
+            why = f"uid {peer.uid} is not allowed to use this daemon"
+            await _refuse(reader, writer, protocol.FORBIDDEN, why)
             return
         if len(self.connections) >= self.config.max_connections or not self.accepting:
             code, why = (
@@ -244,7 +254,7 @@ class Server:
                 else (protocol.SHUTTING_DOWN, "the daemon is shutting down")
             )
             log.warning("connection_refused", pid=peer.pid, uid=peer.uid, reason=why)
-            writer.write(protocol.encode(protocol.error(code, why)))
+            await _refuse(reader, writer, code, why)
             return
         conn = Connection(self._next_id, peer, writer, time.monotonic())
         self._next_id += 1

@@ -19,6 +19,10 @@ T = TypeVar("T")
 
 PIDS_V1 = Path("/sys/fs/cgroup/pids")
 
+# PSI thresholds no host reaches: for tests about task limits, whose outcome must not
+# change when the machine running them is busy (CPU pressure would make grants sequential)
+CALM = {"cpu_high": 99, "cpu_extreme": 100, "memory_high": 99, "memory_extreme": 100}
+
 
 class WaitTimeout(AssertionError):
     pass

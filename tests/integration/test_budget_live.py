@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from supervisord_batt.budget import pool_cost
-from tests.helpers import wait_until
+from tests.helpers import CALM, wait_until
 
 ACQUIRER = textwrap.dedent(
     """
@@ -40,6 +40,7 @@ def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(pids_cgroup
                 "cpu_cap": 64,
                 "memory_per_slot": "1MiB",
                 "max_per_lease": 8,
+                "pressure": CALM,
             }
         }
     )

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import wait_until
+from tests.helpers import CALM, wait_until
 
 JOBS = 4
 DEMAND = JOBS * (1 + 2 + 4)  # unguarded: main thread + 2 workers + manager, feeder, 2 trackers
@@ -56,6 +56,7 @@ def test_demo_jobs_in_a_half_size_cgroup_all_finish_and_leave_nothing(pids_cgrou
                 "reserve_tasks": 1,
                 "reserve_percent": 0,
                 "cpu_cap": 8,
+                "pressure": CALM,
             }
         }
     )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from supervisord_batt.client import lease
-from tests.helpers import wait_until
+from tests.helpers import CALM, wait_until
 
 
 def test_newcomer_makes_the_holder_shrink_then_grows_itself(daemon):
-    d = daemon({"budget": {"cpu_cap": 4, "max_per_lease": 4}})
+    d = daemon({"budget": {"cpu_cap": 4, "max_per_lease": 4, "pressure": CALM}})
     with lease(want=4, job="first", socket_path=d.socket) as first:
         assert (first.kind, first.workers) == ("process", 4)
         with lease(want=4, job="second", socket_path=d.socket) as second:

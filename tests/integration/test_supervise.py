@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import WireClient, wait_until
+from tests.helpers import CALM, WireClient, wait_until
 
 TREE_WORKER = textwrap.dedent(
     """
@@ -31,8 +31,6 @@ TREE_WORKER = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-CALM = {"cpu_high": 99, "cpu_extreme": 100, "memory_high": 99, "memory_extreme": 100}
 
 
 def program(command: list[str], **settings: Any) -> dict[str, Any]:

@@ -45,8 +45,13 @@ def test_shipped_config_has_the_demo_program() -> None:
     (batt,) = load_config(SHIPPED).programs
     assert batt.name == "batt"
     assert batt.command == (
-        "python3", "-m", "supervisord_batt.demo",
-        "--tasks", "20", "--samples", "8",
+        "python3",
+        "-m",
+        "supervisord_batt.demo",
+        "--tasks",
+        "20",
+        "--samples",
+        "8",
     )  # fmt: skip  (the pool size comes from `slots`, exported as SUPERVISORD_BATT_WANT)
     assert batt.numprocs == 3
     assert batt.wall_clock_limit == 600.0
