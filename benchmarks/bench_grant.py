@@ -28,13 +28,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ACQUIRE = json.dumps({"op": "acquire", "want": 2, "job": "bench"}).encode() + b"\n"
+# --op hello: two no-op requests of the same size instead, to measure the daemon's socket
+# path (framing, decode, dispatch, encode) apart from what acquire and release do
+HELLO = json.dumps({"op": "hello", "version": 1, "client": "bench-padding-x"}).encode() + b"\n"
 
 
 def _release(lease: str) -> bytes:
     return json.dumps({"op": "release", "lease": lease}).encode() + b"\n"
 
 
-def _client(path: str, seconds: float, echo: bool, start: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _client(  # type: ignore[type-arg]
+    path: str, seconds: float, echo: bool, start: float, out: mp.Queue, *, op: str
+) -> None:
+    first = ACQUIRE if op == "grant" else HELLO
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     f = s.makefile("rwb", buffering=0)
@@ -45,10 +51,12 @@ def _client(path: str, seconds: float, echo: bool, start: float, out: mp.Queue) 
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
-        f.write(ACQUIRE)
+        f.write(first)
         grant = reader.readline()
-        lease = "L0" if echo else json.loads(grant)["lease"]
-        f.write(_release(lease))
+        if op == "hello":
+            f.write(HELLO)
+        else:
+            f.write(_release("L0" if echo else json.loads(grant)["lease"]))
         reader.readline()
         lat.append(time.perf_counter() - t0)
     s.close()
@@ -85,13 +93,14 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_cell(
-    path: str, clients: int, seconds: float, echo: bool, server_pid: int
+    path: str, clients: int, seconds: float, echo: bool, *, server_pid: int, op: str
 ) -> dict[str, float]:
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     cpu_before = _cpu_s(server_pid)
     start = time.time() + 0.5 + clients * 0.01
     procs = [
-        mp.Process(target=_client, args=(path, seconds, echo, start, out)) for _ in range(clients)
+        mp.Process(target=_client, args=(path, seconds, echo, start, out), kwargs={"op": op})
+        for _ in range(clients)
     ]
     for p in procs:
         p.start()
@@ -152,6 +161,12 @@ def main() -> int:
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
+        "--op",
+        choices=("grant", "hello"),
+        default="grant",
+        help="grant: acquire+release (default); hello: two no-op requests",
+    )
+    ap.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -169,9 +184,16 @@ def main() -> int:
     rows = []
     try:
         for n in counts:
-            floor = run_cell(echo_path, n, args.seconds, echo=True, server_pid=echo.pid or 0)
+            floor = run_cell(
+                echo_path, n, args.seconds, echo=True, server_pid=echo.pid or 0, op=args.op
+            )
             real = run_cell(
-                str(workdir / "d.sock"), n, args.seconds, echo=False, server_pid=daemon.pid
+                str(workdir / "d.sock"),
+                n,
+                args.seconds,
+                echo=False,
+                server_pid=daemon.pid,
+                op=args.op,
             )
             rows.append(
                 {
