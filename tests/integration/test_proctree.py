@@ -56,6 +56,7 @@ ignore = sys.argv[1] == "ignore"
 if ignore:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 kids = []
+ready_r, ready_w = os.pipe()
 for mode in ("plain", "setsid", "ignore"):
     pid = os.fork()
     if pid == 0:
@@ -63,9 +64,13 @@ for mode in ("plain", "setsid", "ignore"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN if deaf else signal.SIG_DFL)
         if mode == "setsid":
             os.setsid()
+        os.write(ready_w, b".")  # dispositions set: only now may the test signal us
         while True:
             time.sleep(60)
     kids.append(pid)
+got = b""
+while len(got) < 3:
+    got += os.read(ready_r, 3 - len(got))
 print(*kids, flush=True)
 while True:
     time.sleep(60)

@@ -20,12 +20,18 @@ from tests.helpers import CALM, WireClient, wait_until
 TREE_WORKER = textwrap.dedent(
     """
     import os, signal, subprocess, sys, time
+    ready_r, ready_w = os.pipe()
+    tell = "os.write(int(sys.argv[1]), b'.'); time.sleep(600)"  # ready: signals set up
     codes = [
-        "import time; time.sleep(600)",
-        "import os, time; os.setsid(); time.sleep(600)",
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
+        "import os, sys, time; " + tell,
+        "import os, sys, time; os.setsid(); " + tell,
+        "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + tell,
     ]
-    kids = [subprocess.Popen([sys.executable, "-c", c]).pid for c in codes]
+    kids = [subprocess.Popen([sys.executable, "-c", c, str(ready_w)], pass_fds=(ready_w,)).pid
+            for c in codes]
+    got = b""
+    while len(got) < 3:
+        got += os.read(ready_r, 3)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # after the children: they must not inherit it
     print("pids", os.getpid(), *kids, flush=True)
     time.sleep(600)
