@@ -75,12 +75,16 @@ def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(pids_cgroup
         assert pools, "a cgroup with 70 free tasks must fit some pools"
         status = d.status()
         # max-min: grants are first come, first served, but once a holder that asked is left
-        # with none, every holder above the first pool step is told to shrink to it
+        # with none, every holder above the first pool step is told to shrink to it. (If a
+        # tick has meanwhile seen the cgroup nearly full, the level is extreme and every
+        # target is 0: still nobody above the first step.)
         if any(g["kind"] == "sequential" for g in grants):
             targets = [
                 lease["target"] for lease in status["leases"] if lease["kind"] != "sequential"
             ]
-            assert max(targets) == 2, status["leases"]
+            assert max(targets) <= 2, status["leases"]
+            if status["level"] == "normal":
+                assert max(targets) == 2, status["leases"]
         assert status["leased"] == sum(g["workers"] for g in pools)
         assert len(status["leases"]) == ACQUIRERS
     finally:
