@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,18 +317,30 @@ class WorkerCgroups:
             self._made.pop(str(cg.path), None)
         return problem
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self, retry_s: float = 1.0) -> list[str]:
         """Remove every worker cgroup made here, then the root; returns what was left, why.
 
-        The root is left, silently, while another daemon with the same base name uses it.
+        Runs at shutdown, when blocking briefly is fine: an rmdir can see EBUSY for a moment
+        after the last member exited, so it retries for up to `retry_s`. The root is left,
+        silently, while another daemon with the same base name has worker cgroups in it.
         """
-        problems = [p for cg in list(self._made.values()) if (p := self.forget(cg))]
-        if self.root is not None:
-            try:
-                os.rmdir(self.root)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY or not any(self.root.iterdir()) or problems:
-                    problems.append(f"cannot remove {self.root}: {exc}")
-        return problems
+        deadline = time.monotonic() + retry_s
+        while True:
+            problems = [p for cg in list(self._made.values()) if (p := self.forget(cg))]
+            if self.root is not None and not problems:
+                problems = self._remove_root()
+            if not problems or time.monotonic() >= deadline:
+                return problems
+            time.sleep(0.01)
+
+    def _remove_root(self) -> list[str]:
+        assert self.root is not None
+        try:
+            os.rmdir(self.root)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            others = exc.errno == errno.EBUSY and any(p.is_dir() for p in self.root.iterdir())
+            if not others:
+                return [f"cannot remove {self.root}: {exc}"]
+        return []

@@ -143,13 +143,19 @@ class Supervisor:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
     def force_kill(self) -> None:
-        """Second signal: SIGKILL every tree at once, no grace."""
+        """Second signal: SIGKILL every tree at once, no grace; then remove the worker
+        cgroups (briefly blocking: the daemon is about to exit) so none is left behind."""
         for run in self.runs.values():
             if run.cgroup is not None:
                 run.cgroup.kill_members()
             if run.proc is not None and run.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(run.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    run.proc.wait(timeout=1.0)  # ours: reap it so its cgroup empties
+        problems = self.cgroups.cleanup(retry_s=2.0)
+        if problems:
+            log.warning("cgroup_cleanup_incomplete", problems=problems)
 
     def _add_program(self, program: ProgramConfig) -> None:
         for index in range(program.numprocs):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -59,6 +60,13 @@ def instance(d, name: str) -> dict[str, Any]:
             if inst["name"] == name:
                 return inst
     raise AssertionError(f"no instance {name}")
+
+
+def worker_cgroup_root(d) -> Path:
+    """Where this daemon makes its workers' cgroups (named after its socket path)."""
+    (event,) = d.events("supervisor_started")
+    assert event["cgroups"], event
+    return Path(event["cgroup_root"])
 
 
 def gone(pid: int) -> bool:
@@ -340,9 +348,12 @@ def test_sigterm_stops_every_tree_and_exits_zero(daemon):
         lambda: [e["line"] for e in d.events("output") if e["line"].startswith("pids")], timeout=15
     )[0]
     pids = [int(p) for p in line.split()[1:]]
+    root = worker_cgroup_root(d)
+    assert root.exists()
     assert d.stop() == 0
     assert all(gone(pid) for pid in pids)
     assert d.events("stopped")
+    assert not root.exists(), "the daemon removes the worker cgroups it made"
 
 
 def test_tail_shows_output_from_files_and_follows_offsets(daemon, tmp_path):
@@ -446,6 +457,7 @@ def test_shutdown_refuses_leases_and_a_second_signal_forces_exit(daemon):
     assert time.monotonic() - started < 5
     wait_until(lambda: gone(pid), timeout=5, what="the stubborn worker killed")
     assert d.events("forced_exit")
+    assert not worker_cgroup_root(d).exists(), "a forced exit still removes its cgroups"
 
 
 def test_heartbeats_go_on_after_the_lease_expired(daemon):
