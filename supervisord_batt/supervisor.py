@@ -82,7 +82,6 @@ class Run:
     timer: asyncio.TimerHandle | None = None
     deadline: asyncio.TimerHandle | None = None
     last_progress: float = 0.0
-    killing: asyncio.Task[None] | None = None
     exit_seen: bool = False  # the main pid's exit was posted for this run
 
 
@@ -186,7 +185,7 @@ class Supervisor:
             self._spawn(inst, run)
         elif isinstance(action, KillTree):
             self._cancel(run, "deadline")
-            run.killing = self._task(self._kill(inst, run, action))
+            self._task(self._kill(inst, run, action))
         elif isinstance(action, SetTimer):
             self._cancel(run, "timer")
             run.timer = loop.call_at(action.at, self.post, inst, Wake())
@@ -340,7 +339,7 @@ class Supervisor:
         self._exited(inst, proc, proc.wait())
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
-        run.proc, run.cgroup, run.readers, run.killing = None, None, [], None
+        run.proc, run.cgroup, run.readers = None, None, []
         self.on_tree_gone(inst.name, report.pids)
         self.post(inst, TreeGone(report.tasks_at_kill, report.needed_sigkill))
 
