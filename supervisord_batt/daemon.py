@@ -59,6 +59,13 @@ class Daemon:
     # -- life -------------------------------------------------------------------------
 
     async def run(self) -> int:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        try:
+            return await self._run()
+        finally:
+            logs.write_per_iteration(None)  # writes what the last iteration logged
+
+    async def _run(self) -> int:
         self._install_signal_handlers()
         try:
             await self.startup()
@@ -137,6 +144,7 @@ class Daemon:
                 "forced_exit", signal=sig.name, reason="second signal: SIGKILL to every tree"
             )
             self.supervisor.force_kill()
+            logs.write_per_iteration(None)  # os._exit skips every finally: write the lines now
             os._exit(1)
         log.info("exit_requested", signal=sig.name)
         self.should_exit.set()

@@ -1,0 +1,161 @@
+"""The log sink: JSON lines, timestamps, and the daemon's one write per loop iteration."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+
+from supervisord_batt import logs
+
+
+class CountingStream(io.StringIO):
+    """A log stream that counts the writes it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def stream() -> Iterator[CountingStream]:
+    out = CountingStream()
+    logs.configure("json", logging.INFO, stream=out)
+    try:
+        yield out
+    finally:
+        logs.write_per_iteration(None)
+        logs.configure("json", logging.INFO)
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_line_is_json_with_timestamp_level_event_first(stream: CountingStream) -> None:
+    before = time.time()
+    logs.get_logger(component="t").info("grant", lease="L1", pid=7, workers=2)
+    after = time.time()
+    (line,) = lines(stream)
+    assert list(line)[:3] == ["timestamp", "level", "event"]
+    assert line["level"] == "info" and line["event"] == "grant"
+    assert line["component"] == "t" and line["lease"] == "L1" and line["pid"] == 7
+    stamp = str(line["timestamp"])
+    assert stamp.endswith("Z") and len(stamp) == len("2026-11-30T13:58:45.123456Z")
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    assert before - 1e-6 <= at <= after + 1e-6
+
+
+def test_level_filter_drops_lower_levels(stream: CountingStream) -> None:
+    log = logs.get_logger()
+    log.debug("quiet")
+    log.warning("loud")
+    assert [line["event"] for line in lines(stream)] == ["loud"]
+
+
+def test_without_a_loop_every_line_is_written_at_once(stream: CountingStream) -> None:
+    log = logs.get_logger()
+    log.info("one")
+    assert stream.writes == 1
+    log.info("two")
+    assert stream.writes == 2
+
+
+def test_in_the_daemon_loop_an_iteration_lines_go_out_in_one_write(
+    stream: CountingStream,
+) -> None:
+    log = logs.get_logger()
+
+    async def burst() -> tuple[str, int]:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        for i in range(50):
+            log.info("grant", n=i)
+        held = stream.getvalue()
+        await asyncio.sleep(0)  # the iteration ends: the sink writes
+        await asyncio.sleep(0)
+        return held, stream.writes
+
+    held, writes = asyncio.run(burst())
+    assert held == ""  # nothing written while the iteration was still running
+    assert writes == 1
+    assert [line["n"] for line in lines(stream)] == list(range(50))
+
+
+def test_a_large_burst_is_written_before_the_iteration_ends(stream: CountingStream) -> None:
+    log = logs.get_logger()
+
+    async def burst() -> int:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        for i in range(400):
+            log.info("grant", n=i, padding="x" * 300)
+        return len(stream.getvalue())
+
+    written = asyncio.run(burst())
+    assert written >= 64 * 1024  # the cap flushed on its own
+    logs.write_per_iteration(None)
+    assert [line["n"] for line in lines(stream)] == list(range(400))
+
+
+def test_leaving_the_loop_writes_what_is_held(stream: CountingStream) -> None:
+    log = logs.get_logger()
+
+    async def last_words() -> None:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        log.info("stopping")
+        logs.write_per_iteration(None)
+
+    asyncio.run(last_words())
+    assert [line["event"] for line in lines(stream)] == ["stopping"]
+
+
+def test_reconfigure_sends_held_lines_to_the_old_stream(stream: CountingStream) -> None:
+    log = logs.get_logger()
+    other = CountingStream()
+
+    async def reload() -> None:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        log.info("before")
+        logs.configure("json", logging.INFO, stream=other)
+        log.info("after")
+        logs.write_per_iteration(None)
+
+    asyncio.run(reload())
+    assert [line["event"] for line in lines(stream)] == ["before"]
+    assert [line["event"] for line in lines(other)] == ["after"]
+
+
+def test_a_broken_stream_does_not_break_the_loop(stream: CountingStream) -> None:
+    class Broken(CountingStream):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    logs.configure("json", logging.INFO, stream=Broken())
+    errors: list[dict[str, object]] = []
+
+    async def log_some() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        logs.write_per_iteration(loop)
+        logs.get_logger().info("lost")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        logs.configure("json", logging.INFO, stream=stream)
+        logs.get_logger().info("kept")
+        logs.write_per_iteration(None)
+
+    asyncio.run(log_some())
+    assert errors == []
+    assert [line["event"] for line in lines(stream)] == ["kept"]
