@@ -66,7 +66,8 @@ class _Entry:
         scope = str(limit.scope).rstrip("/")
         return any(p.rstrip("/") == scope or p.startswith(scope + "/") for p in self.req.cgroups)
 
-    def snapshot(self) -> Lease:
+    def snapshot(self, ended: bool = False) -> Lease:
+        """The lease now; `ended`: as it ends, with what it held and nothing left to run."""
         r = self.req
         return Lease(
             lease_id=self.lease_id,
@@ -76,9 +77,9 @@ class _Entry:
             job=r.job,
             kind=self.kind,
             workers=self.workers,
-            target=self.target(),
+            target=0 if ended else self.target(),
             wanted=r.want,
-            share=self.alloc,
+            share=0 if ended else self.alloc,
             cost_tasks=pool_cost(self.kind, self.workers),
             charge_tasks=self.charge(self.kind, self.workers),
             base_tasks=r.base_tasks,

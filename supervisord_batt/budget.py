@@ -156,21 +156,23 @@ class BudgetLedger(_Sizing):
                 self._resize(e, e.kind if workers else "sequential", workers)
         return self._grant(e, self._grow(e))
 
-    def heartbeat(self, lease_id: str) -> Lease:
-        """Record that the holder made progress (for the no-progress timeout)."""
-        self._fresh()
-        e = self._get(lease_id)
+    def heartbeat(self, lease_id: str) -> float:
+        """Record that the holder made progress (for the no-progress timeout); the time."""
+        e = self._get(lease_id)  # no _fresh(): nothing here reads or moves the allocation
         e.last_progress = self._clock()
-        return e.snapshot()
+        return e.last_progress
 
     def release(self, lease_id: str) -> Lease:
-        """Give the lease back; releasing a lease the ledger does not hold is an error."""
+        """Give the lease back; releasing a lease the ledger does not hold is an error.
+
+        The snapshot is of the lease as it ends: its kind and workers are what it gave
+        back, its target and share 0.
+        """
         if self._fast is not None and self._fast.lease_id == lease_id:
             return self._undo_acquire(self._fast)
-        self._fresh()
         e = self._get(lease_id)
         self._remove(e)
-        return e.snapshot()
+        return e.snapshot(ended=True)
 
     def release_holder(self, holder: str) -> list[Lease]:
         """Release every lease of one holder (its connection closed)."""
@@ -258,6 +260,16 @@ class BudgetLedger(_Sizing):
         elif self._stale:
             self._recompute()
 
+    # Why ending a lease recomputes nothing. A recompute reads only the leases as they are
+    # (their pools, plans and the books), never the allocation before it, and only a resize
+    # (a grant, a shrink acknowledged) changes those without a recompute of its own. So
+    # removing leases while the allocation is stale, or while a quick acquire's is pending,
+    # and recomputing at the next read gives what recomputing before the removal, and again
+    # after it, would give: the removal is a change, and only the allocation after it is
+    # ever read. With many holders a recompute costs a water-filling over all of them, and
+    # the daemon releases on every job's exit; so the only recompute is the one a reader
+    # needs.
+
     def _changed(self) -> None:
         """An input of the allocation changed: recompute it before the next read."""
         self._stale, self._fast = True, None
@@ -276,7 +288,7 @@ class BudgetLedger(_Sizing):
             self._allocated.pop()
         if fresh:
             self._stale, self._exact, self._fair_share = False, True, fair
-        return e.snapshot()
+        return e.snapshot(ended=True)
 
     def _get(self, lease_id: str) -> _Entry:
         try:
@@ -290,10 +302,9 @@ class BudgetLedger(_Sizing):
             return []
         if len(gone) == 1 and gone[0] is self._fast:
             return [self._undo_acquire(gone[0])]
-        self._fresh()
-        for e in gone:
+        for e in gone:  # no _fresh(): see `_changed`
             self._remove(e)
-        return [e.snapshot() for e in gone]
+        return [e.snapshot(ended=True) for e in gone]
 
     def _remove(self, e: _Entry) -> None:
         del self._entries[e.lease_id]

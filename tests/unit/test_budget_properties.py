@@ -279,3 +279,56 @@ def test_acquire_shortcuts_give_what_the_round_by_round_water_filling_gives(
         slow._quick_share = lambda e: False  # type: ignore[method-assign]
         assert model.ledger.acquire(req) == slow.acquire(req)
         assert model.ledger.statistics() == slow.statistics()
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_lazy_recompute_answers_as_a_recompute_after_every_change(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """The ledger recomputes the allocation only when a call reads it; release, expiry and
+    heartbeats never do. Beside a twin forced to recompute after every call (the eager
+    ledger it replaced), random traffic gets the same answers, and the same statistics
+    whenever they are read (reading recomputes, so they are read only now and then)."""
+    lims = data.draw(st.one_of(limits(), roomy_limits()))
+    cpus = data.draw(st.sampled_from([4.0, 16.0, 64.0]))
+    first = sample(*lims, cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB)
+    clock = FakeClock()
+    lazy = BudgetLedger(cfg, clock, first)
+    eager = BudgetLedger(cfg, clock, first)
+    live: list[str] = []
+    for _ in range(data.draw(st.integers(1, 40))):
+        op = data.draw(
+            st.sampled_from(
+                ["acquire", "acquire", "release", "renew", "beat", "expire", "update", "read"]
+            )
+        )
+        if op == "acquire":
+            req = data.draw(requests())
+            grant = lazy.acquire(req)
+            assert grant == eager.acquire(req)
+            live.append(grant.lease_id)
+        elif op == "release" and live:
+            lease_id = live.pop(data.draw(st.integers(0, len(live) - 1)))
+            assert lazy.release(lease_id) == eager.release(lease_id)
+        elif op == "renew" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            held = eager.lease(lease_id)
+            ack = data.draw(st.sampled_from([None, held.target, held.workers]))
+            assert lazy.renew(lease_id, ack) == eager.renew(lease_id, ack)
+        elif op == "beat" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            assert lazy.heartbeat(lease_id) == eager.heartbeat(lease_id)
+        elif op == "expire":
+            clock.advance(data.draw(st.sampled_from([1.0, 20.0, 40.0])))
+            ended = lazy.expire()
+            assert ended == eager.expire()
+            live = [i for i in live if i not in {lease.lease_id for lease in ended}]
+        elif op == "update":
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            host = data.draw(samples(lims))
+            assert lazy.update(host, trees) == eager.update(host, trees)
+        elif op == "read":
+            assert lazy.statistics() == eager.statistics()
+        eager._fresh()  # the twin recomputes after every call, as the ledger once did
+    assert lazy.statistics() == eager.statistics()
