@@ -8,9 +8,9 @@ not exist) and return the reply's fields.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import __version__, protocol
@@ -19,7 +19,7 @@ from supervisord_batt.logs import get_logger
 from supervisord_batt.probe import sample_to_json
 from supervisord_batt.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.programs import Start, State, Stop
-from supervisord_batt.server import Connection
+from supervisord_batt.server import Connection, Reply
 from supervisord_batt.supervisor import TERMINAL
 
 if TYPE_CHECKING:
@@ -34,17 +34,23 @@ TAIL_MAX = 64 * 1024
 class Commands:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
+        self._ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = {
+            op: getattr(self, f"op_{op}") for op in protocol.SCHEMAS if hasattr(self, f"op_{op}")
+        }
 
-    async def handle(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, conn: Connection, msg: dict[str, Any]) -> Reply | Awaitable[Reply]:
+        """The reply to one request: at once, or an awaitable of it for ops that wait."""
         op = msg["op"]
-        method = getattr(self, f"op_{op}", None)
+        method = self._ops.get(op)
         if method is None:
             raise protocol.ProtocolError(protocol.UNKNOWN_OP, f"op {op!r} is not served here")
-        result = method(conn, msg)
-        reply: dict[str, Any] = await result if inspect.isawaitable(result) else result
-        if "id" in msg:
+        reply = method(conn, msg)
+        if "id" not in msg:
+            return reply  # type: ignore[no-any-return]
+        if isinstance(reply, dict):
             reply["id"] = msg["id"]
-        return reply
+            return reply
+        return _with_id(reply, msg["id"])
 
     # -- leases -----------------------------------------------------------------------
 
@@ -242,6 +248,12 @@ def log_lease(event: str, lease: Lease, reason: str, **extra: Any) -> None:
         reason=reason,
         **extra,
     )
+
+
+async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:
+    reply = await pending
+    reply["id"] = request_id
+    return reply
 
 
 def _grant_reply(grant: Grant) -> dict[str, Any]:

@@ -286,3 +286,69 @@ def test_idle_connections_are_closed(daemon):
     wait_until(closed, timeout=5, what="the daemon to close an idle connection")
     c.close()
     assert d.events("connection_idle_closed")
+
+
+def test_pipelined_requests_are_answered_in_order_around_one_that_waits(daemon_once):
+    """Several requests in one write, one of them (reload) answered from a task: every
+    reply comes, in request order, with its id."""
+    lines = [
+        {"op": "status", "id": 1},
+        {"op": "reload", "id": "two"},
+        {"op": "hello", "version": 1, "id": 3},
+        {"op": "acquire", "want": 0, "id": 4},
+    ]
+    with daemon_once.client() as c:
+        c.send_raw(b"".join(json.dumps(m).encode() + b"\n" for m in lines) + b'{"op":"sta')
+        replies = [c.read_reply() for _ in lines]
+        assert [r["id"] for r in replies] == [1, "two", 3, 4]
+        assert all(r["ok"] for r in replies), replies
+        assert "unchanged" in replies[1] and replies[2]["version"] == 1
+        c.send_raw(b'tus","id":5}\n')  # the rest of the line the first write began
+        assert c.read_reply()["id"] == 5
+
+
+def test_a_request_split_over_many_reads_is_answered(daemon_once):
+    message = json.dumps({"op": "hello", "version": 1, "client": "slow", "id": 9}).encode()
+    with daemon_once.client() as c:
+        for i in range(0, len(message), 7):
+            c.send_raw(message[i : i + 7])
+            assert daemon_once.status()["ok"]  # the daemon goes round its loop in between
+        c.send_raw(b"\n")
+        assert c.read_reply()["id"] == 9
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_peer_that_never_reads_is_paused_not_buffered_for(daemon_once):
+    """A client that sends requests and never reads the replies fills its socket, then
+    the daemon stops reading from it: it holds a bounded amount for that peer, and
+    everyone else is served."""
+    pid = daemon_once.proc.pid
+    rss_before = _rss_kib(pid)
+    request = b'{"op":"status"}\n'  # a reply is ~1 KiB: unbounded buffering would show
+    sent = 0
+    with daemon_once.client() as c:
+        c.sock.setblocking(False)
+        stuck_since = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                sent += c.sock.send(request * 64)
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 1.0:  # blocked for a second: paused
+                    break
+                assert daemon_once.status()["ok"]
+        assert stuck_since is not None, f"the daemon kept reading: {sent} bytes taken"
+        assert sent < 4 * 1024 * 1024, sent  # sockets and the transport's buffer, no more
+        assert daemon_once.status()["ok"]
+        assert _rss_kib(pid) - rss_before < 64 * 1024
+        c.sock.setblocking(True)
+        c.sock.settimeout(10)
+        assert c.read_reply()["ok"]  # and it answers once the peer reads again
