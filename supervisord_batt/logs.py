@@ -146,31 +146,57 @@ def configure(
         structlog.dev.ConsoleRenderer(colors=new_stream.isatty()) if use_console else None
     )
     structlog.configure(
-        processors=[_render],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        processors=[],  # _EventLogger renders the line itself (`_render`)
+        wrapper_class=_EventLogger,
         logger_factory=_line_logger,
         cache_logger_on_first_use=True,
     )
 
 
-def _render(_logger: Any, method: str, event_dict: Any) -> str:
-    """Level filter, timestamp, and the line itself: timestamp, level, event first."""
-    if _LEVEL_OF.get(method, 20) < _state.level:
-        raise structlog.DropEvent
-    level = "warning" if method == "warn" else "error" if method == "exception" else method
-    line: dict[str, Any] = {
-        "timestamp": _timestamp(),
-        "level": level,
-        "event": event_dict.pop("event"),
-    }
-    line.update(event_dict)
-    exc_info = line.pop("exc_info", method == "exception")
+class _EventLogger(structlog.BoundLoggerBase):
+    """structlog's bound logger (bind, new, unbind, lazy proxies, cached on first use)
+    whose level methods make the line in one step: the level filter, `_render`, the
+    line logger. Run generically, the one-processor chain cost a context copy, a loop
+    and type checks per call, on the daemon's request path (~2 us of ~5.4 per line)."""
+
+    def _emit(self, method: str, event: str, kw: dict[str, Any]) -> None:
+        if _LEVEL_OF[method] >= _state.level:
+            _LINE_LOGGER.msg(_render(method, event, self._context, kw))
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._emit("debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._emit("info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._emit("warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._emit("error", event, kw)
+
+    def critical(self, event: str, **kw: Any) -> None:
+        self._emit("critical", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        kw.setdefault("exc_info", True)
+        self._emit("error", event, kw)
+
+
+def _render(method: str, event: str, context: Any, kw: dict[str, Any]) -> str:
+    """The line itself: timestamp, level and event first, then the context and fields."""
+    line: dict[str, Any] = {"timestamp": _timestamp(), "level": method, "event": event}
+    line.update(context)
+    line.update(kw)
+    exc_info = line.pop("exc_info", None)
     if exc_info:  # True: the exception being handled; or an exception instance
         line["exception"] = structlog.processors.format_exc_info(
             None, "", {"exc_info": exc_info}
         ).get("exception")
     if _state.console is not None:
-        rendered: str = _state.console(_logger, method, line)
+        rendered: str = _state.console(None, method, line)
         return rendered
     return _ENCODE(line)
 

@@ -159,3 +159,31 @@ def test_a_broken_stream_does_not_break_the_loop(stream: CountingStream) -> None
     asyncio.run(log_some())
     assert errors == []
     assert [line["event"] for line in lines(stream)] == ["kept"]
+
+
+def test_exception_lines_carry_the_traceback(stream: CountingStream) -> None:
+    log = logs.get_logger()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("handler_failed", conn="c1")
+    try:
+        raise KeyError("gone")
+    except KeyError as exc:
+        caught = exc
+    log.error("handler_failed", conn="c2", exc_info=caught)  # after the except block
+    first, second = lines(stream)
+    assert first["level"] == "error" and "ValueError: boom" in str(first["exception"])
+    assert second["conn"] == "c2" and "KeyError: 'gone'" in str(second["exception"])
+
+
+def test_bound_context_and_console_format() -> None:
+    out = CountingStream()
+    logs.configure("console", logging.DEBUG, stream=out)
+    try:
+        logs.get_logger(component="daemon").bind(program="batt").debug("spawned", pid=42)
+    finally:
+        logs.configure("json", logging.INFO)
+    text = out.getvalue()
+    assert "spawned" in text and "program=batt" in text and "pid=42" in text
+    assert "component=daemon" in text and not text.lstrip().startswith("{")
