@@ -110,7 +110,7 @@ class Commands:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.d.ledger.release(self._owned(conn, msg["lease"]))
         log_lease("release", lease, "released by holder")
-        return protocol.ok(lease=lease.lease_id, kind=lease.kind, workers=lease.workers)
+        return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
 
     def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true,"instance":"batt:0"|null}"""
@@ -257,12 +257,13 @@ async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:
 
 
 def _grant_reply(grant: Grant) -> dict[str, Any]:
-    return protocol.ok(
-        lease=grant.lease_id,
-        kind=grant.kind,
-        workers=grant.workers,
-        target=grant.target,
-        level=grant.level,
-        ttl=grant.ttl,
-        reason=grant.reason,
-    )
+    return {
+        "ok": True,
+        "lease": grant.lease_id,
+        "kind": grant.kind,
+        "workers": grant.workers,
+        "target": grant.target,
+        "level": grant.level,
+        "ttl": grant.ttl,
+        "reason": grant.reason,
+    }

@@ -81,7 +81,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
 def decode(line: bytes) -> dict[str, Any]:
     """Parse and validate one request line; raise ProtocolError with the reason."""
     try:
-        msg = json.loads(line)
+        msg = _DECODE(line.decode())  # UTF-8 by the protocol: no encoding detection
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(BAD_JSON, f"not a JSON object: {exc}") from None
     if not isinstance(msg, dict):
@@ -126,8 +126,13 @@ def _is(value: object, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and not isinstance(value, bool)
 
 
+# one encoder and decoder for the daemon's life (json.dumps with options builds one per call)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_DECODE = json.JSONDecoder().decode
+
+
 def encode(reply: Mapping[str, Any]) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+    return (_ENCODE(reply) + "\n").encode()
 
 
 def ok(request_id: object = None, **fields: Any) -> dict[str, Any]:
