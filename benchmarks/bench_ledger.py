@@ -22,7 +22,16 @@ later round, and "live" at 32 leases on a host with 23 GiB free, where the first
 runs out of CPUs); where a task limit can, it runs the water-filling round by round.
 Prints median and p99 in microseconds.
 
+A second table, "interleaved", times what the daemon sees from N clients that each hold
+one lease briefly: N leases are acquired (want 2, every kind, base task 1, in this
+process's cgroups, uid 0), then released in the same order, round after round; it prints
+the median and p99 over rounds of the round's time divided by N, so microseconds per
+acquire + release pair. N = 1 releases each lease right after its acquire. The config is
+the daemon's with cpu_cap 64 and max_per_lease 8, the sample "live" above, and the clock
+time.monotonic, as in the daemon.
+
     python benchmarks/bench_ledger.py [--leases 0,8,16,32,64,500] [--seconds 1.0] [--json]
+                                      [--mode all|rows|interleaved] [--interleaved 1,16,64]
 
 It times the checkout it is in, whatever supervisord_batt is installed.
 """
@@ -45,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 from supervisord_batt.budget import BudgetLedger, Request
 from supervisord_batt.config import BudgetConfig, load_config_text
 from supervisord_batt.host import HostMonitor, HostSample, Limit
+from supervisord_batt.procinfo import cgroup_fs_paths
 
 CGROUP = "/sys/fs/cgroup/pids"
 UID = os.getuid()
@@ -170,23 +180,72 @@ def measure(cfg: BudgetConfig, sample: HostSample, n: int, seconds: float) -> tu
     return led.level, row
 
 
+# the daemon's config of the interleaved rows (the daemon reads it with load_config)
+DAEMON_CONFIG = """\
+daemon:
+  socket: /tmp/x/d.sock
+budget:
+  cpu_cap: 64
+  max_per_lease: 8
+"""
+
+
+def interleaved(n: int, seconds: float) -> tuple[str, dict[str, float]]:
+    """N clients each acquire one lease, then each releases it in the same order, round
+    after round: the level and the time per acquire + release pair (round time / N)."""
+    cfg = load_config_text(DAEMON_CONFIG).budget
+    led = BudgetLedger(cfg, time.monotonic, live_sample())
+    cgroups = tuple(cgroup_fs_paths(os.getpid()))
+    reqs = [Request(f"c{i}", os.getpid(), 0, "bench", 2, cgroups=cgroups) for i in range(n)]
+
+    def round_() -> None:
+        ids = [led.acquire(r).lease_id for r in reqs]
+        for lease_id in ids:
+            led.release(lease_id)
+
+    lat = sorted(x / n for x in timed(round_, seconds, at_least=100))
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return led.level, {"median": statistics.median(lat), "p99": p99, "n": len(lat)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leases", default="0,8,16,32,64,500")
     ap.add_argument("--seconds", type=float, default=1.0, help="per operation and row")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mode", choices=("all", "rows", "interleaved"), default="all")
+    ap.add_argument("--interleaved", default="1,16,64", help="clients of the interleaved rows")
     args = ap.parse_args()
     cfg = load_config_text("budget:\n  cpu_cap: 64\n").budget
     rows: list[tuple[str, int, str, Timings]] = []
-    counts = [int(x) for x in args.leases.split(",")]
-    for kind in range(4):
-        for n in counts:
-            label, config, sample = rows_for(cfg, n)[kind]
-            rows.append((label, n, *measure(config, sample, n, args.seconds)))
+    if args.mode != "interleaved":
+        counts = [int(x) for x in args.leases.split(",")]
+        for kind in range(4):
+            for n in counts:
+                label, config, sample = rows_for(cfg, n)[kind]
+                rows.append((label, n, *measure(config, sample, n, args.seconds)))
+    pairs: list[tuple[int, str, dict[str, float]]] = []
+    if args.mode != "rows":
+        for n in (int(x) for x in args.interleaved.split(",")):
+            pairs.append((n, *interleaved(n, args.seconds)))
     if args.json:
         keys = ("sample", "leases", "level", "timings")
-        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        for n, level, t in pairs:
+            out.append(
+                {"sample": "interleaved", "leases": n, "level": level, "timings": {"pair": t}}
+            )
+        print(json.dumps(out, indent=2))
         return
+    if rows:
+        print_rows(rows)
+    if pairs:
+        print(f"{'sample':<11} {'leases':>6} {'level':<7} {'pair p50/p99 us':>22}")
+        for n, level, t in pairs:
+            print(f"{'interleaved':<11} {n:>6} {level:<7} {t['median']:>10.1f} /{t['p99']:>9.1f}")
+
+
+def print_rows(rows: list[tuple[str, int, str, Timings]]) -> None:
     ops = ("pair", "renew", "update")
     print(
         f"{'sample':<10} {'leases':>6} {'level':<7} "
