@@ -77,7 +77,7 @@ class BudgetLedger(_Sizing):
     When memory can bind too, but no task limit can, the newcomer's share is in closed
     form as well (`_first_round_share`): it is last in plan order, so it needs only what
     the others leave it, summed over their (memory-free size, cap) (`_Demand.used`).
-    Otherwise, or when a first pool falls back to threads, acquire simulates as before.
+    Otherwise, or when another lease's first pool falls back to threads, acquire simulates.
     """
 
     def __init__(

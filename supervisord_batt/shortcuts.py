@@ -52,8 +52,9 @@ class _AcquireShortcuts(_Allocation):
         sequential task and CPU are in the idle book it starts from, and it adds no memory
         there. If somebody misses a first pool, nobody goes beyond MIN_POOL, so the first
         round is all: the newcomer, last in plan order, gets MIN_POOL if a CPU and its
-        memory are left after the others. If nobody does, and nobody fell back to threads,
-        the later rounds decide (`_later_share`).
+        memory are left after the others. If nobody does, and the others' first pools fit
+        the memory at once (so only the newcomer may fall back to threads), the later
+        rounds decide (`_later_share`).
         """
         d, idle = self._demand, self._idle
         if e.plan_kind is not None and d.n == 1:
@@ -75,9 +76,12 @@ class _AcquireShortcuts(_Allocation):
                 kind = "thread"
         if not missed and passed <= spare and (kind is not None or e.plan_kind is None):
             # everyone has a first pool: the later rounds decide
-            if kind is None or kind != e.plan_kind or others > idle.mem_slots - idle.mem_used:
+            if kind is None or others > idle.mem_slots - idle.mem_used:
                 return False
-            share = self._later_share(e, spare - d.n, mem - e.first_mem)
+            # a fallback to threads took no memory slot, and needs none later (lo = cap)
+            own = kind == e.plan_kind
+            lo = e.plan_lo if own else e.plan_cap
+            share = self._later_share(e, spare - d.n, mem - e.first_mem if own else mem, lo)
             if share is None:
                 return False
             e.alloc, e.alloc_kind = share, kind
@@ -90,9 +94,11 @@ class _AcquireShortcuts(_Allocation):
             self._allocated.append(e)
         return True
 
-    def _later_share(self, e: _Entry, cpu: int, mem: int) -> int | None:
-        """The newcomer's share when every planned lease took a first pool of its first
-        kind, leaving `cpu` CPUs and `mem` memory slots (None: no shortcut).
+    def _later_share(self, e: _Entry, cpu: int, mem: int, lo: int) -> int | None:
+        """The newcomer's share when every planned lease took a first pool, the others of
+        their first kind, leaving `cpu` CPUs and `mem` memory slots (None: no shortcut).
+        `lo` is the last size the newcomer grows to without a memory slot: its `plan_lo`,
+        or its cap if it fell back to threads (the sums count it at `plan_lo` regardless).
 
         With no task limit binding at any size, a round costs each growing lease a CPU and,
         a process pool past its sampled size, a memory slot. The rounds in which everyone
@@ -100,16 +106,19 @@ class _AcquireShortcuts(_Allocation):
         go first: the newcomer grows if a CPU is left after them and, if it needs one, a
         memory slot. If it grows there, the others took the last memory slot, so from then
         on only leases that need none grow, and it grows while they leave it a CPU.
+        A fallback to threads costs fewer tasks than its first kind, which `d.tasks`
+        counts, so the check that no task limit binds holds for it too.
         """
         d, idle = self._demand, self._idle
         for i, n in enumerate(d.leases):
             if n and idle.usage[i] + d.tasks[i] > idle.caps[i]:
                 return None
-        cap, lo = e.plan_cap, e.plan_lo
+        cap, counted = e.plan_cap, e.plan_lo  # counted: its lo as the sums have it
         low, high = MIN_POOL, cap  # everyone fits up to low; not known above
         while low < high:
             mid = (low + high + 1) // 2
             used_cpu, used_mem = d.used(mid)
+            used_mem -= max(0, mid - counted) - max(0, mid - lo)  # mid <= cap
             if used_cpu <= cpu and used_mem <= mem:
                 low = mid
             else:
@@ -117,11 +126,12 @@ class _AcquireShortcuts(_Allocation):
         if low >= cap:
             return cap
         used_cpu, used_mem = d.used(low)
+        used_mem -= max(0, low - counted) - max(0, low - lo)
         cpu, mem = cpu - used_cpu, mem - used_mem
         size = low + 1
         grow, needy, _ = d.growing(size)
         own = lo < size  # the newcomer needs a memory slot
-        grow, needy = grow - 1, needy - own
+        grow, needy = grow - 1, needy - (counted < size)  # the others
         passed = grow - needy + min(mem, needy)
         if passed >= cpu or (own and mem <= needy):
             return low  # the CPUs or memory ran out before its turn
@@ -131,8 +141,8 @@ class _AcquireShortcuts(_Allocation):
         while size < cap:  # no memory left: only leases that need none grow
             size += 1
             _, _, free = d.growing(size)
-            free -= lo >= size
-            if free >= cpu:
+            free -= counted >= size
+            if free >= cpu or lo < size:
                 return size - 1
             cpu -= free + 1
         return size

@@ -259,6 +259,13 @@ def test_random_traffic_where_only_cpus_bind_keeps_the_invariants(
     run_ops(new_model(cfg, first), cfg, data, steps=data.draw(st.integers(1, 40)))
 
 
+def slow_twin(led: BudgetLedger) -> BudgetLedger:
+    """A copy of the ledger whose acquire takes no shortcut: it simulates the rounds."""
+    slow = copy.deepcopy(led)
+    slow._quick_share = lambda e: False  # type: ignore[method-assign]
+    return slow
+
+
 @SETTINGS
 @given(cfg=configs(), data=st.data())
 def test_acquire_shortcuts_give_what_the_round_by_round_water_filling_gives(
@@ -275,10 +282,41 @@ def test_acquire_shortcuts_give_what_the_round_by_round_water_filling_gives(
     run_ops(model, cfg, data, steps=data.draw(st.integers(0, 20)))
     for _ in range(data.draw(st.integers(1, 3))):
         req = data.draw(requests())
-        slow = copy.deepcopy(model.ledger)
-        slow._quick_share = lambda e: False  # type: ignore[method-assign]
+        slow = slow_twin(model.ledger)
         assert model.ledger.acquire(req) == slow.acquire(req)
         assert model.ledger.statistics() == slow.statistics()
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_acquire_falling_back_to_threads_in_the_first_round_gets_the_simulated_share(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """Memory runs out in the first round, no task limit binds and the CPUs are plenty: a
+    newcomer that accepts threads falls back to them, and its share is decided by the
+    later rounds, where it needs no memory (`_later_share` with its cap as `lo`). It is
+    granted what the simulated water-filling grants, with the same deferred allocation."""
+    cfg = replace(
+        cfg,
+        pressure=QUIET,
+        memory_per_slot=GIB,
+        max_per_lease=data.draw(st.integers(MIN_POOL, 16)),
+        cpu_cap=data.draw(st.sampled_from([None, 16.0, 32.0])),
+    )
+    first = sample(*data.draw(roomy_limits()), cpus=64.0, mem=data.draw(st.integers(0, 12)) * GIB)
+    led = new_model(cfg, first).ledger
+    fallback: tuple[Kind, ...] = ("process", "thread", "sequential")
+    kinds = st.sampled_from([fallback, fallback, ("process", "sequential"), ("thread",)])
+    for _ in range(data.draw(st.integers(0, 12))):
+        led.acquire(replace(data.draw(requests()), kinds=data.draw(kinds)))
+    if data.draw(st.booleans()):  # some pools sampled: they need memory only past that
+        live = [lease.lease_id for lease in led.statistics().leases]
+        led.update(first, {i: data.draw(st.integers(0, 30)) for i in live})
+    for _ in range(data.draw(st.integers(1, 6))):  # once memory runs out, each falls back
+        req = replace(data.draw(requests()), kinds=fallback, want=data.draw(st.integers(2, 12)))
+        slow = slow_twin(led)
+        assert led.acquire(req) == slow.acquire(req)
+        assert led.statistics() == slow.statistics()
 
 
 @SETTINGS
