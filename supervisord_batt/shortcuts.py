@@ -67,7 +67,7 @@ class _AcquireShortcuts(_Allocation):
         if others <= mem:  # nobody runs out of memory
             passed, missed, mem = d.n - (e.plan_kind is not None), 0, mem - others
         else:
-            passed, missed, mem = self._first_walk(e, mem)
+            passed, missed, mem = self._first_walk(e, mem, spare)
         kind: Kind | None = None
         if e.plan_kind is not None and passed < spare:  # a CPU is left for the newcomer
             if e.first_mem == 0 or e.first_mem <= mem:
@@ -147,9 +147,13 @@ class _AcquireShortcuts(_Allocation):
             cpu -= free + 1
         return size
 
-    def _first_walk(self, e: _Entry, mem: int) -> tuple[int, int, int]:
+    def _first_walk(self, e: _Entry, mem: int, spare: int) -> tuple[int, int, int]:
         """The first round of the planned leases but `e`, in plan order, with CPUs to
-        spare and no task limit binding: (first pools, misses, memory slots left)."""
+        spare and no task limit binding: (first pools, misses, memory slots left).
+
+        It stops once more than `spare` leases took a first pool: the CPUs ran out before
+        the newcomer's turn, which is all `_first_round_share` reads then.
+        """
         passed = missed = 0
         for live in (True, False):
             for o in self._entries.values():
@@ -162,6 +166,9 @@ class _AcquireShortcuts(_Allocation):
                     passed += 1
                 else:
                     missed += 1
+                    continue
+                if passed > spare:
+                    return passed, missed, mem
         return passed, missed, mem
 
     def _lone_share(self, e: _Entry) -> bool:
