@@ -115,14 +115,30 @@ class _Book:
         return replace(self, usage=list(self.usage))
 
     def move(self, e: _Entry, old: _Size | None, new: _Size | None) -> None:
-        """Resize one lease (None: absent) and update the usage it moves."""
-        delta = _weight(e, new) - _weight(e, old)
+        """Resize one lease (None: absent) and update the usage it moves.
+
+        A lease adds to each limit in scope its charge less its measured tree, one CPU at
+        least, and its unsampled process workers (inlined: this runs on every request).
+        """
+        delta = cpu = mem = 0
+        if old is not None:
+            kind, workers = old
+            delta -= e.charge(kind, workers) - (e.measured or 0)
+            cpu -= workers if workers > 1 else 1
+            if kind == "process":
+                mem -= e.unsampled(kind, workers)
+        if new is not None:
+            kind, workers = new
+            delta += e.charge(kind, workers) - (e.measured or 0)
+            cpu += workers if workers > 1 else 1
+            if kind == "process":
+                mem += e.unsampled(kind, workers)
         if delta:
             usage = self.usage
             for i in e.scope:
                 usage[i] += delta
-        self.cpu_used += (max(1, new[1]) if new else 0) - (max(1, old[1]) if old else 0)
-        self.mem_used += (e.unsampled(*new) if new else 0) - (e.unsampled(*old) if old else 0)
+        self.cpu_used += cpu
+        self.mem_used += mem
 
     def fits(self, e: _Entry, kind: Kind, size: int, old: _Size) -> bool:
         """Whether `fit(e, kind, old)[0] >= size`, without building the reason.
@@ -201,10 +217,3 @@ class _Book:
             for i in scope:
                 added[i] = added.get(i, 0) + delta
         return all(self.usage[i] + d <= self.caps[i] for i, d in added.items())
-
-
-def _weight(e: _Entry, size: _Size | None) -> int:
-    """What a lease adds to each limit in scope at `size`: its charge less its measured tree."""
-    if size is None:
-        return 0
-    return e.charge(*size) - (e.measured or 0)
