@@ -161,8 +161,11 @@ class _Book:
             return True
         return self.mem_slots - (self.mem_used - e.unsampled(*old)) >= size - e.sampled_process
 
-    def fit(self, e: _Entry, kind: Kind, old: _Size | None) -> tuple[int, str]:
-        """The largest pool of `kind` every cap lets `e` hold now, and the binding cap."""
+    def fit(
+        self, e: _Entry, kind: Kind, old: _Size | None, explain: bool = True
+    ) -> tuple[int, str]:
+        """The largest pool of `kind` every cap lets `e` hold now, and the binding cap
+        ("" unless `explain`: the request path mostly needs no reason, only the size)."""
         best, at, at_tasks = UNBOUNDED, -1, 0  # the first limit that binds most
         held = e.charge(*old) if old else 0
         caps, usage, base, measured = self.caps, self.usage, e.req.base_tasks, e.measured
@@ -177,13 +180,17 @@ class _Book:
         others = self.cpu_used - (max(1, old[1]) if old else 0)
         why = ""
         if self.cpus - others < best:
-            best, why = self.cpus - others, f"cpu cap: {self.cpus} CPUs, {others} in use"
+            best, at = self.cpus - others, -1
+            if explain:
+                why = f"cpu cap: {self.cpus} CPUs, {others} in use"
         if kind == "process":
             spare = self.mem_slots - (self.mem_used - (e.unsampled(*old) if old else 0))
             n = e.sampled_process + max(0, spare)
             if n < best:
-                best, why = n, f"memory: {max(0, spare)} worker slots free"
-        if not why and at >= 0:  # formatted once, for the limit that binds in the end
+                best, at = n, -1
+                if explain:
+                    why = f"memory: {max(0, spare)} worker slots free"
+        if explain and at >= 0:  # formatted once, for the limit that binds in the end
             size = max(best + 1, MIN_POOL)
             why = (
                 f"{self.limits[at].name} headroom {max(0, at_tasks)} tasks < {kind} pool of"

@@ -35,24 +35,29 @@ class _Sizing(_AcquireShortcuts):
             return "sequential", 0, "level extreme: sequential only"
         if self._cap(e) < MIN_POOL:
             return "sequential", 0, f"asked for {e.req.want} workers: a pool of 1 never pays"
-        why = ""
         kinds = self._kinds_for(e, MIN_POOL)
         if e.alloc_kind == "process" and "thread" in e.req.kinds:
             kinds.append("thread")
+        held = (e.kind, e.workers)
         for kind in kinds:
-            fit, why = self._charged.fit(e, kind, (e.kind, e.workers))
+            fit, _ = self._charged.fit(e, kind, held, explain=False)
             workers = min(fit, e.alloc)
             if workers >= MIN_POOL:
-                return kind, workers, self._why_short(e, workers, fit, why)
+                return kind, workers, self._why_short(e, kind, workers, fit)
         if e.alloc < MIN_POOL and self._fair_share:
-            why = f"fair share: {self._fair_share} workers each, none left for a new pool"
+            return (
+                "sequential",
+                0,
+                (f"fair share: {self._fair_share} workers each, none left for a new pool"),
+            )
+        why = self._charged.fit(e, kinds[-1], held)[1] if kinds else ""  # the last kind's
         return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
 
-    def _why_short(self, e: _Entry, workers: int, fit: int, why: str) -> str:
+    def _why_short(self, e: _Entry, kind: Kind, workers: int, fit: int) -> str:
         if workers >= e.req.want:
             return "granted in full"
-        if workers == fit:
-            return why
+        if workers == fit:  # the cap that bound it, named only now
+            return self._charged.fit(e, kind, (e.kind, e.workers))[1]
         if workers == self._config.max_per_lease:
             return f"max_per_lease {workers}"
         return f"fair share {e.alloc} across {len(self._entries)} holders"
