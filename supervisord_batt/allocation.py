@@ -15,6 +15,14 @@ from supervisord_batt.costs import MIN_POOL, Kind, Level, pool_cost
 from supervisord_batt.demand import _Demand
 from supervisord_batt.host import HostSample
 
+# the pool kinds a request accepts, process first, by (accepts process, accepts threads)
+_POOLS: dict[tuple[bool, bool], tuple[Kind, ...]] = {
+    (True, True): ("process", "thread"),
+    (True, False): ("process",),
+    (False, True): ("thread",),
+    (False, False): (),
+}
+
 
 class _Allocation:
     """The water-filling over the ledger's leases (see `_recompute`)."""
@@ -34,9 +42,16 @@ class _Allocation:
 
     # -- the plan: who asks for a pool, of which kind, up to what --------------------------
 
+    def _enter(self, e: _Entry) -> None:
+        """Find what a lease asks for (again after a new config): its pool kinds, in the
+        order it prefers them, and its cap (`_cap`); both depend on nothing else."""
+        kinds = e.req.kinds
+        e.pools = _POOLS["process" in kinds, "thread" in kinds]
+        e.cap = self._cap(e)
+
     def _cap(self, e: _Entry) -> int:
         """The most workers this lease may ever hold."""
-        if not any(k in e.req.kinds for k in ("process", "thread")):
+        if not e.pools:
             return 0
         cap = min(e.req.want, self._config.max_per_lease)
         return cap if cap >= MIN_POOL else 0
@@ -55,7 +70,7 @@ class _Allocation:
         elif chosen is not None:  # this allocation already chose a kind
             live = [chosen]
         else:
-            live = [k for k in ("process", "thread") if k in e.req.kinds]
+            live = list(e.pools)
         if self._level == "high":  # no new process pools, and none grows
             live = [k for k in live if k != "process" or workers <= e.workers]
         return live
@@ -74,7 +89,7 @@ class _Allocation:
         """A lease's place in the plan: its first kind and its cap (at level high a process
         pool grows no further than it is), and what it adds to the books at that cap."""
         e.plan_live = e.workers >= MIN_POOL
-        cap = self._cap(e)
+        cap = e.cap
         # as the plan sees it: the allocation that is being recomputed chose no kind yet
         kinds = self._pool_kinds(e, MIN_POOL, None) if cap >= MIN_POOL else []
         if not kinds:

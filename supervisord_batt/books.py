@@ -30,6 +30,10 @@ class _Entry:
     sampled_process: int = 0  # process workers at the last sample
     everywhere: bool = False  # a probe that is inside every scope
     scope: tuple[int, ...] = ()  # indices of the sample's limits it is in (see in_scope)
+    # what it asks for, found once (`_Allocation._enter`): the pool kinds it accepts, in
+    # order of preference, and the most workers it may ever hold under the config
+    pools: tuple[Kind, ...] = ()
+    cap: int = 0
     # its place in the water-filling (`_Allocation._profile`), kept in `_Demand`:
     plan_kind: Kind | None = None  # the kind it starts in; None: it asks for no pool
     plan_cap: int = 0  # the most workers the water-filling may give it

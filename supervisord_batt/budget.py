@@ -124,6 +124,7 @@ class BudgetLedger(_Sizing):
         now = self._clock()
         e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now, last_progress=now)
         e.scope = self._scope_of(req)
+        self._enter(e)
         self._entries[e.lease_id] = e
         self._charged.move(e, None, ("sequential", 0))
         self._idle.move(e, None, ("sequential", 0))
@@ -211,6 +212,8 @@ class BudgetLedger(_Sizing):
     def reconfigure(self, config: BudgetConfig) -> None:
         """Take a reloaded budget config; targets follow at once, leases are kept."""
         self._config = config
+        for e in self._entries.values():
+            self._enter(e)
         if self._sample is not None:
             self._rebook()
             self._level, _ = self._compute_level()

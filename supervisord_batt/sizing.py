@@ -33,7 +33,7 @@ class _Sizing(_AcquireShortcuts):
             return "sequential", 0, "no host sample yet"
         if self._level == "extreme":
             return "sequential", 0, "level extreme: sequential only"
-        if self._cap(e) < MIN_POOL:
+        if e.cap < MIN_POOL:
             return "sequential", 0, f"asked for {e.req.want} workers: a pool of 1 never pays"
         kinds = self._kinds_for(e, MIN_POOL)
         if e.alloc_kind == "process" and "thread" in e.req.kinds:

@@ -304,6 +304,22 @@ def test_max_per_lease() -> None:
     assert ledger(max_per_lease=1).acquire(request(want=10)).kind == "sequential"
 
 
+def test_reconfigured_max_per_lease_caps_live_leases_and_newcomers() -> None:
+    """A lease's cap follows the config: a new max_per_lease shrinks the share of the
+    leases held, caps the next grant, and lets a lease grow again once raised."""
+    led = ledger(max_per_lease=8)
+    held = led.acquire(request("a", want=10))
+    assert (held.workers, held.target) == (8, 8)
+    led.reconfigure(config(max_per_lease=3))
+    assert (led.lease(held.lease_id).share, led.lease(held.lease_id).target) == (3, 3)
+    assert led.acquire(request("b", want=10)).workers == 3
+    assert led.renew(held.lease_id, workers_in_use=3).workers == 3
+    led.reconfigure(config(max_per_lease=1))
+    assert led.acquire(request("c", want=10)).kind == "sequential"
+    led.reconfigure(config(max_per_lease=6))
+    assert led.renew(held.lease_id).workers == 6
+
+
 # -- levels -------------------------------------------------------------------------------
 
 
