@@ -12,7 +12,7 @@ from __future__ import annotations
 from supervisord_batt.books import _Book, _Entry, _Plan
 from supervisord_batt.config import BudgetConfig
 from supervisord_batt.costs import MIN_POOL, Kind, Level, pool_cost
-from supervisord_batt.demand import _Demand
+from supervisord_batt.demand import _Demand, counted
 from supervisord_batt.host import HostSample
 
 # the pool kinds a request accepts, process first, by (accepts process, accepts threads)
@@ -122,9 +122,12 @@ class _Allocation:
     def _relist(self, e: _Entry) -> None:
         """Recount a lease in the demand after its pool or kind changed."""
         was = (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback)
-        self._demand.add(e, -1)
+        before = counted(e)
         self._profile(e)
-        self._demand.add(e, 1)
+        after = counted(e)
+        if after != before:  # a grant of its first kind mostly changes no sum
+            self._demand.count(e.scope, before, -1)
+            self._demand.count(e.scope, after, 1)
         # the fallback to threads matters once more than the CPUs can bind (a first round
         # of `_simulate`, or `_first_round_share`)
         if (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback) != was:

@@ -8,7 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from supervisord_batt.books import _Entry
-from supervisord_batt.costs import MIN_POOL
+from supervisord_batt.costs import MIN_POOL, Kind
+
+# what `_Demand` sums of a lease's profile: its first kind (None: not in the plan), cap,
+# plan_lo, full_tasks, first_tasks, full_mem and first_mem (see `_Entry`)
+Counted = tuple[Kind | None, int, int, int, int, int, int]
+
+
+def counted(e: _Entry) -> Counted:
+    """A lease's profile as `_Demand` counts it: whether it is live or may fall back to
+    threads changes no sum."""
+    return (
+        e.plan_kind,
+        e.plan_cap,
+        e.plan_lo,
+        e.full_tasks,
+        e.first_tasks,
+        e.full_mem,
+        e.first_mem,
+    )
 
 
 @dataclass
@@ -30,29 +48,34 @@ class _Demand:
 
     def add(self, e: _Entry, sign: int) -> None:
         """Count a lease in (sign 1) or out (sign -1) at its current profile."""
-        if e.plan_kind is None:
+        self.count(e.scope, counted(e), sign)
+
+    def count(self, scope: tuple[int, ...], c: Counted, sign: int) -> None:
+        """Count a profile (`counted`) in or out over the limits in `scope`."""
+        kind, cap, lo, full_tasks, first_tasks, full_mem, first_mem = c
+        if kind is None:
             return
         self.n += sign
-        left = self.caps.get(e.plan_cap, 0) + sign
+        left = self.caps.get(cap, 0) + sign
         if left:
-            self.caps[e.plan_cap] = left
+            self.caps[cap] = left
         else:
-            del self.caps[e.plan_cap]
+            del self.caps[cap]
         tasks, leases, first = self.tasks, self.leases, self.first_tasks
-        full, one = sign * e.full_tasks, sign * e.first_tasks
-        for i in e.scope:
+        full, one = sign * full_tasks, sign * first_tasks
+        for i in scope:
             tasks[i] += full
             leases[i] += sign
             first[i] += one
-        self.mem += sign * e.full_mem
-        self.first_mem += sign * e.first_mem
-        key = (e.plan_lo, e.plan_cap)
+        self.mem += sign * full_mem
+        self.first_mem += sign * first_mem
+        key = (lo, cap)
         left = self.groups.get(key, 0) + sign
         if left:
             self.groups[key] = left
         else:
             del self.groups[key]
-        if e.plan_kind == "process":
+        if kind == "process":
             self.process += sign
 
     def used(self, size: int) -> tuple[int, int]:
