@@ -126,15 +126,20 @@ class BudgetLedger(_Sizing):
         e.scope = self._scope_of(req)
         self._enter(e)
         self._entries[e.lease_id] = e
-        self._charged.move(e, None, ("sequential", 0))
         self._idle.move(e, None, ("sequential", 0))
         self._profile(e)
         self._demand.add(e, 1)
         quick = self._quick_share(e)
         if not quick:
             self._recompute()
-        kind, workers, reason = self._best_now(e)
-        self._resize(e, kind, workers)
+        # The allocation never reads the charged book, so the newcomer enters it only at
+        # its grant: what fits a lease not in the book (held None) is what fits it held
+        # sequential, its sequential charge and CPU being what it would give back.
+        kind, workers, reason = self._best_now(e, None)
+        self._charged.move(e, None, (kind, workers))
+        if workers:
+            e.kind, e.workers = kind, workers
+            self._relist(e)
         if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
             self._changed()  # the recompute the ledger did here, now due at the next read
         elif quick:

@@ -7,7 +7,7 @@ hold right now (`_Book.fit` on the charged book), and says in one line what boun
 
 from __future__ import annotations
 
-from supervisord_batt.books import _Book, _Entry
+from supervisord_batt.books import _Book, _Entry, _Size
 from supervisord_batt.costs import MIN_POOL, Kind
 from supervisord_batt.leases import Request
 from supervisord_batt.shortcuts import _AcquireShortcuts
@@ -27,8 +27,9 @@ class _Sizing(_AcquireShortcuts):
         e.kind, e.workers = kind, workers
         self._relist(e)
 
-    def _best_now(self, e: _Entry) -> tuple[Kind, int, str]:
-        """The largest pool that fits now, capped by the lease's allocation."""
+    def _best_now(self, e: _Entry, held: _Size | None) -> tuple[Kind, int, str]:
+        """The largest pool that fits now, capped by the lease's allocation; `held`: its
+        pool in the charged book (None: not in it)."""
         if self._sample is None:
             return "sequential", 0, "no host sample yet"
         if self._level == "extreme":
@@ -38,12 +39,11 @@ class _Sizing(_AcquireShortcuts):
         kinds = self._kinds_for(e, MIN_POOL)
         if e.alloc_kind == "process" and "thread" in e.req.kinds:
             kinds.append("thread")
-        held = (e.kind, e.workers)
         for kind in kinds:
             fit, _ = self._charged.fit(e, kind, held, explain=False)
             workers = min(fit, e.alloc)
             if workers >= MIN_POOL:
-                return kind, workers, self._why_short(e, kind, workers, fit)
+                return kind, workers, self._why_short(e, kind, held, workers, fit)
         if e.alloc < MIN_POOL and self._fair_share:
             return (
                 "sequential",
@@ -53,11 +53,11 @@ class _Sizing(_AcquireShortcuts):
         why = self._charged.fit(e, kinds[-1], held)[1] if kinds else ""  # the last kind's
         return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
 
-    def _why_short(self, e: _Entry, kind: Kind, workers: int, fit: int) -> str:
+    def _why_short(self, e: _Entry, kind: Kind, held: _Size | None, workers: int, fit: int) -> str:
         if workers >= e.req.want:
             return "granted in full"
         if workers == fit:  # the cap that bound it, named only now
-            return self._charged.fit(e, kind, (e.kind, e.workers))[1]
+            return self._charged.fit(e, kind, held)[1]
         if workers == self._config.max_per_lease:
             return f"max_per_lease {workers}"
         return f"fair share {e.alloc} across {len(self._entries)} holders"
