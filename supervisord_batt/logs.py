@@ -160,7 +160,9 @@ class _EventLogger(structlog.BoundLoggerBase):
     and type checks per call, on the daemon's request path (~2 us of ~5.4 per line)."""
 
     def _emit(self, method: str, event: str, kw: dict[str, Any]) -> None:
-        if _LEVEL_OF[method] >= _state.level:
+        if self._processors:  # structlog.testing.capture_logs put its own chain in
+            self._proxy_to_logger(method, event, **kw)
+        elif _LEVEL_OF[method] >= _state.level:
             _LINE_LOGGER.msg(_render(method, event, self._context, kw))
 
     def debug(self, event: str, **kw: Any) -> None:
