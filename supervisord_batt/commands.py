@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import __version__, protocol
-from supervisord_batt.budget import Grant, Lease, LeaseError, Request
+from supervisord_batt.budget import Grant, LeaseError, Request
 from supervisord_batt.logs import get_logger
 from supervisord_batt.probe import sample_to_json
 from supervisord_batt.procinfo import cgroup_fs_paths, thread_count
@@ -83,18 +83,7 @@ class Commands:
             base_tasks=conn.data["base_tasks"],
         )
         grant = self.d.ledger.acquire(request)
-        event = "grant" if grant.kind != "sequential" or request.want < 2 else "deny"
-        log.info(
-            event,
-            lease=grant.lease_id,
-            pid=peer.pid,
-            job=request.job,
-            want=request.want,
-            kind=grant.kind,
-            workers=grant.workers,
-            pressure=grant.level,
-            reason=grant.reason,
-        )
+        self.d.lease_log.granted(request, grant)
         return _grant_reply(grant)
 
     def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +98,7 @@ class Commands:
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.d.ledger.release(self._owned(conn, msg["lease"]))
-        log_lease("release", lease, "released by holder")
+        self.d.lease_log.ended("release", lease, "released by holder")
         return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
 
     def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -233,21 +222,6 @@ class Commands:
             return self.d.supervisor.select(target)
         except KeyError as exc:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
-
-
-def log_lease(event: str, lease: Lease, reason: str, **extra: Any) -> None:
-    """One log line for a lease that ends (released, expired, its holder gone)."""
-    logger = log.warning if event == "lease_expired" else log.info
-    logger(
-        event,
-        lease=lease.lease_id,
-        pid=lease.pid,
-        job=lease.job,
-        kind=lease.kind,
-        workers=lease.workers,
-        reason=reason,
-        **extra,
-    )
 
 
 async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:

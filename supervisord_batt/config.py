@@ -106,6 +106,7 @@ class DaemonConfig:
     idle_timeout: float  # seconds
     max_message_bytes: int
     pid_file: Path | None = None
+    lease_log_rate: int = 100  # grant/deny/release lines a second; 0 = every line
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ def _daemon(s: Section) -> DaemonConfig:
         idle_timeout=s.get("idle_timeout", duration(), 300.0),
         max_message_bytes=s.get("max_message_bytes", size, 64 * 1024),
         pid_file=s.get("pid_file", optional(absolute_path), None),
+        lease_log_rate=s.get("lease_log_rate", integer(0), 100),
     )
 
 

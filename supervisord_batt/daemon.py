@@ -25,9 +25,10 @@ from typing import Any
 
 from supervisord_batt import __version__, logs
 from supervisord_batt.budget import BudgetLedger
-from supervisord_batt.commands import Commands, log_lease
+from supervisord_batt.commands import Commands
 from supervisord_batt.config import Config, ConfigError, load_config
 from supervisord_batt.host import HostMonitor, HostSample
+from supervisord_batt.leaselog import LeaseLog
 from supervisord_batt.logs import get_logger
 from supervisord_batt.server import Connection, PeerPolicy, Server
 from supervisord_batt.supervisor import Supervisor
@@ -45,6 +46,7 @@ class Daemon:
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
+        self.lease_log = LeaseLog(config.daemon.lease_log_rate)
         self.commands = Commands(self)
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
@@ -121,6 +123,7 @@ class Daemon:
         if self.config.daemon.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
+        self.lease_log.summarize(final=True)
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
     def _write_pid_file(self) -> None:
@@ -181,7 +184,10 @@ class Daemon:
                 **self.limits_now(),
             )
         for lease in self.ledger.expire():
-            log_lease("lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s")
+            self.lease_log.ended(
+                "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
+            )
+        self.lease_log.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
 
@@ -206,7 +212,7 @@ class Daemon:
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):
-            log_lease("release", lease, "connection closed")
+            self.lease_log.ended("release", lease, "connection closed")
 
     def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
         """A worker's tree is verified gone: whatever it still leased goes back now."""
@@ -214,7 +220,7 @@ class Daemon:
         for lease in self.ledger.statistics().leases:
             if lease.pid in gone:
                 self.ledger.release(lease.lease_id)
-                log_lease("release", lease, "worker tree gone", instance=instance)
+                self.lease_log.ended("release", lease, "worker tree gone", instance=instance)
 
     # -- reload -----------------------------------------------------------------------
 
@@ -237,6 +243,7 @@ class Daemon:
             )
         self.config = new
         self.ledger.reconfigure(new.budget)
+        self.lease_log.rate = new.daemon.lease_log_rate
         self.server.policy = _policy(new)
         self.monitor.close()
         self.monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))

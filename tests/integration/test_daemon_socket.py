@@ -352,3 +352,29 @@ def test_a_peer_that_never_reads_is_paused_not_buffered_for(daemon_once):
         c.sock.setblocking(True)
         c.sock.settimeout(10)
         assert c.read_reply()["ok"]  # and it answers once the peer reads again
+
+
+def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon):
+    """lease_log_rate 5: a burst of 40 acquire+release pairs writes at most 5 lease lines
+    a second, and the lease_lines_suppressed lines account for every line held back."""
+    d = daemon({"daemon": {"lease_log_rate": 5}})
+    with d.client() as c:
+        for _ in range(40):
+            grant = c.request("acquire", want=2, job="burst")
+            assert c.request("release", lease=grant["lease"])["ok"]
+
+    def accounted() -> bool:
+        written = [e for e in d.events() if e["event"] in ("grant", "release")]
+        held = sum(
+            e.get("grant", 0) + e.get("release", 0) for e in d.events("lease_lines_suppressed")
+        )
+        return len(written) + held == 80
+
+    wait_until(accounted, timeout=10, what="the suppressed lease lines summarised")
+    written = [e for e in d.events() if e["event"] in ("grant", "release")]
+    per_second: dict[str, int] = {}
+    for e in written:
+        per_second[e["timestamp"][:19]] = per_second.get(e["timestamp"][:19], 0) + 1
+    assert max(per_second.values()) <= 5 * 2, per_second  # the window is the daemon's clock
+    assert all(e["job"] == "burst" for e in written)
+    assert all(s["jobs"] == 1 for s in d.events("lease_lines_suppressed"))

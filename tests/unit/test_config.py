@@ -668,6 +668,7 @@ daemon:
   idle_timeout: 1h
   max_message_bytes: 1MiB
   pid_file: /run/sb.pid
+  lease_log_rate: 0
 budget:
   reserve_tasks: 128
   reserve_percent: 12.5
