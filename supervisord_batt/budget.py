@@ -139,7 +139,12 @@ class BudgetLedger(_Sizing):
         self._charged.move(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
-            self._relist(e)
+            if kind == e.plan_kind and self._level == "normal":
+                # `_relist`, when the pool is of its first kind: it is now live and keeps
+                # that kind, nothing else of its profile changes, and no sum of the demand
+                e.plan_live, e.plan_fallback, self._exact = True, False, False
+            else:
+                self._relist(e)
         if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
             self._changed()  # the recompute the ledger did here, now due at the next read
         elif quick:

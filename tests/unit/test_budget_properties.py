@@ -18,7 +18,17 @@ from supervisord_batt.budget import (
 )
 from supervisord_batt.config import BudgetConfig, PressureThresholds
 from supervisord_batt.host import HostSample, Limit
-from tests.unit.test_budget import CGROUP, GIB, QUIET, FakeClock, config, sample
+from tests.unit.test_budget import (
+    CGROUP,
+    GIB,
+    QUIET,
+    FakeClock,
+    config,
+    ledger,
+    limit,
+    request,
+    sample,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UIDS = (1000, 1001)
@@ -257,6 +267,92 @@ def test_random_traffic_where_only_cpus_bind_keeps_the_invariants(
     cfg = replace(cfg, cpu_cap=data.draw(st.sampled_from([None, 8.0, 16.0, 32.0])))
     first = sample(*data.draw(roomy_limits()), cpus=64.0, mem=data.draw(st.integers(0, 16)) * GIB)
     run_ops(new_model(cfg, first), cfg, data, steps=data.draw(st.integers(1, 40)))
+
+
+PROFILE = (
+    "plan_kind",
+    "plan_cap",
+    "plan_live",
+    "full_tasks",
+    "full_mem",
+    "first_tasks",
+    "first_mem",
+    "plan_fallback",
+    "plan_lo",
+)
+
+
+def assert_kept_as_recounted(led: BudgetLedger) -> None:
+    """Every lease's place in the plan and the demand's sums, as the ledger keeps them
+    call by call, are what a recount of every lease from scratch gives; and when the
+    ledger holds its allocation up to date and exact, it is what a recompute gives."""
+
+    def kept(ledger: BudgetLedger) -> tuple[object, ...]:
+        profiles = [[getattr(e, f) for f in PROFILE] for e in ledger._entries.values()]
+        return profiles, ledger._demand
+
+    def allocation(ledger: BudgetLedger) -> tuple[object, ...]:
+        shares = [(e.alloc, e.alloc_kind) for e in ledger._entries.values()]
+        return shares, ledger._fair_share
+
+    fresh = copy.deepcopy(led)
+    fresh._relist_all()
+    assert kept(led) == kept(fresh)
+    if led._exact and not led._stale and led._fast is None:
+        fresh._recompute()
+        assert allocation(led) == allocation(fresh)
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_plan_and_demand_kept_call_by_call_equal_a_recount(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """acquire, resizes and releases update the plan and its sums in place (a newcomer
+    granted a pool of its first kind is not even recounted): after every call of random
+    traffic, with nothing read in between, they equal a recount from scratch."""
+    lims = data.draw(st.one_of(limits(), roomy_limits()))
+    cpus = data.draw(st.sampled_from([4.0, 16.0, 64.0]))
+    first = sample(*lims, cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB)
+    clock = FakeClock()
+    led = BudgetLedger(cfg, clock, first)
+    live: list[str] = []
+    for _ in range(data.draw(st.integers(1, 30))):
+        op = data.draw(
+            st.sampled_from(
+                ["acquire", "acquire", "acquire", "release", "renew", "expire", "update"]
+            )
+        )
+        if op == "acquire":
+            live.append(led.acquire(data.draw(requests())).lease_id)
+        elif op == "release" and live:
+            led.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+        elif op == "renew" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            e = led._entries[lease_id]
+            led.renew(lease_id, data.draw(st.sampled_from([None, 0, e.workers])))
+        elif op == "expire":
+            clock.advance(data.draw(st.sampled_from([1.0, 20.0, 40.0])))
+            gone = {lease.lease_id for lease in led.expire()}
+            live = [i for i in live if i not in gone]
+        elif op == "update":
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            led.update(data.draw(samples(lims)), trees)
+        assert_kept_as_recounted(led)
+
+
+def test_a_newcomer_granted_a_pool_moves_ahead_of_a_sequential_asker() -> None:
+    """d's acquire simulates (a task limit may bind), and its grant makes it a live pool,
+    served before c, which asks for threads but holds none: the allocation the acquire
+    computed is then not what a recompute gives, and the ledger must not claim it is."""
+    led = ledger(limit(55, 28), cpus=16.0, max_per_lease=11, cpu_cap=8.0)
+    a = led.acquire(request("a", 7, kinds=("thread",), base_tasks=0))
+    led.acquire(request("b", 1, kinds=("process", "sequential"), base_tasks=2))
+    assert led.acquire(request("c", 11, kinds=("thread",))).workers == 0
+    led.release(a.lease_id)
+    d = led.acquire(request("d", 12, kinds=("process", "sequential")))
+    assert (d.kind, d.workers) == ("process", 3)
+    assert_kept_as_recounted(led)
 
 
 def slow_twin(led: BudgetLedger) -> BudgetLedger:
