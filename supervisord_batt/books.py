@@ -73,23 +73,23 @@ class _Entry:
     def snapshot(self, ended: bool = False) -> Lease:
         """The lease now; `ended`: as it ends, with what it held and nothing left to run."""
         r = self.req
-        return Lease(
-            lease_id=self.lease_id,
-            holder=r.holder,
-            pid=r.pid,
-            uid=r.uid,
-            job=r.job,
-            kind=self.kind,
-            workers=self.workers,
-            target=0 if ended else self.target(),
-            wanted=r.want,
-            share=0 if ended else self.alloc,
-            cost_tasks=pool_cost(self.kind, self.workers),
-            charge_tasks=self.charge(self.kind, self.workers),
-            base_tasks=r.base_tasks,
-            created_at=self.created_at,
-            renewed_at=self.renewed_at,
-            last_progress=self.last_progress,
+        return Lease(  # by position, in field order: 16 keywords cost 0.5 us a call
+            self.lease_id,
+            r.holder,
+            r.pid,
+            r.uid,
+            r.job,
+            self.kind,
+            self.workers,
+            0 if ended else self.target(),  # target
+            r.want,  # wanted
+            0 if ended else self.alloc,  # share
+            pool_cost(self.kind, self.workers),  # cost_tasks
+            self.charge(self.kind, self.workers),  # charge_tasks
+            r.base_tasks,
+            self.created_at,
+            self.renewed_at,
+            self.last_progress,
         )
 
 

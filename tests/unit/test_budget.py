@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from supervisord_batt.books import _Entry
 from supervisord_batt.budget import (
     KINDS,
     PROCESS_POOL_OVERHEAD,
@@ -534,6 +535,31 @@ def test_grants_and_leases_are_frozen_dataclasses_of_every_field(cls: type) -> N
         setattr(made, names[0], "y")
     with pytest.raises(TypeError):
         cls(*values[1:])
+
+
+def test_a_snapshot_puts_every_value_in_its_field() -> None:
+    req = request("holder", 13, uid=12, pid=11, job="job", base_tasks=3)
+    e = _Entry("L9", req, 9, 1.5, "thread", 4, alloc=5, renewed_at=2.5, last_progress=3.5)
+    expected = Lease(
+        lease_id="L9",
+        holder="holder",
+        pid=11,
+        uid=12,
+        job="job",
+        kind="thread",
+        workers=4,
+        target=4,
+        wanted=13,
+        share=5,
+        cost_tasks=4,
+        charge_tasks=7,
+        base_tasks=3,
+        created_at=1.5,
+        renewed_at=2.5,
+        last_progress=3.5,
+    )
+    assert e.snapshot() == expected
+    assert e.snapshot(ended=True) == dataclasses.replace(expected, target=0, share=0)
 
 
 # -- never over capacity, never counted twice ----------------------------------------------
