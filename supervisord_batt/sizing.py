@@ -39,17 +39,14 @@ class _Sizing(_AcquireShortcuts):
         kinds = self._kinds_for(e, MIN_POOL)
         if e.alloc_kind == "process" and "thread" in e.req.kinds:
             kinds.append("thread")
-        for kind in kinds:
+        for kind in kinds if e.alloc >= MIN_POOL else ():  # else no fit makes a pool
             fit, _ = self._charged.fit(e, kind, held, explain=False)
             workers = min(fit, e.alloc)
             if workers >= MIN_POOL:
                 return kind, workers, self._why_short(e, kind, held, workers, fit)
         if e.alloc < MIN_POOL and self._fair_share:
-            return (
-                "sequential",
-                0,
-                (f"fair share: {self._fair_share} workers each, none left for a new pool"),
-            )
+            why = f"fair share: {self._fair_share} workers each, none left for a new pool"
+            return "sequential", 0, why
         why = self._charged.fit(e, kinds[-1], held)[1] if kinds else ""  # the last kind's
         return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
 
