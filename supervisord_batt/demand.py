@@ -116,10 +116,11 @@ class _Demand:
             return 0, MIN_POOL, max(0, spare)
         budget = spare + self.n  # the sum of min(cap, level) may reach this
         fixed, above = 0, self.n  # sum of the caps below the segment; leases above it
-        for cap in sorted(self.caps):
+        cap = 0  # the largest cap, once the loop is through
+        for cap, count in sorted(self.caps.items()):
             level = (budget - fixed) // above  # the level if no cap lay below it
             if level < cap:
                 return level, level + 1, budget - fixed - level * above
-            fixed += cap * self.caps[cap]
-            above -= self.caps[cap]
-        return max(self.caps, default=0), 0, 0
+            fixed += cap * count
+            above -= count
+        return cap, 0, 0
