@@ -144,8 +144,8 @@ class _Book:
         self.cpu_used += cpu
         self.mem_used += mem
 
-    def fits(self, e: _Entry, kind: Kind, size: int, old: _Size) -> bool:
-        """Whether `fit(e, kind, old)[0] >= size`, without building the reason.
+    def fits(self, e: _Entry, kind: Kind, size: int, old: _Size | None) -> bool:
+        """Whether `fit(e, kind, old)[0] >= size` (size >= 1), without sizing the pool.
 
         Every limit in scope offers the lease the same tasks beyond its slack, so only the
         smallest slack matters; the two task bounds of `fit` become one need.
@@ -154,16 +154,18 @@ class _Book:
         need = e.req.base_tasks + cost
         if e.measured is not None:
             need = max(need, e.measured - e.sampled_cost + cost)
-        need -= e.charge(*old)
+        if old is not None:
+            need -= e.charge(*old)
         caps, usage = self.caps, self.usage
         for i in e.scope:
             if caps[i] - usage[i] < need:
                 return False
-        if self.cpus - (self.cpu_used - max(1, old[1])) < size:
+        if self.cpus - (self.cpu_used - (max(1, old[1]) if old else 0)) < size:
             return False
         if kind != "process" or e.sampled_process >= size:
             return True
-        return self.mem_slots - (self.mem_used - e.unsampled(*old)) >= size - e.sampled_process
+        spare = self.mem_slots - (self.mem_used - (e.unsampled(*old) if old else 0))
+        return spare >= size - e.sampled_process
 
     def fit(
         self, e: _Entry, kind: Kind, old: _Size | None, explain: bool = True

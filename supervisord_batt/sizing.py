@@ -40,6 +40,8 @@ class _Sizing(_AcquireShortcuts):
         if e.alloc_kind == "process" and "thread" in e.req.kinds:
             kinds.append("thread")
         for kind in kinds if e.alloc >= MIN_POOL else ():  # else no fit makes a pool
+            if self._in_full(e, kind, held):
+                return kind, e.alloc, "granted in full"
             fit, _ = self._charged.fit(e, kind, held, explain=False)
             workers = min(fit, e.alloc)
             if workers >= MIN_POOL:
@@ -49,6 +51,12 @@ class _Sizing(_AcquireShortcuts):
             return "sequential", 0, why
         why = self._charged.fit(e, kinds[-1], held)[1] if kinds else ""  # the last kind's
         return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
+
+    def _in_full(self, e: _Entry, kind: Kind, held: _Size | None) -> bool:
+        """Whether a pool of `kind` at the lease's share fits now, the share being all it
+        wants: `_best_now` then grants it in full without sizing the pool (`fits` is
+        whether `fit` reaches the size, and the grant is min(fit, share))."""
+        return e.alloc >= e.req.want and self._charged.fits(e, kind, e.alloc, held)
 
     def _why_short(self, e: _Entry, kind: Kind, held: _Size | None, workers: int, fit: int) -> str:
         if workers >= e.req.want:

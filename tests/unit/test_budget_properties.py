@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from hypothesis import HealthCheck, given, settings
@@ -303,26 +304,23 @@ def assert_kept_as_recounted(led: BudgetLedger) -> None:
         assert allocation(led) == allocation(fresh)
 
 
-@SETTINGS
-@given(cfg=configs(), data=st.data())
-def test_plan_and_demand_kept_call_by_call_equal_a_recount(
-    cfg: BudgetConfig, data: st.DataObject
-) -> None:
-    """acquire, resizes and releases update the plan and its sums in place (a newcomer
-    granted a pool of its first kind is not even recounted): after every call of random
-    traffic, with nothing read in between, they equal a recount from scratch."""
+def random_calls(
+    cfg: BudgetConfig,
+    data: st.DataObject,
+    steps: int,
+    after: Callable[[BudgetLedger], None] = lambda led: None,
+) -> BudgetLedger:
+    """A ledger after `steps` random calls that change it (and `after` each), with nothing
+    read in between: acquire, release, renew, expire and update, on random limits."""
     lims = data.draw(st.one_of(limits(), roomy_limits()))
     cpus = data.draw(st.sampled_from([4.0, 16.0, 64.0]))
     first = sample(*lims, cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB)
     clock = FakeClock()
     led = BudgetLedger(cfg, clock, first)
     live: list[str] = []
-    for _ in range(data.draw(st.integers(1, 30))):
-        op = data.draw(
-            st.sampled_from(
-                ["acquire", "acquire", "acquire", "release", "renew", "expire", "update"]
-            )
-        )
+    ops = st.sampled_from(["acquire", "acquire", "acquire", "release", "renew", "expire", "update"])
+    for _ in range(steps):
+        op = data.draw(ops)
         if op == "acquire":
             live.append(led.acquire(data.draw(requests())).lease_id)
         elif op == "release" and live:
@@ -338,7 +336,19 @@ def test_plan_and_demand_kept_call_by_call_equal_a_recount(
         elif op == "update":
             trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
             led.update(data.draw(samples(lims)), trees)
-        assert_kept_as_recounted(led)
+        after(led)
+    return led
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_plan_and_demand_kept_call_by_call_equal_a_recount(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """acquire, resizes and releases update the plan and its sums in place (a newcomer
+    granted a pool of its first kind is not even recounted): after every call of random
+    traffic, with nothing read in between, they equal a recount from scratch."""
+    random_calls(cfg, data, data.draw(st.integers(1, 30)), after=assert_kept_as_recounted)
 
 
 def test_a_newcomer_granted_a_pool_moves_ahead_of_a_sequential_asker() -> None:
@@ -353,6 +363,33 @@ def test_a_newcomer_granted_a_pool_moves_ahead_of_a_sequential_asker() -> None:
     d = led.acquire(request("d", 12, kinds=("process", "sequential")))
     assert (d.kind, d.workers) == ("process", 3)
     assert_kept_as_recounted(led)
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_fits_is_fit_compared_with_the_size_and_a_grant_in_full_needs_no_fit(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """`_Book.fits` (each simulated round's check, and acquire's for a grant in full) is
+    whether `fit` reaches the size, for any lease, kind, size and pool held or none, in
+    either book; so after every call of random traffic, acquire grants what it grants
+    when it sizes every pool with `fit`."""
+
+    def sized_alike(led: BudgetLedger) -> None:
+        for e in led._entries.values():
+            for book in (led._charged, led._idle):
+                for old in (None, (e.kind, e.workers), ("sequential", 0)):
+                    for kind in pools:
+                        fit, _ = book.fit(e, kind, old)
+                        for size in range(1, 14):
+                            assert book.fits(e, kind, size, old) == (fit >= size)
+        req = data.draw(requests())
+        quick, sized = copy.deepcopy(led), copy.deepcopy(led)
+        sized._in_full = lambda *args: False  # type: ignore[method-assign]
+        assert quick.acquire(req) == sized.acquire(req)
+
+    pools: tuple[Kind, ...] = ("process", "thread")
+    random_calls(cfg, data, data.draw(st.integers(1, 20)), after=sized_alike)
 
 
 def slow_twin(led: BudgetLedger) -> BudgetLedger:
