@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import pwd
 import signal
@@ -74,6 +75,7 @@ class Daemon:
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
             return 1
+        _quiet_gc()
         try:
             await self.main_loop()
         finally:
@@ -268,6 +270,21 @@ def _policy(config: Config) -> PeerPolicy:
             with contextlib.suppress(KeyError):
                 uids.append(pwd.getpwnam(program.user).pw_uid)
     return PeerPolicy(tuple(uids), config.daemon.allowed_groups)
+
+
+def _quiet_gc() -> None:
+    """Keep the cycle collector off the request path.
+
+    Requests allocate a few short-lived dicts and records each, freed by reference
+    counting; with the default thresholds the collector still ran every ~35 requests
+    and, now and then, walked the whole heap (1.3 ms seen in-process), which is what
+    the slowest 1% of round trips waited for. Everything made at startup (modules,
+    config, the first sample) is frozen out of the walks, and the young generation is
+    collected every 20,000 allocations instead of 700: still well under a second of
+    requests, so garbage cycles (exceptions, cancelled tasks) are collected promptly.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def run_daemon(config: Config, socket_path: Path | None = None) -> int:
