@@ -126,11 +126,14 @@ def run_cell(
     }
 
 
-def start_daemon(workdir: Path, nice: int) -> subprocess.Popen[bytes]:
+def start_daemon(
+    workdir: Path, nice: int, lease_log_rate: int | None = None
+) -> subprocess.Popen[bytes]:
     sock = workdir / "d.sock"
+    rate = "" if lease_log_rate is None else f"  lease_log_rate: {lease_log_rate}\n"
     (workdir / "c.yaml").write_text(
         f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {workdir / 'd.log'}\n"
-        "  max_connections: 512\nbudget:\n  cpu_cap: 64\n  max_per_lease: 8\n"
+        f"  max_connections: 512\n{rate}budget:\n  cpu_cap: 64\n  max_per_lease: 8\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
@@ -161,6 +164,18 @@ def start_daemon(workdir: Path, nice: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("daemon did not start")
 
 
+def _log_counts(path: Path) -> dict[str, int]:
+    """Lease lines the daemon wrote, and those it held back (lease_lines_suppressed)."""
+    written = held = 0
+    for line in path.read_text().splitlines() if path.exists() else ():
+        event = json.loads(line)
+        if event["event"] in ("grant", "deny", "release"):
+            written += 1
+        elif event["event"] == "lease_lines_suppressed":
+            held += sum(event.get(k, 0) for k in ("grant", "deny", "release"))
+    return {"lease_lines_written": written, "lease_lines_held_back": held}
+
+
 def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Each figure's median over the rounds (ratios too, each taken within its round)."""
     out: dict[str, Any] = {}
@@ -179,6 +194,13 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--rounds", type=int, default=3, help="rounds per cell, alternating which goes first"
+    )
+    ap.add_argument(
+        "--lease-log-rate",
+        type=int,
+        default=None,
+        help="the daemon's daemon.lease_log_rate (default: the shipped default, 100 lines a"
+        " second; 0 logs every grant and release)",
     )
     ap.add_argument(
         "--op",
@@ -200,7 +222,7 @@ def main() -> int:
     echo = mp.Process(target=_echo_server, args=(echo_path, ready, args.nice), daemon=True)
     echo.start()
     ready.wait(10)
-    daemon = start_daemon(workdir, args.nice)
+    daemon = start_daemon(workdir, args.nice, args.lease_log_rate)
     rows = []
     try:
         for n in counts:
@@ -230,11 +252,12 @@ def main() -> int:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=20)
+        log_lines = _log_counts(workdir / "d.log")
         echo.terminate()
         echo.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"cells": rows, "daemon_log": log_lines}, indent=2))
         return 0
     print(
         f"{'clients':>7} | {'echo p50':>9} {'p99':>9} {'pairs/s':>9} | "
@@ -250,6 +273,12 @@ def main() -> int:
             f"{r['ratio_p50']:>6.2f} {r['ratio_p99']:>6.2f} {r['ratio_throughput']:>6.2f}"
             f" | {e['server_cpu_us_per_pair']:>5.0f}us {d['server_cpu_us_per_pair']:>6.0f}us"
         )
+    rate = "default" if args.lease_log_rate is None else args.lease_log_rate
+    print(
+        f"daemon log: {log_lines['lease_lines_written']} lease lines written,"
+        f" {log_lines['lease_lines_held_back']} held back and counted"
+        f" (daemon.lease_log_rate {rate})"
+    )
     print(
         f"target: every ratio <= 2.0 (x = daemon / echo floor; medians of {args.rounds} rounds"
         " alternating which server goes first)"
