@@ -112,9 +112,12 @@ class _Allocation:
             e.first_tasks = max(measured + max(0, first - sampled), base + first) - idle
         e.plan_fallback = len(kinds) > 1
         if kind == "process":  # as `unsampled`, and the size it grows to without memory
+            # (conditionals, not max/min: a builtin call costs more than the compare here)
             sampled = e.sampled_process
-            e.full_mem, e.first_mem = max(0, cap - sampled), max(0, MIN_POOL - sampled)
-            e.plan_lo = min(max(sampled, MIN_POOL), cap)
+            e.full_mem = cap - sampled if cap > sampled else 0
+            e.first_mem = MIN_POOL - sampled if sampled < MIN_POOL else 0
+            lo = sampled if sampled > MIN_POOL else MIN_POOL
+            e.plan_lo = lo if lo < cap else cap
         else:
             e.full_mem = e.first_mem = 0
             e.plan_lo = cap

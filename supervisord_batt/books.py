@@ -46,7 +46,7 @@ class _Entry:
     plan_lo: int = 0  # the last size it grows to without a memory slot (<= plan_cap)
 
     def target(self) -> int:
-        target = min(self.alloc, self.workers)
+        target = self.alloc if self.alloc < self.workers else self.workers
         return target if target >= MIN_POOL else 0
 
     def charge(self, kind: Kind, workers: int) -> int:
@@ -60,7 +60,8 @@ class _Entry:
 
     def unsampled(self, kind: Kind, workers: int) -> int:
         """Process workers beyond those the last sample's memory figure already saw."""
-        return max(0, workers - self.sampled_process) if kind == "process" else 0
+        sampled = self.sampled_process
+        return workers - sampled if kind == "process" and workers > sampled else 0
 
     def in_scope(self, limit: Limit) -> bool:
         if limit.kind in ("threads-max", "pid_max") or limit.scope is None or self.everywhere:

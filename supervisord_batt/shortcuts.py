@@ -37,7 +37,8 @@ class _AcquireShortcuts(_Allocation):
         level, bonus, winners = self._demand.level(spare)
         self._fair_share = bonus if winners else level
         if e.plan_kind is not None and level:
-            e.alloc, e.alloc_kind = min(e.plan_cap, level), e.plan_kind
+            e.alloc = e.plan_cap if e.plan_cap < level else level
+            e.alloc_kind = e.plan_kind
             self._allocated.append(e)
         return True
 
