@@ -188,10 +188,17 @@ def run_ops(model: Model, cfg: BudgetConfig, data: st.DataObject, steps: int) ->
             check_fairness(model, cfg)
         elif op == "pair":  # (2) release gives back exactly what acquire took
             was = snapshot(led.statistics())
+            # a renew that grew a lease leaves the allocation as it was until the next
+            # change (by design), and the pair is a change: targets may then move
+            exact = led._exact
             grant = led.acquire(data.draw(requests()))
             freed = led.release(grant.lease_id)
             assert (freed.workers, freed.kind) == (grant.workers, grant.kind)
-            assert snapshot(led.statistics()) == was
+            now = snapshot(led.statistics())
+            assert now[:3] == was[:3]  # what is leased and charged: always the same
+            assert [x[:2] for x in now[3]] == [x[:2] for x in was[3]]
+            if exact:
+                assert now == was
         elif op == "release" and live:
             lease_id = data.draw(st.sampled_from(live))
             before = led.statistics()
