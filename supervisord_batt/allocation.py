@@ -34,7 +34,7 @@ class _Allocation:
     _entries: dict[str, _Entry]
     _idle: _Book
     _demand: _Demand
-    _allocated: list[_Entry]
+    _allocated: dict[str, _Entry]
     _fair_share: int
     _stale: bool
     _exact: bool
@@ -170,9 +170,9 @@ class _Allocation:
         rounds in which every growing lease fits (`_Book.fits_all`) is taken in one step.
         """
         self._stale, self._exact, self._fast = False, True, None
-        for e in self._allocated:
+        for e in self._allocated.values():
             e.alloc, e.alloc_kind = 0, "sequential"
-        self._allocated = []
+        self._allocated = {}
         self._fair_share = 0
         if self._sample is None or self._level == "extreme":
             return
@@ -182,7 +182,7 @@ class _Allocation:
         plan = self._plan()
         if not plan:
             return
-        self._allocated = [e for e, _, _ in plan]
+        self._allocated = {e.lease_id: e for e, _, _ in plan}
         if self._cpu_only():
             self._fill(plan)
         else:

@@ -101,7 +101,10 @@ class BudgetLedger(_Sizing):
         # and the fair share are known, and `_undo` is (fresh before it, fair share before)
         self._fast: _Entry | None = None
         self._undo = (False, 0)
-        self._allocated: list[_Entry] = []  # the leases the last allocation gave a share
+        # the leases the allocation gave a share (a recompute resets them), by lease id;
+        # an ended lease leaves at once: until the next recompute, which only a reader
+        # causes, thousands of short leases would otherwise pile up here
+        self._allocated: dict[str, _Entry] = {}
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
         self._charged = self._idle = _Book((), (), [], 0, 0)
@@ -297,8 +300,6 @@ class BudgetLedger(_Sizing):
         fresh, fair = self._undo
         self._remove(e)
         self._fast = None
-        if self._allocated and self._allocated[-1] is e:
-            self._allocated.pop()
         if fresh:
             self._stale, self._exact, self._fair_share = False, True, fair
         return e.snapshot(ended=True)
@@ -321,6 +322,7 @@ class BudgetLedger(_Sizing):
 
     def _remove(self, e: _Entry) -> None:
         del self._entries[e.lease_id]
+        self._allocated.pop(e.lease_id, None)
         self._charged.move(e, (e.kind, e.workers), None)
         self._idle.move(e, ("sequential", 0), None)
         self._demand.add(e, -1)

@@ -39,7 +39,7 @@ class _AcquireShortcuts(_Allocation):
         if e.plan_kind is not None and level:
             e.alloc = e.plan_cap if e.plan_cap < level else level
             e.alloc_kind = e.plan_kind
-            self._allocated.append(e)
+            self._allocated[e.lease_id] = e
         return True
 
     def _first_round_share(self, e: _Entry, spare: int) -> bool:
@@ -86,13 +86,13 @@ class _AcquireShortcuts(_Allocation):
             if share is None:
                 return False
             e.alloc, e.alloc_kind = share, kind
-            self._allocated.append(e)
+            self._allocated[e.lease_id] = e
             self._fair_share = share  # not read before the recompute `_fast` defers
             return True
         self._fair_share = MIN_POOL if kind is not None or min(passed, spare) > 0 else 0
         if kind is not None:
             e.alloc, e.alloc_kind = MIN_POOL, kind
-            self._allocated.append(e)
+            self._allocated[e.lease_id] = e
         return True
 
     def _later_share(self, e: _Entry, cpu: int, mem: int, lo: int) -> int | None:
@@ -182,7 +182,7 @@ class _AcquireShortcuts(_Allocation):
             fit, _ = self._idle.fit(e, kind, ("sequential", 0))
             if fit >= MIN_POOL:
                 e.alloc, e.alloc_kind = min(e.plan_cap, fit), kind
-                self._allocated.append(e)
+                self._allocated[e.lease_id] = e
                 self._fair_share = e.alloc
                 break
         return True

@@ -701,3 +701,23 @@ def test_pairs_where_memory_binds_leave_the_allocation_as_it_was() -> None:
         freed = led.release(grant.lease_id)
         assert (freed.kind, freed.workers) == (grant.kind, grant.workers)
         assert led.statistics() == before
+
+
+def test_ended_leases_are_not_kept_however_long_nobody_reads() -> None:
+    """The daemon reads the allocation only now and then (status, renew, the scan), while
+    jobs may take and end thousands of short leases in between: none of those may stay
+    referenced by the ledger (it once kept every lease a quick acquire shared to)."""
+    import gc
+
+    led = ledger(limit(10_000, 0), cpus=64.0, mem=4 * GIB, memory_per_slot=GIB)
+    for _ in range(50):
+        grants = [led.acquire(request(f"short-lived-{i}", 2)) for i in range(16)]
+        for grant in reversed(grants):  # not the undo of the last acquire: the general path
+            led.release(grant.lease_id)
+    gc.collect()  # no read of the allocation in between: that would recompute it
+    kept = [
+        o
+        for o in gc.get_objects()
+        if type(o).__name__ == "_Entry" and o.req.holder.startswith("short-lived-")
+    ]
+    assert not kept, f"{len(kept)} ended leases still referenced"
