@@ -18,7 +18,13 @@ class LeaseError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
+# Why Request, Grant and Lease write their own __init__. A frozen dataclass's generated
+# one sets each field through object.__setattr__, a call per field (1.7 us for a Lease),
+# and the daemon builds one of each per acquire + release pair on its one thread. Theirs
+# fill the instance's __dict__ at once instead: same fields, same signature, same object.
+
+
+@dataclass(frozen=True, init=False)
 class Request:
     """A job asking for up to `want` workers of one of `kinds` (sequential always fits)."""
 
@@ -31,11 +37,27 @@ class Request:
     cgroups: tuple[str, ...] = ()  # the holder's cgroup fs paths
     base_tasks: int = 1  # tasks in the holder's tree when it asks
 
-
-# Why Grant and Lease write their own __init__. A frozen dataclass's generated one sets
-# each field through object.__setattr__, a call per field (1.7 us for a Lease), and the
-# ledger builds one of each per acquire + release pair on the daemon's one thread. Theirs
-# fill the instance's __dict__ at once instead: same fields, same signature, same object.
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass's own)
+        self,
+        holder: str,
+        pid: int,
+        uid: int,
+        job: str,
+        want: int,
+        kinds: tuple[Kind, ...] = KINDS,
+        cgroups: tuple[str, ...] = (),
+        base_tasks: int = 1,
+    ) -> None:
+        self.__dict__.update(
+            holder=holder,
+            pid=pid,
+            uid=uid,
+            job=job,
+            want=want,
+            kinds=kinds,
+            cgroups=cgroups,
+            base_tasks=base_tasks,
+        )
 
 
 @dataclass(frozen=True, init=False)

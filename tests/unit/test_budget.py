@@ -515,7 +515,7 @@ def test_statistics_are_frozen() -> None:
         stats.free_tasks["threads-max"] = 0  # type: ignore[index]
 
 
-@pytest.mark.parametrize("cls", [Grant, Lease])
+@pytest.mark.parametrize("cls", [Grant, Lease, Request])
 def test_grants_and_leases_are_frozen_dataclasses_of_every_field(cls: type) -> None:
     """Their own __init__ (faster than a frozen dataclass's) sets every field, in order,
     by position or keyword, and the instances stay frozen, equal and hashable as before."""
@@ -533,8 +533,15 @@ def test_grants_and_leases_are_frozen_dataclasses_of_every_field(cls: type) -> N
     assert dataclasses.replace(made, **{names[0]: "x"}) == cls("x", *values[1:])
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(made, names[0], "y")
+    required = [f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
     with pytest.raises(TypeError):
-        cls(*values[1:])
+        cls(*values[: len(required) - 1])
+
+
+def test_a_request_keeps_its_defaults() -> None:
+    made = Request("c1", 10, 0, "job", 2)
+    assert (made.kinds, made.cgroups, made.base_tasks) == (KINDS, (), 1)
+    assert made == Request(holder="c1", pid=10, uid=0, job="job", want=2)
 
 
 def test_a_snapshot_puts_every_value_in_its_field() -> None:
