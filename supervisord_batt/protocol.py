@@ -96,20 +96,29 @@ def decode(line: bytes) -> dict[str, Any]:
     return msg
 
 
+# per op: field -> accepted types (`op` and `id` included), and the required fields
+_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    op: {"op": _STR, "id": (int, str), **{k: f.types for k, f in schema.items()}}
+    for op, schema in SCHEMAS.items()
+}
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    op: tuple(k for k, f in schema.items() if f.required) for op, schema in SCHEMAS.items()
+}
+
+
 def _validate(op: str, msg: Mapping[str, Any], schema: Mapping[str, Field]) -> None:
-    if "id" in msg and not _is(msg["id"], (int, str)):
-        raise ProtocolError(BAD_REQUEST, "'id' must be an integer or a string")
+    types = _TYPES[op]
     for key, value in msg.items():
-        if key in ("op", "id"):
-            continue
-        spec = schema.get(key)
-        if spec is None:
+        want = types.get(key)
+        if want is None:
             raise ProtocolError(BAD_REQUEST, f"{op}: unknown field {key!r}")
-        if not _is(value, spec.types):
-            names = " or ".join(t.__name__ for t in spec.types)
+        if value.__class__ not in want and not _is(value, want):
+            if key == "id":
+                raise ProtocolError(BAD_REQUEST, "'id' must be an integer or a string")
+            names = " or ".join(t.__name__ for t in want)
             raise ProtocolError(BAD_REQUEST, f"{op}.{key}: expected {names}, got {value!r:.60}")
-    for key, spec in schema.items():
-        if spec.required and key not in msg:
+    for key in _REQUIRED[op]:
+        if key not in msg:
             raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
     if op == "tail" and msg.get("stream", "stdout") not in ("stdout", "stderr"):
         raise ProtocolError(BAD_REQUEST, "tail.stream: 'stdout' or 'stderr'")

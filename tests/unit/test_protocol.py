@@ -1,0 +1,69 @@
+"""protocol.decode: what a request may contain, and the error each mistake gets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from supervisord_batt import protocol
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "acquire", "want": 2},
+        {"op": "acquire", "want": 0, "kinds": ["thread"], "job": "j", "pid": 7, "id": 1},
+        {"op": "release", "lease": "L1", "id": "x"},
+        {"op": "heartbeat", "progress": 1.5},
+        {"op": "heartbeat", "lease": "L1", "progress": "start"},
+        {"op": "status"},
+        {"op": "tail", "target": "batt:0", "stream": "stderr", "offset": 0, "bytes": 10},
+    ],
+)
+def test_well_formed_requests_decode_to_themselves(msg: dict[str, object]) -> None:
+    assert protocol.decode(json.dumps(msg).encode() + b"\n") == msg
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "says"),
+    [
+        (b"nope\n", "bad_json", "not a JSON object"),
+        (b"\xff\n", "bad_json", "not a JSON object"),
+        (b"[1]\n", "bad_json", "got list"),
+        (b'{"want": 2}\n', "bad_request", "missing 'op'"),
+        (b'{"op": 3}\n', "bad_request", "missing 'op'"),
+        (b'{"op": "fly"}\n', "unknown_op", "unknown op 'fly'"),
+        (b'{"op": "acquire"}\n', "bad_request", "acquire: missing field 'want'"),
+        (b'{"op": "acquire", "want": true}\n', "bad_request", "acquire.want: expected int"),
+        (b'{"op": "acquire", "want": 2.0}\n', "bad_request", "acquire.want: expected int"),
+        (b'{"op": "acquire", "want": -1}\n', "bad_request", "must be >= 0"),
+        (b'{"op": "acquire", "want": 2, "kinds": []}\n', "bad_request", "acquire.kinds"),
+        (b'{"op": "acquire", "want": 2, "kinds": ["gpu"]}\n', "bad_request", "acquire.kinds"),
+        (b'{"op": "acquire", "want": 2, "x": 1}\n', "bad_request", "unknown field 'x'"),
+        (b'{"op": "status", "id": [1]}\n', "bad_request", "'id' must be an integer or a string"),
+        (b'{"op": "status", "id": false}\n', "bad_request", "'id' must be an integer"),
+        (b'{"op": "heartbeat", "progress": null}\n', "bad_request", "heartbeat.progress"),
+        (b'{"op": "tail", "target": "b", "stream": "x"}\n', "bad_request", "tail.stream"),
+        (b'{"op": "release", "lease": 7}\n', "bad_request", "release.lease: expected str"),
+    ],
+)
+def test_mistakes_get_their_code_and_a_message_that_says_what(
+    line: bytes, code: str, says: str
+) -> None:
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.decode(line)
+    assert caught.value.code == code
+    assert says in caught.value.message, caught.value.message
+
+
+def test_replies_are_one_compact_line() -> None:
+    line = protocol.encode(protocol.ok(7, lease="L1", workers=2))
+    assert line == b'{"ok":true,"id":7,"lease":"L1","workers":2}\n'
+    err = protocol.encode(protocol.error("bad_json", "not \u00e9", "r"))
+    assert err.endswith(b"\n") and err.count(b"\n") == 1
+    assert json.loads(err) == {
+        "ok": False,
+        "error": {"code": "bad_json", "message": "not é"},
+        "id": "r",
+    }
