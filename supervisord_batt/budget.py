@@ -76,8 +76,9 @@ class BudgetLedger(_Sizing):
     acquire, allocation included (`_undo_acquire`). So a pair costs no water-filling.
     When memory can bind too, but no task limit can, the newcomer's share is in closed
     form as well (`_first_round_share`): it is last in plan order, so it needs only what
-    the others leave it, summed over their (memory-free size, cap) (`_Demand.used`).
-    Otherwise, or when another lease's first pool falls back to threads, acquire simulates.
+    the others leave it, summed over their (memory-free size, cap) (`_Demand.used`), the
+    others whose first pool fell back to threads counted as threads (`_Demand.fallen`).
+    Otherwise acquire simulates.
     """
 
     def __init__(

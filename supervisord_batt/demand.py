@@ -13,6 +13,7 @@ from supervisord_batt.costs import MIN_POOL, Kind
 # what `_Demand` sums of a lease's profile: its first kind (None: not in the plan), cap,
 # plan_lo, full_tasks, first_tasks, full_mem and first_mem (see `_Entry`)
 Counted = tuple[Kind | None, int, int, int, int, int, int]
+Groups = dict[tuple[int, int], int]  # (plan_lo, plan_cap) -> planned leases
 
 
 def counted(e: _Entry) -> Counted:
@@ -43,7 +44,7 @@ class _Demand:
     n: int = 0  # planned leases
     mem: int = 0  # sum of full_mem
     first_mem: int = 0  # sum of first_mem
-    groups: dict[tuple[int, int], int] = field(default_factory=dict)  # (lo, cap) -> leases
+    groups: Groups = field(default_factory=dict)  # (lo, cap) -> leases
     process: int = 0  # planned leases starting as process pools
 
     def add(self, e: _Entry, sign: int) -> None:
@@ -78,22 +79,31 @@ class _Demand:
         if kind == "process":
             self.process += sign
 
-    def used(self, size: int) -> tuple[int, int]:
+    def fallen(self, moved: Groups) -> Groups:
+        """`groups` with the leases of `moved` ((lo, cap) -> leases), which fell back to
+        threads in the first round, counted at (cap, cap): threads need no memory slot."""
+        groups = dict(self.groups)
+        for (lo, cap), n in moved.items():
+            groups[lo, cap] -= n  # a group left empty counts nothing
+            groups[cap, cap] = groups.get((cap, cap), 0) + n
+        return groups
+
+    def used(self, size: int, groups: Groups | None = None) -> tuple[int, int]:
         """CPUs and memory slots the rounds after the first take, up to `size`, if every
-        planned lease grows in its first kind."""
+        planned lease grows in its first kind (or as `groups` has it: `fallen`)."""
         cpu = mem = 0
-        for (lo, cap), n in self.groups.items():
+        for (lo, cap), n in (self.groups if groups is None else groups).items():
             top = min(cap, size)
             cpu += n * (top - MIN_POOL)
             if top > lo:
                 mem += n * (top - lo)
         return cpu, mem
 
-    def growing(self, size: int) -> tuple[int, int, int]:
+    def growing(self, size: int, groups: Groups | None = None) -> tuple[int, int, int]:
         """Planned leases with a cap of at least `size`, those of them that need a memory
-        slot to grow to it, and those that do not need one up to it."""
+        slot to grow to it, and those that do not need one up to it (as `used`)."""
         grow = needy = free = 0
-        for (lo, cap), n in self.groups.items():
+        for (lo, cap), n in (self.groups if groups is None else groups).items():
             if cap >= size:
                 grow += n
                 if lo < size:

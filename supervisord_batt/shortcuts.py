@@ -14,6 +14,7 @@ from __future__ import annotations
 from supervisord_batt.allocation import _Allocation
 from supervisord_batt.books import _Entry
 from supervisord_batt.costs import MIN_POOL, Kind
+from supervisord_batt.demand import Groups
 
 
 class _AcquireShortcuts(_Allocation):
@@ -53,9 +54,10 @@ class _AcquireShortcuts(_Allocation):
         sequential task and CPU are in the idle book it starts from, and it adds no memory
         there. If somebody misses a first pool, nobody goes beyond MIN_POOL, so the first
         round is all: the newcomer, last in plan order, gets MIN_POOL if a CPU and its
-        memory are left after the others. If nobody does, and the others' first pools fit
-        the memory at once (so only the newcomer may fall back to threads), the later
-        rounds decide (`_later_share`).
+        memory are left after the others. If nobody does, the later rounds decide
+        (`_later_share`), with the others that fell back to threads in the walk counted
+        as threads (`_Demand.fallen`): with many holders, memory for only some of their
+        first pools is the daemon's common case.
         """
         d, idle = self._demand, self._idle
         if e.plan_kind is not None and d.n == 1:
@@ -65,10 +67,11 @@ class _AcquireShortcuts(_Allocation):
                 return False
         mem = idle.mem_slots - idle.mem_used
         others = d.first_mem - e.first_mem
+        moved: Groups = {}  # the others that fell back to threads, by (plan_lo, plan_cap)
         if others <= mem:  # nobody runs out of memory
             passed, missed, mem = d.n - (e.plan_kind is not None), 0, mem - others
         else:
-            passed, missed, mem = self._first_walk(e, mem, spare)
+            passed, missed, mem = self._first_walk(e, mem, spare, moved)
         kind: Kind | None = None
         if e.plan_kind is not None and passed < spare:  # a CPU is left for the newcomer
             if e.first_mem == 0 or e.first_mem <= mem:
@@ -77,12 +80,13 @@ class _AcquireShortcuts(_Allocation):
                 kind = "thread"
         if not missed and passed <= spare and (kind is not None or e.plan_kind is None):
             # everyone has a first pool: the later rounds decide
-            if kind is None or others > idle.mem_slots - idle.mem_used:
+            if kind is None:
                 return False
             # a fallback to threads took no memory slot, and needs none later (lo = cap)
             own = kind == e.plan_kind
             lo = e.plan_lo if own else e.plan_cap
-            share = self._later_share(e, spare - d.n, mem - e.first_mem if own else mem, lo)
+            groups = d.fallen(moved) if moved else None
+            share = self._later_share(e, spare - d.n, mem - e.first_mem if own else mem, lo, groups)
             if share is None:
                 return False
             e.alloc, e.alloc_kind = share, kind
@@ -95,11 +99,15 @@ class _AcquireShortcuts(_Allocation):
             self._allocated[e.lease_id] = e
         return True
 
-    def _later_share(self, e: _Entry, cpu: int, mem: int, lo: int) -> int | None:
-        """The newcomer's share when every planned lease took a first pool, the others of
-        their first kind, leaving `cpu` CPUs and `mem` memory slots (None: no shortcut).
-        `lo` is the last size the newcomer grows to without a memory slot: its `plan_lo`,
-        or its cap if it fell back to threads (the sums count it at `plan_lo` regardless).
+    def _later_share(
+        self, e: _Entry, cpu: int, mem: int, lo: int, groups: Groups | None = None
+    ) -> int | None:
+        """The newcomer's share when every planned lease took a first pool, leaving `cpu`
+        CPUs and `mem` memory slots (None: no shortcut). The others hold their first kind,
+        or threads for those `groups` counts at (cap, cap) (`_Demand.fallen`; None: none
+        fell back). `lo` is the last size the newcomer grows to without a memory slot: its
+        `plan_lo`, or its cap if it fell back to threads (the sums count it at `plan_lo`
+        regardless).
 
         With no task limit binding at any size, a round costs each growing lease a CPU and,
         a process pool past its sampled size, a memory slot. The rounds in which everyone
@@ -108,7 +116,8 @@ class _AcquireShortcuts(_Allocation):
         memory slot. If it grows there, the others took the last memory slot, so from then
         on only leases that need none grow, and it grows while they leave it a CPU.
         A fallback to threads costs fewer tasks than its first kind, which `d.tasks`
-        counts, so the check that no task limit binds holds for it too.
+        counts, so the check that no task limit binds holds for it too; and it grows as
+        threads in the later rounds, needing no memory slot, as `groups` counts it.
         """
         d, idle = self._demand, self._idle
         for i, n in enumerate(d.leases):
@@ -118,7 +127,7 @@ class _AcquireShortcuts(_Allocation):
         low, high = MIN_POOL, cap  # everyone fits up to low; not known above
         while low < high:
             mid = (low + high + 1) // 2
-            used_cpu, used_mem = d.used(mid)
+            used_cpu, used_mem = d.used(mid, groups)
             used_mem -= max(0, mid - counted) - max(0, mid - lo)  # mid <= cap
             if used_cpu <= cpu and used_mem <= mem:
                 low = mid
@@ -126,11 +135,11 @@ class _AcquireShortcuts(_Allocation):
                 high = mid - 1
         if low >= cap:
             return cap
-        used_cpu, used_mem = d.used(low)
+        used_cpu, used_mem = d.used(low, groups)
         used_mem -= max(0, low - counted) - max(0, low - lo)
         cpu, mem = cpu - used_cpu, mem - used_mem
         size = low + 1
-        grow, needy, _ = d.growing(size)
+        grow, needy, _ = d.growing(size, groups)
         own = lo < size  # the newcomer needs a memory slot
         grow, needy = grow - 1, needy - (counted < size)  # the others
         passed = grow - needy + min(mem, needy)
@@ -141,16 +150,17 @@ class _AcquireShortcuts(_Allocation):
         cpu -= passed + 1
         while size < cap:  # no memory left: only leases that need none grow
             size += 1
-            _, _, free = d.growing(size)
+            _, _, free = d.growing(size, groups)
             free -= counted >= size
             if free >= cpu or lo < size:
                 return size - 1
             cpu -= free + 1
         return size
 
-    def _first_walk(self, e: _Entry, mem: int, spare: int) -> tuple[int, int, int]:
+    def _first_walk(self, e: _Entry, mem: int, spare: int, moved: Groups) -> tuple[int, int, int]:
         """The first round of the planned leases but `e`, in plan order, with CPUs to
-        spare and no task limit binding: (first pools, misses, memory slots left).
+        spare and no task limit binding: (first pools, misses, memory slots left). Those
+        that fell back to threads are counted in `moved` by (plan_lo, plan_cap).
 
         It stops once more than `spare` leases took a first pool: the CPUs ran out before
         the newcomer's turn, which is all `_first_round_share` reads then.
@@ -165,6 +175,8 @@ class _AcquireShortcuts(_Allocation):
                     passed += 1
                 elif o.plan_fallback:  # threads need no memory
                     passed += 1
+                    key = (o.plan_lo, o.plan_cap)
+                    moved[key] = moved.get(key, 0) + 1
                 else:
                     missed += 1
                     continue

@@ -461,6 +461,54 @@ def test_acquire_falling_back_to_threads_in_the_first_round_gets_the_simulated_s
 
 @SETTINGS
 @given(cfg=configs(), data=st.data())
+def test_acquire_after_others_fell_back_to_threads_gets_the_simulated_share(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """The daemon's traffic with many clients: dozens of live leases, memory for only
+    some of their first pools, so that the first round walks them and some fall back to
+    threads, no task limit binding and CPUs to spare; acquires and releases interleave at
+    random. The newcomer's share is then decided by the later rounds, where the fallen-back
+    others grow as threads and need no memory slot (`_Demand.fallen`). Every acquire grants
+    what the simulated water-filling grants, with the same deferred allocation."""
+    cfg = replace(
+        cfg,
+        pressure=QUIET,
+        memory_per_slot=data.draw(st.sampled_from([GIB // 2, GIB])),
+        max_per_lease=data.draw(st.integers(MIN_POOL, 8)),
+        cpu_cap=data.draw(st.sampled_from([None, 64.0])),
+    )
+    first = sample(*data.draw(roomy_limits()), cpus=64.0, mem=data.draw(st.integers(0, 12)) * GIB)
+    led = new_model(cfg, first).ledger
+    slow = slow_twin(led)  # the same calls, each acquire simulated
+    fallback: tuple[Kind, ...] = ("process", "thread", "sequential")
+    kinds = st.sampled_from([fallback, fallback, fallback, ("process", "sequential"), ("thread",)])
+    wants = st.sampled_from([2, 3, 4, 8])
+    live: list[str] = []
+
+    def acquire() -> None:
+        req = replace(data.draw(requests()), kinds=data.draw(kinds), want=data.draw(wants))
+        grant = led.acquire(req)
+        assert grant == slow.acquire(req)
+        live.append(grant.lease_id)
+
+    for _ in range(data.draw(st.integers(16, 48))):
+        acquire()
+    if data.draw(st.booleans()):  # some pools sampled: they need memory only past that
+        trees = {i: data.draw(st.integers(0, 30)) for i in live}
+        assert led.update(first, trees) == slow.update(first, trees)
+    for _ in range(data.draw(st.integers(1, 40))):
+        if live and data.draw(st.integers(0, 4)) < 2:
+            lease_id = live.pop(data.draw(st.integers(0, len(live) - 1)))
+            assert led.release(lease_id) == slow.release(lease_id)
+        else:
+            acquire()
+        if data.draw(st.integers(0, 3)) == 0:  # reading recomputes: now and then
+            assert led.statistics() == slow.statistics()
+    assert led.statistics() == slow.statistics()
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
 def test_lazy_recompute_answers_as_a_recompute_after_every_change(
     cfg: BudgetConfig, data: st.DataObject
 ) -> None:
