@@ -209,10 +209,11 @@ class _Link(asyncio.Protocol):
             data = self._skip(conn, data)
         if not data:
             return
+        waiting = self.busy is not None or self.write_paused
         # the usual case, one whole request in one read, goes straight to the handler
         if (
-            not self.buf
-            and self.busy is None
+            not waiting
+            and not self.buf
             and data.find(b"\n") == len(data) - 1
             and len(data) <= self.server.limit + 1
         ):
@@ -220,13 +221,13 @@ class _Link(asyncio.Protocol):
             self._answer(conn, data)
             return
         self.buf += data
-        if self.busy is None:
+        if not waiting:
             self._drain_lines(conn)
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.busy is not None:  # reply to the running request first, then close
-            return True
+        if self.busy is not None or (self.write_paused and b"\n" in self.buf):
+            return True  # answer what was asked first, then close (`_carry_on`)
         self._note_half_message()
         return False
 
@@ -239,24 +240,42 @@ class _Link(asyncio.Protocol):
         if conn is not None:
             del server.connections[conn.id]
             server.on_close(conn)
+        if not server.links and server.links_gone is not None and not server.links_gone.done():
+            server.links_gone.set_result(None)
 
-    def pause_writing(self) -> None:  # the peer does not read its replies: stop reading
+    def pause_writing(self) -> None:
+        """The peer does not read its replies: answer nothing more, read nothing more."""
         self.write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.busy is None and self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self.conn is not None and self.busy is None:
+            self._carry_on(self.conn)
+
+    def _carry_on(self, conn: Connection) -> None:
+        """After a wait (a request's task, a full write buffer): answer the whole lines
+        that are buffered, then read again, or close if the peer has sent its last."""
+        if conn.transport.is_closing():
+            return
+        self._drain_lines(conn)
+        if self.busy is not None or self.write_paused:
+            return
+        if self.eof:
+            self._note_half_message()
+            conn.transport.close()
+        else:
+            conn.transport.resume_reading()
 
     # -- requests ---------------------------------------------------------------------
 
     def _drain_lines(self, conn: Connection) -> None:
-        """Answer every whole line in the buffer, in order, until one has to wait."""
+        """Answer every whole line in the buffer, in order, until one has to wait (its
+        request runs as a task, or the replies fill the transport's buffer)."""
         buf, limit, start = self.buf, self.server.limit, 0
         try:
-            while self.busy is None and not conn.transport.is_closing():
+            while self.busy is None and not self.write_paused and not conn.transport.is_closing():
                 end = buf.find(b"\n", start)
                 if end < 0:
                     break
@@ -268,7 +287,13 @@ class _Link(asyncio.Protocol):
                 self._answer(conn, line)
         finally:
             del buf[:start]
-        if len(buf) > limit and self.busy is None:  # no newline within the limit: skip
+        if (  # no newline within the limit: skip the line
+            len(buf) > limit
+            and self.busy is None
+            and not self.write_paused
+            and not conn.transport.is_closing()
+            and buf.find(b"\n") < 0
+        ):
             self.skipped = 0
             rest = bytes(buf)
             buf.clear()
@@ -309,7 +334,7 @@ class _Link(asyncio.Protocol):
             self._fail(conn, exc, request_id)
             return
         if isinstance(reply, dict):
-            conn.transport.write(protocol.encode(reply))
+            self._send(conn, reply, request_id)
             return
         conn.transport.pause_reading()  # nothing more until this request has replied
         self.busy = asyncio.get_running_loop().create_task(self._finish(conn, reply, request_id))
@@ -322,20 +347,20 @@ class _Link(asyncio.Protocol):
         except Exception as exc:
             self._fail(conn, exc, request_id)
         else:
-            conn.transport.write(protocol.encode(reply))
+            self._send(conn, reply, request_id)
         finally:
             self.busy = None
             self.server.tasks.discard(task)
-        if conn.transport.is_closing():
+        if not self.write_paused:
+            self._carry_on(conn)
+
+    def _send(self, conn: Connection, reply: Reply, request_id: Any) -> None:
+        try:
+            line = protocol.encode(reply)
+        except Exception as exc:  # a reply that cannot be encoded is a bug: say so
+            self._fail(conn, exc, request_id)
             return
-        self._drain_lines(conn)
-        if self.busy is not None:
-            return
-        if self.eof:
-            self._note_half_message()
-            conn.transport.close()
-        elif not self.write_paused:
-            conn.transport.resume_reading()
+        conn.transport.write(line)
 
     def _fail(self, conn: Connection, exc: Exception, request_id: Any) -> None:
         if isinstance(exc, protocol.ProtocolError):
@@ -386,6 +411,7 @@ class Server:
         self.connections: dict[int, Connection] = {}
         self.links: set[_Link] = set()  # every open socket, refused ones included
         self.tasks: set[asyncio.Task[None]] = set()  # requests that are still running
+        self.links_gone: asyncio.Future[None] | None = None  # set once `links` is empty
         self.next_id = 1
         self._server: asyncio.AbstractServer | None = None
         self.accepting = True
@@ -410,8 +436,28 @@ class Server:
                 link.transport.close()
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=2.0)
+        # each connection ends (its leases released and logged) in a later iteration, or
+        # once its last replies are out: wait for that, then drop a peer that does not read
+        if not await self._links_gone(2.0):
+            for link in list(self.links):
+                if link.transport is not None:
+                    link.transport.abort()
+            await self._links_gone(1.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    async def _links_gone(self, timeout: float) -> bool:
+        """Wait until every connection has ended; False if some are left after `timeout`."""
+        if not self.links:
+            return True
+        self.links_gone = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self.links_gone, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.links_gone = None
+        return True
 
     def refusal(self, peer: Peer) -> tuple[str, str] | None:
         """Why a new peer is refused (an error code and a message), logged; None: served."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
+from tests.integration.test_supervise import program, py
 
 HOLDER = textwrap.dedent(
     """
@@ -378,3 +379,66 @@ def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon
     assert max(per_second.values()) <= 5 * 2, per_second  # the window is the daemon's clock
     assert all(e["job"] == "burst" for e in written)
     assert all(s["jobs"] == 1 for s in d.events("lease_lines_suppressed"))
+
+
+def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(daemon):
+    """A peer pipelines thousands of requests whose replies are 64 KiB each (tail) and
+    never reads: once its replies fill the socket and the transport's buffer the daemon
+    answers no more of them, so what it holds for that peer stays bounded."""
+    talk = (
+        "import sys, time\nsys.stdout.write('x' * 200_000 + '\\n'); sys.stdout.flush()\n"
+        "time.sleep(600)"
+    )
+    d = daemon({"programs": {"talk": program(py(talk))}})
+
+    def has_output() -> bool:
+        with d.client() as c:
+            reply = c.request("tail", target="talk:0", bytes=65536)
+            return len(str(reply.get("data", ""))) >= 60_000
+
+    wait_until(has_output, timeout=10, what="the worker's 200 kB of output")
+    pid = d.proc.pid
+    rss_before = _rss_kib(pid)
+    request = b'{"op":"tail","target":"talk:0","bytes":65536}\n'
+    with d.client() as c:
+        c.sock.setblocking(False)
+        batch = request * 3000  # ~200 kB of requests: ~190 MiB of replies if all answered
+        sent = 0
+        deadline = time.monotonic() + 10
+        while sent < len(batch) and time.monotonic() < deadline:
+            try:
+                sent += c.sock.send(batch[sent:])
+            except BlockingIOError:
+                assert d.status()["ok"]  # the daemon serves others meanwhile
+        assert d.status()["ok"]
+        grew = _rss_kib(pid) - rss_before
+        assert grew < 48 * 1024, f"daemon grew by {grew} KiB for one peer that does not read"
+    assert d.status()["ok"]
+
+
+def test_stopping_releases_every_connections_lease_before_it_says_stopped(daemon):
+    """At shutdown every connection ends, its leases released and logged (or counted when
+    over the lease log rate), before the daemon's last line."""
+    d = daemon({"daemon": {"lease_log_rate": 2}})
+    holders = [d.client() for _ in range(8)]
+    try:
+        for c in holders:
+            assert c.request("acquire", want=2, job="held")["ok"]
+        assert d.stop() == 0
+    finally:
+        for c in holders:
+            c.close()
+    names = [e["event"] for e in d.events()]
+    assert names[-1] == "stopped", names[-5:]
+    released = [e for e in d.events("release") if e["reason"] == "connection closed"]
+    held = sum(int(e.get("release", 0)) for e in d.events("lease_lines_suppressed"))
+    assert len(released) + held == 8, (len(released), held)
+
+
+def test_a_peer_that_resets_with_requests_unanswered_is_not_called_overlong(daemon_once):
+    with daemon_once.client() as c:
+        c.send_raw(b'{"op":"status"}\n' * 12_000)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    assert daemon_once.status()["ok"]
+    wait_until(lambda: daemon_once.status()["connections"] == 1, timeout=10)
+    assert not daemon_once.events("message_too_large")
