@@ -125,7 +125,7 @@ class Daemon:
         if self.config.daemon.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
-        self.lease_log.summarize(final=True)
+        self.lease_log.summarize()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
     def _write_pid_file(self) -> None:

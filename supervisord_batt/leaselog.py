@@ -8,10 +8,12 @@ thousands of lines a second. journald's default rate limit (RateLimitBurst=10000
 RateLimitIntervalSec=30s, per service) would then drop the daemon's lines wholesale,
 the kill and pressure lines with them; and writing them would cost the daemon more than
 answering the requests. So at most `daemon.lease_log_rate` lease lines are written per
-second. Past it, lines are counted, not written, and the first tick after that second
-writes one `lease_lines_suppressed` line with how many of each event were held back and
-for how many jobs. Nothing is lost silently, and a lease line that is written is whole.
-Warnings (a lease that expired) are never held back. A rate of 0 writes every line.
+second. Past it, lines are counted, not written, and the daemon's next tick (every
+`sample_interval`) writes one `lease_lines_suppressed` line with how many of each event
+were held back and for how many jobs: one a tick while the flood lasts, and a last one
+when the daemon stops. Nothing is lost silently, and a lease line that is
+written is whole. Warnings (a lease that expired) are never held back. A rate of 0
+writes every line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from supervisord_batt.leases import Grant, Lease, Request
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="daemon")
+_MAX_JOBS = 1000  # distinct job names counted per summary
 
 
 class LeaseLog:
@@ -35,8 +38,8 @@ class LeaseLog:
         self._second = -1  # the whole second of the clock the count is for
         self._written = 0  # lease lines written in that second
         self._held: dict[str, int] = {}  # event -> lines held back since the last summary
-        self._jobs: set[str] = set()  # the jobs of those lines
-        self._held_since = 0.0
+        self._jobs: set[str] = set()  # the jobs of those lines, up to _MAX_JOBS of them
+        self._held_since = 0.0  # when the first of them was held back
 
     def granted(self, request: Request, grant: Grant) -> None:
         """The line for an acquire: `grant`, or `deny` when a pool was asked for and none
@@ -70,16 +73,17 @@ class LeaseLog:
                 **extra,
             )
 
-    def summarize(self, *, final: bool = False) -> None:
-        """Write the `lease_lines_suppressed` line once the second it covers is over (at
-        once when `final`: the daemon is stopping)."""
-        if not self._held or (int(self._clock()) == self._second and not final):
+    def summarize(self) -> None:
+        """Write the `lease_lines_suppressed` line for what was held back since the last."""
+        now = self._clock()
+        if not self._held:
             return
         log.info(
             "lease_lines_suppressed",
             **self._held,
             jobs=len(self._jobs),
-            since_s=round(self._clock() - self._held_since, 1),
+            jobs_counted_up_to=_MAX_JOBS,
+            since_s=round(now - self._held_since, 1),
             rate=self.rate,
             reason=f"over daemon.lease_log_rate ({self.rate} lines a second)",
         )
@@ -98,5 +102,6 @@ class LeaseLog:
         if not self._held:
             self._held_since = now
         self._held[event] = self._held.get(event, 0) + 1
-        self._jobs.add(job)
+        if len(self._jobs) < _MAX_JOBS:  # job names come from clients: bounded
+            self._jobs.add(job)
         return False

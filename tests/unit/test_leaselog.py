@@ -60,16 +60,16 @@ def test_past_the_rate_lines_are_counted_then_summarised(out: io.StringIO) -> No
         book.granted(request(job=f"job{i % 2}"), grant())
         book.ended("release", lease(job=f"job{i % 2}"), "released by holder")
     assert len(events(out)) == 3  # the rate, in this second
-    book.summarize()
-    assert len(events(out)) == 3  # the second is not over: nothing yet
-    clock.advance(1.0)
-    book.summarize()
+    book.summarize()  # the daemon's tick
     summary = events(out)[-1]
     assert summary["event"] == "lease_lines_suppressed"
     assert (summary["grant"], summary["release"], summary["jobs"]) == (4, 5, 2)
     assert summary["rate"] == 3
     book.summarize()
     assert len(events(out)) == 4  # said once
+    book.granted(request(), grant())  # still this second: held back
+    assert len(events(out)) == 4
+    clock.advance(1.0)
     book.granted(request(), grant())  # a new second: lines are written again
     assert events(out)[-1]["event"] == "grant"
 
@@ -90,9 +90,37 @@ def test_rate_zero_writes_every_line(out: io.StringIO) -> None:
     assert len(events(out)) == 500
 
 
-def test_a_stopping_daemon_says_what_it_held_back(out: io.StringIO) -> None:
+def test_the_next_tick_says_what_was_held_back(out: io.StringIO) -> None:
     book = LeaseLog(rate=1, clock=FakeClock())
     for _ in range(3):
         book.granted(request(), grant())
-    book.summarize(final=True)
+    book.summarize()
     assert events(out)[-1]["event"] == "lease_lines_suppressed" and events(out)[-1]["grant"] == 2
+
+
+def test_a_flood_that_goes_on_is_summarised_every_second(out: io.StringIO) -> None:
+    """Summaries must not wait for the flood to stop: lease lines arriving within every
+    second must not keep putting the summary off."""
+    clock = FakeClock(2000.0)
+    book = LeaseLog(rate=5, clock=clock)
+    for _ in range(10):  # ten seconds of 100 releases a second, a tick each second
+        for _ in range(100):
+            clock.advance(0.01)
+            book.ended("release", lease(job=f"j{int(clock.now)}"), "released by holder")
+        book.summarize()
+    summaries = [e for e in events(out) if e["event"] == "lease_lines_suppressed"]
+    assert len(summaries) == 10  # one a tick
+    written = [e for e in events(out) if e["event"] == "release"]
+    book.summarize()
+    summaries = [e for e in events(out) if e["event"] == "lease_lines_suppressed"]
+    assert len(written) + sum(int(s["release"]) for s in summaries) == 1000  # type: ignore[call-overload]
+
+
+def test_job_names_counted_are_bounded(out: io.StringIO) -> None:
+    book = LeaseLog(rate=1, clock=FakeClock())
+    for i in range(5000):
+        book.granted(request(job=f"job-{i}-" + "x" * 100), grant())
+    book.summarize()
+    summary = events(out)[-1]
+    assert summary["grant"] == 4999 and summary["jobs"] == 1000
+    assert summary["jobs_counted_up_to"] == 1000
