@@ -64,6 +64,7 @@ class _State:
 
 _state = _State()
 _MAX_PENDING_CHARS = 64 * 1024  # a burst this large is written at once, not at iteration end
+_PROCESSORS: list[Any] = []
 _ENCODE = json.JSONEncoder(default=str).encode  # json.dumps(default=...) builds one per call
 
 
@@ -146,7 +147,9 @@ def configure(
         structlog.dev.ConsoleRenderer(colors=new_stream.isatty()) if use_console else None
     )
     structlog.configure(
-        processors=[],  # _EventLogger renders the line itself (`_render`)
+        # _EventLogger renders the line itself (`_render`); one list for every call, as
+        # loggers cached earlier keep the list they were made with (capture_logs edits it)
+        processors=_PROCESSORS,
         wrapper_class=_EventLogger,
         logger_factory=_line_logger,
         cache_logger_on_first_use=True,

@@ -187,3 +187,15 @@ def test_bound_context_and_console_format() -> None:
     text = out.getvalue()
     assert "spawned" in text and "program=batt" in text and "pid=42" in text
     assert "component=daemon" in text and not text.lstrip().startswith("{")
+
+
+def test_capture_logs_sees_loggers_cached_before_a_reconfigure(stream: CountingStream) -> None:
+    from structlog.testing import capture_logs
+
+    log = logs.get_logger(component="early")
+    log.info("cached")  # the logger is cached with the processor list of this configure
+    logs.configure("json", logging.INFO, stream=stream)  # a reload configures again
+    with capture_logs() as captured:
+        log.info("caught", n=1)
+    assert [e["event"] for e in captured] == ["caught"]
+    assert "caught" not in stream.getvalue()
