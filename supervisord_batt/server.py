@@ -17,9 +17,10 @@ Each connection is an `asyncio.Protocol` (`_Link`): the bytes a read brings are 
 into lines and each is answered in the same callback, with no task, future or stream
 buffer per request. The requests that wait (stop, start, reload) run as a task, and
 the connection reads nothing more until it has replied, so replies keep the order of
-the requests. A peer that does not read its replies pauses its own reading once the
-transport's buffer is full (`pause_writing`), so it cannot make the daemon buffer
-without bound. Measured on the request path (benchmarks/bench_grant.py): the streams
+the requests. Once the replies a peer does not read fill the transport's buffer
+(`pause_writing`), none of its buffered requests is answered and nothing more is read
+from it until it reads (`resume_writing`), so it cannot make the daemon buffer without
+bound. Measured on the request path (benchmarks/bench_grant.py): the streams
 version spent more of the daemon's CPU per request than the acquire itself.
 """
 
