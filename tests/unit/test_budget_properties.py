@@ -464,7 +464,7 @@ def test_acquire_falling_back_to_threads_in_the_first_round_gets_the_simulated_s
 def test_acquire_after_others_fell_back_to_threads_gets_the_simulated_share(
     cfg: BudgetConfig, data: st.DataObject
 ) -> None:
-    """The daemon's traffic with many clients: dozens of live leases, memory for only
+    """The daemon's traffic with many clients: up to dozens of live leases, memory for only
     some of their first pools, so that the first round walks them and some fall back to
     threads, no task limit binding and CPUs to spare; acquires and releases interleave at
     random. The newcomer's share is then decided by the later rounds, where the fallen-back
@@ -473,11 +473,14 @@ def test_acquire_after_others_fell_back_to_threads_gets_the_simulated_share(
     cfg = replace(
         cfg,
         pressure=QUIET,
-        memory_per_slot=data.draw(st.sampled_from([GIB // 2, GIB])),
+        memory_per_slot=data.draw(st.sampled_from([GIB // 4, GIB // 2, GIB])),
         max_per_lease=data.draw(st.integers(MIN_POOL, 8)),
-        cpu_cap=data.draw(st.sampled_from([None, 64.0])),
+        # CPUs that bind in the later rounds too: only there do the fallen-back others
+        # (threads, no memory slot) differ from what the plan counted (process pools)
+        cpu_cap=data.draw(st.sampled_from([None, 16.0, 32.0, 64.0])),
     )
-    first = sample(*data.draw(roomy_limits()), cpus=64.0, mem=data.draw(st.integers(0, 12)) * GIB)
+    cpus = data.draw(st.sampled_from([16.0, 32.0, 64.0]))
+    first = sample(*data.draw(roomy_limits()), cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB)
     led = new_model(cfg, first).ledger
     slow = slow_twin(led)  # the same calls, each acquire simulated
     fallback: tuple[Kind, ...] = ("process", "thread", "sequential")
@@ -491,15 +494,29 @@ def test_acquire_after_others_fell_back_to_threads_gets_the_simulated_share(
         assert grant == slow.acquire(req)
         live.append(grant.lease_id)
 
-    for _ in range(data.draw(st.integers(16, 48))):
+    for _ in range(data.draw(st.integers(4, 48))):  # few enough for 16 CPUs, or many
         acquire()
     if data.draw(st.booleans()):  # some pools sampled: they need memory only past that
         trees = {i: data.draw(st.integers(0, 30)) for i in live}
         assert led.update(first, trees) == slow.update(first, trees)
     for _ in range(data.draw(st.integers(1, 40))):
-        if live and data.draw(st.integers(0, 4)) < 2:
+        op = data.draw(st.integers(0, 5))
+        if live and op < 2:
             lease_id = live.pop(data.draw(st.integers(0, len(live) - 1)))
             assert led.release(lease_id) == slow.release(lease_id)
+        elif live and op == 2:  # a renew acknowledges or grows: pools change size
+            lease_id = data.draw(st.sampled_from(live))
+            held = slow.lease(lease_id)
+            ack = data.draw(st.sampled_from([None, held.target, held.workers]))
+            assert led.renew(lease_id, ack) == slow.renew(lease_id, ack)
+        elif op == 3 and data.draw(st.booleans()):  # a new sample: CPUs and memory move
+            host = replace(
+                first,
+                cpus=data.draw(st.sampled_from([8.0, 16.0, 32.0, 64.0])),
+                mem_available_bytes=data.draw(st.integers(0, 12)) * GIB,
+            )
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            assert led.update(host, trees) == slow.update(host, trees)
         else:
             acquire()
         if data.draw(st.integers(0, 3)) == 0:  # reading recomputes: now and then
