@@ -56,6 +56,8 @@ from supervisord_batt.leases import (
 from supervisord_batt.pressure import pressure_level
 from supervisord_batt.sizing import _Sizing
 
+_MAX_SCOPES = 4096  # cached (cgroups, uid) scopes; each job in its own cgroup adds one
+
 
 class BudgetLedger(_Sizing):
     """Leases of concurrency over the host's task limits, CPUs and memory.
@@ -339,6 +341,8 @@ class BudgetLedger(_Sizing):
             probe = _Entry("", req, 0, 0.0, everywhere=everywhere)
             scope = tuple(i for i, lim in enumerate(self._sample.limits) if probe.in_scope(lim))
             if not everywhere:
+                if len(self._scopes) >= _MAX_SCOPES:  # jobs in transient cgroups: bounded
+                    self._scopes.clear()
                 self._scopes[key] = scope
         return scope
 

@@ -728,3 +728,29 @@ def test_ended_leases_are_not_kept_however_long_nobody_reads() -> None:
         if type(o).__name__ == "_Entry" and o.req.holder.startswith("short-lived-")
     ]
     assert not kept, f"{len(kept)} ended leases still referenced"
+
+
+def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
+    """Each (cgroups, uid) a job asks from is cached with the limits it is in; jobs in
+    transient per-job cgroups must not grow that cache without bound, nor get a wrong scope
+    once it is cleared."""
+    from supervisord_batt.budget import _MAX_SCOPES
+
+    def new() -> BudgetLedger:
+        return ledger(limit(10_000, 0), limit(50, 0, kind="cgroup", scope=CGROUP), cpus=64.0)
+
+    def two_jobs(led: BudgetLedger) -> tuple[object, ...]:
+        outside = led.acquire(request("out", 2, cgroups=("/sys/fs/cgroup/pids/other",)))
+        inside = led.acquire(request("in", 2, cgroups=(f"{CGROUP}/job0",)))
+        return outside, inside, led.statistics().free_tasks
+
+    led = new()
+    for i in range(_MAX_SCOPES + 10):
+        inside = request(f"h{i}", 2, cgroups=(f"{CGROUP}/job{i}",))
+        led.release(led.acquire(inside).lease_id)
+    assert len(led._scopes) <= _MAX_SCOPES
+    fresh = new()
+    assert two_jobs(led)[2] == two_jobs(fresh)[2]  # the same charges in the same limits
+    free = fresh.statistics().free_tasks
+    # "out" is charged on the host's limit only, so the cgroup is charged less than it
+    assert 50 - free[f"cgroup:{CGROUP}"] < 10_000 - free["threads-max"]
