@@ -7,11 +7,11 @@ the same run on the same machine. Prints p50/p99 of one acquire+release pair and
 per second over all clients, and the ratio daemon/floor (target: within 2x everywhere).
 
 The host is shared and its load drifts over seconds, so each cell is measured in
-`--rounds` rounds that alternate which server goes first (echo, daemon; then daemon,
+`--rounds` rounds (5) that alternate which server goes first (echo, daemon; then daemon,
 echo; ...), and the figures printed are the medians over rounds, the ratios included
 (each round's ratio is taken within the round, between neighbours in time).
 
-    python benchmarks/bench_grant.py [--seconds 3] [--rounds 3] [--clients 1,16,64] [--json]
+    python benchmarks/bench_grant.py [--seconds 3] [--rounds 5] [--clients 1,16,64] [--json]
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main() -> int:
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
-        "--rounds", type=int, default=3, help="rounds per cell, alternating which goes first"
+        "--rounds", type=int, default=5, help="rounds per cell, alternating which goes first"
     )
     ap.add_argument(
         "--lease-log-rate",
