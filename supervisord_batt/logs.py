@@ -5,11 +5,11 @@ JSON lines when the stream is not a terminal (journald, files, pipes: one object
 renderer on a terminal. Everything is synchronous: writing a log line never needs a new
 thread, so the daemon can still log when the host is out of threads and pids.
 
-# Why one processor and a stable sink
-The daemon logs every grant and release, on its request path, so a line must be cheap.
+# Why one wrapper and a stable sink
+The daemon logs grants and releases on its request path, so a line must be cheap.
 Loggers are cached on first use (structlog's own binding per call costs more than the
 JSON encoding); what a reload may change (format, level, file) lives in `_state`, read by
-the single processor and the sink, so cached loggers follow a reconfiguration.
+the wrapper (`_EventLogger`) and the sink, so cached loggers follow a reconfiguration.
 
 # Why the daemon writes its lines once per loop iteration
 A write and a flush per line cost the daemon a system call per grant and per release,
@@ -43,9 +43,7 @@ _LEVEL_OF = {
     "debug": 10,
     "info": 20,
     "warning": 30,
-    "warn": 30,
     "error": 40,
-    "exception": 40,
     "critical": 50,
 }
 
@@ -69,9 +67,9 @@ _ENCODE = json.JSONEncoder(default=str).encode  # json.dumps(default=...) builds
 
 
 class _LineLogger:
-    """What structlog hands each rendered line to: the stream of the current configuration,
-    at once or, in the daemon, once per event-loop iteration. (structlog's WriteLogger takes
-    a lock and flushes per line; the daemon has one thread and batches.)"""
+    """Where each rendered line goes: the stream of the current configuration, at once or,
+    in the daemon, once per event-loop iteration. (structlog's WriteLogger takes a lock and
+    flushes per line; the daemon has one thread and batches.)"""
 
     def msg(self, message: str) -> None:
         st = _state
@@ -86,8 +84,6 @@ class _LineLogger:
         elif not st.scheduled:
             st.scheduled = True
             st.loop.call_soon(flush)
-
-    log = debug = info = warn = warning = err = error = critical = fatal = exception = msg
 
 
 _LINE_LOGGER = _LineLogger()

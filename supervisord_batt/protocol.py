@@ -92,7 +92,7 @@ def decode(line: bytes) -> dict[str, Any]:
     schema = SCHEMAS.get(op)
     if schema is None:
         raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r}; known: {', '.join(sorted(SCHEMAS))}")
-    _validate(op, msg, schema)
+    _validate(op, msg)
     return msg
 
 
@@ -106,7 +106,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _validate(op: str, msg: Mapping[str, Any], schema: Mapping[str, Field]) -> None:
+def _validate(op: str, msg: Mapping[str, Any]) -> None:
     types = _TYPES[op]
     for key, value in msg.items():
         want = types.get(key)
