@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supervisord_batt.proctree import (
+from supervisord_batt.supervise.proctree import (
     ExitWatcher,
     WorkerCgroup,
     WorkerCgroups,

@@ -30,8 +30,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisord_batt import procfs
-from supervisord_batt.host import HostMonitor, _read_status
+from supervisord_batt.host import procfs
+from supervisord_batt.host.monitor import HostMonitor, _read_status
 
 TICK_S, SCAN_S = 1.0, 10.0
 

@@ -56,10 +56,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
-from supervisord_batt.budget import BudgetLedger, Request
-from supervisord_batt.config import BudgetConfig, load_config_text
-from supervisord_batt.host import HostMonitor, HostSample, Limit
-from supervisord_batt.procinfo import cgroup_fs_paths
+from supervisord_batt.budget.ledger import BudgetLedger, Request
+from supervisord_batt.config.loader import load_config_text
+from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.host.monitor import HostMonitor
+from supervisord_batt.host.procinfo import cgroup_fs_paths
+from supervisord_batt.host.sample import HostSample, Limit
 
 CGROUP = "/sys/fs/cgroup/pids"
 UID = os.getuid()

@@ -151,7 +151,7 @@ def run_per_task(mode: str, tasks: list[Task], workers: int) -> dict[str, Any]:
 
 def run_budget(tasks: list[Task], workers: int, job: str) -> dict[str, Any]:
     """The real thing: a lease from the daemon and the budget executor, as the demo does."""
-    from supervisord_batt.client import lease
+    from supervisord_batt.client.leases import lease
 
     values: list[int] = []
     error = ""

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from supervisord_batt.cli import main
+from supervisord_batt.cli.main import main
 
 raise SystemExit(main())

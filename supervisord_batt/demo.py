@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from supervisord_batt.client import lease
+from supervisord_batt import paths
+from supervisord_batt.client.leases import lease
 
 CPU_BOUND = ("process", "sequential")  # the lease kinds a GIL-bound job can use
 ITERS_PER_MS = 10_000  # rough speed of one hashing iteration on the reference host
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--want",
         type=int,
-        default=int(os.environ.get("SUPERVISORD_BATT_WANT", "2")),
+        default=int(os.environ.get(paths.WANT_ENV, "2")),
         help="workers to ask the daemon for (default: $SUPERVISORD_BATT_WANT, "
         "which the supervisor sets from the program's slots, else 2)",
     )

@@ -9,8 +9,8 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisord_batt.client import Grant
-from supervisord_batt.executor import BudgetExecutor, TaskTimeout
+from supervisord_batt.client.executor import BudgetExecutor, TaskTimeout
+from supervisord_batt.client.leases import Grant
 from tests.helpers import wait_until
 
 

@@ -29,8 +29,8 @@ DEADLINE = 60.0
 CHILD = r"""
 import json, sys, time
 import loky
-from supervisord_batt.client import Grant
-from supervisord_batt.executor import BudgetExecutor
+from supervisord_batt.client.leases import Grant
+from supervisord_batt.client.executor import BudgetExecutor
 
 def pids_current():
     for line in open("/proc/self/cgroup"):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from supervisord_batt.host import HostMonitor
+from supervisord_batt.host.monitor import HostMonitor
 from tests.helpers import interpreter_for_others, killing, wait_until
 
 if TYPE_CHECKING:  # imported for annotations only: pytest would try to collect TestUser

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import pytest
 
-from supervisord_batt import procfs
-from supervisord_batt.cgroups import own_pids_dirs
-from supervisord_batt.proctree import (
+from supervisord_batt.host import procfs
+from supervisord_batt.supervise.cgroups import own_pids_dirs
+from supervisord_batt.supervise.proctree import (
     ExitWatcher,
     UnknownUser,
     WorkerCgroups,
@@ -113,7 +113,7 @@ def _isolated(scenario: str, **kwargs: Any) -> dict[str, Any]:
     """Run `scenario(**kwargs)` of this module in a child interpreter that is a subreaper."""
     code = (
         "import json, sys\n"
-        "from supervisord_batt.proctree import become_subreaper\n"
+        "from supervisord_batt.supervise.proctree import become_subreaper\n"
         "assert become_subreaper()\n"
         "from tests.integration import test_proctree as t\n"
         "print(json.dumps(getattr(t, sys.argv[1])(**json.loads(sys.argv[2]))))\n"
@@ -447,7 +447,7 @@ def test_subreaper_reaps_the_adopted_orphan_only() -> None:
 
 
 def test_become_subreaper_in_a_child_only() -> None:
-    code = "from supervisord_batt.proctree import become_subreaper as b; print(b())"
+    code = "from supervisord_batt.supervise.proctree import become_subreaper as b; print(b())"
     out = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=REPO, capture_output=True)
     assert out.stdout == b"True\n", out.stderr
 
@@ -486,7 +486,7 @@ def test_detect_v1_creates_reuses_and_cleans_up(base: str) -> None:
 
 def test_detect_falls_back_with_a_reason_when_v1_is_not_writable() -> None:
     code = (
-        "import os; from supervisord_batt.proctree import WorkerCgroups\n"
+        "import os; from supervisord_batt.supervise.proctree import WorkerCgroups\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "c = WorkerCgroups.detect('sbtest-nobody'); print(c.enabled, '|', c.reason)\n"
     )

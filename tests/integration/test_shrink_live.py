@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisord_batt.client import lease
+from supervisord_batt.client.leases import lease
 from tests.helpers import CALM, wait_until
 
 

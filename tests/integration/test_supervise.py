@@ -465,7 +465,7 @@ def test_heartbeats_go_on_after_the_lease_expired(daemon):
     the lease, so the no-progress watch does not kill a healthy job."""
     job = """
         import time
-        from supervisord_batt.client import lease
+        from supervisord_batt.client.leases import lease
         with lease(want=2, job="long") as grant:
             grant.heartbeat(progress="start")  # the no-progress clock starts after imports
             time.sleep(2.5)  # one long task: longer than the 1 s TTL, no renew meanwhile

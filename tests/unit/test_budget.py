@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from supervisord_batt.books import _Entry
-from supervisord_batt.budget import (
+from supervisord_batt.budget.books import _Entry
+from supervisord_batt.budget.ledger import (
     KINDS,
     PROCESS_POOL_OVERHEAD,
     BudgetLedger,
@@ -19,8 +19,8 @@ from supervisord_batt.budget import (
     Request,
     pool_cost,
 )
-from supervisord_batt.config import BudgetConfig, PressureThresholds
-from supervisord_batt.host import HostSample, Limit, LimitKind, Psi
+from supervisord_batt.config.records import BudgetConfig, PressureThresholds
+from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
 
 CGROUP = "/sys/fs/cgroup/pids/batt"
 GIB = 1 << 30
@@ -599,9 +599,9 @@ def test_a_tree_that_grows_to_its_charge_is_not_counted_twice() -> None:
 
 def test_reserve_is_capped_at_half_a_small_limit() -> None:
     """A 64-task floor must not swallow a cgroup of 28 (the contention benchmark's half cell)."""
-    from supervisord_batt.budget import reserve_for
-    from supervisord_batt.config import load_config_text
-    from supervisord_batt.host import Limit
+    from supervisord_batt.budget.ledger import reserve_for
+    from supervisord_batt.config.loader import load_config_text
+    from supervisord_batt.host.sample import Limit
 
     config = load_config_text("budget:\n  reserve_tasks: 64\n  reserve_percent: 5\n").budget
     assert reserve_for(Limit("cgroup:/x", "cgroup", "/x", 28, 0), config) == 14
@@ -734,7 +734,7 @@ def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
     """Each (cgroups, uid) a job asks from is cached with the limits it is in; jobs in
     transient per-job cgroups must not grow that cache without bound, nor get a wrong scope
     once it is cleared."""
-    from supervisord_batt.budget import _MAX_SCOPES
+    from supervisord_batt.budget.ledger import _MAX_SCOPES
 
     def new() -> BudgetLedger:
         return ledger(limit(10_000, 0), limit(50, 0, kind="cgroup", scope=CGROUP), cpus=64.0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisord_batt.budget import (
+from supervisord_batt.budget.ledger import (
     MIN_POOL,
     BudgetLedger,
     Kind,
@@ -18,8 +18,8 @@ from supervisord_batt.budget import (
     Request,
     pool_cost,
 )
-from supervisord_batt.config import BudgetConfig, PressureThresholds
-from supervisord_batt.host import HostSample, Limit
+from supervisord_batt.config.records import BudgetConfig, PressureThresholds
+from supervisord_batt.host.sample import HostSample, Limit
 from tests.unit.test_budget import (
     CGROUP,
     GIB,

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import structlog
 
-from supervisord_batt import client, protocol
-from supervisord_batt.client import (
+from supervisord_batt import paths, protocol
+from supervisord_batt.client import leases as client
+from supervisord_batt.client.leases import (
     Connection,
     DaemonError,
     default_socket_path,
@@ -34,8 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 def _plain_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     """Warnings go to stderr as one line, whatever another test did to structlog."""
     monkeypatch.setattr(structlog, "is_configured", lambda: False)
-    monkeypatch.delenv(client.FALLBACK_ENV, raising=False)
-    monkeypatch.delenv(client.SOCKET_ENV, raising=False)
+    monkeypatch.delenv(paths.FALLBACK_ENV, raising=False)
+    monkeypatch.delenv(paths.SOCKET_ENV, raising=False)
 
 
 def _warnings(err: str) -> list[str]:
@@ -86,7 +87,7 @@ def test_fallback_from_env(
     case: tuple[str, str, int],
 ) -> None:
     spec, kind, workers = case
-    monkeypatch.setenv(client.FALLBACK_ENV, spec)
+    monkeypatch.setenv(paths.FALLBACK_ENV, spec)
     with lease(4, socket_path=tmp_path / "none.sock") as grant:
         assert (grant.kind, grant.workers, grant.degraded) == (kind, workers, True)
     desc = kind if kind == "sequential" else f"{kind}:{workers}"
@@ -96,7 +97,7 @@ def test_fallback_from_env(
 def test_bad_fallback_env_is_reported_and_ignored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(client.FALLBACK_ENV, "gpu:9")
+    monkeypatch.setenv(paths.FALLBACK_ENV, "gpu:9")
     with lease(
         2, socket_path=tmp_path / "none.sock", fallback="thread", fallback_workers=2
     ) as grant:
@@ -106,9 +107,9 @@ def test_bad_fallback_env_is_reported_and_ignored(
 
 
 def test_default_socket_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "x.sock"))
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "x.sock"))
     assert default_socket_path() == tmp_path / "x.sock"
-    monkeypatch.delenv(client.SOCKET_ENV)
+    monkeypatch.delenv(paths.SOCKET_ENV)
     if os.geteuid() == 0:
         assert default_socket_path() == Path("/run/supervisord-batt/supervisord-batt.sock")
 
@@ -262,8 +263,8 @@ def test_connection_times_out(fake_daemon: Callable[..., FakeDaemon]) -> None:
 def test_exec_exports_env_and_passes_exit_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "none.sock"))
-    monkeypatch.setenv(client.FALLBACK_ENV, "process:2")
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
+    monkeypatch.setenv(paths.FALLBACK_ENV, "process:2")
     out = tmp_path / "env.json"
     code = (
         "import json, os, sys; "
@@ -280,19 +281,19 @@ def test_exec_exports_env_and_passes_exit_code(
 
 
 def test_exec_sequential_exports_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "none.sock"))
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
     code = "import os, sys; sys.exit(0 if os.environ['OMP_NUM_THREADS'] == '1' else 9)"
     assert exec_main([sys.executable, "-c", code], want=4, job=None) == 0
 
 
 def test_exec_signal_death_is_128_plus_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "none.sock"))
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
     code = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
     assert exec_main([sys.executable, "-c", code], want=1) == 128 + signal.SIGTERM
 
 
 def test_exec_missing_program_is_127(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(client.SOCKET_ENV, str(tmp_path / "none.sock"))
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
     assert exec_main([str(tmp_path / "no-such-program")], want=1) == 127
 
 
@@ -303,10 +304,10 @@ def test_exec_forwards_sigterm_to_the_child(tmp_path: Path) -> None:
         ".write_text(str(os.getpid())); [time.sleep(0.05) for _ in range(2000)]"
     )
     wrapper = (
-        "import sys; from supervisord_batt.client import exec_main; "
+        "import sys; from supervisord_batt.client.leases import exec_main; "
         f"sys.exit(exec_main([sys.executable, '-c', {child!r}], want=1))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), client.SOCKET_ENV: str(tmp_path / "n.sock")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), paths.SOCKET_ENV: str(tmp_path / "n.sock")}
     proc = subprocess.Popen([sys.executable, "-c", wrapper], env=env, stderr=subprocess.PIPE)
     try:
         with killing(proc):

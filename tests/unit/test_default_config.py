@@ -8,8 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from supervisord_batt.config import (
-    SOURCE_CONFIG,
+from supervisord_batt.config.loader import (
+    config_to_dict,
+    load_config,
+    load_config_text,
+)
+from supervisord_batt.config.records import (
     BackoffConfig,
     BudgetConfig,
     DaemonConfig,
@@ -17,10 +21,8 @@ from supervisord_batt.config import (
     PressureThresholds,
     ProgramConfig,
     StartLimit,
-    config_to_dict,
-    load_config,
-    load_config_text,
 )
+from supervisord_batt.paths import SOURCE_CONFIG
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "supervisord-batt.yaml"
 

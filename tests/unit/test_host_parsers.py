@@ -15,15 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisord_batt import procfs
-from supervisord_batt.host import (
-    CgroupUsage,
-    HostMonitor,
-    HostSample,
-    Limit,
-    Psi,
-)
-from supervisord_batt.probe import render_table, sample_to_json
+from supervisord_batt.host import procfs
+from supervisord_batt.host.monitor import HostMonitor
+from supervisord_batt.host.probe import render_table, sample_to_json
+from supervisord_batt.host.sample import CgroupUsage, HostSample, Limit, Psi
 
 MEMINFO = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n"
 PSI = (

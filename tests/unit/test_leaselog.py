@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from supervisord_batt import logs
-from supervisord_batt.leaselog import LeaseLog
-from supervisord_batt.leases import Grant, Lease, Request
+from supervisord_batt.budget.records import Grant, Lease, Request
+from supervisord_batt.daemon.leaselog import LeaseLog
 from tests.unit.test_budget import FakeClock
 
 

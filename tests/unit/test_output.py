@@ -8,8 +8,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from supervisord_batt.config import OutputConfig
-from supervisord_batt.output import RING_BYTES, PipeReader, RotatingFile, StreamSink
+from supervisord_batt.config.records import OutputConfig
+from supervisord_batt.supervise.output import RING_BYTES, PipeReader, RotatingFile, StreamSink
 
 
 def file_config(tmp_path: Path, max_bytes: int = 100, backups: int = 2) -> OutputConfig:

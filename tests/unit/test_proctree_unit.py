@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisord_batt import procfs
-from supervisord_batt.cgroups import (
+from supervisord_batt.host import procfs
+from supervisord_batt.supervise.cgroups import (
     LEAF_NAME,
     V2Plan,
     WorkerCgroup,

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisord_batt.config import ProgramConfig, load_config_text
-from supervisord_batt.programs import (
+from supervisord_batt.config.loader import load_config_text
+from supervisord_batt.config.records import ProgramConfig
+from supervisord_batt.supervise.states import (
     Action,
     CancelTimer,
     Deadline,

@@ -1,0 +1,62 @@
+"""What pools cost: the pool kinds and pressure levels, the kernel tasks a pool adds to a
+job, and the tasks kept in reserve under a limit. Pure arithmetic, shared by the ledger
+and its allocation."""
+
+# Why a pool of n < 2 becomes sequential. A pool's main thread only waits on its
+# workers, so one worker computes no faster than the main thread alone, and it still
+# costs kernel tasks (a process pool of 1 costs 5: FACTS.md) that can be refused half
+# way, which is what leaves orphaned workers and hung jobs. Grants and targets are
+# therefore 0 (sequential) or at least MIN_POOL workers.
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.host.sample import Limit
+
+Kind = Literal["process", "thread", "sequential"]
+Level = Literal["normal", "high", "extreme"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+LEVELS: tuple[Level, ...] = get_args(Level)
+
+# Kernel tasks (threads + processes) a pool adds to a job beyond its main thread, measured
+# in FACTS.md "What a loky pool costs" (Python 3.11, loky 3.6.0 and 3.7.0, pids cgroup):
+# ProcessPoolExecutor(3) after the first submit() is 8 tasks = the main thread, 3 workers
+# (one thread each), ExecutorManagerThread, QueueFeederThread and two resource trackers
+# (loky's and multiprocessing's) which stay until the job exits. So a process pool of n
+# costs n + 4; a thread pool of n costs its n threads; sequential costs nothing.
+PROCESS_WORKER_TASKS = 1
+PROCESS_POOL_THREADS = 2  # ExecutorManagerThread + QueueFeederThread, in the job
+LOKY_RESOURCE_TRACKERS = 2  # loky's and multiprocessing's resource trackers
+PROCESS_POOL_OVERHEAD = PROCESS_POOL_THREADS + LOKY_RESOURCE_TRACKERS
+THREAD_WORKER_TASKS = 1
+MIN_POOL = 2  # a pool of 1 never beats sequential (see the comment at the top)
+UNBOUNDED = 1 << 30  # no bound: memory slots when memory_per_slot is 0, or no fit yet
+
+
+def pool_cost(kind: Kind, workers: int) -> int:
+    """Kernel tasks a pool of `workers` adds to a job (see the constants above)."""
+    if workers <= 0 or kind == "sequential":
+        return 0
+    if kind == "process":
+        return workers * PROCESS_WORKER_TASKS + PROCESS_POOL_OVERHEAD
+    return workers * THREAD_WORKER_TASKS
+
+
+def workers_for(kind: Kind, tasks: int) -> int:
+    """The largest pool of `kind` costing at most `tasks` (0 when none does)."""
+    if kind == "process":
+        return max(0, (tasks - PROCESS_POOL_OVERHEAD) // PROCESS_WORKER_TASKS)
+    if kind == "thread":
+        return max(0, tasks // THREAD_WORKER_TASKS)
+    return 0
+
+
+def reserve_for(limit: Limit, config: BudgetConfig) -> int:
+    """Tasks kept free under `limit`: the larger of the floor and the percent, but never
+    more than half the limit. The floor suits host-wide limits (tens of thousands); a small
+    cgroup (a TasksMax of 40, say) would otherwise be all reserve and never get a pool."""
+    wanted = max(config.reserve_tasks, math.ceil(limit.limit * config.reserve_percent / 100))
+    return min(wanted, limit.limit // 2)

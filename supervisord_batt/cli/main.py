@@ -1,0 +1,328 @@
+"""The `supervisord-batt` command line: one subcommand per operator task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supervisord_batt import __version__, paths
+
+if TYPE_CHECKING:
+    from supervisord_batt.config.records import Config
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML config (default: $SUPERVISORD_BATT_CONFIG, /etc/supervisord-batt/"
+        "supervisord-batt.yaml, then the shipped default)",
+    )
+
+
+def _add_socket_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        help="daemon socket (default: $SUPERVISORD_BATT_SOCKET, then the config's daemon.socket)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisord-batt",
+        description="Supervisor for batch hosts: thread/pid limits, a concurrency budget, "
+        "and wall-clock limits on run_batt workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("probe", help="show how close the host is to every thread/pid limit")
+    _add_config_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    p.add_argument(
+        "--cgroup",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also watch this cgroup (cgroup path like /batt, or its directory)",
+    )
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="also count this user's tasks against its RLIMIT_NPROC",
+    )
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the daemon's budget, leases and host figures")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    p.set_defaults(func=cmd_status)
+
+    for name, text in (
+        ("start", "start a program, one instance (PROGRAM:N) or all"),
+        ("stop", "stop (stop signal, grace, kill the whole tree) and wait until gone"),
+        ("restart", "stop, then start"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config_arg(p)
+        _add_socket_arg(p)
+        p.add_argument("target", metavar="PROGRAM[:N]|all")
+        p.set_defaults(func=cmd_control, op=name)
+
+    p = sub.add_parser("reload", help="re-read the config; a bad one is rejected, the old stays")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("tail", help="the last output of an instance; -f follows")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument("target", metavar="PROGRAM[:N]")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser(
+        "exec", help="run an unmodified program under a lease (env exports the grant)"
+    )
+    _add_socket_arg(p)
+    p.add_argument("--want", type=int, default=2, help="workers wanted (default 2)")
+    p.add_argument("--job", default=None, help="job name shown in status and logs")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 1 listing every error")
+    p.add_argument("file", type=Path, nargs="?", default=None)
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.paths import default_config_path
+
+    path = args.file or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    names = ", ".join(p.name for p in config.programs) or "none"
+    print(f"{path}: ok ({len(config.programs)} programs: {names})")
+    return 0
+
+
+def _probe_targets(args: argparse.Namespace) -> tuple[list[str], list[int | str]]:
+    """Cgroups and users to watch: the config's, plus the command line's."""
+    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.paths import default_config_path
+
+    cgroups: list[str] = list(args.cgroup)
+    users: list[int | str] = [os.geteuid()]
+    path = args.config
+    if path is None:
+        candidate = default_config_path()
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            config = load_config(path)
+        except (ConfigError, OSError) as exc:
+            print(f"warning: config not used: {exc}", file=sys.stderr)
+        else:
+            cgroups += list(config.budget.cgroups)
+            users += list(config.budget.watch_users)
+            users += [p.user for p in config.programs if p.user]
+    users += list(args.user)
+    return cgroups, list(dict.fromkeys(users))
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from supervisord_batt.host.monitor import HostMonitor
+    from supervisord_batt.host.probe import render_table, sample_to_json
+
+    cgroups, users = _probe_targets(args)
+    with HostMonitor(cgroups=cgroups, users=users) as monitor:
+        monitor.scan()
+        sample = monitor.sample()
+    if args.json:
+        print(json.dumps(sample_to_json(sample), indent=None))
+    else:
+        print(render_table(sample))
+    return 0
+
+
+def _load(path: Path | None) -> Config:
+    from supervisord_batt.config.loader import load_config
+    from supervisord_batt.paths import default_config_path
+
+    return load_config(path or default_config_path())
+
+
+def _socket_for(args: argparse.Namespace) -> Path:
+    """--socket, then $SUPERVISORD_BATT_SOCKET, then the config's (falling back when unreadable)."""
+    if args.socket is not None:
+        return Path(args.socket)
+    env = os.environ.get(paths.SOCKET_ENV)
+    if env:
+        return Path(env)
+    from supervisord_batt.config.loader import ConfigError
+
+    try:
+        return _load(getattr(args, "config", None)).daemon.socket
+    except (ConfigError, OSError):
+        from supervisord_batt.paths import client_socket_path
+
+        return client_socket_path()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from supervisord_batt import logs
+    from supervisord_batt.config.loader import ConfigError
+    from supervisord_batt.daemon.lifecycle import run_daemon
+
+    logs.configure("auto", logs.level_from("info", args.verbose, args.quiet))
+    try:
+        config = _load(args.config)
+    except (ConfigError, OSError) as exc:
+        logs.get_logger().error("config_invalid", reason=str(exc))
+        return 1
+    d = config.daemon
+    logs.configure(d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file)
+    socket_path = args.socket or (
+        Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None
+    )
+    return run_daemon(config, socket_path)
+
+
+def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any] | None:
+    """One request to the daemon; None (after saying why on stderr) when it cannot be reached."""
+    from supervisord_batt.client.leases import Connection, DaemonError
+
+    path = _socket_for(args)
+    try:
+        with Connection(path, timeout=10.0) as conn:
+            return conn.request(op, **fields)
+    except DaemonError as exc:
+        print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
+        return {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+    except OSError as exc:
+        print(
+            f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when every instance that should run is RUNNING, 1 when one is not, 2 when
+    the daemon cannot be reached."""
+    from supervisord_batt.cli.status import render_status
+
+    reply = _request(args, "status")
+    if reply is None or not reply.get("ok"):
+        return 2
+    reply.pop("ok", None)
+    print(json.dumps(reply) if args.json else render_status(reply))
+    return 0 if reply.get("all_running", True) else 1
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    reply = _request(args, args.op, target=args.target)
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    for name, state in reply["instances"].items():
+        print(f"{name}: {state}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _request(args, "reload")
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    for key in ("added", "removed", "changed", "unchanged"):
+        print(f"{key}: {', '.join(reply[key]) or '-'}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import time
+
+    stream = "stderr" if args.stderr else "stdout"
+    reply = _request(args, "tail", target=args.target, stream=stream, bytes=args.bytes)
+    if reply is None:
+        return 2
+    if not reply.get("ok"):
+        return 1
+    sys.stdout.write(reply["data"])
+    sys.stdout.flush()
+    while args.follow:
+        time.sleep(0.5)  # a person is watching: poll twice a second
+        nxt = _request(
+            args, "tail", target=args.target, stream=stream, offset=reply["offset"], bytes=64 * 1024
+        )
+        if nxt is None or not nxt.get("ok"):
+            return 2 if nxt is None else 1
+        if nxt["truncated"]:
+            sys.stdout.write(f"\n[... {nxt['start'] - reply['offset']} bytes skipped ...]\n")
+        sys.stdout.write(nxt["data"])
+        sys.stdout.flush()
+        reply = nxt
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from supervisord_batt.client.leases import exec_main
+
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print(
+            "supervisord-batt exec: no command given (usage: exec [--want N] -- CMD ...)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.socket is not None:
+        os.environ[paths.SOCKET_ENV] = str(args.socket)
+    return exec_main(argv, want=args.want, job=args.job)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `supervisord-batt probe | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    return rc

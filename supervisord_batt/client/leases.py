@@ -1,0 +1,401 @@
+"""What a job imports: a lease of concurrency slots from the daemon, and a wrapper for
+programs that cannot be changed.
+
+    with lease(3, job="batt") as grant:
+        with grant.executor(task_timeout=600) as ex:
+            results = ex.map(score, tasks)
+
+The daemon is an optimisation of the job, never a dependency of it: when it cannot be
+reached (no socket, refused, timed out, an error reply) the job gets a degraded grant
+(sequential by default, or $SUPERVISORD_BATT_FALLBACK such as `process:2`) and one line
+on stderr saying so. Nothing here raises because of the daemon.
+
+Why a plain blocking socket and no background thread: the job is the thing that runs
+out of threads. A lease lives as long as its connection (the daemon frees it when the
+socket closes, even after SIGKILL), so the socket stays open for the lease's life and
+the TTL is kept alive by `renew()` calls made between tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from supervisord_batt import paths, protocol
+from supervisord_batt.logs import get_logger
+
+if TYPE_CHECKING:
+    from supervisord_batt.client.executor import BudgetExecutor
+
+DEFAULT_TIMEOUT = 5.0
+KINDS = protocol.KINDS
+# env exported by `exec` so loky, OpenMP and BLAS size themselves from the grant
+THREAD_ENV_VARS = (
+    "LOKY_MAX_CPU_COUNT",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+class DaemonError(Exception):
+    """An error reply from the daemon (`code` is one of protocol's error codes)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def default_socket_path() -> Path:
+    """$SUPERVISORD_BATT_SOCKET, else the daemon's default socket (see `paths`)."""
+    return paths.client_socket_path()
+
+
+def warn(message: str, **fields: Any) -> None:
+    """One line: to structlog when the program configured it, else to stderr."""
+    if structlog.is_configured():
+        get_logger().warning(message, **fields)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"supervisord-batt: {message}\n")
+        sys.stderr.flush()
+
+
+class Connection:
+    """A small blocking client: one request line out, exactly one reply line in."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_line: int = protocol.MAX_LINE_DEFAULT,
+    ) -> None:
+        self.path = Path(path) if path is not None else default_socket_path()
+        self.timeout = timeout
+        self.max_line = max_line
+        self._buf = b""
+        self._next_id = 0
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.path))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock: socket.socket | None = sock
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request; return the reply's fields or raise DaemonError/OSError."""
+        if self._sock is None:
+            raise ConnectionError("connection closed")
+        self._next_id += 1
+        request_id = self._next_id
+        self._sock.sendall(protocol.encode({"op": op, "id": request_id, **fields}))
+        reply = self._read_reply()
+        if reply.get("id", request_id) != request_id:
+            raise DaemonError("bad_reply", f"reply id {reply.get('id')!r} != {request_id}")
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise DaemonError(str(err.get("code", "unknown")), str(err.get("message", reply)))
+        return reply
+
+    def _read_reply(self) -> dict[str, Any]:
+        assert self._sock is not None
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._buf:
+            if len(self._buf) > self.max_line:
+                raise DaemonError(protocol.TOO_LARGE, f"reply longer than {self.max_line} bytes")
+            self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = self._sock.recv(min(65536, self.max_line + 1 - len(self._buf)) or 1)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            reply = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DaemonError(protocol.BAD_JSON, f"reply is not JSON: {exc}") from None
+        if not isinstance(reply, dict):
+            raise DaemonError(protocol.BAD_JSON, "reply is not a JSON object")
+        return reply
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_fallback(spec: str, default_workers: int = 1) -> tuple[str, int]:
+    """`sequential`, `thread`, `process:2` -> (kind, workers); ValueError when malformed."""
+    kind, _, count = spec.strip().partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    workers = int(count) if count else default_workers
+    if workers < 1:
+        raise ValueError(f"worker count must be >= 1, got {workers}")
+    return kind, 1 if kind == "sequential" else workers
+
+
+@dataclass
+class Grant:
+    """What the job may run now. Mutable: renew() updates it in place.
+
+    `workers` is the size granted, `target` the size the daemon wants the job at (lower:
+    shrink between tasks; higher: may grow). A degraded grant has no lease and no daemon.
+    """
+
+    kind: str = "sequential"
+    workers: int = 1
+    target: int = 1
+    lease_id: str | None = None
+    level: str = "unknown"
+    degraded: bool = True
+    reason: str = ""
+    ttl: float = 60.0
+    _conn: Connection | None = field(default=None, repr=False, compare=False)
+    _renewed_at: float = field(default_factory=time.monotonic, repr=False, compare=False)
+
+    @classmethod
+    def local(cls, kind: str = "sequential", workers: int = 1, reason: str = "local") -> Grant:
+        """A grant with no daemon behind it (tests, scripts, the fallback)."""
+        workers = 1 if kind == "sequential" else max(1, workers)
+        return cls(kind=kind, workers=workers, target=workers, reason=reason)
+
+    @property
+    def size(self) -> int:
+        """Workers the job should run now: the daemon's target (lower: shrink, higher:
+        grow), 1 (in the calling thread) when sequential; 0 means go sequential."""
+        if self.kind == "sequential":
+            return 1
+        return max(0, self.target)
+
+    def _update(self, reply: dict[str, Any]) -> None:
+        self.kind = str(reply.get("kind", self.kind))
+        self.workers = int(reply.get("workers", self.workers))
+        self.target = int(reply.get("target", self.workers))
+        self.level = str(reply.get("level", self.level))
+        self.reason = str(reply.get("reason", self.reason))
+        self.ttl = float(reply.get("ttl", self.ttl))
+        self._renewed_at = time.monotonic()
+        if self.kind != "sequential" and self.size < 1:
+            self.kind = "sequential"
+
+    def _lose(self, why: str, *, keep_connection: bool = False) -> None:
+        """Run sequential from now on. An expired lease (`keep_connection`) keeps the
+        connection, so heartbeats still reach the daemon's no-progress watch."""
+        if self._conn is not None and not keep_connection:
+            self._conn.close()
+            self._conn = None
+        lost = "lease expired" if keep_connection else "lost the daemon"
+        warn(
+            f"{lost} ({why}); lease {self.lease_id} gone, running sequential",
+            lease=self.lease_id,
+            reason=why,
+        )
+        self.kind, self.workers, self.target = "sequential", 1, 1
+        self.lease_id, self.degraded, self.reason = None, True, f"{lost}: {why}"
+
+    def renew(self, workers_in_use: int | None = None) -> Grant:
+        """Keep the lease alive and learn the current target; returns self, updated."""
+        if self._conn is None or self.lease_id is None:
+            return self
+        fields: dict[str, Any] = {"lease": self.lease_id}
+        if workers_in_use is not None:
+            fields["workers_in_use"] = int(workers_in_use)
+        try:
+            self._update(self._conn.request("renew", **fields))
+        except DaemonError as exc:
+            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+        except (OSError, ValueError, TypeError) as exc:
+            self._lose(_describe(exc))
+        return self
+
+    def renew_due(self, interval: float | None = None) -> bool:
+        """True when `interval` (default ttl/3) passed since the last renew."""
+        wait = self.ttl / 3 if interval is None else min(interval, self.ttl / 3)
+        return self._conn is not None and time.monotonic() - self._renewed_at >= wait
+
+    def heartbeat(self, progress: float | str | None = None) -> None:
+        """Tell the daemon the job is alive; also renews when the TTL needs it. Works
+        without a lease too (it expired): the daemon's no-progress watch still hears it."""
+        if self._conn is None:
+            return
+        fields: dict[str, Any] = {"lease": self.lease_id} if self.lease_id else {}
+        if progress is not None:
+            fields["progress"] = progress
+        try:
+            self._conn.request("heartbeat", **fields)
+        except DaemonError as exc:
+            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+            return
+        except (OSError, ValueError) as exc:
+            self._lose(_describe(exc))
+            return
+        if self.renew_due():
+            self.renew()
+
+    def executor(self, **kwargs: Any) -> BudgetExecutor:
+        """An executor sized (and resized) by this grant; see supervisord_batt.client.executor."""
+        # imported here: executor imports this module
+        from supervisord_batt.client.executor import BudgetExecutor  # noqa: PLC0415
+
+        return BudgetExecutor(self, **kwargs)
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(OSError, DaemonError, ValueError):
+            if self.lease_id is not None:
+                conn.request("release", lease=self.lease_id)
+        conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _degraded(fallback: str, fallback_workers: int) -> Grant:
+    spec = os.environ.get(paths.FALLBACK_ENV) or fallback
+    try:
+        kind, workers = parse_fallback(spec, fallback_workers)
+    except ValueError as exc:
+        warn(f"ignoring {paths.FALLBACK_ENV}={spec!r}: {exc}")
+        kind, workers = parse_fallback(fallback, fallback_workers)
+    return Grant.local(kind, workers, reason="degraded: daemon not reachable")
+
+
+@contextmanager
+def lease(
+    want: int,
+    *,
+    kinds: Sequence[str] = KINDS,
+    job: str | None = None,
+    socket_path: str | os.PathLike[str] | None = None,
+    fallback: str = "sequential",
+    fallback_workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Iterator[Grant]:
+    """Lease up to `want` workers for the block; degrade (never raise) without a daemon."""
+    path = Path(socket_path) if socket_path is not None else default_socket_path()
+    grant = _acquire(path, want, list(kinds), job, timeout)
+    if grant is None or grant.degraded:
+        why = grant.reason if grant is not None else "unknown"
+        grant = _degraded(fallback, fallback_workers)
+        desc = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
+        warn(f"daemon not reachable at {path} ({why}); running {desc}")
+    try:
+        yield grant
+    finally:
+        grant.release()
+
+
+def _acquire(
+    path: Path, want: int, kinds: list[str], job: str | None, timeout: float
+) -> Grant | None:
+    """A live grant, or a Grant with degraded=True whose reason says what failed."""
+    conn: Connection | None = None
+    try:
+        conn = Connection(path, timeout=timeout)
+        conn.request("hello", version=protocol.VERSION, client=f"supervisord-batt/{os.getpid()}")
+        fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
+        if job:
+            fields["job"] = job
+        reply = conn.request("acquire", **fields)
+        grant = Grant(lease_id=str(reply["lease"]), degraded=False, _conn=conn)
+        grant._update(reply)
+        return grant
+    except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
+        if conn is not None:
+            conn.close()
+        return Grant(degraded=True, reason=_describe(exc))
+
+
+# --- `supervisord-batt exec`: lease for a program that knows nothing about us ----------
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def child_env(grant: Grant, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that sizes an unmodified program from the grant."""
+    env = dict(os.environ if base is None else base)
+    n = 1 if grant.kind == "sequential" else max(1, grant.size)
+    env[paths.WORKERS_ENV] = str(n)
+    env[paths.KIND_ENV] = grant.kind
+    env[paths.LEASE_ENV] = grant.lease_id or ""
+    for name in THREAD_ENV_VARS:
+        env[name] = str(n)
+    return env
+
+
+def exit_code(returncode: int) -> int:
+    """A child's status as a shell reports it: 128+n when killed by signal n."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def exec_main(
+    argv: list[str],
+    want: int,
+    job: str | None = None,
+    *,
+    socket_path: str | os.PathLike[str] | None = None,
+) -> int:
+    """Lease slots, run argv as a child sized by them, hold the lease until it exits."""
+    if not argv:
+        sys.stderr.write("supervisord-batt exec: no command given\n")
+        return 2
+    with lease(want, job=job or Path(argv[0]).name, socket_path=socket_path) as grant:
+        env = child_env(grant)
+        in_use = int(env[paths.WORKERS_ENV])
+        try:
+            proc = subprocess.Popen(argv, env=env)
+        except OSError as exc:
+            sys.stderr.write(f"supervisord-batt exec: {argv[0]}: {exc.strerror or exc}\n")
+            return 127 if isinstance(exc, FileNotFoundError) else 126
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=max(0.5, grant.ttl / 3))
+                    break
+                except subprocess.TimeoutExpired:
+                    grant.renew(workers_in_use=in_use)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if proc.poll() is None:  # only when we are unwinding from an error of our own
+                proc.kill()
+                proc.wait()
+        return exit_code(returncode)

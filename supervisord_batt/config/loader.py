@@ -1,0 +1,326 @@
+"""YAML configuration into frozen, typed objects.
+
+`load_config(path)` and `load_config_text(text, source)` return a `Config` or raise
+`ConfigError` listing every problem with its key path and YAML line. The dataclasses below
+are the contract other modules build against; `config_to_dict` turns a `Config` back into
+YAML-shaped plain data (for `check-config` output and for diffing programs on reload).
+Reading the node tree and collecting problems is `yamlcheck`'s; checking one value is
+`values`'. This module says which keys each section has, their defaults and the checks
+that span several keys.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any, cast, get_args
+
+import yaml
+from yaml.nodes import MappingNode, Node
+
+from supervisord_batt.config.records import (
+    DEFAULT_BACKOFF,
+    DEFAULT_OUTPUT,
+    DEFAULT_PRESSURE,
+    DEFAULT_START_LIMIT,
+    LOG_LEVELS,
+    BackoffConfig,
+    BudgetConfig,
+    Config,
+    DaemonConfig,
+    LogFormat,
+    OutputConfig,
+    OutputMode,
+    PressureThresholds,
+    ProgramConfig,
+    RestartPolicy,
+    StartLimit,
+)
+from supervisord_batt.config.values import (
+    absolute_path,
+    boolean,
+    command,
+    duration,
+    environment,
+    integer,
+    list_of,
+    number,
+    one_of,
+    optional,
+    parse_signal,
+    size,
+    socket_mode,
+    stop_signal,
+    string,
+)
+from supervisord_batt.config.yamlcheck import (
+    ConfigError,
+    ConfigIssue,
+    Issues,
+    Section,
+    is_null,
+    mapping_pairs,
+    node_kind,
+    node_line,
+)
+from supervisord_batt.paths import DEFAULT_SOCKET, default_socket_path
+
+# ConfigError, ConfigIssue and parse_signal are defined in yamlcheck and values, and are
+# part of this module's API: callers import everything config-related from here.
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "DEFAULT_OUTPUT",
+    "DEFAULT_PRESSURE",
+    "DEFAULT_SOCKET",
+    "DEFAULT_START_LIMIT",
+    "LOG_LEVELS",
+    "BackoffConfig",
+    "BudgetConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "DaemonConfig",
+    "LogFormat",
+    "OutputConfig",
+    "OutputMode",
+    "PressureThresholds",
+    "ProgramConfig",
+    "RestartPolicy",
+    "StartLimit",
+    "config_to_dict",
+    "default_socket_path",
+    "load_config",
+    "load_config_text",
+    "parse_signal",
+]
+
+_PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _keys(cls: Any, *, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The YAML keys of a section: its dataclass's field names."""
+    return tuple(f.name for f in fields(cls) if f.name not in skip)
+
+
+# ------------------------------------------------------------------------- sections
+
+
+def _daemon(s: Section) -> DaemonConfig:
+    """The daemon section; the socket falls back for a non-root daemon (see below)."""
+    sample = s.get("sample_interval", duration(), 1.0)
+    scan = s.get("scan_interval", duration(), 10.0)
+    if s.ok("sample_interval", "scan_interval") and scan < sample:
+        s.fail("scan_interval", f"must be at least sample_interval ({sample:g}s), got {scan:g}s")
+    socket = s.get("socket", absolute_path, DEFAULT_SOCKET)
+    return DaemonConfig(
+        socket=default_socket_path(socket),
+        socket_mode=s.get("socket_mode", socket_mode, 0o660),
+        socket_group=s.get("socket_group", optional(string), None),
+        allowed_uids=s.get("allowed_uids", list_of(integer(0)), ()),
+        allowed_groups=s.get("allowed_groups", list_of(string), ()),
+        sample_interval=sample,
+        scan_interval=scan,
+        log_format=cast(LogFormat, s.get("log_format", one_of(get_args(LogFormat)), "auto")),
+        log_level=s.get("log_level", one_of(LOG_LEVELS), "info"),
+        log_file=s.get("log_file", optional(absolute_path), None),
+        max_connections=s.get("max_connections", integer(1), 256),
+        idle_timeout=s.get("idle_timeout", duration(), 300.0),
+        max_message_bytes=s.get("max_message_bytes", size, 64 * 1024),
+        pid_file=s.get("pid_file", optional(absolute_path), None),
+        lease_log_rate=s.get("lease_log_rate", integer(0), 100),
+    )
+
+
+def _pressure(s: Section) -> PressureThresholds:
+    """Pressure levels; each "extreme" must lie beyond its "high"."""
+    d = DEFAULT_PRESSURE
+    values = {key: s.get(key, number(0, 100), getattr(d, key)) for key in _keys(type(d))}
+    # Headroom shrinks as pressure grows, so its extreme is the smaller percent; PSI grows.
+    for high, extreme, extreme_smaller in (
+        ("headroom_high_percent", "headroom_extreme_percent", True),
+        ("cpu_high", "cpu_extreme", False),
+        ("memory_high", "memory_extreme", False),
+    ):
+        h, e = values[high], values[extreme]
+        wrong = e >= h if extreme_smaller else e <= h
+        if s.ok(high, extreme) and wrong:
+            side = "below" if extreme_smaller else "above"
+            s.fail(extreme, f"must be {side} {high} ({h:g}), got {e:g}")
+    return PressureThresholds(**values)
+
+
+def _budget(s: Section) -> BudgetConfig:
+    """The budget section."""
+    return BudgetConfig(
+        reserve_tasks=s.get("reserve_tasks", integer(0), 64),
+        reserve_percent=s.get("reserve_percent", number(0, 100, high_open=True), 5.0),
+        max_per_lease=s.get("max_per_lease", integer(1), 8),
+        cpu_cap=s.get("cpu_cap", optional(number(0, low_open=True)), None),
+        memory_per_slot=s.get("memory_per_slot", size, 512 * 1024**2),
+        lease_ttl=s.get("lease_ttl", duration(), 60.0),
+        cgroups=s.get("cgroups", list_of(string), ()),
+        watch_users=s.get("watch_users", list_of(string), ()),
+        pressure=_pressure(s.child("pressure", _keys(PressureThresholds))),
+    )
+
+
+def _backoff(s: Section) -> BackoffConfig:
+    """Restart delays: initial, times factor after each quick failure, capped at max."""
+    d = DEFAULT_BACKOFF
+    initial = s.get("initial", duration(), d.initial)
+    cap = s.get("max", duration(), d.max)
+    if s.ok("initial", "max") and cap < initial:
+        s.fail("max", f"must be at least backoff.initial ({initial:g}s), got {cap:g}s")
+    factor = s.get("factor", number(1), d.factor)
+    return BackoffConfig(initial=initial, max=cap, factor=factor)
+
+
+def _start_limit(s: Section) -> StartLimit:
+    """At most `burst` starts within `interval`, then the program is FATAL."""
+    d = DEFAULT_START_LIMIT
+    return StartLimit(
+        burst=s.get("burst", integer(1), d.burst),
+        interval=s.get("interval", duration(), d.interval),
+    )
+
+
+def _output(s: Section) -> OutputConfig:
+    """Where a worker's stdout and stderr go."""
+    d = DEFAULT_OUTPUT
+    mode: str = d.mode
+    return OutputConfig(
+        mode=cast(OutputMode, s.get("mode", one_of(get_args(OutputMode)), mode)),
+        directory=s.get("directory", optional(absolute_path), d.directory),
+        max_bytes=s.get("max_bytes", size, d.max_bytes),
+        backups=s.get("backups", integer(0), d.backups),
+    )
+
+
+def _program(issues: Issues, name: str, node: Node, line: int | None) -> ProgramConfig:
+    """One program; `command` is the only required key."""
+    s = Section(issues, node, f"programs.{name}", _keys(ProgramConfig, skip=("name",)), line)
+    if s.is_mapping and "command" not in s.entries:
+        s.fail("command", "missing required key 'command'")
+    return ProgramConfig(
+        name=name,
+        command=s.get("command", command, ()),
+        numprocs=s.get("numprocs", integer(1), 1),
+        cwd=s.get("cwd", optional(absolute_path), None),
+        environment=s.get("environment", environment, ()),
+        user=s.get("user", optional(string), None),
+        group=s.get("group", optional(string), None),
+        wall_clock_limit=s.get("wall_clock_limit", optional(duration()), None),
+        stop_signal=s.get("stop_signal", stop_signal, signal.SIGTERM),
+        stop_grace=s.get("stop_grace", duration(positive=False), 10.0),
+        restart=cast(
+            RestartPolicy, s.get("restart", one_of(get_args(RestartPolicy)), "on-failure")
+        ),
+        backoff=_backoff(s.child("backoff", _keys(BackoffConfig))),
+        start_limit=_start_limit(s.child("start_limit", _keys(StartLimit))),
+        min_runtime=s.get("min_runtime", duration(positive=False), 10.0),
+        progress_timeout=s.get("progress_timeout", optional(duration()), None),
+        slots=s.get("slots", integer(1), 1),
+        autostart=s.get("autostart", boolean, True),
+        output=_output(s.child("output", _keys(OutputConfig))),
+    )
+
+
+def _name_problem(name: str) -> str | None:
+    """Why `name` cannot name a program, or None. Names become file names and `name:N`."""
+    if ":" in name:
+        return f"program name {name!r} must not contain ':' (it separates name and instance)"
+    if not _PROGRAM_NAME.fullmatch(name) or set(name) == {"."}:
+        return f"program name {name!r} must match [A-Za-z0-9_.-]+ and not be only dots"
+    return None
+
+
+def _programs(issues: Issues, top: Section) -> tuple[ProgramConfig, ...]:
+    """The programs mapping, in YAML order."""
+    entry = top.entries.get("programs")
+    if entry is None or is_null(entry[1]):
+        return ()
+    if not isinstance(entry[1], MappingNode):
+        top.fail("programs", f"expected a mapping of names to programs, got {node_kind(entry[1])}")
+        return ()
+    pairs, problems = mapping_pairs(entry[1])
+    for suffix, node, message in problems:
+        issues.add(f"programs{suffix}", node, message)
+    programs = []
+    for name, key_node, value_node in pairs:
+        problem = _name_problem(name)
+        if problem:
+            issues.add(f"programs.{name}", key_node, problem)
+        programs.append(_program(issues, name, value_node, node_line(key_node)))
+    return tuple(programs)
+
+
+def _build(issues: Issues, root: Node | None) -> Config:
+    """A Config from a composed document; problems go to `issues`."""
+    top = Section(issues, root, "", _keys(Config, skip=("source",)), node_line(root))
+    return Config(
+        daemon=_daemon(top.child("daemon", _keys(DaemonConfig))),
+        budget=_budget(top.child("budget", _keys(BudgetConfig))),
+        programs=_programs(issues, top),
+    )
+
+
+# ----------------------------------------------------------------------- public API
+
+
+def load_config_text(text: str, source: str = "<string>") -> Config:
+    """Parse and validate a YAML document; raise ConfigError listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = None if mark is None else int(mark.line) + 1
+        message = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(source, [ConfigIssue("", line, f"YAML syntax: {message}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [ConfigIssue("", None, f"YAML: {exc}")]) from None
+    issues = Issues()
+    config = _build(issues, root)
+    if issues.items:
+        raise ConfigError(source, sorted(issues.items, key=lambda i: i.line or 0))
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(str(path), [ConfigIssue("", None, f"cannot read: {reason}")]) from None
+    return replace(load_config_text(text, str(path)), source=path)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """YAML-shaped plain data: durations in seconds, sizes in bytes, signals and paths as
+    text. `load_config_text(yaml.safe_dump(config_to_dict(c)))` equals `c` but for source.
+    """
+    daemon = _plain(asdict(config.daemon))
+    daemon["socket_mode"] = f"{config.daemon.socket_mode:04o}"
+    programs = {}
+    for program in config.programs:
+        body = _plain(asdict(program))
+        del body["name"]
+        body["environment"] = dict(program.environment)
+        programs[program.name] = body
+    return {"daemon": daemon, "budget": _plain(asdict(config.budget)), "programs": programs}
+
+
+def _plain(value: Any) -> Any:
+    """Paths to str, signals to names, tuples to lists, recursively."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, signal.Signals):
+        return value.name
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,128 @@
+"""The configuration as frozen, typed records: what every other module builds against.
+
+No YAML here (the loader reads YAML into these), so the pure budget and state machine can
+import the records they take without loading a parser.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+LogFormat = Literal["json", "console", "auto"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+OutputMode = Literal["file", "daemon"]
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path
+    socket_mode: int  # e.g. 0o660
+    socket_group: str | None
+    allowed_uids: tuple[int, ...]  # root and the daemon's own uid are always allowed
+    allowed_groups: tuple[str, ...]
+    sample_interval: float  # seconds
+    scan_interval: float  # seconds, the slow /proc scan (per uid, per tree)
+    log_format: LogFormat
+    log_level: str  # debug|info|warning|error
+    log_file: Path | None  # None = stdout
+    max_connections: int
+    idle_timeout: float  # seconds
+    max_message_bytes: int
+    pid_file: Path | None = None
+    lease_log_rate: int = 100  # grant/deny/release lines a second; 0 = every line
+
+
+@dataclass(frozen=True)
+class PressureThresholds:
+    # a limit's headroom below this percent of the limit: level "high" / "extreme"
+    headroom_high_percent: float
+    headroom_extreme_percent: float
+    # PSI "some avg10" percentages
+    cpu_high: float
+    cpu_extreme: float
+    memory_high: float
+    memory_extreme: float
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    reserve_tasks: int  # absolute floor kept free under every limit
+    reserve_percent: float  # percent of each limit kept free (the larger of the two wins)
+    max_per_lease: int
+    cpu_cap: float | None  # None = usable CPUs of the host
+    memory_per_slot: int  # bytes
+    lease_ttl: float  # seconds
+    cgroups: tuple[str, ...]  # extra cgroups to watch (cgroup paths like "/batt" or fs paths)
+    watch_users: tuple[str, ...]  # extra users whose RLIMIT_NPROC is watched
+    pressure: PressureThresholds
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    initial: float
+    max: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    burst: int
+    interval: float
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    mode: OutputMode  # "file": per-instance files with rotation; "daemon": daemon's stream
+    directory: Path | None
+    max_bytes: int
+    backups: int
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    name: str
+    command: tuple[str, ...]  # argv; a string in YAML is split with shlex
+    numprocs: int
+    cwd: Path | None
+    environment: tuple[tuple[str, str], ...]
+    user: str | None
+    group: str | None
+    wall_clock_limit: float | None
+    stop_signal: signal.Signals
+    stop_grace: float
+    restart: RestartPolicy
+    backoff: BackoffConfig
+    start_limit: StartLimit
+    min_runtime: float  # a run at least this long resets the backoff
+    progress_timeout: float | None
+    slots: int  # slots wanted per instance
+    autostart: bool
+    output: OutputConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig
+    budget: BudgetConfig
+    programs: tuple[ProgramConfig, ...] = field(default_factory=tuple)
+    source: Path | None = None
+
+
+# -------------------------------------------------------------------------- defaults
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_PRESSURE = PressureThresholds(
+    headroom_high_percent=25.0,
+    headroom_extreme_percent=10.0,
+    cpu_high=60.0,
+    cpu_extreme=90.0,
+    memory_high=20.0,
+    memory_extreme=50.0,
+)
+DEFAULT_BACKOFF = BackoffConfig(initial=1.0, max=60.0, factor=2.0)
+DEFAULT_START_LIMIT = StartLimit(burst=5, interval=60.0)
+DEFAULT_OUTPUT = OutputConfig(mode="file", directory=None, max_bytes=10 * 1024**2, backups=3)

@@ -1,0 +1,243 @@
+"""One handler per request; each docstring is the operation's wire format.
+
+docs/PROTOCOL.md describes the same operations for client authors. Handlers validate
+nothing that `protocol.decode` already did; they raise `ProtocolError` for requests that
+are well formed but wrong (a lease this connection does not hold, a program that does
+not exist) and return the reply's fields.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from supervisord_batt import __version__, protocol
+from supervisord_batt.budget.ledger import Grant, LeaseError, Request
+from supervisord_batt.daemon.server import Connection, Reply
+from supervisord_batt.host.probe import sample_to_json
+from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
+from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.states import Start, State, Stop
+from supervisord_batt.supervise.supervisor import TERMINAL
+
+if TYPE_CHECKING:
+    from supervisord_batt.daemon.lifecycle import Daemon
+
+log = get_logger(component="daemon")
+
+TAIL_DEFAULT = 1600
+TAIL_MAX = 64 * 1024
+
+
+class Commands:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = {
+            op: getattr(self, f"op_{op}") for op in protocol.SCHEMAS if hasattr(self, f"op_{op}")
+        }
+
+    def handle(self, conn: Connection, msg: dict[str, Any]) -> Reply | Awaitable[Reply]:
+        """The reply to one request: at once, or an awaitable of it for ops that wait."""
+        op = msg["op"]
+        method = self._ops.get(op)
+        if method is None:
+            raise protocol.ProtocolError(protocol.UNKNOWN_OP, f"op {op!r} is not served here")
+        reply = method(conn, msg)
+        if "id" not in msg:
+            return reply  # type: ignore[no-any-return]
+        if isinstance(reply, dict):
+            reply["id"] = msg["id"]
+            return reply
+        return _with_id(reply, msg["id"])
+
+    # -- leases -----------------------------------------------------------------------
+
+    def op_hello(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"hello","version":1,"client":"name"} -> {"ok":true,"version":1,"server":"..."}"""
+        if msg["version"] != protocol.VERSION:
+            raise protocol.ProtocolError(
+                protocol.UNSUPPORTED_VERSION,
+                f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}",
+            )
+        conn.data["client"] = msg.get("client", "")
+        return protocol.ok(version=protocol.VERSION, server=f"supervisord-batt {__version__}")
+
+    def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
+        if not self.d.server.accepting:
+            raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
+        peer = conn.peer
+        if "cgroups" not in conn.data:  # a connection's peer does not change: read once
+            conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
+            conn.data["base_tasks"] = thread_count(peer.pid)
+        request = Request(
+            holder=conn.key,
+            pid=peer.pid,
+            uid=peer.uid,
+            job=msg.get("job") or f"pid{peer.pid}",
+            want=msg["want"],
+            kinds=tuple(msg.get("kinds", protocol.KINDS)),
+            cgroups=conn.data["cgroups"],
+            base_tasks=conn.data["base_tasks"],
+        )
+        grant = self.d.ledger.acquire(request)
+        self.d.lease_log.granted(request, grant)
+        return _grant_reply(grant)
+
+    def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"renew","lease":"L1","workers_in_use":N} -> the lease's current target"""
+        lease_id = self._owned(conn, msg["lease"])
+        try:
+            grant = self.d.ledger.renew(lease_id, msg.get("workers_in_use"))
+        except LeaseError as exc:
+            raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
+        return _grant_reply(grant)
+
+    def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
+        lease = self.d.ledger.release(self._owned(conn, msg["lease"]))
+        self.d.lease_log.ended("release", lease, "released by holder")
+        return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
+
+    def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true,"instance":"batt:0"|null}"""
+        if "lease" in msg:
+            self.d.ledger.heartbeat(self._owned(conn, msg["lease"]))
+        instance = self.d.supervisor.progress(conn.peer.pid)
+        return protocol.ok(instance=instance)
+
+    def _owned(self, conn: Connection, lease_id: str) -> str:
+        """A lease this connection holds; anything else is an error, never a silent no-op."""
+        try:
+            holder = self.d.ledger.holder_of(lease_id)
+        except LeaseError as exc:
+            raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, str(exc)) from None
+        if holder != conn.key:
+            raise protocol.ProtocolError(
+                protocol.UNKNOWN_LEASE, f"lease {lease_id} is not held by this connection"
+            )
+        return lease_id
+
+    # -- status -----------------------------------------------------------------------
+
+    def op_status(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"status"} -> level, capacity, leased, leases, host, programs, all_running"""
+        d = self.d
+        stats = d.ledger.statistics()
+        now = time.monotonic()
+        leases = [
+            {
+                "lease": x.lease_id,
+                "pid": x.pid,
+                "uid": x.uid,
+                "job": x.job,
+                "kind": x.kind,
+                "workers": x.workers,
+                "target": x.target,
+                "wanted": x.wanted,
+                "age_s": round(now - x.created_at, 1),
+            }
+            for x in stats.leases
+        ]
+        programs = d.supervisor.status()
+        by_pid = {lease["pid"]: lease["lease"] for lease in leases}
+        for program in programs:
+            for inst in program["instances"]:
+                inst["lease"] = by_pid.get(inst["pid"])
+        return protocol.ok(
+            pid=os.getpid(),
+            version=__version__,
+            uptime_s=round(now - d.started_at, 1),
+            level=stats.level,
+            capacity=stats.capacity,
+            leased=stats.leased,
+            leased_tasks=stats.leased_tasks,
+            connections=len(d.server.connections),
+            leases=leases,
+            host=sample_to_json(d.sample) if d.sample else None,
+            programs=programs,
+            all_running=d.supervisor.all_ok(),
+        )
+
+    # -- control ----------------------------------------------------------------------
+
+    async def op_start(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"start","target":"batt"|"batt:0"|"all"} -> {"ok":true,"instances":{name: state}}"""
+        instances = self._select(msg["target"])
+        for inst in instances:
+            self.d.supervisor.post(inst, Start())
+        names = [i.name for i in instances]
+        await self.d.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
+        log.info("control", op="start", target=msg["target"], peer_pid=conn.peer.pid)
+        return protocol.ok(instances={i.name: i.state.value for i in instances})
+
+    async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
+        instances = self._select(msg["target"])
+        for inst in instances:
+            self.d.supervisor.post(inst, Stop())
+        sup = self.d.supervisor
+        await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
+        log.info("control", op="stop", target=msg["target"], peer_pid=conn.peer.pid)
+        return protocol.ok(instances={i.name: i.state.value for i in instances})
+
+    async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"restart","target":...} -> stop (tree gone), then start -> {name: state}"""
+        await self.op_stop(conn, msg)
+        return await self.op_start(conn, msg)
+
+    async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
+        from supervisord_batt.daemon.lifecycle import ReloadRejected  # noqa: PLC0415 (import cycle)
+
+        try:
+            diff = await self.d.reload()
+        except ReloadRejected as exc:
+            raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
+        return protocol.ok(**diff)
+
+    def op_tail(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"tail","target":"batt:0","stream":"stdout","offset":N,"bytes":B}
+        -> {"ok":true,"data":"...","start":S,"offset":E,"truncated":false,"path":"..."}"""
+        target = msg["target"] if ":" in msg["target"] else f"{msg['target']}:0"
+        stream = msg.get("stream", "stdout")
+        sink = self.d.supervisor.sinks.get((target, stream))
+        if sink is None:
+            raise protocol.ProtocolError(
+                protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
+            )
+        limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
+        from supervisord_batt.supervise.output import chunk_reply  # noqa: PLC0415
+
+        return protocol.ok(
+            instance=target,
+            stream=stream,
+            **chunk_reply(sink.read(msg.get("offset"), limit), sink.path),
+        )
+
+    def _select(self, target: str) -> list[Any]:
+        try:
+            return self.d.supervisor.select(target)
+        except KeyError as exc:
+            raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
+
+
+async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:
+    reply = await pending
+    reply["id"] = request_id
+    return reply
+
+
+def _grant_reply(grant: Grant) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "lease": grant.lease_id,
+        "kind": grant.kind,
+        "workers": grant.workers,
+        "target": grant.target,
+        "level": grant.level,
+        "ttl": grant.ttl,
+        "reason": grant.reason,
+    }

@@ -1,0 +1,294 @@
+"""The daemon: wires config, host monitor, ledger, supervisor and socket server together.
+
+Its life is three steps, each on one screen: `startup()` (bind the socket, first sample,
+start the programs), `main_loop()` (a drift-free tick: sample, leases, progress timeouts;
+a slower /proc scan), `shutdown()` (stop intake, stop every worker tree, remove the
+socket). Signal handlers only set flags or schedule the code paths the CLI uses: SIGHUP
+runs the same reload as `supervisord-batt reload`, SIGTERM the same shutdown.
+
+# No threads
+The daemon must answer, kill and log when the host cannot start one more thread, so it
+never starts one: no executors, no `to_thread`, no loky, no asyncio subprocess (its child
+watcher uses a thread). Everything is one asyncio loop; children are watched by pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import pwd
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from supervisord_batt import __version__, logs
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.config.loader import ConfigError, load_config
+from supervisord_batt.config.records import Config
+from supervisord_batt.daemon.commands import Commands
+from supervisord_batt.daemon.leaselog import LeaseLog
+from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.host.monitor import HostMonitor
+from supervisord_batt.host.sample import HostSample
+from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.supervisor import Supervisor
+
+log = get_logger(component="daemon")
+
+
+class ReloadRejected(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config: Config, socket_path: Path | None = None) -> None:
+        self.config = config
+        self.socket_path = socket_path or config.daemon.socket
+        self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
+        self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
+        self.lease_log = LeaseLog(config.daemon.lease_log_rate)
+        self.commands = Commands(self)
+        self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
+        self.server.policy = _policy(config)
+        self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
+        self.sample: HostSample | None = None
+        self.should_exit = asyncio.Event()
+        self.started_at = time.monotonic()
+        self._last_scan = 0.0
+        self._trees: dict[str, int] = {}
+        self._reloading: asyncio.Task[None] | None = None
+
+    # -- life -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        logs.write_per_iteration(asyncio.get_running_loop())
+        try:
+            return await self._run()
+        finally:
+            logs.write_per_iteration(None)  # writes what the last iteration logged
+
+    async def _run(self) -> int:
+        self._install_signal_handlers()
+        try:
+            await self.startup()
+        except OSError as exc:
+            log.error("startup_failed", reason=str(exc))
+            return 1
+        _quiet_gc()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        self.monitor.scan()
+        self._last_scan = time.monotonic()
+        self.sample = self.monitor.sample()
+        result = self.ledger.update(self.sample, {})
+        await self.server.start()
+        self._write_pid_file()
+        self.supervisor.start()
+        tightest = self.sample.tightest()
+        log.info(
+            "started",
+            version=__version__,
+            pid=os.getpid(),
+            socket=str(self.socket_path),
+            tightest=tightest.name,
+            headroom=tightest.headroom,
+            pressure=self.ledger.level,
+            pressure_reason=result.reason,
+        )
+
+    async def main_loop(self) -> None:
+        interval = self.config.daemon.sample_interval
+        next_tick = time.monotonic()
+        while not self.should_exit.is_set():
+            self.tick(time.monotonic())
+            next_tick += interval
+            now = time.monotonic()
+            if next_tick < now:  # a slow tick: skip the missed ones, no burst
+                next_tick = now + interval
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), timeout=next_tick - now)
+
+    async def shutdown(self) -> None:
+        """Stop taking leases, stop every worker (signal, grace, kill), close the socket."""
+        self.server.accepting = False
+        timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
+        await self.supervisor.shutdown(timeout)
+        leases = self.ledger.statistics().leases
+        await self.server.close()
+        self.monitor.close()
+        if self.config.daemon.pid_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.daemon.pid_file.unlink()
+        self.lease_log.summarize()
+        log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
+
+    def _write_pid_file(self) -> None:
+        """daemon.pid_file: written once the socket serves, removed at shutdown."""
+        path = self.config.daemon.pid_file
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(path)  # atomic: a reader never sees a half-written pid
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.handle_exit, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    def handle_exit(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            log.warning(
+                "forced_exit", signal=sig.name, reason="second signal: SIGKILL to every tree"
+            )
+            self.supervisor.force_kill()
+            logs.write_per_iteration(None)  # os._exit skips every finally: write the lines now
+            os._exit(1)
+        log.info("exit_requested", signal=sig.name)
+        self.should_exit.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: the same reload as the CLI's, run as a task the loop owns."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        with contextlib.suppress(ReloadRejected):
+            await self.reload()
+
+    # -- the tick ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if now - self._last_scan >= self.config.daemon.scan_interval:
+            self._trees = self._scan()
+            self.supervisor.reap()
+            self._last_scan = now
+        self.sample = self.monitor.sample()
+        # trees from the last scan stand until the next one: a tree that grew since is
+        # charged at its lease (counted twice until then: the safe side)
+        result = self.ledger.update(self.sample, self._trees)
+        if result.changed:
+            stats = self.ledger.statistics()
+            log.warning(
+                "pressure_change",
+                old=result.previous,
+                new=result.level,
+                reason=result.reason,
+                capacity=stats.capacity,
+                leased=stats.leased,
+                **self.limits_now(),
+            )
+        for lease in self.ledger.expire():
+            self.lease_log.ended(
+                "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
+            )
+        self.lease_log.summarize()
+        self.supervisor.tick(now)
+        self.server.sweep_idle(now)
+
+    def _scan(self) -> dict[str, int]:
+        """The slow /proc pass: per-user counts, and each lease holder's tree size."""
+        leases = self.ledger.statistics().leases
+        usage = self.monitor.scan({lease.pid for lease in leases})
+        return {lease.lease_id: usage[lease.pid].tasks for lease in leases if lease.pid in usage}
+
+    def limits_now(self) -> dict[str, Any]:
+        """The tightest limit right now, for log events about refusals and pressure."""
+        sample = self.monitor.sample()
+        tightest = sample.tightest()
+        return {
+            "tightest": tightest.name,
+            "tightest_limit": tightest.limit,
+            "tightest_in_use": tightest.in_use,
+            "headroom": tightest.headroom,
+        }
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def on_close(self, conn: Connection) -> None:
+        for lease in self.ledger.release_holder(conn.key):
+            self.lease_log.ended("release", lease, "connection closed")
+
+    def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
+        """A worker's tree is verified gone: whatever it still leased goes back now."""
+        gone = set(pids)
+        for lease in self.ledger.statistics().leases:
+            if lease.pid in gone:
+                self.ledger.release(lease.lease_id)
+                self.lease_log.ended("release", lease, "worker tree gone", instance=instance)
+
+    # -- reload -----------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the config file; a config that does not validate leaves the old one."""
+        source = self.config.source
+        if source is None:
+            raise ReloadRejected("the daemon was not started from a config file")
+        try:
+            new = load_config(source)
+        except (ConfigError, OSError) as exc:
+            log.error("reload_rejected", path=str(source), reason=str(exc))
+            raise ReloadRejected(f"config rejected, the old one stays:\n{exc}") from None
+        if new.daemon.socket != self.config.daemon.socket:
+            log.warning(
+                "reload_socket_ignored",
+                old=str(self.config.daemon.socket),
+                new=str(new.daemon.socket),
+                reason="the socket moves only on restart",
+            )
+        self.config = new
+        self.ledger.reconfigure(new.budget)
+        self.lease_log.rate = new.daemon.lease_log_rate
+        self.server.policy = _policy(new)
+        self.monitor.close()
+        self.monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))
+        d = new.daemon
+        logs.configure(d.log_format, logs.LEVELS.get(d.log_level, 20), d.log_file)
+        diff = await self.supervisor.reload(new)
+        log.info("reloaded", path=str(source), **diff)
+        return diff
+
+
+def _watched_users(config: Config) -> list[int | str]:
+    users: list[int | str] = [os.geteuid(), *config.budget.watch_users]
+    users += [p.user for p in config.programs if p.user]
+    return list(dict.fromkeys(users))
+
+
+def _policy(config: Config) -> PeerPolicy:
+    """Allowed peers: the configured uids and groups, plus every program's user."""
+    uids = list(config.daemon.allowed_uids)
+    for program in config.programs:
+        if program.user:
+            with contextlib.suppress(KeyError):
+                uids.append(pwd.getpwnam(program.user).pw_uid)
+    return PeerPolicy(tuple(uids), config.daemon.allowed_groups)
+
+
+def _quiet_gc() -> None:
+    """Keep the cycle collector off the request path.
+
+    Requests allocate a few short-lived dicts and records each, freed by reference
+    counting; what survives (live leases, per-connection state) still tripped the young
+    generation every ~700 request pairs, and now and then a collection walked the whole
+    heap: in-process, the slowest request round took 1.3 ms with the collector on and
+    0.14 ms with it off (p99 36 -> 28 us). Everything made at startup (modules, config,
+    the first sample) is frozen out of the walks, and the young generation is collected
+    after 20,000 surviving allocations instead of 700, so cycles (exceptions, cancelled
+    tasks) are still collected within seconds of traffic.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
+def run_daemon(config: Config, socket_path: Path | None = None) -> int:
+    return asyncio.run(Daemon(config, socket_path).run())

@@ -1,0 +1,148 @@
+"""What `supervisord-batt probe` prints: a HostSample as JSON with stable field names, and
+as a table a person reads at a glance (the tightest limit marked)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisord_batt.host.sample import HostSample, Limit
+
+
+def _percent(limit: Limit) -> float:
+    return round(100.0 * limit.in_use / limit.limit, 1) if limit.limit > 0 else 100.0
+
+
+def sample_to_json(sample: HostSample) -> dict[str, Any]:
+    """The sample as JSON-ready data; field names are stable (status, probe --json)."""
+    tight = sample.tightest()
+    return {
+        "wall_time": sample.wall_time,
+        "threads_total": sample.threads_total,
+        "threads_max": sample.threads_max,
+        "pid_max": sample.pid_max,
+        "cgroups": [
+            {
+                "path": c.path,
+                "fs_path": c.fs_path,
+                "version": c.version,
+                "pids_current": c.pids_current,
+                "pids_max": c.pids_max,
+                "pids_events_max": c.pids_events_max,
+                "effective_max": c.effective_max,
+                "headroom": c.headroom,
+                "limited_by": c.limited_by,
+            }
+            for c in sample.cgroups
+        ],
+        "users": [
+            {
+                "uid": u.uid,
+                "name": u.name,
+                "tasks": u.tasks,
+                "nproc_limit": u.nproc_limit,
+                "exempt": u.exempt,
+                "limit_pid": u.limit_pid,
+                "scan_age_s": round(max(0.0, sample.taken_at - u.scanned_at), 3),
+            }
+            for u in sample.users
+        ],
+        "mem_available_bytes": sample.mem_available_bytes,
+        "mem_total_bytes": sample.mem_total_bytes,
+        "cpus": sample.cpus,
+        "psi": None
+        if sample.psi is None
+        else {
+            "cpu_some_avg10": sample.psi.cpu_some_avg10,
+            "memory_some_avg10": sample.psi.memory_some_avg10,
+        },
+        "limits": [
+            {
+                "name": lim.name,
+                "kind": lim.kind,
+                "scope": lim.scope,
+                "limit": lim.limit,
+                "in_use": lim.in_use,
+                "headroom": lim.headroom,
+                "percent_used": _percent(lim),
+            }
+            for lim in sample.limits
+        ],
+        "tightest": {
+            "name": tight.name,
+            "kind": tight.kind,
+            "limit": tight.limit,
+            "in_use": tight.in_use,
+            "headroom": tight.headroom,
+        },
+    }
+
+
+def _fit(text: str, width: int) -> str:
+    """Cut long names (cgroup paths) from the left, where they are least telling."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _num(value: int | None, none: str = "-") -> str:
+    return none if value is None else str(value)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def render_table(sample: HostSample) -> str:
+    """What `supervisord-batt probe` prints: every limit at a glance, in 100 columns."""
+    tight = sample.tightest()
+    out = [f"{'LIMIT':<30} {'IN USE':>9} {'LIMIT':>9} {'HEADROOM':>9} {'USED':>6}"]
+    for lim in sample.limits:
+        mark = "  <- tightest" if lim is tight else ""
+        out.append(
+            f"{_fit(lim.name, 30):<30} {lim.in_use:>9} {lim.limit:>9} {lim.headroom:>9} "
+            f"{_percent(lim):>5.1f}%{mark}"
+        )
+    out.append(
+        f"tightest: {tight.name}: the next thread is refused here first ({tight.headroom} left)"
+    )
+    if sample.cgroups:
+        out += [
+            "",
+            f"{'CGROUP':<30} {'V':>1} {'CURRENT':>8} {'OWN MAX':>8} {'EFFECT.':>8} "
+            f"{'REFUSED':>8}  LIMITED BY",
+        ]
+        for c in sample.cgroups:
+            out.append(
+                f"{_fit(c.path, 30):<30} {c.version:>1} {_num(c.pids_current):>8} "
+                f"{_num(c.pids_max, 'max'):>8} {_num(c.effective_max, 'none'):>8} "
+                f"{_num(c.pids_events_max):>8}  {_fit(c.limited_by or '-', 30)}"
+            )
+    if sample.users:
+        age = max(0.0, sample.taken_at - min(u.scanned_at for u in sample.users))
+        out += [
+            "",
+            f"{'USER':<20} {'UID':>7} {'TASKS':>8}  RLIMIT_NPROC (soft; scanned {age:.0f}s ago)",
+        ]
+        for u in sample.users:
+            if u.exempt:
+                nproc = "exempt (root)"
+            elif u.nproc_limit is None:
+                nproc = "unlimited"
+            else:
+                src = f"pid {u.limit_pid}" if u.limit_pid else "daemon's own, no process"
+                nproc = f"{u.nproc_limit} ({src})"
+            out.append(f"{_fit(u.name or '?', 20):<20} {u.uid:>7} {u.tasks:>8}  {nproc}")
+    mem = sample.mem_available_bytes
+    share = 100.0 * mem / sample.mem_total_bytes if sample.mem_total_bytes else 0.0
+    out += [
+        "",
+        f"memory   {_gib(mem)} available of {_gib(sample.mem_total_bytes)} ({share:.0f}%)",
+        f"cpus     {sample.cpus:g}",
+    ]
+    if sample.psi is None:
+        out.append("psi      not available (no /proc/pressure)")
+    else:
+        cpu, memp = sample.psi.cpu_some_avg10, sample.psi.memory_some_avg10
+        out.append(
+            f"psi      cpu some avg10 {'-' if cpu is None else f'{cpu:.2f}%'}   "
+            f"memory some avg10 {'-' if memp is None else f'{memp:.2f}%'}"
+        )
+    return "\n".join(out)

@@ -1,0 +1,87 @@
+"""What one look at the host yields: immutable records of every limit and its usage.
+
+Records only, no I/O: the monitor fills them, the pure budget reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+LimitKind = Literal["threads-max", "pid_max", "cgroup", "nproc"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One ceiling that can refuse a new task (thread or process)."""
+
+    name: str  # "threads-max", "pid_max", "cgroup:/batt", "nproc:alice"
+    kind: LimitKind
+    scope: str | int | None  # cgroup fs path for "cgroup", uid for "nproc", None for host-wide
+    limit: int
+    in_use: int
+
+    @property
+    def headroom(self) -> int:
+        return self.limit - self.in_use
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    path: str  # cgroup path as the kernel names it, e.g. "/batt/job1"
+    fs_path: str  # its directory, e.g. "/sys/fs/cgroup/pids/batt/job1"
+    version: int  # 1 or 2
+    pids_current: int | None  # None when the file is missing or unreadable
+    pids_max: int | None  # the cgroup's own pids.max; None = "max" (unlimited)
+    pids_events_max: int | None  # refusals counted in pids.events ("max N")
+    effective_max: int | None  # the max of the tightest ancestor (itself included)
+    headroom: int | None  # min over itself and ancestors of (max - current); None = unlimited
+    limited_by: str | None  # cgroup path of that tightest ancestor
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    uid: int
+    name: str | None
+    tasks: int  # tasks (threads) whose real uid is this uid
+    nproc_limit: int | None  # smallest soft RLIMIT_NPROC among its processes; None = unlimited
+    exempt: bool  # root (uid 0) is not subject to RLIMIT_NPROC
+    # the process whose soft limit is nproc_limit; None when the user has no process and
+    # nproc_limit is the daemon's own soft limit (what the workers it spawns inherit)
+    limit_pid: int | None
+    scanned_at: float  # time.monotonic() of the /proc scan that produced this row
+
+
+@dataclass(frozen=True)
+class Psi:
+    cpu_some_avg10: float | None
+    memory_some_avg10: float | None
+
+
+@dataclass(frozen=True)
+class HostSample:
+    taken_at: float  # time.monotonic()
+    wall_time: float  # time.time()
+    threads_total: int  # /proc/loadavg field 4, the denominator
+    threads_max: int  # kernel.threads-max
+    pid_max: int  # kernel.pid_max
+    cgroups: tuple[CgroupUsage, ...]
+    users: tuple[UserUsage, ...]
+    mem_available_bytes: int
+    mem_total_bytes: int
+    cpus: float  # CPUs usable by the workers (affinity and cgroup quota)
+    psi: Psi | None  # None where /proc/pressure is absent
+    limits: tuple[Limit, ...]  # every applicable ceiling, derived from the fields above
+
+    def tightest(self) -> Limit:
+        """The limit with the least headroom (it refuses the next thread first)."""
+        return min(self.limits, key=lambda lim: lim.headroom)
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """A process and all its descendants, and the tasks (threads) they hold together."""
+
+    root: int
+    pids: tuple[int, ...]  # root first, then descendants
+    tasks: int

@@ -1,0 +1,186 @@
+"""A worker's stdout and stderr: read from pipes on the event loop, kept and written out.
+
+Each stream goes to its own file with size rotation (`name.out.log`, `.1`, `.2`, ...), or
+to the daemon's own log as one structured `output` event per line. Either way the last
+`RING_BYTES` stay in memory with a running byte offset, which is what `tail` reads, so
+`supervisord-batt tail -f` works the same in both modes and never needs the file system.
+Reads are non-blocking `os.read` calls from a loop reader callback: no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from supervisord_batt.config.records import OutputConfig
+from supervisord_batt.logs import get_logger
+
+log = get_logger(component="output")
+
+RING_BYTES = 64 * 1024
+MAX_LINE = 8 * 1024  # a longer "line" in daemon mode is logged in pieces
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes
+    start: int  # offset of data[0] in the stream's whole history
+    end: int
+    truncated: bool  # the asked-for offset had already left the ring
+
+
+class RotatingFile:
+    """Appends bytes to `path`; past `max_bytes` shifts path -> path.1 -> ... -> path.N."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 -- kept open for the worker's life
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        while data:
+            room = self.max_bytes - self._size if self.max_bytes > 0 else len(data)
+            if room <= 0:
+                self.rotate()
+                continue
+            piece, data = data[:room], data[room:]
+            self._file.write(piece)
+            self._size += len(piece)
+        self._file.flush()
+
+    def rotate(self) -> None:
+        self._file.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class StreamSink:
+    """One stream of one instance: ring buffer plus a file or the daemon's log."""
+
+    def __init__(self, instance: str, stream: str, config: OutputConfig, directory: Path) -> None:
+        self.instance, self.stream = instance, stream
+        self._ring = bytearray()
+        self.total = 0  # bytes seen since the daemon started this instance
+        self._partial = b""
+        self.file: RotatingFile | None = None
+        if config.mode == "file":
+            suffix = "out" if stream == "stdout" else "err"
+            name = f"{instance.replace(':', '-')}.{suffix}.log"
+            self.file = RotatingFile(directory / name, config.max_bytes, config.backups)
+
+    @property
+    def path(self) -> Path | None:
+        return self.file.path if self.file else None
+
+    def write(self, data: bytes) -> None:
+        self._ring += data
+        if len(self._ring) > RING_BYTES:
+            del self._ring[: len(self._ring) - RING_BYTES]
+        self.total += len(data)
+        if self.file is not None:
+            self.file.write(data)
+        else:
+            self._log_lines(data)
+
+    def _log_lines(self, data: bytes, final: bool = False) -> None:
+        buf = self._partial + data
+        *lines, rest = buf.split(b"\n")
+        if final and rest:
+            lines, rest = [*lines, rest], b""
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        self._partial = rest
+        for line in lines:
+            log.info(
+                "output",
+                instance=self.instance,
+                stream=self.stream,
+                line=line.decode("utf-8", "replace"),
+            )
+
+    def read(self, offset: int | None, limit: int) -> Chunk:
+        """Bytes from `offset` (None: the last `limit` bytes), at most `limit`."""
+        ring_start = self.total - len(self._ring)
+        if offset is None:
+            offset = max(ring_start, self.total - limit)
+        truncated = offset < ring_start
+        start = min(max(offset, ring_start), self.total)
+        end = min(self.total, start + limit)
+        data = bytes(self._ring[start - ring_start : end - ring_start])
+        return Chunk(data, start, end, truncated)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif self._partial:
+            self._log_lines(b"", final=True)
+
+
+class PipeReader:
+    """Feeds a pipe's bytes to a sink from the event loop until EOF."""
+
+    def __init__(self, fd: int, sink: StreamSink) -> None:
+        self.fd, self.sink = fd, sink
+        os.set_blocking(fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._readable)
+        self.open = True
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.sink.write(data)
+        else:
+            self.close()
+
+    def drain(self) -> None:
+        """Read what is left without waiting (the writer is gone)."""
+        while self.open:
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                self.close()
+                return
+            self.sink.write(data)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self._loop.remove_reader(self.fd)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+def chunk_reply(chunk: Chunk, path: Path | None) -> dict[str, Any]:
+    return {
+        "data": chunk.data.decode("utf-8", "replace"),
+        "start": chunk.start,
+        "offset": chunk.end,
+        "truncated": chunk.truncated,
+        "path": str(path) if path else None,
+    }

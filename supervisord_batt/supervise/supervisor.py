@@ -1,0 +1,510 @@
+"""Runs the configured programs: executes what the state machine decides, on the loop.
+
+`programs.Instance` decides (pure); this module does: it spawns into a worker cgroup,
+watches exits by pidfd, arms wall-clock deadlines with `loop.call_at` (exact, not a
+tick), kills whole trees, reads output pipes, and feeds every outcome back as an event.
+
+# Why deadlines are loop timers and progress is checked on the tick
+A wall-clock limit must be enforced to the millisecond (the kill's overshoot is measured),
+so each one is a `call_at` handle. The no-progress timeout is only as exact as heartbeats
+arrive anyway, so the daemon's tick checks it.
+
+# Why the daemon is a subreaper
+When a worker's tree is killed, its grandchildren lose their parent. Re-parented to PID 1
+they would stay zombies on hosts whose PID 1 does not reap, holding pids; re-parented to
+us, we reap them by pid on the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisord_batt import paths
+from supervisord_batt.config.records import Config, ProgramConfig
+from supervisord_batt.host.procfs import read_stat
+from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.output import PipeReader, StreamSink
+from supervisord_batt.supervise.proctree import (
+    ExitWatcher,
+    UnknownUser,
+    WorkerCgroup,
+    WorkerCgroups,
+    become_subreaper,
+    kill_tree,
+    reap_adopted,
+    spawn,
+    tree_task_count,
+)
+from supervisord_batt.supervise.states import (
+    Action,
+    CancelTimer,
+    Deadline,
+    Event,
+    Exited,
+    Instance,
+    KillTree,
+    SetDeadline,
+    SetTimer,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Start,
+    State,
+    Stop,
+    Transition,
+    TreeGone,
+    Wake,
+)
+
+log = get_logger(component="supervisor")
+
+OUT_OF_PIDS = (errno.EAGAIN, errno.ENOMEM)
+TERMINAL = (State.STOPPED, State.EXITED, State.FATAL)
+
+
+@dataclass
+class Run:
+    """What one instance's current run holds besides its state."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    cgroup: WorkerCgroup | None = None
+    readers: list[PipeReader] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    deadline: asyncio.TimerHandle | None = None
+    last_progress: float = 0.0
+    exit_seen: bool = False  # the main pid's exit was posted for this run
+
+
+def default_output_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/log/supervisord-batt")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "supervisord-batt" / "log"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        socket_path: Path,
+        on_tree_gone: Callable[[str, tuple[int, ...]], None],
+        describe_limits: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.socket_path = socket_path
+        self.on_tree_gone = on_tree_gone
+        self.describe_limits = describe_limits
+        self.instances: dict[str, Instance] = {}
+        self.runs: dict[str, Run] = {}
+        self.sinks: dict[tuple[str, str], StreamSink] = {}
+        self.watcher = ExitWatcher()
+        # one cgroup root per daemon: two daemons on a host never touch each other's workers
+        digest = hashlib.sha1(str(socket_path).encode()).hexdigest()[:8]
+        self.cgroups = WorkerCgroups.detect(base_name=f"supervisord-batt.{digest}")
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        subreaper = become_subreaper()
+        log.info(
+            "supervisor_started",
+            cgroups=self.cgroups.enabled,
+            cgroup_root=str(self.cgroups.root),
+            cgroup_reason=self.cgroups.reason,
+            subreaper=subreaper,
+            programs=[p.name for p in self.config.programs],
+        )
+        for program in self.config.programs:
+            self._add_program(program)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop every instance (stop signal, grace, kill) and wait for their trees."""
+        for inst in self.instances.values():
+            self.post(inst, Stop())
+        await self.wait_for(list(self.instances), TERMINAL, timeout)
+        for sink in self.sinks.values():
+            sink.close()
+        self.watcher.close()
+        problems = self.cgroups.cleanup()
+        if problems:
+            log.warning("cgroup_cleanup_incomplete", problems=problems)
+
+    def force_kill(self) -> None:
+        """Second signal: SIGKILL every tree at once, no grace; then remove the worker
+        cgroups (briefly blocking: the daemon is about to exit) so none is left behind."""
+        for run in self.runs.values():
+            if run.cgroup is not None:
+                run.cgroup.kill_members()
+            if run.proc is not None and run.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    run.proc.wait(timeout=1.0)  # ours: reap it so its cgroup empties
+        problems = self.cgroups.cleanup(retry_s=2.0)
+        if problems:
+            log.warning("cgroup_cleanup_incomplete", problems=problems)
+
+    def _add_program(self, program: ProgramConfig) -> None:
+        for index in range(program.numprocs):
+            inst = Instance(program, index)
+            self.instances[inst.name] = inst
+            self.runs[inst.name] = Run()
+            for stream in ("stdout", "stderr"):
+                directory = program.output.directory or default_output_dir()
+                self.sinks[(inst.name, stream)] = StreamSink(
+                    inst.name, stream, program.output, directory
+                )
+            if program.autostart:
+                self.post(inst, Start())
+
+    # -- events and actions -----------------------------------------------------------
+
+    def post(self, inst: Instance, event: Event) -> None:
+        for action in inst.handle(event, time.monotonic()):
+            self._execute(inst, action)
+        self.changed.set()
+
+    def _execute(self, inst: Instance, action: Action) -> None:
+        run = self.runs[inst.name]
+        loop = asyncio.get_running_loop()
+        if isinstance(action, Transition):
+            log.info("transition", **action.fields())
+        elif isinstance(action, Spawn):
+            self._spawn(inst, run)
+        elif isinstance(action, KillTree):
+            self._cancel(run, "deadline")
+            self._task(self._kill(inst, run, action))
+        elif isinstance(action, SetTimer):
+            self._cancel(run, "timer")
+            run.timer = loop.call_at(action.at, self.post, inst, Wake())
+        elif isinstance(action, CancelTimer):
+            self._cancel(run, "timer")
+        elif isinstance(action, SetDeadline):
+            self._cancel(run, "deadline")
+            if action.at is not None:
+                run.deadline = loop.call_at(
+                    action.at, self.post, inst, Deadline("wall_clock_limit")
+                )
+
+    @staticmethod
+    def _cancel(run: Run, which: str) -> None:
+        handle = getattr(run, which)
+        if handle is not None:
+            handle.cancel()
+            setattr(run, which, None)
+
+    def _task(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("supervisor_task_failed", error=repr(task.exception()))
+
+    # -- spawn ------------------------------------------------------------------------
+
+    def _spawn(self, inst: Instance, run: Run) -> None:
+        program = inst.program
+        cgroup = self.cgroups.create(inst.name) if self.cgroups.enabled else None
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = spawn(
+                program.command,
+                cwd=program.cwd,
+                env=self._env(inst),
+                user=program.user,
+                group=program.group,
+                cgroup=cgroup,
+                stdout=out_w,
+                stderr=err_w,
+            )
+        except (OSError, UnknownUser) as exc:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            if cgroup is not None:
+                self.cgroups.forget(cgroup)
+            self._spawn_failed(inst, exc)
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(out_w)
+                os.close(err_w)
+        run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
+        run.exit_seen = False
+        run.readers = [
+            PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
+            PipeReader(err_r, self.sinks[(inst.name, "stderr")]),
+        ]
+        log.info(
+            "spawn",
+            program=program.name,
+            instance=inst.name,
+            pid=proc.pid,
+            cgroup=str(cgroup.path) if cgroup else None,
+        )
+        self.post(inst, Spawned(proc.pid))
+        self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
+
+    def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+        fields: dict[str, Any] = {
+            "program": inst.program.name,
+            "instance": inst.name,
+            "errno": code,
+            "reason": str(exc),
+        }
+        if code in OUT_OF_PIDS:
+            fields.update(self.describe_limits())
+        log.error("spawn_failed", **fields)
+        self.post(inst, SpawnFailed(code, str(exc)))
+
+    def _env(self, inst: Instance) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(inst.program.environment)
+        env[paths.SOCKET_ENV] = str(self.socket_path)
+        env[paths.INSTANCE_ENV] = inst.name
+        env[paths.WANT_ENV] = str(inst.program.slots)
+        return env
+
+    def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
+        run = self.runs.get(inst.name)
+        if run is None or run.proc is not proc or run.exit_seen:
+            return
+        run.exit_seen = True
+        log.info(
+            "exit",
+            program=inst.program.name,
+            instance=inst.name,
+            pid=proc.pid,
+            returncode=returncode,
+            state=inst.state.value,
+        )
+        self.post(inst, Exited(returncode))
+
+    # -- kill -------------------------------------------------------------------------
+
+    async def _kill(self, inst: Instance, run: Run, action: KillTree) -> None:
+        proc = run.proc
+        if proc is None:
+            self.post(inst, TreeGone(0, 0))
+            return
+        # the run's length when the kill began (the limit itself, for a deadline kill)
+        runtime = time.monotonic() - (inst.started_at or time.monotonic())
+        report = await kill_tree(
+            proc.pid,
+            cgroup=run.cgroup,
+            stop_signal=action.signal,
+            grace=action.grace,
+            reap=proc.poll,
+        )
+        for reader in run.readers:
+            reader.drain()
+            reader.close()
+        event = (
+            "timeout_kill"
+            if action.reason in ("wall_clock_limit", "progress_timeout")
+            else "tree_killed"
+        )
+        log.warning(
+            event,
+            program=inst.program.name,
+            instance=inst.name,
+            pid=proc.pid,
+            reason=action.reason,
+            runtime_s=round(runtime, 3),
+            tasks=report.tasks_at_kill,
+            processes=len(report.pids),
+            needed_sigkill=report.needed_sigkill,
+            kill_s=round(report.duration_s, 3),
+            survivors=list(report.survivors),
+        )
+        # the main pid died in the kill (reaped by kill_tree's poll), before its pidfd
+        # reader ran: its exit is recorded here, so the run ends with a known status
+        self._exited(inst, proc, proc.wait())
+        if run.cgroup is not None:
+            self.cgroups.forget(run.cgroup)
+        run.proc, run.cgroup, run.readers = None, None, []
+        self.on_tree_gone(inst.name, report.pids)
+        self.post(inst, TreeGone(report.tasks_at_kill, report.needed_sigkill))
+
+    # -- the tick ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """No-progress timeouts."""
+        for inst in self.instances.values():
+            timeout = inst.program.progress_timeout
+            run = self.runs[inst.name]
+            if timeout is None or inst.state is not State.RUNNING:
+                continue
+            if now - run.last_progress > timeout:
+                log.warning(
+                    "no_progress",
+                    program=inst.program.name,
+                    instance=inst.name,
+                    pid=inst.pid,
+                    silent_s=round(now - run.last_progress, 1),
+                    reason=f"no heartbeat for {timeout}s",
+                )
+                self.post(inst, Deadline("progress_timeout"))
+
+    def reap(self) -> None:
+        """Reap adopted orphans (zombies re-parented to us when their parent was killed)."""
+        known = {run.proc.pid for run in self.runs.values() if run.proc is not None}
+        for pid, rc in reap_adopted(known):
+            log.debug("orphan_reaped", pid=pid, returncode=rc)
+
+    def progress(self, pid: int) -> str | None:
+        """A heartbeat from `pid`: credit the instance whose tree holds it."""
+        name = self.instance_of(pid)
+        if name is not None:
+            self.runs[name].last_progress = time.monotonic()
+        return name
+
+    def instance_of(self, pid: int) -> str | None:
+        """The instance whose tree `pid` belongs to: its cgroup, else its ancestry."""
+        mains = {run.proc.pid: name for name, run in self.runs.items() if run.proc is not None}
+        for cur in _ancestry(pid):
+            if cur in mains:
+                return mains[cur]
+        for name, run in self.runs.items():
+            if run.cgroup is not None and pid in run.cgroup.procs():
+                return name
+        return None
+
+    # -- control ----------------------------------------------------------------------
+
+    def select(self, target: str) -> list[Instance]:
+        """`all`, `program` or `program:N`; KeyError naming what does not exist."""
+        if target == "all":
+            return list(self.instances.values())
+        if target in self.instances:
+            return [self.instances[target]]
+        found = [i for i in self.instances.values() if i.program.name == target]
+        if not found:
+            raise KeyError(
+                f"no program or instance {target!r}; known: "
+                f"{', '.join(sorted({i.program.name for i in self.instances.values()}))}"
+            )
+        return found
+
+    async def wait_for(
+        self, names: Iterable[str], states: tuple[State, ...], timeout: float
+    ) -> bool:
+        """Wait until every named instance is in one of `states` (False at the timeout)."""
+        deadline = time.monotonic() + timeout
+        names = list(names)
+        while not all(self.instances[n].state in states for n in names if n in self.instances):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+        return True
+
+    def stop_timeout(self, instances: Iterable[Instance]) -> float:
+        return max((i.program.stop_grace for i in instances), default=0.0) + 10.0
+
+    # -- reload -----------------------------------------------------------------------
+
+    async def reload(self, new: Config) -> dict[str, list[str]]:
+        """Start added programs, stop removed ones, restart changed ones, keep the rest."""
+        old = {p.name: p for p in self.config.programs}
+        fresh = {p.name: p for p in new.programs}
+        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        for name, program in old.items():
+            if name not in fresh:
+                diff["removed"].append(name)
+            elif program != fresh[name]:  # frozen dataclasses: every setting compared
+                diff["changed"].append(name)
+            else:
+                diff["unchanged"].append(name)
+        diff["added"] = [n for n in fresh if n not in old]
+        self.config = new
+        going = [
+            i
+            for i in self.instances.values()
+            if i.program.name in diff["removed"] + diff["changed"]
+        ]
+        for inst in going:
+            self.post(inst, Stop())
+        await self.wait_for([i.name for i in going], TERMINAL, self.stop_timeout(going))
+        for inst in going:
+            self._drop_instance(inst.name)
+        for name in diff["added"] + diff["changed"]:
+            self._add_program(fresh[name])
+        return diff
+
+    def _drop_instance(self, name: str) -> None:
+        self.instances.pop(name, None)
+        run = self.runs.pop(name, None)
+        if run is not None:
+            self._cancel(run, "timer")
+            self._cancel(run, "deadline")
+        for stream in ("stdout", "stderr"):
+            sink = self.sinks.pop((name, stream), None)
+            if sink is not None:
+                sink.close()
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        programs: dict[str, dict[str, Any]] = {}
+        for inst in self.instances.values():
+            run = self.runs[inst.name]
+            row = inst.snapshot(now)
+            row["tasks"] = _tree_tasks(run) if run.proc is not None else None
+            row["ok"] = _is_ok(inst)
+            entry = programs.setdefault(
+                inst.program.name, {"name": inst.program.name, "instances": []}
+            )
+            entry["instances"].append(row)
+        return list(programs.values())
+
+    def all_ok(self) -> bool:
+        return all(_is_ok(inst) for inst in self.instances.values())
+
+
+def _is_ok(inst: Instance) -> bool:
+    """Running as it should: RUNNING, or stopped on purpose, or finished cleanly."""
+    if inst.state is State.RUNNING or not inst.wanted:
+        return True
+    return inst.state is State.EXITED and inst.last_exit is not None and inst.last_exit.code == 0
+
+
+def _tree_tasks(run: Run) -> int | None:
+    assert run.proc is not None
+    try:
+        return tree_task_count(run.proc.pid, run.cgroup)
+    except OSError:
+        return None
+
+
+def _ancestry(pid: int) -> Iterable[int]:
+    """pid, its parent, grandparent... up to (not including) PID 1."""
+    for _ in range(64):  # a bound, in case of a cycle through pid reuse
+        if pid <= 1:
+            return
+        yield pid
+        st = read_stat(pid)
+        if st is None:
+            return
+        pid = st.ppid
