@@ -11,19 +11,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from supervisord_batt import __version__, protocol
-from supervisord_batt.budget.ledger import Grant, LeaseError, Request
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import Grant, LeaseError, Request
+from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.server import Connection, Reply
 from supervisord_batt.host.probe import sample_to_json
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
+from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.output import chunk_reply
 from supervisord_batt.supervise.states import Start, State, Stop
-from supervisord_batt.supervise.supervisor import TERMINAL
-
-if TYPE_CHECKING:
-    from supervisord_batt.daemon.lifecycle import Daemon
+from supervisord_batt.supervise.supervisor import TERMINAL, Supervisor
 
 log = get_logger(component="daemon")
 
@@ -31,10 +33,34 @@ TAIL_DEFAULT = 1600
 TAIL_MAX = 64 * 1024
 
 
+class ReloadRejected(Exception):
+    """The new config did not validate (or there is no file): the old one keeps running."""
+
+
+@dataclass
 class Commands:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-        self._ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = {
+    """The handlers, given each collaborator they use (none of them reaches the daemon).
+
+    The ledger, the lease log and the supervisor live as long as the daemon (a reload
+    reconfigures them in place). What only the daemon knows is read through callables,
+    at the moment a handler needs it: whether the server still takes leases, how many
+    connections are open, the latest host sample, and the reload itself.
+    """
+
+    ledger: BudgetLedger
+    lease_log: LeaseLog
+    supervisor: Supervisor
+    reload: Callable[[], Awaitable[dict[str, list[str]]]]  # raises ReloadRejected
+    accepting: Callable[[], bool]
+    connections: Callable[[], int]
+    sample: Callable[[], HostSample | None]
+    started_at: float = field(default_factory=time.monotonic)
+    _ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = field(
+        init=False, repr=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        self._ops = {
             op: getattr(self, f"op_{op}") for op in protocol.SCHEMAS if hasattr(self, f"op_{op}")
         }
 
@@ -66,7 +92,7 @@ class Commands:
 
     def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
-        if not self.d.server.accepting:
+        if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
         peer = conn.peer
         if "cgroups" not in conn.data:  # a connection's peer does not change: read once
@@ -82,36 +108,36 @@ class Commands:
             cgroups=conn.data["cgroups"],
             base_tasks=conn.data["base_tasks"],
         )
-        grant = self.d.ledger.acquire(request)
-        self.d.lease_log.granted(request, grant)
+        grant = self.ledger.acquire(request)
+        self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 
     def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"renew","lease":"L1","workers_in_use":N} -> the lease's current target"""
         lease_id = self._owned(conn, msg["lease"])
         try:
-            grant = self.d.ledger.renew(lease_id, msg.get("workers_in_use"))
+            grant = self.ledger.renew(lease_id, msg.get("workers_in_use"))
         except LeaseError as exc:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
         return _grant_reply(grant)
 
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
-        lease = self.d.ledger.release(self._owned(conn, msg["lease"]))
-        self.d.lease_log.ended("release", lease, "released by holder")
+        lease = self.ledger.release(self._owned(conn, msg["lease"]))
+        self.lease_log.ended("release", lease, "released by holder")
         return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
 
     def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true,"instance":"batt:0"|null}"""
         if "lease" in msg:
-            self.d.ledger.heartbeat(self._owned(conn, msg["lease"]))
-        instance = self.d.supervisor.progress(conn.peer.pid)
+            self.ledger.heartbeat(self._owned(conn, msg["lease"]))
+        instance = self.supervisor.progress(conn.peer.pid)
         return protocol.ok(instance=instance)
 
     def _owned(self, conn: Connection, lease_id: str) -> str:
         """A lease this connection holds; anything else is an error, never a silent no-op."""
         try:
-            holder = self.d.ledger.holder_of(lease_id)
+            holder = self.ledger.holder_of(lease_id)
         except LeaseError as exc:
             raise protocol.ProtocolError(protocol.UNKNOWN_LEASE, str(exc)) from None
         if holder != conn.key:
@@ -124,8 +150,7 @@ class Commands:
 
     def op_status(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"status"} -> level, capacity, leased, leases, host, programs, all_running"""
-        d = self.d
-        stats = d.ledger.statistics()
+        stats = self.ledger.statistics()
         now = time.monotonic()
         leases = [
             {
@@ -141,7 +166,7 @@ class Commands:
             }
             for x in stats.leases
         ]
-        programs = d.supervisor.status()
+        programs = self.supervisor.status()
         by_pid = {lease["pid"]: lease["lease"] for lease in leases}
         for program in programs:
             for inst in program["instances"]:
@@ -149,16 +174,16 @@ class Commands:
         return protocol.ok(
             pid=os.getpid(),
             version=__version__,
-            uptime_s=round(now - d.started_at, 1),
+            uptime_s=round(now - self.started_at, 1),
             level=stats.level,
             capacity=stats.capacity,
             leased=stats.leased,
             leased_tasks=stats.leased_tasks,
-            connections=len(d.server.connections),
+            connections=self.connections(),
             leases=leases,
-            host=sample_to_json(d.sample) if d.sample else None,
+            host=sample_to_json(sample) if (sample := self.sample()) else None,
             programs=programs,
-            all_running=d.supervisor.all_ok(),
+            all_running=self.supervisor.all_ok(),
         )
 
     # -- control ----------------------------------------------------------------------
@@ -167,9 +192,9 @@ class Commands:
         """{"op":"start","target":"batt"|"batt:0"|"all"} -> {"ok":true,"instances":{name: state}}"""
         instances = self._select(msg["target"])
         for inst in instances:
-            self.d.supervisor.post(inst, Start())
+            self.supervisor.post(inst, Start())
         names = [i.name for i in instances]
-        await self.d.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
+        await self.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
         log.info("control", op="start", target=msg["target"], peer_pid=conn.peer.pid)
         return protocol.ok(instances={i.name: i.state.value for i in instances})
 
@@ -177,8 +202,8 @@ class Commands:
         """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
         instances = self._select(msg["target"])
         for inst in instances:
-            self.d.supervisor.post(inst, Stop())
-        sup = self.d.supervisor
+            self.supervisor.post(inst, Stop())
+        sup = self.supervisor
         await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
         log.info("control", op="stop", target=msg["target"], peer_pid=conn.peer.pid)
         return protocol.ok(instances={i.name: i.state.value for i in instances})
@@ -190,10 +215,8 @@ class Commands:
 
     async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
-        from supervisord_batt.daemon.lifecycle import ReloadRejected  # noqa: PLC0415 (import cycle)
-
         try:
-            diff = await self.d.reload()
+            diff = await self.reload()
         except ReloadRejected as exc:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
         return protocol.ok(**diff)
@@ -203,14 +226,12 @@ class Commands:
         -> {"ok":true,"data":"...","start":S,"offset":E,"truncated":false,"path":"..."}"""
         target = msg["target"] if ":" in msg["target"] else f"{msg['target']}:0"
         stream = msg.get("stream", "stdout")
-        sink = self.d.supervisor.sinks.get((target, stream))
+        sink = self.supervisor.sinks.get((target, stream))
         if sink is None:
             raise protocol.ProtocolError(
                 protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
             )
         limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
-        from supervisord_batt.supervise.output import chunk_reply  # noqa: PLC0415
-
         return protocol.ok(
             instance=target,
             stream=stream,
@@ -219,7 +240,7 @@ class Commands:
 
     def _select(self, target: str) -> list[Any]:
         try:
-            return self.d.supervisor.select(target)
+            return self.supervisor.select(target)
         except KeyError as exc:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
 

@@ -28,7 +28,7 @@ from supervisord_batt import __version__, logs
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config
-from supervisord_batt.daemon.commands import Commands
+from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
 from supervisord_batt.host.monitor import HostMonitor
@@ -39,10 +39,6 @@ from supervisord_batt.supervise.supervisor import Supervisor
 log = get_logger(component="daemon")
 
 
-class ReloadRejected(Exception):
-    pass
-
-
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None) -> None:
         self.config = config
@@ -50,13 +46,20 @@ class Daemon:
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
         self.lease_log = LeaseLog(config.daemon.lease_log_rate)
-        self.commands = Commands(self)
-        self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
-        self.server.policy = _policy(config)
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
+        self.commands = Commands(
+            ledger=self.ledger,
+            lease_log=self.lease_log,
+            supervisor=self.supervisor,
+            reload=self.reload,
+            accepting=lambda: self.server.accepting,
+            connections=lambda: len(self.server.connections),
+            sample=lambda: self.sample,
+        )
+        self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
+        self.server.policy = _policy(config)
         self.should_exit = asyncio.Event()
-        self.started_at = time.monotonic()
         self._last_scan = 0.0
         self._trees: dict[str, int] = {}
         self._reloading: asyncio.Task[None] | None = None
