@@ -8,7 +8,7 @@ Three backends behind one loop: one reused loky pool (process), a ThreadPoolExec
 most `size` tasks in flight, so between tasks it can follow the grant (renew; shrink or
 grow by draining and recreating) and so a failed pool leaves only those tasks to redo.
 
-Why each guard exists (see FACTS.md, measured on loky 3.6.0 and 3.7.0):
+Why each guard exists (see docs/FACTS.md, measured on loky 3.6.0 and 3.7.0):
 - a pool is warmed up before any real task is given to it: one no-op round trip makes
   every creation step happen (both resource trackers, n workers, the manager thread, the
   feeder thread), so a refused one is a clean fallback with no task lost or run twice;
@@ -40,12 +40,13 @@ from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
 from loky import __version__ as loky_version
 from loky.process_executor import BrokenProcessPool  # type: ignore[import-untyped]
 
-from supervisord_batt.client.leases import Grant, warn
+from supervisord_batt.client.notice import warn
+from supervisord_batt.protocol import KINDS
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-CHAIN = ("process", "thread", "sequential")
+CHAIN = KINDS  # the fallback order: process, then thread, then sequential
 _LOKY_WORKER_MARK = "loky.backend.popen_loky_posix"
 _REAP_TIMEOUT = 5.0
 
@@ -311,18 +312,54 @@ def _kill(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+class GrantLike(Protocol):
+    """What the executor needs of a grant: what to run now, and how to keep it current.
+
+    `supervisord_batt.client.Grant` is one; the executor depends on this shape only, so
+    it never imports the module that talks to the daemon.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def renew_due(self, interval: float | None = None) -> bool: ...
+
+    def renew(self, workers_in_use: int | None = None) -> object: ...
+
+
+@dataclass
+class FixedGrant:
+    """A grant with no daemon behind it: a fixed kind and size that never changes."""
+
+    kind: str = "sequential"
+    workers: int = 1
+
+    @property
+    def size(self) -> int:
+        return 1 if self.kind == "sequential" else max(1, self.workers)
+
+    def renew_due(self, interval: float | None = None) -> bool:
+        return False
+
+    def renew(self, workers_in_use: int | None = None) -> FixedGrant:
+        return self
+
+
 class BudgetExecutor:
     """Runs a job's tasks at the size its grant allows, falling back as pools fail."""
 
     def __init__(
         self,
-        grant: Grant | None = None,
+        grant: GrantLike | None = None,
         *,
         task_timeout: float | None = None,
         poll_interval: float = 0.5,
         renew_interval: float = 1.0,
     ) -> None:
-        self.grant = grant if grant is not None else Grant.local()
+        self.grant: GrantLike = grant if grant is not None else FixedGrant()
         self.task_timeout = task_timeout
         self.poll_interval = poll_interval
         self.renew_interval = renew_interval

@@ -33,16 +33,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from supervisord_batt import paths, protocol
-from supervisord_batt.logs import get_logger
+from supervisord_batt.client.notice import warn
 
 if TYPE_CHECKING:
     from supervisord_batt.client.executor import BudgetExecutor
 
 DEFAULT_TIMEOUT = 5.0
-KINDS = protocol.KINDS
+KINDS = protocol.KINDS  # re-exported for jobs: the kinds a grant can be
 # env exported by `exec` so loky, OpenMP and BLAS size themselves from the grant
 THREAD_ENV_VARS = (
     "LOKY_MAX_CPU_COUNT",
@@ -64,16 +62,6 @@ class DaemonError(Exception):
 def default_socket_path() -> Path:
     """$SUPERVISORD_BATT_SOCKET, else the daemon's default socket (see `paths`)."""
     return paths.client_socket_path()
-
-
-def warn(message: str, **fields: Any) -> None:
-    """One line: to structlog when the program configured it, else to stderr."""
-    if structlog.is_configured():
-        get_logger().warning(message, **fields)
-        return
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(f"supervisord-batt: {message}\n")
-        sys.stderr.flush()
 
 
 class Connection:
@@ -259,7 +247,7 @@ class Grant:
 
     def executor(self, **kwargs: Any) -> BudgetExecutor:
         """An executor sized (and resized) by this grant; see supervisord_batt.client.executor."""
-        # imported here: executor imports this module
+        # imported here, not at the top: a job that only leases does not load loky
         from supervisord_batt.client.executor import BudgetExecutor  # noqa: PLC0415
 
         return BudgetExecutor(self, **kwargs)
