@@ -24,7 +24,7 @@ import pwd
 import resource
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from supervisord_batt.host import procfs
@@ -140,28 +140,28 @@ class HostMonitor:
     def _self_text(self, name: str) -> str:
         return procfs.read_text(os.path.join(self.proc_root, "self", name)) or ""
 
-    def _pids_hierarchies(self) -> tuple[_Hierarchy | None, _Hierarchy | None]:
-        mounts = procfs.parse_mountinfo(self._self_text("mountinfo"))
-        v1 = procfs.find_v1_mount(mounts, "pids")
-        v2 = procfs.find_v2_mount(mounts)
+    def _pids_hierarchies(self) -> tuple[procfs.Mount | None, procfs.Mount | None]:
+        """The pids mounts, their mount points moved under our (maybe fake) sys_root."""
+        v1, v2 = procfs.pids_mounts(procfs.parse_mountinfo(self._self_text("mountinfo")))
         return (
-            _Hierarchy(1, self._rebase(v1.mount_point), v1.root) if v1 else None,
-            _Hierarchy(2, self._rebase(v2.mount_point), v2.root) if v2 else None,
+            replace(v1, mount_point=self._rebase(v1.mount_point)) if v1 else None,
+            replace(v2, mount_point=self._rebase(v2.mount_point)) if v2 else None,
         )
 
     def _init_cgroups(self, specs: Sequence[str], include_self: bool) -> None:
-        v1, v2 = self._pids_hierarchies()
+        m1, m2 = self._pids_hierarchies()
+        v1 = _Hierarchy(1, m1.mount_point, m1.root) if m1 else None
+        v2 = _Hierarchy(2, m2.mount_point, m2.root) if m2 else None
         v2_pids = v2 if v2 and _has_pids(v2.mount_dir) else None
         found: list[tuple[_Hierarchy, str]] = []  # (hierarchy, fs path)
         if include_self:
-            for line in procfs.parse_proc_cgroup(self._self_text("cgroup")):
-                if v1 and "pids" in line.controllers:
-                    fs = procfs.cgroup_fs_path(v1.mount_dir, v1.mount_root, line.path)
-                    found.insert(0, (v1, fs))
-                elif v2 and line.hierarchy_id == 0 and not line.controllers:
-                    fs = procfs.cgroup_fs_path(v2.mount_dir, v2.mount_root, line.path)
-                    if v1 is None and _has_pids(fs):
-                        found.append((v2, fs))
+            own = procfs.pids_cgroup_dirs(
+                procfs.parse_proc_cgroup(self._self_text("cgroup")), m1, m2
+            )
+            if v1 is not None and 1 in own:
+                found.append((v1, own[1]))
+            elif v2 is not None and 2 in own and _has_pids(own[2]):
+                found.append((v2, own[2]))
         for spec in specs:
             found.append(_place(spec, self._rebase(spec), v1 or v2_pids, (v1, v2)))
         for hier, raw in found:

@@ -348,6 +348,30 @@ def find_v2_mount(mounts: list[Mount]) -> Mount | None:
     return found[0] if found else None
 
 
+def pids_mounts(mounts: list[Mount]) -> tuple[Mount | None, Mount | None]:
+    """Where the pids controller can live: the v1 pids mount and the v2 mount (or None)."""
+    return find_v1_mount(mounts, "pids"), find_v2_mount(mounts)
+
+
+def pids_cgroup_dirs(
+    entries: list[ProcCgroup], v1: Mount | None, v2: Mount | None
+) -> dict[int, str]:
+    """The directories of the pids cgroups a process is in, by cgroup version (1, 2).
+
+    The one lookup every caller uses (the monitor for the daemon's own cgroup, the
+    request path for a peer's, the supervisor for where to make worker cgroups). The v2
+    entry is the "0::/path" line; whether that cgroup has the pids controller enabled is
+    the caller's question (`cgroup.controllers`). Insertion order follows `entries`.
+    """
+    out: dict[int, str] = {}
+    for e in entries:
+        if v1 is not None and "pids" in e.controllers:
+            out[1] = cgroup_fs_path(v1.mount_point, v1.root, e.path)
+        elif v2 is not None and e.hierarchy_id == 0 and not e.controllers:
+            out[2] = cgroup_fs_path(v2.mount_point, v2.root, e.path)
+    return out
+
+
 def cgroup_fs_path(mount_dir: str, mount_root: str, cgroup_path: str) -> str:
     """Directory of `cgroup_path` under a mount whose filesystem root is `mount_root`."""
     rel = cgroup_path

@@ -6,11 +6,10 @@ import functools
 
 from supervisord_batt.host.procfs import (
     Mount,
-    cgroup_fs_path,
-    find_v1_mount,
-    find_v2_mount,
     parse_mountinfo,
     parse_proc_cgroup,
+    pids_cgroup_dirs,
+    pids_mounts,
     read_stat,
 )
 
@@ -18,8 +17,7 @@ from supervisord_batt.host.procfs import (
 @functools.lru_cache(maxsize=1)
 def _pids_mounts() -> tuple[Mount | None, Mount | None]:
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        mounts = parse_mountinfo(f.read())
-    return find_v1_mount(mounts, "pids"), find_v2_mount(mounts)
+        return pids_mounts(parse_mountinfo(f.read()))
 
 
 def cgroup_fs_paths(pid: int) -> list[str]:
@@ -29,14 +27,7 @@ def cgroup_fs_paths(pid: int) -> list[str]:
             entries = parse_proc_cgroup(f.read())
     except OSError:
         return []
-    v1, v2 = _pids_mounts()
-    paths = []
-    for entry in entries:
-        if v1 is not None and "pids" in entry.controllers:
-            paths.append(cgroup_fs_path(v1.mount_point, v1.root, entry.path))
-        elif v2 is not None and entry.hierarchy_id == 0 and not entry.controllers:
-            paths.append(cgroup_fs_path(v2.mount_point, v2.root, entry.path))
-    return paths
+    return list(pids_cgroup_dirs(entries, *_pids_mounts()).values())
 
 
 def thread_count(pid: int) -> int:

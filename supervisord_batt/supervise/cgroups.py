@@ -212,14 +212,8 @@ def apply_v2(plan: V2Plan) -> None:
 
 def own_pids_dirs(mounts: list[procfs.Mount], entries: list[procfs.ProcCgroup]) -> dict[str, Path]:
     """The daemon's own pids cgroup directory on v1 ("v1") and its v2 directory ("v2")."""
-    out: dict[str, Path] = {}
-    v1, v2 = procfs.find_v1_mount(mounts, "pids"), procfs.find_v2_mount(mounts)
-    for e in entries:
-        if v1 is not None and "pids" in e.controllers:
-            out["v1"] = Path(procfs.cgroup_fs_path(v1.mount_point, v1.root, e.path))
-        elif v2 is not None and e.hierarchy_id == 0 and not e.controllers:
-            out["v2"] = Path(procfs.cgroup_fs_path(v2.mount_point, v2.root, e.path))
-    return out
+    found = procfs.pids_cgroup_dirs(entries, *procfs.pids_mounts(mounts))
+    return {f"v{version}": Path(directory) for version, directory in found.items()}
 
 
 def _chain_below(directory: Path, stop: Path) -> tuple[Path, ...]:
