@@ -1,11 +1,12 @@
-"""Readers of /proc, cgroups, rlimits and PSI, combined into one immutable HostSample.
+"""The host monitor: /proc, cgroup, rlimit and PSI readers into one immutable HostSample.
 
+The records it fills are in `host.sample`; the parsers it calls in `host.procfs`.
 `HostMonitor.sample()` is the fast path the daemon runs every tick: a handful of pread()s
 on file descriptors it keeps open (loadavg, threads-max, pid_max, each watched cgroup's
 pids files and its ancestors', meminfo, PSI). `HostMonitor.scan()` is the slow O(processes)
 pass over /proc for the per-user RLIMIT_NPROC counts, run on its own longer interval;
-`sample()` reports the users of the last scan. `sample_to_json` and `render_table` are
-what `status` and `probe` print.
+`sample()` reports the users of the last scan. `host.probe` renders a sample for
+`status` and `probe`.
 """
 
 # Design choices:

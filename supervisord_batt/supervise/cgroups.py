@@ -6,7 +6,7 @@ its task count, its limit, and the cgroup.procs path a child writes itself into.
 """
 
 # Why cgroups: a worker's tree is not the worker's descendants. loky's workers and resource
-# trackers outlive a killed job, re-parented (hang B in FACTS.md); a process that called
+# trackers outlive a killed job, re-parented (hang B in docs/FACTS.md); a process that called
 # setsid() leaves the worker's session and process group. Membership of a cgroup is
 # inherited by every fork and cannot be left without write access to cgroupfs, so a
 # cgroup's cgroup.procs is the whole tree, however it forked, and its pids.current is the
