@@ -1,0 +1,188 @@
+"""The request handlers in-process: real ledger, lease log and supervisor, no socket.
+
+The subprocess tests drive the same handlers through the real daemon; these call them
+directly, so a handler's reply and error for each case are checked without framing,
+timing or a second process in the way. The supervisor is constructed (it makes its
+worker-cgroup root where it can) but not started: starting would make this pytest
+process a child subreaper for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from supervisord_batt import protocol
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.config.loader import load_config_text
+from supervisord_batt.config.records import Config
+from supervisord_batt.daemon.commands import Commands, ReloadRejected
+from supervisord_batt.daemon.leaselog import LeaseLog
+from supervisord_batt.daemon.server import Connection, Peer
+from supervisord_batt.host.monitor import HostMonitor
+from supervisord_batt.host.sample import HostSample
+from supervisord_batt.supervise.supervisor import Supervisor
+
+CONFIG = """
+daemon:
+  log_format: json
+budget:
+  reserve_tasks: 0
+  reserve_percent: 0
+  max_per_lease: 8
+  pressure: {cpu_high: 99, cpu_extreme: 100, memory_high: 99, memory_extreme: 100}
+"""
+
+
+@dataclass
+class World:
+    """The handlers and what they were given, as the daemon wires them."""
+
+    commands: Commands
+    supervisor: Supervisor
+    accepting: bool = True
+    reloads: list[str] = field(default_factory=list)
+    reload_error: str | None = None
+    sample: HostSample | None = None
+    next_id: int = 0
+
+    def connect(self, pid: int | None = None) -> Connection:
+        self.next_id += 1
+        peer = Peer(pid=pid or os.getpid(), uid=os.geteuid(), gid=os.getegid())
+        return Connection(self.next_id, peer, cast(asyncio.Transport, None), time.monotonic())
+
+    def call(self, conn: Connection, **msg: Any) -> dict[str, Any]:
+        """One request, decoded as the server decodes it; an error comes back as a reply."""
+        decoded = protocol.decode(protocol.encode(msg))
+        try:
+            reply = self.commands.handle(conn, decoded)
+            if not isinstance(reply, dict):
+                reply = asyncio.run(_wait(reply))
+        except protocol.ProtocolError as exc:
+            return protocol.error(exc.code, str(exc), decoded.get("id"))
+        return reply
+
+
+async def _wait(pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return await pending
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    config: Config = load_config_text(CONFIG, "test.yaml")
+    monitor = HostMonitor(cgroups=(), users=[os.geteuid()])
+    ledger = BudgetLedger(config.budget, clock=time.monotonic)
+    state: dict[str, World] = {}
+
+    async def reload() -> dict[str, list[str]]:
+        w = state["w"]
+        if w.reload_error is not None:
+            raise ReloadRejected(w.reload_error)
+        w.reloads.append("ok")
+        return {"added": [], "removed": [], "changed": [], "unchanged": []}
+
+    supervisor = Supervisor(config, tmp_path / "s.sock", lambda *_: None, dict)
+    try:
+        sample = monitor.sample()
+        ledger.update(sample, {})
+        commands = Commands(
+            ledger=ledger,
+            lease_log=LeaseLog(0),
+            supervisor=supervisor,
+            reload=reload,
+            accepting=lambda: state["w"].accepting,
+            connections=lambda: 1,
+            sample=lambda: state["w"].sample,
+        )
+        w = World(commands, supervisor, sample=sample)
+        state["w"] = w
+        yield w
+    finally:
+        monitor.close()
+        asyncio.run(supervisor.shutdown(1.0))
+        root = supervisor.cgroups.root
+        assert root is None or not root.exists(), f"worker cgroup root left behind: {root}"
+
+
+def test_hello_checks_the_version(world: World) -> None:
+    conn = world.connect()
+    assert world.call(conn, op="hello", version=protocol.VERSION, client="t")["ok"]
+    reply = world.call(conn, op="hello", version=protocol.VERSION + 1)
+    assert reply["error"]["code"] == protocol.UNSUPPORTED_VERSION
+
+
+def test_acquire_renew_release_round_trip_and_status_shows_the_lease(world: World) -> None:
+    conn = world.connect()
+    grant = world.call(conn, op="acquire", want=2, kinds=["thread"], job="t", id=7)
+    assert grant["ok"] and grant["id"] == 7
+    assert grant["kind"] == "thread" and grant["workers"] == 2
+    status = world.call(conn, op="status")
+    assert [lease["lease"] for lease in status["leases"]] == [grant["lease"]]
+    assert status["leased"] == 2 and status["connections"] == 1
+    assert status["host"]["threads_total"] == world.sample.threads_total  # type: ignore[union-attr]
+    renewed = world.call(conn, op="renew", lease=grant["lease"], workers_in_use=2)
+    assert renewed["ok"] and renewed["lease"] == grant["lease"]
+    released = world.call(conn, op="release", lease=grant["lease"])
+    assert released == {"ok": True, "lease": grant["lease"], "kind": "thread", "workers": 2}
+    assert world.call(conn, op="status")["leases"] == []
+
+
+def test_a_lease_is_only_its_own_connections(world: World) -> None:
+    owner, other = world.connect(), world.connect()
+    grant = world.call(owner, op="acquire", want=1, kinds=["thread"])
+    for op in ("renew", "release", "heartbeat"):
+        reply = world.call(other, op=op, lease=grant["lease"])
+        assert reply["error"]["code"] == protocol.UNKNOWN_LEASE, op
+    assert world.call(owner, op="release", lease="L999")["error"]["code"] == protocol.UNKNOWN_LEASE
+    assert world.call(owner, op="release", lease=grant["lease"])["ok"]
+
+
+def test_no_lease_while_shutting_down(world: World) -> None:
+    world.accepting = False
+    reply = world.call(world.connect(), op="acquire", want=1)
+    assert reply["error"]["code"] == protocol.SHUTTING_DOWN
+
+
+def test_heartbeat_names_no_instance_for_a_peer_the_supervisor_did_not_start(
+    world: World,
+) -> None:
+    reply = world.call(world.connect(), op="heartbeat", progress=3)
+    assert reply == {"ok": True, "instance": None}
+
+
+def test_reload_replies_with_the_diff_or_the_rejection(world: World) -> None:
+    conn = world.connect()
+    assert world.call(conn, op="reload")["added"] == []
+    assert world.reloads == ["ok"]
+    world.reload_error = "config rejected, the old one stays:\nx.yaml: budget.nope (line 2)"
+    reply = world.call(conn, op="reload")
+    assert reply["error"]["code"] == protocol.BAD_REQUEST
+    assert "budget.nope (line 2)" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("msg", "code"),
+    [
+        ({"op": "start", "target": "nosuch"}, protocol.NOT_FOUND),
+        ({"op": "stop", "target": "nosuch:3"}, protocol.NOT_FOUND),
+        ({"op": "tail", "target": "nosuch"}, protocol.NOT_FOUND),
+    ],
+)
+def test_control_of_what_does_not_exist_is_not_found(
+    world: World, msg: dict[str, Any], code: str
+) -> None:
+    assert world.call(world.connect(), **msg)["error"]["code"] == code
+
+
+def test_an_op_without_a_handler_is_unknown(world: World) -> None:
+    handle: Callable[..., Any] = world.commands.handle
+    with pytest.raises(protocol.ProtocolError) as caught:
+        handle(world.connect(), {"op": "no_such_op"})
+    assert caught.value.code == protocol.UNKNOWN_OP
