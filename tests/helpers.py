@@ -17,6 +17,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout the tests run from
 PIDS_V1 = Path("/sys/fs/cgroup/pids")
 
 # PSI thresholds no host reaches: for tests about task limits, whose outcome must not

@@ -26,9 +26,7 @@ from supervisord_batt.client.leases import (
     exec_main,
     lease,
 )
-from tests.helpers import killing, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, killing, wait_until
 
 
 @pytest.fixture(autouse=True)

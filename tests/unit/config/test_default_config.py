@@ -23,8 +23,9 @@ from supervisord_batt.config.records import (
     StartLimit,
 )
 from supervisord_batt.paths import SOURCE_CONFIG
+from tests.helpers import REPO
 
-SHIPPED = Path(__file__).resolve().parents[2] / "config" / "supervisord-batt.yaml"
+SHIPPED = REPO / "config" / "supervisord-batt.yaml"
 
 
 def keys(cls: type) -> set[str]:
