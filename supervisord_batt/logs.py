@@ -19,6 +19,13 @@ after it, in order, before the loop waits again: a line is out within the iterat
 logged it, the reply to the client is sent before its log line is written, and a burst
 of many requests costs one write. A SIGKILL can lose at most that one iteration's lines;
 every exit of the daemon's loop flushes.
+
+# Why a "<N>" in front of each line under journald
+journald reads a service's stdout as plain lines at one priority, unless a line starts
+with a syslog priority in angle brackets (sd-daemon(3)). When stdout is the journal
+(`$JOURNAL_STREAM` names stdout's device and inode), each line gets its level's prefix,
+so `journalctl -u supervisord-batt -p warning` shows warnings and worse; the JSON after
+the prefix is unchanged (journald strips the prefix).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +54,9 @@ _LEVEL_OF = {
     "error": 40,
     "critical": 50,
 }
+# syslog priorities (sd-daemon(3)): <7> debug, <6> info, <4> warning, <3> error, <2> crit
+_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+_NO_PRIORITY = dict.fromkeys(_PRIORITY, "")
 
 
 class _State:
@@ -54,6 +65,7 @@ class _State:
         self.owned = False  # we opened the stream (a log file) and must close it
         self.level = logging.INFO
         self.console: Any = None  # a ConsoleRenderer on a terminal, None for JSON
+        self.prefix: dict[str, str] = _NO_PRIORITY  # per level: "<6>" when stdout is journald
         self.loop: asyncio.AbstractEventLoop | None = None  # set: lines wait for its iteration
         self.pending: list[str] = []
         self.pending_chars = 0
@@ -115,6 +127,19 @@ def write_per_iteration(loop: asyncio.AbstractEventLoop | None) -> None:
     _state.loop = loop
 
 
+def is_journal(stream: TextIO, env: dict[str, str] | None = None) -> bool:
+    """Whether `stream` is connected to journald: $JOURNAL_STREAM is "device:inode" of it."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, sep, ino = value.partition(":")
+    if not (sep and dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), or closed
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
 def level_from(configured: str, verbose: int = 0, quiet: int = 0) -> int:
     """The configured level moved down one step per -v and up one step per -q."""
     order = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR]
@@ -138,6 +163,7 @@ def configure(
     if _state.owned and _state.stream is not new_stream:
         _state.stream.close()
     _state.stream, _state.owned, _state.level = new_stream, log_file is not None, level
+    _state.prefix = _PRIORITY if is_journal(new_stream) else _NO_PRIORITY
     use_console = fmt == "console" or (fmt == "auto" and new_stream.isatty())
     _state.console = (
         structlog.dev.ConsoleRenderer(colors=new_stream.isatty()) if use_console else None
@@ -162,7 +188,7 @@ class _EventLogger(structlog.BoundLoggerBase):
         if self._processors:  # structlog.testing.capture_logs put its own chain in
             self._proxy_to_logger(method, event, **kw)
         elif _LEVEL_OF[method] >= _state.level:
-            _LINE_LOGGER.msg(_render(method, event, self._context, kw))
+            _LINE_LOGGER.msg(_state.prefix[method] + _render(method, event, self._context, kw))
 
     def debug(self, event: str, **kw: Any) -> None:
         self._emit("debug", event, kw)
