@@ -19,6 +19,7 @@ INSTANCE_ENV = "SUPERVISORD_BATT_INSTANCE"  # set in each supervised worker: "ba
 WORKERS_ENV = "SUPERVISORD_BATT_WORKERS"  # exported by `exec`: the granted worker count
 KIND_ENV = "SUPERVISORD_BATT_KIND"  # exported by `exec`: the granted pool kind
 LEASE_ENV = "SUPERVISORD_BATT_LEASE"  # exported by `exec`: the lease id
+DEBUG_STALL_ENV = "SUPERVISORD_BATT_DEBUG_STALL"  # "1": SIGUSR2 stalls the loop (tests)
 WANT_ENV = "SUPERVISORD_BATT_WANT"  # set in each supervised worker: its program's slots
 
 ETC_CONFIG = Path("/etc/supervisord-batt/supervisord-batt.yaml")

@@ -96,6 +96,15 @@ __all__ = [
     "parse_signal",
 ]
 
+# The shipped unit's TimeoutStopSec (90 s) must cover the longest stop: the grace, the
+# SIGKILL rounds after it (the supervisor's stop timeout adds 10 s) and closing the socket.
+MAX_STOP_GRACE = 60.0
+_stop_grace = duration(
+    positive=False,
+    at_most=MAX_STOP_GRACE,
+    why=" (the shipped systemd unit's TimeoutStopSec=90s must cover it)",
+)
+
 _PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -213,7 +222,7 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         group=s.get("group", optional(string), None),
         wall_clock_limit=s.get("wall_clock_limit", optional(duration()), None),
         stop_signal=s.get("stop_signal", stop_signal, signal.SIGTERM),
-        stop_grace=s.get("stop_grace", duration(positive=False), 10.0),
+        stop_grace=s.get("stop_grace", _stop_grace, 10.0),
         restart=cast(
             RestartPolicy, s.get("restart", one_of(get_args(RestartPolicy)), "on-failure")
         ),

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from supervisord_batt.config.durations import parse_duration, parse_size
+from supervisord_batt.config.durations import format_duration, parse_duration, parse_size
 from supervisord_batt.config.yamlcheck import (
     Invalid,
     Parser,
@@ -87,7 +87,9 @@ def number(
     return parse
 
 
-def duration(*, positive: bool = True) -> Parser[float]:
+def duration(
+    *, positive: bool = True, at_most: float | None = None, why: str = ""
+) -> Parser[float]:
     """Seconds from "600s", "1h30m", 1.5 ...; zero allowed only when not `positive`."""
 
     def parse(node: Node) -> float:
@@ -98,6 +100,9 @@ def duration(*, positive: bool = True) -> Parser[float]:
             raise Invalid(str(exc)) from None
         if positive and seconds == 0:
             raise Invalid(f"must be longer than 0s, got {describe(value)}")
+        if at_most is not None and seconds > at_most:
+            limit = format_duration(at_most)
+            raise Invalid(f"must be at most {limit}{why}, got {describe(value)}")
         return seconds
 
     return parse

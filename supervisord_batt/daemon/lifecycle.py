@@ -24,16 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import __version__, logs
+from supervisord_batt import __version__, logs, paths
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.leaselog import LeaseLog
+from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.states import State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 log = get_logger(component="daemon")
@@ -42,6 +44,8 @@ log = get_logger(component="daemon")
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None) -> None:
         self.config = config
+        # first: it clears NOTIFY_SOCKET from the environment the workers will inherit
+        self.notifier = Notifier()
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
@@ -105,22 +109,32 @@ class Daemon:
             headroom=tightest.headroom,
             pressure=self.ledger.level,
             pressure_reason=result.reason,
+            notify=self.notifier.enabled,
+            watchdog_s=self.notifier.watchdog_interval,
         )
+        self.notifier.ready(self.status_line())
 
     async def main_loop(self) -> None:
+        """Tick every sample_interval; ping the watchdog from here, so a stalled loop is
+        one systemd restarts."""
         interval = self.config.daemon.sample_interval
         next_tick = time.monotonic()
         while not self.should_exit.is_set():
-            self.tick(time.monotonic())
-            next_tick += interval
             now = time.monotonic()
-            if next_tick < now:  # a slow tick: skip the missed ones, no burst
-                next_tick = now + interval
+            if now >= next_tick:
+                self.tick(now)
+                next_tick += interval
+                now = time.monotonic()
+                if next_tick < now:  # a slow tick: skip the missed ones, no burst
+                    next_tick = now + interval
+            next_ping = self.notifier.watchdog_due(now)
+            wake = next_tick if next_ping is None else min(next_tick, next_ping)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.should_exit.wait(), timeout=next_tick - now)
+                await asyncio.wait_for(self.should_exit.wait(), timeout=max(0.0, wake - now))
 
     async def shutdown(self) -> None:
         """Stop taking leases, stop every worker (signal, grace, kill), close the socket."""
+        self.notifier.stopping()
         self.server.accepting = False
         timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
         await self.supervisor.shutdown(timeout)
@@ -131,7 +145,18 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
         self.lease_log.summarize()
+        self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: instances running, the tightest limit's use, the level."""
+        instances = self.supervisor.instances.values()
+        running = sum(1 for inst in instances if inst.state is State.RUNNING)
+        line = f"{running}/{len(instances)} instances running; level {self.ledger.level}"
+        if self.sample is not None:
+            tight = self.sample.tightest()
+            line += f"; tasks {tight.in_use}/{tight.limit} of {tight.name} (tightest)"
+        return line
 
     def _write_pid_file(self) -> None:
         """daemon.pid_file: written once the socket serves, removed at shutdown."""
@@ -147,6 +172,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.handle_exit, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if os.environ.get(paths.DEBUG_STALL_ENV) == "1":
+            # tests only: SIGUSR2 blocks the loop, as a bug would, for the watchdog to see
+            loop.add_signal_handler(signal.SIGUSR2, self._debug_stall)
+
+    def _debug_stall(self) -> None:
+        log.warning("debug_stall", reason=f"SIGUSR2 with {paths.DEBUG_STALL_ENV}=1")
+        logs.flush()
+        time.sleep(3600)  # blocks the one thread: no tick, no answer, no watchdog ping
 
     def handle_exit(self, sig: signal.Signals) -> None:
         if self.should_exit.is_set():
@@ -197,6 +230,7 @@ class Daemon:
         self.lease_log.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
+        self.notifier.status(self.status_line())
 
     def _scan(self) -> dict[str, int]:
         """The slow /proc pass: per-user counts, and each lease holder's tree size."""
@@ -233,6 +267,13 @@ class Daemon:
 
     async def reload(self) -> dict[str, list[str]]:
         """Re-read the config file; a config that does not validate leaves the old one."""
+        self.notifier.reloading()
+        try:
+            return await self._reload()
+        finally:
+            self.notifier.ready(self.status_line())  # the old config or the new one runs
+
+    async def _reload(self) -> dict[str, list[str]]:
         source = self.config.source
         if source is None:
             raise ReloadRejected("the daemon was not started from a config file")

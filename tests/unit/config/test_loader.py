@@ -551,8 +551,17 @@ def test_parse_duration_rejects_nan_and_inf() -> None:
 
 @pytest.mark.parametrize(("value", "seconds"), [v for v in DURATIONS if isinstance(v[0], str)])
 def test_durations_in_yaml(value: str, seconds: float) -> None:
-    (p,) = load(f"programs:\n  a:\n    command: x\n    stop_grace: '{value}'\n").programs
-    assert p.stop_grace == pytest.approx(seconds)
+    (p,) = load(f"programs:\n  a:\n    command: x\n    min_runtime: '{value}'\n").programs
+    assert p.min_runtime == pytest.approx(seconds)
+
+
+def test_stop_grace_is_bounded_by_what_the_unit_waits_for() -> None:
+    """The shipped unit's TimeoutStopSec=90s must cover the grace and the kill after it."""
+    (p,) = load("programs:\n  a:\n    command: x\n    stop_grace: 60s\n").programs
+    assert p.stop_grace == 60.0
+    issue = one_issue("programs:\n  a:\n    command: x\n    stop_grace: 61s\n")
+    assert issue.key_path == "programs.a.stop_grace" and issue.line == 4
+    assert "at most 1m" in issue.message and "TimeoutStopSec=90s" in issue.message
 
 
 def test_duration_yaml_booleans_rejected() -> None:
