@@ -12,7 +12,7 @@ import pytest
 from supervisord_batt import logs
 from supervisord_batt.budget.records import Grant, Lease, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
-from tests.unit.test_budget import FakeClock
+from tests.fakes import FakeClock
 
 
 @pytest.fixture

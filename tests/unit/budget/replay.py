@@ -1,0 +1,322 @@
+"""A seeded replay of random traffic through `BudgetLedger`, digested per seed.
+
+Recorded once against the ledger before its rewrite by composition, and checked against
+every later one: the same seed must drive the same calls and get the same answers, so
+equal digests mean identical grants, renews, releases, updates and statistics. Only the
+public API and records are used, and nothing here depends on the time, the hash seed or
+the iteration order of anything unordered: a digest is a pure function of its seed.
+
+`digest(seed)` runs one sequence; `tests/unit/budget/data/ledger_replay.json` holds the
+recorded digests (`VERSION` names this generator: change the traffic, bump it and record
+again), `python benchmarks/replay_ledger.py` checks them all (or records them afresh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from supervisord_batt.budget.costs import Kind
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import LeaseError, Request
+from supervisord_batt.config.records import BudgetConfig, PressureThresholds
+from supervisord_batt.host.sample import HostSample, Limit, Psi
+
+VERSION = 1
+SEQUENCES = 12_000
+DATA = Path(__file__).parent / "data" / "ledger_replay.json"
+
+GIB = 1 << 30
+CGROUP = "/sys/fs/cgroup/pids/batt"
+QUIET = PressureThresholds(-1000.0, -1000.0, 101.0, 101.0, 101.0, 101.0)
+PRESSURE = PressureThresholds(20.0, 5.0, 40.0, 80.0, 30.0, 60.0)
+KIND_SETS: tuple[tuple[Kind, ...], ...] = (
+    ("process", "thread", "sequential"),
+    ("process", "thread", "sequential"),
+    ("process", "thread"),
+    ("process", "sequential"),
+    ("process",),
+    ("thread", "sequential"),
+    ("thread",),
+    ("sequential",),
+    (),
+)
+CGROUP_SETS: tuple[tuple[str, ...], ...] = (
+    (),
+    (CGROUP + "/job1",),
+    (CGROUP + "/job2",),
+    (CGROUP,),
+    (CGROUP + "2",),  # a sibling whose name only starts like the scope
+    ("/sys/fs/cgroup/pids/other",),
+    ("/sys/fs/cgroup/pids/other", CGROUP + "/job3/"),
+)
+UIDS = (0, 1000, 1001)
+OPS = (
+    *("acquire", "release", "release", "renew", "renew", "renew", "pair", "pair"),
+    *("update", "update", "statistics", "beat", "expire", "lease", "holder", "misc"),
+)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def canon(value: object) -> object:
+    """A value as plain, ordered data: records as (type, *field values), mappings sorted.
+
+    Its repr is what is hashed: the repr of ints, strs, None and floats is exact and
+    does not depend on the run (a float's repr round-trips)."""
+    kind = type(value)
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    if names is not None:
+        return (kind.__name__, *[canon(getattr(value, name)) for name in names])
+    if isinstance(value, Mapping):
+        return ("map", *sorted((str(k), canon(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(canon(v) for v in value)
+    if value is None or isinstance(value, (bool, int, str, float)):
+        return value
+    raise TypeError(f"cannot canonicalise {kind.__name__}")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.calls = 0
+
+    def call(self, name: str, fn: Callable[[], object]) -> object:
+        """Call and record what it returned, or the LeaseError it raised."""
+        self.calls += 1
+        try:
+            result = fn()
+        except LeaseError as err:
+            self.add(name, ("LeaseError", err.code, str(err)))
+            return None
+        self.add(name, canon(result))
+        return result
+
+    def add(self, name: str, data: object) -> None:
+        self.hash.update(repr((name, data)).encode())
+        self.hash.update(b"\n")
+
+
+class _Traffic:
+    """One seeded sequence: a config, a host whose limits, CPUs, memory and PSI move, and
+    a mix of calls sized by the sequence's target number of leases."""
+
+    def __init__(self, seed: int) -> None:
+        r = self.r = random.Random(seed)
+        size = r.random()
+        # many short sequences of 1-8 leases, some of up to 24, a few of up to 64
+        self.target = r.randint(1, 8) if size < 0.6 else r.randint(9, 24) if size < 0.85 else 64
+        self.steps = r.randint(10, 40) + 3 * self.target
+        # which bound is meant to bind: CPUs only, memory, task limits, or all at once
+        self.regime = r.choice(["cpu", "cpu", "memory", "memory", "tasks", "tasks", "mixed"])
+        self.now = 1000.0
+        self.config = self.new_config()
+        self.shape = self.new_shape()
+        self.live: list[str] = []
+        self.ledger_cpus = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def new_config(self) -> BudgetConfig:
+        r = self.r
+        mem_slot = [0, GIB // 4, GIB // 2, GIB]
+        return BudgetConfig(
+            reserve_tasks=r.choice([0, 0, 2, 10, 64]),
+            reserve_percent=r.choice([0.0, 0.0, 5.0, 15.0]),
+            max_per_lease=r.choice([1, 2, 3, 4, 6, 8, 8, 16, 64]),
+            cpu_cap=r.choice([None, None, None, 2.0, 8.0, 16.5, 64.0]),
+            memory_per_slot=r.choice(mem_slot[1:] if self.regime == "memory" else mem_slot),
+            lease_ttl=r.choice([10.0, 30.0]),
+            cgroups=(),
+            watch_users=(),
+            pressure=r.choice([QUIET, QUIET, PRESSURE]),
+        )
+
+    def new_shape(self) -> tuple[Limit, ...]:
+        r = self.r
+        tight = self.regime == "tasks" or (self.regime == "mixed" and r.random() < 0.5)
+
+        def size() -> int:
+            return r.randint(5, 40 + 6 * self.target) if tight else r.randint(2000, 40_000)
+
+        out = [Limit("threads-max", "threads-max", None, size(), 0)]
+        if r.random() < 0.3:
+            out.append(Limit("pid_max", "pid_max", None, size(), 0))
+        if r.random() < 0.5:
+            out.append(Limit(f"cgroup:{CGROUP}", "cgroup", CGROUP, size(), 0))
+        if r.random() < 0.4:
+            uid = r.choice(UIDS[1:])
+            out.append(Limit(f"nproc:{uid}", "nproc", uid, size(), 0))
+        return tuple(out)
+
+    def new_sample(self) -> HostSample:
+        r = self.r
+        if r.random() < 0.1:  # the limits change shape: scopes are found again
+            self.shape = self.new_shape()
+        limits = tuple(
+            dataclasses.replace(
+                lim, in_use=r.randint(0, lim.limit // 4 if r.random() < 0.7 else lim.limit + 10)
+            )
+            for lim in self.shape
+        )
+        if self.regime == "cpu":
+            cpus = r.choice([16.0, 32.0, 64.0, 128.0, 3.5])
+            mem = r.randint(8, 64) * GIB
+        else:
+            cpus = r.choice([1.0, 2.0, 4.0, 16.0, 64.0, 64.0, 128.0, 3.5])
+            mem = r.randint(0, 16) * GIB
+        psi = None
+        if r.random() < 0.3:
+            psi = Psi(r.choice([None, 0.0, 10.0, 45.0, 90.0]), r.choice([None, 0.0, 35.0, 70.0]))
+        self.now += r.choice([0.0, 0.5, 1.0])
+        return HostSample(
+            taken_at=self.now,
+            wall_time=self.now,
+            threads_total=0,
+            threads_max=0,
+            pid_max=0,
+            cgroups=(),
+            users=(),
+            mem_available_bytes=mem + r.choice([0, GIB // 3]),
+            mem_total_bytes=64 * GIB,
+            cpus=cpus,
+            psi=psi,
+            limits=limits,
+        )
+
+    def new_request(self) -> Request:
+        r = self.r
+        return Request(
+            holder=f"h{r.randint(0, 5)}",
+            pid=r.randint(100, 110),
+            uid=r.choice(UIDS),
+            job=r.choice(["batt", "fit"]),
+            want=r.choice([0, 1, 2, 2, 2, 3, 4, 4, 6, 8, 12, 16, 100]),
+            kinds=r.choice(KIND_SETS),
+            cgroups=r.choice(CGROUP_SETS),
+            base_tasks=r.choice([0, 1, 1, 1, 2, 5]),
+        )
+
+    def op(self) -> str:
+        r = self.r
+        if len(self.live) < self.target and r.random() < 0.55:
+            return "acquire"
+        return r.choice(OPS)
+
+    def trees(self) -> dict[str, int]:
+        r = self.r
+        return {i: r.randint(0, 40) for i in self.live if r.random() < 0.6}
+
+    def run(self, rec: _Recorder) -> None:
+        r = self.r
+        first = None if r.random() < 0.05 else self.new_sample()
+        led = BudgetLedger(self.config, self.clock, first)
+        rec.add("level", led.level)
+        for _ in range(self.steps):
+            self.step(led, rec, self.op())
+        rec.call("statistics", led.statistics)
+        rec.call("expire", led.expire)
+
+    def step(self, led: BudgetLedger, rec: _Recorder, op: str) -> None:
+        r, live = self.r, self.live
+        self.now += r.choice([0.0, 0.0, 0.25, 1.0])
+        if op == "acquire":
+            req = self.new_request()
+            grant = rec.call("acquire", lambda: led.acquire(req))
+            if grant is not None:
+                live.append(grant.lease_id)  # type: ignore[attr-defined]
+        elif op == "pair":
+            req = self.new_request()
+            grant = rec.call("acquire", lambda: led.acquire(req))
+            if grant is not None:
+                lease_id: str = grant.lease_id  # type: ignore[attr-defined]
+                rec.call("release", lambda: led.release(lease_id))
+        elif op == "release":
+            if live and r.random() < 0.95:
+                lease_id = live.pop(r.randrange(len(live)))
+            else:
+                lease_id = f"L{r.randint(0, 200)}"  # maybe held, maybe not
+                if lease_id in live:
+                    live.remove(lease_id)
+            rec.call("release", lambda: led.release(lease_id))
+        elif op == "renew" and live:
+            lease_id = r.choice(live)
+            held = led.lease(lease_id)
+            rec.add("held", canon(held))
+            ack = r.choice(
+                [None, None, held.target, held.workers, 0, r.randint(0, held.workers + 1)]
+            )
+            rec.call("renew", lambda: led.renew(lease_id, ack))
+        elif op == "beat" and live:
+            lease_id = r.choice(live)
+            rec.call("heartbeat", lambda: led.heartbeat(lease_id))
+        elif op == "expire":
+            self.now += r.choice([1.0, 5.0, 12.0, 31.0])
+            for lease in rec.call("expire", led.expire) or ():  # type: ignore[attr-defined]
+                live.remove(lease.lease_id)
+        elif op == "update":
+            sampled, trees = self.new_sample(), self.trees()
+            rec.call("update", lambda: led.update(sampled, trees))
+        elif op == "statistics":
+            rec.call("statistics", led.statistics)
+        elif op == "lease" and live:
+            lease_id = r.choice(live)
+            rec.call("lease", lambda: led.lease(lease_id))
+        elif op == "holder" and live:
+            lease_id = r.choice(live)
+            rec.call("holder_of", lambda: led.holder_of(lease_id))
+            rec.add("level", led.level)
+        elif op == "misc":
+            self.misc(led, rec)
+
+    def misc(self, led: BudgetLedger, rec: _Recorder) -> None:
+        r, live = self.r, self.live
+        what = r.choice(["holder", "reconfigure", "invalid", "invalid", "burst"])
+        if what == "holder":
+            holder = f"h{r.randint(0, 5)}"
+            for lease in rec.call("release_holder", lambda: led.release_holder(holder)) or ():  # type: ignore[attr-defined]
+                live.remove(lease.lease_id)
+        elif what == "reconfigure":
+            self.config = self.new_config()
+            cfg = self.config
+            rec.call("reconfigure", lambda: led.reconfigure(cfg))
+        elif what == "invalid":
+            bad = dataclasses.replace(
+                self.new_request(),
+                **r.choice([{"want": -1}, {"base_tasks": -2}, {"kinds": ("fork",)}]),
+            )
+            rec.call("acquire", lambda: led.acquire(bad))
+        else:  # a burst of clients that each acquire and then release, in order
+            ids = []
+            for _ in range(r.randint(2, 12)):
+                req = self.new_request()
+                grant = rec.call("acquire", lambda: led.acquire(req))  # noqa: B023
+                ids.append(grant.lease_id)  # type: ignore[attr-defined]
+            for lease_id in ids:
+                rec.call("release", lambda: led.release(lease_id))  # noqa: B023
+
+
+def digest(seed: int) -> str:
+    """The sha256 of everything one seeded sequence's calls returned, in order."""
+    rec = _Recorder()
+    rec.add("version", VERSION)
+    _Traffic(seed).run(rec)
+    return rec.hash.hexdigest()
+
+
+def recorded() -> list[str]:
+    """The recorded digests, seed by seed (seed i at index i)."""
+    data = json.loads(DATA.read_text())
+    if data["version"] != VERSION:
+        raise ValueError(f"{DATA} was recorded by generator {data['version']}, not {VERSION}")
+    digests: list[str] = data["digests"]
+    return digests
