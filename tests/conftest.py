@@ -1,4 +1,8 @@
-"""Fixtures that create real kernel objects and always remove them."""
+"""Fixtures that create real kernel objects and always remove them, and the `root` marker.
+
+Every fixture that needs root requests `needs_root`; a test whose fixture closure holds
+it is marked `root` at collection, so `pytest -m "not root"` runs the rest as any user.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,29 @@ import pytest
 
 from tests.helpers import PidsCgroup, TestUser, is_root, pids_v1_writable
 
+ROOT_FIXTURE = "needs_root"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `root` every test that needs root through its fixtures (or usefixtures)."""
+    for item in items:
+        if ROOT_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.root)
+
 
 @pytest.fixture
-def pids_cgroup() -> Iterator[Callable[..., PidsCgroup]]:
+def needs_root() -> None:
+    """Requested by each fixture (or test) that needs root; skips when not root."""
+    if not is_root():
+        pytest.skip("needs root (run as root, or deselect with -m 'not root')")
+
+
+@pytest.fixture
+def pids_cgroup(needs_root: None) -> Iterator[Callable[..., PidsCgroup]]:
     """Factory for real cgroup v1 pids children; every one is emptied and removed."""
     if not pids_v1_writable():
-        pytest.skip("needs root and a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
+        pytest.skip("needs a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
     made: list[PidsCgroup] = []
 
     def make(**kwargs: object) -> PidsCgroup:
@@ -29,10 +50,8 @@ def pids_cgroup() -> Iterator[Callable[..., PidsCgroup]]:
 
 
 @pytest.fixture
-def test_user() -> Iterator[Callable[[], TestUser]]:
+def test_user(needs_root: None) -> Iterator[Callable[[], TestUser]]:
     """Factory for real users made with useradd; every one is deleted."""
-    if not is_root():
-        pytest.skip("needs root to create users")
     made: list[TestUser] = []
 
     def make() -> TestUser:

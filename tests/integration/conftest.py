@@ -1,4 +1,5 @@
-"""A factory fixture that runs the real daemon as a subprocess on a real socket."""
+"""Factory fixtures for the integration tests: the real daemon as a subprocess on a real
+socket, and the builders of the program configs it is given."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import WireClient, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, WireClient, wait_until
 
 
 class DaemonHandle:
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.socket = workdir / "s.sock"
         config.setdefault("daemon", {})
@@ -44,6 +49,7 @@ class DaemonHandle:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=workdir,
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self) -> None:
@@ -93,15 +99,20 @@ class DaemonHandle:
 
 @pytest.fixture
 def daemon() -> Iterator[Callable[..., DaemonHandle]]:
-    """Factory: daemon(config_dict) starts a real daemon; all are stopped at teardown."""
+    """Factory: daemon(config_dict) starts a real daemon; all are stopped at teardown.
+
+    `preexec_fn` runs in the daemon's process before exec (e.g. a cgroup's `preexec()`,
+    so the daemon and the workers' cgroups it makes live below that cgroup)."""
     started: list[DaemonHandle] = []
     dirs: list[Path] = []
 
-    def start(config: dict[str, Any] | None = None) -> DaemonHandle:
+    def start(
+        config: dict[str, Any] | None = None, *, preexec_fn: Callable[[], None] | None = None
+    ) -> DaemonHandle:
         # short directory: a Unix socket path is limited to 107 bytes
         workdir = Path(tempfile.mkdtemp(prefix="sbt-", dir="/tmp"))
         dirs.append(workdir)
-        handle = DaemonHandle(workdir, config or {})
+        handle = DaemonHandle(workdir, config or {}, preexec_fn)
         started.append(handle)
         handle.wait_ready()
         return handle
@@ -126,3 +137,30 @@ def daemon_once() -> Iterator[DaemonHandle]:
     finally:
         handle.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _program(command: list[str], **settings: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "command": command,
+        "output": {"mode": "daemon"},
+        "backoff": {"initial": "100ms", "max": "400ms", "factor": 2},
+    }
+    base.update(settings)
+    return base
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+@pytest.fixture
+def program() -> Callable[..., dict[str, Any]]:
+    """Factory: program(command, **settings) is one entry of a config's `programs`, its
+    output to the daemon's log and a short backoff; `settings` override any key."""
+    return _program
+
+
+@pytest.fixture
+def py() -> Callable[[str], list[str]]:
+    """Factory: py(code) is the command that runs `code` (dedented) in this interpreter."""
+    return _py

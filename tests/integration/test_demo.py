@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import killing
+from tests.helpers import REPO, killing
 
-REPO = Path(__file__).resolve().parents[2]
 ARGS = [
     "--tasks",
     "6",

@@ -33,6 +33,7 @@ from supervisord_batt.supervise.proctree import (
     spawn,
 )
 from tests.helpers import (
+    REPO,
     PidsCgroup,
     interpreter_for_others,
     killing,
@@ -43,10 +44,7 @@ from tests.helpers import (
 if TYPE_CHECKING:
     from tests.helpers import TestUser
 
-REPO = Path(__file__).resolve().parents[2]
 ENV = {"PATH": os.defpath, "PYTHONPATH": str(REPO)}
-
-needs_v1 = pytest.mark.skipif(not pids_v1_writable(), reason="needs root and cgroup v1 pids")
 
 # A worker that starts three children: a plain one, one that calls setsid(), one that
 # ignores SIGTERM (only if the worker does, argv[1] == "ignore"), and prints their pids.
@@ -115,7 +113,7 @@ def _isolated(scenario: str, **kwargs: Any) -> dict[str, Any]:
         "import json, sys\n"
         "from supervisord_batt.supervise.proctree import become_subreaper\n"
         "assert become_subreaper()\n"
-        "from tests.integration import test_proctree as t\n"
+        "from tests.integration.supervise import test_proctree as t\n"
         "print(json.dumps(getattr(t, sys.argv[1])(**json.loads(sys.argv[2]))))\n"
     )
     out = subprocess.run(
@@ -256,14 +254,16 @@ def scenario_parent_full(cgroup_procs: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def base() -> Iterator[str]:
-    """A unique base name for WorkerCgroups; whatever is left under it is removed."""
+def base(needs_root: None) -> Iterator[str]:
+    """A unique base name for WorkerCgroups (in our own v1 pids cgroup, so root only);
+    whatever is left under it is removed."""
+    if not pids_v1_writable():
+        pytest.skip("needs a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
     name = f"sbtest-{uuid.uuid4().hex[:8]}"
     yield name
     _remove_cgroups(_own_pids_v1() / f"{name}.workers")
 
 
-@needs_v1
 def test_kill_tree_in_cgroup_sigkills_the_term_ignoring(base: str) -> None:
     r = _isolated("scenario_kill", base=base, ignore=True, grace=0.5)
     rep = r["report"]
@@ -289,7 +289,6 @@ def test_kill_tree_without_cgroup_finds_the_setsid_child() -> None:
     assert rep["tasks_at_kill"] == r["real_tasks"]
 
 
-@needs_v1
 def test_kill_tree_that_exits_on_term_needs_no_sigkill(base: str) -> None:
     r = _isolated("scenario_kill", base=base, ignore=False, grace=2.0)
     rep = r["report"]
@@ -302,7 +301,6 @@ def test_kill_tree_that_exits_on_term_needs_no_sigkill(base: str) -> None:
 # ---------------------------------------------------------------- spawn
 
 
-@needs_v1
 def test_spawn_refused_when_the_worker_cgroup_is_full(base: str) -> None:
     cgs = WorkerCgroups.detect(base)
     try:
@@ -344,7 +342,6 @@ def test_spawn_refused_when_the_daemons_own_cgroup_is_full(
     assert r == {"refused": errno.EAGAIN, "clean": True, "rc": 4}
 
 
-@needs_v1
 def test_spawn_drops_to_the_user_after_joining_the_cgroup(
     base: str, test_user: Callable[[], TestUser]
 ) -> None:
@@ -455,7 +452,6 @@ def test_become_subreaper_in_a_child_only() -> None:
 # ---------------------------------------------------------------- detection
 
 
-@needs_v1
 def test_detect_v1_creates_reuses_and_cleans_up(base: str) -> None:
     cgs = WorkerCgroups.detect(base)
     assert cgs.enabled and cgs.version == 1, cgs.reason
@@ -484,14 +480,13 @@ def test_detect_v1_creates_reuses_and_cleans_up(base: str) -> None:
     assert not cgs.root.exists()
 
 
+@pytest.mark.usefixtures("needs_root")  # root, to drop to nobody
 def test_detect_falls_back_with_a_reason_when_v1_is_not_writable() -> None:
     code = (
         "import os; from supervisord_batt.supervise.proctree import WorkerCgroups\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "c = WorkerCgroups.detect('sbtest-nobody'); print(c.enabled, '|', c.reason)\n"
     )
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to nobody")
     out = subprocess.run(
         [sys.executable, "-c", code], env=ENV, cwd=REPO, capture_output=True, text=True
     )

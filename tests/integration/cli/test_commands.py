@@ -7,11 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-from tests.helpers import killing, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, killing, wait_until
 
 
 def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
-from tests.integration.test_supervise import program, py
 
 HOLDER = textwrap.dedent(
     """
@@ -381,7 +380,7 @@ def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon
     assert all(s["jobs"] == 1 for s in d.events("lease_lines_suppressed"))
 
 
-def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(daemon):
+def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(daemon, program, py):
     """A peer pipelines thousands of requests whose replies are 64 KiB each (tail) and
     never reads: once its replies fill the socket and the transport's buffer the daemon
     answers no more of them, so what it holds for that peer stays bounded."""

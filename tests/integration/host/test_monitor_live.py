@@ -10,15 +10,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import psutil
-import pytest
 
 from supervisord_batt.host.monitor import HostMonitor
 from tests.helpers import interpreter_for_others, killing, wait_until
 
 if TYPE_CHECKING:  # imported for annotations only: pytest would try to collect TestUser
     from tests.helpers import PidsCgroup, TestUser
-
-pytestmark = pytest.mark.root
 
 # Starts up to argv[1] threads that block, prints how many started (a refused start is
 # RuntimeError: can't start new thread), optionally starts a `sleep` grandchild, then
