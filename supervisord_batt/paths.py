@@ -26,6 +26,9 @@ ETC_CONFIG = Path("/etc/supervisord-batt/supervisord-batt.yaml")
 PACKAGE_CONFIG = Path(__file__).resolve().parent / "default-config.yaml"  # wheel builds
 SOURCE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "supervisord-batt.yaml"
 
+PACKAGE_UNIT = Path(__file__).resolve().parent / "supervisord-batt.service"  # wheel builds
+SOURCE_UNIT = Path(__file__).resolve().parent.parent / "systemd" / "supervisord-batt.service"
+
 SOCKET_NAME = "supervisord-batt.sock"
 RUNTIME_DIR = Path("/run/supervisord-batt")  # systemd's RuntimeDirectory= for the unit
 DEFAULT_SOCKET = RUNTIME_DIR / SOCKET_NAME

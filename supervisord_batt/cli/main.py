@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=cmd_exec)
 
+    p = sub.add_parser(
+        "unit", help="print the systemd unit, its commands pointing at this installation"
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the config the service reads (default /etc/supervisord-batt/supervisord-batt.yaml)",
+    )
+    p.set_defaults(func=cmd_unit)
+
     p = sub.add_parser("check-config", help="validate a config file; exit 1 listing every error")
     p.add_argument("file", type=Path, nargs="?", default=None)
     p.set_defaults(func=cmd_check_config)
@@ -222,8 +235,10 @@ def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]
     from supervisord_batt.client.leases import Connection, DaemonError
 
     path = _socket_for(args)
+    # a control op waits for trees to stop (stop_grace is at most 60s) and start again
+    timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
     try:
-        with Connection(path, timeout=10.0) as conn:
+        with Connection(path, timeout=timeout) as conn:
             return conn.request(op, **fields)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
@@ -294,6 +309,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.write(nxt["data"])
         sys.stdout.flush()
         reply = nxt
+    return 0
+
+
+def cmd_unit(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.unit import render_unit
+
+    try:
+        print(render_unit(config=args.config), end="")
+    except (OSError, ValueError) as exc:
+        print(f"supervisord-batt unit: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
