@@ -95,7 +95,7 @@ class Service:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
+def sandbox(needs_root: None) -> Iterator[Sandbox]:  # needs_root: marks the tests `root`
     why = cannot_run()
     if why is not None:
         pytest.skip(f"no systemd sandbox on this machine: {why}")
