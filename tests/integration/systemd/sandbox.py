@@ -35,6 +35,8 @@ STUBS = {
     "After=sysinit.target\n",
     "sdtest.target": "[Unit]\nDescription=test boot target\nRequires=basic.target\n"
     "After=basic.target\nAllowIsolate=yes\n",
+    # what an installed unit's WantedBy= names; never started here
+    "multi-user.target": "[Unit]\nDescription=multi-user stub\n",
 }
 # what `systemctl exit` needs to shut the namespace down cleanly
 SHUTDOWN_UNITS = ("shutdown.target", "umount.target", "final.target", "exit.target")
@@ -49,6 +51,14 @@ DefaultTasksAccounting=yes
 DefaultStandardOutput=tty
 DefaultStandardError=inherit
 """
+# journald when a test reads the journal: in memory (the private /run), and never the
+# host's kernel log
+JOURNALD_CONF = "[Journal]\nStorage=volatile\nReadKMsg=no\nForwardToConsole=no\n"
+JOURNALD_UNITS = (
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "systemd-journald-dev-log.socket",
+)
 SYSTEMD = next(
     (p for p in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd") if os.access(p, os.X_OK)),
     None,
@@ -56,6 +66,10 @@ SYSTEMD = next(
 # The namespace's PID 1 is this shell: it mounts what systemd must not take from the host,
 # then execs systemd. $V1 lists the v1 controllers to mount again, rooted at our cgroups.
 INNER = r"""
+if [ -n "$ETC_OVERLAY" ]; then  # a private, writable /etc: writes land in $W/etc-upper
+  mkdir -p "$W/etc-upper" "$W/etc-work"
+  mount -t overlay overlay -o "lowerdir=/etc,upperdir=$W/etc-upper,workdir=$W/etc-work" /etc
+fi
 mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 mount -t tmpfs -o nosuid,nodev,noexec,mode=755 tmpfs /sys/fs/cgroup
 for c in $V1; do
@@ -73,10 +87,12 @@ if [ -e /proc/sysrq-trigger ]; then
 fi
 mount -o remount,bind,ro /sys
 mount --bind "$W/system.conf" /etc/systemd/system.conf
+[ ! -e "$W/journald.conf" ] || mount --bind "$W/journald.conf" /etc/systemd/journald.conf
 mount --bind "$PTS" /dev/console
 mkdir -p "$W/empty"
 mount --bind "$W/empty" /usr/lib/systemd/system-generators
-exec env -u W -u PTS -u V1 -u LIBMOUNT_UTAB "$SYSTEMD" --system --unit=sdtest.target
+exec env -u W -u PTS -u V1 -u LIBMOUNT_UTAB -u ETC_OVERLAY "$SYSTEMD" --system \
+  --unit=sdtest.target
 """
 
 
@@ -100,7 +116,7 @@ def _cgroup_dir(controllers: str) -> str:
     return f"/sys/fs/cgroup/{controllers}"
 
 
-def main(workdir: str) -> None:
+def main(workdir: str, etc_overlay: bool = False) -> None:
     """Become the namespace's launcher: cgroups, pty copier, then exec unshare."""
     w = Path(workdir).resolve()
     (w / "launcher.pid").write_text(f"{os.getpid()}\n")
@@ -141,7 +157,11 @@ def main(workdir: str) -> None:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "container": "sdns",
-        "SYSTEMD_UNIT_PATH": str(w / "units"),
+        # with a private /etc, units installed the usual way are found too
+        "SYSTEMD_UNIT_PATH": f"{w / 'units'}:/etc/systemd/system"
+        if etc_overlay
+        else str(w / "units"),
+        "ETC_OVERLAY": "1" if etc_overlay else "",
         "W": str(w),
         "PTS": pts,
         "V1": " ".join(v1),
@@ -157,20 +177,31 @@ def main(workdir: str) -> None:
 class Sandbox:
     """One booted namespace; `systemctl(...)` talks to its systemd."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, etc_overlay: bool = False) -> None:
         self.workdir = workdir
+        self.etc_overlay = etc_overlay  # a private writable /etc, for install steps
         self.units = workdir / "units"
         self.launcher: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
 
     @classmethod
-    def prepare(cls, workdir: Path) -> Sandbox:
-        box = cls(workdir)
+    def prepare(cls, workdir: Path, etc_overlay: bool = False, journald: bool = False) -> Sandbox:
+        """The unit directory and config; `journald`: a journal, and services log to it."""
+        box = cls(workdir, etc_overlay)
         box.units.mkdir(parents=True)
-        (workdir / "system.conf").write_text(SYSTEM_CONF)
-        for name, text in STUBS.items():
+        conf = SYSTEM_CONF
+        stubs = dict(STUBS)
+        extra: tuple[str, ...] = ()
+        if journald:
+            conf = conf.replace("DefaultStandardOutput=tty", "DefaultStandardOutput=journal")
+            (workdir / "journald.conf").write_text(JOURNALD_CONF)
+            stubs["sockets.target"] = "[Unit]\nDescription=sockets stub\n"
+            stubs["sdtest.target"] += "Wants=systemd-journald.socket systemd-journald.service\n"
+            extra = JOURNALD_UNITS
+        (workdir / "system.conf").write_text(conf)
+        for name, text in stubs.items():
             (box.units / name).write_text(text)
-        for name in (*SHUTDOWN_UNITS, "systemd-exit.service"):
+        for name in (*SHUTDOWN_UNITS, "systemd-exit.service", *extra):
             for where in ("/lib/systemd/system", "/usr/lib/systemd/system"):
                 if (Path(where) / name).is_file():
                     shutil.copy(Path(where) / name, box.units / name)
@@ -181,7 +212,14 @@ class Sandbox:
         log = open(self.workdir / "launcher.log", "wb")  # noqa: SIM115
         with log:
             self.launcher = subprocess.Popen(
-                [sys.executable, __file__, str(self.workdir)], stdout=log, stderr=log
+                [
+                    sys.executable,
+                    __file__,
+                    str(self.workdir),
+                    *(["etc"] if self.etc_overlay else []),
+                ],
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + timeout
         while not self.pid1:
@@ -211,11 +249,12 @@ class Sandbox:
         return 0
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 120.0
+        self, *argv: str, check: bool = True, timeout: float = 120.0, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """A command inside the namespace (its mounts and pids)."""
+        wd = [f"--wd={cwd}"] if cwd is not None else []
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid1), "-m", "-p", *argv],
+            ["nsenter", "-t", str(self.pid1), "-m", "-p", *wd, *argv],
             capture_output=True,
             text=True,
             check=check,
@@ -265,4 +304,4 @@ class Sandbox:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], etc_overlay=sys.argv[2:] == ["etc"])
