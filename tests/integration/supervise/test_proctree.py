@@ -403,11 +403,12 @@ def test_exit_watcher_reports_code_and_signal_promptly() -> None:
         loop = asyncio.get_running_loop()
         watcher = ExitWatcher()
         got: dict[str, tuple[int, float]] = {}
-        done = asyncio.Event()
+        quit_seen, done = asyncio.Event(), asyncio.Event()
 
         def on_exit(name: str) -> Callable[[int], None]:
             def cb(code: int) -> None:
                 got[name] = (code, loop.time())
+                quit_seen.set()
                 if len(got) == 2:
                     done.set()
 
@@ -420,7 +421,9 @@ def test_exit_watcher_reports_code_and_signal_promptly() -> None:
         with killing(quits), killing(sleeper):
             watcher.watch(quits, on_exit("quits"))
             watcher.watch(sleeper, on_exit("sleeper"))
-            await asyncio.sleep(0.05)  # let the loop run with both watched
+            # the first exit reported: the loop is running with both watched
+            await asyncio.wait_for(quit_seen.wait(), 10)
+            assert "sleeper" not in got
             killed_at = loop.time()
             sleeper.send_signal(signal.SIGKILL)
             await asyncio.wait_for(done.wait(), 10)
