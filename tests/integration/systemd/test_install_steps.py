@@ -35,7 +35,7 @@ def readme_block(heading: str) -> list[str]:
 
 
 @pytest.fixture
-def box() -> Iterator[Sandbox]:
+def box(needs_root: None) -> Iterator[Sandbox]:  # needs_root: marks the tests `root`
     why = cannot_run()
     if why is not None:
         pytest.skip(f"no systemd sandbox on this machine: {why}")
