@@ -41,6 +41,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from supervisord_batt import safepath
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -154,9 +156,10 @@ def configure(
     stream: TextIO | None = None,
 ) -> None:
     """Set up logging for the whole process; safe to call again (on reload)."""
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        new_stream: TextIO = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    if log_file is not None:  # in a directory only root or we can write in, no symlink
+        safepath.make_dir(log_file.parent, 0o755)
+        fd = safepath.open_append(log_file)
+        new_stream: TextIO = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     else:
         new_stream = stream if stream is not None else sys.stdout
     flush()  # what the old configuration logged goes to the old stream

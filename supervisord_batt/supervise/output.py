@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from supervisord_batt import safepath
 from supervisord_batt.config.records import OutputConfig
 from supervisord_batt.logs import get_logger
 
@@ -35,12 +36,17 @@ class Chunk:
 
 
 class RotatingFile:
-    """Appends bytes to `path`; past `max_bytes` shifts path -> path.1 -> ... -> path.N."""
+    """Appends bytes to `path`; past `max_bytes` shifts path -> path.1 -> ... -> path.N.
+
+    The directory must be one only root or the daemon can write in, and the file is
+    opened without following a symlink (`safepath`): a link another user planted as
+    `batt-0.out.log` must not make the root daemon append worker output to its target.
+    """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 -- kept open for the worker's life
+        safepath.make_dir(path.parent, 0o755)
+        self._file: BinaryIO = _open(path)
         self._size = self._file.tell()
 
     def write(self, data: bytes) -> None:
@@ -64,11 +70,16 @@ class RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._file = _open(self.path)
         self._size = 0
 
     def close(self) -> None:
         self._file.close()
+
+
+def _open(path: Path) -> BinaryIO:
+    """Append to `path`, checked (safepath.open_append); kept open for the worker's life."""
+    return os.fdopen(safepath.open_append(path), "ab")
 
 
 class StreamSink:

@@ -1,0 +1,118 @@
+"""Directories and files the root daemon writes, checked so that no other user can
+redirect them.
+
+On a shared VM any user may own a directory on a configured path, or plant a symlink
+where the daemon will create a file. So the daemon trusts a directory it writes in (its
+socket's, an output directory, its log file's) only when nobody but root or the daemon's
+own uid can change what is in it:
+
+- the directory itself is a real directory owned by root or the daemon's uid, writable
+  by nobody else (no group or other write bit);
+- each ancestor is owned by root or that uid, and is not writable by others unless it is
+  sticky (as /tmp is: in a sticky directory nobody can rename what they do not own);
+- a symlink on the way is owned by root or that uid.
+
+Then a file in it is opened relative to the directory's descriptor with `O_NOFOLLOW`, so
+the file opened is the one checked, never where a planted link points.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+_TRUSTED_OWNERS = (0,)
+
+
+class UntrustedPath(PermissionError):
+    """A directory or file another user could redirect: the daemon refuses to use it."""
+
+
+def _owners(uid: int | None) -> tuple[int, ...]:
+    return (*_TRUSTED_OWNERS, os.geteuid() if uid is None else uid)
+
+
+def dir_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why the daemon (running as `uid`) must not write in `path`; None when it may.
+
+    `path` must exist. Checks the path as given (its symlinks) and as resolved.
+    """
+    owners = _owners(uid)
+    path = Path(os.path.abspath(path))
+    for p in (path, *path.parents):
+        try:
+            st = p.lstat()
+        except OSError as exc:
+            return f"cannot inspect {p}: {exc.strerror}"
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in owners:
+            return f"{p} is a symlink owned by uid {st.st_uid}"
+    real = Path(os.path.realpath(path))
+    try:
+        st = real.stat()
+    except OSError as exc:
+        return f"cannot inspect {real}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{real} is not a directory"
+    if st.st_uid not in owners:
+        return f"{real} is owned by uid {st.st_uid}, not root or uid {owners[-1]}"
+    if st.st_mode & 0o022:
+        return f"{real} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    for parent in real.parents:
+        st = parent.stat()
+        if st.st_uid not in owners:
+            return f"{parent} (above {real}) is owned by uid {st.st_uid}"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            mode = stat.S_IMODE(st.st_mode)
+            return f"{parent} (above {real}) is writable by group or others (mode {mode:04o})"
+    return None
+
+
+def check_dir(path: Path, uid: int | None = None) -> None:
+    """Raise UntrustedPath with the reason when `path` is not a directory to write in."""
+    problem = dir_problem(path, uid)
+    if problem is not None:
+        raise UntrustedPath(f"refusing {path}: {problem}")
+
+
+def make_dir(path: Path, mode: int = 0o755, uid: int | None = None) -> None:
+    """Create `path` (and missing parents, each with `mode`) if needed, then check it.
+
+    An existing directory is used only if it passes `dir_problem`: one another user made
+    first, or left writable, is refused rather than fixed, since its contents were theirs.
+    """
+    missing = []
+    p = Path(os.path.abspath(path))
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            pass  # made by someone else in the meantime: the check below decides
+        else:
+            os.chmod(d, mode, follow_symlinks=False)  # mkdir's mode passed the umask
+    check_dir(path, uid)
+
+
+def open_append(path: Path, mode: int = 0o640, uid: int | None = None) -> int:
+    """A descriptor to append to `path` in a checked directory, never through a symlink."""
+    check_dir(path.parent, uid)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path.name, flags, mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # the name is a symlink
+                raise UntrustedPath(f"refusing {path}: it is a symlink") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise UntrustedPath(f"refusing {path}: not a regular file with one link")
+    return fd

@@ -1,0 +1,109 @@
+"""safepath: which directories the root daemon may write in, and opening without links."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisord_batt.safepath import UntrustedPath, check_dir, dir_problem, make_dir, open_append
+
+OTHER_UID = 54321  # a uid nobody on the machine has: only ownership is compared
+
+
+def private(tmp_path: Path) -> Path:
+    d = tmp_path / "d"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    return d
+
+
+def test_a_private_directory_is_trusted(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    assert dir_problem(d) is None
+    check_dir(d)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o1777])
+def test_a_directory_others_can_write_is_not(tmp_path: Path, mode: int) -> None:
+    d = private(tmp_path)
+    os.chmod(d, mode)
+    problem = dir_problem(d)
+    assert problem is not None and "writable by group or others" in problem
+    with pytest.raises(UntrustedPath, match="refusing"):
+        check_dir(d)
+
+
+def test_a_regular_file_is_not_a_directory(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("")
+    assert "is not a directory" in (dir_problem(f) or "")
+
+
+def test_a_writable_parent_without_the_sticky_bit_is_not(tmp_path: Path) -> None:
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    d = parent / "d"
+    d.mkdir(mode=0o755)
+    assert "above" in (dir_problem(d) or "")
+    os.chmod(parent, 0o1777)  # sticky, as /tmp: nobody can rename what is not theirs
+    assert dir_problem(d) is None
+
+
+def test_make_dir_creates_missing_directories_with_the_mode(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "b"
+    old = os.umask(0o077)
+    try:
+        make_dir(d, 0o755)
+    finally:
+        os.umask(old)
+    assert oct(d.stat().st_mode & 0o777) == oct(0o755)
+    assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o755)
+    make_dir(d, 0o755)  # an existing trusted one is fine
+
+
+def test_open_append_refuses_a_symlink_even_in_a_trusted_directory(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (d / "w.log").symlink_to(victim)
+    with pytest.raises(UntrustedPath, match="symlink"):
+        open_append(d / "w.log")
+    assert victim.read_text() == "precious\n"
+
+
+def test_open_append_refuses_a_hard_link(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    victim = d / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, d / "w.log")
+    with pytest.raises(UntrustedPath, match="one link"):
+        open_append(d / "w.log")
+
+
+def test_open_append_appends_to_a_plain_file(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    for text in (b"one\n", b"two\n"):
+        fd = open_append(d / "w.log")
+        os.write(fd, text)
+        os.close(fd)
+    assert (d / "w.log").read_bytes() == b"one\ntwo\n"
+
+
+@pytest.mark.usefixtures("needs_root")
+def test_a_directory_owned_by_another_uid_is_not(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    os.chown(d, OTHER_UID, -1)
+    assert f"owned by uid {OTHER_UID}" in (dir_problem(d) or "")
+    assert dir_problem(d, uid=OTHER_UID) is None  # a daemon run as that uid may use it
+
+
+@pytest.mark.usefixtures("needs_root")
+def test_a_symlink_owned_by_another_uid_on_the_way_is_not(tmp_path: Path) -> None:
+    d = private(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    os.chown(link, OTHER_UID, -1, follow_symlinks=False)
+    assert "symlink owned by uid" in (dir_problem(link) or "")
