@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -64,6 +65,28 @@ def default_socket_path() -> Path:
     return paths.client_socket_path()
 
 
+class ImpostorError(PermissionError):
+    """The process serving the socket is not the daemon (not root, not our own uid)."""
+
+
+_UCRED = struct.Struct("3i")
+
+
+def check_server(sock: socket.socket, path: Path) -> None:
+    """Refuse to talk to a server that runs as anyone but root or ourselves.
+
+    Checked before a byte is sent: a socket another user bound at the daemon's path (in
+    a directory they could write) must not get a job's requests or answer an admin's
+    `stop all`. The kernel reports the server's credentials (SO_PEERCRED).
+    """
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid not in (0, os.geteuid()):
+        raise ImpostorError(
+            f"the server at {path} runs as uid {uid}, not root or uid {os.geteuid()}: "
+            "not the daemon, refusing to talk to it"
+        )
+
+
 class Connection:
     """A small blocking client: one request line out, exactly one reply line in."""
 
@@ -83,6 +106,7 @@ class Connection:
         sock.settimeout(timeout)
         try:
             sock.connect(str(self.path))
+            check_server(sock, self.path)
         except BaseException:
             sock.close()
             raise

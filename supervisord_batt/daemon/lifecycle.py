@@ -83,6 +83,7 @@ class Daemon:
             await self.startup()
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
+            await self.abort_startup()
             return 1
         _quiet_gc()
         try:
@@ -131,6 +132,14 @@ class Daemon:
             wake = next_tick if next_ping is None else min(next_tick, next_ping)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.should_exit.wait(), timeout=max(0.0, wake - now))
+
+    async def abort_startup(self) -> None:
+        """A failed start undoes what it did: no worker left running, no socket left."""
+        timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
+        await self.supervisor.shutdown(timeout)
+        await self.server.close()
+        self.monitor.close()
+        self.notifier.close()
 
     async def shutdown(self) -> None:
         """Stop taking leases, stop every worker (signal, grace, kill), close the socket."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import protocol
+from supervisord_batt import protocol, safepath
 from supervisord_batt.config.records import DaemonConfig
 from supervisord_batt.logs import get_logger
 
@@ -125,28 +125,43 @@ class PeerPolicy:
 
 
 def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socket.socket:
-    """Bind a listening Unix socket: replace a stale file, refuse a live daemon's."""
+    """Bind a listening Unix socket: replace a stale file, refuse a live daemon's.
+
+    The directory must be one only root or the daemon can write in (`safepath`; a
+    missing one is made: 0755 for root, whose socket notebook users must reach, 0700
+    for a user's own daemon). There, nobody else can move the socket aside and bind an
+    impostor, or swap in a symlink for the mode and group to land on: the mode is set by
+    the umask at bind, with no window, and the group without following a link.
+    """
     if len(os.fsencode(path)) > _MAX_UNIX_PATH:
         raise OSError(
             f"socket path is {len(os.fsencode(path))} bytes, the limit is {_MAX_UNIX_PATH}: {path}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    safepath.make_dir(path.parent, 0o755 if os.geteuid() == 0 else 0o700)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o777 & ~mode)  # no window in which the socket is wider than `mode`
+    old_umask = os.umask(0o777 & ~mode)  # the socket is made with exactly `mode`
     try:
         sock.bind(str(path))
-    except OSError:
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
+    except (OSError, KeyError):
         sock.close()
         raise
     finally:
         os.umask(old_umask)
-    os.chmod(path, mode)
-    if group is not None:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def socket_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what is at `path` now, without following a link."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _remove_stale(path: Path) -> None:
@@ -415,6 +430,7 @@ class Server:
         self.links_gone: asyncio.Future[None] | None = None  # set once `links` is empty
         self.next_id = 1
         self._server: asyncio.AbstractServer | None = None
+        self._bound: tuple[int, int] | None = None
         self.accepting = True
 
     async def start(self) -> None:
@@ -424,6 +440,7 @@ class Server:
             self.config.socket_group,
             backlog=max(128, self.config.max_connections),
         )
+        self._bound = socket_identity(self.path)  # shutdown removes this file and no other
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _Link(self), sock=sock)
         log.info("listening", socket=str(self.path), mode=oct(self.config.socket_mode))
@@ -444,8 +461,14 @@ class Server:
                 if link.transport is not None:
                     link.transport.abort()
             await self._links_gone(1.0)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        # only our own socket: whatever else is at the path now (a file someone put
+        # there, another daemon's socket) is left alone, and said so
+        now = socket_identity(self.path)
+        if now is not None and now == self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        elif now is not None:
+            log.warning("socket_not_removed", socket=str(self.path), reason="not ours any more")
 
     async def _links_gone(self, timeout: float) -> bool:
         """Wait until every connection has ended; False if some are left after `timeout`."""
