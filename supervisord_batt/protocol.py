@@ -84,6 +84,8 @@ def decode(line: bytes) -> dict[str, Any]:
         msg = _DECODE(line.decode())  # UTF-8 by the protocol: no encoding detection
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(BAD_JSON, f"not a JSON object: {exc}") from None
+    except RecursionError:  # [[[[...]]]] thousands deep: the decoder's stack, not a bug
+        raise ProtocolError(BAD_JSON, "JSON nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError(BAD_JSON, f"expected a JSON object, got {type(msg).__name__}")
     op = msg.get("op")

@@ -139,6 +139,9 @@ def _daemon(s: Section) -> DaemonConfig:
         max_message_bytes=s.get("max_message_bytes", size, 64 * 1024),
         pid_file=s.get("pid_file", optional(absolute_path), None),
         lease_log_rate=s.get("lease_log_rate", integer(0), 100),
+        admin_groups=s.get("admin_groups", list_of(string), ()),
+        max_connections_per_uid=s.get("max_connections_per_uid", integer(1), 32),
+        bad_input_log_rate=s.get("bad_input_log_rate", integer(0), 10),
     )
 
 

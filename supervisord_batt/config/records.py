@@ -33,6 +33,9 @@ class DaemonConfig:
     max_message_bytes: int
     pid_file: Path | None = None
     lease_log_rate: int = 100  # grant/deny/release lines a second; 0 = every line
+    admin_groups: tuple[str, ...] = ()  # may control (start, stop, reload, tail any)
+    max_connections_per_uid: int = 32  # root, admins and supervised workers excepted
+    bad_input_log_rate: int = 10  # lines a second about bad input and refused peers
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ not exist) and return the reply's fields.
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from supervisord_batt.supervise.supervisor import TERMINAL, Supervisor
 
 log = get_logger(component="daemon")
 
+# Who may do what (PeerPolicy): every allowed peer may lease, heartbeat and read status;
+# these change what runs, so they are for admins only. `tail` is for admins, and for a
+# peer reading a program that runs as its own uid.
+CONTROL_OPS = frozenset({"start", "stop", "restart", "reload"})
 TAIL_DEFAULT = 1600
 TAIL_MAX = 64 * 1024
 
@@ -50,7 +55,7 @@ class Commands:
     ledger: BudgetLedger
     lease_log: LeaseLog
     supervisor: Supervisor
-    reload: Callable[[], Awaitable[dict[str, list[str]]]]  # raises ReloadRejected
+    reload: Callable[..., Awaitable[dict[str, list[str]]]]  # (by=...), raises ReloadRejected
     accepting: Callable[[], bool]
     connections: Callable[[], int]
     sample: Callable[[], HostSample | None]
@@ -70,6 +75,12 @@ class Commands:
         method = self._ops.get(op)
         if method is None:
             raise protocol.ProtocolError(protocol.UNKNOWN_OP, f"op {op!r} is not served here")
+        if op in CONTROL_OPS and not conn.admin:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                f"uid {conn.peer.uid} may not {op}: control is for root, the daemon's uid "
+                "and daemon.admin_groups",
+            )
         reply = method(conn, msg)
         if "id" not in msg:
             return reply  # type: ignore[no-any-return]
@@ -195,7 +206,7 @@ class Commands:
             self.supervisor.post(inst, Start())
         names = [i.name for i in instances]
         await self.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
-        log.info("control", op="start", target=msg["target"], peer_pid=conn.peer.pid)
+        log.info("control", op="start", target=msg["target"], **_who(conn))
         return protocol.ok(instances={i.name: i.state.value for i in instances})
 
     async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +216,7 @@ class Commands:
             self.supervisor.post(inst, Stop())
         sup = self.supervisor
         await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
-        log.info("control", op="stop", target=msg["target"], peer_pid=conn.peer.pid)
+        log.info("control", op="stop", target=msg["target"], **_who(conn))
         return protocol.ok(instances={i.name: i.state.value for i in instances})
 
     async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +227,7 @@ class Commands:
     async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
         try:
-            diff = await self.reload()
+            diff = await self.reload(by=_who(conn))
         except ReloadRejected as exc:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
         return protocol.ok(**diff)
@@ -231,6 +242,11 @@ class Commands:
             raise protocol.ProtocolError(
                 protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
             )
+        if not conn.admin and self._runs_as(target) != conn.peer.uid:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                f"uid {conn.peer.uid} may not read {target}: it does not run as that uid",
+            )
         limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
         return protocol.ok(
             instance=target,
@@ -238,11 +254,26 @@ class Commands:
             **chunk_reply(sink.read(msg.get("offset"), limit), sink.path),
         )
 
+    def _runs_as(self, instance: str) -> int | None:
+        """The uid an instance's program runs as (None: unknown user)."""
+        program = self.supervisor.instances[instance].program
+        if program.user is None:
+            return os.geteuid()
+        try:
+            return pwd.getpwnam(program.user).pw_uid
+        except KeyError:
+            return None
+
     def _select(self, target: str) -> list[Any]:
         try:
             return self.supervisor.select(target)
         except KeyError as exc:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
+
+
+def _who(conn: Connection) -> dict[str, int]:
+    """The peer, as every control line names it."""
+    return {"uid": conn.peer.uid, "gid": conn.peer.gid, "pid": conn.peer.pid}
 
 
 async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:

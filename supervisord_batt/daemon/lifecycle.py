@@ -63,6 +63,7 @@ class Daemon:
         )
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
+        self.server.is_worker = lambda pid: self.supervisor.instance_of(pid) is not None
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
         self._trees: dict[str, int] = {}
@@ -154,6 +155,7 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
         self.lease_log.summarize()
+        self.server.problems.summarize()
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
@@ -208,7 +210,7 @@ class Daemon:
 
     async def _reload_logged(self) -> None:
         with contextlib.suppress(ReloadRejected):
-            await self.reload()
+            await self.reload(by={"by": "SIGHUP"})
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -237,6 +239,7 @@ class Daemon:
                 "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
             )
         self.lease_log.summarize()
+        self.server.problems.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
         self.notifier.status(self.status_line())
@@ -274,22 +277,24 @@ class Daemon:
 
     # -- reload -----------------------------------------------------------------------
 
-    async def reload(self) -> dict[str, list[str]]:
-        """Re-read the config file; a config that does not validate leaves the old one."""
+    async def reload(self, by: dict[str, Any] | None = None) -> dict[str, list[str]]:
+        """Re-read the config file; a config that does not validate leaves the old one.
+
+        `by` names who asked (the peer's uid, gid and pid, or the signal) in the lines."""
         self.notifier.reloading()
         try:
-            return await self._reload()
+            return await self._reload(by or {"by": "unknown"})
         finally:
             self.notifier.ready(self.status_line())  # the old config or the new one runs
 
-    async def _reload(self) -> dict[str, list[str]]:
+    async def _reload(self, by: dict[str, Any]) -> dict[str, list[str]]:
         source = self.config.source
         if source is None:
             raise ReloadRejected("the daemon was not started from a config file")
         try:
             new = load_config(source)
         except (ConfigError, OSError) as exc:
-            log.error("reload_rejected", path=str(source), reason=str(exc))
+            log.error("reload_rejected", path=str(source), reason=str(exc), **by)
             raise ReloadRejected(f"config rejected, the old one stays:\n{exc}") from None
         if new.daemon.socket != self.config.daemon.socket:
             log.warning(
@@ -301,13 +306,14 @@ class Daemon:
         self.config = new
         self.ledger.reconfigure(new.budget)
         self.lease_log.rate = new.daemon.lease_log_rate
+        self.server.problems.rate = new.daemon.bad_input_log_rate
         self.server.policy = _policy(new)
         self.monitor.close()
         self.monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))
         d = new.daemon
         logs.configure(d.log_format, logs.LEVELS.get(d.log_level, 20), d.log_file)
         diff = await self.supervisor.reload(new)
-        log.info("reloaded", path=str(source), **diff)
+        log.info("reloaded", path=str(source), **by, **diff)
         return diff
 
 
@@ -324,7 +330,7 @@ def _policy(config: Config) -> PeerPolicy:
         if program.user:
             with contextlib.suppress(KeyError):
                 uids.append(pwd.getpwnam(program.user).pw_uid)
-    return PeerPolicy(tuple(uids), config.daemon.allowed_groups)
+    return PeerPolicy(tuple(uids), config.daemon.allowed_groups, config.daemon.admin_groups)
 
 
 def _quiet_gc() -> None:

@@ -34,6 +34,7 @@ import socket
 import stat
 import struct
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 
 from supervisord_batt import protocol, safepath
 from supervisord_batt.config.records import DaemonConfig
+from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="server")
@@ -72,6 +74,7 @@ class Connection:
     last_active: float
     data: dict[str, Any] = field(default_factory=dict)  # per-connection state of the daemon
     key: str = ""
+    admin: bool = False  # may control the daemon (PeerPolicy.is_admin), found at connect
 
     def __post_init__(self) -> None:
         self.key = f"c{self.id}"
@@ -103,25 +106,44 @@ def _supplementary_groups(pid: int) -> set[int]:
 
 
 class PeerPolicy:
-    """Who may talk to the daemon: root, the daemon's own uid, allowed uids and groups."""
+    """Who may talk to the daemon, and who may control it.
 
-    def __init__(self, uids: tuple[int, ...], groups: tuple[str, ...]) -> None:
-        self.uids = {0, os.geteuid(), *uids}
-        self.gids: set[int] = set()
-        for name in groups:
-            try:
-                self.gids.add(grp.getgrnam(name).gr_gid)
-            except KeyError:
-                log.warning(
-                    "unknown_group", group=name, reason="daemon.allowed_groups names no group"
-                )
+    Talk (lease, heartbeat, status): root, the daemon's own uid, the allowed uids and
+    members of the allowed groups. Control (start, stop, restart, reload, tail of any
+    program): root, the daemon's own uid and members of the admin groups only.
+    """
+
+    def __init__(
+        self, uids: tuple[int, ...], groups: tuple[str, ...], admin_groups: tuple[str, ...] = ()
+    ) -> None:
+        self.admin_uids = {0, os.geteuid()}
+        self.uids = {*self.admin_uids, *uids}
+        self.gids = _gids(groups, "daemon.allowed_groups")
+        self.admin_gids = _gids(admin_groups, "daemon.admin_groups")
 
     def allows(self, peer: Peer) -> bool:
-        if peer.uid in self.uids:
+        if peer.uid in self.uids or self.is_admin(peer):
             return True
-        if not self.gids:
-            return False
-        return peer.gid in self.gids or bool(self.gids & _supplementary_groups(peer.pid))
+        return bool(self.gids) and _in_groups(peer, self.gids)
+
+    def is_admin(self, peer: Peer) -> bool:
+        if peer.uid in self.admin_uids:
+            return True
+        return bool(self.admin_gids) and _in_groups(peer, self.admin_gids)
+
+
+def _gids(names: tuple[str, ...], key: str) -> set[int]:
+    gids = set()
+    for name in names:
+        try:
+            gids.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            log.warning("unknown_group", group=name, reason=f"{key} names no group")
+    return gids
+
+
+def _in_groups(peer: Peer, gids: set[int]) -> bool:
+    return peer.gid in gids or bool(gids & _supplementary_groups(peer.pid))
 
 
 def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socket.socket:
@@ -212,8 +234,10 @@ class _Link(asyncio.Protocol):
             self._refuse(*refusal)
             return
         self.conn = Connection(server.next_id, peer, transport, time.monotonic())
+        self.conn.admin = server.policy.is_admin(peer)
         server.next_id += 1
         server.connections[self.conn.id] = self.conn
+        server.per_uid[peer.uid] += 1
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -255,6 +279,9 @@ class _Link(asyncio.Protocol):
         conn, self.conn = self.conn, None
         if conn is not None:
             del server.connections[conn.id]
+            server.per_uid[conn.peer.uid] -= 1
+            if not server.per_uid[conn.peer.uid]:
+                del server.per_uid[conn.peer.uid]
             server.on_close(conn)
         if not server.links and server.links_gone is not None and not server.links_gone.done():
             server.links_gone.set_result(None)
@@ -330,8 +357,14 @@ class _Link(asyncio.Protocol):
 
     def _too_large(self, conn: Connection, size: int, *, closing: bool) -> None:
         limit = self.server.limit
-        log.warning(
-            "message_too_large", conn=conn.key, pid=conn.peer.pid, bytes=size, closed=closing
+        self.server.problems.emit(
+            "warning",
+            "message_too_large",
+            uid=conn.peer.uid,
+            pid=conn.peer.pid,
+            conn=conn.key,
+            bytes=size,
+            closed=closing,
         )
         why = f"message over {limit} bytes" + ("; closing" if closing else "")
         conn.transport.write(protocol.encode(protocol.error(protocol.TOO_LARGE, why)))
@@ -379,13 +412,23 @@ class _Link(asyncio.Protocol):
         conn.transport.write(line)
 
     def _fail(self, conn: Connection, exc: Exception, request_id: Any) -> None:
+        problems, peer = self.server.problems, conn.peer
         if isinstance(exc, protocol.ProtocolError):
-            log.info(
-                "bad_request", conn=conn.key, pid=conn.peer.pid, code=exc.code, reason=exc.message
+            problems.emit(
+                "info" if exc.code != protocol.FORBIDDEN else "warning",
+                "bad_request",
+                uid=peer.uid,
+                gid=peer.gid,
+                pid=peer.pid,
+                conn=conn.key,
+                code=exc.code,
+                reason=exc.message,
             )
             reply = protocol.error(exc.code, exc.message, request_id)
         else:  # a bug in a handler must not take the daemon down
-            log.error("handler_failed", conn=conn.key, pid=conn.peer.pid, exc_info=exc)
+            problems.emit(
+                "error", "handler_failed", uid=peer.uid, pid=peer.pid, conn=conn.key, exc_info=exc
+            )
             reply = protocol.error(
                 protocol.INTERNAL, f"internal error: {type(exc).__name__}", request_id
             )
@@ -395,8 +438,9 @@ class _Link(asyncio.Protocol):
 
     def _note_half_message(self) -> None:
         if self.conn is not None and self.buf.strip():
-            log.info(
-                "half_message", conn=self.conn.key, pid=self.conn.peer.pid, bytes=len(self.buf)
+            peer = self.conn.peer
+            self.server.problems.emit(
+                "info", "half_message", uid=peer.uid, pid=peer.pid, bytes=len(self.buf)
             )
             self.buf.clear()
 
@@ -423,7 +467,11 @@ class Server:
         self.on_close = on_close
         self.path = socket_path
         self.limit = config.max_message_bytes
-        self.policy = PeerPolicy(config.allowed_uids, config.allowed_groups)
+        self.policy = PeerPolicy(config.allowed_uids, config.allowed_groups, config.admin_groups)
+        self.problems = Throttle(config.bad_input_log_rate)
+        self.per_uid: Counter[int] = Counter()  # open connections by peer uid
+        # a peer pid in a supervised worker's tree: its connections are never capped
+        self.is_worker: Callable[[int], bool] = lambda pid: False
         self.connections: dict[int, Connection] = {}
         self.links: set[_Link] = set()  # every open socket, refused ones included
         self.tasks: set[asyncio.Task[None]] = set()  # requests that are still running
@@ -484,21 +532,53 @@ class Server:
         return True
 
     def refusal(self, peer: Peer) -> tuple[str, str] | None:
-        """Why a new peer is refused (an error code and a message), logged; None: served."""
+        """Why a new peer is refused (an error code and a message), logged; None: served.
+
+        # Why per-uid caps and a reserve
+        One allowed uid holding every connection locked everyone out, root's `status`
+        included. So a uid holds at most `max_connections_per_uid`, and ordinary peers
+        together at most three quarters of `max_connections`: the last quarter is for
+        root, the admin groups and the supervised workers, none of which is capped per
+        uid (the workers are as many as the config says). Whether a pid is a worker
+        takes a walk up its ancestry, so it is asked only when a cap would refuse it.
+        """
+        problems = self.problems
         if not self.policy.allows(peer):
-            log.warning(
-                "peer_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason="not allowed"
+            problems.emit(
+                "warning",
+                "peer_refused",
+                uid=peer.uid,
+                gid=peer.gid,
+                pid=peer.pid,
+                reason="not allowed",
             )
             return protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon"
+        why = None
+        code = protocol.TOO_MANY_CONNECTIONS
+        total, limit = len(self.connections), self.config.max_connections
         if not self.accepting:
-            why = "the daemon is shutting down"
-            log.warning("connection_refused", pid=peer.pid, uid=peer.uid, reason=why)
-            return protocol.SHUTTING_DOWN, why
-        if len(self.connections) >= self.config.max_connections:
-            why = f"limit of {self.config.max_connections} connections"
-            log.warning("connection_refused", pid=peer.pid, uid=peer.uid, reason=why)
-            return protocol.TOO_MANY_CONNECTIONS, why
-        return None
+            why, code = "the daemon is shutting down", protocol.SHUTTING_DOWN
+        elif total >= limit:
+            why = f"limit of {limit} connections"
+        elif self._capped(peer, total, limit) and not self.is_worker(peer.pid):
+            why = self._cap_reason(peer, total, limit)
+        if why is None:
+            return None
+        problems.emit(
+            "warning", "connection_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason=why
+        )
+        return code, why
+
+    def _capped(self, peer: Peer, total: int, limit: int) -> bool:
+        """Whether an ordinary peer's cap refuses this one (admins are never capped)."""
+        over_uid = self.per_uid[peer.uid] >= self.config.max_connections_per_uid
+        over_share = total >= limit - limit // 4
+        return (over_uid or over_share) and not self.policy.is_admin(peer)
+
+    def _cap_reason(self, peer: Peer, total: int, limit: int) -> str:
+        if self.per_uid[peer.uid] >= self.config.max_connections_per_uid:
+            return f"uid {peer.uid} holds {self.per_uid[peer.uid]} connections, the limit per uid"
+        return f"{total} of {limit} connections open; the last {limit // 4} are kept for admins"
 
     def sweep_idle(self, now: float) -> None:
         """Close connections that sent nothing for `idle_timeout`."""

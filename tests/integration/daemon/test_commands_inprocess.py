@@ -53,10 +53,11 @@ class World:
     sample: HostSample | None = None
     next_id: int = 0
 
-    def connect(self, pid: int | None = None) -> Connection:
+    def connect(self, uid: int | None = None, admin: bool = True) -> Connection:
         self.next_id += 1
-        peer = Peer(pid=pid or os.getpid(), uid=os.geteuid(), gid=os.getegid())
-        return Connection(self.next_id, peer, cast(asyncio.Transport, None), time.monotonic())
+        peer = Peer(pid=os.getpid(), uid=os.geteuid() if uid is None else uid, gid=os.getegid())
+        transport = cast(asyncio.Transport, None)
+        return Connection(self.next_id, peer, transport, time.monotonic(), admin=admin)
 
     def call(self, conn: Connection, **msg: Any) -> dict[str, Any]:
         """One request, decoded as the server decodes it; an error comes back as a reply."""
@@ -81,11 +82,11 @@ def world(tmp_path: Path) -> Iterator[World]:
     ledger = BudgetLedger(config.budget, clock=time.monotonic)
     state: dict[str, World] = {}
 
-    async def reload() -> dict[str, list[str]]:
+    async def reload(by: dict[str, int]) -> dict[str, list[str]]:
         w = state["w"]
         if w.reload_error is not None:
             raise ReloadRejected(w.reload_error)
-        w.reloads.append("ok")
+        w.reloads.append(f"uid {by['uid']}")
         return {"added": [], "removed": [], "changed": [], "unchanged": []}
 
     supervisor = Supervisor(config, tmp_path / "s.sock", lambda *_: None, dict)
@@ -160,7 +161,7 @@ def test_heartbeat_names_no_instance_for_a_peer_the_supervisor_did_not_start(
 def test_reload_replies_with_the_diff_or_the_rejection(world: World) -> None:
     conn = world.connect()
     assert world.call(conn, op="reload")["added"] == []
-    assert world.reloads == ["ok"]
+    assert world.reloads == [f"uid {os.geteuid()}"]  # the reload names who asked
     world.reload_error = "config rejected, the old one stays:\nx.yaml: budget.nope (line 2)"
     reply = world.call(conn, op="reload")
     assert reply["error"]["code"] == protocol.BAD_REQUEST
@@ -186,3 +187,28 @@ def test_an_op_without_a_handler_is_unknown(world: World) -> None:
     with pytest.raises(protocol.ProtocolError) as caught:
         handle(world.connect(), {"op": "no_such_op"})
     assert caught.value.code == protocol.UNKNOWN_OP
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "start", "target": "all"},
+        {"op": "stop", "target": "all"},
+        {"op": "restart", "target": "all"},
+        {"op": "reload"},
+    ],
+)
+def test_control_is_for_admins_only(world: World, msg: dict[str, Any]) -> None:
+    user = world.connect(uid=4242, admin=False)
+    reply = world.call(user, **msg)
+    assert reply["error"]["code"] == protocol.FORBIDDEN
+    assert f"uid 4242 may not {msg['op']}" in reply["error"]["message"]
+    assert world.reloads == []  # nothing was done
+
+
+def test_a_peer_that_is_not_an_admin_may_still_lease_and_read_status(world: World) -> None:
+    user = world.connect(uid=4242, admin=False)
+    grant = world.call(user, op="acquire", want=1, kinds=["thread"])
+    assert grant["ok"]
+    assert world.call(user, op="status")["ok"]
+    assert world.call(user, op="release", lease=grant["lease"])["ok"]

@@ -1,0 +1,67 @@
+"""Lines about things a peer can make repeat: at most `rate` a second, the rest counted.
+
+A malformed or oversized message, a refused peer, an error answered: each is worth one
+line, with the peer's uid and pid, while it is rare. A peer that repeats it thousands of
+times a second (a fuzzer, a broken client in a loop, a connection flood) must not turn
+that into thousands of lines: 100,000 fuzzed messages were 104,786 lines, and journald's
+default limit (10,000 lines per 30 s per service) then drops the daemon's kill and
+pressure lines with them. So past `rate` lines a second they are counted, by event and
+by uid, and the daemon's tick writes one `bad_input_suppressed` line with the counts;
+a last one at shutdown. A rate of 0 writes every line. Lines about the daemon's own
+faults (`handler_failed`) go through here too, but keep their traceback when written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from supervisord_batt.logs import get_logger
+
+log = get_logger(component="daemon")
+_MAX_UIDS = 64  # distinct uids counted per summary; the rest are summed as "other"
+
+
+class Throttle:
+    """Writes within the rate, counts the rest, summarises on `summarize()`."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._second = -1
+        self._written = 0
+        self._held: Counter[str] = Counter()  # event -> lines held back since the summary
+        self._uids: Counter[str] = Counter()  # uid (as text) -> lines held back
+        self.total_held = 0  # since the daemon started (tests, status)
+
+    def emit(self, level: str, event: str, uid: int | None = None, **fields: Any) -> bool:
+        """Write the line if the rate allows; else count it. True when written."""
+        if self.rate > 0:
+            second = int(self._clock())
+            if second != self._second:
+                self._second, self._written = second, 0
+            if self._written >= self.rate:
+                self._held[event] += 1
+                key = str(uid) if len(self._uids) < _MAX_UIDS or str(uid) in self._uids else "other"
+                self._uids[key] += 1
+                self.total_held += 1
+                return False
+            self._written += 1
+        getattr(log, level)(event, uid=uid, **fields)
+        return True
+
+    def summarize(self) -> None:
+        """One line for what was held back since the last summary (nothing: no line)."""
+        if not self._held:
+            return
+        log.warning(
+            "bad_input_suppressed",
+            lines=sum(self._held.values()),
+            events=dict(self._held),
+            by_uid=dict(self._uids.most_common(10)),
+            reason=f"more than {self.rate} lines a second about bad input or refused peers",
+        )
+        self._held.clear()
+        self._uids.clear()
