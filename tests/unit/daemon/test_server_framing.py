@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -558,6 +559,7 @@ def test_connection_lost_releases_the_connection(harness: Callable[..., Harness]
         h = harness()
         a, b = h.connect(), h.connect()
         assert sorted(h.server.connections) == [1, 2]
+        assert h.server.per_uid == {os.geteuid(): 2}
         conn = h.server.connections[1]
         a.send(line(id=1))
         a.close()
@@ -568,6 +570,7 @@ def test_connection_lost_releases_the_connection(harness: Callable[..., Harness]
         b.send_eof()  # no half message: closed at once
         await asyncio.wait_for(h.server.links_gone, 5)
         assert h.server.connections == {} and not h.server.links
+        assert not h.server.per_uid, "the per-uid count of connections is given back"
         assert [c.key for c in h.closed] == ["c1", "c2"]
 
     run(main)
@@ -589,8 +592,6 @@ def test_half_message_at_eof_is_logged_and_dropped(harness: Callable[..., Harnes
 
 
 def test_peer_credentials_come_from_the_socket(harness: Callable[..., Harness]) -> None:
-    import os
-
     async def main() -> None:
         h = harness()
         h.connect()
