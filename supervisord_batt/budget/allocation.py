@@ -1,261 +1,221 @@
-"""The max-min water-filling of the ledger's capacity over its leases (`_Allocation`).
+"""The max-min water-filling of the capacity over the leases: `allocate(...) -> Allocation`.
 
-A mixin of `BudgetLedger`: it reads the ledger's state (declared below) and writes each
-lease's allocation (`alloc`, `alloc_kind`) and the fair share. It keeps each lease's place
-in the plan (`_profile`) and the plan's totals (`_Demand`) up to date, and recomputes the
-allocation in closed form when only the CPUs can bind (`_fill`), else round by round
-(`_simulate`), skipping the rounds nobody contends for.
+Pure: it reads the leases' footprints and profiles, the idle book (every lease
+sequential) and the demand's sums, and returns each lease's share. When only the CPUs
+can bind (`demand.cpu_only`) the outcome is in closed form (`Demand.level`); otherwise
+the rounds are simulated on a copy of the idle book, skipping the runs of rounds nobody
+contends for.
 """
 
 from __future__ import annotations
 
-from supervisord_batt.budget.books import _Book, _Entry, _Plan
-from supervisord_batt.budget.costs import MIN_POOL, Kind, Level, pool_cost
-from supervisord_batt.budget.demand import _Demand, counted
-from supervisord_batt.config.records import BudgetConfig
-from supervisord_batt.host.sample import HostSample
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 
-# the pool kinds a request accepts, process first, by (accepts process, accepts threads)
-_POOLS: dict[tuple[bool, bool], tuple[Kind, ...]] = {
-    (True, True): ("process", "thread"),
-    (True, False): ("process",),
-    (False, True): ("thread",),
-    (False, False): (),
-}
+from supervisord_batt.budget.books import Book
+from supervisord_batt.budget.claims import Footprint, Profile
+from supervisord_batt.budget.costs import MIN_POOL, Kind
+from supervisord_batt.budget.demand import Demand, cpu_only
+
+Planned = tuple[str, Footprint, Profile]  # a lease as the allocation sees it
 
 
-class _Allocation:
-    """The water-filling over the ledger's leases (see `_recompute`)."""
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What the allocation gives one lease: a pool of `workers` of `kind` (0: none)."""
 
-    # the ledger's state, set in `BudgetLedger.__init__`
-    _config: BudgetConfig
-    _sample: HostSample | None
-    _level: Level
-    _entries: dict[str, _Entry]
-    _idle: _Book
-    _demand: _Demand
-    _allocated: dict[str, _Entry]
-    _fair_share: int
-    _stale: bool
-    _exact: bool
-    _fast: _Entry | None
+    workers: int
+    kind: Kind
 
-    # -- the plan: who asks for a pool, of which kind, up to what --------------------------
 
-    def _enter(self, e: _Entry) -> None:
-        """Find what a lease asks for (again after a new config): its pool kinds, in the
-        order it prefers them, and its cap (`_cap`); both depend on nothing else."""
-        kinds = e.req.kinds
-        e.pools = _POOLS["process" in kinds, "thread" in kinds]
-        e.cap = self._cap(e)
+@cache
+def share(workers: int, kind: Kind) -> Share:
+    """The one Share of (workers, kind): they are frozen, so the allocation shares them
+    instead of building one per lease on every recompute."""
+    return Share(workers, kind)
 
-    def _cap(self, e: _Entry) -> int:
-        """The most workers this lease may ever hold."""
-        if not e.pools:
-            return 0
-        cap = min(e.req.want, self._config.max_per_lease)
-        return cap if cap >= MIN_POOL else 0
 
-    def _kinds_for(self, e: _Entry, workers: int) -> list[Kind]:
-        """Pool kinds the lease may hold at this size under the current level."""
-        return self._pool_kinds(e, workers, e.alloc_kind if e.alloc >= MIN_POOL else None)
+NO_SHARE = share(0, "sequential")
 
-    def _pool_kinds(self, e: _Entry, workers: int, chosen: Kind | None) -> list[Kind]:
-        """`_kinds_for`, with the kind the allocation chose (None: it chose none)."""
-        if self._level == "extreme":
-            return []
-        live: list[Kind]
-        if e.workers > 0 and e.kind != "sequential":  # a live pool keeps its kind
-            live = [e.kind]
-        elif chosen is not None:  # this allocation already chose a kind
-            live = [chosen]
-        else:
-            live = list(e.pools)
-        if self._level == "high":  # no new process pools, and none grows
-            live = [k for k in live if k != "process" or workers <= e.workers]
-        return live
 
-    def _plan(self) -> list[_Plan]:
-        """The leases that ask for a pool, live pools first, each with its first kind and
-        its cap (see `_profile`)."""
-        live: list[_Plan] = []
-        rest: list[_Plan] = []
-        for e in self._entries.values():
-            if e.plan_kind is not None:
-                (live if e.plan_live else rest).append((e, e.plan_kind, e.plan_cap))
-        return live + rest
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """The max-min allocation: each planned lease's share, and the water level reached
+    (the fair share: the largest share, 0 when nobody got a pool)."""
 
-    def _profile(self, e: _Entry) -> None:
-        """A lease's place in the plan: its first kind and its cap (at level high a process
-        pool grows no further than it is), and what it adds to the books at that cap."""
-        e.plan_live = e.workers >= MIN_POOL
-        cap = e.cap
-        # as the plan sees it: the allocation that is being recomputed chose no kind yet
-        kinds = self._pool_kinds(e, MIN_POOL, None) if cap >= MIN_POOL else []
-        if not kinds:
-            e.plan_kind, e.plan_cap, e.full_tasks, e.full_mem = None, 0, 0, 0
-            e.first_tasks, e.first_mem, e.plan_fallback, e.plan_lo = 0, 0, False, 0
-            return
-        kind = kinds[0]
-        if self._level == "high" and kind == "process":
-            cap = min(cap, e.workers)
-        e.plan_kind, e.plan_cap = kind, cap
-        # charge(kind, cap) and charge(kind, MIN_POOL) less charge("sequential", 0), inlined
-        # (this runs for every lease on every sample)
-        base, measured, sampled = e.req.base_tasks, e.measured, e.sampled_cost
-        full, first = pool_cost(kind, cap), pool_cost(kind, MIN_POOL)
-        if measured is None:
-            e.full_tasks, e.first_tasks = full, first
-        else:
-            idle = max(measured, base)
-            e.full_tasks = max(measured + max(0, full - sampled), base + full) - idle
-            e.first_tasks = max(measured + max(0, first - sampled), base + first) - idle
-        e.plan_fallback = len(kinds) > 1
-        if kind == "process":  # as `unsampled`, and the size it grows to without memory
-            # (conditionals, not max/min: a builtin call costs more than the compare here)
-            sampled = e.sampled_process
-            e.full_mem = cap - sampled if cap > sampled else 0
-            e.first_mem = MIN_POOL - sampled if sampled < MIN_POOL else 0
-            lo = sampled if sampled > MIN_POOL else MIN_POOL
-            e.plan_lo = lo if lo < cap else cap
-        else:
-            e.full_mem = e.first_mem = 0
-            e.plan_lo = cap
+    shares: Mapping[str, Share]  # the leases given a pool; the others have NO_SHARE
+    fair_share: int
 
-    def _relist(self, e: _Entry) -> None:
-        """Recount a lease in the demand after its pool or kind changed."""
-        was = (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback)
-        before = counted(e)
-        self._profile(e)
-        after = counted(e)
-        if after != before:  # a grant of its first kind mostly changes no sum
-            self._demand.count(e.scope, before, -1)
-            self._demand.count(e.scope, after, 1)
-        # the fallback to threads matters once more than the CPUs can bind (a first round
-        # of `_simulate`, or `_first_round_share`)
-        if (e.plan_kind, e.plan_cap, e.plan_live, e.plan_fallback) != was:
-            self._exact = False
+    def share(self, lease_id: str) -> Share:
+        return self.shares.get(lease_id, NO_SHARE)
 
-    def _relist_all(self) -> None:
-        """Recount every lease (a new sample, level or config)."""
-        n = len(self._idle.caps)
-        self._demand = _Demand([0] * n, [0] * n, [0] * n)
-        for e in self._entries.values():
-            self._profile(e)
-            self._demand.add(e, 1)
 
-    def _cpu_only(self) -> bool:
-        """Whether no lease can stop growing but for want of CPUs: every limit and the
-        memory hold every planned lease at its cap at once (`fits_all` at the top, so by
-        its argument every `fits` passes them; a first kind then never falls back)."""
-        d, idle = self._demand, self._idle
-        for i, n in enumerate(d.leases):
-            if n and idle.usage[i] + d.tasks[i] > idle.caps[i]:
-                return False
-        return not d.process or idle.mem_used + d.mem <= idle.mem_slots
+EMPTY = Allocation({}, 0)
 
-    # -- the water-filling -----------------------------------------------------------------
 
-    def _recompute(self) -> None:
-        """Max-min water-filling of current capacity over the holders that asked.
+@dataclass(slots=True, eq=False)
+class _Grower:
+    """A lease in the simulated water-filling: the kind it grows in, its cap, and what it
+    has been given so far."""
 
-        Every lease starts sequential; round f raises each lease still growing to f
-        workers if that fits every cap in its scope (the first round goes straight to
-        MIN_POOL). A lease that does not fit stops. If any lease could not get its
-        first pool, nobody goes beyond MIN_POOL: no second slot while one asker has none.
-        Live pools are served first, so a newcomer that cannot fit takes no pool away.
+    lease_id: str
+    fp: Footprint
+    kind: Kind
+    cap: int
+    fallback: bool
+    size: int = 0
+    size_kind: Kind = "sequential"
 
-        When only the CPU cap can bind (`_cpu_only`) the outcome is in closed form
-        (`_Demand.level`). Otherwise the rounds are simulated exactly, except that a run of
-        rounds in which every growing lease fits (`_Book.fits_all`) is taken in one step.
-        """
-        self._stale, self._exact, self._fast = False, True, None
-        for e in self._allocated.values():
-            e.alloc, e.alloc_kind = 0, "sequential"
-        self._allocated = {}
-        self._fair_share = 0
-        if self._sample is None or self._level == "extreme":
-            return
-        # every lease counts one CPU even sequential, so with this many nobody gets a pool
-        if self._idle.cpu_used - 1 + MIN_POOL > self._idle.cpus:
-            return
-        plan = self._plan()
-        if not plan:
-            return
-        self._allocated = {e.lease_id: e for e, _, _ in plan}
-        if self._cpu_only():
-            self._fill(plan)
-        else:
-            self._simulate(plan)
 
-    def _fill(self, plan: list[_Plan]) -> None:
-        """The water-filling when only the CPU cap can bind, from `_Demand.level`."""
-        level, bonus, winners = self._demand.level(self._idle.cpus - self._idle.cpu_used)
-        for e, kind, cap in plan:
-            size = min(cap, level)
-            if winners and cap > level:  # served in plan order while the CPUs last
-                size, winners = bonus, winners - 1
-            if size:
-                e.alloc, e.alloc_kind = size, kind
-                self._fair_share = max(self._fair_share, size)
+def allocate(leases: Iterable[Planned], idle: Book, demand: Demand) -> Allocation:
+    """Max-min water-filling of the capacity over the leases that ask for a pool.
 
-    def _simulate(self, plan: list[_Plan]) -> None:
-        """The water-filling round by round, skipping the rounds nobody contends for."""
-        book = self._idle.copy()
-        top = max(cap for _, _, cap in plan)
-        size = self._skip_rounds(book, plan, MIN_POOL - 1, top)
+    Every lease starts sequential; round f raises each lease still growing to f workers
+    if that fits every cap in its scope (the first round goes straight to MIN_POOL). A
+    lease that does not fit stops. If any lease could not get its first pool, nobody goes
+    beyond MIN_POOL: no second slot while one asker has none. Live pools are served
+    first, in the leases' order, so a newcomer that cannot fit takes no pool away.
+
+    `idle` has every lease sequential and `demand` sums their profiles; neither is changed.
+    """
+    # every lease counts one CPU even sequential, so with this many nobody gets a pool
+    if idle.cpu_used - 1 + MIN_POOL > idle.cpus:
+        return EMPTY
+    live: list[Planned] = []
+    rest: list[Planned] = []
+    for planned in leases:
+        p = planned[2]
+        if p.kind is not None:
+            (live if p.live else rest).append(planned)
+    plan = live + rest
+    if not plan:
+        return EMPTY
+    if cpu_only(demand, idle):
+        return _fill(plan, idle, demand)
+    return _Rounds(idle).run(plan)
+
+
+def _fill(plan: list[Planned], idle: Book, demand: Demand) -> Allocation:
+    """The water-filling when only the CPU cap can bind, from `Demand.level`: everyone
+    gets min(its cap, the level), and the contested round goes in plan order."""
+    level, bonus, winners = demand.level(idle.cpus - idle.cpu_used)
+    shares: dict[str, Share] = {}
+    fair = 0
+    for lease_id, _, p in plan:
+        cap = p.cap
+        size = cap if cap < level else level
+        if winners and cap > level:  # served in plan order while the CPUs last
+            size, winners = bonus, winners - 1
+        if size:
+            shares[lease_id] = share(size, p.kind)
+            fair = max(fair, size)
+    return Allocation(shares, fair)
+
+
+@dataclass(slots=True)
+class _Rounds:
+    """The water-filling round by round on a copy of the idle book (see `allocate`)."""
+
+    book: Book
+    fair: int = 0
+    growers: list[_Grower] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.book = self.book.copy()
+
+    def run(self, plan: list[Planned]) -> Allocation:
+        self.growers = growing = [
+            _Grower(lease_id, fp, p.kind, p.cap, p.fallback)  # type: ignore[arg-type]
+            for lease_id, fp, p in plan
+        ]
+        top = max(g.cap for g in growing)
+        size = self.skip(growing, MIN_POOL - 1, top)
         if size < MIN_POOL:  # someone's first pool is contended: go lease by lease
-            plan = self._first_round(book, plan)
-            size = self._skip_rounds(book, plan, MIN_POOL, top)
-        while plan := [p for p in plan if p[2] > size]:
+            growing = self.first_round(growing)
+            size = self.skip(growing, MIN_POOL, top)
+        while growing := [g for g in growing if g.cap > size]:
             size += 1
-            plan = self._round(book, plan, size)
-            size = self._skip_rounds(book, plan, size, top)
+            growing = self.round(growing, size)
+            size = self.skip(growing, size, top)
+        shares = {g.lease_id: share(g.size, g.size_kind) for g in self.growers if g.size}
+        return Allocation(shares, self.fair)
 
-    def _first_round(self, book: _Book, plan: list[_Plan]) -> list[_Plan]:
-        """Round MIN_POOL, lease by lease; empty when anyone missed its first pool."""
-        grown: list[_Plan] = []
-        for e, _, cap in plan:
-            for kind in self._kinds_for(e, MIN_POOL):
-                if book.fits(e, kind, MIN_POOL, ("sequential", 0)):
-                    self._take(book, e, kind, MIN_POOL)
-                    grown.append((e, kind, cap))
+    def first_round(self, growing: list[_Grower]) -> list[_Grower]:
+        """Round MIN_POOL, lease by lease, each in its first kind that fits (threads when
+        a process pool may fall back); empty when anyone missed its first pool."""
+        grown: list[_Grower] = []
+        for g in growing:
+            kinds: tuple[Kind, ...] = (g.kind, "thread") if g.fallback else (g.kind,)
+            for kind in kinds:
+                if self.book.fits(g.fp, kind, MIN_POOL, ("sequential", 0)):
+                    g.kind = kind
+                    self.take(g, MIN_POOL)
+                    grown.append(g)
                     break
         if grown:
-            self._fair_share = MIN_POOL
-        return grown if len(grown) == len(plan) else []
+            self.fair = MIN_POOL
+        return grown if len(grown) == len(growing) else []
 
-    def _skip_rounds(self, book: _Book, plan: list[_Plan], size: int, top: int) -> int:
+    def skip(self, growing: list[_Grower], size: int, top: int) -> int:
         """Take at once the rounds after `size` in which every lease fits; the last size.
 
-        fits_all is monotone in the size, so a binary search finds the last such round.
+        `fits_all` is monotone in the size, so a binary search finds the last such round.
         """
         low, high = size, top  # fits up to low; not known above
         while low < high:
             mid = (low + high + 1) // 2
-            if book.fits_all(plan, mid):
+            if self.fits_all(growing, mid):
                 low = mid
             else:
                 high = mid - 1
         if low > size:
-            for e, kind, cap in plan:
-                if min(cap, low) > e.alloc:
-                    self._take(book, e, kind, min(cap, low))
-                    self._fair_share = max(self._fair_share, min(cap, low))
+            for g in growing:
+                if min(g.cap, low) > g.size:
+                    self.take(g, min(g.cap, low))
+                    self.fair = max(self.fair, min(g.cap, low))
         return low
 
-    def _round(self, book: _Book, plan: list[_Plan], size: int) -> list[_Plan]:
+    def round(self, growing: list[_Grower], size: int) -> list[_Grower]:
         """One round beyond MIN_POOL, lease by lease: the leases that grew to `size`."""
         grown = []
-        for p in plan:
-            e, kind, _ = p
-            if book.fits(e, kind, size, (kind, size - 1)):
-                self._take(book, e, kind, size)
-                grown.append(p)
+        for g in growing:
+            if self.book.fits(g.fp, g.kind, size, (g.kind, size - 1)):
+                self.take(g, size)
+                grown.append(g)
         if grown:
-            self._fair_share = size
+            self.fair = size
         return grown
 
-    def _take(self, book: _Book, e: _Entry, kind: Kind, size: int) -> None:
-        book.move(e, (e.alloc_kind, e.alloc), (kind, size))
-        e.alloc, e.alloc_kind = size, kind
+    def take(self, g: _Grower, size: int) -> None:
+        self.book.move(g.fp, (g.size_kind, g.size), (g.kind, size))
+        g.size, g.size_kind = size, g.kind
+
+    def fits_all(self, growing: list[_Grower], top: int) -> bool:
+        """Whether every growing lease at min(its cap, top) fits every cap at once.
+
+        Sufficient for each lease's own check in the rounds up to `top`: a round's check
+        sees every other lease at or below its final size, charges only grow with size,
+        and `Book.fits`' need is at most the charge. So when this holds those rounds are
+        skipped.
+        """
+        book = self.book
+        by_scope: dict[tuple[int, ...], int] = {}
+        cpu, mem, process = book.cpu_used, book.mem_used, False
+        for g in growing:
+            size = min(g.cap, top)
+            if size <= g.size:
+                continue
+            fp, kind, old = g.fp, g.kind, (g.size_kind, g.size)
+            by_scope[fp.scope] = by_scope.get(fp.scope, 0) + fp.charge(kind, size) - fp.charge(*old)
+            cpu += size - max(1, g.size)
+            if kind == "process":
+                mem += fp.unsampled(kind, size) - fp.unsampled(*old)
+                process = True
+        if cpu > book.cpus or (process and mem > book.mem_slots):
+            return False
+        added: dict[int, int] = {}
+        for scope, delta in by_scope.items():
+            for i in scope:
+                added[i] = added.get(i, 0) + delta
+        return all(book.usage[i] + d <= book.caps[i] for i, d in added.items())

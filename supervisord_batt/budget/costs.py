@@ -4,7 +4,7 @@ and its allocation."""
 
 # Why a pool of n < 2 becomes sequential. A pool's main thread only waits on its
 # workers, so one worker computes no faster than the main thread alone, and it still
-# costs kernel tasks (a process pool of 1 costs 5: FACTS.md) that can be refused half
+# costs kernel tasks (a process pool of 1 costs 5: docs/FACTS.md) that can be refused half
 # way, which is what leaves orphaned workers and hung jobs. Grants and targets are
 # therefore 0 (sequential) or at least MIN_POOL workers.
 
@@ -22,7 +22,7 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 LEVELS: tuple[Level, ...] = get_args(Level)
 
 # Kernel tasks (threads + processes) a pool adds to a job beyond its main thread, measured
-# in FACTS.md "What a loky pool costs" (Python 3.11, loky 3.6.0 and 3.7.0, pids cgroup):
+# in docs/FACTS.md "What a loky pool costs" (Python 3.11, loky 3.6.0 and 3.7.0, pids cgroup):
 # ProcessPoolExecutor(3) after the first submit() is 8 tasks = the main thread, 3 workers
 # (one thread each), ExecutorManagerThread, QueueFeederThread and two resource trackers
 # (loky's and multiprocessing's) which stay until the job exits. So a process pool of n

@@ -1,41 +1,25 @@
-"""The running demand totals of the water-filling's plan (`_Demand`): what the planned
-leases ask for, summed per limit, per cap and per (memory-free size, cap), kept up to date
-as leases come, go and resize, with the water level in closed form when only the CPUs can
-run out."""
+"""The running demand totals of the water-filling's plan (`Demand`): what the planned
+leases ask for, summed per limit, per cap and per (memory-free size, cap), kept up to
+date by the ledger as leases come, go and resize, with the water level in closed form
+when only the CPUs can run out (`Demand.level`, when `cpu_only`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from supervisord_batt.budget.books import _Entry
-from supervisord_batt.budget.costs import MIN_POOL, Kind
+from supervisord_batt.budget.books import Book
+from supervisord_batt.budget.claims import Profile
+from supervisord_batt.budget.costs import MIN_POOL
 
-# what `_Demand` sums of a lease's profile: its first kind (None: not in the plan), cap,
-# plan_lo, full_tasks, first_tasks, full_mem and first_mem (see `_Entry`)
-Counted = tuple[Kind | None, int, int, int, int, int, int]
-Groups = dict[tuple[int, int], int]  # (plan_lo, plan_cap) -> planned leases
+Groups = dict[tuple[int, int], int]  # (lo, cap) -> planned leases
 
 
-def counted(e: _Entry) -> Counted:
-    """A lease's profile as `_Demand` counts it: whether it is live or may fall back to
-    threads changes no sum."""
-    return (
-        e.plan_kind,
-        e.plan_cap,
-        e.plan_lo,
-        e.full_tasks,
-        e.first_tasks,
-        e.full_mem,
-        e.first_mem,
-    )
-
-
-@dataclass
-class _Demand:
+@dataclass(slots=True)
+class Demand:
     """What the leases of the water-filling's plan ask for, summed: each lease counts at
     its cap on top of the idle book. Kept up to date as leases come, go and resize, so that
-    `_Allocation._cpu_only` can tell in O(limits) that no task limit nor the memory can
-    stop a lease, and the caps' histogram gives the CPU water level in closed form."""
+    `cpu_only` can tell in O(limits) that no task limit nor the memory can stop a lease,
+    and the caps' histogram gives the CPU water level in closed form."""
 
     tasks: list[int]  # per limit: sum of full_tasks over the planned leases in scope
     leases: list[int]  # per limit: planned leases in scope
@@ -47,15 +31,23 @@ class _Demand:
     groups: Groups = field(default_factory=dict)  # (lo, cap) -> leases
     process: int = 0  # planned leases starting as process pools
 
-    def add(self, e: _Entry, sign: int) -> None:
-        """Count a lease in (sign 1) or out (sign -1) at its current profile."""
-        self.count(e.scope, counted(e), sign)
+    @classmethod
+    def empty(cls, limits: int) -> Demand:
+        """No planned lease, over this many limits."""
+        return cls([0] * limits, [0] * limits, [0] * limits)
 
-    def count(self, scope: tuple[int, ...], c: Counted, sign: int) -> None:
-        """Count a profile (`counted`) in or out over the limits in `scope`."""
-        kind, cap, lo, full_tasks, first_tasks, full_mem, first_mem = c
+    def count(self, scope: tuple[int, ...], p: Profile, sign: int) -> None:
+        """Count a lease's profile in (sign 1) or out (sign -1) over the limits in `scope`
+        (a lease that asks for no pool counts nothing)."""
+        kind, cap, lo = p.kind, p.cap, p.lo
         if kind is None:
             return
+        full_tasks, first_tasks, full_mem, first_mem = (
+            p.full_tasks,
+            p.first_tasks,
+            p.full_mem,
+            p.first_mem,
+        )
         self.n += sign
         left = self.caps.get(cap, 0) + sign
         if left:
@@ -134,3 +126,30 @@ class _Demand:
             fixed += cap * count
             above -= count
         return cap, 0, 0
+
+
+def cpu_only(demand: Demand, idle: Book) -> bool:
+    """Whether no lease can stop growing but for want of CPUs: every limit and the memory
+    hold every planned lease at its cap at once, on top of the idle book (then every
+    round's check passes them, and a first kind never falls back)."""
+    if not task_limits_hold(demand, idle):
+        return False
+    return not demand.process or idle.mem_used + demand.mem <= idle.mem_slots
+
+
+def first_pools_fit_tasks(demand: Demand, idle: Book) -> bool:
+    """Whether every limit holds every planned lease's first pool at once (`cpu_only` at
+    MIN_POOL for the task limits only): then no task limit binds in the first round."""
+    for i, n in enumerate(demand.leases):
+        if n and idle.usage[i] + demand.first_tasks[i] > idle.caps[i]:
+            return False
+    return True
+
+
+def task_limits_hold(demand: Demand, idle: Book) -> bool:
+    """Whether every limit holds every planned lease at its cap at once: no task limit
+    binds at any size."""
+    for i, n in enumerate(demand.leases):
+        if n and idle.usage[i] + demand.tasks[i] > idle.caps[i]:
+            return False
+    return True

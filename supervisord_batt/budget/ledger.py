@@ -20,11 +20,23 @@ clock is injected, so every rule here is tested without sleeping.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
-from supervisord_batt.budget.books import _Book, _Entry
+from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
+from supervisord_batt.budget.books import Book, Size
+from supervisord_batt.budget.claims import (
+    MAX_SCOPES,
+    Footprint,
+    Profile,
+    Scopes,
+    cap_of,
+    pool_kinds,
+    pools_of,
+    profile,
+    sampled,
+)
 from supervisord_batt.budget.costs import (
     KINDS,
     LEVELS,
@@ -34,14 +46,13 @@ from supervisord_batt.budget.costs import (
     PROCESS_POOL_THREADS,
     PROCESS_WORKER_TASKS,
     THREAD_WORKER_TASKS,
-    UNBOUNDED,
     Kind,
     Level,
     pool_cost,
     reserve_for,
     workers_for,
 )
-from supervisord_batt.budget.demand import _Demand
+from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -52,35 +63,63 @@ from supervisord_batt.budget.records import (
     UpdateResult,
     validate_request,
 )
-from supervisord_batt.budget.sizing import _Sizing
+from supervisord_batt.budget.shortcuts import newcomer_share
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 
-_MAX_SCOPES = 4096  # cached (cgroups, uid) scopes; each job in its own cgroup adds one
+_SEQUENTIAL: Size = ("sequential", 0)
 
 
-class BudgetLedger(_Sizing):
+@dataclass(slots=True, eq=False)
+class _Held:
+    """One lease as the ledger holds it: the parts of its state, by lifetime."""
+
+    # for its whole life: who asked, for what, and when
+    lease_id: str
+    request: Request
+    created_at: float
+    pools: tuple[Kind, ...]  # the pool kinds it accepts, in order (`claims.pools_of`)
+    cap: int  # the most workers it may hold under the config (`claims.cap_of`)
+    # per host sample: what the books charge it (`claims.Footprint`)
+    footprint: Footprint
+    # per change of pool, sample, level or config: its place in the plan
+    profile: Profile
+    renewed_at: float
+    last_progress: float
+    # its pool, changed by a grant or a resize
+    kind: Kind = "sequential"
+    workers: int = 0
+
+    def planned(self) -> tuple[str, Footprint, Profile]:
+        return self.lease_id, self.footprint, self.profile
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A quick acquire (its share by `newcomer_share`) whose allocation of the others is
+    not computed yet, with the allocation to go back to if it is released at once (None:
+    the allocation before it was stale, or no longer what a recompute would give)."""
+
+    held: _Held
+    before: Allocation | None
+
+
+class BudgetLedger:
     """Leases of concurrency over the host's task limits, CPUs and memory.
 
     Cost model (the daemon calls this on every request, on its one thread): the usage
-    every call reads is kept up to date incrementally in two `_Book`s, each lease knows
-    the limits in its scope as indices (found once per shape of the sample's limits), and
-    the max-min allocation is recomputed lazily: an operation that changes its inputs
-    marks it stale, and the next call that reads targets recomputes it once, with the
-    state as it was right after that operation (see `_fresh`). So a call costs O(its
-    lease's limits) plus, at most once per change, one water-filling, which itself skips
-    the rounds nobody contends for, and is O(leases) in closed form when only the CPU
-    cap can bind (`_Demand.level`).
+    every call reads is kept up to date incrementally in two `Book`s (every lease at its
+    granted pool, and every lease sequential) and the `Demand` sums of the plan, each
+    lease knows the limits in its scope as indices (found once per shape of the sample's
+    limits), and the max-min allocation (`allocate`) is computed lazily: an operation
+    that changes its inputs drops it (None: stale), and the next call that reads targets
+    computes it once, with the state as it was right after that operation (`_fresh`).
 
-    acquire needs only the newcomer's share. When only the CPU cap can bind, it is read
-    off the water level in O(limits + distinct caps) (`_quick_share`), and the others'
-    shares follow at the next call that reads them; releasing that lease next undoes the
-    acquire, allocation included (`_undo_acquire`). So a pair costs no water-filling.
-    When memory can bind too, but no task limit can, the newcomer's share is in closed
-    form as well (`_first_round_share`): it is last in plan order, so it needs only what
-    the others leave it, summed over their (memory-free size, cap) (`_Demand.used`), the
-    others whose first pool fell back to threads counted as threads (`_Demand.fallen`).
-    Otherwise acquire simulates.
+    acquire needs only the newcomer's share, and where it is in closed form
+    (`newcomer_share`: the CPUs alone bind, or the CPUs and memory, or the newcomer is
+    alone in the plan) the others' shares follow at the next call that reads them;
+    releasing that lease next undoes the acquire, allocation included. So a pair mostly
+    costs no water-filling.
     """
 
     def __init__(
@@ -92,26 +131,21 @@ class BudgetLedger(_Sizing):
         self._config = config
         self._clock = clock
         self._sample: HostSample | None = None
-        self._entries: dict[str, _Entry] = {}  # in seq order: leases are only appended
-        self._counter = 0
         self._level: Level = "normal"
-        self._fair_share = 0
-        self._stale = False  # the allocation predates the last change of its inputs
-        # the allocation is what a recompute now would give (a resize that moves a lease
-        # in the plan breaks this, as the allocation follows only at the next change)
-        self._exact = True
-        # the last change was acquiring this lease by `_quick_share`: only its own share
-        # and the fair share are known, and `_undo` is (fresh before it, fair share before)
-        self._fast: _Entry | None = None
-        self._undo = (False, 0)
-        # the leases the allocation gave a share (a recompute resets them), by lease id;
-        # an ended lease leaves at once: until the next recompute, which only a reader
-        # causes, thousands of short leases would otherwise pile up here
-        self._allocated: dict[str, _Entry] = {}
+        self._leases: dict[str, _Held] = {}  # in the order acquired: only ever appended
+        self._counter = 0
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
-        self._scopes: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
-        self._charged = self._idle = _Book((), (), [], 0, 0)
-        self._demand = _Demand([], [], [])
+        self._scopes = Scopes()
+        self._charged = Book((), (), [], 0, 0)  # every lease at its granted pool
+        self._idle = Book((), (), [], 0, 0)  # every lease sequential
+        self._demand = Demand.empty(0)
+        # The allocation; None: stale, computed again by the next call that reads it.
+        self._alloc: Allocation | None = EMPTY
+        # Whether `_alloc` is what a recompute now would give: a resize that moves a lease
+        # in the plan breaks this, as the allocation follows only at the next change.
+        self._exact = True
+        self._last = EMPTY  # the last allocation computed (`held_by` reads it)
+        self._pending: _Pending | None = None
         if sample is not None:
             self.update(sample, {})
 
@@ -124,43 +158,52 @@ class BudgetLedger(_Sizing):
     def acquire(self, req: Request) -> Grant:
         """Grant at once what fits now: process, else thread, else sequential."""
         validate_request(req)
-        # no _fresh(): the allocation is recomputed below, and a pending one is unseen
-        undo = (self._exact and not self._stale and self._fast is None, self._fair_share)
+        # no _fresh(): the newcomer's share is computed below, and a pending one is unseen
+        before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
-        e = _Entry(f"L{self._counter}", req, self._counter, now, renewed_at=now, last_progress=now)
-        e.scope = self._scope_of(req)
-        self._enter(e)
-        self._entries[e.lease_id] = e
-        self._idle.move(e, None, ("sequential", 0))
-        self._profile(e)
-        self._demand.add(e, 1)
-        quick = self._quick_share(e)
-        if not quick:
-            self._recompute()
+        fp = Footprint(self._scopes.of(req), req.base_tasks)
+        pools, cap = pools_of(req), cap_of(req, self._config)
+        e = _Held(
+            f"L{self._counter}",
+            req,
+            now,
+            pools,
+            cap,
+            fp,
+            profile(fp, pools, cap, self._level, "sequential", 0),
+            now,
+            now,
+        )
+        self._leases[e.lease_id] = e
+        self._idle.move(fp, None, _SEQUENTIAL)
+        self._demand.count(fp.scope, e.profile, 1)
+        others = (o.profile for o in self._leases.values() if o is not e)
+        quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
+        if quick is None:
+            alloc = self._allocate()
+            mine, fair = alloc.share(e.lease_id), alloc.fair_share
+        else:
+            mine, fair = quick.share, quick.fair_share
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._best_now(e, None)
-        self._charged.move(e, None, (kind, workers))
+        kind, workers, reason = self._best_now(e, mine, fair, None)
+        self._charged.move(fp, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
-            if kind == e.plan_kind and self._level == "normal":
-                # `_relist`, when the pool is of its first kind: it is now live and keeps
-                # that kind, nothing else of its profile changes, and no sum of the demand
-                e.plan_live, e.plan_fallback, self._exact = True, False, False
-            else:
-                self._relist(e)
-        if workers and kind != e.alloc_kind:  # fell back to threads: they cost less
-            self._changed()  # the recompute the ledger did here, now due at the next read
-        elif quick:
-            self._fast, self._undo = e, undo
-        return self._grant(e, reason)
+            self._replan(e)
+        if workers and kind != mine.kind:  # fell back to threads: they cost less
+            self._changed()  # the allocation computed here is due again at the next read
+        elif quick is not None:
+            self._alloc, self._pending = None, _Pending(e, before)
+        return self._grant(e, mine, reason)
 
     def renew(self, lease_id: str, workers_in_use: int | None = None) -> Grant:
         """Extend the lease; acknowledge a shrink; grow toward the fair share if it fits."""
-        self._fresh()
+        alloc = self._fresh()
         e = self._get(lease_id)
+        mine = alloc.share(lease_id)
         e.renewed_at = self._clock()
         if workers_in_use is not None:
             if not 0 <= workers_in_use <= e.workers:
@@ -169,9 +212,9 @@ class BudgetLedger(_Sizing):
                     f"{lease_id}: {workers_in_use} workers in use, {e.workers} granted",
                 )
             if workers_in_use < e.workers:
-                workers = max(workers_in_use, e.target())
+                workers = max(workers_in_use, _target(e, mine))
                 self._resize(e, e.kind if workers else "sequential", workers)
-        return self._grant(e, self._grow(e))
+        return self._grant(e, mine, self._grow(e, mine))
 
     def heartbeat(self, lease_id: str) -> float:
         """Record that the holder made progress (for the no-progress timeout); the time."""
@@ -185,28 +228,47 @@ class BudgetLedger(_Sizing):
         The snapshot is of the lease as it ends: its kind and workers are what it gave
         back, its target and share 0.
         """
-        if self._fast is not None and self._fast.lease_id == lease_id:
-            return self._undo_acquire(self._fast)
+        pending = self._pending
+        if pending is not None and pending.held.lease_id == lease_id:
+            return self._undo_acquire(pending)
         e = self._get(lease_id)
         self._remove(e)
-        return e.snapshot(ended=True)
+        return _snapshot(e, None)
 
     def release_holder(self, holder: str) -> list[Lease]:
         """Release every lease of one holder (its connection closed)."""
-        return self._drop(e for e in self._entries.values() if e.req.holder == holder)
+        return self._drop([e for e in self._leases.values() if e.request.holder == holder])
 
     def expire(self) -> list[Lease]:
         """Release the leases not renewed within the TTL."""
         deadline = self._clock() - self._config.lease_ttl
-        return self._drop(e for e in self._entries.values() if e.renewed_at < deadline)
+        return self._drop([e for e in self._leases.values() if e.renewed_at < deadline])
 
     def lease(self, lease_id: str) -> Lease:
-        self._fresh()
-        return self._get(lease_id).snapshot()
+        alloc = self._fresh()
+        return _snapshot(self._get(lease_id), alloc.share(lease_id))
 
     def holder_of(self, lease_id: str) -> str:
         """Who holds the lease (cheap: the request path checks ownership on every call)."""
-        return self._get(lease_id).req.holder
+        return self._get(lease_id).request.holder
+
+    def lease_pids(self) -> dict[str, int]:
+        """Lease id -> holder pid of every live lease, in the order acquired. Cheap: it
+        computes no allocation (the daemon looks pids up here, not in `statistics`)."""
+        return {e.lease_id: e.request.pid for e in self._leases.values()}
+
+    def held_by(self, pids: Iterable[int]) -> list[Lease]:
+        """Snapshots of the live leases whose holder pid is in `pids`, in the order
+        acquired. Cheap: it computes no allocation, so each snapshot's share and target
+        are those of the last allocation computed, which may predate the last change
+        (`lease` or `statistics` give them up to date)."""
+        wanted = set(pids)
+        last = self._last
+        return [
+            _snapshot(e, last.share(e.lease_id))
+            for e in self._leases.values()
+            if e.request.pid in wanted
+        ]
 
     # -- host -----------------------------------------------------------------------------
 
@@ -214,31 +276,31 @@ class BudgetLedger(_Sizing):
         """Take a new sample and holder tree sizes; recompute level and targets."""
         # no _fresh(): the allocation is recomputed before anyone reads it again
         self._sample = sample
-        for e in self._entries.values():
-            e.measured = trees.get(e.lease_id)
-            e.sampled_cost = pool_cost(e.kind, e.workers)
-            e.sampled_process = e.workers if e.kind == "process" else 0
+        for e in self._leases.values():
+            scope = e.footprint.scope
+            measured = trees.get(e.lease_id)
+            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers)
         self._rebook()
         previous = self._level
-        self._level, reason = self._compute_level()
-        self._relist_all()
+        self._level, reason = pressure_level(sample, self._config, self._charged)
+        self._replan_all()
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
     def reconfigure(self, config: BudgetConfig) -> None:
         """Take a reloaded budget config; targets follow at once, leases are kept."""
         self._config = config
-        for e in self._entries.values():
-            self._enter(e)
+        for e in self._leases.values():
+            e.cap = cap_of(e.request, config)
         if self._sample is not None:
             self._rebook()
-            self._level, _ = self._compute_level()
-            self._relist_all()
+            self._level, _ = pressure_level(self._sample, config, self._charged)
+            self._replan_all()
             self._changed()
 
     def statistics(self) -> LedgerStats:
-        self._fresh()
-        entries = list(self._entries.values())  # already in seq order
+        alloc = self._fresh()
+        held = list(self._leases.values())
         free: dict[str, int] = {}
         if self._sample is not None:
             book = self._charged
@@ -246,144 +308,271 @@ class BudgetLedger(_Sizing):
                 free[lim.name] = book.caps[i] - book.usage[i]
         return LedgerStats(
             capacity=self._capacity(),
-            leased=sum(e.workers for e in entries),
-            leased_tasks=sum(pool_cost(e.kind, e.workers) for e in entries),
+            leased=sum(e.workers for e in held),
+            leased_tasks=sum(pool_cost(e.kind, e.workers) for e in held),
             level=self._level,
-            fair_share=self._fair_share,
+            fair_share=alloc.fair_share,
             free_tasks=MappingProxyType(free),
-            leases=tuple(e.snapshot() for e in entries),
+            leases=tuple(_snapshot(e, alloc.share(e.lease_id)) for e in held),
         )
 
-    # -- internals: bookkeeping -----------------------------------------------------------
+    # -- the allocation -------------------------------------------------------------------
 
-    def _fresh(self) -> None:
-        """Bring the allocation up to date before a call reads or changes targets.
+    def _fresh(self) -> Allocation:
+        """The allocation, computed first if it is stale.
 
         The ledger used to recompute inside every operation that changed the allocation's
-        inputs (acquire, release, update, reconfigure). It now only marks it stale there,
-        and every public call runs this first, so the recompute sees exactly the state the
-        eager one saw; acquire alone skips it, as it recomputes before anyone reads.
+        inputs (acquire, release, update, reconfigure). It now only drops it there, and
+        every call that reads it runs this first, so the recompute sees exactly the state
+        the eager one saw; acquire alone skips it, as it computes the newcomer's share.
 
-        After a quick acquire (`_quick_share`) the eager recompute saw the newcomer still
-        sequential, before its grant (which moves it among the live pools): so it is
-        recomputed with the newcomer put back to sequential for the while.
+        After a quick acquire the eager recompute saw the newcomer still sequential,
+        before its grant (which moves it among the live pools): so it is recomputed with
+        the newcomer put back to sequential for the while (its books are untouched).
         """
-        e = self._fast
-        if e is not None:
+        pending = self._pending
+        if pending is not None:
+            e = pending.held
             kind, workers = e.kind, e.workers
-            e.kind, e.workers = "sequential", 0  # its books are untouched: only the plan
-            self._relist(e)
-            self._recompute()
+            e.kind, e.workers = "sequential", 0
+            self._replan(e)
+            alloc = self._allocate()
             e.kind, e.workers = kind, workers
-            self._relist(e)
-        elif self._stale:
-            self._recompute()
+            self._replan(e)
+            return alloc
+        if self._alloc is None:
+            return self._allocate()
+        return self._alloc
+
+    def _allocate(self) -> Allocation:
+        """Compute the allocation of the leases as they are now, and keep it."""
+        alloc = EMPTY
+        if self._sample is not None and self._level != "extreme":
+            planned = (e.planned() for e in self._leases.values())
+            alloc = allocate(planned, self._idle, self._demand)
+        self._alloc, self._last, self._exact, self._pending = alloc, alloc, True, None
+        return alloc
 
     # Why ending a lease recomputes nothing. A recompute reads only the leases as they are
-    # (their pools, plans and the books), never the allocation before it, and only a resize
-    # (a grant, a shrink acknowledged) changes those without a recompute of its own. So
-    # removing leases while the allocation is stale, or while a quick acquire's is pending,
-    # and recomputing at the next read gives what recomputing before the removal, and again
-    # after it, would give: the removal is a change, and only the allocation after it is
-    # ever read. With many holders a recompute costs a water-filling over all of them, and
-    # the daemon releases on every job's exit; so the only recompute is the one a reader
-    # needs.
+    # (their pools, profiles and the books), never the allocation before it, and only a
+    # resize (a grant, a shrink acknowledged) changes those without a recompute of its
+    # own. So removing leases while the allocation is stale, or while a quick acquire's is
+    # pending, and recomputing at the next read gives what recomputing before the
+    # removal, and again after it, would give: the removal is a change, and only the
+    # allocation after it is ever read. With many holders a recompute costs a
+    # water-filling over all of them, and the daemon releases on every job's exit; so the
+    # only recompute is the one a reader needs.
 
     def _changed(self) -> None:
-        """An input of the allocation changed: recompute it before the next read."""
-        self._stale, self._fast = True, None
+        """An input of the allocation changed: compute it again before the next read."""
+        self._alloc, self._pending = None, None
 
-    def _undo_acquire(self, e: _Entry) -> Lease:
-        """Release the lease `_quick_share` just granted, with nothing in between.
+    def _undo_acquire(self, pending: _Pending) -> Lease:
+        """Release the lease a quick acquire just granted, with nothing in between.
 
-        Its share is the one the eager recompute gave it, and taking it out leaves the
-        books, the plan and so the inputs of the allocation as they were before acquire:
-        if the allocation was up to date then, it is again, fair share and all.
+        Taking it out leaves the books, the demand and so the inputs of the allocation as
+        they were before that acquire: if the allocation was up to date then, it is again.
         """
-        fresh, fair = self._undo
+        e = pending.held
         self._remove(e)
-        self._fast = None
-        if fresh:
-            self._stale, self._exact, self._fair_share = False, True, fair
-        return e.snapshot(ended=True)
+        if pending.before is not None:
+            self._alloc, self._exact = pending.before, True
+        return _snapshot(e, None)
 
-    def _get(self, lease_id: str) -> _Entry:
+    def _replan(self, e: _Held) -> None:
+        """Find a lease's profile again after its pool changed, and recount it."""
+        before = e.profile
+        after = profile(e.footprint, e.pools, e.cap, self._level, e.kind, e.workers)
+        e.profile = after
+        if not after.sums_as(before):  # a grant of its first kind changes no sum
+            scope = e.footprint.scope
+            self._demand.count(scope, before, -1)
+            self._demand.count(scope, after, 1)
+        if after.key() != before.key():
+            self._exact = False
+
+    def _replan_all(self) -> None:
+        """Find every profile again and recount the demand (a new sample, level or config)."""
+        demand = self._demand = Demand.empty(len(self._idle.caps))
+        level = self._level
+        for e in self._leases.values():
+            e.profile = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
+            demand.count(e.footprint.scope, e.profile, 1)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _get(self, lease_id: str) -> _Held:
         try:
-            return self._entries[lease_id]
+            return self._leases[lease_id]
         except KeyError:
             raise LeaseError("unknown_lease", f"no lease {lease_id!r} is held") from None
 
-    def _drop(self, doomed: Iterable[_Entry]) -> list[Lease]:
-        gone = sorted(doomed, key=lambda e: e.seq)
+    def _drop(self, gone: list[_Held]) -> list[Lease]:
         if not gone:  # nothing changes, nothing is read
             return []
-        if len(gone) == 1 and gone[0] is self._fast:
-            return [self._undo_acquire(gone[0])]
+        pending = self._pending
+        if len(gone) == 1 and pending is not None and gone[0] is pending.held:
+            return [self._undo_acquire(pending)]
         for e in gone:  # no _fresh(): see `_changed`
             self._remove(e)
-        return [e.snapshot(ended=True) for e in gone]
+        return [_snapshot(e, None) for e in gone]
 
-    def _remove(self, e: _Entry) -> None:
-        del self._entries[e.lease_id]
-        self._allocated.pop(e.lease_id, None)
-        self._charged.move(e, (e.kind, e.workers), None)
-        self._idle.move(e, ("sequential", 0), None)
-        self._demand.add(e, -1)
+    def _remove(self, e: _Held) -> None:
+        del self._leases[e.lease_id]
+        fp = e.footprint
+        self._charged.move(fp, (e.kind, e.workers), None)
+        self._idle.move(fp, _SEQUENTIAL, None)
+        self._demand.count(fp.scope, e.profile, -1)
         self._changed()
 
-    def _scope_of(self, req: Request, everywhere: bool = False) -> tuple[int, ...]:
-        """Indices of the sample's limits a request is in, cached per cgroups and uid."""
-        if self._sample is None:
-            return ()
-        key = (req.cgroups, req.uid)
-        scope = self._scopes.get(key)
-        if scope is None:
-            probe = _Entry("", req, 0, 0.0, everywhere=everywhere)
-            scope = tuple(i for i, lim in enumerate(self._sample.limits) if probe.in_scope(lim))
-            if not everywhere:
-                if len(self._scopes) >= _MAX_SCOPES:  # jobs in transient cgroups: bounded
-                    self._scopes.clear()
-                self._scopes[key] = scope
-        return scope
+    def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
+        """Change a lease's charged pool (the allocation's order and kinds depend on it,
+        but the ledger never recomputes on it: the next acquire or release does)."""
+        if kind == e.kind and workers == e.workers:
+            return
+        self._charged.move(e.footprint, (e.kind, e.workers), (kind, workers))
+        e.kind, e.workers = kind, workers
+        self._replan(e)
 
     def _rebook(self) -> None:
         """Rebuild both books from every lease (a new sample or config)."""
         assert self._sample is not None
-        sample, cfg = self._sample, self._config
+        sample = self._sample
         shape = tuple((lim.kind, lim.scope) for lim in sample.limits)
         if shape != self._shape:  # scopes are indices into the limits: find them again
-            self._shape, self._scopes = shape, {}
-            for e in self._entries.values():
-                e.scope = self._scope_of(e.req)
-        cpus = cfg.cpu_cap if cfg.cpu_cap is not None else sample.cpus
-        slots = (
-            sample.mem_available_bytes // cfg.memory_per_slot
-            if cfg.memory_per_slot > 0
-            else UNBOUNDED
-        )
-        caps = tuple(lim.limit - reserve_for(lim, cfg) for lim in sample.limits)
-        usage = [lim.in_use for lim in sample.limits]
-        self._charged = _Book(sample.limits, caps, usage, math.floor(cpus), slots)
-        self._idle = self._charged.copy()
-        for e in self._entries.values():
-            self._charged.move(e, None, (e.kind, e.workers))
-            self._idle.move(e, None, ("sequential", 0))
+            self._shape, self._scopes = shape, Scopes(sample.limits)
+            for e in self._leases.values():
+                fp = e.footprint
+                scope = self._scopes.of(e.request)
+                e.footprint = Footprint(
+                    scope, fp.base_tasks, fp.measured, fp.sampled_cost, fp.sampled_process
+                )
+        charged = self._charged = Book.of(sample, self._config)
+        idle = self._idle = charged.copy()
+        for e in self._leases.values():
+            charged.move(e.footprint, None, (e.kind, e.workers))
+            idle.move(e.footprint, None, _SEQUENTIAL)
 
-    def _grant(self, e: _Entry, reason: str) -> Grant:
+    def _grant(self, e: _Held, mine: Share, reason: str) -> Grant:
         return Grant(
-            e.lease_id, e.kind, e.workers, e.target(), self._level, self._config.lease_ttl, reason
+            e.lease_id,
+            e.kind,
+            e.workers,
+            _target(e, mine),
+            self._level,
+            self._config.lease_ttl,
+            reason,
         )
 
-    def _compute_level(self) -> tuple[Level, str]:
-        """The pressure level from the tightest limit and PSI."""
-        assert self._sample is not None
-        return pressure_level(self._sample, self._config, self._charged)
+    # -- what fits now ----------------------------------------------------------------------
+
+    def _kinds(self, e: _Held, mine: Share, workers: int) -> list[Kind]:
+        """Pool kinds the lease may hold at this size under the current level, given the
+        kind its share is of."""
+        chosen = mine.kind if mine.workers >= MIN_POOL else None
+        return pool_kinds(e.pools, self._level, e.kind, e.workers, workers, chosen)
+
+    def _best_now(
+        self, e: _Held, mine: Share, fair: int, held: Size | None
+    ) -> tuple[Kind, int, str]:
+        """The largest pool that fits now on the charged book, capped by the lease's share
+        `mine` (`fair`: the fair share, to explain a refusal); `held`: its pool in the
+        charged book (None: not in it)."""
+        if self._sample is None:
+            return "sequential", 0, "no host sample yet"
+        if self._level == "extreme":
+            return "sequential", 0, "level extreme: sequential only"
+        if e.cap < MIN_POOL:
+            return "sequential", 0, f"asked for {e.request.want} workers: a pool of 1 never pays"
+        kinds = self._kinds(e, mine, MIN_POOL)
+        if mine.kind == "process" and "thread" in e.request.kinds:
+            kinds.append("thread")
+        charged, fp, size = self._charged, e.footprint, mine.workers
+        for kind in kinds if size >= MIN_POOL else ():  # else no fit makes a pool
+            # a share that is all it wants and fits is granted without sizing the pool
+            # (`fits` is whether `fit` reaches the size, and the grant is min(fit, share))
+            if size >= e.request.want and charged.fits(fp, kind, size, held):
+                return kind, size, "granted in full"
+            fit, _ = charged.fit(fp, kind, held, explain=False)
+            workers = min(fit, size)
+            if workers >= MIN_POOL:
+                return kind, workers, self._why_short(e, mine, kind, held, workers, fit)
+        if size < MIN_POOL and fair:
+            return "sequential", 0, f"fair share: {fair} workers each, none left for a new pool"
+        why = charged.fit(fp, kinds[-1], held)[1] if kinds else ""  # the last kind's
+        return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
+
+    def _why_short(  # noqa: PLR0917 (the sizing's state, to name what bound it)
+        self, e: _Held, mine: Share, kind: Kind, held: Size | None, workers: int, fit: int
+    ) -> str:
+        if workers >= e.request.want:
+            return "granted in full"
+        if workers == fit:  # the cap that bound it, named only now
+            return self._charged.fit(e.footprint, kind, held)[1]
+        if workers == self._config.max_per_lease:
+            return f"max_per_lease {workers}"
+        return f"fair share {mine.workers} across {len(self._leases)} holders"
+
+    def _grow(self, e: _Held, mine: Share) -> str:
+        """Raise the lease toward its share if that fits right now."""
+        if self._sample is None or mine.workers <= e.workers:
+            return "shrink" if _target(e, mine) < e.workers else "unchanged"
+        kinds = self._kinds(e, mine, mine.workers)
+        if not kinds:
+            return "unchanged"
+        fit, why = self._charged.fit(e.footprint, kinds[0], (e.kind, e.workers))
+        workers = min(fit, mine.workers)
+        if workers <= e.workers or workers < MIN_POOL:
+            return why
+        self._resize(e, kinds[0], workers)
+        return f"grown to {workers}" if workers == mine.workers else why
+
+    def _capacity(self) -> int:
+        """Process workers a new holder inside every scope could get now."""
+        if self._sample is None or self._level != "normal":
+            return 0
+        probe = Footprint(tuple(range(len(self._sample.limits))), 0)
+        fit, _ = self._charged.fit(probe, "process", None)
+        workers = min(fit, self._config.max_per_lease)
+        return workers if workers >= MIN_POOL else 0
+
+
+def _target(e: _Held, mine: Share) -> int:
+    """What the lease should run: its share, but never more than it holds (growing is
+    renew's), and nothing below a first pool."""
+    target = mine.workers if mine.workers < e.workers else e.workers
+    return target if target >= MIN_POOL else 0
+
+
+def _snapshot(e: _Held, mine: Share | None) -> Lease:
+    """The lease now, with its share `mine`; None: as it ends, with what it held and
+    nothing left to run."""
+    r = e.request
+    return Lease(
+        e.lease_id,
+        r.holder,
+        r.pid,
+        r.uid,
+        r.job,
+        e.kind,
+        e.workers,
+        0 if mine is None else _target(e, mine),
+        r.want,
+        0 if mine is None else mine.workers,
+        pool_cost(e.kind, e.workers),
+        e.footprint.charge(e.kind, e.workers),
+        r.base_tasks,
+        e.created_at,
+        e.renewed_at,
+        e.last_progress,
+    )
 
 
 __all__ = [
     "KINDS",
     "LEVELS",
     "LOKY_RESOURCE_TRACKERS",
+    "MAX_SCOPES",
     "MIN_POOL",
     "PROCESS_POOL_OVERHEAD",
     "PROCESS_POOL_THREADS",

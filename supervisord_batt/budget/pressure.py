@@ -4,22 +4,20 @@ config and the book of charged usage."""
 
 from __future__ import annotations
 
-from supervisord_batt.budget.books import _Book
+from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.costs import LEVELS, Level
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 
 
-def pressure_level(sample: HostSample, config: BudgetConfig, book: _Book) -> tuple[Level, str]:
+def pressure_level(sample: HostSample, config: BudgetConfig, book: Book) -> tuple[Level, str]:
     """The pressure level from the tightest limit and PSI, with the signal that set it."""
     found = _headroom_grades(sample, config, book) + _psi_grades(sample, config)
     grade, reason = max(found, default=(0, "no limits"), key=lambda f: f[0])
     return LEVELS[grade], reason
 
 
-def _headroom_grades(
-    sample: HostSample, config: BudgetConfig, book: _Book
-) -> list[tuple[int, str]]:
+def _headroom_grades(sample: HostSample, config: BudgetConfig, book: Book) -> list[tuple[int, str]]:
     """A grade per limit, from its free tasks as a percent of the limit."""
     found: list[tuple[int, str]] = []
     th = config.pressure

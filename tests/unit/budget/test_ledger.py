@@ -3,136 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, replace
 
 import pytest
 
-from supervisord_batt.budget.books import _Entry
-from supervisord_batt.budget.ledger import (
-    KINDS,
-    PROCESS_POOL_OVERHEAD,
-    BudgetLedger,
-    Grant,
-    Kind,
-    Lease,
-    LeaseError,
-    Request,
-    pool_cost,
+from supervisord_batt.budget.claims import MAX_SCOPES, Scopes, scope_of
+from supervisord_batt.budget.costs import KINDS, PROCESS_POOL_OVERHEAD, pool_cost
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
+from supervisord_batt.host.sample import Psi
+from tests.fakes import FakeClock
+from tests.unit.budget.conftest import (
+    CGROUP,
+    GIB,
+    PRESSURE,
+    config,
+    ledger,
+    limit,
+    request,
+    sample,
 )
-from supervisord_batt.config.records import BudgetConfig, PressureThresholds
-from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
-
-CGROUP = "/sys/fs/cgroup/pids/batt"
-GIB = 1 << 30
-
-# thresholds that never fire
-QUIET = PressureThresholds(
-    headroom_high_percent=-1000.0,
-    headroom_extreme_percent=-1000.0,
-    cpu_high=101.0,
-    cpu_extreme=101.0,
-    memory_high=101.0,
-    memory_extreme=101.0,
-)
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def config(**overrides: object) -> BudgetConfig:
-    base = BudgetConfig(
-        reserve_tasks=0,
-        reserve_percent=0.0,
-        max_per_lease=64,
-        cpu_cap=None,
-        memory_per_slot=0,
-        lease_ttl=30.0,
-        cgroups=(),
-        watch_users=(),
-        pressure=QUIET,
-    )
-    return replace(base, **overrides)  # type: ignore[arg-type]
-
-
-def limit(
-    limit: int = 10_000,
-    in_use: int = 0,
-    kind: LimitKind = "threads-max",
-    scope: str | int | None = None,
-    name: str | None = None,
-) -> Limit:
-    if name is None:
-        name = kind if scope is None else f"{kind}:{scope}"
-    return Limit(name=name, kind=kind, scope=scope, limit=limit, in_use=in_use)
-
-
-def sample(
-    *limits: Limit,
-    cpus: float = 64.0,
-    mem: int = 64 * GIB,
-    psi: Psi | None = None,
-    taken_at: float = 0.0,
-) -> HostSample:
-    lims = limits or (limit(),)
-    return HostSample(
-        taken_at=taken_at,
-        wall_time=taken_at,
-        threads_total=0,
-        threads_max=0,
-        pid_max=0,
-        cgroups=(),
-        users=(),
-        mem_available_bytes=mem,
-        mem_total_bytes=mem,
-        cpus=cpus,
-        psi=psi,
-        limits=lims,
-    )
-
-
-def request(
-    holder: str = "h1",
-    want: int = 4,
-    *,
-    kinds: tuple[Kind, ...] = ("process", "thread", "sequential"),
-    uid: int = 1000,
-    cgroups: tuple[str, ...] = (),
-    base_tasks: int = 1,
-    pid: int = 4242,
-    job: str = "batt",
-) -> Request:
-    return Request(
-        holder=holder,
-        pid=pid,
-        uid=uid,
-        job=job,
-        want=want,
-        kinds=kinds,
-        cgroups=cgroups,
-        base_tasks=base_tasks,
-    )
-
-
-def ledger(
-    *limits: Limit,
-    clock: FakeClock | None = None,
-    cpus: float = 64.0,
-    mem: int = 64 * GIB,
-    psi: Psi | None = None,
-    **cfg: object,
-) -> BudgetLedger:
-    return BudgetLedger(
-        config(**cfg), clock or FakeClock(), sample(*limits, cpus=cpus, mem=mem, psi=psi)
-    )
-
 
 # -- grants and fallbacks ---------------------------------------------------------------
 
@@ -324,16 +213,6 @@ def test_reconfigured_max_per_lease_caps_live_leases_and_newcomers() -> None:
 # -- levels -------------------------------------------------------------------------------
 
 
-PRESSURE = PressureThresholds(
-    headroom_high_percent=20.0,
-    headroom_extreme_percent=5.0,
-    cpu_high=40.0,
-    cpu_extreme=80.0,
-    memory_high=30.0,
-    memory_extreme=60.0,
-)
-
-
 def test_level_transitions_from_headroom() -> None:
     led = ledger(limit(100, 10), pressure=PRESSURE)
     assert led.level == "normal"
@@ -517,12 +396,12 @@ def test_statistics_are_frozen() -> None:
 
 @pytest.mark.parametrize("cls", [Grant, Lease, Request])
 def test_grants_and_leases_are_frozen_dataclasses_of_every_field(cls: type) -> None:
-    """Their own __init__ (faster than a frozen dataclass's) sets every field, in order,
-    by position or keyword, and the instances stay frozen, equal and hashable as before."""
+    """Plain frozen dataclasses with slots: every field in order, by position or keyword,
+    equal and hashable, and no instance dict."""
     names = [f.name for f in dataclasses.fields(cls)]
     values = [f"v{i}" for i in range(len(names))]
     made = cls(*values)
-    assert list(vars(made)) == names
+    assert not hasattr(made, "__dict__")
     assert [getattr(made, name) for name in names] == values
     assert made == cls(**dict(zip(names, values, strict=True)))
     assert hash(made) == hash(cls(*values))
@@ -545,28 +424,34 @@ def test_a_request_keeps_its_defaults() -> None:
 
 
 def test_a_snapshot_puts_every_value_in_its_field() -> None:
-    req = request("holder", 13, uid=12, pid=11, job="job", base_tasks=3)
-    e = _Entry("L9", req, 9, 1.5, "thread", 4, alloc=5, renewed_at=2.5, last_progress=3.5)
+    clock = FakeClock(1.5)
+    led = ledger(clock=clock)
+    req = request("holder", 13, uid=12, pid=11, job="job", base_tasks=3, kinds=("thread",))
+    lease_id = led.acquire(req).lease_id
+    clock.advance(1.0)
+    led.renew(lease_id)
+    clock.advance(1.0)
+    led.heartbeat(lease_id)
     expected = Lease(
-        lease_id="L9",
+        lease_id="L1",
         holder="holder",
         pid=11,
         uid=12,
         job="job",
         kind="thread",
-        workers=4,
-        target=4,
+        workers=13,
+        target=13,
         wanted=13,
-        share=5,
-        cost_tasks=4,
-        charge_tasks=7,
+        share=13,
+        cost_tasks=13,
+        charge_tasks=16,
         base_tasks=3,
         created_at=1.5,
         renewed_at=2.5,
         last_progress=3.5,
     )
-    assert e.snapshot() == expected
-    assert e.snapshot(ended=True) == dataclasses.replace(expected, target=0, share=0)
+    assert led.lease(lease_id) == expected
+    assert led.release(lease_id) == dataclasses.replace(expected, target=0, share=0)
 
 
 # -- never over capacity, never counted twice ----------------------------------------------
@@ -599,7 +484,7 @@ def test_a_tree_that_grows_to_its_charge_is_not_counted_twice() -> None:
 
 def test_reserve_is_capped_at_half_a_small_limit() -> None:
     """A 64-task floor must not swallow a cgroup of 28 (the contention benchmark's half cell)."""
-    from supervisord_batt.budget.ledger import reserve_for
+    from supervisord_batt.budget.costs import reserve_for
     from supervisord_batt.config.loader import load_config_text
     from supervisord_batt.host.sample import Limit
 
@@ -725,7 +610,7 @@ def test_ended_leases_are_not_kept_however_long_nobody_reads() -> None:
     kept = [
         o
         for o in gc.get_objects()
-        if type(o).__name__ == "_Entry" and o.req.holder.startswith("short-lived-")
+        if isinstance(o, Request) and o.holder.startswith("short-lived-")
     ]
     assert not kept, f"{len(kept)} ended leases still referenced"
 
@@ -734,10 +619,17 @@ def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
     """Each (cgroups, uid) a job asks from is cached with the limits it is in; jobs in
     transient per-job cgroups must not grow that cache without bound, nor get a wrong scope
     once it is cleared."""
-    from supervisord_batt.budget.ledger import _MAX_SCOPES
+    limits = (limit(10_000, 0), limit(50, 0, kind="cgroup", scope=CGROUP))
+    scopes = Scopes(limits)
+    for i in range(MAX_SCOPES + 10):
+        inside = request(f"h{i}", 2, cgroups=(f"{CGROUP}/job{i}",))
+        assert scopes.of(inside) == scope_of(inside, limits) == (0, 1)
+        assert len(scopes) <= MAX_SCOPES
+    outside = request("out", 2, cgroups=("/sys/fs/cgroup/pids/other",))
+    assert scopes.of(outside) == (0,)
 
     def new() -> BudgetLedger:
-        return ledger(limit(10_000, 0), limit(50, 0, kind="cgroup", scope=CGROUP), cpus=64.0)
+        return ledger(*limits, cpus=64.0)
 
     def two_jobs(led: BudgetLedger) -> tuple[object, ...]:
         outside = led.acquire(request("out", 2, cgroups=("/sys/fs/cgroup/pids/other",)))
@@ -745,10 +637,9 @@ def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
         return outside, inside, led.statistics().free_tasks
 
     led = new()
-    for i in range(_MAX_SCOPES + 10):
+    for i in range(MAX_SCOPES + 10):
         inside = request(f"h{i}", 2, cgroups=(f"{CGROUP}/job{i}",))
         led.release(led.acquire(inside).lease_id)
-    assert len(led._scopes) <= _MAX_SCOPES
     fresh = new()
     assert two_jobs(led)[2] == two_jobs(fresh)[2]  # the same charges in the same limits
     free = fresh.statistics().free_tasks

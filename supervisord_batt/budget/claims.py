@@ -1,0 +1,230 @@
+"""What a lease claims: frozen records of the lease as the books and the plan see it.
+
+A lease's state has four lifetimes, and each has its own record so that nothing outlives
+what it was computed from:
+
+- its request, for the lease's whole life (`records.Request`), and what it makes of it
+  under the config (`pools_of`, `cap_of`);
+- its pool (kind, workers), which the ledger changes on a grant or a resize;
+- its `Footprint`, per host sample: the limits it is in and what the sample measured of
+  it, from which the books charge any pool it may hold;
+- its `Profile`, per change of the pool, the sample, the level or the config: its place
+  in the water-filling's plan and what it adds to the demand's sums.
+
+The ledger owns the leases and replaces a record when what it came from changes; the
+books, the demand, the allocation and the shortcuts only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from supervisord_batt.budget.costs import MIN_POOL, Kind, Level, pool_cost
+from supervisord_batt.budget.records import Request
+from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.host.sample import Limit
+
+# the pool kinds a request accepts, process first, by (accepts process, accepts threads)
+_POOLS: dict[tuple[bool, bool], tuple[Kind, ...]] = {
+    (True, True): ("process", "thread"),
+    (True, False): ("process",),
+    (False, True): ("thread",),
+    (False, False): (),
+}
+
+
+def pools_of(req: Request) -> tuple[Kind, ...]:
+    """The pool kinds a request accepts, in the order it prefers them."""
+    kinds = req.kinds
+    return _POOLS["process" in kinds, "thread" in kinds]
+
+
+def cap_of(req: Request, config: BudgetConfig) -> int:
+    """The most workers a lease may ever hold under the config (0: no pool at all)."""
+    if not pools_of(req):
+        return 0
+    cap = min(req.want, config.max_per_lease)
+    return cap if cap >= MIN_POOL else 0
+
+
+def in_scope(limit: Limit, req: Request) -> bool:
+    """Whether the limit counts the request's tasks: host-wide limits always, a cgroup's
+    when the request is in it or below it, a user's when it runs as that user."""
+    if limit.kind in ("threads-max", "pid_max") or limit.scope is None:
+        return True
+    if limit.kind == "nproc":
+        return limit.scope == req.uid
+    scope = str(limit.scope).rstrip("/")
+    return any(p.rstrip("/") == scope or p.startswith(scope + "/") for p in req.cgroups)
+
+
+def scope_of(req: Request, limits: tuple[Limit, ...]) -> tuple[int, ...]:
+    """Indices of the limits a request is in (the books index usage by limit)."""
+    return tuple(i for i, lim in enumerate(limits) if in_scope(lim, req))
+
+
+MAX_SCOPES = 4096  # cached (cgroups, uid) scopes; each job in its own cgroup adds one
+
+
+class Scopes:
+    """`scope_of` cached per (cgroups, uid), for one shape of the sample's limits.
+
+    Jobs in transient per-job cgroups each add a key, so the cache is cleared once it
+    holds MAX_SCOPES: bounded, and a cleared key is only found again.
+    """
+
+    def __init__(self, limits: tuple[Limit, ...] = ()) -> None:
+        self.limits = limits
+        self._cache: dict[tuple[tuple[str, ...], int], tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def of(self, req: Request) -> tuple[int, ...]:
+        key = (req.cgroups, req.uid)
+        scope = self._cache.get(key)
+        if scope is None:
+            scope = scope_of(req, self.limits)
+            if len(self._cache) >= MAX_SCOPES:
+                self._cache.clear()
+            self._cache[key] = scope
+        return scope
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """What the books charge a lease, per host sample: the limits it is in (indices into
+    the sample's limits), its base tasks, and what the last sample saw of it."""
+
+    scope: tuple[int, ...]
+    base_tasks: int
+    measured: int | None = None  # its tree at the last sample; None: not measured
+    sampled_cost: int = 0  # its pool's cost at the last sample
+    sampled_process: int = 0  # its process workers at the last sample
+
+    def charge(self, kind: Kind, workers: int) -> int:
+        """Tasks counted against each limit in scope if the lease held this pool: its base
+        and pool, or its measured tree plus the part of the pool the sample did not see."""
+        cost = pool_cost(kind, workers)
+        full = self.base_tasks + cost
+        if self.measured is None:
+            return full
+        grown = cost - self.sampled_cost
+        return max(self.measured + grown if grown > 0 else self.measured, full)
+
+    def unsampled(self, kind: Kind, workers: int) -> int:
+        """Process workers beyond those the last sample's memory figure already saw."""
+        sampled = self.sampled_process
+        return workers - sampled if kind == "process" and workers > sampled else 0
+
+
+def sampled(
+    scope: tuple[int, ...], base_tasks: int, measured: int | None, kind: Kind, workers: int
+) -> Footprint:
+    """The footprint of a lease holding (kind, workers) when a sample measured `measured`."""
+    process = workers if kind == "process" else 0
+    return Footprint(scope, base_tasks, measured, pool_cost(kind, workers), process)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A lease's place in the water-filling's plan, and what it adds to the demand.
+
+    The first seven fields are what `demand.Demand` sums; `live` and `fallback` only
+    order and widen the plan.
+    """
+
+    kind: Kind | None  # the kind it starts in; None: it asks for no pool
+    cap: int  # the most workers the water-filling may give it
+    lo: int  # the last size it grows to without a memory slot (<= cap)
+    full_tasks: int  # charge at (kind, cap) less its charge when sequential
+    first_tasks: int  # charge at (kind, MIN_POOL) less its charge when sequential
+    full_mem: int  # unsampled process workers at (kind, cap)
+    first_mem: int  # unsampled process workers at (kind, MIN_POOL)
+    live: bool  # served first, as a live pool
+    fallback: bool  # a process pool that may fall back to threads
+
+    def sums_as(self, other: Profile) -> bool:
+        """Whether the demand sums this profile as it sums `other`."""
+        return (
+            self.kind == other.kind
+            and self.cap == other.cap
+            and self.lo == other.lo
+            and self.full_tasks == other.full_tasks
+            and self.first_tasks == other.first_tasks
+            and self.full_mem == other.full_mem
+            and self.first_mem == other.first_mem
+        )
+
+    def key(self) -> tuple[Kind | None, int, bool, bool]:
+        """What places it in the plan (kind, cap, live, fallback): when this moves, an
+        allocation computed before is no longer the one a recompute would give."""
+        return self.kind, self.cap, self.live, self.fallback
+
+
+def pool_kinds(  # noqa: PLR0917 (the lease's pool, the level and the size asked)
+    pools: tuple[Kind, ...],
+    level: Level,
+    kind: Kind,
+    workers: int,
+    size: int,
+    chosen: Kind | None = None,
+) -> list[Kind]:
+    """The pool kinds a lease holding (kind, workers) may hold at `size` under the level:
+    a live pool keeps its kind, else the kind an allocation chose (None: none yet), else
+    those it accepts; none at extreme, and at high no new process pool nor a larger one."""
+    if level == "extreme":
+        return []
+    live: list[Kind]
+    if workers > 0 and kind != "sequential":
+        live = [kind]
+    elif chosen is not None:
+        live = [chosen]
+    else:
+        live = list(pools)
+    if level == "high":
+        live = [k for k in live if k != "process" or size <= workers]
+    return live
+
+
+def profile(  # noqa: PLR0917 (the lease's parts, each of its own lifetime)
+    footprint: Footprint,
+    pools: tuple[Kind, ...],
+    cap: int,
+    level: Level,
+    kind: Kind,
+    workers: int,
+) -> Profile:
+    """A lease's place in the plan: its first kind and its cap (at level high a process
+    pool grows no further than it is), and what it adds to the books at that cap."""
+    live = workers >= MIN_POOL
+    # as the plan sees it: the allocation that is being recomputed chose no kind yet
+    kinds = pool_kinds(pools, level, kind, workers, MIN_POOL) if cap >= MIN_POOL else []
+    if not kinds:
+        return Profile(None, 0, 0, 0, 0, 0, 0, live, False)
+    first = kinds[0]
+    if level == "high" and first == "process":
+        cap = min(cap, workers)
+    # charge(first, cap) and charge(first, MIN_POOL) less charge("sequential", 0), inlined
+    # (this runs for every lease on every sample)
+    base, measured, sampled_cost = footprint.base_tasks, footprint.measured, footprint.sampled_cost
+    full, one = pool_cost(first, cap), pool_cost(first, MIN_POOL)
+    if measured is None:
+        full_tasks, first_tasks = full, one
+    else:
+        idle = max(measured, base)
+        full_tasks = max(measured + max(0, full - sampled_cost), base + full) - idle
+        first_tasks = max(measured + max(0, one - sampled_cost), base + one) - idle
+    if first == "process":  # as `unsampled`, and the size it grows to without memory
+        # (conditionals, not max/min: a builtin call costs more than the compare here)
+        done = footprint.sampled_process
+        full_mem = cap - done if cap > done else 0
+        first_mem = MIN_POOL - done if done < MIN_POOL else 0
+        lo = done if done > MIN_POOL else MIN_POOL
+        lo = lo if lo < cap else cap
+    else:
+        full_mem = first_mem = 0
+        lo = cap
+    return Profile(
+        first, cap, lo, full_tasks, first_tasks, full_mem, first_mem, live, len(kinds) > 1
+    )

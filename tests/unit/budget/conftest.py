@@ -1,0 +1,330 @@
+"""Builders of the budget tests: configs, limits, samples, requests and ledgers, the
+hypothesis strategies that draw them, and `world`, which builds the books, the demand and
+the leases' records from public parts for the pure functions to be tested on.
+
+Test modules import them from here (no test module imports another)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from supervisord_batt.budget.allocation import Planned
+from supervisord_batt.budget.books import Book
+from supervisord_batt.budget.claims import (
+    Footprint,
+    Profile,
+    cap_of,
+    pools_of,
+    profile,
+    sampled,
+    scope_of,
+)
+from supervisord_batt.budget.costs import Kind, Level
+from supervisord_batt.budget.demand import Demand
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import Request
+from supervisord_batt.config.records import BudgetConfig, PressureThresholds
+from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
+from tests.fakes import FakeClock
+
+CGROUP = "/sys/fs/cgroup/pids/batt"
+GIB = 1 << 30
+
+# thresholds that never fire
+QUIET = PressureThresholds(
+    headroom_high_percent=-1000.0,
+    headroom_extreme_percent=-1000.0,
+    cpu_high=101.0,
+    cpu_extreme=101.0,
+    memory_high=101.0,
+    memory_extreme=101.0,
+)
+
+
+def config(**overrides: object) -> BudgetConfig:
+    base = BudgetConfig(
+        reserve_tasks=0,
+        reserve_percent=0.0,
+        max_per_lease=64,
+        cpu_cap=None,
+        memory_per_slot=0,
+        lease_ttl=30.0,
+        cgroups=(),
+        watch_users=(),
+        pressure=QUIET,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def limit(
+    limit: int = 10_000,
+    in_use: int = 0,
+    kind: LimitKind = "threads-max",
+    scope: str | int | None = None,
+    name: str | None = None,
+) -> Limit:
+    if name is None:
+        name = kind if scope is None else f"{kind}:{scope}"
+    return Limit(name=name, kind=kind, scope=scope, limit=limit, in_use=in_use)
+
+
+def sample(
+    *limits: Limit,
+    cpus: float = 64.0,
+    mem: int = 64 * GIB,
+    psi: Psi | None = None,
+    taken_at: float = 0.0,
+) -> HostSample:
+    lims = limits or (limit(),)
+    return HostSample(
+        taken_at=taken_at,
+        wall_time=taken_at,
+        threads_total=0,
+        threads_max=0,
+        pid_max=0,
+        cgroups=(),
+        users=(),
+        mem_available_bytes=mem,
+        mem_total_bytes=mem,
+        cpus=cpus,
+        psi=psi,
+        limits=lims,
+    )
+
+
+def request(
+    holder: str = "h1",
+    want: int = 4,
+    *,
+    kinds: tuple[Kind, ...] = ("process", "thread", "sequential"),
+    uid: int = 1000,
+    cgroups: tuple[str, ...] = (),
+    base_tasks: int = 1,
+    pid: int = 4242,
+    job: str = "batt",
+) -> Request:
+    return Request(
+        holder=holder,
+        pid=pid,
+        uid=uid,
+        job=job,
+        want=want,
+        kinds=kinds,
+        cgroups=cgroups,
+        base_tasks=base_tasks,
+    )
+
+
+def ledger(
+    *limits: Limit,
+    clock: FakeClock | None = None,
+    cpus: float = 64.0,
+    mem: int = 64 * GIB,
+    psi: Psi | None = None,
+    **cfg: object,
+) -> BudgetLedger:
+    return BudgetLedger(
+        config(**cfg), clock or FakeClock(), sample(*limits, cpus=cpus, mem=mem, psi=psi)
+    )
+
+
+PRESSURE = PressureThresholds(
+    headroom_high_percent=20.0,
+    headroom_extreme_percent=5.0,
+    cpu_high=40.0,
+    cpu_extreme=80.0,
+    memory_high=30.0,
+    memory_extreme=60.0,
+)
+
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+UIDS = (1000, 1001)
+KIND_SETS: tuple[tuple[Kind, ...], ...] = (
+    ("process", "thread", "sequential"),
+    ("process", "sequential"),
+    ("thread",),
+    ("sequential",),
+)
+
+
+@st.composite
+def limits(draw: st.DrawFn) -> tuple[Limit, ...]:
+    out = []
+    for kind, scope in (("threads-max", None), ("cgroup", CGROUP), ("nproc", 1000)):
+        if kind != "threads-max" and not draw(st.booleans()):
+            continue
+        lim = draw(st.integers(5, 300))
+        name = kind if scope is None else f"{kind}:{scope}"
+        out.append(Limit(name, kind, scope, lim, draw(st.integers(0, lim + 10))))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+@st.composite
+def roomy_limits(draw: st.DrawFn) -> tuple[Limit, ...]:
+    """Limits far above what the leases ask for: the CPUs (or memory) bind, not tasks."""
+    out = []
+    for kind, scope in (("threads-max", None), ("cgroup", CGROUP), ("nproc", 1000)):
+        if kind != "threads-max" and not draw(st.booleans()):
+            continue
+        lim = draw(st.integers(2_000, 20_000))
+        name = kind if scope is None else f"{kind}:{scope}"
+        out.append(Limit(name, kind, scope, lim, draw(st.integers(0, lim // 4))))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+@st.composite
+def samples(draw: st.DrawFn, shape: tuple[Limit, ...] | None = None) -> HostSample:
+    lims = (
+        draw(limits())
+        if shape is None
+        else tuple(replace(lim, in_use=draw(st.integers(0, lim.limit + 10))) for lim in shape)
+    )
+    return sample(
+        *lims, cpus=draw(st.sampled_from([1.0, 2.0, 4.0, 16.0])), mem=draw(st.integers(0, 16)) * GIB
+    )
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> BudgetConfig:
+    pressure = draw(st.sampled_from([QUIET, PressureThresholds(20.0, 5.0, 101, 101, 101, 101)]))
+    return config(
+        reserve_tasks=draw(st.integers(0, 10)),
+        reserve_percent=draw(st.sampled_from([0.0, 5.0, 15.0])),
+        max_per_lease=draw(st.integers(1, 16)),
+        cpu_cap=draw(st.sampled_from([None, 2.0, 8.0])),
+        memory_per_slot=draw(st.sampled_from([0, GIB // 2, GIB])),
+        pressure=pressure,
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    return Request(
+        holder=f"h{draw(st.integers(0, 4))}",
+        pid=1,
+        uid=draw(st.sampled_from(UIDS)),
+        job="batt",
+        want=draw(st.integers(0, 12)),
+        kinds=draw(st.sampled_from(KIND_SETS)),
+        cgroups=draw(st.sampled_from([(), (CGROUP + "/job",), ("/sys/fs/cgroup/pids/x",)])),
+        base_tasks=draw(st.integers(0, 5)),
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """A lease as a test knows it: its request, its pool, and what the last sample saw
+    (its measured tree and the pool it held then)."""
+
+    lease_id: str
+    request: Request
+    kind: Kind = "sequential"
+    workers: int = 0
+    measured: int | None = None
+    sampled_kind: Kind = "sequential"
+    sampled_workers: int = 0
+
+
+@dataclass
+class World:
+    """The books, the demand and the leases' records of a ledger holding `held`, built
+    from scratch from public parts (as the ledger builds them on a new sample)."""
+
+    charged: Book
+    idle: Book
+    demand: Demand
+    planned: list[Planned]
+    footprints: dict[str, Footprint]
+    profiles: dict[str, Profile]
+
+
+def world(host: HostSample, cfg: BudgetConfig, level: Level, held: Sequence[Held]) -> World:
+    charged = Book.of(host, cfg)
+    idle = charged.copy()
+    demand = Demand.empty(len(host.limits))
+    planned: list[Planned] = []
+    footprints: dict[str, Footprint] = {}
+    profiles: dict[str, Profile] = {}
+    for h in held:
+        scope = scope_of(h.request, host.limits)
+        fp = sampled(scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers)
+        pools, cap = pools_of(h.request), cap_of(h.request, cfg)
+        p = profile(fp, pools, cap, level, h.kind, h.workers)
+        charged.move(fp, None, (h.kind, h.workers))
+        idle.move(fp, None, ("sequential", 0))
+        demand.count(scope, p, 1)
+        planned.append((h.lease_id, fp, p))
+        footprints[h.lease_id], profiles[h.lease_id] = fp, p
+    return World(charged, idle, demand, planned, footprints, profiles)
+
+
+class Tracker:
+    """A ledger driven through its public API, with what a test needs to rebuild its
+    books from scratch (`world`): every request, and per lease the tree the last sample
+    measured and the pool it held then."""
+
+    def __init__(self, cfg: BudgetConfig, host: HostSample, clock: FakeClock | None = None):
+        self.cfg, self.host = cfg, host
+        self.clock = clock or FakeClock()
+        self.ledger = BudgetLedger(cfg, self.clock, host)
+        self.requests: dict[str, Request] = {}
+        self.measured: dict[str, tuple[int | None, Kind, int]] = {}
+
+    def acquire(self, req: Request) -> str:
+        lease_id = self.ledger.acquire(req).lease_id
+        self.requests[lease_id] = req
+        return lease_id
+
+    def update(self, host: HostSample, trees: dict[str, int]) -> None:
+        held = {lease.lease_id: lease for lease in self.ledger.statistics().leases}
+        self.ledger.update(host, trees)
+        self.host = host
+        self.measured = {i: (trees.get(i), lease.kind, lease.workers) for i, lease in held.items()}
+
+    def held(self) -> list[Held]:
+        out = []
+        for lease in self.ledger.statistics().leases:
+            measured, kind, workers = self.measured.get(lease.lease_id, (None, "sequential", 0))
+            req = self.requests[lease.lease_id]
+            out.append(
+                Held(lease.lease_id, req, lease.kind, lease.workers, measured, kind, workers)
+            )
+        return out
+
+    def world(self, *newcomers: Held) -> World:
+        return world(self.host, self.cfg, self.ledger.level, [*self.held(), *newcomers])
+
+
+def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
+    """A tracked ledger after `steps` random calls that change it, with nothing read in
+    between: acquire, release, renew, expire and update, on random limits."""
+    lims = data.draw(st.one_of(limits(), roomy_limits()))
+    cpus = data.draw(st.sampled_from([4.0, 16.0, 64.0]))
+    tracker = Tracker(cfg, sample(*lims, cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB))
+    led = tracker.ledger
+    live: list[str] = []
+    ops = st.sampled_from(["acquire", "acquire", "acquire", "release", "renew", "expire", "update"])
+    for _ in range(steps):
+        op = data.draw(ops)
+        if op == "acquire":
+            live.append(tracker.acquire(data.draw(requests())))
+        elif op == "release" and live:
+            led.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+        elif op == "renew" and live:
+            lease_id = data.draw(st.sampled_from(live))
+            ack = data.draw(st.sampled_from([None, 0, data.draw(st.integers(0, 16))]))
+            if ack is None or ack <= led.lease(lease_id).workers:
+                led.renew(lease_id, ack)
+        elif op == "expire":
+            tracker.clock.advance(data.draw(st.sampled_from([1.0, 20.0, 40.0])))
+            gone = {lease.lease_id for lease in led.expire()}
+            live = [i for i in live if i not in gone]
+        elif op == "update":
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            tracker.update(data.draw(samples(lims)), trees)
+    return tracker
