@@ -34,6 +34,9 @@ log = get_logger(component="daemon")
 # these change what runs, so they are for admins only. `tail` is for admins, and for a
 # peer reading a program that runs as its own uid.
 CONTROL_OPS = frozenset({"start", "stop", "restart", "reload"})
+# A job holds one lease, a notebook kernel a few; a connection that piles up thousands
+# would grow the daemon's memory and every status reply without bound.
+MAX_LEASES_PER_CONNECTION = 16
 TAIL_DEFAULT = 1600
 TAIL_MAX = 64 * 1024
 
@@ -119,7 +122,16 @@ class Commands:
             cgroups=conn.data["cgroups"],
             base_tasks=conn.data["base_tasks"],
         )
+        held: set[str] = conn.data.setdefault("leases", set())
+        if len(held) >= MAX_LEASES_PER_CONNECTION:
+            held &= set(self.ledger.lease_pids())  # forget the ones that ended meanwhile
+            if len(held) >= MAX_LEASES_PER_CONNECTION:
+                raise protocol.ProtocolError(
+                    protocol.TOO_MANY_LEASES,
+                    f"this connection holds {len(held)} leases, the most one may hold",
+                )
         grant = self.ledger.acquire(request)
+        held.add(grant.lease_id)
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 

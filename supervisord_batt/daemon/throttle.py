@@ -27,7 +27,9 @@ _MAX_UIDS = 64  # distinct uids counted per summary; the rest are summed as "oth
 class Throttle:
     """Writes within the rate, counts the rest, summarises on `summarize()`."""
 
-    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+    # the wall clock: its seconds are the log lines' own, so "at most `rate` lines in any
+    # second of their timestamps" holds exactly (a clock step only starts a new count)
+    def __init__(self, rate: int, clock: Callable[[], float] = time.time) -> None:
         self.rate = rate
         self._clock = clock
         self._second = -1

@@ -212,3 +212,14 @@ def test_a_peer_that_is_not_an_admin_may_still_lease_and_read_status(world: Worl
     assert grant["ok"]
     assert world.call(user, op="status")["ok"]
     assert world.call(user, op="release", lease=grant["lease"])["ok"]
+
+
+def test_a_connection_holds_at_most_16_leases(world: World) -> None:
+    conn = world.connect()
+    leases = [world.call(conn, op="acquire", want=1, kinds=["thread"]) for _ in range(16)]
+    assert all(grant["ok"] for grant in leases)
+    refused = world.call(conn, op="acquire", want=1, kinds=["thread"])
+    assert refused["error"]["code"] == protocol.TOO_MANY_LEASES
+    assert world.call(conn, op="release", lease=leases[0]["lease"])["ok"]
+    assert world.call(conn, op="acquire", want=1, kinds=["thread"])["ok"]  # room again
+    assert world.call(world.connect(), op="acquire", want=1, kinds=["thread"])["ok"]
