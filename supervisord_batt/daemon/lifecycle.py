@@ -148,7 +148,7 @@ class Daemon:
         self.server.accepting = False
         timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
         await self.supervisor.shutdown(timeout)
-        leases = self.ledger.statistics().leases
+        leases = self.ledger.lease_pids()
         await self.server.close()
         self.monitor.close()
         if self.config.daemon.pid_file is not None:
@@ -246,9 +246,9 @@ class Daemon:
 
     def _scan(self) -> dict[str, int]:
         """The slow /proc pass: per-user counts, and each lease holder's tree size."""
-        leases = self.ledger.statistics().leases
-        usage = self.monitor.scan({lease.pid for lease in leases})
-        return {lease.lease_id: usage[lease.pid].tasks for lease in leases if lease.pid in usage}
+        holders = self.ledger.lease_pids()
+        usage = self.monitor.scan(set(holders.values()))
+        return {lease: usage[pid].tasks for lease, pid in holders.items() if pid in usage}
 
     def limits_now(self) -> dict[str, Any]:
         """The tightest limit right now, for log events about refusals and pressure."""
@@ -269,11 +269,9 @@ class Daemon:
 
     def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
         """A worker's tree is verified gone: whatever it still leased goes back now."""
-        gone = set(pids)
-        for lease in self.ledger.statistics().leases:
-            if lease.pid in gone:
-                self.ledger.release(lease.lease_id)
-                self.lease_log.ended("release", lease, "worker tree gone", instance=instance)
+        for held in self.ledger.held_by(pids):
+            lease = self.ledger.release(held.lease_id)
+            self.lease_log.ended("release", lease, "worker tree gone", instance=instance)
 
     # -- reload -----------------------------------------------------------------------
 
