@@ -687,6 +687,9 @@ daemon:
   max_message_bytes: 1MiB
   pid_file: /run/sb.pid
   lease_log_rate: 0
+  admin_groups: [wheel]
+  max_connections_per_uid: 4
+  bad_input_log_rate: 0
 budget:
   reserve_tasks: 128
   reserve_percent: 12.5
