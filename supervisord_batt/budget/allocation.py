@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.claims import Footprint, Profile
@@ -29,11 +28,16 @@ class Share:
     kind: Kind
 
 
-@cache
+_SHARES: dict[tuple[int, Kind], Share] = {}  # a few: workers are at most max_per_lease
+
+
 def share(workers: int, kind: Kind) -> Share:
     """The one Share of (workers, kind): they are frozen, so the allocation shares them
     instead of building one per lease on every recompute."""
-    return Share(workers, kind)
+    found = _SHARES.get((workers, kind))
+    if found is None:
+        found = _SHARES[workers, kind] = Share(workers, kind)
+    return found
 
 
 NO_SHARE = share(0, "sequential")
@@ -103,12 +107,13 @@ def _fill(plan: list[Planned], idle: Book, demand: Demand) -> Allocation:
     shares: dict[str, Share] = {}
     fair = 0
     for lease_id, _, p in plan:
-        cap = p.cap
+        cap, kind = p.cap, p.kind
+        assert kind is not None  # the plan holds only leases that ask for a pool
         size = cap if cap < level else level
         if winners and cap > level:  # served in plan order while the CPUs last
             size, winners = bonus, winners - 1
         if size:
-            shares[lease_id] = share(size, p.kind)
+            shares[lease_id] = share(size, kind)
             fair = max(fair, size)
     return Allocation(shares, fair)
 
@@ -126,8 +131,9 @@ class _Rounds:
 
     def run(self, plan: list[Planned]) -> Allocation:
         self.growers = growing = [
-            _Grower(lease_id, fp, p.kind, p.cap, p.fallback)  # type: ignore[arg-type]
+            _Grower(lease_id, fp, p.kind, p.cap, p.fallback)
             for lease_id, fp, p in plan
+            if p.kind is not None  # all of them: the plan holds only leases that ask
         ]
         top = max(g.cap for g in growing)
         size = self.skip(growing, MIN_POOL - 1, top)

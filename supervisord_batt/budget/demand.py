@@ -24,7 +24,7 @@ class Demand:
     tasks: list[int]  # per limit: sum of full_tasks over the planned leases in scope
     leases: list[int]  # per limit: planned leases in scope
     first_tasks: list[int]  # per limit: sum of first_tasks over the planned leases in scope
-    caps: dict[int, int] = field(default_factory=dict)  # plan_cap -> planned leases
+    caps: dict[int, int] = field(default_factory=dict)  # cap -> planned leases
     n: int = 0  # planned leases
     mem: int = 0  # sum of full_mem
     first_mem: int = 0  # sum of first_mem

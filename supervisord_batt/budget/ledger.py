@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
 from supervisord_batt.budget.books import Book, Size
@@ -94,8 +95,7 @@ class _Held:
         return self.lease_id, self.footprint, self.profile
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     """A quick acquire (its share by `newcomer_share`) whose allocation of the others is
     not computed yet, with the allocation to go back to if it is released at once (None:
     the allocation before it was stale, or no longer what a recompute would give)."""
