@@ -102,7 +102,11 @@ def test_an_allowed_user_may_lease_and_read_status_but_not_control(
     for refused in (stop, reload, restart, tail):
         assert refused["error"]["code"] == "forbidden", refused
     assert d.status()["programs"][0]["instances"][0]["state"] == "RUNNING"
-    lines = [e for e in d.events("bad_request") if e.get("code") == "forbidden"]
+    lines = wait_until(
+        lambda: [e for e in d.events("bad_request") if e.get("code") == "forbidden"],
+        timeout=5,
+        what="the refusal lines",
+    )
     assert len(lines) == 4
     assert {(e["uid"], e["gid"]) for e in lines} == {(user.uid, user.gid)}
     assert all(e["pid"] > 0 for e in lines)
@@ -125,9 +129,10 @@ def test_an_admin_group_may_control_and_every_control_names_its_uid(
     assert stopped == {"ok": True, "instances": {"p:0": "STOPPED"}}
     (reloaded,) = ask(d.socket, user, {"op": "reload"})
     assert reloaded["ok"], reloaded
-    (control,) = d.events("control")
+    # the daemon writes an iteration's lines right after it, after the reply went out
+    (control,) = wait_until(lambda: d.events("control"), timeout=5, what="the control line")
     assert (control["op"], control["uid"], control["gid"]) == ("stop", user.uid, user.gid)
-    (line,) = d.events("reloaded")
+    (line,) = wait_until(lambda: d.events("reloaded"), timeout=5, what="the reloaded line")
     assert line["uid"] == user.uid and line["pid"] > 0
 
 
