@@ -85,6 +85,7 @@ class _Held:
     footprint: Footprint
     # per change of pool, sample, level or config: its place in the plan
     profile: Profile
+    # per renew and per heartbeat
     renewed_at: float
     last_progress: float
     # its pool, changed by a grant or a resize

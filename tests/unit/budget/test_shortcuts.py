@@ -9,7 +9,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisord_batt.budget.allocation import allocate
@@ -172,3 +172,57 @@ def test_the_shortcut_gives_the_full_share_in_seeded_daemon_traffic() -> None:
     assert not found, found
     assert CHECKED["pool"] > 1000 and CHECKED["no pool"] > 100, CHECKED
     assert CHECKED["none"] < CHECKED["pool"], CHECKED
+
+
+@settings(SETTINGS, max_examples=100)
+@given(cfg=configs(), data=st.data())
+def test_the_shortcut_gives_the_full_share_to_many_clients(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """The daemon's traffic with many clients: up to dozens of live leases, memory for only
+    some of their first pools, so that the first round walks them and some fall back to
+    threads, no task limit binding and CPUs to spare; acquires, releases, renews and new
+    samples interleave at random."""
+    cfg = replace(
+        cfg,
+        pressure=QUIET,
+        memory_per_slot=data.draw(st.sampled_from([GIB // 4, GIB // 2, GIB])),
+        max_per_lease=data.draw(st.integers(MIN_POOL, 8)),
+        # CPUs that bind in the later rounds too: only there do the fallen-back others
+        # (threads, no memory slot) differ from what the plan counted (process pools)
+        cpu_cap=data.draw(st.sampled_from([None, 16.0, 32.0, 64.0])),
+    )
+    cpus = data.draw(st.sampled_from([16.0, 32.0, 64.0]))
+    first = sample(*data.draw(roomy_limits()), cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB)
+    tracker = Tracker(cfg, first)
+    led = tracker.ledger
+    fallback: tuple[Kind, ...] = ("process", "thread", "sequential")
+    kinds = st.sampled_from([fallback, fallback, fallback, ("process", "sequential"), ("thread",)])
+    wants = st.sampled_from([2, 3, 4, 8])
+    live: list[str] = []
+
+    def acquire() -> None:
+        req = replace(data.draw(requests()), kinds=data.draw(kinds), want=data.draw(wants))
+        assert differ(tracker, req) is None
+        live.append(tracker.acquire(req))
+
+    for _ in range(data.draw(st.integers(4, 48))):
+        acquire()
+    for _ in range(data.draw(st.integers(1, 30))):
+        op = data.draw(st.integers(0, 5))
+        if live and op < 2:
+            led.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+        elif live and op == 2:  # a renew acknowledges or grows: pools change size
+            lease_id = data.draw(st.sampled_from(live))
+            held = led.lease(lease_id)
+            led.renew(lease_id, data.draw(st.sampled_from([None, held.target, held.workers])))
+        elif op == 3:  # a new sample: CPUs and memory move
+            host = replace(
+                first,
+                cpus=data.draw(st.sampled_from([8.0, 16.0, 32.0, 64.0])),
+                mem_available_bytes=data.draw(st.integers(0, 12)) * GIB,
+            )
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            tracker.update(host, trees)
+        else:
+            acquire()
