@@ -16,10 +16,12 @@ shipped default with cpu_cap 64: from about 12 leases on the CPUs are contended,
 64 on nobody gets a pool at all. So two more rows keep the water-filling busy at every N:
 "cpu=4N" is synthetic with cpu_cap 4 N (the CPUs run out at a water level of about 4),
 and "memory" is that with memory for one process worker per lease, plus two. The
-ledger's acquire takes a closed form while no task limit can bind: the CPUs alone, or
+ledger's acquire takes a closed form (`budget.shortcuts.newcomer_share`) while no task
+limit can bind: the CPUs alone, or
 the CPUs and memory (here "memory" at 0 leases, "cpu=4N" at 500 where memory binds in a
 later round, and "live" at 32 leases on a host with 23 GiB free, where the first round
-runs out of CPUs); where a task limit can, it runs the water-filling round by round.
+runs out of CPUs); where a task limit can, it runs the water-filling round by round
+(`budget.allocation.allocate`).
 Prints median and p99 in microseconds.
 
 A second table, "interleaved", times what the daemon sees from N clients that each hold
@@ -56,7 +58,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
-from supervisord_batt.budget.ledger import BudgetLedger, Request
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import Request
 from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.monitor import HostMonitor
