@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 VERSION = 1
 MAX_LINE_DEFAULT = 64 * 1024
-KINDS = ("process", "thread", "sequential")
+# The pool kinds, best first: the one list the protocol, the budget and the executor's
+# fallback order (process, then thread, then sequential) all use.
+Kind = Literal["process", "thread", "sequential"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 # error codes (stable: clients switch on them)
 BAD_JSON = "bad_json"

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.claims import Footprint, Profile
-from supervisord_batt.budget.costs import MIN_POOL, Kind
+from supervisord_batt.budget.costs import MIN_POOL
 from supervisord_batt.budget.demand import Demand, cpu_only
+from supervisord_batt.protocol import Kind
 
 Planned = tuple[str, Footprint, Profile]  # a lease as the allocation sees it
 

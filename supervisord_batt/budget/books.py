@@ -12,16 +12,10 @@ import math
 from dataclasses import dataclass, replace
 
 from supervisord_batt.budget.claims import Footprint
-from supervisord_batt.budget.costs import (
-    MIN_POOL,
-    UNBOUNDED,
-    Kind,
-    pool_cost,
-    reserve_for,
-    workers_for,
-)
+from supervisord_batt.budget.costs import MIN_POOL, UNBOUNDED, pool_cost, reserve_for, workers_for
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
+from supervisord_batt.protocol import Kind
 
 Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
 

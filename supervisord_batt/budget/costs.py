@@ -1,6 +1,6 @@
-"""What pools cost: the pool kinds and pressure levels, the kernel tasks a pool adds to a
-job, and the tasks kept in reserve under a limit. Pure arithmetic, shared by the ledger
-and its allocation."""
+"""What pools cost: the kernel tasks a pool adds to a job, and the tasks kept in reserve
+under a limit; and the pressure levels (the pool kinds are the protocol's). Pure
+arithmetic, shared by the ledger and its allocation."""
 
 # Why a pool of n < 2 becomes sequential. A pool's main thread only waits on its
 # workers, so one worker computes no faster than the main thread alone, and it still
@@ -15,10 +15,9 @@ from typing import Literal, get_args
 
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Limit
+from supervisord_batt.protocol import Kind
 
-Kind = Literal["process", "thread", "sequential"]
 Level = Literal["normal", "high", "extreme"]
-KINDS: tuple[Kind, ...] = get_args(Kind)
 LEVELS: tuple[Level, ...] = get_args(Level)
 
 # Kernel tasks (threads + processes) a pool adds to a job beyond its main thread, measured

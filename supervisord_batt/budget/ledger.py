@@ -39,7 +39,6 @@ from supervisord_batt.budget.claims import (
     sampled,
 )
 from supervisord_batt.budget.costs import (
-    KINDS,
     LEVELS,
     LOKY_RESOURCE_TRACKERS,
     MIN_POOL,
@@ -47,7 +46,6 @@ from supervisord_batt.budget.costs import (
     PROCESS_POOL_THREADS,
     PROCESS_WORKER_TASKS,
     THREAD_WORKER_TASKS,
-    Kind,
     Level,
     pool_cost,
     reserve_for,
@@ -67,6 +65,7 @@ from supervisord_batt.budget.records import (
 from supervisord_batt.budget.shortcuts import newcomer_share
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
+from supervisord_batt.protocol import KINDS, Kind
 
 _SEQUENTIAL: Size = ("sequential", 0)
 

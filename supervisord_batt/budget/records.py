@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisord_batt.budget.costs import KINDS, Kind, Level
+from supervisord_batt.budget.costs import Level
+from supervisord_batt.protocol import KINDS, Kind
 
 
 class LeaseError(Exception):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from supervisord_batt.budget.allocation import NO_SHARE, Share, share
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.claims import Footprint, Profile
-from supervisord_batt.budget.costs import MIN_POOL, Kind
+from supervisord_batt.budget.costs import MIN_POOL
 from supervisord_batt.budget.demand import (
     Demand,
     Groups,
@@ -27,6 +27,7 @@ from supervisord_batt.budget.demand import (
     first_pools_fit_tasks,
     task_limits_hold,
 )
+from supervisord_batt.protocol import Kind
 
 
 @dataclass(frozen=True, slots=True)

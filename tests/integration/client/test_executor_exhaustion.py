@@ -1,6 +1,6 @@
 """The executor under a real pids cgroup that refuses each creation step of a loky pool.
 
-A loky pool of n creates, in order (FACTS.md): loky's resource tracker (constructor),
+A loky pool of n creates, in order (docs/FACTS.md): loky's resource tracker (constructor),
 multiprocessing's resource tracker (first submit), n workers, the ExecutorManagerThread,
 then the QueueFeederThread (started by the manager thread). With the job's own tasks as
 the baseline b, pids.max = b + k refuses creation k. Each case must finish with the right

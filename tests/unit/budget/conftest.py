@@ -23,12 +23,13 @@ from supervisord_batt.budget.claims import (
     sampled,
     scope_of,
 )
-from supervisord_batt.budget.costs import Kind, Level
+from supervisord_batt.budget.costs import Level
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
+from supervisord_batt.protocol import Kind
 from tests.fakes import FakeClock
 
 CGROUP = "/sys/fs/cgroup/pids/batt"

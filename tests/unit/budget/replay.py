@@ -20,11 +20,11 @@ import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from supervisord_batt.budget.costs import Kind
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import LeaseError, Request
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, Psi
+from supervisord_batt.protocol import Kind
 
 VERSION = 1
 SEQUENCES = 12_000

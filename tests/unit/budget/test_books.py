@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisord_batt.budget.books import Size
-from supervisord_batt.budget.costs import Kind
 from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.protocol import Kind
 from tests.unit.budget.conftest import SETTINGS, configs, random_calls
 
 

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 
 from supervisord_batt.budget.claims import MAX_SCOPES, Scopes, scope_of
-from supervisord_batt.budget.costs import KINDS, PROCESS_POOL_OVERHEAD, pool_cost
+from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD, pool_cost
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
 from supervisord_batt.host.sample import Psi
+from supervisord_batt.protocol import KINDS
 from tests.fakes import FakeClock
 from tests.unit.budget.conftest import (
     CGROUP,
@@ -39,7 +40,7 @@ def test_process_grant_when_idle() -> None:
 
 
 def test_cost_constants_match_the_measured_pool() -> None:
-    # FACTS.md: ProcessPoolExecutor(3) after submit is 8 tasks, main thread included
+    # docs/FACTS.md: ProcessPoolExecutor(3) after submit is 8 tasks, main thread included
     assert 1 + pool_cost("process", 3) == 8
     assert pool_cost("thread", 3) == 3
     assert pool_cost("sequential", 5) == 0

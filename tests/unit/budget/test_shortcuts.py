@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisord_batt.budget.allocation import allocate
-from supervisord_batt.budget.costs import MIN_POOL, Kind
+from supervisord_batt.budget.costs import MIN_POOL
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.shortcuts import newcomer_share
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
+from supervisord_batt.protocol import Kind
 from tests.unit.budget.conftest import (
     CGROUP,
     GIB,
