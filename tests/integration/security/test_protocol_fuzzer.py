@@ -232,3 +232,18 @@ def test_a_hundred_thousand_fuzzed_messages(daemon: Callable[..., Any]) -> None:
     per_second = Counter(e["timestamp"][:19] for e in d.events() if e.get("event") in bad)
     assert per_second and max(per_second.values()) <= RATE, per_second.most_common(3)
     assert d.events("bad_input_suppressed")
+
+
+def test_json_nested_ten_thousand_deep_is_bad_json_not_a_traceback(
+    daemon: Callable[..., Any],
+) -> None:
+    """It was answered `internal`, with a traceback logged for every such line."""
+    d = daemon()
+    with WireClient(d.socket, timeout=10) as c:
+        for line in (b"[" * 10_000 + b"]" * 10_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000):
+            c.send_raw(line + b"\n")
+            reply = c.read_reply()
+            assert reply["error"]["code"] == "bad_json", reply
+            assert "nested too deeply" in reply["error"]["message"]
+        assert c.request("status")["ok"]
+    assert not d.events("handler_failed") and "Traceback" not in d.log_text()
