@@ -67,7 +67,9 @@ class Daemon:
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
         self._trees: dict[str, int] = {}
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
+        self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
+        self._reload_lock = asyncio.Lock()
 
     # -- life -------------------------------------------------------------------------
 
@@ -204,13 +206,24 @@ class Daemon:
         self.should_exit.set()
 
     def request_reload(self) -> None:
-        """SIGHUP: the same reload as the CLI's, run as a task the loop owns."""
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self._reload_logged())
+        """SIGHUP: the same reload as the CLI's, run as a task the loop owns.
 
-    async def _reload_logged(self) -> None:
-        with contextlib.suppress(ReloadRejected):
-            await self.reload(by={"by": "SIGHUP"})
+        Reloads run one at a time (`reload` holds a lock). SIGHUPs that arrive while one
+        runs are coalesced into one more reload after it, never dropped: the daemon
+        ends up running the file as it is after the last signal."""
+        if self._reloading is not None and not self._reloading.done():
+            self._hup_pending = True
+            log.info("reload_queued", by="SIGHUP", reason="a reload is running")
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._sighup_reloads())
+
+    async def _sighup_reloads(self) -> None:
+        while True:
+            self._hup_pending = False
+            with contextlib.suppress(ReloadRejected):
+                await self.reload(by={"by": "SIGHUP"})
+            if not self._hup_pending:
+                return
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -278,12 +291,15 @@ class Daemon:
     async def reload(self, by: dict[str, Any] | None = None) -> dict[str, list[str]]:
         """Re-read the config file; a config that does not validate leaves the old one.
 
-        `by` names who asked (the peer's uid, gid and pid, or the signal) in the lines."""
-        self.notifier.reloading()
-        try:
-            return await self._reload(by or {"by": "unknown"})
-        finally:
-            self.notifier.ready(self.status_line())  # the old config or the new one runs
+        `by` names who asked (the peer's uid, gid and pid, or the signal) in the lines.
+        One at a time: a reload asked for while another runs waits for it, then reads
+        the file afresh, and its caller gets its own outcome."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                return await self._reload(by or {"by": "unknown"})
+            finally:
+                self.notifier.ready(self.status_line())  # the old config or the new one runs
 
     async def _reload(self, by: dict[str, Any]) -> dict[str, list[str]]:
         source = self.config.source
