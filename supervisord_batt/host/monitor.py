@@ -38,6 +38,9 @@ from supervisord_batt.host.sample import (
     TreeUsage,
     UserUsage,
 )
+from supervisord_batt.logs import get_logger
+
+log = get_logger(component="host")
 
 # ---------------------------------------------------------------- cgroups
 
@@ -116,6 +119,8 @@ class HostMonitor:
             self._psi_mem = self._open("pressure/memory", 256)
             self._has_psi = os.path.isdir(os.path.join(proc_root, "pressure"))
             self._last: dict[str, int] = {}
+            self._specs, self._include_self = tuple(cgroups), include_self_cgroup
+            self._self_cgroup = self._self_text("cgroup")
             self._init_cgroups(cgroups, include_self_cgroup)
             self.cpus = 1.0
             self.scan()
@@ -172,6 +177,27 @@ class HostMonitor:
             chain = procfs.cgroup_chain(hier.mount_dir, hier.mount_root, fs)
             nodes = tuple(None if cg == "/" else self._node(cg, d) for cg, d in chain)
             self._watched.append(_Watched(chain[0][0], chain[0][1], hier.version, nodes))
+
+    def _follow_own_cgroup(self) -> None:
+        """Watch the cgroup the process is in now, if it moved since the last look."""
+        if not self._include_self:
+            return
+        text = self._self_text("cgroup")
+        if text == self._self_cgroup:
+            return
+        before = [w.path for w in self._watched]
+        for node in self._nodes.values():
+            node.close()
+        self._nodes.clear()
+        self._watched.clear()
+        self._self_cgroup = text
+        self._init_cgroups(self._specs, True)
+        log.warning(
+            "own_cgroup_changed",
+            old=before[:1],
+            new=[w.path for w in self._watched][:1],
+            reason="the daemon was moved to another cgroup: its limits are watched now",
+        )
 
     def _node(self, path: str, fs_path: str) -> _Node:
         node = self._nodes.get(fs_path)
@@ -237,9 +263,13 @@ class HostMonitor:
         """The O(processes) pass: per watched uid, its tasks and smallest RLIMIT_NPROC;
         and, from the same reads, the process tree of each pid in `roots`.
 
-        Also refreshes `cpus`. With no watched users and no roots there is no pass at all.
+        Also refreshes `cpus`, and follows the process into another cgroup (one read of
+        /proc/self/cgroup): moved into a cgroup with a tighter pids.max, the daemon
+        must budget against that one, not the cgroup it started in. With no watched
+        users and no roots there is no pass over /proc at all.
         """
         self.cpus = self._read_cpus()
+        self._follow_own_cgroup()
         roots = list(roots)
         if not self._users and not roots:
             return {}
