@@ -19,6 +19,7 @@ import contextlib
 import gc
 import os
 import pwd
+import resource
 import signal
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
@@ -70,11 +72,15 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
         self._reload_lock = asyncio.Lock()
+        # what the host ran out of (descriptors for accept, scan): counted, never fatal
+        self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
 
     # -- life -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        logs.write_per_iteration(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
+        logs.write_per_iteration(loop)
         try:
             return await self._run()
         finally:
@@ -96,6 +102,7 @@ class Daemon:
         return 0
 
     async def startup(self) -> None:
+        _raise_nofile()
         self.monitor.scan()
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
@@ -189,6 +196,18 @@ class Daemon:
             # tests only: SIGUSR2 blocks the loop, as a bug would, for the watchdog to see
             loop.add_signal_handler(signal.SIGUSR2, self._debug_stall)
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """What asyncio reports (an accept failing with EMFILE, whose server then pauses
+        accepting for a second by itself): one counted line, no traceback on stderr."""
+        exc = context.get("exception")
+        self.faults.emit(
+            "error",
+            "loop_error",
+            reason=str(context.get("message", "")),
+            error=repr(exc) if exc is not None else None,
+            errno=getattr(exc, "errno", None),
+        )
+
     def _debug_stall(self) -> None:
         log.warning("debug_stall", reason=f"SIGUSR2 with {paths.DEBUG_STALL_ENV}=1")
         logs.flush()
@@ -229,7 +248,10 @@ class Daemon:
 
     def tick(self, now: float) -> None:
         if now - self._last_scan >= self.config.daemon.scan_interval:
-            self._trees = self._scan()
+            try:
+                self._trees = self._scan()
+            except OSError as exc:  # out of descriptors: the last trees stand, retried
+                self.faults.emit("error", "scan_failed", errno=exc.errno, reason=str(exc))
             self.supervisor.reap()
             self._last_scan = now
         self.sample = self.monitor.sample()
@@ -253,6 +275,7 @@ class Daemon:
             )
         self.lease_log.summarize()
         self.server.problems.summarize()
+        self.faults.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
         self.notifier.status(self.status_line())
@@ -345,6 +368,16 @@ def _policy(config: Config) -> PeerPolicy:
             with contextlib.suppress(KeyError):
                 uids.append(pwd.getpwnam(program.user).pw_uid)
     return PeerPolicy(tuple(uids), config.daemon.allowed_groups, config.daemon.admin_groups)
+
+
+def _raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every job holds a connection, and the
+    usual soft limit of 1024 ran out in a flood long before the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("nofile_raised", old=soft, new=hard)
 
 
 def _quiet_gc() -> None:

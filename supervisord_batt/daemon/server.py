@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import grp
 import os
+import resource
 import socket
 import stat
 import struct
@@ -175,6 +176,19 @@ def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socke
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def descriptor_cap() -> int:
+    """Connections the daemon may hold and still have descriptors for its own work.
+
+    Each connection is a descriptor; so are each worker's two pipes and pidfd, the
+    monitor's files, the log. A quarter of the soft RLIMIT_NOFILE (at least 32) is kept
+    for those: a flood of connections is refused before `accept`, spawns, scans and logs
+    run out (EMFILE), instead of after."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(0, soft - max(32, soft // 4))
 
 
 def socket_identity(path: Path) -> tuple[int, int] | None:
@@ -479,9 +493,11 @@ class Server:
         self.next_id = 1
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None
+        self.fd_cap = descriptor_cap()  # connections the descriptor limit leaves room for
         self.accepting = True
 
     async def start(self) -> None:
+        self.fd_cap = descriptor_cap()
         sock = bind_socket(
             self.path,
             self.config.socket_mode,
@@ -555,7 +571,7 @@ class Server:
             return protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon"
         why = None
         code = protocol.TOO_MANY_CONNECTIONS
-        total, limit = len(self.connections), self.config.max_connections
+        total, limit = len(self.connections), min(self.config.max_connections, self.fd_cap)
         if not self.accepting:
             why, code = "the daemon is shutting down", protocol.SHUTTING_DOWN
         elif total >= limit:

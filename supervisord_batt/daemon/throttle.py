@@ -29,8 +29,15 @@ class Throttle:
 
     # the wall clock: its seconds are the log lines' own, so "at most `rate` lines in any
     # second of their timestamps" holds exactly (a clock step only starts a new count)
-    def __init__(self, rate: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        rate: int,
+        clock: Callable[[], float] = time.time,
+        summary: str = "bad_input_suppressed",
+        about: str = "bad input or refused peers",
+    ) -> None:
         self.rate = rate
+        self.summary, self.about = summary, about
         self._clock = clock
         self._second = -1
         self._written = 0
@@ -59,11 +66,11 @@ class Throttle:
         if not self._held:
             return
         log.warning(
-            "bad_input_suppressed",
+            self.summary,
             lines=sum(self._held.values()),
             events=dict(self._held),
             by_uid=dict(self._uids.most_common(10)),
-            reason=f"more than {self.rate} lines a second about bad input or refused peers",
+            reason=f"more than {self.rate} lines a second about {self.about}",
         )
         self._held.clear()
         self._uids.clear()

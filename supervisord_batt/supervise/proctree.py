@@ -68,6 +68,7 @@ __all__ = [
     "tree_task_count",
 ]
 
+_POLL_NO_FD_S = 0.05  # how often a child is polled while no pidfd can be opened
 _POLL_S = 0.005  # kill_tree re-reads the cgroup this often (exits wake it at once)
 _HARD_EXTRA_S = 5.0  # how long after the grace SIGKILL rounds may go on
 
@@ -252,8 +253,19 @@ class ExitWatcher:
         except ProcessLookupError:  # already reaped, so Popen has the status
             loop.call_soon(callback, proc.wait())
             return
+        except OSError:  # out of descriptors (EMFILE, ENFILE): poll until they come back
+            loop.call_later(_POLL_NO_FD_S, self._poll, proc, callback)
+            return
         self._watched[fd] = (proc, callback)
         loop.add_reader(fd, self._exited, fd)
+
+    def _poll(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
+        """Without a pidfd: a non-blocking waitpid of our own child, then a pidfd again."""
+        code = proc.poll()
+        if code is not None:
+            callback(code)
+        else:
+            self.watch(proc, callback)
 
     def _exited(self, fd: int) -> None:
         proc, callback = self._watched.pop(fd)

@@ -221,10 +221,16 @@ class Supervisor:
 
     def _spawn(self, inst: Instance, run: Run) -> None:
         program = inst.program
-        cgroup = self.cgroups.create(inst.name) if self.cgroups.enabled else None
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        # everything a spawn needs is acquired inside the try: out of descriptors
+        # (EMFILE) or pids, the spawn fails into BACKOFF, never leaves it in STARTING
+        cgroup = None
+        fds: list[int] = []
         try:
+            cgroup = self.cgroups.create(inst.name) if self.cgroups.enabled else None
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            fds += (out_r, out_w)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            fds += (err_r, err_w)
             proc = spawn(
                 program.command,
                 cwd=program.cwd,
@@ -236,16 +242,15 @@ class Supervisor:
                 stderr=err_w,
             )
         except (OSError, UnknownUser) as exc:
-            for fd in (out_r, out_w, err_r, err_w):
+            for fd in fds:
                 os.close(fd)
             if cgroup is not None:
                 self.cgroups.forget(cgroup)
             self._spawn_failed(inst, exc)
             return
-        finally:
+        for fd in (out_w, err_w):  # the child has them; the read ends are ours
             with contextlib.suppress(OSError):
-                os.close(out_w)
-                os.close(err_w)
+                os.close(fd)
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
         run.exit_seen = False
         run.readers = [
