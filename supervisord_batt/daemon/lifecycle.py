@@ -165,6 +165,7 @@ class Daemon:
                 self.config.daemon.pid_file.unlink()
         self.lease_log.summarize()
         self.server.problems.summarize()
+        self.faults.summarize()
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
