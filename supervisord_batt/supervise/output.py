@@ -91,6 +91,11 @@ class StreamSink:
         self.total = 0  # bytes seen since the daemon started this instance
         self._partial = b""
         self.file: RotatingFile | None = None
+        # bytes the file could not take (a full disk, EIO) since the last `summary()`,
+        # and why: counted here, logged once a tick by the supervisor, never raised into
+        # the pipe reader, a kill or a shutdown
+        self.lost = 0
+        self.lost_reason = ""
         if config.mode == "file":
             suffix = "out" if stream == "stdout" else "err"
             name = f"{instance.replace(':', '-')}.{suffix}.log"
@@ -106,9 +111,27 @@ class StreamSink:
             del self._ring[: len(self._ring) - RING_BYTES]
         self.total += len(data)
         if self.file is not None:
-            self.file.write(data)
+            try:
+                self.file.write(data)
+            except (OSError, ValueError) as exc:  # ValueError: the file was closed
+                self.lost += len(data)
+                self.lost_reason = getattr(exc, "strerror", None) or str(exc)
         else:
             self._log_lines(data)
+
+    def summary(self) -> dict[str, Any] | None:
+        """What was lost since the last call, for one log line; None when nothing was."""
+        if not self.lost:
+            return None
+        line = {
+            "instance": self.instance,
+            "stream": self.stream,
+            "path": str(self.path),
+            "bytes_lost": self.lost,
+            "reason": self.lost_reason,
+        }
+        self.lost = 0
+        return line
 
     def _log_lines(self, data: bytes, final: bool = False) -> None:
         buf = self._partial + data
@@ -140,7 +163,8 @@ class StreamSink:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a full disk: the buffer's last bytes go
+                self.file.close()
         elif self._partial:
             self._log_lines(b"", final=True)
 

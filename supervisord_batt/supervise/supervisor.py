@@ -137,6 +137,9 @@ class Supervisor:
         await self.wait_for(list(self.instances), TERMINAL, timeout)
         for sink in self.sinks.values():
             sink.close()
+            lost = sink.summary()
+            if lost is not None:
+                log.error("output_lost", **lost)
         self.watcher.close()
         problems = self.cgroups.cleanup()
         if problems:
@@ -352,7 +355,12 @@ class Supervisor:
     # -- the tick ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """No-progress timeouts."""
+        """Output that could not be written (one line per stream a tick), and no-progress
+        timeouts."""
+        for sink in self.sinks.values():
+            lost = sink.summary()
+            if lost is not None:
+                log.error("output_lost", **lost)
         for inst in self.instances.values():
             timeout = inst.program.progress_timeout
             run = self.runs[inst.name]

@@ -1,0 +1,75 @@
+"""A full disk under the output files (issue 11): counted and logged once a tick, and
+stops and shutdown go on as if nothing happened.
+
+It was 3,119 tracebacks on stderr in 35 s and nothing in the structured log; a shutdown
+during it failed the kill (a drain wrote to the full file), waited the whole stop
+timeout, exited with a traceback and left the socket and a worker cgroup behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import wait_until
+
+# writes as fast as it can, ignoring SIGTERM: the stop needs the grace, then SIGKILL
+CHATTY = [
+    sys.executable,
+    "-c",
+    "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "while True: sys.stdout.write('x' * 4096 + '\\n')",
+]
+
+
+@pytest.fixture
+def full_disk(needs_root: None) -> Iterator[Path]:
+    """A 256 KiB tmpfs: the workers' output fills it within a second."""
+    where = Path(tempfile.mkdtemp(prefix="sbt-disk-", dir="/tmp"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(where)], check=True
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_full_disk_is_counted_and_never_stops_a_kill_or_a_shutdown(
+    daemon: Callable[..., Any], full_disk: Path
+) -> None:
+    d = daemon(
+        {
+            "programs": {
+                "chatty": {
+                    "command": CHATTY,
+                    "numprocs": 2,
+                    "stop_grace": "500ms",
+                    "output": {"mode": "file", "directory": str(full_disk)},
+                }
+            }
+        }
+    )
+    lost = wait_until(lambda: d.events("output_lost"), timeout=15, what="output_lost lines")
+    assert lost[0]["reason"] == "No space left on device" and lost[0]["bytes_lost"] > 0
+    # a stop while the disk is full: the tree is gone within the grace and the kill
+    with d.client() as c:
+        reply = c.request("stop", target="chatty")
+    assert reply["ok"] and set(reply["instances"].values()) == {"STOPPED"}, reply
+    with d.client() as c:
+        assert c.request("start", target="chatty")["ok"]
+    wait_until(lambda: len(d.events("output_lost")) > len(lost), timeout=15)
+    assert d.stop() == 0
+    assert not d.socket.exists()
+    text = d.log_text()
+    assert "Traceback" not in text and not d.events("loop_error")
+    # one line per stream and tick at most, not one per failed write
+    assert len(d.events("output_lost")) < 200
