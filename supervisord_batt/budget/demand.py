@@ -39,15 +39,9 @@ class Demand:
     def count(self, scope: tuple[int, ...], p: Profile, sign: int) -> None:
         """Count a lease's profile in (sign 1) or out (sign -1) over the limits in `scope`
         (a lease that asks for no pool counts nothing)."""
-        kind, cap, lo = p.kind, p.cap, p.lo
+        kind, cap, lo, full_tasks, first_tasks, full_mem, first_mem, _, _ = p
         if kind is None:
             return
-        full_tasks, first_tasks, full_mem, first_mem = (
-            p.full_tasks,
-            p.first_tasks,
-            p.full_mem,
-            p.first_mem,
-        )
         self.n += sign
         left = self.caps.get(cap, 0) + sign
         if left:

@@ -92,6 +92,9 @@ class UpdateResult:
     reason: str
 
 
+_KIND_SET = frozenset(KINDS)
+
+
 def validate_request(req: Request) -> None:
     """Refuse a request the ledger cannot size, naming every problem."""
     problems = []
@@ -99,7 +102,7 @@ def validate_request(req: Request) -> None:
         problems.append(f"want must be >= 0, got {req.want}")
     if req.base_tasks < 0:
         problems.append(f"base_tasks must be >= 0, got {req.base_tasks}")
-    if any(k not in KINDS for k in req.kinds):
+    if not _KIND_SET.issuperset(req.kinds):
         problems.append(f"kinds must be among {', '.join(KINDS)}, got {req.kinds}")
     if problems:
         raise LeaseError("invalid_request", "; ".join(problems))

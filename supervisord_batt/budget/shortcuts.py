@@ -14,7 +14,7 @@ Pure, like `allocate`, and tested against it: for any leases, books and demand,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisord_batt.budget.allocation import NO_SHARE, Share, share
 from supervisord_batt.budget.books import Book
@@ -30,11 +30,12 @@ from supervisord_batt.budget.demand import (
 from supervisord_batt.protocol import Kind
 
 
-@dataclass(frozen=True, slots=True)
-class QuickShare:
+class QuickShare(NamedTuple):
     """The newcomer's share as `allocate` would give it, and the fair share acquire
     explains a refusal with: the full allocation's whenever the newcomer gets no pool
-    (where it got one, the shortcut may not know the others' and gives its own)."""
+    (where it got one, the shortcut may not know the others' and gives its own).
+
+    A named tuple, as the claims are: one is built per acquire."""
 
     share: Share
     fair_share: int
