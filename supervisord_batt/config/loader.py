@@ -11,6 +11,9 @@ that span several keys.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import signal
 from dataclasses import asdict, fields, replace
@@ -18,8 +21,9 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 import yaml
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 
+from supervisord_batt import safepath
 from supervisord_batt.config.records import (
     DEFAULT_BACKOFF,
     DEFAULT_OUTPUT,
@@ -278,11 +282,99 @@ def _build(issues: Issues, root: Node | None) -> Config:
     )
 
 
+# ---------------------------------------------------------------------- host checks
+
+# What the YAML alone cannot tell but this host can: users and groups that do not exist,
+# a directory that cannot be made (a path under a regular file) or that another user
+# controls (`safepath`). Found here, they are errors with a key and a line in
+# `check-config` and a rejected reload; found at spawn or at start, they were a
+# traceback, or a reload applied by half.
+
+
+def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
+    """Add an issue for every value this host cannot honour."""
+    d = config.daemon
+
+    def fail(message: str, *keys: str | int) -> None:
+        issues.add(".".join(str(k) for k in keys), _node_at(root, *keys), message)
+
+    if d.socket_group is not None and (why := _no_group(d.socket_group)):
+        fail(why, "daemon", "socket_group")
+    for key in ("allowed_groups", "admin_groups"):
+        for i, name in enumerate(getattr(d, key)):
+            if why := _no_group(name):
+                fail(why, "daemon", key, i)
+    for key in ("log_file", "pid_file"):
+        path = getattr(d, key)
+        if path is not None and (why := _dir_problem(path.parent, strict=key == "log_file")):
+            fail(why, "daemon", key)
+    for i, name in enumerate(config.budget.watch_users):
+        if not name.isdigit() and (why := _no_user(name)):
+            fail(why, "budget", "watch_users", i)
+    for program in config.programs:
+        at = ("programs", program.name)
+        if program.user is not None and (why := _no_user(program.user)):
+            fail(why, *at, "user")
+        if program.group is not None and (why := _no_group(program.group)):
+            fail(why, *at, "group")
+        if program.cwd is not None and not program.cwd.is_dir():
+            fail(f"{program.cwd} is not a directory on this host", *at, "cwd")
+        out = program.output
+        directory = out.directory if out.mode == "file" else None
+        if directory is not None and (why := _dir_problem(directory, strict=True)):
+            fail(why, *at, "output", "directory")
+
+
+def _no_user(name: str) -> str | None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return f"no user {name!r} on this host"
+    return None
+
+
+def _no_group(name: str) -> str | None:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return f"no group {name!r} on this host"
+    return None
+
+
+def _dir_problem(directory: Path, *, strict: bool) -> str | None:
+    """Why the daemon could not make or use `directory`; `strict`: an existing one must
+    also be one no other user controls (the daemon writes files in it)."""
+    existing = directory
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{directory} cannot be a directory: {existing} is not one"
+    if strict and existing == directory:
+        return safepath.dir_problem(directory)
+    return None
+
+
+def _node_at(root: Node | None, *keys: str | int) -> Node | None:
+    """The node at a key path (a mapping key or a sequence index), for its line."""
+    node = root
+    for key in keys:
+        if isinstance(node, MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+        elif isinstance(node, SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return None
+    return node
+
+
 # ----------------------------------------------------------------------- public API
 
 
-def load_config_text(text: str, source: str = "<string>") -> Config:
-    """Parse and validate a YAML document; raise ConfigError listing every problem."""
+def load_config_text(text: str, source: str = "<string>", *, check_host: bool = False) -> Config:
+    """Parse and validate a YAML document; raise ConfigError listing every problem.
+
+    `check_host` also checks what only this host can tell (`host_checks`): the file
+    loader does, so `check-config`, `run` and a reload reject the same configs."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -294,6 +386,8 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
         raise ConfigError(source, [ConfigIssue("", None, f"YAML: {exc}")]) from None
     issues = Issues()
     config = _build(issues, root)
+    if check_host and not issues.items:
+        host_checks(issues, root, config)
     if issues.items:
         raise ConfigError(source, sorted(issues.items, key=lambda i: i.line or 0))
     return config
@@ -307,7 +401,7 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(str(path), [ConfigIssue("", None, f"cannot read: {reason}")]) from None
-    return replace(load_config_text(text, str(path)), source=path)
+    return replace(load_config_text(text, str(path), check_host=True), source=path)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import resource
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from supervisord_batt import __version__, logs, paths
 from supervisord_batt.budget.ledger import BudgetLedger
@@ -325,6 +325,10 @@ class Daemon:
             finally:
                 self.notifier.ready(self.status_line())  # the old config or the new one runs
 
+    def _reject(self, source: Path, by: dict[str, Any], reason: str) -> NoReturn:
+        log.error("reload_rejected", path=str(source), reason=reason, **by)
+        raise ReloadRejected(f"config rejected, the old one stays:\n{reason}")
+
     async def _reload(self, by: dict[str, Any]) -> dict[str, list[str]]:
         source = self.config.source
         if source is None:
@@ -341,16 +345,32 @@ class Daemon:
                 new=str(new.daemon.socket),
                 reason="the socket moves only on restart",
             )
+        # all or nothing: build every new object first; change nothing unless all were
+        # made (a reload applied by half ran the new peer policy with the old programs)
+        d = new.daemon
+        try:
+            monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))
+        except (OSError, ValueError) as exc:
+            self._reject(source, by, f"cannot watch the new limits: {exc}")
+        try:
+            prepared = self.supervisor.prepare(new)
+        except OSError as exc:
+            monitor.close()
+            self._reject(source, by, f"cannot open the new programs' output: {exc}")
+        try:
+            logs.configure(d.log_format, logs.LEVELS.get(d.log_level, 20), d.log_file)
+        except OSError as exc:
+            monitor.close()
+            prepared.discard()
+            self._reject(source, by, f"cannot open the new log file: {exc}")
         self.config = new
         self.ledger.reconfigure(new.budget)
-        self.lease_log.rate = new.daemon.lease_log_rate
-        self.server.problems.rate = new.daemon.bad_input_log_rate
+        self.lease_log.rate = d.lease_log_rate
+        self.server.problems.rate = d.bad_input_log_rate
         self.server.policy = _policy(new)
         self.monitor.close()
-        self.monitor = HostMonitor(cgroups=new.budget.cgroups, users=_watched_users(new))
-        d = new.daemon
-        logs.configure(d.log_format, logs.LEVELS.get(d.log_level, 20), d.log_file)
-        diff = await self.supervisor.reload(new)
+        self.monitor = monitor
+        diff = await self.supervisor.reload(new, prepared)
         log.info("reloaded", path=str(source), **by, **diff)
         return diff
 

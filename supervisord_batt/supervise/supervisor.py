@@ -86,6 +86,40 @@ class Run:
     exit_seen: bool = False  # the main pid's exit was posted for this run
 
 
+Sinks = dict[tuple[str, str], StreamSink]  # (instance, stream) -> its sink
+
+
+@dataclass
+class Prepared:
+    """A reload made ready: the new config, what changes, the new programs' sinks."""
+
+    config: Config
+    diff: dict[str, list[str]]
+    sinks: dict[str, Sinks]
+
+    def discard(self) -> None:
+        for sinks in self.sinks.values():
+            for sink in sinks.values():
+                sink.close()
+        self.sinks.clear()
+
+
+def _open_sinks(program: ProgramConfig) -> Sinks:
+    """Both streams of every instance of `program`; all or nothing (OSError)."""
+    made: Sinks = {}
+    directory = program.output.directory or default_output_dir()
+    try:
+        for index in range(program.numprocs):
+            name = f"{program.name}:{index}"
+            for stream in ("stdout", "stderr"):
+                made[(name, stream)] = StreamSink(name, stream, program.output, directory)
+    except OSError:
+        for sink in made.values():
+            sink.close()
+        raise
+    return made
+
+
 def default_output_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/log/supervisord-batt")
@@ -160,16 +194,14 @@ class Supervisor:
         if problems:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
-    def _add_program(self, program: ProgramConfig) -> None:
+    def _add_program(self, program: ProgramConfig, sinks: Sinks | None = None) -> None:
+        sinks = _open_sinks(program) if sinks is None else sinks
         for index in range(program.numprocs):
             inst = Instance(program, index)
             self.instances[inst.name] = inst
             self.runs[inst.name] = Run()
             for stream in ("stdout", "stderr"):
-                directory = program.output.directory or default_output_dir()
-                self.sinks[(inst.name, stream)] = StreamSink(
-                    inst.name, stream, program.output, directory
-                )
+                self.sinks[(inst.name, stream)] = sinks[(inst.name, stream)]
             if program.autostart:
                 self.post(inst, Start())
 
@@ -437,11 +469,13 @@ class Supervisor:
 
     # -- reload -----------------------------------------------------------------------
 
-    async def reload(self, new: Config) -> dict[str, list[str]]:
-        """Start added programs, stop removed ones, restart changed ones, keep the rest."""
+    def prepare(self, new: Config) -> Prepared:
+        """What a reload to `new` needs that can fail (the output files of the added and
+        changed programs), made before anything changes; OSError, with nothing left
+        open, when one cannot be made. `discard` undoes it; `reload` uses it."""
         old = {p.name: p for p in self.config.programs}
-        fresh = {p.name: p for p in new.programs}
         diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        fresh = {p.name: p for p in new.programs}
         for name, program in old.items():
             if name not in fresh:
                 diff["removed"].append(name)
@@ -450,6 +484,20 @@ class Supervisor:
             else:
                 diff["unchanged"].append(name)
         diff["added"] = [n for n in fresh if n not in old]
+        prepared = Prepared(new, diff, {})
+        try:
+            for name in diff["added"] + diff["changed"]:
+                prepared.sinks[name] = _open_sinks(fresh[name])
+        except OSError:
+            prepared.discard()
+            raise
+        return prepared
+
+    async def reload(self, new: Config, prepared: Prepared | None = None) -> dict[str, list[str]]:
+        """Start added programs, stop removed ones, restart changed ones, keep the rest."""
+        prepared = self.prepare(new) if prepared is None else prepared
+        diff = prepared.diff
+        fresh = {p.name: p for p in new.programs}
         self.config = new
         going = [
             i
@@ -462,7 +510,7 @@ class Supervisor:
         for inst in going:
             self._drop_instance(inst.name)
         for name in diff["added"] + diff["changed"]:
-            self._add_program(fresh[name])
+            self._add_program(fresh[name], prepared.sinks[name])
         return diff
 
     def _drop_instance(self, name: str) -> None:
