@@ -108,10 +108,11 @@ class Commands:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
         if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
-        peer = conn.peer
-        if "cgroups" not in conn.data:  # a connection's peer does not change: read once
-            conn.data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
-            conn.data["base_tasks"] = thread_count(peer.pid)
+        peer, data = conn.peer, conn.data
+        if "cgroups" not in data:  # a connection's peer does not change: read once
+            data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
+            data["base_tasks"] = thread_count(peer.pid)
+            data["leases"] = set()  # the leases it took, less those it released
         request = Request(
             holder=conn.key,
             pid=peer.pid,
@@ -119,12 +120,13 @@ class Commands:
             job=msg.get("job") or f"pid{peer.pid}",
             want=msg["want"],
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
-            cgroups=conn.data["cgroups"],
-            base_tasks=conn.data["base_tasks"],
+            cgroups=data["cgroups"],
+            base_tasks=data["base_tasks"],
         )
-        held: set[str] = conn.data.setdefault("leases", set())
+        held: set[str] = data["leases"]
         if len(held) >= MAX_LEASES_PER_CONNECTION:
-            held &= set(self.ledger.lease_pids())  # forget the ones that ended meanwhile
+            # forget those the daemon ended meanwhile (expired, or their tree is gone)
+            held.intersection_update(self.ledger.lease_pids())
             if len(held) >= MAX_LEASES_PER_CONNECTION:
                 raise protocol.ProtocolError(
                     protocol.TOO_MANY_LEASES,
@@ -147,6 +149,7 @@ class Commands:
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.ledger.release(self._owned(conn, msg["lease"]))
+        conn.data["leases"].discard(lease.lease_id)  # its acquire made the set
         self.lease_log.ended("release", lease, "released by holder")
         return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
 
@@ -206,6 +209,7 @@ class Commands:
             leases=leases,
             host=sample_to_json(sample) if (sample := self.sample()) else None,
             programs=programs,
+            leftovers=self.supervisor.leftovers,
             all_running=self.supervisor.all_ok(),
         )
 

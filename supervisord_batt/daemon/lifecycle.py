@@ -109,6 +109,7 @@ class Daemon:
         result = self.ledger.update(self.sample, {})
         await self.server.start()
         self._write_pid_file()
+        await self.supervisor.settle_leftovers()  # an earlier daemon's, before ours start
         self.supervisor.start()
         tightest = self.sample.tightest()
         log.info(

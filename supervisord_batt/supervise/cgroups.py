@@ -304,6 +304,18 @@ class WorkerCgroups:
         self._made[str(path)] = cg
         return cg
 
+    def leftovers(self) -> list[WorkerCgroup]:
+        """Worker cgroups an earlier daemon with this root left behind (it was killed)."""
+        if self.root is None:
+            return []
+        found = []
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False) and str(entry.path) not in self._made:
+                    path = Path(entry.path)
+                    found.append(WorkerCgroup(path, _chain_below(self.root, self.root.parent)))
+        return found
+
     def forget(self, cg: WorkerCgroup) -> str | None:
         """Remove one worker's cgroup now (its members must be gone)."""
         problem = cg.remove()

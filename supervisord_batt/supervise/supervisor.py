@@ -34,6 +34,7 @@ from supervisord_batt import paths
 from supervisord_batt.config.records import Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.cgroups import instance_dir_name
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
@@ -87,6 +88,42 @@ class Run:
 
 
 Sinks = dict[tuple[str, str], StreamSink]  # (instance, stream) -> its sink
+
+
+def _instance_of(cg: WorkerCgroup) -> str:
+    """An unconfigured leftover's instance name, as its members' environment says."""
+    for pid in cg.procs():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                key, _, value = entry.partition(b"=")
+                if key == paths.INSTANCE_ENV.encode():
+                    return value.decode(errors="replace")
+    return cg.path.name
+
+
+async def _stop_leftover(cg: WorkerCgroup, sig: signal.Signals, grace: float) -> dict[str, Any]:
+    """stop signal, grace, SIGKILL, until the cgroup is empty; what it took."""
+    pids = cg.procs()
+    record: dict[str, Any] = {"pids": pids, "signal": sig.name, "outcome": "empty"}
+    if not pids:
+        return record
+    loop = asyncio.get_running_loop()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    record["outcome"] = f"exited on {sig.name}"
+    deadline = loop.time() + grace
+    while cg.procs() and loop.time() < deadline:
+        await asyncio.sleep(0.02)  # an orphan's exit wakes nothing of ours: poll it
+    if cg.procs():
+        record["outcome"] = "killed"
+        deadline = loop.time() + 5.0
+        while (members := cg.procs()) and loop.time() < deadline:
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.02)
+    return record
 
 
 @dataclass
@@ -148,8 +185,41 @@ class Supervisor:
         self.cgroups = WorkerCgroups.detect(base_name=f"supervisord-batt.{digest}")
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
+        # what the last start found and stopped of an earlier daemon's workers (status)
+        self.leftovers: list[dict[str, Any]] = []
 
     # -- life -------------------------------------------------------------------------
+
+    async def settle_leftovers(self) -> list[dict[str, Any]]:
+        """Stop what an earlier daemon left running, before starting anything.
+
+        # Why stop, not adopt
+        A daemon killed with SIGKILL (or by the OOM killer) leaves its workers running
+        in their cgroups, with no wall-clock limit and nobody reaping them. Adopting
+        them would need their pipes (gone with the old daemon) and their leases (gone
+        with its connections), so they are stopped the way the daemon stops any worker:
+        the program's stop_signal (SIGTERM for an instance no longer configured) to
+        every member, its stop_grace, then SIGKILL; each one logged with its pids, and
+        listed in `status`. Under systemd KillMode=mixed already kills them on a crash;
+        this is for a daemon run by hand or restarted by anything else.
+        """
+        configured = {
+            instance_dir_name(f"{p.name}:{i}"): (f"{p.name}:{i}", p)
+            for p in self.config.programs
+            for i in range(p.numprocs)
+        }
+        for cg in self.cgroups.leftovers():
+            instance, program = configured.get(cg.path.name, (_instance_of(cg), None))
+            sig = program.stop_signal if program else signal.SIGTERM
+            grace = program.stop_grace if program else 10.0
+            record = await _stop_leftover(cg, sig, grace)
+            record.update(instance=instance, configured=program is not None)
+            problem = cg.remove()
+            if problem is not None:
+                record["left"] = problem
+            log.warning("leftover_stopped", cgroup=str(cg.path), **record)
+            self.leftovers.append(record)
+        return self.leftovers
 
     def start(self) -> None:
         subreaper = become_subreaper()
