@@ -151,10 +151,16 @@ class Profile(NamedTuple):
         """Whether the demand sums this profile as it sums `other` (its first 7 fields)."""
         return self[:7] == other[:7]
 
-    def key(self) -> tuple[Kind | None, int, bool, bool]:
-        """What places it in the plan (kind, cap, live, fallback): when this moves, an
-        allocation computed before is no longer the one a recompute would give."""
-        return self.kind, self.cap, self.live, self.fallback
+    def plans_as(self, other: Profile) -> bool:
+        """Whether it places the lease in the plan as `other` does (the same kind, cap,
+        live and fallback): when this moves, an allocation computed before is no longer
+        the one a recompute would give."""
+        return (
+            self.live == other.live
+            and self.fallback == other.fallback
+            and self.kind == other.kind
+            and self.cap == other.cap
+        )
 
 
 def pool_kinds(  # noqa: PLR0917 (the lease's pool, the level and the size asked)

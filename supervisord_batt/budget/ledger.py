@@ -388,7 +388,7 @@ class BudgetLedger:
             scope = e.footprint.scope
             self._demand.count(scope, before, -1)
             self._demand.count(scope, after, 1)
-        if after.key() != before.key():
+        if not after.plans_as(before):
             self._exact = False
 
     def _replan_all(self) -> None:
