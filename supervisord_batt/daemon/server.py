@@ -54,7 +54,7 @@ _RESYNC_FACTOR = 16
 _REFUSE_LINGER_S = 1.0
 
 
-class SocketInUse(Exception):
+class SocketInUse(OSError):
     """Another live daemon answers on the socket path."""
 
 
