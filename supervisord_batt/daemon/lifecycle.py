@@ -240,7 +240,6 @@ class Daemon:
 
     async def _sighup_reloads(self) -> None:
         while True:
-            self._hup_pending = False
             with contextlib.suppress(ReloadRejected):
                 await self.reload(by={"by": "SIGHUP"})
             if not self._hup_pending:
@@ -320,6 +319,8 @@ class Daemon:
         One at a time: a reload asked for while another runs waits for it, then reads
         the file afresh, and its caller gets its own outcome."""
         async with self._reload_lock:
+            # every SIGHUP so far is answered by this reload: it reads the file now
+            self._hup_pending = False
             self.notifier.reloading()
             try:
                 return await self._reload(by or {"by": "unknown"})

@@ -78,7 +78,11 @@ def test_sighups_during_a_cli_reload_are_coalesced_and_applied_after_it(
     assert cli.returncode == 0, err
     assert "added: a" in out
     # five SIGHUPs during it: queued, then one more reload, which read the file as it is now
-    wait_until(lambda: len(d.events("reloaded")) == 2, timeout=20, what="the coalesced reload")
+    wait_until(
+        lambda: len(d.events("reloaded")) == 2,
+        timeout=20,
+        what=f"the coalesced reload; log in {d.log_path}",
+    )
     first, second = d.events("reloaded")
     assert first["uid"] == os.geteuid() and first["added"] == ["a"]
     assert second["by"] == "SIGHUP" and second["added"] == ["b"]
