@@ -240,6 +240,8 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         slots=s.get("slots", integer(1), 1),
         autostart=s.get("autostart", boolean, True),
         output=_output(s.child("output", _keys(OutputConfig))),
+        contain=s.get("contain", boolean, True),
+        tasks_without_lease=s.get("tasks_without_lease", integer(1), 64),
     )
 
 

@@ -104,6 +104,10 @@ class ProgramConfig:
     slots: int  # slots wanted per instance
     autostart: bool
     output: OutputConfig
+    # the worker's cgroup pids.max follows its lease (cost + a margin), so a job that
+    # ignores its grant runs out of tasks in its own cgroup, not the host's
+    contain: bool = True
+    tasks_without_lease: int = 64  # its pids.max while it holds no lease
 
 
 @dataclass(frozen=True)

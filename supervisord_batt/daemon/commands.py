@@ -34,6 +34,7 @@ log = get_logger(component="daemon")
 # these change what runs, so they are for admins only. `tail` is for admins, and for a
 # peer reading a program that runs as its own uid.
 CONTROL_OPS = frozenset({"start", "stop", "restart", "reload"})
+LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
 MAX_LEASES_PER_CONNECTION = 16
@@ -62,6 +63,8 @@ class Commands:
     accepting: Callable[[], bool]
     connections: Callable[[], int]
     sample: Callable[[], HostSample | None]
+    # after every lease op of a connection: its worker's cgroup follows its leases
+    lease_changed: Callable[[Connection], None] = lambda conn: None
     started_at: float = field(default_factory=time.monotonic)
     _ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = field(
         init=False, repr=False, default_factory=dict
@@ -85,6 +88,8 @@ class Commands:
                 "and daemon.admin_groups",
             )
         reply = method(conn, msg)
+        if op in LEASE_OPS:
+            self.lease_changed(conn)
         if "id" not in msg:
             return reply  # type: ignore[no-any-return]
         if isinstance(reply, dict):

@@ -30,6 +30,7 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
+from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
@@ -54,6 +55,7 @@ class Daemon:
         self.lease_log = LeaseLog(config.daemon.lease_log_rate)
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
+        self.containment = Containment(self.ledger, self.supervisor)
         self.commands = Commands(
             ledger=self.ledger,
             lease_log=self.lease_log,
@@ -62,6 +64,7 @@ class Daemon:
             accepting=lambda: self.server.accepting,
             connections=lambda: len(self.server.connections),
             sample=lambda: self.sample,
+            lease_changed=self.containment.follow,
         )
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
@@ -274,6 +277,9 @@ class Daemon:
             self.lease_log.ended(
                 "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
             )
+            holder = self.server.holder(lease.holder)
+            if holder is not None:
+                self.containment.follow(holder)
         self.lease_log.summarize()
         self.server.problems.summarize()
         self.faults.summarize()
@@ -303,12 +309,14 @@ class Daemon:
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):
             self.lease_log.ended("release", lease, "connection closed")
+        self.containment.follow(conn)
 
     def on_tree_gone(self, instance: str, pids: tuple[int, ...]) -> None:
         """A worker's tree is verified gone: whatever it still leased goes back now."""
         for held in self.ledger.held_by(pids):
             lease = self.ledger.release(held.lease_id)
             self.lease_log.ended("release", lease, "worker tree gone", instance=instance)
+        self.containment.forget(instance)
 
     # -- reload -----------------------------------------------------------------------
 

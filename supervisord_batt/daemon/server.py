@@ -596,6 +596,11 @@ class Server:
             return f"uid {peer.uid} holds {self.per_uid[peer.uid]} connections, the limit per uid"
         return f"{total} of {limit} connections open; the last {limit // 4} are kept for admins"
 
+    def holder(self, key: str) -> Connection | None:
+        """The open connection a lease holder key names (`Connection.key`), if any."""
+        conn = self.connections.get(int(key[1:])) if key[:1] == "c" and key[1:].isdigit() else None
+        return conn if conn is not None and conn.key == key else None
+
     def sweep_idle(self, now: float) -> None:
         """Close connections that sent nothing for `idle_timeout`."""
         for conn in list(self.connections.values()):

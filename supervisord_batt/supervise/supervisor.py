@@ -85,6 +85,7 @@ class Run:
     deadline: asyncio.TimerHandle | None = None
     last_progress: float = 0.0
     exit_seen: bool = False  # the main pid's exit was posted for this run
+    tasks_max: int | None = None  # the pids.max containment last wrote to its cgroup
 
 
 Sinks = dict[tuple[str, str], StreamSink]  # (instance, stream) -> its sink
@@ -357,6 +358,8 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(fd)
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
+        run.tasks_max = None
+        self.contain(inst.name, None)  # no lease yet
         run.exit_seen = False
         run.readers = [
             PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
@@ -491,6 +494,35 @@ class Supervisor:
         if name is not None:
             self.runs[name].last_progress = time.monotonic()
         return name
+
+    def tree_tasks(self, instance: str) -> int | None:
+        """Tasks of an instance's tree now (its cgroup's pids.current where it has one)."""
+        run = self.runs.get(instance)
+        return _tree_tasks(run) if run is not None and run.proc is not None else None
+
+    def contain(self, instance: str, tasks_max: int | None) -> None:
+        """Write the instance's cgroup pids.max (None: its program's tasks_without_lease),
+        when its program contains and it has a cgroup (see daemon.containment)."""
+        inst, run = self.instances.get(instance), self.runs.get(instance)
+        if inst is None or run is None or run.cgroup is None or not inst.program.contain:
+            return
+        value = inst.program.tasks_without_lease if tasks_max is None else tasks_max
+        if value == run.tasks_max:
+            return
+        try:
+            run.cgroup.set_max(value)
+        except OSError as exc:
+            log.warning("tasks_max_failed", instance=instance, value=value, reason=str(exc))
+            return
+        run.tasks_max = value
+        log.debug(
+            "tasks_max",
+            program=inst.program.name,
+            instance=instance,
+            pid=inst.pid,
+            value=value,
+            reason="lease" if tasks_max is not None else "no lease",
+        )
 
     def instance_of(self, pid: int) -> str | None:
         """The instance whose tree `pid` belongs to: its cgroup, else its ancestry."""

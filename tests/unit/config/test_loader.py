@@ -725,6 +725,8 @@ programs:
     slots: 4
     autostart: false
     output: {mode: daemon, directory: /var/log/zeta, max_bytes: 1GB, backups: 0}
+    contain: false
+    tasks_without_lease: 8
   alpha:
     command: [echo, hi]
     restart: never
