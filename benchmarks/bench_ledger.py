@@ -36,8 +36,14 @@ lease if it holds one, else acquires; they print the median and p99 of each acqu
 its release, so an acquire that runs the water-filling shows in the p99 (with 64 clients
 here memory binds first and some first pools fall back to threads).
 
+A third table, "handle", times the interleaved clients through the daemon's handlers:
+`Commands.handle` of each acquire and release, the messages as `protocol.decode` gives
+them, one connection per client, the lease log at the daemon's default rate (its lines
+to /dev/null). That is what one pair costs the daemon short of the socket and the JSON.
+
     python benchmarks/bench_ledger.py [--leases 0,8,16,32,64,500] [--seconds 1.0] [--json]
-                                      [--mode all|rows|interleaved] [--interleaved 1,16,64]
+                                      [--mode all|rows|interleaved|handle]
+                                      [--interleaved 1,16,64]
 
 It times the checkout it is in, whatever supervisord_batt is installed.
 """
@@ -58,10 +64,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
+from supervisord_batt import logs
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
 from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.daemon.commands import Commands
+from supervisord_batt.daemon.leaselog import LeaseLog
+from supervisord_batt.daemon.server import Connection, Peer
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.host.sample import HostSample, Limit
@@ -244,25 +254,67 @@ def shuffled(n: int, seconds: float) -> tuple[str, dict[str, float]]:
     return led.level, {"median": statistics.median(lat), "p99": p99, "n": len(lat)}
 
 
+async def _no_reload(**_: object) -> dict[str, list[str]]:
+    raise NotImplementedError
+
+
+def handled(n: int, seconds: float) -> tuple[str, dict[str, float]]:
+    """The clients of `interleaved` through `Commands.handle`: the level and the time per
+    acquire + release pair (round time / N)."""
+    config = load_config_text(DAEMON_CONFIG)
+    led = BudgetLedger(config.budget, time.monotonic, live_sample())
+    commands = Commands(
+        ledger=led,
+        lease_log=LeaseLog(config.daemon.lease_log_rate),
+        supervisor=None,  # type: ignore[arg-type]  # acquire and release never read it
+        reload=_no_reload,
+        accepting=lambda: True,
+        connections=lambda: n,
+        sample=lambda: None,
+    )
+    peer = Peer(os.getpid(), os.getuid(), os.getgid())
+    conns = [Connection(i + 1, peer, None, 0.0) for i in range(n)]  # type: ignore[arg-type]
+    handle = commands.handle
+
+    def round_() -> None:
+        ids = [handle(c, {"op": "acquire", "want": 2, "job": "bench"})["lease"] for c in conns]  # type: ignore[index]
+        for conn, lease_id in zip(conns, ids, strict=True):
+            handle(conn, {"op": "release", "lease": lease_id})
+
+    with open(os.devnull, "w") as sink:
+        logs.configure("json", stream=sink)
+        try:
+            lat = sorted(x / n for x in timed(round_, seconds, at_least=100))
+        finally:
+            logs.configure("json", stream=sys.stdout)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return led.level, {"median": statistics.median(lat), "p99": p99, "n": len(lat)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leases", default="0,8,16,32,64,500")
     ap.add_argument("--seconds", type=float, default=1.0, help="per operation and row")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--mode", choices=("all", "rows", "interleaved"), default="all")
+    ap.add_argument("--mode", choices=("all", "rows", "interleaved", "handle"), default="all")
     ap.add_argument("--interleaved", default="1,16,64", help="clients of the interleaved rows")
     args = ap.parse_args()
     cfg = load_config_text("budget:\n  cpu_cap: 64\n").budget
     rows: list[tuple[str, int, str, Timings]] = []
-    if args.mode != "interleaved":
+    if args.mode in ("all", "rows"):
         counts = [int(x) for x in args.leases.split(",")]
         for kind in range(4):
             for n in counts:
                 label, config, sample = rows_for(cfg, n)[kind]
                 rows.append((label, n, *measure(config, sample, n, args.seconds)))
     pairs: list[tuple[str, int, str, dict[str, float]]] = []
+    orders = {"interleaved": interleaved, "random": shuffled, "handle": handled}
+    if args.mode == "interleaved":
+        del orders["handle"]
+    elif args.mode == "handle":
+        orders = {"handle": handled}
     if args.mode != "rows":
-        for label, order in (("interleaved", interleaved), ("random", shuffled)):
+        for label, order in orders.items():
             for n in (int(x) for x in args.interleaved.split(",")):
                 pairs.append((label, n, *order(n, args.seconds)))
     if args.json:
