@@ -114,6 +114,9 @@ class Soak:
         self.t0 = time.monotonic()
         self.last_status: dict[str, Any] | None = None
         self.leftover_seen_after_restart = False
+        self.cpu_cap = 8
+        self.keep_log: str | None = None
+        self.max_seen = {"leased": 0, "pool_workers": 0, "leased_tasks": 0}
 
     # -- setup -----------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class Soak:
   max_connections: 256
   max_connections_per_uid: 32
 budget:
-  cpu_cap: 8
+  cpu_cap: {self.cpu_cap}
 programs:
   batt:
     command: ["{py}", "-m", "supervisord_batt.demo", "--tasks", "30", "--samples", "6"]
@@ -508,13 +511,36 @@ programs:
             self.note(f"status failed: {exc!r}")
             return
         self.last_status = st
-        # 1. capacity
-        if st.get("leased", 0) > st.get("capacity", 0):
+        # 1. capacity. status `capacity` is what a *newcomer* could get now (0 when the
+        # budget is full or the level is not normal), so `leased` above it is normal; the
+        # totals the ledger must never exceed are the CPUs it hands out (every pool lease
+        # counts its workers; sequential ones take no new task) and, in tasks, every
+        # limit less its reserve.
+        leases = st.get("leases", [])
+        pool_workers = sum(x["workers"] for x in leases if x["kind"] != "sequential")
+        # budget.cpu_cap, when set, is the CPUs the budget hands out (it replaces the
+        # usable CPUs, see config/supervisord-batt.yaml)
+        cpus = self.cpu_cap
+        self.max_seen["leased"] = max(self.max_seen["leased"], st.get("leased", 0))
+        self.max_seen["pool_workers"] = max(self.max_seen["pool_workers"], pool_workers)
+        self.max_seen["leased_tasks"] = max(
+            self.max_seen["leased_tasks"], st.get("leased_tasks", 0)
+        )
+        if cpus and pool_workers > cpus:
             self.violation(
                 "over_capacity",
-                f"leased {st.get('leased')} > capacity {st.get('capacity')} "
-                f"(leased_tasks {st.get('leased_tasks')}, level {st.get('level')})",
+                f"pool workers leased {pool_workers} > {cpus} CPUs (leased {st.get('leased')},"
+                f" leased_tasks {st.get('leased_tasks')}, capacity {st.get('capacity')},"
+                f" level {st.get('level')}, leases {leases})",
             )
+        for lim in (st.get("host") or {}).get("limits", []):
+            reserve = min(max(64, lim["limit"] * 5 // 100), lim["limit"] // 2)
+            if st.get("leased_tasks", 0) > lim["limit"] - reserve:
+                self.violation(
+                    "over_capacity",
+                    f"leased_tasks {st.get('leased_tasks')} > {lim['name']} {lim['limit']}"
+                    f" less reserve {reserve}",
+                )
         # 2. finished leases released
         held_ids = {x["lease"] for x in st.get("leases", [])}
         held_pids = {x["pid"] for x in st.get("leases", [])}
@@ -657,6 +683,9 @@ programs:
                 self.daemon.kill()
                 self.daemon.wait()
         self.read_log()
+        if self.keep_log:
+            with contextlib.suppress(OSError):
+                shutil.copy(self.log, self.keep_log)
         # what the daemon(s) started and left: processes of its worker cgroups only
         for _ in range(3):
             left = self.cgroup_pids()
@@ -702,6 +731,7 @@ programs:
                 "bounds": {"rss_kib": RSS_BOUND_KIB, "fds_minus_connections": FD_BOUND},
             },
             "leftover_stopped_after_restart": self.leftover_seen_after_restart,
+            "max_seen_in_status": self.max_seen,
             "log_events": {k: self.events.get(k, 0) for k in NOTABLE},
             "log_lines_total": sum(self.events.values()),
             "unexpected_daemon_exits": self.unexpected_daemon_exits,
@@ -713,7 +743,8 @@ def main() -> int:
     ap.add_argument("--duration", type=parse_duration, default=600.0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    ap.add_argument("--keep-log", metavar="FILE", help="copy the daemon's log here at the end")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("soak.py runs as root (the daemon supervises with cgroups)", file=sys.stderr)
@@ -721,6 +752,7 @@ def main() -> int:
     random.seed(args.seed)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     soak = Soak(args.duration, args.verbose)
+    soak.keep_log = args.keep_log
     error = None
     try:
         soak.run()
@@ -763,6 +795,7 @@ def main() -> int:
                 f"(minus connections {m['start_fds_net']} -> {m['end_fds_net']})"
             )
         print(f"leftover_stopped after the daemon restart: {rep['leftover_stopped_after_restart']}")
+        print("max seen in status: " + json.dumps(rep["max_seen_in_status"]))
         print("log lines per event:")
         for k, v in rep["log_events"].items():
             print(f"  {k}: {v}")
