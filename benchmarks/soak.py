@@ -128,9 +128,7 @@ class Soak:
         with self.lock:
             self.violations[kind] += 1
             if len(self.violation_samples) < 50:
-                self.violation_samples.append(
-                    f"{time.monotonic() - self.t0:.1f}s {kind}: {detail}"
-                )
+                self.violation_samples.append(f"{time.monotonic() - self.t0:.1f}s {kind}: {detail}")
         self.note(f"VIOLATION {kind}: {detail}")
 
     def make_user(self) -> None:
@@ -150,6 +148,7 @@ class Soak:
         os.chmod(self.workdir / "soak_worker.py", 0o644)
         probe = subprocess.run(
             ["/usr/bin/python3", "-c", "import json,socket,threading"],
+            check=False,
             user=self.flood_uid,
             capture_output=True,
         )
@@ -267,9 +266,10 @@ programs:
             if name == "leftover_stopped" and self.incarnation >= 2:
                 self.leftover_seen_after_restart = True
                 self.note(f"leftover_stopped: {ev.get('instance')} pids {ev.get('pids')}")
-            if name in ("loop_error", "handler_failed", "reload_rejected") or ev.get(
-                "level"
-            ) in ("error", "critical"):
+            if name in ("loop_error", "handler_failed", "reload_rejected") or ev.get("level") in (
+                "error",
+                "critical",
+            ):
                 self.note(f"log: {line[:400].decode(errors='replace')}")
 
     # -- chaos -----------------------------------------------------------------------
@@ -328,7 +328,8 @@ programs:
                         lease = r.get("lease")
                         time.sleep(random.uniform(0, 0.1))
                         if lease and random.random() < 0.8:
-                            s.sendall(json.dumps({"op": "release", "lease": lease}).encode() + b"\n")
+                            release = {"op": "release", "lease": lease}
+                            s.sendall(json.dumps(release).encode() + b"\n")
                             f.readline()
                             with self.lock:
                                 self.served["lease clients (threads)"] += 1
@@ -474,9 +475,7 @@ programs:
                 for name in ("cgroup.procs",):
                     if name in files:
                         with contextlib.suppress(OSError, ValueError):
-                            pids.update(
-                                int(x) for x in Path(dirpath, name).read_text().split()
-                            )
+                            pids.update(int(x) for x in Path(dirpath, name).read_text().split())
         return pids
 
     @staticmethod
@@ -599,11 +598,9 @@ programs:
                 inc, {"start_rss_kib": rss, "start_fds": fds, "start_fds_net": fds - conns}
             )
             marks.update(end_rss_kib=rss, end_fds=fds, end_fds_net=fds - conns)
-            view = [
-                m
-                for m in self.mem
-                if m[1] == inc and m[0] - inc_start >= 0.2 * self.duration
-            ][-WINDOW:]
+            view = [m for m in self.mem if m[1] == inc and m[0] - inc_start >= 0.2 * self.duration][
+                -WINDOW:
+            ]
             rss_span = max(m[2] for m in view) - min(m[2] for m in view)
             fd_span = max(m[4] for m in view) - min(m[4] for m in view)
             if rss_span > RSS_BOUND_KIB and not marks.get("rss_flag"):
@@ -704,8 +701,10 @@ programs:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def report(self) -> dict[str, Any]:
-        marks = {str(k): {kk: vv for kk, vv in v.items() if not kk.endswith("flag")}
-                 for k, v in self.mem_marks.items()}
+        marks = {
+            str(k): {kk: vv for kk, vv in v.items() if not kk.endswith("flag")}
+            for k, v in self.mem_marks.items()
+        }
         if self.connflood_last if hasattr(self, "connflood_last") else False:
             self.served["connection flooder"] += self.connflood_last.get("served", 0)
         served_total = sum(self.served.values())
@@ -758,7 +757,7 @@ def main() -> int:
         soak.run()
     except KeyboardInterrupt:
         error = "interrupted"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         soak.cleanup()
@@ -780,8 +779,10 @@ def main() -> int:
         print("faults injected:")
         for k, v in sorted(rep["faults_injected"].items()):
             print(f"  {k}: {v}")
-        print(f"connection flooder as {rep['connection_flooder']['as']}: "
-              + json.dumps({k: v for k, v in rep["connection_flooder"].items() if k != "as"}))
+        print(
+            f"connection flooder as {rep['connection_flooder']['as']}: "
+            + json.dumps({k: v for k, v in rep["connection_flooder"].items() if k != "as"})
+        )
         print("invariant violations:")
         for k, v in rep["violations"].items():
             print(f"  {k}: {v}")
