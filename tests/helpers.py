@@ -156,7 +156,9 @@ class TestUser:
         self.gid = pwd.getpwnam(self.name).pw_gid
 
     def close(self) -> None:
-        subprocess.run(["userdel", self.name], check=False, capture_output=True)
+        # -f: even while a process of the user still runs (a daemon fixture torn down after
+        # this one stops it); without it userdel refused and the user was left behind
+        subprocess.run(["userdel", "-f", self.name], check=False, capture_output=True)
 
 
 @contextlib.contextmanager
