@@ -158,6 +158,9 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop taking leases, stop every worker (signal, grace, kill), close the socket."""
         self.notifier.stopping()
+        # the stop may take the longest stop_grace + 10 s, longer than WatchdogSec: the
+        # loop keeps pinging while it runs, so systemd never aborts a stop halfway
+        pinger = asyncio.get_running_loop().create_task(self._ping_while_stopping())
         self.server.accepting = False
         timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
         await self.supervisor.shutdown(timeout)
@@ -170,8 +173,13 @@ class Daemon:
         self.lease_log.summarize()
         self.server.problems.summarize()
         self.faults.summarize()
+        pinger.cancel()
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
+
+    async def _ping_while_stopping(self) -> None:
+        while (next_ping := self.notifier.watchdog_due(time.monotonic())) is not None:
+            await asyncio.sleep(max(0.0, next_ping - time.monotonic()))
 
     def status_line(self) -> str:
         """systemd's STATUS=: instances running, the tightest limit's use, the level."""
@@ -377,7 +385,7 @@ class Daemon:
         self.ledger.reconfigure(new.budget)
         self.lease_log.rate = d.lease_log_rate
         self.server.problems.rate = d.bad_input_log_rate
-        self.server.policy = _policy(new)
+        self.server.reconfigure(d, _policy(new))
         self.monitor.close()
         self.monitor = monitor
         diff = await self.supervisor.reload(new, prepared)

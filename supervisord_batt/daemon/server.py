@@ -596,6 +596,26 @@ class Server:
             return f"uid {peer.uid} holds {self.per_uid[peer.uid]} connections, the limit per uid"
         return f"{total} of {limit} connections open; the last {limit // 4} are kept for admins"
 
+    def reconfigure(self, config: DaemonConfig, policy: PeerPolicy) -> None:
+        """A reload: the new limits and peer policy, applied to open connections too (a
+        peer dropped from the admin groups or the allowed peers loses those rights now,
+        not at its next connect)."""
+        self.config, self.limit, self.policy = config, config.max_message_bytes, policy
+        self.problems.rate = config.bad_input_log_rate
+        for conn in list(self.connections.values()):
+            if not policy.allows(conn.peer):
+                self.problems.emit(
+                    "warning",
+                    "peer_refused",
+                    uid=conn.peer.uid,
+                    gid=conn.peer.gid,
+                    pid=conn.peer.pid,
+                    reason="no longer allowed after a reload",
+                )
+                conn.transport.close()
+            else:
+                conn.admin = policy.is_admin(conn.peer)
+
     def holder(self, key: str) -> Connection | None:
         """The open connection a lease holder key names (`Connection.key`), if any."""
         conn = self.connections.get(int(key[1:])) if key[:1] == "c" and key[1:].isdigit() else None
