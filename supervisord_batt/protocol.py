@@ -68,6 +68,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "renew": {"lease": Field(_STR, True), "workers_in_use": Field(_INT)},
     "release": {"lease": Field(_STR, True)},
     "heartbeat": {"lease": Field(_STR), "progress": Field(_NUM + _STR)},
+    "fallback": {
+        "from": Field(_STR, True),
+        "to": Field(_STR, True),
+        "lease": Field(_STR),
+        "workers": Field(_INT),
+        "stage": Field(_STR),
+        "reason": Field(_STR),
+    },
     "status": {},
     "start": {"target": Field(_STR, True)},
     "stop": {"target": Field(_STR, True)},
@@ -128,6 +136,8 @@ def _validate(op: str, msg: Mapping[str, Any]) -> None:
             raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
     if op == "tail" and msg.get("stream", "stdout") not in ("stdout", "stderr"):
         raise ProtocolError(BAD_REQUEST, "tail.stream: 'stdout' or 'stderr'")
+    if op == "fallback" and (msg["from"] not in KINDS or msg["to"] not in KINDS):
+        raise ProtocolError(BAD_REQUEST, f"fallback.from and .to: one of {KINDS}")
     if op == "acquire":
         if msg["want"] < 0:
             raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")

@@ -329,6 +329,9 @@ class GrantLike(Protocol):
 
     def renew(self, workers_in_use: int | None = None) -> object: ...
 
+    def report_fallback(self, old: str, new: str, workers: int, stage: str, reason: str) -> None:
+        """Tell whoever hands out the grant that a pool of `old` failed (best effort)."""
+
 
 @dataclass
 class FixedGrant:
@@ -346,6 +349,9 @@ class FixedGrant:
 
     def renew(self, workers_in_use: int | None = None) -> FixedGrant:
         return self
+
+    def report_fallback(self, old: str, new: str, workers: int, stage: str, reason: str) -> None:
+        return None  # no daemon to tell
 
 
 class BudgetExecutor:
@@ -444,6 +450,7 @@ class BudgetExecutor:
             reason=exc.reason,
             fallback=nxt,
         )
+        self.grant.report_fallback(kind, nxt, n, exc.stage, exc.reason)
         return nxt
 
     def _follow_grant(self, busy: bool) -> bool:

@@ -269,6 +269,22 @@ class Grant:
         if self.renew_due():
             self.renew()
 
+    def report_fallback(self, old: str, new: str, workers: int, stage: str, reason: str) -> None:
+        """Tell the daemon a pool failed and the job fell back (its `report` counts them).
+        Best effort: a report that cannot be sent changes nothing for the job."""
+        if self._conn is None:
+            return
+        fields: dict[str, Any] = {"lease": self.lease_id} if self.lease_id else {}
+        with contextlib.suppress(OSError, DaemonError, ValueError):
+            self._conn.request(
+                "fallback",
+                **fields,
+                **{"from": old, "to": new},
+                workers=int(workers),
+                stage=stage[:100],
+                reason=reason[:300],
+            )
+
     def executor(self, **kwargs: Any) -> BudgetExecutor:
         """An executor sized (and resized) by this grant; see supervisord_batt.client.executor."""
         # imported here, not at the top: a job that only leases does not load loky
