@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -72,6 +73,7 @@ class _State:
         self.pending: list[str] = []
         self.pending_chars = 0
         self.scheduled = False
+        self.recent: deque[str] | None = None  # the last lines at info and above (the daemon)
 
 
 _state = _State()
@@ -225,10 +227,25 @@ def _render(method: str, event: str, context: Any, kw: dict[str, Any]) -> str:
         line["exception"] = structlog.processors.format_exc_info(
             None, "", {"exc_info": exc_info}
         ).get("exception")
+    encoded: str | None = None
+    if _state.recent is not None and method != "debug":
+        encoded = _ENCODE(line)
+        _state.recent.append(encoded)
     if _state.console is not None:
         rendered: str = _state.console(None, method, line)
         return rendered
-    return _ENCODE(line)
+    return encoded if encoded is not None else _ENCODE(line)
+
+
+def keep_recent(lines: int) -> None:
+    """Keep the last `lines` lines at info and above in memory (0: none), as JSON text:
+    the daemon's `status` shows them, so a live view needs no access to its log."""
+    _state.recent = deque(maxlen=lines) if lines > 0 else None
+
+
+def recent() -> list[str]:
+    """The lines `keep_recent` kept, oldest first."""
+    return list(_state.recent or ())
 
 
 _second: list[Any] = [-1, ""]  # the last whole second and its formatted prefix

@@ -35,6 +35,7 @@ from supervisord_batt.config.records import (
     Config,
     DaemonConfig,
     LogFormat,
+    MetricsConfig,
     OutputConfig,
     OutputMode,
     PressureThresholds,
@@ -50,6 +51,7 @@ from supervisord_batt.config.values import (
     environment,
     integer,
     list_of,
+    listen_address,
     number,
     one_of,
     optional,
@@ -146,7 +148,16 @@ def _daemon(s: Section) -> DaemonConfig:
         admin_groups=s.get("admin_groups", list_of(string), ()),
         max_connections_per_uid=s.get("max_connections_per_uid", integer(1), 32),
         bad_input_log_rate=s.get("bad_input_log_rate", integer(0), 10),
+        stats_interval=s.get("stats_interval", duration(), 60.0),
     )
+
+
+def _metrics(s: Section) -> MetricsConfig:
+    """The metrics section: where to serve and where to write them (both off by default)."""
+    textfile = s.get("textfile", optional(absolute_path), None)
+    if textfile is not None and textfile.suffix != ".prom":
+        s.fail("textfile", f"node_exporter reads only *.prom files, got {textfile.name!r}")
+    return MetricsConfig(listen=s.get("listen", optional(listen_address), None), textfile=textfile)
 
 
 def _pressure(s: Section) -> PressureThresholds:
@@ -281,6 +292,7 @@ def _build(issues: Issues, root: Node | None) -> Config:
         daemon=_daemon(top.child("daemon", _keys(DaemonConfig))),
         budget=_budget(top.child("budget", _keys(BudgetConfig))),
         programs=_programs(issues, top),
+        metrics=_metrics(top.child("metrics", _keys(MetricsConfig))),
     )
 
 
@@ -310,6 +322,9 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
         path = getattr(d, key)
         if path is not None and (why := _dir_problem(path.parent, strict=key == "log_file")):
             fail(why, "daemon", key)
+    textfile = config.metrics.textfile
+    if textfile is not None and (why := _dir_problem(textfile.parent, strict=True)):
+        fail(why, "metrics", "textfile")
     for i, name in enumerate(config.budget.watch_users):
         if not name.isdigit() and (why := _no_user(name)):
             fail(why, "budget", "watch_users", i)
@@ -418,7 +433,16 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         del body["name"]
         body["environment"] = dict(program.environment)
         programs[program.name] = body
-    return {"daemon": daemon, "budget": _plain(asdict(config.budget)), "programs": programs}
+    metrics = _plain(asdict(config.metrics))
+    if config.metrics.listen is not None:
+        host, port = config.metrics.listen
+        metrics["listen"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "daemon": daemon,
+        "budget": _plain(asdict(config.budget)),
+        "programs": programs,
+        "metrics": metrics,
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -36,6 +36,15 @@ class DaemonConfig:
     admin_groups: tuple[str, ...] = ()  # may control (start, stop, reload, tail any)
     max_connections_per_uid: int = 32  # root, admins and supervised workers excepted
     bad_input_log_rate: int = 10  # lines a second about bad input and refused peers
+    stats_interval: float = 60.0  # seconds between `stats` lines (what `report` reads)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics; both outputs are off by default."""
+
+    listen: tuple[str, int] | None = None  # (IP address, port) of the HTTP endpoint
+    textfile: Path | None = None  # a *.prom file for node_exporter, rewritten every tick
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class Config:
     daemon: DaemonConfig
     budget: BudgetConfig
     programs: tuple[ProgramConfig, ...] = field(default_factory=tuple)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
 
 

@@ -8,6 +8,7 @@ Each parser raises `Invalid` with a message meant for a person ("must be at leas
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -211,6 +212,25 @@ def socket_mode(node: Node) -> int:
         quote = " (quote it: an unquoted 660 is the decimal number 660)"
         raise Invalid(f"{hint}, got {describe(value)}{quote if isinstance(value, int) else ''}")
     return mode
+
+
+def listen_address(node: Node) -> tuple[str, int]:
+    """An IP address and a port: "127.0.0.1:9464", "[::1]:9464" (no host names: the
+    daemon resolves nothing, and a name could resolve to another interface later)."""
+    text = string(node)
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    hint = "expected ADDRESS:PORT with an IP address, such as '127.0.0.1:9464' or '[::1]:9464'"
+    if not sep or not port_text.isdecimal() or not port_text.isascii():
+        raise Invalid(f"{hint}, got {text!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise Invalid(f"{hint}, got {text!r}") from None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise Invalid(f"port must be 1 to 65535, got {port}")
+    return str(address), port
 
 
 def list_of(item: Parser[T]) -> Parser[tuple[T, ...]]:

@@ -20,6 +20,8 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.server import Connection, Reply
+from supervisord_batt.daemon.tallies import Tallies
+from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.probe import sample_to_json
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.host.sample import HostSample
@@ -66,6 +68,13 @@ class Commands:
     # after every lease op of a connection: its worker's cgroup follows its leases
     lease_changed: Callable[[Connection], None] = lambda conn: None
     started_at: float = field(default_factory=time.monotonic)
+    tallies: Tallies = field(default_factory=Tallies)
+    # a job in a loop of failing pools must not flood the log: 10 lines a second, counted
+    fallback_log: Throttle = field(
+        default_factory=lambda: Throttle(
+            10, summary="fallback_lines_suppressed", about="executor fallbacks"
+        )
+    )
     _ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = field(
         init=False, repr=False, default_factory=dict
     )
@@ -139,6 +148,8 @@ class Commands:
                 )
         grant = self.ledger.acquire(request)
         held.add(grant.lease_id)
+        data["job"] = request.job
+        self.tallies.granted(grant.kind, request.want)
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 
@@ -164,6 +175,27 @@ class Commands:
             self.ledger.heartbeat(self._owned(conn, msg["lease"]))
         instance = self.supervisor.progress(conn.peer.pid)
         return protocol.ok(instance=instance)
+
+    def op_fallback(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"fallback","from":"process","to":"thread","lease":"L1","workers":4,
+        "stage":"spawn","reason":"..."} -> {"ok":true}: a job's pool failed, it fell back"""
+        old, new = msg["from"], msg["to"]
+        self.tallies.fallbacks[(old, new)] += 1
+        pid = conn.peer.pid
+        self.fallback_log.emit(
+            "warning",
+            "executor_fallback",
+            uid=conn.peer.uid,
+            pid=pid,
+            instance=self.supervisor.instance_of(pid),
+            job=conn.data.get("job"),
+            lease=msg.get("lease"),
+            workers=msg.get("workers"),
+            stage=msg.get("stage", "")[:100],
+            reason=msg.get("reason", "")[:300],
+            **{"from": old, "to": new},
+        )
+        return protocol.ok()
 
     def _owned(self, conn: Connection, lease_id: str) -> str:
         """A lease this connection holds; anything else is an error, never a silent no-op."""

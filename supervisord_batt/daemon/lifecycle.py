@@ -69,6 +69,7 @@ class Daemon:
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
         self.server.is_worker = lambda pid: self.supervisor.instance_of(pid) is not None
+        self.server.observe = self.commands.tallies.request
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
         self._trees: dict[str, int] = {}
@@ -172,6 +173,7 @@ class Daemon:
                 self.config.daemon.pid_file.unlink()
         self.lease_log.summarize()
         self.server.problems.summarize()
+        self.commands.fallback_log.summarize()
         self.faults.summarize()
         pinger.cancel()
         self.notifier.close()
@@ -290,6 +292,7 @@ class Daemon:
                 self.containment.follow(holder)
         self.lease_log.summarize()
         self.server.problems.summarize()
+        self.commands.fallback_log.summarize()
         self.faults.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)

@@ -88,6 +88,11 @@ Handler = Callable[[Connection, dict[str, Any]], "Reply | Awaitable[Reply]"]
 Hook = Callable[[Connection], None]
 
 
+def _code(exc: Exception) -> str:
+    """The error code a failed request is counted under."""
+    return exc.code if isinstance(exc, protocol.ProtocolError) else protocol.INTERNAL
+
+
 def peer_credentials(sock: socket.socket) -> Peer:
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -388,29 +393,36 @@ class _Link(asyncio.Protocol):
 
     def _answer(self, conn: Connection, line: bytes) -> None:
         """Decode one request and reply, now or (for a request that waits) from a task."""
-        request_id = None
+        request_id, op, start = None, "invalid", time.perf_counter()
         try:
             msg = protocol.decode(line)
-            request_id = msg.get("id")
+            request_id, op = msg.get("id"), msg["op"]
             reply = self.server.handler(conn, msg)
         except Exception as exc:  # every failure gets an error reply
             self._fail(conn, exc, request_id)
+            self.server.observe(op, _code(exc), time.perf_counter() - start)
             return
         if isinstance(reply, dict):
             self._send(conn, reply, request_id)
+            self.server.observe(op, "ok", time.perf_counter() - start)
             return
         conn.transport.pause_reading()  # nothing more until this request has replied
-        self.busy = asyncio.get_running_loop().create_task(self._finish(conn, reply, request_id))
+        finish = self._finish(conn, reply, request_id, op, start)
+        self.busy = asyncio.get_running_loop().create_task(finish)
         self.server.tasks.add(self.busy)
 
-    async def _finish(self, conn: Connection, pending: Awaitable[Reply], request_id: Any) -> None:
+    async def _finish(
+        self, conn: Connection, pending: Awaitable[Reply], request_id: Any, op: str, start: float
+    ) -> None:
         task = asyncio.current_task()
         try:
             reply = await pending
         except Exception as exc:
             self._fail(conn, exc, request_id)
+            self.server.observe(op, _code(exc), time.perf_counter() - start)
         else:
             self._send(conn, reply, request_id)
+            self.server.observe(op, "ok", time.perf_counter() - start)
         finally:
             self.busy = None
             self.server.tasks.discard(task)
@@ -486,6 +498,8 @@ class Server:
         self.per_uid: Counter[int] = Counter()  # open connections by peer uid
         # a peer pid in a supervised worker's tree: its connections are never capped
         self.is_worker: Callable[[int], bool] = lambda pid: False
+        # each answered request: (op or "invalid", "ok" or the error code, seconds)
+        self.observe: Callable[[str, str, float], None] = lambda op, result, seconds: None
         self.connections: dict[int, Connection] = {}
         self.links: set[_Link] = set()  # every open socket, refused ones included
         self.tasks: set[asyncio.Task[None]] = set()  # requests that are still running

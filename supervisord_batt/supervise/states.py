@@ -445,6 +445,9 @@ class Instance:
             uptime = round(now - self.started_at, 3)
         if self.state is State.BACKOFF and self.wake_at is not None:
             backoff = round(max(0.0, self.wake_at - now), 3)
+        left = None  # time left before the wall-clock limit
+        if self.state is State.RUNNING and self.deadline_at is not None:
+            left = round(max(0.0, self.deadline_at - now), 3)
         return {
             "name": self.name,
             "program": self.program.name,
@@ -454,6 +457,7 @@ class Instance:
             "restarts": self.restarts,
             "last_exit": None if self.last_exit is None else self.last_exit.to_json(),
             "backoff_s": backoff,
+            "wall_clock_left_s": left,
             "stop_reason": self.stop_reason,
         }
 

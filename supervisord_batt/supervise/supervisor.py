@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,18 @@ class Run:
     last_progress: float = 0.0
     exit_seen: bool = False  # the main pid's exit was posted for this run
     tasks_max: int | None = None  # the pids.max containment last wrote to its cgroup
+    killed_for: str | None = None  # the reason of the kill that ended this run, if one did
+
+
+@dataclass
+class Tally:
+    """Per program, since the daemon started: what the `stats` lines and metrics count."""
+
+    restarts: Counter[str] = field(default_factory=Counter)  # program -> automatic restarts
+    kills: Counter[tuple[str, str]] = field(default_factory=Counter)  # (program, reason)
+    # (program, outcome): completed (exit 0), failed (non-zero or a signal of its own),
+    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload)
+    runs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 Sinks = dict[tuple[str, str], StreamSink]  # (instance, stream) -> its sink
@@ -188,6 +201,7 @@ class Supervisor:
         self.changed = asyncio.Event()
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
+        self.tally = Tally()
 
     # -- life -------------------------------------------------------------------------
 
@@ -288,6 +302,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         if isinstance(action, Transition):
             log.info("transition", **action.fields())
+            if action.new is State.BACKOFF:
+                self.tally.restarts[inst.program.name] += 1
         elif isinstance(action, Spawn):
             self._spawn(inst, run)
         elif isinstance(action, KillTree):
@@ -360,7 +376,7 @@ class Supervisor:
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
         run.tasks_max = None
         self.contain(inst.name, None)  # no lease yet
-        run.exit_seen = False
+        run.exit_seen, run.killed_for = False, None
         run.readers = [
             PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
             PipeReader(err_r, self.sinks[(inst.name, "stderr")]),
@@ -401,6 +417,8 @@ class Supervisor:
         if run is None or run.proc is not proc or run.exit_seen:
             return
         run.exit_seen = True
+        outcome = _outcome(run, inst, returncode)
+        self.tally.runs[(inst.program.name, outcome)] += 1
         log.info(
             "exit",
             program=inst.program.name,
@@ -408,6 +426,7 @@ class Supervisor:
             pid=proc.pid,
             returncode=returncode,
             state=inst.state.value,
+            outcome=outcome,
         )
         self.post(inst, Exited(returncode))
 
@@ -418,6 +437,7 @@ class Supervisor:
         if proc is None:
             self.post(inst, TreeGone(0, 0))
             return
+        run.killed_for = action.reason
         # the run's length when the kill began (the limit itself, for a deadline kill)
         runtime = time.monotonic() - (inst.started_at or time.monotonic())
         report = await kill_tree(
@@ -435,6 +455,8 @@ class Supervisor:
             if action.reason in ("wall_clock_limit", "progress_timeout")
             else "tree_killed"
         )
+        if event == "timeout_kill":
+            self.tally.kills[(inst.program.name, action.reason)] += 1
         log.warning(
             event,
             program=inst.program.name,
@@ -644,6 +666,15 @@ class Supervisor:
 
     def all_ok(self) -> bool:
         return all(_is_ok(inst) for inst in self.instances.values())
+
+
+def _outcome(run: Run, inst: Instance, returncode: int) -> str:
+    """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs."""
+    if run.killed_for in ("wall_clock_limit", "progress_timeout"):
+        return "killed"
+    if run.killed_for is not None or (inst.state is State.STOPPING and not inst.wanted):
+        return "stopped"
+    return "completed" if returncode == 0 else "failed"
 
 
 def _is_ok(inst: Instance) -> bool:

@@ -17,6 +17,7 @@ from supervisord_batt.config.records import (
     BackoffConfig,
     BudgetConfig,
     DaemonConfig,
+    MetricsConfig,
     OutputConfig,
     PressureThresholds,
     ProgramConfig,
@@ -72,7 +73,8 @@ def test_shipped_config_has_the_demo_program() -> None:
 
 def test_shipped_config_lists_every_key() -> None:
     raw = yaml.safe_load(SHIPPED.read_text())
-    assert set(raw) == {"daemon", "budget", "programs"}
+    assert set(raw) == {"daemon", "budget", "metrics", "programs"}
+    assert set(raw["metrics"]) == keys(MetricsConfig)
     assert set(raw["daemon"]) == keys(DaemonConfig)
     assert set(raw["budget"]) == keys(BudgetConfig)
     assert set(raw["budget"]["pressure"]) == keys(PressureThresholds)
@@ -88,6 +90,7 @@ def test_shipped_daemon_and_budget_equal_the_built_in_defaults() -> None:
     built_in = load_config_text("")
     assert shipped.daemon == built_in.daemon
     assert shipped.budget == built_in.budget
+    assert shipped.metrics == built_in.metrics
 
 
 def test_every_key_is_commented() -> None:

@@ -690,6 +690,7 @@ daemon:
   admin_groups: [wheel]
   max_connections_per_uid: 4
   bad_input_log_rate: 0
+  stats_interval: 15s
 budget:
   reserve_tasks: 128
   reserve_percent: 12.5
@@ -706,6 +707,9 @@ budget:
     cpu_extreme: 80
     memory_high: 10
     memory_extreme: 30
+metrics:
+  listen: "[::1]:9200"
+  textfile: /var/lib/node_exporter/textfile/batt.prom
 programs:
   zeta:
     command: "python3 -c 'import time; time.sleep(5)'"
@@ -763,6 +767,7 @@ def test_round_trip_sets_every_key_to_a_non_default(tmp_path: Path) -> None:
         (every.programs[0].backoff, default.programs[0].backoff),
         (every.programs[0].start_limit, default.programs[0].start_limit),
         (every.programs[0].output, default.programs[0].output),
+        (every.metrics, default.metrics),
     ]
     for ours, theirs in pairs:
         for f in dataclasses.fields(ours):

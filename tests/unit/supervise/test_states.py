@@ -508,6 +508,7 @@ def test_snapshot() -> None:
         "restarts": 0,
         "last_exit": None,
         "backoff_s": None,
+        "wall_clock_left_s": 570.0,
         "stop_reason": None,
     }
     inst.handle(Exited(3), 130.0)

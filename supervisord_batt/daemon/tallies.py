@@ -1,0 +1,43 @@
+"""What the daemon counts as it serves: requests and their latency, grants by kind, and
+the fallbacks jobs report. Plain counters, bumped on the request path (a dictionary
+increment and a bisect); the `stats` lines and the Prometheus metrics read them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
+
+# request latency buckets, seconds: a grant takes tens of microseconds, a status a few
+# hundred; a control request that waits for a stop takes seconds
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class Tallies:
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (op, ok|error code)
+    # requests per latency bucket (not cumulative), the last one past the largest bound
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    grants: Counter[str] = field(default_factory=Counter)  # kind granted at acquire
+    denied: int = 0  # acquires that asked for a pool (want >= 2) and got sequential
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (from, to)
+
+    def request(self, op: str, result: str, seconds: float) -> None:
+        self.requests[(op, result)] += 1
+        self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def granted(self, kind: str, want: int) -> None:
+        self.grants[kind] += 1
+        if kind == "sequential" and want >= 2:
+            self.denied += 1
+
+    def cumulative_latency(self) -> list[tuple[str, int]]:
+        """Prometheus' buckets: (upper bound, requests at or below it), "+Inf" last."""
+        out, total = [], 0
+        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.latency, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
