@@ -102,6 +102,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
     p.set_defaults(func=cmd_tail)
 
+    p = sub.add_parser("top", help="a live full-screen view of limits, programs and leases")
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser(
+        "logs", help="the daemon's own events (its log file or the unit's journal), filtered"
+    )
+    _add_config_arg(p)
+    _add_events_args(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--program", default=None, help="only events about this program")
+    p.add_argument("--instance", default=None, help="only events about this instance (batt:0)")
+    p.add_argument(
+        "--event", action="append", default=[], help="only this event (repeat for several)"
+    )
+    p.add_argument(
+        "--level",
+        default=None,
+        choices=("debug", "info", "warning", "error"),
+        help="only events at this level or above",
+    )
+    p.add_argument("--json", action="store_true", help="the raw JSON lines, for jq")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "report", help="the incident's monitoring figures and tuning advice, from the events"
+    )
+    _add_config_arg(p)
+    _add_events_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser(
         "exec", help="run an unmodified program under a lease (env exports the grant)"
     )
@@ -248,6 +284,55 @@ def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]
             f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        return None
+
+
+def _add_events_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since",
+        default=None,
+        metavar="DURATION",
+        help="only events of the last DURATION (30m, 2h, 1d)",
+    )
+    p.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="read this log file (default: the config's daemon.log_file, else the journal)",
+    )
+    p.add_argument(
+        "--unit",
+        default="supervisord-batt.service",
+        help="the systemd unit whose journal to read when there is no log file",
+    )
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """A live view; exit 2 (saying so) when the daemon is not running."""
+    from supervisord_batt.cli.top import run_top
+
+    return run_top(_socket_for(args), args.interval)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.events import run_logs
+
+    return run_logs(args, _load_quietly(args))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.report import run_report
+
+    return run_report(args, _load_quietly(args))
+
+
+def _load_quietly(args: argparse.Namespace) -> Config | None:
+    """The config, or None when it cannot be read (the views then say what they read)."""
+    from supervisord_batt.config.loader import ConfigError
+
+    try:
+        return _load(getattr(args, "config", None))
+    except (ConfigError, OSError):
         return None
 
 

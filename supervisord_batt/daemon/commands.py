@@ -8,6 +8,7 @@ not exist) and return the reply's fields.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisord_batt import __version__, protocol
+from supervisord_batt import __version__, logs, protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
@@ -40,6 +41,7 @@ LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
 MAX_LEASES_PER_CONNECTION = 16
+RECENT_EVENTS = 20  # the latest log events a status reply carries (for `top`)
 TAIL_DEFAULT = 1600
 TAIL_MAX = 64 * 1024
 
@@ -65,6 +67,7 @@ class Commands:
     accepting: Callable[[], bool]
     connections: Callable[[], int]
     sample: Callable[[], HostSample | None]
+    pressure_reason: Callable[[], str] = lambda: ""
     # after every lease op of a connection: its worker's cgroup follows its leases
     lease_changed: Callable[[Connection], None] = lambda conn: None
     started_at: float = field(default_factory=time.monotonic)
@@ -239,6 +242,7 @@ class Commands:
             version=__version__,
             uptime_s=round(now - self.started_at, 1),
             level=stats.level,
+            level_reason=self.pressure_reason(),
             capacity=stats.capacity,
             leased=stats.leased,
             leased_tasks=stats.leased_tasks,
@@ -248,6 +252,7 @@ class Commands:
             programs=programs,
             leftovers=self.supervisor.leftovers,
             all_running=self.supervisor.all_ok(),
+            events=[_parse(line) for line in logs.recent()[-RECENT_EVENTS:]],
         )
 
     # -- control ----------------------------------------------------------------------
@@ -322,6 +327,14 @@ class Commands:
             return self.supervisor.select(target)
         except KeyError as exc:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
+
+
+def _parse(line: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:  # the daemon encoded it: cannot happen, but never fail a status
+        return {"event": "unparsable", "line": line[:200]}
+    return event if isinstance(event, dict) else {"event": "unparsable"}
 
 
 def _who(conn: Connection) -> dict[str, int]:

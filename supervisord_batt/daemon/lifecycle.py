@@ -42,6 +42,7 @@ from supervisord_batt.supervise.states import State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 log = get_logger(component="daemon")
+RECENT_LINES = 50  # log lines kept in memory for `status` (a live view's latest events)
 
 
 class Daemon:
@@ -64,6 +65,7 @@ class Daemon:
             accepting=lambda: self.server.accepting,
             connections=lambda: len(self.server.connections),
             sample=lambda: self.sample,
+            pressure_reason=lambda: self.pressure_reason,
             lease_changed=self.containment.follow,
         )
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
@@ -72,6 +74,7 @@ class Daemon:
         self.server.observe = self.commands.tallies.request
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
+        self.pressure_reason = ""  # why the level is what it is, as of the last tick
         self._trees: dict[str, int] = {}
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
@@ -85,6 +88,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
         logs.write_per_iteration(loop)
+        logs.keep_recent(RECENT_LINES)
         try:
             return await self._run()
         finally:
@@ -111,6 +115,7 @@ class Daemon:
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
         result = self.ledger.update(self.sample, {})
+        self.pressure_reason = result.reason
         await self.server.start()
         self._write_pid_file()
         await self.supervisor.settle_leftovers()  # an earlier daemon's, before ours start
@@ -272,6 +277,7 @@ class Daemon:
         # trees from the last scan stand until the next one: a tree that grew since is
         # charged at its lease (counted twice until then: the safe side)
         result = self.ledger.update(self.sample, self._trees)
+        self.pressure_reason = result.reason
         if result.changed:
             stats = self.ledger.statistics()
             log.warning(
