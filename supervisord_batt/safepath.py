@@ -18,6 +18,7 @@ the file opened is the one checked, never where a planted link points.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -116,3 +117,35 @@ def open_append(path: Path, mode: int = 0o640, uid: int | None = None) -> int:
         os.close(fd)
         raise UntrustedPath(f"refusing {path}: not a regular file with one link")
     return fd
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o644, uid: int | None = None) -> None:
+    """Replace `path` with `data` atomically (a reader sees the old file or the new, never
+    half of one), in a checked directory: the data goes to a temporary name created
+    O_EXCL|O_NOFOLLOW, then renamed over `path` (rename replaces a planted symlink itself,
+    never its target)."""
+    check_dir(path.parent, uid)
+    tmp = f".{path.name}.tmp"
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+        except FileExistsError:  # left by a write that died: ours, in our checked directory
+            os.unlink(tmp, dir_fd=dir_fd)
+            fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+        try:
+            try:
+                os.fchmod(fd, mode)  # whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)

@@ -28,12 +28,13 @@ from typing import Any, NoReturn
 from supervisord_batt import __version__, logs, paths
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
-from supervisord_batt.config.records import Config
+from supervisord_batt.config.records import Config, MetricsConfig
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample
@@ -81,6 +82,9 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         # what the host ran out of (descriptors for accept, scan): counted, never fatal
         self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
+        self.stats_line = StatsLine()
+        self._next_stats = 0.0
+        self.metrics = MetricsOutputs(self)
 
     # -- life -------------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Daemon:
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
         await self.server.start()
+        await self.metrics.apply(self.config.metrics)
         self._write_pid_file()
         await self.supervisor.settle_leftovers()  # an earlier daemon's, before ours start
         self.supervisor.start()
@@ -133,6 +138,7 @@ class Daemon:
             notify=self.notifier.enabled,
             watchdog_s=self.notifier.watchdog_interval,
         )
+        self._next_stats = time.monotonic() + self.config.daemon.stats_interval
         self.notifier.ready(self.status_line())
 
     async def main_loop(self) -> None:
@@ -158,6 +164,7 @@ class Daemon:
         timeout = self.supervisor.stop_timeout(self.supervisor.instances.values())
         await self.supervisor.shutdown(timeout)
         await self.server.close()
+        await self.metrics.close()
         self.monitor.close()
         self.notifier.close()
 
@@ -172,6 +179,7 @@ class Daemon:
         await self.supervisor.shutdown(timeout)
         leases = self.ledger.lease_pids()
         await self.server.close()
+        await self.metrics.close()
         self.monitor.close()
         if self.config.daemon.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -302,7 +310,25 @@ class Daemon:
         self.faults.summarize()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
+        self.stats_line.observe(now, result.level, self.sample)
+        if now >= self._next_stats:
+            self._next_stats = now + self.config.daemon.stats_interval
+            self.log_stats()
+        self.metrics.tick()
         self.notifier.status(self.status_line())
+
+    def log_stats(self) -> None:
+        """The `stats` line (see daemon.statsline): what `report` is computed from."""
+        if self.sample is None:
+            return
+        fields = self.stats_line.fields(
+            self.sample,
+            self.ledger.statistics(),
+            self.pressure_reason,
+            self.commands.tallies,
+            self.supervisor.tally,
+        )
+        log.info("stats", pid=os.getpid(), **fields)
 
     def _scan(self) -> dict[str, int]:
         """The slow /proc pass: per-user counts, and each lease holder's tree size."""
@@ -398,8 +424,86 @@ class Daemon:
         self.monitor.close()
         self.monitor = monitor
         diff = await self.supervisor.reload(new, prepared)
+        await self.metrics.apply(new.metrics)
         log.info("reloaded", path=str(source), **by, **diff)
         return diff
+
+
+class MetricsOutputs:
+    """The metrics' endpoint and textfile, each on only when configured. prometheus-client
+    is imported the first time either is on: a daemon without metrics never loads it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.config = MetricsConfig()
+        self.registry: Any = None
+        self.endpoint: Any = None  # a MetricsEndpoint while listening
+
+    def _registry(self) -> Any:
+        if self.registry is None:
+            from supervisord_batt.daemon.metrics import (  # noqa: PLC0415 (see the class)
+                DaemonCollector,
+                registry_for,
+            )
+
+            d = self.daemon
+            collector = DaemonCollector(
+                lambda: d.sample, d.ledger, d.commands.tallies, d.supervisor
+            )
+            self.registry = registry_for(collector)
+        return self.registry
+
+    async def apply(self, config: MetricsConfig) -> None:
+        """Take a (new) metrics config: (re)start the endpoint when its address moved.
+        A port that cannot be bound is an error line, never a daemon that stops."""
+        old, self.config = self.config, config
+        if old.textfile is not None and old.textfile != config.textfile:
+            with contextlib.suppress(OSError):
+                old.textfile.unlink()
+        if config.listen == old.listen and (self.endpoint is not None or config.listen is None):
+            return
+        await self.close_endpoint()
+        if config.listen is None:
+            return
+        from supervisord_batt.daemon.metricshttp import MetricsEndpoint  # noqa: PLC0415
+
+        endpoint = MetricsEndpoint(config.listen, self._registry(), self._scrape_failed)
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            host, port = config.listen
+            log.error("metrics_listen_failed", address=host, port=port, reason=str(exc))
+            return
+        self.endpoint = endpoint
+
+    def _scrape_failed(self, exc: Exception) -> None:
+        self.daemon.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
+
+    def tick(self) -> None:
+        """Rewrite the textfile; a full disk or a bad directory is counted, not fatal."""
+        path = self.config.textfile
+        if path is None:
+            return
+        from supervisord_batt.daemon.metrics import write_textfile  # noqa: PLC0415
+
+        try:
+            write_textfile(path, self._registry())
+        except OSError as exc:
+            self.daemon.faults.emit(
+                "error", "metrics_textfile_failed", path=str(path), errno=exc.errno, reason=str(exc)
+            )
+
+    async def close_endpoint(self) -> None:
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            await endpoint.close()
+
+    async def close(self) -> None:
+        """At stop: no endpoint, and no textfile left to be read as if the daemon ran."""
+        await self.close_endpoint()
+        if self.config.textfile is not None:
+            with contextlib.suppress(OSError):
+                self.config.textfile.unlink()
 
 
 def _watched_users(config: Config) -> list[int | str]:

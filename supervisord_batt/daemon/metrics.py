@@ -1,0 +1,207 @@
+"""Prometheus metrics: what the daemon knows, in the names a fleet's dashboards expect.
+
+prometheus-client supplies the metric families, the names' checks and the exposition
+format; nothing here writes that format by hand. The figures are not kept twice: one
+collector reads the daemon's live state at each scrape (the host sample, the ledger, the
+counters of `Tallies` and of the supervisor), so the request path pays for a counter
+increment, never for a metrics library call.
+
+Two outputs, each off unless configured (`metrics.listen`, `metrics.textfile`): an HTTP
+endpoint served from the daemon's own event loop (`daemon.metricshttp`; the library's
+server would start a thread) and a textfile rewritten atomically every tick for
+node_exporter's textfile collector (`write_textfile`).
+
+Names follow Prometheus' conventions: the `supervisord_batt_` prefix, base units in the
+name (`_tasks`, `_workers`, `_bytes`, `_seconds`), `_total` on counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from supervisord_batt import protocol, safepath
+from supervisord_batt.budget.costs import LEVELS
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.daemon.tallies import Tallies
+from supervisord_batt.host.sample import HostSample
+from supervisord_batt.supervise.states import State
+from supervisord_batt.supervise.supervisor import Supervisor
+
+P = "supervisord_batt_"
+
+
+@dataclass(eq=False)  # the registry keys collectors by identity
+class DaemonCollector:
+    """A prometheus-client collector over the daemon's live state."""
+
+    sample: Callable[[], HostSample | None]
+    ledger: BudgetLedger
+    tallies: Tallies
+    supervisor: Supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._host()
+        yield from self._budget()
+        yield from self._requests()
+        yield from self._programs()
+
+    def _host(self) -> Iterator[Metric]:
+        sample = self.sample()
+        if sample is None:
+            return
+        yield GaugeMetricFamily(
+            P + "host_tasks",
+            "Threads and processes on the host (/proc/loadavg)",
+            sample.threads_total,
+        )
+        labels = ["limit", "kind"]
+        limit = GaugeMetricFamily(P + "limit_tasks", "Each limit on new tasks", labels=labels)
+        used = GaugeMetricFamily(
+            P + "limit_in_use_tasks", "Tasks counted by each limit", labels=labels
+        )
+        room = GaugeMetricFamily(
+            P + "limit_headroom_tasks", "Tasks each limit still allows", labels=labels
+        )
+        for lim in sample.limits:
+            key = [lim.name, lim.kind]
+            limit.add_metric(key, lim.limit)
+            used.add_metric(key, lim.in_use)
+            room.add_metric(key, lim.headroom)
+        yield from (limit, used, room)
+        tightest = sample.tightest()
+        tight = GaugeMetricFamily(
+            P + "tightest_headroom_tasks",
+            "Headroom of the tightest limit (the one that refuses the next thread first)",
+            labels=["limit"],
+        )
+        tight.add_metric([tightest.name], tightest.headroom)
+        yield tight
+        refused = CounterMetricFamily(
+            P + "cgroup_refused_tasks",
+            "Task creations a watched pids cgroup refused (pids.events max)",
+            labels=["cgroup"],
+        )
+        for cg in sample.cgroups:
+            if cg.pids_events_max is not None:
+                refused.add_metric([cg.path], cg.pids_events_max)
+        yield refused
+        yield GaugeMetricFamily(
+            P + "memory_available_bytes", "MemAvailable", sample.mem_available_bytes
+        )
+        yield GaugeMetricFamily(P + "cpus", "CPUs usable by the workers", sample.cpus)
+
+    def _budget(self) -> Iterator[Metric]:
+        stats = self.ledger.statistics()
+        yield GaugeMetricFamily(
+            P + "capacity_workers",
+            "Process workers a new holder could get now (0 unless the level is normal)",
+            stats.capacity,
+        )
+        leased = GaugeMetricFamily(P + "leased_workers", "Workers leased, by kind", labels=["kind"])
+        for kind in protocol.KINDS:
+            workers = sum(x.workers for x in stats.leases if x.kind == kind)
+            leased.add_metric([kind], workers)
+        yield leased
+        yield GaugeMetricFamily(
+            P + "leased_tasks", "Tasks the leased pools cost", stats.leased_tasks
+        )
+        yield GaugeMetricFamily(P + "leases", "Live leases", len(stats.leases))
+        yield GaugeMetricFamily(
+            P + "pressure_level", "Pressure: 0 normal, 1 high, 2 extreme", LEVELS.index(stats.level)
+        )
+        grants = CounterMetricFamily(
+            P + "grants", "Acquires answered, by the kind granted", labels=["kind"]
+        )
+        for kind in protocol.KINDS:
+            grants.add_metric([kind], self.tallies.grants[kind])
+        yield grants
+        yield CounterMetricFamily(
+            P + "denials",
+            "Acquires that asked for a pool and were granted sequential",
+            self.tallies.denied,
+        )
+        fallbacks = CounterMetricFamily(
+            P + "executor_fallbacks",
+            "Pools that failed in a job, which then fell back (reported by the jobs)",
+            labels=["from", "to"],
+        )
+        for (old, new), count in sorted(self.tallies.fallbacks.items()):
+            fallbacks.add_metric([old, new], count)
+        yield fallbacks
+
+    def _requests(self) -> Iterator[Metric]:
+        t = self.tallies
+        requests = CounterMetricFamily(
+            P + "requests", "Requests answered, by op and result", labels=["op", "result"]
+        )
+        for (op, result), count in sorted(t.requests.items()):
+            requests.add_metric([op, result], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            P + "request_duration_seconds", "Time from a request's line to its reply"
+        )
+        latency.add_metric([], t.cumulative_latency(), sum_value=t.latency_sum)
+        yield latency
+
+    def _programs(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        instances = GaugeMetricFamily(
+            P + "instances", "Instances by program and state", labels=["program", "state"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for configured in sup.config.programs:
+            for state in State:
+                counts[(configured.name, state.value)] = 0
+        for inst in sup.instances.values():
+            key = (inst.program.name, inst.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in counts.items():
+            instances.add_metric(list(key), count)
+        yield instances
+        restarts = CounterMetricFamily(
+            P + "restarts", "Automatic restarts, by program", labels=["program"]
+        )
+        for program, count in sorted(sup.tally.restarts.items()):
+            restarts.add_metric([program], count)
+        yield restarts
+        kills = CounterMetricFamily(
+            P + "limit_kills",
+            "Trees killed for a wall-clock or no-progress limit",
+            labels=["program", "reason"],
+        )
+        for (program, reason), count in sorted(sup.tally.kills.items()):
+            kills.add_metric([program, reason], count)
+        yield kills
+        runs = CounterMetricFamily(
+            P + "runs",
+            "Runs ended, by program and outcome (completed, failed, killed, stopped)",
+            labels=["program", "outcome"],
+        )
+        for (program, outcome), count in sorted(sup.tally.runs.items()):
+            runs.add_metric([program, outcome], count)
+        yield runs
+
+
+def registry_for(collector: DaemonCollector) -> CollectorRegistry:
+    """A registry with only the daemon's collector (not the library's default one, whose
+    process and platform collectors would describe the scraper's view of itself twice)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def write_textfile(path: Path, registry: CollectorRegistry) -> None:
+    """Replace `path` with the current metrics, atomically: node_exporter never reads a
+    half-written file (see `safepath.replace_file`)."""
+    safepath.replace_file(path, generate_latest(registry), 0o644)

@@ -1,0 +1,84 @@
+"""The `stats` line: every `daemon.stats_interval`, one event with the figures an
+operator's report is computed from (`supervisord-batt report`).
+
+Grant and release lines are rate-limited, and a kill or an exit says nothing about the
+time between them; so the figures a report needs over a day are not counted from those
+lines but carried here, as the daemon's counters since it started (a report takes the
+difference between two lines of one daemon) and as what happened since the last line:
+the share of time at each pressure level, the tightest limit's peak use.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisord_batt.budget.costs import LEVELS
+from supervisord_batt.budget.records import LedgerStats
+from supervisord_batt.daemon.tallies import Tallies
+from supervisord_batt.host.sample import HostSample
+from supervisord_batt.supervise.supervisor import Tally
+
+
+@dataclass
+class StatsLine:
+    """Accumulates between lines (`observe` every tick); `fields` makes one line."""
+
+    level_seconds: dict[str, float] = field(default_factory=dict)  # since the daemon started
+    peak_percent: float = 0.0  # the tightest limit's highest use since the last line
+    _last_at: float | None = None
+
+    def observe(self, now: float, level: str, sample: HostSample) -> None:
+        """One tick: the time since the last one counts at the level in force."""
+        if self._last_at is not None:
+            gone = max(0.0, now - self._last_at)
+            self.level_seconds[level] = self.level_seconds.get(level, 0.0) + gone
+        self._last_at = now
+        self.peak_percent = max(self.peak_percent, _percent(sample))
+
+    def fields(
+        self,
+        sample: HostSample,
+        stats: LedgerStats,
+        reason: str,
+        tallies: Tallies,
+        tally: Tally,
+    ) -> dict[str, Any]:
+        tightest = sample.tightest()
+        line = {
+            "tasks": sample.threads_total,
+            "tightest": tightest.name,
+            "tightest_in_use": tightest.in_use,
+            "tightest_limit": tightest.limit,
+            "tightest_percent": round(_percent(sample), 2),
+            "tightest_peak_percent": round(max(self.peak_percent, _percent(sample)), 2),
+            "level": stats.level,
+            "level_reason": reason,
+            "level_seconds": {lv: round(self.level_seconds.get(lv, 0.0), 1) for lv in LEVELS},
+            "capacity": stats.capacity,
+            "leased": stats.leased,
+            "leases": len(stats.leases),
+            "grants": dict(tallies.grants),
+            "denied": tallies.denied,
+            "fallbacks": {f"{a}>{b}": n for (a, b), n in sorted(tallies.fallbacks.items())},
+            "refused_spawns": sum(cg.pids_events_max or 0 for cg in sample.cgroups),
+            "restarts": dict(tally.restarts),
+            "kills": _nested(tally.kills),
+            "runs": _nested(tally.runs),
+            "requests": sum(tallies.requests.values()),
+        }
+        self.peak_percent = 0.0
+        return line
+
+
+def _percent(sample: HostSample) -> float:
+    tightest = sample.tightest()
+    return 100.0 * tightest.in_use / tightest.limit if tightest.limit > 0 else 100.0
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (program, key), n in sorted(counts.items()):
+        out.setdefault(program, {})[key] = n
+    return out

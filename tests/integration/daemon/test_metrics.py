@@ -1,0 +1,185 @@
+"""Prometheus metrics from a real daemon: the HTTP endpoint on its loop and the textfile,
+both parsed with prometheus-client's own parser; the `stats` line; reported fallbacks."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import wait_until
+from tests.integration.conftest import DaemonHandle
+
+P = "supervisord_batt_"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, by name and sorted labels, through the library's parser."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def metered(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> tuple[DaemonHandle, int]:
+    port = free_port()
+    handle = daemon(_config(port, program, py))
+    wait_until(lambda: handle.status()["programs"][0]["instances"][0]["state"] == "RUNNING")
+    return handle, port
+
+
+def _config(port: int, program: Callable[..., dict[str, Any]], py: Any) -> dict[str, Any]:
+    return {
+        "daemon": {"stats_interval": "200ms"},
+        "metrics": {"listen": f"127.0.0.1:{port}"},
+        "programs": {"sleeper": program(py("import time; time.sleep(600)"))},
+    }
+
+
+def test_endpoint_serves_what_the_library_parses(metered: tuple[DaemonHandle, int]) -> None:
+    handle, port = metered
+    with handle.client() as c:
+        grant = c.request("acquire", want=2, job="metrics-test")
+        assert grant["ok"], grant
+        found = samples(scrape(port))
+        kind = str(grant["kind"])
+        assert value(found, P + "grants_total", kind=kind) == 1
+        assert value(found, P + "leased_workers", kind=kind) == grant["workers"]
+        assert value(found, P + "leases") == 1
+    status = handle.status()
+    tightest = status["host"]["tightest"]
+    assert value(found, P + "tightest_headroom_tasks", limit=tightest["name"]) > 0
+    assert value(found, P + "host_tasks") > 0
+    assert value(found, P + "pressure_level") == 0
+    assert value(found, P + "instances", program="sleeper", state="RUNNING") == 1
+    assert value(found, P + "instances", program="sleeper", state="FATAL") == 0
+    assert value(found, P + "requests_total", op="acquire", result="ok") == 1
+    assert value(found, P + "request_duration_seconds_count") >= 1
+    limits = {dict(k[1])["limit"] for k in found if k[0] == P + "limit_tasks"}
+    assert {"threads-max", "pid_max"} <= limits
+
+
+def test_endpoint_answers_bad_requests_and_keeps_serving(metered: tuple[DaemonHandle, int]) -> None:
+    handle, port = metered
+    with pytest.raises(urllib.error.HTTPError) as err:
+        scrape(port, "/nothing")
+    assert err.value.code == 404
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=5)
+    assert err.value.code == 405
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000)
+        assert s.recv(100).startswith(b"HTTP/1.1 431")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"\x00\x01garbage\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert samples(scrape(port))  # still serving
+    assert handle.status()["ok"]
+
+
+def test_textfile_is_written_each_tick_and_removed_at_stop(
+    daemon: Callable[..., DaemonHandle], program: Callable[..., dict[str, Any]], py: Any
+) -> None:
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="sbt-prom-", dir="/tmp"))
+    path = directory / "batt.prom"
+    try:
+        handle = daemon({"metrics": {"textfile": str(path)}})
+        text = wait_until(lambda: path.exists() and path.read_text(), what="the textfile")
+        found = samples(text)
+        assert value(found, P + "host_tasks") > 0
+        with handle.client() as c:
+            assert c.request("acquire", want=2, job="t")["ok"]
+            wait_until(
+                lambda: (
+                    (P + "grants_total", (("kind", "process"),)) in samples(path.read_text())
+                    or (P + "grants_total", (("kind", "thread"),)) in samples(path.read_text())
+                ),
+                what="the grant in the textfile",
+            )
+        assert not list(directory.glob(".*.tmp"))
+        assert handle.stop() == 0
+        assert not path.exists()
+    finally:
+        for leftover in directory.iterdir():
+            leftover.unlink()
+        directory.rmdir()
+
+
+def test_a_taken_port_is_an_error_line_not_a_dead_daemon(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        handle = daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+        failed = wait_until(lambda: handle.events("metrics_listen_failed"))
+        assert failed[0]["port"] == port
+        assert handle.status()["ok"]
+
+
+def test_stats_line_and_reported_fallbacks(metered: tuple[DaemonHandle, int]) -> None:
+    handle, port = metered
+    with handle.client() as c:
+        reply = c.request(
+            "fallback", **{"from": "process", "to": "thread"}, workers=2, stage="spawn", reason="x"
+        )
+        assert reply["ok"], reply
+        bad = c.request("fallback", **{"from": "process", "to": "nowhere"})
+        assert bad["error"]["code"] == "bad_request"  # type: ignore[index]
+    found = samples(scrape(port))
+    assert value(found, P + "executor_fallbacks_total", **{"from": "process", "to": "thread"}) == 1
+    event = wait_until(lambda: handle.events("executor_fallback"))[0]
+    assert event["from"] == "process" and event["to"] == "thread" and event["pid"] > 0
+    line = wait_until(
+        lambda: [e for e in handle.events("stats") if e["fallbacks"]], what="a stats line"
+    )[-1]
+    assert line["fallbacks"] == {"process>thread": 1}
+    assert line["tasks"] > 0 and line["tightest_limit"] > 0
+    assert set(line["level_seconds"]) == {"normal", "high", "extreme"}
+    assert line["level_seconds"]["normal"] > 0
+
+
+def test_reload_moves_the_endpoint(metered: tuple[DaemonHandle, int]) -> None:
+    import yaml
+
+    handle, port = metered
+    new_port = free_port()
+    config = yaml.safe_load(handle.config_path.read_text())
+    config["metrics"]["listen"] = f"127.0.0.1:{new_port}"
+    handle.config_path.write_text(yaml.safe_dump(config))
+    with handle.client() as c:
+        assert c.request("reload")["ok"]
+    assert samples(scrape(new_port))
+    with pytest.raises(OSError):
+        scrape(port)
