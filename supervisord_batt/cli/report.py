@@ -1,0 +1,303 @@
+"""`supervisord-batt report`: the incident's monitoring figures, from the daemon's events.
+
+The incident that started this project asked to watch: thread counts, how often jobs fell
+back to sequential (target under 20%), how often overload was detected, whether any job
+hung (target 0%), and the task completion rate (target over 95%). This computes each from
+the events in a window (`--since`):
+
+- `stats` lines (one every `daemon.stats_interval`): host tasks and the tightest limit's
+  use (p50, p95, max), the time at each pressure level, and the daemon's counters. A
+  counter is a difference between the first and the last line of one daemon (a daemon
+  that started inside the window counts from zero); several daemons' figures add up.
+- `exit` lines: runs completed, failed, killed by a limit (a hang stopped), stopped.
+- `timeout_kill` lines: wall-clock and no-progress kills by program.
+
+Then the advice: which key to change, and why, when the figures point at one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
+
+if TYPE_CHECKING:
+    from supervisord_batt.config.records import Config
+
+LEVELS = ("normal", "high", "extreme")
+_COUNTERS = ("denied", "refused_spawns", "requests")
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": ordered[-1]}
+
+
+def _flat(line: dict[str, Any]) -> dict[str, float]:
+    """The counters of one stats line, flattened: grants.thread, kills.batt.wall_clock_limit."""
+    out: dict[str, float] = {}
+    for key in _COUNTERS:
+        if isinstance(line.get(key), int):
+            out[key] = line[key]
+    for key in ("grants", "fallbacks", "restarts", "level_seconds"):
+        for name, n in (line.get(key) or {}).items():
+            if isinstance(n, int | float):
+                out[f"{key}.{name}"] = n
+    for key in ("kills", "runs"):
+        for program, counts in (line.get(key) or {}).items():
+            for name, n in (counts or {}).items():
+                if isinstance(n, int):
+                    out[f"{key}.{program}.{name}"] = n
+    return out
+
+
+@dataclass
+class _Daemon:
+    """The stats lines of one daemon (one pid) in the window."""
+
+    started_inside: bool = False
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    lines: int = 0
+
+    def delta(self) -> dict[str, float]:
+        base = {} if self.started_inside else self.first
+        return {k: v - base.get(k, 0) for k, v in self.last.items()}
+
+
+def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The report's figures from the events, oldest first."""
+    daemons: dict[Any, _Daemon] = {}
+    tasks: list[float] = []
+    percent: list[float] = []
+    peaks: list[float] = []
+    runs: Counter[str] = Counter()
+    kills: Counter[tuple[str, str]] = Counter()
+    pressure_changes = 0
+    first_at = last_at = None
+    for event in events:
+        name = event.get("event")
+        first_at = first_at or event.get("timestamp")
+        last_at = event.get("timestamp") or last_at
+        if name == "started":
+            daemons.setdefault(event.get("pid"), _Daemon()).started_inside = True
+        elif name == "stats":
+            d = daemons.setdefault(event.get("pid"), _Daemon())
+            flat = _flat(event)
+            if d.lines == 0:
+                d.first = flat
+            d.last, d.lines = flat, d.lines + 1
+            for target, key in ((tasks, "tasks"), (percent, "tightest_percent")):
+                if isinstance(event.get(key), int | float):
+                    target.append(float(event[key]))
+            peaks.append(float(event.get("tightest_peak_percent") or 0.0))
+        elif name == "exit":
+            runs[str(event.get("outcome") or _outcome(event))] += 1
+        elif name == "timeout_kill":
+            kills[(str(event.get("program")), str(event.get("reason")))] += 1
+        elif name == "pressure_change":
+            pressure_changes += 1
+    total: dict[str, float] = {}
+    for d in daemons.values():
+        for key, n in d.delta().items():
+            total[key] = total.get(key, 0) + n
+    return _figures(total, tasks, percent, peaks, runs, kills, pressure_changes, daemons) | {
+        "window": {"first": first_at, "last": last_at},
+    }
+
+
+def _outcome(event: dict[str, Any]) -> str:
+    """An exit line written before lines carried their outcome."""
+    return "completed" if event.get("returncode") == 0 else "failed"
+
+
+def _figures(  # noqa: PLR0917 (the report's inputs, each named)
+    total: dict[str, float],
+    tasks: list[float],
+    percent: list[float],
+    peaks: list[float],
+    runs: Counter[str],
+    kills: Counter[tuple[str, str]],
+    pressure_changes: int,
+    daemons: dict[Any, _Daemon],
+) -> dict[str, Any]:
+    grants = {k: int(total.get(f"grants.{k}", 0)) for k in ("process", "thread", "sequential")}
+    denied = int(total.get("denied", 0))
+    pooled = grants["process"] + grants["thread"]
+    asked_pool = pooled + denied
+    level_s = {lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in LEVELS}
+    level_total = sum(level_s.values())
+    fallbacks = {
+        k[len("fallbacks.") :]: int(v) for k, v in total.items() if k.startswith("fallbacks.")
+    }
+    ended = runs["completed"] + runs["failed"] + runs["killed"]
+    tight = _percentiles(percent)
+    if peaks:
+        tight["max"] = max(*peaks, tight["max"] or 0.0)
+    return {
+        "stats_lines": sum(d.lines for d in daemons.values()),
+        "daemons": len(daemons),
+        "host_tasks": _percentiles(tasks),
+        "tightest_percent": tight,
+        "pressure_share": {
+            lv: (s / level_total if level_total else None) for lv, s in level_s.items()
+        },
+        "pressure_changes": pressure_changes,
+        "grants": grants,
+        "denied": denied,
+        "sequential_share": denied / asked_pool if asked_pool else None,
+        "executor_fallbacks": fallbacks,
+        "refused_spawns": int(total.get("refused_spawns", 0)),
+        "limit_kills": [
+            {"program": p, "reason": r, "count": n} for (p, r), n in sorted(kills.items())
+        ],
+        "runs": {k: runs[k] for k in ("completed", "failed", "killed", "stopped")},
+        "completion_rate": runs["completed"] / ended if ended else None,
+        "hang_rate": runs["killed"] / ended if ended else None,
+    }
+
+
+def targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
+    """The incident's three targets, each met, missed, or without data."""
+
+    def check(name: str, value: float | None, ok: bool) -> dict[str, Any]:
+        return {"target": name, "value": value, "met": None if value is None else ok}
+
+    seq, done, hang = fig["sequential_share"], fig["completion_rate"], fig["hang_rate"]
+    return [
+        check("sequential fallback usage < 20%", seq, seq is not None and seq < 0.20),
+        check("successful task completion > 95%", done, done is not None and done > 0.95),
+        check("script hangs 0%", hang, hang == 0),
+    ]
+
+
+def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
+    """Tuning advice the figures support: a key to change and why (none when all is well)."""
+    out: list[dict[str, str]] = []
+    seq = fig["sequential_share"]
+    peak_p95 = fig["tightest_percent"]["p95"]
+    high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
+    if seq is not None and seq > 0.30 and peak_p95 is not None and peak_p95 < 60:
+        out.append(
+            {
+                "key": "budget.reserve_percent / budget.reserve_tasks / "
+                "budget.pressure.headroom_high_percent",
+                "why": f"{seq:.0%} of pool requests got sequential while the tightest limit's "
+                f"use stayed under {peak_p95:.0f}% (p95): the reserve or the pressure "
+                "thresholds hold back more than the host needs; lower them a step",
+            }
+        )
+    elif seq is not None and seq > 0.30 and high > 0.2:
+        out.append(
+            {
+                "key": "programs.<name>.numprocs / the unit's TasksMax",
+                "why": f"{seq:.0%} of pool requests got sequential and the host was at high "
+                f"or extreme pressure {high:.0%} of the time: the host is really full; run "
+                "fewer jobs at once or raise the limit",
+            }
+        )
+    if fig["refused_spawns"] or fig["executor_fallbacks"]:
+        out.append(
+            {
+                "key": "budget.reserve_tasks / programs.<name>.contain",
+                "why": f"{fig['refused_spawns']} task creations were refused and jobs reported "
+                f"{sum(fig['executor_fallbacks'].values())} pool fallbacks: something started "
+                "more than it leased; raise reserve_tasks, and keep contain: true so a job "
+                "that overspends is refused in its own cgroup",
+            }
+        )
+    for kill in fig["limit_kills"]:
+        key = "wall_clock_limit" if kill["reason"] == "wall_clock_limit" else "progress_timeout"
+        out.append(
+            {
+                "key": f"programs.{kill['program']}.{key}",
+                "why": f"{kill['count']} runs of {kill['program']} were killed for "
+                f"{kill['reason']}: either they hung (read their output: supervisord-batt "
+                "tail) or the limit is shorter than a normal run",
+            }
+        )
+    return out
+
+
+def render(fig: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    def trio(d: dict[str, float | None], unit: str = "") -> str:
+        return "  ".join(f"{k} {'-' if v is None else f'{v:.0f}{unit}'}" for k, v in d.items())
+
+    w = fig["window"]
+    lines = [
+        f"supervisord-batt report: {w['first'] or '-'} .. {w['last'] or '-'}, "
+        f"{fig['stats_lines']} stats lines from {fig['daemons']} daemon(s)",
+        "",
+        "TARGET                               VALUE    MET",
+    ]
+    for t in targets(fig):
+        met = {True: "yes", False: "NO", None: "no data"}[t["met"]]
+        lines.append(f"{t['target']:<36} {pct(t['value']):<8} {met}")
+    g = fig["grants"]
+    lines += [
+        "",
+        f"host tasks          {trio(fig['host_tasks'])}",
+        f"tightest limit use  {trio(fig['tightest_percent'], '%')}",
+        "time at pressure    "
+        + "  ".join(f"{lv} {pct(s)}" for lv, s in fig["pressure_share"].items())
+        + f"  ({fig['pressure_changes']} changes)",
+        f"grants              process {g['process']}  thread {g['thread']}  "
+        f"sequential {g['sequential']}  (pool asked, sequential given: {fig['denied']})",
+        "executor fallbacks  "
+        + (", ".join(f"{k} {v}" for k, v in fig["executor_fallbacks"].items()) or "0"),
+        f"refused spawns      {fig['refused_spawns']}",
+        "limit kills         "
+        + (
+            ", ".join(f"{k['program']} {k['reason']} {k['count']}" for k in fig["limit_kills"])
+            or "0"
+        ),
+        "runs                " + "  ".join(f"{k} {v}" for k, v in fig["runs"].items()),
+        "",
+    ]
+    tips = advice(fig)
+    if not tips:
+        missed = [t for t in targets(fig) if t["met"] is False]
+        lines.append("advice: none" + ("" if missed else "; no target missed"))
+    for tip in tips:
+        lines.append(f"advice: {tip['key']}: {tip['why']}")
+    if fig["stats_lines"] == 0:
+        lines.append(
+            "note: no stats lines in this window (the daemon writes one every "
+            "daemon.stats_interval): the host and grant figures are empty"
+        )
+    return "\n".join(lines)
+
+
+def run_report(args: argparse.Namespace, config: Config | None) -> int:
+    try:
+        source = find_source(args, config)
+        keep = Filter(since=since_epoch(args.since))
+    except (NoEvents, ValueError) as exc:
+        print(f"supervisord-batt report: {exc}", file=sys.stderr)
+        return 2
+    print(f"supervisord-batt report: reading {source.describe()}", file=sys.stderr)
+    try:
+        fig = compute(event for _, event in events_in(source, keep) if event is not None)
+    except FileNotFoundError as exc:
+        print(f"supervisord-batt report: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(fig | {"targets": targets(fig), "advice": advice(fig)}))
+    else:
+        print(render(fig))
+    return 0

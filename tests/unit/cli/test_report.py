@@ -1,0 +1,82 @@
+"""The report's arithmetic on hand-made events: counters across daemons, the targets and
+the advice rules (pure: no daemon, no file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from supervisord_batt.cli.events import Filter, journal_message, parse
+from supervisord_batt.cli.report import advice, compute, targets
+
+
+def stats(pid: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event": "stats",
+        "pid": pid,
+        "tasks": 100,
+        "tightest_percent": 10.0,
+        "tightest_peak_percent": 10.0,
+        "grants": {},
+        "denied": 0,
+        "level_seconds": {"normal": 0, "high": 0, "extreme": 0},
+    }
+    return base | fields
+
+
+def test_counters_are_differences_within_one_daemon_and_add_across_daemons() -> None:
+    events = [
+        # daemon 1 was running before the window: its counters count from its first line
+        stats(1, grants={"process": 10, "sequential": 5}, denied=5),
+        stats(1, grants={"process": 14, "sequential": 9}, denied=8),
+        # daemon 2 started inside the window: from zero
+        {"event": "started", "pid": 2},
+        stats(2, grants={"process": 1, "sequential": 1}, denied=1),
+    ]
+    fig = compute(events)
+    assert fig["grants"] == {"process": 5, "thread": 0, "sequential": 5}
+    assert fig["denied"] == 4
+    assert fig["sequential_share"] == pytest.approx(4 / 9)  # 4 denied of 5 + 4 pool requests
+    assert fig["daemons"] == 2
+
+
+def test_time_shares_and_percentiles() -> None:
+    events = [
+        stats(1, tightest_percent=float(p), level_seconds={"normal": 10 * i, "high": i})
+        for i, p in enumerate(range(1, 101))
+    ]
+    fig = compute(events)
+    assert fig["tightest_percent"]["p50"] == 51 and fig["tightest_percent"]["max"] == 100
+    assert fig["pressure_share"]["normal"] == pytest.approx(10 / 11)
+
+
+def test_targets_and_advice_follow_the_figures() -> None:
+    exits = [{"event": "exit", "outcome": "completed"}] * 19 + [
+        {"event": "exit", "outcome": "killed"}
+    ]
+    strict = compute(
+        [stats(1), stats(1, grants={"sequential": 40, "process": 60}, denied=40), *exits]
+    )
+    met = {t["target"]: t["met"] for t in targets(strict)}
+    assert met == {
+        "sequential fallback usage < 20%": False,
+        "successful task completion > 95%": False,  # 19 of 20 is 95%, not more
+        "script hangs 0%": False,
+    }
+    keys = " ".join(a["key"] for a in advice(strict))
+    assert "budget.reserve_percent" in keys  # 40% sequential with the limit at 10%
+    busy = compute([stats(1, tightest_percent=90.0), stats(1, tightest_percent=90.0)])
+    assert advice(busy) == []
+
+
+def test_event_parsing_and_filters() -> None:
+    assert parse("<6>" + '{"event": "x"}') == {"event": "x"}  # journald priority prefix
+    assert parse("not json") is None and parse("[1]") is None
+    assert journal_message('{"MESSAGE": [123, 125]}') == "{}"
+    assert journal_message('{"MESSAGE": "line"}') == "line"
+    keep = Filter(program="batt")
+    assert keep.keeps({"instance": "batt:1"}) and not keep.keeps({"instance": "other:0"})
+    assert not keep.keeps(None)  # a non-JSON line is shown only when nothing narrows
+    assert Filter().keeps(None)
+    assert not Filter(level="warning").keeps({"level": "info"})
