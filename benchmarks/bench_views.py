@@ -1,0 +1,172 @@
+"""What the operator's views cost the daemon: its CPU share at a 1 s tick, plain vs viewed.
+
+Two daemons run side by side for the same `--seconds`, each supervising the same three
+idle programs (so the tick has instances, trees and leases to read), with the same
+sample_interval (1 s) and scan_interval (10 s):
+
+- plain: no metrics, nobody watching;
+- viewed: metrics on (the HTTP endpoint, scraped every `--scrape-every` seconds, and the
+  textfile rewritten every tick), `logs -f` following its log file, and `top` refreshing
+  every second in a real 80x24 terminal (tmux).
+
+Each holds one lease (a job's), renewed by this script. The figure is each daemon's CPU
+time (utime + stime from /proc/PID/stat) over the window, as a percentage of one core;
+both share the window, so host noise hits both. Target: the views add less than 0.2% of a
+core (the whole host monitor's budget at a 1 s tick), and no thread (the viewed daemon's
+thread count is printed).
+
+    python benchmarks/bench_views.py [--seconds 60] [--scrape-every 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from views import attached_views, free_port, metrics_config
+
+REPO = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+PROGRAMS = """programs:
+  idle:
+    command: [{python}, -c, "import time; time.sleep(100000)"]
+    numprocs: 3
+    output: {{mode: daemon}}
+"""
+
+
+def start(workdir: Path, extra: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    sock, log = workdir / "d.sock", workdir / "d.log"
+    config = workdir / "c.yaml"
+    config.write_text(
+        f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {log}\n"
+        "  sample_interval: 1s\n  scan_interval: 10s\n  log_level: info\n"
+        + extra
+        + PROGRAMS.format(python=sys.executable)
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                return proc, sock, log
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"daemon did not start; see {log}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return -1
+
+
+class Lease:
+    """One job's lease on a daemon, renewed every 10 s like a job's."""
+
+    def __init__(self, sock: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(sock))
+        self.file = self.sock.makefile("rwb")
+        self.lease = self.request({"op": "acquire", "want": 2, "job": "bench"})["lease"]
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        reply: dict[str, Any] = json.loads(self.file.readline())
+        return reply
+
+    def renew(self) -> None:
+        self.request({"op": "renew", "lease": self.lease})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--scrape-every", type=float, default=1.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="sbv-", dir="/tmp"))
+    (workdir / "plain").mkdir()
+    (workdir / "viewed").mkdir()
+    port = free_port()
+    textfile = workdir / "viewed" / "batt.prom"
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        plain, plain_sock, _ = start(workdir / "plain", "")
+        daemons.append(plain)
+        viewed, viewed_sock, viewed_log = start(workdir / "viewed", metrics_config(port, textfile))
+        daemons.append(viewed)
+        leases = [Lease(plain_sock), Lease(viewed_sock)]
+        with attached_views(viewed_sock, viewed_log, port, args.scrape_every) as views:
+            time.sleep(3)  # the views' start-up (imports, first screen) is not the steady state
+            before = {p.pid: cpu_seconds(p.pid) for p in daemons}
+            t0 = time.monotonic()
+            next_renew = t0 + 10
+            while (now := time.monotonic()) < t0 + args.seconds:
+                if now >= next_renew:
+                    for lease in leases:
+                        lease.renew()
+                    next_renew = now + 10
+                time.sleep(min(1.0, t0 + args.seconds - now))
+            wall = time.monotonic() - t0
+            after = {p.pid: cpu_seconds(p.pid) for p in daemons}
+            running = views.alive()
+        share = {p.pid: 100 * (after[p.pid] - before[p.pid]) / wall for p in daemons}
+        result = {
+            "seconds": round(wall, 1),
+            "plain_cpu_percent": round(share[plain.pid], 3),
+            "viewed_cpu_percent": round(share[viewed.pid], 3),
+            "views_cost_percent": round(share[viewed.pid] - share[plain.pid], 3),
+            "viewed_threads": threads(viewed.pid),
+            "views_running_at_end": running,
+            "textfile_bytes": textfile.stat().st_size if textfile.exists() else 0,
+        }
+    finally:
+        for proc in daemons:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"window {result['seconds']} s, tick 1 s, scrape every {args.scrape_every:g} s")
+        print(f"  plain daemon   {result['plain_cpu_percent']:.3f}% of a core")
+        print(f"  viewed daemon  {result['viewed_cpu_percent']:.3f}% of a core")
+        print(f"  views cost     {result['views_cost_percent']:+.3f}% of a core (target < 0.2%)")
+        print(f"  viewed daemon threads: {result['viewed_threads']}")
+        print(f"  views running at the end: {', '.join(result['views_running_at_end'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
