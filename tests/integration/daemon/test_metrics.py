@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 from tests.integration.conftest import DaemonHandle
 
 P = "supervisord_batt_"
@@ -183,3 +183,28 @@ def test_reload_moves_the_endpoint(metered: tuple[DaemonHandle, int]) -> None:
     assert samples(scrape(new_port))
     with pytest.raises(OSError):
         scrape(port)
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_exposed(
+    metered: tuple[DaemonHandle, int],
+) -> None:
+    import json
+    import re
+
+    handle, port = metered
+    with handle.client() as c:  # so that the labelled counters have a sample each
+        assert c.request("acquire", want=2, job="g")["ok"]
+        c.request("fallback", **{"from": "process", "to": "thread"})
+    exposed = set()  # every sample name a family announces, with or without samples yet
+    for family in text_string_to_metric_families(scrape(port)):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        exposed |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    dashboard = json.loads((REPO / "contrib" / "grafana" / "supervisord-batt.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"supervisord_batt_[a-z_]+", target["expr"])
+    }
+    queried |= set(re.findall(r"supervisord_batt_[a-z_]+", json.dumps(dashboard["templating"])))
+    assert queried and queried <= exposed, queried - exposed
