@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import os
 import resource
@@ -63,6 +64,7 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()  # supplementary groups when it connected
 
 
 @dataclass(eq=False)
@@ -94,21 +96,40 @@ def _code(exc: Exception) -> str:
 
 
 def peer_credentials(sock: socket.socket) -> Peer:
+    """Who is at the other end, as the kernel recorded it when the peer connected: its
+    pid, uid, gid (SO_PEERCRED) and supplementary groups (SO_PEERGROUPS). Both come from
+    the socket, never from /proc/PID: a peer that exits and whose pid is reused by a
+    process of another user cannot lend that process's groups to the connection."""
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     )
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, peer_groups(sock, pid))
 
 
-def _supplementary_groups(pid: int) -> set[int]:
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python names it in 3.13
+_MAX_OPTLEN = 1024  # the most Python's getsockopt reads: 256 groups
+
+
+def peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    """The peer's supplementary groups, from the socket. A peer in more than 256 groups
+    (more than getsockopt can return here) is read from /proc/PID/status instead; a
+    kernel that cannot say at all gives none (judged by uid and primary gid alone)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _MAX_OPTLEN)
+    except OSError as exc:
+        return _proc_groups(pid) if exc.errno == errno.ERANGE else frozenset()
+    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+
+
+def _proc_groups(pid: int) -> frozenset[int]:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"Groups:"):
-                    return {int(g) for g in line.split()[1:]}
+                    return frozenset(int(g) for g in line.split()[1:])
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 class PeerPolicy:
@@ -149,7 +170,7 @@ def _gids(names: tuple[str, ...], key: str) -> set[int]:
 
 
 def _in_groups(peer: Peer, gids: set[int]) -> bool:
-    return peer.gid in gids or bool(gids & _supplementary_groups(peer.pid))
+    return peer.gid in gids or bool(gids & peer.groups)
 
 
 def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socket.socket:
