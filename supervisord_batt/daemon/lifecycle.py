@@ -438,6 +438,9 @@ class MetricsOutputs:
         self.config = MetricsConfig()
         self.registry: Any = None
         self.endpoint: Any = None  # a MetricsEndpoint while listening
+        # one exposition per tick and format: the host figures change once a tick, and a
+        # scrape between two ticks gets the textfile's bytes (counters as of the tick)
+        self._rendered: dict[str, bytes] = {}  # content type -> exposition
 
     def _registry(self) -> Any:
         if self.registry is None:
@@ -467,7 +470,7 @@ class MetricsOutputs:
             return
         from supervisord_batt.daemon.metricshttp import MetricsEndpoint  # noqa: PLC0415
 
-        endpoint = MetricsEndpoint(config.listen, self._registry(), self._scrape_failed)
+        endpoint = MetricsEndpoint(config.listen, self.render, self._scrape_failed)
         try:
             await endpoint.start()
         except OSError as exc:
@@ -476,18 +479,30 @@ class MetricsOutputs:
             return
         self.endpoint = endpoint
 
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition in the format an Accept header asks for (the library chooses),
+        rendered at most once a tick per format."""
+        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+
+        encoder, content_type = choose_encoder(accept)
+        body = self._rendered.get(content_type)
+        if body is None:
+            body = self._rendered[content_type] = encoder(self._registry())
+        return body, content_type
+
     def _scrape_failed(self, exc: Exception) -> None:
         self.daemon.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
 
     def tick(self) -> None:
         """Rewrite the textfile; a full disk or a bad directory is counted, not fatal."""
+        self._rendered.clear()
         path = self.config.textfile
         if path is None:
             return
-        from supervisord_batt.daemon.metrics import write_textfile  # noqa: PLC0415
+        from supervisord_batt import safepath  # noqa: PLC0415
 
         try:
-            write_textfile(path, self._registry())
+            safepath.replace_file(path, self.render("")[0], 0o644)
         except OSError as exc:
             self.daemon.faults.emit(
                 "error", "metrics_textfile_failed", path=str(path), errno=exc.errno, reason=str(exc)

@@ -9,7 +9,7 @@ increment, never for a metrics library call.
 Two outputs, each off unless configured (`metrics.listen`, `metrics.textfile`): an HTTP
 endpoint served from the daemon's own event loop (`daemon.metricshttp`; the library's
 server would start a thread) and a textfile rewritten atomically every tick for
-node_exporter's textfile collector (`write_textfile`).
+node_exporter's textfile collector (`safepath.replace_file`).
 
 Names follow Prometheus' conventions: the `supervisord_batt_` prefix, base units in the
 name (`_tasks`, `_workers`, `_bytes`, `_seconds`), `_total` on counters.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,10 +26,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from supervisord_batt import protocol, safepath
+from supervisord_batt import protocol
 from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.daemon.tallies import Tallies
@@ -199,9 +197,3 @@ def registry_for(collector: DaemonCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry
-
-
-def write_textfile(path: Path, registry: CollectorRegistry) -> None:
-    """Replace `path` with the current metrics, atomically: node_exporter never reads a
-    half-written file (see `safepath.replace_file`)."""
-    safepath.replace_file(path, generate_latest(registry), 0o644)

@@ -3,8 +3,8 @@
 prometheus-client's own server (`start_http_server`) runs in a thread, and the daemon
 starts none: a host out of threads is exactly when the metrics matter. So this is a small
 HTTP/1.1 responder on asyncio: one GET (or HEAD) per connection, answered and closed.
-The body is the library's exposition (`choose_encoder` honours the scraper's Accept
-header, as the library's server does).
+The body is the library's exposition, in the format the scraper's Accept header asks
+for (`render`: the daemon's, which renders once a tick).
 
 What a peer can make it do is bounded: a request head of at most 8 KiB read within 5 s,
 at most 16 connections at once (more are closed at once), nothing kept after the reply.
@@ -17,9 +17,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
-
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="metrics")
@@ -29,7 +26,10 @@ HEAD_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
 
 
-def respond(head: bytes, registry: CollectorRegistry) -> bytes:
+Render = Callable[[str], tuple[bytes, str]]  # Accept header -> (body, content type)
+
+
+def respond(head: bytes, render: Render) -> bytes:
     """The whole HTTP response to one request head (pure, but for the scrape itself)."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
@@ -48,8 +48,7 @@ def respond(head: bytes, registry: CollectorRegistry) -> bytes:
         name, _, value = line.partition(":")
         if name.strip().lower() == "accept":
             accept = value.strip()
-    encoder, content_type = choose_encoder(accept)
-    body = encoder(registry)
+    body, content_type = render(accept)
     header = _head(200, "OK", content_type, len(body))
     return header if method == "HEAD" else header + body
 
@@ -101,7 +100,7 @@ class _Exchange(asyncio.Protocol):
                 self._reply(_plain(431, "Request Header Fields Too Large", "head too large\n"))
             return
         try:
-            response = respond(bytes(self.buffer[:end]), self.endpoint.registry)
+            response = respond(bytes(self.buffer[:end]), self.endpoint.render)
         except Exception as exc:  # a collector bug: the scrape fails, the daemon serves on
             self.endpoint.on_error(exc)
             response = _plain(500, "Internal Server Error", "metrics failed; see the log\n")
@@ -126,11 +125,11 @@ class MetricsEndpoint:
     def __init__(
         self,
         address: tuple[str, int],
-        registry: CollectorRegistry,
+        render: Render,
         on_error: Callable[[Exception], Any],
     ) -> None:
         self.address = address
-        self.registry = registry
+        self.render = render
         self.on_error = on_error
         self.open: set[_Exchange] = set()
         self.scrapes = 0
