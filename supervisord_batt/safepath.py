@@ -41,6 +41,8 @@ def dir_problem(path: Path, uid: int | None = None) -> str | None:
     `path` must exist. Checks the path as given (its symlinks) and as resolved.
     """
     owners = _owners(uid)
+    if ".." in Path(path).parts:  # abspath would drop "link/.." lexically; the kernel not
+        return f"{path} has a '..' component: name the directory itself"
     path = Path(os.path.abspath(path))
     for p in (path, *path.parents):
         try:

@@ -320,7 +320,7 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
                 fail(why, "daemon", key, i)
     for key in ("log_file", "pid_file"):
         path = getattr(d, key)
-        if path is not None and (why := _dir_problem(path.parent, strict=key == "log_file")):
+        if path is not None and (why := _dir_problem(path.parent, strict=True)):
             fail(why, "daemon", key)
     textfile = config.metrics.textfile
     if textfile is not None and (why := _dir_problem(textfile.parent, strict=True)):

@@ -145,6 +145,8 @@ def absolute_path(node: Node) -> Path:
     text = string(node)
     if not os.path.isabs(text):
         raise Invalid(f"expected an absolute path, got {text!r}")
+    if ".." in Path(text).parts:  # after a symlink, ".." is not where it reads as being
+        raise Invalid(f"expected a path without '..', got {text!r}")
     return Path(text)
 
 

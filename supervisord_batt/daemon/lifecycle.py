@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisord_batt import __version__, logs, paths
+from supervisord_batt import __version__, logs, paths, safepath
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config, MetricsConfig
@@ -209,11 +209,9 @@ class Daemon:
     def _write_pid_file(self) -> None:
         """daemon.pid_file: written once the socket serves, removed at shutdown."""
         path = self.config.daemon.pid_file
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f"{os.getpid()}\n")
-            tmp.replace(path)  # atomic: a reader never sees a half-written pid
+        if path is not None:  # in a directory no other user controls, through no link
+            safepath.make_dir(path.parent, 0o755)
+            safepath.replace_file(path, f"{os.getpid()}\n".encode(), 0o644)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -499,8 +497,6 @@ class MetricsOutputs:
         path = self.config.textfile
         if path is None:
             return
-        from supervisord_batt import safepath  # noqa: PLC0415
-
         try:
             safepath.replace_file(path, self.render("")[0], 0o644)
         except OSError as exc:

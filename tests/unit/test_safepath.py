@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisord_batt import safepath
 from supervisord_batt.safepath import UntrustedPath, check_dir, dir_problem, make_dir, open_append
 
 OTHER_UID = 54321  # a uid nobody on the machine has: only ownership is compared
@@ -107,3 +108,34 @@ def test_a_symlink_owned_by_another_uid_on_the_way_is_not(tmp_path: Path) -> Non
     link.symlink_to(d)
     os.chown(link, OTHER_UID, -1, follow_symlinks=False)
     assert "symlink owned by uid" in (dir_problem(link) or "")
+
+
+def test_a_dot_dot_after_a_symlink_is_refused(tmp_path: Path) -> None:
+    # private/link -> elsewhere/deep; "private/link/.." is elsewhere to the kernel, but
+    # private to a lexical normalisation: the path is refused outright
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere" / "deep"
+    elsewhere.mkdir(parents=True)
+    (private / "link").symlink_to(elsewhere)
+    problem = safepath.dir_problem(private / "link" / "..")
+    assert problem is not None and "'..'" in problem
+
+
+def test_replace_file_replaces_atomically_and_never_follows_a_link(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    target = directory / "m.prom"
+    safepath.replace_file(target, b"one\n")
+    safepath.replace_file(target, b"two\n")
+    assert target.read_bytes() == b"two\n" and oct(target.stat().st_mode & 0o777) == "0o644"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    target.unlink()
+    target.symlink_to(victim)  # a link planted at the name: replaced, not followed
+    safepath.replace_file(target, b"three\n")
+    assert victim.read_bytes() == b"keep" and not target.is_symlink()
+    (directory / ".m.prom.tmp").symlink_to(victim)  # and at the temporary name
+    safepath.replace_file(target, b"four\n")
+    assert victim.read_bytes() == b"keep" and target.read_bytes() == b"four\n"
+    assert [p.name for p in directory.iterdir()] == ["m.prom"]

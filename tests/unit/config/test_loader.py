@@ -787,3 +787,9 @@ def test_config_to_dict_shape(tmp_path: Path) -> None:
     assert plain["daemon"]["socket_mode"] == "0600"
     assert plain["budget"]["memory_per_slot"] == 1024**3
     assert plain["programs"]["alpha"]["stop_signal"] == "SIGKILL"
+
+
+def test_a_path_with_dot_dot_is_refused_with_its_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config_text("daemon:\n  log_file: /var/log/link/../x.log\n")
+    assert "daemon.log_file (line 2)" in str(err.value) and "'..'" in str(err.value)
