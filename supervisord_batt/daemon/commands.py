@@ -72,6 +72,10 @@ class Commands:
     lease_changed: Callable[[Connection], None] = lambda conn: None
     started_at: float = field(default_factory=time.monotonic)
     tallies: Tallies = field(default_factory=Tallies)
+    # the daemon's own faults (a bug in containment): counted, one line a second at most
+    faults: Throttle = field(
+        default_factory=lambda: Throttle(1, summary="faults_suppressed", about="faults")
+    )
     # a job in a loop of failing pools must not flood the log: 10 lines a second, counted
     fallback_log: Throttle = field(
         default_factory=lambda: Throttle(
@@ -101,7 +105,17 @@ class Commands:
             )
         reply = method(conn, msg)
         if op in LEASE_OPS:
-            self.lease_changed(conn)
+            try:
+                self.lease_changed(conn)
+            except Exception as exc:  # the lease stands: its holder must learn it
+                self.faults.emit(
+                    "error",
+                    "containment_failed",
+                    uid=conn.peer.uid,
+                    pid=conn.peer.pid,
+                    reason=repr(exc),
+                    exc_info=exc,
+                )
         if "id" not in msg:
             return reply  # type: ignore[no-any-return]
         if isinstance(reply, dict):

@@ -58,6 +58,8 @@ class Daemon:
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
         self.containment = Containment(self.ledger, self.supervisor)
+        # what the host ran out of (descriptors for accept, scan): counted, never fatal
+        self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
         self.commands = Commands(
             ledger=self.ledger,
             lease_log=self.lease_log,
@@ -68,6 +70,7 @@ class Daemon:
             sample=lambda: self.sample,
             pressure_reason=lambda: self.pressure_reason,
             lease_changed=self.containment.follow,
+            faults=self.faults,
         )
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
@@ -80,8 +83,6 @@ class Daemon:
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
         self._reload_lock = asyncio.Lock()
-        # what the host ran out of (descriptors for accept, scan): counted, never fatal
-        self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.metrics = MetricsOutputs(self)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import structlog.testing
 
 from supervisord_batt import protocol
 from supervisord_batt.budget.ledger import BudgetLedger
@@ -223,3 +224,26 @@ def test_a_connection_holds_at_most_16_leases(world: World) -> None:
     assert world.call(conn, op="release", lease=leases[0]["lease"])["ok"]
     assert world.call(conn, op="acquire", want=1, kinds=["thread"])["ok"]  # room again
     assert world.call(world.connect(), op="acquire", want=1, kinds=["thread"])["ok"]
+
+
+def test_a_failing_containment_still_tells_the_holder_its_lease(world: World) -> None:
+    def broken(conn: Connection) -> None:
+        raise RuntimeError("a bug in containment")
+
+    world.commands.lease_changed = broken
+    conn = world.connect()
+    with structlog.testing.capture_logs() as lines:
+        reply = world.call(conn, op="acquire", want=2)
+    assert reply["ok"] and reply["lease"], reply
+    assert [x["event"] for x in lines if x["event"] == "containment_failed"] == [
+        "containment_failed"
+    ]
+    assert world.call(conn, op="release", lease=reply["lease"])["ok"]
+
+
+def test_fallback_reports_are_counted_and_logged(world: World) -> None:
+    conn = world.connect()
+    for _ in range(3):
+        reply = world.call(conn, op="fallback", **{"from": "thread", "to": "sequential"})
+        assert reply["ok"], reply
+    assert world.commands.tallies.fallbacks[("thread", "sequential")] == 3
