@@ -265,8 +265,12 @@ class Daemon:
 
     async def _sighup_reloads(self) -> None:
         while True:
-            with contextlib.suppress(ReloadRejected):
+            try:
                 await self.reload(by={"by": "SIGHUP"})
+            except ReloadRejected:
+                pass  # logged as reload_rejected, with its reasons
+            except Exception as exc:  # a bug: said once, with its traceback; the loop runs on
+                log.exception("reload_failed", by="SIGHUP", reason=repr(exc))
             if not self._hup_pending:
                 return
 
