@@ -309,15 +309,17 @@ class Commands:
         -> {"ok":true,"data":"...","start":S,"offset":E,"truncated":false,"path":"..."}"""
         target = msg["target"] if ":" in msg["target"] else f"{msg['target']}:0"
         stream = msg.get("stream", "stdout")
+        # rights first: a peer that may not read an instance learns nothing of it
+        if not conn.admin and self._runs_as(target) != conn.peer.uid:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                f"uid {conn.peer.uid} may not read {target}: no instance of that name runs "
+                "as that uid",
+            )
         sink = self.supervisor.sinks.get((target, stream))
         if sink is None:
             raise protocol.ProtocolError(
                 protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
-            )
-        if not conn.admin and self._runs_as(target) != conn.peer.uid:
-            raise protocol.ProtocolError(
-                protocol.FORBIDDEN,
-                f"uid {conn.peer.uid} may not read {target}: it does not run as that uid",
             )
         limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
         return protocol.ok(
@@ -327,8 +329,11 @@ class Commands:
         )
 
     def _runs_as(self, instance: str) -> int | None:
-        """The uid an instance's program runs as (None: unknown user)."""
-        program = self.supervisor.instances[instance].program
+        """The uid an instance's program runs as (None: no such instance, unknown user)."""
+        inst = self.supervisor.instances.get(instance)
+        if inst is None:
+            return None
+        program = inst.program
         if program.user is None:
             return os.geteuid()
         try:

@@ -653,7 +653,9 @@ class Server:
 
     def holder(self, key: str) -> Connection | None:
         """The open connection a lease holder key names (`Connection.key`), if any."""
-        conn = self.connections.get(int(key[1:])) if key[:1] == "c" and key[1:].isdigit() else None
+        number = key[1:]
+        ours = key[:1] == "c" and number.isascii() and number.isdecimal()
+        conn = self.connections.get(int(number)) if ours else None
         return conn if conn is not None and conn.key == key else None
 
     def sweep_idle(self, now: float) -> None:

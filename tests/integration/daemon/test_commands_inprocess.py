@@ -247,3 +247,9 @@ def test_fallback_reports_are_counted_and_logged(world: World) -> None:
         reply = world.call(conn, op="fallback", **{"from": "thread", "to": "sequential"})
         assert reply["ok"], reply
     assert world.commands.tallies.fallbacks[("thread", "sequential")] == 3
+
+
+def test_a_peer_without_rights_learns_nothing_from_tail(world: World) -> None:
+    stranger = world.connect(uid=54321, admin=False)
+    reply = world.call(stranger, op="tail", target="nosuch:0")
+    assert reply["error"]["code"] == protocol.FORBIDDEN  # not not_found: no oracle
