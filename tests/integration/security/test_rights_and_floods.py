@@ -247,3 +247,60 @@ def test_one_uids_connection_flood_locks_out_no_one(
             timeout=10,
             what="the summaries to account for every refusal",
         )
+
+
+# connects, is served once, then waits until the daemon closes the connection
+HOLD = textwrap.dedent(
+    """
+    import json, socket, sys
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    s.sendall(b'{"op":"status"}\\n')
+    f = s.makefile("rb")
+    print("served" if json.loads(f.readline()).get("ok") else "refused", flush=True)
+    print("closed" if f.readline() == b"" else "open", flush=True)
+    """
+)
+
+
+def test_a_reload_that_drops_a_user_closes_its_open_connection(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    import yaml
+
+    user = test_user()
+    d = shared(daemon({"daemon": {"socket_mode": "0666", "allowed_uids": [user.uid]}}))
+    proc = subprocess.Popen(
+        [interpreter_for_others(), "-c", HOLD, str(d.socket)],
+        preexec_fn=drop_to(user),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    with killing(proc):  # type: ignore[arg-type]
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "served"
+        config = yaml.safe_load(d.config_path.read_text())
+        config["daemon"]["allowed_uids"] = []
+        d.config_path.write_text(yaml.safe_dump(config))
+        with d.client() as c:
+            assert c.request("reload")["ok"]
+        assert proc.stdout.readline().strip() == "closed"
+        proc.wait(timeout=30)
+    refused = wait_until(lambda: d.events("peer_refused"))
+    assert refused[0]["uid"] == user.uid and "reload" in refused[0]["reason"]
+
+
+def test_a_reload_applies_the_message_limit_to_open_connections(
+    daemon: Callable[..., Any],
+) -> None:
+    import yaml
+
+    d = daemon({})
+    with d.client() as c:
+        padded = {"op": "status", "id": "x" * 4000}
+        assert c.request(**padded)["ok"]
+        config = yaml.safe_load(d.config_path.read_text())
+        config["daemon"]["max_message_bytes"] = 1024
+        d.config_path.write_text(yaml.safe_dump(config))
+        assert c.request("reload")["ok"]
+        reply = c.request(**padded)
+        assert reply["error"]["code"] == "too_large", reply
