@@ -17,6 +17,10 @@ Why each guard exists (see docs/FACTS.md, measured on loky 3.6.0 and 3.7.0):
 - every wait is a poll in slices with a health check, because with loky <= 3.6.0 a
   refused feeder thread kills the manager thread and no future ever resolves (hang A);
 - a kind that failed is not retried on every task; a grow gets it one more chance.
+
+Inner threads fit the grant (client.inner): loky workers are spawned with OMP/BLAS
+variables set to cpus / workers, and a thread pool caps the process's BLAS with
+threadpoolctl while it runs, so n workers never run n threads each.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,8 +43,8 @@ from typing import Any, Protocol, TypeVar
 import psutil
 from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
 from loky import __version__ as loky_version
-from loky.process_executor import BrokenProcessPool  # type: ignore[import-untyped]
 
+from supervisord_batt.client import inner
 from supervisord_batt.client.notice import warn
 from supervisord_batt.protocol import KINDS
 
@@ -86,7 +91,8 @@ class Fallback:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    """A creation refused by a pid/thread limit, or a pool broken by one."""
+    """A creation refused by a pid/thread limit, or a pool broken by one (loky's
+    BrokenProcessPool, standalone or joblib's copy, subclasses the standard library's)."""
     if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
         return True
     if isinstance(exc, RuntimeError) and (
@@ -140,12 +146,18 @@ class _Sequential:
 
 
 class _Threads:
-    """A ThreadPoolExecutor whose n threads are all started (or refused) up front."""
+    """A ThreadPoolExecutor whose n threads are all started (or refused) up front.
+
+    With `inner_threads`, the process's BLAS/OpenMP pools are capped at that many while
+    the pool lives (threadpoolctl): its threads share them."""
 
     kind = "thread"
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, inner_threads: int | None = None) -> None:
         self.size = n
+        self._limits = contextlib.ExitStack()
+        if inner_threads is not None:
+            self._limits.enter_context(inner.limit_here(inner_threads))
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="supervisord-batt")
         gate = threading.Event()
         started = 0
@@ -157,6 +169,7 @@ class _Threads:
         except RuntimeError as exc:
             gate.set()
             self.pool.shutdown(wait=True, cancel_futures=True)  # joins those that started
+            self._limits.close()
             raise PoolFailure("thread start", _describe(exc), threads_started=started) from exc
         gate.set()
 
@@ -172,25 +185,38 @@ class _Threads:
     def close(self, *, stuck: bool = False) -> None:
         # a timed-out task's thread cannot be stopped: do not wait for it here
         self.pool.shutdown(wait=not stuck, cancel_futures=True)
+        self._limits.close()
 
 
 _live_loky: set[int] = set()  # worker pids of every live _Loky, so one never kills another's
 
 
 class _Loky:
-    """One loky ProcessPoolExecutor, warmed up at creation, killed by pid when closed."""
+    """One loky ProcessPoolExecutor, warmed up at creation, killed by pid when closed.
+
+    `env` is set in each worker (its inner thread limits); `make` builds the executor
+    instead of a plain ProcessPoolExecutor (the joblib backend passes joblib's own, so
+    its memmapping and reuse work), and gets the same guards."""
 
     kind = "process"
 
-    def __init__(self, n: int, warmup_limit: float = 120.0) -> None:
+    def __init__(
+        self,
+        n: int,
+        warmup_limit: float = 120.0,
+        *,
+        env: dict[str, str] | None = None,
+        make: Callable[[], Any] | None = None,
+        version: str | None = None,
+    ) -> None:
         self.size = n
-        self.loky_version = str(loky_version)
+        self.loky_version = str(loky_version) if version is None else version
         self.me = psutil.Process()
         self.before = {c.pid for c in self.me.children()}
         self.pids: set[int] = set()
         self.ex: Any = None
         try:
-            self.ex = ProcessPoolExecutor(max_workers=n)
+            self.ex = make() if make is not None else ProcessPoolExecutor(max_workers=n, env=env)
         except BaseException as exc:
             self.close(stuck=True)
             if isinstance(exc, Exception) and _is_refusal(exc):
@@ -207,6 +233,8 @@ class _Loky:
                     raise PoolFailure("warm-up", reason, **self._detail())
                 wait([fut], timeout=0.2)
             fut.result()
+            self.pids.update(self.ex._processes)
+            _live_loky.update(self.pids)
         except PoolFailure:
             self.close(stuck=True)
             raise
@@ -371,6 +399,7 @@ class BudgetExecutor:
         self.renew_interval = renew_interval
         self.fallbacks: list[Fallback] = []
         self.kinds_used: list[str] = []
+        self.inner_threads: dict[str, int] = {}  # per kind made: threads each worker got
         self._backend: _Backend | None = None
         self._failed: set[str] = set()
         self._failed_at = 0  # grant size when a kind last failed
@@ -423,16 +452,18 @@ class BudgetExecutor:
         while True:
             try:
                 backend: _Backend
+                threads = inner.inner_threads(kind, n, tight=bool(getattr(self.grant, "tight", 0)))
                 if kind == "process":
-                    backend = _Loky(n)
+                    backend = _Loky(n, env=inner.inner_env(threads))
                 elif kind == "thread":
-                    backend = _Threads(n)
+                    backend = _Threads(n, inner_threads=threads)
                 else:
                     backend = _Sequential()
             except PoolFailure as exc:
                 kind = self._fell(kind, n, exc)
                 continue
             self.kinds_used.append(kind if kind == "sequential" else f"{kind}:{n}")
+            self.inner_threads[kind] = threads
             return backend
 
     def _fell(self, kind: str, n: int, exc: PoolFailure) -> str:

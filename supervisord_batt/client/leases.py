@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import paths, protocol
+from supervisord_batt.client import inner
 from supervisord_batt.client.notice import warn
 
 if TYPE_CHECKING:
@@ -42,13 +43,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 5.0
 KINDS = protocol.KINDS  # re-exported for jobs: the kinds a grant can be
-# env exported by `exec` so loky, OpenMP and BLAS size themselves from the grant
-THREAD_ENV_VARS = (
-    "LOKY_MAX_CPU_COUNT",
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-)
+# env exported by `exec` so loky sizes its pool from the grant (the worker count) ...
+WORKER_ENV_VARS = ("LOKY_MAX_CPU_COUNT",)
+# ... and OpenMP and BLAS size each worker's inner threads from it (cpus / workers)
+INNER_THREAD_ENV_VARS = inner.INNER_THREAD_ENV_VARS
 
 
 class DaemonError(Exception):
@@ -187,6 +185,7 @@ class Grant:
     degraded: bool = True
     reason: str = ""
     ttl: float = 60.0
+    wanted: int = 0  # workers asked for (0: not known)
     _conn: Connection | None = field(default=None, repr=False, compare=False)
     _renewed_at: float = field(default_factory=time.monotonic, repr=False, compare=False)
 
@@ -203,6 +202,23 @@ class Grant:
         if self.kind == "sequential":
             return 1
         return max(0, self.target)
+
+    @property
+    def tight(self) -> bool:
+        """The budget has no CPU to spare for inner threads: the daemon is under
+        pressure, or it granted fewer workers than were wanted."""
+        if self.level in inner.TIGHT_LEVELS:
+            return True
+        return not self.degraded and 0 < self.size < self.wanted
+
+    @property
+    def inner_threads(self) -> int:
+        """Threads each worker may start inside (BLAS, OpenMP); see client.inner."""
+        return inner.for_grant(self)
+
+    def describe(self) -> str:
+        """`process:2`, `thread:3` or `sequential`, as the daemon's logs write a grant."""
+        return self.kind if self.kind == "sequential" else f"{self.kind}:{self.size}"
 
     def _update(self, reply: dict[str, Any]) -> None:
         self.kind = str(reply.get("kind", self.kind))
@@ -332,17 +348,45 @@ def lease(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Iterator[Grant]:
     """Lease up to `want` workers for the block; degrade (never raise) without a daemon."""
+    grant = acquire(
+        want,
+        kinds=kinds,
+        job=job,
+        socket_path=socket_path,
+        fallback=fallback,
+        fallback_workers=fallback_workers,
+        timeout=timeout,
+    )
+    try:
+        yield grant
+    finally:
+        grant.release()
+
+
+def acquire(
+    want: int,
+    *,
+    kinds: Sequence[str] = KINDS,
+    job: str | None = None,
+    socket_path: str | os.PathLike[str] | None = None,
+    fallback: str = "sequential",
+    fallback_workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+    quiet: bool = False,
+) -> Grant:
+    """lease() without the block: the caller must call release(). For code whose lease
+    does not follow a `with` (a joblib backend: configure, then terminate). `quiet`
+    leaves the warning about an unreachable daemon to the caller."""
     path = Path(socket_path) if socket_path is not None else default_socket_path()
     grant = _acquire(path, want, list(kinds), job, timeout)
     if grant is None or grant.degraded:
         why = grant.reason if grant is not None else "unknown"
         grant = _degraded(fallback, fallback_workers)
-        desc = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
-        warn(f"daemon not reachable at {path} ({why}); running {desc}")
-    try:
-        yield grant
-    finally:
-        grant.release()
+        grant.reason = f"daemon not reachable at {path} ({why})"
+        if not quiet:
+            warn(f"{grant.reason}; running {grant.describe()}")
+    grant.wanted = max(0, int(want))
+    return grant
 
 
 def _acquire(
@@ -372,14 +416,17 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def child_env(grant: Grant, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment that sizes an unmodified program from the grant."""
+    """The environment that sizes an unmodified program from the grant: its pool from
+    the worker count, each worker's inner threads (BLAS, OpenMP) from cpus / workers,
+    so n workers never run n threads each on fewer than n x n CPUs."""
     env = dict(os.environ if base is None else base)
     n = 1 if grant.kind == "sequential" else max(1, grant.size)
     env[paths.WORKERS_ENV] = str(n)
     env[paths.KIND_ENV] = grant.kind
     env[paths.LEASE_ENV] = grant.lease_id or ""
-    for name in THREAD_ENV_VARS:
+    for name in WORKER_ENV_VARS:
         env[name] = str(n)
+    env.update(inner.inner_env(grant.inner_threads))
     return env
 
 

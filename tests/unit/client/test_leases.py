@@ -267,15 +267,17 @@ def test_exec_exports_env_and_passes_exit_code(
     code = (
         "import json, os, sys; "
         f"json.dump({{k: v for k, v in os.environ.items() if k.startswith(('SUPERVISORD_BATT_', "
-        f"'LOKY_', 'OMP_', 'OPENBLAS_', 'MKL_'))}}, open({str(out)!r}, 'w')); sys.exit(3)"
+        f"'LOKY_', 'OMP_', 'OPENBLAS_', 'MKL_', 'BLIS_', 'VECLIB_', 'NUMEXPR_'))}}, open({str(out)!r}, 'w')); sys.exit(3)"
     )
     assert exec_main([sys.executable, "-c", code], want=2, job="t") == 3
     env = json.loads(out.read_text())
     assert env["SUPERVISORD_BATT_WORKERS"] == "2"
     assert env["SUPERVISORD_BATT_KIND"] == "process"
     assert env["SUPERVISORD_BATT_LEASE"] == ""
-    for name in client.THREAD_ENV_VARS:
-        assert env[name] == "2", name
+    assert env["LOKY_MAX_CPU_COUNT"] == "2"  # the pool's size
+    inner_threads = str(max(1, client.inner.cpu_count() // 2))  # each worker's BLAS
+    for name in client.INNER_THREAD_ENV_VARS:
+        assert env[name] == inner_threads, name
 
 
 def test_exec_sequential_exports_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
