@@ -498,6 +498,10 @@ class _Link(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(protocol.encode(protocol.error(code, why)))
+        server = self.server
+        if len(server.links) + server.backlog > server.fd_cap:
+            transport.close()  # a flood: no descriptor is kept for courtesy
+            return
         if transport.can_write_eof():
             transport.write_eof()
         self.linger = asyncio.get_running_loop().call_later(_REFUSE_LINGER_S, transport.close)
@@ -529,19 +533,25 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._bound: tuple[int, int] | None = None
         self.fd_cap = descriptor_cap()  # connections the descriptor limit leaves room for
+        self.backlog = 128  # sockets asyncio accepts per wakeup (set at start)
         self.accepting = True
 
     async def start(self) -> None:
         self.fd_cap = descriptor_cap()
+        # asyncio accepts up to `backlog` sockets per wakeup before any of them is refused
+        # and closed: a burst that size must fit in the descriptors' room, so the batch
+        # (and the kernel queue, which asyncio sets to the same) is a quarter of it
+        backlog = self.backlog = max(
+            8, min(max(128, self.config.max_connections), self.fd_cap // 4)
+        )
         sock = bind_socket(
-            self.path,
-            self.config.socket_mode,
-            self.config.socket_group,
-            backlog=max(128, self.config.max_connections),
+            self.path, self.config.socket_mode, self.config.socket_group, backlog=backlog
         )
         self._bound = socket_identity(self.path)  # shutdown removes this file and no other
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Link(self), sock=sock)
+        self._server = await loop.create_unix_server(
+            lambda: _Link(self), sock=sock, backlog=backlog
+        )
         log.info("listening", socket=str(self.path), mode=oct(self.config.socket_mode))
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ hard, so raising the soft limit cannot help) while one allowed user floods it.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import textwrap
@@ -94,3 +95,51 @@ def test_a_flood_is_refused_before_descriptors_run_out(
     assert not d.events("spawn_failed"), d.events("spawn_failed")
     assert not d.events("loop_error") and "Traceback" not in d.log_text()
     assert d.proc.poll() is None
+
+
+# opens N connections as fast as it can and holds each, reading nothing
+HOLDER = textwrap.dedent(
+    """
+    import socket, sys, time
+    path, n = sys.argv[1], int(sys.argv[2])
+    held = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        held.append(s)
+    print(len(held), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_refused_peers_that_linger_cannot_use_up_the_descriptors(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    # A refused peer gets its reason and, normally, a second to read it; once lingering
+    # sockets and an accept batch would not fit the descriptor room, refused sockets are
+    # closed at once. A burst faster than the loop can close still meets EMFILE in
+    # asyncio's accept (which pauses accepting for a second): the daemon must come out
+    # of it serving, with no descriptor kept.
+    stranger = test_user()
+    d = daemon({"daemon": {"socket_mode": "0666"}}, preexec_fn=_low_nofile)
+    d.workdir.chmod(0o755)
+    baseline = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+    holder = subprocess.Popen(
+        [interpreter_for_others(), "-c", HOLDER, str(d.socket), "400"],
+        preexec_fn=drop_to(stranger),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    with killing(holder):
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "400"
+        wait_until(lambda: d.status()["ok"], timeout=10, what="root served during the flood")
+        # at most the room left for lingering, never the whole limit
+        assert len(os.listdir(f"/proc/{d.proc.pid}/fd")) < NOFILE
+    wait_until(
+        lambda: len(os.listdir(f"/proc/{d.proc.pid}/fd")) <= baseline + 1,
+        timeout=10,
+        what="every refused socket closed",
+    )
+    assert d.proc.poll() is None and "Traceback" not in d.log_text()
