@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -33,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from views import attached_views, free_port, metrics_config  # noqa: E402
+
 ACQUIRE = json.dumps({"op": "acquire", "want": 2, "job": "bench"}).encode() + b"\n"
 # --op hello: two no-op requests of the same size instead, to measure the daemon's socket
 # path (framing, decode, dispatch, encode) apart from what acquire and release do
@@ -127,13 +132,13 @@ def run_cell(
 
 
 def start_daemon(
-    workdir: Path, nice: int, lease_log_rate: int | None = None
+    workdir: Path, nice: int, lease_log_rate: int | None = None, metrics: str = ""
 ) -> subprocess.Popen[bytes]:
     sock = workdir / "d.sock"
     rate = "" if lease_log_rate is None else f"  lease_log_rate: {lease_log_rate}\n"
     (workdir / "c.yaml").write_text(
         f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {workdir / 'd.log'}\n"
-        f"  max_connections: 512\n{rate}budget:\n  cpu_cap: 64\n  max_per_lease: 8\n"
+        f"  max_connections: 512\n{rate}budget:\n  cpu_cap: 64\n  max_per_lease: 8\n" + metrics
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
@@ -214,17 +219,33 @@ def main() -> int:
         default=0,
         help="priority of both servers, the daemon and the echo floor (default 0)",
     )
+    ap.add_argument(
+        "--views",
+        action="store_true",
+        help="metrics on (endpoint scraped every second, textfile every tick), with `logs -f`"
+        " and `top` (in tmux) attached to the daemon while it is measured",
+    )
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="sbb-", dir="/tmp"))
+    port = free_port()
+    metrics = metrics_config(port, workdir / "batt.prom") if args.views else ""
     ready = mp.Event()
     echo_path = str(workdir / "e.sock")
     echo = mp.Process(target=_echo_server, args=(echo_path, ready, args.nice), daemon=True)
     echo.start()
     ready.wait(10)
-    daemon = start_daemon(workdir, args.nice, args.lease_log_rate)
+    daemon = start_daemon(workdir, args.nice, args.lease_log_rate, metrics)
     rows = []
+    views = contextlib.ExitStack()
     try:
+        attached = "none"
+        if args.views:
+            running = views.enter_context(
+                attached_views(workdir / "d.sock", workdir / "d.log", port, scrape_every=1.0)
+            )
+            time.sleep(2)  # their start-up is not what is measured
+            attached = ", ".join(running.alive())
         for n in counts:
             rounds = []
             for r in range(args.rounds):
@@ -250,6 +271,7 @@ def main() -> int:
                 )
             rows.append({"clients": n, **_medians(rounds), "rounds": rounds})
     finally:
+        views.close()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=20)
         log_lines = _log_counts(workdir / "d.log")
@@ -257,8 +279,9 @@ def main() -> int:
         echo.join(10)
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        print(json.dumps({"cells": rows, "daemon_log": log_lines}, indent=2))
+        print(json.dumps({"cells": rows, "daemon_log": log_lines, "views": attached}, indent=2))
         return 0
+    print(f"views attached: {attached}")
     print(
         f"{'clients':>7} | {'echo p50':>9} {'p99':>9} {'pairs/s':>9} | "
         f"{'daemon p50':>10} {'p99':>9} {'pairs/s':>9} | {'x p50':>6} {'x p99':>6} {'x tput':>6}"
