@@ -41,8 +41,6 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import psutil
-from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
-from loky import __version__ as loky_version
 
 from supervisord_batt.client import inner
 from supervisord_batt.client.notice import warn
@@ -209,14 +207,24 @@ class _Loky:
         make: Callable[[], Any] | None = None,
         version: str | None = None,
     ) -> None:
+        if make is None:
+            # loky is imported here, not at the top: importing it registers its start
+            # method, which joblib's own copy of loky (the joblib backend's) would use
+            import loky  # type: ignore[import-untyped]  # noqa: PLC0415
+
+            version = str(loky.__version__)
+
+            def make() -> Any:
+                return loky.ProcessPoolExecutor(max_workers=n, env=env)
+
         self.size = n
-        self.loky_version = str(loky_version) if version is None else version
+        self.loky_version = str(version)
         self.me = psutil.Process()
         self.before = {c.pid for c in self.me.children()}
         self.pids: set[int] = set()
         self.ex: Any = None
         try:
-            self.ex = make() if make is not None else ProcessPoolExecutor(max_workers=n, env=env)
+            self.ex = make()
         except BaseException as exc:
             self.close(stuck=True)
             if isinstance(exc, Exception) and _is_refusal(exc):

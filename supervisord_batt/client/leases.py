@@ -382,6 +382,9 @@ def acquire(
     if grant is None or grant.degraded:
         why = grant.reason if grant is not None else "unknown"
         grant = _degraded(fallback, fallback_workers)
+        if grant.kind not in kinds:  # the fallback steps down to a kind the job can use
+            usable = [k for k in KINDS[KINDS.index(grant.kind) :] if k in kinds]
+            grant = Grant.local(usable[0] if usable else "sequential", grant.workers)
         grant.reason = f"daemon not reachable at {path} ({why})"
         if not quiet:
             warn(f"{grant.reason}; running {grant.describe()}")

@@ -1,0 +1,466 @@
+"""A joblib parallel backend that leases its workers from the daemon.
+
+    import joblib
+    import supervisord_batt.joblib  # registers the backend "supervisord-batt"
+
+    with joblib.parallel_config(backend="supervisord-batt"):
+        results = joblib.Parallel(n_jobs=-1)(joblib.delayed(f)(x) for x in xs)
+
+`Parallel(n_jobs=-1)` (or 8) asks the daemon for that many workers and runs on what it
+grants: a loky pool of the granted size (joblib's own, so memmapping and its pickling
+work), a thread pool, or sequential in the caller. The lease is taken when the call
+configures its backend and given back when it ends (for `with Parallel(...) as p:`, when
+the block ends); it is renewed between batches; a shrink takes effect at the next call.
+The pool is shut down with the lease: no worker outlives the slots it was granted.
+
+Without a daemon the backend behaves like `lease()`: one warning for the process, then
+the configured fallback ($SUPERVISORD_BATT_FALLBACK, `sequential` by default).
+
+It never hangs where plain joblib would: the loky pool is warmed up under the client
+executor's guards (a refused tracker, worker or thread is a clean fallback to threads,
+its half-built pool killed by pid), the thread pool starts all its threads up front
+(a refused one falls back to sequential), and each fallback is reported to the daemon.
+Each loky worker gets cpus / workers inner threads (BLAS, OpenMP); a thread pool caps
+the process's BLAS with threadpoolctl while it runs. Nested Parallel calls inside a
+worker run sequential: the grant counts the workers, and they are busy.
+
+One process-kind call at a time per process, as with joblib's loky backend (its pool is
+a per-process singleton).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import joblib  # type: ignore[import-untyped]
+from joblib._parallel_backends import (  # type: ignore[import-untyped]
+    FallbackToBackend,
+    LokyBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+    ThreadingBackend,
+)
+from joblib.externals.loky import __version__ as joblib_loky_version  # type: ignore[import-untyped]
+
+from supervisord_batt.client import inner
+from supervisord_batt.client.executor import PoolFailure, _Loky, _Threads
+from supervisord_batt.client.leases import DEFAULT_TIMEOUT, KINDS, Grant, acquire
+from supervisord_batt.client.notice import warn
+
+BACKEND_NAME = "supervisord-batt"
+THREAD_KINDS = ("thread", "sequential")  # what a call that needs shared memory can use
+
+
+@dataclass
+class Settings:
+    """How the backend leases: the same knobs as lease()."""
+
+    job: str | None = None
+    socket_path: str | None = None
+    fallback: str = "sequential"
+    fallback_workers: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+    inner_max_num_threads: int | None = None  # joblib's override of the inner threads
+
+
+@dataclass
+class _State:
+    """What this process leased, for `%batt` and tests: live grants and the last one."""
+
+    live: dict[int, Grant] = field(default_factory=dict)
+    last: str = ""
+    warned_unreachable: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+STATE = _State()
+
+
+def describe(grant: Grant) -> str:
+    """One line: what was granted and why, as the notebook prints it."""
+    if grant.lease_id is None:
+        return f"{grant.describe()} (no lease: {grant.reason or 'not leased'})"
+    return (
+        f"{grant.describe()} (lease {grant.lease_id}, level {grant.level}, "
+        f"{grant.inner_threads} inner thread(s) per worker; {grant.reason or 'granted'})"
+    )
+
+
+def _want(n_jobs: int | None) -> int:
+    """joblib's meaning of n_jobs: -1 all CPUs, -2 all but one, None 1."""
+    if n_jobs is None:
+        return 1
+    if n_jobs == 0:
+        raise ValueError("n_jobs == 0 in Parallel has no meaning")
+    if n_jobs < 0:
+        return max(inner.cpu_count() + 1 + n_jobs, 1)
+    return int(n_jobs)
+
+
+def _lease(settings: Settings, want: int, kinds: Sequence[str]) -> Grant:
+    """A grant for one call; one warning per process when the daemon is away."""
+    grant = acquire(
+        want,
+        kinds=kinds,
+        job=settings.job or BACKEND_NAME,
+        socket_path=settings.socket_path,
+        fallback=settings.fallback,
+        fallback_workers=settings.fallback_workers,
+        timeout=settings.timeout,
+        quiet=True,
+    )
+    with STATE.lock:
+        if grant.lease_id is not None:
+            STATE.live[id(grant)] = grant
+        elif not STATE.warned_unreachable:
+            STATE.warned_unreachable = True
+            warn(f"{grant.reason}; joblib runs {grant.describe()} until it answers")
+        STATE.last = describe(grant)
+    return grant
+
+
+def _give_back(grant: Grant | None) -> None:
+    if grant is None:
+        return
+    with STATE.lock:
+        STATE.live.pop(id(grant), None)
+    grant.release()
+
+
+def _kinds_for(prefer: str | None, require: str | None) -> tuple[str, ...]:
+    return THREAD_KINDS if require == "sharedmem" or prefer == "threads" else KINDS
+
+
+def _backend_for(grant: Grant, settings: Settings, nesting_level: int | None) -> Any:
+    """The joblib backend that runs on this grant (sequential gives the lease back:
+    the caller's own thread costs the budget nothing)."""
+    if grant.kind == "process" and grant.size > 1:
+        return LeasedLokyBackend(grant, settings, nesting_level=nesting_level)
+    if grant.kind in ("process", "thread") and grant.size > 1:
+        return LeasedThreadingBackend(grant, settings, nesting_level=nesting_level)
+    _give_back(grant)
+    return SequentialBackend(nesting_level=nesting_level)
+
+
+class SupervisordBattBackend(ParallelBackendBase):  # type: ignore[misc]
+    """The registered backend: leases at configure, then hands the call to the backend
+    that fits the grant (joblib's FallbackToBackend), which gives the lease back when
+    the call ends. A fresh one per call, so concurrent Parallel calls (threads of one
+    kernel) each hold their own lease."""
+
+    supports_inner_max_num_threads = True
+    supports_retrieve_callback = True
+    supports_sharedmem = True  # require="sharedmem" is honoured: it leases threads only
+    uses_threads = True  # so prefer="threads" stays here rather than going to joblib's
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        *,
+        job: str | None = None,
+        socket_path: str | None = None,
+        fallback: str = "sequential",
+        fallback_workers: int = 1,
+        timeout: float = DEFAULT_TIMEOUT,
+        **backend_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            nesting_level=nesting_level,
+            inner_max_num_threads=inner_max_num_threads,
+            **backend_kwargs,
+        )
+        self.settings = Settings(
+            job=job,
+            socket_path=socket_path,
+            fallback=fallback,
+            fallback_workers=fallback_workers,
+            timeout=timeout,
+        )
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """What a call would ask for (sklearn sizes its chunks by this; no lease)."""
+        return _want(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        want = _want(n_jobs)
+        if want == 1 or (self.nesting_level or 0) > 0:
+            # one worker, or inside a worker: the caller's thread, no lease
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.settings.inner_max_num_threads = self.inner_max_num_threads
+        grant = _lease(self.settings, want, _kinds_for(prefer, require))
+        raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level))
+
+
+class _Leased:
+    """The part both pool backends share: the grant, renewed between batches."""
+
+    grant: Grant | None
+    settings: Settings
+    _lock: threading.Lock
+
+    def _init_lease(self, grant: Grant, settings: Settings) -> None:
+        self.grant = grant
+        self.settings = settings
+        self._lock = threading.Lock()
+
+    def _grant_for_call(self, n_jobs: int | None, prefer: str | None, require: str | None) -> Grant:
+        """The grant held, or a new one when this backend runs a second call."""
+        if self.grant is None:
+            self.grant = _lease(self.settings, _want(n_jobs), _kinds_for(prefer, require))
+        return self.grant
+
+    def _renew_if_due(self, in_use: int) -> None:
+        """Called by joblib between batches (dispatch and completion threads)."""
+        grant = self.grant
+        if grant is None or not grant.renew_due():
+            return
+        with self._lock:
+            grant.renew(workers_in_use=in_use)
+
+    def _fall(self, kind: str, n: int, exc: PoolFailure, to: str) -> None:
+        warn(
+            f"joblib {kind} pool of {n} failed at {exc.stage} ({exc.reason}); falling back to {to}",
+            kind=kind,
+            workers=n,
+            stage=exc.stage,
+            reason=exc.reason,
+            fallback=to,
+        )
+        if self.grant is not None:
+            self.grant.report_fallback(kind, to, n, exc.stage, exc.reason)
+
+    def _release(self) -> None:
+        grant, self.grant = self.grant, None
+        _give_back(grant)
+
+
+def _nested(nesting_level: int | None) -> tuple[Any, None]:
+    return SequentialBackend(nesting_level=(nesting_level or 0) + 1), None
+
+
+class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
+    """joblib's loky backend on a process grant: the pool sized by the grant, built and
+    warmed up under the executor's guards, shut down (workers killed, reaped) with the
+    lease."""
+
+    def __init__(self, grant: Grant, settings: Settings, nesting_level: int | None = None) -> None:
+        LokyBackend.__init__(
+            self, nesting_level=nesting_level, inner_max_num_threads=settings.inner_max_num_threads
+        )
+        self._init_lease(grant, settings)
+        self._pool: _Loky | None = None
+        self._workers: Any = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if self.grant is not None and self._pool is not None:
+            return self._pool.size
+        return int(LokyBackend.effective_n_jobs(self, n_jobs))
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        idle_worker_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> int:
+        grant = self._grant_for_call(n_jobs, prefer, require)
+        if grant.kind != "process" or grant.size < 2:
+            self.grant = None  # the new backend owns it now
+            raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level))
+        n = grant.size
+        if self.settings.inner_max_num_threads is None:
+            self.inner_max_num_threads = grant.inner_threads
+
+        def make() -> Any:
+            LokyBackend.configure(
+                self,
+                n_jobs=n,
+                parallel=parallel,
+                prefer=prefer,
+                require=require,
+                idle_worker_timeout=idle_worker_timeout,
+                **kwargs,
+            )
+            return self._workers
+
+        try:
+            self._pool = _Loky(n, make=make, version=str(joblib_loky_version))
+        except FallbackToBackend:  # joblib's own reasons for one worker (a daemon process)
+            self._workers = None
+            self._release()
+            raise
+        except PoolFailure as exc:
+            self._workers = None
+            self._fall("process", n, exc, "thread")
+            threads = LeasedThreadingBackend(grant, self.settings, self.nesting_level)
+            self.grant = None
+            raise FallbackToBackend(threads) from exc
+        grant.renew(workers_in_use=n)  # acknowledge the size in use
+        return n
+
+    def get_nested_backend(self) -> tuple[Any, None]:
+        return _nested(self.nesting_level)
+
+    def compute_batch_size(self) -> int:
+        self._renew_if_due(self._pool.size if self._pool is not None else 0)
+        return int(LokyBackend.compute_batch_size(self))
+
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        LokyBackend.batch_completed(self, batch_size, duration)
+        self._renew_if_due(self._pool.size if self._pool is not None else 0)
+
+    def _close_pool(self, *, stuck: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(stuck=stuck)
+
+    def terminate(self) -> None:
+        if self._workers is not None and getattr(self, "parallel", None) is not None:
+            LokyBackend.terminate(self)  # joblib's temporary folders of this call
+        self._workers = None
+        self.reset_batch_stats()
+        self._close_pool(stuck=False)
+        self._release()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task raised: kill the pool; make a new one (same grant) if asked to."""
+        self._workers = None
+        self._close_pool(stuck=True)
+        if ensure_ready:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+class LeasedThreadingBackend(_Leased, ThreadingBackend):  # type: ignore[misc]
+    """A thread pool of the granted size, every thread started up front (a refused one
+    falls back to sequential); the process's BLAS capped while it runs."""
+
+    def __init__(self, grant: Grant, settings: Settings, nesting_level: int | None = None) -> None:
+        ThreadingBackend.__init__(self, nesting_level=nesting_level)
+        self._init_lease(grant, settings)
+        self._threads: _Threads | None = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if self._threads is not None:
+            return self._threads.size
+        return _want(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **kwargs: Any,
+    ) -> int:
+        grant = self._grant_for_call(n_jobs, prefer, require)
+        if grant.kind == "sequential" or grant.size < 2:
+            self.grant = None
+            raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level))
+        n = grant.size
+        threads = self.settings.inner_max_num_threads or inner.inner_threads(
+            "thread", n, tight=grant.tight
+        )
+        try:
+            self._threads = _Threads(n, inner_threads=threads)
+        except PoolFailure as exc:
+            self._fall("thread", n, exc, "sequential")
+            self._release()
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level)) from exc
+        self.parallel = parallel
+        self._n_jobs = n
+        if grant.kind == "thread":
+            grant.renew(workers_in_use=n)
+        return n
+
+    def get_nested_backend(self) -> tuple[Any, None]:
+        return _nested(self.nesting_level)
+
+    def submit(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Any:
+        if self._threads is None:
+            raise RuntimeError("the thread pool is not configured")
+        fut: Future[Any] = self._threads.submit(_call, func)
+        if callback is not None:
+            fut.add_done_callback(callback)
+        return fut
+
+    def retrieve_result_callback(self, out: Future[Any]) -> Any:
+        return out.result()
+
+    def compute_batch_size(self) -> int:
+        self._renew_if_due(self._threads.size if self._threads is not None else 0)
+        return 1
+
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        self._renew_if_due(self._threads.size if self._threads is not None else 0)
+
+    def _close_threads(self, *, stuck: bool) -> None:
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.close(stuck=stuck)
+
+    def terminate(self) -> None:
+        self._close_threads(stuck=False)
+        self._release()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        self._close_threads(stuck=True)
+        if ensure_ready:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
+
+
+def _call(func: Callable[[], Any]) -> Any:
+    return func()
+
+
+def register(*, make_default: bool = False, **settings: Any) -> None:
+    """Register the backend under BACKEND_NAME (done on import, without settings).
+
+    `settings` are Settings' fields (job, socket_path, fallback, ...); `make_default`
+    makes it joblib's default backend in this process (joblib's own switch)."""
+
+    def factory(
+        nesting_level: int | None = None, inner_max_num_threads: int | None = None, **kw: Any
+    ) -> SupervisordBattBackend:
+        return SupervisordBattBackend(
+            nesting_level=nesting_level,
+            inner_max_num_threads=inner_max_num_threads,
+            **{**settings, **kw},
+        )
+
+    joblib.register_parallel_backend(BACKEND_NAME, factory, make_default=make_default)
+
+
+def current() -> list[Grant]:
+    """The grants this process holds now (one per running Parallel call)."""
+    with STATE.lock:
+        return list(STATE.live.values())
+
+
+def wait_idle(timeout: float = 10.0) -> bool:
+    """True once no call holds a lease (for tests and the notebook's magic)."""
+    deadline = time.monotonic() + timeout
+    while current():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+with contextlib.suppress(Exception):  # registering must never break an import
+    register()

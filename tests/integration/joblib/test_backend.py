@@ -1,0 +1,167 @@
+"""The joblib backend with real joblib against a real daemon: it runs on the grant, holds
+the lease for the call only, gives the sequential run's results, degrades like lease()."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import psutil
+import pytest
+
+from supervisord_batt import joblib as batt_joblib
+from supervisord_batt import paths
+from tests.helpers import CALM, wait_until
+from tests.integration.conftest import DaemonHandle
+
+BUDGET = {
+    "cpu_cap": 3,
+    "memory_per_slot": "1MiB",
+    "reserve_tasks": 0,
+    "reserve_percent": 0,
+    "max_per_lease": 8,
+    "pressure": CALM,
+}
+
+
+def gated(flag: str, x: int) -> tuple[int, int]:
+    """Waits (to a deadline) until the test lets the call finish; returns its pid."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return x * x + 1, os.getpid()
+
+
+def square(x: int) -> int:
+    return x * x + 1
+
+
+def loky_workers() -> list[int]:
+    out = []
+    for child in psutil.Process().children():
+        try:
+            if any("popen_loky_posix" in part for part in child.cmdline()):
+                out.append(child.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture
+def batt(
+    daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DaemonHandle]:
+    """A daemon whose budget grants up to 3 workers, the backend pointed at it."""
+    d = daemon({"budget": BUDGET})
+    monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
+    monkeypatch.delenv(paths.FALLBACK_ENV, raising=False)
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    try:
+        with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
+            yield d
+    finally:
+        wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")
+
+
+def _leases(d: DaemonHandle) -> list[dict[str, Any]]:
+    """The leases of this process's joblib calls (not the test's own wire client's)."""
+    return [x for x in d.status()["leases"] if x["job"] == batt_joblib.BACKEND_NAME]
+
+
+def test_call_runs_on_the_grant_and_holds_the_lease_only_while_it_runs(
+    batt: DaemonHandle, tmp_path: Path
+) -> None:
+    flag = str(tmp_path / "go")
+    gen = joblib.Parallel(n_jobs=3, return_as="generator")(
+        joblib.delayed(gated)(flag, x) for x in range(9)
+    )
+    try:
+        (held,) = wait_until(lambda: _leases(batt), timeout=10, what="the call's lease")
+        assert (held["kind"], held["workers"], held["job"]) == ("process", 3, "supervisord-batt")
+        assert len(loky_workers()) == 3
+        assert [g.lease_id for g in batt_joblib.current()] == [held["lease"]]
+    finally:
+        Path(flag).touch()
+        out = list(gen)
+    assert [r for r, _ in out] == [square(x) for x in range(9)]
+    assert len({pid for _, pid in out} - {os.getpid()}) == 3  # ran on the 3 workers
+    assert _leases(batt) == [] and batt_joblib.current() == []
+    assert loky_workers() == []  # the pool went with its lease
+
+
+def test_results_equal_the_sequential_run_and_n_jobs_minus_one_asks_for_every_cpu(
+    batt: DaemonHandle,
+) -> None:
+    want = batt_joblib.inner.cpu_count()
+    with joblib.Parallel(n_jobs=-1) as parallel:
+        (held,) = _leases(batt)
+        assert held["wanted"] == want and held["workers"] == min(want, 3)
+        first = parallel(joblib.delayed(square)(x) for x in range(50))
+        second = parallel(joblib.delayed(square)(x) for x in range(7))
+        assert [x["lease"] for x in _leases(batt)] == [held["lease"]]  # one lease, one pool
+    assert first == [square(x) for x in range(50)] and second == [square(x) for x in range(7)]
+    assert _leases(batt) == []
+
+
+def test_threads_when_the_call_needs_shared_memory(batt: DaemonHandle, tmp_path: Path) -> None:
+    flag = str(tmp_path / "go")
+    gen = joblib.Parallel(n_jobs=2, require="sharedmem", return_as="generator")(
+        joblib.delayed(gated)(flag, x) for x in range(4)
+    )
+    try:
+        (held,) = wait_until(lambda: _leases(batt), timeout=10, what="the call's lease")
+        assert (held["kind"], held["workers"]) == ("thread", 2)
+        assert loky_workers() == []
+    finally:
+        Path(flag).touch()
+        out = list(gen)
+    assert out == [(square(x), os.getpid()) for x in range(4)]
+    assert _leases(batt) == []
+
+
+def test_a_task_error_propagates_and_the_lease_is_given_back(batt: DaemonHandle) -> None:
+    with pytest.raises(ZeroDivisionError):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(divmod)(1, x) for x in [1, 0, 2, 3])
+    assert _leases(batt) == []
+
+
+def test_no_daemon_one_warning_then_the_configured_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import structlog
+
+    monkeypatch.setattr(structlog, "is_configured", lambda: False)
+    monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
+    monkeypatch.setenv(paths.FALLBACK_ENV, "process:2")
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
+        for _ in range(3):
+            out = joblib.Parallel(n_jobs=-1)(
+                joblib.delayed(gated)(str(tmp_path), x) for x in range(6)
+            )
+            assert [r for r, _ in out] == [square(x) for x in range(6)]
+    workers = {pid for _, pid in out}
+    assert os.getpid() not in workers and 1 <= len(workers) <= 2  # the fallback's pool
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "not reachable" in line]
+    assert len(warnings) == 1, warnings
+    assert "joblib runs process:2" in warnings[0]
+    wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")
+
+
+def test_each_call_runs_on_what_the_budget_has_left_then(batt: DaemonHandle) -> None:
+    """Another holder takes slots: the next call gets the rest (here one: sequential, no
+    pool, no lease kept); once they are given back, the call after gets its pool again."""
+    with batt.client() as other:
+        reply = other.request("acquire", want=2, kinds=["process"], job="other")
+        assert reply["ok"] and reply["workers"] == 2, reply
+        out = joblib.Parallel(n_jobs=3)(joblib.delayed(gated)("/", x) for x in range(6))
+        assert {pid for _, pid in out} == {os.getpid()}
+        assert _leases(batt) == [] and loky_workers() == []
+    wait_until(lambda: batt.status()["leases"] == [], timeout=10, what="the other's release")
+    out = joblib.Parallel(n_jobs=3)(joblib.delayed(gated)("/", x) for x in range(30))
+    assert os.getpid() not in {pid for _, pid in out}
+    assert [r for r, _ in out] == [square(x) for x in range(30)]
