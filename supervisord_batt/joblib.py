@@ -308,7 +308,9 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
         except PoolFailure as exc:
             self._workers = None
             self._fall("process", n, exc, "thread")
-            threads = LeasedThreadingBackend(grant, self.settings, self.nesting_level)
+            threads = LeasedThreadingBackend(
+                grant, self.settings, self.nesting_level, after_refusal=True
+            )
             self.grant = None
             raise FallbackToBackend(threads) from exc
         grant.renew(workers_in_use=n)  # acknowledge the size in use
@@ -350,10 +352,18 @@ class LeasedThreadingBackend(_Leased, ThreadingBackend):  # type: ignore[misc]
     """A thread pool of the granted size, every thread started up front (a refused one
     falls back to sequential); the process's BLAS capped while it runs."""
 
-    def __init__(self, grant: Grant, settings: Settings, nesting_level: int | None = None) -> None:
+    def __init__(
+        self,
+        grant: Grant,
+        settings: Settings,
+        nesting_level: int | None = None,
+        *,
+        after_refusal: bool = False,
+    ) -> None:
         ThreadingBackend.__init__(self, nesting_level=nesting_level)
         self._init_lease(grant, settings)
         self._threads: _Threads | None = None
+        self.after_refusal = after_refusal  # no BLAS limit then: see inner.limit_here
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if self._threads is not None:
@@ -377,7 +387,7 @@ class LeasedThreadingBackend(_Leased, ThreadingBackend):  # type: ignore[misc]
             "thread", n, tight=grant.tight
         )
         try:
-            self._threads = _Threads(n, inner_threads=threads)
+            self._threads = _Threads(n, inner_threads=None if self.after_refusal else threads)
         except PoolFailure as exc:
             self._fall("thread", n, exc, "sequential")
             self._release()

@@ -464,7 +464,9 @@ class BudgetExecutor:
                 if kind == "process":
                     backend = _Loky(n, env=inner.inner_env(threads))
                 elif kind == "thread":
-                    backend = _Threads(n, inner_threads=threads)
+                    # no thread limit after a refusal: see inner.limit_here
+                    limit = None if self._failed else threads
+                    backend = _Threads(n, inner_threads=limit)
                 else:
                     backend = _Sequential()
             except PoolFailure as exc:

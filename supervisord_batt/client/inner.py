@@ -69,7 +69,11 @@ def limit_here(threads: int) -> Iterator[None]:
 
     For a thread grant: the pool's threads share the process's BLAS, which was loaded
     before the grant was known, so only threadpoolctl can still resize it. Without
-    threadpoolctl nothing changes (the job ran like this before)."""
+    threadpoolctl nothing changes (the job ran like this before).
+
+    Not for a pool made after a refused creation: setting OpenBLAS's thread count makes
+    it start its own threads if it had not yet, and when that is refused OpenBLAS
+    raises SIGINT in the job (measured: tests/integration/joblib/test_refusal.py)."""
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # noqa: PLC0415
     except ImportError:
