@@ -1,0 +1,149 @@
+"""A real IPython kernel (jupyter_client): after `%load_ext supervisord_batt` an unchanged
+`Parallel(n_jobs=-1)` cell leases from the daemon and runs on the granted workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import REPO, wait_until
+from tests.integration.conftest import DaemonHandle
+from tests.integration.joblib.conftest import BUDGET
+
+jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+CELL_TIMEOUT = 30.0
+
+
+class Kernel:
+    """A kernel of this interpreter and a blocking client; every cell's text output."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.km = jupyter_client.KernelManager(kernel_name="python3")
+        self.km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        self.km.start_kernel(env=env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=CELL_TIMEOUT)
+
+    def run(self, code: str) -> str:
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+
+        reply = self.kc.execute_interactive(code, timeout=CELL_TIMEOUT, output_hook=hook)
+        text = "".join(out)
+        assert reply["content"]["status"] == "ok", text
+        return text
+
+    def close(self) -> None:
+        pid = self.pid()
+        tree = []
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                tree = psutil.Process(pid).children(recursive=True)
+        with contextlib.suppress(Exception):
+            self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+        for proc in tree:  # the kernel's loky workers and trackers, if it left any
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(tree, timeout=10)
+
+    def pid(self) -> int | None:
+        proc = getattr(self.km.provisioner, "process", None)
+        return None if proc is None else int(proc.pid)
+
+
+@pytest.fixture
+def kernel(daemon: Callable[..., DaemonHandle]) -> Iterator[tuple[Kernel, DaemonHandle]]:
+    d = daemon({"budget": BUDGET})
+    env = dict(os.environ, PYTHONPATH=str(REPO), SUPERVISORD_BATT_SOCKET=str(d.socket))
+    env.pop("SUPERVISORD_BATT_FALLBACK", None)
+    env.pop("SUPERVISORD_BATT_NOTEBOOK", None)
+    k = Kernel(env)
+    try:
+        yield k, d
+    finally:
+        k.close()
+
+
+def _workers(pid: int) -> list[int]:
+    out = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):
+            if any("popen_loky_posix" in part for part in child.cmdline()):
+                out.append(child.pid)
+    return out
+
+
+def test_load_ext_then_an_unchanged_parallel_cell_leases(
+    kernel: tuple[Kernel, DaemonHandle], tmp_path: Path
+) -> None:
+    k, d = kernel
+    pid = int(k.run("import os; pid = os.getpid(); print(pid)"))
+    loaded = k.run("%load_ext supervisord_batt")
+    want = min(len(os.sched_getaffinity(0)), 3)
+    assert loaded.count("\n") == 1 and f"gets process:{want} now" in loaded, loaded
+
+    flag = tmp_path / "go"
+    k.run(
+        "import os, time, joblib\n"
+        "def gated(x):\n"
+        "    end = time.monotonic() + 30\n"
+        f"    while not os.path.exists({str(flag)!r}) and time.monotonic() < end:\n"
+        "        time.sleep(0.01)\n"
+        "    return x * x, os.getpid()\n"
+        "gen = joblib.Parallel(n_jobs=-1, return_as='generator')("
+        "joblib.delayed(gated)(x) for x in range(8))\n"
+    )
+    try:
+
+        def kernel_lease() -> list[dict[str, Any]]:
+            return [x for x in d.status()["leases"] if x["pid"] == pid]
+
+        (held,) = wait_until(kernel_lease, timeout=10, what="the kernel's lease")
+        assert (held["kind"], held["workers"], held["job"]) == ("process", want, "notebook")
+        assert len(_workers(pid)) == want
+        shown = k.run("%batt")
+        assert f"lease {held['lease']}: process:{want}" in shown, shown
+    finally:
+        flag.touch()
+    out = k.run(
+        "out = list(gen); print(len({p for _, p in out} - {os.getpid()}), [r for r, _ in out])"
+    )
+    assert out.split(None, 1) == [str(want), str([x * x for x in range(8)]) + "\n"], out
+    wait_until(lambda: d.status()["leases"] == [], timeout=10, what="the lease given back")
+    assert _workers(pid) == []
+    assert "no lease held now" in k.run("%batt")
+
+
+def test_opt_out_leaves_joblib_alone(daemon: Callable[..., DaemonHandle]) -> None:
+    d = daemon({"budget": BUDGET})
+    env = dict(os.environ, PYTHONPATH=str(REPO), SUPERVISORD_BATT_SOCKET=str(d.socket))
+    env["SUPERVISORD_BATT_NOTEBOOK"] = "0"
+    k = Kernel(env)
+    try:
+        assert "off" in k.run("%load_ext supervisord_batt")
+        backend = k.run(
+            "import joblib\n"
+            "with joblib.Parallel(n_jobs=2) as p:\n"
+            "    print(type(p._backend).__name__)\n"
+        )
+        assert backend.strip() == "LokyBackend"
+        assert [e for e in d.events("grant") if e.get("job") == "notebook"] == []
+    finally:
+        k.close()
