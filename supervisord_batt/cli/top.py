@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
+    from supervisord_batt.client.leases import Connection
+
 INSTALL_HINT = "pip install 'supervisord-batt[top]'"
 LEVEL_STYLE = {"normal": "bold green", "high": "bold yellow", "extreme": "bold white on red"}
 STATE_STYLE = {
@@ -330,7 +332,7 @@ def events_table(status: dict[str, Any], width: int, shown: int) -> Table:
     table.add_column("DETAIL", no_wrap=True, overflow="ellipsis", ratio=1)
     rows = event_rows(status)
     # the latest are the ones that matter: drop the oldest, keep the order of the log
-    if len(rows) > shown and shown > 0:
+    if len(rows) > shown > 0:
         hidden = len(rows) - (shown - 1)
         table.add_row(*_more(rows[0], hidden))
         for row in rows[hidden:]:
@@ -450,7 +452,7 @@ class _Feed:
     def __init__(self, socket: Path, timeout: float) -> None:
         self.socket = socket
         self.timeout = timeout
-        self.conn: Any = None
+        self.conn: Connection | None = None
 
     def status(self) -> dict[str, Any]:
         from supervisord_batt.client.leases import Connection
