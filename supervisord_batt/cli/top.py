@@ -510,6 +510,7 @@ def run_top(socket: Path, interval: float) -> int:
     old_hup = signal.signal(signal.SIGHUP, _on_signal)
     console = Console()
     problem: str | None = None
+    down_since: str | None = None
     try:
         tty.setcbreak(fd)
         with Live(
@@ -526,15 +527,11 @@ def run_top(socket: Path, interval: float) -> int:
                     return 0
                 try:
                     status = feed.status()
-                    problem = None
+                    problem = down_since = None
                 except (OSError, DaemonError) as exc:
-                    if problem is None:
-                        since = time.strftime("%H:%M:%S")
-                        reason = getattr(exc, "strerror", None) or exc
-                        problem = (
-                            f"daemon not reachable since {since} ({reason}); retrying; "
-                            "below: its last status"
-                        )
+                    down_since = down_since or time.strftime("%H:%M:%S")
+                    reason = getattr(exc, "strerror", None) or exc
+                    problem = f"daemon down since {down_since}: {reason}; retrying"
     except (KeyboardInterrupt, _Quit):
         return 0
     finally:
