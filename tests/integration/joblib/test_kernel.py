@@ -147,3 +147,32 @@ def test_opt_out_leaves_joblib_alone(daemon: Callable[..., DaemonHandle]) -> Non
         assert [e for e in d.events("grant") if e.get("job") == "notebook"] == []
     finally:
         k.close()
+
+
+def test_ipython_config_loads_it_for_every_kernel(
+    daemon: Callable[..., DaemonHandle], tmp_path: Path
+) -> None:
+    """The operator's line (docs/NOTEBOOKS.md), here in a private IPYTHONDIR profile: a
+    kernel leases with no %load_ext in the notebook."""
+    d = daemon({"budget": BUDGET})
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        'c.InteractiveShellApp.extensions.append("supervisord_batt")\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), SUPERVISORD_BATT_SOCKET=str(d.socket))
+    env["IPYTHONDIR"] = str(tmp_path / "ipython")
+    env.pop("SUPERVISORD_BATT_NOTEBOOK", None)
+    k = Kernel(env)
+    try:
+        out = k.run(
+            "import os, joblib\n"
+            "pids = joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(9))\n"
+            "print(os.getpid() in pids)"
+        )
+        want = min(len(os.sched_getaffinity(0)), 3)
+        assert out.strip() == "False"  # ran in the pool's workers
+        grants = [e for e in d.events("grant") if e.get("job") == "notebook"]
+        assert [(e["kind"], e["workers"]) for e in grants][-1:] == [("process", want)], grants
+    finally:
+        k.close()
