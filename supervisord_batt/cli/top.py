@@ -209,8 +209,13 @@ def limit_rows(status: dict[str, Any], width: int) -> list[list[Any]]:
     tightest = (host.get("tightest") or {}).get("name")
     leased = int(status.get("leased_tasks") or 0)
     bar_width = max(8, width - LIMIT_FIXED)
+    # the tightest first, then the fullest: the ones that matter stay when rows run out
+    limits = sorted(
+        host.get("limits") or [],
+        key=lambda lim: (lim["name"] != tightest, -float(lim.get("percent_used") or 0)),
+    )
     rows = []
-    for lim in host.get("limits") or []:
+    for lim in limits:
         mark = lim["name"] == tightest
         name = Text(("*" if mark else " ") + clip_left(str(lim["name"]), 17))
         if mark:
