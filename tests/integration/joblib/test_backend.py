@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
 from tests.helpers import wait_until
 from tests.integration.conftest import DaemonHandle
-from tests.integration.joblib.conftest import loky_workers
+from tests.integration.joblib.conftest import BUDGET, loky_workers
 
 
 def gated(flag: str, x: int) -> tuple[int, int]:
@@ -128,3 +129,27 @@ def test_each_call_runs_on_what_the_budget_has_left_then(batt: DaemonHandle) -> 
     out = joblib.Parallel(n_jobs=3)(joblib.delayed(gated)("/", x) for x in range(30))
     assert os.getpid() not in {pid for _, pid in out}
     assert [r for r, _ in out] == [square(x) for x in range(30)]
+
+
+def sleepy(x: int) -> int:
+    time.sleep(0.1)
+    return x
+
+
+def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
+    daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = daemon({"budget": {**BUDGET, "lease_ttl": "1s"}})
+    monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
+        start = time.monotonic()
+        out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(sleepy)(x) for x in range(50))
+        took = time.monotonic() - start
+    assert out == list(range(50))
+    assert took > 2.0, f"the call took {took:.1f}s: not longer than two TTLs"
+    assert d.events("lease_expired") == [], d.events("lease_expired")
+    (granted,) = [e for e in d.events("grant") if e.get("job") == batt_joblib.BACKEND_NAME]
+    assert granted["kind"] == "process"
+    wait_until(lambda: d.status()["leases"] == [], timeout=10, what="the lease given back")
+    wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")
