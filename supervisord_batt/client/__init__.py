@@ -7,11 +7,14 @@
             results = pool.map(score, tasks)
 
 The client loads nothing of the daemon (it speaks the protocol over the socket), and the
-executor (loky, psutil) is imported only when a grant makes one.
+executor (loky, psutil) is imported only when a grant makes one. `acquire()` is lease()
+without the block, for code whose lease starts and ends in different places (the joblib
+backend, supervisord_batt.joblib). Each worker's inner threads (BLAS, OpenMP) are sized
+from the grant by `client.inner`.
 """
 
 from __future__ import annotations
 
-from supervisord_batt.client.leases import Connection, DaemonError, Grant, lease
+from supervisord_batt.client.leases import Connection, DaemonError, Grant, acquire, lease
 
-__all__ = ["Connection", "DaemonError", "Grant", "lease"]
+__all__ = ["Connection", "DaemonError", "Grant", "acquire", "lease"]

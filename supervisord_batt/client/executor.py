@@ -156,7 +156,14 @@ class _Threads:
         self._limits = contextlib.ExitStack()
         if inner_threads is not None:
             self._limits.enter_context(inner.limit_here(inner_threads))
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="supervisord-batt")
+            self.pool = ThreadPoolExecutor(
+                n,
+                thread_name_prefix="supervisord-batt",
+                initializer=inner.limit_this_thread,
+                initargs=(inner_threads,),
+            )
+        else:
+            self.pool = ThreadPoolExecutor(n, thread_name_prefix="supervisord-batt")
         gate = threading.Event()
         started = 0
         try:

@@ -81,3 +81,13 @@ def limit_here(threads: int) -> Iterator[None]:
         return
     with threadpool_limits(limits=max(1, threads)):
         yield
+
+
+def limit_this_thread(threads: int) -> None:
+    """Cap OpenMP in the calling thread: its thread count is a per-thread setting, so a
+    pool thread does not inherit limit_here()'s (measured with scikit-learn's libgomp).
+    A pool's initializer; never raises (a failed limit must not break the pool)."""
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+        threadpool_limits(limits=max(1, threads), user_api="openmp")

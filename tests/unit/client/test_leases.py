@@ -267,7 +267,8 @@ def test_exec_exports_env_and_passes_exit_code(
     code = (
         "import json, os, sys; "
         f"json.dump({{k: v for k, v in os.environ.items() if k.startswith(('SUPERVISORD_BATT_', "
-        f"'LOKY_', 'OMP_', 'OPENBLAS_', 'MKL_', 'BLIS_', 'VECLIB_', 'NUMEXPR_'))}}, open({str(out)!r}, 'w')); sys.exit(3)"
+        "'LOKY_', 'OMP_', 'OPENBLAS_', 'MKL_', 'BLIS_', 'VECLIB_', 'NUMEXPR_'))}, "
+        f"open({str(out)!r}, 'w')); sys.exit(3)"
     )
     assert exec_main([sys.executable, "-c", code], want=2, job="t") == 3
     env = json.loads(out.read_text())
