@@ -460,10 +460,22 @@ class _Feed:
         self.conn: Connection | None = None
 
     def status(self) -> dict[str, Any]:
+        if self.conn is not None:
+            try:
+                return self.conn.request("status")
+            except OSError:
+                # the daemon may have closed a connection idle for longer than its
+                # idle_timeout (a long --interval): one more try on a new connection
+                self.close()
+            except BaseException:
+                self.close()
+                raise
+        return self._fresh()
+
+    def _fresh(self) -> dict[str, Any]:
         from supervisord_batt.client.leases import Connection
 
-        if self.conn is None:
-            self.conn = Connection(self.socket, timeout=self.timeout)
+        self.conn = Connection(self.socket, timeout=self.timeout)
         try:
             return self.conn.request("status")
         except BaseException:

@@ -204,6 +204,26 @@ def test_daemon_going_away_is_shown_and_the_view_comes_back_with_it(
     assert terminal.wait_exit() == 0
 
 
+def test_a_connection_closed_for_idleness_is_not_taken_for_a_daemon_gone(
+    daemon: Callable[..., DaemonHandle], terminal: Terminal
+) -> None:
+    """An interval longer than the daemon's idle_timeout: the daemon closes the view's
+    connection between refreshes; the view connects again without a banner."""
+    handle = daemon({"daemon": {"idle_timeout": "300ms"}})
+    terminal.run(*top(handle.socket), "--interval", "0.8")
+    terminal.wait_for("LIMIT")
+    screens: list[str] = []
+
+    def refreshed_three_times() -> bool:
+        screens.append(terminal.screen())
+        return len({screen.splitlines()[0] for screen in screens if screen.strip()}) >= 4
+
+    wait_until(refreshed_three_times, timeout=20, what="three refreshes")
+    assert not [screen for screen in screens if "daemon down" in screen]
+    terminal.tmux("send-keys", "q")
+    assert terminal.wait_exit() == 0
+
+
 def test_no_daemon_exits_2_saying_so_before_going_full_screen(tmp_path: Path) -> None:
     missing = tmp_path / "absent.sock"
     done = subprocess.run(
