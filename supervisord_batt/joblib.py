@@ -342,8 +342,13 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """A task raised: kill the pool; make a new one (same grant) if asked to."""
-        self._workers = None
+        workers, self._workers = self._workers, None
         self._close_pool(stuck=True)
+        if workers is not None:  # as joblib's terminate(kill_workers=True), without its join
+            with contextlib.suppress(Exception):
+                workers._temp_folder_manager._clean_temporary_resources(
+                    force=True, allow_non_empty=True
+                )
         if ensure_ready:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
 

@@ -91,6 +91,14 @@ def test_a_task_error_propagates_and_the_lease_is_given_back(batt: DaemonHandle)
     with pytest.raises(ZeroDivisionError):
         joblib.Parallel(n_jobs=2)(joblib.delayed(divmod)(1, x) for x in [1, 0, 2, 3])
     assert _leases(batt) == []
+    with joblib.Parallel(n_jobs=2) as parallel:  # a reused backend is made ready again
+        with pytest.raises(ZeroDivisionError):
+            parallel(joblib.delayed(divmod)(1, x) for x in [1, 0, 2, 3])
+        assert parallel(joblib.delayed(square)(x) for x in range(6)) == [
+            square(x) for x in range(6)
+        ]
+        assert len(_leases(batt)) == 1
+    assert _leases(batt) == []
 
 
 def test_no_daemon_one_warning_then_the_configured_fallback(
