@@ -53,6 +53,9 @@ from supervisord_batt.client.executor import PoolFailure, _Loky, _Threads
 from supervisord_batt.client.leases import DEFAULT_TIMEOUT, KINDS, Grant, acquire
 from supervisord_batt.client.notice import warn
 
+if not hasattr(ParallelBackendBase, "submit"):  # joblib < 1.5 calls apply_async instead
+    raise ImportError(f"supervisord_batt.joblib needs joblib>=1.5, found {joblib.__version__}")
+
 BACKEND_NAME = "supervisord-batt"
 THREAD_KINDS = ("thread", "sequential")  # what a call that needs shared memory can use
 
