@@ -436,19 +436,33 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Quit()
 
 
-def wait_for_quit(fd: int, timeout: float) -> bool:
-    """Wait up to `timeout` seconds for keys on `fd`; True when `q` was typed (or stdin
-    closed). Other keys are ignored."""
-    deadline = time.monotonic() + timeout
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """SIGWINCH: set_wakeup_fd has already written to the pipe select() watches."""
+
+
+QUIT, RESIZED, TICK = "quit", "resized", "tick"
+
+
+def wait_for_key(fd: int, wakeup: int, deadline: float) -> str:
+    """Wait until the monotonic `deadline` for keys on `fd`: QUIT when `q` was typed (or
+    stdin closed), RESIZED when a SIGWINCH came in through the `wakeup` pipe, else TICK.
+    Other keys are ignored."""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return False
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
+            return TICK
+        ready, _, _ = select.select([fd, wakeup], [], [], remaining)
+        if wakeup in ready:
+            while True:  # drain: one redraw for a burst of resizes
+                try:
+                    os.read(wakeup, 512)
+                except BlockingIOError:
+                    break
+            return RESIZED
+        if fd in ready:
             data = os.read(fd, 64)
             if not data or b"q" in data.lower():
-                return True
+                return QUIT
 
 
 class _Feed:
@@ -523,6 +537,13 @@ def run_top(socket: Path, interval: float) -> int:
 
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
+    # a resize wakes select() through this pipe (the handler itself does nothing), so
+    # the screen is redrawn at the new size at once, not at the next refresh
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_winch = signal.signal(signal.SIGWINCH, _ignore)
     old_term = signal.signal(signal.SIGTERM, _on_signal)
     old_hup = signal.signal(signal.SIGHUP, _on_signal)
     console = Console()
@@ -537,11 +558,19 @@ def run_top(socket: Path, interval: float) -> int:
             redirect_stdout=False,
             redirect_stderr=False,
         ) as live:
+            deadline = time.monotonic() + interval
             while True:
-                width, height = console.size
+                # the terminal's own size: rich would keep to $COLUMNS and $LINES when
+                # they are set, and those do not follow a resize
+                width, height = os.get_terminal_size(sys.stdout.fileno())
+                console.size = (width, height)
                 live.update(render_screen(status, width, height, problem=problem), refresh=True)
-                if wait_for_quit(fd, interval):
+                woke = wait_for_key(fd, wake_r, deadline)
+                if woke == QUIT:
                     return 0
+                if woke == RESIZED:
+                    continue
+                deadline = time.monotonic() + interval
                 try:
                     status = feed.status()
                     problem = down_since = None
@@ -556,3 +585,7 @@ def run_top(socket: Path, interval: float) -> int:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGHUP, old_hup)
+        signal.signal(signal.SIGWINCH, old_winch)
+        signal.set_wakeup_fd(old_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)

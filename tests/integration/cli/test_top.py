@@ -184,6 +184,26 @@ def test_other_keys_do_not_quit(supervised: DaemonHandle, terminal: Terminal) ->
     assert terminal.wait_exit() == 0
 
 
+def test_a_resize_redraws_at_once_at_the_new_size(
+    supervised: DaemonHandle, terminal: Terminal
+) -> None:
+    # refreshes 60 s apart: only the resize itself can redraw within the deadline
+    terminal.run(*top(supervised.socket), "--interval", "60")
+    terminal.wait_for("sleeper:1", "LIMIT")
+
+    def first_line_width() -> int:
+        return len(terminal.screen().splitlines()[0].rstrip())
+
+    terminal.tmux("resize-window", "-x", "100", "-y", "30")
+    wait_until(lambda: first_line_width() == 100, timeout=10, what="a redraw 100 wide")
+    terminal.tmux("resize-window", "-x", "80", "-y", "24")
+    wait_until(lambda: first_line_width() == 80, timeout=10, what="a redraw 80 wide")
+    screen = terminal.screen()
+    assert max(len(line.rstrip()) for line in screen.splitlines()) <= 80, screen
+    terminal.tmux("send-keys", "q")
+    assert terminal.wait_exit() == 0
+
+
 def test_daemon_going_away_is_shown_and_the_view_comes_back_with_it(
     daemon: Callable[..., DaemonHandle], terminal: Terminal
 ) -> None:
