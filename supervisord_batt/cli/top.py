@@ -7,10 +7,10 @@ stdin (cbreak mode), so `q` quits at once and no thread is started (rich's Live 
 only when told: auto_refresh=False).
 
 When the daemon goes away while the view runs, the last screen stays up under a red line
-saying the daemon is not reachable and since when, and the view keeps asking every
-interval; it carries on by itself once the daemon answers again (a restart, a reload of
-the unit), the way an operator watching a restart expects. Only at the start, when the
-daemon does not answer at all, does `top` say so on stderr and exit 2.
+saying since when the daemon is down and why, and the view keeps asking every interval;
+it carries on by itself once the daemon answers again (a restart, a reload of the unit),
+the way an operator watching a restart expects. Only at the start, when the daemon does
+not answer at all, does `top` say so on stderr and exit 2.
 
 rich is an optional extra (`pip install 'supervisord-batt[top]'`); it is imported here
 only, inside the functions, so the daemon and the other commands never load it.
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from supervisord_batt.client.leases import Connection
 
 INSTALL_HINT = "pip install 'supervisord-batt[top]'"
+REQUEST_TIMEOUT = 5.0  # seconds for one status reply
 LEVEL_STYLE = {"normal": "bold green", "high": "bold yellow", "extreme": "bold white on red"}
 STATE_STYLE = {
     "RUNNING": "green",
@@ -517,15 +518,20 @@ def run_top(socket: Path, interval: float) -> int:
     from supervisord_batt.client.leases import DaemonError
 
     interval = max(0.1, interval)
-    feed = _Feed(socket, timeout=max(2.0, interval))
+    # a daemon too stalled to answer status within this is shown as down
+    feed = _Feed(socket, timeout=REQUEST_TIMEOUT)
     try:
         status = feed.status()
-    except (OSError, DaemonError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
         print(
-            f"supervisord-batt: top: the daemon is not running (no answer at {socket}: {reason})",
+            f"supervisord-batt: top: the daemon is not running "
+            f"(nothing listens at {socket}: {exc.strerror})",
             file=sys.stderr,
         )
+        return 2
+    except (OSError, DaemonError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        print(f"supervisord-batt: top: daemon not reachable at {socket}: {reason}", file=sys.stderr)
         return 2
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         feed.close()

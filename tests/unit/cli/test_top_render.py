@@ -308,3 +308,12 @@ def test_rich_is_imported_by_the_view_alone() -> None:
         )
     ]
     assert importers == ["supervisord_batt/cli/top.py"]
+
+
+def test_a_socket_that_cannot_be_reached_exits_2_saying_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert top.run_top(tmp_path / "file" / "s.sock", 1.0) == 2
+    err = capsys.readouterr().err
+    assert "daemon not reachable at" in err and "Not a directory" in err
