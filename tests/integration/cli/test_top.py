@@ -80,9 +80,19 @@ class Terminal:
         return int(found.group(1))
 
     def kill(self) -> None:
+        """Stop our server and remove its socket (tmux 3.3a leaves the file behind)."""
+        found = subprocess.run(
+            ["tmux", "-L", self.name, "display-message", "-p", "#{socket_path}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         subprocess.run(
             ["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=20, check=False
         )
+        if found.returncode == 0 and found.stdout.strip():
+            Path(found.stdout.strip()).unlink(missing_ok=True)
 
 
 @pytest.fixture
