@@ -248,6 +248,11 @@ def _socket_for(args: argparse.Namespace) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # structlog imports rich for its console renderer whenever rich is installed (the
+    # `top` extra brings it): ~60 ms and ~10 MiB the daemon never uses. Marking it absent
+    # before structlog loads keeps it out of the daemon process; the renderer then
+    # formats without it.
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from supervisord_batt import logs
     from supervisord_batt.config.loader import ConfigError
     from supervisord_batt.daemon.lifecycle import run_daemon

@@ -208,3 +208,25 @@ def test_every_metric_the_grafana_dashboard_queries_is_exposed(
     }
     queried |= set(re.findall(r"supervisord_batt_[a-z_]+", json.dumps(dashboard["templating"])))
     assert queried and queried <= exposed, queried - exposed
+
+
+def test_the_daemon_loads_neither_rich_nor_the_notebook_libraries(
+    daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # -X importtime lines on stderr (in the daemon's log here) name every module loaded
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    port = free_port()
+    handle = daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+    assert samples(scrape(port))  # prometheus-client is loaded at the first scrape
+
+    def loaded() -> set[str]:
+        return {
+            line.rsplit("|", 1)[1].strip()
+            for line in handle.log_text().splitlines()
+            if line.startswith("import time:") and "|" in line
+        }
+
+    modules = loaded()
+    assert {"structlog", "prometheus_client"} <= modules, sorted(modules)  # the list is real
+    # ("rich" itself is listed as the blocked attempt, in microseconds: nothing of it loads)
+    assert not {m for m in modules if m.startswith(("rich.", "joblib", "threadpoolctl"))}
