@@ -168,6 +168,32 @@ def run_sweep(costs: Costs, seed: int = 0) -> Iterator[SweepPoint]:
             yield SweepPoint(condition, knob, value, result)
         if others.active:
             yield from _others_load(host, work, costs, condition)
+    yield from _fewer_jobs_than_cores(costs, seed)
+
+
+FEWER_JOBS_CELL = (64, 16, 4096)
+
+
+def _fewer_jobs_than_cores(costs: Costs, seed: int) -> Iterator[SweepPoint]:
+    """max_per_lease where it binds: fewer jobs than cores, so the first jobs take the
+    largest pools and the rest wait for a rebalance (each shrink or grow drains a pool and
+    starts another)."""
+    cores, jobs, limit = FEWER_JOBS_CELL
+    host = HostSpec.vm(cores, limit)
+    work = table_workload(cores, jobs, seed)
+    deadline, _ = sequential_deadline(host, work, costs)
+    condition = f"{cores} cores, {jobs} jobs, limit {limit}: fewer jobs than cores"
+    for most in (2, 4, 8, 16, 32):
+        result, _ = run_one(
+            host,
+            work,
+            "budget",
+            costs,
+            deadline,
+            daemon=budget_spec(max_per_lease=most),
+            give_up=GIVE_UP_FACTOR * deadline,
+        )
+        yield SweepPoint(condition, "max_per_lease", str(most), result)
 
 
 OTHERS_STEADY = (1300, 1500, 1600, 1700, 1800, 1900)
