@@ -51,7 +51,7 @@ def _flat(line: dict[str, Any]) -> dict[str, float]:
     for key in _COUNTERS:
         if isinstance(line.get(key), int):
             out[key] = line[key]
-    for key in ("grants", "fallbacks", "restarts", "level_seconds"):
+    for key in ("grants", "denied_by", "fallbacks", "restarts", "level_seconds"):
         for name, n in (line.get(key) or {}).items():
             if isinstance(n, int | float):
                 out[f"{key}.{name}"] = n
@@ -157,6 +157,11 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
         "pressure_changes": pressure_changes,
         "grants": grants,
         "denied": denied,
+        "denied_by": {
+            k[len("denied_by.") :]: int(v)
+            for k, v in sorted(total.items())
+            if k.startswith("denied_by.") and v
+        },
         "sequential_share": denied / asked_pool if asked_pool else None,
         "executor_fallbacks": fallbacks,
         "refused_spawns": int(total.get("refused_spawns", 0)),
@@ -184,12 +189,43 @@ def targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
-    """Tuning advice the figures support: a key to change and why (none when all is well)."""
+    """Tuning advice the figures support: a key to change and why (none when all is well).
+
+    Which key depends on why pool requests got sequential (`denied_by`, counted by the
+    daemon from each grant's reason): CPUs all leased is not a key to turn down, a reserve
+    or a pressure threshold is. The simulation of 8-64 core hosts (docs/SIMULATION.md) is
+    the basis: with jobs at least as many as CPUs, sequential is the fastest policy; the
+    reserve and the thresholds change throughput by a few percent and never caused a
+    failure, so they are worth lowering only when the limit is what refused."""
     out: list[dict[str, str]] = []
     seq = fig["sequential_share"]
     peak_p95 = fig["tightest_percent"]["p95"]
     high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
-    if seq is not None and seq > 0.30 and peak_p95 is not None and peak_p95 < 60:
+    by: dict[str, int] = fig.get("denied_by") or {}
+    known = sum(by.values())
+    cpu = by.get("cpu", 0) + by.get("fair_share", 0)
+    if seq is not None and seq > 0.30 and known and cpu * 2 >= known:
+        out.append(
+            {
+                "key": "programs.<name>.numprocs / budget.cpu_cap",
+                "why": f"{seq:.0%} of pool requests got sequential, {cpu / known:.0%} of them "
+                "because no two CPUs were free for a pool (leased to other jobs, as when "
+                "jobs are as many as CPUs or more, or budget.cpu_cap below 2): then "
+                "sequential is the fastest way to run them, not a fault, and lowering the "
+                "reserve or the thresholds changes nothing; run fewer jobs at once only if "
+                "each job must finish sooner",
+            }
+        )
+    elif seq is not None and seq > 0.30 and known and by.get("memory", 0) * 2 >= known:
+        out.append(
+            {
+                "key": "budget.memory_per_slot",
+                "why": f"{seq:.0%} of pool requests got sequential, mostly for want of memory "
+                "(no memory_per_slot free for another process worker): lower it if workers "
+                "use less (their RSS is in `status`), else the host's memory is the limit",
+            }
+        )
+    elif seq is not None and seq > 0.30 and peak_p95 is not None and peak_p95 < 60:
         out.append(
             {
                 "key": "budget.reserve_percent / budget.reserve_tasks / "
@@ -258,6 +294,8 @@ def render(fig: dict[str, Any]) -> str:
         + f"  ({fig['pressure_changes']} changes)",
         f"grants              process {g['process']}  thread {g['thread']}  "
         f"sequential {g['sequential']}  (pool asked, sequential given: {fig['denied']})",
+        "  sequential because "
+        + (", ".join(f"{k} {v}" for k, v in fig["denied_by"].items()) or "-"),
         "executor fallbacks  "
         + (", ".join(f"{k} {v}" for k, v in fig["executor_fallbacks"].items()) or "0"),
         f"refused spawns      {fig['refused_spawns']}",

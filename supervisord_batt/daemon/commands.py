@@ -166,7 +166,7 @@ class Commands:
         grant = self.ledger.acquire(request)
         held.add(grant.lease_id)
         data["job"] = request.job
-        self.tallies.granted(grant.kind, request.want)
+        self.tallies.granted(grant.kind, request.want, grant.reason)
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 

@@ -61,6 +61,7 @@ class StatsLine:
             "leases": len(stats.leases),
             "grants": dict(tallies.grants),
             "denied": tallies.denied,
+            "denied_by": dict(tallies.denied_by),
             "fallbacks": {f"{a}>{b}": n for (a, b), n in sorted(tallies.fallbacks.items())},
             "refused_spawns": sum(cg.pids_events_max or 0 for cg in sample.cgroups),
             "restarts": dict(tally.restarts),

@@ -14,6 +14,25 @@ from dataclasses import dataclass, field
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0, 10.0)
 
 
+# Why a pool request got sequential, from the ledger's reason: the tuning that would
+# change it differs (CPUs are not a key to turn down; a reserve or a threshold is).
+DENIAL_CAUSES = ("cpu", "fair_share", "limit", "memory", "pressure", "other")
+_CAUSE_PREFIXES = (
+    ("cpu cap", "cpu"),  # the host's CPUs (or budget.cpu_cap) all charged to other leases
+    ("fair share", "fair_share"),  # more holders than the CPUs and headroom give a pool each
+    ("memory", "memory"),  # no memory_per_slot slot free for another process worker
+    ("level", "pressure"),  # a pressure level that allows no pool kind
+)
+
+
+def denial_cause(reason: str) -> str:
+    """The cause of a sequential grant, one of DENIAL_CAUSES, from `Grant.reason`."""
+    for prefix, cause in _CAUSE_PREFIXES:
+        if reason.startswith(prefix):
+            return cause
+    return "limit" if " headroom " in reason else "other"  # "<limit> headroom N tasks < ..."
+
+
 @dataclass
 class Tallies:
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (op, ok|error code)
@@ -22,6 +41,7 @@ class Tallies:
     latency_sum: float = 0.0
     grants: Counter[str] = field(default_factory=Counter)  # kind granted at acquire
     denied: int = 0  # acquires that asked for a pool (want >= 2) and got sequential
+    denied_by: Counter[str] = field(default_factory=Counter)  # those, by `denial_cause`
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (from, to)
 
     def request(self, op: str, result: str, seconds: float) -> None:
@@ -29,10 +49,11 @@ class Tallies:
         self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def granted(self, kind: str, want: int) -> None:
+    def granted(self, kind: str, want: int, reason: str) -> None:
         self.grants[kind] += 1
         if kind == "sequential" and want >= 2:
             self.denied += 1
+            self.denied_by[denial_cause(reason)] += 1
 
     def cumulative_latency(self) -> list[tuple[str, int]]:
         """Prometheus' buckets: (upper bound, requests at or below it), "+Inf" last."""

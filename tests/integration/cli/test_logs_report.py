@@ -48,6 +48,8 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Any:
     once = {"restart": "never", "min_runtime": "0s"}
     config = {
         "daemon": {"log_file": str(log), "stats_interval": "200ms", "log_level": "info"},
+        # one CPU: the notebook's pool request gets sequential, for want of CPUs
+        "budget": {"cpu_cap": 1},
         "programs": {
             "ok": _program(_py("import time; time.sleep(0.3)"), **once),
             "bad": _program(_py("import sys, time; time.sleep(0.3); sys.exit(3)"), **once),
@@ -82,7 +84,8 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     assert fig["hang_rate"] == pytest.approx(1 / 3)
     assert fig["limit_kills"] == [{"program": "hang", "reason": "wall_clock_limit", "count": 1}]
     assert fig["executor_fallbacks"] == {"process>thread": 1}
-    assert sum(fig["grants"].values()) == 1
+    assert fig["grants"]["sequential"] == 1 and fig["denied"] == 1
+    assert set(fig["denied_by"]) <= {"cpu", "fair_share"} and sum(fig["denied_by"].values()) == 1
     assert fig["stats_lines"] >= 2 and fig["daemons"] == 1
     assert fig["host_tasks"]["p50"] > 0 and fig["tightest_percent"]["max"] > 0
     assert fig["pressure_share"]["normal"] == pytest.approx(1.0)
@@ -92,6 +95,8 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     keys = [a["key"] for a in fig["advice"]]
     assert "programs.hang.wall_clock_limit" in keys
     assert any("reserve_tasks" in k for k in keys)  # the reported fallback
+    assert "programs.<name>.numprocs / budget.cpu_cap" in keys  # sequential for want of CPUs: not the reserve
+    assert not any(k.startswith("budget.reserve_percent") for k in keys)
     text = cli("report", "--file", str(log))
     assert text.returncode == 0
     assert "script hangs 0%" in text.stdout and "NO" in text.stdout

@@ -80,3 +80,30 @@ def test_event_parsing_and_filters() -> None:
     assert not keep.keeps(None)  # a non-JSON line is shown only when nothing narrows
     assert Filter().keeps(None)
     assert not Filter(level="warning").keeps({"level": "info"})
+
+
+def test_advice_follows_why_pools_were_refused() -> None:
+    """The same 40% sequential share on a quiet limit: CPUs all leased is not a reserve to
+    lower, a limit's headroom is, memory is memory_per_slot."""
+
+    def fig_for(denied_by: dict[str, int]) -> dict[str, Any]:
+        return compute(
+            [
+                stats(1, denied_by={}),
+                stats(1, grants={"sequential": 40, "process": 60}, denied=40, denied_by=denied_by),
+            ]
+        )
+
+    cpu = fig_for({"cpu": 10, "fair_share": 25, "limit": 5})
+    assert cpu["denied_by"] == {"cpu": 10, "fair_share": 25, "limit": 5}
+    keys = [a["key"] for a in advice(cpu)]
+    assert keys == ["programs.<name>.numprocs / budget.cpu_cap"]
+    assert "88% of them" in advice(cpu)[0]["why"]  # 35 of 40
+    limit = [a["key"] for a in advice(fig_for({"limit": 30, "pressure": 5, "cpu": 5}))]
+    assert limit and limit[0].startswith("budget.reserve_percent")
+    memory = [a["key"] for a in advice(fig_for({"memory": 30, "cpu": 10}))]
+    assert memory == ["budget.memory_per_slot"]
+    # lines written before the daemon counted causes: the limit-based rule, as before
+    old = compute([stats(1), stats(1, grants={"sequential": 40, "process": 60}, denied=40)])
+    assert old["denied_by"] == {}
+    assert advice(old)[0]["key"].startswith("budget.reserve_percent")
