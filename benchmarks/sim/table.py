@@ -169,6 +169,7 @@ def run_sweep(costs: Costs, seed: int = 0) -> Iterator[SweepPoint]:
         if others.active:
             yield from _others_load(host, work, costs, condition)
     yield from _fewer_jobs_than_cores(costs, seed)
+    yield from _arrivals(costs, seed)
 
 
 FEWER_JOBS_CELL = (64, 16, 4096)
@@ -212,3 +213,24 @@ def _others_load(
             host, loaded, "budget", costs, deadline, give_up=GIVE_UP_FACTOR * deadline
         )
         yield SweepPoint(condition, "others_steady_tasks", str(steady), result)
+
+
+ARRIVALS_CELL = (64, 64, 4096)
+
+
+def _arrivals(costs: Costs, seed: int) -> Iterator[SweepPoint]:
+    """The table's one short cell (64 cores, 64 jobs) with the jobs arriving over time
+    instead of all at once: whether its shortfall is the burst's first-come grants (the
+    first jobs take pools of 8 before the rest arrive, then shrink) or the budget's."""
+    cores, jobs, limit = ARRIVALS_CELL
+    host = HostSpec.vm(cores, limit)
+    for rate in (None, 8.0, 2.0):
+        work = replace(table_workload(cores, jobs, seed), arrival_rate=rate)
+        deadline, _ = sequential_deadline(host, work, costs)
+        condition = f"{cores} cores, {jobs} jobs, limit {limit}: arrivals"
+        value = "burst" if rate is None else f"{rate:g} jobs/s"
+        for policy in ("sequential", "reused", "budget"):
+            result, _ = run_one(
+                host, work, policy, costs, deadline, give_up=GIVE_UP_FACTOR * deadline
+            )
+            yield SweepPoint(condition, "arrivals", value, result)
