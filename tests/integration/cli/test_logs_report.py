@@ -95,7 +95,8 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     keys = [a["key"] for a in fig["advice"]]
     assert "programs.hang.wall_clock_limit" in keys
     assert any("reserve_tasks" in k for k in keys)  # the reported fallback
-    assert "programs.<name>.numprocs / budget.cpu_cap" in keys  # sequential for want of CPUs: not the reserve
+    # sequential for want of CPUs: the advice is not to lower the reserve
+    assert "programs.<name>.numprocs / budget.cpu_cap" in keys
     assert not any(k.startswith("budget.reserve_percent") for k in keys)
     text = cli("report", "--file", str(log))
     assert text.returncode == 0
