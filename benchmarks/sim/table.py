@@ -168,14 +168,14 @@ def run_sweep(costs: Costs, seed: int = 0) -> Iterator[SweepPoint]:
             yield SweepPoint(condition, knob, value, result)
         if others.active:
             yield from _others_load(host, work, costs, condition)
-    yield from _fewer_jobs_than_cores(costs, seed)
-    yield from _arrivals(costs, seed)
+    yield from run_fewer_jobs(costs, seed)
+    yield from run_arrivals(costs, seed)
 
 
 FEWER_JOBS_CELL = (64, 16, 4096)
 
 
-def _fewer_jobs_than_cores(costs: Costs, seed: int) -> Iterator[SweepPoint]:
+def run_fewer_jobs(costs: Costs, seed: int) -> Iterator[SweepPoint]:
     """max_per_lease where it binds: fewer jobs than cores, so the first jobs take the
     largest pools and the rest wait for a rebalance (each shrink or grow drains a pool and
     starts another)."""
@@ -218,7 +218,7 @@ def _others_load(
 ARRIVALS_CELL = (64, 64, 4096)
 
 
-def _arrivals(costs: Costs, seed: int) -> Iterator[SweepPoint]:
+def run_arrivals(costs: Costs, seed: int) -> Iterator[SweepPoint]:
     """The table's one short cell (64 cores, 64 jobs) with the jobs arriving over time
     instead of all at once: whether its shortfall is the burst's first-come grants (the
     first jobs take pools of 8 before the rest arrive, then shrink) or the budget's."""
