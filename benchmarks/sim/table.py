@@ -224,10 +224,10 @@ def run_arrivals(costs: Costs, seed: int) -> Iterator[SweepPoint]:
     first jobs take pools of 8 before the rest arrive, then shrink) or the budget's."""
     cores, jobs, limit = ARRIVALS_CELL
     host = HostSpec.vm(cores, limit)
+    condition = f"{cores} cores, {jobs} jobs, limit {limit}: arrivals"
     for rate in (None, 8.0, 2.0):
         work = replace(table_workload(cores, jobs, seed), arrival_rate=rate)
         deadline, _ = sequential_deadline(host, work, costs)
-        condition = f"{cores} cores, {jobs} jobs, limit {limit}: arrivals"
         value = "burst" if rate is None else f"{rate:g} jobs/s"
         for policy in ("sequential", "reused", "budget"):
             result, _ = run_one(

@@ -201,10 +201,11 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
     seq = fig["sequential_share"]
     peak_p95 = fig["tightest_percent"]["p95"]
     high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
+    mostly_sequential = seq is not None and seq > 0.30
     by: dict[str, int] = fig.get("denied_by") or {}
     known = sum(by.values())
     cpu = by.get("cpu", 0) + by.get("fair_share", 0)
-    if seq is not None and seq > 0.30 and known and cpu * 2 >= known:
+    if mostly_sequential and known and cpu * 2 >= known:
         out.append(
             {
                 "key": "programs.<name>.numprocs / budget.cpu_cap",
@@ -216,7 +217,7 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
                 "each job must finish sooner",
             }
         )
-    elif seq is not None and seq > 0.30 and known and by.get("memory", 0) * 2 >= known:
+    elif mostly_sequential and known and by.get("memory", 0) * 2 >= known:
         out.append(
             {
                 "key": "budget.memory_per_slot",
@@ -225,7 +226,7 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
                 "use less (their RSS is in `status`), else the host's memory is the limit",
             }
         )
-    elif seq is not None and seq > 0.30 and peak_p95 is not None and peak_p95 < 60:
+    elif mostly_sequential and peak_p95 is not None and peak_p95 < 60:
         out.append(
             {
                 "key": "budget.reserve_percent / budget.reserve_tasks / "
@@ -235,7 +236,7 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
                 "thresholds hold back more than the host needs; lower them a step",
             }
         )
-    elif seq is not None and seq > 0.30 and high > 0.2:
+    elif mostly_sequential and high > 0.2:
         out.append(
             {
                 "key": "programs.<name>.numprocs / the unit's TasksMax",

@@ -40,8 +40,8 @@ class Tallies:
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     grants: Counter[str] = field(default_factory=Counter)  # kind granted at acquire
-    denied: int = 0  # acquires that asked for a pool (want >= 2) and got sequential
-    denied_by: Counter[str] = field(default_factory=Counter)  # those, by `denial_cause`
+    # acquires that asked for a pool (want >= 2) and got sequential, by `denial_cause`
+    denied_by: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (from, to)
 
     def request(self, op: str, result: str, seconds: float) -> None:
@@ -52,8 +52,11 @@ class Tallies:
     def granted(self, kind: str, want: int, reason: str) -> None:
         self.grants[kind] += 1
         if kind == "sequential" and want >= 2:
-            self.denied += 1
             self.denied_by[denial_cause(reason)] += 1
+
+    @property
+    def denied(self) -> int:
+        return sum(self.denied_by.values())
 
     def cumulative_latency(self) -> list[tuple[str, int]]:
         """Prometheus' buckets: (upper bound, requests at or below it), "+Inf" last."""
