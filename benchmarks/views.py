@@ -21,21 +21,32 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# a scrape as Prometheus 3 makes it: a new connection each time, OpenMetrics asked first
 SCRAPER = """
 import sys, time, urllib.request
 url, every = sys.argv[1], float(sys.argv[2])
+accept = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+          "application/openmetrics-text;version=0.0.1;q=0.5,"
+          "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+          "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+request = urllib.request.Request(url, headers={"Accept": accept})
 while True:
     try:
-        urllib.request.urlopen(url, timeout=5).read()
+        urllib.request.urlopen(request, timeout=5).read()
     except OSError:
         pass
     time.sleep(every)
 """
 
 
-def metrics_config(port: int, textfile: Path) -> str:
-    """The YAML of a metrics section with both outputs on."""
-    return f"metrics:\n  listen: 127.0.0.1:{port}\n  textfile: {textfile}\n"
+ALL = ("scrape", "textfile", "top", "logs")  # the views, each of which can run alone
+
+
+def metrics_config(port: int, textfile: Path, views: tuple[str, ...] = ALL) -> str:
+    """The YAML of a metrics section with the outputs that `views` use on ("" for none)."""
+    lines = [f"  listen: 127.0.0.1:{port}\n"] if "scrape" in views else []
+    lines += [f"  textfile: {textfile}\n"] if "textfile" in views else []
+    return "metrics:\n" + "".join(lines) if lines else ""
 
 
 def free_port() -> int:
@@ -63,25 +74,34 @@ class Views:
 
 @contextlib.contextmanager
 def attached_views(
-    socket: Path, log_file: Path, port: int, scrape_every: float = 1.0
+    socket: Path,
+    log_file: Path,
+    port: int,
+    scrape_every: float = 1.0,
+    views_on: tuple[str, ...] = ALL,
 ) -> Iterator[Views]:
-    """Start the views; stop each one we started, whatever happens."""
+    """Start the views in `views_on` (the textfile is the daemon's own: nothing to start);
+    stop each one we started, whatever happens."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    views = Views(tmux=shutil.which("tmux"))
+    views = Views(tmux=shutil.which("tmux") if "top" in views_on else None)
+    if "top" in views_on and views.tmux is None:
+        raise RuntimeError("top runs in tmux, and tmux is not installed")
     procs, tmux, server = views.procs, views.tmux, views.server
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        procs[f"scraper every {scrape_every:g}s"] = subprocess.Popen(
-            [sys.executable, "-c", SCRAPER, url, str(scrape_every)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs["logs -f"] = subprocess.Popen(
-            [sys.executable, "-m", "supervisord_batt", "logs", "-f", "--file", str(log_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        if "scrape" in views_on:
+            procs[f"scraper every {scrape_every:g}s"] = subprocess.Popen(
+                [sys.executable, "-c", SCRAPER, url, str(scrape_every)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        if "logs" in views_on:
+            procs["logs -f"] = subprocess.Popen(
+                [sys.executable, "-m", "supervisord_batt", "logs", "-f", "--file", str(log_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
         if tmux:
             top = f"{sys.executable} -m supervisord_batt top --socket {socket}"
             subprocess.run(
