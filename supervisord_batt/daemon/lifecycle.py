@@ -441,9 +441,9 @@ class MetricsOutputs:
         self.config = MetricsConfig()
         self.registry: Any = None
         self.endpoint: Any = None  # a MetricsEndpoint while listening
-        # one exposition per tick and format: the host figures change once a tick, and a
-        # scrape between two ticks gets the textfile's bytes (counters as of the tick)
-        self._rendered: dict[str, bytes] = {}  # content type -> exposition
+        # one exposition per tick: the host figures change once a tick, and a scrape
+        # between two ticks gets the textfile's bytes (counters as of the tick)
+        self._rendered: bytes | None = None
 
     def _registry(self) -> Any:
         if self.registry is None:
@@ -482,28 +482,26 @@ class MetricsOutputs:
             return
         self.endpoint = endpoint
 
-    def render(self, accept: str) -> tuple[bytes, str]:
-        """The exposition in the format an Accept header asks for (the library chooses),
-        rendered at most once a tick per format."""
-        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+    def render(self) -> tuple[bytes, str]:
+        """The exposition and its content type, rendered at most once a tick (see
+        daemon.metrics for why one format serves both outputs)."""
+        from supervisord_batt.daemon.metrics import TEXT_FORMAT, exposition  # noqa: PLC0415
 
-        encoder, content_type = choose_encoder(accept)
-        body = self._rendered.get(content_type)
-        if body is None:
-            body = self._rendered[content_type] = encoder(self._registry())
-        return body, content_type
+        if self._rendered is None:
+            self._rendered = exposition(self._registry())
+        return self._rendered, TEXT_FORMAT
 
     def _scrape_failed(self, exc: Exception) -> None:
         self.daemon.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
 
     def tick(self) -> None:
         """Rewrite the textfile; a full disk or a bad directory is counted, not fatal."""
-        self._rendered.clear()
+        self._rendered = None
         path = self.config.textfile
         if path is None:
             return
         try:
-            safepath.replace_file(path, self.render("")[0], 0o644)
+            safepath.replace_file(path, self.render()[0], 0o644)
         except OSError as exc:
             self.daemon.faults.emit(
                 "error", "metrics_textfile_failed", path=str(path), errno=exc.errno, reason=str(exc)

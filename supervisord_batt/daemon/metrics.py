@@ -11,6 +11,12 @@ endpoint served from the daemon's own event loop (`daemon.metricshttp`; the libr
 server would start a thread) and a textfile rewritten atomically every tick for
 node_exporter's textfile collector (`safepath.replace_file`).
 
+One format serves both outputs: Prometheus' text format (version 0.0.4), the one
+node_exporter's textfile collector reads and every Prometheus accepts. OpenMetrics,
+which Prometheus asks for first, is not offered: nothing here needs what it adds
+(exemplars, created timestamps), and a second format would be a second rendering every
+tick.
+
 Names follow Prometheus' conventions: the `supervisord_batt_` prefix, base units in the
 name (`_tasks`, `_workers`, `_bytes`, `_seconds`), `_total` on counters.
 """
@@ -26,6 +32,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from supervisord_batt import protocol
@@ -37,6 +44,7 @@ from supervisord_batt.supervise.states import State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 P = "supervisord_batt_"
+TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
 
 
 @dataclass(eq=False)  # the registry keys collectors by identity
@@ -197,3 +205,8 @@ def registry_for(collector: DaemonCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format (TEXT_FORMAT), by the library."""
+    return generate_latest(registry)

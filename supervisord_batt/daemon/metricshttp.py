@@ -3,8 +3,9 @@
 prometheus-client's own server (`start_http_server`) runs in a thread, and the daemon
 starts none: a host out of threads is exactly when the metrics matter. So this is a small
 HTTP/1.1 responder on asyncio: one GET (or HEAD) per connection, answered and closed.
-The body is the library's exposition, in the format the scraper's Accept header asks
-for (`render`: the daemon's, which renders once a tick).
+The body is the library's exposition in Prometheus' text format, whatever the Accept
+header offers: Prometheus reads it, and one rendering a tick (`render`, the daemon's)
+then serves every scraper and the textfile alike (see daemon.metrics).
 
 What a peer can make it do is bounded: a request head of at most 8 KiB read within 5 s,
 at most 16 connections at once (more are closed at once), nothing kept after the reply.
@@ -26,7 +27,7 @@ HEAD_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
 
 
-Render = Callable[[str], tuple[bytes, str]]  # Accept header -> (body, content type)
+Render = Callable[[], tuple[bytes, str]]  # -> (body, content type)
 
 
 def respond(head: bytes, render: Render) -> bytes:
@@ -43,12 +44,7 @@ def respond(head: bytes, render: Render) -> bytes:
         return _plain(200, "OK", "supervisord-batt: metrics at /metrics\n")
     if path != "/metrics":
         return _plain(404, "Not Found", "metrics are at /metrics\n")
-    accept = ""
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "accept":
-            accept = value.strip()
-    body, content_type = render(accept)
+    body, content_type = render()
     header = _head(200, "OK", content_type, len(body))
     return header if method == "HEAD" else header + body
 

@@ -25,9 +25,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# what Prometheus 3 sends: OpenMetrics first, the text format as a fallback
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
 def scrape(port: int, path: str = "/metrics") -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
         return str(reply.read().decode())
+
+
+def test_prometheus_gets_the_text_format_it_reads(metered: tuple[DaemonHandle, int]) -> None:
+    """Offered OpenMetrics first, the endpoint answers in the text format, the one the
+    textfile has too: one rendering a tick serves both."""
+    _, port = metered
+    url = f"http://127.0.0.1:{port}/metrics"
+    request = urllib.request.Request(url, headers={"Accept": PROMETHEUS_ACCEPT})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        content_type = reply.headers["Content-Type"]
+        text = reply.read().decode()
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in text  # OpenMetrics' end marker
+    assert (P + "host_tasks", ()) in samples(text)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
