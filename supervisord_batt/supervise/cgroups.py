@@ -82,6 +82,7 @@ class WorkerCgroup:
         self.path = path
         self.limit_chain = (path, *limit_chain)
         self.preexec_path = str(path / "cgroup.procs")
+        self._pids_current = str(path / "pids.current")  # read for every status
 
     def __repr__(self) -> str:
         return f"WorkerCgroup({str(self.path)!r})"
@@ -92,7 +93,7 @@ class WorkerCgroup:
 
     def tasks_current(self) -> int | None:
         """Tasks (threads and processes) charged to the cgroup: pids.current."""
-        return procfs.parse_int(_bytes(self.path / "pids.current"))
+        return procfs.parse_int(_bytes(self._pids_current))
 
     def set_max(self, value: int | None) -> None:
         """Write pids.max (None: unlimited)."""
@@ -140,7 +141,7 @@ class WorkerCgroup:
         return f"cannot remove {self.path}: {err}; members {self.procs()}"
 
 
-def _bytes(path: Path) -> bytes | None:
+def _bytes(path: Path | str) -> bytes | None:
     try:
         with open(path, "rb") as f:
             return f.read()
