@@ -183,7 +183,7 @@ class HostMonitor:
         if not self._include_self:
             return
         text = self._self_text("cgroup")
-        if text == self._self_cgroup:
+        if not text or text == self._self_cgroup:  # "": unreadable now (out of descriptors)
             return
         before = [w.path for w in self._watched]
         for node in self._nodes.values():

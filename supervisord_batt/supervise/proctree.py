@@ -555,7 +555,8 @@ def become_subreaper() -> bool:
 
 
 def _children_of_self() -> set[int]:
-    """Our direct children: /proc/self/task/*/children, or a /proc scan without it."""
+    """Our direct children: /proc/self/task/*/children, or a /proc scan without it; none
+    when they cannot be read now (out of descriptors: the next scan reaps them)."""
     kids: set[int] = set()
     try:
         for tid in os.listdir("/proc/self/task"):
@@ -563,7 +564,12 @@ def _children_of_self() -> set[int]:
                 kids.update(int(p) for p in f.read().split())
     except FileNotFoundError:  # kernel without CONFIG_PROC_CHILDREN
         me = os.getpid()
-        return {st.pid for st in _scan().values() if st.ppid == me}
+        try:
+            return {st.pid for st in _scan().values() if st.ppid == me}
+        except OSError:
+            return set()
+    except OSError:
+        return set()
     return kids
 
 

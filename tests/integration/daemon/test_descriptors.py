@@ -143,3 +143,25 @@ def test_refused_peers_that_linger_cannot_use_up_the_descriptors(
         what="every refused socket closed",
     )
     assert d.proc.poll() is None and "Traceback" not in d.log_text()
+
+
+def test_no_descriptor_at_all_for_seconds_neither_stops_nor_misleads_the_daemon(
+    daemon: Callable[..., Any],
+) -> None:
+    """Every new descriptor refused (soft limit 3) across several ticks and scans: the
+    daemon keeps ticking, does not take an unreadable /proc/self/cgroup for a move to
+    another cgroup, and skips reaping orphans until it can list its children again."""
+    d = daemon({"daemon": {"stats_interval": "100ms", "scan_interval": "200ms"}})
+    pid = d.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))  # 0-2 are open
+        ticks = len(d.events("stats"))
+        wait_until(lambda: len(d.events("scan_failed")) >= 1, timeout=10, what="a failed scan")
+        wait_until(lambda: len(d.events("stats")) >= ticks + 10, timeout=10, what="10 ticks")
+        assert d.proc.poll() is None
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert d.status()["ok"]
+    assert not d.events("own_cgroup_changed")
+    assert "Traceback" not in d.log_text()
