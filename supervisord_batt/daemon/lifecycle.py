@@ -463,6 +463,8 @@ class MetricsOutputs:
         """Take a (new) metrics config: (re)start the endpoint when its address moved.
         A port that cannot be bound is an error line, never a daemon that stops."""
         old, self.config = self.config, config
+        if config.listen is not None or config.textfile is not None:
+            self._registry()  # imported now, not at a first scrape that may find no descriptor
         if old.textfile is not None and old.textfile != config.textfile:
             with contextlib.suppress(OSError):
                 old.textfile.unlink()
@@ -473,7 +475,9 @@ class MetricsOutputs:
             return
         from supervisord_batt.daemon.metricshttp import MetricsEndpoint  # noqa: PLC0415
 
-        endpoint = MetricsEndpoint(config.listen, self.render, self._scrape_failed)
+        endpoint = MetricsEndpoint(
+            config.listen, self.render, self._scrape_failed, self._accept_failed
+        )
         try:
             await endpoint.start()
         except OSError as exc:
@@ -493,6 +497,11 @@ class MetricsOutputs:
 
     def _scrape_failed(self, exc: Exception) -> None:
         self.daemon.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self.daemon.faults.emit(
+            "warning", "metrics_accept_failed", errno=exc.errno, reason=str(exc), paused_s=1.0
+        )
 
     def tick(self) -> None:
         """Rewrite the textfile; a full disk or a bad directory is counted, not fatal."""

@@ -2,20 +2,27 @@
 
 prometheus-client's own server (`start_http_server`) runs in a thread, and the daemon
 starts none: a host out of threads is exactly when the metrics matter. So this is a small
-HTTP/1.1 responder on asyncio: one GET (or HEAD) per connection, answered and closed.
+HTTP/1.1 responder on the loop's readiness callbacks: one GET (or HEAD) per connection,
+answered and closed. It works on the non-blocking sockets themselves, not through
+asyncio's servers: those make a Task, a Future and a Transport for every connection and
+take five turns of the loop to answer one scrape, where this takes one (the request has
+nearly always arrived by the time the connection is accepted).
 The body is the library's exposition in Prometheus' text format, whatever the Accept
 header offers: Prometheus reads it, and one rendering a tick (`render`, the daemon's)
 then serves every scraper and the textfile alike (see daemon.metrics).
 
 What a peer can make it do is bounded: a request head of at most 8 KiB read within 5 s,
 at most 16 connections at once (more are closed at once), nothing kept after the reply.
+When accept() fails (out of descriptors), accepting pauses for a second, as asyncio's
+servers do, and the failure is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisord_batt.logs import get_logger
@@ -25,6 +32,7 @@ log = get_logger(component="metrics")
 MAX_HEAD = 8 * 1024
 HEAD_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
+ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() failed (no descriptors)
 
 
 Render = Callable[[], tuple[bytes, str]]  # -> (body, content type)
@@ -65,38 +73,57 @@ def _plain(code: int, reason: str, text: str, **extra: str) -> bytes:
     return _head(code, reason, "text/plain; charset=utf-8", len(body), **extra) + body
 
 
-class _Exchange(asyncio.Protocol):
+@dataclass(eq=False)
+class _Exchange:
     """One connection: read the head, write the response, close."""
 
-    def __init__(self, endpoint: MetricsEndpoint) -> None:
-        self.endpoint = endpoint
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+    endpoint: MetricsEndpoint
+    conn: socket.socket
+    fd: int = field(init=False)
+    head: bytearray = field(default_factory=bytearray)
+    out: memoryview = field(default_factory=lambda: memoryview(b""))
+    reading: bool = False  # a reader callback is registered
+    writing: bool = False  # a writer callback is registered
+    timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if len(self.endpoint.open) >= MAX_CONNECTIONS:
-            transport.abort()
-            self.endpoint.refused += 1
-            return
-        self.endpoint.open.add(self)
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(HEAD_TIMEOUT, transport.abort)
+    def __post_init__(self) -> None:
+        self.fd = self.conn.fileno()
 
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        if self not in self.endpoint.open:
-            return
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_HEAD:
-                self._reply(_plain(431, "Request Header Fields Too Large", "head too large\n"))
-            return
+    def read(self) -> None:
         try:
-            response = respond(bytes(self.buffer[:end]), self.endpoint.render)
+            data = self.conn.recv(MAX_HEAD + 1)
+        except (BlockingIOError, InterruptedError):
+            self._wait_for_head()
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:  # the peer went away before a whole head
+            self.close()
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end >= 0:
+            self._respond(bytes(self.head[:end]))
+        elif len(self.head) > MAX_HEAD:
+            self._reply(_plain(431, "Request Header Fields Too Large", "head too large\n"))
+        else:
+            self._wait_for_head()
+
+    def _wait_for_head(self) -> None:
+        if not self.reading:
+            self.endpoint.loop.add_reader(self.fd, self.read)
+            self.reading = True
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """A peer that sends no head, or reads no response, is dropped after HEAD_TIMEOUT."""
+        if self.timer is None:
+            self.timer = self.endpoint.loop.call_later(HEAD_TIMEOUT, self.close)
+
+    def _respond(self, head: bytes) -> None:
+        try:
+            response = respond(head, self.endpoint.render)
         except Exception as exc:  # a collector bug: the scrape fails, the daemon serves on
             self.endpoint.on_error(exc)
             response = _plain(500, "Internal Server Error", "metrics failed; see the log\n")
@@ -104,15 +131,39 @@ class _Exchange(asyncio.Protocol):
         self._reply(response)
 
     def _reply(self, response: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(response)
-        self.transport.close()  # after the buffered response is written
-        self.buffer.clear()
+        if self.reading:
+            self.endpoint.loop.remove_reader(self.fd)
+            self.reading = False
+        self.out = memoryview(response)
+        self.write()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def write(self) -> None:
+        try:
+            sent = self.conn.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        self.out = self.out[sent:]
+        if not self.out:
+            self.close()
+        elif not self.writing:  # the rest when the peer has read some
+            self.endpoint.loop.add_writer(self.fd, self.write)
+            self.writing = True
+            self._arm_timer()
+
+    def close(self) -> None:
+        loop = self.endpoint.loop
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.writing:
+            loop.remove_writer(self.fd)
+        self.reading = self.writing = False
         if self.timer is not None:
             self.timer.cancel()
-        self.endpoint.open.discard(self)
+        self.endpoint.open.pop(self.fd, None)
+        self.conn.close()
 
 
 class MetricsEndpoint:
@@ -123,38 +174,75 @@ class MetricsEndpoint:
         address: tuple[str, int],
         render: Render,
         on_error: Callable[[Exception], Any],
+        on_accept_error: Callable[[OSError], Any] = lambda exc: None,
     ) -> None:
         self.address = address
         self.render = render
         self.on_error = on_error
-        self.open: set[_Exchange] = set()
+        self.on_accept_error = on_accept_error  # out of descriptors (accepting pauses)
+        self.open: dict[int, _Exchange] = {}  # by descriptor
         self.scrapes = 0
         self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
-        self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._resume: asyncio.TimerHandle | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
 
     async def start(self) -> None:
         """Listen; raises OSError (the port is taken, the address is not this host's)."""
         host, port = self.address
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Exchange(self), host, port, reuse_address=True, backlog=MAX_CONNECTIONS
-        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IP, never a name
+        sock = socket.create_server((host, port), family=family, backlog=MAX_CONNECTIONS)
+        sock.setblocking(False)
+        self._sock = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
         log.info("metrics_listening", address=host, port=self.port)
 
     @property
     def port(self) -> int:
         """The port bound (the configured one, or the kernel's pick for port 0 in tests)."""
-        if self._server is None or not self._server.sockets:
+        if self._sock is None:
             return self.address[1]
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        for _ in range(MAX_CONNECTIONS):  # a burst, then the loop's other callbacks
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # that one went away: the next may be there
+                continue
+            except OSError as exc:  # EMFILE and the like: the socket stays readable,
+                self.loop.remove_reader(sock.fileno())  # so retrying at once would spin
+                self._resume = self.loop.call_later(ACCEPT_PAUSE, self._listen_again)
+                self.on_accept_error(exc)
+                return
+            if len(self.open) >= MAX_CONNECTIONS:
+                conn.close()
+                self.refused += 1
+                continue
+            conn.setblocking(False)
+            exchange = self.open[conn.fileno()] = _Exchange(self, conn)
+            exchange.read()
+
+    def _listen_again(self) -> None:
+        self._resume = None
+        if self._sock is not None:
+            self.loop.add_reader(self._sock.fileno(), self._accept)
 
     async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        sock, self._sock = self._sock, None
+        if sock is None:
             return
-        server.close()
-        for exchange in list(self.open):
-            if exchange.transport is not None:
-                exchange.transport.abort()
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
+        if self._resume is not None:
+            self._resume.cancel()
+        else:
+            self.loop.remove_reader(sock.fileno())
+        sock.close()
+        for exchange in list(self.open.values()):
+            exchange.close()

@@ -3,6 +3,9 @@ both parsed with prometheus-client's own parser; the `stats` line; reported fall
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -126,6 +129,93 @@ def test_endpoint_answers_bad_requests_and_keeps_serving(metered: tuple[DaemonHa
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert samples(scrape(port))  # still serving
     assert handle.status()["ok"]
+
+
+def _reply_to(s: socket.socket) -> bytes:
+    """Everything the endpoint sends before it closes the connection."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_head_in_pieces_is_answered_when_whole(metered: tuple[DaemonHandle, int]) -> None:
+    """The endpoint answers at once when the head came with the connection, and waits
+    for the rest when it did not."""
+    _, port = metered
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metr")
+        s.settimeout(0.3)
+        with pytest.raises(TimeoutError):  # half a head: nothing yet
+            s.recv(100)
+        s.settimeout(5)
+        s.sendall(b"ics HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"\r\n")
+        reply = _reply_to(s)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert len(body) == length
+    assert (P + "host_tasks", ()) in samples(body.decode())
+
+
+def test_silent_connections_are_capped_then_dropped(metered: tuple[DaemonHandle, int]) -> None:
+    """16 connections that send nothing fill the endpoint: a 17th is closed unanswered,
+    the 16 are dropped after the head timeout (5 s), and scrapes are served again."""
+    handle, port = metered
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            extra.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):  # closed with the request unread
+                assert extra.recv(100) == b""
+        for s in silent:  # the endpoint closes each (recv sees the end within 10 s)
+            assert s.recv(100) == b""
+    finally:
+        for s in silent:
+            s.close()
+    assert samples(scrape(port))
+    assert handle.status()["ok"]
+
+
+def test_out_of_descriptors_pauses_accepting_then_serves(
+    metered: tuple[DaemonHandle, int],
+) -> None:
+    """With no descriptor left for accept(), the endpoint says so once and pauses instead
+    of spinning on a socket that stays readable; the scrape waiting in the kernel's queue
+    is answered once a descriptor is free again."""
+    import resource
+
+    handle, port = metered
+    pid = handle.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        try:
+            # descriptors 0-2 are open: every new one is refused
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
+            # the kernel completes the connection; the daemon's accept() gets EMFILE
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as waiting:
+                waiting.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+                failed = wait_until(lambda: handle.events("metrics_accept_failed"))
+                cpu, ticks = _cpu_seconds(pid), len(handle.events("stats"))
+                # the daemon goes on ticking (a stats line every 200 ms): over 8 of them,
+                # a spinning accept would have burnt 1.6 s of CPU; a paused one burns ~0
+                wait_until(lambda: len(handle.events("stats")) >= ticks + 8, timeout=10)
+                assert _cpu_seconds(pid) - cpu < 0.5
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+                reply = _reply_to(waiting)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n")  # accepted before the limit: served too
+        assert _reply_to(s).startswith(b"HTTP/1.1 200")
+    assert failed[0]["errno"] == errno.EMFILE and failed[0]["paused_s"] == 1.0
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert handle.status()["ok"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_textfile_is_written_each_tick_and_removed_at_stop(
