@@ -444,6 +444,7 @@ class MetricsOutputs:
         # one exposition per tick: the host figures change once a tick, and a scrape
         # between two ticks gets the textfile's bytes (counters as of the tick)
         self._rendered: bytes | None = None
+        self._textdir: safepath.HeldDir | None = None  # the textfile's directory, held
 
     def _registry(self) -> Any:
         if self.registry is None:
@@ -468,6 +469,7 @@ class MetricsOutputs:
         if old.textfile is not None and old.textfile != config.textfile:
             with contextlib.suppress(OSError):
                 old.textfile.unlink()
+            self._release_textdir()
         if config.listen == old.listen and (self.endpoint is not None or config.listen is None):
             return
         await self.close_endpoint()
@@ -509,12 +511,19 @@ class MetricsOutputs:
         path = self.config.textfile
         if path is None:
             return
+        if self._textdir is None:
+            self._textdir = safepath.HeldDir(path.parent)
         try:
-            safepath.replace_file(path, self.render()[0], 0o644)
+            self._textdir.replace_file(path.name, self.render()[0], 0o644)
         except OSError as exc:
             self.daemon.faults.emit(
                 "error", "metrics_textfile_failed", path=str(path), errno=exc.errno, reason=str(exc)
             )
+
+    def _release_textdir(self) -> None:
+        if self._textdir is not None:
+            self._textdir.close()
+            self._textdir = None
 
     async def close_endpoint(self) -> None:
         endpoint, self.endpoint = self.endpoint, None
@@ -524,6 +533,7 @@ class MetricsOutputs:
     async def close(self) -> None:
         """At stop: no endpoint, and no textfile left to be read as if the daemon ran."""
         await self.close_endpoint()
+        self._release_textdir()
         if self.config.textfile is not None:
             with contextlib.suppress(OSError):
                 self.config.textfile.unlink()

@@ -9,7 +9,7 @@ increment, never for a metrics library call.
 Two outputs, each off unless configured (`metrics.listen`, `metrics.textfile`): an HTTP
 endpoint served from the daemon's own event loop (`daemon.metricshttp`; the library's
 server would start a thread) and a textfile rewritten atomically every tick for
-node_exporter's textfile collector (`safepath.replace_file`).
+node_exporter's textfile collector (`safepath.HeldDir`).
 
 One format serves both outputs: Prometheus' text format (version 0.0.4), the one
 node_exporter's textfile collector reads and every Prometheus accepts. OpenMetrics,
