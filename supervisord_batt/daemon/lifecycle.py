@@ -439,33 +439,30 @@ class MetricsOutputs:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.config = MetricsConfig()
-        self.registry: Any = None
+        self.collector: Any = None  # a DaemonCollector once metrics are on
         self.endpoint: Any = None  # a MetricsEndpoint while listening
         # one exposition per tick: the host figures change once a tick, and a scrape
         # between two ticks gets the textfile's bytes (counters as of the tick)
         self._rendered: bytes | None = None
+        self._families: dict[str, Any] = {}  # the last rendering, by family (metrics.Rendered)
         self._textdir: safepath.HeldDir | None = None  # the textfile's directory, held
 
-    def _registry(self) -> Any:
-        if self.registry is None:
-            from supervisord_batt.daemon.metrics import (  # noqa: PLC0415 (see the class)
-                DaemonCollector,
-                registry_for,
-            )
+    def _collector(self) -> Any:
+        if self.collector is None:
+            from supervisord_batt.daemon.metrics import DaemonCollector  # noqa: PLC0415
 
-            d = self.daemon
-            collector = DaemonCollector(
+            d = self.daemon  # (imported here: see the class)
+            self.collector = DaemonCollector(
                 lambda: d.sample, d.ledger, d.commands.tallies, d.supervisor
             )
-            self.registry = registry_for(collector)
-        return self.registry
+        return self.collector
 
     async def apply(self, config: MetricsConfig) -> None:
         """Take a (new) metrics config: (re)start the endpoint when its address moved.
         A port that cannot be bound is an error line, never a daemon that stops."""
         old, self.config = self.config, config
         if config.listen is not None or config.textfile is not None:
-            self._registry()  # imported now, not at a first scrape that may find no descriptor
+            self._collector()  # imported now, not at a first scrape that may find no descriptor
         if old.textfile is not None and old.textfile != config.textfile:
             with contextlib.suppress(OSError):
                 old.textfile.unlink()
@@ -491,10 +488,15 @@ class MetricsOutputs:
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type, rendered at most once a tick (see
         daemon.metrics for why one format serves both outputs)."""
-        from supervisord_batt.daemon.metrics import TEXT_FORMAT, exposition  # noqa: PLC0415
+        from supervisord_batt.daemon.metrics import (  # noqa: PLC0415
+            TEXT_FORMAT,
+            exposition,
+            render_families,
+        )
 
         if self._rendered is None:
-            self._rendered = exposition(self._registry())
+            self._families = render_families(self._collector().collect(), self._families)
+            self._rendered = exposition(self._families)
         return self._rendered, TEXT_FORMAT
 
     def _scrape_failed(self, exc: Exception) -> None:

@@ -23,7 +23,7 @@ name (`_tasks`, `_workers`, `_bytes`, `_seconds`), `_total` on counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -33,7 +33,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from supervisord_batt import protocol
 from supervisord_batt.budget.costs import LEVELS
@@ -47,7 +47,7 @@ P = "supervisord_batt_"
 TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
 
 
-@dataclass(eq=False)  # the registry keys collectors by identity
+@dataclass(eq=False)  # compared by identity, like any collector
 class DaemonCollector:
     """A prometheus-client collector over the daemon's live state."""
 
@@ -199,14 +199,36 @@ class DaemonCollector:
         yield runs
 
 
-def registry_for(collector: DaemonCollector) -> CollectorRegistry:
-    """A registry with only the daemon's collector (not the library's default one, whose
-    process and platform collectors would describe the scraper's view of itself twice)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
+class _Family(Collector):
+    """One family as a collector: what the library renders."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in Prometheus' text format (TEXT_FORMAT), by the library."""
-    return generate_latest(registry)
+Rendered = dict[str, tuple[Metric, bytes]]  # family name -> (the family, its text)
+
+
+def render_families(families: Iterable[Metric], before: Rendered) -> Rendered:
+    """Each family in Prometheus' text format (TEXT_FORMAT) by the library, in order;
+    joined, the texts are `generate_latest` over all the families (the differential test).
+
+    A shortcut: a family equal to the one of its name in `before` (the last rendering)
+    keeps its text. From one tick to the next most families are unchanged, and the
+    library's formatting was the larger part of a rendering (0.5 ms with cold caches).
+    """
+    after: Rendered = {}
+    for family in families:
+        last = before.get(family.name)
+        if last is not None and last[0] == family:
+            after[family.name] = last
+        else:
+            after[family.name] = (family, generate_latest(_Family(family)))
+    return after
+
+
+def exposition(rendered: Rendered) -> bytes:
+    return b"".join(text for _, text in rendered.values())
