@@ -192,6 +192,9 @@ class HeldDir:
             opened, named = os.fstat(fd), os.stat(self.path)
             if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
                 raise UntrustedPath(f"refusing {self.path}: it changed while being checked")
+            # and what is held is private itself, whatever the path named in between
+            if opened.st_uid not in _owners(self.uid) or opened.st_mode & 0o022:
+                raise UntrustedPath(f"refusing {self.path}: not private when opened")
         except BaseException:
             os.close(fd)
             raise

@@ -228,7 +228,11 @@ class MetricsEndpoint:
                 continue
             conn.setblocking(False)
             exchange = self.open[conn.fileno()] = _Exchange(self, conn)
-            exchange.read()
+            try:
+                exchange.read()
+            except Exception:  # a bug on this connection: it is closed, the loop says why
+                exchange.close()
+                raise
 
     def _listen_again(self) -> None:
         self._resume = None

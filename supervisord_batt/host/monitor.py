@@ -185,13 +185,15 @@ class HostMonitor:
         text = self._self_text("cgroup")
         if not text or text == self._self_cgroup:  # "": unreadable now (out of descriptors)
             return
+        if not self._self_text("mountinfo"):  # the same: look again at the next tick
+            return
         before = [w.path for w in self._watched]
         for node in self._nodes.values():
             node.close()
         self._nodes.clear()
         self._watched.clear()
-        self._self_cgroup = text
         self._init_cgroups(self._specs, True)
+        self._self_cgroup = text  # after: a failed look is retried at the next tick
         log.warning(
             "own_cgroup_changed",
             old=before[:1],

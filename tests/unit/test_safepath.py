@@ -198,3 +198,14 @@ def test_a_held_directory_is_one_descriptor_until_closed(tmp_path: Path) -> None
     assert len(os.listdir("/proc/self/fd")) == before + 1
     held.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_held_directory_must_be_private_when_opened(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    directory.chmod(0o777)
+    held = safepath.HeldDir(directory)
+    with pytest.raises(UntrustedPath):
+        held.replace_file("m.prom", b"x\n")
+    assert not (directory / "m.prom").exists()
+    held.close()
