@@ -102,8 +102,7 @@ def make_dir(path: Path, mode: int = 0o755, uid: int | None = None) -> None:
 
 def open_append(path: Path, mode: int = 0o640, uid: int | None = None) -> int:
     """A descriptor to append to `path` in a checked directory, never through a symlink."""
-    check_dir(path.parent, uid)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd, _ = _open_checked_dir(path.parent, uid)
     try:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -126,12 +125,34 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644, uid: int | None = N
     half of one), in a checked directory: the data goes to a temporary name created
     O_EXCL|O_NOFOLLOW, then renamed over `path` (rename replaces a planted symlink itself,
     never its target)."""
-    check_dir(path.parent, uid)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd, _ = _open_checked_dir(path.parent, uid)
     try:
         _replace_at(dir_fd, path.name, data, mode)
     finally:
         os.close(dir_fd)
+
+
+def _open_checked_dir(path: Path, uid: int | None) -> tuple[int, os.stat_result]:
+    """A descriptor of the directory `path` names, and its stat: opened first, then
+    checked (`check_dir`), then compared with what the path names after the check, so
+    that what is held is what was checked, whatever the path named in between."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        check_dir(path, uid)
+        opened, named = os.fstat(fd), os.stat(path)
+        if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+            raise UntrustedPath(f"refusing {path}: it changed while being checked")
+        if not _private(opened, uid):
+            raise UntrustedPath(f"refusing {path}: not private when opened")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
+def _private(st: os.stat_result, uid: int | None) -> bool:
+    """Owned by root or the daemon's uid, and writable by nobody else."""
+    return st.st_uid in _owners(uid) and not st.st_mode & 0o022
 
 
 def _replace_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
@@ -178,27 +199,11 @@ class HeldDir:
     def replace_file(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """`replace_file(self.path / name, data, mode)`, through the held directory."""
         st = os.stat(self.path)
-        private = st.st_uid in _owners(self.uid) and not st.st_mode & 0o022
-        if (st.st_dev, st.st_ino) != self._held or not private:
-            self._hold()
+        if (st.st_dev, st.st_ino) != self._held or not _private(st, self.uid):
+            self.close()
+            self._fd, opened = _open_checked_dir(self.path, self.uid)
+            self._held = (opened.st_dev, opened.st_ino)
         _replace_at(self._fd, name, data, mode)
-
-    def _hold(self) -> None:
-        """Open, then check the path and that it still names what was opened."""
-        self.close()
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            check_dir(self.path, self.uid)
-            opened, named = os.fstat(fd), os.stat(self.path)
-            if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
-                raise UntrustedPath(f"refusing {self.path}: it changed while being checked")
-            # and what is held is private itself, whatever the path named in between
-            if opened.st_uid not in _owners(self.uid) or opened.st_mode & 0o022:
-                raise UntrustedPath(f"refusing {self.path}: not private when opened")
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd, self._held = fd, (opened.st_dev, opened.st_ino)
 
     def close(self) -> None:
         if self._fd >= 0:
