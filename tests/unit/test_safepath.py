@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -141,58 +142,59 @@ def test_replace_file_replaces_atomically_and_never_follows_a_link(tmp_path: Pat
     assert [p.name for p in directory.iterdir()] == ["m.prom"]
 
 
-def test_a_held_directory_replaces_like_replace_file(tmp_path: Path) -> None:
-    directory = tmp_path / "d"
-    directory.mkdir(mode=0o755)
-    held = safepath.HeldDir(directory)
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[safepath.HeldDir]:
+    """A HeldDir over a private directory `tmp_path / "d"`, closed after the test."""
+    held = safepath.HeldDir(private(tmp_path))
     try:
-        held.replace_file("m.prom", b"one\n")
-        held.replace_file("m.prom", b"two\n")
-        target = directory / "m.prom"
-        assert target.read_bytes() == b"two\n" and oct(target.stat().st_mode & 0o777) == "0o644"
-        victim = tmp_path / "victim"
-        victim.write_bytes(b"keep")
-        target.unlink()
-        target.symlink_to(victim)  # a link planted at the name: replaced, not followed
+        yield held
+    finally:
+        held.close()
+
+
+def test_a_held_directory_replaces_like_replace_file(
+    tmp_path: Path, held: safepath.HeldDir
+) -> None:
+    held.replace_file("m.prom", b"one\n")
+    held.replace_file("m.prom", b"two\n")
+    target = held.path / "m.prom"
+    assert target.read_bytes() == b"two\n" and oct(target.stat().st_mode & 0o777) == "0o644"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    target.unlink()
+    target.symlink_to(victim)  # a link planted at the name: replaced, not followed
+    held.replace_file("m.prom", b"three\n")
+    assert victim.read_bytes() == b"keep" and target.read_bytes() == b"three\n"
+    assert [p.name for p in held.path.iterdir()] == ["m.prom"]
+
+
+def test_a_held_directory_follows_the_path_and_checks_what_it_names_now(
+    tmp_path: Path, held: safepath.HeldDir
+) -> None:
+    directory = held.path
+    held.replace_file("m.prom", b"one\n")
+    directory.rename(tmp_path / "old")  # the path now names another directory:
+    directory.mkdir(mode=0o755)  # checked, then written in
+    held.replace_file("m.prom", b"two\n")
+    assert (directory / "m.prom").read_bytes() == b"two\n"
+    assert (tmp_path / "old" / "m.prom").read_bytes() == b"one\n"
+    directory.rename(tmp_path / "older")
+    directory.mkdir(mode=0o777)  # one anybody can write in: refused
+    directory.chmod(0o777)  # (whatever the umask)
+    with pytest.raises(safepath.UntrustedPath):
         held.replace_file("m.prom", b"three\n")
-        assert victim.read_bytes() == b"keep" and target.read_bytes() == b"three\n"
-        assert [p.name for p in directory.iterdir()] == ["m.prom"]
-    finally:
-        held.close()
-
-
-def test_a_held_directory_follows_the_path_and_checks_what_it_names_now(tmp_path: Path) -> None:
-    directory = tmp_path / "d"
-    directory.mkdir(mode=0o755)
-    held = safepath.HeldDir(directory)
-    try:
-        held.replace_file("m.prom", b"one\n")
-        directory.rename(tmp_path / "old")  # the path now names another directory:
-        directory.mkdir(mode=0o755)  # checked, then written in
-        held.replace_file("m.prom", b"two\n")
-        assert (directory / "m.prom").read_bytes() == b"two\n"
-        assert (tmp_path / "old" / "m.prom").read_bytes() == b"one\n"
-        directory.rename(tmp_path / "older")
-        directory.mkdir(mode=0o777)  # one anybody can write in: refused
-        directory.chmod(0o777)  # (whatever the umask)
-        with pytest.raises(safepath.UntrustedPath):
-            held.replace_file("m.prom", b"three\n")
-        assert not (directory / "m.prom").exists()
-        directory.chmod(0o755)
-        held.replace_file("m.prom", b"four\n")
-        directory.chmod(0o757)  # the held directory itself made writable by others
-        with pytest.raises(safepath.UntrustedPath):
-            held.replace_file("m.prom", b"five\n")
-        assert (directory / "m.prom").read_bytes() == b"four\n"
-    finally:
-        held.close()
+    assert not (directory / "m.prom").exists()
+    directory.chmod(0o755)
+    held.replace_file("m.prom", b"four\n")
+    directory.chmod(0o757)  # the held directory itself made writable by others
+    with pytest.raises(safepath.UntrustedPath):
+        held.replace_file("m.prom", b"five\n")
+    assert (directory / "m.prom").read_bytes() == b"four\n"
 
 
 def test_a_held_directory_is_one_descriptor_until_closed(tmp_path: Path) -> None:
-    directory = tmp_path / "d"
-    directory.mkdir(mode=0o755)
     before = len(os.listdir("/proc/self/fd"))
-    held = safepath.HeldDir(directory)
+    held = safepath.HeldDir(private(tmp_path))
     for n in range(5):
         held.replace_file("m.prom", b"%d\n" % n)
     assert len(os.listdir("/proc/self/fd")) == before + 1
