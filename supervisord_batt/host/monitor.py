@@ -121,7 +121,8 @@ class HostMonitor:
             self._last: dict[str, int] = {}
             self._specs, self._include_self = tuple(cgroups), include_self_cgroup
             self._self_cgroup = self._self_text("cgroup")
-            self._init_cgroups(cgroups, include_self_cgroup)
+            own = self._self_cgroup if include_self_cgroup else None
+            self._init_cgroups(cgroups, own, self._self_text("mountinfo"))
             self.cpus = 1.0
             self.scan()
             # the host-wide values are ints in HostSample: fail now, loudly, not later
@@ -146,24 +147,24 @@ class HostMonitor:
     def _self_text(self, name: str) -> str:
         return procfs.read_text(os.path.join(self.proc_root, "self", name)) or ""
 
-    def _pids_hierarchies(self) -> tuple[procfs.Mount | None, procfs.Mount | None]:
+    def _pids_hierarchies(self, mountinfo: str) -> tuple[procfs.Mount | None, procfs.Mount | None]:
         """The pids mounts, their mount points moved under our (maybe fake) sys_root."""
-        v1, v2 = procfs.pids_mounts(procfs.parse_mountinfo(self._self_text("mountinfo")))
+        v1, v2 = procfs.pids_mounts(procfs.parse_mountinfo(mountinfo))
         return (
             replace(v1, mount_point=self._rebase(v1.mount_point)) if v1 else None,
             replace(v2, mount_point=self._rebase(v2.mount_point)) if v2 else None,
         )
 
-    def _init_cgroups(self, specs: Sequence[str], include_self: bool) -> None:
-        m1, m2 = self._pids_hierarchies()
+    def _init_cgroups(self, specs: Sequence[str], own_cgroup: str | None, mountinfo: str) -> None:
+        """Watch `specs`, and the cgroup that /proc/self/cgroup's text `own_cgroup` names
+        (None: not the daemon's own), in the hierarchies of /proc/self/mountinfo's text."""
+        m1, m2 = self._pids_hierarchies(mountinfo)
         v1 = _Hierarchy(1, m1.mount_point, m1.root) if m1 else None
         v2 = _Hierarchy(2, m2.mount_point, m2.root) if m2 else None
         v2_pids = v2 if v2 and _has_pids(v2.mount_dir) else None
         found: list[tuple[_Hierarchy, str]] = []  # (hierarchy, fs path)
-        if include_self:
-            own = procfs.pids_cgroup_dirs(
-                procfs.parse_proc_cgroup(self._self_text("cgroup")), m1, m2
-            )
+        if own_cgroup is not None:
+            own = procfs.pids_cgroup_dirs(procfs.parse_proc_cgroup(own_cgroup), m1, m2)
             if v1 is not None and 1 in own:
                 found.append((v1, own[1]))
             elif v2 is not None and 2 in own and _has_pids(own[2]):
@@ -185,15 +186,16 @@ class HostMonitor:
         text = self._self_text("cgroup")
         if not text or text == self._self_cgroup:  # "": unreadable now (out of descriptors)
             return
-        if not self._self_text("mountinfo"):  # the same: look again at the next tick
+        mountinfo = self._self_text("mountinfo")
+        if not mountinfo:  # the same: look again at the next tick
             return
         before = [w.path for w in self._watched]
         for node in self._nodes.values():
             node.close()
         self._nodes.clear()
         self._watched.clear()
-        self._init_cgroups(self._specs, True)
-        self._self_cgroup = text  # after: a failed look is retried at the next tick
+        self._init_cgroups(self._specs, text, mountinfo)
+        self._self_cgroup = text
         log.warning(
             "own_cgroup_changed",
             old=before[:1],
