@@ -23,8 +23,9 @@ name (`_tasks`, `_workers`, `_bytes`, `_seconds`), `_total` on counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,13 +39,22 @@ from prometheus_client.registry import Collector
 from supervisord_batt import protocol
 from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.ledger import BudgetLedger
-from supervisord_batt.daemon.tallies import Tallies
+from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.supervise.states import State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 P = "supervisord_batt_"
 TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
+# Labelled counters are announced at 0 for every label set that can occur (each kind
+# pair, each configured program's outcomes and limits): Prometheus' increase() and rate()
+# see nothing of a series that first appears at 1, so an alert on "any hang" would miss
+# the first hang of a program.
+OUTCOMES = ("completed", "failed", "killed", "stopped")
+KILL_REASONS = ("wall_clock_limit", "progress_timeout")
+FALLBACKS = tuple(
+    (a, b) for i, a in enumerate(protocol.KINDS) for b in protocol.KINDS[i + 1 :]
+)  # a pool falls back to a later kind only
 
 
 @dataclass(eq=False)  # compared by identity, like any collector
@@ -55,12 +65,20 @@ class DaemonCollector:
     ledger: BudgetLedger
     tallies: Tallies
     supervisor: Supervisor
+    started: float = 0.0  # the daemon's start, Unix time
+    level_seconds: Callable[[], Mapping[str, float]] = dict  # time at each pressure level
+    # (scrapes answered, endpoint connections dropped by why)
+    endpoint: Callable[[], tuple[int, Mapping[str, int]]] = field(default=lambda: (0, Counter()))
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            P + "start_time_seconds", "When this daemon started, Unix time", self.started
+        )
         yield from self._host()
         yield from self._budget()
         yield from self._requests()
         yield from self._programs()
+        yield from self._endpoint()
 
     def _host(self) -> Iterator[Metric]:
         sample = self.sample()
@@ -126,24 +144,35 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             P + "pressure_level", "Pressure: 0 normal, 1 high, 2 extreme", LEVELS.index(stats.level)
         )
+        at_level = CounterMetricFamily(
+            P + "pressure_seconds", "Time spent at each pressure level", labels=["level"]
+        )
+        spent = self.level_seconds()
+        for level in LEVELS:
+            at_level.add_metric([level], spent.get(level, 0.0))
+        yield at_level
         grants = CounterMetricFamily(
             P + "grants", "Acquires answered, by the kind granted", labels=["kind"]
         )
         for kind in protocol.KINDS:
             grants.add_metric([kind], self.tallies.grants[kind])
         yield grants
-        yield CounterMetricFamily(
+        denials = CounterMetricFamily(
             P + "denials",
-            "Acquires that asked for a pool and were granted sequential",
-            self.tallies.denied,
+            "Acquires that asked for a pool and were granted sequential, by cause",
+            labels=["cause"],
         )
+        for cause in DENIAL_CAUSES:
+            denials.add_metric([cause], self.tallies.denied_by[cause])
+        yield denials
         fallbacks = CounterMetricFamily(
             P + "executor_fallbacks",
             "Pools that failed in a job, which then fell back (reported by the jobs)",
             labels=["from", "to"],
         )
-        for (old, new), count in sorted(self.tallies.fallbacks.items()):
-            fallbacks.add_metric([old, new], count)
+        seen = self.tallies.fallbacks
+        for old, new in sorted(set(FALLBACKS) | set(seen)):
+            fallbacks.add_metric([old, new], seen[(old, new)])
         yield fallbacks
 
     def _requests(self) -> Iterator[Metric]:
@@ -175,28 +204,52 @@ class DaemonCollector:
         for key, count in counts.items():
             instances.add_metric(list(key), count)
         yield instances
+        names = [p.name for p in sup.config.programs]
         restarts = CounterMetricFamily(
             P + "restarts", "Automatic restarts, by program", labels=["program"]
         )
-        for program, count in sorted(sup.tally.restarts.items()):
-            restarts.add_metric([program], count)
+        for program in sorted(set(names) | set(sup.tally.restarts)):
+            restarts.add_metric([program], sup.tally.restarts[program])
         yield restarts
         kills = CounterMetricFamily(
             P + "limit_kills",
             "Trees killed for a wall-clock or no-progress limit",
             labels=["program", "reason"],
         )
-        for (program, reason), count in sorted(sup.tally.kills.items()):
-            kills.add_metric([program, reason], count)
+        for program, reason in _every(names, KILL_REASONS, sup.tally.kills):
+            kills.add_metric([program, reason], sup.tally.kills[(program, reason)])
         yield kills
         runs = CounterMetricFamily(
             P + "runs",
             "Runs ended, by program and outcome (completed, failed, killed, stopped)",
             labels=["program", "outcome"],
         )
-        for (program, outcome), count in sorted(sup.tally.runs.items()):
-            runs.add_metric([program, outcome], count)
+        for program, outcome in _every(names, OUTCOMES, sup.tally.runs):
+            runs.add_metric([program, outcome], sup.tally.runs[(program, outcome)])
         yield runs
+
+    def _endpoint(self) -> Iterator[Metric]:
+        scrapes, dropped = self.endpoint()
+        yield CounterMetricFamily(
+            P + "metrics_scrapes", "Requests for /metrics the endpoint answered", scrapes
+        )
+        closed = CounterMetricFamily(
+            P + "metrics_connections_dropped",
+            "Endpoint connections closed unanswered: evicted to make room or refused (all "
+            "taken), or no whole request within the head timeout",
+            labels=["reason"],
+        )
+        for why in sorted({"evicted", "refused", "timeout", *dropped}):
+            closed.add_metric([why], dropped.get(why, 0))
+        yield closed
+
+
+def _every(
+    programs: list[str], keys: tuple[str, ...], seen: Counter[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Each configured program with each key, and whatever else was counted (a program
+    since removed by a reload), sorted."""
+    return sorted({(p, k) for p in programs for k in keys} | set(seen))
 
 
 class _Family(Collector):

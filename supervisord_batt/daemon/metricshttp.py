@@ -12,9 +12,26 @@ header offers: Prometheus reads it, and one rendering a tick (`render`, the daem
 then serves every scraper and the textfile alike (see daemon.metrics).
 
 What a peer can make it do is bounded: a request head of at most 8 KiB read within 5 s,
-at most 16 connections at once (more are closed at once), nothing kept after the reply.
-When accept() fails (out of descriptors), accepting pauses for a second, as asyncio's
-servers do, and the failure is reported.
+at most 16 connections at once, nothing kept after the reply. When accept() fails (out of
+descriptors), accepting pauses for a second, as asyncio's servers do, and the failure is
+reported.
+
+# When all 16 connections are taken
+A scrape is answered in the callback that accepts it (its head has nearly always
+arrived), so it needs no slot; the slots hold peers whose head is incomplete, which is
+what a peer sending its head a byte at a time, or none, looks like. Refusing every
+newcomer while such peers held all 16 failed the scrapes instead of them (20 peers each
+sending a byte a second and back as soon as dropped: 0% of scrapes answered over 30 s,
+and the refused peers' reconnections took 62% of a core). So a newcomer is always
+accepted and read, and answered when its head is whole. One whose head is incomplete,
+when all slots are taken, evicts the oldest exchange if that has been open
+`EVICT_AFTER` (a scraper's head takes milliseconds; a second is a generous margin); else
+the newcomer has `REFUSED_PAUSE` to complete its head (a scraper accepted between its
+connect and its send does), or is refused (closed), and accepting pauses as long, or
+until a slot frees: refused peers that reconnect at once wait in the kernel's queue
+meanwhile instead of spinning, and a scrape queued behind them waits about that pause. Evictions,
+refusals and peers dropped for the head timeout are reported (`on_drop`): the daemon
+counts them in a metric and a throttled line.
 """
 
 from __future__ import annotations
@@ -32,10 +49,15 @@ log = get_logger(component="metrics")
 MAX_HEAD = 8 * 1024
 HEAD_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
+BACKLOG = 64  # the kernel's queue of connections not yet accepted (see the docstring)
+EVICT_AFTER = 1.0  # seconds: an exchange younger than this is not evicted
+REFUSED_PAUSE = 0.05  # seconds without accepting after refusing a newcomer
 ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() failed (no descriptors)
 
 
 Render = Callable[[], tuple[bytes, str]]  # -> (body, content type)
+# (why: "evicted", "refused" or "timeout", the peer's address, seconds open, head bytes received)
+OnDrop = Callable[[str, str, float, int], Any]
 
 
 def respond(head: bytes, render: Render) -> bytes:
@@ -79,6 +101,8 @@ class _Exchange:
 
     endpoint: MetricsEndpoint
     conn: socket.socket
+    peer: str
+    opened: float  # the loop's clock at accept
     fd: int = field(init=False)
     head: bytearray = field(default_factory=bytearray)
     out: memoryview = field(default_factory=lambda: memoryview(b""))
@@ -119,7 +143,7 @@ class _Exchange:
     def _arm_timer(self) -> None:
         """A peer that sends no head, or reads no response, is dropped after HEAD_TIMEOUT."""
         if self.timer is None:
-            self.timer = self.endpoint.loop.call_later(HEAD_TIMEOUT, self.close)
+            self.timer = self.endpoint.loop.call_later(HEAD_TIMEOUT, self.drop, "timeout")
 
     def _respond(self, head: bytes) -> None:
         try:
@@ -153,6 +177,12 @@ class _Exchange:
             self.writing = True
             self._arm_timer()
 
+    def drop(self, why: str) -> None:
+        """Closed before its reply was sent: evicted, or the head timeout ran out."""
+        age = self.endpoint.loop.time() - self.opened
+        self.close()
+        self.endpoint.on_drop(why, self.peer, age, len(self.head))
+
     def close(self) -> None:
         loop = self.endpoint.loop
         if self.reading:
@@ -164,6 +194,7 @@ class _Exchange:
             self.timer.cancel()
         self.endpoint.open.pop(self.fd, None)
         self.conn.close()
+        self.endpoint.slot_freed()
 
 
 class MetricsEndpoint:
@@ -175,16 +206,18 @@ class MetricsEndpoint:
         render: Render,
         on_error: Callable[[Exception], Any],
         on_accept_error: Callable[[OSError], Any] = lambda exc: None,
+        on_drop: OnDrop = lambda why, peer, age, received: None,
     ) -> None:
         self.address = address
         self.render = render
         self.on_error = on_error
         self.on_accept_error = on_accept_error  # out of descriptors (accepting pauses)
-        self.open: dict[int, _Exchange] = {}  # by descriptor
+        self.on_drop = on_drop  # an exchange closed unanswered (evicted, timed out)
+        self.open: dict[int, _Exchange] = {}  # by descriptor, oldest first
         self.scrapes = 0
-        self.refused = 0  # connections closed at once: MAX_CONNECTIONS were open
         self._sock: socket.socket | None = None
         self._resume: asyncio.TimerHandle | None = None
+        self._full = False  # accepting paused until a slot frees (see the docstring)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -194,7 +227,7 @@ class MetricsEndpoint:
         """Listen; raises OSError (the port is taken, the address is not this host's)."""
         host, port = self.address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IP, never a name
-        sock = socket.create_server((host, port), family=family, backlog=MAX_CONNECTIONS)
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         sock.setblocking(False)
         self._sock = sock
         self.loop.add_reader(sock.fileno(), self._accept)
@@ -210,32 +243,59 @@ class MetricsEndpoint:
     def _accept(self) -> None:
         sock = self._sock
         assert sock is not None
+        refused = False
         for _ in range(MAX_CONNECTIONS):  # a burst, then the loop's other callbacks
             try:
-                conn, _ = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except ConnectionAbortedError:  # that one went away: the next may be there
                 continue
             except OSError as exc:  # EMFILE and the like: the socket stays readable,
-                self.loop.remove_reader(sock.fileno())  # so retrying at once would spin
-                self._resume = self.loop.call_later(ACCEPT_PAUSE, self._listen_again)
+                self._pause(ACCEPT_PAUSE)  # so retrying at once would spin
                 self.on_accept_error(exc)
                 return
-            if len(self.open) >= MAX_CONNECTIONS:
-                conn.close()
-                self.refused += 1
-                continue
             conn.setblocking(False)
-            exchange = self.open[conn.fileno()] = _Exchange(self, conn)
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            exchange = _Exchange(self, conn, peer, self.loop.time())
+            self.open[exchange.fd] = exchange
             try:
-                exchange.read()
+                exchange.read()  # a whole head is answered (and closed) here
             except Exception:  # a bug on this connection: it is closed, the loop says why
                 exchange.close()
                 raise
+            if len(self.open) > MAX_CONNECTIONS:  # this one waits for its head: room?
+                refused |= not self._make_room(exchange)
+        if refused:
+            self._full = True
+            self._pause(REFUSED_PAUSE)
+
+    def _make_room(self, newcomer: _Exchange) -> bool:
+        """Evict the oldest exchange if it is old enough; else the newcomer is refused
+        unless its head is whole within REFUSED_PAUSE."""
+        oldest = next(iter(self.open.values()))
+        if self.loop.time() - oldest.opened >= EVICT_AFTER:
+            oldest.drop("evicted")
+            return True
+        if newcomer.timer is not None:
+            newcomer.timer.cancel()
+        newcomer.timer = self.loop.call_later(REFUSED_PAUSE, newcomer.drop, "refused")
+        return False
+
+    def slot_freed(self) -> None:
+        """An exchange closed: accept again at once if accepting waited for room."""
+        if self._full and self._resume is not None:
+            self._resume.cancel()
+            self._listen_again()
+
+    def _pause(self, seconds: float) -> None:
+        assert self._sock is not None
+        self.loop.remove_reader(self._sock.fileno())
+        self._resume = self.loop.call_later(seconds, self._listen_again)
 
     def _listen_again(self) -> None:
         self._resume = None
+        self._full = False
         if self._sock is not None:
             self.loop.add_reader(self._sock.fileno(), self._accept)
 
