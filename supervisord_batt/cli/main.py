@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arg(p)
     _add_events_args(p)
+    p.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="the fleet's report instead, per host and in total, from this Prometheus "
+        "(http://host:9090); --since defaults to 1d",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
     p.set_defaults(func=cmd_report)
 
@@ -326,6 +332,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.prometheus:
+        from supervisord_batt.cli.fleetreport import run_fleet_report
+
+        return run_fleet_report(args)
     from supervisord_batt.cli.report import run_report
 
     return run_report(args, _load_quietly(args))

@@ -135,25 +135,19 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
 ) -> dict[str, Any]:
     grants = {k: int(total.get(f"grants.{k}", 0)) for k in ("process", "thread", "sequential")}
     denied = int(total.get("denied", 0))
-    pooled = grants["process"] + grants["thread"]
-    asked_pool = pooled + denied
     level_s = {lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in LEVELS}
-    level_total = sum(level_s.values())
     fallbacks = {
         k[len("fallbacks.") :]: int(v) for k, v in total.items() if k.startswith("fallbacks.")
     }
-    ended = runs["completed"] + runs["failed"] + runs["killed"]
     tight = _percentiles(percent)
     if peaks:
         tight["max"] = max(*peaks, tight["max"] or 0.0)
+    counts = {k: runs[k] for k in ("completed", "failed", "killed", "stopped")}
     return {
         "stats_lines": sum(d.lines for d in daemons.values()),
         "daemons": len(daemons),
         "host_tasks": _percentiles(tasks),
         "tightest_percent": tight,
-        "pressure_share": {
-            lv: (s / level_total if level_total else None) for lv, s in level_s.items()
-        },
         "pressure_changes": pressure_changes,
         "grants": grants,
         "denied": denied,
@@ -162,13 +156,27 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
             for k, v in sorted(total.items())
             if k.startswith("denied_by.") and v
         },
-        "sequential_share": denied / asked_pool if asked_pool else None,
         "executor_fallbacks": fallbacks,
         "refused_spawns": int(total.get("refused_spawns", 0)),
         "limit_kills": [
             {"program": p, "reason": r, "count": n} for (p, r), n in sorted(kills.items())
         ],
-        "runs": {k: runs[k] for k in ("completed", "failed", "killed", "stopped")},
+        "runs": counts,
+    } | rates(grants, denied, counts, level_s)
+
+
+def rates(
+    grants: dict[str, int], denied: int, runs: dict[str, int], level_seconds: dict[str, float]
+) -> dict[str, Any]:
+    """The shares the targets are checked on, from the counts (the fleet report's too)."""
+    asked_pool = grants["process"] + grants["thread"] + denied
+    ended = runs["completed"] + runs["failed"] + runs["killed"]
+    level_total = sum(level_seconds.values())
+    return {
+        "pressure_share": {
+            lv: (level_seconds.get(lv, 0.0) / level_total if level_total else None) for lv in LEVELS
+        },
+        "sequential_share": denied / asked_pool if asked_pool else None,
         "completion_rate": runs["completed"] / ended if ended else None,
         "hang_rate": runs["killed"] / ended if ended else None,
     }
@@ -268,7 +276,10 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def render(fig: dict[str, Any]) -> str:
+def render(fig: dict[str, Any], samples: bool = False) -> str:
+    """The table; `samples`: the figures came from Prometheus' samples of one host or
+    more (the fleet report), not from `stats` lines of daemons."""
+
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1%}"
 
@@ -276,9 +287,11 @@ def render(fig: dict[str, Any]) -> str:
         return "  ".join(f"{k} {'-' if v is None else f'{v:.0f}{unit}'}" for k, v in d.items())
 
     w = fig["window"]
+    source = "samples" if samples else "stats lines"
+    from_ = "host(s)" if samples else "daemon(s)"
     lines = [
         f"supervisord-batt report: {w['first'] or '-'} .. {w['last'] or '-'}, "
-        f"{fig['stats_lines']} stats lines from {fig['daemons']} daemon(s)",
+        f"{fig['stats_lines']} {source} from {fig['daemons']} {from_}",
         "",
         "TARGET                               VALUE    MET",
     ]
@@ -314,7 +327,7 @@ def render(fig: dict[str, Any]) -> str:
         lines.append("advice: none" + ("" if missed else "; no target missed"))
     for tip in tips:
         lines.append(f"advice: {tip['key']}: {tip['why']}")
-    if fig["stats_lines"] == 0:
+    if fig["stats_lines"] == 0 and not samples:
         lines.append(
             "note: no stats lines in this window (the daemon writes one every "
             "daemon.stats_interval): the host and grant figures are empty"

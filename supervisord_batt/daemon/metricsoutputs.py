@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from supervisord_batt import safepath
 from supervisord_batt.config.records import MetricsConfig
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.logs import get_logger
-
-if TYPE_CHECKING:
-    from supervisord_batt.daemon.lifecycle import Daemon
 
 log = get_logger(component="daemon")
 
@@ -35,7 +32,8 @@ class MetricsOutputs:
     """The metrics' endpoint and textfile, each on only when configured. prometheus-client
     is imported the first time either is on: a daemon without metrics never loads it."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    # `daemon` is the lifecycle's Daemon (not imported: that module imports this one)
+    def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         self.config = MetricsConfig()
         self.collector: Any = None  # a DaemonCollector once metrics are on

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, killing, wait_until
+from tests.helpers import CALM, REPO, killing, wait_until
 from tests.integration.conftest import DaemonHandle
 
 
@@ -49,7 +49,7 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = {
         "daemon": {"log_file": str(log), "stats_interval": "200ms", "log_level": "info"},
         # one CPU: the notebook's pool request gets sequential, for want of CPUs
-        "budget": {"cpu_cap": 1},
+        "budget": {"cpu_cap": 1, "pressure": CALM},  # a busy host changes nothing
         "programs": {
             "ok": _program(_py("import time; time.sleep(0.3)"), **once),
             "bad": _program(_py("import sys, time; time.sleep(0.3); sys.exit(3)"), **once),
