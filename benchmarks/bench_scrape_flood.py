@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_views import cpu_seconds, start
+from bench_views import cpu_seconds, start, stop
 from views import free_port
 
 # slow peers, in one process: a byte a second each, back at once when dropped
@@ -218,12 +218,7 @@ def main() -> int:
         lines = endpoint_lines(log)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     ratios = {
         k: round(flood[k] / base[k], 2)

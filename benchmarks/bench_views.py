@@ -75,6 +75,16 @@ def start(workdir: Path, extra: str) -> tuple[subprocess.Popen[bytes], Path, Pat
     raise RuntimeError(f"daemon did not start; see {log}")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL after 30 s: a daemon this benchmark started."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of all the process' threads: the scheduler's nanoseconds where the kernel
     keeps them (/proc/PID/task/*/schedstat), else utime + stime, whose 10 ms ticks are 0.017%
@@ -168,12 +178,7 @@ def main() -> int:
         }
     finally:
         for proc in daemons:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(result))

@@ -29,9 +29,9 @@ when all slots are taken, evicts the oldest exchange if that has been open
 the newcomer has `REFUSED_PAUSE` to complete its head (a scraper accepted between its
 connect and its send does), or is refused (closed), and accepting pauses as long, or
 until a slot frees: refused peers that reconnect at once wait in the kernel's queue
-meanwhile instead of spinning, and a scrape queued behind them waits about that pause. Evictions,
-refusals and peers dropped for the head timeout are reported (`on_drop`): the daemon
-counts them in a metric and a throttled line.
+meanwhile instead of spinning, and a scrape queued behind them waits about that pause.
+Evictions, refusals and peers dropped for the head timeout are reported (`on_drop`): the
+daemon counts them in a metric and a throttled line.
 """
 
 from __future__ import annotations
@@ -155,6 +155,9 @@ class _Exchange:
         self._reply(response)
 
     def _reply(self, response: bytes) -> None:
+        if self.timer is not None:  # the head is in: a reply not read gets its own timeout
+            self.timer.cancel()  # (and a newcomer's REFUSED_PAUSE no longer applies)
+            self.timer = None
         if self.reading:
             self.endpoint.loop.remove_reader(self.fd)
             self.reading = False

@@ -31,15 +31,19 @@ EXACT = (
 )
 
 
-def cli(*args: str) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", "report", *args, "--json"],
+def report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "report", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
         check=False,
     )
+
+
+def cli(*args: str) -> Any:
+    out = report(*args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -113,14 +117,7 @@ def test_issue26_the_fleet_is_the_sum_of_its_hosts(
 
 
 def test_the_text_report_has_a_table_per_host_and_the_fleets(fleet: Fleet) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", "report", "--prometheus", fleet.prometheus.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
+    out = report("--prometheus", fleet.prometheus.url)
     assert out.returncode == 0, out.stderr
     heads = [line for line in out.stdout.splitlines() if line.startswith("== ")]
     assert heads == ["== host-a", "== host-b", "== host-c", "== fleet: 3 host(s)"]
@@ -134,20 +131,6 @@ def test_an_unreachable_prometheus_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "supervisord_batt",
-                "report",
-                "--prometheus",
-                f"http://127.0.0.1:{port}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-            check=False,
-        )
+        out = report("--prometheus", f"http://127.0.0.1:{port}")
     assert out.returncode == 2
     assert f"cannot query http://127.0.0.1:{port}" in out.stderr

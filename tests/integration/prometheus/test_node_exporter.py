@@ -10,21 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.helpers import wait_until
 from tests.integration.conftest import DaemonHandle
+from tests.integration.daemon.test_metrics import samples
 from tests.integration.prometheus.tools import Server, get
 
 P = "supervisord_batt_"
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def daemon_series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
