@@ -276,6 +276,7 @@ def test_every_query_has_a_check() -> None:
         assert f"{title}/{ref}" in CHECKS or title in CHECKS, f"no check for {title!r} {ref}"
 
 
+@pytest.mark.usefixtures("needs_root")  # the fleet's cgroups; marks them `root`
 @pytest.mark.parametrize(("title", "ref", "expr"), targets(), ids=lambda x: str(x)[:40])
 def test_issue26_every_dashboard_query_returns_the_daemons_figures(
     fleet: Fleet, title: str, ref: str, expr: str
@@ -299,6 +300,7 @@ def test_the_fleet_row_reads_recording_rules_the_rules_file_records() -> None:
     assert used and used <= recorded, used - recorded
 
 
+@pytest.mark.usefixtures("needs_root")
 def test_issue26_the_rules_fire_on_the_fleet(fleet: Fleet) -> None:
     """The alerts without a `for:` fire in the real Prometheus on the host that earned
     them, and on no other: the hang, the refused forks, the reported fallback."""

@@ -14,6 +14,8 @@ import pytest
 from tests.helpers import REPO
 from tests.integration.prometheus.conftest import Fleet
 
+pytestmark = pytest.mark.usefixtures("needs_root")  # the fleet's cgroups; marks them `root`
+
 # what both reports count exactly (the same events, read from the log or from counters)
 EXACT = (
     "grants",

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import wait_until
 from tests.integration.conftest import DaemonHandle
 from tests.integration.daemon.test_metrics import samples
@@ -22,6 +24,7 @@ def daemon_series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return {k: v for k, v in samples(text).items() if k[0].startswith(P)}
 
 
+@pytest.mark.usefixtures("needs_root")  # the textfile's directory must be root's
 def test_issue26_node_exporter_serves_the_textfile_then_drops_it(
     daemon: Callable[..., DaemonHandle], program: Callable[..., dict[str, Any]], py: Any
 ) -> None:
