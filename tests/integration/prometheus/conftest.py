@@ -1,7 +1,7 @@
 """A fleet of three hosts seen by a real Prometheus: three daemons, each with its own
 socket, metrics port, `instance` label and watched pids cgroup, jobs leasing on each,
 runs that complete, fail, hang past their wall clock or flap into FATAL; and Debian's
-Prometheus scraping them every second with the shipped rules loaded.
+Prometheus scraping them twice a second with the shipped rules loaded.
 
 Shared by the package's modules (the dashboard's queries, the fleet report): starting it
 takes about 15 s, most of it waiting for runs to end and for Prometheus to see them.
@@ -160,14 +160,14 @@ def fleet() -> Iterator[Fleet]:
             host.handle.wait_ready()
         fleet = Fleet(prometheus, hosts)
         # every counter seen at 0 first, so that increase() and rate() count each run; and
-        # 10 s of samples, so that their extrapolation to the window's end (up to one
-        # scrape interval, 250 ms) adds at most a few percent to a count
-        seen = "min(count_over_time(supervisord_batt_host_tasks[1m])) >= 40"
+        # 12 s of samples, so that their extrapolation to the window's end (up to one
+        # scrape interval, 500 ms) adds at most a few percent to a count
+        seen = "min(count_over_time(supervisord_batt_host_tasks[1m])) >= 24"
         count = "count(supervisord_batt_host_tasks) == 3"
         wait_until(
             lambda: prometheus.query(f"{seen} and on () {count}"),
             timeout=60,
-            what="10 s of samples of the three hosts",
+            what="12 s of samples of the three hosts",
         )
         for host in hosts.values():
             host.job = host.handle.client()
