@@ -38,64 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_views import cpu_seconds, start, stop
 from views import free_port
 
-# slow peers, in one process: a byte a second each, back at once when dropped
-PEERS = r"""
-import errno, selectors, socket, sys, time
-port, count = int(sys.argv[1]), int(sys.argv[2])
-sel = selectors.DefaultSelector()
-head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100000
-state = {}  # socket -> bytes sent
-reconnects = 0
-
-def connect():
-    s = socket.socket()
-    s.setblocking(False)
-    err = s.connect_ex(("127.0.0.1", port))
-    if err not in (0, errno.EINPROGRESS):
-        s.close()
-        return
-    state[s] = 0
-    sel.register(s, selectors.EVENT_READ)
-
-for _ in range(count):
-    connect()
-next_byte = time.monotonic()
-while True:
-    timeout = max(0.0, next_byte - time.monotonic())
-    for key, _ in sel.select(timeout):
-        s = key.fileobj
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:  # dropped (or answered): back at once
-            sel.unregister(s)
-            del state[s]
-            s.close()
-            reconnects += 1
-            connect()
-    if time.monotonic() >= next_byte:
-        next_byte += 1.0
-        for s in list(state):
-            try:
-                s.send(head[state[s] : state[s] + 1])
-                state[s] += 1
-            except BlockingIOError:
-                pass
-            except OSError:
-                sel.unregister(s)
-                del state[s]
-                s.close()
-                reconnects += 1
-                connect()
-        while len(state) < count:
-            connect()
-        sys.stdout.write(f"{reconnects}\n")
-        sys.stdout.flush()
-"""
-
+PEERS = Path(__file__).resolve().parent / "slow_peers.py"  # one byte a second each
 ACCEPT = "application/openmetrics-text;version=1.0.0;q=0.6,text/plain;version=0.0.4;q=0.3"
 
 
@@ -151,7 +94,7 @@ def phase(port: int, sock: Path, pid: int, args: argparse.Namespace, flood: bool
     peers = None
     if flood:
         peers = subprocess.Popen(
-            [sys.executable, "-c", PEERS, str(port), str(args.peers)],
+            [sys.executable, str(PEERS), str(port), str(args.peers)],
             stdout=subprocess.PIPE,
             text=True,
         )
