@@ -4,10 +4,13 @@ stays quiet, and annotations that say what to look at."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import yaml
 
+from supervisord_batt.config.loader import config_to_dict, load_config
+from tests.helpers import REPO
 from tests.integration.prometheus.tools import RULES, RULES_TESTS, tool
 
 
@@ -59,3 +62,44 @@ def test_every_alert_says_what_to_look_at_and_what_to_tune() -> None:
         assert any(
             k in text for k in ("programs.", "budget.", "metrics.", "TasksMax", "Watchdog")
         ), name
+
+
+# a key as the annotations name it: budget.pressure.headroom_high_percent,
+# programs.<name>.contain, programs.{{ $labels.program }}.start_limit, and as promtool's
+# tests expect it rendered: programs.batt.wall_clock_limit
+KEY = re.compile(
+    r"\b(?:(daemon|budget|metrics)|programs\.(<name>|\{\{ \$labels\.program \}\}|[a-z]+))"
+    r"\.([a-z_]+(?:\.[a-z_]+)*)"
+)
+
+
+def descriptions() -> list[tuple[str, str]]:
+    """(alert, description) as written in the rules, and as rendered in their tests."""
+    out = []
+    for name, rule in alerts().items():
+        notes = rule["annotations"]
+        assert isinstance(notes, dict)
+        out.append((name, str(notes["description"])))
+    for case in yaml.safe_load(RULES_TESTS.read_text())["tests"]:
+        for check in case.get("alert_rule_test", []):
+            for alert in check.get("exp_alerts") or []:
+                out.append((check["alertname"], alert["exp_annotations"]["description"]))
+    return out
+
+
+def test_every_config_key_an_alert_names_exists() -> None:
+    """A key to tune that the config does not have sends the on-call engineer nowhere;
+    and every alert names one (or the unit's TasksMax / WatchdogSec)."""
+    shipped = config_to_dict(load_config(REPO / "config" / "supervisord-batt.yaml"))
+    program = next(iter(shipped["programs"].values()))
+    tuned = set()
+    for name, text in descriptions():
+        for section, _program, path in KEY.findall(text):
+            node = shipped[section] if section else program
+            for part in path.split("."):
+                assert isinstance(node, dict) and part in node, (name, section, path)
+                node = node[part]
+            tuned.add(name)
+        if "TasksMax" in text or "WatchdogSec" in text:
+            tuned.add(name)
+    assert tuned == set(alerts()), set(alerts()) - tuned
