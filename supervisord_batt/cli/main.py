@@ -264,7 +264,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         logs.get_logger().error("config_invalid", reason=str(exc))
         return 1
     d = config.daemon
-    logs.configure(d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file)
+    try:  # checked by the loader; this is the file changing since (a link planted)
+        logs.configure(
+            d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file
+        )
+    except OSError as exc:
+        logs.get_logger().error("config_invalid", reason=f"daemon.log_file: {exc}")
+        return 1
     socket_path = args.socket or (
         Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None
     )

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import protocol, safepath
+from supervisord_batt import paths, protocol, safepath
 from supervisord_batt.config.records import DaemonConfig
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.logs import get_logger
@@ -50,7 +50,6 @@ from supervisord_batt.logs import get_logger
 log = get_logger(component="server")
 
 _UCRED = struct.Struct("3i")
-_MAX_UNIX_PATH = 107
 _RESYNC_FACTOR = 16
 _REFUSE_LINGER_S = 1.0
 
@@ -182,10 +181,8 @@ def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socke
     impostor, or swap in a symlink for the mode and group to land on: the mode is set by
     the umask at bind, with no window, and the group without following a link.
     """
-    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-        raise OSError(
-            f"socket path is {len(os.fsencode(path))} bytes, the limit is {_MAX_UNIX_PATH}: {path}"
-        )
+    if why := paths.socket_path_problem(path):
+        raise OSError(why)
     safepath.make_dir(path.parent, 0o755 if os.geteuid() == 0 else 0o700)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
