@@ -50,6 +50,7 @@ from supervisord_batt.config.values import (
     command,
     duration,
     environment,
+    environment_names,
     integer,
     list_of,
     listen_address,
@@ -254,6 +255,7 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         output=_output(s.child("output", _keys(OutputConfig))),
         contain=s.get("contain", boolean, True),
         tasks_without_lease=s.get("tasks_without_lease", integer(1), 64),
+        pass_environment=s.get("pass_environment", environment_names, ()),
     )
 
 

@@ -117,6 +117,9 @@ class ProgramConfig:
     # ignores its grant runs out of tasks in its own cgroup, not the host's
     contain: bool = True
     tasks_without_lease: int = 64  # its pids.max while it holds no lease
+    # names of the daemon's environment variables a worker run as another user gets
+    # (it gets none of the others: see supervise.environ)
+    pass_environment: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

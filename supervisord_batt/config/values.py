@@ -318,6 +318,18 @@ def command(node: Node) -> tuple[str, ...]:
     return argv
 
 
+def _environment_name(node: Node) -> str:
+    name = string(node)
+    if not _ENV_NAME.fullmatch(name):
+        raise Invalid(f"{name!r} is not a valid environment variable name")
+    return name
+
+
+def environment_names(node: Node) -> tuple[str, ...]:
+    """A list of environment variable names, sorted, each once (order means nothing)."""
+    return tuple(sorted(set(list_of(_environment_name)(node))))
+
+
 def environment(node: Node) -> tuple[tuple[str, str], ...]:
     """NAME: value pairs sorted by name (order means nothing, so a reload that only
     reorders them changes nothing); values are scalars, kept as written."""

@@ -115,7 +115,7 @@ class Daemon:
         return 0
 
     async def startup(self) -> None:
-        _raise_nofile()
+        self.supervisor.worker_nofile = _raise_nofile()  # workers start with the old one
         self.monitor.scan()
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
@@ -557,14 +557,16 @@ def _policy(config: Config) -> PeerPolicy:
     return PeerPolicy(tuple(uids), config.daemon.allowed_groups, config.daemon.admin_groups)
 
 
-def _raise_nofile() -> None:
+def _raise_nofile() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit: every job holds a connection, and the
-    usual soft limit of 1024 ran out in a flood long before the hard one."""
+    usual soft limit of 1024 ran out in a flood long before the hard one. Returns the
+    soft limit the daemon had, which its workers get back (see supervise.environ)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             log.info("nofile_raised", old=soft, new=hard)
+    return soft
 
 
 def _quiet_gc() -> None:

@@ -36,6 +36,7 @@ from supervisord_batt.config.records import Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.cgroups import instance_dir_name
+from supervisord_batt.supervise.environ import worker_environment
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
@@ -44,6 +45,7 @@ from supervisord_batt.supervise.proctree import (
     WorkerCgroups,
     become_subreaper,
     kill_tree,
+    lookup_user,
     reap_adopted,
     spawn,
     tree_task_count,
@@ -198,6 +200,9 @@ class Supervisor:
         self.leftovers: list[dict[str, Any]] = []
         self.tally = Tally()
         self._traced: set[tuple[str, str]] = set()  # spawn failures logged with a traceback
+        # the soft RLIMIT_NOFILE workers start with: the daemon's before it raised its own
+        # (set by the daemon at startup; None: the daemon's, as it is)
+        self.worker_nofile: int | None = None
 
     # -- life -------------------------------------------------------------------------
 
@@ -358,6 +363,7 @@ class Supervisor:
                 cgroup=cgroup,
                 stdout=out_w,
                 stderr=err_w,
+                nofile=self.worker_nofile,
             )
         except Exception as exc:  # whatever it is, a failed spawn: backoff, never a crash
             for fd in fds:
@@ -414,12 +420,16 @@ class Supervisor:
         self.post(inst, SpawnFailed(code, str(exc) or kind))
 
     def _env(self, inst: Instance) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(inst.program.environment)
-        env[paths.SOCKET_ENV] = str(self.socket_path)
-        env[paths.INSTANCE_ENV] = inst.name
-        env[paths.WANT_ENV] = str(inst.program.slots)
-        return env
+        """See supervise.environ: a login's for a worker run as another user."""
+        program = inst.program
+        account = lookup_user(program.user) if program.user is not None else None
+        own = {
+            paths.SOCKET_ENV: str(self.socket_path),
+            paths.INSTANCE_ENV: inst.name,
+            paths.WANT_ENV: str(program.slots),
+        }
+        other = account is not None and account.pw_uid != os.geteuid()
+        return worker_environment(program, os.environ, account if other else None, own)
 
     def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
         run = self.runs.get(inst.name)
