@@ -1,0 +1,193 @@
+"""Issue 22: connections shared fairly per user; a supervised worker capped like a user.
+
+Six users holding 32 connections each took the whole ordinary share (192 of 256), and
+every further user was refused, first come first served. And a supervised worker of an
+ordinary user was exempt from every cap: one that opened 400 connections took all 256,
+and root's `status`, `acquire` and `stop` were refused until it exited. Every peer here is
+a real process of a real user (useradd) on the real daemon's socket.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests import helpers
+from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
+from tests.integration.security.test_rights_and_floods import shared
+
+STATUS = '{"op":"status"}'
+LEASE = '{"op":"acquire","want":1,"kinds":["thread"]}'
+# opens N connections, each sending FIRST, and prints how many were served; then, once
+# GO exists, asks once more on each it holds and prints how many are still served
+HOLD = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    path, n, first, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    held, served, refused = [], 0, {}
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        s.sendall(first.encode() + b"\\n")
+        reply = json.loads(s.makefile("rb").readline())
+        if reply.get("ok"):
+            served += 1
+            held.append(s)
+        else:
+            code = reply["error"]["code"]
+            refused[code] = refused.get(code, 0) + 1
+            s.close()
+    print(json.dumps({"served": served, "refused": refused}), flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    alive = 0
+    for s in held:
+        try:
+            s.sendall(b'{"op":"hello","version":1}\\n')
+            alive += bool(json.loads(s.makefile("rb").readline() or b"{}").get("ok"))
+        except OSError:
+            pass
+    print(json.dumps({"alive": alive}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+class Holder:
+    """A user's process holding connections (see HOLD); killed at the end."""
+
+    def __init__(self, d: Any, user: helpers.TestUser, n: int, first: str, go: Path) -> None:
+        self.user = user
+        self.proc = subprocess.Popen(
+            [interpreter_for_others(), "-c", HOLD, str(d.socket), str(n), first, str(go)],
+            preexec_fn=drop_to(user),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        got: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return got
+
+
+def test_a_user_below_its_equal_part_is_served_when_six_hold_the_share(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
+) -> None:
+    heavy = [test_user() for _ in range(6)]
+    late = test_user()
+    go = open_dir / "go"
+    d = shared(
+        daemon(
+            {
+                "daemon": {
+                    "socket_mode": "0666",
+                    "allowed_uids": [u.uid for u in (*heavy, late)],
+                    # the defaults: 256 connections (192 for ordinary peers), 32 per uid
+                }
+            }
+        )
+    )
+    holders: list[Holder] = []
+    try:
+        # the first user's 32 connections each hold a lease; the five others' hold none
+        for i, user in enumerate(heavy):
+            holders.append(Holder(d, user, 32, LEASE if i == 0 else STATUS, go))
+            assert holders[-1].line() == {"served": 32, "refused": {}}
+        newcomer = Holder(d, late, 40, STATUS, go)
+        holders.append(newcomer)
+        # the share is full, but 192 // 7 = 27 is the newcomer's equal part: served up to
+        # it, each time in place of an idle connection of a user above its own part
+        assert newcomer.line() == {"served": 27, "refused": {"too_many_connections": 13}}
+        assert d.status()["ok"], "root's reserve untouched"
+        go.touch()
+        alive = [h.line()["alive"] for h in holders]
+        # those without a lease went first, down to the equal part; then two of the
+        # leased user's, the only one still above it
+        assert alive == [30, 27, 27, 27, 27, 27, 27], alive
+        assert d.status()["connections"] == 192 + 1  # and this status of root's
+    finally:
+        for h in holders:
+            with killing(h.proc):  # type: ignore[arg-type]
+                pass
+    lines = d.events("connection_evicted")
+    assert lines and all(e["for_uid"] == late.uid and e["reason"] for e in lines)
+    assert {e["uid"] for e in lines} <= {u.uid for u in heavy}
+    assert all(e["pid"] > 0 and e["account"] == f"uid {e['uid']}" for e in lines)
+    assert [e["leased"] for e in lines] == sorted(e["leased"] for e in lines)
+
+    def counted() -> int:
+        summaries = d.events("bad_input_suppressed")
+        held_back = sum(s["events"].get("connection_evicted", 0) for s in summaries)
+        return held_back + len(d.events("connection_evicted"))
+
+    # throttled with the other refusal lines: every eviction a line or counted
+    wait_until(lambda: counted() == 27, timeout=10, what="every eviction accounted for")
+
+
+# a supervised worker's flood: N connections as fast as it can, counts on its stdout
+WORKER_FLOOD = textwrap.dedent(
+    """
+    import json, os, socket, time
+    held, served, refused = [], 0, {}
+    for _ in range(400):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.environ["SUPERVISORD_BATT_SOCKET"])
+        s.sendall(b'{"op":"status"}\\n')
+        reply = json.loads(s.makefile("rb").readline())
+        if reply.get("ok"):
+            served += 1
+            held.append(s)
+        else:
+            code = reply["error"]["code"]
+            refused[code] = refused.get(code, 0) + 1
+            s.close()
+    print(json.dumps({"served": served, "refused": refused}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_supervised_workers_flood_is_capped_and_root_keeps_control(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    user = test_user()
+    d = shared(
+        daemon(
+            {
+                "daemon": {"socket_mode": "0666"},
+                "programs": {
+                    "flooder": {
+                        "command": [interpreter_for_others(), "-c", WORKER_FLOOD],
+                        "user": user.name,
+                        "output": {"mode": "daemon"},
+                        "restart": "never",
+                    }
+                },
+            }
+        )
+    )
+    (line,) = wait_until(
+        lambda: [e for e in d.events("output") if e.get("line", "").startswith("{")],
+        timeout=60,
+        what="the worker's counts",
+    )
+    # capped per instance like any uid, never reaching the admins' quarter
+    assert json.loads(line["line"]) == {
+        "served": 32,
+        "refused": {"too_many_connections": 368},
+    }
+    refused = d.events("connection_refused")
+    assert refused and {e["account"] for e in refused} == {"instance flooder:0"}
+    assert {e["uid"] for e in refused} == {user.uid}
+    # root's status, acquire and stop all served while the worker holds its 32
+    assert d.status()["connections"] >= 32
+    with d.client() as c:
+        assert c.request("acquire", want=1, kinds=["thread"])["ok"]
+        stopped = c.request("stop", target="flooder")
+    assert stopped == {"ok": True, "instances": {"flooder:0": "STOPPED"}}, stopped
+    wait_until(lambda: d.status()["connections"] == 1, timeout=10, what="its connections gone")
