@@ -9,9 +9,6 @@ at startup. Now `check-config`, `run` and `reload` refuse each one the same way.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,19 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.integration.cli.test_host_checks import cli
 
 SLEEP = ["sleep", "600"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        timeout=60,
-    )
 
 
 # each: the program's YAML (line 4 on: `programs:` is line 3), the key and line refused

@@ -22,12 +22,14 @@ from tests.integration.security.test_rights_and_floods import shared
 
 STATUS = '{"op":"status"}'
 LEASE = '{"op":"acquire","want":1,"kinds":["thread"]}'
-# opens N connections, each sending FIRST, and prints how many were served; then, once
-# GO exists, asks once more on each it holds and prints how many are still served
+# opens N connections to PATH ("-": the worker's $SUPERVISORD_BATT_SOCKET), each sending
+# FIRST, and prints how many were served; then, once GO exists, asks once more on each it
+# holds and prints how many are still served
 HOLD = textwrap.dedent(
     """
     import json, os, socket, sys, time
     path, n, first, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    path = os.environ["SUPERVISORD_BATT_SOCKET"] if path == "-" else path
     held, served, refused = [], 0, {}
     for _ in range(n):
         s = socket.socket(socket.AF_UNIX)
@@ -129,40 +131,26 @@ def test_a_user_below_its_equal_part_is_served_when_six_hold_the_share(
     wait_until(lambda: counted() == 27, timeout=10, what="every eviction accounted for")
 
 
-# a supervised worker's flood: N connections as fast as it can, counts on its stdout
-WORKER_FLOOD = textwrap.dedent(
-    """
-    import json, os, socket, time
-    held, served, refused = [], 0, {}
-    for _ in range(400):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(os.environ["SUPERVISORD_BATT_SOCKET"])
-        s.sendall(b'{"op":"status"}\\n')
-        reply = json.loads(s.makefile("rb").readline())
-        if reply.get("ok"):
-            served += 1
-            held.append(s)
-        else:
-            code = reply["error"]["code"]
-            refused[code] = refused.get(code, 0) + 1
-            s.close()
-    print(json.dumps({"served": served, "refused": refused}), flush=True)
-    time.sleep(600)
-    """
-)
-
-
 def test_a_supervised_workers_flood_is_capped_and_root_keeps_control(
-    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
 ) -> None:
     user = test_user()
+    never = str(open_dir / "never")  # it holds its connections until it is stopped
     d = shared(
         daemon(
             {
                 "daemon": {"socket_mode": "0666"},
                 "programs": {
                     "flooder": {
-                        "command": [interpreter_for_others(), "-c", WORKER_FLOOD],
+                        "command": [
+                            interpreter_for_others(),
+                            "-c",
+                            HOLD,
+                            "-",
+                            "400",
+                            STATUS,
+                            never,
+                        ],
                         "user": user.name,
                         "output": {"mode": "daemon"},
                         "restart": "never",
