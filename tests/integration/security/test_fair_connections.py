@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests import helpers
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
 from tests.integration.security.test_rights_and_floods import shared
@@ -179,3 +181,44 @@ def test_a_supervised_workers_flood_is_capped_and_root_keeps_control(
         stopped = c.request("stop", target="flooder")
     assert stopped == {"ok": True, "instances": {"flooder:0": "STOPPED"}}, stopped
     wait_until(lambda: d.status()["connections"] == 1, timeout=10, what="its connections gone")
+
+
+def test_an_admin_demoted_by_a_reload_is_counted_like_any_user(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
+) -> None:
+    """An admin's connections count against no account; once a reload takes the right
+    away, those still open count against its uid at once, not only the new ones."""
+    user = test_user()  # useradd made a group of the same name: the user's own
+    d = shared(
+        daemon(
+            {
+                "daemon": {
+                    "socket_mode": "0666",
+                    "allowed_uids": [user.uid],
+                    "admin_groups": [user.name],
+                    "max_connections_per_uid": 2,
+                }
+            }
+        )
+    )
+    go = open_dir / "go"
+    admin = Holder(d, user, 3, STATUS, go)  # an admin is not capped per uid
+    try:
+        assert admin.line() == {"served": 3, "refused": {}}
+        config = yaml.safe_load(d.config_path.read_text())
+        config["daemon"]["admin_groups"] = []
+        d.config_path.write_text(yaml.safe_dump(config))
+        with d.client() as c:
+            assert c.request("reload")["ok"]
+        # its three open connections now count against its uid: a fourth is refused
+        another = Holder(d, user, 1, STATUS, go)
+        try:
+            assert another.line() == {"served": 0, "refused": {"too_many_connections": 1}}
+        finally:
+            with killing(another.proc):  # type: ignore[arg-type]
+                pass
+    finally:
+        with killing(admin.proc):  # type: ignore[arg-type]
+            pass
+    (refused,) = d.events("connection_refused")
+    assert refused["reason"] == f"uid {user.uid} holds 3 connections, the limit per uid or instance"
