@@ -2,7 +2,8 @@
 
 A NUL in a program's `environment` or `command` passed `check-config`, then `run` died
 with a traceback, and the same program added by `reload` was answered `internal` after
-applying half of the new config, an instance left in STARTING. A program whose output
+applying half of the new config (its daemon section: a real user the refused config
+allowed was let in), an instance left in STARTING. A program whose output
 file names are longer than the file system takes passed `check-config` and stopped `run`
 at startup. Now `check-config`, `run` and `reload` refuse each one the same way.
 """
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import helpers
 from tests.integration.cli.test_host_checks import cli
+from tests.integration.security.test_rights_and_floods import ask, shared
 
 SLEEP = ["sleep", "600"]
 
@@ -71,11 +74,27 @@ def test_check_config_and_run_refuse_what_exec_cannot_take(tmp_path: Path, case:
     assert not (tmp_path / "s.sock").exists()
 
 
-def test_a_reload_adding_a_nul_changes_nothing(daemon: Callable[..., Any]) -> None:
-    d = daemon({"programs": {"a": {"command": SLEEP, "output": {"mode": "daemon"}}}})
+def test_a_reload_adding_a_nul_changes_nothing(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    user = test_user()
+    d = shared(
+        daemon(
+            {
+                "daemon": {"socket_mode": "0666"},
+                "programs": {"a": {"command": SLEEP, "output": {"mode": "daemon"}}},
+            }
+        )
+    )
     config = yaml.safe_load(d.config_path.read_text())
-    config["daemon"]["max_connections_per_uid"] = 3  # would apply first in a half reload
-    config["programs"]["b"] = {"command": SLEEP, "environment": {"TOKEN": "a\0b"}}
+    # each would apply before the programs in a half reload: the new user let in, the cap
+    config["daemon"]["allowed_uids"] = [user.uid]
+    config["daemon"]["max_connections_per_uid"] = 3
+    config["programs"]["b"] = {
+        "command": SLEEP,
+        "user": user.name,
+        "environment": {"TOKEN": "a\0b"},
+    }
     d.config_path.write_text(yaml.safe_dump(config))
     with d.client() as c:
         reply = c.request("reload")
@@ -84,6 +103,9 @@ def test_a_reload_adding_a_nul_changes_nothing(daemon: Callable[..., Any]) -> No
         status = c.request("status")
     assert [p["name"] for p in status["programs"]] == ["a"]
     assert status["programs"][0]["instances"][0]["state"] == "RUNNING"
+    # the user the refused config named is still a stranger to the daemon
+    (answer,) = ask(d.socket, user, {"op": "status"})
+    assert answer["error"]["code"] == "forbidden", answer
     # the old per-uid cap (32) still holds: four more connections of ours are served
     clients = [d.client() for _ in range(4)]
     try:
