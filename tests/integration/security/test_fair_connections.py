@@ -61,6 +61,13 @@ HOLD = textwrap.dedent(
 )
 
 
+def start(d: Any, program: str) -> None:
+    """Start a program that does not start itself: `shared` made the socket reachable
+    only after the daemon (and its autostarted workers) had started."""
+    with d.client() as c:
+        assert c.request("start", target=program)["ok"]
+
+
 class Holder:
     """A user's process holding connections (see HOLD); killed at the end."""
 
@@ -156,11 +163,13 @@ def test_a_supervised_workers_flood_is_capped_and_root_keeps_control(
                         "user": user.name,
                         "output": {"mode": "daemon"},
                         "restart": "never",
+                        "autostart": False,  # started once others may reach the socket
                     }
                 },
             }
         )
     )
+    start(d, "flooder")
     (line,) = wait_until(
         lambda: [e for e in d.events("output") if e.get("line", "").startswith("{")],
         timeout=60,
@@ -222,3 +231,69 @@ def test_an_admin_demoted_by_a_reload_is_counted_like_any_user(
             pass
     (refused,) = d.events("connection_refused")
     assert refused["reason"] == f"uid {user.uid} holds 3 connections, the limit per uid or instance"
+
+
+def test_workers_of_many_instances_stay_within_the_ordinary_share(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
+) -> None:
+    """Nothing but root and the admins reaches the reserve: three instances of one
+    user's program, each flooding, share the ordinary part between them, and root's
+    whole quarter is still there."""
+    user = test_user()
+    go = open_dir / "go"
+    d = shared(
+        daemon(
+            {
+                # 12 connections for ordinary peers, the last 4 for root and the admins
+                "daemon": {
+                    "socket_mode": "0666",
+                    "max_connections": 16,
+                    "max_connections_per_uid": 8,
+                },
+                "programs": {
+                    "flooder": {
+                        "command": [
+                            interpreter_for_others(),
+                            "-c",
+                            HOLD,
+                            "-",
+                            "8",
+                            STATUS,
+                            str(go),
+                        ],
+                        "user": user.name,
+                        "numprocs": 3,
+                        "output": {"mode": "daemon"},
+                        "restart": "never",
+                        "autostart": False,  # started once others may reach the socket
+                    }
+                },
+            }
+        )
+    )
+
+    def said(key: str) -> dict[str, dict[str, Any]]:
+        lines = [e for e in d.events("output") if e.get("line", "").startswith('{"' + key)]
+        return {e["instance"]: json.loads(e["line"]) for e in lines}
+
+    start(d, "flooder")
+    wait_until(lambda: len(said("served")) == 3, timeout=60, what="each worker's counts")
+    roots = [helpers.WireClient(d.socket) for _ in range(4)]
+    try:
+        # root's four all served while the workers hold the ordinary part
+        replies = [c.request("status") for c in roots]
+        assert all(r["ok"] for r in replies), replies
+        assert replies[-1]["connections"] == 12 + 4
+        go.touch()
+        alive = wait_until(lambda: (a := said("alive")) and len(a) == 3 and a, timeout=30)
+    finally:
+        for c in roots:
+            c.close()
+    # each instance counted as its own account, each left its equal part of the 12
+    assert {name: a["alive"] for name, a in alive.items()} == {f"flooder:{i}": 4 for i in range(3)}
+    evicted = d.events("connection_evicted")
+    assert evicted and {e["for_account"] for e in evicted} <= {
+        f"instance flooder:{i}" for i in range(3)
+    }
+    with d.client() as c:
+        assert c.request("stop", target="flooder")["ok"]
