@@ -30,6 +30,7 @@ PACKAGE_UNIT = Path(__file__).resolve().parent / "supervisord-batt.service"  # w
 SOURCE_UNIT = Path(__file__).resolve().parent.parent / "systemd" / "supervisord-batt.service"
 
 SOCKET_NAME = "supervisord-batt.sock"
+MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path holds 108 with the final NUL
 RUNTIME_DIR = Path("/run/supervisord-batt")  # systemd's RuntimeDirectory= for the unit
 DEFAULT_SOCKET = RUNTIME_DIR / SOCKET_NAME
 
@@ -72,6 +73,29 @@ def default_socket_path(
     if os.path.isabs(runtime):
         return Path(runtime) / "supervisord-batt" / SOCKET_NAME
     return Path("/tmp") / f"supervisord-batt-{uid}" / SOCKET_NAME
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why no Unix socket can be bound at `path` (too long for sun_path); None if one can."""
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        return f"socket path is {size} bytes, the limit is {MAX_SOCKET_PATH}: {path}"
+    return None
+
+
+def default_output_dir() -> Path:
+    """Where workers' output files go when a program names no directory."""
+    if os.geteuid() == 0:
+        return Path("/var/log/supervisord-batt")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "supervisord-batt" / "log"
+
+
+def output_file_name(instance: str, stream: str) -> str:
+    """The file one stream of an instance is written to (`batt-0.out.log`); rotation
+    adds `.1`, `.2` ... to it."""
+    suffix = "out" if stream == "stdout" else "err"
+    return f"{instance.replace(':', '-')}.{suffix}.log"
 
 
 def client_socket_path(env: Mapping[str, str] | None = None) -> Path:

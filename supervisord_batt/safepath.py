@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 _TRUSTED_OWNERS = (0,)
@@ -62,14 +63,45 @@ def dir_problem(path: Path, uid: int | None = None) -> str | None:
         return f"{real} is owned by uid {st.st_uid}, not root or uid {owners[-1]}"
     if st.st_mode & 0o022:
         return f"{real} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    for parent in real.parents:
+    return _ancestors_problem(real.parents, real, owners)
+
+
+def _ancestors_problem(
+    ancestors: Iterable[Path], below: Path, owners: tuple[int, ...]
+) -> str | None:
+    """Why one of `ancestors` (resolved) lets another user rename what is below it."""
+    for parent in ancestors:
         st = parent.stat()
         if st.st_uid not in owners:
-            return f"{parent} (above {real}) is owned by uid {st.st_uid}"
+            return f"{parent} (above {below}) is owned by uid {st.st_uid}"
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
             mode = stat.S_IMODE(st.st_mode)
-            return f"{parent} (above {real}) is writable by group or others (mode {mode:04o})"
+            return f"{parent} (above {below}) is writable by group or others (mode {mode:04o})"
     return None
+
+
+def make_dir_problem(path: Path, uid: int | None = None) -> str | None:
+    """Why `make_dir(path)` would refuse `path`; None when it would make or take it.
+
+    An existing directory is judged by `dir_problem`. A missing one would be made by the
+    daemon (and so be its own), so only the nearest existing ancestor and those above it
+    count: a directory, reached through no link another user owns, none of them one
+    another user controls."""
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        return f"{path} cannot be a directory: {existing} is not one"
+    if existing == path:
+        return dir_problem(path, uid)
+    owners = _owners(uid)
+    for p in (existing, *existing.parents):
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in owners:
+            return f"{p} is a symlink owned by uid {st.st_uid}"
+    real = Path(os.path.realpath(existing))
+    return _ancestors_problem((real, *real.parents), path, owners)
 
 
 def check_dir(path: Path, uid: int | None = None) -> None:
@@ -98,6 +130,22 @@ def make_dir(path: Path, mode: int = 0o755, uid: int | None = None) -> None:
         else:
             os.chmod(d, mode, follow_symlinks=False)  # mkdir's mode passed the umask
     check_dir(path, uid)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `open_append` would refuse the file at `path` as it is now (a symlink, not a
+    regular file, a hard link); None when it is absent or usable."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink"
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        return f"{path} is not a regular file with one link"
+    return None
 
 
 def open_append(path: Path, mode: int = 0o640, uid: int | None = None) -> int:

@@ -270,7 +270,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         logs.get_logger().error("config_invalid", reason=str(exc))
         return 1
     d = config.daemon
-    logs.configure(d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file)
+    try:  # checked by the loader; this is the file changing since (a link planted)
+        logs.configure(
+            d.log_format, logs.level_from(d.log_level, args.verbose, args.quiet), d.log_file
+        )
+    except OSError as exc:
+        logs.get_logger().error("config_invalid", reason=f"daemon.log_file: {exc}")
+        return 1
     socket_path = args.socket or (
         Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None
     )
@@ -279,13 +285,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any] | None:
     """One request to the daemon; None (after saying why on stderr) when it cannot be reached."""
+    from supervisord_batt.client.connect import CLI_RETRY_S
     from supervisord_batt.client.leases import Connection, DaemonError
 
     path = _socket_for(args)
     # a control op waits for trees to stop (stop_grace is at most 60s) and start again
     timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
     try:
-        with Connection(path, timeout=timeout) as conn:
+        with Connection(path, timeout=timeout, retry=CLI_RETRY_S) as conn:
             return conn.request(op, **fields)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)

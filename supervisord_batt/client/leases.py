@@ -35,7 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import paths, protocol
-from supervisord_batt.client import inner
+from supervisord_batt.client import connect, inner
 from supervisord_batt.client.notice import warn
 
 if TYPE_CHECKING:
@@ -86,7 +86,11 @@ def check_server(sock: socket.socket, path: Path) -> None:
 
 
 class Connection:
-    """A small blocking client: one request line out, exactly one reply line in."""
+    """A small blocking client: one request line out, exactly one reply line in.
+
+    A busy daemon (a full accept queue, a restart, a `too_many_connections` refusal) is
+    tried again for up to `retry` seconds (at most `timeout`) from the first connect
+    attempt, with short jittered delays; see client.connect."""
 
     def __init__(
         self,
@@ -94,21 +98,27 @@ class Connection:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_line: int = protocol.MAX_LINE_DEFAULT,
+        retry: float = connect.RETRY_S,
     ) -> None:
         self.path = Path(path) if path is not None else default_socket_path()
         self.timeout = timeout
         self.max_line = max_line
         self._buf = b""
         self._next_id = 0
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        self._retry_until = time.monotonic() + min(retry, timeout)
+        self._sock: socket.socket | None = connect.retrying(self._open, self._retry_left())
+
+    def _retry_left(self) -> float:
+        return max(0.0, self._retry_until - time.monotonic())
+
+    def _open(self) -> socket.socket:
+        sock = connect.open_socket(self.path, self.timeout)
         try:
-            sock.connect(str(self.path))
             check_server(sock, self.path)
         except BaseException:
             sock.close()
             raise
-        self._sock: socket.socket | None = sock
+        return sock
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request; return the reply's fields or raise DaemonError/OSError."""
@@ -116,14 +126,45 @@ class Connection:
             raise ConnectionError("connection closed")
         self._next_id += 1
         request_id = self._next_id
-        self._sock.sendall(protocol.encode({"op": op, "id": request_id, **fields}))
-        reply = self._read_reply()
+        line = protocol.encode({"op": op, "id": request_id, **fields})
+        reply = self._first(line) if request_id == 1 else self._exchange(line)
         if reply.get("id", request_id) != request_id:
             raise DaemonError("bad_reply", f"reply id {reply.get('id')!r} != {request_id}")
         if not reply.get("ok"):
             err = reply.get("error") or {}
             raise DaemonError(str(err.get("code", "unknown")), str(err.get("message", reply)))
         return reply
+
+    def _exchange(self, line: bytes) -> dict[str, Any]:
+        assert self._sock is not None
+        self._sock.sendall(line)
+        return self._read_reply()
+
+    def _first(self, line: bytes) -> dict[str, Any]:
+        """The first request, which is where a refused connection learns it was: on
+        `too_many_connections`, or a connection the daemon closed at once (a flood),
+        connect again and ask again while the retry time lasts."""
+
+        def attempt() -> dict[str, Any]:
+            if self._sock is None:
+                self._sock = self._open()
+            try:
+                reply = self._exchange(line)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.close()
+                raise connect.Busy(exc) from exc
+            if (reply.get("error") or {}).get("code") == protocol.TOO_MANY_CONNECTIONS:
+                self.close()
+                raise connect.Busy(reply)
+            return reply
+
+        try:
+            return connect.retrying(attempt, self._retry_left())
+        except connect.Busy as exc:  # refused to the end: the last refusal is the answer
+            last = exc.args[0]
+            if isinstance(last, OSError):
+                raise last from None
+            return dict(last)
 
     def _read_reply(self) -> dict[str, Any]:
         assert self._sock is not None
@@ -150,6 +191,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
+        self._buf = b""
 
     def __enter__(self) -> Connection:
         return self

@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import signal
+from collections.abc import Iterator
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -23,7 +24,7 @@ from typing import Any, cast, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from supervisord_batt import safepath
+from supervisord_batt import paths, safepath
 from supervisord_batt.config.records import (
     DEFAULT_BACKOFF,
     DEFAULT_OUTPUT,
@@ -49,6 +50,7 @@ from supervisord_batt.config.values import (
     command,
     duration,
     environment,
+    environment_names,
     integer,
     list_of,
     listen_address,
@@ -253,6 +255,7 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         output=_output(s.child("output", _keys(OutputConfig))),
         contain=s.get("contain", boolean, True),
         tasks_without_lease=s.get("tasks_without_lease", integer(1), 64),
+        pass_environment=s.get("pass_environment", environment_names, ()),
     )
 
 
@@ -312,6 +315,8 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
     def fail(message: str, *keys: str | int) -> None:
         issues.add(".".join(str(k) for k in keys), _node_at(root, *keys), message)
 
+    if why := paths.socket_path_problem(d.socket) or safepath.make_dir_problem(d.socket.parent):
+        fail(why, "daemon", "socket")
     if d.socket_group is not None and (why := _no_group(d.socket_group)):
         fail(why, "daemon", "socket_group")
     for key in ("allowed_groups", "admin_groups"):
@@ -320,10 +325,12 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
                 fail(why, "daemon", key, i)
     for key in ("log_file", "pid_file"):
         path = getattr(d, key)
-        if path is not None and (why := _dir_problem(path.parent, strict=True)):
+        # the log file is appended to (a link refused); the pid file replaced (renamed over)
+        check = safepath.file_problem if key == "log_file" else lambda path: None
+        if path is not None and (why := safepath.make_dir_problem(path.parent) or check(path)):
             fail(why, "daemon", key)
     textfile = config.metrics.textfile
-    if textfile is not None and (why := _dir_problem(textfile.parent, strict=True)):
+    if textfile is not None and (why := safepath.make_dir_problem(textfile.parent)):
         fail(why, "metrics", "textfile")
     for i, name in enumerate(config.budget.watch_users):
         if not name.isdigit() and (why := _no_user(name)):
@@ -336,10 +343,46 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
             fail(why, *at, "group")
         if program.cwd is not None and not program.cwd.is_dir():
             fail(f"{program.cwd} is not a directory on this host", *at, "cwd")
-        out = program.output
-        directory = out.directory if out.mode == "file" else None
-        if directory is not None and (why := _dir_problem(directory, strict=True)):
-            fail(why, *at, "output", "directory")
+        if program.output.mode == "file":
+            for where, why in _output_problems(program):
+                fail(why, *at, *where)
+
+
+def _output_problems(program: ProgramConfig) -> Iterator[tuple[tuple[str, ...], str]]:
+    """What would stop the daemon opening a file-mode program's output files (it refuses
+    to start, or a reload, on any of them): the directory, a name longer than its file
+    system takes (the program's name is in it), a file that is a link."""
+    out = program.output
+    directory = out.directory or paths.default_output_dir()
+    key = ("output", "directory") if out.directory is not None else ("output",)
+    if why := safepath.make_dir_problem(directory):
+        yield key, why
+        return
+    longest = paths.output_file_name(f"{program.name}:{program.numprocs - 1}", "stderr")
+    longest += f".{out.backups}" if out.backups else ""
+    name_max = _name_max(directory)
+    size = len(os.fsencode(longest))
+    if size > name_max:
+        too_long = f"the program's output file names, such as {longest!r} ({size} bytes), "
+        yield key, too_long + f"are longer than the {name_max} bytes a name may have in {directory}"
+        return
+    for index in range(program.numprocs):
+        for stream in ("stdout", "stderr"):
+            name = paths.output_file_name(f"{program.name}:{index}", stream)
+            if why := safepath.file_problem(directory / name):
+                yield key, f"the daemon refuses it: {why}"
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name the file system holding `directory` (or where it would be
+    made) takes; 255, Linux's NAME_MAX, when it cannot say."""
+    existing = directory
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _no_user(name: str) -> str | None:
@@ -355,19 +398,6 @@ def _no_group(name: str) -> str | None:
         grp.getgrnam(name)
     except KeyError:
         return f"no group {name!r} on this host"
-    return None
-
-
-def _dir_problem(directory: Path, *, strict: bool) -> str | None:
-    """Why the daemon could not make or use `directory`; `strict`: an existing one must
-    also be one no other user controls (the daemon writes files in it)."""
-    existing = directory
-    while not os.path.lexists(existing):
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{directory} cannot be a directory: {existing} is not one"
-    if strict and existing == directory:
-        return safepath.dir_problem(directory)
     return None
 
 

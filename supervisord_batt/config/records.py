@@ -34,7 +34,7 @@ class DaemonConfig:
     pid_file: Path | None = None
     lease_log_rate: int = 100  # grant/deny/release lines a second; 0 = every line
     admin_groups: tuple[str, ...] = ()  # may control (start, stop, reload, tail any)
-    max_connections_per_uid: int = 32  # root, admins and supervised workers excepted
+    max_connections_per_uid: int = 32  # and per supervised instance; root, admins excepted
     bad_input_log_rate: int = 10  # lines a second about bad input and refused peers
     stats_interval: float = 60.0  # seconds between `stats` lines (what `report` reads)
 
@@ -117,6 +117,9 @@ class ProgramConfig:
     # ignores its grant runs out of tasks in its own cgroup, not the host's
     contain: bool = True
     tasks_without_lease: int = 64  # its pids.max while it holds no lease
+    # names of the daemon's environment variables a worker run as another user gets
+    # (it gets none of the others: see supervise.environ)
+    pass_environment: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

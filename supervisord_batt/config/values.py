@@ -49,6 +49,27 @@ _NOT_ENDING = frozenset(
     }
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# execve(2) takes C strings, so no NUL, each one (an argument, or an environment entry
+# NAME=value) at most MAX_ARG_STRLEN bytes with its NUL: 32 pages, 131072 bytes on Linux.
+# Found at spawn, such a value was a traceback in `run` and an `internal` reply, half
+# applied, in a reload; found here, it is an error with its key and line.
+MAX_EXEC_STRING = 131072 - 1
+
+
+def exec_string(value: str) -> str:
+    """`value` if exec can pass it as one argument or environment entry, else Invalid."""
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError as exc:
+        raise Invalid(
+            f"cannot be encoded for exec ({exc.reason} at character {exc.start})"
+        ) from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise Invalid(f"contains a NUL character (at byte {nul}), which exec cannot pass")
+    if len(raw) > MAX_EXEC_STRING:
+        raise Invalid(f"is {len(raw)} bytes, more than exec takes ({MAX_EXEC_STRING})")
+    return value
 
 
 def integer(minimum: int) -> Parser[int]:
@@ -131,12 +152,15 @@ def optional(parse: Parser[T]) -> Parser[T | None]:
 
 
 def string(node: Node) -> str:
-    """A non-empty string."""
+    """A non-empty string with no NUL (names, paths: the C library cannot take one)."""
     value = scalar(node, "a string")
     if not isinstance(value, str):
         raise Invalid(f"expected a string, got {describe(value)}")
     if not value:
         raise Invalid("must not be empty")
+    nul = value.find("\0")
+    if nul >= 0:
+        raise Invalid(f"contains a NUL character (at {nul}), which no path or name can hold")
     return value
 
 
@@ -265,10 +289,15 @@ def _word(node: Node) -> str:
     return str(node.value)
 
 
+def _argument(node: Node) -> str:
+    return exec_string(_word(node))
+
+
 def command(node: Node) -> tuple[str, ...]:
-    """argv from a list of strings, or from a string split as a shell would (no expansion)."""
+    """argv from a list of strings, or from a string split as a shell would (no expansion);
+    every word one exec can pass (`exec_string`)."""
     if isinstance(node, SequenceNode):
-        argv = list_of(_word)(node)
+        argv = list_of(_argument)(node)
     else:
         value = scalar(node, "a list of strings or a command string")
         if not isinstance(value, str):
@@ -277,11 +306,28 @@ def command(node: Node) -> tuple[str, ...]:
             argv = tuple(shlex.split(value))
         except ValueError as exc:
             raise Invalid(f"cannot split command {value!r}: {exc}") from None
+        for index, word in enumerate(argv):
+            try:
+                exec_string(word)
+            except Invalid as exc:
+                raise Invalid(f"word {index} {exc}") from None
     if not argv:
         raise Invalid("command is empty")
     if not argv[0]:
         raise Invalid("command's program is an empty string")
     return argv
+
+
+def _environment_name(node: Node) -> str:
+    name = string(node)
+    if not _ENV_NAME.fullmatch(name):
+        raise Invalid(f"{name!r} is not a valid environment variable name")
+    return name
+
+
+def environment_names(node: Node) -> tuple[str, ...]:
+    """A list of environment variable names, sorted, each once (order means nothing)."""
+    return tuple(sorted(set(list_of(_environment_name)(node))))
 
 
 def environment(node: Node) -> tuple[tuple[str, str], ...]:
@@ -298,9 +344,12 @@ def environment(node: Node) -> tuple[tuple[str, str], ...]:
             problems.append((f".{name}", key_node, "not a valid environment variable name"))
         else:
             try:
-                result.append((name, _word(value_node)))
+                value = _word(value_node)
+                exec_string(f"{name}={value}")
             except Invalid as exc:
                 problems.append((f".{name}", key_node, str(exc)))
+            else:
+                result.append((name, value))
     if problems:
         raise Invalid.many(problems)
     return tuple(sorted(result))

@@ -8,6 +8,7 @@ not exist) and return the reply's fields.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -215,6 +216,15 @@ class Commands:
             **{"from": old, "to": new},
         )
         return protocol.ok()
+
+    def holds_lease(self, conn: Connection) -> bool:
+        """Whether the connection holds a live lease (at most 16 look-ups: the server
+        asks it of the connections it could close to make room)."""
+        for lease_id in conn.data.get("leases", ()):
+            with contextlib.suppress(LeaseError):
+                if self.ledger.holder_of(lease_id) == conn.key:
+                    return True
+        return False
 
     def _owned(self, conn: Connection, lease_id: str) -> str:
         """A lease this connection holds; anything else is an error, never a silent no-op."""

@@ -75,7 +75,8 @@ class Daemon:
         )
         self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
         self.server.policy = _policy(config)
-        self.server.is_worker = lambda pid: self.supervisor.instance_of(pid) is not None
+        self.server.instance_of = self.supervisor.instance_of
+        self.server.holds_lease = self.commands.holds_lease
         self.server.observe = self.commands.tallies.request
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
@@ -116,7 +117,7 @@ class Daemon:
         return 0
 
     async def startup(self) -> None:
-        _raise_nofile()
+        self.supervisor.worker_nofile = _raise_nofile()  # workers start with the old one
         self.monitor.scan()
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
@@ -440,23 +441,28 @@ def _watched_users(config: Config) -> list[int | str]:
 
 
 def _policy(config: Config) -> PeerPolicy:
-    """Allowed peers: the configured uids and groups, plus every program's user."""
-    uids = list(config.daemon.allowed_uids)
+    """Allowed peers: the configured uids and groups, plus every program's user (whose
+    peers may be its supervised workers, each counted by instance)."""
+    workers = []
     for program in config.programs:
         if program.user:
             with contextlib.suppress(KeyError):
-                uids.append(pwd.getpwnam(program.user).pw_uid)
-    return PeerPolicy(tuple(uids), config.daemon.allowed_groups, config.daemon.admin_groups)
+                workers.append(pwd.getpwnam(program.user).pw_uid)
+    d = config.daemon
+    uids = (*d.allowed_uids, *workers)
+    return PeerPolicy(uids, d.allowed_groups, d.admin_groups, worker_uids=tuple(workers))
 
 
-def _raise_nofile() -> None:
+def _raise_nofile() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit: every job holds a connection, and the
-    usual soft limit of 1024 ran out in a flood long before the hard one."""
+    usual soft limit of 1024 ran out in a flood long before the hard one. Returns the
+    soft limit the daemon had, which its workers get back (see supervise.environ)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             log.info("nofile_raised", old=soft, new=hard)
+    return soft
 
 
 def _quiet_gc() -> None:

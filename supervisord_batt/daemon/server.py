@@ -36,21 +36,20 @@ import socket
 import stat
 import struct
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import protocol, safepath
+from supervisord_batt import paths, protocol, safepath
 from supervisord_batt.config.records import DaemonConfig
+from supervisord_batt.daemon import fairshare
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="server")
 
 _UCRED = struct.Struct("3i")
-_MAX_UNIX_PATH = 107
 _RESYNC_FACTOR = 16
 _REFUSE_LINGER_S = 1.0
 
@@ -78,6 +77,8 @@ class Connection:
     data: dict[str, Any] = field(default_factory=dict)  # per-connection state of the daemon
     key: str = ""
     admin: bool = False  # may control the daemon (PeerPolicy.is_admin), found at connect
+    # whose connections it counts against (daemon.fairshare); None: an admin's
+    account: str | None = None
 
     def __post_init__(self) -> None:
         self.key = f"c{self.id}"
@@ -141,12 +142,18 @@ class PeerPolicy:
     """
 
     def __init__(
-        self, uids: tuple[int, ...], groups: tuple[str, ...], admin_groups: tuple[str, ...] = ()
+        self,
+        uids: tuple[int, ...],
+        groups: tuple[str, ...],
+        admin_groups: tuple[str, ...] = (),
+        worker_uids: tuple[int, ...] = (),
     ) -> None:
         self.admin_uids = {0, os.geteuid()}
         self.uids = {*self.admin_uids, *uids}
         self.gids = _gids(groups, "daemon.allowed_groups")
         self.admin_gids = _gids(admin_groups, "daemon.admin_groups")
+        # the ordinary uids programs run as: a peer of one may be a supervised worker
+        self.worker_uids = frozenset(worker_uids) - self.admin_uids
 
     def allows(self, peer: Peer) -> bool:
         if peer.uid in self.uids or self.is_admin(peer):
@@ -182,10 +189,8 @@ def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socke
     impostor, or swap in a symlink for the mode and group to land on: the mode is set by
     the umask at bind, with no window, and the group without following a link.
     """
-    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-        raise OSError(
-            f"socket path is {len(os.fsencode(path))} bytes, the limit is {_MAX_UNIX_PATH}: {path}"
-        )
+    if why := paths.socket_path_problem(path):
+        raise OSError(why)
     safepath.make_dir(path.parent, 0o755 if os.geteuid() == 0 else 0o700)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -269,15 +274,15 @@ class _Link(asyncio.Protocol):
         server = self.server
         server.links.add(self)
         peer = peer_credentials(transport.get_extra_info("socket"))
-        refusal = server.refusal(peer)
+        account = server.account_of(peer)
+        refusal = server.refusal(peer, account)
         if refusal is not None:
             self._refuse(*refusal)
             return
         self.conn = Connection(server.next_id, peer, transport, time.monotonic())
-        self.conn.admin = server.policy.is_admin(peer)
+        self.conn.admin, self.conn.account = account is None, account
         server.next_id += 1
-        server.connections[self.conn.id] = self.conn
-        server.per_uid[peer.uid] += 1
+        server.enlist(self)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -316,15 +321,22 @@ class _Link(asyncio.Protocol):
         server.links.discard(self)
         if self.linger is not None:
             self.linger.cancel()
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            del server.connections[conn.id]
-            server.per_uid[conn.peer.uid] -= 1
-            if not server.per_uid[conn.peer.uid]:
-                del server.per_uid[conn.peer.uid]
-            server.on_close(conn)
+        self.end()
         if not server.links and server.links_gone is not None and not server.links_gone.done():
             server.links_gone.set_result(None)
+
+    def end(self) -> None:
+        """The connection is over (lost, or closed to make room): forget it and give
+        back what it held, once."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.server.delist(conn)
+            self.server.on_close(conn)
+
+    def idle(self) -> bool:
+        """Nothing in flight: no request running or half sent, no reply left unread."""
+        closing = self.transport is None or self.transport.is_closing()
+        return not (self.busy or self.write_paused or self.buf or closing) and self.skipped is None
 
     def pause_writing(self) -> None:
         """The peer does not read its replies: answer nothing more, read nothing more."""
@@ -520,9 +532,13 @@ class Server:
         self.limit = config.max_message_bytes
         self.policy = PeerPolicy(config.allowed_uids, config.allowed_groups, config.admin_groups)
         self.problems = Throttle(config.bad_input_log_rate)
-        self.per_uid: Counter[int] = Counter()  # open connections by peer uid
-        # a peer pid in a supervised worker's tree: its connections are never capped
-        self.is_worker: Callable[[int], bool] = lambda pid: False
+        # open connections by account (daemon.fairshare), and how many those are
+        self.accounts: dict[str, dict[int, _Link]] = {}
+        self.ordinary = 0
+        # the supervised instance whose tree a pid is in (asked of ordinary workers' uids)
+        self.instance_of: Callable[[int], str | None] = lambda pid: None
+        # whether a connection holds a live lease (asked only to choose one to close)
+        self.holds_lease: Callable[[Connection], bool] = lambda conn: False
         # each answered request: (op or "invalid", "ok" or the error code, seconds)
         self.observe: Callable[[str, str, float], None] = lambda op, result, seconds: None
         self.connections: dict[int, Connection] = {}
@@ -592,20 +608,56 @@ class Server:
             self.links_gone = None
         return True
 
-    def refusal(self, peer: Peer) -> tuple[str, str] | None:
-        """Why a new peer is refused (an error code and a message), logged; None: served.
+    # -- admission (see daemon.fairshare) ----------------------------------------------
 
-        # Why per-uid caps and a reserve
+    def account_of(self, peer: Peer) -> str | None:
+        """Whom an ordinary peer's connections count against: its uid, or the instance
+        of a supervised worker of an ordinary user; None for root and the admins.
+
+        Only a peer whose uid a program runs as can be a worker, so only those are looked
+        up (the instance index is the supervisor's): a notebook user's connect costs no
+        lookup."""
+        if self.policy.is_admin(peer):
+            return None
+        if peer.uid in self.policy.worker_uids:
+            instance = self.instance_of(peer.pid)
+            if instance is not None:
+                return f"instance {instance}"
+        return f"uid {peer.uid}"
+
+    def enlist(self, link: _Link) -> None:
+        conn = link.conn
+        assert conn is not None
+        self.connections[conn.id] = conn
+        if conn.account is not None:
+            self.accounts.setdefault(conn.account, {})[conn.id] = link
+            self.ordinary += 1
+
+    def delist(self, conn: Connection) -> None:
+        del self.connections[conn.id]
+        if conn.account is None:
+            return
+        held = self.accounts.get(conn.account)
+        if held is not None and held.pop(conn.id, None) is not None:
+            self.ordinary -= 1
+            if not held:
+                del self.accounts[conn.account]
+
+    def refusal(self, peer: Peer, account: str | None) -> tuple[str, str] | None:
+        """Why a new peer is refused (an error code and a message), logged; None: served
+        (when the ordinary share is full, maybe after closing another's connection).
+
+        # Why caps, a reserve and an equal part
         One allowed uid holding every connection locked everyone out, root's `status`
-        included. So a uid holds at most `max_connections_per_uid`, and ordinary peers
-        together at most three quarters of `max_connections`: the last quarter is for
-        root, the admin groups and the supervised workers, none of which is capped per
-        uid (the workers are as many as the config says). Whether a pid is a worker
-        takes a walk up its ancestry, so it is asked only when a cap would refuse it.
+        included. So an account (a uid, or a supervised instance) holds at most
+        `max_connections_per_uid`, ordinary peers together at most three quarters of
+        `max_connections`, and the last quarter is for root and the admin groups alone:
+        a supervised worker of an ordinary user is capped like any other. Within the
+        share, an account below its equal part is never refused because others hold
+        more (daemon.fairshare).
         """
-        problems = self.problems
         if not self.policy.allows(peer):
-            problems.emit(
+            self.problems.emit(
                 "warning",
                 "peer_refused",
                 uid=peer.uid,
@@ -614,32 +666,78 @@ class Server:
                 reason="not allowed",
             )
             return protocol.FORBIDDEN, f"uid {peer.uid} is not allowed to use this daemon"
-        why = None
-        code = protocol.TOO_MANY_CONNECTIONS
-        total, limit = len(self.connections), min(self.config.max_connections, self.fd_cap)
         if not self.accepting:
-            why, code = "the daemon is shutting down", protocol.SHUTTING_DOWN
-        elif total >= limit:
-            why = f"limit of {limit} connections"
-        elif self._capped(peer, total, limit) and not self.is_worker(peer.pid):
-            why = self._cap_reason(peer, total, limit)
-        if why is None:
-            return None
-        problems.emit(
-            "warning", "connection_refused", uid=peer.uid, gid=peer.gid, pid=peer.pid, reason=why
+            return self._refused(
+                peer, account, "the daemon is shutting down", protocol.SHUTTING_DOWN
+            )
+        total, limit = len(self.connections), min(self.config.max_connections, self.fd_cap)
+        why = None
+        if account is None:
+            why = f"limit of {limit} connections" if total >= limit else None
+        elif (held := len(self.accounts.get(account, ()))) >= self.config.max_connections_per_uid:
+            why = f"{account} holds {held} connections, the limit per uid or instance"
+        elif total >= limit or self.ordinary >= limit - limit // 4:
+            why = self._make_room(peer, account, limit)
+        return None if why is None else self._refused(peer, account, why)
+
+    def _refused(
+        self, peer: Peer, account: str | None, why: str, code: str = protocol.TOO_MANY_CONNECTIONS
+    ) -> tuple[str, str]:
+        self.problems.emit(
+            "warning",
+            "connection_refused",
+            uid=peer.uid,
+            gid=peer.gid,
+            pid=peer.pid,
+            account=account,
+            reason=why,
         )
         return code, why
 
-    def _capped(self, peer: Peer, total: int, limit: int) -> bool:
-        """Whether an ordinary peer's cap refuses this one (admins are never capped)."""
-        over_uid = self.per_uid[peer.uid] >= self.config.max_connections_per_uid
-        over_share = total >= limit - limit // 4
-        return (over_uid or over_share) and not self.policy.is_admin(peer)
-
-    def _cap_reason(self, peer: Peer, total: int, limit: int) -> str:
-        if self.per_uid[peer.uid] >= self.config.max_connections_per_uid:
-            return f"uid {peer.uid} holds {self.per_uid[peer.uid]} connections, the limit per uid"
-        return f"{total} of {limit} connections open; the last {limit // 4} are kept for admins"
+    def _make_room(self, peer: Peer, account: str, limit: int) -> str | None:
+        """The share is full: close an idle connection of an account above its equal
+        part for a newcomer below its own (None: done), or say why not."""
+        share = limit - limit // 4
+        held = {a: len(links) for a, links in self.accounts.items()}
+        part = fairshare.equal_part(share, held, account)
+        mine = held.get(account, 0)
+        full = f"{self.ordinary} of the {share} connections for ordinary peers are open"
+        if mine >= part:
+            return f"{full}; {account} holds {mine}, its equal part is {part}"
+        idle = [
+            fairshare.Idle(conn.id, other, self.holds_lease(conn), conn.last_active)
+            for other in fairshare.over_part(held, part)
+            for link in self.accounts[other].values()
+            if (conn := link.conn) is not None and link.idle()
+        ]
+        chosen = fairshare.victim(idle, held)
+        if chosen is None:
+            return f"{full}; none of those above their equal part ({part}) is idle"
+        link = self.accounts[chosen.account][chosen.conn]
+        conn = link.conn
+        assert conn is not None
+        why = (
+            f"closed to make room: {chosen.account} holds {held[chosen.account]} connections, "
+            f"more than its equal part ({part}), and {account} fewer"
+        )
+        self.problems.emit(
+            "warning",
+            "connection_evicted",
+            uid=conn.peer.uid,
+            pid=conn.peer.pid,
+            conn=conn.key,
+            account=chosen.account,
+            leased=chosen.leased,
+            idle_s=round(time.monotonic() - conn.last_active, 1),
+            for_uid=peer.uid,
+            for_pid=peer.pid,
+            for_account=account,
+            reason=why,
+        )
+        conn.transport.write(protocol.encode(protocol.error(protocol.TOO_MANY_CONNECTIONS, why)))
+        link.end()  # counted out now: the newcomer takes its place in this same call
+        conn.transport.close()
+        return None
 
     def reconfigure(self, config: DaemonConfig, policy: PeerPolicy) -> None:
         """A reload: the new limits and peer policy, applied to open connections too (a
@@ -658,8 +756,16 @@ class Server:
                     reason="no longer allowed after a reload",
                 )
                 conn.transport.close()
-            else:
-                conn.admin = policy.is_admin(conn.peer)
+            elif conn.admin != policy.is_admin(conn.peer):  # counted again, as it is now
+                link = self._link_of(conn)
+                self.delist(conn)
+                conn.account = self.account_of(conn.peer)
+                conn.admin = conn.account is None
+                if link is not None:
+                    self.enlist(link)
+
+    def _link_of(self, conn: Connection) -> _Link | None:
+        return next((link for link in self.links if link.conn is conn), None)
 
     def holder(self, key: str) -> Connection | None:
         """The open connection a lease holder key names (`Connection.key`), if any."""

@@ -67,6 +67,7 @@ class StatsLine:
             "restarts": dict(tally.restarts),
             "kills": _nested(tally.kills),
             "runs": _nested(tally.runs),
+            "spawn_failures": _nested(tally.spawn_failures),
             "requests": sum(tallies.requests.values()),
         }
         self.peak_percent = 0.0

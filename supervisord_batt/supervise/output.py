@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from supervisord_batt import safepath
 from supervisord_batt.config.records import OutputConfig
 from supervisord_batt.logs import get_logger
+from supervisord_batt.paths import output_file_name
 
 log = get_logger(component="output")
 
@@ -97,8 +98,7 @@ class StreamSink:
         self.lost = 0
         self.lost_reason = ""
         if config.mode == "file":
-            suffix = "out" if stream == "stdout" else "err"
-            name = f"{instance.replace(':', '-')}.{suffix}.log"
+            name = output_file_name(instance, stream)
             self.file = RotatingFile(directory / name, config.max_bytes, config.backups)
 
     @property

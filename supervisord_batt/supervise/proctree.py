@@ -31,6 +31,7 @@ import errno
 import grp
 import os
 import pwd
+import resource
 import select
 import signal
 import subprocess
@@ -62,6 +63,7 @@ __all__ = [
     "collect_tree",
     "instance_dir_name",
     "kill_tree",
+    "lookup_user",
     "plan_v2",
     "reap_adopted",
     "spawn",
@@ -104,7 +106,8 @@ class _Credentials:
     groups: tuple[int, ...] | None
 
 
-def _lookup_user(user: str) -> pwd.struct_passwd:
+def lookup_user(user: str) -> pwd.struct_passwd:
+    """The account a program's `user:` names (a name or a uid); UnknownUser if none."""
     try:
         return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
@@ -122,7 +125,7 @@ def _credentials(user: str | None, group: str | None) -> _Credentials | None:
     """Resolved in the parent: NSS lookups (initgroups) are not safe after fork."""
     if user is None and group is None:
         return None
-    entry = _lookup_user(user) if user is not None else None
+    entry = lookup_user(user) if user is not None else None
     gid = _lookup_group(group) if group is not None else (entry.pw_gid if entry else None)
     if entry is not None and entry.pw_uid == os.geteuid() and gid == os.getegid():
         return None  # already that user: nothing to drop
@@ -135,13 +138,19 @@ def _credentials(user: str | None, group: str | None) -> _Credentials | None:
 
 # ----------------------------------------------------------------------------- spawn
 
-_STEP_CGROUP, _STEP_CREDS = 1, 2
+_STEP_CGROUP, _STEP_LIMITS, _STEP_CREDS = 1, 2, 3
+_STEPS = {
+    _STEP_CGROUP: "joining {cgroup}",
+    _STEP_LIMITS: "setting the descriptor limit",
+    _STEP_CREDS: "dropping privileges",
+}
 
 
 def _child_setup(
-    procs_path: str | None, creds: _Credentials | None, err_fd: int
+    procs_path: str | None, creds: _Credentials | None, nofile: int | None, err_fd: int
 ) -> Callable[[], None]:
-    """The preexec_fn: join the cgroup, then drop groups, gid, uid, in that order.
+    """The preexec_fn: join the cgroup, set the soft descriptor limit (a lower soft
+    limit needs no privilege), then drop groups, gid, uid, in that order.
 
     It runs between fork and exec. That is safe because the daemon has no threads. Popen's
     own user=/group= would drop privileges before preexec_fn, and an unprivileged child
@@ -156,6 +165,10 @@ def _child_setup(
                 fd = os.open(procs_path, os.O_WRONLY | os.O_CLOEXEC)
                 os.write(fd, b"%d" % os.getpid())
                 os.close(fd)
+            step = _STEP_LIMITS
+            if nofile is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
             step = _STEP_CREDS
             if creds is not None:
                 if creds.groups is not None:
@@ -164,8 +177,9 @@ def _child_setup(
                     os.setgid(creds.gid)
                 if creds.uid is not None:
                     os.setuid(creds.uid)
-        except OSError as exc:
-            os.write(err_fd, bytes([step]) + (exc.errno or 0).to_bytes(4, "little"))
+        except (OSError, ValueError) as exc:
+            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+            os.write(err_fd, bytes([step]) + code.to_bytes(4, "little"))
             raise
 
     return setup
@@ -176,7 +190,7 @@ def _child_error(err_fd: int, cgroup: WorkerCgroup | None, argv: Sequence[str]) 
     if len(data) < 5:
         return OSError(errno.EIO, f"starting {argv[0]!r} failed before exec")
     step, code = data[0], int.from_bytes(data[1:5], "little")
-    what = f"joining {cgroup}" if step == _STEP_CGROUP else "dropping privileges"
+    what = _STEPS.get(step, "setting up").format(cgroup=cgroup)
     return OSError(code, f"{what} for {argv[0]!r}: {os.strerror(code)}")
 
 
@@ -190,9 +204,11 @@ def spawn(
     cgroup: WorkerCgroup | None,
     stdout: int | IO[bytes] | None,
     stderr: int | IO[bytes] | None,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a worker: own session and process group, stdin from /dev/null, inherited fds
-    closed, moved into `cgroup` and switched to `user`/`group` before exec.
+    closed, moved into `cgroup`, its soft RLIMIT_NOFILE set to `nofile` (None: the
+    daemon's) and switched to `user`/`group` before exec.
 
     Raises OSError with the errno of the failure (EAGAIN when the host or a cgroup is out of
     pids, ENOENT for a missing program or cwd) and UnknownUser (a ValueError) for a user or
@@ -202,10 +218,12 @@ def spawn(
     if cgroup is not None and (why := cgroup.full()) is not None:
         raise BlockingIOError(errno.EAGAIN, why)
     setup = None
+    if nofile is not None and nofile == resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+        nofile = None  # the daemon's own: nothing to change
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        if cgroup is not None or creds is not None:
-            setup = _child_setup(cgroup.preexec_path if cgroup else None, creds, err_w)
+        if cgroup is not None or creds is not None or nofile is not None:
+            setup = _child_setup(cgroup.preexec_path if cgroup else None, creds, nofile, err_w)
         return subprocess.Popen(
             list(argv),
             cwd=cwd,

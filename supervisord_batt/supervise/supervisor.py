@@ -36,6 +36,7 @@ from supervisord_batt.config.records import Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.cgroups import instance_dir_name
+from supervisord_batt.supervise.environ import worker_environment
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
@@ -44,6 +45,7 @@ from supervisord_batt.supervise.proctree import (
     WorkerCgroups,
     become_subreaper,
     kill_tree,
+    lookup_user,
     reap_adopted,
     spawn,
     tree_task_count,
@@ -99,6 +101,8 @@ class Tally:
     # (program, outcome): completed (exit 0), failed (non-zero or a signal of its own),
     # killed (wall-clock or no-progress limit), stopped (by an operator or a reload)
     runs: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (program, errno name or exception type): spawns that failed (the run never began)
+    spawn_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 Sinks = dict[tuple[str, str], StreamSink]  # (instance, stream) -> its sink
@@ -158,7 +162,7 @@ class Prepared:
 def _open_sinks(program: ProgramConfig) -> Sinks:
     """Both streams of every instance of `program`; all or nothing (OSError)."""
     made: Sinks = {}
-    directory = program.output.directory or default_output_dir()
+    directory = program.output.directory or paths.default_output_dir()
     try:
         for index in range(program.numprocs):
             name = f"{program.name}:{index}"
@@ -169,13 +173,6 @@ def _open_sinks(program: ProgramConfig) -> Sinks:
             sink.close()
         raise
     return made
-
-
-def default_output_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/log/supervisord-batt")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "supervisord-batt" / "log"
 
 
 class Supervisor:
@@ -202,6 +199,10 @@ class Supervisor:
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
         self.tally = Tally()
+        self._traced: set[tuple[str, str]] = set()  # spawn failures logged with a traceback
+        # the soft RLIMIT_NOFILE workers start with: the daemon's before it raised its own
+        # (set by the daemon at startup; None: the daemon's, as it is)
+        self.worker_nofile: int | None = None
 
     # -- life -------------------------------------------------------------------------
 
@@ -362,8 +363,9 @@ class Supervisor:
                 cgroup=cgroup,
                 stdout=out_w,
                 stderr=err_w,
+                nofile=self.worker_nofile,
             )
-        except (OSError, UnknownUser) as exc:
+        except Exception as exc:  # whatever it is, a failed spawn: backoff, never a crash
             for fd in fds:
                 os.close(fd)
             if cgroup is not None:
@@ -392,25 +394,42 @@ class Supervisor:
         self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
 
     def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
+        """One line and one count per failed spawn; the state machine backs off (and
+        gives up at the start limit). A failure nobody expected (not the host refusing,
+        not a user that is gone) is a bug or a value the loader let through: its
+        traceback is written once per program and kind, the repeats only counted."""
+        program = inst.program.name
         code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+        kind = errno.errorcode.get(code, "") if code else type(exc).__name__
+        self.tally.spawn_failures[(program, kind)] += 1
         fields: dict[str, Any] = {
-            "program": inst.program.name,
+            "program": program,
             "instance": inst.name,
             "errno": code,
-            "reason": str(exc),
+            "kind": kind,
+            "failures": self.tally.spawn_failures[(program, kind)],
+            "reason": str(exc) or kind,
         }
         if code in OUT_OF_PIDS:
             fields.update(self.describe_limits())
+        expected = isinstance(exc, OSError | UnknownUser)
+        if not expected and (program, kind) not in self._traced:
+            self._traced.add((program, kind))
+            fields["exc_info"] = exc
         log.error("spawn_failed", **fields)
-        self.post(inst, SpawnFailed(code, str(exc)))
+        self.post(inst, SpawnFailed(code, str(exc) or kind))
 
     def _env(self, inst: Instance) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(inst.program.environment)
-        env[paths.SOCKET_ENV] = str(self.socket_path)
-        env[paths.INSTANCE_ENV] = inst.name
-        env[paths.WANT_ENV] = str(inst.program.slots)
-        return env
+        """See supervise.environ: a login's for a worker run as another user."""
+        program = inst.program
+        account = lookup_user(program.user) if program.user is not None else None
+        own = {
+            paths.SOCKET_ENV: str(self.socket_path),
+            paths.INSTANCE_ENV: inst.name,
+            paths.WANT_ENV: str(program.slots),
+        }
+        other = account is not None and account.pw_uid != os.geteuid()
+        return worker_environment(program, os.environ, account if other else None, own)
 
     def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
         run = self.runs.get(inst.name)

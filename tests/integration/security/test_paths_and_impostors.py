@@ -61,6 +61,25 @@ def run_daemon_expecting_exit(
     return proc.returncode, events
 
 
+def refused_by_run_and_check_config(workdir: Path, config: dict[str, Any]) -> str:
+    """Issue 22: `check-config` refuses what `run` refuses, with the key and line, and
+    `run` refuses it before binding anything. What `run` said."""
+    rc, events = run_daemon_expecting_exit(workdir, config)
+    assert rc == 1
+    (failed,) = [e for e in events if e["event"] == "config_invalid"]
+    assert "daemon.socket (line " in failed["reason"], failed
+    checked = subprocess.run(
+        [sys.executable, "-m", "supervisord_batt", "check-config", str(workdir / "config.yaml")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+    )
+    assert checked.returncode == 1, checked
+    assert "daemon.socket (line " in checked.stderr
+    return str(failed["reason"])
+
+
 def owned_by(user: helpers.TestUser, path: Path, mode: int = 0o755) -> Path:
     path.mkdir()
     os.chown(path, user.uid, user.gid)
@@ -68,26 +87,24 @@ def owned_by(user: helpers.TestUser, path: Path, mode: int = 0o755) -> Path:
     return path
 
 
+@pytest.mark.parametrize("below", ["", "sub/"], ids=["in_it", "in_a_directory_to_make_in_it"])
 def test_the_daemon_refuses_a_socket_directory_another_user_owns(
-    workdir: Path, test_user: Callable[[], helpers.TestUser]
+    workdir: Path, test_user: Callable[[], helpers.TestUser], below: str
 ) -> None:
     attacker = test_user()
     run = owned_by(attacker, workdir / "run")
-    rc, events = run_daemon_expecting_exit(workdir, {"daemon": {"socket": str(run / "s.sock")}})
-    assert rc == 1
-    (failed,) = [e for e in events if e["event"] == "startup_failed"]
-    assert f"owned by uid {attacker.uid}" in failed["reason"]
-    assert not (run / "s.sock").exists()
+    socket = run / f"{below}s.sock"
+    reason = refused_by_run_and_check_config(workdir, {"daemon": {"socket": str(socket)}})
+    assert f"owned by uid {attacker.uid}" in reason
+    assert not socket.exists() and not (run / "sub").exists()
 
 
 def test_the_daemon_refuses_a_socket_directory_others_can_write(workdir: Path) -> None:
     run = workdir / "run"
     run.mkdir()
     os.chmod(run, 0o777)
-    rc, events = run_daemon_expecting_exit(workdir, {"daemon": {"socket": str(run / "s.sock")}})
-    assert rc == 1
-    (failed,) = [e for e in events if e["event"] == "startup_failed"]
-    assert "writable by group or others" in failed["reason"]
+    reason = refused_by_run_and_check_config(workdir, {"daemon": {"socket": str(run / "s.sock")}})
+    assert "writable by group or others" in reason
 
 
 @pytest.mark.usefixtures("needs_root")

@@ -7,15 +7,11 @@ over its socket with a stdlib-only client (the test user cannot run our interpre
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests import helpers
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
@@ -160,17 +156,6 @@ def test_a_user_may_tail_a_program_that_runs_as_them_and_no_other(
     assert mine["ok"] and "theirs" in mine["data"], mine
     assert root["error"]["code"] == "forbidden"
     assert "root-only" not in json.dumps(root)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every user can read (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="sbt-open-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_one_uids_connection_flood_locks_out_no_one(

@@ -283,6 +283,18 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             "got a mapping",
         ),
         (
+            "programs:\n  a:\n    command: x\n    pass_environment: [LANG, A-B]\n",
+            "programs.a.pass_environment[1]",
+            4,
+            "'A-B' is not a valid environment variable name",
+        ),
+        (
+            "programs:\n  a:\n    command: x\n    pass_environment: LANG\n",
+            "programs.a.pass_environment",
+            4,
+            "expected a list",
+        ),
+        (
             "programs:\n  a:\n    command: x\n    backoff:\n      initial: 10s\n      max: 5s\n",
             "programs.a.backoff.max",
             6,
@@ -456,6 +468,13 @@ def test_environment_values_kept_as_written_and_sorted() -> None:
     ).programs
     # sorted by name: reordering variables is no change on reload
     assert p.environment == (("DEBUG", "true"), ("MODE", "0660"), ("N", "3"), ("NAME", "batt"))
+
+
+def test_pass_environment_names_sorted_once() -> None:
+    (p,) = load("programs:\n  a:\n    command: x\n    pass_environment: [TZ, LANG, TZ]\n").programs
+    assert p.pass_environment == ("LANG", "TZ")
+    (q,) = load("programs:\n  a:\n    command: x\n").programs
+    assert q.pass_environment == ()
 
 
 def test_command_list_numbers_kept_as_written() -> None:
@@ -731,6 +750,7 @@ programs:
     output: {mode: daemon, directory: /var/log/zeta, max_bytes: 1GB, backups: 0}
     contain: false
     tasks_without_lease: 8
+    pass_environment: [LANG, http_proxy]
   alpha:
     command: [echo, hi]
     restart: never
