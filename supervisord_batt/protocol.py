@@ -2,9 +2,10 @@
 
 Each request is one JSON object on one line with an `op` and, optionally, an `id` the
 reply echoes. Each reply is one line in one envelope: `{"ok": true, ...fields}` or
-`{"ok": false, "error": {"code": ..., "message": ...}}`. The operations and their fields
-are documented in docs/PROTOCOL.md; the schemas below are the single source of truth
-for what a request may contain, so the server never sees a field of the wrong type.
+`{"ok": false, "error": {"code": ..., "message": ...}}`. docs/PROTOCOL.md describes the
+operations for client authors. This module is the single source of truth for both
+directions: `SCHEMAS` says what a request may contain (so the server never sees a field
+of the wrong type or length).
 """
 
 from __future__ import annotations
@@ -15,7 +16,23 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 VERSION = 1
-MAX_LINE_DEFAULT = 64 * 1024
+MAX_LINE_DEFAULT = 64 * 1024  # a request line, by default (daemon.max_message_bytes)
+
+# The most characters (code points) a request's text field may carry. `job` stays with
+# its lease and is shown in every status; `client` stays with its connection; the
+# others go into log lines or are looked up. A longer value is refused (`bad_request`,
+# naming the field and the limit), never cut: the job learns at once that its name is
+# not the one the daemon would show, and the rule is the same for every field.
+MAX_CHARS = {
+    "job": 256,
+    "client": 128,
+    "stage": 100,
+    "reason": 300,
+    "progress": 256,
+    "lease": 64,
+    "target": 256,
+}
+
 # The pool kinds, best first: the one list the protocol, the budget and the executor's
 # fallback order (process, then thread, then sequential) all use.
 Kind = Literal["process", "thread", "sequential"]
@@ -118,6 +135,11 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
 _REQUIRED: dict[str, tuple[str, ...]] = {
     op: tuple(k for k, f in schema.items() if f.required) for op, schema in SCHEMAS.items()
 }
+# per op: its text fields that have a length cap, and the cap
+_CAPS: dict[str, dict[str, int]] = {
+    op: {k: MAX_CHARS[k] for k, f in schema.items() if str in f.types and k in MAX_CHARS}
+    for op, schema in SCHEMAS.items()
+}
 
 
 def _validate(op: str, msg: Mapping[str, Any]) -> None:
@@ -134,6 +156,12 @@ def _validate(op: str, msg: Mapping[str, Any]) -> None:
     for key in _REQUIRED[op]:
         if key not in msg:
             raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
+    for key, cap in _CAPS[op].items():
+        value = msg.get(key)
+        if value.__class__ is str and len(value) > cap:
+            raise ProtocolError(
+                BAD_REQUEST, f"{op}.{key}: at most {cap} characters, got {len(value)}"
+            )
     if op == "tail" and msg.get("stream", "stdout") not in ("stdout", "stderr"):
         raise ProtocolError(BAD_REQUEST, "tail.stream: 'stdout' or 'stderr'")
     if op == "fallback" and (msg["from"] not in KINDS or msg["to"] not in KINDS):

@@ -297,8 +297,8 @@ class Grant:
                 **fields,
                 **{"from": old, "to": new},
                 workers=int(workers),
-                stage=stage[:100],
-                reason=reason[:300],
+                stage=stage[: protocol.MAX_CHARS["stage"]],
+                reason=reason[: protocol.MAX_CHARS["reason"]],
             )
 
     def executor(self, **kwargs: Any) -> BudgetExecutor:
@@ -401,8 +401,8 @@ def _acquire(
         conn = Connection(path, timeout=timeout)
         conn.request("hello", version=protocol.VERSION, client=f"supervisord-batt/{os.getpid()}")
         fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
-        if job:
-            fields["job"] = job
+        if job:  # cut, not refused: a long name must not cost the job its lease
+            fields["job"] = job[: protocol.MAX_CHARS["job"]]
         reply = conn.request("acquire", **fields)
         grant = Grant(lease_id=str(reply["lease"]), degraded=False, _conn=conn)
         grant._update(reply)

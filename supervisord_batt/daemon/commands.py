@@ -210,8 +210,8 @@ class Commands:
             job=conn.data.get("job"),
             lease=msg.get("lease"),
             workers=msg.get("workers"),
-            stage=msg.get("stage", "")[:100],
-            reason=msg.get("reason", "")[:300],
+            stage=msg.get("stage", ""),  # both capped by protocol.MAX_CHARS
+            reason=msg.get("reason", ""),
             **{"from": old, "to": new},
         )
         return protocol.ok()
