@@ -142,8 +142,7 @@ class Commands:
         if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
         peer, data = conn.peer, conn.data
-        if "cgroups" not in data:  # a connection's peer does not change: read once
-            data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
+        if "leases" not in data:  # a connection's peer does not change: read once
             data["base_tasks"] = thread_count(peer.pid)
             data["leases"] = set()  # the leases it took, less those it released
         request = Request(
@@ -153,7 +152,7 @@ class Commands:
             job=msg.get("job") or f"pid{peer.pid}",
             want=msg["want"],
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
-            cgroups=data["cgroups"],
+            cgroups=_cgroups(conn),
             base_tasks=data["base_tasks"],
         )
         held: set[str] = data["leases"]
@@ -192,7 +191,7 @@ class Commands:
         """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true,"instance":"batt:0"|null}"""
         if "lease" in msg:
             self.ledger.heartbeat(self._owned(conn, msg["lease"]))
-        instance = self.supervisor.progress(conn.peer.pid)
+        instance = self.supervisor.progress(conn.peer.pid, _cgroups(conn))
         return protocol.ok(instance=instance)
 
     def op_fallback(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +205,7 @@ class Commands:
             "executor_fallback",
             uid=conn.peer.uid,
             pid=pid,
-            instance=self.supervisor.instance_of(pid),
+            instance=self.supervisor.instance_of(pid, _cgroups(conn)),
             job=conn.data.get("job"),
             lease=msg.get("lease"),
             workers=msg.get("workers"),
@@ -373,6 +372,16 @@ def parse_events(lines: list[str], seen: dict[str, dict[str, Any]]) -> list[dict
     parses are shared between replies, which only encode them.
     """
     return [seen[line] if line in seen else parse_event(line) for line in lines]
+
+
+def _cgroups(conn: Connection) -> tuple[str, ...]:
+    """The peer's pids cgroup directories, read at its first request that needs them (a
+    connection's peer does not move: the budget charges its cgroups, and they say which
+    supervised instance it belongs to)."""
+    found: tuple[str, ...] | None = conn.data.get("cgroups")
+    if found is None:
+        found = conn.data["cgroups"] = tuple(cgroup_fs_paths(conn.peer.pid))
+    return found
 
 
 def _who(conn: Connection) -> dict[str, int]:
