@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import paths
+from supervisord_batt import paths, protocol
 from supervisord_batt.config.records import Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.host.procinfo import cgroup_fs_paths
@@ -688,19 +688,12 @@ class Supervisor:
 
     # -- status -----------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        programs: dict[str, dict[str, Any]] = {}
-        for inst in self.instances.values():
-            run = self.runs[inst.name]
-            row = inst.snapshot(now)
-            row["tasks"] = _tree_tasks(run) if run.proc is not None else None
-            row["ok"] = _is_ok(inst)
-            entry = programs.setdefault(
-                inst.program.name, {"name": inst.program.name, "instances": []}
-            )
-            entry["instances"].append(row)
-        return list(programs.values())
+    def row(self, inst: Instance, now: float, lease: str | None) -> protocol.InstanceRow:
+        """One instance as `status` lists it: its state, its tree's tasks now (one read of
+        its cgroup's pids.current where it has one), the lease its main process holds."""
+        run = self.runs[inst.name]
+        tasks = _tree_tasks(run) if run.proc is not None else None
+        return {**inst.snapshot(now), "tasks": tasks, "ok": _is_ok(inst), "lease": lease}
 
     def all_ok(self) -> bool:
         return all(_is_ok(inst) for inst in self.instances.values())
