@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, wait_until
+from tests.helpers import CALM, REPO, wait_until
 from tests.integration.conftest import DaemonHandle
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
@@ -114,7 +114,8 @@ def supervised(
         numprocs=2,
         wall_clock_limit="600s",
     )
-    handle = daemon({"programs": {"sleeper": sleeper}})
+    # the level is asserted NORMAL: the host's CPU pressure must not decide it
+    handle = daemon({"budget": {"pressure": CALM}, "programs": {"sleeper": sleeper}})
     wait_until(
         lambda: all(i["state"] == "RUNNING" for i in handle.status()["instances"]),
         timeout=20,
