@@ -239,6 +239,17 @@ programs:
             self.served["status/control"] += 1
         return json.loads(buf.partition(b"\n")[0])
 
+    def full_status(self) -> dict[str, Any]:
+        """The summary with every lease and instance, page after page."""
+        ask = {"op": "status", "leases": True, "instances": True}
+        st = self.request(ask)
+        rows = {"leases": st.get("leases", []), "instances": st.get("instances", [])}
+        while st.get("ok") and st["page"]["next_offset"] is not None:
+            st = self.request({**ask, "offset": st["page"]["next_offset"]})
+            for name in rows:
+                rows[name] += st.get(name, [])
+        return {**st, **rows}
+
     # -- the log ---------------------------------------------------------------------
 
     def read_log(self) -> None:
@@ -406,8 +417,7 @@ programs:
             return
         pids = [
             i["pid"]
-            for prog in st.get("programs", [])
-            for i in prog["instances"]
+            for i in st.get("instances", [])
             if i.get("pid") and i.get("state") == "RUNNING"
         ]
         if not pids:
@@ -505,8 +515,8 @@ programs:
         t_req = time.monotonic()
         inc = self.incarnation
         try:
-            st = self.request({"op": "status"})
-        except (OSError, ValueError) as exc:
+            st = self.full_status()
+        except (OSError, ValueError, KeyError) as exc:
             self.note(f"status failed: {exc!r}")
             return
         self.last_status = st
@@ -559,7 +569,7 @@ programs:
                     self.violations["lease_leaked"] += 1
                     self.violation_samples.append(f"lease_leaked: client pid {pid}")
         # 3. no stray worker process
-        listed = {i["name"] for prog in st.get("programs", []) for i in prog["instances"]}
+        listed = {i["name"] for i in st.get("instances", [])}
         inside = self.cgroup_pids()
         now = time.monotonic()
         procs = self.instance_procs()

@@ -29,6 +29,7 @@ import joblib.parallel  # type: ignore[import-untyped]
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt.client import inner
 from supervisord_batt.client.leases import Connection, DaemonError, acquire
+from supervisord_batt.client.status import read_status
 
 OPT_OUT_ENV = "SUPERVISORD_BATT_NOTEBOOK"  # "0", "off", "no", "false": leave joblib alone
 JOB = "notebook"
@@ -119,10 +120,10 @@ def status_lines() -> list[str]:
 def _daemon_line() -> str:
     try:
         with Connection() as conn:
-            status = conn.request("status")
+            status = read_status(conn, ("leases",))
     except (OSError, DaemonError, ValueError) as exc:
         return f"daemon: not reachable ({exc})"
-    mine = [x for x in status.get("leases", []) if x.get("pid") == os.getpid()]
+    mine = [x for x in status.get("leases", []) if x["pid"] == os.getpid()]
     held = ", ".join(f"{x['lease']} {x['kind']}:{x['workers']}" for x in mine) or "none"
     return (
         f"daemon: level {status.get('level')}, {status.get('leased')}/"

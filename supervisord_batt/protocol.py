@@ -2,9 +2,12 @@
 
 Each request is one JSON object on one line with an `op` and, optionally, an `id` the
 reply echoes. Each reply is one line in one envelope: `{"ok": true, ...fields}` or
-`{"ok": false, "error": {"code": ..., "message": ...}}`. The operations and their fields
-are documented in docs/PROTOCOL.md; the schemas below are the single source of truth
-for what a request may contain, so the server never sees a field of the wrong type.
+`{"ok": false, "error": {"code": ..., "message": ...}}`. docs/PROTOCOL.md describes the
+operations for client authors. This module is the single source of truth for both
+directions: `SCHEMAS` says what a request may contain (so the server never sees a field
+of the wrong type or length), and the TypedDicts below say what each reply carries (the
+daemon builds them, the CLI and the client read them through them; `shapes.check`
+verifies a reply read off the wire, and a test checks the document's examples).
 """
 
 from __future__ import annotations
@@ -12,14 +15,39 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, get_args
 
 VERSION = 1
-MAX_LINE_DEFAULT = 64 * 1024
+MAX_LINE_DEFAULT = 64 * 1024  # a request line, by default (daemon.max_message_bytes)
+# The longest reply line the daemon sends (it answers `too_large` instead), so the
+# longest a client must be ready to read. Every reply is far below it: status lists come
+# in pages of at most STATUS_PAGE_MAX rows, free text is capped (MAX_CHARS), event
+# fields are cut (EVENT_TEXT_MAX), a tail chunk is at most 64 KiB of output.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+STATUS_PAGE_MAX = 500  # rows of each list in one status reply
+EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status reply
+
+# The most characters (code points) a request's text field may carry. `job` stays with
+# its lease and is shown in every status; `client` stays with its connection; the
+# others go into log lines or are looked up. A longer value is refused (`bad_request`,
+# naming the field and the limit), never cut: the job learns at once that its name is
+# not the one the daemon would show, and the rule is the same for every field.
+MAX_CHARS = {
+    "job": 256,
+    "client": 128,
+    "stage": 100,
+    "reason": 300,
+    "progress": 256,
+    "lease": 64,
+    "target": 256,
+}
+
 # The pool kinds, best first: the one list the protocol, the budget and the executor's
 # fallback order (process, then thread, then sequential) all use.
 Kind = Literal["process", "thread", "sequential"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
+Level = Literal["normal", "high", "extreme"]  # the budget's pressure levels
+Stream = Literal["stdout", "stderr"]
 
 # error codes (stable: clients switch on them)
 BAD_JSON = "bad_json"
@@ -55,6 +83,7 @@ class Field:
 _INT = (int,)
 _STR = (str,)
 _NUM = (int, float)
+_BOOL = (bool,)
 
 # op -> field -> spec; `op` and `id` are accepted on every request
 SCHEMAS: dict[str, dict[str, Field]] = {
@@ -76,7 +105,15 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "stage": Field(_STR),
         "reason": Field(_STR),
     },
-    "status": {},
+    # the summary; each list named true comes as a page of it (rows offset..offset+limit)
+    "status": {
+        "leases": Field(_BOOL),
+        "instances": Field(_BOOL),
+        "leftovers": Field(_BOOL),
+        "events": Field(_BOOL),
+        "offset": Field(_INT),
+        "limit": Field(_INT),
+    },
     "start": {"target": Field(_STR, True)},
     "stop": {"target": Field(_STR, True)},
     "restart": {"target": Field(_STR, True)},
@@ -118,6 +155,11 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
 _REQUIRED: dict[str, tuple[str, ...]] = {
     op: tuple(k for k, f in schema.items() if f.required) for op, schema in SCHEMAS.items()
 }
+# per op: its text fields that have a length cap, and the cap
+_CAPS: dict[str, dict[str, int]] = {
+    op: {k: MAX_CHARS[k] for k, f in schema.items() if str in f.types and k in MAX_CHARS}
+    for op, schema in SCHEMAS.items()
+}
 
 
 def _validate(op: str, msg: Mapping[str, Any]) -> None:
@@ -134,16 +176,31 @@ def _validate(op: str, msg: Mapping[str, Any]) -> None:
     for key in _REQUIRED[op]:
         if key not in msg:
             raise ProtocolError(BAD_REQUEST, f"{op}: missing field {key!r}")
+    for key, cap in _CAPS[op].items():
+        value = msg.get(key)
+        if value.__class__ is str and len(value) > cap:
+            raise ProtocolError(
+                BAD_REQUEST, f"{op}.{key}: at most {cap} characters, got {len(value)}"
+            )
     if op == "tail" and msg.get("stream", "stdout") not in ("stdout", "stderr"):
         raise ProtocolError(BAD_REQUEST, "tail.stream: 'stdout' or 'stderr'")
     if op == "fallback" and (msg["from"] not in KINDS or msg["to"] not in KINDS):
         raise ProtocolError(BAD_REQUEST, f"fallback.from and .to: one of {KINDS}")
-    if op == "acquire":
+    if op == "status":
+        _check_page(msg)
+    elif op == "acquire":
         if msg["want"] < 0:
             raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")
         kinds = msg.get("kinds", list(KINDS))
         if not kinds or any(k not in KINDS for k in kinds):
             raise ProtocolError(BAD_REQUEST, f"acquire.kinds: a non-empty list of {KINDS}")
+
+
+def _check_page(msg: Mapping[str, Any]) -> None:
+    if msg.get("offset", 0) < 0:
+        raise ProtocolError(BAD_REQUEST, "status.offset: must be >= 0")
+    if not 1 <= msg.get("limit", STATUS_PAGE_MAX) <= STATUS_PAGE_MAX:
+        raise ProtocolError(BAD_REQUEST, f"status.limit: 1 to {STATUS_PAGE_MAX}")
 
 
 def _is(value: object, types: tuple[type, ...]) -> bool:
@@ -173,3 +230,270 @@ def error(code: str, message: str, request_id: object = None) -> dict[str, Any]:
     if request_id is not None:
         reply["id"] = request_id
     return reply
+
+
+# -- replies ------------------------------------------------------------------------------
+# One TypedDict per reply. A client must ignore keys it does not know (a newer daemon
+# may add some); the daemon sends exactly these.
+
+
+class Envelope(TypedDict, total=False):
+    id: int | str  # the request's `id`, when it had one
+
+
+class OkReply(Envelope):
+    """fallback's reply, and the base of every other successful one."""
+
+    ok: Literal[True]
+
+
+class ErrorBody(TypedDict):
+    code: str
+    message: str
+
+
+class ErrorReply(Envelope):
+    ok: Literal[False]
+    error: ErrorBody
+
+
+class HelloReply(OkReply):
+    version: int
+    server: str
+
+
+class GrantReply(OkReply):
+    """acquire and renew. `workers` is the pool granted: 0 for `sequential` (no pool)."""
+
+    lease: str
+    kind: Kind
+    workers: int
+    target: int
+    level: Level
+    ttl: float
+    reason: str
+
+
+class ReleaseReply(OkReply):
+    lease: str
+    kind: Kind
+    workers: int
+
+
+class HeartbeatReply(OkReply):
+    instance: str | None  # the supervised instance credited, if the peer is in one
+
+
+class ControlReply(OkReply):
+    """start, stop and restart: each instance named by the target, and its state."""
+
+    instances: dict[str, str]
+
+
+class ReloadReply(OkReply):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+
+
+class TailReply(OkReply):
+    instance: str
+    stream: Stream
+    data: str
+    start: int
+    offset: int
+    truncated: bool
+    path: str | None
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+class LeaseRow(TypedDict):
+    lease: str
+    pid: int
+    uid: int
+    job: str
+    kind: Kind
+    workers: int
+    target: int
+    wanted: int
+    age_s: float
+
+
+class ExitRow(TypedDict):
+    code: int | None
+    signal: str | None
+    reason: str
+    runtime_s: float
+    by_limit: bool
+    detail: str | None
+
+
+class InstanceState(TypedDict):
+    """What the state machine knows of an instance (supervise.states)."""
+
+    name: str
+    program: str
+    state: str
+    pid: int | None
+    uptime_s: float | None
+    restarts: int
+    last_exit: ExitRow | None
+    backoff_s: float | None
+    wall_clock_left_s: float | None
+    stop_reason: str | None
+
+
+class InstanceRow(InstanceState):
+    tasks: int | None  # of its whole tree, now
+    ok: bool  # running as it should (or stopped on purpose, or done)
+    lease: str | None  # the lease its main process holds
+
+
+class _LeftoverLeft(TypedDict, total=False):
+    left: str  # why its cgroup could not be removed
+
+
+class LeftoverRow(_LeftoverLeft):
+    """A worker an earlier daemon left running, stopped when this one started."""
+
+    instance: str
+    configured: bool
+    pids: list[int]
+    signal: str
+    outcome: str
+
+
+class CgroupRow(TypedDict):
+    path: str
+    fs_path: str
+    version: int
+    pids_current: int | None
+    pids_max: int | None
+    pids_events_max: int | None
+    effective_max: int | None
+    headroom: int | None
+    limited_by: str | None
+
+
+class UserRow(TypedDict):
+    uid: int
+    name: str | None
+    tasks: int
+    nproc_limit: int | None
+    exempt: bool
+    limit_pid: int | None
+    scan_age_s: float
+
+
+class PsiRow(TypedDict):
+    cpu_some_avg10: float | None
+    memory_some_avg10: float | None
+
+
+class LimitRow(TypedDict):
+    name: str
+    kind: str
+    scope: str | int | None
+    limit: int
+    in_use: int
+    headroom: int
+    percent_used: float
+
+
+class TightestRow(TypedDict):
+    name: str
+    kind: str
+    limit: int
+    in_use: int
+    headroom: int
+
+
+class HostJson(TypedDict):
+    """One host sample: `status`'s `host` and `supervisord-batt probe --json`."""
+
+    wall_time: float
+    threads_total: int
+    threads_max: int
+    pid_max: int
+    cgroups: list[CgroupRow]
+    users: list[UserRow]
+    mem_available_bytes: int
+    mem_total_bytes: int
+    cpus: float
+    psi: PsiRow | None
+    limits: list[LimitRow]
+    tightest: TightestRow
+
+
+class StatusCounts(TypedDict):
+    """Every lease and instance of the daemon, counted whoever asks."""
+
+    leases: int
+    instances: int
+    programs: int
+    states: dict[str, int]  # instances by state
+    leftovers: int
+
+
+class StatusPage(TypedDict):
+    """Which rows the lists of this reply are: rows offset..offset+limit of lists of
+    `leases`, `instances` and `leftovers` rows (the rows this peer may see)."""
+
+    offset: int
+    limit: int
+    leases: int
+    instances: int
+    leftovers: int
+    next_offset: int | None  # the offset of the next page; None: this was the last
+
+
+Event = dict[str, Any]  # a log event: timestamp, level, event, then its own fields
+
+
+class StatusReply(OkReply):
+    """The summary, for everyone. `scope` is `all` for root and the admins, `own` for
+    the others: their lists carry only their own leases and the programs they may tail."""
+
+    pid: int
+    version: str
+    uptime_s: float
+    level: Level
+    level_reason: str
+    capacity: int
+    leased: int
+    leased_tasks: int
+    connections: int
+    all_running: bool
+    scope: Literal["all", "own"]
+    counts: StatusCounts
+    host: HostJson | None
+
+
+class StatusListsReply(StatusReply, total=False):
+    """A status reply with the lists the request named (and `page` when it named one)."""
+
+    leases: list[LeaseRow]
+    instances: list[InstanceRow]
+    leftovers: list[LeftoverRow]
+    events: list[Event]
+    page: StatusPage
+
+
+# each op's successful reply
+REPLIES: dict[str, type[Mapping[str, Any]]] = {
+    "hello": HelloReply,
+    "acquire": GrantReply,
+    "renew": GrantReply,
+    "release": ReleaseReply,
+    "heartbeat": HeartbeatReply,
+    "fallback": OkReply,
+    "status": StatusListsReply,
+    "start": ControlReply,
+    "stop": ControlReply,
+    "restart": ControlReply,
+    "reload": ReloadReply,
+    "tail": TailReply,
+}

@@ -6,14 +6,17 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
-from supervisord_batt import __version__, paths
+from supervisord_batt import __version__, paths, protocol
 
 if TYPE_CHECKING:
+    from supervisord_batt.client.leases import Connection
     from supervisord_batt.config.records import Config
+
+T = TypeVar("T")
 
 
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p)
     _add_socket_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object (stable field names)")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="counts only: no list of instances, leases and leftovers (one request at any size)",
+    )
     p.set_defaults(func=cmd_status)
 
     for name, text in (
@@ -283,8 +291,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(config, socket_path)
 
 
-def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any] | None:
-    """One request to the daemon; None (after saying why on stderr) when it cannot be reached."""
+def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T | int:
+    """`ask(conn)` on a connection to the daemon; when it fails, the exit code after saying
+    why on stderr: 2 when the daemon cannot be reached, 1 for an error reply."""
     from supervisord_batt.client.connect import CLI_RETRY_S
     from supervisord_batt.client.leases import Connection, DaemonError
 
@@ -293,16 +302,16 @@ def _request(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any]
     timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
     try:
         with Connection(path, timeout=timeout, retry=CLI_RETRY_S) as conn:
-            return conn.request(op, **fields)
+            return ask(conn)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
-        return {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        return 1
     except OSError as exc:
         print(
             f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
             file=sys.stderr,
         )
-        return None
+        return 2
 
 
 def _add_events_args(p: argparse.ArgumentParser) -> None:
@@ -360,34 +369,33 @@ def _load_quietly(args: argparse.Namespace) -> Config | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit 0 when every instance that should run is RUNNING, 1 when one is not, 2 when
-    the daemon cannot be reached."""
+    the daemon cannot be reached (or answers with an error)."""
     from supervisord_batt.cli.status import render_status
+    from supervisord_batt.client.status import LISTS, read_status
 
-    reply = _request(args, "status")
-    if reply is None or not reply.get("ok"):
+    lists = () if args.summary else LISTS
+    reply = _ask(args, "status", lambda conn: read_status(conn, lists))
+    if isinstance(reply, int):
         return 2
-    reply.pop("ok", None)
-    print(json.dumps(reply) if args.json else render_status(reply))
-    return 0 if reply.get("all_running", True) else 1
+    fields = {key: value for key, value in reply.items() if key != "ok"}  # as before: no "ok"
+    print(json.dumps(fields) if args.json else render_status(reply))
+    return 0 if reply["all_running"] else 1
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    reply = _request(args, args.op, target=args.target)
-    if reply is None:
-        return 2
-    if not reply.get("ok"):
-        return 1
+    op, target = args.op, args.target
+    reply = _ask(args, op, lambda conn: conn.call(protocol.ControlReply, op, target=target))
+    if isinstance(reply, int):
+        return reply
     for name, state in reply["instances"].items():
         print(f"{name}: {state}")
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = _request(args, "reload")
-    if reply is None:
-        return 2
-    if not reply.get("ok"):
-        return 1
+    reply = _ask(args, "reload", lambda conn: conn.call(protocol.ReloadReply, "reload"))
+    if isinstance(reply, int):
+        return reply
     for key in ("added", "removed", "changed", "unchanged"):
         print(f"{key}: {', '.join(reply[key]) or '-'}")
     return 0
@@ -397,20 +405,27 @@ def cmd_tail(args: argparse.Namespace) -> int:
     import time
 
     stream = "stderr" if args.stderr else "stdout"
-    reply = _request(args, "tail", target=args.target, stream=stream, bytes=args.bytes)
-    if reply is None:
-        return 2
-    if not reply.get("ok"):
-        return 1
+
+    def tail(offset: int | None, size: int) -> protocol.TailReply | int:
+        at = {} if offset is None else {"offset": offset}
+        return _ask(
+            args,
+            "tail",
+            lambda c: c.call(
+                protocol.TailReply, "tail", target=args.target, stream=stream, bytes=size, **at
+            ),
+        )
+
+    reply = tail(None, args.bytes)
+    if isinstance(reply, int):
+        return reply
     sys.stdout.write(reply["data"])
     sys.stdout.flush()
     while args.follow:
         time.sleep(0.5)  # a person is watching: poll twice a second
-        nxt = _request(
-            args, "tail", target=args.target, stream=stream, offset=reply["offset"], bytes=64 * 1024
-        )
-        if nxt is None or not nxt.get("ok"):
-            return 2 if nxt is None else 1
+        nxt = tail(reply["offset"], 64 * 1024)
+        if isinstance(nxt, int):
+            return nxt
         if nxt["truncated"]:
             sys.stdout.write(f"\n[... {nxt['start'] - reply['offset']} bytes skipped ...]\n")
         sys.stdout.write(nxt["data"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from supervisord_batt import protocol
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -15,52 +15,61 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def render_status(status: dict[str, Any]) -> str:
+def render_status(status: protocol.StatusListsReply) -> str:
+    """The summary, then whichever lists the reply carries (all of them, read page by
+    page, for `supervisord-batt status`; none for `--summary`)."""
+    counts = status["counts"]
     lines = [
-        f"supervisord-batt {status.get('version', '?')}  pid {status.get('pid')}  "
-        f"up {status.get('uptime_s', 0):.0f}s  connections {status.get('connections', 0)}",
+        f"supervisord-batt {status['version']}  pid {status['pid']}  "
+        f"up {status['uptime_s']:.0f}s  connections {status['connections']}",
         f"level {status['level']}   capacity {status['capacity']} workers   "
-        f"leased {status['leased']} workers ({status.get('leased_tasks', 0)} tasks)",
+        f"leased {status['leased']} workers ({status['leased_tasks']} tasks) "
+        f"in {counts['leases']} leases",
+        f"instances {counts['instances']} of {counts['programs']} programs: "
+        + (", ".join(f"{n} {state}" for state, n in sorted(counts["states"].items())) or "none"),
     ]
-    host = status.get("host") or {}
-    tightest = host.get("tightest")
+    if status["scope"] == "own":
+        lines.append("(the lists show your own leases and the programs that run as you)")
+    tightest = status["host"]["tightest"] if status["host"] else None
     if tightest:
         lines.append(
             f"tightest limit {tightest['name']}: {tightest['in_use']}/{tightest['limit']} in use, "
             f"headroom {tightest['headroom']}"
         )
-    programs = status.get("programs", [])
-    if programs:
+    instances = status.get("instances")
+    if instances:
         lines.append("")
-        rows = [_instance_row(inst) for program in programs for inst in program["instances"]]
+        rows = [_instance_row(inst) for inst in instances]
         lines += _table(
             ["INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS", "TASKS", "LEASE", "LAST EXIT"], rows
         )
-    leases = status.get("leases", [])
-    lines.append("")
-    if leases:
-        rows = [
-            [
-                str(lease["lease"]),
-                str(lease["pid"]),
-                str(lease.get("job", "")),
-                lease["kind"],
-                str(lease["workers"]),
-                str(lease.get("target", "")),
-                str(lease.get("wanted", "")),
-                f"{lease.get('age_s', 0):.0f}s",
-            ]
-            for lease in leases
-        ]
-        lines += _table(["LEASE", "PID", "JOB", "KIND", "WORKERS", "TARGET", "WANTED", "AGE"], rows)
-    else:
-        lines.append("no leases")
+    leases = status.get("leases")
+    if leases is not None:
+        lines.append("")
+        lines += _lease_table(leases) if leases else ["no leases"]
     return "\n".join(lines)
 
 
-def _instance_row(inst: dict[str, Any]) -> list[str]:
-    uptime = inst.get("uptime_s")
-    backoff = inst.get("backoff_s")
+def _lease_table(leases: list[protocol.LeaseRow]) -> list[str]:
+    rows = [
+        [
+            lease["lease"],
+            str(lease["pid"]),
+            lease["job"],
+            lease["kind"],
+            str(lease["workers"]),
+            str(lease["target"]),
+            str(lease["wanted"]),
+            f"{lease['age_s']:.0f}s",
+        ]
+        for lease in leases
+    ]
+    return _table(["LEASE", "PID", "JOB", "KIND", "WORKERS", "TARGET", "WANTED", "AGE"], rows)
+
+
+def _instance_row(inst: protocol.InstanceRow) -> list[str]:
+    uptime = inst["uptime_s"]
+    backoff = inst["backoff_s"]
     state = inst["state"] + (f" ({backoff:.0f}s)" if backoff is not None else "")
     return [
         inst["name"],
@@ -68,23 +77,23 @@ def _instance_row(inst: dict[str, Any]) -> list[str]:
         str(inst["pid"] or "-"),
         f"{uptime:.0f}s" if uptime is not None else "-",
         str(inst["restarts"]),
-        str(inst.get("tasks") if inst.get("tasks") is not None else "-"),
-        str(inst.get("lease") or "-"),
-        _describe_exit(inst.get("last_exit")),
+        str(inst["tasks"] if inst["tasks"] is not None else "-"),
+        inst["lease"] or "-",
+        _describe_exit(inst["last_exit"]),
     ]
 
 
-def _describe_exit(info: dict[str, Any] | None) -> str:
+def _describe_exit(info: protocol.ExitRow | None) -> str:
     if not info:
         return "-"
-    if info.get("signal"):
+    if info["signal"]:
         text = f"killed by {info['signal']}"
-    elif info.get("code") is not None:
+    elif info["code"] is not None:
         text = f"exit {info['code']}"
     else:
-        text = info.get("reason", "?")
-    if info.get("by_limit"):
+        text = info["reason"]
+    if info["by_limit"]:
         text += f" ({info['reason']})"
-    elif info.get("reason") == "spawn_failed":
-        text = f"spawn failed: {info.get('detail') or ''}"
+    elif info["reason"] == "spawn_failed":
+        text = f"spawn failed: {info['detail'] or ''}"
     return text

@@ -12,12 +12,18 @@ it carries on by itself once the daemon answers again (a restart, a reload of th
 the way an operator watching a restart expects. Only at the start, when the daemon does
 not answer at all, does `top` say so on stderr and exit 2.
 
+Each refresh asks for the summary, the latest events and one page of the instances and
+leases, as many rows as the terminal has lines (`status`'s `limit`): the reply stays the
+size of the screen whatever the daemon holds, and the rows that do not fit are counted
+from the page's totals ("+2990 more").
+
 rich is an optional extra (`pip install 'supervisord-batt[top]'`); it is imported here
 only, inside the functions, so the daemon and the other commands never load it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import select
@@ -30,6 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from supervisord_batt import protocol
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -106,7 +114,7 @@ def event_time(timestamp: str | None) -> str:
     return when.astimezone().strftime("%H:%M:%S")
 
 
-def event_detail(event: dict[str, Any]) -> str:
+def event_detail(event: protocol.Event) -> str:
     """The fields of an event that say what it was about, most telling first."""
     parts = []
     for key in EVENT_KEYS:
@@ -188,54 +196,65 @@ def _more(row: list[Any], hidden: int) -> list[Any]:
     return [Text(f"+{hidden} more", style="dim")] + ["" for _ in row[1:]]
 
 
-def _fill(table: Table, rows: list[list[Any]], shown: int) -> Table:
-    """Add at most `shown` rows; when some do not fit the last one says how many."""
-    if len(rows) > shown:
+def _fill(table: Table, rows: list[list[Any]], shown: int, total: int | None = None) -> Table:
+    """Add at most `shown` of the first rows of a list of `total` (default: all of them
+    are in `rows`); when some do not fit the last one says how many."""
+    total = len(rows) if total is None else max(total, len(rows))
+    if total > shown:
         if shown <= 0:
             return table
         kept = rows[: shown - 1]
         for row in kept:
             table.add_row(*row)
-        table.add_row(*_more(rows[0], len(rows) - len(kept)))
+        table.add_row(*_more(rows[0] if rows else [""] * len(table.columns), total - len(kept)))
         return table
     for row in rows:
         table.add_row(*row)
     return table
 
 
-def limit_rows(status: dict[str, Any], width: int) -> list[list[Any]]:
+def _total(status: protocol.StatusListsReply, name: str) -> int:
+    """Rows of a list this reply holds the first page of (its `page`'s count)."""
+    page = status.get("page")
+    if name == "leases":
+        return page["leases"] if page else len(status.get("leases", []))
+    return page["instances"] if page else len(status.get("instances", []))
+
+
+def limit_rows(status: protocol.StatusListsReply, width: int) -> list[list[Any]]:
     from rich.text import Text
 
-    host = status.get("host") or {}
-    tightest = (host.get("tightest") or {}).get("name")
-    leased = int(status.get("leased_tasks") or 0)
+    host = status["host"]
+    if host is None:
+        return []
+    tightest = host["tightest"]["name"]
+    leased = status["leased_tasks"]
     bar_width = max(8, width - LIMIT_FIXED)
     # the tightest first, then the fullest: the ones that matter stay when rows run out
     limits = sorted(
-        host.get("limits") or [],
-        key=lambda lim: (lim["name"] != tightest, -float(lim.get("percent_used") or 0)),
+        host["limits"], key=lambda lim: (lim["name"] != tightest, -float(lim["percent_used"]))
     )
     rows = []
     for lim in limits:
         mark = lim["name"] == tightest
-        name = Text(("*" if mark else " ") + clip_left(str(lim["name"]), 17))
+        name = Text(("*" if mark else " ") + clip_left(lim["name"], 17))
         if mark:
             name.stylize("bold")
-        in_use, limit = int(lim["in_use"]), int(lim["limit"])
+        in_use, limit = lim["in_use"], lim["limit"]
         rows.append(
             [
                 name,
                 limit_bar(in_use, leased, limit, bar_width),
-                f"{lim.get('percent_used', 0):.1f}%",
+                f"{lim['percent_used']:.1f}%",
                 f"{fmt_count(in_use)}/{fmt_count(limit)}",
                 fmt_count(leased),
-                fmt_count(lim.get("headroom")),
+                fmt_count(lim["headroom"]),
             ]
         )
     return rows
 
 
-def limits_table(status: dict[str, Any], width: int, shown: int) -> Table:
+def limits_table(status: protocol.StatusListsReply, width: int, shown: int) -> Table:
     table = _table(width)
     table.add_column("LIMIT (*tightest)", no_wrap=True, overflow="ellipsis", width=18)
     table.add_column("", no_wrap=True, overflow="crop", ratio=1)
@@ -246,61 +265,60 @@ def limits_table(status: dict[str, Any], width: int, shown: int) -> Table:
     return _fill(table, limit_rows(status, width), shown)
 
 
-def instance_rows(status: dict[str, Any]) -> list[list[Any]]:
+def instance_rows(status: protocol.StatusListsReply) -> list[list[Any]]:
     from rich.text import Text
 
     rows = []
-    for program in status.get("programs") or []:
-        for inst in program.get("instances") or []:
-            state = str(inst.get("state", "?"))
-            left = inst.get("wall_clock_left_s")
-            left_text = Text(fmt_duration(left))
-            if left is not None and left < 60:
-                left_text.stylize("bold red")
-            tasks = inst.get("tasks")
-            rows.append(
-                [
-                    str(inst.get("name", "?")),
-                    Text(state, style=STATE_STYLE.get(state, "")),
-                    str(inst.get("pid") or "-"),
-                    fmt_duration(inst.get("uptime_s")),
-                    str(inst.get("restarts", 0)),
-                    str(tasks) if tasks is not None else "-",
-                    str(inst.get("lease") or "-"),
-                    left_text,
-                ]
-            )
+    for inst in status.get("instances", []):
+        state = inst["state"]
+        left = inst["wall_clock_left_s"]
+        left_text = Text(fmt_duration(left))
+        if left is not None and left < 60:
+            left_text.stylize("bold red")
+        tasks = inst["tasks"]
+        rows.append(
+            [
+                inst["name"],
+                Text(state, style=STATE_STYLE.get(state, "")),
+                str(inst["pid"] or "-"),
+                fmt_duration(inst["uptime_s"]),
+                str(inst["restarts"]),
+                str(tasks) if tasks is not None else "-",
+                inst["lease"] or "-",
+                left_text,
+            ]
+        )
     return rows
 
 
-def instances_table(status: dict[str, Any], width: int, shown: int) -> Table:
+def instances_table(status: protocol.StatusListsReply, width: int, shown: int) -> Table:
     table = _table(width)
     table.add_column("INSTANCE", no_wrap=True, overflow="ellipsis", ratio=1)
     table.add_column("STATE", no_wrap=True)
     for head in ("PID", "UP", "RESTARTS", "TASKS", "LEASE", "WALL LEFT"):
         table.add_column(head, no_wrap=True, justify="right")
-    return _fill(table, instance_rows(status), shown)
+    return _fill(table, instance_rows(status), shown, _total(status, "instances"))
 
 
-def lease_rows(status: dict[str, Any]) -> list[list[Any]]:
+def lease_rows(status: protocol.StatusListsReply) -> list[list[Any]]:
     return [
         [
-            str(lease.get("lease", "?")),
-            str(lease.get("pid", "-")),
-            str(lease.get("job") or "-"),
-            str(lease.get("kind", "?")),
-            f"{lease.get('workers', 0)}/{lease.get('wanted', '-')}",
-            fmt_duration(lease.get("age_s")),
+            lease["lease"],
+            str(lease["pid"]),
+            lease["job"] or "-",
+            lease["kind"],
+            f"{lease['workers']}/{lease['wanted']}",
+            fmt_duration(lease["age_s"]),
         ]
-        for lease in status.get("leases") or []
+        for lease in status.get("leases", [])
     ]
 
 
-def leases_table(status: dict[str, Any], width: int, shown: int) -> RenderableType:
+def leases_table(status: protocol.StatusListsReply, width: int, shown: int) -> RenderableType:
     from rich.text import Text
 
     rows = lease_rows(status)
-    if not rows:
+    if not _total(status, "leases"):
         return Text("LEASES: none".ljust(width), style=HEADER_STYLE, no_wrap=True)
     table = _table(width)
     table.add_column("LEASE", no_wrap=True, overflow="ellipsis")
@@ -309,14 +327,14 @@ def leases_table(status: dict[str, Any], width: int, shown: int) -> RenderableTy
     table.add_column("KIND", no_wrap=True)
     table.add_column("WORKERS/WANTED", no_wrap=True, justify="right")
     table.add_column("AGE", no_wrap=True, justify="right")
-    return _fill(table, rows, shown)
+    return _fill(table, rows, shown, _total(status, "leases"))
 
 
-def event_rows(status: dict[str, Any]) -> list[list[Any]]:
+def event_rows(status: protocol.StatusListsReply) -> list[list[Any]]:
     from rich.text import Text
 
     rows = []
-    for event in status.get("events") or []:
+    for event in status.get("events", []):
         level = str(event.get("level", ""))
         style = EVENT_LEVEL_STYLE.get(level, "")
         rows.append(
@@ -330,7 +348,7 @@ def event_rows(status: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def events_table(status: dict[str, Any], width: int, shown: int) -> Table:
+def events_table(status: protocol.StatusListsReply, width: int, shown: int) -> Table:
     table = _table(width)
     table.add_column("EVENTS", no_wrap=True, min_width=8)
     table.add_column("LVL", no_wrap=True, min_width=4)
@@ -353,20 +371,20 @@ def events_table(status: dict[str, Any], width: int, shown: int) -> Table:
 
 
 def header_lines(
-    status: dict[str, Any], width: int, clock: str, problem: str | None = None
+    status: protocol.StatusListsReply, width: int, clock: str, problem: str | None = None
 ) -> list[Text]:
     """Two lines: who and since when (or what is wrong), then the pressure level and why."""
     from rich.text import Text
 
-    instances = [i for p in status.get("programs") or [] for i in p.get("instances") or []]
-    running = sum(1 for i in instances if i.get("state") == "RUNNING")
+    counts = status["counts"]
+    running = counts["states"].get("RUNNING", 0)
     right = f"{clock}  q quit"
     if problem:
         first = Text(problem, style="bold white on red")
     else:
         first = Text(
-            f"supervisord-batt {status.get('version', '?')}  pid {status.get('pid', '?')}  "
-            f"up {fmt_duration(status.get('uptime_s'))}  {running}/{len(instances)} running",
+            f"supervisord-batt {status['version']}  pid {status['pid']}  "
+            f"up {fmt_duration(status['uptime_s'])}  {running}/{counts['instances']} running",
             style="bold",
         )
     room = width - len(right) - 1
@@ -375,15 +393,15 @@ def header_lines(
     first.append(right)
     first.truncate(width)
 
-    level = str(status.get("level", "?"))
+    level = status["level"]
     second = Text("level ")
     second.append(f" {level.upper()} ", style=LEVEL_STYLE.get(level, "bold"))
-    reason = status.get("level_reason")
+    reason = status["level_reason"]
     if reason:
         second.append(f" {reason}")
     second.append(
-        f"  capacity {status.get('capacity', '?')}  leased {status.get('leased', 0)}"
-        f" ({status.get('leased_tasks', 0)} tasks)"
+        f"  capacity {status['capacity']}  leased {status['leased']}"
+        f" ({status['leased_tasks']} tasks)"
     )
     second.no_wrap = True
     second.truncate(width, overflow="ellipsis")
@@ -392,7 +410,7 @@ def header_lines(
 
 
 def render_screen(
-    status: dict[str, Any],
+    status: protocol.StatusListsReply,
     width: int = 80,
     height: int = 24,
     *,
@@ -406,13 +424,12 @@ def render_screen(
     if clock is None:
         clock = time.strftime("%H:%M:%S")
     parts: list[RenderableType] = list(header_lines(status, width, clock, problem))
-    host = status.get("host")
-    n_limits = len((host or {}).get("limits") or [])
+    host = status["host"]
     wants = [
-        n_limits,
-        len(instance_rows(status)),
-        len(status.get("leases") or []),
-        len(status.get("events") or []),
+        len(host["limits"]) if host else 0,
+        _total(status, "instances"),
+        _total(status, "leases"),
+        len(status.get("events", [])),
     ]
     # each section takes its heading line, then a share of the rows left
     rows = allocate(height - len(parts) - len(wants) - (0 if host else 1), wants)
@@ -473,11 +490,12 @@ class _Feed:
         self.socket = socket
         self.timeout = timeout
         self.conn: Connection | None = None
+        self.rows = 24  # rows of each list to ask for: the terminal's height
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> protocol.StatusListsReply:
         if self.conn is not None:
             try:
-                return self.conn.request("status")
+                return self._ask(self.conn)
             except OSError:
                 # the daemon may have closed a connection idle for longer than its
                 # idle_timeout (a long --interval): one more try on a new connection
@@ -487,12 +505,23 @@ class _Feed:
                 raise
         return self._fresh()
 
-    def _fresh(self) -> dict[str, Any]:
+    def _ask(self, conn: Connection) -> protocol.StatusListsReply:
+        limit = max(1, min(self.rows, protocol.STATUS_PAGE_MAX))
+        return conn.call(
+            protocol.StatusListsReply,
+            "status",
+            instances=True,
+            leases=True,
+            events=True,
+            limit=limit,
+        )
+
+    def _fresh(self) -> protocol.StatusListsReply:
         from supervisord_batt.client.leases import Connection
 
         self.conn = Connection(self.socket, timeout=self.timeout)
         try:
-            return self.conn.request("status")
+            return self._ask(self.conn)
         except BaseException:
             self.close()
             raise
@@ -520,6 +549,8 @@ def run_top(socket: Path, interval: float) -> int:
     interval = max(0.1, interval)
     # a daemon too stalled to answer status within this is shown as down
     feed = _Feed(socket, timeout=REQUEST_TIMEOUT)
+    with contextlib.suppress(OSError):  # no terminal: said below, after the daemon's check
+        feed.rows = os.get_terminal_size(sys.stdout.fileno()).lines
     try:
         status = feed.status()
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -570,6 +601,7 @@ def run_top(socket: Path, interval: float) -> int:
                 # they are set, and those do not follow a resize
                 width, height = os.get_terminal_size(sys.stdout.fileno())
                 console.size = (width, height)
+                feed.rows = height
                 live.update(render_screen(status, width, height, problem=problem), refresh=True)
                 woke = wait_for_key(fd, wake_r, deadline)
                 if woke == QUIT:

@@ -32,16 +32,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from supervisord_batt import paths, protocol
+from supervisord_batt import paths, protocol, shapes
 from supervisord_batt.client import connect, inner
 from supervisord_batt.client.notice import warn
 
 if TYPE_CHECKING:
     from supervisord_batt.client.executor import BudgetExecutor
 
+T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
+BAD_REPLY = "bad_reply"  # a reply that is not what the protocol says (the client's own code)
 KINDS = protocol.KINDS  # re-exported for jobs: the kinds a grant can be
 # env exported by `exec` so loky sizes its pool from the grant (the worker count) ...
 WORKER_ENV_VARS = ("LOKY_MAX_CPU_COUNT",)
@@ -90,20 +92,24 @@ class Connection:
 
     A busy daemon (a full accept queue, a restart, a `too_many_connections` refusal) is
     tried again for up to `retry` seconds (at most `timeout`) from the first connect
-    attempt, with short jittered delays; see client.connect."""
+    attempt, with short jittered delays; see client.connect.
+
+    A reply may be as long as the protocol allows (`protocol.MAX_REPLY_BYTES`): a status
+    page of hundreds of leases is far more than a request's 64 KiB. `call` checks the
+    reply against its TypedDict before the caller reads it."""
 
     def __init__(
         self,
         path: str | os.PathLike[str] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        max_line: int = protocol.MAX_LINE_DEFAULT,
+        max_line: int = protocol.MAX_REPLY_BYTES,
         retry: float = connect.RETRY_S,
     ) -> None:
         self.path = Path(path) if path is not None else default_socket_path()
         self.timeout = timeout
         self.max_line = max_line
-        self._buf = b""
+        self._buf = bytearray()
         self._next_id = 0
         self._retry_until = time.monotonic() + min(retry, timeout)
         self._sock: socket.socket | None = connect.retrying(self._open, self._retry_left())
@@ -129,7 +135,7 @@ class Connection:
         line = protocol.encode({"op": op, "id": request_id, **fields})
         reply = self._first(line) if request_id == 1 else self._exchange(line)
         if reply.get("id", request_id) != request_id:
-            raise DaemonError("bad_reply", f"reply id {reply.get('id')!r} != {request_id}")
+            raise DaemonError(BAD_REPLY, f"reply id {reply.get('id')!r} != {request_id}")
         if not reply.get("ok"):
             err = reply.get("error") or {}
             raise DaemonError(str(err.get("code", "unknown")), str(err.get("message", reply)))
@@ -166,18 +172,30 @@ class Connection:
                 raise last from None
             return dict(last)
 
+    def call(self, shape: type[T], op: str, **fields: Any) -> T:
+        """`request`, its reply checked to be a `shape` (one of protocol's replies):
+        DaemonError `bad_reply` saying what is wrong when it is not."""
+        reply = self.request(op, **fields)
+        try:
+            return shapes.check(shape, reply)
+        except shapes.ShapeError as exc:
+            raise DaemonError(BAD_REPLY, f"{op}: {exc}") from None
+
     def _read_reply(self) -> dict[str, Any]:
         assert self._sock is not None
         deadline = time.monotonic() + self.timeout
-        while b"\n" not in self._buf:
-            if len(self._buf) > self.max_line:
+        buf, searched = self._buf, 0
+        while (end := buf.find(b"\n", searched)) < 0:
+            if len(buf) > self.max_line:
                 raise DaemonError(protocol.TOO_LARGE, f"reply longer than {self.max_line} bytes")
+            searched = len(buf)
             self._sock.settimeout(max(0.001, deadline - time.monotonic()))
-            chunk = self._sock.recv(min(65536, self.max_line + 1 - len(self._buf)) or 1)
+            chunk = self._sock.recv(min(1 << 20, self.max_line + 1 - len(buf)) or 1)
             if not chunk:
                 raise ConnectionError("the daemon closed the connection")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
+            buf += chunk
+        line = bytes(buf[:end])
+        del buf[: end + 1]
         try:
             reply = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -191,7 +209,7 @@ class Connection:
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-        self._buf = b""
+        self._buf = bytearray()
 
     def __enter__(self) -> Connection:
         return self
@@ -262,13 +280,9 @@ class Grant:
         """`process:2`, `thread:3` or `sequential`, as the daemon's logs write a grant."""
         return self.kind if self.kind == "sequential" else f"{self.kind}:{self.size}"
 
-    def _update(self, reply: dict[str, Any]) -> None:
-        self.kind = str(reply.get("kind", self.kind))
-        self.workers = int(reply.get("workers", self.workers))
-        self.target = int(reply.get("target", self.workers))
-        self.level = str(reply.get("level", self.level))
-        self.reason = str(reply.get("reason", self.reason))
-        self.ttl = float(reply.get("ttl", self.ttl))
+    def _update(self, reply: protocol.GrantReply) -> None:
+        self.kind, self.workers, self.target = reply["kind"], reply["workers"], reply["target"]
+        self.level, self.reason, self.ttl = reply["level"], reply["reason"], reply["ttl"]
         self._renewed_at = time.monotonic()
         if self.kind != "sequential" and self.size < 1:
             self.kind = "sequential"
@@ -296,7 +310,7 @@ class Grant:
         if workers_in_use is not None:
             fields["workers_in_use"] = int(workers_in_use)
         try:
-            self._update(self._conn.request("renew", **fields))
+            self._update(self._conn.call(protocol.GrantReply, "renew", **fields))
         except DaemonError as exc:
             self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
         except (OSError, ValueError, TypeError) as exc:
@@ -317,7 +331,7 @@ class Grant:
         if progress is not None:
             fields["progress"] = progress
         try:
-            self._conn.request("heartbeat", **fields)
+            self._conn.call(protocol.HeartbeatReply, "heartbeat", **fields)
         except DaemonError as exc:
             self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
             return
@@ -334,13 +348,14 @@ class Grant:
             return
         fields: dict[str, Any] = {"lease": self.lease_id} if self.lease_id else {}
         with contextlib.suppress(OSError, DaemonError, ValueError):
-            self._conn.request(
+            self._conn.call(
+                protocol.OkReply,
                 "fallback",
                 **fields,
                 **{"from": old, "to": new},
                 workers=int(workers),
-                stage=stage[:100],
-                reason=reason[:300],
+                stage=stage[: protocol.MAX_CHARS["stage"]],
+                reason=reason[: protocol.MAX_CHARS["reason"]],
             )
 
     def executor(self, **kwargs: Any) -> BudgetExecutor:
@@ -356,7 +371,7 @@ class Grant:
             return
         with contextlib.suppress(OSError, DaemonError, ValueError):
             if self.lease_id is not None:
-                conn.request("release", lease=self.lease_id)
+                conn.call(protocol.ReleaseReply, "release", lease=self.lease_id)
         conn.close()
 
 
@@ -441,12 +456,13 @@ def _acquire(
     conn: Connection | None = None
     try:
         conn = Connection(path, timeout=timeout)
-        conn.request("hello", version=protocol.VERSION, client=f"supervisord-batt/{os.getpid()}")
+        hello = {"version": protocol.VERSION, "client": f"supervisord-batt/{os.getpid()}"}
+        conn.call(protocol.HelloReply, "hello", **hello)
         fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
-        if job:
-            fields["job"] = job
-        reply = conn.request("acquire", **fields)
-        grant = Grant(lease_id=str(reply["lease"]), degraded=False, _conn=conn)
+        if job:  # cut, not refused: a long name must not cost the job its lease
+            fields["job"] = job[: protocol.MAX_CHARS["job"]]
+        reply = conn.call(protocol.GrantReply, "acquire", **fields)
+        grant = Grant(lease_id=reply["lease"], degraded=False, _conn=conn)
         grant._update(reply)
         return grant
     except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:

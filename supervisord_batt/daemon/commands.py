@@ -9,26 +9,24 @@ not exist) and return the reply's fields.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import pwd
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisord_batt import __version__, logs, protocol
+from supervisord_batt import __version__, protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.server import Connection, Reply
+from supervisord_batt.daemon.status import StatusView, Viewer, user_uid
 from supervisord_batt.daemon.tallies import Tallies
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.probe import sample_to_json
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
-from supervisord_batt.supervise.output import chunk_reply
 from supervisord_batt.supervise.states import Start, State, Stop
 from supervisord_batt.supervise.supervisor import TERMINAL, Supervisor
 
@@ -42,7 +40,6 @@ LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
 MAX_LEASES_PER_CONNECTION = 16
-RECENT_EVENTS = 20  # the latest log events a status reply carries (for `top`)
 TAIL_DEFAULT = 1600
 TAIL_MAX = 64 * 1024
 
@@ -86,13 +83,13 @@ class Commands:
     _ops: dict[str, Callable[[Connection, dict[str, Any]], Any]] = field(
         init=False, repr=False, default_factory=dict
     )
-    # the recent lines' parses, kept for the next status (`top` asks every second)
-    _events: dict[str, dict[str, Any]] = field(init=False, repr=False, default_factory=dict)
+    _status: StatusView = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._ops = {
             op: getattr(self, f"op_{op}") for op in protocol.SCHEMAS if hasattr(self, f"op_{op}")
         }
+        self._status = StatusView(self.supervisor)
 
     def handle(self, conn: Connection, msg: dict[str, Any]) -> Reply | Awaitable[Reply]:
         """The reply to one request: at once, or an awaitable of it for ops that wait."""
@@ -128,7 +125,7 @@ class Commands:
 
     # -- leases -----------------------------------------------------------------------
 
-    def op_hello(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_hello(self, conn: Connection, msg: dict[str, Any]) -> protocol.HelloReply:
         """{"op":"hello","version":1,"client":"name"} -> {"ok":true,"version":1,"server":"..."}"""
         if msg["version"] != protocol.VERSION:
             raise protocol.ProtocolError(
@@ -136,15 +133,18 @@ class Commands:
                 f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}",
             )
         conn.data["client"] = msg.get("client", "")
-        return protocol.ok(version=protocol.VERSION, server=f"supervisord-batt {__version__}")
+        return {
+            "ok": True,
+            "version": protocol.VERSION,
+            "server": f"supervisord-batt {__version__}",
+        }
 
-    def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> protocol.GrantReply:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
         if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
         peer, data = conn.peer, conn.data
-        if "cgroups" not in data:  # a connection's peer does not change: read once
-            data["cgroups"] = tuple(cgroup_fs_paths(peer.pid))
+        if "leases" not in data:  # a connection's peer does not change: read once
             data["base_tasks"] = thread_count(peer.pid)
             data["leases"] = set()  # the leases it took, less those it released
         request = Request(
@@ -154,7 +154,7 @@ class Commands:
             job=msg.get("job") or f"pid{peer.pid}",
             want=msg["want"],
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
-            cgroups=data["cgroups"],
+            cgroups=_cgroups(conn),
             base_tasks=data["base_tasks"],
         )
         held: set[str] = data["leases"]
@@ -173,7 +173,7 @@ class Commands:
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 
-    def op_renew(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_renew(self, conn: Connection, msg: dict[str, Any]) -> protocol.GrantReply:
         """{"op":"renew","lease":"L1","workers_in_use":N} -> the lease's current target"""
         lease_id = self._owned(conn, msg["lease"])
         try:
@@ -182,21 +182,27 @@ class Commands:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
         return _grant_reply(grant)
 
-    def op_release(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_release(self, conn: Connection, msg: dict[str, Any]) -> protocol.ReleaseReply:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.ledger.release(self._owned(conn, msg["lease"]))
         conn.data["leases"].discard(lease.lease_id)  # its acquire made the set
         self.lease_log.ended("release", lease, "released by holder")
-        return {"ok": True, "lease": lease.lease_id, "kind": lease.kind, "workers": lease.workers}
+        reply: protocol.ReleaseReply = {
+            "ok": True,
+            "lease": lease.lease_id,
+            "kind": lease.kind,
+            "workers": lease.workers,
+        }
+        return reply
 
-    def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_heartbeat(self, conn: Connection, msg: dict[str, Any]) -> protocol.HeartbeatReply:
         """{"op":"heartbeat","lease":"L1","progress":5} -> {"ok":true,"instance":"batt:0"|null}"""
         if "lease" in msg:
             self.ledger.heartbeat(self._owned(conn, msg["lease"]))
-        instance = self.supervisor.progress(conn.peer.pid)
-        return protocol.ok(instance=instance)
+        instance = self.supervisor.progress(conn.peer.pid, _cgroups(conn))
+        return {"ok": True, "instance": instance}
 
-    def op_fallback(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_fallback(self, conn: Connection, msg: dict[str, Any]) -> protocol.OkReply:
         """{"op":"fallback","from":"process","to":"thread","lease":"L1","workers":4,
         "stage":"spawn","reason":"..."} -> {"ok":true}: a job's pool failed, it fell back"""
         old, new = msg["from"], msg["to"]
@@ -207,15 +213,15 @@ class Commands:
             "executor_fallback",
             uid=conn.peer.uid,
             pid=pid,
-            instance=self.supervisor.instance_of(pid),
+            instance=self.supervisor.instance_of(pid, _cgroups(conn)),
             job=conn.data.get("job"),
             lease=msg.get("lease"),
             workers=msg.get("workers"),
-            stage=msg.get("stage", "")[:100],
-            reason=msg.get("reason", "")[:300],
+            stage=msg.get("stage", ""),  # both capped by protocol.MAX_CHARS
+            reason=msg.get("reason", ""),
             **{"from": old, "to": new},
         )
-        return protocol.ok()
+        return {"ok": True}
 
     def holds_lease(self, conn: Connection) -> bool:
         """Whether the connection holds a live lease (at most 16 look-ups: the server
@@ -240,56 +246,34 @@ class Commands:
 
     # -- status -----------------------------------------------------------------------
 
-    def op_status(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"status"} -> level, capacity, leased, leases, host, programs, all_running"""
+    def op_status(self, conn: Connection, msg: dict[str, Any]) -> protocol.StatusListsReply:
+        """{"op":"status"} -> the summary; {"op":"status","leases":true,"instances":true,
+        "leftovers":true,"events":true,"offset":0,"limit":500} -> with those lists (a page
+        of each, and `page`); see daemon.status for who reads which rows."""
         stats = self.ledger.statistics()
-        now = time.monotonic()
-        leases = [
-            {
-                "lease": x.lease_id,
-                "pid": x.pid,
-                "uid": x.uid,
-                "job": x.job,
-                "kind": x.kind,
-                "workers": x.workers,
-                "target": x.target,
-                "wanted": x.wanted,
-                "age_s": round(now - x.created_at, 1),
-            }
-            for x in stats.leases
-        ]
-        programs = self.supervisor.status()
-        by_pid = {lease["pid"]: lease["lease"] for lease in leases}
-        for program in programs:
-            for inst in program["instances"]:
-                inst["lease"] = by_pid.get(inst["pid"])
-        return protocol.ok(
-            pid=os.getpid(),
-            version=__version__,
-            uptime_s=round(now - self.started_at, 1),
-            level=stats.level,
-            level_reason=self.pressure_reason(),
-            capacity=stats.capacity,
-            leased=stats.leased,
-            leased_tasks=stats.leased_tasks,
-            connections=self.connections(),
-            leases=leases,
-            host=sample_to_json(sample) if (sample := self.sample()) else None,
-            programs=programs,
-            leftovers=self.supervisor.leftovers,
-            all_running=self.supervisor.all_ok(),
-            events=self._recent_events(),
-        )
-
-    def _recent_events(self) -> list[dict[str, Any]]:
-        lines = logs.recent()[-RECENT_EVENTS:]
-        events = parse_events(lines, self._events)
-        self._events = dict(zip(lines, events, strict=True))
-        return events
+        sample = self.sample()
+        reply: protocol.StatusListsReply = {
+            "ok": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "level": stats.level,
+            "level_reason": self.pressure_reason(),
+            "capacity": stats.capacity,
+            "leased": stats.leased,
+            "leased_tasks": stats.leased_tasks,
+            "connections": self.connections(),
+            "all_running": self.supervisor.all_ok(),
+            "scope": "all" if conn.admin else "own",
+            "counts": {"leases": 0, "instances": 0, "programs": 0, "states": {}, "leftovers": 0},
+            "host": sample_to_json(sample) if sample is not None else None,
+        }
+        viewer = Viewer(conn.peer.uid, conn.admin)
+        return self._status.fill(reply, viewer, msg, stats.leases)
 
     # -- control ----------------------------------------------------------------------
 
-    async def op_start(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_start(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"start","target":"batt"|"batt:0"|"all"} -> {"ok":true,"instances":{name: state}}"""
         instances = self._select(msg["target"])
         for inst in instances:
@@ -297,9 +281,9 @@ class Commands:
         names = [i.name for i in instances]
         await self.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
         log.info("control", op="start", target=msg["target"], **_who(conn))
-        return protocol.ok(instances={i.name: i.state.value for i in instances})
+        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
 
-    async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
         instances = self._select(msg["target"])
         for inst in instances:
@@ -307,22 +291,28 @@ class Commands:
         sup = self.supervisor
         await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
         log.info("control", op="stop", target=msg["target"], **_who(conn))
-        return protocol.ok(instances={i.name: i.state.value for i in instances})
+        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
 
-    async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"restart","target":...} -> stop (tree gone), then start -> {name: state}"""
         await self.op_stop(conn, msg)
         return await self.op_start(conn, msg)
 
-    async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> protocol.ReloadReply:
         """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
         try:
             diff = await self.reload(by=_who(conn))
         except ReloadRejected as exc:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
-        return protocol.ok(**diff)
+        return {
+            "ok": True,
+            "added": diff["added"],
+            "removed": diff["removed"],
+            "changed": diff["changed"],
+            "unchanged": diff["unchanged"],
+        }
 
-    def op_tail(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    def op_tail(self, conn: Connection, msg: dict[str, Any]) -> protocol.TailReply:
         """{"op":"tail","target":"batt:0","stream":"stdout","offset":N,"bytes":B}
         -> {"ok":true,"data":"...","start":S,"offset":E,"truncated":false,"path":"..."}"""
         target = msg["target"] if ":" in msg["target"] else f"{msg['target']}:0"
@@ -340,24 +330,22 @@ class Commands:
                 protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
             )
         limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
-        return protocol.ok(
-            instance=target,
-            stream=stream,
-            **chunk_reply(sink.read(msg.get("offset"), limit), sink.path),
-        )
+        chunk = sink.read(msg.get("offset"), limit)
+        return {
+            "ok": True,
+            "instance": target,
+            "stream": stream,
+            "data": chunk.data.decode("utf-8", "replace"),
+            "start": chunk.start,
+            "offset": chunk.end,
+            "truncated": chunk.truncated,
+            "path": str(sink.path) if sink.path else None,
+        }
 
     def _runs_as(self, instance: str) -> int | None:
         """The uid an instance's program runs as (None: no such instance, unknown user)."""
         inst = self.supervisor.instances.get(instance)
-        if inst is None:
-            return None
-        program = inst.program
-        if program.user is None:
-            return os.geteuid()
-        try:
-            return pwd.getpwnam(program.user).pw_uid
-        except KeyError:
-            return None
+        return None if inst is None else user_uid(inst.program.user, {})
 
     def _select(self, target: str) -> list[Any]:
         try:
@@ -366,23 +354,14 @@ class Commands:
             raise protocol.ProtocolError(protocol.NOT_FOUND, str(exc.args[0])) from None
 
 
-def parse_event(line: str) -> dict[str, Any]:
-    """One log line as the event it encodes."""
-    try:
-        event = json.loads(line)
-    except ValueError:  # the daemon encoded it: cannot happen, but never fail a status
-        return {"event": "unparsable", "line": line[:200]}
-    return event if isinstance(event, dict) else {"event": "unparsable"}
-
-
-def parse_events(lines: list[str], seen: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """`[parse_event(line) for line in lines]`, reusing the parse of a line in `seen`.
-
-    A shortcut for `top`'s status every second: from one status to the next, most of the
-    latest lines are the same, and parsing them again was 40% of the handler's time. The
-    parses are shared between replies, which only encode them.
-    """
-    return [seen[line] if line in seen else parse_event(line) for line in lines]
+def _cgroups(conn: Connection) -> tuple[str, ...]:
+    """The peer's pids cgroup directories, read at its first request that needs them (a
+    connection's peer does not move: the budget charges its cgroups, and they say which
+    supervised instance it belongs to)."""
+    found: tuple[str, ...] | None = conn.data.get("cgroups")
+    if found is None:
+        found = conn.data["cgroups"] = tuple(cgroup_fs_paths(conn.peer.pid))
+    return found
 
 
 def _who(conn: Connection) -> dict[str, int]:
@@ -396,7 +375,7 @@ async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:
     return reply
 
 
-def _grant_reply(grant: Grant) -> dict[str, Any]:
+def _grant_reply(grant: Grant) -> protocol.GrantReply:
     return {
         "ok": True,
         "lease": grant.lease_id,

@@ -34,7 +34,9 @@ class Containment:
         """Set the pids.max of the worker whose tree holds this connection's peer."""
         instance = conn.data.get("instance", _UNKNOWN)
         if instance == _UNKNOWN:  # a peer's tree does not change: look it up once
-            instance = conn.data["instance"] = self.supervisor.instance_of(conn.peer.pid)
+            cgroups = conn.data.get("cgroups")  # read by its first acquire
+            instance = self.supervisor.instance_of(conn.peer.pid, cgroups)
+            conn.data["instance"] = instance
         if instance is None:
             return
         pids = self._pids.setdefault(instance, set())

@@ -49,6 +49,7 @@ class LeaseLog:
             log.info(
                 event,
                 lease=grant.lease_id,
+                uid=request.uid,
                 pid=request.pid,
                 job=request.job,
                 want=request.want,
@@ -65,6 +66,7 @@ class LeaseLog:
             (log.warning if expired else log.info)(
                 event,
                 lease=lease.lease_id,
+                uid=lease.uid,
                 pid=lease.pid,
                 job=lease.job,
                 kind=lease.kind,

@@ -468,6 +468,10 @@ class _Link(asyncio.Protocol):
         except Exception as exc:  # a reply that cannot be encoded is a bug: say so
             self._fail(conn, exc, request_id)
             return
+        if len(line) > protocol.MAX_REPLY_BYTES:  # the most a client is ready to read
+            why = f"reply of {len(line)} bytes, over {protocol.MAX_REPLY_BYTES}: ask for fewer"
+            self._fail(conn, protocol.ProtocolError(protocol.TOO_LARGE, why), request_id)
+            return
         conn.transport.write(line)
 
     def _fail(self, conn: Connection, exc: Exception, request_id: Any) -> None:

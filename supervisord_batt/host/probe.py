@@ -3,8 +3,7 @@ as a table a person reads at a glance (the tightest limit marked)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from supervisord_batt import protocol
 from supervisord_batt.host.sample import HostSample, Limit
 
 
@@ -12,7 +11,7 @@ def _percent(limit: Limit) -> float:
     return round(100.0 * limit.in_use / limit.limit, 1) if limit.limit > 0 else 100.0
 
 
-def sample_to_json(sample: HostSample) -> dict[str, Any]:
+def sample_to_json(sample: HostSample) -> protocol.HostJson:
     """The sample as JSON-ready data; field names are stable (status, probe --json)."""
     tight = sample.tightest()
     return {

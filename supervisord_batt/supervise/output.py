@@ -209,13 +209,3 @@ class PipeReader:
             self._loop.remove_reader(self.fd)
             with contextlib.suppress(OSError):
                 os.close(self.fd)
-
-
-def chunk_reply(chunk: Chunk, path: Path | None) -> dict[str, Any]:
-    return {
-        "data": chunk.data.decode("utf-8", "replace"),
-        "start": chunk.start,
-        "offset": chunk.end,
-        "truncated": chunk.truncated,
-        "path": str(path) if path else None,
-    }

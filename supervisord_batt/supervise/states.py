@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from supervisord_batt import protocol
 from supervisord_batt.config.records import ProgramConfig
 
 LIMIT_REASONS = ("wall_clock_limit", "progress_timeout")
@@ -112,7 +113,7 @@ class ExitInfo:
             return f"{status} after stop"
         return status
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> protocol.ExitRow:
         return {
             "code": self.code,
             "signal": None if self.signal is None else signal_name(self.signal),
@@ -438,7 +439,7 @@ class Instance:
         self.deadline_at = at  # one already past fires at once
         return [SetDeadline(at)]
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float) -> protocol.InstanceState:
         """JSON-ready status of this instance."""
         uptime = backoff = None
         if self.state in (State.RUNNING, State.STOPPING) and self.started_at is not None:

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from supervisord_batt.client.leases import Connection
+from supervisord_batt.client.status import LISTS, read_status
 from tests.helpers import REPO, WireClient, wait_until
 
 
@@ -68,10 +70,11 @@ class DaemonHandle:
         return WireClient(self.socket)
 
     def status(self) -> dict[str, Any]:
-        with self.client() as c:
-            reply = c.request("status")
-        assert reply["ok"], reply
-        return reply
+        """The summary with every list (every page of each) and the latest events, read
+        the way `supervisord-batt status` reads them."""
+        with Connection(self.socket) as conn:
+            reply = read_status(conn, LISTS, events=True)
+        return dict(reply)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

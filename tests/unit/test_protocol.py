@@ -67,3 +67,39 @@ def test_replies_are_one_compact_line() -> None:
         "error": {"code": "bad_json", "message": "not é"},
         "id": "r",
     }
+
+
+@pytest.mark.parametrize(
+    ("op", "key", "extra"),
+    [
+        ("acquire", "job", {"want": 1}),
+        ("hello", "client", {"version": 1}),
+        ("fallback", "stage", {"from": "process", "to": "thread"}),
+        ("fallback", "reason", {"from": "process", "to": "thread"}),
+        ("heartbeat", "progress", {}),
+        ("release", "lease", {}),
+        ("tail", "target", {}),
+    ],
+)
+def test_issue_22_text_fields_are_capped_and_the_refusal_names_field_and_limit(
+    op: str, key: str, extra: dict[str, object]
+) -> None:
+    cap = protocol.MAX_CHARS[key]
+    at_cap = {"op": op, **extra, key: "é" * cap}  # characters, not bytes: é is two bytes
+    assert protocol.decode(json.dumps(at_cap).encode()) == at_cap
+    with pytest.raises(protocol.ProtocolError) as caught:
+        protocol.decode(json.dumps({**at_cap, key: "x" * (cap + 1)}).encode())
+    assert caught.value.code == protocol.BAD_REQUEST
+    assert caught.value.message == f"{op}.{key}: at most {cap} characters, got {cap + 1}"
+
+
+def test_issue_22_every_text_field_of_every_request_has_a_cap() -> None:
+    """A new text field must get a cap in MAX_CHARS (the enumerations excepted)."""
+    enumerated = {("fallback", "from"), ("fallback", "to"), ("tail", "stream")}
+    uncapped = [
+        f"{op}.{key}"
+        for op, schema in protocol.SCHEMAS.items()
+        for key, field in schema.items()
+        if str in field.types and key not in protocol.MAX_CHARS and (op, key) not in enumerated
+    ]
+    assert uncapped == []

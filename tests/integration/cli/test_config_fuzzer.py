@@ -183,7 +183,7 @@ def test_reloads_of_generated_configs_apply_whole_or_not_at_all(
                 rejected += 1
                 assert reply["error"]["code"] == "bad_request", reply
                 expected = {"keep"}  # rejected: the programs before it, all of them
-            names = {p["name"] for p in c.request("status")["programs"]}
+            names = {i["program"] for i in c.request("status", instances=True)["instances"]}
             assert names == expected, (seed, text)
             d.config_path.write_text(good)
             assert c.request("reload")["ok"]

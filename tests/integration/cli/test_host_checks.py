@@ -78,7 +78,7 @@ def test_a_reload_with_a_host_problem_changes_nothing(daemon: Callable[..., Any]
         assert reply["error"]["code"] == "bad_request"
         assert "programs.b.user" in reply["error"]["message"]
         # the old programs, and the old budget: a lease of 2 is not capped at 1
-        assert [p["name"] for p in c.request("status")["programs"]] == ["a"]
+        assert [i["program"] for i in c.request("status", instances=True)["instances"]] == ["a"]
         grant = c.request("acquire", want=2, kinds=["thread"])
         assert (grant["kind"], grant["workers"]) == ("thread", 2), grant
     assert d.events("reload_rejected") and not d.events("reloaded")

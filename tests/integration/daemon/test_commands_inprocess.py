@@ -125,7 +125,7 @@ def test_acquire_renew_release_round_trip_and_status_shows_the_lease(world: Worl
     grant = world.call(conn, op="acquire", want=2, kinds=["thread"], job="t", id=7)
     assert grant["ok"] and grant["id"] == 7
     assert grant["kind"] == "thread" and grant["workers"] == 2
-    status = world.call(conn, op="status")
+    status = world.call(conn, op="status", leases=True)
     assert [lease["lease"] for lease in status["leases"]] == [grant["lease"]]
     assert status["leased"] == 2 and status["connections"] == 1
     assert status["host"]["threads_total"] == world.sample.threads_total  # type: ignore[union-attr]
@@ -133,7 +133,7 @@ def test_acquire_renew_release_round_trip_and_status_shows_the_lease(world: Worl
     assert renewed["ok"] and renewed["lease"] == grant["lease"]
     released = world.call(conn, op="release", lease=grant["lease"])
     assert released == {"ok": True, "lease": grant["lease"], "kind": "thread", "workers": 2}
-    assert world.call(conn, op="status")["leases"] == []
+    assert world.call(conn, op="status", leases=True)["leases"] == []
 
 
 def test_a_lease_is_only_its_own_connections(world: World) -> None:

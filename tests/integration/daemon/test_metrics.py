@@ -78,7 +78,7 @@ def metered(
 ) -> tuple[DaemonHandle, int]:
     port = free_port()
     handle = daemon(_config(port, program, py))
-    wait_until(lambda: handle.status()["programs"][0]["instances"][0]["state"] == "RUNNING")
+    wait_until(lambda: handle.status()["instances"][0]["state"] == "RUNNING")
     return handle, port
 
 

@@ -35,14 +35,14 @@ def _config(d: Any, programs: dict[str, Any]) -> None:
 
 
 def _names(d: Any) -> set[str]:
-    return {p["name"] for p in d.status()["programs"]}
+    return {i["program"] for i in d.status()["instances"]}
 
 
 def test_sighups_during_a_cli_reload_are_coalesced_and_applied_after_it(
     daemon: Callable[..., Any],
 ) -> None:
     d = daemon({"programs": {"slow": {"command": STUBBORN, "stop_grace": "1500ms"}}})
-    wait_until(lambda: d.status()["programs"][0]["instances"][0]["state"] == "RUNNING")
+    wait_until(lambda: d.status()["instances"][0]["state"] == "RUNNING")
     # the CLI's reload restarts `slow` (changed): it waits out the 1.5 s grace
     _config(d, {"slow": {"command": STUBBORN, "stop_grace": "1s"}, "a": {"command": SLEEP}})
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -89,4 +89,4 @@ def test_sighups_during_a_cli_reload_are_coalesced_and_applied_after_it(
     assert _names(d) == {"slow", "a", "b"}
     # and no third reload follows
     assert len(d.events("reloaded")) == 2
-    assert json.dumps(d.status()["programs"])  # still serving
+    assert json.dumps(d.status()["instances"])  # still serving

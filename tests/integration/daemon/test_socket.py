@@ -47,7 +47,7 @@ def start_holder(
 def test_status_answers_with_stable_fields(daemon):
     d = daemon()
     status = d.status()
-    for key in ("level", "capacity", "leased", "leases", "host"):
+    for key in ("level", "capacity", "leased", "leases", "host", "counts"):
         assert key in status
     assert status["level"] in ("normal", "high", "extreme")
     assert status["leases"] == []

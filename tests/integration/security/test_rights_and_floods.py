@@ -97,7 +97,7 @@ def test_an_allowed_user_may_lease_and_read_status_but_not_control(
     assert status["ok"] and grant["ok"]
     for refused in (stop, reload, restart, tail):
         assert refused["error"]["code"] == "forbidden", refused
-    assert d.status()["programs"][0]["instances"][0]["state"] == "RUNNING"
+    assert d.status()["instances"][0]["state"] == "RUNNING"
     lines = wait_until(
         lambda: [e for e in d.events("bad_request") if e.get("code") == "forbidden"],
         timeout=5,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisord_batt import protocol, shapes
 from tests.helpers import wait_until
 
 # a worker whose tree ignores SIGTERM and has a grandchild in its own session
@@ -57,7 +58,7 @@ def test_the_next_start_stops_what_a_killed_daemon_left(
             },
         }
     )
-    wait_until(lambda: all(i["pid"] for p in first.status()["programs"] for i in p["instances"]))
+    wait_until(lambda: all(i["pid"] for i in first.status()["instances"]))
     root = Path(first.events("supervisor_started")[0]["cgroup_root"])
 
     # gone's worker, kept's worker and its setsid grandchild
@@ -87,12 +88,16 @@ def test_the_next_start_stops_what_a_killed_daemon_left(
         assert len(stopped["kept:0"]["pids"]) == 2
         assert not any(_alive(pid) for pid in pids)
         leftovers = second.status()["leftovers"]
+        assert [shapes.problems(protocol.LeftoverRow, x, strict=True) for x in leftovers] == [
+            [],
+            [],
+        ]
         assert {x["instance"]: x["outcome"] for x in leftovers} == {
             "gone:0": "exited on SIGTERM",
             "kept:0": "killed",
         }
         # the configured one runs again, supervised, in a fresh cgroup
-        wait_until(lambda: second.status()["programs"][0]["instances"][0]["state"] == "RUNNING")
+        wait_until(lambda: second.status()["instances"][0]["state"] == "RUNNING")
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

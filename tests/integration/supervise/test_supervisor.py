@@ -42,10 +42,9 @@ TREE_WORKER = textwrap.dedent(
 
 
 def instance(d, name: str) -> dict[str, Any]:
-    for prog in d.status()["programs"]:
-        for inst in prog["instances"]:
-            if inst["name"] == name:
-                return inst
+    for inst in d.status()["instances"]:
+        if inst["name"] == name:
+            return inst
     raise AssertionError(f"no instance {name}")
 
 
@@ -284,9 +283,7 @@ def test_reload_adds_removes_changes_and_keeps(daemon, program, py):
         }
     )
     wait_until(
-        lambda: all(
-            i["state"] == "RUNNING" for p in d.status()["programs"] for i in p["instances"]
-        ),
+        lambda: all(i["state"] == "RUNNING" for i in d.status()["instances"]),
         timeout=10,
     )
     before = {n: instance(d, n)["pid"] for n in ("keep:0", "drop:0", "change:0")}
@@ -299,7 +296,7 @@ def test_reload_adds_removes_changes_and_keeps(daemon, program, py):
     assert out.returncode == 0, out.stderr
     assert "added: new" in out.stdout and "removed: drop" in out.stdout
     assert "changed: change" in out.stdout and "unchanged: keep" in out.stdout
-    names = {i["name"]: i for p in d.status()["programs"] for i in p["instances"]}
+    names = {i["name"]: i for i in d.status()["instances"]}
     assert set(names) == {"keep:0", "change:0", "change:1", "new:0"}
     assert names["keep:0"]["pid"] == before["keep:0"]  # untouched
     assert gone(before["drop:0"]) and gone(before["change:0"])
@@ -355,18 +352,16 @@ def test_tail_shows_output_from_files_and_follows_offsets(daemon, tmp_path, prog
         assert c.request("tail", target="nope:0")["error"]["code"] == "not_found"
 
 
-def test_status_json_lists_programs_and_instances(daemon, program, py):
+def test_status_json_lists_instances_with_their_programs(daemon, program, py):
     d = daemon({"programs": {"s": program(py("import time; time.sleep(600)"), numprocs=2)}})
     wait_until(
-        lambda: all(i["state"] == "RUNNING" for i in d.status()["programs"][0]["instances"]),
+        lambda: all(i["state"] == "RUNNING" for i in d.status()["instances"]),
         timeout=10,
     )
     out = cli(d, "status", "--json")
     assert out.returncode == 0
-    programs = json.loads(out.stdout)["programs"]
-    assert programs[0]["name"] == "s"
-    insts = programs[0]["instances"]
-    assert [i["name"] for i in insts] == ["s:0", "s:1"]
+    insts = json.loads(out.stdout)["instances"]
+    assert [(i["program"], i["name"]) for i in insts] == [("s", "s:0"), ("s", "s:1")]
     for inst in insts:
         assert {"name", "state", "pid", "restarts", "last_exit"} <= set(inst)
     stopped = cli(d, "stop", "s:1")

@@ -87,11 +87,7 @@ class Service:
         return self.box.show(UNIT, *props)
 
     def instances(self) -> dict[str, dict[str, Any]]:
-        return {
-            inst["name"]: inst
-            for program in self.status()["programs"]
-            for inst in program["instances"]
-        }
+        return {inst["name"]: inst for inst in self.status()["instances"]}
 
 
 @pytest.fixture

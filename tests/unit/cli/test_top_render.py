@@ -7,12 +7,14 @@ import datetime as dt
 import io
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from supervisord_batt import protocol, shapes
 from supervisord_batt.cli import top
 from supervisord_batt.cli.top import (
     allocate,
@@ -27,7 +29,7 @@ from supervisord_batt.cli.top import (
 from tests.helpers import REPO
 
 
-def screen_text(status: dict[str, Any], width: int = 80, height: int = 24, **kw: Any) -> str:
+def screen_text(status: Any, width: int = 80, height: int = 24, **kw: Any) -> str:
     console = Console(
         width=width, height=height, record=True, color_system=None, file=io.StringIO()
     )
@@ -58,6 +60,7 @@ def instance(name: str, pid: int | None, state: str = "RUNNING", **kw: Any) -> d
         "last_exit": None,
         "backoff_s": None,
         "wall_clock_left_s": 475.2,
+        "stop_reason": None,
         "tasks": 7,
         "ok": True,
         "lease": None,
@@ -80,10 +83,16 @@ def status(
     instances: list[dict[str, Any]] | None = None,
     leases: list[dict[str, Any]] | None = None,
     events: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+    totals: tuple[int, int] | None = None,
+) -> Any:
+    """A status reply as `top` asks for it, checked against the protocol's shape; its
+    lists are a first page of `totals` (instances, leases) rows when given."""
     limits = limits if limits is not None else [limit("threads-max", 300, 1000)]
+    instances, leases = instances or [], leases or []
     tightest = max(limits, key=lambda x: x["percent_used"]) if limits else None
-    return {
+    n_instances, n_leases = totals or (len(instances), len(leases))
+    reply = {
+        "ok": True,
         "pid": 4242,
         "version": "0.1.0",
         "uptime_s": 3725.0,
@@ -93,10 +102,46 @@ def status(
         "leased": 2,
         "leased_tasks": 100,
         "connections": 1,
-        "leases": leases or [],
-        "host": {"limits": limits, "tightest": tightest},
-        "programs": [{"name": "batt", "instances": instances or []}],
+        "all_running": True,
+        "scope": "all",
+        "counts": {
+            "leases": n_leases,
+            "instances": n_instances,
+            "programs": 1,
+            "states": dict(Counter(i["state"] for i in instances)),
+            "leftovers": 0,
+        },
+        "host": host(limits, tightest),
+        "leases": leases,
+        "instances": instances,
         "events": events or [],
+        "page": {
+            "offset": 0,
+            "limit": 24,
+            "leases": n_leases,
+            "instances": n_instances,
+            "leftovers": 0,
+            "next_offset": 24 if max(n_leases, n_instances) > 24 else None,
+        },
+    }
+    return shapes.check(protocol.StatusListsReply, reply)
+
+
+def host(limits: list[dict[str, Any]], tightest: dict[str, Any] | None) -> dict[str, Any]:
+    tight = tightest or limit("threads-max", 0, 1)
+    return {
+        "wall_time": 0.0,
+        "threads_total": 300,
+        "threads_max": 1000,
+        "pid_max": 32768,
+        "cgroups": [],
+        "users": [],
+        "mem_available_bytes": 1,
+        "mem_total_bytes": 2,
+        "cpus": 2.0,
+        "psi": None,
+        "limits": limits,
+        "tightest": {k: tight[k] for k in ("name", "kind", "limit", "in_use", "headroom")},
     }
 
 
@@ -317,3 +362,19 @@ def test_a_socket_that_cannot_be_reached_exits_2_saying_why(
     assert top.run_top(tmp_path / "file" / "s.sock", 1.0) == 2
     err = capsys.readouterr().err
     assert "daemon not reachable at" in err and "Not a directory" in err
+
+
+def test_issue_22_a_first_page_counts_the_rows_of_the_list_it_does_not_hold() -> None:
+    """`top` asks for a page the height of the screen: the rows past it are counted from
+    the page's totals, not from the rows the reply holds."""
+    s = status(
+        instances=[instance(f"batt:{i}", 100 + i) for i in range(24)],
+        leases=[lease(i) for i in range(24)],
+        totals=(1000, 3000),
+    )
+    lines = screen_text(s).splitlines()
+    assert "24/1000 running" in lines[0]
+    shown_instances = sum(1 for line in lines if line.startswith("batt:"))
+    shown_leases = sum(1 for line in lines if line.startswith("L") and "job" in line)
+    more = [int(line.split()[0][1:]) for line in lines if line.split()[1:2] == ["more"]]
+    assert more == [1000 - shown_instances, 3000 - shown_leases]

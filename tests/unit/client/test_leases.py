@@ -173,6 +173,15 @@ def _grant_reply(workers: int, target: int, kind: str = "process") -> dict[str, 
     )
 
 
+# what a daemon answers to each op besides acquire and renew (the client checks shapes)
+OTHER_REPLIES: dict[str, dict[str, Any]] = {
+    "hello": protocol.ok(version=1, server="fake"),
+    "heartbeat": protocol.ok(instance=None),
+    "release": protocol.ok(lease="L1", kind="process", workers=3),
+    "fallback": protocol.ok(),
+}
+
+
 @pytest.fixture
 def fake_daemon(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
     made: list[FakeDaemon] = []
@@ -195,7 +204,7 @@ def test_lease_renew_shrink_and_release(
     def handle(msg: dict[str, Any]) -> dict[str, Any]:
         if msg["op"] in ("acquire", "renew"):
             return _grant_reply(3, target["n"])
-        return protocol.ok()
+        return OTHER_REPLIES[msg["op"]]
 
     d = fake_daemon(handle)
     with lease(3, job="batt", socket_path=d.path) as grant:
@@ -217,7 +226,7 @@ def test_error_reply_degrades(
 ) -> None:
     d = fake_daemon(
         lambda msg: (
-            protocol.ok()
+            OTHER_REPLIES["hello"]
             if msg["op"] == "hello"
             else protocol.error(protocol.SHUTTING_DOWN, "daemon is stopping")
         )
@@ -231,7 +240,9 @@ def test_error_reply_degrades(
 def test_connection_loss_degrades_once(
     fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = fake_daemon(lambda msg: _grant_reply(2, 2) if msg["op"] == "acquire" else protocol.ok())
+    d = fake_daemon(
+        lambda msg: _grant_reply(2, 2) if msg["op"] == "acquire" else OTHER_REPLIES[msg["op"]]
+    )
     with lease(2, socket_path=d.path) as grant:
         d.drop()
         grant.renew()
@@ -247,6 +258,33 @@ def test_connection_bounds_the_reply_line(fake_daemon: Callable[..., FakeDaemon]
     with Connection(d.path, timeout=2, max_line=1024) as conn, pytest.raises(DaemonError) as err:
         conn.request("hello", version=1)
     assert err.value.code == protocol.TOO_LARGE
+
+
+def test_issue_22_a_reply_may_be_far_longer_than_a_request(
+    fake_daemon: Callable[..., FakeDaemon],
+) -> None:
+    """A status page of hundreds of leases is megabytes: the client reads any reply up to
+    the protocol's bound (it stopped at 64 KiB, the request limit)."""
+    server = "x" * (3 * 1024 * 1024)
+    d = fake_daemon(lambda msg: protocol.ok(version=1, server=server))
+    with Connection(d.path, timeout=5) as conn:
+        assert conn.call(protocol.HelloReply, "hello", version=1)["server"] == server
+        assert conn.call(protocol.HelloReply, "hello", version=1)["version"] == 1
+
+
+def test_issue_22_a_grant_of_another_shape_is_a_bad_reply_and_the_job_degrades(
+    fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handle(msg: dict[str, Any]) -> dict[str, Any]:
+        if msg["op"] == "acquire":
+            return {**_grant_reply(2, 2), "kind": "gpu"}  # not a kind the protocol has
+        return OTHER_REPLIES[msg["op"]]
+
+    d = fake_daemon(handle)
+    with lease(2, socket_path=d.path) as grant:
+        assert grant.degraded and grant.kind == "sequential"
+    (line,) = _warnings(capsys.readouterr().err)
+    assert "bad_reply: acquire: GrantReply.kind: expected one of" in line, line
 
 
 def test_connection_times_out(fake_daemon: Callable[..., FakeDaemon]) -> None:

@@ -6,7 +6,7 @@ import json
 import random
 from typing import Any
 
-from supervisord_batt.daemon.commands import parse_event, parse_events
+from supervisord_batt.daemon.status import parse_event, parse_events
 
 
 def _line(rng: random.Random) -> str:

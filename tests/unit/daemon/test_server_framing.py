@@ -228,11 +228,12 @@ def line(op: str = "status", **fields: Any) -> bytes:
 
 
 def padded(total: int, request_id: int) -> bytes:
-    """A hello request that is exactly `total` bytes long, its newline included."""
-    head = b'{"op":"hello","version":1,"id":%d,"client":"' % request_id
-    pad = total - len(head) - len(b'"}\n')
+    """A hello request that is exactly `total` bytes long, its newline included (padded
+    with the blanks JSON allows: no text field is long enough to pad it)."""
+    head = b'{"op":"hello","version":1,"id":%d' % request_id
+    pad = total - len(head) - len(b"}\n")
     assert pad >= 0
-    return head + b"y" * pad + b'"}\n'
+    return head + b" " * pad + b"}\n"
 
 
 # ---------------------------------------------------------------- framing
