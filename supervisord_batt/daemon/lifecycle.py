@@ -375,11 +375,21 @@ class Daemon:
         async with self._reload_lock:
             # every SIGHUP so far is answered by this reload: it reads the file now
             self._hup_pending = False
+            self.reopen_files()  # logrotate's postrotate: whatever the new config holds
             self.notifier.reloading()
             try:
                 return await self._reload(by or {"by": "unknown"})
             finally:
                 self.notifier.ready(self.status_line())  # the old config or the new one runs
+
+    def reopen_files(self) -> None:
+        """Open the daemon's log file and every output file afresh (after logrotate moved
+        them); one that cannot be keeps the file it had, and says so."""
+        try:
+            logs.reopen()
+        except OSError as exc:
+            log.error("log_reopen_failed", path=str(self.config.daemon.log_file), reason=str(exc))
+        self.supervisor.reopen_outputs()
 
     def _reject(self, source: Path, by: dict[str, Any], reason: str) -> NoReturn:
         log.error("reload_rejected", path=str(source), reason=reason, **by)

@@ -484,7 +484,15 @@ class Supervisor:
     def tick(self, now: float) -> None:
         """Output that could not be written (one line per stream a tick), and no-progress
         timeouts."""
-        for sink in self.sinks.values():
+        for (instance, stream), sink in self.sinks.items():
+            if sink.follow_path():
+                log.info(
+                    "output_reopened",
+                    instance=instance,
+                    stream=stream,
+                    path=str(sink.path),
+                    reason="the file was renamed or removed",
+                )
             lost = sink.summary()
             if lost is not None:
                 log.error("output_lost", **lost)
@@ -503,6 +511,21 @@ class Supervisor:
                     reason=f"no heartbeat for {timeout}s",
                 )
                 self.post(inst, Deadline("progress_timeout"))
+
+    def reopen_outputs(self) -> None:
+        """Open every output file's path afresh (SIGHUP, logrotate's postrotate): one line
+        per file that cannot be, which keeps the file it had."""
+        for (instance, stream), sink in self.sinks.items():
+            try:
+                sink.reopen()
+            except OSError as exc:
+                log.error(
+                    "output_reopen_failed",
+                    instance=instance,
+                    stream=stream,
+                    path=str(sink.path),
+                    reason=str(exc),
+                )
 
     def reap(self) -> None:
         """Reap adopted orphans (zombies re-parented to us when their parent was killed)."""
