@@ -334,9 +334,14 @@ class Daemon:
         log.info("stats", pid=os.getpid(), **fields)
 
     def _scan(self) -> dict[str, int]:
-        """The slow /proc pass: per-user counts, and each lease holder's tree size."""
+        """The slow /proc pass: per-user counts, each lease holder's tree size, and who is
+        in each worker's tree (remembered for its kill: `Supervisor.record_trees`)."""
         holders = self.ledger.lease_pids()
-        usage = self.monitor.scan(set(holders.values()))
+        workers = self.supervisor.roots()
+        usage = self.monitor.scan({*holders.values(), *workers.values()})
+        self.supervisor.record_trees(
+            {name: usage[pid].pids for name, pid in workers.items() if pid in usage}
+        )
         return {lease: usage[pid].tasks for lease, pid in holders.items() if pid in usage}
 
     def limits_now(self) -> dict[str, Any]:

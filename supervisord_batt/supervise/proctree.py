@@ -60,6 +60,7 @@ __all__ = [
     "apply_v2",
     "become_subreaper",
     "collect_tree",
+    "identity",
     "instance_dir_name",
     "kill_tree",
     "plan_v2",
@@ -289,26 +290,68 @@ class ExitWatcher:
 # ----------------------------------------------------------------------------- trees
 
 
-def _collect(root_pid: int, cgroup: WorkerCgroup | None, session: int | None) -> dict[int, int]:
-    """pid -> threads of every process of the tree (one /proc pass, plus the cgroup)."""
+def _collect(
+    root_pid: int,
+    cgroup: WorkerCgroup | None,
+    session: int | None,
+    marker: bytes | None = None,
+    others: frozenset[int] = frozenset(),
+) -> dict[int, int]:
+    """pid -> threads of every process of the tree (one /proc pass, plus the cgroup).
+
+    `marker` (b"NAME=value" of the worker's environment): the daemon's own children that
+    carry it, bar the main pids in `others`, are this tree's orphans (re-parented to the
+    daemon, the subreaper, when their parent died), and count with their descendants.
+    """
     stats = _scan()
     found = set(cgroup.procs()) if cgroup is not None else set()
     children: dict[int, list[int]] = {}
     for st in stats.values():
         children.setdefault(st.ppid, []).append(st.pid)
+    me = os.getpid()
     todo = [root_pid] if root_pid in stats else []
+    if marker is not None:
+        todo += [
+            pid
+            for pid in children.get(me, ())
+            if pid != root_pid and pid not in others and _carries(pid, marker)
+        ]
     while todo:  # descendants, as psutil's children(recursive=True) finds them
         pid = todo.pop()
         found.add(pid)
         todo.extend(children.get(pid, ()))
     sid = root_pid if session is None else session
-    me = os.getpid()
     # never match the daemon's own session or group: that would be killing the daemon's kin
     if sid not in (os.getsid(0), 0) and root_pid != os.getpgrp():
         found.update(st.pid for st in stats.values() if st.session == sid or st.pgrp == root_pid)
     found.discard(me)
     found.discard(1)
     return {pid: (stats[pid].threads if pid in stats else _threads(pid)) for pid in found}
+
+
+def _carries(pid: int, marker: bytes) -> bool:
+    """Whether the process's environment holds `marker` (b"NAME=value") as one entry."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def identity(pids: Iterable[int]) -> dict[int, int]:
+    """pid -> start time of each of `pids` that still runs: what `kill_tree`'s `known`
+    takes, so a pid reused by an unrelated process later is never taken for it."""
+    out = {}
+    for pid in pids:
+        st = read_stat(pid)
+        if st is not None and st.state not in ("Z", "X"):
+            out[pid] = st.starttime
+    return out
+
+
+def _same(known: Mapping[int, int]) -> list[int]:
+    """The pids of `known` that are still the processes recorded (same start time)."""
+    return [pid for pid, start in known.items() if identity((pid,)).get(pid) == start]
 
 
 def _threads(pid: int) -> int:
@@ -468,8 +511,14 @@ async def _kill_rounds(
             reap()
 
 
-def _signal_tree(
-    tree: _Tree, root_pid: int, cgroup: WorkerCgroup | None, known: set[int], sig: signal.Signals
+def _signal_tree(  # noqa: PLR0917 (the kill's parts, each from a different source)
+    tree: _Tree,
+    root_pid: int,
+    cgroup: WorkerCgroup | None,
+    known: Mapping[int, int],
+    sig: signal.Signals,
+    marker: bytes | None,
+    others: frozenset[int],
 ) -> tuple[int, float]:
     """Collect and signal the tree; returns (tasks at the kill, time of the first signal).
 
@@ -484,8 +533,8 @@ def _signal_tree(
         started = time.monotonic()
         _killpg(root_pid, sig)
         tree.signal(members, sig)
-    found = _collect(root_pid, cgroup, None)
-    extra = [p for p in found.keys() | known if p not in tree.pids]
+    found = _collect(root_pid, cgroup, None, marker, others)
+    extra = [p for p in found.keys() | set(_same(known)) if p not in tree.pids]
     tasks += sum(found[p] if p in found else _threads(p) for p in extra)
     new = tree.add(extra)
     if cgroup is None:
@@ -501,20 +550,27 @@ async def kill_tree(
     cgroup: WorkerCgroup | None,
     stop_signal: signal.Signals,
     grace: float,
-    known: set[int] | None = None,
+    known: Mapping[int, int] | None = None,
     reap: Callable[[], object] | None = None,
+    marker: bytes | None = None,
+    others: frozenset[int] = frozenset(),
 ) -> KillReport:
     """Stop a worker's whole tree: `stop_signal` to its process group and every process,
     up to `grace` seconds for them to exit, then SIGKILL to whatever is left, verified gone.
     The tree is collected before the first signal (the cgroup's members, or without one a
     /proc pass: session, process group, descendants), and the cgroup again each round.
 
-    `known`: pids recorded earlier (they may have left the session). A zombie counts as
-    gone; `reap` (e.g. the worker's Popen.poll) is called while waiting so ours are reaped.
+    `known`: pid -> start time of processes recorded as the tree's earlier (`identity`):
+    they may have left the session and the cgroup; each one that is still the process
+    recorded is part of the kill. `marker` and `others`: see `_collect` (the tree's
+    orphans). A zombie counts as gone; `reap` (e.g. the worker's Popen.poll) is called
+    while waiting so ours are reaped.
     """
     tree = _Tree()
     try:
-        tasks, started = _signal_tree(tree, root_pid, cgroup, known or set(), stop_signal)
+        tasks, started = _signal_tree(
+            tree, root_pid, cgroup, known or {}, stop_signal, marker, others
+        )
         left = await _wait_gone(tree, cgroup, stop_signal, started + grace, reap)
         killed: set[int] = set()
         if left:

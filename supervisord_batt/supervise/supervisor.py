@@ -43,6 +43,7 @@ from supervisord_batt.supervise.proctree import (
     WorkerCgroup,
     WorkerCgroups,
     become_subreaper,
+    identity,
     kill_tree,
     reap_adopted,
     spawn,
@@ -88,6 +89,9 @@ class Run:
     exit_seen: bool = False  # the main pid's exit was posted for this run
     tasks_max: int | None = None  # the pids.max containment last wrote to its cgroup
     killed_for: str | None = None  # the reason of the kill that ended this run, if one did
+    # pid -> start time of every process seen in its tree at a scan (`record_trees`):
+    # one that leaves the cgroup and the session later is still part of the kill
+    known: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -440,12 +444,18 @@ class Supervisor:
         run.killed_for = action.reason
         # the run's length when the kill began (the limit itself, for a deadline kill)
         runtime = time.monotonic() - (inst.started_at or time.monotonic())
+        others = frozenset(
+            r.proc.pid for r in self.runs.values() if r.proc is not None and r.proc is not proc
+        )
         report = await kill_tree(
             proc.pid,
             cgroup=run.cgroup,
             stop_signal=action.signal,
             grace=action.grace,
+            known=run.known,
             reap=proc.poll,
+            marker=f"{paths.INSTANCE_ENV}={inst.name}".encode(),
+            others=others,
         )
         for reader in run.readers:
             reader.drain()
@@ -475,7 +485,7 @@ class Supervisor:
         self._exited(inst, proc, proc.wait())
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
-        run.proc, run.cgroup, run.readers = None, None, []
+        run.proc, run.cgroup, run.readers, run.known = None, None, [], {}
         self.on_tree_gone(inst.name, report.pids)
         self.post(inst, TreeGone(report.tasks_at_kill, report.needed_sigkill))
 
@@ -511,6 +521,24 @@ class Supervisor:
                     reason=f"no heartbeat for {timeout}s",
                 )
                 self.post(inst, Deadline("progress_timeout"))
+
+    def roots(self) -> dict[str, int]:
+        """instance -> main pid of every run that has one (the scan's tree roots)."""
+        return {name: run.proc.pid for name, run in self.runs.items() if run.proc is not None}
+
+    def record_trees(self, trees: dict[str, tuple[int, ...]]) -> None:
+        """Remember who is in each worker's tree now (from the scan's /proc pass, and the
+        cgroup), with what it remembered before and still runs as the same process: a
+        member that later leaves the cgroup and the session is still killed with it."""
+        for name, pids in trees.items():
+            run = self.runs.get(name)
+            if run is None or run.proc is None:
+                continue
+            members = set(pids) | set(run.cgroup.procs() if run.cgroup is not None else ())
+            before = {pid: start for pid, start in run.known.items() if pid not in members}
+            fresh = identity(members)
+            still = identity(before)
+            run.known = fresh | {pid: s for pid, s in still.items() if before[pid] == s}
 
     def reopen_outputs(self) -> None:
         """Open every output file's path afresh (SIGHUP, logrotate's postrotate): one line
