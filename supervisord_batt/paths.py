@@ -7,6 +7,7 @@ Standard library only: the client imports this, and a job must not load the daem
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Mapping
@@ -32,6 +33,15 @@ SOURCE_UNIT = Path(__file__).resolve().parent.parent / "systemd" / "supervisord-
 SOCKET_NAME = "supervisord-batt.sock"
 RUNTIME_DIR = Path("/run/supervisord-batt")  # systemd's RuntimeDirectory= for the unit
 DEFAULT_SOCKET = RUNTIME_DIR / SOCKET_NAME
+
+
+LOG_DIR = Path("/var/log/supervisord-batt")  # root's default output directory
+
+
+def daemon_id(socket: Path) -> str:
+    """A short name for the daemon serving `socket`: what keeps two daemons on one host
+    out of each other's worker cgroups and output files."""
+    return hashlib.sha1(str(socket).encode()).hexdigest()[:8]
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +101,12 @@ class RotatingFile:
         return True
 
     def reopen(self) -> None:
-        """Open the path afresh (SIGHUP after logrotate), appending to whatever is there
-        now; on failure the file held so far stays in use and OSError is raised."""
+        """Open the path afresh if it no longer names our file (SIGHUP after logrotate),
+        appending to whatever is there now; on failure the file held so far stays in use
+        and OSError is raised. (Our own lock on the file we hold would refuse opening the
+        same file again, and there is nothing to gain by it.)"""
+        if not self.moved():
+            return
         fresh = _open(self.path)
         with contextlib.suppress(OSError):
             self._file.close()
@@ -111,9 +117,27 @@ class RotatingFile:
         self._file.close()
 
 
+class HeldElsewhere(OSError):
+    """Another daemon writes this output file (it holds the file's lock)."""
+
+
 def _open(path: Path) -> BinaryIO:
-    """Append to `path`, checked (safepath.open_append); kept open for the worker's life."""
-    return os.fdopen(safepath.open_append(path), "ab")
+    """Append to `path`, checked (safepath.open_append); kept open for the worker's life.
+
+    The file is locked (flock) while open: a second daemon configured with the same
+    output directory and program name would otherwise append to it and rotate it away
+    under the first; it is refused instead, with a line that says why."""
+    fd = safepath.open_append(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise HeldElsewhere(
+                errno.EBUSY, f"{path} is written by another supervisord-batt daemon"
+            ) from None
+        raise
+    return os.fdopen(fd, "ab")
 
 
 class StreamSink:

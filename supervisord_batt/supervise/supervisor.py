@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import os
 import signal
 import subprocess
@@ -159,10 +158,10 @@ class Prepared:
         self.sinks.clear()
 
 
-def _open_sinks(program: ProgramConfig) -> Sinks:
+def _open_sinks(program: ProgramConfig, socket: Path) -> Sinks:
     """Both streams of every instance of `program`; all or nothing (OSError)."""
     made: Sinks = {}
-    directory = program.output.directory or default_output_dir()
+    directory = program.output.directory or default_output_dir(socket)
     try:
         for index in range(program.numprocs):
             name = f"{program.name}:{index}"
@@ -175,11 +174,17 @@ def _open_sinks(program: ProgramConfig) -> Sinks:
     return made
 
 
-def default_output_dir() -> Path:
+def default_output_dir(socket: Path) -> Path:
+    """Where output files go without `output.directory`: per daemon, so that two daemons
+    with a program of the same name never share (and rotate) each other's files. The
+    daemon on the default socket keeps the plain directory; any other one gets a
+    subdirectory named after its socket (`paths.daemon_id`, as its worker cgroups are)."""
     if os.geteuid() == 0:
-        return Path("/var/log/supervisord-batt")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "supervisord-batt" / "log"
+        base = paths.LOG_DIR
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = Path(state) / "supervisord-batt" / "log"
+    return base if socket == paths.DEFAULT_SOCKET else base / paths.daemon_id(socket)
 
 
 class Supervisor:
@@ -199,8 +204,8 @@ class Supervisor:
         self.sinks: dict[tuple[str, str], StreamSink] = {}
         self.watcher = ExitWatcher()
         # one cgroup root per daemon: two daemons on a host never touch each other's workers
-        digest = hashlib.sha1(str(socket_path).encode()).hexdigest()[:8]
-        self.cgroups = WorkerCgroups.detect(base_name=f"supervisord-batt.{digest}")
+        base = f"supervisord-batt.{paths.daemon_id(socket_path)}"
+        self.cgroups = WorkerCgroups.detect(base_name=base)
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         # what the last start found and stopped of an earlier daemon's workers (status)
@@ -284,7 +289,7 @@ class Supervisor:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
     def _add_program(self, program: ProgramConfig, sinks: Sinks | None = None) -> None:
-        sinks = _open_sinks(program) if sinks is None else sinks
+        sinks = _open_sinks(program, self.socket_path) if sinks is None else sinks
         for index in range(program.numprocs):
             inst = Instance(program, index)
             self.instances[inst.name] = inst
@@ -662,7 +667,7 @@ class Supervisor:
         prepared = Prepared(new, diff, {})
         try:
             for name in diff["added"] + diff["changed"]:
-                prepared.sinks[name] = _open_sinks(fresh[name])
+                prepared.sinks[name] = _open_sinks(fresh[name], self.socket_path)
         except OSError:
             prepared.discard()
             raise
