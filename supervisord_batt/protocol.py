@@ -80,7 +80,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "start": {"target": Field(_STR, True)},
     "stop": {"target": Field(_STR, True)},
     "restart": {"target": Field(_STR, True)},
-    "reload": {},
+    "reload": {"restart_changed": Field((bool,))},
     "tail": {
         "target": Field(_STR, True),
         "stream": Field(_STR),

@@ -88,9 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target", metavar="PROGRAM[:N]|all")
         p.set_defaults(func=cmd_control, op=name)
 
-    p = sub.add_parser("reload", help="re-read the config; a bad one is rejected, the old stays")
+    p = sub.add_parser(
+        "reload",
+        help="re-read the config and apply it in place; a bad one is rejected, the old stays",
+    )
     _add_config_arg(p)
     _add_socket_arg(p)
+    p.add_argument(
+        "--restart-changed",
+        action="store_true",
+        help="restart now the instances whose command, user, environment or working "
+        "directory changed (by default they take it at their next start)",
+    )
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("tail", help="the last output of an instance; -f follows")
@@ -366,14 +375,29 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = _request(args, "reload")
+    fields = {"restart_changed": True} if args.restart_changed else {}
+    reply = _request(args, "reload", **fields)
     if reply is None:
         return 2
     if not reply.get("ok"):
         return 1
     for key in ("added", "removed", "changed", "unchanged"):
         print(f"{key}: {', '.join(reply[key]) or '-'}")
+    for name, row in reply.get("programs", {}).items():
+        done = [f"{label} {', '.join(row[key])}" for key, label in _RELOAD_PARTS if row.get(key)]
+        if done:
+            print(f"  {name}: {'; '.join(done)}")
     return 0
+
+
+# what `reload` says it did to a changed program, in this order
+_RELOAD_PARTS = (
+    ("in_place", "applied now:"),
+    ("next_start", "at each instance's next start:"),
+    ("restarted", "restarted"),
+    ("started", "started"),
+    ("stopped", "stopped"),
+)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -63,7 +63,8 @@ class Commands:
     ledger: BudgetLedger
     lease_log: LeaseLog
     supervisor: Supervisor
-    reload: Callable[..., Awaitable[dict[str, list[str]]]]  # (by=...), raises ReloadRejected
+    # (by=..., restart_changed=...), raises ReloadRejected
+    reload: Callable[..., Awaitable[dict[str, Any]]]
     accepting: Callable[[], bool]
     connections: Callable[[], int]
     sample: Callable[[], HostSample | None]
@@ -281,6 +282,34 @@ class Commands:
 
     async def op_start(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"start","target":"batt"|"batt:0"|"all"} -> {"ok":true,"instances":{name: state}}"""
+        async with self.supervisor.control:
+            return await self._start(conn, msg)
+
+    async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
+        async with self.supervisor.control:
+            return await self._stop(conn, msg)
+
+    async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"restart","target":...} -> stop (tree gone), then start -> {name: state}"""
+        async with self.supervisor.control:
+            await self._stop(conn, msg)
+            return await self._start(conn, msg)
+
+    async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+        """{"op":"reload","restart_changed":false} -> {"ok":true,"added":[],"removed":[],
+        "changed":[],"unchanged":[],"programs":{name: {"how":..., "in_place":[...],
+        "next_start":[...], "restarted":[...], "started":[...], "stopped":[...]}}}"""
+        try:
+            restart = msg.get("restart_changed", False)
+            diff = await self.reload(by=_who(conn), restart_changed=restart)
+        except ReloadRejected as exc:
+            raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
+        return protocol.ok(**diff)
+
+    # the control ops run under `Supervisor.control`, one at a time with reloads
+
+    async def _start(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         instances = self._select(msg["target"])
         for inst in instances:
             self.supervisor.post(inst, Start())
@@ -289,8 +318,7 @@ class Commands:
         log.info("control", op="start", target=msg["target"], **_who(conn))
         return protocol.ok(instances={i.name: i.state.value for i in instances})
 
-    async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
+    async def _stop(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         instances = self._select(msg["target"])
         for inst in instances:
             self.supervisor.post(inst, Stop())
@@ -298,19 +326,6 @@ class Commands:
         await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
         log.info("control", op="stop", target=msg["target"], **_who(conn))
         return protocol.ok(instances={i.name: i.state.value for i in instances})
-
-    async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"restart","target":...} -> stop (tree gone), then start -> {name: state}"""
-        await self.op_stop(conn, msg)
-        return await self.op_start(conn, msg)
-
-    async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-        """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
-        try:
-            diff = await self.reload(by=_who(conn))
-        except ReloadRejected as exc:
-            raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
-        return protocol.ok(**diff)
 
     def op_tail(self, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
         """{"op":"tail","target":"batt:0","stream":"stdout","offset":N,"bytes":B}

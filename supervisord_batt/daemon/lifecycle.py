@@ -82,7 +82,6 @@ class Daemon:
         self._trees: dict[str, int] = {}
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
-        self._reload_lock = asyncio.Lock()
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.metrics = MetricsOutputs(self)
@@ -371,19 +370,23 @@ class Daemon:
 
     # -- reload -----------------------------------------------------------------------
 
-    async def reload(self, by: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    async def reload(
+        self, by: dict[str, Any] | None = None, restart_changed: bool = False
+    ) -> dict[str, Any]:
         """Re-read the config file; a config that does not validate leaves the old one.
 
         `by` names who asked (the peer's uid, gid and pid, or the signal) in the lines.
-        One at a time: a reload asked for while another runs waits for it, then reads
-        the file afresh, and its caller gets its own outcome."""
-        async with self._reload_lock:
+        One at a time, and never during a start, stop or restart (`Supervisor.control`):
+        a reload asked for while another runs waits for it, then reads the file afresh,
+        and its caller gets its own outcome. `restart_changed`: instances whose command,
+        user or environment changed restart now, not at their next start."""
+        async with self.supervisor.control:
             # every SIGHUP so far is answered by this reload: it reads the file now
             self._hup_pending = False
             self.reopen_files()  # logrotate's postrotate: whatever the new config holds
             self.notifier.reloading()
             try:
-                return await self._reload(by or {"by": "unknown"})
+                return await self._reload(by or {"by": "unknown"}, restart_changed)
             finally:
                 self.notifier.ready(self.status_line())  # the old config or the new one runs
 
@@ -400,7 +403,7 @@ class Daemon:
         log.error("reload_rejected", path=str(source), reason=reason, **by)
         raise ReloadRejected(f"config rejected, the old one stays:\n{reason}")
 
-    async def _reload(self, by: dict[str, Any]) -> dict[str, list[str]]:
+    async def _reload(self, by: dict[str, Any], restart_changed: bool) -> dict[str, Any]:
         source = self.config.source
         if source is None:
             raise ReloadRejected("the daemon was not started from a config file")
@@ -441,7 +444,7 @@ class Daemon:
         self.server.reconfigure(d, _policy(new))
         self.monitor.close()
         self.monitor = monitor
-        diff = await self.supervisor.reload(new, prepared)
+        diff = await self.supervisor.reload(new, prepared, restart_changed)
         await self.metrics.apply(new.metrics)
         log.info("reloaded", path=str(source), **by, **diff)
         return diff

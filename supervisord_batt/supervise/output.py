@@ -191,6 +191,17 @@ class StreamSink:
         self.lost = 0
         return line
 
+    def carry(self, old: StreamSink) -> None:
+        """Take over what `old` keeps for `tail` (a reload moved the output elsewhere): the
+        offsets of a follower stay valid across the move."""
+        self._ring, self.total, self._partial = bytearray(old._ring), old.total, old._partial
+        old._partial = b""
+
+    def resize(self, config: OutputConfig) -> None:
+        """A reload's new rotation sizes, applied to the open file."""
+        if self.file is not None:
+            self.file.max_bytes, self.file.backups = config.max_bytes, config.backups
+
     def follow_path(self) -> bool:
         """Reopen the file if its path was moved (logrotate); True if it was reopened. A
         path that cannot be opened now is a loss reason, tried again next time."""

@@ -35,6 +35,7 @@ from supervisord_batt.config.records import Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.cgroups import instance_dir_name
+from supervisord_batt.supervise.changes import ProgramChange, plan, stale
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
@@ -73,6 +74,7 @@ log = get_logger(component="supervisor")
 
 OUT_OF_PIDS = (errno.EAGAIN, errno.ENOMEM)
 TERMINAL = (State.STOPPED, State.EXITED, State.FATAL)
+_HOWS = ("added", "removed", "changed", "unchanged")
 
 
 @dataclass
@@ -88,6 +90,9 @@ class Run:
     exit_seen: bool = False  # the main pid's exit was posted for this run
     tasks_max: int | None = None  # the pids.max containment last wrote to its cgroup
     killed_for: str | None = None  # the reason of the kill that ended this run, if one did
+    # what the run was started as: it keeps that command, user and environment until its
+    # next start, whatever a reload says meanwhile (`changes.stale`)
+    spawned: ProgramConfig | None = None
     # pid -> start time of every process seen in its tree at a scan (`record_trees`):
     # one that leaves the cgroup and the session later is still part of the kill
     known: dict[int, int] = field(default_factory=dict)
@@ -145,25 +150,25 @@ async def _stop_leftover(cg: WorkerCgroup, sig: signal.Signals, grace: float) ->
 
 @dataclass
 class Prepared:
-    """A reload made ready: the new config, what changes, the new programs' sinks."""
+    """A reload made ready: the new config, each program's change, and the output files
+    the new instances and the moved outputs need (opened first: all or nothing)."""
 
     config: Config
-    diff: dict[str, list[str]]
-    sinks: dict[str, Sinks]
+    changes: list[ProgramChange]
+    sinks: Sinks
 
     def discard(self) -> None:
-        for sinks in self.sinks.values():
-            for sink in sinks.values():
-                sink.close()
+        for sink in self.sinks.values():
+            sink.close()
         self.sinks.clear()
 
 
-def _open_sinks(program: ProgramConfig, socket: Path) -> Sinks:
-    """Both streams of every instance of `program`; all or nothing (OSError)."""
+def _open_sinks(program: ProgramConfig, socket: Path, indices: Iterable[int]) -> Sinks:
+    """Both streams of the given instances of `program`; all or nothing (OSError)."""
     made: Sinks = {}
     directory = program.output.directory or default_output_dir(socket)
     try:
-        for index in range(program.numprocs):
+        for index in indices:
             name = f"{program.name}:{index}"
             for stream in ("stdout", "stderr"):
                 made[(name, stream)] = StreamSink(name, stream, program.output, directory)
@@ -208,6 +213,9 @@ class Supervisor:
         self.cgroups = WorkerCgroups.detect(base_name=base)
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
+        # one queue for control: reloads and operators' start, stop and restart run one at
+        # a time, so a start during a reload is never undone by it unseen
+        self.control = asyncio.Lock()
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
         self.tally = Tally()
@@ -288,9 +296,16 @@ class Supervisor:
         if problems:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
-    def _add_program(self, program: ProgramConfig, sinks: Sinks | None = None) -> None:
-        sinks = _open_sinks(program, self.socket_path) if sinks is None else sinks
-        for index in range(program.numprocs):
+    def _add_program(
+        self, program: ProgramConfig, sinks: Sinks | None = None, indices: Iterable[int] = ()
+    ) -> list[str]:
+        """Add instances of `program` (`indices`; all when empty), started if it autostarts;
+        their names."""
+        indices = list(indices) or list(range(program.numprocs))
+        if sinks is None:
+            sinks = _open_sinks(program, self.socket_path, indices)
+        names = []
+        for index in indices:
             inst = Instance(program, index)
             self.instances[inst.name] = inst
             self.runs[inst.name] = Run()
@@ -298,6 +313,8 @@ class Supervisor:
                 self.sinks[(inst.name, stream)] = sinks[(inst.name, stream)]
             if program.autostart:
                 self.post(inst, Start())
+            names.append(inst.name)
+        return names
 
     # -- events and actions -----------------------------------------------------------
 
@@ -357,7 +374,7 @@ class Supervisor:
         cgroup = None
         fds: list[int] = []
         try:
-            cgroup = self.cgroups.create(inst.name) if self.cgroups.enabled else None
+            cgroup = self._cgroup_for(inst) if self.cgroups.enabled else None
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds += (out_r, out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -383,6 +400,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(fd)
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
+        run.spawned = program
         run.tasks_max = None
         self.contain(inst.name, None)  # no lease yet
         run.exit_seen, run.killed_for = False, None
@@ -399,6 +417,27 @@ class Supervisor:
         )
         self.post(inst, Spawned(proc.pid))
         self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
+
+    def _cgroup_for(self, inst: Instance) -> WorkerCgroup | None:
+        """A new cgroup for the instance's run; what it cost, said: the members of one
+        an earlier daemon left (killed), or why there is none (the run goes without)."""
+        cgroup = self.cgroups.create(inst.name)
+        if self.cgroups.killed:
+            log.warning(
+                "leftover_killed",
+                program=inst.program.name,
+                instance=inst.name,
+                pids=self.cgroups.killed,
+                reason="an earlier daemon's worker in the cgroup of a new run",
+            )
+        if cgroup is None:
+            log.warning(
+                "cgroup_unavailable",
+                program=inst.program.name,
+                instance=inst.name,
+                reason=self.cgroups.last_error,
+            )
+        return cgroup
 
     def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
         code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
@@ -650,48 +689,123 @@ class Supervisor:
     # -- reload -----------------------------------------------------------------------
 
     def prepare(self, new: Config) -> Prepared:
-        """What a reload to `new` needs that can fail (the output files of the added and
-        changed programs), made before anything changes; OSError, with nothing left
-        open, when one cannot be made. `discard` undoes it; `reload` uses it."""
-        old = {p.name: p for p in self.config.programs}
-        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
-        fresh = {p.name: p for p in new.programs}
-        for name, program in old.items():
-            if name not in fresh:
-                diff["removed"].append(name)
-            elif program != fresh[name]:  # frozen dataclasses: every setting compared
-                diff["changed"].append(name)
-            else:
-                diff["unchanged"].append(name)
-        diff["added"] = [n for n in fresh if n not in old]
-        prepared = Prepared(new, diff, {})
+        """What a reload to `new` needs that can fail (the output files of the instances it
+        adds and of the outputs it moves), made before anything changes; OSError, with
+        nothing left open, when one cannot be made. `discard` undoes it; `reload` uses it."""
+        changes = plan(self.config.programs, new.programs)
+        prepared = Prepared(new, changes, {})
         try:
-            for name in diff["added"] + diff["changed"]:
-                prepared.sinks[name] = _open_sinks(fresh[name], self.socket_path)
+            for change in changes:
+                if change.new is None or change.how == "unchanged":
+                    continue
+                kept, added, _ = change.indices()
+                wanted = [*kept, *added] if change.new_sinks else added
+                prepared.sinks.update(_open_sinks(change.new, self.socket_path, wanted))
         except OSError:
             prepared.discard()
             raise
         return prepared
 
-    async def reload(self, new: Config, prepared: Prepared | None = None) -> dict[str, list[str]]:
-        """Start added programs, stop removed ones, restart changed ones, keep the rest."""
+    async def reload(
+        self, new: Config, prepared: Prepared | None = None, restart_changed: bool = False
+    ) -> dict[str, Any]:
+        """Apply a new config in place (see `changes`): limits at once, what a worker is
+        at its next start (now with `restart_changed`), instances added or stopped one by
+        one; only removed programs and instances past a smaller numprocs are stopped.
+        Returns the lists of programs by kind of change, and per program what was done."""
         prepared = self.prepare(new) if prepared is None else prepared
-        diff = prepared.diff
-        fresh = {p.name: p for p in new.programs}
         self.config = new
-        going = [
-            i
-            for i in self.instances.values()
-            if i.program.name in diff["removed"] + diff["changed"]
-        ]
-        for inst in going:
+        report: dict[str, dict[str, Any]] = {}
+        going: list[Instance] = []  # stopped, then dropped
+        for change in prepared.changes:
+            row = report[change.name] = {"how": change.how}
+            if change.how == "removed":
+                going += [i for i in self.instances.values() if i.program.name == change.name]
+            elif change.how == "changed":
+                row.update(self._apply_change(change, prepared.sinks, going))
+        restarting = self._stale_instances() if restart_changed else []
+        for inst in restarting:
+            report[inst.program.name].setdefault("restarted", []).append(inst.name)
+        for inst in going + restarting:
             self.post(inst, Stop())
-        await self.wait_for([i.name for i in going], TERMINAL, self.stop_timeout(going))
+        await self._wait_stopped(going + restarting)
         for inst in going:
             self._drop_instance(inst.name)
-        for name in diff["added"] + diff["changed"]:
-            self._add_program(fresh[name], prepared.sinks[name])
-        return diff
+        for inst in restarting:
+            self.post(inst, Start())
+        for change in prepared.changes:
+            if change.new is None or change.how not in ("added", "changed"):
+                continue
+            _, added, _ = change.indices()
+            if added:
+                names = self._add_program(change.new, prepared.sinks, added)
+                report[change.name]["started"] = names
+        lists = {how: [c.name for c in prepared.changes if c.how == how] for how in _HOWS}
+        return {**lists, "programs": report}
+
+    def _apply_change(
+        self, change: ProgramChange, sinks: Sinks, going: list[Instance]
+    ) -> dict[str, Any]:
+        """A changed program's kept instances take the new config (limits now, what the
+        worker is at its next start); those past a smaller numprocs go to `going`. What
+        was done, for the reply and the log."""
+        assert change.old is not None and change.new is not None
+        kept, _, removed = change.indices()
+        name = change.name
+        for index in kept:
+            inst = self.instances[f"{name}:{index}"]
+            for action in inst.update_program(change.new):
+                self._execute(inst, action)
+            self._retarget_output(inst.name, change, sinks)
+            run = self.runs[inst.name]
+            if run.tasks_max == change.old.tasks_without_lease:  # no lease: follow the new
+                self.contain(inst.name, None)
+        going += [self.instances[f"{name}:{i}"] for i in removed]
+        return {
+            "in_place": list(change.in_place),
+            "next_start": list(change.identity),
+            "stopped": [f"{name}:{i}" for i in removed],
+        }
+
+    def _stale_instances(self) -> list[Instance]:
+        """The instances that run as something their program no longer is (a reload
+        changed their command, user, environment...), and should run: to restart now."""
+        out = []
+        for name, inst in self.instances.items():
+            spawned = self.runs[name].spawned
+            up = inst.state in (State.STARTING, State.RUNNING)  # BACKOFF starts anew anyway
+            if up and inst.wanted and spawned is not None and stale(spawned, inst.program):
+                out.append(inst)
+        return out
+
+    def _retarget_output(self, instance: str, change: ProgramChange, sinks: Sinks) -> None:
+        """A kept instance's output follows the new config: new files when the destination
+        moved (what `tail` keeps in memory carried over), new sizes otherwise."""
+        assert change.new is not None
+        run = self.runs[instance]
+        for i, stream in enumerate(("stdout", "stderr")):
+            old = self.sinks[(instance, stream)]
+            if change.new_sinks:
+                fresh = sinks[(instance, stream)]
+                fresh.carry(old)
+                self.sinks[(instance, stream)] = fresh
+                if i < len(run.readers):
+                    run.readers[i].sink = fresh
+                old.close()
+            else:
+                old.resize(change.new.output)
+
+    async def _wait_stopped(self, instances: list[Instance]) -> None:
+        """Until every instance is down: a reload never drops one it has not seen stop.
+        The kill always ends (SIGKILL rounds have a deadline of their own), so this is a
+        wait for it, with one line if it takes longer than the stop should."""
+        names = [i.name for i in instances]
+        if await self.wait_for(names, TERMINAL, self.stop_timeout(instances)):
+            return
+        late = [i.name for i in instances if i.state not in TERMINAL]
+        log.warning("reload_waiting", instances=late, reason="their stop takes longer")
+        while not await self.wait_for(names, TERMINAL, 60.0):
+            pass
 
     def _drop_instance(self, name: str) -> None:
         self.instances.pop(name, None)
@@ -713,6 +827,9 @@ class Supervisor:
             run = self.runs[inst.name]
             row = inst.snapshot(now)
             row["tasks"] = _tree_tasks(run) if run.proc is not None else None
+            # what it takes at its next start (a reload changed it while it ran)
+            running = run.spawned if run.proc is not None else None
+            row["pending"] = list(stale(running, inst.program)) if running else []
             row["ok"] = _is_ok(inst)
             entry = programs.setdefault(
                 inst.program.name, {"name": inst.program.name, "instances": []}

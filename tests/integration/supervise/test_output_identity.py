@@ -42,7 +42,11 @@ def test_two_daemons_default_output_files_are_apart(
         where = paths.LOG_DIR / paths.daemon_id(d.socket)
         per_daemon_dirs.append(where)
         out = where / "batt-0.out.log"
-        wait_until(lambda out=out: out.exists() and out.read_text(), timeout=15, what=str(out))
+        wait_until(  # the whole line (the pipe may bring it in pieces)
+            lambda out=out: out.exists() and out.read_text().endswith("\n"),
+            timeout=15,
+            what=str(out),
+        )
         files.append(out)
     assert files[0] != files[1]
     assert str(a.socket) in files[0].read_text() and str(b.socket) not in files[0].read_text()
