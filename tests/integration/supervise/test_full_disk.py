@@ -122,9 +122,11 @@ def test_the_daemons_own_lines_of_a_full_disk_are_written_once_there_is_room(
         what="the kills of the full minutes in the log",
     )
     assert kills[0]["instance"] == "slow:0" and kills[0]["reason"] == "wall_clock_limit"
-    # and all the output lines of those runs, none dropped
+    # and all the output lines of those runs, none dropped: whole runs of 200, in order
     output = [e["line"] for e in _events(log_file) if e["event"] == "output"]
-    assert len(output) >= 3 * 200 and output[:200] == [f"{i} {'x' * 100}" for i in range(200)]
+    whole = sum(1 for line in output if line.startswith("199 "))
+    run = [f"{i} {'x' * 100}" for i in range(200)]
+    assert whole >= 2 and output[: whole * 200] == run * whole
     assert not [e for e in _events(log_file) if e["event"] == "log_lines_lost"]
 
 
