@@ -34,6 +34,7 @@ from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.monitor import HostMonitor
@@ -85,6 +86,10 @@ class Daemon:
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.metrics = MetricsOutputs(self)
+        # every instance, kept current beside the socket: a restart adopts the workers
+        self.state_record = StateRecord(self.socket_path, self._recorded)
+        self.supervisor.on_change = self.state_record.mark
+        self.supervisor.on_pipes = self._store_pipes
 
     # -- life -------------------------------------------------------------------------
 
@@ -120,11 +125,20 @@ class Daemon:
         self.sample = self.monitor.sample()
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
-        await self.server.start()
+        record = self.state_record.load()
+        listen = self.notifier.passed.pop(LISTEN_NAME, [None])[0]
+        pipes = _passed_pipes(self.notifier.passed)
+        await self.server.start(inherited=listen)
+        if (fd := self.server.listener_fd()) is not None:
+            self.notifier.store(LISTEN_NAME, fd)
         await self.metrics.apply(self.config.metrics)
         self._write_pid_file()
-        await self.supervisor.settle_leftovers()  # an earlier daemon's, before ours start
-        self.supervisor.start()
+        instances = record.get("instances") if record is not None else None
+        adopted = self.supervisor.start(instances, pipes)
+        await self.supervisor.settle_leftovers()  # what an earlier daemon left unadopted
+        self.supervisor.autostart(skip=adopted)
+        self._unstore_pipes_of(set(self.supervisor.instances) - set(adopted), pipes)
+        self.state_record.write()
         tightest = self.sample.tightest()
         log.info(
             "started",
@@ -189,6 +203,7 @@ class Daemon:
         self.commands.fallback_log.summarize()
         self.faults.summarize()
         pinger.cancel()
+        self.state_record.remove()  # stopped: nothing is left to adopt
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
@@ -205,6 +220,29 @@ class Daemon:
             tight = self.sample.tightest()
             line += f"; tasks {tight.in_use}/{tight.limit} of {tight.name} (tightest)"
         return line
+
+    def _recorded(self) -> dict[str, Any]:
+        """What the state record keeps (`staterecord`)."""
+        return {"instances": self.supervisor.snapshot()}
+
+    def _store_pipes(self, instance: str, fds: dict[str, int] | None) -> None:
+        """Keep a run's output pipes in systemd's store (None: its run ended), so a daemon
+        restarted after a crash still reads them and its workers never see EPIPE."""
+        for stream in ("stdout", "stderr"):
+            name = pipe_name(instance, stream)
+            if name is None:
+                continue
+            if fds is None:
+                self.notifier.unstore(name)
+            else:
+                self.notifier.store(name, fds[stream])
+
+    def _unstore_pipes_of(self, instances: set[str], passed: dict[tuple[str, str], int]) -> None:
+        """Drop from the store the pipes systemd passed for runs that were not adopted."""
+        for instance, stream in passed:
+            name = pipe_name(instance, stream)
+            if instance in instances and name is not None:
+                self.notifier.unstore(name)
 
     def _write_pid_file(self) -> None:
         """daemon.pid_file: written once the socket serves, removed at shutdown."""
@@ -557,6 +595,37 @@ class MetricsOutputs:
         if self.config.textfile is not None:
             with contextlib.suppress(OSError):
                 self.config.textfile.unlink()
+
+
+LISTEN_NAME = "listen"  # the listening socket's name in systemd's descriptor store
+_PIPE_PREFIX = {"stdout": "o", "stderr": "e"}
+
+
+def pipe_name(instance: str, stream: str) -> str | None:
+    """A run's pipe's name in the store (FDNAME allows no ':', at most 255 bytes): the
+    stream's letter and the instance name in hex; None for a name too long to store."""
+    name = _PIPE_PREFIX[stream] + instance.encode().hex()
+    return name if len(name) <= 255 else None
+
+
+def _passed_pipes(passed: dict[str, list[int]]) -> dict[tuple[str, str], int]:
+    """(instance, stream) -> fd of the pipes systemd passed back (`pipe_name`'s inverse);
+    any other descriptor passed is closed."""
+    streams = {letter: stream for stream, letter in _PIPE_PREFIX.items()}
+    out = {}
+    for name, fds in passed.items():
+        stream = streams.get(name[:1])
+        try:
+            instance = bytes.fromhex(name[1:]).decode() if stream else None
+        except (ValueError, UnicodeDecodeError):
+            instance = None
+        for i, fd in enumerate(fds):
+            if instance is not None and stream is not None and i == 0:
+                out[(instance, stream)] = fd
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    return out
 
 
 def _watched_users(config: Config) -> list[int | str]:

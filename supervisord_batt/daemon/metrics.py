@@ -191,7 +191,7 @@ class DaemonCollector:
         yield kills
         runs = CounterMetricFamily(
             P + "runs",
-            "Runs ended, by program and outcome (completed, failed, killed, stopped)",
+            "Runs ended, by program and outcome (completed, failed, killed, stopped, unknown)",
             labels=["program", "outcome"],
         )
         for (program, outcome), count in sorted(sup.tally.runs.items()):

@@ -312,6 +312,15 @@ class WorkerCgroups:
         self._made[str(path)] = cg
         return cg
 
+    def adopt(self, path: Path) -> WorkerCgroup | None:
+        """An existing worker cgroup of this root, made by the previous daemon (a
+        re-execution, a restart): ours from now on. None when it is not one of ours."""
+        if self.root is None or path.parent != self.root or not path.is_dir():
+            return None
+        cg = WorkerCgroup(path, _chain_below(self.root, self.root.parent))
+        self._made[str(path)] = cg
+        return cg
+
     def leftovers(self) -> list[WorkerCgroup]:
         """Worker cgroups an earlier daemon with this root left behind (it was killed)."""
         if self.root is None:

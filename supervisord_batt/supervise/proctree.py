@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from supervisord_batt.host.procfs import ProcStat, read_stat
 from supervisord_batt.supervise.cgroups import (
@@ -51,6 +51,8 @@ from supervisord_batt.supervise.cgroups import (
 )
 
 __all__ = [
+    "Adopted",
+    "Child",
     "ExitWatcher",
     "KillReport",
     "UnknownUser",
@@ -228,6 +230,63 @@ def spawn(
             os.close(err_w)
 
 
+# ----------------------------------------------------------------------------- children
+
+
+class Child(Protocol):
+    """A worker's main process as the supervisor holds it: the `subprocess.Popen` it
+    spawned, or an `Adopted` one it found (after a re-execution or a crash). A
+    returncode of None after the exit means the status is not known."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+
+class Adopted:
+    """A worker this process did not start with Popen, held by pid.
+
+    After a re-execution the daemon is still its parent (`child`): its exit status is
+    read with waitpid as Popen would. After a crash it is somebody else's child (systemd
+    reaped it): the exit is seen (pidfd, /proc) but its status is not known (None).
+    """
+
+    def __init__(self, pid: int, *, child: bool) -> None:
+        self.pid, self.child = pid, child
+        self.returncode: int | None = None
+        self.gone = False
+
+    def poll(self) -> int | None:
+        if self.gone:
+            return self.returncode
+        if self.child:
+            try:
+                got, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: gone, status unknown
+                self.gone = True
+                return None
+            if got == self.pid:
+                self.gone, self.returncode = True, os.waitstatus_to_exitcode(status)
+            return self.returncode
+        self.gone = not _running(self.pid)
+        return None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Until it exits (a short poll: it is called once the exit was seen)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None and not self.gone:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.005)
+        return self.returncode
+
+
 # ----------------------------------------------------------------------------- exits
 
 
@@ -236,15 +295,16 @@ class ExitWatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
-        self._watched: dict[int, tuple[subprocess.Popen[bytes], Callable[[int], None]]] = {}
+        self._watched: dict[int, tuple[Child, Callable[[int | None], None]]] = {}
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def watch(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
-        """`callback(returncode)` once `proc` exits (negative: killed by that signal)."""
+    def watch(self, proc: Child, callback: Callable[[int | None], None]) -> None:
+        """`callback(returncode)` once `proc` exits (negative: killed by that signal;
+        None: an adopted process whose status nobody told us)."""
         loop = self._get_loop()
         if proc.returncode is not None:  # reaped: its pid may belong to someone else now
             loop.call_soon(callback, proc.returncode)
@@ -260,10 +320,10 @@ class ExitWatcher:
         self._watched[fd] = (proc, callback)
         loop.add_reader(fd, self._exited, fd)
 
-    def _poll(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
+    def _poll(self, proc: Child, callback: Callable[[int | None], None]) -> None:
         """Without a pidfd: a non-blocking waitpid of our own child, then a pidfd again."""
         code = proc.poll()
-        if code is not None:
+        if code is not None or getattr(proc, "gone", False):
             callback(code)
         else:
             self.watch(proc, callback)

@@ -38,6 +38,8 @@ from supervisord_batt.supervise.cgroups import instance_dir_name
 from supervisord_batt.supervise.changes import ProgramChange, plan, stale
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
+    Adopted,
+    Child,
     ExitWatcher,
     UnknownUser,
     WorkerCgroup,
@@ -48,6 +50,14 @@ from supervisord_batt.supervise.proctree import (
     reap_adopted,
     spawn,
     tree_task_count,
+)
+from supervisord_batt.supervise.record import (
+    RunRecord,
+    identity_of,
+    restore,
+    run_record,
+    spawned_as,
+    to_json,
 )
 from supervisord_batt.supervise.states import (
     Action,
@@ -81,7 +91,7 @@ _HOWS = ("added", "removed", "changed", "unchanged")
 class Run:
     """What one instance's current run holds besides its state."""
 
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Child | None = None  # the main process: spawned (Popen), or adopted
     cgroup: WorkerCgroup | None = None
     readers: list[PipeReader] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -105,7 +115,8 @@ class Tally:
     restarts: Counter[str] = field(default_factory=Counter)  # program -> automatic restarts
     kills: Counter[tuple[str, str]] = field(default_factory=Counter)  # (program, reason)
     # (program, outcome): completed (exit 0), failed (non-zero or a signal of its own),
-    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload)
+    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload),
+    # unknown (adopted after a crash, ended before anyone could see how)
     runs: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
@@ -216,6 +227,11 @@ class Supervisor:
         # one queue for control: reloads and operators' start, stop and restart run one at
         # a time, so a start during a reload is never undone by it unseen
         self.control = asyncio.Lock()
+        # after every event: the daemon keeps its state record current (staterecord)
+        self.on_change: Callable[[], None] = lambda: None
+        # a run's output pipes came ((instance, {stream: fd})) or went ((instance, None)):
+        # the daemon keeps systemd's descriptor store in step (notify)
+        self.on_pipes: Callable[[str, dict[str, int] | None], None] = lambda name, fds: None
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
         self.tally = Tally()
@@ -253,7 +269,18 @@ class Supervisor:
             self.leftovers.append(record)
         return self.leftovers
 
-    def start(self) -> None:
+    def start(
+        self,
+        records: dict[str, dict[str, Any]] | None = None,
+        pipes: dict[tuple[str, str], int] | None = None,
+        *,
+        children: bool = False,
+    ) -> list[str]:
+        """Add every program's instances; those in `records` (a previous daemon's,
+        `snapshot`) go on where it left them: their processes adopted (still our
+        `children` after a re-execution; someone else's after a crash), their output read
+        from `pipes` ((instance, stream) -> fd), deadlines and backoff timers armed again.
+        Returns the adopted instances; `autostart` starts the others."""
         subreaper = become_subreaper()
         log.info(
             "supervisor_started",
@@ -263,8 +290,109 @@ class Supervisor:
             subreaper=subreaper,
             programs=[p.name for p in self.config.programs],
         )
+        records, pipes = records or {}, dict(pipes or {})
+        adopted = []
         for program in self.config.programs:
-            self._add_program(program)
+            for name in self._add_program(program, start=False):
+                inst = self.instances[name]
+                data = records.get(name)
+                if data is not None and self._restore(inst, data, pipes, children):
+                    adopted.append(name)
+        for fd in pipes.values():  # of instances no longer configured, or not adopted
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return adopted
+
+    def autostart(self, skip: Iterable[str] = ()) -> None:
+        """Start every instance whose program autostarts, but those in `skip` (adopted)."""
+        skipped = set(skip)
+        for name, inst in self.instances.items():
+            if inst.program.autostart and name not in skipped:
+                self.post(inst, Start())
+
+    def _restore(
+        self,
+        inst: Instance,
+        data: dict[str, Any],
+        pipes: dict[tuple[str, str], int],
+        children: bool,
+    ) -> bool:
+        """Go on with an instance where the previous daemon left it; False when there is
+        nothing to go on with (it never ran, or its process is another one now)."""
+        rec = run_record(data)
+        state = State(data["state"])
+        if state in (State.STARTING, State.STOPPING) or (
+            state is State.RUNNING and (rec.pid is None or rec.pid_start is None)
+        ):
+            return False  # mid-way: started afresh (a STOPPING tree is a leftover)
+        run = self.runs[inst.name]
+        restore(inst, data)
+        for action in inst.update_program(inst.program):  # a limit counts from its start
+            self._execute(inst, action)
+        if state is State.BACKOFF and inst.wake_at is not None:
+            self._execute(inst, SetTimer(inst.wake_at))
+        if state is not State.RUNNING:
+            return True
+        assert rec.pid is not None
+        proc = Adopted(rec.pid, child=children)
+        if identity((rec.pid,)).get(rec.pid) != rec.pid_start:
+            proc.gone = True  # ended while nobody watched (or its pid is another's now)
+        run.proc, run.last_progress, run.tasks_max = proc, rec.last_progress, rec.tasks_max
+        run.known, run.exit_seen, run.killed_for = dict(rec.known), False, None
+        run.spawned = spawned_as(inst.program, rec.spawned)
+        if rec.cgroup is not None:
+            run.cgroup = self.cgroups.adopt(rec.cgroup)
+        for stream in ("stdout", "stderr"):
+            sink = self.sinks[(inst.name, stream)]
+            sink.total = rec.offsets.get(stream, 0)
+            fd = pipes.pop((inst.name, stream), None)
+            if fd is not None:
+                run.readers.append(PipeReader(fd, sink))
+        if inst.deadline_at is not None:
+            self._execute(inst, SetDeadline(inst.deadline_at))  # one past fires at once
+        log.info(
+            "adopted",
+            program=inst.program.name,
+            instance=inst.name,
+            pid=rec.pid,
+            child=children,
+            output=len(run.readers) == 2,
+            deadline_in_s=None
+            if inst.deadline_at is None
+            else round(inst.deadline_at - time.monotonic(), 3),
+            reason="re-executed" if children else "found running after a restart",
+        )
+        self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
+        return True
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every instance as the state record keeps it (`record.to_json`)."""
+        out = {}
+        for name, inst in self.instances.items():
+            run = self.runs[name]
+            pid = run.proc.pid if run.proc is not None else None
+            start = identity((pid,)).get(pid) if pid is not None else None
+            rec = RunRecord(
+                pid=pid,
+                pid_start=start,
+                cgroup=run.cgroup.path if run.cgroup is not None else None,
+                last_progress=run.last_progress,
+                tasks_max=run.tasks_max,
+                known=run.known,
+                spawned=identity_of(run.spawned) if run.spawned is not None else {},
+                offsets={st: self.sinks[(name, st)].total for st in ("stdout", "stderr")},
+            )
+            out[name] = to_json(inst, rec)
+        return out
+
+    def pipes(self) -> dict[tuple[str, str], int]:
+        """(instance, stream) -> the read end of each running worker's output pipe."""
+        out = {}
+        for name, run in self.runs.items():
+            for stream, reader in zip(("stdout", "stderr"), run.readers, strict=False):
+                if reader.open:
+                    out[(name, stream)] = reader.fd
+        return out
 
     async def shutdown(self, timeout: float) -> None:
         """Stop every instance (stop signal, grace, kill) and wait for their trees."""
@@ -297,10 +425,14 @@ class Supervisor:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
     def _add_program(
-        self, program: ProgramConfig, sinks: Sinks | None = None, indices: Iterable[int] = ()
+        self,
+        program: ProgramConfig,
+        sinks: Sinks | None = None,
+        indices: Iterable[int] = (),
+        start: bool = True,
     ) -> list[str]:
-        """Add instances of `program` (`indices`; all when empty), started if it autostarts;
-        their names."""
+        """Add instances of `program` (`indices`; all when empty), started if it autostarts
+        (and `start`); their names."""
         indices = list(indices) or list(range(program.numprocs))
         if sinks is None:
             sinks = _open_sinks(program, self.socket_path, indices)
@@ -311,7 +443,7 @@ class Supervisor:
             self.runs[inst.name] = Run()
             for stream in ("stdout", "stderr"):
                 self.sinks[(inst.name, stream)] = sinks[(inst.name, stream)]
-            if program.autostart:
+            if program.autostart and start:
                 self.post(inst, Start())
             names.append(inst.name)
         return names
@@ -322,6 +454,7 @@ class Supervisor:
         for action in inst.handle(event, time.monotonic()):
             self._execute(inst, action)
         self.changed.set()
+        self.on_change()
 
     def _execute(self, inst: Instance, action: Action) -> None:
         run = self.runs[inst.name]
@@ -408,6 +541,7 @@ class Supervisor:
             PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
             PipeReader(err_r, self.sinks[(inst.name, "stderr")]),
         ]
+        self.on_pipes(inst.name, {"stdout": out_r, "stderr": err_r})
         log.info(
             "spawn",
             program=program.name,
@@ -460,7 +594,7 @@ class Supervisor:
         env[paths.WANT_ENV] = str(inst.program.slots)
         return env
 
-    def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
+    def _exited(self, inst: Instance, proc: Child, returncode: int | None) -> None:
         run = self.runs.get(inst.name)
         if run is None or run.proc is not proc or run.exit_seen:
             return
@@ -530,6 +664,7 @@ class Supervisor:
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
         run.proc, run.cgroup, run.readers, run.known = None, None, [], {}
+        self.on_pipes(inst.name, None)
         self.on_tree_gone(inst.name, report.pids)
         self.post(inst, TreeGone(report.tasks_at_kill, report.needed_sigkill))
 
@@ -841,12 +976,15 @@ class Supervisor:
         return all(_is_ok(inst) for inst in self.instances.values())
 
 
-def _outcome(run: Run, inst: Instance, returncode: int) -> str:
-    """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs."""
+def _outcome(run: Run, inst: Instance, returncode: int | None) -> str:
+    """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs; or
+    unknown, for a worker adopted after a crash that ended with nobody to tell us how."""
     if run.killed_for in ("wall_clock_limit", "progress_timeout"):
         return "killed"
     if run.killed_for is not None or (inst.state is State.STOPPING and not inst.wanted):
         return "stopped"
+    if returncode is None:
+        return "unknown"
     return "completed" if returncode == 0 else "failed"
 
 
