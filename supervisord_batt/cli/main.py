@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
     p.set_defaults(func=cmd_tail)
 
+    p = sub.add_parser(
+        "cleanup",
+        help="kill what a stopped daemon left running (the unit's ExecStopPost; nothing "
+        "after a crash, whose restart adopts the workers)",
+    )
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.set_defaults(func=cmd_cleanup)
+
     p = sub.add_parser("top", help="a live full-screen view of limits, programs and leases")
     _add_config_arg(p)
     _add_socket_arg(p)
@@ -423,6 +432,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.write(nxt["data"])
         sys.stdout.flush()
         reply = nxt
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.cleanup import cleanup
+
+    for line in cleanup(_socket_for(args), os.environ.get("SERVICE_RESULT")):
+        print(f"supervisord-batt cleanup: {line}")
     return 0
 
 
