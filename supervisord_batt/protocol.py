@@ -64,6 +64,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "kinds": Field((list,)),
         "job": Field(_STR),
         "pid": Field(_INT),
+        # after the daemon's restart: the lease the job held, and the workers it runs
+        "resume": Field(_STR),
+        "workers_in_use": Field(_INT),
     },
     "renew": {"lease": Field(_STR, True), "workers_in_use": Field(_INT)},
     "release": {"lease": Field(_STR, True)},
@@ -81,6 +84,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "stop": {"target": Field(_STR, True)},
     "restart": {"target": Field(_STR, True)},
     "reload": {"restart_changed": Field((bool,))},
+    "reexec": {},
     "tail": {
         "target": Field(_STR, True),
         "stream": Field(_STR),

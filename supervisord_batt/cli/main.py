@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser(
+        "reexec",
+        help="replace the daemon's program in place (after an upgrade): same pid, workers "
+        "and leases kept, the socket served throughout",
+    )
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the new program"
+    )
+    p.set_defaults(func=cmd_reexec)
+
+    p = sub.add_parser(
         "cleanup",
         help="kill what a stopped daemon left running (the unit's ExecStopPost; nothing "
         "after a crash, whose restart adopts the workers)",
@@ -433,6 +445,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         reply = nxt
     return 0
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.reexec import reexec
+
+    return reexec(_socket_for(args), args.timeout)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

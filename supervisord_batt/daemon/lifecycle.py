@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisord_batt import __version__, logs, paths, safepath
+from supervisord_batt import __version__, logs, paths, protocol, safepath
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config, MetricsConfig
+from supervisord_batt.daemon import reexec, resume
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
@@ -52,6 +53,10 @@ class Daemon:
         self.config = config
         # first: it clears NOTIFY_SOCKET from the environment the workers will inherit
         self.notifier = Notifier()
+        # what the program this one replaced in place passed on (`reexec`)
+        self.reexeced, passed = reexec.inherited()
+        for name, fds in passed.items():
+            self.notifier.passed.setdefault(name, []).extend(fds)
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
@@ -59,6 +64,7 @@ class Daemon:
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
         self.containment = Containment(self.ledger, self.supervisor)
+        self.resumable = resume.Resumable(self.ledger)
         # what the host ran out of (descriptors for accept, scan): counted, never fatal
         self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
         self.commands = Commands(
@@ -66,6 +72,8 @@ class Daemon:
             lease_log=self.lease_log,
             supervisor=self.supervisor,
             reload=self.reload,
+            reexec=self.reexec,
+            resumable=self.resumable,
             accepting=lambda: self.server.accepting,
             connections=lambda: len(self.server.connections),
             sample=lambda: self.sample,
@@ -83,6 +91,8 @@ class Daemon:
         self._trees: dict[str, int] = {}
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
+        self._reexec: asyncio.Task[None] | None = None  # the exec, once its reply is sent
+        self._recorded_leases: tuple[str, ...] = ()  # the lease ids the record has
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.metrics = MetricsOutputs(self)
@@ -126,6 +136,8 @@ class Daemon:
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
         record = self.state_record.load()
+        if record is not None:  # before the socket serves: no newcomer takes their slots
+            self.resumable.restore(record.get("leases"), record.get("last_lease"))
         listen = self.notifier.passed.pop(LISTEN_NAME, [None])[0]
         pipes = _passed_pipes(self.notifier.passed)
         await self.server.start(inherited=listen)
@@ -134,7 +146,7 @@ class Daemon:
         await self.metrics.apply(self.config.metrics)
         self._write_pid_file()
         instances = record.get("instances") if record is not None else None
-        adopted = self.supervisor.start(instances, pipes)
+        adopted = self.supervisor.start(instances, pipes, children=self.reexeced)
         await self.supervisor.settle_leftovers()  # what an earlier daemon left unadopted
         self.supervisor.autostart(skip=adopted)
         self._unstore_pipes_of(set(self.supervisor.instances) - set(adopted), pipes)
@@ -144,6 +156,7 @@ class Daemon:
             "started",
             version=__version__,
             pid=os.getpid(),
+            reexecuted=self.reexeced,
             socket=str(self.socket_path),
             tightest=tightest.name,
             headroom=tightest.headroom,
@@ -223,7 +236,13 @@ class Daemon:
 
     def _recorded(self) -> dict[str, Any]:
         """What the state record keeps (`staterecord`)."""
-        return {"instances": self.supervisor.snapshot()}
+        leases = resume.recorded(self.ledger)
+        self._recorded_leases = tuple(lease["lease"] for lease in leases)
+        return {
+            "instances": self.supervisor.snapshot(),
+            "leases": leases,
+            "last_lease": f"L{self.ledger.last_id}",
+        }
 
     def _store_pipes(self, instance: str, fds: dict[str, int] | None) -> None:
         """Keep a run's output pipes in systemd's store (None: its run ended), so a daemon
@@ -337,13 +356,17 @@ class Daemon:
                 leased=stats.leased,
                 **self.limits_now(),
             )
-        for lease in self.ledger.expire():
+        expired = self.ledger.expire()
+        for lease in expired:
             self.lease_log.ended(
                 "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
             )
             holder = self.server.holder(lease.holder)
             if holder is not None:
                 self.containment.follow(holder)
+        self.resumable.forget({lease.lease_id for lease in expired})
+        if tuple(self.ledger.lease_pids()) != self._recorded_leases:
+            self.state_record.mark()  # at most once a tick for leases: a crash loses less
         self.lease_log.summarize()
         self.server.problems.summarize()
         self.commands.fallback_log.summarize()
@@ -436,6 +459,89 @@ class Daemon:
         except OSError as exc:
             log.error("log_reopen_failed", path=str(self.config.daemon.log_file), reason=str(exc))
         self.supervisor.reopen_outputs()
+
+    # -- re-execution (`reexec`) -------------------------------------------------------
+
+    async def reexec(self, conn: Connection, request_id: Any, by: dict[str, Any]) -> dict[str, Any]:
+        """Check the installed code, then exec it in place once this reply is sent (see
+        `reexec`); raises ReexecRefused, and the daemon runs on, when it cannot."""
+        if self._reexec is not None:
+            raise reexec.ReexecRefused("a re-execution is already under way")
+        problem = await reexec.preflight(self.config.source)
+        if problem is None:
+            async with self.supervisor.control:
+                problem = await self._settled(deadline=time.monotonic() + 30.0)
+        if problem is not None:
+            log.error("reexec_refused", reason=problem, **by)
+            raise reexec.ReexecRefused(problem)
+        self._reexec = asyncio.get_running_loop().create_task(self._exec(conn, request_id, by))
+        self._reexec.add_done_callback(self._exec_ended)
+        return {"pid": os.getpid(), "version": __version__, "command": reexec.command()}
+
+    async def _settled(self, deadline: float) -> str | None:
+        """Wait until no instance is starting or stopping (their records are not ones
+        to go on from); what is still mid-way at the deadline."""
+        while True:
+            midway = self._midway()
+            if not midway or time.monotonic() >= deadline:
+                return (
+                    f"instances still starting or stopping: {', '.join(midway)}" if midway else None
+                )
+            await asyncio.sleep(0.05)
+
+    def _midway(self) -> list[str]:
+        return [
+            name
+            for name, inst in self.supervisor.instances.items()
+            if inst.state in (State.STARTING, State.STOPPING)
+        ]
+
+    async def _exec(self, conn: Connection, request_id: Any, by: dict[str, Any]) -> None:
+        async with self.supervisor.control:
+            deadline = time.monotonic() + 2.0  # the reply out first: the asker learns it
+            while conn.transport.get_write_buffer_size() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            reason = await self._settled(deadline=time.monotonic() + 10.0)
+            if reason is None:
+                reason = self._exec_now(by)  # returns only when the exec failed
+            log.error("reexec_failed", reason=reason, **by)
+            self.notifier.ready(self.status_line())
+            if not conn.transport.is_closing():
+                error = {"code": protocol.INTERNAL, "message": f"reexec failed: {reason}"}
+                conn.transport.write(
+                    protocol.encode({"id": request_id, "ok": False, "error": error})
+                )
+
+    def _exec_ended(self, task: asyncio.Task[None]) -> None:
+        """A bug in the exec's preparation is said, and the daemon runs on."""
+        self._reexec = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("reexec_failed", reason=repr(exc), exc_info=exc)
+            self.notifier.ready(self.status_line())
+
+    def _exec_now(self, by: dict[str, Any]) -> str:
+        """Record everything, pass the socket and the pipes, exec; why it failed."""
+        fds = {
+            name: fd
+            for (instance, stream), fd in self.supervisor.pipes().items()
+            if (name := pipe_name(instance, stream)) is not None
+        }
+        listen = self.server.listener_fd()
+        if listen is not None:
+            fds[LISTEN_NAME] = listen
+        self.notifier.reloading()
+        self.state_record.write()
+        log.info(
+            "reexec",
+            daemon_pid=os.getpid(),
+            version=__version__,
+            command=reexec.command(),
+            running=sum(1 for i in self.supervisor.instances.values() if i.state is State.RUNNING),
+            leases=len(self._recorded_leases),
+            **by,
+        )
+        logs.flush()
+        return str(reexec.exec_self(fds, self.notifier.environment))
 
     def _reject(self, source: Path, by: dict[str, Any], reason: str) -> NoReturn:
         log.error("reload_rejected", path=str(source), reason=reason, **by)
