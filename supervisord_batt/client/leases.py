@@ -185,6 +185,7 @@ class _Origin:
 
 
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between reconnects to a restarting daemon
+RESUME_TIMEOUT = 0.25  # seconds one try to resume may block the job
 
 
 @dataclass
@@ -307,7 +308,9 @@ class Grant:
             fields["workers_in_use"] = int(workers_in_use)
         conn: Connection | None = None
         try:
-            conn = Connection(origin.path, timeout=origin.timeout)
+            # a short wait: the job's pool idles while it waits here, and a daemon still
+            # starting is asked again at the next try
+            conn = Connection(origin.path, timeout=min(origin.timeout, RESUME_TIMEOUT))
             reply = _ask(conn, origin.want, origin.kinds, origin.job, fields)
         except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
             if conn is not None:
