@@ -20,6 +20,13 @@ logged it, the reply to the client is sent before its log line is written, and a
 of many requests costs one write. A SIGKILL can lose at most that one iteration's lines;
 every exit of the daemon's loop flushes.
 
+# Why a backlog when the log cannot be written
+The kill, timeout and pressure lines of a full disk's minutes are the ones an operator
+needs afterwards. A write that fails (ENOSPC, EIO, a closed pipe) keeps the lines it
+could not write, up to `_MAX_BACKLOG` bytes, and each later flush tries them first;
+past the bound the oldest lines go and are counted. Once the log takes lines again the
+backlog is written in order, then one `log_lines_lost` line with the count, if any.
+
 # Why a "<N>" in front of each line under journald
 journald reads a service's stdout as plain lines at one priority, unless a line starts
 with a syslog priority in angle brackets (sd-daemon(3)). When stdout is the journal
@@ -74,6 +81,10 @@ class _State:
         self.pending_chars = 0
         self.scheduled = False
         self.recent: deque[str] | None = None  # the last lines at info and above (the daemon)
+        self.log_file: Path | None = None  # the file `configure` opened, for `reopen`
+        self.backlog = bytearray()  # lines a failed write kept, oldest first (whole lines)
+        self.lost = 0  # lines dropped from the backlog since the log last took a write
+        self.write_error = ""  # why the last write failed
 
 
 _state = _State()
@@ -89,13 +100,9 @@ class _LineLogger:
 
     def msg(self, message: str) -> None:
         st = _state
-        if st.loop is None:
-            st.stream.write(message + "\n")
-            st.stream.flush()
-            return
         st.pending.append(message + "\n")
         st.pending_chars += len(message) + 1
-        if st.pending_chars >= _MAX_PENDING_CHARS:
+        if st.loop is None or st.pending_chars >= _MAX_PENDING_CHARS:
             flush()
         elif not st.scheduled:
             st.scheduled = True
@@ -110,19 +117,89 @@ def _line_logger(*_args: Any) -> _LineLogger:
 
 
 def flush() -> None:
-    """Write the lines the sink holds, in one call."""
+    """Write the lines the sink holds, in one call (the backlog first, if any)."""
     st = _state
     st.scheduled = False
-    if not st.pending:
+    if not st.pending and not st.backlog:
         return
-    data = "".join(st.pending)
+    data = "".join(st.pending).encode("utf-8", "replace")
     st.pending.clear()
     st.pending_chars = 0
+    if st.backlog:
+        st.backlog += data
+        data = bytes(st.backlog)
+        st.backlog.clear()
+    written = _write(data)
+    if written < len(data):
+        _keep(data[written:])
+    elif st.lost:  # the log takes lines again: say how many it never will
+        lost, st.lost = st.lost, 0
+        line = {
+            "timestamp": _timestamp(),
+            "level": "error",
+            "event": "log_lines_lost",
+            "lines": lost,
+            "reason": st.write_error,
+        }
+        encoded = (st.prefix["error"] + _ENCODE(line) + "\n").encode()
+        done = _write(encoded)
+        if done < len(encoded):
+            _keep(encoded[done:])
+
+
+_MAX_BACKLOG = 1024 * 1024  # bytes of lines kept while the log cannot be written
+
+
+def _write(data: bytes) -> int:
+    """Write `data` to the log stream; the bytes written (fewer when it failed)."""
+    stream = _state.stream
     try:
-        st.stream.write(data)
-        st.stream.flush()
-    except (OSError, ValueError):  # a closed or full log stream must not stop the daemon
-        pass
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO): all or none
+        try:
+            stream.write(data.decode("utf-8", "replace"))
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            _state.write_error = str(exc)
+            return 0
+        return len(data)
+    done = 0
+    try:
+        stream.flush()  # nothing of ours is buffered there, but a stream may hold its own
+        while done < len(data):
+            done += os.write(fd, data[done:])
+    except (OSError, ValueError) as exc:  # full or closed: kept (`_keep`), never raised
+        _state.write_error = getattr(exc, "strerror", None) or str(exc)
+    return done
+
+
+def _keep(data: bytes) -> None:
+    """Keep unwritten bytes for the next flush, dropping (and counting) the oldest whole
+    lines past `_MAX_BACKLOG`. A line written in part is kept whole from where it broke."""
+    st = _state
+    st.backlog[:0] = data
+    excess = len(st.backlog) - _MAX_BACKLOG
+    if excess > 0:
+        cut = st.backlog.find(b"\n", excess - 1)
+        cut = len(st.backlog) if cut < 0 else cut + 1
+        st.lost += st.backlog.count(b"\n", 0, cut)
+        del st.backlog[:cut]
+    if not st.scheduled and st.loop is not None and st.backlog:
+        st.scheduled = True  # tried again within a second, even if nothing else logs
+        st.loop.call_later(1.0, flush)
+
+
+def reopen() -> None:
+    """Open the log file's path afresh (SIGHUP after logrotate renamed it); OSError when
+    it cannot be, and the file held so far stays in use. Nothing to do on stdout."""
+    path = _state.log_file
+    if path is None:
+        return
+    fd = safepath.open_append(path)
+    flush()
+    old = _state.stream
+    _state.stream = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    old.close()
 
 
 def write_per_iteration(loop: asyncio.AbstractEventLoop | None) -> None:
@@ -168,6 +245,7 @@ def configure(
     if _state.owned and _state.stream is not new_stream:
         _state.stream.close()
     _state.stream, _state.owned, _state.level = new_stream, log_file is not None, level
+    _state.log_file = log_file
     _state.prefix = _PRIORITY if is_journal(new_stream) else _NO_PRIORITY
     use_console = fmt == "console" or (fmt == "auto" and new_stream.isatty())
     _state.console = (

@@ -7,6 +7,7 @@ Standard library only: the client imports this, and a job must not load the daem
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Mapping
@@ -33,6 +34,15 @@ SOCKET_NAME = "supervisord-batt.sock"
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path holds 108 with the final NUL
 RUNTIME_DIR = Path("/run/supervisord-batt")  # systemd's RuntimeDirectory= for the unit
 DEFAULT_SOCKET = RUNTIME_DIR / SOCKET_NAME
+
+
+LOG_DIR = Path("/var/log/supervisord-batt")  # root's default output directory
+
+
+def daemon_id(socket: Path) -> str:
+    """A short name for the daemon serving `socket`: what keeps two daemons on one host
+    out of each other's worker cgroups and output files."""
+    return hashlib.sha1(str(socket).encode()).hexdigest()[:8]
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:

@@ -93,6 +93,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "kinds": Field((list,)),
         "job": Field(_STR),
         "pid": Field(_INT),
+        # after the daemon's restart: the lease the job held, and the workers it runs
+        "resume": Field(_STR),
+        "workers_in_use": Field(_INT),
     },
     "renew": {"lease": Field(_STR, True), "workers_in_use": Field(_INT)},
     "release": {"lease": Field(_STR, True)},
@@ -117,7 +120,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "start": {"target": Field(_STR, True)},
     "stop": {"target": Field(_STR, True)},
     "restart": {"target": Field(_STR, True)},
-    "reload": {},
+    "reload": {"restart_changed": Field((bool,))},
+    "reexec": {},
     "tail": {
         "target": Field(_STR, True),
         "stream": Field(_STR),
@@ -295,6 +299,17 @@ class ReloadReply(OkReply):
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    # per program: "how" (added, removed, changed) and the instances or keys of each of
+    # in_place, next_start, restarted, started, stopped
+    programs: dict[str, dict[str, Any]]
+
+
+class ReexecReply(OkReply):
+    """reexec: the daemon that answers execs `command` next, keeping `pid`."""
+
+    pid: int
+    version: str
+    command: list[str]
 
 
 class TailReply(OkReply):
@@ -350,6 +365,7 @@ class InstanceRow(InstanceState):
     tasks: int | None  # of its whole tree, now
     ok: bool  # running as it should (or stopped on purpose, or done)
     lease: str | None  # the lease its main process holds
+    pending: list[str]  # what it takes at its next start (a reload changed it meanwhile)
 
 
 class _LeftoverLeft(TypedDict, total=False):
@@ -495,5 +511,6 @@ REPLIES: dict[str, type[Mapping[str, Any]]] = {
     "stop": ControlReply,
     "restart": ControlReply,
     "reload": ReloadReply,
+    "reexec": ReexecReply,
     "tail": TailReply,
 }

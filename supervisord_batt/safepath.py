@@ -168,6 +168,26 @@ def open_append(path: Path, mode: int = 0o640, uid: int | None = None) -> int:
     return fd
 
 
+def open_read(path: Path, uid: int | None = None) -> int:
+    """A descriptor to read `path`, a plain file with one link in a checked directory,
+    never through a symlink (a file another user planted is not read as ours)."""
+    dir_fd, _ = _open_checked_dir(path.parent, uid)
+    try:
+        try:
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UntrustedPath(f"refusing {path}: it is a symlink") from None
+            raise
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_uid not in _owners(uid):
+        os.close(fd)
+        raise UntrustedPath(f"refusing {path}: not a plain file of ours with one link")
+    return fd
+
+
 def replace_file(path: Path, data: bytes, mode: int = 0o644, uid: int | None = None) -> None:
     """Replace `path` with `data` atomically (a reader sees the old file or the new, never
     half of one), in a checked directory: the data goes to a temporary name created

@@ -21,7 +21,7 @@ clock is injected, so every rule here is tested without sleeping.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -247,6 +247,27 @@ class BudgetLedger:
     def lease(self, lease_id: str) -> Lease:
         alloc = self._fresh()
         return _snapshot(self._get(lease_id), alloc.share(lease_id))
+
+    def continue_ids(self, last: int) -> None:
+        """Number the next lease after L`last`: a daemon that restores the leases of the
+        one before it goes on from its numbers, so no id is ever given to two leases."""
+        self._counter = max(self._counter, last)
+
+    @property
+    def last_id(self) -> int:
+        """The number of the last lease given (L`last_id`)."""
+        return self._counter
+
+    def transfer(self, lease_id: str, holder: str) -> None:
+        """Hand a lease to another holder (its job reconnected after a re-execution)."""
+        e = self._get(lease_id)
+        e.request = replace(e.request, holder=holder)
+        e.renewed_at = self._clock()
+
+    def requests(self) -> list[tuple[str, Request, Kind, int]]:
+        """(lease id, request, kind, workers) of every live lease, in the order acquired:
+        what a daemon's state record keeps for the next one to restore."""
+        return [(e.lease_id, e.request, e.kind, e.workers) for e in self._leases.values()]
 
     def holder_of(self, lease_id: str) -> str:
         """Who holds the lease (cheap: the request path checks ownership on every call)."""

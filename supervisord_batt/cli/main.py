@@ -96,9 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target", metavar="PROGRAM[:N]|all")
         p.set_defaults(func=cmd_control, op=name)
 
-    p = sub.add_parser("reload", help="re-read the config; a bad one is rejected, the old stays")
+    p = sub.add_parser(
+        "reload",
+        help="re-read the config and apply it in place; a bad one is rejected, the old stays",
+    )
     _add_config_arg(p)
     _add_socket_arg(p)
+    p.add_argument(
+        "--restart-changed",
+        action="store_true",
+        help="restart now the instances whose command, user, environment or working "
+        "directory changed (by default they take it at their next start)",
+    )
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("tail", help="the last output of an instance; -f follows")
@@ -109,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser(
+        "reexec",
+        help="replace the daemon's program in place (after an upgrade): same pid, workers "
+        "and leases kept, the socket served throughout",
+    )
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the new program"
+    )
+    p.set_defaults(func=cmd_reexec)
+
+    p = sub.add_parser(
+        "cleanup",
+        help="kill what a stopped daemon left running (the unit's ExecStopPost; nothing "
+        "after a crash, whose restart adopts the workers)",
+    )
+    _add_config_arg(p)
+    _add_socket_arg(p)
+    p.set_defaults(func=cmd_cleanup)
 
     p = sub.add_parser("top", help="a live full-screen view of limits, programs and leases")
     _add_config_arg(p)
@@ -393,12 +423,27 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    reply = _ask(args, "reload", lambda conn: conn.call(protocol.ReloadReply, "reload"))
+    fields = {"restart_changed": True} if args.restart_changed else {}
+    reply = _ask(args, "reload", lambda conn: conn.call(protocol.ReloadReply, "reload", **fields))
     if isinstance(reply, int):
         return reply
     for key in ("added", "removed", "changed", "unchanged"):
         print(f"{key}: {', '.join(reply[key]) or '-'}")
+    for name, row in reply["programs"].items():
+        done = [f"{label} {', '.join(row[key])}" for key, label in _RELOAD_PARTS if row.get(key)]
+        if done:
+            print(f"  {name}: {'; '.join(done)}")
     return 0
+
+
+# what `reload` says it did to a changed program, in this order
+_RELOAD_PARTS = (
+    ("in_place", "applied now:"),
+    ("next_start", "at each instance's next start:"),
+    ("restarted", "restarted"),
+    ("started", "started"),
+    ("stopped", "stopped"),
+)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -431,6 +476,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.write(nxt["data"])
         sys.stdout.flush()
         reply = nxt
+    return 0
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.reexec import reexec
+
+    return reexec(_socket_for(args), args.timeout)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from supervisord_batt.cli.cleanup import cleanup
+
+    for line in cleanup(_socket_for(args), os.environ.get("SERVICE_RESULT")):
+        print(f"supervisord-batt cleanup: {line}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The unit in `systemd/` names `/usr/local/bin/supervisord-batt`, where pip puts the
 command for the system Python as root. Another install (a venv, pyenv, `--user`) puts it
-elsewhere; this prints the same unit with `ExecStart=` and `ExecReload=` rewritten to
+elsewhere; this prints the same unit with its `Exec*=` lines rewritten to
 the command of the interpreter running now, and the config path when one is given.
 When that interpreter's directory is not on systemd's default PATH, it also puts it
 first on the service's PATH, so a worker command such as `python3 -m ...` runs with the
@@ -47,7 +47,7 @@ def render_unit(config: Path | None = None, command: list[str] | None = None) ->
     out = []
     for line in shipped_unit_text().splitlines(keepends=True):
         key, sep, value = line.partition("=")
-        if sep and key in ("ExecStart", "ExecReload", "AssertPathExists"):
+        if sep and key in ("ExecStart", "ExecReload", "ExecStopPost", "AssertPathExists"):
             value = value.replace(SHIPPED_COMMAND, shlex.join(argv))
             if config is not None:
                 value = value.replace(str(paths.ETC_CONFIG), str(config))

@@ -181,6 +181,10 @@ class Connection:
         except shapes.ShapeError as exc:
             raise DaemonError(BAD_REPLY, f"{op}: {exc}") from None
 
+    def next_reply(self) -> dict[str, Any]:
+        """A further line the daemon sends unasked (a failed `reexec`'s second reply)."""
+        return self._read_reply()
+
     def _read_reply(self) -> dict[str, Any]:
         assert self._sock is not None
         deadline = time.monotonic() + self.timeout
@@ -229,6 +233,21 @@ def parse_fallback(spec: str, default_workers: int = 1) -> tuple[str, int]:
     return kind, 1 if kind == "sequential" else workers
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where and how a lease was asked for: enough to ask for it again."""
+
+    path: Path
+    want: int
+    kinds: list[str]
+    job: str | None
+    timeout: float
+
+
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between reconnects to a restarting daemon
+RESUME_TIMEOUT = 0.25  # seconds one try to resume may block the job
+
+
 @dataclass
 class Grant:
     """What the job may run now. Mutable: renew() updates it in place.
@@ -248,6 +267,11 @@ class Grant:
     wanted: int = 0  # workers asked for (0: not known)
     _conn: Connection | None = field(default=None, repr=False, compare=False)
     _renewed_at: float = field(default_factory=time.monotonic, repr=False, compare=False)
+    # while the daemon is away (re-executing, restarting): since when, and the next try
+    _origin: _Origin | None = field(default=None, repr=False, compare=False)
+    _away_since: float | None = field(default=None, repr=False, compare=False)
+    _next_try: float = field(default=0.0, repr=False, compare=False)
+    _delay: float = field(default=RETRY_FIRST, repr=False, compare=False)
 
     @classmethod
     def local(cls, kind: str = "sequential", workers: int = 1, reason: str = "local") -> Grant:
@@ -262,6 +286,11 @@ class Grant:
         if self.kind == "sequential":
             return 1
         return max(0, self.target)
+
+    @property
+    def away(self) -> bool:
+        """The daemon is away (re-executing, restarting) and the lease not resumed yet."""
+        return self._away_since is not None
 
     @property
     def tight(self) -> bool:
@@ -301,9 +330,65 @@ class Grant:
         )
         self.kind, self.workers, self.target = "sequential", 1, 1
         self.lease_id, self.degraded, self.reason = None, True, f"{lost}: {why}"
+        self._away_since = None
+
+    def _away(self, why: str) -> None:
+        """The connection broke (the daemon re-executes, restarts or crashed): keep the
+        pool as granted and resume the lease once the daemon is back, for up to one
+        TTL (the time the new daemon holds the lease for us); then run sequential."""
+        if self._origin is None or self.lease_id is None:
+            self._lose(why)
+            return
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._away_since is None:
+            self._away_since = time.monotonic()
+            self._next_try, self._delay = self._away_since, RETRY_FIRST
+            warn(
+                f"lost the daemon ({why}); keeping {self.describe()} and resuming lease "
+                f"{self.lease_id} when it is back (up to {self.ttl:.0f} s)",
+                lease=self.lease_id,
+                reason=why,
+            )
+
+    def _resume(self, workers_in_use: int | None) -> None:
+        """One try to reconnect and resume the lease; none before its backoff is due,
+        so a job calling this between tasks does not spin on a missing socket."""
+        now = time.monotonic()
+        if self._away_since is None or self._origin is None or now < self._next_try:
+            return
+        origin, old = self._origin, self.lease_id
+        fields: dict[str, Any] = {"resume": old}
+        if workers_in_use is not None:
+            fields["workers_in_use"] = int(workers_in_use)
+        conn: Connection | None = None
+        try:
+            # a short wait: the job's pool idles while it waits here, and a daemon still
+            # starting is asked again at the next try
+            conn = Connection(origin.path, timeout=min(origin.timeout, RESUME_TIMEOUT))
+            reply = _ask(conn, origin.want, origin.kinds, origin.job, fields)
+        except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
+            if conn is not None:
+                conn.close()
+            self._next_try, self._delay = now + self._delay, min(RETRY_MAX, self._delay * 2)
+            if now - self._away_since >= self.ttl:
+                self._lose(f"not back within {self.ttl:.0f} s: {_describe(exc)}")
+            return
+        away, self._conn, self._away_since = now - self._away_since, conn, None
+        self.lease_id = str(reply["lease"])
+        self._update(reply)
+        warn(
+            f"the daemon is back after {away:.1f} s; lease {old} resumed as "
+            f"{self.lease_id}, running {self.describe()}",
+            lease=self.lease_id,
+        )
 
     def renew(self, workers_in_use: int | None = None) -> Grant:
         """Keep the lease alive and learn the current target; returns self, updated."""
+        if self._away_since is not None:
+            self._resume(workers_in_use)
+            return self
         if self._conn is None or self.lease_id is None:
             return self
         fields: dict[str, Any] = {"lease": self.lease_id}
@@ -312,19 +397,31 @@ class Grant:
         try:
             self._update(self._conn.call(protocol.GrantReply, "renew", **fields))
         except DaemonError as exc:
-            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+            self._failed(exc)
         except (OSError, ValueError, TypeError) as exc:
-            self._lose(_describe(exc))
+            self._away(_describe(exc))
         return self
 
+    def _failed(self, exc: DaemonError) -> None:
+        if exc.code == protocol.SHUTTING_DOWN:
+            self._away(_describe(exc))  # it may be back in a moment
+        else:
+            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+
     def renew_due(self, interval: float | None = None) -> bool:
-        """True when `interval` (default ttl/3) passed since the last renew."""
+        """True when `interval` (default ttl/3) passed since the last renew, and while
+        the daemon is away (each renew is then a try to resume, when one is due)."""
+        if self._away_since is not None:
+            return time.monotonic() >= self._next_try
         wait = self.ttl / 3 if interval is None else min(interval, self.ttl / 3)
         return self._conn is not None and time.monotonic() - self._renewed_at >= wait
 
     def heartbeat(self, progress: float | str | None = None) -> None:
         """Tell the daemon the job is alive; also renews when the TTL needs it. Works
         without a lease too (it expired): the daemon's no-progress watch still hears it."""
+        if self._away_since is not None:
+            self._resume(None)
+            return
         if self._conn is None:
             return
         fields: dict[str, Any] = {"lease": self.lease_id} if self.lease_id else {}
@@ -333,10 +430,10 @@ class Grant:
         try:
             self._conn.call(protocol.HeartbeatReply, "heartbeat", **fields)
         except DaemonError as exc:
-            self._lose(_describe(exc), keep_connection=exc.code == protocol.UNKNOWN_LEASE)
+            self._failed(exc)
             return
         except (OSError, ValueError) as exc:
-            self._lose(_describe(exc))
+            self._away(_describe(exc))
             return
         if self.renew_due():
             self.renew()
@@ -456,19 +553,27 @@ def _acquire(
     conn: Connection | None = None
     try:
         conn = Connection(path, timeout=timeout)
-        hello = {"version": protocol.VERSION, "client": f"supervisord-batt/{os.getpid()}"}
-        conn.call(protocol.HelloReply, "hello", **hello)
-        fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
-        if job:  # cut, not refused: a long name must not cost the job its lease
-            fields["job"] = job[: protocol.MAX_CHARS["job"]]
-        reply = conn.call(protocol.GrantReply, "acquire", **fields)
-        grant = Grant(lease_id=reply["lease"], degraded=False, _conn=conn)
+        reply = _ask(conn, want, kinds, job, {})
+        origin = _Origin(path, want, kinds, job, timeout)
+        grant = Grant(lease_id=reply["lease"], degraded=False, _conn=conn, _origin=origin)
         grant._update(reply)
         return grant
     except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
         if conn is not None:
             conn.close()
         return Grant(degraded=True, reason=_describe(exc))
+
+
+def _ask(
+    conn: Connection, want: int, kinds: list[str], job: str | None, extra: dict[str, Any]
+) -> protocol.GrantReply:
+    """hello, then acquire (with `extra`: a resume); the acquire's reply."""
+    hello = {"version": protocol.VERSION, "client": f"supervisord-batt/{os.getpid()}"}
+    conn.call(protocol.HelloReply, "hello", **hello)
+    fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
+    if job:  # cut, not refused: a long name must not cost the job its lease
+        fields["job"] = job[: protocol.MAX_CHARS["job"]]
+    return conn.call(protocol.GrantReply, "acquire", **fields, **extra)
 
 
 # --- `supervisord-batt exec`: lease for a program that knows nothing about us ----------
@@ -509,7 +614,9 @@ def exec_main(
         return 2
     with lease(want, job=job or Path(argv[0]).name, socket_path=socket_path) as grant:
         env = child_env(grant)
-        in_use = int(env[paths.WORKERS_ENV])
+        # what the lease is charged for: a sequential grant's program runs in the slot
+        # every job has, no worker of the lease (the daemon granted 0)
+        in_use = 0 if grant.kind == "sequential" else int(env[paths.WORKERS_ENV])
         try:
             proc = subprocess.Popen(argv, env=env)
         except OSError as exc:
@@ -524,7 +631,9 @@ def exec_main(
         try:
             while True:
                 try:
-                    returncode = proc.wait(timeout=max(0.5, grant.ttl / 3))
+                    # while the daemon is away, each renew is a try to resume
+                    pause = RETRY_FIRST if grant.away else max(0.5, grant.ttl / 3)
+                    returncode = proc.wait(timeout=pause)
                     break
                 except subprocess.TimeoutExpired:
                     grant.renew(workers_in_use=in_use)

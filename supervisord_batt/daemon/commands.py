@@ -19,6 +19,8 @@ from supervisord_batt import __version__, protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
+from supervisord_batt.daemon.reexec import ReexecRefused
+from supervisord_batt.daemon.resume import Resumable
 from supervisord_batt.daemon.server import Connection, Reply
 from supervisord_batt.daemon.status import StatusView, Viewer, user_uid
 from supervisord_batt.daemon.tallies import Tallies
@@ -35,7 +37,7 @@ log = get_logger(component="daemon")
 # Who may do what (PeerPolicy): every allowed peer may lease, heartbeat and read status;
 # these change what runs, so they are for admins only. `tail` is for admins, and for a
 # peer reading a program that runs as its own uid.
-CONTROL_OPS = frozenset({"start", "stop", "restart", "reload"})
+CONTROL_OPS = frozenset({"start", "stop", "restart", "reload", "reexec"})
 LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
@@ -61,13 +63,18 @@ class Commands:
     ledger: BudgetLedger
     lease_log: LeaseLog
     supervisor: Supervisor
-    reload: Callable[..., Awaitable[dict[str, list[str]]]]  # (by=...), raises ReloadRejected
+    # (by=..., restart_changed=...), raises ReloadRejected
+    reload: Callable[..., Awaitable[dict[str, Any]]]
     accepting: Callable[[], bool]
     connections: Callable[[], int]
     sample: Callable[[], HostSample | None]
     pressure_reason: Callable[[], str] = lambda: ""
     # after every lease op of a connection: its worker's cgroup follows its leases
     lease_changed: Callable[[Connection], None] = lambda conn: None
+    # (conn, request id, by) -> the reply; raises ReexecRefused. None: not offered
+    reexec: Callable[..., Awaitable[dict[str, Any]]] | None = None
+    # the leases a re-executed or restarted daemon holds for their jobs (`resume`)
+    resumable: Resumable | None = None
     started_at: float = field(default_factory=time.monotonic)
     tallies: Tallies = field(default_factory=Tallies)
     # the daemon's own faults (a bug in containment): counted, one line a second at most
@@ -166,12 +173,56 @@ class Commands:
                     protocol.TOO_MANY_LEASES,
                     f"this connection holds {len(held)} leases, the most one may hold",
                 )
-        grant = self.ledger.acquire(request)
+        grant = self._resumed(conn, msg)
+        if grant is None:
+            grant = self.ledger.acquire(request)
         held.add(grant.lease_id)
         data["job"] = request.job
         self.tallies.granted(grant.kind, request.want, grant.reason)
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
+
+    def _resumed(self, conn: Connection, msg: dict[str, Any]) -> Grant | None:
+        """`resume`: the lease this job held before the daemon's re-execution or restart,
+        given back to it (None: the new daemon does not hold it; a fresh acquire)."""
+        old = msg.get("resume")
+        if old is None:
+            return None
+        peer = conn.peer
+        grant = None
+        if self.resumable is not None:
+            grant = self.resumable.claim(
+                old, peer.pid, peer.uid, conn.key, msg.get("workers_in_use")
+            )
+        log.info(
+            "lease_resumed" if grant is not None else "lease_not_resumed",
+            lease=old,
+            uid=peer.uid,
+            pid=peer.pid,
+            job=msg.get("job"),
+            kind=None if grant is None else grant.kind,
+            workers=None if grant is None else grant.workers,
+            reason="held for it since the daemon's restart"
+            if grant is not None
+            else "not held by this daemon: acquired afresh",
+        )
+        return grant
+
+    async def op_reexec(self, conn: Connection, msg: dict[str, Any]) -> protocol.ReexecReply:
+        """{"op":"reexec"} -> {"ok":true,"pid":P,"version":"...","command":[...]}, then the
+        connection closes as the daemon execs; a second reply (an error) if the exec failed"""
+        if self.reexec is None:
+            raise protocol.ProtocolError(protocol.UNKNOWN_OP, "reexec is not served here")
+        try:
+            done = await self.reexec(conn, msg.get("id"), _who(conn))
+        except ReexecRefused as exc:
+            raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
+        return {
+            "ok": True,
+            "pid": done["pid"],
+            "version": done["version"],
+            "command": done["command"],
+        }
 
     def op_renew(self, conn: Connection, msg: dict[str, Any]) -> protocol.GrantReply:
         """{"op":"renew","lease":"L1","workers_in_use":N} -> the lease's current target"""
@@ -275,33 +326,27 @@ class Commands:
 
     async def op_start(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"start","target":"batt"|"batt:0"|"all"} -> {"ok":true,"instances":{name: state}}"""
-        instances = self._select(msg["target"])
-        for inst in instances:
-            self.supervisor.post(inst, Start())
-        names = [i.name for i in instances]
-        await self.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
-        log.info("control", op="start", target=msg["target"], **_who(conn))
-        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
+        async with self.supervisor.control:
+            return await self._start(conn, msg)
 
     async def op_stop(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"stop","target":...} -> waits until each tree is gone -> {name: state}"""
-        instances = self._select(msg["target"])
-        for inst in instances:
-            self.supervisor.post(inst, Stop())
-        sup = self.supervisor
-        await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
-        log.info("control", op="stop", target=msg["target"], **_who(conn))
-        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
+        async with self.supervisor.control:
+            return await self._stop(conn, msg)
 
     async def op_restart(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
         """{"op":"restart","target":...} -> stop (tree gone), then start -> {name: state}"""
-        await self.op_stop(conn, msg)
-        return await self.op_start(conn, msg)
+        async with self.supervisor.control:
+            await self._stop(conn, msg)
+            return await self._start(conn, msg)
 
     async def op_reload(self, conn: Connection, msg: dict[str, Any]) -> protocol.ReloadReply:
-        """{"op":"reload"} -> {"ok":true,"added":[],"removed":[],"changed":[],"unchanged":[]}"""
+        """{"op":"reload","restart_changed":false} -> {"ok":true,"added":[],"removed":[],
+        "changed":[],"unchanged":[],"programs":{name: {"how":..., "in_place":[...],
+        "next_start":[...], "restarted":[...], "started":[...], "stopped":[...]}}}"""
         try:
-            diff = await self.reload(by=_who(conn))
+            restart = msg.get("restart_changed", False)
+            diff = await self.reload(by=_who(conn), restart_changed=restart)
         except ReloadRejected as exc:
             raise protocol.ProtocolError(protocol.BAD_REQUEST, str(exc)) from None
         return {
@@ -310,7 +355,28 @@ class Commands:
             "removed": diff["removed"],
             "changed": diff["changed"],
             "unchanged": diff["unchanged"],
+            "programs": diff["programs"],
         }
+
+    # the control ops run under `Supervisor.control`, one at a time with reloads
+
+    async def _start(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
+        instances = self._select(msg["target"])
+        for inst in instances:
+            self.supervisor.post(inst, Start())
+        names = [i.name for i in instances]
+        await self.supervisor.wait_for(names, (State.RUNNING, State.BACKOFF, *TERMINAL), 10.0)
+        log.info("control", op="start", target=msg["target"], **_who(conn))
+        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
+
+    async def _stop(self, conn: Connection, msg: dict[str, Any]) -> protocol.ControlReply:
+        instances = self._select(msg["target"])
+        for inst in instances:
+            self.supervisor.post(inst, Stop())
+        sup = self.supervisor
+        await sup.wait_for([i.name for i in instances], TERMINAL, sup.stop_timeout(instances))
+        log.info("control", op="stop", target=msg["target"], **_who(conn))
+        return {"ok": True, "instances": {i.name: i.state.value for i in instances}}
 
     def op_tail(self, conn: Connection, msg: dict[str, Any]) -> protocol.TailReply:
         """{"op":"tail","target":"batt:0","stream":"stdout","offset":N,"bytes":B}

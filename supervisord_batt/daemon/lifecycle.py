@@ -25,16 +25,18 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from supervisord_batt import __version__, logs, paths, safepath
+from supervisord_batt import __version__, logs, paths, protocol, safepath
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config
+from supervisord_batt.daemon import reexec, resume
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.metricsoutputs import MetricsOutputs
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.host.monitor import HostMonitor
@@ -52,6 +54,10 @@ class Daemon:
         self.config = config
         # first: it clears NOTIFY_SOCKET from the environment the workers will inherit
         self.notifier = Notifier()
+        # what the program this one replaced in place passed on (`reexec`)
+        self.reexeced, passed = reexec.inherited()
+        for name, fds in passed.items():
+            self.notifier.passed.setdefault(name, []).extend(fds)
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
         self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
@@ -59,6 +65,7 @@ class Daemon:
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
         self.containment = Containment(self.ledger, self.supervisor)
+        self.resumable = resume.Resumable(self.ledger)
         # what the host ran out of (descriptors for accept, scan): counted, never fatal
         self.faults = Throttle(1, summary="faults_suppressed", about="exhausted resources")
         self.commands = Commands(
@@ -66,6 +73,8 @@ class Daemon:
             lease_log=self.lease_log,
             supervisor=self.supervisor,
             reload=self.reload,
+            reexec=self.reexec,
+            resumable=self.resumable,
             accepting=lambda: self.server.accepting,
             connections=lambda: len(self.server.connections),
             sample=lambda: self.sample,
@@ -84,10 +93,15 @@ class Daemon:
         self._trees: dict[str, int] = {}
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
-        self._reload_lock = asyncio.Lock()
+        self._reexec: asyncio.Task[None] | None = None  # the exec, once its reply is sent
+        self._recorded_leases: tuple[str, ...] = ()  # the lease ids the record has
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.metrics = MetricsOutputs(self)
+        # every instance, kept current beside the socket: a restart adopts the workers
+        self.state_record = StateRecord(self.socket_path, self._recorded)
+        self.supervisor.on_change = self.state_record.mark
+        self.supervisor.on_pipes = self._store_pipes
 
     # -- life -------------------------------------------------------------------------
 
@@ -123,16 +137,28 @@ class Daemon:
         self.sample = self.monitor.sample()
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
-        await self.server.start()
+        record = self.state_record.load()
+        if record is not None:  # before the socket serves: no newcomer takes their slots
+            self.resumable.restore(record.get("leases"), record.get("last_lease"))
+        listen = self.notifier.passed.pop(LISTEN_NAME, [None])[0]
+        pipes = _passed_pipes(self.notifier.passed)
+        await self.server.start(inherited=listen)
+        if (fd := self.server.listener_fd()) is not None:
+            self.notifier.store(LISTEN_NAME, fd)
         await self.metrics.apply(self.config.metrics)
         self._write_pid_file()
-        await self.supervisor.settle_leftovers()  # an earlier daemon's, before ours start
-        self.supervisor.start()
+        instances = record.get("instances") if record is not None else None
+        adopted = self.supervisor.start(instances, pipes, children=self.reexeced)
+        await self.supervisor.settle_leftovers()  # what an earlier daemon left unadopted
+        self.supervisor.autostart(skip=adopted)
+        self._unstore_pipes_of(set(self.supervisor.instances) - set(adopted), pipes)
+        self.state_record.write()
         tightest = self.sample.tightest()
         log.info(
             "started",
             version=__version__,
             pid=os.getpid(),
+            reexecuted=self.reexeced,
             socket=str(self.socket_path),
             tightest=tightest.name,
             headroom=tightest.headroom,
@@ -192,6 +218,7 @@ class Daemon:
         self.commands.fallback_log.summarize()
         self.faults.summarize()
         pinger.cancel()
+        self.state_record.remove()  # stopped: nothing is left to adopt
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
 
@@ -208,6 +235,35 @@ class Daemon:
             tight = self.sample.tightest()
             line += f"; tasks {tight.in_use}/{tight.limit} of {tight.name} (tightest)"
         return line
+
+    def _recorded(self) -> dict[str, Any]:
+        """What the state record keeps (`staterecord`)."""
+        leases = resume.recorded(self.ledger)
+        self._recorded_leases = tuple(lease["lease"] for lease in leases)
+        return {
+            "instances": self.supervisor.snapshot(),
+            "leases": leases,
+            "last_lease": f"L{self.ledger.last_id}",
+        }
+
+    def _store_pipes(self, instance: str, fds: dict[str, int] | None) -> None:
+        """Keep a run's output pipes in systemd's store (None: its run ended), so a daemon
+        restarted after a crash still reads them and its workers never see EPIPE."""
+        for stream in ("stdout", "stderr"):
+            name = pipe_name(instance, stream)
+            if name is None:
+                continue
+            if fds is None:
+                self.notifier.unstore(name)
+            else:
+                self.notifier.store(name, fds[stream])
+
+    def _unstore_pipes_of(self, instances: set[str], passed: dict[tuple[str, str], int]) -> None:
+        """Drop from the store the pipes systemd passed for runs that were not adopted."""
+        for instance, stream in passed:
+            name = pipe_name(instance, stream)
+            if instance in instances and name is not None:
+                self.notifier.unstore(name)
 
     def _write_pid_file(self) -> None:
         """daemon.pid_file: written once the socket serves, removed at shutdown."""
@@ -302,13 +358,17 @@ class Daemon:
                 leased=stats.leased,
                 **self.limits_now(),
             )
-        for lease in self.ledger.expire():
+        expired = self.ledger.expire()
+        for lease in expired:
             self.lease_log.ended(
                 "lease_expired", lease, f"not renewed within {self.config.budget.lease_ttl}s"
             )
             holder = self.server.holder(lease.holder)
             if holder is not None:
                 self.containment.follow(holder)
+        self.resumable.forget({lease.lease_id for lease in expired})
+        if tuple(self.ledger.lease_pids()) != self._recorded_leases:
+            self.state_record.mark()  # at most once a tick for leases: a crash loses less
         self.lease_log.summarize()
         self.server.problems.summarize()
         self.commands.fallback_log.summarize()
@@ -336,9 +396,14 @@ class Daemon:
         log.info("stats", pid=os.getpid(), **fields)
 
     def _scan(self) -> dict[str, int]:
-        """The slow /proc pass: per-user counts, and each lease holder's tree size."""
+        """The slow /proc pass: per-user counts, each lease holder's tree size, and who is
+        in each worker's tree (remembered for its kill: `Supervisor.record_trees`)."""
         holders = self.ledger.lease_pids()
-        usage = self.monitor.scan(set(holders.values()))
+        workers = self.supervisor.roots()
+        usage = self.monitor.scan({*holders.values(), *workers.values()})
+        self.supervisor.record_trees(
+            {name: usage[pid].pids for name, pid in workers.items() if pid in usage}
+        )
         return {lease: usage[pid].tasks for lease, pid in holders.items() if pid in usage}
 
     def limits_now(self) -> dict[str, Any]:
@@ -368,26 +433,123 @@ class Daemon:
 
     # -- reload -----------------------------------------------------------------------
 
-    async def reload(self, by: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    async def reload(
+        self, by: dict[str, Any] | None = None, restart_changed: bool = False
+    ) -> dict[str, Any]:
         """Re-read the config file; a config that does not validate leaves the old one.
 
         `by` names who asked (the peer's uid, gid and pid, or the signal) in the lines.
-        One at a time: a reload asked for while another runs waits for it, then reads
-        the file afresh, and its caller gets its own outcome."""
-        async with self._reload_lock:
+        One at a time, and never during a start, stop or restart (`Supervisor.control`):
+        a reload asked for while another runs waits for it, then reads the file afresh,
+        and its caller gets its own outcome. `restart_changed`: instances whose command,
+        user or environment changed restart now, not at their next start."""
+        async with self.supervisor.control:
             # every SIGHUP so far is answered by this reload: it reads the file now
             self._hup_pending = False
+            self.reopen_files()  # logrotate's postrotate: whatever the new config holds
             self.notifier.reloading()
             try:
-                return await self._reload(by or {"by": "unknown"})
+                return await self._reload(by or {"by": "unknown"}, restart_changed)
             finally:
                 self.notifier.ready(self.status_line())  # the old config or the new one runs
+
+    def reopen_files(self) -> None:
+        """Open the daemon's log file and every output file afresh (after logrotate moved
+        them); one that cannot be keeps the file it had, and says so."""
+        try:
+            logs.reopen()
+        except OSError as exc:
+            log.error("log_reopen_failed", path=str(self.config.daemon.log_file), reason=str(exc))
+        self.supervisor.reopen_outputs()
+
+    # -- re-execution (`reexec`) -------------------------------------------------------
+
+    async def reexec(self, conn: Connection, request_id: Any, by: dict[str, Any]) -> dict[str, Any]:
+        """Check the installed code, then exec it in place once this reply is sent (see
+        `reexec`); raises ReexecRefused, and the daemon runs on, when it cannot."""
+        if self._reexec is not None:
+            raise reexec.ReexecRefused("a re-execution is already under way")
+        problem = await reexec.preflight(self.config.source)
+        if problem is None:
+            async with self.supervisor.control:
+                problem = await self._settled(deadline=time.monotonic() + 30.0)
+        if problem is not None:
+            log.error("reexec_refused", reason=problem, **by)
+            raise reexec.ReexecRefused(problem)
+        self._reexec = asyncio.get_running_loop().create_task(self._exec(conn, request_id, by))
+        self._reexec.add_done_callback(self._exec_ended)
+        return {"pid": os.getpid(), "version": __version__, "command": reexec.command()}
+
+    async def _settled(self, deadline: float) -> str | None:
+        """Wait until no instance is starting or stopping (their records are not ones
+        to go on from); what is still mid-way at the deadline."""
+        while True:
+            midway = self._midway()
+            if not midway or time.monotonic() >= deadline:
+                return (
+                    f"instances still starting or stopping: {', '.join(midway)}" if midway else None
+                )
+            await asyncio.sleep(0.05)
+
+    def _midway(self) -> list[str]:
+        return [
+            name
+            for name, inst in self.supervisor.instances.items()
+            if inst.state in (State.STARTING, State.STOPPING)
+        ]
+
+    async def _exec(self, conn: Connection, request_id: Any, by: dict[str, Any]) -> None:
+        async with self.supervisor.control:
+            deadline = time.monotonic() + 2.0  # the reply out first: the asker learns it
+            while conn.transport.get_write_buffer_size() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            reason = await self._settled(deadline=time.monotonic() + 10.0)
+            if reason is None:
+                reason = self._exec_now(by)  # returns only when the exec failed
+            log.error("reexec_failed", reason=reason, **by)
+            self.notifier.ready(self.status_line())
+            if not conn.transport.is_closing():
+                error = {"code": protocol.INTERNAL, "message": f"reexec failed: {reason}"}
+                conn.transport.write(
+                    protocol.encode({"id": request_id, "ok": False, "error": error})
+                )
+
+    def _exec_ended(self, task: asyncio.Task[None]) -> None:
+        """A bug in the exec's preparation is said, and the daemon runs on."""
+        self._reexec = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("reexec_failed", reason=repr(exc), exc_info=exc)
+            self.notifier.ready(self.status_line())
+
+    def _exec_now(self, by: dict[str, Any]) -> str:
+        """Record everything, pass the socket and the pipes, exec; why it failed."""
+        fds = {
+            name: fd
+            for (instance, stream), fd in self.supervisor.pipes().items()
+            if (name := pipe_name(instance, stream)) is not None
+        }
+        listen = self.server.listener_fd()
+        if listen is not None:
+            fds[LISTEN_NAME] = listen
+        self.notifier.reloading()
+        self.state_record.write()
+        log.info(
+            "reexec",
+            daemon_pid=os.getpid(),
+            version=__version__,
+            command=reexec.command(),
+            running=sum(1 for i in self.supervisor.instances.values() if i.state is State.RUNNING),
+            leases=len(self._recorded_leases),
+            **by,
+        )
+        logs.flush()
+        return str(reexec.exec_self(fds, self.notifier.environment))
 
     def _reject(self, source: Path, by: dict[str, Any], reason: str) -> NoReturn:
         log.error("reload_rejected", path=str(source), reason=reason, **by)
         raise ReloadRejected(f"config rejected, the old one stays:\n{reason}")
 
-    async def _reload(self, by: dict[str, Any]) -> dict[str, list[str]]:
+    async def _reload(self, by: dict[str, Any], restart_changed: bool) -> dict[str, Any]:
         source = self.config.source
         if source is None:
             raise ReloadRejected("the daemon was not started from a config file")
@@ -428,10 +590,41 @@ class Daemon:
         self.server.reconfigure(d, _policy(new))
         self.monitor.close()
         self.monitor = monitor
-        diff = await self.supervisor.reload(new, prepared)
+        diff = await self.supervisor.reload(new, prepared, restart_changed)
         await self.metrics.apply(new.metrics)
         log.info("reloaded", path=str(source), **by, **diff)
         return diff
+
+
+LISTEN_NAME = "listen"  # the listening socket's name in systemd's descriptor store
+_PIPE_PREFIX = {"stdout": "o", "stderr": "e"}
+
+
+def pipe_name(instance: str, stream: str) -> str | None:
+    """A run's pipe's name in the store (FDNAME allows no ':', at most 255 bytes): the
+    stream's letter and the instance name in hex; None for a name too long to store."""
+    name = _PIPE_PREFIX[stream] + instance.encode().hex()
+    return name if len(name) <= 255 else None
+
+
+def _passed_pipes(passed: dict[str, list[int]]) -> dict[tuple[str, str], int]:
+    """(instance, stream) -> fd of the pipes systemd passed back (`pipe_name`'s inverse);
+    any other descriptor passed is closed."""
+    streams = {letter: stream for stream, letter in _PIPE_PREFIX.items()}
+    out = {}
+    for name, fds in passed.items():
+        stream = streams.get(name[:1])
+        try:
+            instance = bytes.fromhex(name[1:]).decode() if stream else None
+        except (ValueError, UnicodeDecodeError):
+            instance = None
+        for i, fd in enumerate(fds):
+            if instance is not None and stream is not None and i == 0:
+                out[(instance, stream)] = fd
+            else:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    return out
 
 
 def _watched_users(config: Config) -> list[int | str]:

@@ -221,7 +221,7 @@ class DaemonCollector:
         yield kills
         runs = CounterMetricFamily(
             P + "runs",
-            "Runs ended, by program and outcome (completed, failed, killed, stopped)",
+            "Runs ended, by program and outcome (completed, failed, killed, stopped, unknown)",
             labels=["program", "outcome"],
         )
         for program, outcome in _every(names, OUTCOMES, sup.tally.runs):

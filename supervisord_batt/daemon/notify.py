@@ -5,7 +5,15 @@ starts with "@"); nothing at all when it is unset (run by hand, or under a
 `Type=simple` unit). Messages: `READY=1` once the socket serves and the autostart
 programs were started, `WATCHDOG=1` from the main loop at half of `$WATCHDOG_USEC`,
 `STATUS=` a one-line summary, `RELOADING=1` (with `MONOTONIC_USEC`) then `READY=1`
-around a reload, `STOPPING=1` at shutdown.
+around a reload or a re-execution, `STOPPING=1` at shutdown.
+
+# The file descriptor store
+With `FileDescriptorStoreMax=` in the unit, systemd keeps descriptors the service sends
+it (`FDSTORE=1` with SCM_RIGHTS) while the service restarts after a crash, and passes
+them to the next process (`LISTEN_FDS`, `LISTEN_FDNAMES`, sd_listen_fds(3)). The
+daemon stores its listening socket and each worker's output pipes there: a daemon
+killed by the OOM killer or the watchdog comes back with jobs still connecting to the
+same socket and workers still writing to the same pipes, which it adopts.
 
 # Why not a library
 The protocol is a sendto() of "KEY=value" lines on a datagram socket. The libraries
@@ -23,6 +31,7 @@ for the same reason (`unset_environment`).
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 import time
@@ -33,6 +42,8 @@ from supervisord_batt.logs import get_logger
 log = get_logger(component="notify")
 
 _ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+_LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+SD_LISTEN_FDS_START = 3
 
 
 class Notifier:
@@ -42,7 +53,10 @@ class Notifier:
         env = os.environ if env is None else env
         target = env.get("NOTIFY_SOCKET", "")
         self.watchdog_interval = _watchdog_interval(env)
-        for name in _ENV:
+        # what systemd told this process, for a re-execution of it to be told the same
+        self.environment = {name: env[name] for name in _ENV if name in env}
+        self.passed = listen_fds(env)  # the descriptors systemd kept for us, by name
+        for name in _ENV + _LISTEN_ENV:
             env.pop(name, None)
         self.address: str | bytes | None = None
         if target.startswith("@"):
@@ -71,6 +85,34 @@ class Notifier:
         except OSError as exc:
             self.failures += 1
             if self.failures == 1:  # once: the next ones would say the same every tick
+                log.warning("notify_failed", reason=str(exc), socket=_shown(self.address))
+            return False
+        return True
+
+    def store(self, name: str, fd: int) -> bool:
+        """Keep a duplicate of `fd` in systemd's store under `name` (FDNAME: no ':', no
+        control characters, at most 255 bytes); True when sent."""
+        return self._send_fds(["FDSTORE=1", f"FDNAME={name}"], [fd])
+
+    def unstore(self, name: str) -> bool:
+        """Drop what the store holds under `name` (its run ended)."""
+        return self._send_fds(["FDSTOREREMOVE=1", f"FDNAME={name}"], [])
+
+    def _send_fds(self, lines: list[str], fds: list[int]) -> bool:
+        if self.address is None:
+            return False
+        if not fds:
+            return self.send(*lines)
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+                )
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            self._sock.sendmsg(["\n".join(lines).encode()], rights, 0, self.address)
+        except OSError as exc:
+            self.failures += 1
+            if self.failures == 1:
                 log.warning("notify_failed", reason=str(exc), socket=_shown(self.address))
             return False
         return True
@@ -105,6 +147,26 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def listen_fds(env: MutableMapping[str, str]) -> dict[str, list[int]]:
+    """The descriptors passed to this process (sd_listen_fds(3)), by name: from fd 3 on,
+    `$LISTEN_FDS` of them, named by `$LISTEN_FDNAMES`; none unless `$LISTEN_PID` is us.
+    Each is made close-on-exec: a worker must not inherit the daemon's socket."""
+    pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit()):
+        return {}
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    out: dict[str, list[int]] = {}
+    for i in range(int(count)):
+        fd = SD_LISTEN_FDS_START + i
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            continue
+        name = names[i] if i < len(names) and names[i] else "unknown"
+        out.setdefault(name, []).append(fd)
+    return out
 
 
 def _watchdog_interval(env: MutableMapping[str, str]) -> float | None:

@@ -209,6 +209,35 @@ def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socke
     return sock
 
 
+def _listening(fd: int | None, path: Path) -> socket.socket | None:
+    """The inherited listening socket at `fd`, if it is a Unix stream socket listening at
+    `path` whose file is still there; None (and `fd` closed) otherwise."""
+    if fd is None:
+        return None
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return None
+    try:
+        ours = (
+            sock.family == socket.AF_UNIX
+            and sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            and sock.getsockname() == str(path)
+            and os.path.exists(path)
+        )
+    except OSError:
+        ours = False
+    if not ours:
+        sock.close()
+        return None
+    sock.set_inheritable(False)
+    log.info("socket_inherited", socket=str(path), fd=fd)
+    return sock
+
+
 def descriptor_cap() -> int:
     """Connections the daemon may hold and still have descriptors for its own work.
 
@@ -551,12 +580,16 @@ class Server:
         self.links_gone: asyncio.Future[None] | None = None  # set once `links` is empty
         self.next_id = 1
         self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None  # the listening socket, while it listens
         self._bound: tuple[int, int] | None = None
         self.fd_cap = descriptor_cap()  # connections the descriptor limit leaves room for
         self.backlog = 128  # sockets asyncio accepts per wakeup (set at start)
         self.accepting = True
 
-    async def start(self) -> None:
+    async def start(self, inherited: int | None = None) -> None:
+        """Listen on the socket: the one `inherited` (a descriptor a previous daemon of
+        this socket left: re-executed, or kept by systemd through a crash), if it is
+        still bound to our path, else a newly bound one."""
         self.fd_cap = descriptor_cap()
         # asyncio accepts up to `backlog` sockets per wakeup before any of them is refused
         # and closed: a burst that size must fit in the descriptors' room, so the batch
@@ -564,15 +597,25 @@ class Server:
         backlog = self.backlog = max(
             8, min(max(128, self.config.max_connections), self.fd_cap // 4)
         )
-        sock = bind_socket(
-            self.path, self.config.socket_mode, self.config.socket_group, backlog=backlog
-        )
+        sock = _listening(inherited, self.path)
+        if sock is None:
+            sock = bind_socket(
+                self.path, self.config.socket_mode, self.config.socket_group, backlog=backlog
+            )
+        else:
+            sock.listen(backlog)
+            sock.setblocking(False)
+        self._listener = sock
         self._bound = socket_identity(self.path)  # shutdown removes this file and no other
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
             lambda: _Link(self), sock=sock, backlog=backlog
         )
         log.info("listening", socket=str(self.path), mode=oct(self.config.socket_mode))
+
+    def listener_fd(self) -> int | None:
+        """The listening socket's descriptor (for systemd's store, or a re-execution)."""
+        return self._listener.fileno() if self._listener is not None else None
 
     async def close(self) -> None:
         """Stop accepting, close every connection, remove the socket file."""

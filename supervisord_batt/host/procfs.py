@@ -185,6 +185,7 @@ class ProcStat:
     pgrp: int
     session: int
     threads: int
+    starttime: int = 0  # clock ticks after boot: with the pid, a process's identity
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -208,6 +209,7 @@ def read_stat(pid: int) -> ProcStat | None:
             int(fields[2]),
             int(fields[3]),
             int(fields[17]),
+            int(fields[19]),
         )
     except (IndexError, ValueError):
         return None

@@ -112,13 +112,14 @@ class WorkerCgroup:
                 return f"cgroup {directory} is at its pids.max ({current}/{limit})"
         return None
 
-    def kill_members(self) -> int:
-        """SIGKILL every member (used on a cgroup left over by an earlier daemon)."""
+    def kill_members(self) -> list[int]:
+        """SIGKILL every member (used on a cgroup left over by an earlier daemon); the
+        pids it signalled, for the caller's log line."""
         members = self.procs()
         for pid in members:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return len(members)
+        return members
 
     def remove(self) -> str | None:
         """rmdir the cgroup; None on success (or already gone), else why it is left.
@@ -233,6 +234,7 @@ class WorkerCgroups:
         self.reason = reason
         self.version = version
         self.last_error: str | None = None
+        self.killed: list[int] = []  # what the last `create` killed of a leftover
         self._made: dict[str, WorkerCgroup] = {}
 
     @property
@@ -288,7 +290,9 @@ class WorkerCgroups:
 
     def create(self, instance: str) -> WorkerCgroup | None:
         """The cgroup of one worker instance; None when disabled or it cannot be made
-        (`last_error` says why). One left by an earlier daemon is emptied and reused."""
+        (`last_error` says why). One left by an earlier daemon is emptied and reused: the
+        pids killed for it are in `killed` for the caller to log (no kill goes unsaid)."""
+        self.killed = []
         if self.root is None:
             return None
         path = self.root / instance_dir_name(instance)
@@ -296,12 +300,24 @@ class WorkerCgroups:
         try:
             path.mkdir()
         except FileExistsError:
-            cg.kill_members()  # an earlier daemon's worker: nobody supervises it any more
+            if str(path) in self._made:  # a live run of ours: never kill it for a new one
+                self.last_error = f"cgroup {path} is still in use by the instance's last run"
+                return None
+            self.killed = cg.kill_members()  # an earlier daemon's worker: nobody supervises it
             with contextlib.suppress(OSError):
                 cg.set_max(None)
         except OSError as exc:
             self.last_error = f"cannot create cgroup {path}: {exc}"
             return None
+        self._made[str(path)] = cg
+        return cg
+
+    def adopt(self, path: Path) -> WorkerCgroup | None:
+        """An existing worker cgroup of this root, made by the previous daemon (a
+        re-execution, a restart): ours from now on. None when it is not one of ours."""
+        if self.root is None or path.parent != self.root or not path.is_dir():
+            return None
+        cg = WorkerCgroup(path, _chain_below(self.root, self.root.parent))
         self._made[str(path)] = cg
         return cg
 

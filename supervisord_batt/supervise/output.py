@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,13 @@ class RotatingFile:
     `batt-0.out.log` must not make the root daemon append worker output to its target.
     """
 
+    # Why the path is checked, not only the size. logrotate (and an operator's `mv`)
+    # renames or removes the file under us. Kept open, the descriptor would go on
+    # appending to the renamed file, and the size rotation would then shift logrotate's
+    # own backups and fail on the missing name, losing the output for good. So
+    # `follow_path` (each tick, and on SIGHUP through `reopen`) reopens the path as soon
+    # as it no longer names the file we hold; a rotation that finds it gone reopens too.
+
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         safepath.make_dir(path.parent, 0o755)
@@ -67,20 +76,69 @@ class RotatingFile:
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
                 older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.backups > 0:
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # moved away by someone else: reopen
+            if self.backups > 0:
+                self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+            else:
+                self.path.unlink()
         self._file = _open(self.path)
         self._size = 0
+
+    def moved(self) -> bool:
+        """Whether the path no longer names the file we write (renamed, removed)."""
+        try:
+            held = os.fstat(self._file.fileno())
+            now = os.stat(self.path, follow_symlinks=False)
+        except (OSError, ValueError):  # gone, or our file was closed by a failed reopen
+            return True
+        return (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino)
+
+    def follow_path(self) -> bool:
+        """Reopen the path if the file was moved (see the class comment); True if it was.
+        OSError when the path cannot be opened now (the old file stays in use)."""
+        if not self.moved():
+            return False
+        self.reopen()
+        return True
+
+    def reopen(self) -> None:
+        """Open the path afresh if it no longer names our file (SIGHUP after logrotate),
+        appending to whatever is there now; on failure the file held so far stays in use
+        and OSError is raised. (Our own lock on the file we hold would refuse opening the
+        same file again, and there is nothing to gain by it.)"""
+        if not self.moved():
+            return
+        fresh = _open(self.path)
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = fresh
+        self._size = fresh.tell()
 
     def close(self) -> None:
         self._file.close()
 
 
+class HeldElsewhere(OSError):
+    """Another daemon writes this output file (it holds the file's lock)."""
+
+
 def _open(path: Path) -> BinaryIO:
-    """Append to `path`, checked (safepath.open_append); kept open for the worker's life."""
-    return os.fdopen(safepath.open_append(path), "ab")
+    """Append to `path`, checked (safepath.open_append); kept open for the worker's life.
+
+    The file is locked (flock) while open: a second daemon configured with the same
+    output directory and program name would otherwise append to it and rotate it away
+    under the first; it is refused instead, with a line that says why."""
+    fd = safepath.open_append(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise HeldElsewhere(
+                errno.EBUSY, f"{path} is written by another supervisord-batt daemon"
+            ) from None
+        raise
+    return os.fdopen(fd, "ab")
 
 
 class StreamSink:
@@ -132,6 +190,34 @@ class StreamSink:
         }
         self.lost = 0
         return line
+
+    def carry(self, old: StreamSink) -> None:
+        """Take over what `old` keeps for `tail` (a reload moved the output elsewhere): the
+        offsets of a follower stay valid across the move."""
+        self._ring, self.total, self._partial = bytearray(old._ring), old.total, old._partial
+        old._partial = b""
+
+    def resize(self, config: OutputConfig) -> None:
+        """A reload's new rotation sizes, applied to the open file."""
+        if self.file is not None:
+            self.file.max_bytes, self.file.backups = config.max_bytes, config.backups
+
+    def follow_path(self) -> bool:
+        """Reopen the file if its path was moved (logrotate); True if it was reopened. A
+        path that cannot be opened now is a loss reason, tried again next time."""
+        if self.file is None:
+            return False
+        try:
+            return self.file.follow_path()
+        except OSError as exc:
+            self.lost_reason = f"cannot reopen {self.file.path}: {exc.strerror or exc}"
+            return False
+
+    def reopen(self) -> None:
+        """Open the file's path afresh (SIGHUP); OSError when it cannot be (the file held
+        so far stays in use)."""
+        if self.file is not None:
+            self.file.reopen()
 
     def _log_lines(self, data: bytes, final: bool = False) -> None:
         buf = self._partial + data

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from supervisord_batt.host.procfs import ProcStat, read_stat
 from supervisord_batt.supervise.cgroups import (
@@ -52,6 +52,8 @@ from supervisord_batt.supervise.cgroups import (
 )
 
 __all__ = [
+    "Adopted",
+    "Child",
     "ExitWatcher",
     "KillReport",
     "UnknownUser",
@@ -61,6 +63,7 @@ __all__ = [
     "apply_v2",
     "become_subreaper",
     "collect_tree",
+    "identity",
     "instance_dir_name",
     "kill_tree",
     "lookup_user",
@@ -245,6 +248,63 @@ def spawn(
             os.close(err_w)
 
 
+# ----------------------------------------------------------------------------- children
+
+
+class Child(Protocol):
+    """A worker's main process as the supervisor holds it: the `subprocess.Popen` it
+    spawned, or an `Adopted` one it found (after a re-execution or a crash). A
+    returncode of None after the exit means the status is not known."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+
+class Adopted:
+    """A worker this process did not start with Popen, held by pid.
+
+    After a re-execution the daemon is still its parent (`child`): its exit status is
+    read with waitpid as Popen would. After a crash it is somebody else's child (systemd
+    reaped it): the exit is seen (pidfd, /proc) but its status is not known (None).
+    """
+
+    def __init__(self, pid: int, *, child: bool) -> None:
+        self.pid, self.child = pid, child
+        self.returncode: int | None = None
+        self.gone = False
+
+    def poll(self) -> int | None:
+        if self.gone:
+            return self.returncode
+        if self.child:
+            try:
+                got, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: gone, status unknown
+                self.gone = True
+                return None
+            if got == self.pid:
+                self.gone, self.returncode = True, os.waitstatus_to_exitcode(status)
+            return self.returncode
+        self.gone = not _running(self.pid)
+        return None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Until it exits (a short poll: it is called once the exit was seen)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None and not self.gone:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.005)
+        return self.returncode
+
+
 # ----------------------------------------------------------------------------- exits
 
 
@@ -253,15 +313,16 @@ class ExitWatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
-        self._watched: dict[int, tuple[subprocess.Popen[bytes], Callable[[int], None]]] = {}
+        self._watched: dict[int, tuple[Child, Callable[[int | None], None]]] = {}
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def watch(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
-        """`callback(returncode)` once `proc` exits (negative: killed by that signal)."""
+    def watch(self, proc: Child, callback: Callable[[int | None], None]) -> None:
+        """`callback(returncode)` once `proc` exits (negative: killed by that signal;
+        None: an adopted process whose status nobody told us)."""
         loop = self._get_loop()
         if proc.returncode is not None:  # reaped: its pid may belong to someone else now
             loop.call_soon(callback, proc.returncode)
@@ -277,10 +338,10 @@ class ExitWatcher:
         self._watched[fd] = (proc, callback)
         loop.add_reader(fd, self._exited, fd)
 
-    def _poll(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
+    def _poll(self, proc: Child, callback: Callable[[int | None], None]) -> None:
         """Without a pidfd: a non-blocking waitpid of our own child, then a pidfd again."""
         code = proc.poll()
-        if code is not None:
+        if code is not None or getattr(proc, "gone", False):
             callback(code)
         else:
             self.watch(proc, callback)
@@ -307,26 +368,68 @@ class ExitWatcher:
 # ----------------------------------------------------------------------------- trees
 
 
-def _collect(root_pid: int, cgroup: WorkerCgroup | None, session: int | None) -> dict[int, int]:
-    """pid -> threads of every process of the tree (one /proc pass, plus the cgroup)."""
+def _collect(
+    root_pid: int,
+    cgroup: WorkerCgroup | None,
+    session: int | None,
+    marker: bytes | None = None,
+    others: frozenset[int] = frozenset(),
+) -> dict[int, int]:
+    """pid -> threads of every process of the tree (one /proc pass, plus the cgroup).
+
+    `marker` (b"NAME=value" of the worker's environment): the daemon's own children that
+    carry it, bar the main pids in `others`, are this tree's orphans (re-parented to the
+    daemon, the subreaper, when their parent died), and count with their descendants.
+    """
     stats = _scan()
     found = set(cgroup.procs()) if cgroup is not None else set()
     children: dict[int, list[int]] = {}
     for st in stats.values():
         children.setdefault(st.ppid, []).append(st.pid)
+    me = os.getpid()
     todo = [root_pid] if root_pid in stats else []
+    if marker is not None:
+        todo += [
+            pid
+            for pid in children.get(me, ())
+            if pid != root_pid and pid not in others and _carries(pid, marker)
+        ]
     while todo:  # descendants, as psutil's children(recursive=True) finds them
         pid = todo.pop()
         found.add(pid)
         todo.extend(children.get(pid, ()))
     sid = root_pid if session is None else session
-    me = os.getpid()
     # never match the daemon's own session or group: that would be killing the daemon's kin
     if sid not in (os.getsid(0), 0) and root_pid != os.getpgrp():
         found.update(st.pid for st in stats.values() if st.session == sid or st.pgrp == root_pid)
     found.discard(me)
     found.discard(1)
     return {pid: (stats[pid].threads if pid in stats else _threads(pid)) for pid in found}
+
+
+def _carries(pid: int, marker: bytes) -> bool:
+    """Whether the process's environment holds `marker` (b"NAME=value") as one entry."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def identity(pids: Iterable[int]) -> dict[int, int]:
+    """pid -> start time of each of `pids` that still runs: what `kill_tree`'s `known`
+    takes, so a pid reused by an unrelated process later is never taken for it."""
+    out = {}
+    for pid in pids:
+        st = read_stat(pid)
+        if st is not None and st.state not in ("Z", "X"):
+            out[pid] = st.starttime
+    return out
+
+
+def _same(known: Mapping[int, int]) -> list[int]:
+    """The pids of `known` that are still the processes recorded (same start time)."""
+    return [pid for pid, start in known.items() if identity((pid,)).get(pid) == start]
 
 
 def _threads(pid: int) -> int:
@@ -486,8 +589,14 @@ async def _kill_rounds(
             reap()
 
 
-def _signal_tree(
-    tree: _Tree, root_pid: int, cgroup: WorkerCgroup | None, known: set[int], sig: signal.Signals
+def _signal_tree(  # noqa: PLR0917 (the kill's parts, each from a different source)
+    tree: _Tree,
+    root_pid: int,
+    cgroup: WorkerCgroup | None,
+    known: Mapping[int, int],
+    sig: signal.Signals,
+    marker: bytes | None,
+    others: frozenset[int],
 ) -> tuple[int, float]:
     """Collect and signal the tree; returns (tasks at the kill, time of the first signal).
 
@@ -502,8 +611,8 @@ def _signal_tree(
         started = time.monotonic()
         _killpg(root_pid, sig)
         tree.signal(members, sig)
-    found = _collect(root_pid, cgroup, None)
-    extra = [p for p in found.keys() | known if p not in tree.pids]
+    found = _collect(root_pid, cgroup, None, marker, others)
+    extra = [p for p in found.keys() | set(_same(known)) if p not in tree.pids]
     tasks += sum(found[p] if p in found else _threads(p) for p in extra)
     new = tree.add(extra)
     if cgroup is None:
@@ -519,20 +628,27 @@ async def kill_tree(
     cgroup: WorkerCgroup | None,
     stop_signal: signal.Signals,
     grace: float,
-    known: set[int] | None = None,
+    known: Mapping[int, int] | None = None,
     reap: Callable[[], object] | None = None,
+    marker: bytes | None = None,
+    others: frozenset[int] = frozenset(),
 ) -> KillReport:
     """Stop a worker's whole tree: `stop_signal` to its process group and every process,
     up to `grace` seconds for them to exit, then SIGKILL to whatever is left, verified gone.
     The tree is collected before the first signal (the cgroup's members, or without one a
     /proc pass: session, process group, descendants), and the cgroup again each round.
 
-    `known`: pids recorded earlier (they may have left the session). A zombie counts as
-    gone; `reap` (e.g. the worker's Popen.poll) is called while waiting so ours are reaped.
+    `known`: pid -> start time of processes recorded as the tree's earlier (`identity`):
+    they may have left the session and the cgroup; each one that is still the process
+    recorded is part of the kill. `marker` and `others`: see `_collect` (the tree's
+    orphans). A zombie counts as gone; `reap` (e.g. the worker's Popen.poll) is called
+    while waiting so ours are reaped.
     """
     tree = _Tree()
     try:
-        tasks, started = _signal_tree(tree, root_pid, cgroup, known or set(), stop_signal)
+        tasks, started = _signal_tree(
+            tree, root_pid, cgroup, known or {}, stop_signal, marker, others
+        )
         left = await _wait_gone(tree, cgroup, stop_signal, started + grace, reap)
         killed: set[int] = set()
         if left:

@@ -67,8 +67,11 @@ class State(str, Enum):
 # ------------------------------------------------------------------------ exit status
 
 
-def decode_wait_status(returncode: int) -> tuple[int | None, int | None]:
-    """(exit code, signal number) from a subprocess returncode (negative = signal)."""
+def decode_wait_status(returncode: int | None) -> tuple[int | None, int | None]:
+    """(exit code, signal number) from a subprocess returncode (negative = signal; None:
+    not known, for a worker adopted after a crash whose status went to its new parent)."""
+    if returncode is None:
+        return None, None
     if returncode < 0:
         return None, -returncode
     return returncode, None
@@ -150,9 +153,10 @@ class SpawnFailed:
 
 @dataclass(frozen=True)
 class Exited:
-    """The main pid exited (the daemon reaped it); its tree may live on."""
+    """The main pid exited (the daemon reaped it); its tree may live on. None: its status
+    is not known (adopted after a crash, reaped by its new parent)."""
 
-    returncode: int
+    returncode: int | None
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,7 @@ class Instance:
         program = self.program
         return [KillTree(program.stop_signal, program.stop_grace, kill_reason), SetDeadline(None)]
 
-    def _record_exit(self, returncode: int, now: float) -> ExitInfo:
+    def _record_exit(self, returncode: int | None, now: float) -> ExitInfo:
         code, sig = decode_wait_status(returncode)
         reason = self.stop_reason or ("killed" if sig is not None else "exited")
         runtime = now - self.started_at if self.started_at is not None else 0.0
@@ -469,4 +473,6 @@ def should_restart(policy: str, info: ExitInfo) -> bool:
         return True
     if policy == "never":
         return False
+    if info.code is None and info.signal is None:  # not known: the safe side is a restart
+        return True
     return info.killed_by_limit or info.signal is not None or (info.code or 0) != 0

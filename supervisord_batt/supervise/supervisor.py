@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import os
 import signal
 import subprocess
@@ -37,19 +36,31 @@ from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.cgroups import instance_dir_name
+from supervisord_batt.supervise.changes import ProgramChange, plan, stale
 from supervisord_batt.supervise.environ import worker_environment
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
+    Adopted,
+    Child,
     ExitWatcher,
     UnknownUser,
     WorkerCgroup,
     WorkerCgroups,
     become_subreaper,
+    identity,
     kill_tree,
     lookup_user,
     reap_adopted,
     spawn,
     tree_task_count,
+)
+from supervisord_batt.supervise.record import (
+    RunRecord,
+    identity_of,
+    restore,
+    run_record,
+    spawned_as,
+    to_json,
 )
 from supervisord_batt.supervise.states import (
     Action,
@@ -76,13 +87,14 @@ log = get_logger(component="supervisor")
 
 OUT_OF_PIDS = (errno.EAGAIN, errno.ENOMEM)
 TERMINAL = (State.STOPPED, State.EXITED, State.FATAL)
+_HOWS = ("added", "removed", "changed", "unchanged")
 
 
 @dataclass
 class Run:
     """What one instance's current run holds besides its state."""
 
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Child | None = None  # the main process: spawned (Popen), or adopted
     cgroup: WorkerCgroup | None = None
     readers: list[PipeReader] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -91,6 +103,12 @@ class Run:
     exit_seen: bool = False  # the main pid's exit was posted for this run
     tasks_max: int | None = None  # the pids.max containment last wrote to its cgroup
     killed_for: str | None = None  # the reason of the kill that ended this run, if one did
+    # what the run was started as: it keeps that command, user and environment until its
+    # next start, whatever a reload says meanwhile (`changes.stale`)
+    spawned: ProgramConfig | None = None
+    # pid -> start time of every process seen in its tree at a scan (`record_trees`):
+    # one that leaves the cgroup and the session later is still part of the kill
+    known: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +118,8 @@ class Tally:
     restarts: Counter[str] = field(default_factory=Counter)  # program -> automatic restarts
     kills: Counter[tuple[str, str]] = field(default_factory=Counter)  # (program, reason)
     # (program, outcome): completed (exit 0), failed (non-zero or a signal of its own),
-    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload)
+    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload),
+    # unknown (adopted after a crash, ended before anyone could see how)
     runs: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (program, errno name or exception type): spawns that failed (the run never began)
     spawn_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -147,25 +166,25 @@ async def _stop_leftover(cg: WorkerCgroup, sig: signal.Signals, grace: float) ->
 
 @dataclass
 class Prepared:
-    """A reload made ready: the new config, what changes, the new programs' sinks."""
+    """A reload made ready: the new config, each program's change, and the output files
+    the new instances and the moved outputs need (opened first: all or nothing)."""
 
     config: Config
-    diff: dict[str, list[str]]
-    sinks: dict[str, Sinks]
+    changes: list[ProgramChange]
+    sinks: Sinks
 
     def discard(self) -> None:
-        for sinks in self.sinks.values():
-            for sink in sinks.values():
-                sink.close()
+        for sink in self.sinks.values():
+            sink.close()
         self.sinks.clear()
 
 
-def _open_sinks(program: ProgramConfig) -> Sinks:
-    """Both streams of every instance of `program`; all or nothing (OSError)."""
+def _open_sinks(program: ProgramConfig, socket: Path, indices: Iterable[int]) -> Sinks:
+    """Both streams of the given instances of `program`; all or nothing (OSError)."""
     made: Sinks = {}
-    directory = program.output.directory or paths.default_output_dir()
+    directory = program.output.directory or default_output_dir(socket)
     try:
-        for index in range(program.numprocs):
+        for index in indices:
             name = f"{program.name}:{index}"
             for stream in ("stdout", "stderr"):
                 made[(name, stream)] = StreamSink(name, stream, program.output, directory)
@@ -174,6 +193,19 @@ def _open_sinks(program: ProgramConfig) -> Sinks:
             sink.close()
         raise
     return made
+
+
+def default_output_dir(socket: Path) -> Path:
+    """Where output files go without `output.directory`: per daemon, so that two daemons
+    with a program of the same name never share (and rotate) each other's files. The
+    daemon on the default socket keeps the plain directory; any other one gets a
+    subdirectory named after its socket (`paths.daemon_id`, as its worker cgroups are)."""
+    if os.geteuid() == 0:
+        base = paths.LOG_DIR
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = Path(state) / "supervisord-batt" / "log"
+    return base if socket == paths.DEFAULT_SOCKET else base / paths.daemon_id(socket)
 
 
 class Supervisor:
@@ -193,10 +225,18 @@ class Supervisor:
         self.sinks: dict[tuple[str, str], StreamSink] = {}
         self.watcher = ExitWatcher()
         # one cgroup root per daemon: two daemons on a host never touch each other's workers
-        digest = hashlib.sha1(str(socket_path).encode()).hexdigest()[:8]
-        self.cgroups = WorkerCgroups.detect(base_name=f"supervisord-batt.{digest}")
+        base = f"supervisord-batt.{paths.daemon_id(socket_path)}"
+        self.cgroups = WorkerCgroups.detect(base_name=base)
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
+        # one queue for control: reloads and operators' start, stop and restart run one at
+        # a time, so a start during a reload is never undone by it unseen
+        self.control = asyncio.Lock()
+        # after every event: the daemon keeps its state record current (staterecord)
+        self.on_change: Callable[[], None] = lambda: None
+        # a run's output pipes came ((instance, {stream: fd})) or went ((instance, None)):
+        # the daemon keeps systemd's descriptor store in step (notify)
+        self.on_pipes: Callable[[str, dict[str, int] | None], None] = lambda name, fds: None
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
         self.tally = Tally()
@@ -243,7 +283,18 @@ class Supervisor:
             self.leftovers.append(record)
         return self.leftovers
 
-    def start(self) -> None:
+    def start(
+        self,
+        records: dict[str, dict[str, Any]] | None = None,
+        pipes: dict[tuple[str, str], int] | None = None,
+        *,
+        children: bool = False,
+    ) -> list[str]:
+        """Add every program's instances; those in `records` (a previous daemon's,
+        `snapshot`) go on where it left them: their processes adopted (still our
+        `children` after a re-execution; someone else's after a crash), their output read
+        from `pipes` ((instance, stream) -> fd), deadlines and backoff timers armed again.
+        Returns the adopted instances; `autostart` starts the others."""
         subreaper = become_subreaper()
         log.info(
             "supervisor_started",
@@ -253,8 +304,109 @@ class Supervisor:
             subreaper=subreaper,
             programs=[p.name for p in self.config.programs],
         )
+        records, pipes = records or {}, dict(pipes or {})
+        adopted = []
         for program in self.config.programs:
-            self._add_program(program)
+            for name in self._add_program(program, start=False):
+                inst = self.instances[name]
+                data = records.get(name)
+                if data is not None and self._restore(inst, data, pipes, children):
+                    adopted.append(name)
+        for fd in pipes.values():  # of instances no longer configured, or not adopted
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return adopted
+
+    def autostart(self, skip: Iterable[str] = ()) -> None:
+        """Start every instance whose program autostarts, but those in `skip` (adopted)."""
+        skipped = set(skip)
+        for name, inst in self.instances.items():
+            if inst.program.autostart and name not in skipped:
+                self.post(inst, Start())
+
+    def _restore(
+        self,
+        inst: Instance,
+        data: dict[str, Any],
+        pipes: dict[tuple[str, str], int],
+        children: bool,
+    ) -> bool:
+        """Go on with an instance where the previous daemon left it; False when there is
+        nothing to go on with (it never ran, or its process is another one now)."""
+        rec = run_record(data)
+        state = State(data["state"])
+        if state in (State.STARTING, State.STOPPING) or (
+            state is State.RUNNING and (rec.pid is None or rec.pid_start is None)
+        ):
+            return False  # mid-way: started afresh (a STOPPING tree is a leftover)
+        run = self.runs[inst.name]
+        restore(inst, data)
+        for action in inst.update_program(inst.program):  # a limit counts from its start
+            self._execute(inst, action)
+        if state is State.BACKOFF and inst.wake_at is not None:
+            self._execute(inst, SetTimer(inst.wake_at))
+        if state is not State.RUNNING:
+            return True
+        assert rec.pid is not None
+        proc = Adopted(rec.pid, child=children)
+        if identity((rec.pid,)).get(rec.pid) != rec.pid_start:
+            proc.gone = True  # ended while nobody watched (or its pid is another's now)
+        run.proc, run.last_progress, run.tasks_max = proc, rec.last_progress, rec.tasks_max
+        run.known, run.exit_seen, run.killed_for = dict(rec.known), False, None
+        run.spawned = spawned_as(inst.program, rec.spawned)
+        if rec.cgroup is not None:
+            run.cgroup = self.cgroups.adopt(rec.cgroup)
+        for stream in ("stdout", "stderr"):
+            sink = self.sinks[(inst.name, stream)]
+            sink.total = rec.offsets.get(stream, 0)
+            fd = pipes.pop((inst.name, stream), None)
+            if fd is not None:
+                run.readers.append(PipeReader(fd, sink))
+        if inst.deadline_at is not None:
+            self._execute(inst, SetDeadline(inst.deadline_at))  # one past fires at once
+        log.info(
+            "adopted",
+            program=inst.program.name,
+            instance=inst.name,
+            pid=rec.pid,
+            child=children,
+            output=len(run.readers) == 2,
+            deadline_in_s=None
+            if inst.deadline_at is None
+            else round(inst.deadline_at - time.monotonic(), 3),
+            reason="re-executed" if children else "found running after a restart",
+        )
+        self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
+        return True
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every instance as the state record keeps it (`record.to_json`)."""
+        out = {}
+        for name, inst in self.instances.items():
+            run = self.runs[name]
+            pid = run.proc.pid if run.proc is not None else None
+            start = identity((pid,)).get(pid) if pid is not None else None
+            rec = RunRecord(
+                pid=pid,
+                pid_start=start,
+                cgroup=run.cgroup.path if run.cgroup is not None else None,
+                last_progress=run.last_progress,
+                tasks_max=run.tasks_max,
+                known=run.known,
+                spawned=identity_of(run.spawned) if run.spawned is not None else {},
+                offsets={st: self.sinks[(name, st)].total for st in ("stdout", "stderr")},
+            )
+            out[name] = to_json(inst, rec)
+        return out
+
+    def pipes(self) -> dict[tuple[str, str], int]:
+        """(instance, stream) -> the read end of each running worker's output pipe."""
+        out = {}
+        for name, run in self.runs.items():
+            for stream, reader in zip(("stdout", "stderr"), run.readers, strict=False):
+                if reader.open:
+                    out[(name, stream)] = reader.fd
+        return out
 
     async def shutdown(self, timeout: float) -> None:
         """Stop every instance (stop signal, grace, kill) and wait for their trees."""
@@ -286,16 +438,29 @@ class Supervisor:
         if problems:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
-    def _add_program(self, program: ProgramConfig, sinks: Sinks | None = None) -> None:
-        sinks = _open_sinks(program) if sinks is None else sinks
-        for index in range(program.numprocs):
+    def _add_program(
+        self,
+        program: ProgramConfig,
+        sinks: Sinks | None = None,
+        indices: Iterable[int] = (),
+        start: bool = True,
+    ) -> list[str]:
+        """Add instances of `program` (`indices`; all when empty), started if it autostarts
+        (and `start`); their names."""
+        indices = list(indices) or list(range(program.numprocs))
+        if sinks is None:
+            sinks = _open_sinks(program, self.socket_path, indices)
+        names = []
+        for index in indices:
             inst = Instance(program, index)
             self.instances[inst.name] = inst
             self.runs[inst.name] = Run()
             for stream in ("stdout", "stderr"):
                 self.sinks[(inst.name, stream)] = sinks[(inst.name, stream)]
-            if program.autostart:
+            if program.autostart and start:
                 self.post(inst, Start())
+            names.append(inst.name)
+        return names
 
     # -- events and actions -----------------------------------------------------------
 
@@ -303,6 +468,7 @@ class Supervisor:
         for action in inst.handle(event, time.monotonic()):
             self._execute(inst, action)
         self.changed.set()
+        self.on_change()
 
     def _execute(self, inst: Instance, action: Action) -> None:
         run = self.runs[inst.name]
@@ -355,7 +521,7 @@ class Supervisor:
         cgroup = None
         fds: list[int] = []
         try:
-            cgroup = self.cgroups.create(inst.name) if self.cgroups.enabled else None
+            cgroup = self._cgroup_for(inst) if self.cgroups.enabled else None
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds += (out_r, out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -383,6 +549,7 @@ class Supervisor:
                 os.close(fd)
         run.proc, run.cgroup, run.last_progress = proc, cgroup, time.monotonic()
         self._index(inst.name, run)
+        run.spawned = program
         run.tasks_max = None
         self.contain(inst.name, None)  # no lease yet
         run.exit_seen, run.killed_for = False, None
@@ -390,6 +557,7 @@ class Supervisor:
             PipeReader(out_r, self.sinks[(inst.name, "stdout")]),
             PipeReader(err_r, self.sinks[(inst.name, "stderr")]),
         ]
+        self.on_pipes(inst.name, {"stdout": out_r, "stderr": err_r})
         log.info(
             "spawn",
             program=program.name,
@@ -399,6 +567,27 @@ class Supervisor:
         )
         self.post(inst, Spawned(proc.pid))
         self.watcher.watch(proc, lambda rc: self._exited(inst, proc, rc))
+
+    def _cgroup_for(self, inst: Instance) -> WorkerCgroup | None:
+        """A new cgroup for the instance's run; what it cost, said: the members of one
+        an earlier daemon left (killed), or why there is none (the run goes without)."""
+        cgroup = self.cgroups.create(inst.name)
+        if self.cgroups.killed:
+            log.warning(
+                "leftover_killed",
+                program=inst.program.name,
+                instance=inst.name,
+                pids=self.cgroups.killed,
+                reason="an earlier daemon's worker in the cgroup of a new run",
+            )
+        if cgroup is None:
+            log.warning(
+                "cgroup_unavailable",
+                program=inst.program.name,
+                instance=inst.name,
+                reason=self.cgroups.last_error,
+            )
+        return cgroup
 
     def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
         """One line and one count per failed spawn; the state machine backs off (and
@@ -438,7 +627,7 @@ class Supervisor:
         other = account is not None and account.pw_uid != os.geteuid()
         return worker_environment(program, os.environ, account if other else None, own)
 
-    def _exited(self, inst: Instance, proc: subprocess.Popen[bytes], returncode: int) -> None:
+    def _exited(self, inst: Instance, proc: Child, returncode: int | None) -> None:
         run = self.runs.get(inst.name)
         if run is None or run.proc is not proc or run.exit_seen:
             return
@@ -466,12 +655,18 @@ class Supervisor:
         run.killed_for = action.reason
         # the run's length when the kill began (the limit itself, for a deadline kill)
         runtime = time.monotonic() - (inst.started_at or time.monotonic())
+        others = frozenset(
+            r.proc.pid for r in self.runs.values() if r.proc is not None and r.proc is not proc
+        )
         report = await kill_tree(
             proc.pid,
             cgroup=run.cgroup,
             stop_signal=action.signal,
             grace=action.grace,
+            known=run.known,
             reap=proc.poll,
+            marker=f"{paths.INSTANCE_ENV}={inst.name}".encode(),
+            others=others,
         )
         for reader in run.readers:
             reader.drain()
@@ -502,7 +697,8 @@ class Supervisor:
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
         self._unindex(run)
-        run.proc, run.cgroup, run.readers = None, None, []
+        run.proc, run.cgroup, run.readers, run.known = None, None, [], {}
+        self.on_pipes(inst.name, None)
         self.on_tree_gone(inst.name, report.pids)
         self.post(inst, TreeGone(report.tasks_at_kill, report.needed_sigkill))
 
@@ -511,7 +707,15 @@ class Supervisor:
     def tick(self, now: float) -> None:
         """Output that could not be written (one line per stream a tick), and no-progress
         timeouts."""
-        for sink in self.sinks.values():
+        for (instance, stream), sink in self.sinks.items():
+            if sink.follow_path():
+                log.info(
+                    "output_reopened",
+                    instance=instance,
+                    stream=stream,
+                    path=str(sink.path),
+                    reason="the file was renamed or removed",
+                )
             lost = sink.summary()
             if lost is not None:
                 log.error("output_lost", **lost)
@@ -530,6 +734,39 @@ class Supervisor:
                     reason=f"no heartbeat for {timeout}s",
                 )
                 self.post(inst, Deadline("progress_timeout"))
+
+    def roots(self) -> dict[str, int]:
+        """instance -> main pid of every run that has one (the scan's tree roots)."""
+        return {name: run.proc.pid for name, run in self.runs.items() if run.proc is not None}
+
+    def record_trees(self, trees: dict[str, tuple[int, ...]]) -> None:
+        """Remember who is in each worker's tree now (from the scan's /proc pass, and the
+        cgroup), with what it remembered before and still runs as the same process: a
+        member that later leaves the cgroup and the session is still killed with it."""
+        for name, pids in trees.items():
+            run = self.runs.get(name)
+            if run is None or run.proc is None:
+                continue
+            members = set(pids) | set(run.cgroup.procs() if run.cgroup is not None else ())
+            before = {pid: start for pid, start in run.known.items() if pid not in members}
+            fresh = identity(members)
+            still = identity(before)
+            run.known = fresh | {pid: s for pid, s in still.items() if before[pid] == s}
+
+    def reopen_outputs(self) -> None:
+        """Open every output file's path afresh (SIGHUP, logrotate's postrotate): one line
+        per file that cannot be, which keeps the file it had."""
+        for (instance, stream), sink in self.sinks.items():
+            try:
+                sink.reopen()
+            except OSError as exc:
+                log.error(
+                    "output_reopen_failed",
+                    instance=instance,
+                    stream=stream,
+                    path=str(sink.path),
+                    reason=str(exc),
+                )
 
     def reap(self) -> None:
         """Reap adopted orphans (zombies re-parented to us when their parent was killed)."""
@@ -650,48 +887,123 @@ class Supervisor:
     # -- reload -----------------------------------------------------------------------
 
     def prepare(self, new: Config) -> Prepared:
-        """What a reload to `new` needs that can fail (the output files of the added and
-        changed programs), made before anything changes; OSError, with nothing left
-        open, when one cannot be made. `discard` undoes it; `reload` uses it."""
-        old = {p.name: p for p in self.config.programs}
-        diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
-        fresh = {p.name: p for p in new.programs}
-        for name, program in old.items():
-            if name not in fresh:
-                diff["removed"].append(name)
-            elif program != fresh[name]:  # frozen dataclasses: every setting compared
-                diff["changed"].append(name)
-            else:
-                diff["unchanged"].append(name)
-        diff["added"] = [n for n in fresh if n not in old]
-        prepared = Prepared(new, diff, {})
+        """What a reload to `new` needs that can fail (the output files of the instances it
+        adds and of the outputs it moves), made before anything changes; OSError, with
+        nothing left open, when one cannot be made. `discard` undoes it; `reload` uses it."""
+        changes = plan(self.config.programs, new.programs)
+        prepared = Prepared(new, changes, {})
         try:
-            for name in diff["added"] + diff["changed"]:
-                prepared.sinks[name] = _open_sinks(fresh[name])
+            for change in changes:
+                if change.new is None or change.how == "unchanged":
+                    continue
+                kept, added, _ = change.indices()
+                wanted = [*kept, *added] if change.new_sinks else added
+                prepared.sinks.update(_open_sinks(change.new, self.socket_path, wanted))
         except OSError:
             prepared.discard()
             raise
         return prepared
 
-    async def reload(self, new: Config, prepared: Prepared | None = None) -> dict[str, list[str]]:
-        """Start added programs, stop removed ones, restart changed ones, keep the rest."""
+    async def reload(
+        self, new: Config, prepared: Prepared | None = None, restart_changed: bool = False
+    ) -> dict[str, Any]:
+        """Apply a new config in place (see `changes`): limits at once, what a worker is
+        at its next start (now with `restart_changed`), instances added or stopped one by
+        one; only removed programs and instances past a smaller numprocs are stopped.
+        Returns the lists of programs by kind of change, and per program what was done."""
         prepared = self.prepare(new) if prepared is None else prepared
-        diff = prepared.diff
-        fresh = {p.name: p for p in new.programs}
         self.config = new
-        going = [
-            i
-            for i in self.instances.values()
-            if i.program.name in diff["removed"] + diff["changed"]
-        ]
-        for inst in going:
+        report: dict[str, dict[str, Any]] = {}
+        going: list[Instance] = []  # stopped, then dropped
+        for change in prepared.changes:
+            row = report[change.name] = {"how": change.how}
+            if change.how == "removed":
+                going += [i for i in self.instances.values() if i.program.name == change.name]
+            elif change.how == "changed":
+                row.update(self._apply_change(change, prepared.sinks, going))
+        restarting = self._stale_instances() if restart_changed else []
+        for inst in restarting:
+            report[inst.program.name].setdefault("restarted", []).append(inst.name)
+        for inst in going + restarting:
             self.post(inst, Stop())
-        await self.wait_for([i.name for i in going], TERMINAL, self.stop_timeout(going))
+        await self._wait_stopped(going + restarting)
         for inst in going:
             self._drop_instance(inst.name)
-        for name in diff["added"] + diff["changed"]:
-            self._add_program(fresh[name], prepared.sinks[name])
-        return diff
+        for inst in restarting:
+            self.post(inst, Start())
+        for change in prepared.changes:
+            if change.new is None or change.how not in ("added", "changed"):
+                continue
+            _, added, _ = change.indices()
+            if added:
+                names = self._add_program(change.new, prepared.sinks, added)
+                report[change.name]["started"] = names
+        lists = {how: [c.name for c in prepared.changes if c.how == how] for how in _HOWS}
+        return {**lists, "programs": report}
+
+    def _apply_change(
+        self, change: ProgramChange, sinks: Sinks, going: list[Instance]
+    ) -> dict[str, Any]:
+        """A changed program's kept instances take the new config (limits now, what the
+        worker is at its next start); those past a smaller numprocs go to `going`. What
+        was done, for the reply and the log."""
+        assert change.old is not None and change.new is not None
+        kept, _, removed = change.indices()
+        name = change.name
+        for index in kept:
+            inst = self.instances[f"{name}:{index}"]
+            for action in inst.update_program(change.new):
+                self._execute(inst, action)
+            self._retarget_output(inst.name, change, sinks)
+            run = self.runs[inst.name]
+            if run.tasks_max == change.old.tasks_without_lease:  # no lease: follow the new
+                self.contain(inst.name, None)
+        going += [self.instances[f"{name}:{i}"] for i in removed]
+        return {
+            "in_place": list(change.in_place),
+            "next_start": list(change.identity),
+            "stopped": [f"{name}:{i}" for i in removed],
+        }
+
+    def _stale_instances(self) -> list[Instance]:
+        """The instances that run as something their program no longer is (a reload
+        changed their command, user, environment...), and should run: to restart now."""
+        out = []
+        for name, inst in self.instances.items():
+            spawned = self.runs[name].spawned
+            up = inst.state in (State.STARTING, State.RUNNING)  # BACKOFF starts anew anyway
+            if up and inst.wanted and spawned is not None and stale(spawned, inst.program):
+                out.append(inst)
+        return out
+
+    def _retarget_output(self, instance: str, change: ProgramChange, sinks: Sinks) -> None:
+        """A kept instance's output follows the new config: new files when the destination
+        moved (what `tail` keeps in memory carried over), new sizes otherwise."""
+        assert change.new is not None
+        run = self.runs[instance]
+        for i, stream in enumerate(("stdout", "stderr")):
+            old = self.sinks[(instance, stream)]
+            if change.new_sinks:
+                fresh = sinks[(instance, stream)]
+                fresh.carry(old)
+                self.sinks[(instance, stream)] = fresh
+                if i < len(run.readers):
+                    run.readers[i].sink = fresh
+                old.close()
+            else:
+                old.resize(change.new.output)
+
+    async def _wait_stopped(self, instances: list[Instance]) -> None:
+        """Until every instance is down: a reload never drops one it has not seen stop.
+        The kill always ends (SIGKILL rounds have a deadline of their own), so this is a
+        wait for it, with one line if it takes longer than the stop should."""
+        names = [i.name for i in instances]
+        if await self.wait_for(names, TERMINAL, self.stop_timeout(instances)):
+            return
+        late = [i.name for i in instances if i.state not in TERMINAL]
+        log.warning("reload_waiting", instances=late, reason="their stop takes longer")
+        while not await self.wait_for(names, TERMINAL, 60.0):
+            pass
 
     def _drop_instance(self, name: str) -> None:
         self.instances.pop(name, None)
@@ -712,18 +1024,30 @@ class Supervisor:
         its cgroup's pids.current where it has one), the lease its main process holds."""
         run = self.runs[inst.name]
         tasks = _tree_tasks(run) if run.proc is not None else None
-        return {**inst.snapshot(now), "tasks": tasks, "ok": _is_ok(inst), "lease": lease}
+        # what it takes at its next start (a reload changed it while it ran)
+        running = run.spawned if run.proc is not None else None
+        pending = list(stale(running, inst.program)) if running else []
+        return {
+            **inst.snapshot(now),
+            "tasks": tasks,
+            "ok": _is_ok(inst),
+            "lease": lease,
+            "pending": pending,
+        }
 
     def all_ok(self) -> bool:
         return all(_is_ok(inst) for inst in self.instances.values())
 
 
-def _outcome(run: Run, inst: Instance, returncode: int) -> str:
-    """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs."""
+def _outcome(run: Run, inst: Instance, returncode: int | None) -> str:
+    """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs; or
+    unknown, for a worker adopted after a crash that ended with nobody to tell us how."""
     if run.killed_for in ("wall_clock_limit", "progress_timeout"):
         return "killed"
     if run.killed_for is not None or (inst.state is State.STOPPING and not inst.wanted):
         return "stopped"
+    if returncode is None:
+        return "unknown"
     return "completed" if returncode == 0 else "failed"
 
 

@@ -56,10 +56,12 @@ class DaemonHandle:
 
     def wait_ready(self) -> None:
         wait_until(self._answers, timeout=20, what="daemon answering status")
+        if self.proc.poll() is not None:  # fails at once, not at the wait's deadline
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+            return True  # it exited: wait_ready says so
         try:
             with WireClient(self.socket, timeout=2) as c:
                 return bool(c.request("status").get("ok"))

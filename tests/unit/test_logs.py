@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -158,7 +161,8 @@ def test_a_broken_stream_does_not_break_the_loop(stream: CountingStream) -> None
 
     asyncio.run(log_some())
     assert errors == []
-    assert [line["event"] for line in lines(stream)] == ["kept"]
+    # what the broken stream could not take is written to the next one, first
+    assert [line["event"] for line in lines(stream)] == ["lost", "kept"]
 
 
 def test_exception_lines_carry_the_traceback(stream: CountingStream) -> None:
@@ -199,3 +203,97 @@ def test_capture_logs_sees_loggers_cached_before_a_reconfigure(stream: CountingS
         log.info("caught", n=1)
     assert [e["event"] for e in captured] == ["caught"]
     assert "caught" not in stream.getvalue()
+
+
+class PipeStream(io.TextIOBase):
+    """A log stream on a real non-blocking pipe: full until the test reads it."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        os.set_blocking(self.r, False)
+
+    def fileno(self) -> int:
+        return self.w
+
+    def isatty(self) -> bool:
+        return False
+
+    def fill(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(self.w, b"\0" * 65536)
+
+    def read_all(self) -> bytes:
+        out = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.r, 65536):
+                out += chunk
+        return out
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+def test_lines_a_full_log_cannot_take_are_written_once_it_can() -> None:
+    pipe = PipeStream()
+    logs.configure("json", logging.INFO, stream=pipe)  # type: ignore[arg-type]
+    try:
+        pipe.fill()
+        log = logs.get_logger()
+        log.warning("timeout_kill", instance="batt:0")
+        log.info("exit", instance="batt:0")
+        logs.flush()
+        assert pipe.read_all().strip(b"\0") == b""  # nothing got through: both kept
+        log.info("later")
+        logs.flush()  # room now: the kept lines first, in order, then the new one
+        got = [json.loads(x) for x in pipe.read_all().decode().splitlines()]
+        assert [x["event"] for x in got] == ["timeout_kill", "exit", "later"]
+    finally:
+        logs.configure("json", logging.INFO)
+        pipe.close()
+
+
+def test_past_the_backlog_bound_the_oldest_lines_go_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logs, "_MAX_BACKLOG", 2000)
+    pipe = PipeStream()
+    logs.configure("json", logging.INFO, stream=pipe)  # type: ignore[arg-type]
+    try:
+        pipe.fill()
+        log = logs.get_logger()
+        for i in range(100):  # about 80 bytes a line: most of them cannot be kept
+            log.info("line", n=i)
+            logs.flush()
+        pipe.read_all()
+        log.info("back")
+        logs.flush()
+        got = [json.loads(x) for x in pipe.read_all().decode().splitlines()]
+        kept = [x["n"] for x in got if x["event"] == "line"]
+        assert kept == list(range(100 - len(kept), 100)) and 0 < len(kept) < 100
+        assert got[-2]["event"] == "back"
+        assert got[-1]["event"] == "log_lines_lost"
+        assert got[-1]["lines"] == 100 - len(kept)
+        assert got[-1]["reason"]
+    finally:
+        logs.configure("json", logging.INFO)
+        pipe.close()
+
+
+def test_reopen_follows_a_log_file_renamed_away(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    logs.configure("json", logging.INFO, log_file=path)
+    try:
+        log = logs.get_logger()
+        log.info("before")
+        path.rename(tmp_path / "daemon.log.1")
+        log.info("still_old")
+        logs.reopen()
+        log.info("after")
+    finally:
+        logs.configure("json", logging.INFO)
+    old = [json.loads(x)["event"] for x in (tmp_path / "daemon.log.1").read_text().splitlines()]
+    new = [json.loads(x)["event"] for x in path.read_text().splitlines()]
+    assert old == ["before", "still_old"] and new == ["after"]

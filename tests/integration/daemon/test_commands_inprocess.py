@@ -83,7 +83,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     ledger = BudgetLedger(config.budget, clock=time.monotonic)
     state: dict[str, World] = {}
 
-    async def reload(by: dict[str, int]) -> dict[str, list[str]]:
+    async def reload(by: dict[str, int], restart_changed: bool = False) -> dict[str, list[str]]:
         w = state["w"]
         if w.reload_error is not None:
             raise ReloadRejected(w.reload_error)

@@ -115,7 +115,7 @@ def _refuse_forks(cgroup: PidsCgroup, count: int) -> None:
 
 def _settled(host: Host) -> bool:
     """Every run over, and a stats line written after the last exit."""
-    states = [i["state"] for p in host.handle.status()["programs"] for i in p["instances"]]
+    states = [i["state"] for i in host.handle.status()["instances"]]
     if not all(s in ("EXITED", "FATAL") for s in states):
         return False
     events = host.events()

@@ -8,6 +8,8 @@ timeout, exited with a traceback and left the socket and a worker cgroup behind.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -73,3 +75,64 @@ def test_a_full_disk_is_counted_and_never_stops_a_kill_or_a_shutdown(
     assert "Traceback" not in text and not d.events("loop_error")
     # one line per stream and tick at most, not one per failed write
     assert len(d.events("output_lost")) < 200
+
+
+def test_the_daemons_own_lines_of_a_full_disk_are_written_once_there_is_room(
+    daemon: Callable[..., Any], full_disk: Path, py: Callable[[str], list[str]]
+) -> None:
+    """The kill lines of the minutes the log could not be written are the ones an
+    operator needs: kept, and written in order once the disk has room again."""
+    log_file = full_disk / "daemon.log"
+    d = daemon(
+        {
+            "daemon": {"log_file": str(log_file), "log_level": "info"},
+            "programs": {
+                "slow": {
+                    # 20 KB of output lines into the daemon's log each run: more than
+                    # any stream buffer holds while the disk is full
+                    "command": py(
+                        "import time\nfor i in range(200): print(i, 'x' * 100, flush=True)\n"
+                        "time.sleep(600)"
+                    ),
+                    "output": {"mode": "daemon"},
+                    "wall_clock_limit": "1s",
+                    "stop_grace": "200ms",
+                    "backoff": {"initial": "100ms", "max": "200ms", "factor": 2},
+                }
+            },
+        }
+    )
+    filler = full_disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    written = log_file.stat().st_size
+    # while it is full: at least two wall-clock kills happen, and none can be written
+    with d.client() as c:
+        wait_until(
+            lambda: c.request("status", instances=True)["instances"][0]["restarts"] >= 2,
+            timeout=20,
+            what="two wall-clock restarts",
+        )
+    assert log_file.stat().st_size <= written + 4096
+    filler.unlink()
+    kills = wait_until(
+        lambda: [e for e in _events(log_file) if e["event"] == "timeout_kill"][1:],
+        timeout=10,
+        what="the kills of the full minutes in the log",
+    )
+    assert kills[0]["instance"] == "slow:0" and kills[0]["reason"] == "wall_clock_limit"
+    # and all the output lines of those runs, none dropped: whole runs of 200, in order
+    output = [e["line"] for e in _events(log_file) if e["event"] == "output"]
+    whole = sum(1 for line in output if line.startswith("199 "))
+    run = [f"{i} {'x' * 100}" for i in range(200)]
+    assert whole >= 2 and output[: whole * 200] == run * whole
+    assert not [e for e in _events(log_file) if e["event"] == "log_lines_lost"]
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out

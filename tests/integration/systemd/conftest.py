@@ -14,6 +14,7 @@ import yaml
 
 from supervisord_batt.cli.unit import installed_command
 from supervisord_batt.paths import SOURCE_UNIT
+from tests.helpers import REPO
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
 
 UNIT = "supervisord-batt.service"
@@ -63,7 +64,11 @@ class Service:
             f"ExecStart={self.command} run -c {self.config}",
             "ExecReload=",
             f"ExecReload={self.command} reload -c {self.config}",
+            "ExecStopPost=",
+            f"ExecStopPost={self.command} cleanup -c {self.config}",
             "Environment=PYTHONUNBUFFERED=1",
+            # the checkout under test, whichever installation the command belongs to
+            f"Environment=PYTHONPATH={REPO}",
             *(f"{key}={value}" for key, value in service.items()),
         ]
         (dropin / "test.conf").write_text("\n".join(lines) + "\n")

@@ -272,9 +272,11 @@ class Sandbox:
         """A path of the namespace's mount tree, seen from the host."""
         return Path(f"/proc/{self.pid1}/root") / inside.lstrip("/")
 
-    def console(self) -> str:
+    def console(self, tail: int | None = 4000) -> str:
+        """The console's last `tail` characters (all of it with None)."""
         with contextlib.suppress(OSError):
-            return (self.workdir / "console.log").read_text(errors="replace")[-4000:]
+            text = (self.workdir / "console.log").read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         return ""
 
     def close(self) -> list[str]:

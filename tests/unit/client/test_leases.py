@@ -237,20 +237,40 @@ def test_error_reply_degrades(
     assert "shutting_down: daemon is stopping" in line
 
 
-def test_connection_loss_degrades_once(
+def test_connection_loss_keeps_the_pool_and_resumes_the_lease(
     fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = fake_daemon(
         lambda msg: _grant_reply(2, 2) if msg["op"] == "acquire" else OTHER_REPLIES[msg["op"]]
     )
     with lease(2, socket_path=d.path) as grant:
-        d.drop()
-        grant.renew()
+        d.drop()  # the daemon re-executes: its connections close
+        grant.renew(workers_in_use=2)
+        assert (grant.kind, grant.size, grant.degraded, grant.away) == ("process", 2, False, True)
+        wait_until(lambda: grant.renew(workers_in_use=2) and not grant.away, timeout=5)
+        assert (grant.kind, grant.size, grant.lease_id) == ("process", 2, "L1")
+    resume = [r for r in d.requests if r["op"] == "acquire"][-1]
+    assert (resume["resume"], resume["workers_in_use"], resume["want"]) == ("L1", 2, 2)
+    lines = _warnings(capsys.readouterr().err)
+    assert len(lines) == 2, lines
+    assert "lost the daemon" in lines[0] and "keeping process:2" in lines[0]
+    assert "resumed as L1" in lines[1]
+
+
+def test_a_daemon_that_stays_away_degrades_once_after_the_ttl(
+    fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    reply = dict(_grant_reply(2, 2), ttl=0.5)
+    d = fake_daemon(lambda msg: reply if msg["op"] == "acquire" else protocol.ok())
+    with lease(2, socket_path=d.path) as grant:
+        d.close()  # gone, and not back
+        wait_until(lambda: grant.renew().degraded, timeout=10)
         grant.renew()
         grant.heartbeat(progress=1)
-        assert (grant.kind, grant.degraded, grant.lease_id) == ("sequential", True, None)
+        assert (grant.kind, grant.lease_id, grant.away) == ("sequential", None, False)
     lines = _warnings(capsys.readouterr().err)
-    assert len(lines) == 1 and "lost the daemon" in lines[0]
+    assert len(lines) == 2, lines
+    assert "keeping process:2" in lines[0] and "not back within" in lines[1]
 
 
 def test_connection_bounds_the_reply_line(fake_daemon: Callable[..., FakeDaemon]) -> None:

@@ -103,3 +103,41 @@ def test_pipe_reader_feeds_the_sink_until_eof(tmp_path):
     sink = asyncio.run(run())
     assert sink.total == 4000
     assert (tmp_path / "p-0.out.log").read_bytes() == b"abc\n" * 1000
+
+
+def test_a_file_renamed_away_is_followed_to_its_path(tmp_path):
+    """logrotate's default: rename, then expect the writer to reopen the path."""
+    f = RotatingFile(tmp_path / "w.out.log", max_bytes=1 << 20, backups=2)
+    f.write(b"before\n")
+    assert not f.follow_path()  # nothing moved: nothing to do
+    (tmp_path / "w.out.log").rename(tmp_path / "w.out.log.1")
+    assert f.follow_path()
+    f.write(b"after\n")
+    f.close()
+    assert (tmp_path / "w.out.log.1").read_bytes() == b"before\n"
+    assert (tmp_path / "w.out.log").read_bytes() == b"after\n"
+
+
+def test_a_rotation_that_finds_its_file_gone_opens_the_path_again(tmp_path):
+    f = RotatingFile(tmp_path / "w.log", max_bytes=8, backups=2)
+    f.write(b"1234")
+    (tmp_path / "w.log").unlink()  # removed behind our back, and not yet followed
+    f.write(b"567890ab")  # crosses max_bytes: the rotation must not fail on the gone file
+    f.write(b"cd")
+    f.close()
+    assert (tmp_path / "w.log").read_bytes() == b"90abcd"  # 8 bytes went to the gone file
+
+
+def test_the_sink_reports_a_path_it_cannot_reopen_as_a_loss_reason(tmp_path):
+    d = tmp_path / "out"
+    d.mkdir()
+    sink = StreamSink("w:0", "stdout", file_config(d, max_bytes=1 << 20), d)
+    sink.path.unlink()
+    d.chmod(0o777)  # writable by others: safepath refuses to open anything in it
+    assert not sink.follow_path()
+    assert "cannot reopen" in sink.lost_reason
+    d.chmod(0o755)
+    assert sink.follow_path()
+    sink.write(b"x\n")
+    sink.close()
+    assert sink.path.read_bytes() == b"x\n"
