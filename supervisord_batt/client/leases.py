@@ -364,9 +364,10 @@ class Grant:
             fields["workers_in_use"] = int(workers_in_use)
         conn: Connection | None = None
         try:
-            # a short wait: the job's pool idles while it waits here, and a daemon still
-            # starting is asked again at the next try
-            conn = Connection(origin.path, timeout=min(origin.timeout, RESUME_TIMEOUT))
+            # a short wait and no retry inside it: the job's pool idles while it waits
+            # here, and a daemon still starting is asked again at the next try
+            timeout = min(origin.timeout, RESUME_TIMEOUT)
+            conn = Connection(origin.path, timeout=timeout, retry=0.0)
             reply = _ask(conn, origin.want, origin.kinds, origin.job, fields)
         except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
             if conn is not None:
