@@ -48,6 +48,8 @@ class Service:
         self.config = box.workdir / "etc" / "supervisord-batt.yaml"
         self.config.parent.mkdir()
         self.command = " ".join(installed_command())
+        # the checkout the service imports first; None: only what `command` installed
+        self.pythonpath: Path | None = REPO
 
     def install(self, config: dict[str, Any], **service: str) -> None:
         """The unit exactly as shipped, plus a drop-in: ExecStart/ExecReload at the code
@@ -68,7 +70,7 @@ class Service:
             f"ExecStopPost={self.command} cleanup -c {self.config}",
             "Environment=PYTHONUNBUFFERED=1",
             # the checkout under test, whichever installation the command belongs to
-            f"Environment=PYTHONPATH={REPO}",
+            *([f"Environment=PYTHONPATH={self.pythonpath}"] if self.pythonpath else []),
             *(f"{key}={value}" for key, value in service.items()),
         ]
         (dropin / "test.conf").write_text("\n".join(lines) + "\n")

@@ -8,146 +8,45 @@ does not finish its own stop in time.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
-import textwrap
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
-from tests.helpers import REPO, killing, wait_until
+from tests.helpers import wait_until
 from tests.integration.systemd.conftest import UNIT, Service, base_config
-from tests.integration.systemd.sandbox import Sandbox
-
-# prints a numbered line every 100 ms, for five minutes
-COUNTER = [
-    sys.executable,
-    "-c",
-    "import itertools, time\n"
-    "for n in itertools.count():\n"
-    "    print(f'tick {n}', flush=True)\n"
-    "    time.sleep(0.1)\n",
-]
-
-
-# a job inside the namespace: leases 2 workers, renews every 50 ms, prints each grant
-JOB = textwrap.dedent(
-    """
-    import json, sys, time
-    from supervisord_batt.client.leases import acquire
-    grant = acquire(2, job="job", socket_path="/run/supervisord-batt/supervisord-batt.sock")
-    seen = None
-    while True:
-        now = (grant.lease_id, grant.describe(), grant.degraded)
-        if now != seen:
-            print(json.dumps(now), flush=True)
-            seen = now
-        grant.renew(workers_in_use=0 if grant.kind == "sequential" else grant.size)
-        time.sleep(0.05)
-    """
+from tests.integration.systemd.jobs import (
+    alive_inside,
+    end_job,
+    four_counters,
+    lease_job,
+    leases,
+    resumed,
+    ticks,
 )
 
 
-@contextmanager
-def _job(service: Service) -> Iterator[subprocess.Popen[str]]:
-    """A lease holder in the sandbox's namespaces, killed (by pid) when the test ends."""
-    proc = subprocess.Popen(
-        ["nsenter", "-t", str(service.box.pid1), "-m", "-p", sys.executable, "-c", JOB],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    try:
-        with killing(proc):  # type: ignore[arg-type]
-            yield proc
-    finally:
-        _end_job(proc)
-
-
-def _end_job(proc: subprocess.Popen[str]) -> None:
-    """nsenter forks into the pid namespace: the job is its child. Killed by pid first,
-    then nsenter, so its pipes close."""
-    with contextlib.suppress(OSError, ValueError):
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        for pid in map(int, children):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
-def _leases(service: Service) -> list[str]:
-    return [lease["lease"] for lease in service.status().get("leases", [])]
-
-
-def _resumed(service: Service) -> int:
-    """How many leases the daemon's log says were resumed by their jobs."""
-    return service.box.console(tail=None).count('"event": "lease_resumed"')
-
-
-def _alive_inside(box: Sandbox, pid: int) -> bool:
-    try:
-        return box.host_path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _ticks(service: Service) -> dict[str, list[int]]:
-    """instance -> the numbers its output lines carried, in the order the log has them."""
-    out: dict[str, list[int]] = {}
-    for line in service.box.console(tail=None).splitlines():
-        if '"output"' not in line:
-            continue
-        try:
-            event = json.loads(line[line.index("{") :])
-        except (ValueError, json.JSONDecodeError):
-            continue
-        if event.get("event") == "output" and (m := re.fullmatch(r"tick (\d+)", event["line"])):
-            out.setdefault(event["instance"], []).append(int(m.group(1)))
-    return out
-
-
-def _four_counters() -> dict[str, Any]:
-    config = base_config()
-    config["programs"] = {
-        "batt": {
-            "command": COUNTER,
-            "numprocs": 4,
-            "wall_clock_limit": "300s",
-            "stop_grace": "2s",
-            "output": {"mode": "daemon"},
-        }
-    }
-    return config
-
-
 def test_a_killed_daemon_is_restarted_and_adopts_its_running_workers(service: Service) -> None:
-    service.install(_four_counters())
+    service.install(four_counters())
     service.box.systemctl("start", UNIT)
     before = wait_until(
         lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
         timeout=20,
     )
     assert len(before) == 4
-    wait_until(lambda: all(len(t) > 5 for t in _ticks(service).values()), timeout=20)
+    wait_until(lambda: all(len(t) > 5 for t in ticks(service).values()), timeout=20)
     main = service.show("MainPID")["MainPID"]
-    with _job(service) as job:
-        lease = wait_until(lambda: _leases(service), timeout=20, what="the job's lease")
+    with lease_job(service) as job:
+        lease = wait_until(lambda: leases(service), timeout=20, what="the job's lease")
         # the record takes leases once a tick: a crash before it would lose this one
         record = service.box.host_path("/run/supervisord-batt/supervisord-batt.sock.state")
         wait_until(lambda: f'"lease": "{lease[0]}"' in record.read_text(), timeout=10)
         _crash_and_adopt(service, before, main)
         # the job kept its pool and got its lease back from the new daemon
         # (the new daemon lists the lease at once: it holds it for the job meanwhile)
-        wait_until(lambda: _resumed(service) == 1, timeout=20, what="the lease resumed")
-        assert _leases(service) == lease
-        _end_job(job)
+        wait_until(lambda: resumed(service) == 1, timeout=20, what="the lease resumed")
+        assert leases(service) == lease
+        end_job(job)
         out, err = job.communicate(timeout=10)
     grants = {tuple(json.loads(line)) for line in out.splitlines()}
     assert len(grants) == 1 and not next(iter(grants))[2], (grants, err)
@@ -156,7 +55,7 @@ def test_a_killed_daemon_is_restarted_and_adopts_its_running_workers(service: Se
     # and a stop afterwards still stops every one of them, and leaves nothing
     service.box.systemctl("stop", UNIT)
     assert service.show("ActiveState")["ActiveState"] == "inactive"
-    assert not any(_alive_inside(service.box, i["pid"]) for i in before.values())
+    assert not any(alive_inside(service.box, i["pid"]) for i in before.values())
     assert not service.box.host_path("/run/supervisord-batt").exists()
 
 
@@ -180,20 +79,20 @@ def _crash_and_adopt(service: Service, before: dict[str, dict[str, Any]], main: 
         left = inst["wall_clock_left_s"]
         assert abs(left + inst["uptime_s"] - 300) < 2.0, inst
     # their output goes on, from where it was, through the pipes systemd kept
-    seen = {n: max(t) for n, t in _ticks(service).items()}
+    seen = {n: max(t) for n, t in ticks(service).items()}
     wait_until(
-        lambda: all(max(_ticks(service)[n]) > seen[n] + 5 for n in seen),
+        lambda: all(max(ticks(service)[n]) > seen[n] + 5 for n in seen),
         timeout=20,
         what="output after the restart",
     )
-    for name, ticks in _ticks(service).items():
-        assert ticks == sorted(set(ticks)), name  # one process counting on: never again from 0
-    assert all(_alive_inside(service.box, inst["pid"]) for inst in before.values())
+    for name, seq in ticks(service).items():
+        assert seq == sorted(set(seq)), name  # one process counting on: never again from 0
+    assert all(alive_inside(service.box, inst["pid"]) for inst in before.values())
     assert "supervisord-batt cleanup: the daemon crashed (signal)" in service.box.console(tail=None)
 
 
 def test_reexec_keeps_the_main_pid_its_workers_and_the_jobs_leases(service: Service) -> None:
-    service.install(_four_counters())
+    service.install(four_counters())
     service.box.systemctl("start", UNIT)
     before = wait_until(
         lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
@@ -201,9 +100,9 @@ def test_reexec_keeps_the_main_pid_its_workers_and_the_jobs_leases(service: Serv
     )
     main = service.show("MainPID")["MainPID"]
     with ExitStack() as stack:
-        jobs = [stack.enter_context(_job(service)) for _ in range(8)]
-        leases = wait_until(
-            lambda: len(now := sorted(_leases(service))) == 8 and now, timeout=30, what="8 leases"
+        jobs = [stack.enter_context(lease_job(service)) for _ in range(8)]
+        held = wait_until(
+            lambda: len(now := sorted(leases(service))) == 8 and now, timeout=30, what="8 leases"
         )
         out = service.cli("reexec")
         assert f"re-executed in place: pid {main}" in out.stdout, out.stdout + out.stderr
@@ -217,16 +116,16 @@ def test_reexec_keeps_the_main_pid_its_workers_and_the_jobs_leases(service: Serv
         after = service.instances()
         assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
         assert all(i["restarts"] == 0 for i in after.values()), after
-        wait_until(lambda: _resumed(service) == 8, timeout=20, what="the 8 leases resumed")
-        assert sorted(_leases(service)) == leases
-        seen = {n: max(t) for n, t in _ticks(service).items()}
+        wait_until(lambda: resumed(service) == 8, timeout=20, what="the 8 leases resumed")
+        assert sorted(leases(service)) == held
+        seen = {n: max(t) for n, t in ticks(service).items()}
         wait_until(
-            lambda: all(max(_ticks(service)[n]) > seen[n] + 5 for n in seen),
+            lambda: all(max(ticks(service)[n]) > seen[n] + 5 for n in seen),
             timeout=20,
             what="output after the re-execution",
         )
         for job in jobs:
-            _end_job(job)
+            end_job(job)
             stdout, err = job.communicate(timeout=10)
             # one grant throughout: the client saw no error and ran nothing else
             assert len({tuple(json.loads(line)) for line in stdout.splitlines()}) == 1, stdout
@@ -254,6 +153,6 @@ def test_a_stop_the_daemon_does_not_finish_in_time_still_stops_every_worker(
     service.box.systemctl("stop", UNIT, check=False)
     state = service.show("ActiveState", "Result")
     assert state["ActiveState"] in ("inactive", "failed") and state["Result"] == "timeout", state
-    assert not any(_alive_inside(service.box, pid) for pid in pids)
+    assert not any(alive_inside(service.box, pid) for pid in pids)
     console = service.box.console(tail=None)
     assert "supervisord-batt cleanup: w:0: SIGKILL to" in console, console[-3000:]

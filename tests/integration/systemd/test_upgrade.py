@@ -1,0 +1,165 @@
+"""An upgrade from the previous release to this checkout, with jobs running (issue 23).
+
+The previous release is built from its commit (CHANGELOG.md names it; its tag when the
+clone has it) into a wheel and installed in a virtualenv, and the shipped unit runs it
+under a real systemd with four workers and eight leasing jobs. Then this checkout's
+wheel is installed over it, as a package upgrade does, and `supervisord-batt reexec`
+(the new CLI) asks the running old daemon to exec the new code: the same MainPID, no
+restart, the same workers, every lease resumed, no job sees an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, wait_until
+from tests.integration.systemd.conftest import UNIT, Service
+from tests.integration.systemd.jobs import end_job, four_counters, lease_job, leases, resumed
+
+_RELEASE = re.compile(r"^## (\d+\.\d+\.\d+) \(\S+, commit ([0-9a-f]{7,40})\)", re.M)
+
+
+def previous_release() -> tuple[str, str]:
+    """(version, commit) of the newest release CHANGELOG.md names with its commit."""
+    found = _RELEASE.search((REPO / "CHANGELOG.md").read_text())
+    assert found, "CHANGELOG.md names no release with its commit"
+    return found.group(1), found.group(2)
+
+
+def _git(*args: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], check=True, capture_output=True, timeout=60
+    ).stdout
+
+
+def _wheel(source: Path, out: Path) -> Path:
+    """The wheel of the project at `source`, built offline (hatchling from the test env)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """(previous version, its wheel, this checkout's wheel)."""
+    work = tmp_path_factory.mktemp("wheels")
+    version, commit = previous_release()
+    tag = f"v{version}"
+    ref = (
+        tag
+        if subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "-q", "--verify", f"{tag}^{{commit}}"],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+        else commit
+    )
+    old_src = work / "old"
+    old_src.mkdir()
+    archive = _git("archive", "--format=tar", ref)
+    subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True, timeout=60)
+    new_src = work / "new"  # this checkout as it is, without its caches
+    shutil.copytree(
+        REPO,
+        new_src,
+        ignore=shutil.ignore_patterns(".git", ".cache", "__pycache__", "*.egg-info", "build"),
+    )
+    old = _wheel(old_src, work / "old-wheel")
+    new = _wheel(new_src, work / "new-wheel")
+    yield version, old, new
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _install(venv: Path, wheel: Path) -> None:
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--force-reinstall",
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
+
+
+def test_an_upgrade_from_the_previous_release_keeps_every_job(
+    service: Service, wheels: tuple[str, Path, Path]
+) -> None:
+    version, old, new = wheels
+    venv = service.box.workdir / "venv"
+    # the dependencies from this interpreter's site, the package from the wheels only
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    _install(venv, old)
+    service.command = str(venv / "bin" / "supervisord-batt")
+    service.pythonpath = None  # the installed release, not this checkout
+    service.install(four_counters())
+    service.box.systemctl("start", UNIT)
+    hello = service.cli("status", "--json")
+    assert json.loads(hello.stdout)["version"] == version, hello.stdout
+    before = wait_until(
+        lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
+        timeout=20,
+    )
+    main = service.show("MainPID")["MainPID"]
+    with ExitStack() as stack:
+        jobs = [stack.enter_context(lease_job(service)) for _ in range(8)]
+        held = wait_until(
+            lambda: len(now := sorted(leases(service))) == 8 and now, timeout=30, what="8 leases"
+        )
+        _install(venv, new)  # the package upgrade: new files under the running daemon
+        out = service.cli("reexec")
+        from supervisord_batt import __version__
+
+        assert f"pid {main}, now supervisord-batt {__version__}" in out.stdout, (
+            out.stdout + out.stderr
+        )
+        assert __version__ != version
+        state = service.show("MainPID", "NRestarts", "ActiveState")
+        assert state == {"MainPID": main, "NRestarts": "0", "ActiveState": "active"}, state
+        after = service.instances()
+        assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
+        assert all(i["restarts"] == 0 and i["state"] == "RUNNING" for i in after.values())
+        wait_until(lambda: resumed(service) == 8, timeout=20, what="the 8 leases resumed")
+        assert sorted(leases(service)) == held
+        for job in jobs:
+            end_job(job)
+            stdout, err = job.communicate(timeout=10)
+            assert len({tuple(json.loads(line)) for line in stdout.splitlines()}) == 1, stdout
+            assert "resumed as" in err and "gone" not in err, err
+    service.box.systemctl("stop", UNIT)
+    assert service.show("ActiveState")["ActiveState"] == "inactive"
