@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,45 +19,21 @@ import yaml
 
 from tests import helpers
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
-from tests.integration.security.test_rights_and_floods import shared
+from tests.integration.security.test_rights_and_floods import FLOOD, STATUS, shared
 
-STATUS = '{"op":"status"}'
 LEASE = '{"op":"acquire","want":1,"kinds":["thread"]}'
-# opens N connections to PATH ("-": the worker's $SUPERVISORD_BATT_SOCKET), each sending
-# FIRST, and prints how many were served; then, once GO exists, asks once more on each it
-# holds and prints how many are still served
-HOLD = textwrap.dedent(
-    """
-    import json, os, socket, sys, time
-    path, n, first, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    path = os.environ["SUPERVISORD_BATT_SOCKET"] if path == "-" else path
-    held, served, refused = [], 0, {}
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(path)
-        s.sendall(first.encode() + b"\\n")
-        reply = json.loads(s.makefile("rb").readline())
-        if reply.get("ok"):
-            served += 1
-            held.append(s)
-        else:
-            code = reply["error"]["code"]
-            refused[code] = refused.get(code, 0) + 1
-            s.close()
-    print(json.dumps({"served": served, "refused": refused}), flush=True)
-    while not os.path.exists(go):
-        time.sleep(0.05)
-    alive = 0
-    for s in held:
-        try:
-            s.sendall(b'{"op":"hello","version":1}\\n')
-            alive += bool(json.loads(s.makefile("rb").readline() or b"{}").get("ok"))
-        except OSError:
-            pass
-    print(json.dumps({"alive": alive}), flush=True)
-    time.sleep(600)
-    """
-)
+
+
+def flooder(user: helpers.TestUser, n: int, go: Path) -> dict[str, Any]:
+    """A program of `user` whose workers each open `n` connections (see FLOOD); started
+    by `start`."""
+    return {
+        "command": [interpreter_for_others(), "-c", FLOOD, "-", str(n), STATUS, str(go)],
+        "user": user.name,
+        "output": {"mode": "daemon"},
+        "restart": "never",
+        "autostart": False,  # started once others may reach the socket
+    }
 
 
 def start(d: Any, program: str) -> None:
@@ -69,12 +44,12 @@ def start(d: Any, program: str) -> None:
 
 
 class Holder:
-    """A user's process holding connections (see HOLD); killed at the end."""
+    """A user's process holding connections (see FLOOD); killed at the end."""
 
     def __init__(self, d: Any, user: helpers.TestUser, n: int, first: str, go: Path) -> None:
         self.user = user
         self.proc = subprocess.Popen(
-            [interpreter_for_others(), "-c", HOLD, str(d.socket), str(n), first, str(go)],
+            [interpreter_for_others(), "-c", FLOOD, str(d.socket), str(n), first, str(go)],
             preexec_fn=drop_to(user),
             stdout=subprocess.PIPE,
             text=True,
@@ -144,28 +119,12 @@ def test_a_supervised_workers_flood_is_capped_and_root_keeps_control(
     daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
 ) -> None:
     user = test_user()
-    never = str(open_dir / "never")  # it holds its connections until it is stopped
+    never = open_dir / "never"  # it holds its connections until it is stopped
     d = shared(
         daemon(
             {
                 "daemon": {"socket_mode": "0666"},
-                "programs": {
-                    "flooder": {
-                        "command": [
-                            interpreter_for_others(),
-                            "-c",
-                            HOLD,
-                            "-",
-                            "400",
-                            STATUS,
-                            never,
-                        ],
-                        "user": user.name,
-                        "output": {"mode": "daemon"},
-                        "restart": "never",
-                        "autostart": False,  # started once others may reach the socket
-                    }
-                },
+                "programs": {"flooder": flooder(user, 400, never)},
             }
         )
     )
@@ -250,24 +209,7 @@ def test_workers_of_many_instances_stay_within_the_ordinary_share(
                     "max_connections": 16,
                     "max_connections_per_uid": 8,
                 },
-                "programs": {
-                    "flooder": {
-                        "command": [
-                            interpreter_for_others(),
-                            "-c",
-                            HOLD,
-                            "-",
-                            "8",
-                            STATUS,
-                            str(go),
-                        ],
-                        "user": user.name,
-                        "numprocs": 3,
-                        "output": {"mode": "daemon"},
-                        "restart": "never",
-                        "autostart": False,  # started once others may reach the socket
-                    }
-                },
+                "programs": {"flooder": {**flooder(user, 8, go), "numprocs": 3}},
             }
         )
     )

@@ -28,16 +28,20 @@ ASK = textwrap.dedent(
     """
 )
 
-# opens N connections, asks status on each, prints how many were served, then holds them
+STATUS = '{"op":"status"}'
+# opens N connections to PATH ("-": the worker's $SUPERVISORD_BATT_SOCKET), each sending
+# FIRST, and prints how many were served; then, once GO exists, asks once more on each it
+# holds and prints how many are still served
 FLOOD = textwrap.dedent(
     """
-    import json, socket, sys, time
-    path, n = sys.argv[1], int(sys.argv[2])
+    import json, os, socket, sys, time
+    path, n, first, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    path = os.environ["SUPERVISORD_BATT_SOCKET"] if path == "-" else path
     held, served, refused = [], 0, {}
     for _ in range(n):
         s = socket.socket(socket.AF_UNIX)
         s.connect(path)
-        s.sendall(b'{"op":"status"}\\n')
+        s.sendall(first.encode() + b"\\n")
         reply = json.loads(s.makefile("rb").readline())
         if reply.get("ok"):
             served += 1
@@ -47,6 +51,16 @@ FLOOD = textwrap.dedent(
             refused[code] = refused.get(code, 0) + 1
             s.close()
     print(json.dumps({"served": served, "refused": refused}), flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    alive = 0
+    for s in held:
+        try:
+            s.sendall(b'{"op":"hello","version":1}\\n')
+            alive += bool(json.loads(s.makefile("rb").readline() or b"{}").get("ok"))
+        except OSError:
+            pass
+    print(json.dumps({"alive": alive}), flush=True)
     time.sleep(600)
     """
 )
@@ -162,7 +176,7 @@ def test_one_uids_connection_flood_locks_out_no_one(
     daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser], open_dir: Path
 ) -> None:
     flooder, neighbour = test_user(), test_user()
-    go = open_dir / "go"
+    go, never = open_dir / "go", open_dir / "never"
     # a supervised worker of the flooder's own uid: it connects only once the flood is on
     worker = textwrap.dedent(
         f"""
@@ -194,7 +208,7 @@ def test_one_uids_connection_flood_locks_out_no_one(
         )
     )
     flood = subprocess.Popen(
-        [interpreter_for_others(), "-c", FLOOD, str(d.socket), "256"],
+        [interpreter_for_others(), "-c", FLOOD, str(d.socket), "256", STATUS, str(never)],
         preexec_fn=drop_to(flooder),
         stdout=subprocess.PIPE,
         text=True,
