@@ -5,7 +5,7 @@ daemon supervises 1,000 instances (it took 24-48 ms instead of 1-2 ms: each new
 connection read every instance's cgroup.procs), and with 3,000 leases and 1,000
 instances root's `status` and `top` must work and answer within 50 ms.
 
-One daemon is started per size (by default 0 instances, then `--instances`), each
+One daemon is started per size (by default 10 instances, then `--instances`), each
 supervising that many instances of `sleep` in their own cgroups (when the host can make
 them). Against each, measured from this process over raw sockets (so any reply size is
 read, whatever the daemon's version):
@@ -22,7 +22,8 @@ answers: a daemon from before paged status answers the lists in one reply, and r
 the paged requests, shown as `n/a`). Run it for two checkouts one after the other in
 the same session to compare them on the same machine.
 
-    python benchmarks/bench_scale.py [--instances 1000] [--leases 3000] [--checkout DIR]
+    python benchmarks/bench_scale.py [--small 10] [--instances 1000] [--leases 3000]
+        [--checkout DIR]
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def start_daemon(workdir: Path, checkout: Path, instances: int) -> subprocess.Po
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisord_batt", "run", "-c", str(workdir / "c.yaml")],
         env=env,
+        cwd=checkout,  # `-m` puts the working directory first on the path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -275,6 +277,7 @@ def show(row: dict[str, Any]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=10, help="instances of the baseline daemon")
     ap.add_argument("--instances", type=int, default=1000)
     ap.add_argument("--leases", type=int, default=3000)
     ap.add_argument("--fresh", type=int, default=200, help="fresh-connection rounds per size")
@@ -282,14 +285,19 @@ def main() -> int:
     ap.add_argument("--checkout", type=Path, default=REPO, help="the checkout whose daemon runs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    print(f"checkout {args.checkout}: {args.leases} leases, sizes 0 and {args.instances}")
+    print(
+        f"checkout {args.checkout}: {args.leases} leases, sizes {args.small} and {args.instances}"
+    )
     rows = []
-    for instances in (0, args.instances):
+    for instances in (args.small, args.instances):
         row = measure(args.checkout.resolve(), instances, args)
         rows.append(row)
         show(row)
     base, big = rows[0]["fresh"]["p50_ms"], rows[-1]["fresh"]["p50_ms"]
-    print(f"fresh acquire+release p50 at {args.instances} instances / at 0: {big / base:.2f}x")
+    print(
+        f"fresh acquire+release p50 at {args.instances} instances / at {args.small}:"
+        f" {big / base:.2f}x"
+    )
     if args.json:
         print(json.dumps(rows))
     return 0
