@@ -39,6 +39,7 @@ MAX_CHARS = {
     "reason": 300,
     "progress": 256,
     "lease": 64,
+    "resume": 64,  # a lease id, as `lease`
     "target": 256,
 }
 

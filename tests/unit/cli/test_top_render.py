@@ -64,6 +64,7 @@ def instance(name: str, pid: int | None, state: str = "RUNNING", **kw: Any) -> d
         "tasks": 7,
         "ok": True,
         "lease": None,
+        "pending": [],
     }
     return base | kw
 

@@ -261,7 +261,7 @@ def test_a_daemon_that_stays_away_degrades_once_after_the_ttl(
     fake_daemon: Callable[..., FakeDaemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
     reply = dict(_grant_reply(2, 2), ttl=0.5)
-    d = fake_daemon(lambda msg: reply if msg["op"] == "acquire" else protocol.ok())
+    d = fake_daemon(lambda msg: reply if msg["op"] == "acquire" else OTHER_REPLIES[msg["op"]])
     with lease(2, socket_path=d.path) as grant:
         d.close()  # gone, and not back
         wait_until(lambda: grant.renew().degraded, timeout=10)
