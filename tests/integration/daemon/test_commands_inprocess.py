@@ -83,12 +83,12 @@ def world(tmp_path: Path) -> Iterator[World]:
     ledger = BudgetLedger(config.budget, clock=time.monotonic)
     state: dict[str, World] = {}
 
-    async def reload(by: dict[str, int], restart_changed: bool = False) -> dict[str, list[str]]:
+    async def reload(by: dict[str, int], restart_changed: bool = False) -> dict[str, Any]:
         w = state["w"]
         if w.reload_error is not None:
             raise ReloadRejected(w.reload_error)
         w.reloads.append(f"uid {by['uid']}")
-        return {"added": [], "removed": [], "changed": [], "unchanged": []}
+        return {"added": [], "removed": [], "changed": [], "unchanged": [], "programs": {}}
 
     supervisor = Supervisor(config, tmp_path / "s.sock", lambda *_: None, dict)
     try:
