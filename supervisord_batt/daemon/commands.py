@@ -301,7 +301,7 @@ class Commands:
         """{"op":"status"} -> the summary; {"op":"status","leases":true,"instances":true,
         "leftovers":true,"events":true,"offset":0,"limit":500} -> with those lists (a page
         of each, and `page`); see daemon.status for who reads which rows."""
-        stats = self.ledger.statistics()
+        stats = self.ledger.statistics(leases=False)
         sample = self.sample()
         reply: protocol.StatusListsReply = {
             "ok": True,
@@ -320,7 +320,7 @@ class Commands:
             "host": sample_to_json(sample) if sample is not None else None,
         }
         viewer = Viewer(conn.peer.uid, conn.admin)
-        return self._status.fill(reply, viewer, msg, stats.leases)
+        return self._status.fill(reply, viewer, msg, self.ledger)
 
     # -- control ----------------------------------------------------------------------
 

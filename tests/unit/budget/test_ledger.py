@@ -395,6 +395,24 @@ def test_statistics_are_frozen() -> None:
         stats.free_tasks["threads-max"] = 0  # type: ignore[index]
 
 
+def test_a_page_of_one_uids_leases_is_the_statistics_rows_of_that_uid() -> None:
+    """Issue 22: status reads a page of leases without a snapshot of every lease; the
+    page is what `statistics` would list, its count the uid's leases."""
+    led = ledger()
+    for n in range(7):
+        led.acquire(request(f"h{n}", want=n % 3, uid=1000 + n % 2, pid=100 + n))
+    every = led.statistics().leases
+    assert led.statistics(leases=False).leases == ()
+    assert dataclasses.replace(led.statistics(leases=False), leases=every) == led.statistics()
+    assert led.count() == 7
+    assert led.page(None, 0, 100) == (list(every), 7)
+    assert led.page(None, 2, 5) == (list(every[2:5]), 7)
+    theirs = [x for x in every if x.uid == 1001]
+    assert led.page(1001, 1, 2) == (theirs[1:2], 3)
+    assert led.page(1001, 3, 9) == ([], 3)
+    assert led.page(4, 0, 9) == ([], 0)
+
+
 @pytest.mark.parametrize("cls", [Grant, Lease, Request])
 def test_grants_and_leases_are_frozen_dataclasses_of_every_field(cls: type) -> None:
     """Plain frozen dataclasses with slots: every field in order, by position or keyword,
