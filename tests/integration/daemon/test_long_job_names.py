@@ -16,14 +16,12 @@ benchmarks/bench_scale.py prints the figures.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests import helpers
-from tests.helpers import drop_to, interpreter_for_others, killing
-from tests.integration.daemon.test_status_at_size import HOLDER, JOB, REFUSAL, USER_LEASES, cli
+from tests.integration.daemon.test_status_at_size import JOB, USER_LEASES, cli, user_holding
 from tests.integration.security.test_rights_and_floods import shared
 
 GROWTH_MIB = 24  # measured here: 1.3 MiB; before the caps 94 MiB, 155 MiB at the peak
@@ -53,17 +51,7 @@ def test_issue_22_long_job_names_are_refused_and_cost_the_daemon_no_memory(
     warm = cli(d, "--json")  # the status path's first allocations are not the leases'
     assert warm.returncode == 0, warm.stderr
     before = memory_mib(d.proc.pid)
-    holder = subprocess.Popen(
-        [interpreter_for_others(), "-c", HOLDER, str(d.socket), JOB],
-        preexec_fn=drop_to(user),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with killing(holder):  # type: ignore[arg-type]
-        assert holder.stdout is not None
-        assert json.loads(holder.stdout.readline()) == {REFUSAL: USER_LEASES}
-        assert holder.stdout.readline() == "held\n"
+    with user_holding(d, user):
         for _ in range(REFRESHES):
             text = cli(d)
             assert text.returncode == 0, text.stderr

@@ -12,13 +12,14 @@ The whole test takes about 45 s here, most of it starting and stopping 1,000 wor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -121,8 +122,10 @@ def test_issue_22_roots_status_and_top_read_3000_leases_and_1000_instances(
             assert c.request("stop", target="all")["ok"]
 
 
-def hold_and_check(d: Any, user: helpers.TestUser) -> None:
-    """The user's 512 leases and root's 2,488 held while root reads status and top."""
+@contextlib.contextmanager
+def user_holding(d: Any, user: helpers.TestUser) -> Iterator[None]:
+    """The user's 512 leases (HOLDER: each asked first with a 60,000-character name, which
+    must be refused), held until the block ends."""
     holder = subprocess.Popen(
         [interpreter_for_others(), "-c", HOLDER, str(d.socket), JOB],
         preexec_fn=drop_to(user),
@@ -130,11 +133,17 @@ def hold_and_check(d: Any, user: helpers.TestUser) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    held: list[WireClient] = []
     with killing(holder):  # type: ignore[arg-type]
         assert holder.stdout is not None
         assert json.loads(holder.stdout.readline()) == {REFUSAL: USER_LEASES}
         assert holder.stdout.readline() == "held\n"
+        yield
+
+
+def hold_and_check(d: Any, user: helpers.TestUser) -> None:
+    """The user's 512 leases and root's 2,488 held while root reads status and top."""
+    held: list[WireClient] = []
+    with user_holding(d, user):
         try:
             for start in range(0, ROOT_LEASES, 16):
                 held.append(WireClient(d.socket))
