@@ -20,6 +20,11 @@ from supervisord_batt.protocol import Kind
 Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
 
 
+def lease_cpus(fp: Footprint, workers: int) -> int:
+    """CPUs a lease holding `workers` counts: its workers, or its seat while sequential."""
+    return workers if workers > 1 else fp.seat
+
+
 @dataclass(slots=True)
 class Book:
     """Adjusted usage of every limit, CPUs and memory for one assignment of pool sizes.
@@ -58,20 +63,21 @@ class Book:
     def move(self, fp: Footprint, old: Size | None, new: Size | None) -> None:
         """Resize one lease (None: absent) and update the usage it moves.
 
-        A lease adds to each limit in scope its charge less its measured tree, one CPU at
-        least, and its unsampled process workers (inlined: this runs on every request).
+        A lease adds to each limit in scope its charge less its measured tree, its workers
+        or its seat in CPUs (`claims.seat_of`: one, none if it asked for no worker), and its
+        unsampled process workers (inlined: this runs on every request).
         """
         delta = cpu = mem = 0
         if old is not None:
             kind, workers = old
             delta -= fp.charge(kind, workers) - (fp.measured or 0)
-            cpu -= workers if workers > 1 else 1
+            cpu -= workers if workers > 1 else fp.seat
             if kind == "process":
                 mem -= fp.unsampled(kind, workers)
         if new is not None:
             kind, workers = new
             delta += fp.charge(kind, workers) - (fp.measured or 0)
-            cpu += workers if workers > 1 else 1
+            cpu += workers if workers > 1 else fp.seat
             if kind == "process":
                 mem += fp.unsampled(kind, workers)
         if delta:
@@ -97,7 +103,7 @@ class Book:
         for i in fp.scope:
             if caps[i] - usage[i] < need:
                 return False
-        if self.cpus - (self.cpu_used - (max(1, old[1]) if old else 0)) < size:
+        if self.cpus - (self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)) < size:
             return False
         if kind != "process" or fp.sampled_process >= size:
             return True
@@ -120,7 +126,7 @@ class Book:
             n = workers_for(kind, tasks)
             if n < best:
                 best, at, at_tasks = n, i, tasks
-        others = self.cpu_used - (max(1, old[1]) if old else 0)
+        others = self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)
         why = ""
         if self.cpus - others < best:
             best, at = self.cpus - others, -1

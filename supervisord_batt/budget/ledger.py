@@ -37,6 +37,7 @@ from supervisord_batt.budget.claims import (
     pools_of,
     profile,
     sampled,
+    seat_of,
 )
 from supervisord_batt.budget.costs import (
     LEVELS,
@@ -162,7 +163,7 @@ class BudgetLedger:
         before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
-        fp = Footprint(self._scopes.of(req), req.base_tasks)
+        fp = Footprint(self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req))
         pools, cap = pools_of(req), cap_of(req, self._config)
         e = _Held(
             f"L{self._counter}",
@@ -279,7 +280,8 @@ class BudgetLedger:
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
-            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers)
+            seat = e.footprint.seat
+            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers, seat)
         self._rebook()
         previous = self._level
         self._level, reason = pressure_level(sample, self._config, self._charged)
@@ -442,11 +444,7 @@ class BudgetLedger:
         if shape != self._shape:  # scopes are indices into the limits: find them again
             self._shape, self._scopes = shape, Scopes(sample.limits)
             for e in self._leases.values():
-                fp = e.footprint
-                scope = self._scopes.of(e.request)
-                e.footprint = Footprint(
-                    scope, fp.base_tasks, fp.measured, fp.sampled_cost, fp.sampled_process
-                )
+                e.footprint = e.footprint._replace(scope=self._scopes.of(e.request))
         charged = self._charged = Book.of(sample, self._config)
         idle = self._idle = charged.copy()
         for e in self._leases.values():

@@ -22,6 +22,7 @@ from supervisord_batt.budget.claims import (
     profile,
     sampled,
     scope_of,
+    seat_of,
 )
 from supervisord_batt.budget.costs import Level
 from supervisord_batt.budget.demand import Demand
@@ -253,7 +254,10 @@ def world(host: HostSample, cfg: BudgetConfig, level: Level, held: Sequence[Held
     profiles: dict[str, Profile] = {}
     for h in held:
         scope = scope_of(h.request, host.limits)
-        fp = sampled(scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers)
+        seat = seat_of(h.request)
+        fp = sampled(
+            scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers, seat
+        )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
         charged.move(fp, None, (h.kind, h.workers))
