@@ -18,6 +18,9 @@ from supervisord_batt.host.sample import HostSample, Limit
 from supervisord_batt.protocol import Kind
 
 Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
+# (CPUs of a user's share, CPUs its other leases hold): what bounds a lease's CPUs where
+# several users hold leases (see `Book.fit`)
+CpuShare = tuple[int, int]
 
 
 def lease_cpus(fp: Footprint, workers: int) -> int:
@@ -87,8 +90,11 @@ class Book:
         self.cpu_used += cpu
         self.mem_used += mem
 
-    def fits(self, fp: Footprint, kind: Kind, size: int, old: Size | None) -> bool:
-        """Whether `fit(fp, kind, old)[0] >= size` (size >= 1), without sizing the pool.
+    def fits(
+        self, fp: Footprint, kind: Kind, size: int, old: Size | None, cpu: CpuShare | None = None
+    ) -> bool:
+        """Whether `fit(fp, kind, old, cpu=cpu)[0] >= size` (size >= 1), without sizing
+        the pool.
 
         Every limit in scope offers the lease the same tasks beyond its slack, so only the
         smallest slack matters; the two task bounds of `fit` become one need.
@@ -103,7 +109,10 @@ class Book:
         for i in fp.scope:
             if caps[i] - usage[i] < need:
                 return False
-        if self.cpus - (self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)) < size:
+        if cpu is not None:
+            if cpu[0] - cpu[1] < size:
+                return False
+        elif self.cpus - (self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)) < size:
             return False
         if kind != "process" or fp.sampled_process >= size:
             return True
@@ -111,10 +120,21 @@ class Book:
         return spare >= size - fp.sampled_process
 
     def fit(
-        self, fp: Footprint, kind: Kind, old: Size | None, explain: bool = True
+        self,
+        fp: Footprint,
+        kind: Kind,
+        old: Size | None,
+        explain: bool = True,
+        cpu: CpuShare | None = None,
     ) -> tuple[int, str]:
         """The largest pool of `kind` every cap lets the lease hold now, and the binding cap
-        ("" unless `explain`: the request path mostly needs no reason, only the size)."""
+        ("" unless `explain`: the request path mostly needs no reason, only the size).
+
+        `cpu`, where several users hold leases: the CPUs of the lease's user's share and
+        those its other leases hold, which bound the lease instead of the book's CPUs
+        (`hierarchy.allocate_users`: one user's leases may hold more CPUs than its share,
+        sequential ones or pools not shrunk yet, and that must not cost another user its
+        share)."""
         best, at, at_tasks = UNBOUNDED, -1, 0  # the first limit that binds most
         held = fp.charge(*old) if old else 0
         caps, usage, base, measured = self.caps, self.usage, fp.base_tasks, fp.measured
@@ -126,12 +146,19 @@ class Book:
             n = workers_for(kind, tasks)
             if n < best:
                 best, at, at_tasks = n, i, tasks
-        others = self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)
+        if cpu is None:
+            cpus, others, what = (
+                self.cpus,
+                self.cpu_used - (lease_cpus(fp, old[1]) if old else 0),
+                "cpu cap",
+            )
+        else:
+            (cpus, others), what = cpu, "user's cpu share"
         why = ""
-        if self.cpus - others < best:
-            best, at = self.cpus - others, -1
+        if cpus - others < best:
+            best, at = cpus - others, -1
             if explain:
-                why = f"cpu cap: {self.cpus} CPUs, {others} in use"
+                why = f"{what}: {cpus} CPUs, {others} in use"
         if kind == "process":
             spare = self.mem_slots - (self.mem_used - (fp.unsampled(*old) if old else 0))
             n = fp.sampled_process + max(0, spare)

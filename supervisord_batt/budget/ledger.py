@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
-from supervisord_batt.budget.books import Book, Size
+from supervisord_batt.budget.allocation import EMPTY, Allocation, Planned, Share, allocate
+from supervisord_batt.budget.books import Book, CpuShare, Size, lease_cpus
 from supervisord_batt.budget.claims import (
     MAX_SCOPES,
     Footprint,
@@ -53,6 +53,7 @@ from supervisord_batt.budget.costs import (
     workers_for,
 )
 from supervisord_batt.budget.demand import Demand
+from supervisord_batt.budget.hierarchy import allocate_users
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -64,6 +65,7 @@ from supervisord_batt.budget.records import (
     validate_request,
 )
 from supervisord_batt.budget.shortcuts import newcomer_share
+from supervisord_batt.budget.users import User, UserSums, Weigh, even, exact_weight
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.protocol import KINDS, Kind
@@ -128,12 +130,17 @@ class BudgetLedger:
         config: BudgetConfig,
         clock: Callable[[], float],
         sample: HostSample | None = None,
+        weigh: Weigh = even,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
         self._level: Level = "normal"
         self._leases: dict[str, _Held] = {}  # in the order acquired: only ever appended
+        # uid -> its sums, for each uid holding a seat (a lease that asked for a worker):
+        # with more than one, the budget is split per user first (`allocate_users`)
+        self._users: dict[int, UserSums] = {}
         self._counter = 0
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes = Scopes()
@@ -179,18 +186,24 @@ class BudgetLedger:
         self._leases[e.lease_id] = e
         self._idle.move(fp, None, _SEQUENTIAL)
         self._demand.count(fp.scope, e.profile, 1)
-        others = (o.profile for o in self._leases.values() if o is not e)
-        quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
+        if fp.seat:
+            self._user(req.uid).count(fp.scope, e.profile, 1)
+        quick = None
+        if len(self._users) < 2:  # the shortcut knows one level: several users, in full
+            others = (o.profile for o in self._leases.values() if o is not e)
+            quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
+        cpu = None
         if quick is None:
             alloc = self._allocate()
             mine, fair = alloc.share(e.lease_id), alloc.fair_share
+            cpu = self._cpu_share(e, alloc, charged=False)
         else:
             mine, fair = quick.share, quick.fair_share
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._best_now(e, mine, fair, None)
-        self._charged.move(fp, None, (kind, workers))
+        kind, workers, reason = self._best_now(e, mine, fair, None, cpu)
+        self._charge(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
             self._replan(e)
@@ -215,7 +228,7 @@ class BudgetLedger:
             if workers_in_use < e.workers:
                 workers = max(workers_in_use, _target(e, mine))
                 self._resize(e, e.kind if workers else "sequential", workers)
-        return self._grant(e, mine, self._grow(e, mine))
+        return self._grant(e, mine, self._grow(e, mine, self._cpu_share(e, alloc)))
 
     def heartbeat(self, lease_id: str) -> float:
         """Record that the holder made progress (for the no-progress timeout); the time."""
@@ -289,9 +302,14 @@ class BudgetLedger:
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
-    def reconfigure(self, config: BudgetConfig) -> None:
-        """Take a reloaded budget config; targets follow at once, leases are kept."""
+    def reconfigure(self, config: BudgetConfig, weigh: Weigh | None = None) -> None:
+        """Take a reloaded budget config (and the users' weights, if given); targets
+        follow at once, leases are kept."""
         self._config = config
+        if weigh is not None:
+            self._weigh = weigh
+            for uid, sums in self._users.items():
+                sums.weight = exact_weight(weigh(uid))
         for e in self._leases.values():
             e.cap = cap_of(e.request, config)
         if self._sample is not None:
@@ -350,10 +368,45 @@ class BudgetLedger:
         """Compute the allocation of the leases as they are now, and keep it."""
         alloc = EMPTY
         if self._sample is not None and self._level != "extreme":
-            planned = (e.planned() for e in self._leases.values())
-            alloc = allocate(planned, self._idle, self._demand)
+            if len(self._users) > 1:
+                alloc = allocate_users(self._per_user(), self._idle)
+            else:
+                planned = (e.planned() for e in self._leases.values())
+                alloc = allocate(planned, self._idle, self._demand)
         self._alloc, self._last, self._exact, self._pending = alloc, alloc, True, None
         return alloc
+
+    def _per_user(self) -> list[User]:
+        """The users holding seats, each with its planned leases, both in the ledger's
+        order (a user's place is its oldest lease's: the allocation is a function of the
+        leases held, not of the ones gone). A lease that holds no seat asks for nothing."""
+        planned: dict[int, list[Planned]] = {}
+        for e in self._leases.values():
+            if e.footprint.seat:
+                mine = planned.setdefault(e.request.uid, [])
+                if e.profile.kind is not None:
+                    mine.append(e.planned())
+        return [self._users[uid].user(uid, mine) for uid, mine in planned.items()]
+
+    def _cpu_share(self, e: _Held, alloc: Allocation, charged: bool = True) -> CpuShare | None:
+        """What bounds the lease's CPUs where several users hold leases: its user's CPUs
+        in `alloc` and those its other leases hold now in the charged book (`charged`:
+        whether the lease is in it), or None: one user, the host's CPUs bound it."""
+        if not alloc.cpus:
+            return None
+        sums = self._users.get(e.request.uid)
+        if sums is None:  # it holds no seat: it asked for no worker
+            return 0, 0
+        own = lease_cpus(e.footprint, e.workers) if charged else 0
+        return alloc.cpus.get(e.request.uid, 0), sums.cpus - own
+
+    def _user(self, uid: int) -> UserSums:
+        """The sums of a uid holding seats, made (and weighed) at its first."""
+        sums = self._users.get(uid)
+        if sums is None:
+            weight = exact_weight(self._weigh(uid))
+            sums = self._users[uid] = UserSums(weight, Demand.empty(len(self._idle.caps)))
+        return sums
 
     # Why ending a lease recomputes nothing. A recompute reads only the leases as they are
     # (their pools, profiles and the books), never the allocation before it, and only a
@@ -390,16 +443,25 @@ class BudgetLedger:
             scope = e.footprint.scope
             self._demand.count(scope, before, -1)
             self._demand.count(scope, after, 1)
+            if e.footprint.seat:
+                demand = self._users[e.request.uid].demand
+                demand.count(scope, before, -1)
+                demand.count(scope, after, 1)
         if not after.plans_as(before):
             self._exact = False
 
     def _replan_all(self) -> None:
         """Find every profile again and recount the demand (a new sample, level or config)."""
-        demand = self._demand = Demand.empty(len(self._idle.caps))
+        limits = len(self._idle.caps)
+        demand = self._demand = Demand.empty(limits)
+        for sums in self._users.values():
+            sums.demand = Demand.empty(limits)
         level = self._level
         for e in self._leases.values():
             e.profile = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
             demand.count(e.footprint.scope, e.profile, 1)
+            if e.footprint.seat:
+                self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -422,17 +484,33 @@ class BudgetLedger:
     def _remove(self, e: _Held) -> None:
         del self._leases[e.lease_id]
         fp = e.footprint
-        self._charged.move(fp, (e.kind, e.workers), None)
+        self._charge(e, (e.kind, e.workers), None)
         self._idle.move(fp, _SEQUENTIAL, None)
         self._demand.count(fp.scope, e.profile, -1)
+        if fp.seat:
+            uid = e.request.uid
+            sums = self._users[uid]
+            sums.count(fp.scope, e.profile, -1)
+            if not sums.seats:
+                del self._users[uid]
         self._changed()
+
+    def _charge(self, e: _Held, old: Size | None, new: Size | None) -> None:
+        """Move a lease in the charged book, and the CPUs its user holds there."""
+        fp = e.footprint
+        self._charged.move(fp, old, new)
+        if fp.seat:
+            sums = self._users[e.request.uid]
+            sums.cpus += (lease_cpus(fp, new[1]) if new else 0) - (
+                lease_cpus(fp, old[1]) if old else 0
+            )
 
     def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,
         but the ledger never recomputes on it: the next acquire or release does)."""
         if kind == e.kind and workers == e.workers:
             return
-        self._charged.move(e.footprint, (e.kind, e.workers), (kind, workers))
+        self._charge(e, (e.kind, e.workers), (kind, workers))
         e.kind, e.workers = kind, workers
         self._replan(e)
 
@@ -445,10 +523,12 @@ class BudgetLedger:
             self._shape, self._scopes = shape, Scopes(sample.limits)
             for e in self._leases.values():
                 e.footprint = e.footprint._replace(scope=self._scopes.of(e.request))
-        charged = self._charged = Book.of(sample, self._config)
-        idle = self._idle = charged.copy()
+        self._charged = Book.of(sample, self._config)
+        idle = self._idle = self._charged.copy()
+        for sums in self._users.values():
+            sums.cpus = 0
         for e in self._leases.values():
-            charged.move(e.footprint, None, (e.kind, e.workers))
+            self._charge(e, None, (e.kind, e.workers))
             idle.move(e.footprint, None, _SEQUENTIAL)
 
     def _grant(self, e: _Held, mine: Share, reason: str) -> Grant:
@@ -471,11 +551,11 @@ class BudgetLedger:
         return pool_kinds(e.pools, self._level, e.kind, e.workers, workers, chosen)
 
     def _best_now(
-        self, e: _Held, mine: Share, fair: int, held: Size | None
+        self, e: _Held, mine: Share, fair: int, held: Size | None, cpu: CpuShare | None
     ) -> tuple[Kind, int, str]:
         """The largest pool that fits now on the charged book, capped by the lease's share
         `mine` (`fair`: the fair share, to explain a refusal); `held`: its pool in the
-        charged book (None: not in it)."""
+        charged book (None: not in it); `cpu`: its user's CPUs (`_cpu_share`)."""
         if self._sample is None:
             return "sequential", 0, "no host sample yet"
         if self._level == "extreme":
@@ -489,36 +569,44 @@ class BudgetLedger:
         for kind in kinds if size >= MIN_POOL else ():  # else no fit makes a pool
             # a share that is all it wants and fits is granted without sizing the pool
             # (`fits` is whether `fit` reaches the size, and the grant is min(fit, share))
-            if size >= e.request.want and charged.fits(fp, kind, size, held):
+            if size >= e.request.want and charged.fits(fp, kind, size, held, cpu):
                 return kind, size, "granted in full"
-            fit, _ = charged.fit(fp, kind, held, explain=False)
+            fit, _ = charged.fit(fp, kind, held, False, cpu)
             workers = min(fit, size)
             if workers >= MIN_POOL:
-                return kind, workers, self._why_short(e, mine, kind, held, workers, fit)
+                return kind, workers, self._why_short(e, mine, kind, held, workers, fit, cpu)
         if size < MIN_POOL and fair:
             return "sequential", 0, f"fair share: {fair} workers each, none left for a new pool"
-        why = charged.fit(fp, kinds[-1], held)[1] if kinds else ""  # the last kind's
+        why = charged.fit(fp, kinds[-1], held, True, cpu)[1] if kinds else ""  # the last kind's
         return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
 
     def _why_short(  # noqa: PLR0917 (the sizing's state, to name what bound it)
-        self, e: _Held, mine: Share, kind: Kind, held: Size | None, workers: int, fit: int
+        self,
+        e: _Held,
+        mine: Share,
+        kind: Kind,
+        held: Size | None,
+        workers: int,
+        fit: int,
+        cpu: CpuShare | None,
     ) -> str:
         if workers >= e.request.want:
             return "granted in full"
         if workers == fit:  # the cap that bound it, named only now
-            return self._charged.fit(e.footprint, kind, held)[1]
+            return self._charged.fit(e.footprint, kind, held, True, cpu)[1]
         if workers == self._config.max_per_lease:
             return f"max_per_lease {workers}"
         return f"fair share {mine.workers} across {len(self._leases)} holders"
 
-    def _grow(self, e: _Held, mine: Share) -> str:
-        """Raise the lease toward its share if that fits right now."""
+    def _grow(self, e: _Held, mine: Share, cpu: CpuShare | None) -> str:
+        """Raise the lease toward its share if that fits right now (`cpu`: its user's
+        CPUs, `_cpu_share`)."""
         if self._sample is None or mine.workers <= e.workers:
             return "shrink" if _target(e, mine) < e.workers else "unchanged"
         kinds = self._kinds(e, mine, mine.workers)
         if not kinds:
             return "unchanged"
-        fit, why = self._charged.fit(e.footprint, kinds[0], (e.kind, e.workers))
+        fit, why = self._charged.fit(e.footprint, kinds[0], (e.kind, e.workers), True, cpu)
         workers = min(fit, mine.workers)
         if workers <= e.workers or workers < MIN_POOL:
             return why

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisord_batt.budget.allocation import allocate
+from supervisord_batt.budget.claims import seat_of
 from supervisord_batt.budget.costs import MIN_POOL
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.shortcuts import newcomer_share
@@ -227,3 +228,34 @@ def test_the_shortcut_gives_the_full_share_to_many_clients(
             tracker.update(host, trees)
         else:
             acquire()
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_with_several_users_acquire_grants_the_full_per_user_share(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """The shortcut knows one level: with several users holding leases the ledger
+    allocates in full (`hierarchy.allocate_users`). The newcomer is granted no more than its
+    share there, and all of it unless the charged book cannot hold it now (its user's
+    CPUs as that allocation counts them, every limit, the memory)."""
+    tracker = random_calls(cfg, data, data.draw(st.integers(0, 20)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        req = data.draw(requests())
+        w = tracker.world(Held(NEW, req))
+        full = w.allocation()
+        grant = tracker.ledger.acquire(req)
+        tracker.requests[grant.lease_id] = req
+        if len(w.users) < 2:
+            continue
+        mine = full.share(NEW)
+        assert grant.workers <= mine.workers, (grant, mine)
+        if mine.workers and grant.workers < mine.workers:
+            used = sum(
+                h.workers if h.workers > 1 else seat_of(h.request)
+                for h in tracker.held()
+                if h.request.uid == req.uid and h.lease_id != grant.lease_id
+            )
+            cpu = (full.cpus[req.uid], used)
+            fp = w.footprints[NEW]
+            assert not w.charged.fits(fp, mine.kind, mine.workers, ("sequential", 0), cpu)

@@ -1,0 +1,76 @@
+"""The users (uids) holding leases, as the split across users sees them: `User`, one
+user's leases for one allocation, and `UserSums`, the running sums the ledger keeps per
+uid as leases come, go and resize (seats, weight, demand, CPUs held).
+
+A lease holds a seat while it asked for at least one worker (`claims.seat_of`): its job's
+own thread, one CPU while it runs sequential. Only users holding seats take part in the
+split (`hierarchy.allocate_users`): a lease that asked for no worker asks for nothing,
+and counts no CPU against anyone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from supervisord_batt.budget.allocation import Planned
+from supervisord_batt.budget.claims import Profile
+from supervisord_batt.budget.demand import Demand
+
+# A user's weight, exact: its part of a resource is floor(R * weight / sum of weights),
+# and a float's rounding must not decide who gets the last unit.
+Weight = int | Fraction
+# uid -> its weight (the daemon's, from budget.user_weights and budget.group_weights)
+Weigh = Callable[[int], float]
+
+
+def exact_weight(weight: float) -> Weight:
+    """The weight as an exact number (as written: 0.1 is 1/10), an int when whole."""
+    if not (0 < weight < math.inf):
+        raise ValueError(f"a user's weight must be a positive number, got {weight!r}")
+    exact = Fraction(repr(float(weight)))
+    return exact.numerator if exact.denominator == 1 else exact
+
+
+def even(_uid: int) -> float:
+    """Every user the same weight (the default)."""
+    return 1.0
+
+
+@dataclass(slots=True)
+class User:
+    """One user's leases as the allocation sees them: its plan (the leases that ask for a
+    pool, in the ledger's order), their demand, and the CPUs its leases hold sequential."""
+
+    uid: int
+    weight: Weight
+    planned: list[Planned] = field(default_factory=list)
+    demand: Demand = field(default_factory=lambda: Demand.empty(0))
+    seats: int = 0
+
+    def cpu_demand(self) -> int:
+        """CPUs it asks for: a seat per lease, and each planned lease's workers beyond it."""
+        d = self.demand
+        return self.seats + sum(cap * n for cap, n in d.caps.items()) - d.n
+
+
+@dataclass(slots=True)
+class UserSums:
+    """What the ledger keeps per uid holding seats, up to date as its leases come, go and
+    resize: its weight, its seats, the demand of its planned leases (as `Demand` sums
+    every user's) and the CPUs its leases hold in the charged book."""
+
+    weight: Weight
+    demand: Demand
+    seats: int = 0
+    cpus: int = 0
+
+    def count(self, scope: tuple[int, ...], p: Profile, sign: int) -> None:
+        """A lease of this user comes (sign 1) or goes (sign -1), planned as `p`."""
+        self.seats += sign
+        self.demand.count(scope, p, sign)
+
+    def user(self, uid: int, planned: list[Planned]) -> User:
+        return User(uid, self.weight, planned, self.demand, self.seats)
