@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests import helpers
 from tests.helpers import CALM, drop_to, interpreter_for_others, killing, wait_until
 
@@ -167,3 +169,23 @@ def test_pools_never_given_back_hold_no_other_user_below_its_split(
         with holding(d.socket, second, leases=2, want=8) as fair:
             wait_until(lambda: fair.workers() == [4, 4], timeout=30, what="2 pools of 4")
         assert greedy.workers() == [8, 8]
+
+
+def test_a_groups_weight_in_the_config_gives_its_users_a_larger_part(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    """budget.group_weights: a user of a group of weight 3 gets 3 parts against another's
+    1 (useradd gave each test user a group of its own name); a reload that drops the
+    weight splits evenly again, the leases kept."""
+    heavy, light = test_user(), test_user()
+    d = fair_daemon(
+        daemon, [heavy, light], cpu_cap=16, max_per_lease=8, group_weights={heavy.name: 3}
+    )
+    with holding(d.socket, heavy, leases=2, want=8) as h, holding(d.socket, light, 2, 8) as li:
+        wait_until(lambda: (h.workers(), li.workers()) == ([6, 6], [2, 2]), timeout=30)
+        config = yaml.safe_load(d.config_path.read_text())
+        del config["budget"]["group_weights"]
+        d.config_path.write_text(yaml.safe_dump(config))
+        with d.client() as c:
+            assert c.request("reload")["ok"]
+        wait_until(lambda: (h.workers(), li.workers()) == ([4, 4], [4, 4]), timeout=30)
