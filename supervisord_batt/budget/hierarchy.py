@@ -14,7 +14,9 @@ Pure, like `allocation.allocate`, which it calls once per user.
 #    part of what is left), and what one asks less than its part of goes to the others.
 #    A user's CPUs include one per sequential lease (its job's own thread), so a user
 #    whose sequential jobs alone exceed its part gets no pool, and takes nothing from
-#    anyone else's part.
+#    anyone else's part: the parts then add up to less than what the users hold, the
+#    excess being that user's alone (cutting the others' parts to make room for it
+#    would let a user's sequential jobs shrink the others, which is what this stops).
 # 2. Within a user (`allocation.allocate`, as for a single user): its leases on a book
 #    whose CPUs, headroom and memory are its parts (`user_book`).
 # 3. The top-up (`topup.top_up`): what is still free on the host's book after that (a
@@ -27,7 +29,6 @@ Pure, like `allocation.allocate`, which it calls once per user.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -89,7 +90,7 @@ def entitlements(users: Sequence[User], idle: Book) -> Entitlements:
     """Every resource water-filled over the users by what they ask of it (`entitle`)."""
     weights = [u.weight for u in users]
     asked = [u.cpu_demand() for u in users]
-    cpus = _trim(idle.cpus, entitle(idle.cpus, asked, weights), users, asked)
+    cpus = entitle(idle.cpus, asked, weights)
     rooms: list[list[int]] = [[] for _ in users]
     for i, (cap, used) in enumerate(zip(idle.caps, idle.usage, strict=True)):
         room = cap - used
@@ -104,40 +105,6 @@ def entitlements(users: Sequence[User], idle: Book) -> Entitlements:
         else [spare] * len(users)
     )
     return Entitlements(cpus, rooms, mem)
-
-
-def _trim(capacity: int, cpus: list[int], users: Sequence[User], asked: list[int]) -> list[int]:
-    """CPU parts less what the users' seats take beyond their parts, where they can spare it.
-
-    A user's sequential leases hold their CPUs whatever its part, so one whose seats
-    exceed its part holds more than it was given, and the parts would add up to more
-    than the CPUs. Units are taken back, one at a time from whoever holds the most for
-    its weight, from those holding more than their guarantee (min(what they ask,
-    floor(capacity * w / W)), or their seats), until the users hold no more than the CPUs
-    or everyone is at its guarantee: no user's excess pushes another below it.
-    """
-    over = sum(max(c, u.seats) for c, u in zip(cpus, users, strict=True)) - capacity
-    if over <= 0:
-        return cpus
-    total = sum(u.weight for u in users)
-    keep = [
-        max(u.seats, min(a, capacity * u.weight // total))
-        for u, a in zip(users, asked, strict=True)
-    ]
-    heap = [
-        (-Fraction(c) / u.weight, -k)
-        for k, (c, u) in enumerate(zip(cpus, users, strict=True))
-        if c > keep[k]
-    ]
-    heapq.heapify(heap)
-    while over > 0 and heap:
-        _, k = heapq.heappop(heap)
-        k = -k
-        cpus[k] -= 1
-        over -= 1
-        if cpus[k] > keep[k]:
-            heapq.heappush(heap, (-Fraction(cpus[k]) / users[k].weight, -k))
-    return cpus
 
 
 def allocate_users(users: Sequence[User], idle: Book) -> Allocation:

@@ -65,7 +65,14 @@ from supervisord_batt.budget.records import (
     validate_request,
 )
 from supervisord_batt.budget.shortcuts import newcomer_share
-from supervisord_batt.budget.users import User, UserSums, Weigh, even, exact_weight
+from supervisord_batt.budget.users import (
+    User,
+    UserSums,
+    Weigh,
+    even,
+    exact_weight,
+    over_parts,
+)
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.protocol import KINDS, Kind
@@ -137,6 +144,10 @@ class BudgetLedger:
         self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
         self._level: Level = "normal"
+        # Where users over their CPU part explain the CPU pressure (`_set_level`): those
+        # users, and the level every other user's leases are planned and granted at.
+        self._over: frozenset[int] = frozenset()
+        self._calm: Level = "normal"
         self._leases: dict[str, _Held] = {}  # in the order acquired: only ever appended
         # uid -> its sums, for each uid holding a seat (a lease that asked for a worker):
         # with more than one, the budget is split per user first (`allocate_users`)
@@ -179,7 +190,7 @@ class BudgetLedger:
             pools,
             cap,
             fp,
-            profile(fp, pools, cap, self._level, "sequential", 0),
+            profile(fp, pools, cap, self._level_of(req.uid), "sequential", 0),
             now,
             now,
         )
@@ -297,7 +308,7 @@ class BudgetLedger:
             e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers, seat)
         self._rebook()
         previous = self._level
-        self._level, reason = pressure_level(sample, self._config, self._charged)
+        reason = self._set_level()
         self._replan_all()
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
@@ -314,7 +325,7 @@ class BudgetLedger:
             e.cap = cap_of(e.request, config)
         if self._sample is not None:
             self._rebook()
-            self._level, _ = pressure_level(self._sample, config, self._charged)
+            self._set_level()
             self._replan_all()
             self._changed()
 
@@ -367,7 +378,7 @@ class BudgetLedger:
     def _allocate(self) -> Allocation:
         """Compute the allocation of the leases as they are now, and keep it."""
         alloc = EMPTY
-        if self._sample is not None and self._level != "extreme":
+        if self._sample is not None and (self._level != "extreme" or self._over):
             if len(self._users) > 1:
                 alloc = allocate_users(self._per_user(), self._idle)
             else:
@@ -399,6 +410,32 @@ class BudgetLedger:
             return 0, 0
         own = lease_cpus(e.footprint, e.workers) if charged else 0
         return alloc.cpus.get(e.request.uid, 0), sums.cpus - own
+
+    # Why CPU pressure may spare some users. CPU pressure (PSI) rises when more threads
+    # want CPU than there are CPUs; at level high or extreme the budget grants fewer
+    # workers or none, to everyone. One user's jobs can cause it alone: 60 sequential
+    # jobs on 32 CPUs keep CPU pressure extreme, and every other user's jobs ran
+    # sequential for as long as they ran. So where users hold more CPUs than their part
+    # (their sequential jobs beyond it, or pools not given back), the CPU pressure is
+    # put down to them: they get the full level, and every other user the level of the
+    # other signals (task headroom, memory pressure), which are the host's to all. Where
+    # no user is over its part, or one user holds leases, everyone gets the full level.
+
+    def _set_level(self) -> str:
+        """The level of the sample (and, per user, `_level_of`); the signal that set it."""
+        assert self._sample is not None
+        self._level, reason = pressure_level(self._sample, self._config, self._charged)
+        self._over = frozenset()
+        if self._level != "normal" and len(self._users) > 1:
+            calm, _ = pressure_level(self._sample, self._config, self._charged, cpu=False)
+            if calm != self._level:
+                self._calm, self._over = calm, over_parts(self._users, self._charged.cpus)
+        return reason
+
+    def _level_of(self, uid: int) -> Level:
+        """The level a user's leases are planned and granted at (fixed between samples,
+        so that every profile computed in between agrees)."""
+        return self._calm if self._over and uid not in self._over else self._level
 
     def _user(self, uid: int) -> UserSums:
         """The sums of a uid holding seats, made (and weighed) at its first."""
@@ -437,7 +474,8 @@ class BudgetLedger:
     def _replan(self, e: _Held) -> None:
         """Find a lease's profile again after its pool changed, and recount it."""
         before = e.profile
-        after = profile(e.footprint, e.pools, e.cap, self._level, e.kind, e.workers)
+        level = self._level_of(e.request.uid)
+        after = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
         e.profile = after
         if not after.sums_as(before):  # a grant of its first kind changes no sum
             scope = e.footprint.scope
@@ -456,8 +494,8 @@ class BudgetLedger:
         demand = self._demand = Demand.empty(limits)
         for sums in self._users.values():
             sums.demand = Demand.empty(limits)
-        level = self._level
         for e in self._leases.values():
+            level = self._level_of(e.request.uid)
             e.profile = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
             demand.count(e.footprint.scope, e.profile, 1)
             if e.footprint.seat:
@@ -548,7 +586,8 @@ class BudgetLedger:
         """Pool kinds the lease may hold at this size under the current level, given the
         kind its share is of."""
         chosen = mine.kind if mine.workers >= MIN_POOL else None
-        return pool_kinds(e.pools, self._level, e.kind, e.workers, workers, chosen)
+        level = self._level_of(e.request.uid)
+        return pool_kinds(e.pools, level, e.kind, e.workers, workers, chosen)
 
     def _best_now(
         self, e: _Held, mine: Share, fair: int, held: Size | None, cpu: CpuShare | None
@@ -558,7 +597,8 @@ class BudgetLedger:
         charged book (None: not in it); `cpu`: its user's CPUs (`_cpu_share`)."""
         if self._sample is None:
             return "sequential", 0, "no host sample yet"
-        if self._level == "extreme":
+        level = self._level_of(e.request.uid)
+        if level == "extreme":
             return "sequential", 0, "level extreme: sequential only"
         if e.cap < MIN_POOL:
             return "sequential", 0, f"asked for {e.request.want} workers: a pool of 1 never pays"
@@ -578,7 +618,7 @@ class BudgetLedger:
         if size < MIN_POOL and fair:
             return "sequential", 0, f"fair share: {fair} workers each, none left for a new pool"
         why = charged.fit(fp, kinds[-1], held, True, cpu)[1] if kinds else ""  # the last kind's
-        return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
+        return "sequential", 0, why or f"level {level}: no pool kind accepted"
 
     def _why_short(  # noqa: PLR0917 (the sizing's state, to name what bound it)
         self,

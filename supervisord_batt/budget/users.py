@@ -11,7 +11,7 @@ and counts no CPU against anyone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -74,3 +74,13 @@ class UserSums:
 
     def user(self, uid: int, planned: list[Planned]) -> User:
         return User(uid, self.weight, planned, self.demand, self.seats)
+
+
+def over_parts(users: Mapping[int, UserSums], cpus: int) -> frozenset[int]:
+    """The uids holding more CPUs in the charged book than their guaranteed part,
+    floor(cpus * weight / sum of weights): sequential jobs beyond it, or pools not given
+    back. None with one user: its part is everything."""
+    if len(users) < 2:
+        return frozenset()
+    total = sum(sums.weight for sums in users.values())
+    return frozenset(uid for uid, sums in users.items() if sums.cpus > cpus * sums.weight // total)

@@ -20,10 +20,12 @@ from supervisord_batt.budget.hierarchy import allocate_users, entitle, entitleme
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.users import Weight, exact_weight
 from supervisord_batt.config.records import BudgetConfig
+from supervisord_batt.host.sample import Psi
 from tests.fakes import FakeClock
 from tests.unit.budget.conftest import (
     GIB,
     KIND_SETS,
+    PRESSURE,
     QUIET,
     SETTINGS,
     Tracker,
@@ -90,6 +92,17 @@ def test_many_leases_get_one_share_against_a_few() -> None:
     assert all(lease.share == 0 for lease in stats.leases if lease.uid == ALICE)
 
 
+def test_sequential_jobs_past_a_users_part_shrink_nobody_elses() -> None:
+    """32 CPUs over three users: root asks for 2, so alice and bob have 15 each. Alice's
+    20 sequential jobs hold 20: the 5 past her part are hers alone, bob keeps his 15."""
+    led = ledger(cpus=32.0, max_per_lease=64)
+    for i in range(20):
+        led.acquire(request(f"a{i}", 1, uid=ALICE))
+    b = led.acquire(request("b", 64, uid=BOB)).lease_id
+    c = led.acquire(request("c", 2, uid=ROOT)).lease_id
+    assert [led.lease(i).share for i in (b, c)] == [15, 2]
+
+
 def test_weights_split_in_proportion() -> None:
     led = ledger(cpus=16.0, max_per_lease=64, weights={ALICE: 3.0})
     a = led.acquire(request("a", 64, uid=ALICE)).lease_id
@@ -138,6 +151,36 @@ def test_what_a_user_cannot_use_of_its_share_goes_to_the_others() -> None:
     a = led.acquire(request("a", 64, uid=ALICE, base_tasks=0)).lease_id
     b = led.acquire(request("b", 64, uid=BOB)).lease_id
     assert [led.lease(i).share for i in (a, b)] == [4, 12]
+
+
+HOT = Psi(cpu_some_avg10=95.0, memory_some_avg10=0.0)  # CPU pressure extreme (PRESSURE)
+
+
+def test_cpu_pressure_one_users_jobs_cause_does_not_stop_another_users_pools() -> None:
+    """60 sequential jobs on 32 CPUs keep CPU pressure extreme: every other user's jobs
+    ran sequential. The user over its part gets the level; the others, within theirs,
+    the level of the other signals."""
+    led = ledger(cpus=32.0, max_per_lease=8, pressure=PRESSURE)
+    many = [led.acquire(request(f"a{i}", 1, uid=ALICE)).lease_id for i in range(60)]
+    few = [led.acquire(request(f"b{i}", 8, uid=BOB)).lease_id for i in range(2)]
+    led.update(sample(cpus=32.0, psi=HOT), {})
+    assert led.level == "extreme"
+    assert [led.renew(lease_id).target for lease_id in few] == [8, 8]
+    assert led.acquire(request("a-pool", 8, uid=ALICE)).reason == "level extreme: sequential only"
+    # once the many are gone, the pressure is nobody's in particular: everyone's level
+    for lease_id in many:
+        led.release(lease_id)
+    led.update(sample(cpus=32.0, psi=HOT), {})
+    assert [led.renew(lease_id).target for lease_id in few] == [0, 0]
+
+
+def test_cpu_pressure_no_user_explains_holds_every_user() -> None:
+    """Pressure from outside the budget (both users within their parts) binds both."""
+    led = ledger(cpus=32.0, max_per_lease=8, pressure=PRESSURE, psi=HOT)
+    grants = [led.acquire(request(f"h{uid}", 8, uid=uid)) for uid in (ALICE, BOB)]
+    assert [(g.kind, g.reason) for g in grants] == [
+        ("sequential", "level extreme: sequential only")
+    ] * 2
 
 
 def test_one_user_on_its_own_has_the_whole_budget() -> None:
@@ -236,10 +279,11 @@ def test_where_only_cpus_bind_each_user_holds_its_part(
     """The guarantee, where neither a task limit nor memory binds: each of the U users
     holding leases holds at least min(the CPUs it asks for, floor(C * w / W)) (C the CPUs,
     W the sum of the users' weights; a user asks for a CPU per lease that asked for a
-    worker and, per lease that may hold a pool, its workers beyond it); no more pool
-    workers than CPUs; nothing left that a user asks for (the users hold at least
-    min(C, what they ask)); and no more than C held unless the guarantees and the
-    sequential leases past their users' parts hold more on their own."""
+    worker and, per lease that may hold a pool, its workers beyond it), and at least its
+    water-filled part (`entitle`) where it asks for that much; no more pool workers than
+    CPUs; nothing left that a user asks for (the users hold at least min(C, what they
+    ask)); and no more than C held but for the sequential leases past their own users'
+    parts (those are their users' alone: nobody else's part shrinks for them)."""
     cfg = replace(cfg, pressure=QUIET, memory_per_slot=0)
     cpus = data.draw(st.sampled_from([2.0, 4.0, 8.0, 16.0, 32.0, 64.0]))
     w = random_users(cfg, data, cpus, roomy=True).world()
@@ -250,14 +294,16 @@ def test_where_only_cpus_bind_each_user_holds_its_part(
     held = cpus_held(w, shares)
     c = w.idle.cpus
     total = sum(u.weight for u in w.users)
-    for u in w.users:
+    parts = entitlements(w.users, w.idle).cpus
+    for u, part in zip(w.users, parts, strict=True):
         asks = u.cpu_demand()
         assert held[u.uid] >= min(asks, c * u.weight // total), (u.uid, held, alloc)
+        assert held[u.uid] >= min(asks, part), (u.uid, held, parts, alloc)
         assert alloc.cpus[u.uid] == held[u.uid]
     assert sum(shares.values()) <= c
     assert sum(held.values()) >= min(c, sum(u.cpu_demand() for u in w.users))
-    floors = [max(u.seats, min(u.cpu_demand(), c * u.weight // total)) for u in w.users]
-    assert sum(held.values()) <= max(c, sum(floors))
+    beyond = sum(max(0, u.seats - part) for u, part in zip(w.users, parts, strict=True))
+    assert sum(held.values()) <= c + beyond
 
 
 @SETTINGS
