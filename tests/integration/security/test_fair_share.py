@@ -29,7 +29,7 @@ from tests.helpers import CALM, drop_to, interpreter_for_others, killing, wait_u
 HOLD = textwrap.dedent(
     """
     import json, socket, sys, time
-    path, mode = sys.argv[1], sys.argv[5]
+    path, mode, kinds = sys.argv[1], sys.argv[5], sys.argv[6].split(",")
     n, want, every = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     def ask(c, msg):
         c[0].sendall(json.dumps(msg).encode() + b"\\n")
@@ -44,7 +44,7 @@ HOLD = textwrap.dedent(
             s = socket.socket(socket.AF_UNIX)
             s.connect(path)
             c = (s, s.makefile("rb"))
-        g = ask(c, {"op": "acquire", "want": want, "kinds": ["thread"], "job": "j%d" % i})
+        g = ask(c, {"op": "acquire", "want": want, "kinds": kinds, "job": "j%d" % i})
         leases.append([c, g])
     def show(r):
         grants = [g for _, g in leases]
@@ -57,7 +57,7 @@ HOLD = textwrap.dedent(
         for lease in leases:
             c, g = lease
             msg = {"op": "renew", "lease": g["lease"]}
-            if mode == "ack" and g["kind"] == "thread":
+            if mode == "ack" and g["kind"] != "sequential":
                 msg["workers_in_use"] = min(g["workers"], g["target"])
             lease[1] = ask(c, msg)
         show(r)
@@ -91,16 +91,23 @@ class Holder:
     def workers(self) -> list[int]:
         """Each lease's pool after the last round (0: sequential)."""
         last = self.read()[-1]
-        return [g["workers"] if g["kind"] == "thread" else 0 for g in last]
+        return [0 if g["kind"] == "sequential" else g["workers"] for g in last]
 
 
 @contextlib.contextmanager
 def holding(
-    sock: Path, user: helpers.TestUser, leases: int, want: int, mode: str = "ack"
+    sock: Path,
+    user: helpers.TestUser,
+    leases: int,
+    want: int,
+    *,
+    mode: str = "ack",
+    kinds: str = "thread",
 ) -> Iterator[Holder]:
-    """A user holding `leases` leases that ask for `want` workers, renewed every 0.2 s;
-    killed (by pid) at the end."""
-    args = [interpreter_for_others(), "-c", HOLD, str(sock), str(leases), str(want), "0.2", mode]
+    """A user holding `leases` leases that ask for `want` workers of `kinds`, renewed
+    every 0.2 s; killed (by pid) at the end."""
+    args = [interpreter_for_others(), "-c", HOLD, str(sock), str(leases), str(want), "0.2"]
+    args += [mode, kinds]
     proc = subprocess.Popen(args, preexec_fn=drop_to(user), stdout=subprocess.PIPE)
     with killing(proc):
         holder = Holder(proc)
@@ -112,7 +119,7 @@ def fair_daemon(daemon: Callable[..., Any], users: list[helpers.TestUser], **bud
     d = daemon(
         {
             "daemon": {"socket_mode": "0666", "allowed_uids": [u.uid for u in users]},
-            "budget": {"pressure": CALM, "memory_per_slot": "1MiB", **budget},
+            "budget": {"pressure": CALM, "memory_per_slot": "1MiB"} | budget,
         }
     )
     d.workdir.chmod(0o755)  # the socket's directory: others may reach the socket in it
@@ -169,6 +176,25 @@ def test_pools_never_given_back_hold_no_other_user_below_its_split(
         with holding(d.socket, second, leases=2, want=8) as fair:
             wait_until(lambda: fair.workers() == [4, 4], timeout=30, what="2 pools of 4")
         assert greedy.workers() == [8, 8]
+
+
+def test_cpu_pressure_one_users_jobs_cause_leaves_another_its_process_pools(
+    daemon: Callable[..., Any], test_user: Callable[[], helpers.TestUser]
+) -> None:
+    """60 sequential jobs on 32 CPUs keep CPU pressure high or extreme, and at level high
+    no new process pool was granted to anyone: the other user's jobs ran sequential for
+    as long as the 60 ran. With cpu_high 0 the level is high whatever the host does; the
+    user over its part gets it, the other the level of the other signals (normal)."""
+    many, few = test_user(), test_user()
+    pressure = {**CALM, "cpu_high": 0}
+    d = fair_daemon(daemon, [many, few], cpu_cap=32, max_per_lease=8, pressure=pressure)
+    with (
+        holding(d.socket, many, leases=40, want=1),
+        holding(d.socket, few, leases=1, want=8, kinds="process") as f,
+    ):
+        wait_until(lambda: f.workers() == [8], timeout=30, what="a process pool of 8")
+        assert f.read()[-1][0]["kind"] == "process"
+        assert d.status()["level"] == "high"
 
 
 def test_a_groups_weight_in_the_config_gives_its_users_a_larger_part(
