@@ -63,8 +63,8 @@ class Book:
     def copy(self) -> Book:
         return replace(self, usage=list(self.usage))
 
-    def move(self, fp: Footprint, old: Size | None, new: Size | None) -> None:
-        """Resize one lease (None: absent) and update the usage it moves.
+    def move(self, fp: Footprint, old: Size | None, new: Size | None) -> int:
+        """Resize one lease (None: absent) and update the usage it moves; the CPUs moved.
 
         A lease adds to each limit in scope its charge less its measured tree, its workers
         or its seat in CPUs (`claims.seat_of`: one, none if it asked for no worker), and its
@@ -89,6 +89,7 @@ class Book:
                 usage[i] += delta
         self.cpu_used += cpu
         self.mem_used += mem
+        return cpu
 
     def fits(
         self, fp: Footprint, kind: Kind, size: int, old: Size | None, cpu: CpuShare | None = None

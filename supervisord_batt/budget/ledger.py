@@ -152,6 +152,7 @@ class BudgetLedger:
         # uid -> its sums, for each uid holding a seat (a lease that asked for a worker):
         # with more than one, the budget is split per user first (`allocate_users`)
         self._users: dict[int, UserSums] = {}
+        self._split = False  # whether each UserSums.demand is kept (see `_seated`)
         self._counter = 0
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes = Scopes()
@@ -183,6 +184,7 @@ class BudgetLedger:
         now = self._clock()
         fp = Footprint(self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req))
         pools, cap = pools_of(req), cap_of(req, self._config)
+        level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
         e = _Held(
             f"L{self._counter}",
             req,
@@ -190,7 +192,7 @@ class BudgetLedger:
             pools,
             cap,
             fp,
-            profile(fp, pools, cap, self._level_of(req.uid), "sequential", 0),
+            profile(fp, pools, cap, level, "sequential", 0),
             now,
             now,
         )
@@ -198,7 +200,7 @@ class BudgetLedger:
         self._idle.move(fp, None, _SEQUENTIAL)
         self._demand.count(fp.scope, e.profile, 1)
         if fp.seat:
-            self._user(req.uid).count(fp.scope, e.profile, 1)
+            self._seated(e, 1)
         quick = None
         if len(self._users) < 2:  # the shortcut knows one level: several users, in full
             others = (o.profile for o in self._leases.values() if o is not e)
@@ -474,14 +476,14 @@ class BudgetLedger:
     def _replan(self, e: _Held) -> None:
         """Find a lease's profile again after its pool changed, and recount it."""
         before = e.profile
-        level = self._level_of(e.request.uid)
+        level = self._level_of(e.request.uid) if self._over else self._level
         after = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
         e.profile = after
         if not after.sums_as(before):  # a grant of its first kind changes no sum
             scope = e.footprint.scope
             self._demand.count(scope, before, -1)
             self._demand.count(scope, after, 1)
-            if e.footprint.seat:
+            if self._split and e.footprint.seat:
                 demand = self._users[e.request.uid].demand
                 demand.count(scope, before, -1)
                 demand.count(scope, after, 1)
@@ -490,16 +492,12 @@ class BudgetLedger:
 
     def _replan_all(self) -> None:
         """Find every profile again and recount the demand (a new sample, level or config)."""
-        limits = len(self._idle.caps)
-        demand = self._demand = Demand.empty(limits)
-        for sums in self._users.values():
-            sums.demand = Demand.empty(limits)
+        demand = self._demand = Demand.empty(len(self._idle.caps))
         for e in self._leases.values():
             level = self._level_of(e.request.uid)
             e.profile = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
             demand.count(e.footprint.scope, e.profile, 1)
-            if e.footprint.seat:
-                self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
+        self._split_demand()
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -526,22 +524,46 @@ class BudgetLedger:
         self._idle.move(fp, _SEQUENTIAL, None)
         self._demand.count(fp.scope, e.profile, -1)
         if fp.seat:
-            uid = e.request.uid
-            sums = self._users[uid]
-            sums.count(fp.scope, e.profile, -1)
-            if not sums.seats:
-                del self._users[uid]
+            self._seated(e, -1)
         self._changed()
+
+    # Why the users' demand is kept only while there are several. With one user holding
+    # seats its demand is the ledger's (a lease without a seat asks for no pool, so it
+    # counts in neither), and a second count on every acquire and release cost a tenth
+    # of a single user's pair. So `UserSums.demand` is kept up to date while more than
+    # one user holds seats (`_split`), and counted afresh when a second one comes.
+
+    def _seated(self, e: _Held, sign: int) -> None:
+        """A lease holding a seat comes (sign 1) or goes (-1): its user's sums follow."""
+        uid = e.request.uid
+        sums = self._user(uid)
+        sums.seats += sign
+        if not sums.seats:
+            del self._users[uid]
+        if len(self._users) < 2:
+            self._split = False
+        elif self._split:
+            sums.demand.count(e.footprint.scope, e.profile, sign)
+        else:
+            self._split_demand()
+
+    def _split_demand(self) -> None:
+        """Count every user's demand afresh if several users hold seats (`_split`)."""
+        self._split = len(self._users) > 1
+        if not self._split:
+            return
+        limits = len(self._idle.caps)
+        for sums in self._users.values():
+            sums.demand = Demand.empty(limits)
+        for e in self._leases.values():
+            if e.footprint.seat:
+                self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
 
     def _charge(self, e: _Held, old: Size | None, new: Size | None) -> None:
         """Move a lease in the charged book, and the CPUs its user holds there."""
-        fp = e.footprint
-        self._charged.move(fp, old, new)
-        if fp.seat:
-            sums = self._users[e.request.uid]
-            sums.cpus += (lease_cpus(fp, new[1]) if new else 0) - (
-                lease_cpus(fp, old[1]) if old else 0
-            )
+        cpu = self._charged.move(e.footprint, old, new)
+        if e.footprint.seat:
+            self._users[e.request.uid].cpus += cpu
 
     def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from supervisord_batt.budget.allocation import Planned
-from supervisord_batt.budget.claims import Profile
 from supervisord_batt.budget.demand import Demand
 
 # A user's weight, exact: its part of a resource is floor(R * weight / sum of weights),
@@ -59,18 +58,14 @@ class User:
 @dataclass(slots=True)
 class UserSums:
     """What the ledger keeps per uid holding seats, up to date as its leases come, go and
-    resize: its weight, its seats, the demand of its planned leases (as `Demand` sums
-    every user's) and the CPUs its leases hold in the charged book."""
+    resize: its weight, its seats, the CPUs its leases hold in the charged book, and
+    (while several users hold seats) the demand of its planned leases, as `Demand` sums
+    every user's."""
 
     weight: Weight
     demand: Demand
     seats: int = 0
     cpus: int = 0
-
-    def count(self, scope: tuple[int, ...], p: Profile, sign: int) -> None:
-        """A lease of this user comes (sign 1) or goes (sign -1), planned as `p`."""
-        self.seats += sign
-        self.demand.count(scope, p, sign)
 
     def user(self, uid: int, planned: list[Planned]) -> User:
         return User(uid, self.weight, planned, self.demand, self.seats)
