@@ -129,7 +129,9 @@ class BudgetLedger:
     (`newcomer_share`: the CPUs alone bind, or the CPUs and memory, or the newcomer is
     alone in the plan) the others' shares follow at the next call that reads them;
     releasing that lease next undoes the acquire, allocation included. So a pair mostly
-    costs no water-filling.
+    costs no water-filling. The shortcut knows one level: while several users hold
+    leases that ask for workers, acquire computes the allocation across users in full
+    (`hierarchy.allocate_users`), its cost growing with the leases held.
     """
 
     def __init__(
