@@ -78,6 +78,7 @@ from supervisord_batt.host.sample import HostSample
 from supervisord_batt.protocol import KINDS, Kind
 
 _SEQUENTIAL: Size = ("sequential", 0)
+_UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
 
 
 @dataclass(slots=True, eq=False)
@@ -445,8 +446,9 @@ class BudgetLedger:
         """The sums of a uid holding seats, made (and weighed) at its first."""
         sums = self._users.get(uid)
         if sums is None:
-            weight = exact_weight(self._weigh(uid))
-            sums = self._users[uid] = UserSums(weight, Demand.empty(len(self._idle.caps)))
+            # its demand is counted only while users are split (`_split_demand`)
+            demand = Demand.empty(len(self._idle.caps)) if self._split else _UNSPLIT
+            sums = self._users[uid] = UserSums(exact_weight(self._weigh(uid)), demand)
         return sums
 
     # Why ending a lease recomputes nothing. A recompute reads only the leases as they are

@@ -29,6 +29,8 @@ def exact_weight(weight: float) -> Weight:
     """The weight as an exact number (as written: 0.1 is 1/10), an int when whole."""
     if not (0 < weight < math.inf):
         raise ValueError(f"a user's weight must be a positive number, got {weight!r}")
+    if float(weight).is_integer():  # 1, the default: no Fraction to parse on each acquire
+        return int(weight)
     exact = Fraction(repr(float(weight)))
     return exact.numerator if exact.denominator == 1 else exact
 
