@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from supervisord_batt.budget.allocation import EMPTY, Allocation, Planned, Share, allocate
+from supervisord_batt.budget.allocation import (
+    EMPTY,
+    NO_SHARE,
+    Allocation,
+    Planned,
+    Share,
+    allocate,
+)
 from supervisord_batt.budget.books import Book, CpuShare, Size, lease_cpus
 from supervisord_batt.budget.claims import (
     MAX_SCOPES,
@@ -64,7 +71,7 @@ from supervisord_batt.budget.records import (
     UpdateResult,
     validate_request,
 )
-from supervisord_batt.budget.shortcuts import newcomer_share
+from supervisord_batt.budget.shortcuts import QuickShare, newcomer_share, newcomer_user_share
 from supervisord_batt.budget.users import (
     User,
     UserSums,
@@ -79,6 +86,7 @@ from supervisord_batt.protocol import KINDS, Kind
 
 _SEQUENTIAL: Size = ("sequential", 0)
 _UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
+_ASKS_NOTHING = QuickShare(NO_SHARE, 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -204,11 +212,14 @@ class BudgetLedger:
         self._demand.count(fp.scope, e.profile, 1)
         if fp.seat:
             self._seated(e, 1)
-        quick = None
-        if len(self._users) < 2:  # the shortcut knows one level: several users, in full
+        quick, cpu = None, None
+        if len(self._users) < 2:
             others = (o.profile for o in self._leases.values() if o is not e)
             quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
-        cpu = None
+        elif not fp.seat:  # it asks for no worker: no share, and it holds no CPU
+            quick = _ASKS_NOTHING
+        else:
+            quick, cpu = self._quick_user_share(e)
         if quick is None:
             alloc = self._allocate()
             mine, fair = alloc.share(e.lease_id), alloc.fair_share
@@ -393,16 +404,26 @@ class BudgetLedger:
         return alloc
 
     def _per_user(self) -> list[User]:
-        """The users holding seats, each with its planned leases, both in the ledger's
-        order (a user's place is its oldest lease's: the allocation is a function of the
-        leases held, not of the ones gone). A lease that holds no seat asks for nothing."""
-        planned: dict[int, list[Planned]] = {}
+        """The users holding seats in uid order (which breaks ties: the order they came
+        in would make the allocation depend on leases already gone), each with its
+        planned leases in the ledger's order. A lease that holds no seat asks for nothing."""
+        planned: dict[int, list[Planned]] = {uid: [] for uid in sorted(self._users)}
         for e in self._leases.values():
-            if e.footprint.seat:
-                mine = planned.setdefault(e.request.uid, [])
-                if e.profile.kind is not None:
-                    mine.append(e.planned())
+            if e.footprint.seat and e.profile.kind is not None:
+                planned[e.request.uid].append(e.planned())
         return [self._users[uid].user(uid, mine) for uid, mine in planned.items()]
+
+    def _quick_user_share(self, e: _Held) -> tuple[QuickShare | None, CpuShare | None]:
+        """The newcomer's share and CPU bound by `newcomer_user_share`, from the users'
+        sums alone ((None, None): no shortcut, allocate in full)."""
+        uids = sorted(self._users)
+        users = [self._users[uid].user(uid, []) for uid in uids]
+        mine = uids.index(e.request.uid)
+        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle)
+        if found is None:
+            return None, None
+        quick, held = found
+        return quick, (held, self._users[e.request.uid].cpus)  # not charged yet itself
 
     def _cpu_share(self, e: _Held, alloc: Allocation, charged: bool = True) -> CpuShare | None:
         """What bounds the lease's CPUs where several users hold leases: its user's CPUs

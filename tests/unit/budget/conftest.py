@@ -302,7 +302,8 @@ def world(
             if p.kind is not None:
                 u.planned.append((h.lease_id, fp, p))
                 u.demand.count(scope, p, 1)
-    return World(charged, idle, demand, planned, footprints, profiles, list(users.values()))
+    by_uid = [users[uid] for uid in sorted(users)]  # the ledger's order (`_per_user`)
+    return World(charged, idle, demand, planned, footprints, profiles, by_uid)
 
 
 class Tracker:
