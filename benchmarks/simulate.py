@@ -18,11 +18,17 @@ with 64 jobs, with no failure and no hang, and how should the budget be tuned th
 3. The sweep at 32 cores / 64 jobs / 2048 tasks: reserve_tasks, sample_interval, the
    pressure thresholds and max_per_lease, each moved alone, and the load of programs
    outside the budget moved up until jobs fail.
+4. Users: two to eight users with unequal job counts on 32 or 64 cores (60 jobs against
+   4, ...), each keeping its jobs running: each user's tasks/s against an equal split,
+   and the host's total against the single-queue budget (every lease of one uid, as
+   before the budget was split per user), with CPU time shared per user and per thread
+   (benchmarks/sim/users.py).
 
-`--quick` runs the validation and 3 cells of the table (seconds); `--json` prints one JSON
-object: `calibration`, `validation` (cell, measured, simulated), `cells` (one row per cell
-and policy), `summary` (per cell, the budget over the best other) and `sweep`. What the
-model is and what it leaves out: docs/SIMULATION.md.
+`--quick` runs the validation, 3 cells of the table and 1 of the users' (seconds);
+`--json` prints one JSON object: `calibration`, `validation` (cell, measured,
+simulated), `cells` (one row per cell and policy), `summary` (per cell, the budget over
+the best other), `sweep` and `users`. What the model is and what it leaves out:
+docs/SIMULATION.md.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from benchmarks.sim.table import (  # noqa: E402
     run_table,
     table_cells,
 )
+from benchmarks.sim.users import TOTAL_GOAL, USER_GOAL, UserCell, run_users  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "contention-2core.json"
 
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checks = validate(report, costs)
     cells = list(run_table(costs, table_cells(args.quick), args.seed))
     sweep = [] if args.quick else list(run_sweep(costs, args.seed))
+    users = list(run_users(costs, args.quick, args.seed))
     return {
         "params": {
             "seed": args.seed,
@@ -77,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cells": [r.row() for cell in cells for r in cell.results],
         "summary": [cell.summary() for cell in cells],
         "sweep": [p.row() for p in sweep],
-        "_objects": (costs, checks, cells, sweep),
+        "users": [u.row() for u in users],
+        "_objects": (costs, checks, cells, sweep, users),
     }
 
 
@@ -171,6 +180,31 @@ def print_sweep(points: list[SweepPoint]) -> None:
     print()
 
 
+def print_users(cells: list[UserCell]) -> None:
+    print("## Users with unequal job counts\n")
+    print(
+        "Each user keeps its jobs running (W = cores wanted each, 8 samples a task). Per "
+        "user, its tasks/s against an equal split (its jobs alone on its equal part of the "
+        "cores), with the budget split per user and, in brackets, the single-queue budget "
+        "(every lease of one uid); the host's total, per-user budget over single-queue. "
+        f"Goal: every user >= {USER_GOAL}, total >= {TOTAL_GOAL}.\n"
+    )
+    for cpu in ("per user", "per thread"):
+        print(f"CPU time shared {cpu}\n")
+        print("| cores | jobs per user | tasks per job | each user / equal split | total |")
+        print("|---:|---|---:|---|---:|")
+        for c in cells:
+            if c.cpu != cpu:
+                continue
+            pairs = zip(c.ratios, c.single_ratios, strict=True)
+            each = ", ".join(f"{r:.2f} ({q:.2f})" for r, q in pairs)
+            mark = "" if c.meets_goal else " **short**"
+            jobs = ", ".join(map(str, c.jobs))
+            print(f"| {c.cores} | {jobs} | {c.tasks} | {each} | {c.total:.3f}{mark} |")
+        met = sum(c.meets_goal for c in cells if c.cpu == cpu)
+        print(f"\ngoal met: {met} of {sum(c.cpu == cpu for c in cells)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = run(args)
-    costs, checks, cells, sweep = out.pop("_objects")
+    costs, checks, cells, sweep, users = out.pop("_objects")
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -193,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(cells)
     if sweep:
         print_sweep(sweep)
+    print_users(users)
     print(f"simulated in {out['params']['run_s']} s")
     return 0
 

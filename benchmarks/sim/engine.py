@@ -7,6 +7,11 @@ A process is a generator that yields what it waits for:
   of them progress at the same rate, so one "virtual time" V (CPU seconds each runnable
   thread has received) orders their completions: a thread that needs s seconds from V0
   is done when V reaches V0 + s, and a change of R only changes how fast V moves.
+  With `per_group` (each user's processes in a cgroup of its own with the cpu
+  controller, equal weights), the cores are first shared among the groups with
+  runnable threads, each getting min(its R_g, the level) cores, the level as high as C
+  allows (what one group cannot use goes to the others), then by processor sharing
+  within each group: one virtual time per group.
 - `Sleep(s)`: s seconds of wall time.
 - `Wait(signal, timeout)`: until the signal fires (or the timeout passes, if given).
 
@@ -62,6 +67,7 @@ class Proc:
 
     gen: ProcGen
     name: str
+    group: int = 0  # whose CPU share it runs in (`Kernel.per_group`; else all in 0)
     alive: bool = True
     token: int = 0
     on_cpu: bool = False
@@ -75,13 +81,23 @@ def psi_some(runnable: int, cores: int) -> float:
     return min((runnable - cores) / min(runnable, cores), 1.0)
 
 
+@dataclass
+class _Group:
+    """The runnable threads of one group, in processor sharing at `rate` of a core each."""
+
+    vtime: float = 0.0  # CPU seconds each of its runnable threads has received so far
+    runnable: int = 0
+    rate: float = 1.0
+    cpu: list[tuple[float, int, int, Proc]] = field(default_factory=list)  # (V, seq, token)
+
+
 class Kernel:
     """The clock, the processor-sharing CPUs, timers and processes."""
 
-    def __init__(self, cores: int, psi_avg10: float = 0.0) -> None:
+    def __init__(self, cores: float, psi_avg10: float = 0.0, per_group: bool = False) -> None:
         self.cores = cores
+        self.per_group = per_group
         self.now = 0.0
-        self.vtime = 0.0  # CPU seconds each runnable thread has received so far
         self.runnable = 0
         self.peak_runnable = 0
         self.busy_cpu_s = 0.0  # CPU seconds given out, over all threads
@@ -89,7 +105,7 @@ class Kernel:
         self._stall = 0.0  # stalled seconds in the current PSI period
         self._seq = 0
         self._current: Proc | None = None  # the process whose generator is running
-        self._cpu: list[tuple[float, int, int, Proc]] = []  # (finish V, seq, token, proc)
+        self._groups: dict[int, _Group] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self.at(PSI_PERIOD, self._psi_tick)
 
@@ -102,8 +118,8 @@ class Kernel:
     def after(self, delay: float, fn: Callable[[], None]) -> None:
         self.at(self.now + delay, fn)
 
-    def start(self, gen: ProcGen, name: str = "") -> Proc:
-        proc = Proc(gen, name)
+    def start(self, gen: ProcGen, name: str = "", group: int = 0) -> Proc:
+        proc = Proc(gen, name, group if self.per_group else 0)
         self.at(self.now, lambda: self._resume(proc, proc.token))
         return proc
 
@@ -115,7 +131,7 @@ class Kernel:
         proc.token += 1
         if proc.on_cpu:
             proc.on_cpu = False
-            self._set_runnable(self.runnable - 1)
+            self._set_runnable(self._groups[proc.group], -1)
         if proc is not self._current:  # a process ending itself just returns
             proc.gen.close()
         self.fire(proc.done)
@@ -134,20 +150,23 @@ class Kernel:
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
         """Run events up to `until` seconds, or until `stop()` is true after an event."""
         while True:
-            next_cpu = math.inf
-            if self._cpu:
-                next_cpu = self.now + (self._cpu[0][0] - self.vtime) / self._rate()
+            next_cpu, first = math.inf, None
+            for g in self._groups.values():
+                if g.cpu:
+                    done = self.now + (g.cpu[0][0] - g.vtime) / g.rate
+                    if done < next_cpu:
+                        next_cpu, first = done, g
             next_timer = self._timers[0][0] if self._timers else math.inf
             when = min(next_cpu, next_timer)
             if when > until:
                 self._advance(until)
                 return
             self._advance(when)
-            if next_cpu <= next_timer:
-                _finish, _seq, token, proc = heapq.heappop(self._cpu)
+            if first is not None and next_cpu <= next_timer:
+                _finish, _seq, token, proc = heapq.heappop(first.cpu)
                 if proc.alive and proc.token == token:
                     proc.on_cpu = False
-                    self._set_runnable(self.runnable - 1)
+                    self._set_runnable(first, -1)
                     self._resume(proc, token)
             else:
                 _when, _seq, fn = heapq.heappop(self._timers)
@@ -155,22 +174,34 @@ class Kernel:
             if stop is not None and stop():
                 return
 
-    def _rate(self) -> float:
-        return 1.0 if self.runnable <= self.cores else self.cores / self.runnable
-
     def _advance(self, when: float) -> None:
         dt = when - self.now
         if dt <= 0:
             return
         if self.runnable:
-            self.vtime += dt * self._rate()
+            for g in self._groups.values():
+                if g.runnable:
+                    g.vtime += dt * g.rate
             self.busy_cpu_s += dt * min(self.runnable, self.cores)
         self._stall += dt * psi_some(self.runnable, self.cores)
         self.now = when
 
-    def _set_runnable(self, n: int) -> None:
-        self.runnable = n
-        self.peak_runnable = max(self.peak_runnable, n)
+    def _set_runnable(self, group: _Group, delta: int) -> None:
+        group.runnable += delta
+        self.runnable += delta
+        self.peak_runnable = max(self.peak_runnable, self.runnable)
+        if not self.per_group:  # one group: each thread min(1, C / R) of a core
+            r = group.runnable
+            group.rate = 1.0 if r <= self.cores else self.cores / r
+            return
+        # the cores water-filled over the groups by their runnable threads, then shared
+        # within each group
+        busy = sorted((g for g in self._groups.values() if g.runnable), key=lambda g: g.runnable)
+        left = float(self.cores)
+        for k, g in enumerate(busy):
+            share = min(float(g.runnable), left / (len(busy) - k))
+            g.rate = share / g.runnable
+            left -= share
 
     def _psi_tick(self) -> None:
         stall = 100.0 * self._stall / PSI_PERIOD
@@ -197,9 +228,12 @@ class Kernel:
         if isinstance(step, Cpu):
             self._seq += 1
             proc.on_cpu = True
-            self._set_runnable(self.runnable + 1)
-            finish = self.vtime + max(0.0, step.seconds)
-            heapq.heappush(self._cpu, (finish, self._seq, token, proc))
+            group = self._groups.get(proc.group)
+            if group is None:
+                group = self._groups[proc.group] = _Group()
+            self._set_runnable(group, 1)
+            finish = group.vtime + max(0.0, step.seconds)
+            heapq.heappush(group.cpu, (finish, self._seq, token, proc))
         elif isinstance(step, Sleep):
             self.after(max(0.0, step.seconds), lambda: self._resume(proc, token))
         elif isinstance(step, Wait):

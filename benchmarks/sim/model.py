@@ -61,13 +61,14 @@ class Costs:
 
 @dataclass(frozen=True)
 class HostSpec:
-    cores: int
+    cores: float
     task_limit: int | None  # the jobs' cgroup pids.max; None: no cgroup limit
     mem_total: int
     threads_max: int
     pid_max: int
     other_tasks: int  # tasks outside the jobs' cgroup (system services)
     other_mem: int  # memory used outside the jobs
+    cpu_per_user: bool = False  # CPU time shared per user first (`engine.Kernel.per_group`)
 
     @classmethod
     def vm(cls, cores: int, task_limit: int | None) -> HostSpec:
@@ -83,6 +84,7 @@ class DaemonSpec:
     scan_interval: float = 10.0
     renew_interval: float = 1.0  # the executor's
     poll_interval: float = 0.5  # the executor's wait slice
+    per_user: bool = False  # each job's lease of its own user's uid; else all of one uid
 
 
 def default_budget(**changes: object) -> BudgetConfig:
@@ -158,6 +160,7 @@ class Job:
     procs: list[Proc] = field(default_factory=list)
     processes: int = 0  # processes it holds (memory): main, trackers, workers
     lease: str | None = None
+    user: int = 0  # whose job it is (0, 1, ...): its uid is 1000 + user
 
     @property
     def total(self) -> int:
@@ -200,7 +203,7 @@ class Sim:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}")
         self.host, self.work, self.policy, self.costs = host, work, policy, costs
-        self.kernel = Kernel(host.cores, psi_avg10)
+        self.kernel = Kernel(host.cores, psi_avg10, per_group=host.cpu_per_user)
         self.tasks = 0  # tasks in the jobs' cgroup now
         self.processes = 0  # processes the jobs hold now (memory)
         self.ended = 0  # jobs that have ended
@@ -244,7 +247,7 @@ class Sim:
         assert job.tasks_held >= 0 and self.tasks >= 0, "more tasks given back than taken"
 
     def start(self, job: Job, gen: ProcGen, name: str) -> Proc:
-        proc = self.kernel.start(gen, f"job{job.index}:{name}")
+        proc = self.kernel.start(gen, f"job{job.index}:{name}", group=job.user)
         job.procs.append(proc)
         return proc
 
@@ -340,18 +343,23 @@ def make_jobs(work: Workload, costs: Costs) -> list[Job]:
     jobs = []
     t = 0.0
     for j in range(work.jobs):
-        seed = work.seed + j
-        per_task = [
-            [
-                costs.speed * planned_ms(seed, i, s, work.min_ms, work.max_ms) / 1000.0
-                for s in range(work.samples)
-            ]
-            for i in range(work.tasks)
-        ]
         if work.arrival_rate is not None and j > 0:
             t += rng.expovariate(work.arrival_rate)
-        jobs.append(Job(j, seed, t, per_task))
+        jobs.append(make_job(work, costs, j, t))
     return jobs
+
+
+def make_job(work: Workload, costs: Costs, index: int, arrival: float, user: int = 0) -> Job:
+    """Job `index` of the workload: its samples' CPU seconds, drawn from its seed."""
+    seed = work.seed + index
+    per_task = [
+        [
+            costs.speed * planned_ms(seed, i, s, work.min_ms, work.max_ms) / 1000.0
+            for s in range(work.samples)
+        ]
+        for i in range(work.tasks)
+    ]
+    return Job(index, seed, arrival, per_task, user=user)
 
 
 Body = Callable[["Sim", Job], Generator[Step, None, None]]
@@ -822,7 +830,7 @@ class Daemon:
         req = Request(
             holder=f"conn{job.index}",
             pid=1000 + job.index,
-            uid=1000,
+            uid=1000 + job.user if self.spec.per_user else 1000,
             job=f"job{job.index}",
             want=self.sim.work.workers,
             kinds=("process", "sequential"),

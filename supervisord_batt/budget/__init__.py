@@ -8,6 +8,9 @@
 - `demand`: the plan's running sums, and the water level when only the CPUs bind;
 - `pressure`: the level, from the tightest limit and PSI;
 - `allocation`: `allocate`, the max-min water-filling, pure;
+- `users`: the users holding leases (their weights, seats and sums), and
+  `hierarchy`: `allocate_users`, the budget shared per user first, then `allocate`
+  within each user, with `topup` for what is left;
 - `shortcuts`: `newcomer_share`, the newcomer's share in closed form where it has one;
 - `ledger`: `BudgetLedger`, the thin owner of the leases, the books, the demand and the
   clock, that the daemon calls on every request.

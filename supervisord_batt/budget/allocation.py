@@ -47,10 +47,13 @@ NO_SHARE = share(0, "sequential")
 @dataclass(frozen=True, slots=True)
 class Allocation:
     """The max-min allocation: each planned lease's share, and the water level reached
-    (the fair share: the largest share, 0 when nobody got a pool)."""
+    (the fair share: the largest share, 0 when nobody got a pool). Where several users
+    hold leases (`users.allocate_users`), the CPUs each user holds at its shares, which
+    bound its grants in place of the host's CPUs (`Book.fit`)."""
 
     shares: Mapping[str, Share]  # the leases given a pool; the others have NO_SHARE
     fair_share: int
+    cpus: Mapping[int, int] = field(default_factory=dict)  # uid -> CPUs; {}: one user
 
     def share(self, lease_id: str) -> Share:
         return self.shares.get(lease_id, NO_SHARE)

@@ -18,6 +18,14 @@ from supervisord_batt.host.sample import HostSample, Limit
 from supervisord_batt.protocol import Kind
 
 Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
+# (CPUs of a user's share, CPUs its other leases hold): what bounds a lease's CPUs where
+# several users hold leases (see `Book.fit`)
+CpuShare = tuple[int, int]
+
+
+def lease_cpus(fp: Footprint, workers: int) -> int:
+    """CPUs a lease holding `workers` counts: its workers, or its seat while sequential."""
+    return workers if workers > 1 else fp.seat
 
 
 @dataclass(slots=True)
@@ -55,23 +63,24 @@ class Book:
     def copy(self) -> Book:
         return replace(self, usage=list(self.usage))
 
-    def move(self, fp: Footprint, old: Size | None, new: Size | None) -> None:
-        """Resize one lease (None: absent) and update the usage it moves.
+    def move(self, fp: Footprint, old: Size | None, new: Size | None) -> int:
+        """Resize one lease (None: absent) and update the usage it moves; the CPUs moved.
 
-        A lease adds to each limit in scope its charge less its measured tree, one CPU at
-        least, and its unsampled process workers (inlined: this runs on every request).
+        A lease adds to each limit in scope its charge less its measured tree, its workers
+        or its seat in CPUs (`claims.seat_of`: one, none if it asked for no worker), and its
+        unsampled process workers (inlined: this runs on every request).
         """
         delta = cpu = mem = 0
         if old is not None:
             kind, workers = old
             delta -= fp.charge(kind, workers) - (fp.measured or 0)
-            cpu -= workers if workers > 1 else 1
+            cpu -= workers if workers > 1 else fp.seat
             if kind == "process":
                 mem -= fp.unsampled(kind, workers)
         if new is not None:
             kind, workers = new
             delta += fp.charge(kind, workers) - (fp.measured or 0)
-            cpu += workers if workers > 1 else 1
+            cpu += workers if workers > 1 else fp.seat
             if kind == "process":
                 mem += fp.unsampled(kind, workers)
         if delta:
@@ -80,9 +89,13 @@ class Book:
                 usage[i] += delta
         self.cpu_used += cpu
         self.mem_used += mem
+        return cpu
 
-    def fits(self, fp: Footprint, kind: Kind, size: int, old: Size | None) -> bool:
-        """Whether `fit(fp, kind, old)[0] >= size` (size >= 1), without sizing the pool.
+    def fits(
+        self, fp: Footprint, kind: Kind, size: int, old: Size | None, cpu: CpuShare | None = None
+    ) -> bool:
+        """Whether `fit(fp, kind, old, cpu=cpu)[0] >= size` (size >= 1), without sizing
+        the pool.
 
         Every limit in scope offers the lease the same tasks beyond its slack, so only the
         smallest slack matters; the two task bounds of `fit` become one need.
@@ -97,7 +110,10 @@ class Book:
         for i in fp.scope:
             if caps[i] - usage[i] < need:
                 return False
-        if self.cpus - (self.cpu_used - (max(1, old[1]) if old else 0)) < size:
+        if cpu is not None:
+            if cpu[0] - cpu[1] < size:
+                return False
+        elif self.cpus - (self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)) < size:
             return False
         if kind != "process" or fp.sampled_process >= size:
             return True
@@ -105,10 +121,21 @@ class Book:
         return spare >= size - fp.sampled_process
 
     def fit(
-        self, fp: Footprint, kind: Kind, old: Size | None, explain: bool = True
+        self,
+        fp: Footprint,
+        kind: Kind,
+        old: Size | None,
+        explain: bool = True,
+        cpu: CpuShare | None = None,
     ) -> tuple[int, str]:
         """The largest pool of `kind` every cap lets the lease hold now, and the binding cap
-        ("" unless `explain`: the request path mostly needs no reason, only the size)."""
+        ("" unless `explain`: the request path mostly needs no reason, only the size).
+
+        `cpu`, where several users hold leases: the CPUs of the lease's user's share and
+        those its other leases hold, which bound the lease instead of the book's CPUs
+        (`hierarchy.allocate_users`: one user's leases may hold more CPUs than its share,
+        sequential ones or pools not shrunk yet, and that must not cost another user its
+        share)."""
         best, at, at_tasks = UNBOUNDED, -1, 0  # the first limit that binds most
         held = fp.charge(*old) if old else 0
         caps, usage, base, measured = self.caps, self.usage, fp.base_tasks, fp.measured
@@ -120,12 +147,19 @@ class Book:
             n = workers_for(kind, tasks)
             if n < best:
                 best, at, at_tasks = n, i, tasks
-        others = self.cpu_used - (max(1, old[1]) if old else 0)
+        if cpu is None:
+            cpus, others, what = (
+                self.cpus,
+                self.cpu_used - (lease_cpus(fp, old[1]) if old else 0),
+                "cpu cap",
+            )
+        else:
+            (cpus, others), what = cpu, "user's cpu share"
         why = ""
-        if self.cpus - others < best:
-            best, at = self.cpus - others, -1
+        if cpus - others < best:
+            best, at = cpus - others, -1
             if explain:
-                why = f"cpu cap: {self.cpus} CPUs, {others} in use"
+                why = f"{what}: {cpus} CPUs, {others} in use"
         if kind == "process":
             spare = self.mem_slots - (self.mem_used - (fp.unsampled(*old) if old else 0))
             n = fp.sampled_process + max(0, spare)

@@ -52,6 +52,13 @@ def cap_of(req: Request, config: BudgetConfig) -> int:
     return cap if cap >= MIN_POOL else 0
 
 
+def seat_of(req: Request) -> int:
+    """CPUs the lease holds while it runs sequential: its job's own thread, 1; none for a
+    lease that asked for no worker at all (a job checking in, or a user holding leases
+    only to count CPUs against the others: it may hold as many as it likes)."""
+    return 1 if req.want else 0
+
+
 def in_scope(limit: Limit, req: Request) -> bool:
     """Whether the limit counts the request's tasks: host-wide limits always, a cgroup's
     when the request is in it or below it, a user's when it runs as that user."""
@@ -98,13 +105,15 @@ class Scopes:
 
 class Footprint(NamedTuple):
     """What the books charge a lease, per host sample: the limits it is in (indices into
-    the sample's limits), its base tasks, and what the last sample saw of it."""
+    the sample's limits), its base tasks, what the last sample saw of it, and the CPUs
+    it holds sequential (`seat_of`, for the lease's life)."""
 
     scope: tuple[int, ...]
     base_tasks: int
     measured: int | None = None  # its tree at the last sample; None: not measured
     sampled_cost: int = 0  # its pool's cost at the last sample
     sampled_process: int = 0  # its process workers at the last sample
+    seat: int = 1  # CPUs it holds sequential: 1, or 0 if it asked for no worker
 
     def charge(self, kind: Kind, workers: int) -> int:
         """Tasks counted against each limit in scope if the lease held this pool: its base
@@ -122,12 +131,17 @@ class Footprint(NamedTuple):
         return workers - sampled if kind == "process" and workers > sampled else 0
 
 
-def sampled(
-    scope: tuple[int, ...], base_tasks: int, measured: int | None, kind: Kind, workers: int
+def sampled(  # noqa: PLR0917 (the footprint's parts)
+    scope: tuple[int, ...],
+    base_tasks: int,
+    measured: int | None,
+    kind: Kind,
+    workers: int,
+    seat: int = 1,
 ) -> Footprint:
     """The footprint of a lease holding (kind, workers) when a sample measured `measured`."""
     process = workers if kind == "process" else 0
-    return Footprint(scope, base_tasks, measured, pool_cost(kind, workers), process)
+    return Footprint(scope, base_tasks, measured, pool_cost(kind, workers), process, seat)
 
 
 class Profile(NamedTuple):

@@ -25,8 +25,15 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import NamedTuple
 
-from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
-from supervisord_batt.budget.books import Book, Size
+from supervisord_batt.budget.allocation import (
+    EMPTY,
+    NO_SHARE,
+    Allocation,
+    Planned,
+    Share,
+    allocate,
+)
+from supervisord_batt.budget.books import Book, CpuShare, Size, lease_cpus
 from supervisord_batt.budget.claims import (
     MAX_SCOPES,
     Footprint,
@@ -37,6 +44,7 @@ from supervisord_batt.budget.claims import (
     pools_of,
     profile,
     sampled,
+    seat_of,
 )
 from supervisord_batt.budget.costs import (
     LEVELS,
@@ -52,6 +60,7 @@ from supervisord_batt.budget.costs import (
     workers_for,
 )
 from supervisord_batt.budget.demand import Demand
+from supervisord_batt.budget.hierarchy import allocate_users
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -62,12 +71,22 @@ from supervisord_batt.budget.records import (
     UpdateResult,
     validate_request,
 )
-from supervisord_batt.budget.shortcuts import newcomer_share
+from supervisord_batt.budget.shortcuts import QuickShare, newcomer_share, newcomer_user_share
+from supervisord_batt.budget.users import (
+    User,
+    UserSums,
+    Weigh,
+    even,
+    exact_weight,
+    over_parts,
+)
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.protocol import KINDS, Kind
 
 _SEQUENTIAL: Size = ("sequential", 0)
+_UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
+_ASKS_NOTHING = QuickShare(NO_SHARE, 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -119,7 +138,9 @@ class BudgetLedger:
     (`newcomer_share`: the CPUs alone bind, or the CPUs and memory, or the newcomer is
     alone in the plan) the others' shares follow at the next call that reads them;
     releasing that lease next undoes the acquire, allocation included. So a pair mostly
-    costs no water-filling.
+    costs no water-filling. The shortcut knows one level: while several users hold
+    leases that ask for workers, acquire computes the allocation across users in full
+    (`hierarchy.allocate_users`), its cost growing with the leases held.
     """
 
     def __init__(
@@ -127,12 +148,22 @@ class BudgetLedger:
         config: BudgetConfig,
         clock: Callable[[], float],
         sample: HostSample | None = None,
+        weigh: Weigh = even,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
         self._level: Level = "normal"
+        # Where users over their CPU part explain the CPU pressure (`_set_level`): those
+        # users, and the level every other user's leases are planned and granted at.
+        self._over: frozenset[int] = frozenset()
+        self._calm: Level = "normal"
         self._leases: dict[str, _Held] = {}  # in the order acquired: only ever appended
+        # uid -> its sums, for each uid holding a seat (a lease that asked for a worker):
+        # with more than one, the budget is split per user first (`allocate_users`)
+        self._users: dict[int, UserSums] = {}
+        self._split = False  # whether each UserSums.demand is kept (see `_seated`)
         self._counter = 0
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes = Scopes()
@@ -162,8 +193,9 @@ class BudgetLedger:
         before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
-        fp = Footprint(self._scopes.of(req), req.base_tasks)
+        fp = Footprint(self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req))
         pools, cap = pools_of(req), cap_of(req, self._config)
+        level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
         e = _Held(
             f"L{self._counter}",
             req,
@@ -171,25 +203,34 @@ class BudgetLedger:
             pools,
             cap,
             fp,
-            profile(fp, pools, cap, self._level, "sequential", 0),
+            profile(fp, pools, cap, level, "sequential", 0),
             now,
             now,
         )
         self._leases[e.lease_id] = e
         self._idle.move(fp, None, _SEQUENTIAL)
         self._demand.count(fp.scope, e.profile, 1)
-        others = (o.profile for o in self._leases.values() if o is not e)
-        quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
+        if fp.seat:
+            self._seated(e, 1)
+        quick, cpu = None, None
+        if len(self._users) < 2:
+            others = (o.profile for o in self._leases.values() if o is not e)
+            quick = newcomer_share(e.profile, fp, others, self._idle, self._demand)
+        elif not fp.seat:  # it asks for no worker: no share, and it holds no CPU
+            quick = _ASKS_NOTHING
+        else:
+            quick, cpu = self._quick_user_share(e)
         if quick is None:
             alloc = self._allocate()
             mine, fair = alloc.share(e.lease_id), alloc.fair_share
+            cpu = self._cpu_share(e, alloc, charged=False)
         else:
             mine, fair = quick.share, quick.fair_share
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._best_now(e, mine, fair, None)
-        self._charged.move(fp, None, (kind, workers))
+        kind, workers, reason = self._best_now(e, mine, fair, None, cpu)
+        self._charge(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
             self._replan(e)
@@ -214,7 +255,7 @@ class BudgetLedger:
             if workers_in_use < e.workers:
                 workers = max(workers_in_use, _target(e, mine))
                 self._resize(e, e.kind if workers else "sequential", workers)
-        return self._grant(e, mine, self._grow(e, mine))
+        return self._grant(e, mine, self._grow(e, mine, self._cpu_share(e, alloc)))
 
     def heartbeat(self, lease_id: str) -> float:
         """Record that the holder made progress (for the no-progress timeout); the time."""
@@ -300,22 +341,28 @@ class BudgetLedger:
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
-            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers)
+            seat = e.footprint.seat
+            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers, seat)
         self._rebook()
         previous = self._level
-        self._level, reason = pressure_level(sample, self._config, self._charged)
+        reason = self._set_level()
         self._replan_all()
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
-    def reconfigure(self, config: BudgetConfig) -> None:
-        """Take a reloaded budget config; targets follow at once, leases are kept."""
+    def reconfigure(self, config: BudgetConfig, weigh: Weigh | None = None) -> None:
+        """Take a reloaded budget config (and the users' weights, if given); targets
+        follow at once, leases are kept."""
         self._config = config
+        if weigh is not None:
+            self._weigh = weigh
+            for uid, sums in self._users.items():
+                sums.weight = exact_weight(weigh(uid))
         for e in self._leases.values():
             e.cap = cap_of(e.request, config)
         if self._sample is not None:
             self._rebook()
-            self._level, _ = pressure_level(self._sample, config, self._charged)
+            self._set_level()
             self._replan_all()
             self._changed()
 
@@ -382,11 +429,83 @@ class BudgetLedger:
     def _allocate(self) -> Allocation:
         """Compute the allocation of the leases as they are now, and keep it."""
         alloc = EMPTY
-        if self._sample is not None and self._level != "extreme":
-            planned = (e.planned() for e in self._leases.values())
-            alloc = allocate(planned, self._idle, self._demand)
+        if self._sample is not None and (self._level != "extreme" or self._over):
+            if len(self._users) > 1:
+                alloc = allocate_users(self._per_user(), self._idle)
+            else:
+                planned = (e.planned() for e in self._leases.values())
+                alloc = allocate(planned, self._idle, self._demand)
         self._alloc, self._last, self._exact, self._pending = alloc, alloc, True, None
         return alloc
+
+    def _per_user(self) -> list[User]:
+        """The users holding seats in uid order (which breaks ties: the order they came
+        in would make the allocation depend on leases already gone), each with its
+        planned leases in the ledger's order. A lease that holds no seat asks for nothing."""
+        planned: dict[int, list[Planned]] = {uid: [] for uid in sorted(self._users)}
+        for e in self._leases.values():
+            if e.footprint.seat and e.profile.kind is not None:
+                planned[e.request.uid].append(e.planned())
+        return [self._users[uid].user(uid, mine) for uid, mine in planned.items()]
+
+    def _quick_user_share(self, e: _Held) -> tuple[QuickShare | None, CpuShare | None]:
+        """The newcomer's share and CPU bound by `newcomer_user_share`, from the users'
+        sums alone ((None, None): no shortcut, allocate in full)."""
+        uids = sorted(self._users)
+        users = [self._users[uid].user(uid, []) for uid in uids]
+        mine = uids.index(e.request.uid)
+        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle)
+        if found is None:
+            return None, None
+        quick, held = found
+        return quick, (held, self._users[e.request.uid].cpus)  # not charged yet itself
+
+    def _cpu_share(self, e: _Held, alloc: Allocation, charged: bool = True) -> CpuShare | None:
+        """What bounds the lease's CPUs where several users hold leases: its user's CPUs
+        in `alloc` and those its other leases hold now in the charged book (`charged`:
+        whether the lease is in it), or None: one user, the host's CPUs bound it."""
+        if not alloc.cpus:
+            return None
+        sums = self._users.get(e.request.uid)
+        if sums is None:  # it holds no seat: it asked for no worker
+            return 0, 0
+        own = lease_cpus(e.footprint, e.workers) if charged else 0
+        return alloc.cpus.get(e.request.uid, 0), sums.cpus - own
+
+    # Why CPU pressure may spare some users. CPU pressure (PSI) rises when more threads
+    # want CPU than there are CPUs; at level high or extreme the budget grants fewer
+    # workers or none, to everyone. One user's jobs can cause it alone: 60 sequential
+    # jobs on 32 CPUs keep CPU pressure extreme, and every other user's jobs ran
+    # sequential for as long as they ran. So where users hold more CPUs than their part
+    # (their sequential jobs beyond it, or pools not given back), the CPU pressure is
+    # put down to them: they get the full level, and every other user the level of the
+    # other signals (task headroom, memory pressure), which are the host's to all. Where
+    # no user is over its part, or one user holds leases, everyone gets the full level.
+
+    def _set_level(self) -> str:
+        """The level of the sample (and, per user, `_level_of`); the signal that set it."""
+        assert self._sample is not None
+        self._level, reason = pressure_level(self._sample, self._config, self._charged)
+        self._over = frozenset()
+        if self._level != "normal" and len(self._users) > 1:
+            calm, _ = pressure_level(self._sample, self._config, self._charged, cpu=False)
+            if calm != self._level:
+                self._calm, self._over = calm, over_parts(self._users, self._charged.cpus)
+        return reason
+
+    def _level_of(self, uid: int) -> Level:
+        """The level a user's leases are planned and granted at (fixed between samples,
+        so that every profile computed in between agrees)."""
+        return self._calm if self._over and uid not in self._over else self._level
+
+    def _user(self, uid: int) -> UserSums:
+        """The sums of a uid holding seats, made (and weighed) at its first."""
+        sums = self._users.get(uid)
+        if sums is None:
+            # its demand is counted only while users are split (`_split_demand`)
+            demand = Demand.empty(len(self._idle.caps)) if self._split else _UNSPLIT
+            sums = self._users[uid] = UserSums(exact_weight(self._weigh(uid)), demand)
+        return sums
 
     # Why ending a lease recomputes nothing. A recompute reads only the leases as they are
     # (their pools, profiles and the books), never the allocation before it, and only a
@@ -417,22 +536,28 @@ class BudgetLedger:
     def _replan(self, e: _Held) -> None:
         """Find a lease's profile again after its pool changed, and recount it."""
         before = e.profile
-        after = profile(e.footprint, e.pools, e.cap, self._level, e.kind, e.workers)
+        level = self._level_of(e.request.uid) if self._over else self._level
+        after = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
         e.profile = after
         if not after.sums_as(before):  # a grant of its first kind changes no sum
             scope = e.footprint.scope
             self._demand.count(scope, before, -1)
             self._demand.count(scope, after, 1)
+            if self._split and e.footprint.seat:
+                demand = self._users[e.request.uid].demand
+                demand.count(scope, before, -1)
+                demand.count(scope, after, 1)
         if not after.plans_as(before):
             self._exact = False
 
     def _replan_all(self) -> None:
         """Find every profile again and recount the demand (a new sample, level or config)."""
         demand = self._demand = Demand.empty(len(self._idle.caps))
-        level = self._level
         for e in self._leases.values():
+            level = self._level_of(e.request.uid)
             e.profile = profile(e.footprint, e.pools, e.cap, level, e.kind, e.workers)
             demand.count(e.footprint.scope, e.profile, 1)
+        self._split_demand()
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -455,17 +580,57 @@ class BudgetLedger:
     def _remove(self, e: _Held) -> None:
         del self._leases[e.lease_id]
         fp = e.footprint
-        self._charged.move(fp, (e.kind, e.workers), None)
+        self._charge(e, (e.kind, e.workers), None)
         self._idle.move(fp, _SEQUENTIAL, None)
         self._demand.count(fp.scope, e.profile, -1)
+        if fp.seat:
+            self._seated(e, -1)
         self._changed()
+
+    # Why the users' demand is kept only while there are several. With one user holding
+    # seats its demand is the ledger's (a lease without a seat asks for no pool, so it
+    # counts in neither), and a second count on every acquire and release cost a tenth
+    # of a single user's pair. So `UserSums.demand` is kept up to date while more than
+    # one user holds seats (`_split`), and counted afresh when a second one comes.
+
+    def _seated(self, e: _Held, sign: int) -> None:
+        """A lease holding a seat comes (sign 1) or goes (-1): its user's sums follow."""
+        uid = e.request.uid
+        sums = self._user(uid)
+        sums.seats += sign
+        if not sums.seats:
+            del self._users[uid]
+        if len(self._users) < 2:
+            self._split = False
+        elif self._split:
+            sums.demand.count(e.footprint.scope, e.profile, sign)
+        else:
+            self._split_demand()
+
+    def _split_demand(self) -> None:
+        """Count every user's demand afresh if several users hold seats (`_split`)."""
+        self._split = len(self._users) > 1
+        if not self._split:
+            return
+        limits = len(self._idle.caps)
+        for sums in self._users.values():
+            sums.demand = Demand.empty(limits)
+        for e in self._leases.values():
+            if e.footprint.seat:
+                self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
+
+    def _charge(self, e: _Held, old: Size | None, new: Size | None) -> None:
+        """Move a lease in the charged book, and the CPUs its user holds there."""
+        cpu = self._charged.move(e.footprint, old, new)
+        if e.footprint.seat:
+            self._users[e.request.uid].cpus += cpu
 
     def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,
         but the ledger never recomputes on it: the next acquire or release does)."""
         if kind == e.kind and workers == e.workers:
             return
-        self._charged.move(e.footprint, (e.kind, e.workers), (kind, workers))
+        self._charge(e, (e.kind, e.workers), (kind, workers))
         e.kind, e.workers = kind, workers
         self._replan(e)
 
@@ -477,15 +642,13 @@ class BudgetLedger:
         if shape != self._shape:  # scopes are indices into the limits: find them again
             self._shape, self._scopes = shape, Scopes(sample.limits)
             for e in self._leases.values():
-                fp = e.footprint
-                scope = self._scopes.of(e.request)
-                e.footprint = Footprint(
-                    scope, fp.base_tasks, fp.measured, fp.sampled_cost, fp.sampled_process
-                )
-        charged = self._charged = Book.of(sample, self._config)
-        idle = self._idle = charged.copy()
+                e.footprint = e.footprint._replace(scope=self._scopes.of(e.request))
+        self._charged = Book.of(sample, self._config)
+        idle = self._idle = self._charged.copy()
+        for sums in self._users.values():
+            sums.cpus = 0
         for e in self._leases.values():
-            charged.move(e.footprint, None, (e.kind, e.workers))
+            self._charge(e, None, (e.kind, e.workers))
             idle.move(e.footprint, None, _SEQUENTIAL)
 
     def _grant(self, e: _Held, mine: Share, reason: str) -> Grant:
@@ -505,17 +668,19 @@ class BudgetLedger:
         """Pool kinds the lease may hold at this size under the current level, given the
         kind its share is of."""
         chosen = mine.kind if mine.workers >= MIN_POOL else None
-        return pool_kinds(e.pools, self._level, e.kind, e.workers, workers, chosen)
+        level = self._level_of(e.request.uid)
+        return pool_kinds(e.pools, level, e.kind, e.workers, workers, chosen)
 
     def _best_now(
-        self, e: _Held, mine: Share, fair: int, held: Size | None
+        self, e: _Held, mine: Share, fair: int, held: Size | None, cpu: CpuShare | None
     ) -> tuple[Kind, int, str]:
         """The largest pool that fits now on the charged book, capped by the lease's share
         `mine` (`fair`: the fair share, to explain a refusal); `held`: its pool in the
-        charged book (None: not in it)."""
+        charged book (None: not in it); `cpu`: its user's CPUs (`_cpu_share`)."""
         if self._sample is None:
             return "sequential", 0, "no host sample yet"
-        if self._level == "extreme":
+        level = self._level_of(e.request.uid)
+        if level == "extreme":
             return "sequential", 0, "level extreme: sequential only"
         if e.cap < MIN_POOL:
             return "sequential", 0, f"asked for {e.request.want} workers: a pool of 1 never pays"
@@ -526,36 +691,44 @@ class BudgetLedger:
         for kind in kinds if size >= MIN_POOL else ():  # else no fit makes a pool
             # a share that is all it wants and fits is granted without sizing the pool
             # (`fits` is whether `fit` reaches the size, and the grant is min(fit, share))
-            if size >= e.request.want and charged.fits(fp, kind, size, held):
+            if size >= e.request.want and charged.fits(fp, kind, size, held, cpu):
                 return kind, size, "granted in full"
-            fit, _ = charged.fit(fp, kind, held, explain=False)
+            fit, _ = charged.fit(fp, kind, held, False, cpu)
             workers = min(fit, size)
             if workers >= MIN_POOL:
-                return kind, workers, self._why_short(e, mine, kind, held, workers, fit)
+                return kind, workers, self._why_short(e, mine, kind, held, workers, fit, cpu)
         if size < MIN_POOL and fair:
             return "sequential", 0, f"fair share: {fair} workers each, none left for a new pool"
-        why = charged.fit(fp, kinds[-1], held)[1] if kinds else ""  # the last kind's
-        return "sequential", 0, why or f"level {self._level}: no pool kind accepted"
+        why = charged.fit(fp, kinds[-1], held, True, cpu)[1] if kinds else ""  # the last kind's
+        return "sequential", 0, why or f"level {level}: no pool kind accepted"
 
     def _why_short(  # noqa: PLR0917 (the sizing's state, to name what bound it)
-        self, e: _Held, mine: Share, kind: Kind, held: Size | None, workers: int, fit: int
+        self,
+        e: _Held,
+        mine: Share,
+        kind: Kind,
+        held: Size | None,
+        workers: int,
+        fit: int,
+        cpu: CpuShare | None,
     ) -> str:
         if workers >= e.request.want:
             return "granted in full"
         if workers == fit:  # the cap that bound it, named only now
-            return self._charged.fit(e.footprint, kind, held)[1]
+            return self._charged.fit(e.footprint, kind, held, True, cpu)[1]
         if workers == self._config.max_per_lease:
             return f"max_per_lease {workers}"
         return f"fair share {mine.workers} across {len(self._leases)} holders"
 
-    def _grow(self, e: _Held, mine: Share) -> str:
-        """Raise the lease toward its share if that fits right now."""
+    def _grow(self, e: _Held, mine: Share, cpu: CpuShare | None) -> str:
+        """Raise the lease toward its share if that fits right now (`cpu`: its user's
+        CPUs, `_cpu_share`)."""
         if self._sample is None or mine.workers <= e.workers:
             return "shrink" if _target(e, mine) < e.workers else "unchanged"
         kinds = self._kinds(e, mine, mine.workers)
         if not kinds:
             return "unchanged"
-        fit, why = self._charged.fit(e.footprint, kinds[0], (e.kind, e.workers))
+        fit, why = self._charged.fit(e.footprint, kinds[0], (e.kind, e.workers), True, cpu)
         workers = min(fit, mine.workers)
         if workers <= e.workers or workers < MIN_POOL:
             return why

@@ -10,9 +10,12 @@ from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
 
 
-def pressure_level(sample: HostSample, config: BudgetConfig, book: Book) -> tuple[Level, str]:
-    """The pressure level from the tightest limit and PSI, with the signal that set it."""
-    found = _headroom_grades(sample, config, book) + _psi_grades(sample, config)
+def pressure_level(
+    sample: HostSample, config: BudgetConfig, book: Book, cpu: bool = True
+) -> tuple[Level, str]:
+    """The pressure level from the tightest limit and PSI, with the signal that set it
+    (`cpu`: whether CPU pressure counts)."""
+    found = _headroom_grades(sample, config, book) + _psi_grades(sample, config, cpu)
     grade, reason = max(found, default=(0, "no limits"), key=lambda f: f[0])
     return LEVELS[grade], reason
 
@@ -37,12 +40,12 @@ def _headroom_grades(sample: HostSample, config: BudgetConfig, book: Book) -> li
     return found
 
 
-def _psi_grades(sample: HostSample, config: BudgetConfig) -> list[tuple[int, str]]:
-    """A grade for CPU and for memory pressure, where the sample has them."""
+def _psi_grades(sample: HostSample, config: BudgetConfig, cpu: bool) -> list[tuple[int, str]]:
+    """A grade for CPU (if `cpu`) and for memory pressure, where the sample has them."""
     found: list[tuple[int, str]] = []
     th = config.pressure
     psi = sample.psi
-    if psi is not None and psi.cpu_some_avg10 is not None:
+    if cpu and psi is not None and psi.cpu_some_avg10 is not None:
         found.append(
             _grade(
                 psi.cpu_some_avg10,

@@ -9,11 +9,16 @@ plan. Anywhere else it answers None, and the ledger allocates in full.
 
 Pure, like `allocate`, and tested against it: for any leases, books and demand,
 `newcomer_share(...)` is None or its share is `allocate(...).share(newcomer)`.
+
+Where several users hold leases, `newcomer_user_share` is the same one level down: when
+only the CPUs can bind inside every user's part, the newcomer's share is
+`newcomer_share` on its own user's part, and its user's CPUs follow from the parts; it
+is tested against `hierarchy.allocate_users` alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from supervisord_batt.budget.allocation import NO_SHARE, Share, share
@@ -27,6 +32,8 @@ from supervisord_batt.budget.demand import (
     first_pools_fit_tasks,
     task_limits_hold,
 )
+from supervisord_batt.budget.hierarchy import entitlements, user_book
+from supervisord_batt.budget.users import User
 from supervisord_batt.protocol import Kind
 
 
@@ -69,6 +76,31 @@ def newcomer_share(
         size = newcomer.cap if newcomer.cap < level else level
         return QuickShare(share(size, newcomer.kind), fair)
     return QuickShare(NO_SHARE, fair)
+
+
+def newcomer_user_share(
+    newcomer: Profile, footprint: Footprint, mine: int, users: Sequence[User], idle: Book
+) -> tuple[QuickShare, int] | None:
+    """The newcomer's share where several users hold leases, and the CPUs its user holds
+    at the allocation, without allocating (None: no shortcut).
+
+    `users[mine]` is the newcomer's user, whose demand and seats count the newcomer
+    (last in its plan order); the users' plans are not read, only their sums. When only
+    the CPUs can bind inside every user's part (`cpu_only` on each user's book), each
+    user holds min(what it asks, its CPU part), or its seats if more: with the CPUs all
+    taken, or every lease at its cap, the top-up finds nothing to grow. So the newcomer's
+    share is `newcomer_share` on its user's book, which the others do not change.
+    """
+    ent = entitlements(users, idle)
+    for k, u in enumerate(users):
+        if not cpu_only(u.demand, user_book(idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k])):
+            return None
+    u = users[mine]
+    book = user_book(idle, u, ent.cpus[mine], ent.rooms[mine], ent.mem[mine])
+    quick = newcomer_share(newcomer, footprint, (), book, u.demand)
+    if quick is None:
+        return None
+    return quick, max(u.seats, min(u.cpu_demand(), ent.cpus[mine]))
 
 
 def _first_round_share(  # noqa: PLR0917 (newcomer_share's arguments, and the spare CPUs)

@@ -62,6 +62,7 @@ from supervisord_batt.config.values import (
     socket_mode,
     stop_signal,
     string,
+    weights,
 )
 from supervisord_batt.config.yamlcheck import (
     ConfigError,
@@ -192,6 +193,8 @@ def _budget(s: Section) -> BudgetConfig:
         cgroups=s.get("cgroups", list_of(string), ()),
         watch_users=s.get("watch_users", list_of(string), ()),
         pressure=_pressure(s.child("pressure", _keys(PressureThresholds))),
+        user_weights=s.get("user_weights", weights, ()),
+        group_weights=s.get("group_weights", weights, ()),
     )
 
 
@@ -335,6 +338,12 @@ def host_checks(issues: Issues, root: Node | None, config: Config) -> None:
     for i, name in enumerate(config.budget.watch_users):
         if not name.isdigit() and (why := _no_user(name)):
             fail(why, "budget", "watch_users", i)
+    for name, _ in config.budget.user_weights:
+        if not name.isdigit() and (why := _no_user(name)):
+            fail(why, "budget", "user_weights", name)
+    for name, _ in config.budget.group_weights:
+        if why := _no_group(name):
+            fail(why, "budget", "group_weights", name)
     for program in config.programs:
         at = ("programs", program.name)
         if program.user is not None and (why := _no_user(program.user)):
@@ -467,9 +476,12 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     if config.metrics.listen is not None:
         host, port = config.metrics.listen
         metrics["listen"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    budget = _plain(asdict(config.budget))
+    budget["user_weights"] = dict(config.budget.user_weights)
+    budget["group_weights"] = dict(config.budget.group_weights)
     return {
         "daemon": daemon,
-        "budget": _plain(asdict(config.budget)),
+        "budget": budget,
         "programs": programs,
         "metrics": metrics,
     }

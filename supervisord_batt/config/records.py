@@ -70,6 +70,10 @@ class BudgetConfig:
     cgroups: tuple[str, ...]  # extra cgroups to watch (cgroup paths like "/batt" or fs paths)
     watch_users: tuple[str, ...]  # extra users whose RLIMIT_NPROC is watched
     pressure: PressureThresholds
+    # weights in the split across users, (name, weight) sorted by name: a user's own, else
+    # the largest of its groups', else 1 (a user name may be a uid, as digits)
+    user_weights: tuple[tuple[str, float], ...] = ()
+    group_weights: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,28 @@ def list_of(item: Parser[T]) -> Parser[tuple[T, ...]]:
     return parse
 
 
+MAX_WEIGHT = 1000.0  # a user's weight against another's: beyond this it is a typo
+_weight = number(0, MAX_WEIGHT, low_open=True)
+
+
+def weights(node: Node) -> tuple[tuple[str, float], ...]:
+    """name: weight pairs sorted by name (null = none); each weight a number in (0, 1000]."""
+    if is_null(node):
+        return ()
+    if not isinstance(node, MappingNode):
+        raise Invalid(f"expected a mapping of names to weights, got {node_kind(node)}")
+    pairs, problems = mapping_pairs(node)
+    result: list[tuple[str, float]] = []
+    for name, key_node, value_node in pairs:
+        try:
+            result.append((name, _weight(value_node)))
+        except Invalid as exc:
+            problems.append((f".{name}", key_node, str(exc)))
+    if problems:
+        raise Invalid.many(problems)
+    return tuple(sorted(result))
+
+
 def _word(node: Node) -> str:
     """One argv word or environment value: any scalar but null, kept as written
     (`true` stays "true", 0660 stays "0660", not 432)."""

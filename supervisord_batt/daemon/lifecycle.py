@@ -39,6 +39,7 @@ from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
 from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
+from supervisord_batt.daemon.weights import Weights
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
@@ -60,7 +61,9 @@ class Daemon:
             self.notifier.passed.setdefault(name, []).extend(fds)
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
-        self.ledger = BudgetLedger(config.budget, clock=time.monotonic)
+        self.ledger = BudgetLedger(
+            config.budget, clock=time.monotonic, weigh=Weights(config.budget).weigh
+        )
         self.lease_log = LeaseLog(config.daemon.lease_log_rate)
         self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
         self.sample: HostSample | None = None
@@ -584,7 +587,7 @@ class Daemon:
             prepared.discard()
             self._reject(source, by, f"cannot open the new log file: {exc}")
         self.config = new
-        self.ledger.reconfigure(new.budget)
+        self.ledger.reconfigure(new.budget, Weights(new.budget).weigh)
         self.lease_log.rate = d.lease_log_rate
         self.server.problems.rate = d.bad_input_log_rate
         self.server.reconfigure(d, _policy(new))

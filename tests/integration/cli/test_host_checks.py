@@ -39,6 +39,12 @@ programs:
     command: [sleep, "600"]
     user: nosuchuser-sbt
     cwd: /nonexistent-sbt
+budget:
+  user_weights:
+    nosuchuser-sbt: 2
+    "4242": 3
+  group_weights:
+    nosuchgroup-sbt: 0.5
 """
 
 
@@ -52,11 +58,14 @@ def test_check_config_and_run_name_every_host_problem_with_its_line(tmp_path: Pa
         assert done.returncode == 1, done
         said = done.stdout + done.stderr  # run logs it as a config_invalid event
         assert "Traceback" not in said
+        assert "4242" not in said  # a uid stands for a user: nothing to look up
         for key, line, what in (
             ("daemon.log_file", 2, f"{regular} is not one"),
             ("daemon.admin_groups.0", 3, "no group 'nosuchgroup-sbt'"),
             ("programs.a.user", 7, "no user 'nosuchuser-sbt'"),
             ("programs.a.cwd", 8, "not a directory"),
+            ("budget.user_weights.nosuchuser-sbt", 11, "no user 'nosuchuser-sbt'"),
+            ("budget.group_weights.nosuchgroup-sbt", 14, "no group 'nosuchgroup-sbt'"),
         ):
             assert f"{key} (line {line}): " in said and what in said, said
 

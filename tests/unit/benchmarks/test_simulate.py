@@ -24,6 +24,7 @@ from benchmarks.sim.table import (
     run_table,
     table_workload,
 )
+from benchmarks.sim.users import equal_parts, run_users
 from supervisord_batt.budget.costs import pool_cost
 from supervisord_batt.budget.records import Grant
 
@@ -60,6 +61,46 @@ def test_processor_sharing_and_psi_by_hand() -> None:
     assert ends == pytest.approx([1.5, 1.5, 1.5])
     assert kernel.busy_cpu_s == pytest.approx(3.0)
     assert kernel.psi_avg10 == pytest.approx(37.5 * (1 - PSI_DECAY_10))
+
+
+def test_processor_sharing_per_group_by_hand() -> None:
+    """2 cores, three threads of user 0 and one of user 1, 1 CPU second each. Per group:
+    user 1's thread gets a core (it cannot use more) and ends at 1.0 s, user 0's three
+    share the other at 1/3, then both cores at 2/3: 2/3 s left, done at 2.0 s. Per
+    thread, all four run at 1/2 and end at 2.0 s."""
+    for per_group, expected in ((True, [1.0, 2.0, 2.0, 2.0]), (False, [2.0] * 4)):
+        kernel = Kernel(cores=2, per_group=per_group)
+        ends: list[float] = []
+
+        def one(kernel: Kernel = kernel, ends: list[float] = ends) -> ProcGen:
+            yield Cpu(1.0)
+            ends.append(kernel.now)
+
+        for group in (0, 0, 0, 1):
+            kernel.start(one(), group=group)
+        kernel.run(until=3.0)
+        assert ends == pytest.approx(expected), per_group
+        assert kernel.busy_cpu_s == pytest.approx(4.0)
+
+
+def test_equal_parts_water_fill_the_cores_by_what_users_can_use() -> None:
+    assert equal_parts(32, (60, 4), 8) == [16.0, 16.0]
+    assert equal_parts(32, (60, 1), 8) == [24.0, 8.0]  # one job uses at most 8
+    assert equal_parts(64, (60, 16, 4, 4, 2, 1), 8) == pytest.approx([11.2] * 5 + [8.0])
+
+
+def test_users_with_unequal_job_counts_get_an_equal_split() -> None:
+    """The per-user table's first cell: 60 jobs against 4 on 32 cores. With CPU time
+    shared per user, the 4 jobs reach 0.9 of their equal split, where the single queue
+    (every lease of one uid) left them a third of it; with CPU time shared per thread the
+    budget cannot give them more than about 0.4 (the 60 sequential jobs take the CPU)."""
+    costs = calibrate(measured())
+    cells = {cell.cpu: cell for cell in run_users(costs, quick=True)}
+    per_user, per_thread = cells["per user"], cells["per thread"]
+    assert per_user.jobs == (60, 4)
+    assert min(per_user.ratios) >= 0.9 and per_user.single_ratios[1] < 0.4
+    assert 0.3 < per_thread.ratios[1] < 0.6 and per_thread.single_ratios[1] < 0.2
+    assert per_thread.total >= 0.97  # and nothing is lost by it
 
 
 def test_two_sequential_jobs_on_one_core_by_hand() -> None:
@@ -239,7 +280,11 @@ def test_simulate_quick_json() -> None:
         check=True,
     )
     report = json.loads(out.stdout)
-    assert {"validation", "cells", "summary", "calibration", "sweep"} <= set(report)
+    assert {"validation", "cells", "summary", "calibration", "sweep", "users"} <= set(report)
+    assert [(u["jobs"], u["cpu_shared"]) for u in report["users"]] == [
+        ([60, 4], "per thread"),
+        ([60, 4], "per user"),
+    ]
     assert all({"cell", "measured", "simulated"} <= set(v) for v in report["validation"])
     assert len(report["cells"]) == len(QUICK_CELLS) * len(POLICIES)
     keys = {

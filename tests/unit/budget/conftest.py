@@ -6,13 +6,13 @@ Test modules import them from here (no test module imports another)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from supervisord_batt.budget.allocation import Planned
+from supervisord_batt.budget.allocation import Allocation, Planned, allocate
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.claims import (
     Footprint,
@@ -22,11 +22,14 @@ from supervisord_batt.budget.claims import (
     profile,
     sampled,
     scope_of,
+    seat_of,
 )
 from supervisord_batt.budget.costs import Level
 from supervisord_batt.budget.demand import Demand
+from supervisord_batt.budget.hierarchy import allocate_users
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
+from supervisord_batt.budget.users import User, exact_weight
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
 from supervisord_batt.protocol import Kind
@@ -126,11 +129,21 @@ def ledger(
     cpus: float = 64.0,
     mem: int = 64 * GIB,
     psi: Psi | None = None,
+    weights: Mapping[int, float] | None = None,
     **cfg: object,
 ) -> BudgetLedger:
+    """A ledger on one sample; `weights`: uid -> weight (1 for the others)."""
     return BudgetLedger(
-        config(**cfg), clock or FakeClock(), sample(*limits, cpus=cpus, mem=mem, psi=psi)
+        config(**cfg),
+        clock or FakeClock(),
+        sample(*limits, cpus=cpus, mem=mem, psi=psi),
+        weigh=weigher(weights or {}),
     )
+
+
+def weigher(weights: Mapping[int, float]) -> Callable[[int], float]:
+    """The weigh function of a ledger: uid -> its weight, 1 if not in `weights`."""
+    return lambda uid: weights.get(uid, 1.0)
 
 
 PRESSURE = PressureThresholds(
@@ -242,18 +255,36 @@ class World:
     planned: list[Planned]
     footprints: dict[str, Footprint]
     profiles: dict[str, Profile]
+    users: list[User]  # the leases by user, as `hierarchy.allocate_users` takes them
+
+    def allocation(self) -> Allocation:
+        """What a recompute gives: the single-user path with one user (or none), the
+        per-user allocation with several."""
+        if len(self.users) > 1:
+            return allocate_users(self.users, self.idle)
+        return allocate(self.planned, self.idle, self.demand)
 
 
-def world(host: HostSample, cfg: BudgetConfig, level: Level, held: Sequence[Held]) -> World:
+def world(
+    host: HostSample,
+    cfg: BudgetConfig,
+    level: Level,
+    held: Sequence[Held],
+    weights: Mapping[int, float] | None = None,
+) -> World:
     charged = Book.of(host, cfg)
     idle = charged.copy()
     demand = Demand.empty(len(host.limits))
     planned: list[Planned] = []
     footprints: dict[str, Footprint] = {}
     profiles: dict[str, Profile] = {}
+    users: dict[int, User] = {}
     for h in held:
         scope = scope_of(h.request, host.limits)
-        fp = sampled(scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers)
+        seat = seat_of(h.request)
+        fp = sampled(
+            scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers, seat
+        )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
         charged.move(fp, None, (h.kind, h.workers))
@@ -261,7 +292,18 @@ def world(host: HostSample, cfg: BudgetConfig, level: Level, held: Sequence[Held
         demand.count(scope, p, 1)
         planned.append((h.lease_id, fp, p))
         footprints[h.lease_id], profiles[h.lease_id] = fp, p
-    return World(charged, idle, demand, planned, footprints, profiles)
+        if seat:
+            uid = h.request.uid
+            u = users.get(uid)
+            if u is None:
+                weight = exact_weight((weights or {}).get(uid, 1.0))
+                u = users[uid] = User(uid, weight, demand=Demand.empty(len(host.limits)))
+            u.seats += 1
+            if p.kind is not None:
+                u.planned.append((h.lease_id, fp, p))
+                u.demand.count(scope, p, 1)
+    by_uid = [users[uid] for uid in sorted(users)]  # the ledger's order (`_per_user`)
+    return World(charged, idle, demand, planned, footprints, profiles, by_uid)
 
 
 class Tracker:
@@ -269,10 +311,17 @@ class Tracker:
     books from scratch (`world`): every request, and per lease the tree the last sample
     measured and the pool it held then."""
 
-    def __init__(self, cfg: BudgetConfig, host: HostSample, clock: FakeClock | None = None):
+    def __init__(
+        self,
+        cfg: BudgetConfig,
+        host: HostSample,
+        clock: FakeClock | None = None,
+        weights: Mapping[int, float] | None = None,
+    ):
         self.cfg, self.host = cfg, host
         self.clock = clock or FakeClock()
-        self.ledger = BudgetLedger(cfg, self.clock, host)
+        self.weights = dict(weights or {})  # uid -> weight, 1 for the others
+        self.ledger = BudgetLedger(cfg, self.clock, host, weigh=weigher(self.weights))
         self.requests: dict[str, Request] = {}
         self.measured: dict[str, tuple[int | None, Kind, int]] = {}
 
@@ -298,7 +347,8 @@ class Tracker:
         return out
 
     def world(self, *newcomers: Held) -> World:
-        return world(self.host, self.cfg, self.ledger.level, [*self.held(), *newcomers])
+        held = [*self.held(), *newcomers]
+        return world(self.host, self.cfg, self.ledger.level, held, self.weights)
 
 
 def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:

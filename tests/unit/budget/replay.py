@@ -1,14 +1,26 @@
 """A seeded replay of random traffic through `BudgetLedger`, digested per seed.
 
-Recorded once against the ledger before its rewrite by composition, and checked against
-every later one: the same seed must drive the same calls and get the same answers, so
-equal digests mean identical grants, renews, releases, updates and statistics. Only the
-public API and records are used, and nothing here depends on the time, the hash seed or
-the iteration order of anything unordered: a digest is a pure function of its seed.
+Recorded against one ledger and checked against every later one: the same seed must
+drive the same calls and get the same answers, so equal digests mean identical grants,
+renews, releases, updates and statistics. Only the public API and records are used, and
+nothing here depends on the time, the hash seed or the iteration order of anything
+unordered: a digest is a pure function of its seed.
 
-`digest(seed)` runs one sequence; `tests/unit/budget/data/ledger_replay.json` holds the
-recorded digests (`VERSION` names this generator: change the traffic, bump it and record
-again), `python benchmarks/replay_ledger.py` checks them all (or records them afresh).
+Two recordings, both made by the ledger before it split the budget per user (commit
+4f7aee1), which must go on answering one user as it did (`VERSION` names this generator:
+change the traffic, bump it and record again):
+
+- `tests/unit/budget/data/ledger_replay.json`, the mixed traffic: three uids, and leases
+  that ask for no worker. Recorded before the ledger's rewrite by composition. Since the
+  split per user, a sequence in which two uids held leases that asked for workers at the
+  same time, or a lease asked for no worker (it now holds no CPU), is answered
+  differently, as it should be; every other one (`Replay.one_user`) must match.
+- `tests/unit/budget/data/ledger_replay_single_user.json`, the single-user traffic: the
+  same random draws, every request of one uid and asking for at least one worker
+  (`single=True`). Every sequence must match.
+
+`replay(seed, single)` runs one sequence; `python benchmarks/replay_ledger.py` checks them
+all (or records them afresh).
 """
 
 from __future__ import annotations
@@ -19,9 +31,10 @@ import json
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from supervisord_batt.budget.ledger import BudgetLedger
-from supervisord_batt.budget.records import LeaseError, Request
+from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, Psi
 from supervisord_batt.protocol import Kind
@@ -29,6 +42,8 @@ from supervisord_batt.protocol import Kind
 VERSION = 1
 SEQUENCES = 12_000
 DATA = Path(__file__).parent / "data" / "ledger_replay.json"
+DATA_SINGLE = Path(__file__).parent / "data" / "ledger_replay_single_user.json"
+SINGLE_UID = 1000
 
 GIB = 1 << 30
 CGROUP = "/sys/fs/cgroup/pids/batt"
@@ -105,11 +120,20 @@ class _Recorder:
         self.hash.update(b"\n")
 
 
+class Replay(NamedTuple):
+    """One sequence's digest, and whether only one user held leases in it: never two uids
+    with leases that asked for workers at once, and no lease that asked for none."""
+
+    digest: str
+    one_user: bool
+
+
 class _Traffic:
     """One seeded sequence: a config, a host whose limits, CPUs, memory and PSI move, and
     a mix of calls sized by the sequence's target number of leases."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, single: bool = False) -> None:
+        self.single = single
         r = self.r = random.Random(seed)
         size = r.random()
         # many short sequences of 1-8 leases, some of up to 24, a few of up to 64
@@ -122,6 +146,8 @@ class _Traffic:
         self.shape = self.new_shape()
         self.live: list[str] = []
         self.ledger_cpus = 0.0
+        self.holding: dict[str, tuple[int, int]] = {}  # lease id -> (uid, want) held
+        self.one_user = True
 
     def clock(self) -> float:
         return self.now
@@ -193,9 +219,25 @@ class _Traffic:
             limits=limits,
         )
 
+    def acquire(self, rec: _Recorder, led: BudgetLedger, req: Request) -> Grant | None:
+        """Acquire, recorded, and note who holds leases now."""
+        grant = rec.call("acquire", lambda: led.acquire(req))
+        if isinstance(grant, Grant):
+            self.holding[grant.lease_id] = (req.uid, req.want)
+            askers = {uid for uid, want in self.holding.values() if want}
+            self.one_user = self.one_user and req.want > 0 and len(askers) < 2
+            return grant
+        return None
+
+    def ended(self, leases: object) -> None:
+        """The leases a release, release_holder or expire returned are no longer held."""
+        for lease in leases if isinstance(leases, list) else [leases]:
+            if isinstance(lease, Lease):
+                self.holding.pop(lease.lease_id, None)
+
     def new_request(self) -> Request:
         r = self.r
-        return Request(
+        req = Request(
             holder=f"h{r.randint(0, 5)}",
             pid=r.randint(100, 110),
             uid=r.choice(UIDS),
@@ -205,6 +247,9 @@ class _Traffic:
             cgroups=r.choice(CGROUP_SETS),
             base_tasks=r.choice([0, 1, 1, 1, 2, 5]),
         )
+        if self.single:  # the same draws: one user, and a worker asked for at least
+            req = dataclasses.replace(req, uid=SINGLE_UID, want=max(1, req.want))
+        return req
 
     def op(self) -> str:
         r = self.r
@@ -230,16 +275,14 @@ class _Traffic:
         r, live = self.r, self.live
         self.now += r.choice([0.0, 0.0, 0.25, 1.0])
         if op == "acquire":
-            req = self.new_request()
-            grant = rec.call("acquire", lambda: led.acquire(req))
+            grant = self.acquire(rec, led, self.new_request())
             if grant is not None:
-                live.append(grant.lease_id)  # type: ignore[attr-defined]
+                live.append(grant.lease_id)
         elif op == "pair":
-            req = self.new_request()
-            grant = rec.call("acquire", lambda: led.acquire(req))
+            grant = self.acquire(rec, led, self.new_request())
             if grant is not None:
-                lease_id: str = grant.lease_id  # type: ignore[attr-defined]
-                rec.call("release", lambda: led.release(lease_id))
+                lease_id = grant.lease_id
+                self.ended(rec.call("release", lambda: led.release(lease_id)))
         elif op == "release":
             if live and r.random() < 0.95:
                 lease_id = live.pop(r.randrange(len(live)))
@@ -247,7 +290,7 @@ class _Traffic:
                 lease_id = f"L{r.randint(0, 200)}"  # maybe held, maybe not
                 if lease_id in live:
                     live.remove(lease_id)
-            rec.call("release", lambda: led.release(lease_id))
+            self.ended(rec.call("release", lambda: led.release(lease_id)))
         elif op == "renew" and live:
             lease_id = r.choice(live)
             held = led.lease(lease_id)
@@ -261,7 +304,9 @@ class _Traffic:
             rec.call("heartbeat", lambda: led.heartbeat(lease_id))
         elif op == "expire":
             self.now += r.choice([1.0, 5.0, 12.0, 31.0])
-            for lease in rec.call("expire", led.expire) or ():  # type: ignore[attr-defined]
+            gone = rec.call("expire", led.expire)
+            self.ended(gone)
+            for lease in gone or ():  # type: ignore[attr-defined]
                 live.remove(lease.lease_id)
         elif op == "update":
             sampled, trees = self.new_sample(), self.trees()
@@ -283,7 +328,9 @@ class _Traffic:
         what = r.choice(["holder", "reconfigure", "invalid", "invalid", "burst"])
         if what == "holder":
             holder = f"h{r.randint(0, 5)}"
-            for lease in rec.call("release_holder", lambda: led.release_holder(holder)) or ():  # type: ignore[attr-defined]
+            gone = rec.call("release_holder", lambda: led.release_holder(holder))
+            self.ended(gone)
+            for lease in gone or ():  # type: ignore[attr-defined]
                 live.remove(lease.lease_id)
         elif what == "reconfigure":
             self.config = self.new_config()
@@ -298,25 +345,37 @@ class _Traffic:
         else:  # a burst of clients that each acquire and then release, in order
             ids = []
             for _ in range(r.randint(2, 12)):
-                req = self.new_request()
-                grant = rec.call("acquire", lambda: led.acquire(req))  # noqa: B023
-                ids.append(grant.lease_id)  # type: ignore[attr-defined]
+                grant = self.acquire(rec, led, self.new_request())
+                ids.append(grant.lease_id)  # type: ignore[union-attr]
             for lease_id in ids:
-                rec.call("release", lambda: led.release(lease_id))  # noqa: B023
+                self.ended(rec.call("release", lambda: led.release(lease_id)))  # noqa: B023
 
 
-def digest(seed: int) -> str:
-    """The sha256 of everything one seeded sequence's calls returned, in order."""
+def replay(seed: int, single: bool = False) -> Replay:
+    """One seeded sequence (`single`: its single-user traffic): the sha256 of everything
+    its calls returned, in order, and whether only one user held leases in it."""
     rec = _Recorder()
     rec.add("version", VERSION)
-    _Traffic(seed).run(rec)
-    return rec.hash.hexdigest()
+    traffic = _Traffic(seed, single)
+    traffic.run(rec)
+    return Replay(rec.hash.hexdigest(), traffic.one_user)
 
 
-def recorded() -> list[str]:
+def digest(seed: int, single: bool = False) -> str:
+    """`replay(seed, single).digest`."""
+    return replay(seed, single).digest
+
+
+def replay_single(seed: int) -> Replay:
+    """`replay(seed, single=True)`, for a process pool's map."""
+    return replay(seed, single=True)
+
+
+def recorded(single: bool = False) -> list[str]:
     """The recorded digests, seed by seed (seed i at index i)."""
-    data = json.loads(DATA.read_text())
+    path = DATA_SINGLE if single else DATA
+    data = json.loads(path.read_text())
     if data["version"] != VERSION:
-        raise ValueError(f"{DATA} was recorded by generator {data['version']}, not {VERSION}")
+        raise ValueError(f"{path} was recorded by generator {data['version']}, not {VERSION}")
     digests: list[str] = data["digests"]
     return digests

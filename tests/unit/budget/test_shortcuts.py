@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisord_batt.budget.allocation import allocate
+from supervisord_batt.budget.claims import seat_of
 from supervisord_batt.budget.costs import MIN_POOL
 from supervisord_batt.budget.records import Request
-from supervisord_batt.budget.shortcuts import newcomer_share
+from supervisord_batt.budget.shortcuts import newcomer_share, newcomer_user_share
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
 from supervisord_batt.protocol import Kind
@@ -30,7 +31,9 @@ from tests.unit.budget.conftest import (
     Tracker,
     config,
     configs,
+    limits,
     random_calls,
+    request,
     requests,
     roomy_limits,
     sample,
@@ -227,3 +230,104 @@ def test_the_shortcut_gives_the_full_share_to_many_clients(
             tracker.update(host, trees)
         else:
             acquire()
+
+
+def differ_users(tracker: Tracker, req: Request) -> str | None:
+    """Where `newcomer_user_share` and `allocate_users` disagree on `req` as a newcomer,
+    share or its user's CPUs (None: they agree, or no shortcut applies); counts what it
+    checked in `CHECKED_USERS`."""
+    w = tracker.world(Held(NEW, req))
+    if len(w.users) < 2 or not seat_of(req):
+        return None
+    mine = [u.uid for u in w.users].index(req.uid)
+    found = newcomer_user_share(w.profiles[NEW], w.footprints[NEW], mine, w.users, w.idle)
+    if found is None:
+        CHECKED_USERS["none"] += 1
+        return None
+    quick, held = found
+    full = w.allocation()
+    CHECKED_USERS["pool" if quick.share.workers else "no pool"] += 1
+    if quick.share != full.share(NEW):
+        return f"share {quick.share} != {full.share(NEW)}"
+    if held != full.cpus[req.uid]:
+        return f"its user's CPUs {held} != {full.cpus[req.uid]}"
+    return None
+
+
+CHECKED_USERS: Counter[str] = Counter()
+WEIGHTS = st.sampled_from([1.0, 1.0, 2.0, 0.5, 3.0])
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_the_per_user_shortcut_gives_the_full_share_after_random_traffic(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """Two to four users with weights, their leases acquired, renewed, released and
+    sampled at random, on limits that bind or not; each acquire checked first."""
+    uids = data.draw(st.lists(st.sampled_from([0, 1000, 1001, 1002]), min_size=2, unique=True))
+    weights = {uid: data.draw(WEIGHTS) for uid in uids}
+    lims = data.draw(st.one_of(roomy_limits(), roomy_limits(), limits()))
+    host = sample(*lims, cpus=data.draw(st.sampled_from([4.0, 16.0, 64.0])), mem=64 * GIB)
+    tracker = Tracker(cfg, host, weights=weights)
+    live: list[str] = []
+    for _ in range(data.draw(st.integers(2, 40))):
+        op = data.draw(st.integers(0, 5))
+        if op < 3 or not live:
+            req = replace(data.draw(requests()), uid=data.draw(st.sampled_from(uids)))
+            assert differ_users(tracker, req) is None
+            live.append(tracker.acquire(req))
+        elif op == 3:
+            tracker.ledger.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+        elif op == 4:
+            lease_id = data.draw(st.sampled_from(live))
+            tracker.ledger.renew(lease_id, tracker.ledger.lease(lease_id).target)
+        else:
+            trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
+            tracker.update(host, trees)
+
+
+def test_the_per_user_shortcut_applies_where_only_the_cpus_bind() -> None:
+    """60 jobs of one user and 4 of another on 32 CPUs, then a newcomer of each, and of
+    a third user: the shortcut applies to all of them, and agrees with `allocate_users`."""
+    CHECKED_USERS.clear()
+    tracker = Tracker(config(max_per_lease=8), sample(cpus=32.0))
+    for i in range(64):
+        req = request(f"h{i}", 8, uid=1000 if i < 60 else 1001)
+        assert differ_users(tracker, req) is None
+        tracker.acquire(req)
+    for uid in (1000, 1001, 0):
+        assert differ_users(tracker, request("n", 8, uid=uid)) is None
+    assert CHECKED_USERS["none"] == 0 and CHECKED_USERS["pool"] > 3, CHECKED_USERS
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_with_several_users_acquire_grants_the_full_per_user_share(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """With several users holding leases the ledger gives the newcomer its share in the
+    allocation across users (`hierarchy.allocate_users`, or `newcomer_user_share` where
+    it agrees). The newcomer is granted no more than that share, and all of it unless the
+    charged book cannot hold it now (its user's CPUs as that allocation counts them,
+    every limit, the memory)."""
+    tracker = random_calls(cfg, data, data.draw(st.integers(0, 20)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        req = data.draw(requests())
+        w = tracker.world(Held(NEW, req))
+        full = w.allocation()
+        grant = tracker.ledger.acquire(req)
+        tracker.requests[grant.lease_id] = req
+        if len(w.users) < 2:
+            continue
+        mine = full.share(NEW)
+        assert grant.workers <= mine.workers, (grant, mine)
+        if mine.workers and grant.workers < mine.workers:
+            used = sum(
+                h.workers if h.workers > 1 else seat_of(h.request)
+                for h in tracker.held()
+                if h.request.uid == req.uid and h.lease_id != grant.lease_id
+            )
+            cpu = (full.cpus[req.uid], used)
+            fp = w.footprints[NEW]
+            assert not w.charged.fits(fp, mine.kind, mine.workers, ("sequential", 0), cpu)

@@ -176,6 +176,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ("budget:\n  max_per_lease: 0\n", "budget.max_per_lease", 2, "at least 1"),
         ("budget:\n  cpu_cap: 0\n", "budget.cpu_cap", 2, "(0, inf)"),
         ("budget:\n  cgroups: [/a, {x: 1}]\n", "budget.cgroups[1]", 2, "got a mapping"),
+        ("budget:\n  user_weights: [alice]\n", "budget.user_weights", 2, "mapping of names"),
+        ("budget:\n  user_weights:\n    alice: 0\n", "budget.user_weights.alice", 3, "(0, 1000]"),
+        ("budget:\n  group_weights: {staff: two}\n", "budget.group_weights.staff", 2, "'two'"),
+        ("budget:\n  group_weights:\n    g: 1001\n", "budget.group_weights.g", 3, "(0, 1000]"),
+        ("budget:\n  user_weights:\n    1000: 2\n", "budget.user_weights", 3, "strings"),
         (
             "budget:\n  pressure:\n    headroom_high_percent: 10\n"
             "    headroom_extreme_percent: 20\n",
@@ -719,6 +724,8 @@ budget:
   lease_ttl: 2m
   cgroups: [/batt, /sys/fs/cgroup/pids/user.slice]
   watch_users: [alice, bob]
+  user_weights: {alice: 2, "1001": 0.5}
+  group_weights: {staff: 3}
   pressure:
     headroom_high_percent: 40
     headroom_extreme_percent: 15.5

@@ -1,0 +1,150 @@
+"""The budget shared per user first: `allocate_users(users, idle) -> Allocation`.
+
+Pure, like `allocation.allocate`, which it calls once per user.
+"""
+
+# Why two levels. Max-min across leases let a user take shares by opening leases: one
+# with 60 jobs got 60 shares against another's 4, and leases holding a CPU each while
+# asking for no worker pushed every other user's job to sequential. So the budget is
+# shared first across the users (uids) holding leases, then across each user's leases:
+#
+# 1. Parts (`entitlements`): each resource a pool needs (the CPUs, the headroom of each
+#    task limit, the memory) is water-filled over the users by what they ask of it, in
+#    proportion to their weights (`entitle`): each gets min(what it asks, its weighted
+#    part of what is left), and what one asks less than its part of goes to the others.
+#    A user's CPUs include one per sequential lease (its job's own thread), so a user
+#    whose sequential jobs alone exceed its part gets no pool, and takes nothing from
+#    anyone else's part: the parts then add up to less than what the users hold, the
+#    excess being that user's alone (cutting the others' parts to make room for it
+#    would let a user's sequential jobs shrink the others, which is what this stops).
+# 2. Within a user (`allocation.allocate`, as for a single user): its leases on a book
+#    whose CPUs, headroom and memory are its parts (`user_book`).
+# 3. The top-up (`topup.top_up`): what is still free on the host's book after that (a
+#    user held back by one resource leaves its part of the others; parts round down) goes
+#    one worker at a time to the user holding the fewest CPUs for its weight, so nothing
+#    is left that some lease could take.
+#
+# With one user its part is the whole book, and the ledger calls `allocate` directly
+# (the single-user path is the one it always was).
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
+from supervisord_batt.budget.books import Book
+from supervisord_batt.budget.topup import top_up
+from supervisord_batt.budget.users import User, Weight
+
+
+def entitle(capacity: int, demands: Sequence[int], weights: Sequence[Weight]) -> list[int]:
+    """Weighted max-min water-filling of `capacity` units over `demands`.
+
+    Each gets min(its demand, weight * level), the level as high as the capacity allows,
+    in whole units: the units the floors leave go one each to those not satisfied that
+    hold the least for their weight (ties in order). So each gets at least
+    min(its demand, floor(capacity * weight / sum of weights)), and the sum is
+    min(capacity, sum of demands). Exact: the weights are ints or Fractions.
+    """
+    if sum(demands) <= capacity:
+        return list(demands)
+    out = [0] * len(demands)
+    left, total = max(0, capacity), sum(weights)
+    rest = list(range(len(demands)))
+    while True:  # satisfy every demand under the level; the level only rises
+        under = [u for u in rest if demands[u] * total <= left * weights[u]]
+        if not under:
+            break
+        for u in under:
+            out[u] = demands[u]
+            left -= demands[u]
+            total -= weights[u]
+        done = set(under)
+        rest = [u for u in rest if u not in done]
+    # each of the rest gets floor(left * w / total), and the units left one each to
+    # those holding the least for their weight (ties in order)
+    for u in rest:
+        out[u] = int(left * weights[u] // total)
+    spare = left - sum(out[u] for u in rest)
+    if spare:
+        even = len({weights[u] for u in rest}) == 1  # then the units alone order them
+        for u in sorted(rest, key=lambda u: (out[u] if even else out[u] / Fraction(weights[u]), u))[
+            :spare
+        ]:
+            out[u] += 1
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlements:
+    """What each user may use of every resource: CPUs, room per limit, memory slots."""
+
+    cpus: list[int]  # per user, in `users` order: CPUs, its seats included
+    rooms: list[list[int]]  # per user, per limit: tasks beyond the idle book's usage
+    mem: list[int]  # per user: memory slots beyond the idle book's
+
+
+def entitlements(users: Sequence[User], idle: Book) -> Entitlements:
+    """Every resource water-filled over the users by what they ask of it (`entitle`)."""
+    weights = [u.weight for u in users]
+    asked = [u.cpu_demand() for u in users]
+    cpus = entitle(idle.cpus, asked, weights)
+    rooms: list[list[int]] = [[] for _ in users]
+    for i, (cap, used) in enumerate(zip(idle.caps, idle.usage, strict=True)):
+        room = cap - used
+        asked = [u.demand.tasks[i] for u in users]
+        given = entitle(room, asked, weights) if room > 0 and any(asked) else [room] * len(users)
+        for mine, g in zip(rooms, given, strict=True):
+            mine.append(g)
+    spare = idle.mem_slots - idle.mem_used
+    mem = (
+        entitle(spare, [u.demand.mem for u in users], weights)
+        if spare > 0
+        else [spare] * len(users)
+    )
+    return Entitlements(cpus, rooms, mem)
+
+
+def allocate_users(users: Sequence[User], idle: Book) -> Allocation:
+    """The two-level max-min allocation (see the top of this module) of the users' leases
+    on the idle book (every lease sequential); neither is changed."""
+    if not users:
+        return EMPTY
+    if len(users) == 1:  # the single-user path: the user's leases on the whole book
+        u = users[0]
+        return allocate(u.planned, idle, u.demand)
+    ent = entitlements(users, idle)
+    shares: dict[str, Share] = {}
+    fair = 0
+    for k, u in enumerate(users):
+        book = user_book(idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k])
+        mine = allocate(u.planned, book, u.demand)
+        shares.update(mine.shares)
+        fair = max(fair, mine.fair_share)
+    held = [_held_cpus(u, shares) for u in users]
+    if idle.cpus - sum(held) >= 1:  # a worker more costs a CPU: none free, no top-up
+        fair = max(fair, top_up(idle, users, shares, held))
+    return Allocation(shares, fair, {u.uid: cpus for u, cpus in zip(users, held, strict=True)})
+
+
+def user_book(idle: Book, u: User, cpus: int, rooms: list[int], mem: int) -> Book:
+    """The idle book as one user's allocation sees it: its CPUs and seats, and the room
+    its parts leave on each limit and in memory (a limit already over its cap stays over
+    it: a lease whose measured tree shrank may still fit there)."""
+    caps = tuple(used + room for used, room in zip(idle.usage, rooms, strict=True))
+    return Book(
+        idle.limits, caps, list(idle.usage), cpus, idle.mem_used + mem, u.seats, idle.mem_used
+    )
+
+
+def _held_cpus(u: User, shares: dict[str, Share]) -> int:
+    """CPUs the user's leases hold at their shares: its seats, and each pool's workers
+    beyond its seat (a planned lease asked for workers: its seat is one)."""
+    extra = 0
+    for lease_id, _, _ in u.planned:
+        s = shares.get(lease_id)
+        if s is not None:
+            extra += s.workers - 1
+    return u.seats + extra

@@ -1,0 +1,83 @@
+"""The users (uids) holding leases, as the split across users sees them: `User`, one
+user's leases for one allocation, and `UserSums`, the running sums the ledger keeps per
+uid as leases come, go and resize (seats, weight, demand, CPUs held).
+
+A lease holds a seat while it asked for at least one worker (`claims.seat_of`): its job's
+own thread, one CPU while it runs sequential. Only users holding seats take part in the
+split (`hierarchy.allocate_users`): a lease that asked for no worker asks for nothing,
+and counts no CPU against anyone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from supervisord_batt.budget.allocation import Planned
+from supervisord_batt.budget.demand import Demand
+
+# A user's weight, exact: its part of a resource is floor(R * weight / sum of weights),
+# and a float's rounding must not decide who gets the last unit.
+Weight = int | Fraction
+# uid -> its weight (the daemon's, from budget.user_weights and budget.group_weights)
+Weigh = Callable[[int], float]
+
+
+def exact_weight(weight: float) -> Weight:
+    """The weight as an exact number (as written: 0.1 is 1/10), an int when whole."""
+    if not (0 < weight < math.inf):
+        raise ValueError(f"a user's weight must be a positive number, got {weight!r}")
+    if float(weight).is_integer():  # 1, the default: no Fraction to parse on each acquire
+        return int(weight)
+    exact = Fraction(repr(float(weight)))
+    return exact.numerator if exact.denominator == 1 else exact
+
+
+def even(_uid: int) -> float:
+    """Every user the same weight (the default)."""
+    return 1.0
+
+
+@dataclass(slots=True)
+class User:
+    """One user's leases as the allocation sees them: its plan (the leases that ask for a
+    pool, in the ledger's order), their demand, and the CPUs its leases hold sequential."""
+
+    uid: int
+    weight: Weight
+    planned: list[Planned] = field(default_factory=list)
+    demand: Demand = field(default_factory=lambda: Demand.empty(0))
+    seats: int = 0
+
+    def cpu_demand(self) -> int:
+        """CPUs it asks for: a seat per lease, and each planned lease's workers beyond it."""
+        d = self.demand
+        return self.seats + sum(cap * n for cap, n in d.caps.items()) - d.n
+
+
+@dataclass(slots=True)
+class UserSums:
+    """What the ledger keeps per uid holding seats, up to date as its leases come, go and
+    resize: its weight, its seats, the CPUs its leases hold in the charged book, and
+    (while several users hold seats) the demand of its planned leases, as `Demand` sums
+    every user's."""
+
+    weight: Weight
+    demand: Demand
+    seats: int = 0
+    cpus: int = 0
+
+    def user(self, uid: int, planned: list[Planned]) -> User:
+        return User(uid, self.weight, planned, self.demand, self.seats)
+
+
+def over_parts(users: Mapping[int, UserSums], cpus: int) -> frozenset[int]:
+    """The uids holding more CPUs in the charged book than their guaranteed part,
+    floor(cpus * weight / sum of weights): sequential jobs beyond it, or pools not given
+    back. None with one user: its part is everything."""
+    if len(users) < 2:
+        return frozenset()
+    total = sum(sums.weight for sums in users.values())
+    return frozenset(uid for uid, sums in users.items() if sums.cpus > cpus * sums.weight // total)
