@@ -76,7 +76,7 @@ def command() -> list[str]:
 def exec_self(fds: dict[str, int], environment: dict[str, str]) -> OSError:
     """Exec the daemon's own command with `fds` passed by name and `environment` added.
     Returns only when the exec failed (the descriptors are close-on-exec again)."""
-    env = dict(os.environ)
+    env = dict(os.environ)  # the daemon's own (not a worker's): it execs itself
     env.update(environment)
     env[FDS_ENV] = f"{os.getpid()};" + ",".join(f"{n}={fd}" for n, fd in fds.items())
     try:

@@ -78,6 +78,16 @@ class DaemonHandle:
             reply = read_status(conn, LISTS, events=True)
         return dict(reply)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`supervisord-batt ARGS --socket` this daemon's, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "supervisord_batt", *args, "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

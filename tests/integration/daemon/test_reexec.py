@@ -54,16 +54,6 @@ COUNTER = [
 ]
 
 
-def _cli(d: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", *args, "--socket", str(d.socket)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-
-
 def _instances(d: Any) -> dict[str, dict[str, Any]]:
     return {i["name"]: i for i in d.status()["instances"]}
 
@@ -132,7 +122,7 @@ def test_reexec_keeps_the_pid_the_workers_and_every_lease(
     leases = wait_until(lambda: len(now := _leases(d)) == 3 and now, timeout=20, what="3 leases")
     wait_until(lambda: all(len(t) > 3 for t in _ticks(d).values()), timeout=10, what="output")
 
-    out = _cli(d, "reexec")
+    out = d.cli("reexec")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"re-executed in place: pid {d.proc.pid}" in out.stdout, out.stdout
     assert d.proc.poll() is None  # the same process, never exited
@@ -187,7 +177,7 @@ def test_a_reexec_the_new_code_refuses_leaves_the_daemon_running(
     pid = wait_until(lambda: _instances(d)["w:0"]["pid"], timeout=15, what="w running")
     good = d.config_path.read_text()
     d.config_path.write_text(good + "budget_typo: 1\n")
-    out = _cli(d, "reexec")
+    out = d.cli("reexec")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "budget_typo" in out.stderr, out.stderr
     assert d.proc.poll() is None
@@ -223,7 +213,7 @@ def test_exec_under_a_sequential_grant_keeps_its_lease_through_renewals_and_a_re
         )
         with killing(proc):
             lease = wait_until(lambda: list(_leases(d)), timeout=15, what="the exec's lease")
-            out = _cli(d, "reexec")
+            out = d.cli("reexec")
             assert out.returncode == 0, out.stdout + out.stderr
             wait_until(lambda: d.events("lease_resumed"), timeout=10, what="the lease resumed")
             assert list(_leases(d)) == lease

@@ -38,16 +38,6 @@ def _rewrite(d: Any, change: Callable[[dict[str, Any]], None]) -> None:
     d.config_path.write_text(yaml.safe_dump(config))
 
 
-def _cli(d: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", *args, "--socket", str(d.socket)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-
-
 def test_a_new_wall_clock_limit_and_thresholds_apply_to_the_running_jobs(
     daemon: Callable[..., Any],
 ) -> None:
@@ -74,7 +64,7 @@ def test_a_new_wall_clock_limit_and_thresholds_apply_to_the_running_jobs(
         config["budget"]["pressure"] = dict(CALM, headroom_high_percent=30.0)
 
     _rewrite(d, tune)
-    out = _cli(d, "reload")
+    out = d.cli("reload")
     assert out.returncode == 0, out.stderr
     assert "batt: applied now: wall_clock_limit" in out.stdout, out.stdout
     after = _instances(d)
@@ -120,7 +110,7 @@ def test_what_a_worker_is_changes_at_its_next_start_or_now_on_request(
         config["programs"]["batt"]["numprocs"] = 2
 
     _rewrite(d, new_command)
-    out = _cli(d, "reload")
+    out = d.cli("reload")
     assert out.returncode == 0, out.stderr
     assert "at each instance's next start: command" in out.stdout, out.stdout
     assert "stopped batt:2" in out.stdout
@@ -133,7 +123,7 @@ def test_what_a_worker_is_changes_at_its_next_start_or_now_on_request(
     ]
     assert [e for e in d.events("tree_killed") if e["pid"] == before["batt:2"]["pid"]]
     # the operator asks for it now: both restart with the new command
-    out = _cli(d, "reload", "--restart-changed")
+    out = d.cli("reload", "--restart-changed")
     assert out.returncode == 0, out.stderr
     assert "restarted batt:0, batt:1" in out.stdout, out.stdout
     wait_until(lambda: len([e for e in d.events("output") if e["line"] == "new job"]) == 2)
@@ -173,7 +163,7 @@ def test_a_start_during_a_reload_waits_for_it_and_every_kill_is_logged(
             timeout=10,
             what="the reload stopping a:0",
         )
-        start = _cli(d, "start", "a:0")  # during the reload: it waits for it
+        start = d.cli("start", "a:0")  # during the reload: it waits for it
         _, err = reload.communicate(timeout=60)
     finally:
         if reload.poll() is None:

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import REPO, killing
-from tests.integration.systemd.conftest import Service, base_config
+from tests.helpers import REPO, killing, wait_until
+from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.sandbox import Sandbox
 
 # prints a numbered line every 100 ms, for five minutes
@@ -121,3 +121,34 @@ def four_counters() -> dict[str, Any]:
         }
     }
     return config
+
+
+def running_counters(service: Service) -> dict[str, dict[str, Any]]:
+    """Four counters started under the unit; their instances once each has a pid."""
+    service.install(four_counters())
+    service.box.systemctl("start", UNIT)
+    return wait_until(
+        lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
+        timeout=20,
+    )
+
+
+def eight_leases(
+    service: Service, stack: ExitStack
+) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    """Eight lease holders (ended with `stack`) and their lease ids once all are held."""
+    jobs = [stack.enter_context(lease_job(service)) for _ in range(8)]
+    held = wait_until(
+        lambda: len(now := sorted(leases(service))) == 8 and now, timeout=30, what="8 leases"
+    )
+    return jobs, held
+
+
+def assert_rode_through(jobs: list[subprocess.Popen[str]]) -> None:
+    """Each job saw one grant throughout (no error, nothing else run) and resumed its
+    lease once the daemon was back."""
+    for job in jobs:
+        end_job(job)
+        stdout, err = job.communicate(timeout=10)
+        assert len({tuple(json.loads(line)) for line in stdout.splitlines()}) == 1, stdout
+        assert "resumed as" in err and "gone" not in err, err

@@ -17,11 +17,14 @@ from tests.helpers import wait_until
 from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.jobs import (
     alive_inside,
+    assert_rode_through,
+    eight_leases,
     end_job,
     four_counters,
     lease_job,
     leases,
     resumed,
+    running_counters,
     ticks,
 )
 
@@ -92,18 +95,10 @@ def _crash_and_adopt(service: Service, before: dict[str, dict[str, Any]], main: 
 
 
 def test_reexec_keeps_the_main_pid_its_workers_and_the_jobs_leases(service: Service) -> None:
-    service.install(four_counters())
-    service.box.systemctl("start", UNIT)
-    before = wait_until(
-        lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
-        timeout=20,
-    )
+    before = running_counters(service)
     main = service.show("MainPID")["MainPID"]
     with ExitStack() as stack:
-        jobs = [stack.enter_context(lease_job(service)) for _ in range(8)]
-        held = wait_until(
-            lambda: len(now := sorted(leases(service))) == 8 and now, timeout=30, what="8 leases"
-        )
+        jobs, held = eight_leases(service, stack)
         out = service.cli("reexec")
         assert f"re-executed in place: pid {main}" in out.stdout, out.stdout + out.stderr
         state = service.show("MainPID", "NRestarts", "ActiveState", "SubState")
@@ -124,12 +119,7 @@ def test_reexec_keeps_the_main_pid_its_workers_and_the_jobs_leases(service: Serv
             timeout=20,
             what="output after the re-execution",
         )
-        for job in jobs:
-            end_job(job)
-            stdout, err = job.communicate(timeout=10)
-            # one grant throughout: the client saw no error and ran nothing else
-            assert len({tuple(json.loads(line)) for line in stdout.splitlines()}) == 1, stdout
-            assert "resumed as" in err and "gone" not in err, err
+        assert_rode_through(jobs)
     # a reload still reaches the new program (ExecReload, same MainPID)
     service.box.systemctl("reload", UNIT)
     assert service.show("MainPID", "NRestarts") == {"MainPID": main, "NRestarts": "0"}

@@ -23,7 +23,13 @@ import pytest
 
 from tests.helpers import REPO, wait_until
 from tests.integration.systemd.conftest import UNIT, Service
-from tests.integration.systemd.jobs import end_job, four_counters, lease_job, leases, resumed
+from tests.integration.systemd.jobs import (
+    assert_rode_through,
+    eight_leases,
+    leases,
+    resumed,
+    running_counters,
+)
 
 _RELEASE = re.compile(r"^## (\d+\.\d+\.\d+) \(\S+, commit ([0-9a-f]{7,40})\)", re.M)
 
@@ -127,20 +133,12 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
     _install(venv, old)
     service.command = str(venv / "bin" / "supervisord-batt")
     service.pythonpath = None  # the installed release, not this checkout
-    service.install(four_counters())
-    service.box.systemctl("start", UNIT)
+    before = running_counters(service)
     hello = service.cli("status", "--json")
     assert json.loads(hello.stdout)["version"] == version, hello.stdout
-    before = wait_until(
-        lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,
-        timeout=20,
-    )
     main = service.show("MainPID")["MainPID"]
     with ExitStack() as stack:
-        jobs = [stack.enter_context(lease_job(service)) for _ in range(8)]
-        held = wait_until(
-            lambda: len(now := sorted(leases(service))) == 8 and now, timeout=30, what="8 leases"
-        )
+        jobs, held = eight_leases(service, stack)
         _install(venv, new)  # the package upgrade: new files under the running daemon
         out = service.cli("reexec")
         from supervisord_batt import __version__
@@ -156,10 +154,6 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
         assert all(i["restarts"] == 0 and i["state"] == "RUNNING" for i in after.values())
         wait_until(lambda: resumed(service) == 8, timeout=20, what="the 8 leases resumed")
         assert sorted(leases(service)) == held
-        for job in jobs:
-            end_job(job)
-            stdout, err = job.communicate(timeout=10)
-            assert len({tuple(json.loads(line)) for line in stdout.splitlines()}) == 1, stdout
-            assert "resumed as" in err and "gone" not in err, err
+        assert_rode_through(jobs)
     service.box.systemctl("stop", UNIT)
     assert service.show("ActiveState")["ActiveState"] == "inactive"
