@@ -28,7 +28,9 @@ STATUS = (
 V1_MOUNTS = {
     "pids": "39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids",
     "cpu": "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct",
+    "memory": "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory",
 }
+UNLIMITED_V1 = 9223372036854771712  # what v1 shows for "no limit" with 4 KiB pages
 LAYOUTS = {
     # layout: (mountinfo lines, /proc/self/cgroup, pids dir under sys, cpu dir, version)
     "v1": (
@@ -78,6 +80,7 @@ class FakeHost:
     layout: str = "v1"
     psi: bool = True
     pids: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    memory: bool = False  # the memory controller too: a v1 mount, or enabled in v2
 
     @property
     def proc(self) -> Path:
@@ -95,6 +98,10 @@ class FakeHost:
     def cpu_dir(self) -> Path:
         return self.sys / LAYOUTS[self.layout][3]
 
+    @property
+    def memory_dir(self) -> Path:
+        return self.pids_dir if self.layout == "v2" else self.sys / "fs/cgroup/memory"
+
     def build(self) -> FakeHost:
         mountinfo, self_cgroup, _, _, version = LAYOUTS[self.layout]
         write(self.proc / "loadavg", "0.50 0.40 0.30 3/345 6789\n")
@@ -104,6 +111,9 @@ class FakeHost:
         if self.psi:
             write(self.proc / "pressure/cpu", PSI)
             write(self.proc / "pressure/memory", PSI.replace("1.25", "2.50"))
+        if self.memory and version == 1:
+            mountinfo = [*mountinfo, V1_MOUNTS["memory"]]
+            self_cgroup = f"4:memory:/batt/job\n{self_cgroup}"
         write(self.proc / "self/mountinfo", "\n".join(mountinfo) + "\n")
         write(self.proc / "self/cgroup", self_cgroup)
         write(
@@ -114,7 +124,8 @@ class FakeHost:
         if version == 2:
             write(self.pids_dir / "cgroup.controllers", "cpuset cpu io memory pids\n")
             write(self.pids_dir / "batt/cgroup.controllers", "cpu memory pids\n")
-            write(self.pids_dir / "batt/job/cgroup.controllers", "pids\n")
+            own = "memory pids" if self.memory else "pids"
+            write(self.pids_dir / "batt/job/cgroup.controllers", f"{own}\n")
         else:
             (self.pids_dir / "batt/job").mkdir(parents=True)
             (self.cpu_dir / "batt").mkdir(parents=True)
@@ -127,6 +138,39 @@ class FakeHost:
         write(d / "pids.current", f"{current}\n")
         write(d / "pids.max", f"{max_}\n")
         write(d / "pids.events", f"max {events}\n")
+
+    def set_memory(
+        self,
+        rel: str,
+        current: int,
+        max_: int | None,
+        *,
+        high: int | None = None,
+        inactive_file: int = 0,
+        oom_kills: int = 0,
+        hits: int = 0,
+    ) -> None:
+        """A memory cgroup's files as the layout's version writes them (None: no limit)."""
+        d = self.memory_dir / rel
+        if self.layout == "v2":
+            write(d / "memory.current", f"{current}\n")
+            write(d / "memory.max", f"{'max' if max_ is None else max_}\n")
+            write(d / "memory.high", f"{'max' if high is None else high}\n")
+            write(d / "memory.stat", f"anon 1\nfile 2\ninactive_file {inactive_file}\n")
+            write(
+                d / "memory.events",
+                f"low 0\nhigh 0\nmax {hits}\noom {oom_kills}\noom_kill {oom_kills}\n"
+                "oom_group_kill 0\n",
+            )
+            return
+        write(d / "memory.usage_in_bytes", f"{current}\n")
+        write(d / "memory.limit_in_bytes", f"{UNLIMITED_V1 if max_ is None else max_}\n")
+        write(
+            d / "memory.stat",
+            f"cache 5\ninactive_file 7\ntotal_cache 5\ntotal_inactive_file {inactive_file}\n",
+        )
+        write(d / "memory.oom_control", f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kills}\n")
+        write(d / "memory.failcnt", f"{hits}\n")
 
     def add_process(
         self, pid: int, ruid: int, threads: int, nproc: int | str, euid: int | None = None
