@@ -440,7 +440,6 @@ class MemoryCgroupRow(TypedDict):
     headroom_bytes: int | None
     limited_by: str | None
     oom_kills: int | None
-    limit_hits: int | None
 
 
 class MemoryJson(TypedDict):

@@ -323,14 +323,7 @@ def _memory(sample: HostSample) -> Iterator[Metric]:
         "Processes the OOM killer killed in a watched memory cgroup (oom_kill)",
         labels=["cgroup"],
     )
-    hits = CounterMetricFamily(
-        P + "cgroup_memory_limit_hits",
-        "Charges that hit a watched cgroup's memory limit (v1 failcnt, v2 memory.events max)",
-        labels=["cgroup"],
-    )
     for cg in sample.memory_cgroups:
         if cg.oom_kills is not None:
             kills.add_metric([cg.path], cg.oom_kills)
-        if cg.limit_hits is not None:
-            hits.add_metric([cg.path], cg.limit_hits)
-    yield from (kills, hits)
+    yield kills

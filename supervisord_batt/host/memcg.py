@@ -21,7 +21,10 @@ controller, read every tick. The parsers take bytes, so tests hand them any text
 # - v1 reports "no limit" as PAGE_COUNTER_MAX pages (9223372036854771712 with 4 KiB
 #   pages); any value from 2**62 up is read as unlimited, whatever the page size.
 # - oom_kill: v2's memory.events counts the cgroup and its descendants; v1's
-#   memory.oom_control counts only kills of processes in the cgroup itself.
+#   memory.oom_control counts only kills of processes in the cgroup itself. Charges that
+#   hit the limit are not reported: v1's memory.failcnt and memsw.failcnt stayed 0 on a
+#   6.18 kernel while its oom_kill counted the kill (tests/integration/host/
+#   test_memory_live.py).
 # - The root cgroup is never read: no limit can be set on it (v1 refuses one; v2 has no
 #   memory.max there).
 
@@ -36,8 +39,7 @@ from supervisord_batt.host.procfs import Mount, PreadFile
 from supervisord_batt.host.sample import Limit, MemoryCgroupUsage
 
 UNLIMITED_FROM = 1 << 62
-# (limit, high, usage, stat, events, limit hits) file names by cgroup version; v1 counts
-# limit hits in failcnt, v2 in memory.events' "max" line
+# (limit, high, usage, stat, events) file names by cgroup version
 _FILES = {
     1: (
         "memory.limit_in_bytes",
@@ -45,9 +47,8 @@ _FILES = {
         "memory.usage_in_bytes",
         "memory.stat",
         "memory.oom_control",
-        "memory.failcnt",
     ),
-    2: ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events", None),
+    2: ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events"),
 }
 _INACTIVE_FILE = {1: b"total_inactive_file", 2: b"inactive_file"}  # v1: with descendants
 
@@ -82,26 +83,24 @@ class MemReading:
     current: int | None
     inactive_file: int | None
     oom_kills: int | None
-    limit_hits: int | None
 
 
-_NOTHING = MemReading(None, None, None, None, None, None, None)
+_NOTHING = MemReading(None, None, None, None, None, None)
 
 
 class MemNode:
     """One cgroup directory whose memory files are read every tick."""
 
-    __slots__ = ("current", "events", "fs_path", "high", "hits", "max", "path", "stat", "version")
+    __slots__ = ("current", "events", "fs_path", "high", "max", "path", "stat", "version")
 
     def __init__(self, path: str, fs_path: str, version: int) -> None:
         self.path, self.fs_path, self.version = path, fs_path, version
-        limit, high, usage, stat, events, hits = _FILES[version]
+        limit, high, usage, stat, events = _FILES[version]
         self.max = PreadFile(os.path.join(fs_path, limit), 64)
         self.high = PreadFile(os.path.join(fs_path, high), 64) if high else None
         self.current = PreadFile(os.path.join(fs_path, usage), 64)
         self.stat = PreadFile(os.path.join(fs_path, stat), 8192)
         self.events = PreadFile(os.path.join(fs_path, events), 512)
-        self.hits = PreadFile(os.path.join(fs_path, hits), 64) if hits else None
 
     def read(self) -> MemReading:
         mx = parse_memory_limit(self.max.read())
@@ -110,20 +109,17 @@ class MemNode:
         inactive = None
         if limit is not None:  # only a limited cgroup's headroom needs the costly file
             inactive = parse_keyed(self.stat.read(), _INACTIVE_FILE[self.version])
-        events = self.events.read()
-        hits = procfs.parse_int(self.hits.read()) if self.hits else parse_keyed(events, b"max")
         return MemReading(
             limit,
             mx,
             high,
             procfs.parse_int(self.current.read()),
             inactive,
-            parse_keyed(events, b"oom_kill"),
-            hits,
+            parse_keyed(self.events.read(), b"oom_kill"),
         )
 
     def close(self) -> None:
-        for f in (self.max, self.high, self.current, self.stat, self.events, self.hits):
+        for f in (self.max, self.high, self.current, self.stat, self.events):
             if f is not None:
                 f.close()
 
@@ -263,7 +259,6 @@ def _usage(w: _Watched, readings: dict[str, MemReading]) -> tuple[MemoryCgroupUs
         headroom=best[0] if best else None,
         limited_by=best[1].path if best else None,
         oom_kills=own.oom_kills,
-        limit_hits=own.limit_hits,
     )
     if best is None:
         return row, None

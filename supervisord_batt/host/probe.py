@@ -36,7 +36,6 @@ def _memory_row(c: MemoryCgroupUsage) -> protocol.MemoryCgroupRow:
         "headroom_bytes": c.headroom,
         "limited_by": c.limited_by,
         "oom_kills": c.oom_kills,
-        "limit_hits": c.limit_hits,
     }
 
 

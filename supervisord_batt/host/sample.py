@@ -57,7 +57,6 @@ class MemoryCgroupUsage:
     headroom: int | None  # min over itself and ancestors of limit - (current - inactive_file)
     limited_by: str | None  # cgroup path of that tightest ancestor
     oom_kills: int | None  # processes the OOM killer killed here (oom_kill)
-    limit_hits: int | None  # charges that hit the limit (v1 failcnt, v2 memory.events max)
 
 
 @dataclass(frozen=True)

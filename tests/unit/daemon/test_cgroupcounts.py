@@ -30,7 +30,7 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 def sample(oom: int | None, refused: int | None = 0) -> HostSample:
-    mem = MemoryCgroupUsage("/batt", "/m/batt", 1, 10, 0, 100, None, 100, 90, "/batt", oom, 0)
+    mem = MemoryCgroupUsage("/batt", "/m/batt", 1, 10, 0, 100, None, 100, 90, "/batt", oom)
     pids = CgroupUsage("/batt", "/p/batt", 1, 3, 10, refused, 10, 7, "/batt")
     return HostSample(
         taken_at=0.0,

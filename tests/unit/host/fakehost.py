@@ -148,7 +148,6 @@ class FakeHost:
         high: int | None = None,
         inactive_file: int = 0,
         oom_kills: int = 0,
-        hits: int = 0,
     ) -> None:
         """A memory cgroup's files as the layout's version writes them (None: no limit)."""
         d = self.memory_dir / rel
@@ -159,8 +158,7 @@ class FakeHost:
             write(d / "memory.stat", f"anon 1\nfile 2\ninactive_file {inactive_file}\n")
             write(
                 d / "memory.events",
-                f"low 0\nhigh 0\nmax {hits}\noom {oom_kills}\noom_kill {oom_kills}\n"
-                "oom_group_kill 0\n",
+                f"low 0\nhigh 0\nmax 0\noom {oom_kills}\noom_kill {oom_kills}\noom_group_kill 0\n",
             )
             return
         write(d / "memory.usage_in_bytes", f"{current}\n")
@@ -170,7 +168,6 @@ class FakeHost:
             f"cache 5\ninactive_file 7\ntotal_cache 5\ntotal_inactive_file {inactive_file}\n",
         )
         write(d / "memory.oom_control", f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kills}\n")
-        write(d / "memory.failcnt", f"{hits}\n")
 
     def add_process(
         self, pid: int, ruid: int, threads: int, nproc: int | str, euid: int | None = None

@@ -20,8 +20,8 @@ MEMAVAILABLE = 8000000 * 1024  # the fake meminfo's
 def mem_host(request: pytest.FixtureRequest, tmp_path: Path) -> FakeHost:
     """Each layout with the memory controller: /batt limited to 4 GiB, /batt/job not."""
     fake = FakeHost(tmp_path, layout=request.param, memory=True).build()
-    fake.set_memory("batt", 3 * GIB, 4 * GIB, inactive_file=GIB // 2, oom_kills=2, hits=5)
-    fake.set_memory("batt/job", GIB, None, oom_kills=1, hits=3)
+    fake.set_memory("batt", 3 * GIB, 4 * GIB, inactive_file=GIB // 2, oom_kills=2)
+    fake.set_memory("batt/job", GIB, None, oom_kills=1)
     return fake
 
 
@@ -63,7 +63,7 @@ def test_own_cgroup_limited_by_parent(mem_host: FakeHost) -> None:
     )
     assert (row.current, row.max, row.high) == (GIB, None, None)
     assert (row.effective_max, row.headroom, row.limited_by) == (4 * GIB, headroom, "/batt")
-    assert (row.oom_kills, row.limit_hits) == (1, 3)
+    assert row.oom_kills == 1
     assert s.memory_limits == (
         Limit(
             "memory:/batt/job",
@@ -192,7 +192,7 @@ def test_probe_json_and_table_show_memory(mem_host: FakeHost) -> None:
         None,
         4 * GIB,
     )
-    assert (own["headroom_bytes"], own["oom_kills"], own["limit_hits"]) == (GIB + GIB // 2, 1, 3)
+    assert (own["headroom_bytes"], own["oom_kills"]) == (GIB + GIB // 2, 1)
     assert memory["cgroups"][1]["current_bytes"] is None  # the missing cgroup
     assert [lim["name"] for lim in memory["limits"]] == ["memory:/batt/job"]
     assert memory["limits"][0]["percent_used"] == 62.5
