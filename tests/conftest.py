@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.helpers import PidsCgroup, TestUser, is_root, pids_v1_writable
+from tests.helpers import (
+    MemoryCgroup,
+    PidsCgroup,
+    TestUser,
+    is_root,
+    memory_cgroup_root,
+    pids_v1_writable,
+)
 
 ROOT_FIXTURE = "needs_root"
 
@@ -39,6 +46,26 @@ def pids_cgroup(needs_root: None) -> Iterator[Callable[..., PidsCgroup]]:
 
     def make(**kwargs: object) -> PidsCgroup:
         cg = PidsCgroup(**kwargs)  # type: ignore[arg-type]
+        made.append(cg)
+        return cg
+
+    try:
+        yield make
+    finally:
+        for cg in reversed(made):
+            cg.close()
+
+
+@pytest.fixture
+def memory_cgroup(needs_root: None) -> Iterator[Callable[..., MemoryCgroup]]:
+    """Factory for real memory cgroups (v1, else v2); every one is emptied and removed."""
+    where = memory_cgroup_root()
+    if where is None:
+        pytest.skip("needs a writable memory cgroup hierarchy (v1, or v2 with memory enabled)")
+    made: list[MemoryCgroup] = []
+
+    def make(**kwargs: object) -> MemoryCgroup:
+        cg = MemoryCgroup(*where, **kwargs)  # type: ignore[arg-type]
         made.append(cg)
         return cg
 
