@@ -203,3 +203,17 @@ def test_probe_json_and_table_show_memory(mem_host: FakeHost) -> None:
     version = str(LAYOUTS[mem_host.layout][4])
     assert row.split() == ["/batt/job", version, "1.00G", "max", "4.00G", "1.50G", "1", "/batt"]
     assert "1.5 GiB before memory:/batt/job: the budget counts on that" in table
+
+
+def test_the_daemon_moved_to_another_memory_cgroup_is_followed(tmp_path: Path) -> None:
+    """A daemon moved into a tighter memory cgroup budgets against it from the next scan."""
+    fake = FakeHost(tmp_path, layout="v1", memory=True).build()
+    fake.set_memory("batt", GIB, 4 * GIB)
+    fake.set_memory("batt/job", GIB // 2, None)
+    fake.set_memory("tight", GIB // 4, GIB // 2)
+    with fake.monitor() as mon:
+        assert [r.path for r in mon.sample().memory_cgroups] == ["/batt/job"]
+        write(fake.proc / "self/cgroup", "4:memory:/tight\n8:pids:/batt/job\n")
+        mon.scan()
+        (row,) = mon.sample().memory_cgroups
+    assert (row.path, row.effective_max, row.headroom) == ("/tight", GIB // 2, GIB // 4)
