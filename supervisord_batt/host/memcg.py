@@ -125,14 +125,6 @@ class MemNode:
 
 
 @dataclass(frozen=True)
-class _Watched:
-    path: str
-    fs_path: str
-    version: int
-    chain: tuple[MemNode | None, ...]  # itself first, then ancestors; None for the root
-
-
-@dataclass(frozen=True)
 class MemoryHierarchy:
     """Where the memory controller lives: the v1 memory mount or the v2 mount."""
 
@@ -190,23 +182,25 @@ class MemoryWatch:
 
     def __init__(self) -> None:
         self._nodes: dict[str, MemNode] = {}
-        self._watched: list[_Watched] = []
+        self._version = 1  # of the hierarchy watched
+        self._watched: list[procfs.Watched[MemNode]] = []
 
     def watch(self, hier: MemoryHierarchy, fs_paths: Sequence[str]) -> None:
         """Watch these directories of `hier` (and their ancestors), replacing any others."""
         self.close()
+        self._version = hier.version
         for raw in fs_paths:
             fs = os.path.normpath(raw)
             if any(w.fs_path == fs for w in self._watched):
                 continue
-            chain = procfs.cgroup_chain(hier.mount_dir, hier.mount_root, fs)
-            nodes = tuple(None if cg == "/" else self._node(cg, d, hier.version) for cg, d in chain)
-            self._watched.append(_Watched(chain[0][0], chain[0][1], hier.version, nodes))
+            self._watched.append(
+                procfs.watch_chain(hier.mount_dir, hier.mount_root, fs, hier.version, self._node)
+            )
 
-    def _node(self, path: str, fs_path: str, version: int) -> MemNode:
+    def _node(self, path: str, fs_path: str) -> MemNode:
         node = self._nodes.get(fs_path)
         if node is None:
-            node = self._nodes[fs_path] = MemNode(path, fs_path, version)
+            node = self._nodes[fs_path] = MemNode(path, fs_path, self._version)
         return node
 
     @property
@@ -233,7 +227,9 @@ class MemoryWatch:
         self._watched.clear()
 
 
-def _usage(w: _Watched, readings: dict[str, MemReading]) -> tuple[MemoryCgroupUsage, Limit | None]:
+def _usage(
+    w: procfs.Watched[MemNode], readings: dict[str, MemReading]
+) -> tuple[MemoryCgroupUsage, Limit | None]:
     """The watched cgroup's row and its tightest limit: the ancestor (itself included)
     with the least limit - in use, in use being usage less inactive file cache."""
     own = readings[w.chain[0].fs_path] if w.chain[0] is not None else _NOTHING

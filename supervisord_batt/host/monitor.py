@@ -70,14 +70,6 @@ class _Node:
 
 
 @dataclass(frozen=True)
-class _Watched:
-    path: str
-    fs_path: str
-    version: int
-    chain: tuple[_Node | None, ...]  # itself first, then ancestors; None for the root
-
-
-@dataclass(frozen=True)
 class _Hierarchy:
     """Where the pids controller lives: a v1 pids mount or the v2 unified mount."""
 
@@ -107,7 +99,7 @@ class HostMonitor:
         self._real_proc = os.path.realpath(proc_root) == "/proc"
         self._files: list[PreadFile] = []
         self._nodes: dict[str, _Node] = {}
-        self._watched: list[_Watched] = []
+        self._watched: list[procfs.Watched[_Node]] = []
         self._memory = memcg.MemoryWatch()
         self._users = [_resolve_user(u) for u in users]
         self._user_rows: tuple[UserUsage, ...] = ()
@@ -176,9 +168,9 @@ class HostMonitor:
             fs = os.path.normpath(raw)
             if any(w.fs_path == fs for w in self._watched):
                 continue
-            chain = procfs.cgroup_chain(hier.mount_dir, hier.mount_root, fs)
-            nodes = tuple(None if cg == "/" else self._node(cg, d) for cg, d in chain)
-            self._watched.append(_Watched(chain[0][0], chain[0][1], hier.version, nodes))
+            self._watched.append(
+                procfs.watch_chain(hier.mount_dir, hier.mount_root, fs, hier.version, self._node)
+            )
         self._init_memory(specs, own_cgroup, mountinfo)
 
     def _init_memory(self, specs: Sequence[str], own_cgroup: str | None, mountinfo: str) -> None:
@@ -477,7 +469,7 @@ def _place(
 
 
 def _usage(
-    w: _Watched, readings: dict[str, tuple[int | None, int | None, int | None]]
+    w: procfs.Watched[_Node], readings: dict[str, tuple[int | None, int | None, int | None]]
 ) -> tuple[CgroupUsage, _Node | None, int]:
     """The watched cgroup's row, plus the limiting node and its current count."""
     own = readings[w.chain[0].fs_path] if w.chain[0] is not None else (None, None, None)
