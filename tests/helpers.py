@@ -59,6 +59,17 @@ def pids_v1_writable() -> bool:
     return is_root() and (PIDS_V1 / "cgroup.procs").exists() and os.access(PIDS_V1, os.W_OK)
 
 
+def move_into(cgroup_dir: Path) -> Callable[[], None]:
+    """A preexec_fn that moves the child into this cgroup directory before exec."""
+    procs = str(cgroup_dir / "cgroup.procs")
+
+    def move() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return move
+
+
 class PidsCgroup:
     """A real cgroup v1 pids child; removed on close after its members are gone."""
 
@@ -93,13 +104,7 @@ class PidsCgroup:
 
     def preexec(self) -> Callable[[], None]:
         """A preexec_fn that moves the child into this cgroup before exec."""
-        procs = str(self.path / "cgroup.procs")
-
-        def move() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
-        return move
+        return move_into(self.path)
 
     def close(self) -> None:
         """Kill what is still inside (only members of our own cgroup), then remove it."""
@@ -215,18 +220,31 @@ class MemoryCgroup:
 
     def preexec(self) -> Callable[[], None]:
         """A preexec_fn that moves the child into this cgroup before exec."""
-        procs = str(self.path / "cgroup.procs")
+        return move_into(self.path)
 
-        def move() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
-        return move
+    def allocate(self, mib: int) -> subprocess.Popen[bytes]:
+        """A process in this cgroup that writes `mib` MiB (every page, so all of it is
+        charged), prints "up", then holds it until its stdin closes."""
+        return subprocess.Popen(
+            [sys.executable, "-c", _ALLOCATOR, str(mib)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=self.preexec(),
+        )
 
     def close(self) -> None:
         """Kill what is still inside (only members of our own cgroup), then remove it."""
         if self.path.exists():
             PidsCgroup._close_dir(self.path)
+
+
+# a zero-filled buffer would not be charged until touched: each MiB is written
+_ALLOCATOR = r"""
+import sys
+held = [b"\x01" * (1 << 20) for _ in range(int(sys.argv[1]))]
+print("up", flush=True)
+sys.stdin.read()
+"""
 
 
 class TestUser:

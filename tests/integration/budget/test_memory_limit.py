@@ -26,24 +26,6 @@ GIB = 1 << 30
 SLOT = 128 * MIB
 RESIDENT = 300  # MiB the resident process holds in the cgroup
 
-# Allocates argv[1] MiB, writing every page (a zero-filled buffer would not be charged
-# until touched), says so, then holds it until stdin closes.
-ALLOCATOR = r"""
-import sys
-held = [b"\x01" * (1 << 20) for _ in range(int(sys.argv[1]))]
-print("up", flush=True)
-sys.stdin.read()
-"""
-
-
-def allocate(mib: int, cg: MemoryCgroup) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", ALLOCATOR, str(mib)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        preexec_fn=cg.preexec(),
-    )
-
 
 def budget(cgroups: list[str]) -> dict[str, Any]:
     """CPUs and tasks that cannot bind (memory must), thresholds the host cannot reach."""
@@ -80,7 +62,7 @@ def test_issue24_grants_fit_a_memory_cgroup_and_its_oom_kill_is_reported(
     cg = memory_cgroup()
     cg.set_limit(GIB)
     textfile = tmp_path / "batt.prom"
-    with killing(allocate(RESIDENT, cg)) as resident:
+    with killing(cg.allocate(RESIDENT)) as resident:
         assert resident.stdout is not None and resident.stdout.readline() == b"up\n"
         d = daemon(
             {
@@ -129,7 +111,7 @@ def test_issue24_grants_fit_a_memory_cgroup_and_its_oom_kill_is_reported(
         assert probed["effective_max_bytes"] == GIB
         assert probed["current_bytes"] >= RESIDENT * MIB
 
-        with killing(allocate(2 * 1024, cg)) as hog:
+        with killing(cg.allocate(2 * 1024)) as hog:
             assert hog.wait(timeout=60) == -9  # the cgroup's OOM killer: SIGKILL
         assert resident.poll() is None  # the largest process was the one killed
         assert cg.oom_kills() == 1

@@ -3,8 +3,6 @@ the limit, the usage, the tightest ancestor and the OOM killer's count."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,24 +15,6 @@ if TYPE_CHECKING:
 MIB = 1 << 20
 GIB = 1 << 30
 
-# Allocates argv[1] MiB, writing every page (a zero-filled buffer would not be charged
-# until touched), says so, then holds it until stdin closes.
-ALLOCATOR = r"""
-import sys
-held = [b"\x01" * (1 << 20) for _ in range(int(sys.argv[1]))]
-print("up", flush=True)
-sys.stdin.read()
-"""
-
-
-def allocate(mib: int, cg: MemoryCgroup) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", ALLOCATOR, str(mib)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        preexec_fn=cg.preexec(),
-    )
-
 
 def test_limit_usage_and_headroom_of_a_real_memory_cgroup(
     memory_cgroup: Callable[..., MemoryCgroup],
@@ -42,7 +22,7 @@ def test_limit_usage_and_headroom_of_a_real_memory_cgroup(
     cg = memory_cgroup()
     cg.set_limit(GIB)
     with (
-        killing(allocate(200, cg)) as proc,
+        killing(cg.allocate(200)) as proc,
         HostMonitor(cgroups=[cg.cgroup_path], include_self_cgroup=False) as mon,
     ):
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
@@ -70,7 +50,7 @@ def test_nested_memory_cgroup_limited_by_its_parent(
     child = memory_cgroup(name=f"{parent.name}/job")
     child.set_limit(4 * GIB)
     with (
-        killing(allocate(100, child)) as proc,
+        killing(child.allocate(100)) as proc,
         HostMonitor(cgroups=[child.cgroup_path], include_self_cgroup=False) as mon,
     ):
         assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
@@ -88,7 +68,7 @@ def test_an_oom_kill_in_the_cgroup_is_counted(memory_cgroup: Callable[..., Memor
     cg.set_limit(128 * MIB)
     with HostMonitor(cgroups=[cg.cgroup_path], include_self_cgroup=False) as mon:
         assert mon.sample().memory_cgroups[0].oom_kills == 0
-        with killing(allocate(512, cg)) as proc:
+        with killing(cg.allocate(512)) as proc:
             assert proc.wait(timeout=60) == -9  # SIGKILL from the cgroup's OOM killer
         (row,) = mon.sample().memory_cgroups
         assert row.oom_kills == cg.oom_kills() == 1

@@ -5,24 +5,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 
-import pytest
-
-from supervisord_batt import logs
 from supervisord_batt.daemon.cgroupcounts import CgroupCounts
 from supervisord_batt.host.sample import CgroupUsage, HostSample, Limit, MemoryCgroupUsage
-
-
-@pytest.fixture
-def out() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure("json", logging.INFO, stream=stream)
-    try:
-        yield stream
-    finally:
-        logs.configure("json", logging.INFO)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
