@@ -3,10 +3,11 @@
     python benchmarks/bench_host.py [--procs 1000] [--seconds 1.0] [--json]
 
 Starts `--procs` extra idle processes (`sleep`, killed by pid at the end, whatever
-happens), creates a temporary pids cgroup (removed at the end) that the monitor watches,
-then times each call individually (median and p99 over many iterations). Reports the fast
-path against the sum of the bare preads it is made of (target: within 3x) and the daemon's
-monitor CPU share at a 1 s tick plus a 10 s scan (target: below 0.2% of one core).
+happens), creates a temporary pids cgroup and the same cgroup in the memory hierarchy
+limited to 1 GiB (both removed at the end) that the monitor watches, then times each call
+individually (median and p99 over many iterations). Reports the fast path against the sum
+of the bare preads it is made of (target: within 3x) and the daemon's monitor CPU share at
+a 1 s tick plus a 10 s scan (target: below 0.2% of one core).
 """
 
 from __future__ import annotations
@@ -102,6 +103,36 @@ def temp_pids_cgroup() -> Iterator[str | None]:
         os.rmdir(path)
 
 
+@contextlib.contextmanager
+def memory_limit_on(cgroup_dir: str | None) -> Iterator[str | None]:
+    """The same cgroup in the memory hierarchy, limited to 1 GiB (the monitor then reads
+    memory.stat too), removed at the end if made here; None if not possible."""
+    if cgroup_dir is None:
+        yield None
+        return
+    with open("/proc/self/mountinfo") as f:
+        mounts = procfs.parse_mountinfo(f.read())
+    v1 = procfs.find_v1_mount(mounts, "memory")
+    made: str | None = None
+    if v1 is not None:
+        path: str | None = os.path.join(v1.mount_point, os.path.basename(cgroup_dir))
+        limit_file = "memory.limit_in_bytes"
+        with contextlib.suppress(OSError):
+            os.mkdir(path)
+            made = path
+    else:  # v2: the same directory, where the memory controller is enabled
+        path, limit_file = cgroup_dir, "memory.max"
+    try:
+        Path(path or "", limit_file).write_text(f"{1 << 30}\n")
+    except OSError:
+        path = None
+    try:
+        yield path
+    finally:
+        if made is not None:
+            os.rmdir(made)
+
+
 def bare_scan(proc: str = "/proc") -> int:
     """The floor of a /proc pass: scandir plus open/read/close of every status file."""
     n = 0
@@ -146,9 +177,27 @@ def psutil_scan() -> int:
     )
 
 
+def _memory_files(path: str | None) -> tuple[str, ...]:
+    """The files the monitor reads each tick of a limited memory cgroup."""
+    if path is None:
+        return ()
+    if os.path.exists(os.path.join(path, "memory.limit_in_bytes")):
+        return (
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "memory.stat",
+            "memory.oom_control",
+        )
+    return ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events")
+
+
 def run(procs: int, seconds: float) -> dict[str, Any]:
     rows: dict[str, dict[str, float]] = {}
-    with idle_processes(procs) as pids, temp_pids_cgroup() as cg:
+    with (
+        idle_processes(procs) as pids,
+        temp_pids_cgroup() as cg,
+        memory_limit_on(cg) as mem_cg,
+    ):
         users: list[int | str] = [0, "nobody"]
         cgroups = [cg] if cg else []
         with HostMonitor(cgroups=cgroups, users=users) as mon:
@@ -164,7 +213,9 @@ def run(procs: int, seconds: float) -> dict[str, Any]:
             if cg:
                 for name in ("pids.current", "pids.max", "pids.events"):
                     raw_fds[name] = os.path.join(cg, name)
-            raw_sizes = {"meminfo": 512}
+            for name in _memory_files(mem_cg):
+                raw_fds[name] = os.path.join(mem_cg or "", name)
+            raw_sizes = {"meminfo": 512, "memory.stat": 8192, "memory.events": 512}
             fds = {k: os.open(p, os.O_RDONLY) for k, p in raw_fds.items() if os.path.exists(p)}
             try:
                 for key, fd in fds.items():
@@ -189,6 +240,8 @@ def run(procs: int, seconds: float) -> dict[str, Any]:
             }
             for fs, node in m._nodes.items():
                 sources[f"src cgroup {os.path.basename(fs)} (3 files)"] = node.read
+            for fs, mem_node in m._memory._nodes.items():
+                sources[f"src memory {os.path.basename(fs)[-20:]}"] = mem_node.read
             for key, fn in sources.items():
                 rows[key] = timeit(fn, seconds / 4)
             rows["sample() (whole tick)"] = timeit(mon.sample, seconds)
@@ -215,6 +268,7 @@ def run(procs: int, seconds: float) -> dict[str, Any]:
         "processes_on_host": n_processes,
         "threads_total": sample.threads_total,
         "watched_cgroup": cg,
+        "watched_memory_cgroup": mem_cg,
         "rows": rows,
         "summary": {
             "fast_path_us": tick,

@@ -428,7 +428,35 @@ class TightestRow(TypedDict):
     headroom: int
 
 
-class HostJson(TypedDict):
+class MemoryCgroupRow(TypedDict):
+    path: str
+    fs_path: str
+    version: int
+    current_bytes: int | None
+    inactive_file_bytes: int | None
+    max_bytes: int | None
+    high_bytes: int | None
+    effective_max_bytes: int | None
+    headroom_bytes: int | None
+    limited_by: str | None
+    oom_kills: int | None
+
+
+class MemoryJson(TypedDict):
+    """Memory as the budget counts it: the least of MemAvailable and each memory cgroup
+    limit's headroom (`headroom_bytes`, where `limited_by`), with every watched cgroup."""
+
+    headroom_bytes: int
+    limited_by: str  # "MemAvailable" or a limit's name, "memory:/batt"
+    cgroups: list[MemoryCgroupRow]
+    limits: list[LimitRow]  # in bytes, kind "memory"
+
+
+class _HostMemory(TypedDict, total=False):
+    memory: MemoryJson  # absent from a daemon before memory cgroups were read
+
+
+class HostJson(_HostMemory):
     """One host sample: `status`'s `host` and `supervisord-batt probe --json`."""
 
     wall_time: float

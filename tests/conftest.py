@@ -6,11 +6,20 @@ it is marked `root` at collection, so `pytest -m "not root"` runs the rest as an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
-from tests.helpers import PidsCgroup, TestUser, is_root, pids_v1_writable
+from tests.helpers import (
+    MemoryCgroup,
+    PidsCgroup,
+    TestUser,
+    is_root,
+    memory_cgroup_root,
+    pids_v1_writable,
+)
 
 ROOT_FIXTURE = "needs_root"
 
@@ -30,15 +39,15 @@ def needs_root() -> None:
         pytest.skip("needs root (run as root, or deselect with -m 'not root')")
 
 
-@pytest.fixture
-def pids_cgroup(needs_root: None) -> Iterator[Callable[..., PidsCgroup]]:
-    """Factory for real cgroup v1 pids children; every one is emptied and removed."""
-    if not pids_v1_writable():
-        pytest.skip("needs a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
-    made: list[PidsCgroup] = []
+C = TypeVar("C", PidsCgroup, MemoryCgroup)
 
-    def make(**kwargs: object) -> PidsCgroup:
-        cg = PidsCgroup(**kwargs)  # type: ignore[arg-type]
+
+def _made_and_closed(new: Callable[..., C]) -> Iterator[Callable[..., C]]:
+    """A factory that keeps what it made; each one is closed at the end, children first."""
+    made: list[C] = []
+
+    def make(**kwargs: object) -> C:
+        cg = new(**kwargs)
         made.append(cg)
         return cg
 
@@ -47,6 +56,23 @@ def pids_cgroup(needs_root: None) -> Iterator[Callable[..., PidsCgroup]]:
     finally:
         for cg in reversed(made):
             cg.close()
+
+
+@pytest.fixture
+def pids_cgroup(needs_root: None) -> Iterator[Callable[..., PidsCgroup]]:
+    """Factory for real cgroup v1 pids children; every one is emptied and removed."""
+    if not pids_v1_writable():
+        pytest.skip("needs a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
+    yield from _made_and_closed(PidsCgroup)
+
+
+@pytest.fixture
+def memory_cgroup(needs_root: None) -> Iterator[Callable[..., MemoryCgroup]]:
+    """Factory for real memory cgroups (v1, else v2); every one is emptied and removed."""
+    where = memory_cgroup_root()
+    if where is None:
+        pytest.skip("needs a writable memory cgroup hierarchy (v1, or v2 with memory enabled)")
+    yield from _made_and_closed(functools.partial(MemoryCgroup, *where))
 
 
 @pytest.fixture

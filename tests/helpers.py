@@ -1,4 +1,5 @@
-"""Shared test helpers: wait on a condition to a deadline, real pids cgroups, real users."""
+"""Shared test helpers: wait on a condition to a deadline, real pids and memory cgroups,
+real users."""
 
 from __future__ import annotations
 
@@ -58,6 +59,17 @@ def pids_v1_writable() -> bool:
     return is_root() and (PIDS_V1 / "cgroup.procs").exists() and os.access(PIDS_V1, os.W_OK)
 
 
+def move_into(cgroup_dir: Path) -> Callable[[], None]:
+    """A preexec_fn that moves the child into this cgroup directory before exec."""
+    procs = str(cgroup_dir / "cgroup.procs")
+
+    def move() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return move
+
+
 class PidsCgroup:
     """A real cgroup v1 pids child; removed on close after its members are gone."""
 
@@ -92,13 +104,7 @@ class PidsCgroup:
 
     def preexec(self) -> Callable[[], None]:
         """A preexec_fn that moves the child into this cgroup before exec."""
-        procs = str(self.path / "cgroup.procs")
-
-        def move() -> None:
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
-        return move
+        return move_into(self.path)
 
     def close(self) -> None:
         """Kill what is still inside (only members of our own cgroup), then remove it."""
@@ -140,6 +146,105 @@ class PidsCgroup:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+
+MEMORY_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def _v2_memory_root() -> Path | None:
+    """The cgroup2 mount whose root hands the memory controller to its children, if any."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        if tail.split()[:1] == ["cgroup2"]:
+            root = Path(fields.split()[4])
+            with contextlib.suppress(OSError):
+                if "memory" in (root / "cgroup.subtree_control").read_text().split():
+                    return root
+    return None
+
+
+def memory_cgroup_root() -> tuple[Path, int] | None:
+    """Where a test may make a memory cgroup: the v1 memory hierarchy, else a v2 mount
+    with the memory controller enabled for its children (root only)."""
+    if not is_root():
+        return None
+    if (MEMORY_V1 / "cgroup.procs").exists() and os.access(MEMORY_V1, os.W_OK):
+        return MEMORY_V1, 1
+    v2 = _v2_memory_root()
+    return (v2, 2) if v2 is not None else None
+
+
+class MemoryCgroup:
+    """A real memory cgroup (v1 or v2) with no swap to escape to; removed on close after
+    its members are killed."""
+
+    def __init__(self, root: Path, version: int, name: str | None = None) -> None:
+        self.root, self.version = root, version
+        self.name = name or f"sbtest-mem-{uuid.uuid4().hex[:10]}"
+        self.path = root / self.name
+        self.path.mkdir()
+
+    @property
+    def cgroup_path(self) -> str:
+        """The path as /proc/<pid>/cgroup names it."""
+        return "/" + str(self.path.relative_to(self.root))
+
+    def set_limit(self, limit: int) -> None:
+        """The limit, and swap held to it: past it the OOM killer acts, as with no swap."""
+        if self.version == 1:
+            (self.path / "memory.limit_in_bytes").write_text(f"{limit}\n")
+            swap = self.path / "memory.memsw.limit_in_bytes"  # only where swap accounting is on
+            if swap.exists():
+                swap.write_text(f"{limit}\n")
+        else:
+            (self.path / "memory.max").write_text(f"{limit}\n")
+            if (self.path / "memory.swap.max").exists():
+                (self.path / "memory.swap.max").write_text("0\n")
+
+    def enable_children(self) -> None:
+        """Let child cgroups have the memory controller (v2; v1 children always have it)."""
+        if self.version == 2:
+            (self.path / "cgroup.subtree_control").write_text("+memory\n")
+
+    def usage(self) -> int:
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        return int((self.path / name).read_text())
+
+    def oom_kills(self) -> int:
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        for line in (self.path / name).read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        raise AssertionError(f"no oom_kill line in {self.path / name}")
+
+    def preexec(self) -> Callable[[], None]:
+        """A preexec_fn that moves the child into this cgroup before exec."""
+        return move_into(self.path)
+
+    def allocate(self, mib: int) -> subprocess.Popen[bytes]:
+        """A process in this cgroup that writes `mib` MiB (every page, so all of it is
+        charged), prints "up", then holds it until its stdin closes."""
+        return subprocess.Popen(
+            [sys.executable, "-c", _ALLOCATOR, str(mib)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=self.preexec(),
+        )
+
+    def close(self) -> None:
+        """Kill what is still inside (only members of our own cgroup), then remove it."""
+        if self.path.exists():
+            PidsCgroup._close_dir(self.path)
+
+
+# a zero-filled buffer would not be charged until touched: each MiB is written
+_ALLOCATOR = r"""
+import sys
+held = [b"\x01" * (1 << 20) for _ in range(int(sys.argv[1]))]
+print("up", flush=True)
+sys.stdin.read()
+"""
 
 
 class TestUser:

@@ -49,10 +49,11 @@ class Book:
     @classmethod
     def of(cls, sample: HostSample, config: BudgetConfig) -> Book:
         """The book of a sample with no lease in it: each limit less its reserve, the CPUs
-        (the config's cap, else the sample's) and the memory in worker slots."""
+        (the config's cap, else the sample's) and the memory in worker slots: the least of
+        MemAvailable and each memory cgroup's headroom (`HostSample.memory_headroom`)."""
         cpus = config.cpu_cap if config.cpu_cap is not None else sample.cpus
         slots = (
-            sample.mem_available_bytes // config.memory_per_slot
+            sample.memory_headroom()[0] // config.memory_per_slot
             if config.memory_per_slot > 0
             else UNBOUNDED
         )

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
 
 LEVELS = ("normal", "high", "extreme")
-_COUNTERS = ("denied", "refused_spawns", "requests")
+_COUNTERS = ("denied", "refused_spawns", "oom_kills", "requests")
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -158,6 +158,7 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
         },
         "executor_fallbacks": fallbacks,
         "refused_spawns": int(total.get("refused_spawns", 0)),
+        "oom_kills": int(total.get("oom_kills", 0)),
         "limit_kills": [
             {"program": p, "reason": r, "count": n} for (p, r), n in sorted(kills.items())
         ],
@@ -313,6 +314,7 @@ def render(fig: dict[str, Any], samples: bool = False) -> str:
         "executor fallbacks  "
         + (", ".join(f"{k} {v}" for k, v in fig["executor_fallbacks"].items()) or "0"),
         f"refused spawns      {fig['refused_spawns']}",
+        *([f"oom kills           {fig['oom_kills']}"] if "oom_kills" in fig else []),
         "limit kills         "
         + (
             ", ".join(f"{k['program']} {k['reason']} {k['count']}" for k in fig["limit_kills"])

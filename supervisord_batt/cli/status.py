@@ -36,6 +36,9 @@ def render_status(status: protocol.StatusListsReply) -> str:
             f"tightest limit {tightest['name']}: {tightest['in_use']}/{tightest['limit']} in use, "
             f"headroom {tightest['headroom']}"
         )
+    memory = status["host"].get("memory") if status["host"] else None
+    if memory is not None:
+        lines.append(memory_line(memory))
     instances = status.get("instances")
     if instances:
         lines.append("")
@@ -97,3 +100,20 @@ def _describe_exit(info: protocol.ExitRow | None) -> str:
     elif info["reason"] == "spawn_failed":
         text = f"spawn failed: {info['detail'] or ''}"
     return text
+
+
+def memory_line(memory: protocol.MemoryJson) -> str:
+    """What the budget counts on for process workers and where, then each memory cgroup
+    with a limit or an OOM kill: `/batt 0.25/1.00 GiB, 2 OOM kills`."""
+    gib = 2**30
+    line = f"memory headroom {memory['headroom_bytes'] / gib:.2f} GiB ({memory['limited_by']})"
+    for row in memory["cgroups"]:
+        limit, room, kills = row["effective_max_bytes"], row["headroom_bytes"], row["oom_kills"]
+        parts = []
+        if limit is not None and room is not None:
+            parts.append(f"{(limit - room) / gib:.2f}/{limit / gib:.2f} GiB")
+        if kills:
+            parts.append(f"{kills} OOM kills")
+        if parts:
+            line += f"; {row['path']} " + ", ".join(parts)
+    return line

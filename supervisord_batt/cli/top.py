@@ -409,6 +409,26 @@ def header_lines(
     return [first, second]
 
 
+def memory_text(memory: protocol.MemoryJson, width: int) -> Text:
+    """One line: the memory the budget counts on, where it binds, and OOM kills if any."""
+    from rich.text import Text
+
+    gib = 2**30
+    line = Text(f"memory {memory['headroom_bytes'] / gib:.2f} GiB free")
+    where = memory["limited_by"]
+    if where != "MemAvailable":
+        limit = next((lim for lim in memory["limits"] if lim["name"] == where), None)
+        line.append(f" before {where}")
+        if limit is not None:
+            line.append(f" ({limit['in_use'] / gib:.2f}/{limit['limit'] / gib:.2f} GiB)")
+    kills = sum(row["oom_kills"] or 0 for row in memory["cgroups"])
+    if kills:
+        line.append(f"  {kills} OOM kills", style="bold red")
+    line.no_wrap = True
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
 def render_screen(
     status: protocol.StatusListsReply,
     width: int = 80,
@@ -425,6 +445,9 @@ def render_screen(
         clock = time.strftime("%H:%M:%S")
     parts: list[RenderableType] = list(header_lines(status, width, clock, problem))
     host = status["host"]
+    memory = host.get("memory") if host else None
+    if memory is not None:
+        parts.append(memory_text(memory, width))
     wants = [
         len(host["limits"]) if host else 0,
         _total(status, "instances"),

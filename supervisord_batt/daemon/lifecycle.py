@@ -30,6 +30,7 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import ConfigError, load_config
 from supervisord_batt.config.records import Config
 from supervisord_batt.daemon import reexec, resume
+from supervisord_batt.daemon.cgroupcounts import CgroupCounts
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
@@ -100,6 +101,7 @@ class Daemon:
         self._recorded_leases: tuple[str, ...] = ()  # the lease ids the record has
         self.stats_line = StatsLine()
         self._next_stats = 0.0
+        self.cgroup_counts = CgroupCounts()  # OOM kills and refused tasks, logged as they move
         self.metrics = MetricsOutputs(self)
         # every instance, kept current beside the socket: a restart adopts the workers
         self.state_record = StateRecord(self.socket_path, self._recorded)
@@ -138,6 +140,7 @@ class Daemon:
         self.monitor.scan()
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
+        self.cgroup_counts.observe(time.monotonic(), self.sample)  # the counts at the start
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
         record = self.state_record.load()
@@ -346,6 +349,7 @@ class Daemon:
             self.supervisor.reap()
             self._last_scan = now
         self.sample = self.monitor.sample()
+        self.cgroup_counts.observe(now, self.sample)
         # trees from the last scan stand until the next one: a tree that grew since is
         # charged at its lease (counted twice until then: the safe side)
         result = self.ledger.update(self.sample, self._trees)

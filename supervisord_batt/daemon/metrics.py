@@ -123,6 +123,7 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             P + "memory_available_bytes", "MemAvailable", sample.mem_available_bytes
         )
+        yield from _memory(sample)
         yield GaugeMetricFamily(P + "cpus", "CPUs usable by the workers", sample.cpus)
 
     def _budget(self) -> Iterator[Metric]:
@@ -285,3 +286,44 @@ def render_families(families: Iterable[Metric], before: Rendered) -> Rendered:
 
 def exposition(rendered: Rendered) -> bytes:
     return b"".join(text for _, text in rendered.values())
+
+
+def _memory(sample: HostSample) -> Iterator[Metric]:
+    """The memory cgroup limits as the task limits are shown (`limit_tasks` and its
+    kin, in bytes), the memory the budget counts on, and the OOM killer's counts."""
+    labels = ["limit"]
+    limit = GaugeMetricFamily(
+        P + "memory_limit_bytes",
+        "Each memory cgroup limit (its tightest ancestor's)",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        P + "memory_limit_in_use_bytes",
+        "Memory counted by each limit (usage less inactive file cache)",
+        labels=labels,
+    )
+    room = GaugeMetricFamily(
+        P + "memory_limit_headroom_bytes", "Memory each limit still allows", labels=labels
+    )
+    for lim in sample.memory_limits:
+        limit.add_metric([lim.name], lim.limit)
+        used.add_metric([lim.name], lim.in_use)
+        room.add_metric([lim.name], lim.headroom)
+    yield from (limit, used, room)
+    headroom, where = sample.memory_headroom()
+    budget = GaugeMetricFamily(
+        P + "memory_headroom_bytes",
+        "Memory the budget counts on: the least of MemAvailable and each limit's headroom",
+        labels=labels,
+    )
+    budget.add_metric([where], headroom)
+    yield budget
+    kills = CounterMetricFamily(
+        P + "cgroup_oom_kills",
+        "Processes the OOM killer killed in a watched memory cgroup (oom_kill)",
+        labels=["cgroup"],
+    )
+    for cg in sample.memory_cgroups:
+        if cg.oom_kills is not None:
+            kills.add_metric([cg.path], cg.oom_kills)
+    yield kills

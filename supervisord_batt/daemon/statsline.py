@@ -64,6 +64,7 @@ class StatsLine:
             "denied_by": dict(tallies.denied_by),
             "fallbacks": {f"{a}>{b}": n for (a, b), n in sorted(tallies.fallbacks.items())},
             "refused_spawns": sum(cg.pids_events_max or 0 for cg in sample.cgroups),
+            "oom_kills": sum(cg.oom_kills or 0 for cg in sample.memory_cgroups),
             "restarts": dict(tally.restarts),
             "kills": _nested(tally.kills),
             "runs": _nested(tally.runs),

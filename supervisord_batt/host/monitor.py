@@ -3,10 +3,10 @@
 The records it fills are in `host.sample`; the parsers it calls in `host.procfs`.
 `HostMonitor.sample()` is the fast path the daemon runs every tick: a handful of pread()s
 on file descriptors it keeps open (loadavg, threads-max, pid_max, each watched cgroup's
-pids files and its ancestors', meminfo, PSI). `HostMonitor.scan()` is the slow O(processes)
-pass over /proc for the per-user RLIMIT_NPROC counts, run on its own longer interval;
-`sample()` reports the users of the last scan. `host.probe` renders a sample for
-`status` and `probe`.
+pids and memory files and its ancestors' (`host.memcg`), meminfo, PSI).
+`HostMonitor.scan()` is the slow O(processes) pass over /proc for the per-user
+RLIMIT_NPROC counts, run on its own longer interval; `sample()` reports the users of the
+last scan. `host.probe` renders a sample for `status` and `probe`.
 """
 
 # Design choices:
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 
-from supervisord_batt.host import procfs
+from supervisord_batt.host import memcg, procfs
 from supervisord_batt.host.procfs import PreadFile
 from supervisord_batt.host.sample import (
     CgroupUsage,
@@ -70,14 +70,6 @@ class _Node:
 
 
 @dataclass(frozen=True)
-class _Watched:
-    path: str
-    fs_path: str
-    version: int
-    chain: tuple[_Node | None, ...]  # itself first, then ancestors; None for the root
-
-
-@dataclass(frozen=True)
 class _Hierarchy:
     """Where the pids controller lives: a v1 pids mount or the v2 unified mount."""
 
@@ -107,7 +99,8 @@ class HostMonitor:
         self._real_proc = os.path.realpath(proc_root) == "/proc"
         self._files: list[PreadFile] = []
         self._nodes: dict[str, _Node] = {}
-        self._watched: list[_Watched] = []
+        self._watched: list[procfs.Watched[_Node]] = []
+        self._memory = memcg.MemoryWatch()
         self._users = [_resolve_user(u) for u in users]
         self._user_rows: tuple[UserUsage, ...] = ()
         try:
@@ -175,9 +168,25 @@ class HostMonitor:
             fs = os.path.normpath(raw)
             if any(w.fs_path == fs for w in self._watched):
                 continue
-            chain = procfs.cgroup_chain(hier.mount_dir, hier.mount_root, fs)
-            nodes = tuple(None if cg == "/" else self._node(cg, d) for cg, d in chain)
-            self._watched.append(_Watched(chain[0][0], chain[0][1], hier.version, nodes))
+            self._watched.append(
+                procfs.watch_chain(hier.mount_dir, hier.mount_root, fs, hier.version, self._node)
+            )
+        self._init_memory(specs, own_cgroup, mountinfo)
+
+    def _init_memory(self, specs: Sequence[str], own_cgroup: str | None, mountinfo: str) -> None:
+        """Watch the memory controller of the same cgroups, where it is mounted: a spec
+        whose cgroup has no memory directory reads as None until one is made."""
+        mounts = [
+            replace(m, mount_point=self._rebase(m.mount_point))
+            for m in procfs.parse_mountinfo(mountinfo)
+        ]
+        hier = memcg.memory_hierarchy(mounts)
+        if hier is None:
+            self._memory.close()
+            return
+        dirs = [memcg.spec_memory_dir(spec, self._rebase, mounts, hier) for spec in specs]
+        own = memcg.own_memory_dir(own_cgroup, hier) if own_cgroup is not None else None
+        self._memory.watch(hier, ([own] if own is not None else []) + dirs)
 
     def _follow_own_cgroup(self) -> None:
         """Watch the cgroup the process is in now, if it moved since the last look."""
@@ -200,6 +209,7 @@ class HostMonitor:
             "own_cgroup_changed",
             old=before[:1],
             new=[w.path for w in self._watched][:1],
+            memory=self._memory.paths[:1],
             reason="the daemon was moved to another cgroup: its limits are watched now",
         )
 
@@ -228,6 +238,7 @@ class HostMonitor:
         readings = {fs: node.read() for fs, node in self._nodes.items()}
         usages = [_usage(w, readings) for w in self._watched]
         mem_total, mem_avail = procfs.parse_meminfo(self._meminfo.read())
+        memory_cgroups, memory_limits = self._memory.sample()
         psi = None
         if self._has_psi:
             psi = Psi(
@@ -259,6 +270,8 @@ class HostMonitor:
             cpus=self.cpus,
             psi=psi,
             limits=tuple(limits),
+            memory_cgroups=memory_cgroups,
+            memory_limits=memory_limits,
         )
 
     # ------------------------------------------------------------ slow path
@@ -413,6 +426,7 @@ class HostMonitor:
             f.close()
         for node in self._nodes.values():
             node.close()
+        self._memory.close()
 
     def __enter__(self) -> HostMonitor:
         return self
@@ -455,7 +469,7 @@ def _place(
 
 
 def _usage(
-    w: _Watched, readings: dict[str, tuple[int | None, int | None, int | None]]
+    w: procfs.Watched[_Node], readings: dict[str, tuple[int | None, int | None, int | None]]
 ) -> tuple[CgroupUsage, _Node | None, int]:
     """The watched cgroup's row, plus the limiting node and its current count."""
     own = readings[w.chain[0].fs_path] if w.chain[0] is not None else (None, None, None)

@@ -13,9 +13,12 @@ temp dir. `host` builds the HostSample on top of these.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+N = TypeVar("N")
 
 
 class PreadFile:
@@ -395,3 +398,23 @@ def cgroup_chain(mount_dir: str, mount_root: str, fs_path: str) -> list[tuple[st
         if not parts:
             return chain
         parts.pop()
+
+
+@dataclass(frozen=True)
+class Watched(Generic[N]):
+    """A watched cgroup and the nodes read for it, itself first, then its ancestors up to
+    the mount (None for the root cgroup, which has no limit)."""
+
+    path: str
+    fs_path: str
+    version: int
+    chain: tuple[N | None, ...]
+
+
+def watch_chain(
+    mount_dir: str, mount_root: str, fs_path: str, version: int, node: Callable[[str, str], N]
+) -> Watched[N]:
+    """`fs_path` watched: `node(cgroup path, fs path)` for it and each ancestor but the root."""
+    chain = cgroup_chain(mount_dir, mount_root, fs_path)
+    nodes = tuple(None if cg == "/" else node(cg, d) for cg, d in chain)
+    return Watched(chain[0][0], chain[0][1], version, nodes)

@@ -8,17 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-LimitKind = Literal["threads-max", "pid_max", "cgroup", "nproc"]
+LimitKind = Literal["threads-max", "pid_max", "cgroup", "nproc", "memory"]
 
 
 @dataclass(frozen=True)
 class Limit:
     """One ceiling that can refuse a new task (thread or process)."""
 
-    name: str  # "threads-max", "pid_max", "cgroup:/batt", "nproc:alice"
+    name: str  # "threads-max", "pid_max", "cgroup:/batt", "nproc:alice"; "memory:/batt"
     kind: LimitKind
-    scope: str | int | None  # cgroup fs path for "cgroup", uid for "nproc", None for host-wide
-    limit: int
+    # cgroup fs path for "cgroup" and "memory", uid for "nproc", None for host-wide
+    scope: str | int | None
+    limit: int  # tasks; bytes for "memory" (which is never among HostSample.limits)
     in_use: int
 
     @property
@@ -37,6 +38,25 @@ class CgroupUsage:
     effective_max: int | None  # the max of the tightest ancestor (itself included)
     headroom: int | None  # min over itself and ancestors of (max - current); None = unlimited
     limited_by: str | None  # cgroup path of that tightest ancestor
+
+
+@dataclass(frozen=True)
+class MemoryCgroupUsage:
+    """A watched cgroup's memory controller: its own files and its tightest ancestor."""
+
+    path: str  # cgroup path as the kernel names it, e.g. "/batt/job1"
+    fs_path: str  # its directory, e.g. "/sys/fs/cgroup/memory/batt/job1"
+    version: int  # 1 or 2
+    current: int | None  # bytes charged (memory.usage_in_bytes, memory.current)
+    # of those, page cache the kernel reclaims before any OOM kill (read only where the
+    # cgroup has a limit of its own: None elsewhere)
+    inactive_file: int | None
+    max: int | None  # its own limit_in_bytes (v1) or memory.max (v2); None = unlimited
+    high: int | None  # its own memory.high (v2, where the kernel throttles); None = none
+    effective_max: int | None  # the limit of the tightest ancestor (itself included)
+    headroom: int | None  # min over itself and ancestors of limit - (current - inactive_file)
+    limited_by: str | None  # cgroup path of that tightest ancestor
+    oom_kills: int | None  # processes the OOM killer killed here (oom_kill)
 
 
 @dataclass(frozen=True)
@@ -72,10 +92,23 @@ class HostSample:
     cpus: float  # CPUs usable by the workers (affinity and cgroup quota)
     psi: Psi | None  # None where /proc/pressure is absent
     limits: tuple[Limit, ...]  # every applicable ceiling, derived from the fields above
+    memory_cgroups: tuple[MemoryCgroupUsage, ...] = ()
+    # each memory cgroup's tightest limit, in bytes (kind "memory"), from memory_cgroups
+    memory_limits: tuple[Limit, ...] = ()
 
     def tightest(self) -> Limit:
         """The limit with the least headroom (it refuses the next thread first)."""
         return min(self.limits, key=lambda lim: lim.headroom)
+
+    def memory_headroom(self) -> tuple[int, str]:
+        """Bytes a new worker may take before memory runs out, and where: "MemAvailable"
+        (the host) or the name of the memory cgroup limit that is nearer (its OOM killer
+        acts there first)."""
+        best, name = self.mem_available_bytes, "MemAvailable"
+        for lim in self.memory_limits:
+            if lim.headroom < best:
+                best, name = lim.headroom, lim.name
+        return max(0, best), name
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from supervisord_batt.budget.claims import MAX_SCOPES, Scopes, scope_of
 from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD, pool_cost
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
-from supervisord_batt.host.sample import Psi
+from supervisord_batt.host.sample import Limit, Psi
 from supervisord_batt.protocol import KINDS
 from tests.fakes import FakeClock
 from tests.unit.budget.conftest import (
@@ -185,6 +185,16 @@ def test_memory_counts_only_workers_granted_since_the_sample() -> None:
     led.update(sample(limit(), mem=0), {grant.lease_id: 9})
     assert led.renew(grant.lease_id).workers == 4
     assert led.acquire(request("b", 4, kinds=("process",))).kind == "sequential"
+
+
+def test_memory_cgroup_limit_caps_workers_below_memavailable() -> None:
+    """Issue 24: a memory cgroup whose headroom is below MemAvailable sizes the slots."""
+    cg = Limit("memory:/batt", "memory", "/sys/fs/cgroup/memory/batt", 4 * GIB, GIB + GIB // 2)
+    led = ledger(mem=64 * GIB, memory_per_slot=GIB // 2)
+    led.update(dataclasses.replace(sample(limit(), mem=64 * GIB), memory_limits=(cg,)), {})
+    grant = led.acquire(request("a", 16, kinds=("process",)))
+    assert (grant.kind, grant.workers) == ("process", 5)  # 2.5 GiB / 0.5 GiB
+    assert grant.reason.startswith("memory: 5 worker slots free")
 
 
 def test_max_per_lease() -> None:

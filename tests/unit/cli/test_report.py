@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from supervisord_batt.cli.events import Filter, journal_message, parse
-from supervisord_batt.cli.report import advice, compute, targets
+from supervisord_batt.cli.report import advice, compute, render, targets
 
 
 def stats(pid: int, **fields: Any) -> dict[str, Any]:
@@ -39,6 +39,18 @@ def test_counters_are_differences_within_one_daemon_and_add_across_daemons() -> 
     assert fig["denied"] == 4
     assert fig["sequential_share"] == pytest.approx(4 / 9)  # 4 denied of 5 + 4 pool requests
     assert fig["daemons"] == 2
+
+
+def test_issue24_oom_kills_are_counted_like_refused_spawns() -> None:
+    events = [
+        stats(1, oom_kills=2, refused_spawns=1),
+        stats(1, oom_kills=5, refused_spawns=1),
+        {"event": "started", "pid": 2},
+        stats(2, oom_kills=1),
+    ]
+    fig = compute(events)
+    assert (fig["oom_kills"], fig["refused_spawns"]) == (4, 0)
+    assert "oom kills           4" in render(fig).splitlines()
 
 
 def test_time_shares_and_percentiles() -> None:

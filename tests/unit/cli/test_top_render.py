@@ -16,6 +16,7 @@ from rich.console import Console
 
 from supervisord_batt import protocol, shapes
 from supervisord_batt.cli import top
+from supervisord_batt.cli.status import render_status
 from supervisord_batt.cli.top import (
     allocate,
     clip_left,
@@ -262,6 +263,40 @@ def test_screen_shows_every_section_of_a_small_status() -> None:
     ]  # fmt: skip
     assert any(line.split()[2:5] == ["transition", "batt:1", "reason=exited"] for line in lines), (
         text
+    )
+
+
+def test_issue24_memory_line_says_the_cgroup_limit_and_its_oom_kills() -> None:
+    s = status()
+    gib = 1 << 30
+    row = {
+        "path": "/batt",
+        "fs_path": "/sys/fs/cgroup/memory/batt",
+        "version": 1,
+        "current_bytes": gib // 4,
+        "inactive_file_bytes": 0,
+        "max_bytes": gib,
+        "high_bytes": None,
+        "effective_max_bytes": gib,
+        "headroom_bytes": 3 * gib // 4,
+        "limited_by": "/batt",
+        "oom_kills": 2,
+    }
+    mem_limit = limit("memory:/batt", gib // 4, gib) | {"kind": "memory"}
+    s["host"]["memory"] = {
+        "headroom_bytes": 3 * gib // 4,
+        "limited_by": "memory:/batt",
+        "cgroups": [row],
+        "limits": [mem_limit],
+    }
+    assert not shapes.problems(protocol.StatusListsReply, s, strict=True)
+    lines = screen_text(s).splitlines()
+    assert lines[2].rstrip() == (
+        "memory 0.75 GiB free before memory:/batt (0.25/1.00 GiB)  2 OOM kills"
+    )
+    assert len(lines) <= 24
+    assert render_status(s).splitlines()[4] == (
+        "memory headroom 0.75 GiB (memory:/batt); /batt 0.25/1.00 GiB, 2 OOM kills"
     )
 
 

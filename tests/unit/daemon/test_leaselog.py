@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 
-import pytest
-
-from supervisord_batt import logs
 from supervisord_batt.budget.records import Grant, Lease, Request
 from supervisord_batt.daemon.leaselog import LeaseLog
 from tests.fakes import FakeClock
-
-
-@pytest.fixture
-def out() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    logs.configure("json", logging.INFO, stream=stream)
-    try:
-        yield stream
-    finally:
-        logs.configure("json", logging.INFO)
 
 
 def events(stream: io.StringIO) -> list[dict[str, object]]:
