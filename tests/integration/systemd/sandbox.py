@@ -9,7 +9,14 @@ talk to. systemd runs fine as PID 1 of new pid, mount, cgroup, uts and ipc names
 - a private /run and a read-only /proc/sys and /sys, so it changes nothing on the host;
 - a unit directory holding only stub targets and the units under test, so none of the
   host's units can start; no generators;
-- a pty as /dev/console (systemd logs only to a tty), copied into `console.log`.
+- a pty as /dev/console (systemd logs only to a tty), copied into `console.log`;
+- on request, a private writable /etc (`etc_overlay`: an overlay whose writes land in
+  WORKDIR/etc-upper), or a private writable system (`system`: /etc, /usr, /opt and /var
+  as overlays whose writes land in the namespace's /run/sdns, in memory, so that
+  installing a package there, dpkg's database and apt's cache included, writes nothing
+  to the host's disk and leaves nothing behind when the namespace dies; the host's units
+  in /lib/systemd/system are hidden by an empty tmpfs, where a package's unit then lands,
+  and a network namespace of its own has no network at all).
 
 `Sandbox.boot(workdir)` runs `python sandbox.py WORKDIR` (this file's `main`), which
 makes the cgroups, starts the pty copier and execs `unshare`; `close()` kills what it
@@ -71,6 +78,18 @@ if [ -n "$ETC_OVERLAY" ]; then  # a private, writable /etc: writes land in $W/et
   mount -t overlay overlay -o "lowerdir=/etc,upperdir=$W/etc-upper,workdir=$W/etc-work" /etc
 fi
 mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
+if [ -n "$SYSTEM_OVERLAYS" ]; then  # private, writable trees: writes land in /run/sdns
+  mkdir -p /run/sdns/w
+  mount --bind "$W" /run/sdns/w  # $W may lie under /var, which the overlay would hide
+  for d in $SYSTEM_OVERLAYS; do
+    [ -d "/$d" ] || { echo "no /$d on this host to overlay" >&2; exit 1; }
+    mkdir -p "/run/sdns/$d/upper" "/run/sdns/$d/work"
+    mount -t overlay overlay \
+      -o "lowerdir=/$d,upperdir=/run/sdns/$d/upper,workdir=/run/sdns/$d/work" "/$d"
+  done
+  mount --move /run/sdns/w "$W"
+  mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs "$(realpath /lib/systemd/system)"
+fi
 mount -t tmpfs -o nosuid,nodev,noexec,mode=755 tmpfs /sys/fs/cgroup
 for c in $V1; do
   mkdir /sys/fs/cgroup/$c
@@ -91,8 +110,8 @@ mount --bind "$W/system.conf" /etc/systemd/system.conf
 mount --bind "$PTS" /dev/console
 mkdir -p "$W/empty"
 mount --bind "$W/empty" /usr/lib/systemd/system-generators
-exec env -u W -u PTS -u V1 -u LIBMOUNT_UTAB -u ETC_OVERLAY "$SYSTEMD" --system \
-  --unit=sdtest.target
+exec env -u W -u PTS -u V1 -u LIBMOUNT_UTAB -u ETC_OVERLAY -u SYSTEM_OVERLAYS \
+  "$SYSTEMD" --system --unit=sdtest.target
 """
 
 
@@ -116,7 +135,17 @@ def _cgroup_dir(controllers: str) -> str:
     return f"/sys/fs/cgroup/{controllers}"
 
 
-def main(workdir: str, etc_overlay: bool = False) -> None:
+# the trees `system` makes private; /run is the namespace's own already
+SYSTEM_TREES = ("etc", "usr", "opt", "var")
+# root's environment on a stock Debian host, for commands in a private system
+STOCK_ENV = {
+    "HOME": "/root",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
+
+
+def main(workdir: str, etc_overlay: bool = False, system: bool = False) -> None:
     """Become the namespace's launcher: cgroups, pty copier, then exec unshare."""
     w = Path(workdir).resolve()
     (w / "launcher.pid").write_text(f"{os.getpid()}\n")
@@ -157,11 +186,9 @@ def main(workdir: str, etc_overlay: bool = False) -> None:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "container": "sdns",
-        # with a private /etc, units installed the usual way are found too
-        "SYSTEMD_UNIT_PATH": f"{w / 'units'}:/etc/systemd/system"
-        if etc_overlay
-        else str(w / "units"),
-        "ETC_OVERLAY": "1" if etc_overlay else "",
+        "SYSTEMD_UNIT_PATH": _unit_path(w, etc_overlay, system),
+        "ETC_OVERLAY": "1" if etc_overlay and not system else "",
+        "SYSTEM_OVERLAYS": " ".join(SYSTEM_TREES) if system else "",
         "W": str(w),
         "PTS": pts,
         "V1": " ".join(v1),
@@ -170,24 +197,41 @@ def main(workdir: str, etc_overlay: bool = False) -> None:
     }
     argv = ["unshare", "--kill-child=SIGKILL", "--fork", "--pid", "--mount"]
     argv += ["--propagation", "private", "--mount-proc", "--cgroup", "--uts", "--ipc"]
+    if system:  # no network either: what is installed there must come from the host
+        argv.append("--net")
     argv += ["/bin/sh", "-ec", INNER]
     os.execvpe("unshare", argv, env)
+
+
+def _unit_path(w: Path, etc_overlay: bool, system: bool) -> str:
+    """Where systemd looks for units: the stubs and units under test; with a private
+    /etc, units installed the usual way too; with a private system, also the packages'
+    units (in /lib/systemd/system, which holds no unit of the host's there)."""
+    path = [str(w / "units")]
+    if etc_overlay or system:
+        path.append("/etc/systemd/system")
+    if system:
+        path.append("/lib/systemd/system")
+    return ":".join(path)
 
 
 class Sandbox:
     """One booted namespace; `systemctl(...)` talks to its systemd."""
 
-    def __init__(self, workdir: Path, etc_overlay: bool = False) -> None:
+    def __init__(self, workdir: Path, etc_overlay: bool = False, system: bool = False) -> None:
         self.workdir = workdir
         self.etc_overlay = etc_overlay  # a private writable /etc, for install steps
+        self.system = system  # private writable /etc, /usr, /opt, /var: for packages
         self.units = workdir / "units"
         self.launcher: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
 
     @classmethod
-    def prepare(cls, workdir: Path, etc_overlay: bool = False, journald: bool = False) -> Sandbox:
+    def prepare(
+        cls, workdir: Path, etc_overlay: bool = False, journald: bool = False, system: bool = False
+    ) -> Sandbox:
         """The unit directory and config; `journald`: a journal, and services log to it."""
-        box = cls(workdir, etc_overlay)
+        box = cls(workdir, etc_overlay, system)
         box.units.mkdir(parents=True)
         conf = SYSTEM_CONF
         stubs = dict(STUBS)
@@ -217,6 +261,7 @@ class Sandbox:
                     __file__,
                     str(self.workdir),
                     *(["etc"] if self.etc_overlay else []),
+                    *(["system"] if self.system else []),
                 ],
                 stdout=log,
                 stderr=log,
@@ -251,14 +296,19 @@ class Sandbox:
     def run(
         self, *argv: str, check: bool = True, timeout: float = 120.0, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """A command inside the namespace (its mounts and pids)."""
+        """A command inside the namespace (its mounts and pids). In a private system, in
+        its network namespace too (no network), with root's environment on a stock host
+        (not the test's PATH and PYTHONPATH, which would run the checkout instead of what
+        was installed there)."""
         wd = [f"--wd={cwd}"] if cwd is not None else []
+        net = ["-n"] if self.system else []
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid1), "-m", "-p", *wd, *argv],
+            ["nsenter", "-t", str(self.pid1), "-m", "-p", *net, *wd, *argv],
             capture_output=True,
             text=True,
             check=check,
             timeout=timeout,
+            env=STOCK_ENV if self.system else None,
         )
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -306,4 +356,4 @@ class Sandbox:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], etc_overlay=sys.argv[2:] == ["etc"])
+    main(sys.argv[1], etc_overlay="etc" in sys.argv[2:], system="system" in sys.argv[2:])

@@ -11,7 +11,6 @@ restart, the same workers, every lease resumed, no job sees an error.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -30,21 +29,7 @@ from tests.integration.systemd.jobs import (
     resumed,
     running_counters,
 )
-
-_RELEASE = re.compile(r"^## (\d+\.\d+\.\d+) \(\S+, commit ([0-9a-f]{7,40})\)", re.M)
-
-
-def previous_release() -> tuple[str, str]:
-    """(version, commit) of the newest release CHANGELOG.md names with its commit."""
-    found = _RELEASE.search((REPO / "CHANGELOG.md").read_text())
-    assert found, "CHANGELOG.md names no release with its commit"
-    return found.group(1), found.group(2)
-
-
-def _git(*args: str) -> bytes:
-    return subprocess.run(
-        ["git", "-C", str(REPO), *args], check=True, capture_output=True, timeout=60
-    ).stdout
+from tests.integration.systemd.release import release_source
 
 
 def _wheel(source: Path, out: Path) -> Path:
@@ -73,22 +58,8 @@ def _wheel(source: Path, out: Path) -> Path:
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """(previous version, its wheel, this checkout's wheel)."""
     work = tmp_path_factory.mktemp("wheels")
-    version, commit = previous_release()
-    tag = f"v{version}"
-    ref = (
-        tag
-        if subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "-q", "--verify", f"{tag}^{{commit}}"],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-        else commit
-    )
     old_src = work / "old"
-    old_src.mkdir()
-    archive = _git("archive", "--format=tar", ref)
-    subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True, timeout=60)
+    version = release_source(old_src)
     new_src = work / "new"  # this checkout as it is, without its caches
     shutil.copytree(
         REPO,
