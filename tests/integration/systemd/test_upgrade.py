@@ -89,12 +89,9 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     old_src.mkdir()
     archive = _git("archive", "--format=tar", ref)
     subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True, timeout=60)
-    new_src = work / "new"  # this checkout as it is, without its caches
-    shutil.copytree(
-        REPO,
-        new_src,
-        ignore=shutil.ignore_patterns(".git", ".cache", "__pycache__", "*.egg-info", "build"),
-    )
+    new_src = work / "new"  # this checkout as it is, without its caches and its .venv
+    caches = (".git", ".cache", ".venv", "__pycache__", "*.egg-info", "build", ".*_cache")
+    shutil.copytree(REPO, new_src, ignore=shutil.ignore_patterns(*caches))
     old = _wheel(old_src, work / "old-wheel")
     new = _wheel(new_src, work / "new-wheel")
     yield version, old, new
