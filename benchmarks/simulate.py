@@ -98,7 +98,7 @@ def _shown(path: Path) -> str:
         return path.name
 
 
-# -- text output (markdown tables, readable in a terminal and pasted into README) ----------
+# -- text output (markdown tables, for a terminal and for docs/SIMULATION.md) -----------
 
 
 def print_validation(costs: Costs, checks: list[Check], source: str) -> None:

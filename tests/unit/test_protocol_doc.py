@@ -1,8 +1,8 @@
 """Issue 22: docs/PROTOCOL.md's examples hold to the protocol's types.
 
-Every `->` line of the document (with the lines indented past it) must be a request
-`protocol.decode` accepts; every `<-` must have exactly the shape of the reply to the
-request before it (`protocol.REPLIES`, or `ErrorReply`), no key missing and none more.
+Every `->` line of the document's `protocol` blocks (with the lines indented past it) must
+be a request `protocol.decode` accepts; every `<-` must have exactly the shape of the reply
+to the request before it (`protocol.REPLIES`, or `ErrorReply`), no key missing and none more.
 The document had drifted from the daemon (a sequential grant said `workers: 1`; the
 daemon sends 0): the daemon's side is held to the same types by
 tests/integration/daemon/test_reply_shapes.py.
@@ -17,29 +17,31 @@ from typing import Any
 import pytest
 
 from supervisord_batt import protocol, shapes
-from tests.helpers import REPO
+from tests import docblocks
 
-DOC = REPO / "docs" / "PROTOCOL.md"
-_ARROW = re.compile(r"^(\s+)(->|<-) (.*)$")
+DOC = "docs/PROTOCOL.md"
+_ARROW = re.compile(r"^(\s*)(->|<-) (.*)$")
 
 
 def examples() -> list[tuple[int, str, str]]:
-    """(line number, arrow, JSON text) of each example in the document."""
-    lines = DOC.read_text().splitlines()
-    found, i = [], 0
-    while i < len(lines):
-        match = _ARROW.match(lines[i])
-        if match is None:
-            i += 1
+    """(line number, arrow, JSON text) of each example in the document's `protocol`
+    blocks: an arrow line and the lines indented past it."""
+    found = []
+    for block in docblocks.blocks(DOC):
+        if block.kind != "protocol":
             continue
-        indent, number, text = len(match.group(1)), i + 1, [match.group(3)]
-        i += 1
-        while i < len(lines) and lines[i].strip() and not _ARROW.match(lines[i]):
-            if len(lines[i]) - len(lines[i].lstrip()) <= indent:
-                break
-            text.append(lines[i].strip())
+        lines = block.text.splitlines()
+        i = 0
+        while i < len(lines):
+            match = _ARROW.match(lines[i])
+            assert match is not None, f"{DOC}:{block.line + 1 + i}: not an example line"
+            indent, number, text = len(match.group(1)), block.line + 1 + i, [match.group(3)]
             i += 1
-        found.append((number, match.group(2), " ".join(text)))
+            while i < len(lines) and lines[i].strip() and not _ARROW.match(lines[i]):
+                assert len(lines[i]) - len(lines[i].lstrip()) > indent, f"{DOC}:{number}"
+                text.append(lines[i].strip())
+                i += 1
+            found.append((number, match.group(2), " ".join(text)))
     return found
 
 

@@ -23,7 +23,7 @@ import pytest
 from tests.helpers import REPO, PidsCgroup, killing, wait_until
 
 LOKY_OLD = REPO / ".cache" / "loky-3.6.0"
-PREPARE_LOKY_OLD = "python3 -m pip install -q --no-deps --target .cache/loky-3.6.0 loky==3.6.0"
+PREPARE_LOKY_OLD = ".venv/bin/pip install -q --no-deps --target .cache/loky-3.6.0 loky==3.6.0"
 N = 3
 DEADLINE = 60.0
 

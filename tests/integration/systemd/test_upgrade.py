@@ -60,12 +60,9 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     work = tmp_path_factory.mktemp("wheels")
     old_src = work / "old"
     version = release_source(old_src)
-    new_src = work / "new"  # this checkout as it is, without its caches
-    shutil.copytree(
-        REPO,
-        new_src,
-        ignore=shutil.ignore_patterns(".git", ".cache", "__pycache__", "*.egg-info", "build"),
-    )
+    new_src = work / "new"  # this checkout as it is, without its caches and its .venv
+    caches = (".git", ".cache", ".venv", "__pycache__", "*.egg-info", "build", ".*_cache")
+    shutil.copytree(REPO, new_src, ignore=shutil.ignore_patterns(*caches))
     old = _wheel(old_src, work / "old-wheel")
     new = _wheel(new_src, work / "new-wheel")
     yield version, old, new

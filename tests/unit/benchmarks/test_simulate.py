@@ -206,12 +206,12 @@ def test_the_budget_never_fails_a_task_it_started() -> None:
     assert all(r.failed > 0 for r in others)
 
 
-def test_the_readmes_findings_on_the_short_cell_and_max_per_lease() -> None:
-    """What README says of the table's one short cell and of max_per_lease, re-checked on
-    the model (a ledger change that breaks a claim fails here, not in a reader's hands):
-    at 64 cores and 64 jobs the budget trails sequential only when every job starts in the
-    same instant, and leads once they arrive over time; with fewer jobs than cores,
-    max_per_lease = cores / jobs is the best setting. No budget run fails or hangs."""
+def test_the_documented_findings_on_the_short_cell_and_max_per_lease() -> None:
+    """What docs/SIMULATION.md says of the table's one short cell and of max_per_lease,
+    re-checked on the model (a ledger change that breaks a claim fails here, not in a
+    reader's hands): at 64 cores and 64 jobs the budget trails sequential only when every
+    job starts in the same instant, and leads once they arrive over time; with fewer jobs
+    than cores, max_per_lease = cores / jobs is the best setting. No budget run fails or hangs."""
     costs = calibrate(measured())
     got: dict[tuple[str, str], Any] = {}
     for point in run_arrivals(costs, seed=0):
@@ -270,8 +270,8 @@ def test_calibration_reads_cpu_seconds_not_tasks_per_s() -> None:
 
 
 def test_simulate_quick_json() -> None:
-    """The script end to end, as README runs it: one JSON object, the validation rows with
-    measured and simulated figures, and the quick cells with every policy."""
+    """The script end to end, as docs/SIMULATION.md runs it: one JSON object, the validation
+    rows with measured and simulated figures, and the quick cells with every policy."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--quick", "--json"],
         capture_output=True,

@@ -1,12 +1,18 @@
-"""The shipped config/supervisord-batt.yaml: it validates, documents every key, runs the demo."""
+"""The shipped config/supervisord-batt.yaml: it validates, documents every key, runs the demo,
+and every default it claims is the loader's."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from yaml.nodes import MappingNode, Node
 
 from supervisord_batt.config.loader import (
     config_to_dict,
@@ -108,3 +114,89 @@ def test_shipped_config_round_trips() -> None:
     c = load_config(SHIPPED)
     again = load_config_text(yaml.safe_dump(config_to_dict(c), sort_keys=False))
     assert again == dataclasses.replace(c, source=None)
+
+
+# -- the defaults it claims ----------------------------------------------------------------
+
+# A key's line either shows the loader's default, or says `# default: VALUE` (the demo
+# program's own settings): the loader is the one source of truth, the file is checked.
+_DEFAULT_NOTE = re.compile(r"#\s*default:\s*(.+?)\s*$")
+# mappings that are one value (a program's environment, the weights), not a section
+_MAPPING_VALUES = {"environment", "user_weights", "group_weights"}
+# the only key without a default
+_REQUIRED = {("programs", "batt", "command")}
+
+
+def _leaves(node: Node, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], int]]:
+    """(key path, line) of every value of the YAML document (a mapping of sections)."""
+    assert isinstance(node, MappingNode)
+    for key, value in node.value:
+        here = (*path, key.value)
+        if isinstance(value, MappingNode) and key.value not in _MAPPING_VALUES:
+            yield from _leaves(value, here)
+        else:
+            yield here, key.start_mark.line
+
+
+def _at(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {path[-1]: value}
+    for key in reversed(path[:-1]):
+        out = {key: out}
+    return out
+
+
+def _loaded(path: tuple[str, ...], value: Any) -> Any:
+    """What the loader makes of `value` at `path` (in a config of that key alone, with the
+    program's required command), in config_to_dict's plain form: seconds, bytes."""
+    doc = _nested(path, value)
+    if path[0] == "programs":
+        doc["programs"]["batt"].setdefault("command", ["x"])
+    return _at(config_to_dict(load_config_text(yaml.safe_dump(doc))), path)
+
+
+def _claims() -> list[tuple[tuple[str, ...], int, str | None]]:
+    """(key path, line number, the `# default:` note or None) of every key in the file."""
+    text = SHIPPED.read_text()
+    lines = text.splitlines()
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    out = []
+    for path, line in _leaves(root):
+        note = _DEFAULT_NOTE.search(lines[line])
+        out.append((path, line + 1, note.group(1) if note else None))
+    return out
+
+
+BUILT_IN = config_to_dict(load_config_text("programs: {batt: {command: [x]}}"))
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "note"), _claims(), ids=[".".join(path) for path, _, _ in _claims()]
+)
+def test_every_default_the_shipped_config_claims_is_the_loaders(
+    path: tuple[str, ...], line: int, note: str | None
+) -> None:
+    if path in _REQUIRED:
+        assert note is None
+        return
+    built_in = _at(BUILT_IN, path)
+    shown = _loaded(path, _at(yaml.safe_load(SHIPPED.read_text()), path))
+    where = f"config/supervisord-batt.yaml:{line} {'.'.join(path)}"
+    if note is None:
+        assert shown == built_in, f"{where} shows {shown!r}, the loader's default is {built_in!r}"
+    else:
+        claimed = _loaded(path, yaml.safe_load(note))
+        assert claimed == built_in, f"{where} says default {note}; the loader's is {built_in!r}"
+        assert shown != built_in, f"{where} shows the default: drop its `# default:` note"
+
+
+def test_the_defaults_check_sees_every_key_and_the_demos_own_settings() -> None:
+    claims = _claims()
+    assert len(claims) == len({path for path, _, _ in claims}) > 60
+    noted = {path[-1] for path, _, note in claims if note is not None}
+    assert {"numprocs", "slots", "restart", "mode", "wall_clock_limit"} <= noted
