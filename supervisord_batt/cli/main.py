@@ -204,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_unit)
 
-    p = sub.add_parser("check-config", help="validate a config file; exit 1 listing every error")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file (FILE or -c FILE); exit 1 listing every error",
+    )
     p.add_argument("file", type=Path, nargs="?", default=None)
+    # `-c FILE` as every other command takes the config (and the shipped config says)
+    _add_config_arg(p)
     p.set_defaults(func=cmd_check_config)
     return parser
 
@@ -214,7 +219,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from supervisord_batt.config.loader import ConfigError, load_config
     from supervisord_batt.paths import default_config_path
 
-    path = args.file or default_config_path()
+    if args.file is not None and args.config is not None and args.file != args.config:
+        print(
+            f"supervisord-batt check-config: two files given ({args.file} and -c "
+            f"{args.config}): give one",
+            file=sys.stderr,
+        )
+        return 2
+    path = args.file or args.config or default_config_path()
     try:
         config = load_config(path)
     except ConfigError as exc:

@@ -66,6 +66,23 @@ def test_check_config_on_a_missing_file_fails_cleanly(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
 
 
+def test_issue25_check_config_takes_the_file_as_c_too(tmp_path):
+    """The shipped config's comment says `check-config -c FILE`: it was rejected."""
+    shipped = REPO / "config" / "supervisord-batt.yaml"
+    assert "check-config -c FILE" in shipped.read_text()
+    for args in (["-c", str(shipped)], ["--config", str(shipped)], [str(shipped)]):
+        out = cli("check-config", *args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert f"{shipped}: ok (1 programs: batt)" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("daemon:\n  sample_interval: soon\n")
+    out = cli("check-config", "-c", str(bad))
+    assert out.returncode == 1
+    assert "daemon.sample_interval (line 2)" in out.stderr
+    both = cli("check-config", str(shipped), "-c", str(bad))
+    assert both.returncode == 2 and "give one" in both.stderr
+
+
 def test_probe_json_reports_a_live_cgroup_exactly(pids_cgroup):
     cg = pids_cgroup()
     cg.set_max(30)
