@@ -104,6 +104,20 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     assert "hang wall_clock_limit 1" in text.stdout
 
 
+def test_issue25_the_stats_line_keeps_its_log_level(incident: Any) -> None:
+    """The stats line named its pressure level `level`, over the log level: `top` showed
+    `extr stats` and `logs --level warning` kept it."""
+    handle, log = incident
+    lines = lines_of(log, "stats")
+    assert lines and all(line["level"] == "info" for line in lines), lines[-1]
+    assert all(line["pressure"] in ("normal", "high", "extreme") for line in lines)
+    assert all(isinstance(line["pressure_reason"], str) for line in lines)
+    shown = [e for e in handle.status()["events"] if e.get("event") == "stats"]
+    assert shown and all(e["level"] == "info" for e in shown)  # what `top` lists
+    out = cli("logs", "--file", str(log), "--level", "warning", "--json")
+    assert '"stats"' not in out.stdout
+
+
 def test_logs_filters_by_program_event_and_level(incident: Any) -> None:
     _, log = incident
     out = cli("logs", "--file", str(log), "--program", "hang", "--json")
