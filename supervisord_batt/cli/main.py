@@ -183,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
-        "exec", help="run an unmodified program under a lease (env exports the grant)"
+        "exec",
+        help="run an unmodified program under a lease (env exports the grant); without a "
+        "daemon it runs sequential, saying so on stderr",
     )
+    _add_config_arg(p)
     _add_socket_arg(p)
     p.add_argument("--want", type=int, default=2, help="workers wanted (default 2)")
     p.add_argument("--job", default=None, help="job name shown in status and logs")
@@ -528,9 +531,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.socket is not None:
-        os.environ[paths.SOCKET_ENV] = str(args.socket)
-    return exec_main(argv, want=args.want, job=args.job)
+    socket = _socket_for(args)
+    # the program's own leases (a joblib backend inside it) go to the same daemon
+    os.environ[paths.SOCKET_ENV] = str(socket)
+    return exec_main(argv, want=args.want, job=args.job, socket_path=socket)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
