@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -289,21 +290,44 @@ def _load(path: Path | None) -> Config:
     return load_config(path or default_config_path())
 
 
-def _socket_for(args: argparse.Namespace) -> Path:
-    """--socket, then $SUPERVISORD_BATT_SOCKET, then the config's (falling back when unreadable)."""
+@dataclass(frozen=True)
+class _Target:
+    """The daemon's socket as the command line, the environment or the config name it;
+    `broken`: the errors of a config that does not load (its socket read as far as it
+    could be: the daemon runs the config it loaded before, not this one)."""
+
+    socket: Path
+    config: Path | None = None
+    broken: str | None = None
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    """--socket, then $SUPERVISORD_BATT_SOCKET, then the config's daemon.socket."""
     if args.socket is not None:
-        return Path(args.socket)
+        return _Target(Path(args.socket))
     env = os.environ.get(paths.SOCKET_ENV)
     if env:
-        return Path(env)
-    from supervisord_batt.config.loader import ConfigError
+        return _Target(Path(env))
+    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.config.socketkey import socket_named
+    from supervisord_batt.paths import client_socket_path, default_config_path
 
+    given = getattr(args, "config", None)
+    path = given or default_config_path()
     try:
-        return _load(getattr(args, "config", None)).daemon.socket
-    except (ConfigError, OSError):
-        from supervisord_batt.paths import client_socket_path
+        return _Target(load_config(path).daemon.socket, path)
+    except ConfigError as exc:
+        try:
+            named = socket_named(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            if given is None:  # no config file at all: the default, nothing to say
+                return _Target(client_socket_path())
+            named = None
+        return _Target(named or client_socket_path(), path, str(exc))
 
-        return client_socket_path()
+
+def _socket_for(args: argparse.Namespace) -> Path:
+    return _target(args).socket
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -338,24 +362,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T | int:
     """`ask(conn)` on a connection to the daemon; when it fails, the exit code after saying
-    why on stderr: 2 when the daemon cannot be reached, 1 for an error reply."""
+    why on stderr: 2 when the daemon cannot be reached, 1 for an error reply. A config
+    that does not load is said too (a reload's rejection lists its errors itself)."""
     from supervisord_batt.client.connect import CLI_RETRY_S
     from supervisord_batt.client.leases import Connection, DaemonError
 
-    path = _socket_for(args)
+    target = _target(args)
+    if target.broken is not None and op != "reload":
+        print(
+            f"supervisord-batt: warning: {target.config} does not load; the daemon runs "
+            f"the config it loaded before, and a reload would be rejected:\n{target.broken}",
+            file=sys.stderr,
+        )
     # a control op waits for trees to stop (stop_grace is at most 60s) and start again
     timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
     try:
-        with Connection(path, timeout=timeout, retry=CLI_RETRY_S) as conn:
+        with Connection(target.socket, timeout=timeout, retry=CLI_RETRY_S) as conn:
             return ask(conn)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(
-            f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
+            f"supervisord-batt: daemon not reachable at {target.socket}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        if target.broken is not None:
+            print(
+                f"supervisord-batt: {target.config} does not load, so the daemon may serve "
+                f"another socket: pass --socket",
+                file=sys.stderr,
+            )
+            if op == "reload":
+                print(target.broken, file=sys.stderr)
         return 2
 
 
