@@ -154,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arg(p)
     _add_events_args(p)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new events, after the last -n (as tail -f)",
+    )
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="only the last N events so far (0: none); default: all, or with -f the last "
+        "10 (every one since --since, if given)",
+    )
     p.add_argument("--program", default=None, help="only events about this program")
     p.add_argument("--instance", default=None, help="only events about this instance (batt:0)")
     p.add_argument(
@@ -396,6 +410,17 @@ def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T
             if op == "reload":
                 print(target.broken, file=sys.stderr)
         return 2
+
+
+def _count(text: str) -> int:
+    """A count of 0 or more, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _add_events_args(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@ past their wall clock, a lease, a reported fallback; then the incident's table."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -187,6 +188,74 @@ def test_logs_follow_survives_rotation(tmp_path: Path) -> None:
         log.rename(tmp_path / "e.log.1")  # rotation: a new file at the path
         log.write_text('{"event": "after-rotation", "level": "info"}\n')
         wait_until(lambda: saw('"after-rotation"'), what="the rotated file's line")
+
+
+class Follower:
+    """`logs -f ARGS --json` running; `events()`: the events it printed so far."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisord_batt", "logs", "-f", *args, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        self.out = bytearray()
+        self.err = bytearray()
+
+    def events(self) -> list[str]:
+        self.out.extend(self.proc.stdout.read() or b"")  # type: ignore[union-attr]
+        return [json.loads(x)["event"] for x in self.out.decode().splitlines()]
+
+    def following(self) -> bool:
+        """Whether it has read what was there (and says so)."""
+        self.err.extend(self.proc.stderr.read() or b"")  # type: ignore[union-attr]
+        return b"following new events" in self.err
+
+
+def test_issue25_logs_follow_starts_from_the_last_events_as_tail_does(tmp_path: Path) -> None:
+    """`logs -f` printed the whole history before following."""
+    log = tmp_path / "e.log"
+    kinds = ["a", "b"] * 10  # a0 b1 a2 ... b19
+    log.write_text(
+        "".join(f'{{"event": "{k}{i}", "level": "info"}}\n' for i, k in enumerate(kinds))
+    )
+    cases = {
+        (): [f"{k}{i}" for i, k in enumerate(kinds)][-10:],  # tail's 10
+        ("-n", "2"): ["a18", "b19"],
+        ("-n", "0"): [],
+        ("--event", "a0", "--event", "a2", "-n", "1"): ["a2"],  # the last of those kept
+    }
+    followers = {args: Follower("--file", str(log), *args) for args in cases}
+    with contextlib.ExitStack() as stack:
+        for follower in followers.values():
+            stack.enter_context(killing(follower.proc))
+        for args, want in cases.items():
+            follower = followers[args]
+            wait_until(follower.following, what=f"logs -f {args} reading")
+            wait_until(lambda: follower.events() == want, what=f"{want} from logs -f {args}")  # noqa: B023
+        with log.open("a") as f:
+            f.write('{"event": "new", "level": "info"}\n{"event": "a2", "level": "info"}\n')
+        for args, want in cases.items():
+            follower = followers[args]
+            more = ["a2"] if "--event" in args else ["new", "a2"]
+            wait_until(
+                lambda: follower.events() == want + more,  # noqa: B023
+                what=f"the appended lines from logs -f {args}",
+            )
+
+
+def test_logs_n_without_follow_is_the_last_events(tmp_path: Path) -> None:
+    log = tmp_path / "e.log"
+    log.write_text("".join(f'{{"event": "e{i}", "level": "info"}}\n' for i in range(30)))
+    out = cli("logs", "--file", str(log), "-n", "3", "--json")
+    assert [json.loads(x)["event"] for x in out.stdout.splitlines()] == ["e27", "e28", "e29"]
+    everything = cli("logs", "--file", str(log), "--json")
+    assert len(everything.stdout.splitlines()) == 30
+    assert cli("logs", "--file", str(log), "-n", "-1").returncode == 2
 
 
 def test_logs_without_a_source_says_what_to_do(tmp_path: Path) -> None:
