@@ -359,6 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except (ConfigError, OSError) as exc:
         logs.get_logger().error("config_invalid", reason=str(exc))
+        logs.fatal_to_stderr("config_invalid", str(exc))
         return 1
     d = config.daemon
     try:  # checked by the loader; this is the file changing since (a link planted)
@@ -367,6 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         logs.get_logger().error("config_invalid", reason=f"daemon.log_file: {exc}")
+        logs.fatal_to_stderr("config_invalid", f"daemon.log_file: {exc}")
         return 1
     socket_path = args.socket or (
         Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None

@@ -124,6 +124,7 @@ class Daemon:
             await self.startup()
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
+            logs.fatal_to_stderr("startup_failed", str(exc))
             await self.abort_startup()
             return 1
         _quiet_gc()
