@@ -38,7 +38,7 @@ budget:
   reserve_tasks: 0
   reserve_percent: 0
   max_per_lease: 8
-  pressure: {cpu_high: 99, cpu_extreme: 100, memory_high: 99, memory_extreme: 100}
+  pressure: {cpu_high: off, cpu_extreme: off, memory_high: off, memory_extreme: off}
 """
 
 

@@ -15,11 +15,10 @@ import yaml
 
 from supervisord_batt.cli.unit import installed_command
 from supervisord_batt.paths import SOURCE_UNIT
-from tests.helpers import REPO
+from tests.helpers import CALM, REPO
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
 
 UNIT = "supervisord-batt.service"
-CALM = {"cpu_high": 99, "cpu_extreme": 100, "memory_high": 99, "memory_extreme": 100}
 SLEEPER = ["python3", "-c", "import time; time.sleep(600)"]
 
 

@@ -26,11 +26,15 @@ from tests.integration.systemd.conftest import UNIT, Service
 from tests.integration.systemd.jobs import (
     assert_rode_through,
     eight_leases,
+    four_counters,
     leases,
     resumed,
     running_counters,
 )
 
+# The previous release reads no `off` (tests.helpers.CALM): its highest thresholds, which
+# a saturated host's PSI can still reach
+RELEASED_CALM = {"cpu_high": 99, "cpu_extreme": 100, "memory_high": 99, "memory_extreme": 100}
 _RELEASE = re.compile(r"^## (\d+\.\d+\.\d+) \(\S+, commit ([0-9a-f]{7,40})\)", re.M)
 
 
@@ -133,7 +137,9 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
     _install(venv, old)
     service.command = str(venv / "bin" / "supervisord-batt")
     service.pythonpath = None  # the installed release, not this checkout
-    before = running_counters(service)
+    config = four_counters()
+    config["budget"]["pressure"] = RELEASED_CALM
+    before = running_counters(service, config)
     hello = service.cli("status", "--json")
     assert json.loads(hello.stdout)["version"] == version, hello.stdout
     main = service.show("MainPID")["MainPID"]
