@@ -105,6 +105,37 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     assert "hang wall_clock_limit 1" in text.stdout
 
 
+@pytest.mark.skipif(not Path("/proc/pressure/cpu").exists(), reason="no PSI on this kernel")
+def test_issue25_report_says_sequential_is_right_when_the_cpus_are_busy(
+    daemon: Any, tmp_path: Path
+) -> None:
+    """Pools refused for CPU pressure: the advice was to lower the reserve and the
+    headroom thresholds. cpu_extreme 0 makes any CPU pressure reading extreme, as a host
+    whose CPUs are all busy reads."""
+    log = tmp_path / "events.log"
+    busy = {"cpu_high": "off", "cpu_extreme": 0, "memory_high": "off", "memory_extreme": "off"}
+    d = daemon(
+        {
+            "daemon": {"log_file": str(log), "stats_interval": "200ms", "log_level": "info"},
+            "budget": {"pressure": busy},
+        }
+    )
+    with d.client() as c:
+        grant = c.request("acquire", want=2, job="notebook")
+        assert grant["ok"] and grant["kind"] == "sequential", grant
+        wait_until(
+            lambda: any(s["denied_by"] == {"cpu_pressure": 1} for s in lines_of(log, "stats")),
+            what="a stats line counting the refusal",
+        )
+    out = cli("report", "--file", str(log), "--json")
+    assert out.returncode == 0, out.stderr
+    fig = json.loads(out.stdout)
+    assert fig["denied_by"] == {"cpu_pressure": 1}
+    (tip,) = fig["advice"]
+    assert tip["key"] == "programs.<name>.numprocs / the host's CPUs"
+    assert "sequential is right" in tip["why"] and "add CPUs or run fewer jobs" in tip["why"]
+
+
 def test_issue25_the_stats_line_keeps_its_log_level(incident: Any) -> None:
     """The stats line named its pressure level `level`, over the log level: `top` showed
     `extr stats` and `logs --level warning` kept it."""
