@@ -473,7 +473,7 @@ class Daemon:
         `reexec`); raises ReexecRefused, and the daemon runs on, when it cannot."""
         if self._reexec is not None:
             raise reexec.ReexecRefused("a re-execution is already under way")
-        problem = await reexec.preflight(self.config.source)
+        problem = await reexec.preflight(self.config.source, self.supervisor.helpers)
         if problem is None:
             async with self.supervisor.control:
                 problem = await self._settled(deadline=time.monotonic() + 30.0)
