@@ -38,6 +38,7 @@ the prefix is unchanged (journald strips the prefix).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -200,6 +201,27 @@ def reopen() -> None:
     old = _state.stream
     _state.stream = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     old.close()
+
+
+def fatal_to_stderr(event: str, reason: str) -> None:
+    """Say on stderr too why the process ends (after logging it), unless the log goes
+    there already: a daemon whose log is a file must not exit with nothing on the
+    terminal that started it. Under systemd stderr is the log's own stream: said once."""
+    flush()
+    if _same_file(_state.stream, sys.stderr):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"supervisord-batt: {event}: {reason}\n")
+        sys.stderr.flush()
+
+
+def _same_file(a: TextIO, b: TextIO) -> bool:
+    """Whether two streams write to one file (a terminal, a pipe, the journal's socket)."""
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO), or closed
+        return a is b
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def write_per_iteration(loop: asyncio.AbstractEventLoop | None) -> None:

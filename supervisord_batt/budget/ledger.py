@@ -159,6 +159,10 @@ class BudgetLedger:
         # users, and the level every other user's leases are planned and granted at.
         self._over: frozenset[int] = frozenset()
         self._calm: Level = "normal"
+        # the signal that set each level (`level_signal`): a refusal at a level is
+        # tuned by its cause (busy CPUs, memory pressure, a limit's headroom)
+        self._why = ""
+        self._calm_why = ""
         self._leases: dict[str, _Held] = {}  # in the order acquired: only ever appended
         # uid -> its sums, for each uid holding a seat (a lease that asked for a worker):
         # with more than one, the budget is split per user first (`allocate_users`)
@@ -183,6 +187,11 @@ class BudgetLedger:
     @property
     def level(self) -> Level:
         return self._level
+
+    def level_signal(self, uid: int) -> str:
+        """The signal that set the level `uid`'s leases are granted at ("psi cpu some
+        avg10 97", "pid_max free 3.0%"): what a refusal at that level is put down to."""
+        return self._calm_why if self._over and uid not in self._over else self._why
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -486,11 +495,12 @@ class BudgetLedger:
         """The level of the sample (and, per user, `_level_of`); the signal that set it."""
         assert self._sample is not None
         self._level, reason = pressure_level(self._sample, self._config, self._charged)
-        self._over = frozenset()
+        self._why, self._over = reason, frozenset()
         if self._level != "normal" and len(self._users) > 1:
-            calm, _ = pressure_level(self._sample, self._config, self._charged, cpu=False)
+            calm, why = pressure_level(self._sample, self._config, self._charged, cpu=False)
             if calm != self._level:
-                self._calm, self._over = calm, over_parts(self._users, self._charged.cpus)
+                self._calm, self._calm_why = calm, why
+                self._over = over_parts(self._users, self._charged.cpus)
         return reason
 
     def _level_of(self, uid: int) -> Level:

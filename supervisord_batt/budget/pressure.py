@@ -41,38 +41,32 @@ def _headroom_grades(sample: HostSample, config: BudgetConfig, book: Book) -> li
 
 
 def _psi_grades(sample: HostSample, config: BudgetConfig, cpu: bool) -> list[tuple[int, str]]:
-    """A grade for CPU (if `cpu`) and for memory pressure, where the sample has them."""
-    found: list[tuple[int, str]] = []
-    th = config.pressure
-    psi = sample.psi
-    if cpu and psi is not None and psi.cpu_some_avg10 is not None:
-        found.append(
-            _grade(
-                psi.cpu_some_avg10,
-                th.cpu_high,
-                th.cpu_extreme,
-                f"psi cpu some avg10 {psi.cpu_some_avg10:g}",
-            )
-        )
-    if psi is not None and psi.memory_some_avg10 is not None:
-        found.append(
-            _grade(
-                psi.memory_some_avg10,
-                th.memory_high,
-                th.memory_extreme,
-                f"psi memory some avg10 {psi.memory_some_avg10:g}",
-            )
-        )
-    return found
+    """A grade for CPU (if `cpu`) and for memory pressure, where the sample has them and
+    the config has not set both their thresholds off."""
+    th, psi = config.pressure, sample.psi
+    if psi is None:
+        return []
+    signals = (
+        ("cpu", psi.cpu_some_avg10 if cpu else None, th.cpu_high, th.cpu_extreme),
+        ("memory", psi.memory_some_avg10, th.memory_high, th.memory_extreme),
+    )
+    return [
+        _grade(value, high, extreme, f"psi {name} some avg10 {value:g}")
+        for name, value, high, extreme in signals
+        if value is not None and (high is not None or extreme is not None)
+    ]
 
 
 def _grade(
-    value: float, high: float, extreme: float, what: str, *, below: bool = False
+    value: float, high: float | None, extreme: float | None, what: str, *, below: bool = False
 ) -> tuple[int, str]:
-    """0, 1 or 2 (normal, high, extreme) for one signal, with its description."""
-    if below:
-        value, high, extreme = -value, -high, -extreme
-        hit = 2 if value > extreme else 1 if value > high else 0
-    else:
-        hit = 2 if value >= extreme else 1 if value >= high else 0
+    """0, 1 or 2 (normal, high, extreme) for one signal, with its description; a
+    threshold that is None (off) is never reached."""
+    hit = 2 if _reached(value, extreme, below) else 1 if _reached(value, high, below) else 0
     return hit, what
+
+
+def _reached(value: float, threshold: float | None, below: bool) -> bool:
+    if threshold is None:
+        return False
+    return value < threshold if below else value >= threshold

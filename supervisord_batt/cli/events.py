@@ -6,8 +6,10 @@ MESSAGE field is the daemon's JSON line). The command says on stderr which it re
 line that is not JSON is shown as it is: a traceback or a worker's output line in the
 same stream is never a crash of the viewer.
 
-`-f` follows like `tail -F`: when the file is rotated (a new inode at the path) or
-truncated, it reads the new file from its start.
+`-f` follows like `tail -F`: it shows the last `-n` events (10 by default, or every one
+since `--since`), then each new one; when the file is rotated (a new inode at the path)
+or truncated, it reads the new file from its start. Without `-f`, every event is shown
+(the last `-n`, if given).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +32,8 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
 
+FOLLOW_LINES = 10  # events shown before following, as `tail -f` and `journalctl -f` show
+NOW = None  # what `read_lines` yields between the history and what follows it
 LEVEL_RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
 # fields shown first (after time, level, event and who) when present
 _KEY_FIELDS = ("reason", "returncode", "outcome", "lease", "kind", "workers", "want", "job")
@@ -83,42 +88,68 @@ def _unit_known(unit: str) -> bool:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_lines(source: Source, since: float | None, follow: bool) -> Iterator[str]:
-    """The raw event lines (JSON text, or anything else the stream holds)."""
+def read_lines(source: Source, since: float | None, follow: bool) -> Iterator[str | None]:
+    """The raw event lines (JSON text, or anything else the stream holds): those written
+    so far, then `NOW`, then (`follow`) each new one as it comes."""
     if source.kind == "journal":
         yield from _journal(source.unit, since, follow)
-    elif source.kind == "stdin":
+    elif source.kind == "stdin":  # read as it comes, to its end: all of it is history
         for line in sys.stdin:
             yield line.rstrip("\n")
+        yield NOW
     else:
         assert source.path is not None
         yield from _file(source.path, follow)
 
 
-def _journal(unit: str, since: float | None, follow: bool) -> Iterator[str]:
+def _journal(unit: str, since: float | None, follow: bool) -> Iterator[str | None]:
+    """The history, then (`follow`) the entries after its last one (`--after-cursor`:
+    none lost or shown twice between the two reads)."""
     cmd = ["journalctl", "-u", unit, "-o", "json", "--no-pager", "-q"]
-    if since is not None:
-        cmd.append(f"--since=@{int(since)}")
-    if follow:
-        cmd.append("-f")
+    started = time.time()
+    history = [f"--since=@{int(since)}"] if since is not None else []
+    cursor = yield from _journal_entries([*cmd, *history])
+    yield NOW
+    if follow:  # no history: from when it was read (anything since would be in it)
+        after = f"--after-cursor={cursor}" if cursor else f"--since=@{int(started)}"
+        yield from _journal_entries([*cmd, after, "-f"])
+
+
+def _journal_entries(cmd: list[str]) -> Generator[str, None, str | None]:
+    """The MESSAGE of each entry `cmd` prints; returns the last entry's cursor."""
+    cursor: str | None = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, errors="replace") as proc:
         assert proc.stdout is not None
         try:
             for entry in proc.stdout:
-                message = journal_message(entry)
+                message, at = _journal_entry(entry)
+                cursor = at or cursor
                 if message is not None:
                     yield message
         finally:
             proc.terminate()
+    return cursor
 
 
 def journal_message(entry: str) -> str | None:
     """The MESSAGE of one `journalctl -o json` entry (a list of bytes when not UTF-8)."""
+    return _journal_entry(entry)[0]
+
+
+def _journal_entry(entry: str) -> tuple[str | None, str | None]:
+    """The MESSAGE and the cursor of one `journalctl -o json` entry."""
     try:
         record = json.loads(entry)
     except ValueError:
-        return None
-    message = record.get("MESSAGE") if isinstance(record, dict) else None
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    cursor = record.get("__CURSOR")
+    return _message(record), cursor if isinstance(cursor, str) else None
+
+
+def _message(record: dict[str, Any]) -> str | None:
+    message = record.get("MESSAGE")
     if isinstance(message, list):
         return bytes(b for b in message if isinstance(b, int) and 0 <= b < 256).decode(
             errors="replace"
@@ -126,10 +157,11 @@ def journal_message(entry: str) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def _file(path: Path, follow: bool) -> Iterator[str]:
+def _file(path: Path, follow: bool) -> Iterator[str | None]:
     f: IO[str] | None = None
     ident: tuple[int, int] | None = None
     pending = ""
+    now = False  # whether NOW was said (at the first end of the file)
     try:
         while True:
             if f is None:
@@ -151,7 +183,11 @@ def _file(path: Path, follow: bool) -> Iterator[str]:
             if not follow:
                 if pending:
                     yield pending
+                yield NOW
                 return
+            if not now:
+                now = True
+                yield NOW
             time.sleep(0.5)  # a person is watching: poll twice a second, as tail -F
             if f is not None and _rotated(path, f, ident):
                 if pending:
@@ -243,14 +279,34 @@ def since_epoch(text: str | None, now: float | None = None) -> float | None:
 
 
 def events_in(
-    source: Source, keep: Filter, follow: bool = False
+    source: Source,
+    keep: Filter,
+    follow: bool = False,
+    last: int | None = None,
+    now: Callable[[], None] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The events `keep` keeps: of those written so far the `last` ones (None: all),
+    then (`follow`) each new one; `now()` is called in between."""
+    held: deque[tuple[str, dict[str, Any] | None]] | None = (
+        None if last is None else deque(maxlen=last)
+    )
     for line in read_lines(source, keep.since, follow):
+        if line is NOW:
+            if held is not None:
+                yield from held
+                held = None
+            if now is not None:
+                now()
+            continue
         if not line.strip():
             continue
         event = parse(line)
-        if keep.keeps(event):
+        if not keep.keeps(event):
+            continue
+        if held is None:
             yield line, event
+        elif held.maxlen:
+            held.append((line, event))
 
 
 # -------------------------------------------------------------------------- rendering
@@ -297,9 +353,17 @@ def run_logs(args: argparse.Namespace, config: Config | None) -> int:
     except (NoEvents, ValueError) as exc:
         print(f"supervisord-batt logs: {exc}", file=sys.stderr)
         return 2
+    last = args.lines
+    if last is None and args.follow and args.since is None:
+        last = FOLLOW_LINES
     print(f"supervisord-batt logs: reading {source.describe()}", file=sys.stderr)
+
+    def now() -> None:  # where the history ends and the new events begin
+        if args.follow:
+            print("supervisord-batt logs: following new events", file=sys.stderr, flush=True)
+
     try:
-        _print(events_in(source, keep, args.follow), args.json)
+        _print(events_in(source, keep, args.follow, last, now), args.json)
     except FileNotFoundError as exc:
         print(f"supervisord-batt logs: {exc.filename}: no such file", file=sys.stderr)
         return 2

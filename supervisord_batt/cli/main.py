@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -153,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arg(p)
     _add_events_args(p)
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new events, after the last -n (as tail -f)",
+    )
+    p.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="only the last N events so far (0: none); default: all, or with -f the last "
+        "10 (every one since --since, if given)",
+    )
     p.add_argument("--program", default=None, help="only events about this program")
     p.add_argument("--instance", default=None, help="only events about this instance (batt:0)")
     p.add_argument(
@@ -183,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
-        "exec", help="run an unmodified program under a lease (env exports the grant)"
+        "exec",
+        help="run an unmodified program under a lease (env exports the grant); without a "
+        "daemon it runs sequential, saying so on stderr",
     )
+    _add_config_arg(p)
     _add_socket_arg(p)
     p.add_argument("--want", type=int, default=2, help="workers wanted (default 2)")
     p.add_argument("--job", default=None, help="job name shown in status and logs")
@@ -204,8 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_unit)
 
-    p = sub.add_parser("check-config", help="validate a config file; exit 1 listing every error")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file (FILE or -c FILE); exit 1 listing every error",
+    )
     p.add_argument("file", type=Path, nargs="?", default=None)
+    # `-c FILE` as every other command takes the config (and the shipped config says)
+    _add_config_arg(p)
     p.set_defaults(func=cmd_check_config)
     return parser
 
@@ -214,7 +237,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from supervisord_batt.config.loader import ConfigError, load_config
     from supervisord_batt.paths import default_config_path
 
-    path = args.file or default_config_path()
+    if args.file is not None and args.config is not None and args.file != args.config:
+        print(
+            f"supervisord-batt check-config: two files given ({args.file} and -c "
+            f"{args.config}): give one",
+            file=sys.stderr,
+        )
+        return 2
+    path = args.file or args.config or default_config_path()
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -274,21 +304,44 @@ def _load(path: Path | None) -> Config:
     return load_config(path or default_config_path())
 
 
-def _socket_for(args: argparse.Namespace) -> Path:
-    """--socket, then $SUPERVISORD_BATT_SOCKET, then the config's (falling back when unreadable)."""
+@dataclass(frozen=True)
+class _Target:
+    """The daemon's socket as the command line, the environment or the config name it;
+    `broken`: the errors of a config that does not load (its socket read as far as it
+    could be: the daemon runs the config it loaded before, not this one)."""
+
+    socket: Path
+    config: Path | None = None
+    broken: str | None = None
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    """--socket, then $SUPERVISORD_BATT_SOCKET, then the config's daemon.socket."""
     if args.socket is not None:
-        return Path(args.socket)
+        return _Target(Path(args.socket))
     env = os.environ.get(paths.SOCKET_ENV)
     if env:
-        return Path(env)
-    from supervisord_batt.config.loader import ConfigError
+        return _Target(Path(env))
+    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.config.socketkey import socket_named
+    from supervisord_batt.paths import client_socket_path, default_config_path
 
+    given = getattr(args, "config", None)
+    path = given or default_config_path()
     try:
-        return _load(getattr(args, "config", None)).daemon.socket
-    except (ConfigError, OSError):
-        from supervisord_batt.paths import client_socket_path
+        return _Target(load_config(path).daemon.socket, path)
+    except ConfigError as exc:
+        try:
+            named = socket_named(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            if given is None:  # no config file at all: the default, nothing to say
+                return _Target(client_socket_path())
+            named = None
+        return _Target(named or client_socket_path(), path, str(exc))
 
-        return client_socket_path()
+
+def _socket_for(args: argparse.Namespace) -> Path:
+    return _target(args).socket
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -306,6 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except (ConfigError, OSError) as exc:
         logs.get_logger().error("config_invalid", reason=str(exc))
+        logs.fatal_to_stderr("config_invalid", str(exc))
         return 1
     d = config.daemon
     try:  # checked by the loader; this is the file changing since (a link planted)
@@ -314,6 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         logs.get_logger().error("config_invalid", reason=f"daemon.log_file: {exc}")
+        logs.fatal_to_stderr("config_invalid", f"daemon.log_file: {exc}")
         return 1
     socket_path = args.socket or (
         Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None
@@ -323,25 +378,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T | int:
     """`ask(conn)` on a connection to the daemon; when it fails, the exit code after saying
-    why on stderr: 2 when the daemon cannot be reached, 1 for an error reply."""
+    why on stderr: 2 when the daemon cannot be reached, 1 for an error reply. A config
+    that does not load is said too (a reload's rejection lists its errors itself)."""
     from supervisord_batt.client.connect import CLI_RETRY_S
     from supervisord_batt.client.leases import Connection, DaemonError
 
-    path = _socket_for(args)
+    target = _target(args)
+    if target.broken is not None and op != "reload":
+        print(
+            f"supervisord-batt: warning: {target.config} does not load; the daemon runs "
+            f"the config it loaded before, and a reload would be rejected:\n{target.broken}",
+            file=sys.stderr,
+        )
     # a control op waits for trees to stop (stop_grace is at most 60s) and start again
     timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
     try:
-        with Connection(path, timeout=timeout, retry=CLI_RETRY_S) as conn:
+        with Connection(target.socket, timeout=timeout, retry=CLI_RETRY_S) as conn:
             return ask(conn)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(
-            f"supervisord-batt: daemon not reachable at {path}: {exc.strerror or exc}",
+            f"supervisord-batt: daemon not reachable at {target.socket}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        if target.broken is not None:
+            print(
+                f"supervisord-batt: {target.config} does not load, so the daemon may serve "
+                f"another socket: pass --socket",
+                file=sys.stderr,
+            )
+            if op == "reload":
+                print(target.broken, file=sys.stderr)
         return 2
+
+
+def _count(text: str) -> int:
+    """A count of 0 or more, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _add_events_args(p: argparse.ArgumentParser) -> None:
@@ -516,9 +597,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.socket is not None:
-        os.environ[paths.SOCKET_ENV] = str(args.socket)
-    return exec_main(argv, want=args.want, job=args.job)
+    socket = _socket_for(args)
+    # the program's own leases (a joblib backend inside it) go to the same daemon
+    os.environ[paths.SOCKET_ENV] = str(socket)
+    return exec_main(argv, want=args.want, job=args.job, socket_path=socket)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -197,63 +197,92 @@ def targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _advice_by_cause(seq: float, by: dict[str, int]) -> dict[str, str] | None:
+    """The advice for the cause of most refusals (CPUs, then memory), if one has most."""
+    known = sum(by.values())
+    leased = by.get("cpu", 0) + by.get("fair_share", 0)
+    busy = by.get("cpu_pressure", 0)
+    memory, memory_psi = by.get("memory", 0), by.get("memory_pressure", 0)
+    if (leased + busy) * 2 >= known and busy > leased:
+        return {
+            "key": "programs.<name>.numprocs / the host's CPUs",
+            "why": f"{seq:.0%} of pool requests got sequential, {busy / known:.0%} of them "
+            "because the CPUs were busy (PSI cpu pressure at budget.pressure.cpu_high or "
+            "above): sequential is right then, the CPUs are busy and a pool would only "
+            "queue for them; add CPUs or run fewer jobs at once. Lowering the reserve or "
+            "the headroom thresholds changes nothing",
+        }
+    if (leased + busy) * 2 >= known:
+        return {
+            "key": "programs.<name>.numprocs / budget.cpu_cap",
+            "why": f"{seq:.0%} of pool requests got sequential, {(leased + busy) / known:.0%} "
+            "of them because no two CPUs were free for a pool (leased to other jobs, as "
+            "when jobs are as many as CPUs or more, or budget.cpu_cap below 2): then "
+            "sequential is the fastest way to run them, not a fault, and lowering the "
+            "reserve or the thresholds changes nothing; run fewer jobs at once only if "
+            "each job must finish sooner",
+        }
+    if (memory + memory_psi) * 2 >= known and memory_psi > memory:
+        return {
+            "key": "programs.<name>.numprocs / the host's memory",
+            "why": f"{seq:.0%} of pool requests got sequential, {memory_psi / known:.0%} of "
+            "them because the host was short of memory (PSI memory pressure at "
+            "budget.pressure.memory_high or above): run fewer jobs at once or add memory; "
+            "lowering budget.memory_per_slot or the reserve would not help",
+        }
+    if (memory + memory_psi) * 2 >= known:
+        return {
+            "key": "budget.memory_per_slot",
+            "why": f"{seq:.0%} of pool requests got sequential, mostly for want of memory "
+            "(no memory_per_slot free for another process worker): lower it if workers "
+            "use less (their RSS is in `status`), else the host's memory is the limit",
+        }
+    return None
+
+
+def _advice_by_limit(fig: dict[str, Any], seq: float) -> dict[str, str] | None:
+    """The advice when a task limit refused (or the lines do not say why): its reserve
+    and thresholds if it stayed far from full, else the host is full."""
+    peak_p95 = fig["tightest_percent"]["p95"]
+    high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
+    if peak_p95 is not None and peak_p95 < 60:
+        return {
+            "key": "budget.reserve_percent / budget.reserve_tasks / "
+            "budget.pressure.headroom_high_percent",
+            "why": f"{seq:.0%} of pool requests got sequential while the tightest limit's "
+            f"use stayed under {peak_p95:.0f}% (p95): the reserve or the pressure "
+            "thresholds hold back more than the host needs; lower them a step",
+        }
+    if high > 0.2:
+        return {
+            "key": "programs.<name>.numprocs / the unit's TasksMax",
+            "why": f"{seq:.0%} of pool requests got sequential and the host was at high "
+            f"or extreme pressure {high:.0%} of the time: the host is really full; run "
+            "fewer jobs at once or raise the limit",
+        }
+    return None
+
+
 def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
     """Tuning advice the figures support: a key to change and why (none when all is well).
 
     Which key depends on why pool requests got sequential (`denied_by`, counted by the
-    daemon from each grant's reason): CPUs all leased is not a key to turn down, a reserve
-    or a pressure threshold is. The simulation of 8-64 core hosts (docs/SIMULATION.md) is
-    the basis: with jobs at least as many as CPUs, sequential is the fastest policy; the
-    reserve and the thresholds change throughput by a few percent and never caused a
-    failure, so they are worth lowering only when the limit is what refused."""
+    daemon from each grant's reason and the signal that set the pressure level): CPUs
+    all leased or busy is not a key to turn down, memory is memory, a reserve or a
+    pressure threshold on a task limit is. The simulation of 8-64 core hosts
+    (docs/SIMULATION.md) is the basis: with jobs at least as many as CPUs, sequential is
+    the fastest policy; the reserve and the thresholds change throughput by a few percent
+    and never caused a failure, so they are worth lowering only when a limit is what
+    refused."""
     out: list[dict[str, str]] = []
     seq = fig["sequential_share"]
-    peak_p95 = fig["tightest_percent"]["p95"]
-    high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
     mostly_sequential = seq is not None and seq > 0.30
     by: dict[str, int] = fig.get("denied_by") or {}
-    known = sum(by.values())
-    cpu = by.get("cpu", 0) + by.get("fair_share", 0)
-    if mostly_sequential and known and cpu * 2 >= known:
-        out.append(
-            {
-                "key": "programs.<name>.numprocs / budget.cpu_cap",
-                "why": f"{seq:.0%} of pool requests got sequential, {cpu / known:.0%} of them "
-                "because no two CPUs were free for a pool (leased to other jobs, as when "
-                "jobs are as many as CPUs or more, or budget.cpu_cap below 2): then "
-                "sequential is the fastest way to run them, not a fault, and lowering the "
-                "reserve or the thresholds changes nothing; run fewer jobs at once only if "
-                "each job must finish sooner",
-            }
-        )
-    elif mostly_sequential and known and by.get("memory", 0) * 2 >= known:
-        out.append(
-            {
-                "key": "budget.memory_per_slot",
-                "why": f"{seq:.0%} of pool requests got sequential, mostly for want of memory "
-                "(no memory_per_slot free for another process worker): lower it if workers "
-                "use less (their RSS is in `status`), else the host's memory is the limit",
-            }
-        )
-    elif mostly_sequential and peak_p95 is not None and peak_p95 < 60:
-        out.append(
-            {
-                "key": "budget.reserve_percent / budget.reserve_tasks / "
-                "budget.pressure.headroom_high_percent",
-                "why": f"{seq:.0%} of pool requests got sequential while the tightest limit's "
-                f"use stayed under {peak_p95:.0f}% (p95): the reserve or the pressure "
-                "thresholds hold back more than the host needs; lower them a step",
-            }
-        )
-    elif mostly_sequential and high > 0.2:
-        out.append(
-            {
-                "key": "programs.<name>.numprocs / the unit's TasksMax",
-                "why": f"{seq:.0%} of pool requests got sequential and the host was at high "
-                f"or extreme pressure {high:.0%} of the time: the host is really full; run "
-                "fewer jobs at once or raise the limit",
-            }
-        )
+    tip = _advice_by_cause(seq, by) if mostly_sequential and sum(by.values()) else None
+    if tip is None and mostly_sequential:
+        tip = _advice_by_limit(fig, seq)
+    if tip is not None:
+        out.append(tip)
     if fig["refused_spawns"] or fig["executor_fallbacks"]:
         out.append(
             {

@@ -58,6 +58,7 @@ from supervisord_batt.config.values import (
     one_of,
     optional,
     parse_signal,
+    psi_threshold,
     size,
     socket_mode,
     stop_signal,
@@ -164,21 +165,31 @@ def _metrics(s: Section) -> MetricsConfig:
 
 
 def _pressure(s: Section) -> PressureThresholds:
-    """Pressure levels; each "extreme" must lie beyond its "high"."""
-    d = DEFAULT_PRESSURE
-    values = {key: s.get(key, number(0, 100), getattr(d, key)) for key in _keys(type(d))}
+    """Pressure levels; each "extreme" must lie beyond its "high" (PSI ones may be off)."""
+    d, percent = DEFAULT_PRESSURE, number(0, 100)
+    th = PressureThresholds(
+        headroom_high_percent=s.get("headroom_high_percent", percent, d.headroom_high_percent),
+        headroom_extreme_percent=s.get(
+            "headroom_extreme_percent", percent, d.headroom_extreme_percent
+        ),
+        cpu_high=s.get("cpu_high", psi_threshold, d.cpu_high),
+        cpu_extreme=s.get("cpu_extreme", psi_threshold, d.cpu_extreme),
+        memory_high=s.get("memory_high", psi_threshold, d.memory_high),
+        memory_extreme=s.get("memory_extreme", psi_threshold, d.memory_extreme),
+    )
     # Headroom shrinks as pressure grows, so its extreme is the smaller percent; PSI grows.
     for high, extreme, extreme_smaller in (
         ("headroom_high_percent", "headroom_extreme_percent", True),
         ("cpu_high", "cpu_extreme", False),
         ("memory_high", "memory_extreme", False),
     ):
-        h, e = values[high], values[extreme]
-        wrong = e >= h if extreme_smaller else e <= h
-        if s.ok(high, extreme) and wrong:
+        h, e = getattr(th, high), getattr(th, extreme)
+        if h is None or e is None or not s.ok(high, extreme):
+            continue  # off: no order to keep
+        if e >= h if extreme_smaller else e <= h:
             side = "below" if extreme_smaller else "above"
             s.fail(extreme, f"must be {side} {high} ({h:g}), got {e:g}")
-    return PressureThresholds(**values)
+    return th
 
 
 def _budget(s: Section) -> BudgetConfig:
@@ -477,6 +488,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         host, port = config.metrics.listen
         metrics["listen"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     budget = _plain(asdict(config.budget))
+    pressure = budget["pressure"]
+    for key, value in pressure.items():
+        pressure[key] = "off" if value is None else value
     budget["user_weights"] = dict(config.budget.user_weights)
     budget["group_weights"] = dict(config.budget.group_weights)
     return {

@@ -52,11 +52,11 @@ class PressureThresholds:
     # a limit's headroom below this percent of the limit: level "high" / "extreme"
     headroom_high_percent: float
     headroom_extreme_percent: float
-    # PSI "some avg10" percentages
-    cpu_high: float
-    cpu_extreme: float
-    memory_high: float
-    memory_extreme: float
+    # PSI "some avg10" percentages; None ("off" in YAML): this signal sets no level
+    cpu_high: float | None
+    cpu_extreme: float | None
+    memory_high: float | None
+    memory_extreme: float | None
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,20 @@ def number(
     return parse
 
 
+def psi_threshold(node: Node) -> float | None:
+    """A PSI percent in [0, 100], or `off` (None): the signal left out of the level.
+
+    PSI reaches 100 on a saturated host, so no number keeps a busy CPU from deciding;
+    `off` does (a host whose PSI is not this budget's business, a test on a shared
+    machine). YAML reads a bare off as false: the word written is what counts."""
+    if isinstance(node, ScalarNode) and str(node.value).lower() == "off":
+        return None
+    value = scalar(node, "a percent in [0, 100] or off")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise Invalid(f"expected a percent in [0, 100] or off, got {describe(value)}")
+    return float(value)
+
+
 def duration(
     *, positive: bool = True, at_most: float | None = None, why: str = ""
 ) -> Parser[float]:

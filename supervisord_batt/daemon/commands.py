@@ -178,7 +178,8 @@ class Commands:
             grant = self.ledger.acquire(request)
         held.add(grant.lease_id)
         data["job"] = request.job
-        self.tallies.granted(grant.kind, request.want, grant.reason)
+        signal = self.ledger.level_signal(request.uid)
+        self.tallies.granted(grant.kind, request.want, grant.reason, signal)
         self.lease_log.granted(request, grant)
         return _grant_reply(grant)
 

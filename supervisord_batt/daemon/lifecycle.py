@@ -126,6 +126,7 @@ class Daemon:
             await self.startup()
         except OSError as exc:
             log.error("startup_failed", reason=str(exc))
+            logs.fatal_to_stderr("startup_failed", str(exc))
             await self.abort_startup()
             return 1
         _quiet_gc()
@@ -476,7 +477,7 @@ class Daemon:
         `reexec`); raises ReexecRefused, and the daemon runs on, when it cannot."""
         if self._reexec is not None:
             raise reexec.ReexecRefused("a re-execution is already under way")
-        problem = await reexec.preflight(self.config.source)
+        problem = await reexec.preflight(self.config.source, self.supervisor.helpers)
         if problem is None:
             async with self.supervisor.control:
                 problem = await self._settled(deadline=time.monotonic() + 30.0)

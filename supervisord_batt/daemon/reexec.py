@@ -92,10 +92,15 @@ def exec_self(fds: dict[str, int], environment: dict[str, str]) -> OSError:
     raise AssertionError("execve returned")  # pragma: no cover
 
 
-async def preflight(config: Path | None) -> str | None:
+async def preflight(config: Path | None, helpers: set[int]) -> str | None:
     """Run the installed code's `check-config` (or its import, with no config file) in a
     child; None when it passed, else what it said. Waited for without a thread: the
-    child's exit is polled, and nothing else of the daemon stops meanwhile."""
+    child's exit is polled, and nothing else of the daemon stops meanwhile.
+
+    The child's pid is in `helpers` while it runs: the set of the daemon's children its
+    reaper of adopted orphans leaves alone. Reaped by it, the child's status was lost,
+    and Popen takes a lost status (ECHILD) for success: the daemon exec'd into a config
+    its new code refused, and exited."""
     if config is None:
         argv = [sys.executable, "-c", "import supervisord_batt.cli.main"]
     else:
@@ -110,15 +115,19 @@ async def preflight(config: Path | None) -> str | None:
         )
     except OSError as exc:
         return f"cannot run {argv[0]}: {exc.strerror or exc}"
-    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
-    delay = 0.01
-    while child.poll() is None:
-        if time.monotonic() > deadline:
-            child.kill()
-            child.wait()
-            return f"the new code's check did not finish in {PREFLIGHT_TIMEOUT:.0f} s"
-        await asyncio.sleep(delay)
-        delay = min(0.1, delay * 2)
+    helpers.add(child.pid)
+    try:
+        deadline = time.monotonic() + PREFLIGHT_TIMEOUT
+        delay = 0.01
+        while child.poll() is None:
+            if time.monotonic() > deadline:
+                child.kill()
+                child.wait()
+                return f"the new code's check did not finish in {PREFLIGHT_TIMEOUT:.0f} s"
+            await asyncio.sleep(delay)
+            delay = min(0.1, delay * 2)
+    finally:
+        helpers.discard(child.pid)
     assert child.stdout is not None
     said = child.stdout.read(64 * 1024).decode(errors="replace").strip()
     child.stdout.close()

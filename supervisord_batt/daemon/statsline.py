@@ -53,8 +53,11 @@ class StatsLine:
             "tightest_limit": tightest.limit,
             "tightest_percent": round(_percent(sample), 2),
             "tightest_peak_percent": round(max(self.peak_percent, _percent(sample)), 2),
-            "level": stats.level,
-            "level_reason": reason,
+            # not "level": that key is the line's log level (info), which `top`, `logs
+            # --level` and the journal's priority read; the started and pressure_change
+            # lines name the pressure level this way too
+            "pressure": stats.level,
+            "pressure_reason": reason,
             "level_seconds": {lv: round(self.level_seconds.get(lv, 0.0), 1) for lv in LEVELS},
             "capacity": stats.capacity,
             "leased": stats.leased,

@@ -15,20 +15,35 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0
 
 
 # Why a pool request got sequential, from the ledger's reason: the tuning that would
-# change it differs (CPUs are not a key to turn down; a reserve or a threshold is).
-DENIAL_CAUSES = ("cpu", "fair_share", "limit", "memory", "pressure", "other")
+# change it differs (CPUs are not a key to turn down; a reserve or a threshold is). A
+# pressure level that allows no pool is put down to the signal that set it: busy CPUs
+# (sequential is then right), memory pressure, or a limit's headroom (`pressure`).
+DENIAL_CAUSES = (
+    "cpu",
+    "fair_share",
+    "limit",
+    "memory",
+    "pressure",
+    "cpu_pressure",
+    "memory_pressure",
+    "other",
+)
 _CAUSE_PREFIXES = (
     ("cpu cap", "cpu"),  # the host's CPUs (or budget.cpu_cap) all charged to other leases
     ("fair share", "fair_share"),  # more holders than the CPUs and headroom give a pool each
     ("memory", "memory"),  # no memory_per_slot slot free for another process worker
     ("level", "pressure"),  # a pressure level that allows no pool kind
 )
+_SIGNALS = (("psi cpu", "cpu_pressure"), ("psi memory", "memory_pressure"))
 
 
-def denial_cause(reason: str) -> str:
-    """The cause of a sequential grant, one of DENIAL_CAUSES, from `Grant.reason`."""
+def denial_cause(reason: str, signal: str = "") -> str:
+    """The cause of a sequential grant, one of DENIAL_CAUSES, from `Grant.reason` and
+    the signal that set its pressure level (`BudgetLedger.level_signal`)."""
     for prefix, cause in _CAUSE_PREFIXES:
         if reason.startswith(prefix):
+            if cause == "pressure":
+                return next((c for s, c in _SIGNALS if signal.startswith(s)), cause)
             return cause
     return "limit" if " headroom " in reason else "other"  # "<limit> headroom N tasks < ..."
 
@@ -49,10 +64,10 @@ class Tallies:
         self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def granted(self, kind: str, want: int, reason: str) -> None:
+    def granted(self, kind: str, want: int, reason: str, signal: str = "") -> None:
         self.grants[kind] += 1
         if kind == "sequential" and want >= 2:
-            self.denied_by[denial_cause(reason)] += 1
+            self.denied_by[denial_cause(reason, signal)] += 1
 
     @property
     def denied(self) -> int:

@@ -239,6 +239,9 @@ class Supervisor:
         self.on_pipes: Callable[[str, dict[str, int] | None], None] = lambda name, fds: None
         # what the last start found and stopped of an earlier daemon's workers (status)
         self.leftovers: list[dict[str, Any]] = []
+        # the daemon's children that are no workers (the reexec's check of the new code):
+        # their own Popen reads their exit status, so `reap` must leave them alone
+        self.helpers: set[int] = set()
         self.tally = Tally()
         self._traced: set[tuple[str, str]] = set()  # spawn failures logged with a traceback
         # the soft RLIMIT_NOFILE workers start with: the daemon's before it raised its own
@@ -771,7 +774,7 @@ class Supervisor:
     def reap(self) -> None:
         """Reap adopted orphans (zombies re-parented to us when their parent was killed)."""
         known = {run.proc.pid for run in self.runs.values() if run.proc is not None}
-        for pid, rc in reap_adopted(known):
+        for pid, rc in reap_adopted(known | self.helpers):
             log.debug("orphan_reaped", pid=pid, returncode=rc)
 
     def progress(self, pid: int, cgroup_dirs: Sequence[str] | None = None) -> str | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+from supervisord_batt.paths import CONFIG_ENV, KIND_ENV, LEASE_ENV, SOCKET_ENV
 from tests.helpers import REPO, killing, wait_until
 
 
@@ -64,6 +65,56 @@ def test_check_config_lists_every_error_with_key_and_line(tmp_path):
 def test_check_config_on_a_missing_file_fails_cleanly(tmp_path):
     out = cli("check-config", str(tmp_path / "nope.yaml"))
     assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+def test_issue25_check_config_takes_the_file_as_c_too(tmp_path):
+    """The shipped config's comment says `check-config -c FILE`: it was rejected."""
+    shipped = REPO / "config" / "supervisord-batt.yaml"
+    assert "check-config -c FILE" in shipped.read_text()
+    for args in (["-c", str(shipped)], ["--config", str(shipped)], [str(shipped)]):
+        out = cli("check-config", *args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert f"{shipped}: ok (1 programs: batt)" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("daemon:\n  sample_interval: soon\n")
+    out = cli("check-config", "-c", str(bad))
+    assert out.returncode == 1
+    assert "daemon.sample_interval (line 2)" in out.stderr
+    both = cli("check-config", str(shipped), "-c", str(bad))
+    assert both.returncode == 2 and "give one" in both.stderr
+
+
+def _no_socket_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in (SOCKET_ENV, CONFIG_ENV)}
+
+
+def test_issue25_exec_leases_from_the_daemon_its_config_names(daemon):
+    """`exec` read no config: pointed at a daemon on another socket than the default, it
+    ran sequential and exited 0."""
+    d = daemon()
+    show = [sys.executable, "-c", f"import os; print(os.environ[{LEASE_ENV!r}])"]
+    config = str(d.config_path)
+    for how, env in (
+        (["-c", config], _no_socket_env()),
+        ([], {**_no_socket_env(), CONFIG_ENV: config}),
+    ):
+        out = cli("exec", *how, "--job", "by-config", "--", *show, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip(), out  # a lease id: the daemon answered
+        assert "not reachable" not in out.stderr
+    jobs = [e["job"] for e in d.events() if e.get("event") in ("grant", "deny")]
+    assert jobs == ["by-config", "by-config"], jobs
+
+
+def test_issue25_exec_without_its_daemon_says_so_and_runs_sequential(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"daemon:\n  socket: {tmp_path / 'nobody.sock'}\nprograms: {{}}\n")
+    show = [sys.executable, "-c", f"import os; print(os.environ[{KIND_ENV!r}])"]
+    out = cli("exec", "-c", str(config), "--", *show, env=_no_socket_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "sequential"
+    assert f"daemon not reachable at {tmp_path / 'nobody.sock'}" in out.stderr
+    assert "running sequential" in out.stderr
 
 
 def test_probe_json_reports_a_live_cgroup_exactly(pids_cgroup):

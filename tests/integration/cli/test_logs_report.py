@@ -3,6 +3,7 @@ past their wall clock, a lease, a reported fallback; then the incident's table."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -104,6 +105,51 @@ def test_report_gives_the_incidents_table(incident: Any) -> None:
     assert "hang wall_clock_limit 1" in text.stdout
 
 
+@pytest.mark.skipif(not Path("/proc/pressure/cpu").exists(), reason="no PSI on this kernel")
+def test_issue25_report_says_sequential_is_right_when_the_cpus_are_busy(
+    daemon: Any, tmp_path: Path
+) -> None:
+    """Pools refused for CPU pressure: the advice was to lower the reserve and the
+    headroom thresholds. cpu_extreme 0 makes any CPU pressure reading extreme, as a host
+    whose CPUs are all busy reads."""
+    log = tmp_path / "events.log"
+    busy = {"cpu_high": "off", "cpu_extreme": 0, "memory_high": "off", "memory_extreme": "off"}
+    d = daemon(
+        {
+            "daemon": {"log_file": str(log), "stats_interval": "200ms", "log_level": "info"},
+            "budget": {"pressure": busy},
+        }
+    )
+    with d.client() as c:
+        grant = c.request("acquire", want=2, job="notebook")
+        assert grant["ok"] and grant["kind"] == "sequential", grant
+        wait_until(
+            lambda: any(s["denied_by"] == {"cpu_pressure": 1} for s in lines_of(log, "stats")),
+            what="a stats line counting the refusal",
+        )
+    out = cli("report", "--file", str(log), "--json")
+    assert out.returncode == 0, out.stderr
+    fig = json.loads(out.stdout)
+    assert fig["denied_by"] == {"cpu_pressure": 1}
+    (tip,) = fig["advice"]
+    assert tip["key"] == "programs.<name>.numprocs / the host's CPUs"
+    assert "sequential is right" in tip["why"] and "add CPUs or run fewer jobs" in tip["why"]
+
+
+def test_issue25_the_stats_line_keeps_its_log_level(incident: Any) -> None:
+    """The stats line named its pressure level `level`, over the log level: `top` showed
+    `extr stats` and `logs --level warning` kept it."""
+    handle, log = incident
+    lines = lines_of(log, "stats")
+    assert lines and all(line["level"] == "info" for line in lines), lines[-1]
+    assert all(line["pressure"] in ("normal", "high", "extreme") for line in lines)
+    assert all(isinstance(line["pressure_reason"], str) for line in lines)
+    shown = [e for e in handle.status()["events"] if e.get("event") == "stats"]
+    assert shown and all(e["level"] == "info" for e in shown)  # what `top` lists
+    out = cli("logs", "--file", str(log), "--level", "warning", "--json")
+    assert '"stats"' not in out.stdout
+
+
 def test_logs_filters_by_program_event_and_level(incident: Any) -> None:
     _, log = incident
     out = cli("logs", "--file", str(log), "--program", "hang", "--json")
@@ -173,6 +219,74 @@ def test_logs_follow_survives_rotation(tmp_path: Path) -> None:
         log.rename(tmp_path / "e.log.1")  # rotation: a new file at the path
         log.write_text('{"event": "after-rotation", "level": "info"}\n')
         wait_until(lambda: saw('"after-rotation"'), what="the rotated file's line")
+
+
+class Follower:
+    """`logs -f ARGS --json` running; `events()`: the events it printed so far."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisord_batt", "logs", "-f", *args, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        self.out = bytearray()
+        self.err = bytearray()
+
+    def events(self) -> list[str]:
+        self.out.extend(self.proc.stdout.read() or b"")  # type: ignore[union-attr]
+        return [json.loads(x)["event"] for x in self.out.decode().splitlines()]
+
+    def following(self) -> bool:
+        """Whether it has read what was there (and says so)."""
+        self.err.extend(self.proc.stderr.read() or b"")  # type: ignore[union-attr]
+        return b"following new events" in self.err
+
+
+def test_issue25_logs_follow_starts_from_the_last_events_as_tail_does(tmp_path: Path) -> None:
+    """`logs -f` printed the whole history before following."""
+    log = tmp_path / "e.log"
+    kinds = ["a", "b"] * 10  # a0 b1 a2 ... b19
+    log.write_text(
+        "".join(f'{{"event": "{k}{i}", "level": "info"}}\n' for i, k in enumerate(kinds))
+    )
+    cases = {
+        (): [f"{k}{i}" for i, k in enumerate(kinds)][-10:],  # tail's 10
+        ("-n", "2"): ["a18", "b19"],
+        ("-n", "0"): [],
+        ("--event", "a0", "--event", "a2", "-n", "1"): ["a2"],  # the last of those kept
+    }
+    followers = {args: Follower("--file", str(log), *args) for args in cases}
+    with contextlib.ExitStack() as stack:
+        for follower in followers.values():
+            stack.enter_context(killing(follower.proc))
+        for args, want in cases.items():
+            follower = followers[args]
+            wait_until(follower.following, what=f"logs -f {args} reading")
+            wait_until(lambda: follower.events() == want, what=f"{want} from logs -f {args}")  # noqa: B023
+        with log.open("a") as f:
+            f.write('{"event": "new", "level": "info"}\n{"event": "a2", "level": "info"}\n')
+        for args, want in cases.items():
+            follower = followers[args]
+            more = ["a2"] if "--event" in args else ["new", "a2"]
+            wait_until(
+                lambda: follower.events() == want + more,  # noqa: B023
+                what=f"the appended lines from logs -f {args}",
+            )
+
+
+def test_logs_n_without_follow_is_the_last_events(tmp_path: Path) -> None:
+    log = tmp_path / "e.log"
+    log.write_text("".join(f'{{"event": "e{i}", "level": "info"}}\n' for i in range(30)))
+    out = cli("logs", "--file", str(log), "-n", "3", "--json")
+    assert [json.loads(x)["event"] for x in out.stdout.splitlines()] == ["e27", "e28", "e29"]
+    everything = cli("logs", "--file", str(log), "--json")
+    assert len(everything.stdout.splitlines()) == 30
+    assert cli("logs", "--file", str(log), "-n", "-1").returncode == 2
 
 
 def test_logs_without_a_source_says_what_to_do(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from supervisord_batt import protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.records import Config
+from supervisord_batt.daemon import reexec
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.server import Connection, Peer
@@ -38,7 +39,7 @@ budget:
   reserve_tasks: 0
   reserve_percent: 0
   max_per_lease: 8
-  pressure: {cpu_high: 99, cpu_extreme: 100, memory_high: 99, memory_extreme: 100}
+  pressure: {cpu_high: off, cpu_extreme: off, memory_high: off, memory_extreme: off}
 """
 
 
@@ -253,3 +254,25 @@ def test_a_peer_without_rights_learns_nothing_from_tail(world: World) -> None:
     stranger = world.connect(uid=54321, admin=False)
     reply = world.call(stranger, op="tail", target="nosuch:0")
     assert reply["error"]["code"] == protocol.FORBIDDEN  # not not_found: no oracle
+
+
+def test_the_reap_of_adopted_orphans_leaves_the_reexec_check_to_its_own_reader(
+    world: World, tmp_path: Path
+) -> None:
+    """The reexec's check of the new code ran while a scan reaped adopted orphans: its
+    child, a zombie then, was reaped by it, Popen took the lost status for success, and
+    the daemon exec'd into a config its new code refused (seen on a busy host). Here the
+    supervisor reaps as often as it can while the check runs."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("budget_typo: 1\n")
+
+    async def check_while_reaping() -> str | None:
+        check = asyncio.ensure_future(reexec.preflight(bad, world.supervisor.helpers))
+        while not check.done():
+            world.supervisor.reap()
+            await asyncio.sleep(0.001)
+        return check.result()
+
+    said = asyncio.run(check_while_reaping())
+    assert said is not None and "budget_typo" in said, said
+    assert world.supervisor.helpers == set()

@@ -147,15 +147,21 @@ def sleepy(x: int) -> int:
 def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
     daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    d = daemon({"budget": {**BUDGET, "lease_ttl": "1s"}})
+    # the first renew after the pool's comes with its first finished batch: the TTL must
+    # outlast starting the workers, which took over a second on a busy host
+    ttl = 4.0
+    tasks = int(2 * 2 * ttl / 0.1) + 10  # two workers, 0.1 s each: over two TTLs
+    d = daemon({"budget": {**BUDGET, "lease_ttl": f"{ttl:g}s"}})
     monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
     monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         start = time.monotonic()
-        out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(sleepy)(x) for x in range(50))
+        out = joblib.Parallel(n_jobs=2, batch_size=1)(
+            joblib.delayed(sleepy)(x) for x in range(tasks)
+        )
         took = time.monotonic() - start
-    assert out == list(range(50))
-    assert took > 2.0, f"the call took {took:.1f}s: not longer than two TTLs"
+    assert out == list(range(tasks))
+    assert took > 2 * ttl, f"the call took {took:.1f}s: not longer than two TTLs"
     assert d.events("lease_expired") == [], d.events("lease_expired")
     (granted,) = [e for e in d.events("grant") if e.get("job") == batt_joblib.BACKEND_NAME]
     assert granted["kind"] == "process"

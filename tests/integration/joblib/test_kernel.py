@@ -99,10 +99,15 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
     want = min(len(os.sched_getaffinity(0)), 3)
     assert loaded.count("\n") == 1 and f"gets process:{want} now" in loaded, loaded
 
-    flag = tmp_path / "go"
+    flag, started = tmp_path / "go", tmp_path / "started"
+    started.mkdir()
+    # each task says which worker took it, then waits for the flag: once every worker
+    # holds one, all of them run tasks (on a busy host a worker still starting found
+    # the first one had run all eight)
     k.run(
         "import os, time, joblib\n"
         "def gated(x):\n"
+        f"    open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
         "    end = time.monotonic() + 30\n"
         f"    while not os.path.exists({str(flag)!r}) and time.monotonic() < end:\n"
         "        time.sleep(0.01)\n"
@@ -118,6 +123,9 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
         (held,) = wait_until(kernel_lease, timeout=10, what="the kernel's lease")
         assert (held["kind"], held["workers"], held["job"]) == ("process", want, "notebook")
         assert len(_workers(pid)) == want
+        wait_until(
+            lambda: len(list(started.iterdir())) == want, timeout=30, what="a task in each worker"
+        )
         shown = k.run("%batt")
         assert f"lease {held['lease']}: process:{want}" in shown, shown
     finally:

@@ -233,9 +233,10 @@ def test_workers_of_many_instances_stay_within_the_ordinary_share(
             c.close()
     # each instance counted as its own account, each left its equal part of the 12
     assert {name: a["alive"] for name, a in alive.items()} == {f"flooder:{i}": 4 for i in range(3)}
+    # whether any connection was closed to make room depends on how the three workers'
+    # connects interleave (connecting in turn, none is ever above its part; on a busy
+    # host none was closed); any that was, was closed for another instance
     evicted = d.events("connection_evicted")
-    assert evicted and {e["for_account"] for e in evicted} <= {
-        f"instance flooder:{i}" for i in range(3)
-    }
+    assert {e["for_account"] for e in evicted} <= {f"instance flooder:{i}" for i in range(3)}
     with d.client() as c:
         assert c.request("stop", target="flooder")["ok"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -14,11 +15,10 @@ import yaml
 
 from supervisord_batt.cli.unit import installed_command
 from supervisord_batt.paths import SOURCE_UNIT
-from tests.helpers import REPO
+from tests.helpers import CALM, REPO
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
 
 UNIT = "supervisord-batt.service"
-CALM = {"cpu_high": 99, "cpu_extreme": 100, "memory_high": 99, "memory_extreme": 100}
 SLEEPER = ["python3", "-c", "import time; time.sleep(600)"]
 
 
@@ -97,13 +97,14 @@ class Service:
         return {inst["name"]: inst for inst in self.status()["instances"]}
 
 
-@pytest.fixture
-def sandbox(needs_root: None) -> Iterator[Sandbox]:  # needs_root: marks the tests `root`
+@contextlib.contextmanager
+def booted(journald: bool = False) -> Iterator[Sandbox]:
+    """A booted sandbox (`journald`: with a journal its services log to), closed after."""
     why = cannot_run()
     if why is not None:
         pytest.skip(f"no systemd sandbox on this machine: {why}")
     workdir = Path(tempfile.mkdtemp(prefix="sdns-", dir="/var/tmp"))
-    box = Sandbox.prepare(workdir)
+    box = Sandbox.prepare(workdir, journald=journald)
     try:
         box.boot()
         yield box
@@ -111,6 +112,19 @@ def sandbox(needs_root: None) -> Iterator[Sandbox]:  # needs_root: marks the tes
         left = box.close()
         shutil.rmtree(workdir, ignore_errors=True)
         assert not left, f"sandbox cgroups left behind: {left}"
+
+
+@pytest.fixture
+def sandbox(needs_root: None) -> Iterator[Sandbox]:  # needs_root: marks the tests `root`
+    with booted() as box:
+        yield box
+
+
+@pytest.fixture
+def journaled(needs_root: None) -> Iterator[Sandbox]:
+    """A sandbox whose services log to its journal."""
+    with booted(journald=True) as box:
+        yield box
 
 
 @pytest.fixture

@@ -123,9 +123,12 @@ def four_counters() -> dict[str, Any]:
     return config
 
 
-def running_counters(service: Service) -> dict[str, dict[str, Any]]:
-    """Four counters started under the unit; their instances once each has a pid."""
-    service.install(four_counters())
+def running_counters(
+    service: Service, config: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Four counters (or `config`) started under the unit; their instances once each has
+    a pid."""
+    service.install(config or four_counters())
     service.box.systemctl("start", UNIT)
     return wait_until(
         lambda: (now := service.instances()) and all(i["pid"] for i in now.values()) and now,

@@ -25,11 +25,12 @@ from tests.integration.systemd.conftest import UNIT, Service
 from tests.integration.systemd.jobs import (
     assert_rode_through,
     eight_leases,
+    four_counters,
     leases,
     resumed,
     running_counters,
 )
-from tests.integration.systemd.release import release_source
+from tests.integration.systemd.release import RELEASE_CALM, release_source
 
 
 def _wheel(source: Path, out: Path) -> Path:
@@ -101,7 +102,9 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
     _install(venv, old)
     service.command = str(venv / "bin" / "supervisord-batt")
     service.pythonpath = None  # the installed release, not this checkout
-    before = running_counters(service)
+    config = four_counters()
+    config["budget"]["pressure"] = RELEASE_CALM
+    before = running_counters(service, config)
     hello = service.cli("status", "--json")
     assert json.loads(hello.stdout)["version"] == version, hello.stdout
     main = service.show("MainPID")["MainPID"]

@@ -251,6 +251,25 @@ def test_level_transitions_from_psi() -> None:
     assert result.level == "normal"
 
 
+def test_psi_thresholds_off_take_the_signal_out_of_the_level() -> None:
+    """PSI at 100 (a saturated host) decides nothing once its thresholds are off; one
+    threshold off leaves the other."""
+    full = Psi(cpu_some_avg10=100.0, memory_some_avg10=100.0)
+    off = dataclasses.replace(
+        PRESSURE, cpu_high=None, cpu_extreme=None, memory_high=None, memory_extreme=None
+    )
+    led = ledger(pressure=off)
+    result = led.update(sample(psi=full), {})
+    assert (result.level, result.reason) == ("normal", "threads-max free 100.0%")
+    assert led.acquire(request(want=4)).kind == "process"
+    only_extreme = dataclasses.replace(off, cpu_extreme=90.0)
+    led = ledger(pressure=only_extreme)
+    assert led.update(sample(psi=Psi(80.0, None)), {}).level == "normal"
+    assert led.update(sample(psi=full), {}).level == "extreme"
+    only_high = dataclasses.replace(off, memory_high=30.0)
+    assert ledger(pressure=only_high).update(sample(psi=full), {}).level == "high"
+
+
 def test_level_counts_leases_not_yet_sampled() -> None:
     led = ledger(limit(100, 50), pressure=PRESSURE)
     lease = led.acquire(request(want=40)).lease_id  # 1 + 44 tasks: 5 free

@@ -167,6 +167,9 @@ def test_cpu_pressure_one_users_jobs_cause_does_not_stop_another_users_pools() -
     assert led.level == "extreme"
     assert [led.renew(lease_id).target for lease_id in few] == [8, 8]
     assert led.acquire(request("a-pool", 8, uid=ALICE)).reason == "level extreme: sequential only"
+    # what each user's level is put down to (the daemon's denial causes)
+    assert led.level_signal(ALICE).startswith("psi cpu")
+    assert not led.level_signal(BOB).startswith("psi cpu")
     # once the many are gone, the pressure is nobody's in particular: everyone's level
     for lease_id in many:
         led.release(lease_id)

@@ -115,6 +115,17 @@ def test_advice_follows_why_pools_were_refused() -> None:
     assert limit and limit[0].startswith("budget.reserve_percent")
     memory = [a["key"] for a in advice(fig_for({"memory": 30, "cpu": 10}))]
     assert memory == ["budget.memory_per_slot"]
+    # refused at a pressure level set by busy CPUs (issue 25: the advice was to lower
+    # the reserve and the headroom thresholds): sequential is right, say so
+    busy = advice(fig_for({"cpu_pressure": 30, "pressure": 5, "limit": 5}))
+    assert [a["key"] for a in busy] == ["programs.<name>.numprocs / the host's CPUs"]
+    assert "sequential is right" in busy[0]["why"] and "75% of them" in busy[0]["why"]
+    assert "add CPUs or run fewer jobs" in busy[0]["why"]
+    # by a limit's headroom: its reserve and thresholds; by memory pressure: memory
+    tasks = [a["key"] for a in advice(fig_for({"pressure": 30, "cpu_pressure": 10}))]
+    assert tasks and tasks[0].startswith("budget.reserve_percent")
+    short = advice(fig_for({"memory_pressure": 30, "memory": 5}))
+    assert [a["key"] for a in short] == ["programs.<name>.numprocs / the host's memory"]
     # lines written before the daemon counted causes: the limit-based rule, as before
     old = compute([stats(1), stats(1, grants={"sequential": 40, "process": 60}, denied=40)])
     assert old["denied_by"] == {}

@@ -201,6 +201,18 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             "must be above memory_high (80)",
         ),
         ("budget:\n  pressure:\n    cpu_high: 101\n", "budget.pressure.cpu_high", 3, "[0, 100]"),
+        (
+            "budget:\n  pressure:\n    cpu_high: false\n",  # only the word off turns it off
+            "budget.pressure.cpu_high",
+            3,
+            "expected a percent in [0, 100] or off, got boolean false",
+        ),
+        (
+            "budget:\n  pressure:\n    memory_extreme: offf\n",
+            "budget.pressure.memory_extreme",
+            3,
+            "or off, got 'offf'",
+        ),
         ("programs:\n  a b:\n    command: x\n", "programs.a b", 2, "[A-Za-z0-9_.-]+"),
         ("programs:\n  a:b:\n    command: x\n", "programs.a:b", 2, "must not contain ':'"),
         ("programs:\n  ..:\n    command: x\n", "programs...", 2, "only dots"),
@@ -814,6 +826,29 @@ def test_config_to_dict_shape(tmp_path: Path) -> None:
     assert plain["daemon"]["socket_mode"] == "0600"
     assert plain["budget"]["memory_per_slot"] == 1024**3
     assert plain["programs"]["alpha"]["stop_signal"] == "SIGKILL"
+
+
+def test_issue25_psi_thresholds_may_be_off() -> None:
+    """PSI reaches 100 on a saturated host: `off` takes a signal out of the level (no
+    number could), and round-trips as off."""
+    config = load_config_text(
+        "budget:\n  pressure:\n    cpu_high: off\n    cpu_extreme: 'OFF'\n"
+        "    memory_high: off\n    memory_extreme: 40\n"
+    )
+    th = config.budget.pressure
+    assert (th.cpu_high, th.cpu_extreme, th.memory_high, th.memory_extreme) == (
+        None,
+        None,
+        None,
+        40.0,
+    )
+    plain = config_to_dict(config)["budget"]["pressure"]
+    assert plain["cpu_high"] == "off" and plain["memory_extreme"] == 40.0
+    again = load_config_text(yaml.safe_dump(config_to_dict(config)))
+    assert again.budget.pressure == th
+    with pytest.raises(ConfigError) as err:  # a headroom threshold is a number
+        load_config_text("budget:\n  pressure:\n    headroom_high_percent: off\n")
+    assert "budget.pressure.headroom_high_percent (line 3)" in str(err.value)
 
 
 def test_a_path_with_dot_dot_is_refused_with_its_key() -> None:

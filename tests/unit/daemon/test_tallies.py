@@ -33,11 +33,18 @@ def test_each_cap_maps_to_its_cause() -> None:
     for holder in ("a", "b"):
         shared.acquire(request(holder, 2, kinds=("process",)))
     cases["fair_share"] = denied(shared, process_only=True)
-    extreme = ledger(pressure=PRESSURE)
-    extreme.update(sample(psi=Psi(cpu_some_avg10=95.0, memory_some_avg10=None)), {})
-    cases["pressure"] = denied(extreme)
+    signals = {}  # a pressure level's refusal is put down to the signal that set it
+    for cause, at in (
+        ("cpu_pressure", sample(psi=Psi(cpu_some_avg10=95.0, memory_some_avg10=None))),
+        ("memory_pressure", sample(psi=Psi(cpu_some_avg10=None, memory_some_avg10=70.0))),
+        ("pressure", sample(limit(100, 97))),  # a limit's headroom under 5%
+    ):
+        extreme = ledger(pressure=PRESSURE)
+        extreme.update(at, {})
+        cases[cause] = denied(extreme)
+        signals[cause] = extreme.level_signal(request().uid)
     for cause, grant in cases.items():
-        assert denial_cause(grant.reason) == cause, grant.reason
+        assert denial_cause(grant.reason, signals.get(cause, "")) == cause, grant.reason
     assert denial_cause("no host sample yet") == "other"
     assert set(cases) | {"other"} == set(DENIAL_CAUSES)
 
