@@ -109,10 +109,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
 
-def _noop() -> int:
-    return os.getpid()
-
-
 class _Backend(Protocol):
     kind: str
     size: int
@@ -238,7 +234,9 @@ class _Loky:
                 raise PoolFailure("constructor", _describe(exc), **self._detail()) from exc
             raise
         try:
-            fut = self.ex.submit(_noop)
+            # a builtin: a worker unpickles it without importing this package (psutil,
+            # structlog: 0.1-0.3 s of a worker's start, which plain loky does not pay)
+            fut = self.ex.submit(os.getpid)
             deadline = time.monotonic() + warmup_limit
             while not fut.done():
                 reason = self.check()
