@@ -37,6 +37,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -290,6 +291,15 @@ class _Loky:
             # loky <= 3.6.0 when its feeder thread was refused (hang A)
             return "executor manager thread died without marking the pool broken"
         return None
+
+    def workers_alive(self) -> bool:
+        """False once a worker has exited (its sentinel is ready), which loky's manager
+        thread notices only a moment later: a kept pool whose idle worker was killed."""
+        try:
+            procs = list(self.ex._processes.values())
+            return len(procs) >= self.size and not mp_wait([p.sentinel for p in procs], 0)
+        except (AttributeError, RuntimeError, OSError, ValueError):
+            return False
 
     def _worker_pids(self) -> set[int]:
         """Our workers: the executor's, plus loky workers born since the pool was made."""
