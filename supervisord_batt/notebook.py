@@ -7,6 +7,8 @@ kernel lease its workers from the daemon, unchanged notebook code included.
 
     %batt
     lease L7: process:2 (lease L7, level normal, 1 inner thread(s) per worker; ...)
+    ...
+    daemon: level normal, 2/2 workers leased; this kernel's leases: L7 process:2
 
 Loading it registers the joblib backend "supervisord-batt" and makes it the default
 twice over: joblib's process-wide default (every thread), and an explicit
@@ -123,10 +125,17 @@ def status_lines() -> list[str]:
     if KERNEL.loaded is None:
         lines.append(f"{PREFIX} not loaded (or opted out): joblib does not lease")
     held = batt_joblib.current()
+    idle = batt_joblib.kept()
     for grant in held:
-        lines.append(f"lease {grant.lease_id}: {batt_joblib.describe(grant)}")
+        line = f"lease {grant.lease_id}: {batt_joblib.describe(grant)}"
+        if grant is idle:
+            line += "; its pool kept idle for the next call"
+        lines.append(line)
     if not held:
-        lines.append("no lease held now (a Parallel call leases while it runs)")
+        lines.append(
+            "no lease held now (a Parallel call leases while it runs, and keeps a "
+            "process pool a few seconds after)"
+        )
     if batt_joblib.STATE.last:
         lines.append(f"last grant: {batt_joblib.STATE.last}")
     lines.append(_daemon_line())
@@ -141,9 +150,12 @@ def _daemon_line() -> str:
         return f"daemon: not reachable ({exc})"
     mine = [x for x in status.get("leases", []) if x["pid"] == os.getpid()]
     held = ", ".join(f"{x['lease']} {x['kind']}:{x['workers']}" for x in mine) or "none"
+    # `capacity` is what a new lease could get now, not a total: leased of all there is
+    # is the leased workers of those plus what is still free
+    leased, free = status["leased"], status["capacity"]
     return (
-        f"daemon: level {status.get('level')}, {status.get('leased')}/"
-        f"{status.get('capacity')} workers leased; this kernel's leases: {held}"
+        f"daemon: level {status['level']}, {leased}/{leased + free} workers leased; "
+        f"this kernel's leases: {held}"
     )
 
 
