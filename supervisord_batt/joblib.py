@@ -63,7 +63,7 @@ from joblib.externals.loky import reusable_executor
 from supervisord_batt import paths
 from supervisord_batt.client import inner
 from supervisord_batt.client.executor import PoolFailure, _Loky, _Threads
-from supervisord_batt.client.keep import Claim, Keeper, Kept, Lease
+from supervisord_batt.client.keep import RENEW_EVERY, Claim, Keeper, Kept, Lease
 from supervisord_batt.client.leases import DEFAULT_TIMEOUT, KINDS, Grant, acquire
 from supervisord_batt.client.notice import warn
 
@@ -205,17 +205,21 @@ def kept() -> Grant | None:
     return parked.grant if parked is not None and isinstance(parked.grant, Grant) else None
 
 
+_SETTINGS = tuple(f.name for f in dataclasses.fields(Settings))
+
+
 def _key(settings: Settings, want: int) -> tuple[Any, ...]:
     """Which calls may take a kept pool: those that would ask for the same lease."""
-    return (*dataclasses.astuple(settings), want)
+    return (*(getattr(settings, name) for name in _SETTINGS), want)
 
 
 def _start_call(
     settings: Settings, want: int, kinds: Sequence[str]
 ) -> tuple[Grant, Claim | None, _Loky | None]:
     """The call's grant, with the claim on this process's loky pool when it may use one,
-    and the pool a previous call left for the same request (its lease renewed: the daemon
-    may want it smaller now)."""
+    and the pool a previous call left for the same request (its lease renewed when the
+    last renewal is a second old: the daemon may want it smaller now; calls back to back
+    pay no round trip each)."""
     claim, parked = None, None
     if "process" in kinds:
         claim, parked = KEEPER.checkout(_key(settings, want))
@@ -225,7 +229,8 @@ def _start_call(
         return _lease(settings, want, kinds), claim, None
     grant = parked.grant
     assert isinstance(grant, Grant)
-    grant.renew(workers_in_use=parked.pool.size)
+    if grant.renew_due(RENEW_EVERY):
+        grant.renew(workers_in_use=parked.pool.size)
     with STATE.lock:
         STATE.last = describe(grant)
     return grant, claim, parked.pool
