@@ -311,3 +311,19 @@ def test_issue_24_interpreter_exit_gives_back_the_kept_pool_and_lease(batt: Daem
     assert got["left"] == []
     (released,) = [e for e in batt.events("release") if e["lease"] == got["lease"]]
     assert released["reason"] == "released by holder"
+
+
+def test_issue_24_keep_alive_0_is_a_pool_per_call_as_before(batt: DaemonHandle) -> None:
+    with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME, keep_alive=0):
+        for _ in range(2):
+            joblib.Parallel(n_jobs=2)(joblib.delayed(square_pid)(x) for x in range(4))
+            assert _leases(batt) == [] and loky_workers() == []
+    assert [(e["kind"], e["workers"]) for e in _grants(batt)] == [("process", 2)] * 2
+
+
+def test_issue_24_keep_alive_from_the_environment() -> None:
+    read = batt_joblib.keep_alive_default
+    assert read({}) == batt_joblib.KEEP_ALIVE_S == 5.0
+    assert (read({paths.KEEP_ALIVE_ENV: "0"}), read({paths.KEEP_ALIVE_ENV: "30s"})) == (0, 30)
+    for bad in ("-1", "soon", "inf", "nan"):
+        assert read({paths.KEEP_ALIVE_ENV: bad}) == 5.0  # a warning, and the default
