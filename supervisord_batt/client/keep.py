@@ -92,11 +92,11 @@ class Keeper(Generic[P]):
     clock: Callable[[], float] = time.monotonic
     renew_every: float = RENEW_EVERY
     start_thread: bool = True  # False in unit tests: they call step() themselves
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
-    _parked: Kept[P] | None = field(default=None, repr=False)
-    _owner: weakref.ref[Claim] | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
-    _closed: bool = field(default=False, repr=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+    _parked: Kept[P] | None = field(default=None, init=False, repr=False)
+    _owner: weakref.ref[Claim] | None = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def checkout(self, key: Hashable) -> tuple[Claim | None, Kept[P] | None]:
         """A claim on the pool and, when one is parked for `key`, that pool and lease.
