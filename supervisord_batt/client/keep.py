@@ -34,6 +34,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from supervisord_batt.client.executor import GrantLike
+
 RENEW_EVERY = 1.0  # seconds between renewals of a parked pool's lease
 
 
@@ -48,20 +50,11 @@ class Pool(Protocol):
     def close(self, *, stuck: bool = False) -> None: ...
 
 
-class Lease(Protocol):
-    """What the keeper needs of a grant (`client.Grant` is one)."""
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def size(self) -> int: ...
-
-    def renew_due(self, interval: float | None = None) -> bool: ...
+class Lease(GrantLike, Protocol):
+    """What the keeper needs of a grant (`client.Grant` is one): the executor's, and
+    how long it may sleep before the next renewal."""
 
     def renew_in(self, interval: float | None = None) -> float: ...
-
-    def renew(self, workers_in_use: int | None = None) -> object: ...
 
 
 P = TypeVar("P", bound=Pool)

@@ -57,6 +57,9 @@ class Grant:
         self.renewed_with.append(workers_in_use)
         return self
 
+    def report_fallback(self, old: str, new: str, workers: int, stage: str, reason: str) -> None:
+        raise AssertionError("the keeper reports no fallback")
+
 
 @dataclass
 class World:
@@ -73,6 +76,14 @@ class World:
     def kept(self, key: str = "k", idle_s: float = 5.0, size: int = 2) -> Kept[Pool]:
         grant = Grant(self.clock, self.log, target=size, renewed_at=self.clock())
         return Kept(Pool(size, log=self.log), grant, key, idle_s)
+
+    def park(self, idle_s: float = 60.0, size: int = 2) -> tuple[Kept[Pool], Grant]:
+        """A call's pool and lease, parked as the call ends."""
+        kept = self.kept(idle_s=idle_s, size=size)
+        claim, _ = self.keeper.checkout(kept.key)
+        self.keeper.checkin(claim, kept)
+        assert isinstance(kept.grant, Grant)
+        return kept, kept.grant
 
 
 @pytest.fixture
@@ -123,47 +134,36 @@ def test_idle_past_its_keep_alive_the_pool_closes_then_the_lease_goes(w: World) 
 
 
 def test_the_parked_lease_is_renewed_at_the_pool_size_and_a_shrink_ends_both(w: World) -> None:
-    claim, _ = w.keeper.checkout("k")
-    kept = w.kept(idle_s=60.0, size=3)
-    w.keeper.checkin(claim, kept)
-    assert isinstance(kept.grant, Grant)
+    _, grant = w.park(size=3)
     w.clock.advance(1.0)
     w.keeper.step()
-    assert kept.grant.renewed_with == [3] and w.log == []
-    kept.grant.target = 2  # the daemon wants fewer workers than the pool runs
+    assert grant.renewed_with == [3] and w.log == []
+    grant.target = 2  # the daemon wants fewer workers than the pool runs
     w.clock.advance(1.0)
     assert w.keeper.step() is None
     assert w.log == ["close stuck=False", "give back"]
 
 
 def test_a_lease_the_daemon_took_away_ends_the_pool(w: World) -> None:
-    claim, _ = w.keeper.checkout("k")
-    kept = w.kept(idle_s=60.0)
-    w.keeper.checkin(claim, kept)
-    assert isinstance(kept.grant, Grant)
-    kept.grant.kind = "sequential"  # what a renew makes of a lost or expired lease
+    _, grant = w.park()
+    grant.kind = "sequential"  # what a renew makes of a lost or expired lease
     w.clock.advance(1.0)
     assert w.keeper.step() is None
     assert w.log == ["close stuck=False", "give back"]
 
 
 def test_a_short_ttl_is_renewed_in_time(w: World) -> None:
-    claim, _ = w.keeper.checkout("k")
-    kept = w.kept(idle_s=60.0)
-    assert isinstance(kept.grant, Grant)
-    kept.grant.ttl = 0.75
-    w.keeper.checkin(claim, kept)
+    _, grant = w.park()
+    grant.ttl = 0.75
     assert w.keeper.step() == 0.25  # a third of the TTL, not renew_every
     w.clock.advance(0.125)
     assert w.keeper.step() == 0.125  # when the renewal is due, not later
     w.clock.advance(0.125)
-    assert w.keeper.step() == 0.25 and kept.grant.renewed_with == [2]
+    assert w.keeper.step() == 0.25 and grant.renewed_with == [2]
 
 
 def test_dead_workers_end_the_pool_as_stuck(w: World) -> None:
-    claim, _ = w.keeper.checkout("k")
-    kept = w.kept(idle_s=60.0)
-    w.keeper.checkin(claim, kept)
+    kept, _ = w.park()
     kept.pool.broken = "pool broken: a worker was killed"
     assert w.keeper.step() is None
     assert w.log == ["close stuck=True", "give back"]
