@@ -134,7 +134,10 @@ class Keeper(Generic[P]):
             if kept is None:
                 return None
             now = self.clock()
-            why, stuck = self._why_end(kept, now)
+            try:
+                why, stuck = self._why_end(kept, now)
+            except Exception as exc:  # nothing here should raise; if it does, keep nothing
+                why, stuck = f"{type(exc).__name__}: {exc}", True
             if why is not None:
                 self._parked = None
                 self._end(kept, stuck=stuck)

@@ -169,6 +169,17 @@ def test_dead_workers_end_the_pool_as_stuck(w: World) -> None:
     assert w.log == ["close stuck=True", "give back"]
 
 
+def test_a_health_check_that_raises_ends_the_pool_as_stuck(w: World) -> None:
+    kept, _ = w.park()
+
+    def raises() -> str | None:
+        raise OSError("no such process")
+
+    kept.pool.check = raises  # type: ignore[method-assign]
+    assert w.keeper.step() is None
+    assert w.log == ["close stuck=True", "give back"]
+
+
 def test_nothing_is_kept_with_no_keep_alive_a_stale_claim_or_after_close(w: World) -> None:
     claim, _ = w.keeper.checkout("k")
     w.keeper.checkin(claim, w.kept(idle_s=0.0))
