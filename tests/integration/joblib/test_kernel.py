@@ -103,6 +103,7 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
     k.run(
         "import os, time, joblib\n"
         "def gated(x):\n"
+        f"    open(os.path.join({str(tmp_path)!r}, f'started-{{os.getpid()}}'), 'w').close()\n"
         "    end = time.monotonic() + 30\n"
         f"    while not os.path.exists({str(flag)!r}) and time.monotonic() < end:\n"
         "        time.sleep(0.01)\n"
@@ -120,6 +121,13 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
         assert len(_workers(pid)) == want
         shown = k.run("%batt")
         assert f"lease {held['lease']}: process:{want}" in shown, shown
+        # every worker holds a task before the gate opens: a worker still starting then
+        # would find the rest done by the first (the pool is warmed up by one worker)
+        wait_until(
+            lambda: len(list(tmp_path.glob("started-*"))) == want,
+            timeout=20,
+            what="a task on every worker",
+        )
     finally:
         flag.touch()
     out = k.run(
