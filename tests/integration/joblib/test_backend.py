@@ -28,6 +28,12 @@ def gated(flag: str, x: int) -> tuple[int, int]:
     return x * x + 1, os.getpid()
 
 
+def marked(flag: str, x: int) -> tuple[int, int]:
+    """gated, after leaving a mark of its worker beside the flag."""
+    Path(f"{flag}.{os.getpid()}").touch()
+    return gated(flag, x)
+
+
 def square(x: int) -> int:
     return x * x + 1
 
@@ -43,13 +49,15 @@ def test_call_runs_on_the_grant_and_holds_the_lease_as_long_as_its_pool(
     monkeypatch.setenv(paths.KEEP_ALIVE_ENV, "3")
     flag = str(tmp_path / "go")
     gen = joblib.Parallel(n_jobs=3, return_as="generator")(
-        joblib.delayed(gated)(flag, x) for x in range(9)
+        joblib.delayed(marked)(flag, x) for x in range(9)
     )
     try:
         (held,) = wait_until(lambda: _leases(batt), timeout=10, what="the call's lease")
         assert (held["kind"], held["workers"], held["job"]) == ("process", 3, "supervisord-batt")
         assert len(loky_workers()) == 3
         assert [g.lease_id for g in batt_joblib.current()] == [held["lease"]]
+        # every worker holds a task before the gate opens (the warm-up waits for one)
+        wait_until(lambda: len(list(tmp_path.glob("go.*"))) == 3, timeout=20, what="3 marks")
     finally:
         Path(flag).touch()
         out = list(gen)
