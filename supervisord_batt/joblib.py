@@ -9,9 +9,14 @@
 `Parallel(n_jobs=-1)` (or 8) asks the daemon for that many workers and runs on what it
 grants: a loky pool of the granted size (joblib's own, so memmapping and its pickling
 work), a thread pool, or sequential in the caller. The lease is taken when the call
-configures its backend and given back when it ends (for `with Parallel(...) as p:`, when
-the block ends); it is renewed between batches; a shrink takes effect at the next call.
-The pool is shut down with the lease: no worker outlives the slots it was granted.
+configures its backend; it is renewed between batches; a shrink takes effect at the next
+call. A thread pool's lease is given back when the call ends (for `with Parallel(...) as
+p:`, when the block ends). A loky pool and its lease are kept after the call for
+`keep_alive` idle seconds ($SUPERVISORD_BATT_KEEP_ALIVE, 5 by default; 0: a pool per
+call), so that the next call with the same n_jobs runs on the same workers, as plain
+joblib reuses its executor (client.keep: the lease renewed while they idle, both given
+back together when idle too long, when the daemon asks for a shrink, and at exit). No
+worker outlives the slots it was granted.
 
 Without a daemon the backend behaves like `lease()`: one warning for the process, then
 the configured fallback ($SUPERVISORD_BATT_FALLBACK, `sequential` by default).
@@ -24,13 +29,18 @@ Each loky worker gets cpus / workers inner threads (BLAS, OpenMP); a thread pool
 the process's BLAS with threadpoolctl while it runs. Nested Parallel calls inside a
 worker run sequential: the grant counts the workers, and they are busy.
 
-One process-kind call at a time per process, as with joblib's loky backend (its pool is
-a per-process singleton).
+One loky pool per process, as joblib's loky executor is one per process: a call that
+starts while another runs on it (another thread; a generator not yet exhausted) leases
+threads instead. A forked child forgets its parent's kept pool and lease, and the loky
+executor it inherited with them, and builds its own.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import joblib  # type: ignore[import-untyped]
+from joblib import executor as joblib_executor
 from joblib._parallel_backends import (  # type: ignore[import-untyped]
     FallbackToBackend,
     LokyBackend,
@@ -47,9 +58,12 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
     ThreadingBackend,
 )
 from joblib.externals.loky import __version__ as joblib_loky_version  # type: ignore[import-untyped]
+from joblib.externals.loky import reusable_executor
 
+from supervisord_batt import paths
 from supervisord_batt.client import inner
 from supervisord_batt.client.executor import PoolFailure, _Loky, _Threads
+from supervisord_batt.client.keep import RENEW_EVERY, Claim, Keeper, Kept, Lease
 from supervisord_batt.client.leases import DEFAULT_TIMEOUT, KINDS, Grant, acquire
 from supervisord_batt.client.notice import warn
 
@@ -58,6 +72,22 @@ if not hasattr(ParallelBackendBase, "submit"):  # joblib < 1.5 calls apply_async
 
 BACKEND_NAME = "supervisord-batt"
 THREAD_KINDS = ("thread", "sequential")  # what a call that needs shared memory can use
+KEEP_ALIVE_S = 5.0  # seconds a process pool and its lease are kept after a call (the default)
+
+
+def keep_alive_default(env: dict[str, str] | None = None) -> float:
+    """$SUPERVISORD_BATT_KEEP_ALIVE (seconds, 0: a pool per call), else KEEP_ALIVE_S."""
+    value = (os.environ if env is None else env).get(paths.KEEP_ALIVE_ENV, "").strip()
+    if not value:
+        return KEEP_ALIVE_S
+    try:
+        seconds = float(value.removesuffix("s"))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        warn(f"ignoring {paths.KEEP_ALIVE_ENV}={value!r}: expected seconds like 5 or 0")
+        return KEEP_ALIVE_S
+    return seconds
 
 
 @dataclass
@@ -70,6 +100,10 @@ class Settings:
     fallback_workers: int = 1
     timeout: float = DEFAULT_TIMEOUT
     inner_max_num_threads: int | None = None  # joblib's override of the inner threads
+    keep_alive: float | None = None  # idle seconds a pool is kept (None: keep_alive_default)
+
+    def idle_s(self) -> float:
+        return keep_alive_default() if self.keep_alive is None else max(0.0, self.keep_alive)
 
 
 @dataclass
@@ -136,15 +170,96 @@ def _give_back(grant: Grant | None) -> None:
     grant.release()
 
 
+def _give_back_kept(lease: Lease) -> None:
+    assert isinstance(lease, Grant)
+    _give_back(lease)
+
+
+KEEPER: Keeper[_Loky] = Keeper(give_back=_give_back_kept)
+atexit.register(KEEPER.close)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child: its parent's leases, kept pool and loky executor are not its own.
+    Their connections are closed here without a word to the daemon (the parent still
+    holds them); the executor the parent kept is dropped, so the child's first call
+    builds one of its own (an inherited one has no manager thread: plain joblib's call
+    in such a child waits forever)."""
+    had_pool = KEEPER.forget()
+    STATE.lock = threading.Lock()
+    for grant in STATE.live.values():
+        grant.detach()
+    STATE.live.clear()
+    if had_pool:
+        reusable_executor._executor = None
+        reusable_executor._executor_kwargs = None
+        joblib_executor._executor_args = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def kept() -> Grant | None:
+    """The grant of the loky pool kept idle between calls, if one is."""
+    parked = KEEPER.parked()
+    return parked.grant if parked is not None and isinstance(parked.grant, Grant) else None
+
+
+_SETTINGS = tuple(f.name for f in dataclasses.fields(Settings))
+
+
+def _key(settings: Settings, want: int) -> tuple[Any, ...]:
+    """Which calls may take a kept pool: those that would ask for the same lease."""
+    return (*(getattr(settings, name) for name in _SETTINGS), want)
+
+
+def _start_call(
+    settings: Settings, want: int, kinds: Sequence[str]
+) -> tuple[Grant, Claim | None, _Loky | None]:
+    """The call's grant, with the claim on this process's loky pool when it may use one,
+    and the pool a previous call left for the same request (its lease renewed when the
+    last renewal is a second old: the daemon may want it smaller now; calls back to back
+    pay no round trip each)."""
+    claim, parked = None, None
+    if "process" in kinds:
+        claim, parked = KEEPER.checkout(_key(settings, want))
+        if claim is None:
+            kinds = THREAD_KINDS  # another call runs this process's loky pool now
+    if parked is None:
+        return _lease(settings, want, kinds), claim, None
+    grant = parked.grant
+    assert isinstance(grant, Grant)
+    if grant.renew_due(RENEW_EVERY):
+        grant.renew(workers_in_use=parked.pool.size)
+    with STATE.lock:
+        STATE.last = describe(grant)
+    return grant, claim, parked.pool
+
+
+def _end_claim(claim: Claim | None, pool: _Loky | None) -> None:
+    """A call that will not run on the loky pool: close the pool it was left, if any."""
+    if pool is not None:
+        pool.close()
+    KEEPER.checkin(claim, None)
+
+
 def _kinds_for(prefer: str | None, require: str | None) -> tuple[str, ...]:
     return THREAD_KINDS if require == "sharedmem" or prefer == "threads" else KINDS
 
 
-def _backend_for(grant: Grant, settings: Settings, nesting_level: int | None) -> Any:
+def _backend_for(
+    grant: Grant,
+    settings: Settings,
+    nesting_level: int | None,
+    claim: Claim | None = None,
+    pool: _Loky | None = None,
+) -> Any:
     """The joblib backend that runs on this grant (sequential gives the lease back:
-    the caller's own thread costs the budget nothing)."""
+    the caller's own thread costs the budget nothing). `claim` and `pool` go to a loky
+    backend; any other ends them."""
     if grant.kind == "process" and grant.size > 1:
-        return LeasedLokyBackend(grant, settings, nesting_level=nesting_level)
+        return LeasedLokyBackend(grant, settings, nesting_level, claim=claim, pool=pool)
+    _end_claim(claim, pool)
     if grant.kind in ("process", "thread") and grant.size > 1:
         return LeasedThreadingBackend(grant, settings, nesting_level=nesting_level)
     _give_back(grant)
@@ -172,6 +287,7 @@ class SupervisordBattBackend(ParallelBackendBase):  # type: ignore[misc]
         fallback: str = "sequential",
         fallback_workers: int = 1,
         timeout: float = DEFAULT_TIMEOUT,
+        keep_alive: float | None = None,
         **backend_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -185,6 +301,7 @@ class SupervisordBattBackend(ParallelBackendBase):  # type: ignore[misc]
             fallback=fallback,
             fallback_workers=fallback_workers,
             timeout=timeout,
+            keep_alive=keep_alive,
         )
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -204,8 +321,8 @@ class SupervisordBattBackend(ParallelBackendBase):  # type: ignore[misc]
             # one worker, or inside a worker: the caller's thread, no lease
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.settings.inner_max_num_threads = self.inner_max_num_threads
-        grant = _lease(self.settings, want, _kinds_for(prefer, require))
-        raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level))
+        grant, claim, pool = _start_call(self.settings, want, _kinds_for(prefer, require))
+        raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level, claim, pool))
 
 
 class _Leased:
@@ -257,16 +374,38 @@ def _nested(nesting_level: int | None) -> tuple[Any, None]:
 
 class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
     """joblib's loky backend on a process grant: the pool sized by the grant, built and
-    warmed up under the executor's guards, shut down (workers killed, reaped) with the
-    lease."""
+    warmed up under the executor's guards, or the pool a previous call left (KEEPER);
+    kept with its lease when the call ends, or shut down (workers killed, reaped) with
+    it."""
 
-    def __init__(self, grant: Grant, settings: Settings, nesting_level: int | None = None) -> None:
+    def __init__(
+        self,
+        grant: Grant,
+        settings: Settings,
+        nesting_level: int | None = None,
+        *,
+        claim: Claim | None = None,
+        pool: _Loky | None = None,
+    ) -> None:
         LokyBackend.__init__(
             self, nesting_level=nesting_level, inner_max_num_threads=settings.inner_max_num_threads
         )
         self._init_lease(grant, settings)
         self._pool: _Loky | None = None
         self._workers: Any = None
+        self._claim = claim  # this call's right to the process's loky pool
+        self._left = pool  # the pool a previous call left, to run on if it still fits
+        self._key = _key(settings, grant.wanted)
+
+    def _grant_for_call(self, n_jobs: int | None, prefer: str | None, require: str | None) -> Grant:
+        """The grant held, or (a second call on this backend) the kept pool's or a new one."""
+        if self.grant is None:
+            want = _want(n_jobs)
+            self.grant, self._claim, self._left = _start_call(
+                self.settings, want, _kinds_for(prefer, require)
+            )
+            self._key = _key(self.settings, want)
+        return self.grant
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if self.grant is not None and self._pool is not None:
@@ -285,7 +424,10 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
         grant = self._grant_for_call(n_jobs, prefer, require)
         if grant.kind != "process" or grant.size < 2:
             self.grant = None  # the new backend owns it now
-            raise FallbackToBackend(_backend_for(grant, self.settings, self.nesting_level))
+            claim, self._claim, pool, self._left = self._claim, None, self._left, None
+            raise FallbackToBackend(
+                _backend_for(grant, self.settings, self.nesting_level, claim, pool)
+            )
         n = grant.size
         if self.settings.inner_max_num_threads is None:
             self.inner_max_num_threads = grant.inner_threads
@@ -302,6 +444,8 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
             )
             return self._workers
 
+        if self._reuse(n, make):
+            return n  # its lease was renewed when the call took it
         try:
             self._pool = _Loky(n, make=make, version=str(joblib_loky_version))
         except FallbackToBackend:  # joblib's own reasons for one worker (a daemon process)
@@ -315,9 +459,35 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
                 grant, self.settings, self.nesting_level, after_refusal=True
             )
             self.grant = None
+            self._end_claim()
             raise FallbackToBackend(threads) from exc
         grant.renew(workers_in_use=n)  # acknowledge the size in use
         return n
+
+    def _reuse(self, n: int, make: Callable[[], Any]) -> bool:
+        """Run on the pool a previous call left, when it is the one this call needs: the
+        granted size, healthy, and still joblib's executor for this call's arguments
+        (the same inner threads and memmapping settings). Else it is closed."""
+        pool, self._left = self._left, None
+        if pool is None:
+            return False
+        broken = pool.check() or (None if pool.workers_alive() else "a worker exited")
+        if pool.size == n and broken is None:
+            with contextlib.suppress(Exception):  # the new pool's guards will say why
+                if make() is pool.ex:
+                    self._pool = pool
+                    return True
+        self._workers = None
+        pool.close(stuck=broken is not None)
+        return False
+
+    def _release(self) -> None:
+        _Leased._release(self)
+        self._end_claim()
+
+    def _end_claim(self) -> None:
+        claim, self._claim = self._claim, None
+        KEEPER.checkin(claim, None)
 
     def get_nested_backend(self) -> tuple[Any, None]:
         return _nested(self.nesting_level)
@@ -336,12 +506,21 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
             pool.close(stuck=stuck)
 
     def terminate(self) -> None:
+        """The call ends: keep its pool and lease for the next call (KEEPER), or end both."""
         if self._workers is not None and getattr(self, "parallel", None) is not None:
             LokyBackend.terminate(self)  # joblib's temporary folders of this call
         self._workers = None
         self.reset_batch_stats()
-        self._close_pool(stuck=False)
-        self._release()
+        pool, grant, claim = self._pool, self.grant, self._claim
+        self._pool, self.grant, self._claim = None, None, None
+        if pool is not None and grant is not None and pool.check() is None:
+            idle = self.settings.idle_s()
+            KEEPER.checkin(claim, Kept(pool, grant, self._key, idle))
+            return
+        if pool is not None:
+            pool.close(stuck=pool.check() is not None)
+        _give_back(grant)
+        KEEPER.checkin(claim, None)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """A task raised: kill the pool; make a new one (same grant) if asked to."""
@@ -471,7 +650,7 @@ def current() -> list[Grant]:
 
 
 def wait_idle(timeout: float = 10.0) -> bool:
-    """True once no call holds a lease (for tests and the notebook's magic)."""
+    """True once no call holds a lease, nor a pool kept idle (for tests and scripts)."""
     deadline = time.monotonic() + timeout
     while current():
         if time.monotonic() > deadline:

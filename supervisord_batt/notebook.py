@@ -7,6 +7,8 @@ kernel lease its workers from the daemon, unchanged notebook code included.
 
     %batt
     lease L7: process:2 (lease L7, level normal, 1 inner thread(s) per worker; ...)
+    ...
+    daemon: level normal, 2/2 workers leased; this kernel's leases: L7 process:2
 
 Loading it registers the joblib backend "supervisord-batt" and makes it the default
 twice over: joblib's process-wide default (every thread), and an explicit
@@ -15,11 +17,17 @@ a call's `prefer`/`require` hints to the backend instead of to its own thread ba
 `%unload_ext supervisord_batt` puts both back. With $SUPERVISORD_BATT_NOTEBOOK=0 in
 the kernel's environment the extension loads and changes nothing (an opt-out that works
 when an operator loads it for every kernel; docs/NOTEBOOKS.md).
+
+Loaded from the kernel's config, the extension runs before any cell, and what it prints
+then reaches no cell (the kernel sends it with no request to answer). So when the daemon
+is not reachable, that line does not count as the warning: the first cell that calls
+joblib shows it instead (once per kernel, as the backend warns).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +65,23 @@ def opted_out(env: dict[str, str] | None = None) -> bool:
     return value.strip().lower() in ("0", "off", "no", "false")
 
 
-def probe_line() -> str:
+def output_reaches_a_cell() -> bool:
+    """False while nothing printed can reach a cell: in a kernel before its first
+    request (ipykernel's stdout has an empty parent header then; a cell's is its
+    request's). Terminal IPython and plain Python: True."""
+    parent = getattr(sys.stdout, "parent_header", None)
+    return not (isinstance(parent, dict) and not parent)
+
+
+def probe_line(shown: bool = True) -> str:
     """One line: what a Parallel(n_jobs=-1) would be granted now (leased, then given
-    back at once: a call leases again when it runs)."""
+    back at once: a call leases again when it runs). `shown`: the line reaches the user,
+    so when it says the daemon is not reachable the backend need not say it again."""
     grant = acquire(inner.cpu_count(), job=JOB, quiet=True)
     try:
         if grant.lease_id is None:
-            batt_joblib.STATE.warned_unreachable = True  # this line was the warning
+            if shown:
+                batt_joblib.STATE.warned_unreachable = True  # this line was the warning
             return (
                 f"{PREFIX} joblib will lease from the daemon in this kernel, but {grant.reason}; "
                 f"until it answers Parallel calls run {grant.describe()}"
@@ -88,7 +106,7 @@ def load(print_line: bool = True) -> None:
         config = joblib.parallel_config(backend=batt_joblib.BACKEND_NAME)  # set until unload
         KERNEL.loaded = _Loaded(previous_default=previous, config=config)
     if print_line:
-        print(probe_line())  # noqa: T201
+        print(probe_line(shown=output_reaches_a_cell()))  # noqa: T201
 
 
 def unload() -> None:
@@ -107,10 +125,17 @@ def status_lines() -> list[str]:
     if KERNEL.loaded is None:
         lines.append(f"{PREFIX} not loaded (or opted out): joblib does not lease")
     held = batt_joblib.current()
+    idle = batt_joblib.kept()
     for grant in held:
-        lines.append(f"lease {grant.lease_id}: {batt_joblib.describe(grant)}")
+        line = f"lease {grant.lease_id}: {batt_joblib.describe(grant)}"
+        if grant is idle:
+            line += "; its pool kept idle for the next call"
+        lines.append(line)
     if not held:
-        lines.append("no lease held now (a Parallel call leases while it runs)")
+        lines.append(
+            "no lease held now (a Parallel call leases while it runs, and keeps a "
+            "process pool a few seconds after)"
+        )
     if batt_joblib.STATE.last:
         lines.append(f"last grant: {batt_joblib.STATE.last}")
     lines.append(_daemon_line())
@@ -125,9 +150,12 @@ def _daemon_line() -> str:
         return f"daemon: not reachable ({exc})"
     mine = [x for x in status.get("leases", []) if x["pid"] == os.getpid()]
     held = ", ".join(f"{x['lease']} {x['kind']}:{x['workers']}" for x in mine) or "none"
+    # `capacity` is what a new lease could get now, not a total: leased of all there is
+    # is the leased workers of those plus what is still free
+    leased, free = status["leased"], status["capacity"]
     return (
-        f"daemon: level {status.get('level')}, {status.get('leased')}/"
-        f"{status.get('capacity')} workers leased; this kernel's leases: {held}"
+        f"daemon: level {status['level']}, {leased}/{leased + free} workers leased; "
+        f"this kernel's leases: {held}"
     )
 
 

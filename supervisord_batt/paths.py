@@ -16,6 +16,7 @@ from pathlib import Path
 CONFIG_ENV = "SUPERVISORD_BATT_CONFIG"  # the config file, for the daemon and the CLI
 SOCKET_ENV = "SUPERVISORD_BATT_SOCKET"  # the socket, for the CLI and jobs
 FALLBACK_ENV = "SUPERVISORD_BATT_FALLBACK"  # what a job runs when the daemon is away
+KEEP_ALIVE_ENV = "SUPERVISORD_BATT_KEEP_ALIVE"  # idle seconds joblib keeps a pool (0: none)
 INSTANCE_ENV = "SUPERVISORD_BATT_INSTANCE"  # set in each supervised worker: "batt:0"
 WORKERS_ENV = "SUPERVISORD_BATT_WORKERS"  # exported by `exec`: the granted worker count
 KIND_ENV = "SUPERVISORD_BATT_KIND"  # exported by `exec`: the granted pool kind

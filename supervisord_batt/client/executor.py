@@ -37,6 +37,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -107,10 +108,6 @@ def _is_broken_pool(exc: BaseException) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-
-
-def _noop() -> int:
-    return os.getpid()
 
 
 class _Backend(Protocol):
@@ -238,7 +235,9 @@ class _Loky:
                 raise PoolFailure("constructor", _describe(exc), **self._detail()) from exc
             raise
         try:
-            fut = self.ex.submit(_noop)
+            # a builtin: a worker unpickles it without importing this package (psutil,
+            # structlog: 0.1-0.3 s of a worker's start, which plain loky does not pay)
+            fut = self.ex.submit(os.getpid)
             deadline = time.monotonic() + warmup_limit
             while not fut.done():
                 reason = self.check()
@@ -292,6 +291,15 @@ class _Loky:
             # loky <= 3.6.0 when its feeder thread was refused (hang A)
             return "executor manager thread died without marking the pool broken"
         return None
+
+    def workers_alive(self) -> bool:
+        """False once a worker has exited (its sentinel is ready), which loky's manager
+        thread notices only a moment later: a kept pool whose idle worker was killed."""
+        try:
+            procs = list(self.ex._processes.values())
+            return len(procs) >= self.size and not mp_wait([p.sentinel for p in procs], 0)
+        except (AttributeError, RuntimeError, OSError, ValueError):
+            return False
 
     def _worker_pids(self) -> set[int]:
         """Our workers: the executor's, plus loky workers born since the pool was made."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -412,10 +413,18 @@ class Grant:
     def renew_due(self, interval: float | None = None) -> bool:
         """True when `interval` (default ttl/3) passed since the last renew, and while
         the daemon is away (each renew is then a try to resume, when one is due)."""
+        return self.renew_in(interval) <= 0
+
+    def renew_in(self, interval: float | None = None) -> float:
+        """Seconds until renew_due(interval) (0: now; infinite with no lease to renew),
+        for a caller that sleeps between renewals (client.keep)."""
+        now = time.monotonic()
         if self._away_since is not None:
-            return time.monotonic() >= self._next_try
+            return max(0.0, self._next_try - now)
+        if self._conn is None:
+            return math.inf
         wait = self.ttl / 3 if interval is None else min(interval, self.ttl / 3)
-        return self._conn is not None and time.monotonic() - self._renewed_at >= wait
+        return max(0.0, self._renewed_at + wait - now)
 
     def heartbeat(self, progress: float | str | None = None) -> None:
         """Tell the daemon the job is alive; also renews when the TTL needs it. Works
@@ -462,6 +471,17 @@ class Grant:
         from supervisord_batt.client.executor import BudgetExecutor  # noqa: PLC0415
 
         return BudgetExecutor(self, **kwargs)
+
+    def detach(self) -> None:
+        """Forget the lease without a word to the daemon, and run sequential: for a
+        forked child, whose copy of the connection is its parent's lease (closing the
+        child's descriptor leaves the parent's connection open)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        self.kind, self.workers, self.target = "sequential", 1, 1
+        self.lease_id, self.degraded, self.reason = None, True, "a forked copy of the lease"
+        self._origin, self._away_since = None, None
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

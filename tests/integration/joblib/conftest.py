@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import joblib
 import psutil
@@ -23,6 +24,19 @@ BUDGET = {
 }
 
 
+@pytest.fixture(autouse=True)
+def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[batt_joblib.Keeper[Any]]:
+    """A keeper of this test's own: the pool a test's last call left is closed, and its
+    lease given back, when the test ends (the module's one lives as long as pytest)."""
+    fresh: batt_joblib.Keeper[Any] = batt_joblib.Keeper(give_back=batt_joblib._give_back_kept)
+    monkeypatch.setattr(batt_joblib, "KEEPER", fresh)
+    monkeypatch.delenv(paths.KEEP_ALIVE_ENV, raising=False)
+    try:
+        yield fresh
+    finally:
+        fresh.close()
+
+
 def loky_workers() -> list[int]:
     out = []
     for child in psutil.Process().children():
@@ -36,7 +50,9 @@ def loky_workers() -> list[int]:
 
 @pytest.fixture
 def batt(
-    daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
+    daemon: Callable[..., DaemonHandle],
+    monkeypatch: pytest.MonkeyPatch,
+    keeper: batt_joblib.Keeper[Any],
 ) -> Iterator[DaemonHandle]:
     """A daemon whose budget grants up to 3 workers, the backend pointed at it."""
     d = daemon({"budget": BUDGET})
@@ -47,4 +63,5 @@ def batt(
         with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
             yield d
     finally:
+        keeper.close()
         wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")

@@ -1,5 +1,6 @@
 """The joblib backend with real joblib against a real daemon: it runs on the grant, holds
-the lease for the call only, gives the sequential run's results, degrades like lease()."""
+the lease while its pool lives (the call, then the idle keep-alive), gives the sequential
+run's results, degrades like lease()."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def gated(flag: str, x: int) -> tuple[int, int]:
     return x * x + 1, os.getpid()
 
 
+def marked(flag: str, x: int) -> tuple[int, int]:
+    """gated, after leaving a mark of its worker beside the flag."""
+    Path(f"{flag}.{os.getpid()}").touch()
+    return gated(flag, x)
+
+
 def square(x: int) -> int:
     return x * x + 1
 
@@ -36,25 +43,32 @@ def _leases(d: DaemonHandle) -> list[dict[str, Any]]:
     return [x for x in d.status()["leases"] if x["job"] == batt_joblib.BACKEND_NAME]
 
 
-def test_call_runs_on_the_grant_and_holds_the_lease_only_while_it_runs(
-    batt: DaemonHandle, tmp_path: Path
+def test_call_runs_on_the_grant_and_holds_the_lease_as_long_as_its_pool(
+    batt: DaemonHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(paths.KEEP_ALIVE_ENV, "3")
     flag = str(tmp_path / "go")
     gen = joblib.Parallel(n_jobs=3, return_as="generator")(
-        joblib.delayed(gated)(flag, x) for x in range(9)
+        joblib.delayed(marked)(flag, x) for x in range(9)
     )
     try:
         (held,) = wait_until(lambda: _leases(batt), timeout=10, what="the call's lease")
         assert (held["kind"], held["workers"], held["job"]) == ("process", 3, "supervisord-batt")
         assert len(loky_workers()) == 3
         assert [g.lease_id for g in batt_joblib.current()] == [held["lease"]]
+        # every worker holds a task before the gate opens (the warm-up waits for one)
+        wait_until(lambda: len(list(tmp_path.glob("go.*"))) == 3, timeout=20, what="3 marks")
     finally:
         Path(flag).touch()
         out = list(gen)
     assert [r for r, _ in out] == [square(x) for x in range(9)]
     assert len({pid for _, pid in out} - {os.getpid()}) == 3  # ran on the 3 workers
-    assert _leases(batt) == [] and batt_joblib.current() == []
-    assert loky_workers() == []  # the pool went with its lease
+    assert [x["lease"] for x in _leases(batt)] == [held["lease"]]  # kept, idle, with its pool
+    assert len(loky_workers()) == 3
+    wait_until(lambda: _leases(batt) == [], timeout=10, what="the idle pool's lease given back")
+    assert loky_workers() == [] and batt_joblib.current() == []  # the pool went first
+    (released,) = [e for e in batt.events("release") if e["lease"] == held["lease"]]
+    assert released["reason"] == "released by holder"
 
 
 def test_results_equal_the_sequential_run_and_n_jobs_minus_one_asks_for_every_cpu(
@@ -68,7 +82,6 @@ def test_results_equal_the_sequential_run_and_n_jobs_minus_one_asks_for_every_cp
         second = parallel(joblib.delayed(square)(x) for x in range(7))
         assert [x["lease"] for x in _leases(batt)] == [held["lease"]]  # one lease, one pool
     assert first == [square(x) for x in range(50)] and second == [square(x) for x in range(7)]
-    assert _leases(batt) == []
 
 
 def test_threads_when_the_call_needs_shared_memory(batt: DaemonHandle, tmp_path: Path) -> None:
@@ -97,8 +110,8 @@ def test_a_task_error_propagates_and_the_lease_is_given_back(batt: DaemonHandle)
         assert parallel(joblib.delayed(square)(x) for x in range(6)) == [
             square(x) for x in range(6)
         ]
-        assert len(_leases(batt)) == 1
-    assert _leases(batt) == []
+        (held,) = _leases(batt)
+    assert [x["lease"] for x in _leases(batt)] == [held["lease"]]  # kept with its new pool
 
 
 def test_no_daemon_one_warning_then_the_configured_fallback(
@@ -147,12 +160,15 @@ def sleepy(x: int) -> int:
 def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
     daemon: Callable[..., DaemonHandle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and while its pool idles after the call (renewed by the keeper)."""
     # the first renew after the pool's comes with its first finished batch: the TTL must
-    # outlast starting the workers, which took over a second on a busy host
+    # outlast starting the workers, which took over a second on a busy host (with 1 s, a
+    # host at load 8 on 2 cores let the lease expire mid-call)
     ttl = 4.0
     tasks = int(2 * 2 * ttl / 0.1) + 10  # two workers, 0.1 s each: over two TTLs
     d = daemon({"budget": {**BUDGET, "lease_ttl": f"{ttl:g}s"}})
     monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
+    monkeypatch.setenv(paths.KEEP_ALIVE_ENV, "4.5")
     monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         start = time.monotonic()
@@ -166,4 +182,7 @@ def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
     (granted,) = [e for e in d.events("grant") if e.get("job") == batt_joblib.BACKEND_NAME]
     assert granted["kind"] == "process"
     wait_until(lambda: d.status()["leases"] == [], timeout=10, what="the lease given back")
-    wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")
+    assert loky_workers() == []
+    (released,) = d.events("release")
+    assert released["reason"] == "released by holder"  # after 4.5 s idle: renewed, not expired
+    assert d.events("lease_expired") == [], d.events("lease_expired")
