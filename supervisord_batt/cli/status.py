@@ -55,9 +55,9 @@ def render_status(status: protocol.StatusListsReply) -> str:
 
 
 def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
-    """Per job of the leases shown, the memory the budget charges each process worker:
-    `batt: 1.8 GiB per worker, learned from 14 runs` (none from a daemon that does not
-    say)."""
+    """Per job of the leases shown whose workers the daemon has seen, the memory the
+    budget charges each of its process workers: `batt: 1.8 GiB per worker, learned from
+    14 runs` (the others are charged `budget.memory_per_slot`)."""
     seen: dict[tuple[str, int], tuple[int, int]] = {}
     for lease in leases:
         size, runs = lease.get("worker_bytes"), lease.get("learned_runs")
@@ -67,10 +67,8 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
     lines = []
     for (job, uid), (size, runs) in sorted(seen.items()):
         name = job if len(jobs) == len(seen) else f"{job} (uid {uid})"
-        if runs:
+        if runs and size:
             lines.append(f"{name}: {_bytes(size)} per worker, learned from {runs} runs")
-        elif size:
-            lines.append(f"{name}: {_bytes(size)} per worker (memory_per_slot: not seen yet)")
     return ["", *lines] if lines else []
 
 

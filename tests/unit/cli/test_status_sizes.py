@@ -17,13 +17,9 @@ def row(job: str, uid: int, size: int | None, runs: int | None) -> Any:
     return out
 
 
-def test_learned_and_default_sizes_are_named_per_job() -> None:
+def test_learned_sizes_are_named_per_job_and_a_job_not_seen_is_not() -> None:
     rows = [row("batt", 1000, int(1.8 * GIB), 14), row("new", 1000, 512 * MIB, 0)]
-    assert worker_size_lines(rows) == [
-        "",
-        "batt: 1.8 GiB per worker, learned from 14 runs",
-        "new: 512 MiB per worker (memory_per_slot: not seen yet)",
-    ]
+    assert worker_size_lines(rows) == ["", "batt: 1.8 GiB per worker, learned from 14 runs"]
 
 
 def test_one_job_of_two_users_is_named_with_its_uid() -> None:
