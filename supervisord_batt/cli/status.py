@@ -68,8 +68,13 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
     for (job, uid), (size, runs) in sorted(seen.items()):
         name = job if len(jobs) == len(seen) else f"{job} (uid {uid})"
         if runs and size:
-            lines.append(f"{name}: {_bytes(size)} per worker, learned from {runs} runs")
+            lines.append(size_line(name, size, runs))
     return ["", *lines] if lines else []
+
+
+def size_line(job: str, size: int, runs: int) -> str:
+    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`)."""
+    return f"{job}: {_bytes(size)} per worker, learned from {runs} runs"
 
 
 def _bytes(n: int) -> str:

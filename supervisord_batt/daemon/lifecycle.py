@@ -400,6 +400,7 @@ class Daemon:
             self.pressure_reason,
             self.commands.tallies,
             self.supervisor.tally,
+            sizes=self.commands.worker_sizes.figures(),
         )
         log.info("stats", pid=os.getpid(), **fields)
 

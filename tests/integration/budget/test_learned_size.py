@@ -105,7 +105,12 @@ def test_issue24_grants_follow_each_jobs_learned_memory_per_worker(
 ) -> None:
     cg = memory_cgroup()
     cg.set_limit(GIB)
-    d = daemon({"budget": budget(cg.cgroup_path), "daemon": {"scan_interval": "1s"}})
+    d = daemon(
+        {
+            "budget": budget(cg.cgroup_path),
+            "daemon": {"scan_interval": "1s", "stats_interval": "1s"},
+        }
+    )
 
     def settled() -> bool:  # the jobs before have left the cgroup, and the daemon saw it
         (row,) = [r for r in d.status()["host"]["memory"]["cgroups"] if r["path"] == cg.cgroup_path]
@@ -142,3 +147,17 @@ def test_issue24_grants_follow_each_jobs_learned_memory_per_worker(
     assert 1 <= after["big"] <= GIB // (BIG * MIB) < before["big"], (before, after)
     assert after["small"] == WANT > before["small"], (before, after)
     assert cg.oom_kills() == 0
+
+    def reported() -> list[str]:  # `report` names both jobs' sizes from the stats lines
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisord_batt", "report", "--file", str(d.log_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        assert out.returncode == 0, out.stderr
+        return [x for x in out.stdout.splitlines() if "per worker, learned from 1 runs" in x]
+
+    lines = wait_until(lambda: len(got := reported()) == 2 and got, what="the report's sizes")
+    assert sorted(x.split(":")[0].split()[-1] for x in lines) == ["big", "small"], lines
