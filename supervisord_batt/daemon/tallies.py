@@ -20,7 +20,7 @@ DENIAL_CAUSES = ("cpu", "fair_share", "limit", "memory", "pressure", "other")
 _CAUSE_PREFIXES = (
     ("cpu cap", "cpu"),  # the host's CPUs (or budget.cpu_cap) all charged to other leases
     ("fair share", "fair_share"),  # more holders than the CPUs and headroom give a pool each
-    ("memory", "memory"),  # no memory_per_slot slot free for another process worker
+    ("memory", "memory"),  # no memory free for another process worker of the job
     ("level", "pressure"),  # a pressure level that allows no pool kind
 )
 
