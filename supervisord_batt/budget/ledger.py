@@ -359,8 +359,9 @@ class BudgetLedger:
 
     def learn(self, worker_bytes: Mapping[tuple[str, int], int]) -> None:
         """Take the bytes per process worker learned per (job, uid); they size the pools
-        of those jobs from the next `update` (and newcomers' at once). A job not in it is
-        charged `memory_per_slot`."""
+        of those jobs from the next `update` (and newcomers' at once), as does a changed
+        `memory_per_slot` (a reload recounts the books with the figures they hold). A job
+        not in it is charged `memory_per_slot`."""
         self._worker_bytes = dict(worker_bytes)
 
     def worker_bytes(self, job: str, uid: int) -> int:
@@ -384,7 +385,6 @@ class BudgetLedger:
                 sums.weight = exact_weight(weigh(uid))
         for e in self._leases.values():
             e.cap = cap_of(e.request, config)
-            e.footprint = e.footprint._replace(worker_bytes=self._unit(e.request))
         if self._sample is not None:
             self._rebook()
             self._set_level()
