@@ -359,9 +359,9 @@ class BudgetLedger:
 
     def learn(self, worker_bytes: Mapping[tuple[str, int], int]) -> None:
         """Take the bytes per process worker learned per (job, uid); they size the pools
-        of those jobs from the next `update` (and newcomers' at once), as does a changed
-        `memory_per_slot` (a reload recounts the books with the figures they hold). A job
-        not in it is charged `memory_per_slot`."""
+        of those jobs from the next `update` (and newcomers' at once): a reload with the
+        same config recounts the books with the sizes they hold. A job not in it is
+        charged `memory_per_slot`."""
         self._worker_bytes = dict(worker_bytes)
 
     def worker_bytes(self, job: str, uid: int) -> int:
@@ -378,13 +378,20 @@ class BudgetLedger:
     def reconfigure(self, config: BudgetConfig, weigh: Weigh | None = None) -> None:
         """Take a reloaded budget config (and the users' weights, if given); targets
         follow at once, leases are kept."""
+        old_slot = max(0, self._config.memory_per_slot)
         self._config = config
         if weigh is not None:
             self._weigh = weigh
             for uid, sums in self._users.items():
                 sums.weight = exact_weight(weigh(uid))
+        new_slot = max(0, config.memory_per_slot)
         for e in self._leases.values():
             e.cap = cap_of(e.request, config)
+            unit = e.footprint.worker_bytes
+            if new_slot != old_slot and (unit == old_slot or not new_slot):
+                # charged memory_per_slot (or memory no longer budgeted): the new one at
+                # once; a learned size stays until the next update, as the trees do
+                e.footprint = e.footprint._replace(worker_bytes=new_slot)
         if self._sample is not None:
             self._rebook()
             self._set_level()
