@@ -326,7 +326,16 @@ class TailReply(OkReply):
 # -- status -------------------------------------------------------------------------------
 
 
-class LeaseRow(TypedDict):
+class LeaseSize(TypedDict, total=False):
+    """What the budget charges one more process worker of a lease's job: its learned
+    bytes per worker, and the runs they were learned from (0: `memory_per_slot`).
+    Optional: a daemon from before they were learned does not send them."""
+
+    worker_bytes: int
+    learned_runs: int
+
+
+class LeaseRow(LeaseSize, TypedDict):
     lease: str
     pid: int
     uid: int

@@ -222,7 +222,7 @@ class _Rounds:
             if kind == "process":
                 mem += fp.unsampled(kind, size) - fp.unsampled(*old)
                 process = True
-        if cpu > book.cpus or (process and mem > book.mem_slots):
+        if cpu > book.cpus or (process and mem > book.mem_bytes):
             return False
         added: dict[int, int] = {}
         for scope, delta in by_scope.items():

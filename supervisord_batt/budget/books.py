@@ -42,24 +42,21 @@ class Book:
     caps: tuple[int, ...]  # limit - reserve, per limit
     usage: list[int]  # in_use - measured trees + charges, per limit
     cpus: int
-    mem_slots: int
+    mem_bytes: int  # memory headroom for workers not sampled yet (UNBOUNDED: not budgeted)
     cpu_used: int = 0
     mem_used: int = 0
 
     @classmethod
     def of(cls, sample: HostSample, config: BudgetConfig) -> Book:
         """The book of a sample with no lease in it: each limit less its reserve, the CPUs
-        (the config's cap, else the sample's) and the memory in worker slots: the least of
-        MemAvailable and each memory cgroup's headroom (`HostSample.memory_headroom`)."""
+        (the config's cap, else the sample's) and the memory in bytes: the least of
+        MemAvailable and each memory cgroup's headroom (`HostSample.memory_headroom`), or
+        UNBOUNDED where `memory_per_slot` is 0 (memory is not budgeted)."""
         cpus = config.cpu_cap if config.cpu_cap is not None else sample.cpus
-        slots = (
-            sample.memory_headroom()[0] // config.memory_per_slot
-            if config.memory_per_slot > 0
-            else UNBOUNDED
-        )
+        mem = sample.memory_headroom()[0] if config.memory_per_slot > 0 else UNBOUNDED
         caps = tuple(lim.limit - reserve_for(lim, config) for lim in sample.limits)
         usage = [lim.in_use for lim in sample.limits]
-        return cls(sample.limits, caps, usage, math.floor(cpus), slots)
+        return cls(sample.limits, caps, usage, math.floor(cpus), mem)
 
     def copy(self) -> Book:
         return replace(self, usage=list(self.usage))
@@ -118,8 +115,8 @@ class Book:
             return False
         if kind != "process" or fp.sampled_process >= size:
             return True
-        spare = self.mem_slots - (self.mem_used - (fp.unsampled(*old) if old else 0))
-        return spare >= size - fp.sampled_process
+        spare = self.mem_bytes - (self.mem_used - (fp.unsampled(*old) if old else 0))
+        return spare >= (size - fp.sampled_process) * fp.worker_bytes
 
     def fit(
         self,
@@ -162,12 +159,14 @@ class Book:
             if explain:
                 why = f"{what}: {cpus} CPUs, {others} in use"
         if kind == "process":
-            spare = self.mem_slots - (self.mem_used - (fp.unsampled(*old) if old else 0))
-            n = fp.sampled_process + max(0, spare)
+            spare = self.mem_bytes - (self.mem_used - (fp.unsampled(*old) if old else 0))
+            unit = fp.worker_bytes
+            n = fp.sampled_process + max(0, spare) // unit if unit else UNBOUNDED
             if n < best:
                 best, at = n, -1
                 if explain:
-                    why = f"memory: {max(0, spare)} worker slots free"
+                    # the recorded replays hold this wording: the size is in `status`
+                    why = f"memory: {n - fp.sampled_process} worker slots free"
         if explain and at >= 0:  # formatted once, for the limit that binds in the end
             size = max(best + 1, MIN_POOL)
             why = (

@@ -105,8 +105,10 @@ class Scopes:
 
 class Footprint(NamedTuple):
     """What the books charge a lease, per host sample: the limits it is in (indices into
-    the sample's limits), its base tasks, what the last sample saw of it, and the CPUs
-    it holds sequential (`seat_of`, for the lease's life)."""
+    the sample's limits), its base tasks, what the last sample saw of it, the CPUs it
+    holds sequential (`seat_of`, for the lease's life) and the bytes each process worker
+    the sample did not see yet takes (its job's learned figure, else
+    `budget.memory_per_slot`; 0: memory does not bound it)."""
 
     scope: tuple[int, ...]
     base_tasks: int
@@ -114,6 +116,7 @@ class Footprint(NamedTuple):
     sampled_cost: int = 0  # its pool's cost at the last sample
     sampled_process: int = 0  # its process workers at the last sample
     seat: int = 1  # CPUs it holds sequential: 1, or 0 if it asked for no worker
+    worker_bytes: int = 0  # memory per process worker not sampled yet
 
     def charge(self, kind: Kind, workers: int) -> int:
         """Tasks counted against each limit in scope if the lease held this pool: its base
@@ -126,9 +129,12 @@ class Footprint(NamedTuple):
         return max(self.measured + grown if grown > 0 else self.measured, full)
 
     def unsampled(self, kind: Kind, workers: int) -> int:
-        """Process workers beyond those the last sample's memory figure already saw."""
+        """Bytes of the process workers beyond those the last sample's memory figure
+        already saw."""
         sampled = self.sampled_process
-        return workers - sampled if kind == "process" and workers > sampled else 0
+        if kind == "process" and workers > sampled:
+            return (workers - sampled) * self.worker_bytes
+        return 0
 
 
 def sampled(  # noqa: PLR0917 (the footprint's parts)
@@ -138,17 +144,20 @@ def sampled(  # noqa: PLR0917 (the footprint's parts)
     kind: Kind,
     workers: int,
     seat: int = 1,
+    worker_bytes: int = 0,
 ) -> Footprint:
     """The footprint of a lease holding (kind, workers) when a sample measured `measured`."""
     process = workers if kind == "process" else 0
-    return Footprint(scope, base_tasks, measured, pool_cost(kind, workers), process, seat)
+    cost = pool_cost(kind, workers)
+    return Footprint(scope, base_tasks, measured, cost, process, seat, worker_bytes)
 
 
 class Profile(NamedTuple):
     """A lease's place in the water-filling's plan, and what it adds to the demand.
 
-    The first seven fields are what `demand.Demand` sums; `live` and `fallback` only
-    order and widen the plan.
+    The first eight fields are what `demand.Demand` sums (`unit`: the bytes of one more
+    process worker, which the closed forms need to be one figure for every planned
+    process pool); `live` and `fallback` only order and widen the plan.
     """
 
     kind: Kind | None  # the kind it starts in; None: it asks for no pool
@@ -156,14 +165,15 @@ class Profile(NamedTuple):
     lo: int  # the last size it grows to without a memory slot (<= cap)
     full_tasks: int  # charge at (kind, cap) less its charge when sequential
     first_tasks: int  # charge at (kind, MIN_POOL) less its charge when sequential
-    full_mem: int  # unsampled process workers at (kind, cap)
-    first_mem: int  # unsampled process workers at (kind, MIN_POOL)
+    full_mem: int  # bytes of the unsampled process workers at (kind, cap)
+    first_mem: int  # bytes of the unsampled process workers at (kind, MIN_POOL)
+    unit: int  # bytes per unsampled process worker (0 unless it starts as a process pool)
     live: bool  # served first, as a live pool
     fallback: bool  # a process pool that may fall back to threads
 
     def sums_as(self, other: Profile) -> bool:
-        """Whether the demand sums this profile as it sums `other` (its first 7 fields)."""
-        return self[:7] == other[:7]
+        """Whether the demand sums this profile as it sums `other` (its first 8 fields)."""
+        return self[:8] == other[:8]
 
     def plans_as(self, other: Profile) -> bool:
         """Whether it places the lease in the plan as `other` does (the same kind, cap,
@@ -224,7 +234,7 @@ def profile(  # noqa: PLR0917 (the lease's parts, each of its own lifetime)
     # as the plan sees it: the allocation that is being recomputed chose no kind yet
     kinds = pool_kinds(pools, level, kind, workers, MIN_POOL) if cap >= MIN_POOL else []
     if not kinds:
-        return Profile(None, 0, 0, 0, 0, 0, 0, live, False)
+        return Profile(None, 0, 0, 0, 0, 0, 0, 0, live, False)
     first = kinds[0]
     if level == "high" and first == "process":
         cap = min(cap, workers)
@@ -240,14 +250,14 @@ def profile(  # noqa: PLR0917 (the lease's parts, each of its own lifetime)
         first_tasks = max(measured + max(0, one - sampled_cost), base + one) - idle
     if first == "process":  # as `unsampled`, and the size it grows to without memory
         # (conditionals, not max/min: a builtin call costs more than the compare here)
-        done = footprint.sampled_process
-        full_mem = cap - done if cap > done else 0
-        first_mem = MIN_POOL - done if done < MIN_POOL else 0
+        done, unit = footprint.sampled_process, footprint.worker_bytes
+        full_mem = (cap - done) * unit if cap > done else 0
+        first_mem = (MIN_POOL - done) * unit if done < MIN_POOL else 0
         lo = done if done > MIN_POOL else MIN_POOL
         lo = lo if lo < cap else cap
     else:
-        full_mem = first_mem = 0
+        full_mem = first_mem = unit = 0
         lo = cap
     return Profile(
-        first, cap, lo, full_tasks, first_tasks, full_mem, first_mem, live, len(kinds) > 1
+        first, cap, lo, full_tasks, first_tasks, full_mem, first_mem, unit, live, len(kinds) > 1
     )

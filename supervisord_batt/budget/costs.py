@@ -32,7 +32,7 @@ LOKY_RESOURCE_TRACKERS = 2  # loky's and multiprocessing's resource trackers
 PROCESS_POOL_OVERHEAD = PROCESS_POOL_THREADS + LOKY_RESOURCE_TRACKERS
 THREAD_WORKER_TASKS = 1
 MIN_POOL = 2  # a pool of 1 never beats sequential (see the comment at the top)
-UNBOUNDED = 1 << 30  # no bound: memory slots when memory_per_slot is 0, or no fit yet
+UNBOUNDED = 1 << 30  # no bound: memory bytes when memory_per_slot is 0, or no fit yet
 
 
 def pool_cost(kind: Kind, workers: int) -> int:

@@ -26,10 +26,11 @@ class Demand:
     first_tasks: list[int]  # per limit: sum of first_tasks over the planned leases in scope
     caps: dict[int, int] = field(default_factory=dict)  # cap -> planned leases
     n: int = 0  # planned leases
-    mem: int = 0  # sum of full_mem
-    first_mem: int = 0  # sum of first_mem
+    mem: int = 0  # sum of full_mem (bytes)
+    first_mem: int = 0  # sum of first_mem (bytes)
     groups: Groups = field(default_factory=dict)  # (lo, cap) -> leases
     process: int = 0  # planned leases starting as process pools
+    units: dict[int, int] = field(default_factory=dict)  # bytes per worker -> process pools
 
     @classmethod
     def empty(cls, limits: int) -> Demand:
@@ -39,7 +40,7 @@ class Demand:
     def count(self, scope: tuple[int, ...], p: Profile, sign: int) -> None:
         """Count a lease's profile in (sign 1) or out (sign -1) over the limits in `scope`
         (a lease that asks for no pool counts nothing)."""
-        kind, cap, lo, full_tasks, first_tasks, full_mem, first_mem, _, _ = p
+        kind, cap, lo, full_tasks, first_tasks, full_mem, first_mem, unit, _, _ = p
         if kind is None:
             return
         self.n += sign
@@ -64,6 +65,19 @@ class Demand:
             del self.groups[key]
         if kind == "process":
             self.process += sign
+            left = self.units.get(unit, 0) + sign
+            if left:
+                self.units[unit] = left
+            else:
+                del self.units[unit]
+
+    def unit(self) -> int | None:
+        """The bytes per worker every planned process pool shares (0 if there is none);
+        None where they differ, and the rounds cannot be counted in workers alone."""
+        units = self.units
+        if len(units) > 1:
+            return None
+        return next(iter(units)) if units else 0
 
     def fallen(self, moved: Groups) -> Groups:
         """`groups` with the leases of `moved` ((lo, cap) -> leases), which fell back to
@@ -75,8 +89,9 @@ class Demand:
         return groups
 
     def used(self, size: int, groups: Groups | None = None) -> tuple[int, int]:
-        """CPUs and memory slots the rounds after the first take, up to `size`, if every
-        planned lease grows in its first kind (or as `groups` has it: `fallen`)."""
+        """CPUs and process workers needing memory that the rounds after the first take,
+        up to `size`, if every planned lease grows in its first kind (or as `groups` has
+        it: `fallen`)."""
         cpu = mem = 0
         for (lo, cap), n in (self.groups if groups is None else groups).items():
             top = min(cap, size)
@@ -128,7 +143,7 @@ def cpu_only(demand: Demand, idle: Book) -> bool:
     round's check passes them, and a first kind never falls back)."""
     if not task_limits_hold(demand, idle):
         return False
-    return not demand.process or idle.mem_used + demand.mem <= idle.mem_slots
+    return not demand.process or idle.mem_used + demand.mem <= idle.mem_bytes
 
 
 def first_pools_fit_tasks(demand: Demand, idle: Book) -> bool:

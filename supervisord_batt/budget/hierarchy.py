@@ -79,11 +79,11 @@ def entitle(capacity: int, demands: Sequence[int], weights: Sequence[Weight]) ->
 
 @dataclass(frozen=True, slots=True)
 class Entitlements:
-    """What each user may use of every resource: CPUs, room per limit, memory slots."""
+    """What each user may use of every resource: CPUs, room per limit, memory bytes."""
 
     cpus: list[int]  # per user, in `users` order: CPUs, its seats included
     rooms: list[list[int]]  # per user, per limit: tasks beyond the idle book's usage
-    mem: list[int]  # per user: memory slots beyond the idle book's
+    mem: list[int]  # per user: memory bytes beyond the idle book's
 
 
 def entitlements(users: Sequence[User], idle: Book) -> Entitlements:
@@ -98,7 +98,7 @@ def entitlements(users: Sequence[User], idle: Book) -> Entitlements:
         given = entitle(room, asked, weights) if room > 0 and any(asked) else [room] * len(users)
         for mine, g in zip(rooms, given, strict=True):
             mine.append(g)
-    spare = idle.mem_slots - idle.mem_used
+    spare = idle.mem_bytes - idle.mem_used
     mem = (
         entitle(spare, [u.demand.mem for u in users], weights)
         if spare > 0

@@ -181,6 +181,9 @@ class BudgetLedger:
         self._exact = True
         self._last = EMPTY  # the last allocation computed (`held_by` reads it)
         self._pending: _Pending | None = None
+        # (job, uid) -> bytes per process worker, as the daemon learned them from its
+        # scans (`learn`); a job not in it is charged `memory_per_slot`
+        self._worker_bytes: dict[tuple[str, int], int] = {}
         if sample is not None:
             self.update(sample, {})
 
@@ -202,7 +205,9 @@ class BudgetLedger:
         before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
-        fp = Footprint(self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req))
+        fp = Footprint(
+            self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req), self._unit(req)
+        )
         pools, cap = pools_of(req), cap_of(req, self._config)
         level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
         e = _Held(
@@ -350,8 +355,10 @@ class BudgetLedger:
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
-            seat = e.footprint.seat
-            e.footprint = sampled(scope, e.request.base_tasks, measured, e.kind, e.workers, seat)
+            seat, unit = e.footprint.seat, self._unit(e.request)
+            e.footprint = sampled(
+                scope, e.request.base_tasks, measured, e.kind, e.workers, seat, unit
+            )
         self._rebook()
         previous = self._level
         reason = self._set_level()
@@ -359,16 +366,41 @@ class BudgetLedger:
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
 
+    def learn(self, worker_bytes: Mapping[tuple[str, int], int]) -> None:
+        """Take the bytes per process worker learned per (job, uid); they size the pools
+        of those jobs from the next `update` (and newcomers' at once): a reload with the
+        same config recounts the books with the sizes they hold. A job not in it is
+        charged `memory_per_slot`."""
+        self._worker_bytes = dict(worker_bytes)
+
+    def worker_bytes(self, job: str, uid: int) -> int:
+        """What one more process worker of (job, uid) is charged: the learned figure, else
+        `memory_per_slot` (0 where memory is not budgeted)."""
+        per_slot = self._config.memory_per_slot
+        if per_slot <= 0:
+            return 0
+        return self._worker_bytes.get((job, uid), per_slot)
+
+    def _unit(self, req: Request) -> int:
+        return self.worker_bytes(req.job, req.uid)
+
     def reconfigure(self, config: BudgetConfig, weigh: Weigh | None = None) -> None:
         """Take a reloaded budget config (and the users' weights, if given); targets
         follow at once, leases are kept."""
+        old_slot = max(0, self._config.memory_per_slot)
         self._config = config
         if weigh is not None:
             self._weigh = weigh
             for uid, sums in self._users.items():
                 sums.weight = exact_weight(weigh(uid))
+        new_slot = max(0, config.memory_per_slot)
         for e in self._leases.values():
             e.cap = cap_of(e.request, config)
+            unit = e.footprint.worker_bytes
+            if new_slot != old_slot and (unit == old_slot or not new_slot):
+                # charged memory_per_slot (or memory no longer budgeted): the new one at
+                # once; a learned size stays until the next update, as the trees do
+                e.footprint = e.footprint._replace(worker_bytes=new_slot)
         if self._sample is not None:
             self._rebook()
             self._set_level()
@@ -749,7 +781,8 @@ class BudgetLedger:
         """Process workers a new holder inside every scope could get now."""
         if self._sample is None or self._level != "normal":
             return 0
-        probe = Footprint(tuple(range(len(self._sample.limits))), 0)
+        unit = max(0, self._config.memory_per_slot)
+        probe = Footprint(tuple(range(len(self._sample.limits))), 0, worker_bytes=unit)
         fit, _ = self._charged.fit(probe, "process", None)
         workers = min(fit, self._config.max_per_lease)
         return workers if workers >= MIN_POOL else 0

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from supervisord_batt.budget.allocation import NO_SHARE, Share, share
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.claims import Footprint, Profile
-from supervisord_batt.budget.costs import MIN_POOL
+from supervisord_batt.budget.costs import MIN_POOL, UNBOUNDED
 from supervisord_batt.budget.demand import (
     Demand,
     Groups,
@@ -129,7 +129,7 @@ def _first_round_share(  # noqa: PLR0917 (newcomer_share's arguments, and the sp
         return _lone_share(e, footprint, idle)
     if not first_pools_fit_tasks(d, idle):
         return None
-    mem = idle.mem_slots - idle.mem_used
+    mem = idle.mem_bytes - idle.mem_used
     others_mem = d.first_mem - e.first_mem
     moved: Groups = {}  # the others that fell back to threads, by (lo, cap)
     if others_mem <= mem:  # nobody runs out of memory
@@ -170,7 +170,9 @@ def _later_share(  # noqa: PLR0917 (the state of the rounds after the first)
     groups: Groups | None = None,
 ) -> int | None:
     """The newcomer's share when every planned lease took a first pool, leaving `cpu`
-    CPUs and `mem` memory slots (None: no shortcut). The others hold their first kind, or
+    CPUs and `mem` bytes of memory (None: no shortcut, as where the planned process
+    pools' workers differ in size: a memory slot is then no one figure). A memory slot
+    is the bytes of one worker of that size. The others hold their first kind, or
     threads for those `groups` counts at (cap, cap) (`Demand.fallen`; None: none fell
     back). `lo` is the last size the newcomer grows to without a memory slot: its `lo`, or
     its cap if it fell back to threads (the sums count it at its `lo` regardless).
@@ -187,6 +189,12 @@ def _later_share(  # noqa: PLR0917 (the state of the rounds after the first)
     """
     if not task_limits_hold(d, idle):
         return None
+    unit = d.unit()
+    if unit is None:  # the planned pools' workers differ in size: no count of rounds
+        return None
+    # bytes to memory slots of that size (floored, as the books' checks are); with no
+    # planned process pool, or memory not budgeted, nobody needs one
+    mem = mem // unit if unit else UNBOUNDED
     cap, counted = e.cap, e.lo  # counted: its lo as the sums have it
     low, high = MIN_POOL, cap  # everyone fits up to low; not known above
     while low < high:

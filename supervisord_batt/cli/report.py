@@ -18,6 +18,7 @@ Then the advice: which key to change, and why, when the figures point at one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
+from supervisord_batt.cli.status import size_line
 
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
@@ -86,6 +88,7 @@ def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     runs: Counter[str] = Counter()
     kills: Counter[tuple[str, str]] = Counter()
     pressure_changes = 0
+    sizes: list[Any] = []  # the latest stats line's learned worker sizes
     first_at = last_at = None
     for event in events:
         name = event.get("event")
@@ -103,6 +106,7 @@ def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 if isinstance(event.get(key), int | float):
                     target.append(float(event[key]))
             peaks.append(float(event.get("tightest_peak_percent") or 0.0))
+            sizes = event.get("worker_sizes") or sizes
         elif name == "exit":
             runs[str(event.get("outcome") or _outcome(event))] += 1
         elif name == "timeout_kill":
@@ -115,6 +119,7 @@ def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total[key] = total.get(key, 0) + n
     return _figures(total, tasks, percent, peaks, runs, kills, pressure_changes, daemons) | {
         "window": {"first": first_at, "last": last_at},
+        "worker_sizes": sizes,
     }
 
 
@@ -350,6 +355,7 @@ def render(fig: dict[str, Any], samples: bool = False) -> str:
             or "0"
         ),
         "runs                " + "  ".join(f"{k} {v}" for k, v in fig["runs"].items()),
+        *_size_lines(fig.get("worker_sizes") or []),
         "",
     ]
     tips = advice(fig)
@@ -364,6 +370,19 @@ def render(fig: dict[str, Any], samples: bool = False) -> str:
             "daemon.stats_interval): the host and grant figures are empty"
         )
     return "\n".join(lines)
+
+
+def _size_lines(sizes: list[Any]) -> list[str]:
+    """The learned memory per worker of the jobs in the latest stats line."""
+    out = []
+    for row in sizes:
+        with contextlib.suppress(KeyError, TypeError):
+            out.append(size_line(str(row["job"]), int(row["worker_bytes"]), int(row["runs"])))
+    return (
+        ["worker sizes        " + out[0], *("                    " + x for x in out[1:])]
+        if out
+        else []
+    )
 
 
 def run_report(args: argparse.Namespace, config: Config | None) -> int:

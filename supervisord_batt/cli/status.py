@@ -50,7 +50,35 @@ def render_status(status: protocol.StatusListsReply) -> str:
     if leases is not None:
         lines.append("")
         lines += _lease_table(leases) if leases else ["no leases"]
+        lines += worker_size_lines(leases)
     return "\n".join(lines)
+
+
+def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
+    """Per job of the leases shown whose workers the daemon has seen, the memory the
+    budget charges each of its process workers: `batt: 1.8 GiB per worker, learned from
+    14 runs` (the others are charged `budget.memory_per_slot`)."""
+    seen: dict[tuple[str, int], tuple[int, int]] = {}
+    for lease in leases:
+        size, runs = lease.get("worker_bytes"), lease.get("learned_runs")
+        if size is not None and runs is not None:
+            seen[lease["job"], lease["uid"]] = (size, runs)
+    jobs = {job for job, _ in seen}
+    lines = []
+    for (job, uid), (size, runs) in sorted(seen.items()):
+        name = job if len(jobs) == len(seen) else f"{job} (uid {uid})"
+        if runs and size:
+            lines.append(size_line(name, size, runs))
+    return ["", *lines] if lines else []
+
+
+def size_line(job: str, size: int, runs: int) -> str:
+    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`)."""
+    return f"{job}: {_bytes(size)} per worker, learned from {runs} runs"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _lease_table(leases: list[protocol.LeaseRow]) -> list[str]:

@@ -25,6 +25,7 @@ from supervisord_batt.daemon.server import Connection, Reply
 from supervisord_batt.daemon.status import StatusView, Viewer, user_uid
 from supervisord_batt.daemon.tallies import Tallies
 from supervisord_batt.daemon.throttle import Throttle
+from supervisord_batt.daemon.workersizes import WorkerSizes
 from supervisord_batt.host.probe import sample_to_json
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.host.sample import HostSample
@@ -77,6 +78,8 @@ class Commands:
     resumable: Resumable | None = None
     started_at: float = field(default_factory=time.monotonic)
     tallies: Tallies = field(default_factory=Tallies)
+    # each job's memory per worker, learned from the scans (shown in the lease rows)
+    worker_sizes: WorkerSizes = field(default_factory=WorkerSizes)
     # the daemon's own faults (a bug in containment): counted, one line a second at most
     faults: Throttle = field(
         default_factory=lambda: Throttle(1, summary="faults_suppressed", about="faults")
@@ -96,7 +99,7 @@ class Commands:
         self._ops = {
             op: getattr(self, f"op_{op}") for op in protocol.SCHEMAS if hasattr(self, f"op_{op}")
         }
-        self._status = StatusView(self.supervisor)
+        self._status = StatusView(self.supervisor, self.worker_sizes)
 
     def handle(self, conn: Connection, msg: dict[str, Any]) -> Reply | Awaitable[Reply]:
         """The reply to one request: at once, or an awaitable of it for ops that wait."""

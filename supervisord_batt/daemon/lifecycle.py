@@ -22,6 +22,7 @@ import pwd
 import resource
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,7 +43,7 @@ from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.daemon.weights import Weights
 from supervisord_batt.host.monitor import HostMonitor
-from supervisord_batt.host.sample import HostSample
+from supervisord_batt.host.sample import HostSample, TreeUsage
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.states import State
 from supervisord_batt.supervise.supervisor import Supervisor
@@ -400,6 +401,7 @@ class Daemon:
             self.pressure_reason,
             self.commands.tallies,
             self.supervisor.tally,
+            sizes=self.commands.worker_sizes.figures(),
         )
         log.info("stats", pid=os.getpid(), **fields)
 
@@ -412,7 +414,18 @@ class Daemon:
         self.supervisor.record_trees(
             {name: usage[pid].pids for name, pid in workers.items() if pid in usage}
         )
+        self._learn(usage, holders.values())
         return {lease: usage[pid].tasks for lease, pid in holders.items() if pid in usage}
+
+    def _learn(self, usage: dict[int, TreeUsage], holders: Iterable[int]) -> None:
+        """Each job's memory per worker from this scan's trees (`daemon.workersizes`),
+        given to the ledger: it sizes the pools from the next update on."""
+        sizes = self.commands.worker_sizes
+        held = self.ledger.held_by(holders)
+        rss = self.monitor.resident_bytes(sizes.pool_pids(held, usage))
+        sizes.observe(held, usage, rss)
+        figures = sizes.figures()
+        self.ledger.learn({key: f.worker_bytes for key, f in figures.items()})
 
     def limits_now(self) -> dict[str, Any]:
         """The tightest limit right now, for log events about refusals and pressure."""

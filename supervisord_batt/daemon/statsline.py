@@ -11,14 +11,18 @@ the share of time at each pressure level, the tightest limit's peak use.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.records import LedgerStats
 from supervisord_batt.daemon.tallies import Tallies
+from supervisord_batt.daemon.workersizes import Key, Learned
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.supervise.supervisor import Tally
+
+SIZES_SHOWN = 20  # jobs' learned worker sizes a stats line carries
 
 
 @dataclass
@@ -44,6 +48,8 @@ class StatsLine:
         reason: str,
         tallies: Tallies,
         tally: Tally,
+        *,
+        sizes: Mapping[Key, Learned] | None = None,
     ) -> dict[str, Any]:
         tightest = sample.tightest()
         line = {
@@ -73,9 +79,20 @@ class StatsLine:
             "runs": _nested(tally.runs),
             "spawn_failures": _nested(tally.spawn_failures),
             "requests": sum(tallies.requests.values()),
+            "worker_sizes": _sizes(sizes or {}),
         }
         self.peak_percent = 0.0
         return line
+
+
+def _sizes(sizes: Mapping[Key, Learned]) -> list[dict[str, Any]]:
+    """The jobs' learned memory per worker, those learned from the most runs first, at
+    most SIZES_SHOWN of them (the line stays short whatever the daemon learned)."""
+    ranked = sorted(sizes.items(), key=lambda kv: (-kv[1].runs, kv[0]))[:SIZES_SHOWN]
+    return [
+        {"job": job, "uid": uid, "worker_bytes": f.worker_bytes, "runs": f.runs}
+        for (job, uid), f in ranked
+    ]
 
 
 def _percent(sample: HostSample) -> float:

@@ -33,6 +33,7 @@ from typing import Any
 from supervisord_batt import logs, protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Lease
+from supervisord_batt.daemon.workersizes import Key, Learned, WorkerSizes
 from supervisord_batt.supervise.supervisor import Supervisor
 
 RECENT_EVENTS = 20  # the latest log events a status reply carries (for `top`)
@@ -68,6 +69,7 @@ class StatusView:
     replies (`top` asks every second, and most of the latest lines are the same)."""
 
     supervisor: Supervisor
+    worker_sizes: WorkerSizes = field(default_factory=WorkerSizes)
     _events: dict[str, protocol.Event] = field(default_factory=dict, repr=False)
 
     def fill(
@@ -130,7 +132,8 @@ class StatusView:
         now = time.monotonic()
         leases, held = ledger.page(uid, offset, end if "leases" in named else offset)
         if "leases" in named:
-            reply["leases"] = [lease_row(x, now) for x in leases]
+            learned = self.worker_sizes.figures()
+            reply["leases"] = [lease_row(x, now, _worker_size(x, ledger, learned)) for x in leases]
         if "instances" in named:
             by_pid = {pid: lease_id for lease_id, pid in ledger.lease_pids().items()}
             rows = visible["instances"][offset:end]
@@ -177,8 +180,10 @@ def _program_of(instance: str) -> str:
     return instance.rpartition(":")[0] or instance
 
 
-def lease_row(x: Lease, now: float) -> protocol.LeaseRow:
+def lease_row(x: Lease, now: float, size: protocol.LeaseSize) -> protocol.LeaseRow:
     return {
+        "worker_bytes": size["worker_bytes"],
+        "learned_runs": size["learned_runs"],
         "lease": x.lease_id,
         "pid": x.pid,
         "uid": x.uid,
@@ -188,6 +193,16 @@ def lease_row(x: Lease, now: float) -> protocol.LeaseRow:
         "target": x.target,
         "wanted": x.wanted,
         "age_s": round(now - x.created_at, 1),
+    }
+
+
+def _worker_size(x: Lease, ledger: BudgetLedger, learned: dict[Key, Learned]) -> protocol.LeaseSize:
+    """What the budget charges a process worker of the lease's job, and the runs it was
+    learned from (0: never seen, `memory_per_slot`)."""
+    seen = learned.get((x.job, x.uid))
+    return {
+        "worker_bytes": ledger.worker_bytes(x.job, x.uid),
+        "learned_runs": seen.runs if seen is not None else 0,
     }
 
 

@@ -31,7 +31,7 @@ DENIAL_CAUSES = (
 _CAUSE_PREFIXES = (
     ("cpu cap", "cpu"),  # the host's CPUs (or budget.cpu_cap) all charged to other leases
     ("fair share", "fair_share"),  # more holders than the CPUs and headroom give a pool each
-    ("memory", "memory"),  # no memory_per_slot slot free for another process worker
+    ("memory", "memory"),  # no memory free for another process worker of the job
     ("level", "pressure"),  # a pressure level that allows no pool kind
 )
 _SIGNALS = (("psi cpu", "cpu_pressure"), ("psi memory", "memory_pressure"))

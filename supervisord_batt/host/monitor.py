@@ -41,6 +41,7 @@ from supervisord_batt.host.sample import (
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="host")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # statm counts pages
 
 # ---------------------------------------------------------------- cgroups
 
@@ -418,6 +419,30 @@ class HostMonitor:
         finally:
             os.close(proc_fd)
         return _trees(roots, children, threads)
+
+    def resident_bytes(self, pids: Iterable[int]) -> dict[int, int]:
+        """Resident bytes of each pid (the RSS of /proc/<pid>/statm, one short read
+        each); pids that are gone, or whose statm is garbled, are left out. Read for the
+        lease holders' descendants only, after `scan` found them: one read per worker."""
+        out: dict[int, int] = {}
+        proc_fd = os.open(self.proc_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for pid in pids:
+                try:
+                    fd = os.open(f"{pid}/statm", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+                except OSError:
+                    continue
+                try:
+                    pages = procfs.parse_statm_resident(os.read(fd, 256))
+                except OSError:
+                    pages = None
+                finally:
+                    os.close(fd)
+                if pages is not None:
+                    out[pid] = pages * _PAGE_SIZE
+        finally:
+            os.close(proc_fd)
+        return out
 
     # ------------------------------------------------------------ lifetime
 

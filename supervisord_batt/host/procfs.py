@@ -178,6 +178,15 @@ def parse_stat(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def parse_statm_resident(data: bytes) -> int | None:
+    """Resident pages from /proc/<pid>/statm (its second field); None if garbled."""
+    fields = data.split()
+    try:
+        return int(fields[1])
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class ProcStat:
     """The fields of /proc/<pid>/stat that process-tree code needs."""

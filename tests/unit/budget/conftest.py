@@ -216,13 +216,17 @@ def configs(draw: st.DrawFn) -> BudgetConfig:
     )
 
 
+JOBS = ("batt", "small")  # job names, for the sizes learned per (job, uid)
+LEARNED = (GIB // 8, GIB // 2, 3 * GIB // 4, 2 * GIB)  # bytes per worker a daemon learned
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
     return Request(
         holder=f"h{draw(st.integers(0, 4))}",
         pid=1,
         uid=draw(st.sampled_from(UIDS)),
-        job="batt",
+        job=draw(st.sampled_from(JOBS)),
         want=draw(st.integers(0, 12)),
         kinds=draw(st.sampled_from(KIND_SETS)),
         cgroups=draw(st.sampled_from([(), (CGROUP + "/job",), ("/sys/fs/cgroup/pids/x",)])),
@@ -242,6 +246,7 @@ class Held:
     measured: int | None = None
     sampled_kind: Kind = "sequential"
     sampled_workers: int = 0
+    worker_bytes: int | None = None  # learned bytes per worker; None: memory_per_slot
 
 
 @dataclass
@@ -282,8 +287,15 @@ def world(
     for h in held:
         scope = scope_of(h.request, host.limits)
         seat = seat_of(h.request)
+        unit = h.worker_bytes if h.worker_bytes is not None else cfg.memory_per_slot
         fp = sampled(
-            scope, h.request.base_tasks, h.measured, h.sampled_kind, h.sampled_workers, seat
+            scope,
+            h.request.base_tasks,
+            h.measured,
+            h.sampled_kind,
+            h.sampled_workers,
+            seat,
+            unit if cfg.memory_per_slot > 0 else 0,
         )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
@@ -324,10 +336,21 @@ class Tracker:
         self.ledger = BudgetLedger(cfg, self.clock, host, weigh=weigher(self.weights))
         self.requests: dict[str, Request] = {}
         self.measured: dict[str, tuple[int | None, Kind, int]] = {}
+        self.learned: dict[tuple[str, int], int] = {}  # as given to `BudgetLedger.learn`
+        self.units: dict[str, int] = {}  # per lease: its bytes per worker at its last sample
+
+    def unit(self, req: Request) -> int:
+        """Bytes per worker the ledger charges `req` now: learned, else memory_per_slot."""
+        return self.learned.get((req.job, req.uid), self.cfg.memory_per_slot)
+
+    def learn(self, learned: dict[tuple[str, int], int]) -> None:
+        self.ledger.learn(learned)
+        self.learned = dict(learned)
 
     def acquire(self, req: Request) -> str:
         lease_id = self.ledger.acquire(req).lease_id
         self.requests[lease_id] = req
+        self.units[lease_id] = self.unit(req)
         return lease_id
 
     def update(self, host: HostSample, trees: dict[str, int]) -> None:
@@ -335,19 +358,27 @@ class Tracker:
         self.ledger.update(host, trees)
         self.host = host
         self.measured = {i: (trees.get(i), lease.kind, lease.workers) for i, lease in held.items()}
+        self.units = {i: self.unit(self.requests[i]) for i in held if i in self.requests}
 
     def held(self) -> list[Held]:
         out = []
         for lease in self.ledger.statistics().leases:
             measured, kind, workers = self.measured.get(lease.lease_id, (None, "sequential", 0))
             req = self.requests[lease.lease_id]
+            unit = self.units.get(lease.lease_id, self.unit(req))  # acquired directly: now
             out.append(
-                Held(lease.lease_id, req, lease.kind, lease.workers, measured, kind, workers)
+                Held(lease.lease_id, req, lease.kind, lease.workers, measured, kind, workers, unit)
             )
         return out
 
     def world(self, *newcomers: Held) -> World:
-        held = [*self.held(), *newcomers]
+        """The books from scratch with the leases held and `newcomers` (charged what the
+        ledger would charge them now, unless they say)."""
+        fresh = [
+            replace(h, worker_bytes=self.unit(h.request)) if h.worker_bytes is None else h
+            for h in newcomers
+        ]
+        held = [*self.held(), *fresh]
         return world(self.host, self.cfg, self.ledger.level, held, self.weights)
 
 
@@ -359,7 +390,9 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
     tracker = Tracker(cfg, sample(*lims, cpus=cpus, mem=data.draw(st.integers(0, 12)) * GIB))
     led = tracker.ledger
     live: list[str] = []
-    ops = st.sampled_from(["acquire", "acquire", "acquire", "release", "renew", "expire", "update"])
+    ops = st.sampled_from(
+        ["acquire", "acquire", "acquire", "release", "renew", "expire", "update", "learn"]
+    )
     for _ in range(steps):
         op = data.draw(ops)
         if op == "acquire":
@@ -378,4 +411,7 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
         elif op == "update":
             trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
             tracker.update(data.draw(samples(lims)), trees)
+        elif op == "learn":  # sizes per (job, uid), as the daemon learns them from its scans
+            keys = st.tuples(st.sampled_from(JOBS), st.sampled_from(UIDS))
+            tracker.learn(data.draw(st.dictionaries(keys, st.sampled_from(LEARNED), max_size=4)))
     return tracker

@@ -197,6 +197,41 @@ def test_memory_cgroup_limit_caps_workers_below_memavailable() -> None:
     assert grant.reason.startswith("memory: 5 worker slots free")
 
 
+def test_a_job_is_sized_by_the_worker_size_learned_for_it() -> None:
+    """Issue 24: a job's pools are sized by the bytes per worker learned for its (job,
+    uid), memory_per_slot only for a job never seen, and the learned figure charges the
+    workers a sample has not seen yet."""
+    led = ledger(mem=4 * GIB, memory_per_slot=GIB // 2, max_per_lease=16)  # 8 slots of 512 MiB
+    led.learn({("big", 1000): 2 * GIB, ("small", 1000): GIB // 16})
+    assert led.worker_bytes("big", 1000) == 2 * GIB
+    assert led.worker_bytes("big", 1001) == GIB // 2  # another user's job: never seen
+    big = led.acquire(request("a", 16, kinds=("process",), job="big"))
+    assert (big.kind, big.workers) == ("process", 2)  # 4 GiB / 2 GiB
+    assert big.reason.startswith("memory: 2 worker slots free")
+    led.release(big.lease_id)
+    small = led.acquire(request("b", 16, kinds=("process",), job="small"))
+    assert (small.kind, small.workers) == ("process", 16)  # 64 MiB each: the CPUs bind
+    led.release(small.lease_id)
+    unseen = led.acquire(request("c", 8, kinds=("process",), job="new"))
+    assert (unseen.kind, unseen.workers) == ("process", 8)
+    # a pool the sample saw is in its memory figure: only workers beyond it are charged
+    led.update(sample(limit(), mem=GIB), {unseen.lease_id: 12})
+    grown = led.acquire(request("d", 16, kinds=("process",), job="small"))
+    assert (grown.kind, grown.workers) == ("process", 16)  # 1 GiB / 64 MiB
+
+
+def test_a_held_pool_grows_by_the_size_learned_since() -> None:
+    """A figure learned while a lease is held charges the workers it grows by from the
+    next sample on: its sampled workers are in the sample's memory, the others at the
+    new figure."""
+    led = ledger(mem=GIB, memory_per_slot=GIB // 2, max_per_lease=16)
+    held = led.acquire(request("a", 16, kinds=("process",), job="big"))
+    assert held.workers == 2  # 1 GiB / 512 MiB
+    led.learn({("big", 1000): 2 * GIB})
+    led.update(sample(limit(), mem=8 * GIB), {held.lease_id: 6})
+    assert led.renew(held.lease_id).workers == 6  # its 2, and 8 GiB / 2 GiB more
+
+
 def test_max_per_lease() -> None:
     led = ledger(max_per_lease=3)
     grant = led.acquire(request(want=10))

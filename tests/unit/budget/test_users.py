@@ -356,7 +356,7 @@ def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> No
             book.move(fp, ("sequential", 0), (kind, workers))  # type: ignore[arg-type]
     for i, cap in enumerate(book.caps):
         assert book.usage[i] <= max(cap, idle.usage[i]), (i, book.usage, book.caps)
-    assert book.mem_used <= max(book.mem_slots, 0)
+    assert book.mem_used <= max(book.mem_bytes, 0)
     assert sum(workers for _, workers in pools.values()) <= idle.cpus
 
 

@@ -53,6 +53,16 @@ def test_issue24_oom_kills_are_counted_like_refused_spawns() -> None:
     assert "oom kills           4" in render(fig).splitlines()
 
 
+def test_issue24_the_latest_learned_worker_sizes_are_shown() -> None:
+    batt = {"job": "batt", "uid": 1000, "worker_bytes": int(1.8 * 2**30), "runs": 14}
+    small = {"job": "small", "uid": 1000, "worker_bytes": 33 * 2**20, "runs": 1}
+    events = [stats(1, worker_sizes=[batt | {"runs": 13}]), stats(1, worker_sizes=[batt, small])]
+    lines = render(compute(events)).splitlines()
+    assert "worker sizes        batt: 1.8 GiB per worker, learned from 14 runs" in lines
+    assert "                    small: 33 MiB per worker, learned from 1 runs" in lines
+    assert not [x for x in render(compute([stats(1)])).splitlines() if "worker sizes" in x]
+
+
 def test_time_shares_and_percentiles() -> None:
     events = [
         stats(1, tightest_percent=float(p), level_seconds={"normal": 10 * i, "high": i})

@@ -464,6 +464,26 @@ def test_tree_tasks_on_fake_tree(host: FakeHost) -> None:
     assert mon.tree_tasks([]) == {}
 
 
+def test_resident_bytes_on_fake_tree(host: FakeHost) -> None:
+    """Issue 24: each pid's RSS from statm's second field, in pages; gone or garbled
+    pids are left out."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    write(host.proc / "10" / "statm", "5000 300 20 1 0 400 0\n")
+    write(host.proc / "11" / "statm", "garbled\n")
+    with host.monitor() as mon:
+        assert mon.resident_bytes([10, 11, 99]) == {10: 300 * page}
+        assert mon.resident_bytes([]) == {}
+
+
+def test_live_resident_bytes_sees_memory_touched() -> None:
+    with HostMonitor(include_self_cgroup=False) as mon:
+        before = mon.resident_bytes([os.getpid()])[os.getpid()]
+        block = bytearray(64 << 20)  # touched: zero-filled
+        after = mon.resident_bytes([os.getpid()])[os.getpid()]
+        del block
+    assert after - before >= 60 << 20, (before, after)
+
+
 # ---------------------------------------------------------------- output
 
 

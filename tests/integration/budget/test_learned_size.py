@@ -1,0 +1,163 @@
+"""Issue 24: each job's memory per worker is learned from the daemon's scans and sizes its
+grants. Two jobs hold leases through the project's client in a real memory cgroup, their
+workers writing 300 MiB and 20 MiB each; before they are seen both are granted what
+memory_per_slot gives, after one run each the big job gets fewer workers and the small
+one more, and `status` says what each worker is charged and from how many runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from tests.helpers import CALM, REPO, killing, wait_until
+from tests.integration.conftest import DaemonHandle
+
+if TYPE_CHECKING:
+    from tests.helpers import MemoryCgroup
+
+MIB = 1 << 20
+GIB = 1 << 30
+SLOT = 128 * MIB
+BIG, SMALL = 300, 20  # MiB each worker of the two jobs writes
+WANT = 16
+
+# A job: leases up to `want` process workers through the client, and with "run" starts
+# that many worker processes that each write `mib` MiB (every page, so it is resident);
+# prints its grant, holds lease and workers until its stdin closes.
+JOB = textwrap.dedent(
+    """
+    import json, subprocess, sys
+    from supervisord_batt.client import lease
+    sock, job, mib, want, run = sys.argv[1:6]
+    ALLOC = (
+        "import sys\\n"
+        "held = [b'\\\\x01' * (1 << 20) for _ in range(int(sys.argv[1]))]\\n"
+        "print('up', flush=True)\\n"
+        "sys.stdin.read()\\n"
+    )
+    with lease(int(want), kinds=["process"], job=job, socket_path=sock) as grant:
+        workers = []
+        if run == "run" and grant.kind == "process":
+            for _ in range(grant.workers):
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-c", ALLOC, mib],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                ))
+            for w in workers:
+                assert w.stdout.readline() == b"up\\n"
+        print(json.dumps({"kind": grant.kind, "workers": grant.workers}), flush=True)
+        sys.stdin.read()
+        for w in workers:
+            w.stdin.close()
+            w.wait()
+    """
+)
+
+
+def budget(cgroup: str) -> dict[str, Any]:
+    """Memory must bind: CPUs and tasks cannot, thresholds the host cannot reach."""
+    return {
+        "cgroups": [cgroup],
+        "reserve_tasks": 0,
+        "reserve_percent": 0,
+        "cpu_cap": 64,
+        "max_per_lease": WANT,
+        "memory_per_slot": f"{SLOT // MIB}MiB",
+        "pressure": CALM,
+    }
+
+
+@contextmanager
+def job(
+    d: DaemonHandle, cg: MemoryCgroup, name: str, mib: int, want: int, *, run: bool
+) -> Iterator[dict[str, Any]]:
+    """A job in the cgroup holding its lease (and workers, if `run`) for the block."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", JOB, str(d.socket), name, str(mib), str(want), "run" * run],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        preexec_fn=cg.preexec(),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    with killing(proc):
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line, "the job ended before it printed its grant"
+        yield json.loads(line)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def learned(d: DaemonHandle, name: str) -> tuple[int, int]:
+    """(bytes per worker, runs) the daemon shows for a lease of job `name`."""
+    rows = [r for r in d.status()["leases"] if r["job"] == name]
+    return (rows[0]["worker_bytes"], rows[0]["learned_runs"]) if rows else (0, 0)
+
+
+def test_issue24_grants_follow_each_jobs_learned_memory_per_worker(
+    memory_cgroup: Callable[..., MemoryCgroup], daemon: Callable[..., DaemonHandle]
+) -> None:
+    cg = memory_cgroup()
+    cg.set_limit(GIB)
+    d = daemon(
+        {
+            "budget": budget(cg.cgroup_path),
+            "daemon": {"scan_interval": "1s", "stats_interval": "1s"},
+        }
+    )
+
+    def settled() -> bool:  # the jobs before have left the cgroup, and the daemon saw it
+        (row,) = [r for r in d.status()["host"]["memory"]["cgroups"] if r["path"] == cg.cgroup_path]
+        return bool(row["current_bytes"] < 200 * MIB)
+
+    before = {}
+    for name in ("big", "small"):
+        with job(d, cg, name, 0, WANT, run=False) as grant:
+            before[name] = grant["workers"]
+    # never seen: both get what memory_per_slot gives, 1 GiB less the job's own
+    assert before["big"] == before["small"], before
+    assert 4 <= before["big"] <= GIB // SLOT, before
+
+    for name, mib in (("big", BIG), ("small", SMALL)):  # one learning run each
+        wait_until(settled, what="the cgroup's memory to come back")
+        with job(d, cg, name, mib, 2, run=True) as grant:
+            assert (grant["kind"], grant["workers"]) == ("process", 2), grant
+            size, runs = wait_until(
+                lambda name=name, mib=mib: (s := learned(d, name))[1] and s[0] >= mib * MIB and s,
+                what=f"the daemon to learn {name}'s workers",
+            )
+            assert runs == 1 and size < (mib + 60) * MIB, (size, runs)
+            shown = d.cli("status")
+            assert shown.returncode == 0, shown.stderr
+            assert f"{name}: " in shown.stdout and "learned from 1 runs" in shown.stdout, (
+                shown.stdout
+            )
+
+    after = {}
+    for name in ("big", "small"):
+        wait_until(settled, what="the cgroup's memory to come back")
+        with job(d, cg, name, 0, WANT, run=False) as grant:
+            after[name] = grant["workers"]
+    assert 1 <= after["big"] <= GIB // (BIG * MIB) < before["big"], (before, after)
+    assert after["small"] == WANT > before["small"], (before, after)
+    assert cg.oom_kills() == 0
+
+    def reported() -> list[str]:  # `report` names both jobs' sizes from the stats lines
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisord_batt", "report", "--file", str(d.log_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        assert out.returncode == 0, out.stderr
+        return [x for x in out.stdout.splitlines() if "per worker, learned from 1 runs" in x]
+
+    lines = wait_until(lambda: len(got := reported()) == 2 and got, what="the report's sizes")
+    assert sorted(x.split(":")[0].split()[-1] for x in lines) == ["big", "small"], lines

@@ -1,0 +1,35 @@
+"""`status` names what the budget charges each process worker of a job (issue 24)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisord_batt.cli.status import worker_size_lines
+
+GIB, MIB = 1 << 30, 1 << 20
+
+
+def row(job: str, uid: int, size: int | None, runs: int | None) -> Any:
+    out: dict[str, Any] = {"lease": "L1", "pid": 1, "uid": uid, "job": job, "kind": "process"}
+    out |= {"workers": 2, "target": 2, "wanted": 2, "age_s": 1.0}
+    if size is not None and runs is not None:
+        out |= {"worker_bytes": size, "learned_runs": runs}
+    return out
+
+
+def test_learned_sizes_are_named_per_job_and_a_job_not_seen_is_not() -> None:
+    rows = [row("batt", 1000, int(1.8 * GIB), 14), row("new", 1000, 512 * MIB, 0)]
+    assert worker_size_lines(rows) == ["", "batt: 1.8 GiB per worker, learned from 14 runs"]
+
+
+def test_one_job_of_two_users_is_named_with_its_uid() -> None:
+    rows = [row("batt", 1000, 300 * MIB, 2), row("batt", 1001, 20 * MIB, 1)]
+    assert worker_size_lines(rows)[1:] == [
+        "batt (uid 1000): 300 MiB per worker, learned from 2 runs",
+        "batt (uid 1001): 20 MiB per worker, learned from 1 runs",
+    ]
+
+
+def test_an_older_daemon_or_memory_not_budgeted_shows_nothing() -> None:
+    assert worker_size_lines([row("batt", 1000, None, None)]) == []
+    assert worker_size_lines([row("batt", 1000, 0, 0)]) == []

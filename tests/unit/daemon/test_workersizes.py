@@ -1,0 +1,101 @@
+"""Each job's memory per worker learned from scans (issue 24): the n largest descendants
+of a pool's holder, a run's peak, the high percentile over the last runs per (job, uid)."""
+
+from __future__ import annotations
+
+from supervisord_batt.budget.records import Lease
+from supervisord_batt.daemon.workersizes import FLOOR, RUNS, Learned, WorkerSizes, percentile
+from supervisord_batt.host.sample import TreeUsage
+from supervisord_batt.protocol import Kind
+
+MIB = 1 << 20
+
+
+def lease(
+    lease_id: str, pid: int, workers: int, job: str = "batt", kind: Kind = "process"
+) -> Lease:
+    return Lease(
+        lease_id,
+        "h",
+        pid,
+        1000,
+        job,
+        kind,
+        workers,
+        workers,
+        workers,
+        workers,
+        0,
+        0,
+        1,
+        0.0,
+        0.0,
+        0.0,
+    )
+
+
+def tree(root: int, *rss: int) -> tuple[TreeUsage, dict[int, int]]:
+    """A holder `root` with one child per figure in `rss` (MiB), and their RSS."""
+    kids = tuple(range(root + 1, root + 1 + len(rss)))
+    return TreeUsage(root, (root, *kids), 1 + len(kids)), {
+        root: 900 * MIB,
+        **{k: r * MIB for k, r in zip(kids, rss, strict=True)},
+    }
+
+
+def test_a_run_counts_its_largest_workers_not_the_holder_nor_the_trackers() -> None:
+    sizes = WorkerSizes()
+    t, rss = tree(100, 300, 290, 15, 12)  # two workers, two resource trackers
+    held = [lease("L1", 100, 2)]
+    assert sorted(sizes.pool_pids(held, {100: t})) == [101, 102, 103, 104]
+    sizes.observe(held, {100: t}, rss)
+    assert sizes.figures() == {("batt", 1000): Learned(300 * MIB, 1)}
+
+
+def test_a_run_keeps_its_peak_and_a_worker_that_grows_raises_the_figure_at_once() -> None:
+    sizes = WorkerSizes()
+    held = [lease("L1", 100, 2)]
+    for mib in (100, 400, 200):
+        t, rss = tree(100, mib, 50)
+        sizes.observe(held, {100: t}, rss)
+        if mib == 400:
+            assert sizes.figures()[("batt", 1000)].worker_bytes == 400 * MIB
+    assert sizes.figures() == {("batt", 1000): Learned(400 * MIB, 1)}
+    sizes.observe([], {}, {})  # the lease ended: its run is done, its peak kept
+    assert sizes.figures() == {("batt", 1000): Learned(400 * MIB, 1)}
+
+
+def test_the_figure_is_the_high_percentile_of_the_last_runs_per_job_and_user() -> None:
+    sizes = WorkerSizes()
+    for i in range(RUNS + 8):
+        mib = 2000 if i < 8 else (100 if i % 8 else 150)  # the first 8 runs fall out
+        t, rss = tree(100, mib)
+        sizes.observe([lease(f"L{i}", 100, 1)], {100: t}, rss)
+        sizes.observe([], {}, {})
+    t, rss = tree(200, 60)
+    sizes.observe([lease("S", 200, 4, job="small")], {200: t}, rss)
+    figures = sizes.figures()
+    assert figures[("batt", 1000)] == Learned(150 * MIB, RUNS)  # 4 of 32 at 150: p90
+    assert figures[("small", 1000)] == Learned(60 * MIB, 1)
+
+
+def test_sequential_and_thread_leases_and_unstarted_pools_teach_nothing() -> None:
+    sizes = WorkerSizes()
+    t, rss = tree(100, 300)
+    sizes.observe([lease("T", 100, 4, kind="thread"), lease("S", 100, 0)], {100: t}, rss)
+    bare = TreeUsage(300, (300,), 1)
+    sizes.observe([lease("P", 300, 2)], {300: bare}, {300: 500 * MIB})
+    assert sizes.figures() == {}
+
+
+def test_a_tiny_worker_is_charged_at_least_the_floor() -> None:
+    sizes = WorkerSizes()
+    t, _ = tree(100, 1)
+    sizes.observe([lease("L", 100, 1)], {100: t}, {101: 4096})
+    assert sizes.figures()[("batt", 1000)].worker_bytes == FLOOR
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert percentile([5]) == 5
+    assert percentile(range(1, 11)) == 9
+    assert percentile(range(1, 15)) == 13  # 14 runs: the 13th
