@@ -4,7 +4,7 @@ kills and restarts workers that overrun their wall clock."""
 
 from __future__ import annotations
 
-__version__ = "0.3.0"
+__version__ = "0.4.0.dev0"
 
 
 # `%load_ext supervisord_batt` in IPython: the notebook module (and joblib) are imported

@@ -70,8 +70,8 @@ def current_deb() -> Path:
 
 @pytest.fixture(scope="session")
 def release_deb() -> Path:
-    """The package of the previous release: its commit's source, with this checkout's
-    debian/ (the release has none) and the release's own version."""
+    """The package of the previous release: its commit's source with its own debian/ (a
+    release before 0.3.0 has none: this checkout's is used) and the release's version."""
     if (why := debs.cannot_build()) is not None:
         pytest.skip(f"cannot build the package here: {why}")
     version, commit = previous_release()
