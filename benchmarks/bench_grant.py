@@ -36,6 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from daemonproc import spawn_daemon  # noqa: E402
 from views import attached_views, free_port, metrics_config  # noqa: E402
 
 ACQUIRE = json.dumps({"op": "acquire", "want": 2, "job": "bench"}).encode() + b"\n"
@@ -140,33 +141,7 @@ def start_daemon(
         f"daemon:\n  socket: {sock}\n  log_format: json\n  log_file: {workdir / 'd.log'}\n"
         f"  max_connections: 512\n{rate}budget:\n  cpu_cap: 64\n  max_per_lease: 8\n" + metrics
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [
-            "nice",
-            "-n",
-            str(nice),
-            sys.executable,
-            "-m",
-            "supervisord_batt",
-            "run",
-            "-c",
-            str(workdir / "c.yaml"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("daemon did not start")
+    return spawn_daemon(workdir / "c.yaml", sock, prefix=("nice", "-n", str(nice)))
 
 
 def _log_counts(path: Path) -> dict[str, int]:

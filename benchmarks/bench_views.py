@@ -35,6 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from daemonproc import spawn_daemon
 from views import ALL, attached_views, free_port, metrics_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,23 +57,7 @@ def start(workdir: Path, extra: str) -> tuple[subprocess.Popen[bytes], Path, Pat
         + extra
         + PROGRAMS.format(python=sys.executable)
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                return proc, sock, log
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"daemon did not start; see {log}")
+    return spawn_daemon(config, sock), sock, log
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from daemonproc import spawn_daemon
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,22 +84,7 @@ def start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
         "budget:\n  max_per_lease: 8\n  memory_per_slot: 1MiB\n  pressure:\n"
         "    cpu_high: 99\n    cpu_extreme: 100\n    memory_high: 99\n    memory_extreme: 100\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisord_batt", "run", "-c", str(workdir / "c.yaml")],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                return proc, sock
-        except OSError:
-            time.sleep(0.05)
-    stop(proc)
-    raise RuntimeError("the daemon did not start")
+    return spawn_daemon(workdir / "c.yaml", sock), sock
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
