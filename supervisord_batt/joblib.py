@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -647,16 +646,6 @@ def current() -> list[Grant]:
     """The grants this process holds now (one per running Parallel call)."""
     with STATE.lock:
         return list(STATE.live.values())
-
-
-def wait_idle(timeout: float = 10.0) -> bool:
-    """True once no call holds a lease, nor a pool kept idle (for tests and scripts)."""
-    deadline = time.monotonic() + timeout
-    while current():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 with contextlib.suppress(Exception):  # registering must never break an import

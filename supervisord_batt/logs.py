@@ -309,9 +309,6 @@ class _EventLogger(structlog.BoundLoggerBase):
     def error(self, event: str, **kw: Any) -> None:
         self._emit("error", event, kw)
 
-    def critical(self, event: str, **kw: Any) -> None:
-        self._emit("critical", event, kw)
-
     def exception(self, event: str, **kw: Any) -> None:
         kw.setdefault("exc_info", True)
         self._emit("error", event, kw)

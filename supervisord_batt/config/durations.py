@@ -103,11 +103,3 @@ def parse_size(value: object) -> int:
     if not math.isfinite(number):
         raise ValueError(f"{SIZE_HINT}, got {_shown(value)}")
     return round(number * _SIZE_UNITS[match.group(2).lower()])
-
-
-def format_size(size: int) -> str:
-    """The shortest exact IEC form: 536870912 -> "512MiB", 1000 -> "1000B"."""
-    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"

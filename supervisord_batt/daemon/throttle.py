@@ -43,7 +43,6 @@ class Throttle:
         self._written = 0
         self._held: Counter[str] = Counter()  # event -> lines held back since the summary
         self._uids: Counter[str] = Counter()  # uid (as text) -> lines held back
-        self.total_held = 0  # since the daemon started (tests, status)
 
     def emit(self, level: str, event: str, uid: int | None = None, **fields: Any) -> bool:
         """Write the line if the rate allows; else count it. True when written."""
@@ -55,7 +54,6 @@ class Throttle:
                 self._held[event] += 1
                 key = str(uid) if len(self._uids) < _MAX_UIDS or str(uid) in self._uids else "other"
                 self._uids[key] += 1
-                self.total_held += 1
                 return False
             self._written += 1
         getattr(log, level)(event, uid=uid, **fields)

@@ -147,12 +147,6 @@ def parse_psi_some_avg10(data: bytes | None) -> float | None:
 # ---------------------------------------------------------------- slow-path parsers
 
 
-def parse_status(data: bytes) -> tuple[int, int] | None:
-    """(real uid, threads) from /proc/<pid>/status; None if either field is missing."""
-    full = parse_status_ppid(data)
-    return None if full is None else (full[0], full[1])
-
-
 def parse_status_ppid(data: bytes) -> tuple[int, int, int] | None:
     """(real uid, threads, ppid) from /proc/<pid>/status; None if a field is missing."""
     i = data.find(b"\nUid:")

@@ -80,8 +80,8 @@ def test_parse_psi(data: bytes | None, expected: float | None) -> None:
 @pytest.mark.parametrize(("ruid", "euid", "threads"), [(1000, 1000, 1), (1000, 0, 7), (0, 1000, 3)])
 def test_parse_status_takes_real_uid(ruid: int, euid: int, threads: int) -> None:
     text = STATUS.format(name="x", pid=5, ruid=ruid, euid=euid, threads=threads, cpus="0")
-    assert procfs.parse_status(text.encode()) == (ruid, threads)
-    assert procfs.parse_status(b"Name:\tx\n") is None
+    assert procfs.parse_status_ppid(text.encode()) == (ruid, threads, 1)
+    assert procfs.parse_status_ppid(b"Name:\tx\n") is None
 
 
 @pytest.mark.parametrize(
