@@ -3,6 +3,7 @@ version. How they behave installed is tests/integration/systemd/test_package.py.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 
 from supervisord_batt import __version__
@@ -26,8 +27,11 @@ def test_the_packaged_config_lets_the_group_lease_and_runs_no_program() -> None:
 
 
 def test_the_package_and_the_wheel_have_one_version() -> None:
-    """packaging/build-deb takes the .deb's version from __version__; the wheel inside it
-    has pyproject's."""
+    """packaging/build-deb takes the .deb's version from __version__, and so does the
+    wheel: pyproject declares the version dynamic, read by hatch from that one line."""
     pyproject = (REPO / "pyproject.toml").read_text()
-    found = re.search(r'^version = "(.+)"$', pyproject, re.M)
-    assert found is not None and found.group(1) == __version__
+    assert re.search(r"^version\s*=", pyproject, re.M) is None
+    assert re.search(r'^dynamic = \["version"\]$', pyproject, re.M)
+    hatch = re.search(r'^\[tool\.hatch\.version\]\npath = "(.+)"$', pyproject, re.M)
+    assert hatch is not None and hatch.group(1) == "supervisord_batt/__init__.py"
+    assert importlib.metadata.version("supervisord-batt") == __version__
