@@ -157,7 +157,9 @@ def _message(record: dict[str, Any]) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def _file(path: Path, follow: bool) -> Iterator[str | None]:
+# complexity kept: one loop that follows a file across rotation, truncation and partial lines;
+# split, the pieces would pass the open file and its identity back and forth
+def _file(path: Path, follow: bool) -> Iterator[str | None]:  # noqa: C901, PLR0912
     f: IO[str] | None = None
     ident: tuple[int, int] | None = None
     pending = ""

@@ -40,7 +40,8 @@ def _add_socket_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# length kept: one add_argument per option of every verb, read top to bottom like --help
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     parser = argparse.ArgumentParser(
         prog="supervisord-batt",
         description="Supervisor for batch hosts: thread/pid limits, a concurrency budget, "

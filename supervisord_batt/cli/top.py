@@ -555,7 +555,9 @@ class _Feed:
             self.conn = None
 
 
-def run_top(socket: Path, interval: float) -> int:
+# length kept: the terminal set-up and its restore in one try/finally, so no path leaves the
+# terminal raw
+def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
     """The live view until `q`, Ctrl-C, SIGTERM or SIGHUP; 2 when the daemon is not
     running at the start, rich is not installed, or there is no terminal."""
     try:
