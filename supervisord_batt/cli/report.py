@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
 from supervisord_batt.cli.status import size_line
+from supervisord_batt.supervise.states import LIMIT_REASONS
 
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
@@ -299,7 +300,9 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     for kill in fig["limit_kills"]:
-        key = "wall_clock_limit" if kill["reason"] == "wall_clock_limit" else "progress_timeout"
+        if kill["reason"] not in LIMIT_REASONS:  # a log line from another version
+            continue
+        key = kill["reason"]
         out.append(
             {
                 "key": f"programs.{kill['program']}.{key}",

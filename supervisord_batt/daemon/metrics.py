@@ -41,7 +41,7 @@ from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies
 from supervisord_batt.host.sample import HostSample
-from supervisord_batt.supervise.states import State
+from supervisord_batt.supervise.states import LIMIT_REASONS, State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 P = "supervisord_batt_"
@@ -51,7 +51,6 @@ TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
 # see nothing of a series that first appears at 1, so an alert on "any hang" would miss
 # the first hang of a program.
 OUTCOMES = ("completed", "failed", "killed", "stopped")
-KILL_REASONS = ("wall_clock_limit", "progress_timeout")
 FALLBACKS = tuple(
     (a, b) for i, a in enumerate(protocol.KINDS) for b in protocol.KINDS[i + 1 :]
 )  # a pool falls back to a later kind only
@@ -217,7 +216,7 @@ class DaemonCollector:
             "Trees killed for a wall-clock or no-progress limit",
             labels=["program", "reason"],
         )
-        for program, reason in _every(names, KILL_REASONS, sup.tally.kills):
+        for program, reason in _every(names, LIMIT_REASONS, sup.tally.kills):
             kills.add_metric([program, reason], sup.tally.kills[(program, reason)])
         yield kills
         runs = CounterMetricFamily(

@@ -51,6 +51,8 @@ from typing import Any
 from supervisord_batt import protocol
 from supervisord_batt.config.records import ProgramConfig
 
+# the limits a run is killed for; each is also the name of the program's config key that
+# sets it (`programs.<name>.wall_clock_limit`), which `report` names in its advice
 LIMIT_REASONS = ("wall_clock_limit", "progress_timeout")
 
 

@@ -63,6 +63,7 @@ from supervisord_batt.supervise.record import (
     to_json,
 )
 from supervisord_batt.supervise.states import (
+    LIMIT_REASONS,
     Action,
     CancelTimer,
     Deadline,
@@ -674,11 +675,7 @@ class Supervisor:
         for reader in run.readers:
             reader.drain()
             reader.close()
-        event = (
-            "timeout_kill"
-            if action.reason in ("wall_clock_limit", "progress_timeout")
-            else "tree_killed"
-        )
+        event = "timeout_kill" if action.reason in LIMIT_REASONS else "tree_killed"
         if event == "timeout_kill":
             self.tally.kills[(inst.program.name, action.reason)] += 1
         log.warning(
@@ -1045,7 +1042,7 @@ class Supervisor:
 def _outcome(run: Run, inst: Instance, returncode: int | None) -> str:
     """completed, failed, killed (by a limit) or stopped (asked to): see Tally.runs; or
     unknown, for a worker adopted after a crash that ended with nobody to tell us how."""
-    if run.killed_for in ("wall_clock_limit", "progress_timeout"):
+    if run.killed_for in LIMIT_REASONS:
         return "killed"
     if run.killed_for is not None or (inst.state is State.STOPPING and not inst.wanted):
         return "stopped"
