@@ -22,8 +22,10 @@ MAX_LINE_DEFAULT = 64 * 1024  # a request line, by default (daemon.max_message_b
 # The longest reply line the daemon sends (it answers `too_large` instead), so the
 # longest a client must be ready to read. Every reply is far below it: status lists come
 # in pages of at most STATUS_PAGE_MAX rows, free text is capped (MAX_CHARS), event
-# fields are cut (EVENT_TEXT_MAX), a tail chunk is at most 64 KiB of output.
+# fields are cut (EVENT_TEXT_MAX), a tail chunk is at most TAIL_MAX bytes of output.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
+TAIL_DEFAULT = 1600  # bytes of output a `tail` returns when the request names none
+TAIL_MAX = 64 * 1024  # the most bytes of output one `tail` reply carries
 STATUS_PAGE_MAX = 500  # rows of each list in one status reply
 EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status reply
 

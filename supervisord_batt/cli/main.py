@@ -118,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     p.add_argument("target", metavar="PROGRAM[:N]")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
-    p.add_argument("-n", "--bytes", type=int, default=1600, help="bytes to show (default 1600)")
+    p.add_argument(
+        "-n",
+        "--bytes",
+        type=int,
+        default=protocol.TAIL_DEFAULT,
+        help=f"bytes to show (default {protocol.TAIL_DEFAULT}, at most {protocol.TAIL_MAX})",
+    )
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser(
@@ -550,7 +556,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     while args.follow:
         time.sleep(0.5)  # a person is watching: poll twice a second
-        nxt = tail(reply["offset"], 64 * 1024)
+        nxt = tail(reply["offset"], protocol.TAIL_MAX)
         if isinstance(nxt, int):
             return nxt
         if nxt["truncated"]:

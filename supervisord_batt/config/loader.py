@@ -24,7 +24,7 @@ from typing import Any, cast, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from supervisord_batt import paths, safepath
+from supervisord_batt import paths, protocol, safepath
 from supervisord_batt.config.records import (
     DEFAULT_BACKOFF,
     DEFAULT_OUTPUT,
@@ -146,7 +146,7 @@ def _daemon(s: Section) -> DaemonConfig:
         log_file=s.get("log_file", optional(absolute_path), None),
         max_connections=s.get("max_connections", integer(1), 256),
         idle_timeout=s.get("idle_timeout", duration(), 300.0),
-        max_message_bytes=s.get("max_message_bytes", size, 64 * 1024),
+        max_message_bytes=s.get("max_message_bytes", size, protocol.MAX_LINE_DEFAULT),
         pid_file=s.get("pid_file", optional(absolute_path), None),
         lease_log_rate=s.get("lease_log_rate", integer(0), 100),
         admin_groups=s.get("admin_groups", list_of(string), ()),

@@ -43,8 +43,6 @@ LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
 MAX_LEASES_PER_CONNECTION = 16
-TAIL_DEFAULT = 1600
-TAIL_MAX = 64 * 1024
 
 
 class ReloadRejected(Exception):
@@ -399,7 +397,7 @@ class Commands:
             raise protocol.ProtocolError(
                 protocol.NOT_FOUND, f"no instance {target!r} or stream {stream!r}"
             )
-        limit = min(max(0, msg.get("bytes", TAIL_DEFAULT)), TAIL_MAX)
+        limit = min(max(0, msg.get("bytes", protocol.TAIL_DEFAULT)), protocol.TAIL_MAX)
         chunk = sink.read(msg.get("offset"), limit)
         return {
             "ok": True,
