@@ -35,11 +35,11 @@ import joblib  # type: ignore[import-untyped]
 import joblib.parallel  # type: ignore[import-untyped]
 
 from supervisord_batt import joblib as batt_joblib
+from supervisord_batt import paths
 from supervisord_batt.client import inner
 from supervisord_batt.client.leases import Connection, DaemonError, acquire
 from supervisord_batt.client.status import read_status
 
-OPT_OUT_ENV = "SUPERVISORD_BATT_NOTEBOOK"  # "0", "off", "no", "false": leave joblib alone
 JOB = "notebook"
 PREFIX = "supervisord-batt:"
 
@@ -61,7 +61,7 @@ KERNEL = _Kernel()
 
 
 def opted_out(env: dict[str, str] | None = None) -> bool:
-    value = (os.environ if env is None else env).get(OPT_OUT_ENV, "")
+    value = (os.environ if env is None else env).get(paths.NOTEBOOK_ENV, "")
     return value.strip().lower() in ("0", "off", "no", "false")
 
 
@@ -98,7 +98,8 @@ def probe_line(shown: bool = True) -> str:
 def load(print_line: bool = True) -> None:
     """Make the leasing backend joblib's default in this process (idempotent)."""
     if opted_out():
-        print(f"{PREFIX} off (${OPT_OUT_ENV}={os.environ[OPT_OUT_ENV]}); joblib unchanged")  # noqa: T201
+        said = os.environ[paths.NOTEBOOK_ENV]
+        print(f"{PREFIX} off (${paths.NOTEBOOK_ENV}={said}); joblib unchanged")  # noqa: T201
         return
     if KERNEL.loaded is None:
         previous = str(joblib.parallel.DEFAULT_BACKEND)

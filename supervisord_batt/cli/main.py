@@ -26,8 +26,8 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="YAML config (default: $SUPERVISORD_BATT_CONFIG, /etc/supervisord-batt/"
-        "supervisord-batt.yaml, then the shipped default)",
+        help=f"YAML config (default: ${paths.CONFIG_ENV}, {paths.ETC_CONFIG}, "
+        "then the shipped default)",
     )
 
 
@@ -36,7 +36,7 @@ def _add_socket_arg(p: argparse.ArgumentParser) -> None:
         "--socket",
         type=Path,
         default=None,
-        help="daemon socket (default: $SUPERVISORD_BATT_SOCKET, then the config's daemon.socket)",
+        help=f"daemon socket (default: ${paths.SOCKET_ENV}, then the config's daemon.socket)",
     )
 
 

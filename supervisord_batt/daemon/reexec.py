@@ -33,11 +33,11 @@ import time
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from supervisord_batt import paths
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="daemon")
 
-FDS_ENV = "SUPERVISORD_BATT_REEXEC"  # "PID;name=fd,name=fd": what the old program passed
 PREFLIGHT_TIMEOUT = 60.0
 
 
@@ -51,7 +51,7 @@ def inherited(env: MutableMapping[str, str] | None = None) -> tuple[bool, dict[s
     variable is taken out of the environment (workers must not inherit it) and each
     descriptor made close-on-exec again."""
     env = os.environ if env is None else env
-    value = env.pop(FDS_ENV, "")
+    value = env.pop(paths.REEXEC_FDS_ENV, "")
     pid, _, pairs = value.partition(";")
     if not (pid.isdigit() and int(pid) == os.getpid()):
         return False, {}
@@ -78,7 +78,7 @@ def exec_self(fds: dict[str, int], environment: dict[str, str]) -> OSError:
     Returns only when the exec failed (the descriptors are close-on-exec again)."""
     env = dict(os.environ)  # the daemon's own (not a worker's): it execs itself
     env.update(environment)
-    env[FDS_ENV] = f"{os.getpid()};" + ",".join(f"{n}={fd}" for n, fd in fds.items())
+    env[paths.REEXEC_FDS_ENV] = f"{os.getpid()};" + ",".join(f"{n}={fd}" for n, fd in fds.items())
     try:
         for fd in fds.values():
             os.set_inheritable(fd, True)

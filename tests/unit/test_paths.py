@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,19 @@ def test_client_socket_path_env_wins() -> None:
 def test_client_and_daemon_agree_on_the_default(tmp_path: Path) -> None:
     """One source for the default socket: the client finds the daemon's, whoever runs it."""
     assert client_socket_path({}) == default_socket_path(paths.DEFAULT_SOCKET, env={})
+
+
+def test_every_environment_variable_name_is_spelled_in_paths_only() -> None:
+    """A name like SUPERVISORD_BATT_SOCKET written as a string literal anywhere else in the
+    package would be a second home that can drift from the first."""
+    package = Path(paths.__file__).parent
+    spelled = re.compile(r"""["']SUPERVISORD_BATT_""")
+    found = [
+        f"{path.relative_to(package)}:{n}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "paths.py" or path.parent != package
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
+    assert found == []
+    assert len({v for k, v in vars(paths).items() if k.endswith("_ENV")}) >= 12
