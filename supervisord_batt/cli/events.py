@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from supervisord_batt.cli import exits
+
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
 
@@ -354,7 +356,7 @@ def run_logs(args: argparse.Namespace, config: Config | None) -> int:
         )
     except (NoEvents, ValueError) as exc:
         print(f"supervisord-batt logs: {exc}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     last = args.lines
     if last is None and args.follow and args.since is None:
         last = FOLLOW_LINES
@@ -368,13 +370,13 @@ def run_logs(args: argparse.Namespace, config: Config | None) -> int:
         _print(events_in(source, keep, args.follow, last, now), args.json)
     except FileNotFoundError as exc:
         print(f"supervisord-batt logs: {exc.filename}: no such file", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     except KeyboardInterrupt:
-        return 0
+        return exits.OK
     except BrokenPipeError:  # | head
         with contextlib.suppress(OSError):
             sys.stdout.close()
-    return 0
+    return exits.OK
 
 
 def _print(events: Iterable[tuple[str, dict[str, Any] | None]], raw: bool) -> None:

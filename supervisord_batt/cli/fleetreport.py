@@ -34,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from supervisord_batt.cli import report
+from supervisord_batt.cli import exits, report
 
 P = "supervisord_batt_"
 QUANTILES = {
@@ -265,7 +265,7 @@ def run_fleet_report(args: argparse.Namespace) -> int:
         window = int(parse_duration(args.since or "1d"))
     except ValueError as exc:
         print(f"supervisord-batt report: --since: {exc}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     now = time.time()
     prom = Prometheus(args.prometheus, now)
     print(f"supervisord-batt report: reading {args.prometheus}", file=sys.stderr)
@@ -273,19 +273,19 @@ def run_fleet_report(args: argparse.Namespace) -> int:
         hosts = host_figures(prom, window)
     except PrometheusError as exc:
         print(f"supervisord-batt report: {exc}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     fleet = fleet_figures(hosts)
     window_text = {"first": _stamp(now - window), "last": _stamp(now)}
     if args.json:
         print(json.dumps(_with_verdicts(hosts, fleet, window_text)))
-        return 0
+        return exits.OK
     for instance, fig in hosts.items():
         print(f"== {instance}")
         print(report.render(fig | {"window": window_text}, samples=True))
         print()
     print(f"== fleet: {len(hosts)} host(s)")
     print(report.render(fleet | {"window": window_text}, samples=True))
-    return 0
+    return exits.OK
 
 
 def _with_verdicts(

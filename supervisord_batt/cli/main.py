@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from supervisord_batt import __version__, paths, protocol
+from supervisord_batt.cli import exits
 
 if TYPE_CHECKING:
     from supervisord_batt.client.leases import Connection
@@ -250,19 +251,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             f"{args.config}): give one",
             file=sys.stderr,
         )
-        return 2
+        return exits.UNAVAILABLE
     path = args.file or args.config or default_config_path()
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        return 1
+        return exits.FAILED
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
-        return 1
+        return exits.FAILED
     names = ", ".join(p.name for p in config.programs) or "none"
     print(f"{path}: ok ({len(config.programs)} programs: {names})")
-    return 0
+    return exits.OK
 
 
 def _probe_targets(args: argparse.Namespace) -> tuple[list[str], list[int | str]]:
@@ -301,7 +302,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(json.dumps(sample_to_json(sample), indent=None))
     else:
         print(render_table(sample))
-    return 0
+    return exits.OK
 
 
 def _load(path: Path | None) -> Config:
@@ -367,7 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         logs.get_logger().error("config_invalid", reason=str(exc))
         logs.fatal_to_stderr("config_invalid", str(exc))
-        return 1
+        return exits.FAILED
     d = config.daemon
     try:  # checked by the loader; this is the file changing since (a link planted)
         logs.configure(
@@ -376,7 +377,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logs.get_logger().error("config_invalid", reason=f"daemon.log_file: {exc}")
         logs.fatal_to_stderr("config_invalid", f"daemon.log_file: {exc}")
-        return 1
+        return exits.FAILED
     socket_path = args.socket or (
         Path(os.environ[paths.SOCKET_ENV]) if os.environ.get(paths.SOCKET_ENV) else None
     )
@@ -404,7 +405,7 @@ def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T
             return ask(conn)
     except DaemonError as exc:
         print(f"supervisord-batt: {op}: {exc}", file=sys.stderr)
-        return 1
+        return exits.FAILED
     except OSError as exc:
         print(
             f"supervisord-batt: daemon not reachable at {target.socket}: {exc.strerror or exc}",
@@ -418,7 +419,7 @@ def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T
             )
             if op == "reload":
                 print(target.broken, file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
 
 
 def _count(text: str) -> int:
@@ -494,10 +495,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     lists = () if args.summary else LISTS
     reply = _ask(args, "status", lambda conn: read_status(conn, lists))
     if isinstance(reply, int):
-        return 2
+        return exits.UNAVAILABLE
     fields = {key: value for key, value in reply.items() if key != "ok"}  # as before: no "ok"
     print(json.dumps(fields) if args.json else render_status(reply))
-    return 0 if reply["all_running"] else 1
+    return exits.OK if reply["all_running"] else exits.FAILED
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -507,7 +508,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         return reply
     for name, state in reply["instances"].items():
         print(f"{name}: {state}")
-    return 0
+    return exits.OK
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -521,7 +522,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
         done = [f"{label} {', '.join(row[key])}" for key, label in _RELOAD_PARTS if row.get(key)]
         if done:
             print(f"  {name}: {'; '.join(done)}")
-    return 0
+    return exits.OK
 
 
 # what `reload` says it did to a changed program, in this order
@@ -564,7 +565,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.write(nxt["data"])
         sys.stdout.flush()
         reply = nxt
-    return 0
+    return exits.OK
 
 
 def cmd_reexec(args: argparse.Namespace) -> int:
@@ -578,7 +579,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     for line in cleanup(_socket_for(args), os.environ.get("SERVICE_RESULT")):
         print(f"supervisord-batt cleanup: {line}")
-    return 0
+    return exits.OK
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
@@ -588,8 +589,8 @@ def cmd_unit(args: argparse.Namespace) -> int:
         print(render_unit(config=args.config), end="")
     except (OSError, ValueError) as exc:
         print(f"supervisord-batt unit: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return exits.FAILED
+    return exits.OK
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -603,7 +604,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
             "supervisord-batt exec: no command given (usage: exec [--want N] -- CMD ...)",
             file=sys.stderr,
         )
-        return 2
+        return exits.UNAVAILABLE
     socket = _socket_for(args)
     # the program's own leases (a joblib backend inside it) go to the same daemon
     os.environ[paths.SOCKET_ENV] = str(socket)
@@ -616,9 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
     except BrokenPipeError:
         # `supervisord-batt probe | head`: the reader left; not an error of ours
         sys.stderr.close()
-        return 0
+        return exits.OK
     return rc

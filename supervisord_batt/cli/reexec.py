@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from supervisord_batt import protocol
+from supervisord_batt.cli import exits
 from supervisord_batt.client.leases import Connection, DaemonError
 
 
@@ -23,29 +24,29 @@ def reexec(socket: Path, timeout: float) -> int:
         conn = Connection(socket, timeout=timeout)
     except OSError as exc:
         print(f"supervisord-batt: daemon not reachable at {socket}: {exc}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     with conn:
         try:
             reply = conn.request("reexec")
         except DaemonError as exc:
             print(f"supervisord-batt: reexec: {exc}", file=sys.stderr)
-            return 1
+            return exits.FAILED
         except OSError as exc:
             print(f"supervisord-batt: reexec: {exc}", file=sys.stderr)
-            return 2
+            return exits.UNAVAILABLE
         pid = reply.get("pid")
         print(f"re-executing daemon pid {pid}: {' '.join(reply.get('command', []))}")
         try:
             late = conn.next_reply()  # the connection closes at the exec
         except TimeoutError:
             print(f"supervisord-batt: reexec: no exec within {timeout:.0f} s", file=sys.stderr)
-            return 1
+            return exits.FAILED
         except OSError:
             late = None  # closed: the exec happened
         if late is not None:
             error = late.get("error") or {}
             print(f"supervisord-batt: reexec: {error.get('message', late)}", file=sys.stderr)
-            return 1
+            return exits.FAILED
     return _new_program(socket, timeout, pid)
 
 
@@ -62,6 +63,6 @@ def _new_program(socket: Path, timeout: float, pid: object) -> int:
             time.sleep(0.1)  # a person waits: a tenth of a second between tries
             continue
         print(f"re-executed in place: pid {pid}, now {server}")
-        return 0
+        return exits.OK
     print(f"supervisord-batt: reexec: the new program did not answer: {why}", file=sys.stderr)
-    return 1
+    return exits.FAILED

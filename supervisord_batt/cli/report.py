@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisord_batt.cli import exits
 from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
 from supervisord_batt.cli.status import size_line
 from supervisord_batt.supervise.states import LIMIT_REASONS
@@ -394,15 +395,15 @@ def run_report(args: argparse.Namespace, config: Config | None) -> int:
         keep = Filter(since=since_epoch(args.since))
     except (NoEvents, ValueError) as exc:
         print(f"supervisord-batt report: {exc}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     print(f"supervisord-batt report: reading {source.describe()}", file=sys.stderr)
     try:
         fig = compute(event for _, event in events_in(source, keep) if event is not None)
     except FileNotFoundError as exc:
         print(f"supervisord-batt report: {exc.filename}: no such file", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     if args.json:
         print(json.dumps(fig | {"targets": targets(fig), "advice": advice(fig)}))
     else:
         print(render(fig))
-    return 0
+    return exits.OK

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import protocol
+from supervisord_batt.cli import exits
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -568,7 +569,7 @@ def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
             f"supervisord-batt: top needs the rich library: {INSTALL_HINT}",
             file=sys.stderr,
         )
-        return 2
+        return exits.UNAVAILABLE
     from supervisord_batt.client.leases import DaemonError
 
     interval = max(0.1, interval)
@@ -584,18 +585,18 @@ def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
             f"(nothing listens at {socket}: {exc.strerror})",
             file=sys.stderr,
         )
-        return 2
+        return exits.UNAVAILABLE
     except (OSError, DaemonError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         print(f"supervisord-batt: top: daemon not reachable at {socket}: {reason}", file=sys.stderr)
-        return 2
+        return exits.UNAVAILABLE
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         feed.close()
         print(
             "supervisord-batt: top needs a terminal (`supervisord-batt status` prints once)",
             file=sys.stderr,
         )
-        return 2
+        return exits.UNAVAILABLE
 
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
@@ -630,7 +631,7 @@ def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
                 live.update(render_screen(status, width, height, problem=problem), refresh=True)
                 woke = wait_for_key(fd, wake_r, deadline)
                 if woke == QUIT:
-                    return 0
+                    return exits.OK
                 if woke == RESIZED:
                     continue
                 deadline = time.monotonic() + interval
@@ -642,7 +643,7 @@ def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
                     reason = getattr(exc, "strerror", None) or exc
                     problem = f"daemon down since {down_since}: {reason}; retrying"
     except (KeyboardInterrupt, _Quit):
-        return 0
+        return exits.OK
     finally:
         feed.close()
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
