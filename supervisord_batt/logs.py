@@ -51,22 +51,12 @@ from typing import Any, Literal, TextIO
 import structlog
 
 from supervisord_batt import safepath
+from supervisord_batt.protocol import LOG_LEVELS
 
-LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
-_LEVEL_OF = {
-    "debug": 10,
-    "info": 20,
-    "warning": 30,
-    "error": 40,
-    "critical": 50,
-}
-# syslog priorities (sd-daemon(3)): <7> debug, <6> info, <4> warning, <3> error, <2> crit
-_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+# each level's number in the logging module (10, 20, 30, 40), by the protocol's names
+LEVELS: dict[str, int] = {name: getattr(logging, name.upper()) for name in LOG_LEVELS}
+# syslog priorities (sd-daemon(3)): <7> debug, <6> info, <4> warning, <3> error
+_PRIORITY: dict[str, str] = dict(zip(LOG_LEVELS, ("<7>", "<6>", "<4>", "<3>"), strict=True))
 _NO_PRIORITY = dict.fromkeys(_PRIORITY, "")
 
 
@@ -245,7 +235,7 @@ def is_journal(stream: TextIO, env: dict[str, str] | None = None) -> bool:
 
 def level_from(configured: str, verbose: int = 0, quiet: int = 0) -> int:
     """The configured level moved down one step per -v and up one step per -q."""
-    order = [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR]
+    order = list(LEVELS.values())
     index = order.index(LEVELS.get(configured, logging.INFO)) - verbose + quiet
     return order[max(0, min(len(order) - 1, index))]
 
@@ -292,7 +282,7 @@ class _EventLogger(structlog.BoundLoggerBase):
     def _emit(self, method: str, event: str, kw: dict[str, Any]) -> None:
         if self._processors:  # structlog.testing.capture_logs put its own chain in
             self._proxy_to_logger(method, event, **kw)
-        elif _LEVEL_OF[method] >= _state.level:
+        elif LEVELS[method] >= _state.level:
             _LINE_LOGGER.msg(_state.prefix[method] + _render(method, event, self._context, kw))
 
     def debug(self, event: str, **kw: Any) -> None:

@@ -50,7 +50,14 @@ MAX_CHARS = {
 Kind = Literal["process", "thread", "sequential"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 Level = Literal["normal", "high", "extreme"]  # the budget's pressure levels
+LEVELS: tuple[Level, ...] = get_args(Level)
+# The log levels, lowest first: the `level` of every log line the daemon writes, the
+# config's `daemon.log_level`, and what `logs --level` filters on.
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 Stream = Literal["stdout", "stderr"]
+# the ops that change what runs: an admin's only (a peer in daemon.admin_groups, or root)
+CONTROL_OPS = frozenset({"start", "stop", "restart", "reload", "reexec"})
 
 # error codes (stable: clients switch on them)
 BAD_JSON = "bad_json"

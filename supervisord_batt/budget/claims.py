@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from supervisord_batt.budget.costs import MIN_POOL, Level, pool_cost
+from supervisord_batt.budget.costs import MIN_POOL, pool_cost
 from supervisord_batt.budget.records import Request
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Limit
-from supervisord_batt.protocol import Kind
+from supervisord_batt.protocol import Kind, Level
 
 # the pool kinds a request accepts, process first, by (accepts process, accepts threads)
 _POOLS: dict[tuple[bool, bool], tuple[Kind, ...]] = {

@@ -11,14 +11,10 @@ arithmetic, shared by the ledger and its allocation."""
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
 
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Limit
 from supervisord_batt.protocol import Kind
-
-Level = Literal["normal", "high", "extreme"]
-LEVELS: tuple[Level, ...] = get_args(Level)
 
 # Kernel tasks (threads + processes) a pool adds to a job beyond its main thread, measured
 # in docs/FACTS.md "What a loky pool costs" (Python 3.11, loky 3.6.0 and 3.7.0, pids cgroup):

@@ -47,14 +47,12 @@ from supervisord_batt.budget.claims import (
     seat_of,
 )
 from supervisord_batt.budget.costs import (
-    LEVELS,
     LOKY_RESOURCE_TRACKERS,
     MIN_POOL,
     PROCESS_POOL_OVERHEAD,
     PROCESS_POOL_THREADS,
     PROCESS_WORKER_TASKS,
     THREAD_WORKER_TASKS,
-    Level,
     pool_cost,
     reserve_for,
     workers_for,
@@ -82,7 +80,7 @@ from supervisord_batt.budget.users import (
 )
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
-from supervisord_batt.protocol import KINDS, Kind
+from supervisord_batt.protocol import KINDS, Kind, Level
 
 _SEQUENTIAL: Size = ("sequential", 0)
 _UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
@@ -821,7 +819,6 @@ def _snapshot(e: _Held, mine: Share | None) -> Lease:
 
 __all__ = [
     "KINDS",
-    "LEVELS",
     "LOKY_RESOURCE_TRACKERS",
     "MAX_SCOPES",
     "MIN_POOL",
@@ -835,7 +832,6 @@ __all__ = [
     "Lease",
     "LeaseError",
     "LedgerStats",
-    "Level",
     "Request",
     "UpdateResult",
     "pool_cost",

@@ -5,9 +5,9 @@ config and the book of charged usage."""
 from __future__ import annotations
 
 from supervisord_batt.budget.books import Book
-from supervisord_batt.budget.costs import LEVELS, Level
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
+from supervisord_batt.protocol import LEVELS, Level
 
 
 def pressure_level(

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisord_batt.budget.costs import Level
-from supervisord_batt.protocol import KINDS, Kind
+from supervisord_batt.protocol import KINDS, Kind, Level
 
 
 class LeaseError(Exception):

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from supervisord_batt import protocol
 from supervisord_batt.cli import exits
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 FOLLOW_LINES = 10  # events shown before following, as `tail -f` and `journalctl -f` show
 NOW = None  # what `read_lines` yields between the history and what follows it
-LEVEL_RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
+LEVEL_RANK: dict[str, int] = {name: rank for rank, name in enumerate(protocol.LOG_LEVELS)}
 # fields shown first (after time, level, event and who) when present
 _KEY_FIELDS = ("reason", "returncode", "outcome", "lease", "kind", "workers", "want", "job")
 _WHO = ("program", "instance", "pid")

@@ -34,6 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from supervisord_batt import protocol
 from supervisord_batt.cli import exits, report
 
 P = "supervisord_batt_"
@@ -186,7 +187,9 @@ def _figures(c: dict[str, dict[tuple[str, ...], float]]) -> dict[str, Any]:
     grants = {k: n("grants", k) for k in ("process", "thread", "sequential")}
     denied_by = {k[0]: round(v) for k, v in sorted(c["denials"].items()) if round(v) and k[0]}
     runs = {k: n("runs", k) for k in ("completed", "failed", "killed", "stopped")}
-    level_s = {lv: c["pressure_seconds"].get((lv,), 0.0) for lv in report.LEVELS}
+    level_s: dict[str, float] = {
+        lv: c["pressure_seconds"].get((lv,), 0.0) for lv in protocol.LEVELS
+    }
     return {
         "daemons": 1,
         "grants": grants,
@@ -229,7 +232,9 @@ def fleet_figures(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
             kills[(k["program"], k["reason"])] += k["count"]
     grants = {k: total("grants", k) for k in ("process", "thread", "sequential")}
     runs = {k: total("runs", k) for k in ("completed", "failed", "killed", "stopped")}
-    level_s = {lv: sum(f["level_seconds"][lv] for f in figs) for lv in report.LEVELS}
+    level_s: dict[str, float] = {
+        lv: sum(f["level_seconds"][lv] for f in figs) for lv in protocol.LEVELS
+    }
     denied = sum(f["denied"] for f in figs)
     return {
         "daemons": len(figs),

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
     p.add_argument(
         "--level",
         default=None,
-        choices=("debug", "info", "warning", "error"),
+        choices=protocol.LOG_LEVELS,
         help="only events at this level or above",
     )
     p.add_argument("--json", action="store_true", help="the raw JSON lines, for jq")
@@ -390,6 +390,7 @@ def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T
     that does not load is said too (a reload's rejection lists its errors itself)."""
     from supervisord_batt.client.connect import CLI_RETRY_S
     from supervisord_batt.client.leases import Connection, DaemonError
+    from supervisord_batt.config.records import CONTROL_TIMEOUT
 
     target = _target(args)
     if target.broken is not None and op != "reload":
@@ -398,8 +399,8 @@ def _ask(args: argparse.Namespace, op: str, ask: Callable[[Connection], T]) -> T
             f"the config it loaded before, and a reload would be rejected:\n{target.broken}",
             file=sys.stderr,
         )
-    # a control op waits for trees to stop (stop_grace is at most 60s) and start again
-    timeout = 120.0 if op in ("start", "stop", "restart", "reload") else 10.0
+    # a control op waits for trees to stop and start again
+    timeout = CONTROL_TIMEOUT if op in protocol.CONTROL_OPS else 10.0
     try:
         with Connection(target.socket, timeout=timeout, retry=CLI_RETRY_S) as conn:
             return ask(conn)

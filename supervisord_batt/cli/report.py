@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from supervisord_batt import protocol
 from supervisord_batt.cli import exits
 from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
 from supervisord_batt.cli.status import size_line
@@ -34,7 +35,6 @@ from supervisord_batt.supervise.states import LIMIT_REASONS
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
 
-LEVELS = ("normal", "high", "extreme")
 _COUNTERS = ("denied", "refused_spawns", "oom_kills", "requests")
 
 
@@ -142,7 +142,9 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
 ) -> dict[str, Any]:
     grants = {k: int(total.get(f"grants.{k}", 0)) for k in ("process", "thread", "sequential")}
     denied = int(total.get("denied", 0))
-    level_s = {lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in LEVELS}
+    level_s: dict[str, float] = {
+        lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in protocol.LEVELS
+    }
     fallbacks = {
         k[len("fallbacks.") :]: int(v) for k, v in total.items() if k.startswith("fallbacks.")
     }
@@ -182,7 +184,8 @@ def rates(
     level_total = sum(level_seconds.values())
     return {
         "pressure_share": {
-            lv: (level_seconds.get(lv, 0.0) / level_total if level_total else None) for lv in LEVELS
+            lv: (level_seconds.get(lv, 0.0) / level_total if level_total else None)
+            for lv in protocol.LEVELS
         },
         "sequential_share": denied / asked_pool if asked_pool else None,
         "completion_rate": runs["completed"] / ended if ended else None,

@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from supervisord_batt import protocol
+
 # read by OpenMP and each BLAS when it loads (the ones joblib's loky backend sets too)
 INNER_THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -27,7 +29,7 @@ INNER_THREAD_ENV_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
-TIGHT_LEVELS = ("high", "extreme")  # the daemon's pressure levels above normal
+TIGHT_LEVELS = protocol.LEVELS[1:]  # the daemon's pressure levels above normal
 
 
 def cpu_count() -> int:

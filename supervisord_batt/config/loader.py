@@ -30,7 +30,9 @@ from supervisord_batt.config.records import (
     DEFAULT_OUTPUT,
     DEFAULT_PRESSURE,
     DEFAULT_START_LIMIT,
-    LOG_LEVELS,
+    DEFAULT_STOP_GRACE,
+    MAX_STOP_GRACE,
+    UNIT_STOP_TIMEOUT,
     BackoffConfig,
     BudgetConfig,
     Config,
@@ -85,7 +87,6 @@ __all__ = [
     "DEFAULT_PRESSURE",
     "DEFAULT_SOCKET",
     "DEFAULT_START_LIMIT",
-    "LOG_LEVELS",
     "BackoffConfig",
     "BudgetConfig",
     "Config",
@@ -106,13 +107,11 @@ __all__ = [
     "parse_signal",
 ]
 
-# The shipped unit's TimeoutStopSec (90 s) must cover the longest stop: the grace, the
-# SIGKILL rounds after it (the supervisor's stop timeout adds 10 s) and closing the socket.
-MAX_STOP_GRACE = 60.0
+# The shipped unit's TimeoutStopSec must cover the longest stop (records.UNIT_STOP_TIMEOUT)
 _stop_grace = duration(
     positive=False,
     at_most=MAX_STOP_GRACE,
-    why=" (the shipped systemd unit's TimeoutStopSec=90s must cover it)",
+    why=f" (the shipped systemd unit's TimeoutStopSec={UNIT_STOP_TIMEOUT:.0f}s must cover it)",
 )
 
 _PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -142,7 +141,7 @@ def _daemon(s: Section) -> DaemonConfig:
         sample_interval=sample,
         scan_interval=scan,
         log_format=cast(LogFormat, s.get("log_format", one_of(get_args(LogFormat)), "auto")),
-        log_level=s.get("log_level", one_of(LOG_LEVELS), "info"),
+        log_level=s.get("log_level", one_of(protocol.LOG_LEVELS), "info"),
         log_file=s.get("log_file", optional(absolute_path), None),
         max_connections=s.get("max_connections", integer(1), 256),
         idle_timeout=s.get("idle_timeout", duration(), 300.0),
@@ -256,7 +255,7 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         group=s.get("group", optional(string), None),
         wall_clock_limit=s.get("wall_clock_limit", optional(duration()), None),
         stop_signal=s.get("stop_signal", stop_signal, signal.SIGTERM),
-        stop_grace=s.get("stop_grace", _stop_grace, 10.0),
+        stop_grace=s.get("stop_grace", _stop_grace, DEFAULT_STOP_GRACE),
         restart=cast(
             RestartPolicy, s.get("restart", one_of(get_args(RestartPolicy)), "on-failure")
         ),

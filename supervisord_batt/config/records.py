@@ -137,7 +137,18 @@ class Config:
 
 # -------------------------------------------------------------------------- defaults
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+# The stop time chain, each link derived from the one before; tests/unit/test_stop_chain.py
+# holds the shipped unit's TimeoutStopSec to it.
+DEFAULT_STOP_GRACE = 10.0  # programs.<name>.stop_grace when unset, and for a leftover worker
+MAX_STOP_GRACE = 60.0  # the longest stop_grace the config accepts
+STOP_MARGIN = 10.0  # after the grace: the SIGKILL rounds and the wait for the trees to go
+LONGEST_STOP = MAX_STOP_GRACE + STOP_MARGIN  # the daemon's stop of its workers, at worst
+# closing the socket, the metrics endpoint and the logs after the workers are gone
+SHUTDOWN_MARGIN = 20.0
+UNIT_STOP_TIMEOUT = LONGEST_STOP + SHUTDOWN_MARGIN  # the unit's TimeoutStopSec (90 s)
+# how long the CLI waits for start/stop/restart/reload: as long as systemd would wait for
+# the stop, and then the start of what was stopped
+CONTROL_TIMEOUT = UNIT_STOP_TIMEOUT + 30.0
 
 DEFAULT_PRESSURE = PressureThresholds(
     headroom_high_percent=25.0,

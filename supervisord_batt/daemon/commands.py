@@ -38,7 +38,6 @@ log = get_logger(component="daemon")
 # Who may do what (PeerPolicy): every allowed peer may lease, heartbeat and read status;
 # these change what runs, so they are for admins only. `tail` is for admins, and for a
 # peer reading a program that runs as its own uid.
-CONTROL_OPS = frozenset({"start", "stop", "restart", "reload", "reexec"})
 LEASE_OPS = frozenset({"acquire", "renew", "release"})
 # A job holds one lease, a notebook kernel a few; a connection that piles up thousands
 # would grow the daemon's memory and every status reply without bound.
@@ -105,7 +104,7 @@ class Commands:
         method = self._ops.get(op)
         if method is None:
             raise protocol.ProtocolError(protocol.UNKNOWN_OP, f"op {op!r} is not served here")
-        if op in CONTROL_OPS and not conn.admin:
+        if op in protocol.CONTROL_OPS and not conn.admin:
             raise protocol.ProtocolError(
                 protocol.FORBIDDEN,
                 f"uid {conn.peer.uid} may not {op}: control is for root, the daemon's uid "

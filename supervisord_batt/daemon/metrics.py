@@ -37,7 +37,6 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 
 from supervisord_batt import protocol
-from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies
 from supervisord_batt.host.sample import HostSample
@@ -142,13 +141,15 @@ class DaemonCollector:
         )
         yield GaugeMetricFamily(P + "leases", "Live leases", len(stats.leases))
         yield GaugeMetricFamily(
-            P + "pressure_level", "Pressure: 0 normal, 1 high, 2 extreme", LEVELS.index(stats.level)
+            P + "pressure_level",
+            "Pressure: 0 normal, 1 high, 2 extreme",
+            protocol.LEVELS.index(stats.level),
         )
         at_level = CounterMetricFamily(
             P + "pressure_seconds", "Time spent at each pressure level", labels=["level"]
         )
         spent = self.level_seconds()
-        for level in LEVELS:
+        for level in protocol.LEVELS:
             at_level.add_metric([level], spent.get(level, 0.0))
         yield at_level
         grants = CounterMetricFamily(

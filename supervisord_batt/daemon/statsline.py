@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisord_batt.budget.costs import LEVELS
 from supervisord_batt.budget.records import LedgerStats
 from supervisord_batt.daemon.tallies import Tallies
 from supervisord_batt.daemon.workersizes import Key, Learned
 from supervisord_batt.host.sample import HostSample
+from supervisord_batt.protocol import LEVELS
 from supervisord_batt.supervise.supervisor import Tally
 
 SIZES_SHOWN = 20  # jobs' learned worker sizes a stats line carries

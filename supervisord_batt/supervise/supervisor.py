@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisord_batt import paths, protocol
-from supervisord_batt.config.records import Config, ProgramConfig
+from supervisord_batt.config.records import DEFAULT_STOP_GRACE, STOP_MARGIN, Config, ProgramConfig
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.logs import get_logger
@@ -277,7 +277,7 @@ class Supervisor:
         for cg in self.cgroups.leftovers():
             instance, program = configured.get(cg.path.name, (_instance_of(cg), None))
             sig = program.stop_signal if program else signal.SIGTERM
-            grace = program.stop_grace if program else 10.0
+            grace = program.stop_grace if program else DEFAULT_STOP_GRACE
             record = await _stop_leftover(cg, sig, grace)
             record.update(instance=instance, configured=program is not None)
             problem = cg.remove()
@@ -882,7 +882,8 @@ class Supervisor:
         return True
 
     def stop_timeout(self, instances: Iterable[Instance]) -> float:
-        return max((i.program.stop_grace for i in instances), default=0.0) + 10.0
+        """The longest the stop of these instances takes: LONGEST_STOP at most."""
+        return max((i.program.stop_grace for i in instances), default=0.0) + STOP_MARGIN
 
     # -- reload -----------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from supervisord_batt.budget.claims import (
     scope_of,
     seat_of,
 )
-from supervisord_batt.budget.costs import Level
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users
 from supervisord_batt.budget.ledger import BudgetLedger
@@ -32,7 +31,7 @@ from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.users import User, exact_weight
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
-from supervisord_batt.protocol import Kind
+from supervisord_batt.protocol import Kind, Level
 from tests.fakes import FakeClock
 
 CGROUP = "/sys/fs/cgroup/pids/batt"
