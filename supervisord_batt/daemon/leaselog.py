@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisord_batt.budget.records import Grant, Lease, Request
+from supervisord_batt.daemon.throttle import PerSecond
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="daemon")
@@ -35,8 +36,7 @@ class LeaseLog:
     def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self._clock = clock
-        self._second = -1  # the whole second of the clock the count is for
-        self._written = 0  # lease lines written in that second
+        self._window = PerSecond(clock)
         self._held: dict[str, int] = {}  # event -> lines held back since the last summary
         self._jobs: set[str] = set()  # the jobs of those lines, up to _MAX_JOBS of them
         self._held_since = 0.0  # when the first of them was held back
@@ -92,17 +92,10 @@ class LeaseLog:
         self._held, self._jobs = {}, set()
 
     def _allow(self, event: str, job: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self._clock()
-        second = int(now)
-        if second != self._second:
-            self._second, self._written = second, 0
-        if self._written < self.rate:
-            self._written += 1
+        if self._window.allow(self.rate):
             return True
         if not self._held:
-            self._held_since = now
+            self._held_since = self._clock()
         self._held[event] = self._held.get(event, 0) + 1
         if len(self._jobs) < _MAX_JOBS:  # job names come from clients: bounded
             self._jobs.add(job)

@@ -577,8 +577,7 @@ class Daemon:
         try:
             new = load_config(source)
         except (ConfigError, OSError) as exc:
-            log.error("reload_rejected", path=str(source), reason=str(exc), **by)
-            raise ReloadRejected(f"config rejected, the old one stays:\n{exc}") from None
+            self._reject(source, by, str(exc))
         if new.daemon.socket != self.config.daemon.socket:
             log.warning(
                 "reload_socket_ignored",

@@ -16,12 +16,35 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="daemon")
 _MAX_UIDS = 64  # distinct uids counted per summary; the rest are summed as "other"
+
+
+@dataclass
+class PerSecond:
+    """The rate window of Throttle and the lease log: `allow(rate)` is True for the first
+    `rate` calls in each whole second of `clock`, and always for a rate of 0 or less. The
+    rate is passed each time, as a reload may change it."""
+
+    clock: Callable[[], float]
+    _second: int = -1  # the whole second of the clock the count is for
+    _passed: int = 0  # calls allowed in that second
+
+    def allow(self, rate: int) -> bool:
+        if rate <= 0:
+            return True
+        second = int(self.clock())
+        if second != self._second:
+            self._second, self._passed = second, 0
+        if self._passed >= rate:
+            return False
+        self._passed += 1
+        return True
 
 
 class Throttle:
@@ -38,24 +61,17 @@ class Throttle:
     ) -> None:
         self.rate = rate
         self.summary, self.about = summary, about
-        self._clock = clock
-        self._second = -1
-        self._written = 0
+        self._window = PerSecond(clock)
         self._held: Counter[str] = Counter()  # event -> lines held back since the summary
         self._uids: Counter[str] = Counter()  # uid (as text) -> lines held back
 
     def emit(self, level: str, event: str, uid: int | None = None, **fields: Any) -> bool:
         """Write the line if the rate allows; else count it. True when written."""
-        if self.rate > 0:
-            second = int(self._clock())
-            if second != self._second:
-                self._second, self._written = second, 0
-            if self._written >= self.rate:
-                self._held[event] += 1
-                key = str(uid) if len(self._uids) < _MAX_UIDS or str(uid) in self._uids else "other"
-                self._uids[key] += 1
-                return False
-            self._written += 1
+        if not self._window.allow(self.rate):
+            self._held[event] += 1
+            key = str(uid) if len(self._uids) < _MAX_UIDS or str(uid) in self._uids else "other"
+            self._uids[key] += 1
+            return False
         getattr(log, level)(event, uid=uid, **fields)
         return True
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from supervisord_batt.daemon.throttle import Throttle
+from supervisord_batt.daemon.throttle import PerSecond, Throttle
 from tests.fakes import FakeClock
 
 
@@ -94,3 +94,11 @@ def test_a_clock_step_back_starts_a_new_count() -> None:
     assert t.emit("info", "e") is False
     clock.now = 40.0  # the wall clock stepped back: another second, a new count
     assert t.emit("info", "e") is True
+
+
+def test_the_window_takes_the_rate_of_each_call_as_a_reload_may_change_it() -> None:
+    window = PerSecond(FakeClock(now=3.2))
+    assert [window.allow(2) for _ in range(3)] == [True, True, False]
+    assert window.allow(3) is True  # raised within the second: one more
+    assert window.allow(3) is False
+    assert all(window.allow(0) for _ in range(100))  # 0: no limit
