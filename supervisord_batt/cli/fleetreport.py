@@ -36,6 +36,7 @@ from typing import Any
 
 from supervisord_batt import protocol
 from supervisord_batt.cli import exits, report
+from supervisord_batt.supervise.states import RUN_OUTCOMES
 
 P = "supervisord_batt_"
 QUANTILES = {
@@ -186,7 +187,7 @@ def _figures(c: dict[str, dict[tuple[str, ...], float]]) -> dict[str, Any]:
 
     grants = {k: n("grants", k) for k in ("process", "thread", "sequential")}
     denied_by = {k[0]: round(v) for k, v in sorted(c["denials"].items()) if round(v) and k[0]}
-    runs = {k: n("runs", k) for k in ("completed", "failed", "killed", "stopped")}
+    runs = {k: n("runs", k) for k in RUN_OUTCOMES}
     level_s: dict[str, float] = {
         lv: c["pressure_seconds"].get((lv,), 0.0) for lv in protocol.LEVELS
     }
@@ -231,7 +232,7 @@ def fleet_figures(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for k in f["limit_kills"]:
             kills[(k["program"], k["reason"])] += k["count"]
     grants = {k: total("grants", k) for k in ("process", "thread", "sequential")}
-    runs = {k: total("runs", k) for k in ("completed", "failed", "killed", "stopped")}
+    runs = {k: total("runs", k) for k in RUN_OUTCOMES}
     level_s: dict[str, float] = {
         lv: sum(f["level_seconds"][lv] for f in figs) for lv in protocol.LEVELS
     }

@@ -30,7 +30,7 @@ from supervisord_batt import protocol
 from supervisord_batt.cli import exits
 from supervisord_batt.cli.events import Filter, NoEvents, events_in, find_source, since_epoch
 from supervisord_batt.cli.status import size_line
-from supervisord_batt.supervise.states import LIMIT_REASONS
+from supervisord_batt.supervise.states import LIMIT_REASONS, RUN_OUTCOMES
 
 if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
@@ -151,7 +151,7 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
     tight = _percentiles(percent)
     if peaks:
         tight["max"] = max(*peaks, tight["max"] or 0.0)
-    counts = {k: runs[k] for k in ("completed", "failed", "killed", "stopped")}
+    counts = {k: runs[k] for k in RUN_OUTCOMES}
     return {
         "stats_lines": sum(d.lines for d in daemons.values()),
         "daemons": len(daemons),

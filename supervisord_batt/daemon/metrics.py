@@ -40,7 +40,7 @@ from supervisord_batt import protocol
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies
 from supervisord_batt.host.sample import HostSample
-from supervisord_batt.supervise.states import LIMIT_REASONS, State
+from supervisord_batt.supervise.states import LIMIT_REASONS, RUN_OUTCOMES, State
 from supervisord_batt.supervise.supervisor import Supervisor
 
 P = "supervisord_batt_"
@@ -49,7 +49,6 @@ TEXT_FORMAT = CONTENT_TYPE_PLAIN_0_0_4
 # pair, each configured program's outcomes and limits): Prometheus' increase() and rate()
 # see nothing of a series that first appears at 1, so an alert on "any hang" would miss
 # the first hang of a program.
-OUTCOMES = ("completed", "failed", "killed", "stopped")
 FALLBACKS = tuple(
     (a, b) for i, a in enumerate(protocol.KINDS) for b in protocol.KINDS[i + 1 :]
 )  # a pool falls back to a later kind only
@@ -225,7 +224,7 @@ class DaemonCollector:
             "Runs ended, by program and outcome (completed, failed, killed, stopped, unknown)",
             labels=["program", "outcome"],
         )
-        for program, outcome in _every(names, OUTCOMES, sup.tally.runs):
+        for program, outcome in _every(names, RUN_OUTCOMES, sup.tally.runs):
             runs.add_metric([program, outcome], sup.tally.runs[(program, outcome)])
         yield runs
 

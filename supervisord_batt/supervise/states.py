@@ -54,6 +54,11 @@ from supervisord_batt.config.records import ProgramConfig
 # the limits a run is killed for; each is also the name of the program's config key that
 # sets it (`programs.<name>.wall_clock_limit`), which `report` names in its advice
 LIMIT_REASONS = ("wall_clock_limit", "progress_timeout")
+# how a run ended, as the supervisor's tally, the stats lines, the metrics and `report`
+# count it: completed (exit 0), failed (non-zero or a signal of its own), killed (at a
+# limit), stopped (by an operator or a reload); "unknown" is counted only where it
+# happened (a worker adopted after a crash that ended before anyone could see how)
+RUN_OUTCOMES = ("completed", "failed", "killed", "stopped")
 
 
 class State(str, Enum):

@@ -118,9 +118,7 @@ class Tally:
 
     restarts: Counter[str] = field(default_factory=Counter)  # program -> automatic restarts
     kills: Counter[tuple[str, str]] = field(default_factory=Counter)  # (program, reason)
-    # (program, outcome): completed (exit 0), failed (non-zero or a signal of its own),
-    # killed (wall-clock or no-progress limit), stopped (by an operator or a reload),
-    # unknown (adopted after a crash, ended before anyone could see how)
+    # (program, outcome): one of states.RUN_OUTCOMES, or "unknown"
     runs: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (program, errno name or exception type): spawns that failed (the run never began)
     spawn_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
