@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import protocol
 from supervisord_batt.cli import exits
+from supervisord_batt.supervise.states import State
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -49,17 +50,20 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = "pip install 'supervisord-batt[top]'"
 REQUEST_TIMEOUT = 5.0  # seconds for one status reply
-LEVEL_STYLE = {"normal": "bold green", "high": "bold yellow", "extreme": "bold white on red"}
+# a style for each name of protocol.LEVELS, states.State and protocol.LOG_LEVELS
+LEVEL_STYLE = dict(
+    zip(protocol.LEVELS, ("bold green", "bold yellow", "bold white on red"), strict=True)
+)
 STATE_STYLE = {
-    "RUNNING": "green",
-    "STARTING": "yellow",
-    "STOPPING": "yellow",
-    "BACKOFF": "yellow",
-    "FATAL": "bold red",
-    "EXITED": "dim",
-    "STOPPED": "dim",
+    State.RUNNING.value: "green",
+    State.STARTING.value: "yellow",
+    State.STOPPING.value: "yellow",
+    State.BACKOFF.value: "yellow",
+    State.FATAL.value: "bold red",
+    State.EXITED.value: "dim",
+    State.STOPPED.value: "dim",
 }
-EVENT_LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+EVENT_LEVEL_STYLE = dict(zip(protocol.LOG_LEVELS, ("dim", "", "yellow", "bold red"), strict=True))
 # event fields shown first in the DETAIL column; the rest follow as key=value
 EVENT_KEYS = ("instance", "program", "pid", "reason", "kind", "workers", "lease", "job")
 EVENT_SKIP = {"timestamp", "level", "event", "component"}
@@ -378,7 +382,7 @@ def header_lines(
     from rich.text import Text
 
     counts = status["counts"]
-    running = counts["states"].get("RUNNING", 0)
+    running = counts["states"].get(State.RUNNING.value, 0)
     right = f"{clock}  q quit"
     if problem:
         first = Text(problem, style="bold white on red")

@@ -414,3 +414,13 @@ def test_issue_22_a_first_page_counts_the_rows_of_the_list_it_does_not_hold() ->
     shown_leases = sum(1 for line in lines if line.startswith("L") and "job" in line)
     more = [int(line.split()[0][1:]) for line in lines if line.split()[1:2] == ["more"]]
     assert more == [1000 - shown_instances, 3000 - shown_leases]
+
+
+def test_every_level_state_and_log_level_has_a_style() -> None:
+    from supervisord_batt import protocol
+    from supervisord_batt.cli import top
+    from supervisord_batt.supervise.states import State
+
+    assert set(top.LEVEL_STYLE) == set(protocol.LEVELS)
+    assert set(top.STATE_STYLE) == {s.value for s in State}
+    assert set(top.EVENT_LEVEL_STYLE) == set(protocol.LOG_LEVELS)
