@@ -63,7 +63,9 @@ STATE_STYLE = {
     State.EXITED.value: "dim",
     State.STOPPED.value: "dim",
 }
-EVENT_LEVEL_STYLE = dict(zip(protocol.LOG_LEVELS, ("dim", "", "yellow", "bold red"), strict=True))
+EVENT_LEVEL_STYLE: dict[str, str] = dict(
+    zip(protocol.LOG_LEVELS, ("dim", "", "yellow", "bold red"), strict=True)
+)
 # event fields shown first in the DETAIL column; the rest follow as key=value
 EVENT_KEYS = ("instance", "program", "pid", "reason", "kind", "workers", "lease", "job")
 EVENT_SKIP = {"timestamp", "level", "event", "component"}
