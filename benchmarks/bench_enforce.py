@@ -32,10 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from supervisord_batt.supervise.cgroups import WorkerCgroup, WorkerCgroups
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
-    WorkerCgroup,
-    WorkerCgroups,
     become_subreaper,
     kill_tree,
     reap_adopted,

@@ -42,14 +42,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from supervisord_batt.host.procfs import ProcStat, read_stat
-from supervisord_batt.supervise.cgroups import (
-    V2Plan,
-    WorkerCgroup,
-    WorkerCgroups,
-    apply_v2,
-    instance_dir_name,
-    plan_v2,
-)
+from supervisord_batt.supervise.cgroups import WorkerCgroup
 
 __all__ = [
     "Adopted",
@@ -57,17 +50,11 @@ __all__ = [
     "ExitWatcher",
     "KillReport",
     "UnknownUser",
-    "V2Plan",
-    "WorkerCgroup",
-    "WorkerCgroups",
-    "apply_v2",
     "become_subreaper",
     "collect_tree",
     "identity",
-    "instance_dir_name",
     "kill_tree",
     "lookup_user",
-    "plan_v2",
     "reap_adopted",
     "spawn",
     "tree_task_count",

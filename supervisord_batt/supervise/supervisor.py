@@ -1,6 +1,6 @@
 """Runs the configured programs: executes what the state machine decides, on the loop.
 
-`programs.Instance` decides (pure); this module does: it spawns into a worker cgroup,
+`states.Instance` decides (pure); this module does: it spawns into a worker cgroup,
 watches exits by pidfd, arms wall-clock deadlines with `loop.call_at` (exact, not a
 tick), kills whole trees, reads output pipes, and feeds every outcome back as an event.
 
@@ -35,7 +35,7 @@ from supervisord_batt.config.records import DEFAULT_STOP_GRACE, STOP_MARGIN, Con
 from supervisord_batt.host.procfs import read_stat
 from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.logs import get_logger
-from supervisord_batt.supervise.cgroups import instance_dir_name
+from supervisord_batt.supervise.cgroups import WorkerCgroup, WorkerCgroups, instance_dir_name
 from supervisord_batt.supervise.changes import ProgramChange, plan, stale
 from supervisord_batt.supervise.environ import worker_environment
 from supervisord_batt.supervise.output import PipeReader, StreamSink
@@ -44,8 +44,6 @@ from supervisord_batt.supervise.proctree import (
     Child,
     ExitWatcher,
     UnknownUser,
-    WorkerCgroup,
-    WorkerCgroups,
     become_subreaper,
     identity,
     kill_tree,

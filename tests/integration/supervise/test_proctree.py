@@ -22,11 +22,10 @@ import psutil
 import pytest
 
 from supervisord_batt.host import procfs
-from supervisord_batt.supervise.cgroups import own_pids_dirs
+from supervisord_batt.supervise.cgroups import WorkerCgroups, own_pids_dirs
 from supervisord_batt.supervise.proctree import (
     ExitWatcher,
     UnknownUser,
-    WorkerCgroups,
     collect_tree,
     kill_tree,
     reap_adopted,
@@ -486,7 +485,7 @@ def test_detect_v1_creates_reuses_and_cleans_up(base: str) -> None:
 @pytest.mark.usefixtures("needs_root")  # root, to drop to nobody
 def test_detect_falls_back_with_a_reason_when_v1_is_not_writable() -> None:
     code = (
-        "import os; from supervisord_batt.supervise.proctree import WorkerCgroups\n"
+        "import os; from supervisord_batt.supervise.cgroups import WorkerCgroups\n"
         "os.setgid(65534); os.setuid(65534)\n"
         "c = WorkerCgroups.detect('sbtest-nobody'); print(c.enabled, '|', c.reason)\n"
     )
