@@ -35,7 +35,6 @@ from supervisord_batt.budget.allocation import (
 )
 from supervisord_batt.budget.books import Book, CpuShare, Size, lease_cpus
 from supervisord_batt.budget.claims import (
-    MAX_SCOPES,
     Footprint,
     Profile,
     Scopes,
@@ -47,15 +46,8 @@ from supervisord_batt.budget.claims import (
     seat_of,
 )
 from supervisord_batt.budget.costs import (
-    LOKY_RESOURCE_TRACKERS,
     MIN_POOL,
-    PROCESS_POOL_OVERHEAD,
-    PROCESS_POOL_THREADS,
-    PROCESS_WORKER_TASKS,
-    THREAD_WORKER_TASKS,
     pool_cost,
-    reserve_for,
-    workers_for,
 )
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users
@@ -80,7 +72,7 @@ from supervisord_batt.budget.users import (
 )
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
-from supervisord_batt.protocol import KINDS, Kind, Level
+from supervisord_batt.protocol import Kind, Level
 
 _SEQUENTIAL: Size = ("sequential", 0)
 _UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
@@ -815,26 +807,3 @@ def _snapshot(e: _Held, mine: Share | None) -> Lease:
         e.renewed_at,
         e.last_progress,
     )
-
-
-__all__ = [
-    "KINDS",
-    "LOKY_RESOURCE_TRACKERS",
-    "MAX_SCOPES",
-    "MIN_POOL",
-    "PROCESS_POOL_OVERHEAD",
-    "PROCESS_POOL_THREADS",
-    "PROCESS_WORKER_TASKS",
-    "THREAD_WORKER_TASKS",
-    "BudgetLedger",
-    "Grant",
-    "Kind",
-    "Lease",
-    "LeaseError",
-    "LedgerStats",
-    "Request",
-    "UpdateResult",
-    "pool_cost",
-    "reserve_for",
-    "workers_for",
-]

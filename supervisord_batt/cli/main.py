@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.config.loader import load_config
+    from supervisord_batt.config.yamlcheck import ConfigError
     from supervisord_batt.paths import default_config_path
 
     if args.file is not None and args.config is not None and args.file != args.config:
@@ -268,7 +269,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _probe_targets(args: argparse.Namespace) -> tuple[list[str], list[int | str]]:
     """Cgroups and users to watch: the config's, plus the command line's."""
-    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.config.loader import load_config
+    from supervisord_batt.config.yamlcheck import ConfigError
     from supervisord_batt.paths import default_config_path
 
     cgroups: list[str] = list(args.cgroup)
@@ -330,8 +332,9 @@ def _target(args: argparse.Namespace) -> _Target:
     env = os.environ.get(paths.SOCKET_ENV)
     if env:
         return _Target(Path(env))
-    from supervisord_batt.config.loader import ConfigError, load_config
+    from supervisord_batt.config.loader import load_config
     from supervisord_batt.config.socketkey import socket_named
+    from supervisord_batt.config.yamlcheck import ConfigError
     from supervisord_batt.paths import client_socket_path, default_config_path
 
     given = getattr(args, "config", None)
@@ -359,7 +362,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # formats without it.
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from supervisord_batt import logs
-    from supervisord_batt.config.loader import ConfigError
+    from supervisord_batt.config.yamlcheck import ConfigError
     from supervisord_batt.daemon.lifecycle import run_daemon
 
     logs.configure("auto", logs.level_from("info", args.verbose, args.quiet))
@@ -479,7 +482,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _load_quietly(args: argparse.Namespace) -> Config | None:
     """The config, or None when it cannot be read (the views then say what they read)."""
-    from supervisord_batt.config.loader import ConfigError
+    from supervisord_batt.config.yamlcheck import ConfigError
 
     try:
         return _load(getattr(args, "config", None))

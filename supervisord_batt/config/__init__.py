@@ -6,8 +6,9 @@ naming every bad key with its line. The daemon and `check-config` use the same l
 
 from __future__ import annotations
 
-from supervisord_batt.config.loader import ConfigError, load_config, load_config_text
+from supervisord_batt.config.loader import load_config, load_config_text
 from supervisord_batt.config.records import BudgetConfig, Config, DaemonConfig, ProgramConfig
+from supervisord_batt.config.yamlcheck import ConfigError
 
 __all__ = [
     "BudgetConfig",

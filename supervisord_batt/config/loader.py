@@ -59,7 +59,6 @@ from supervisord_batt.config.values import (
     number,
     one_of,
     optional,
-    parse_signal,
     psi_threshold,
     size,
     socket_mode,
@@ -78,34 +77,6 @@ from supervisord_batt.config.yamlcheck import (
     node_line,
 )
 from supervisord_batt.paths import DEFAULT_SOCKET, default_socket_path
-
-# ConfigError, ConfigIssue and parse_signal are defined in yamlcheck and values, and are
-# part of this module's API: callers import everything config-related from here.
-__all__ = [
-    "DEFAULT_BACKOFF",
-    "DEFAULT_OUTPUT",
-    "DEFAULT_PRESSURE",
-    "DEFAULT_SOCKET",
-    "DEFAULT_START_LIMIT",
-    "BackoffConfig",
-    "BudgetConfig",
-    "Config",
-    "ConfigError",
-    "ConfigIssue",
-    "DaemonConfig",
-    "LogFormat",
-    "OutputConfig",
-    "OutputMode",
-    "PressureThresholds",
-    "ProgramConfig",
-    "RestartPolicy",
-    "StartLimit",
-    "config_to_dict",
-    "default_socket_path",
-    "load_config",
-    "load_config_text",
-    "parse_signal",
-]
 
 # The shipped unit's TimeoutStopSec must cover the longest stop (records.UNIT_STOP_TIMEOUT)
 _stop_grace = duration(

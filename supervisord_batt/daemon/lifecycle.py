@@ -28,8 +28,9 @@ from typing import Any, NoReturn
 
 from supervisord_batt import __version__, logs, paths, protocol, safepath
 from supervisord_batt.budget.ledger import BudgetLedger
-from supervisord_batt.config.loader import ConfigError, load_config
+from supervisord_batt.config.loader import load_config
 from supervisord_batt.config.records import Config
+from supervisord_batt.config.yamlcheck import ConfigError
 from supervisord_batt.daemon import reexec, resume
 from supervisord_batt.daemon.cgroupcounts import CgroupCounts
 from supervisord_batt.daemon.commands import Commands, ReloadRejected

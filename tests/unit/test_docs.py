@@ -160,7 +160,7 @@ def test_every_yaml_block_loads_and_a_config_fragment_with_the_loader(block: Blo
 
 
 def test_the_yaml_check_catches_a_bad_config_fragment() -> None:
-    from supervisord_batt.config.loader import ConfigError
+    from supervisord_batt.config.yamlcheck import ConfigError
 
     (bad,) = docblocks.blocks_of("```yaml\ndaemon:\n  socket_mode: rw\n```\n", "x.md")
     with pytest.raises(ConfigError):

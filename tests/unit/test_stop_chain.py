@@ -8,13 +8,14 @@ import re
 
 import pytest
 
-from supervisord_batt.config.loader import ConfigError, load_config_text
+from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.records import (
     CONTROL_TIMEOUT,
     LONGEST_STOP,
     MAX_STOP_GRACE,
     UNIT_STOP_TIMEOUT,
 )
+from supervisord_batt.config.yamlcheck import ConfigError
 from tests.helpers import REPO
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from supervisord_batt.budget.ledger import pool_cost
+from supervisord_batt.budget.costs import pool_cost
 from tests.helpers import CALM, wait_until
 
 ACQUIRER = textwrap.dedent(

@@ -17,7 +17,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisord_batt.config.loader import ConfigError, load_config
+from supervisord_batt.config.loader import load_config
+from supervisord_batt.config.yamlcheck import ConfigError
 
 KEYS = {
     "daemon": [

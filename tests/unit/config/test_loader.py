@@ -18,14 +18,7 @@ from supervisord_batt.config.durations import (
     parse_duration,
     parse_size,
 )
-from supervisord_batt.config.loader import (
-    ConfigError,
-    ConfigIssue,
-    config_to_dict,
-    load_config,
-    load_config_text,
-    parse_signal,
-)
+from supervisord_batt.config.loader import config_to_dict, load_config, load_config_text
 from supervisord_batt.config.records import (
     DEFAULT_BACKOFF,
     DEFAULT_OUTPUT,
@@ -33,6 +26,8 @@ from supervisord_batt.config.records import (
     DEFAULT_START_LIMIT,
     Config,
 )
+from supervisord_batt.config.values import parse_signal
+from supervisord_batt.config.yamlcheck import ConfigError, ConfigIssue
 from supervisord_batt.paths import default_socket_path
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisord_batt.config.loader import ConfigError, load_config_text
+from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.socketkey import socket_named
+from supervisord_batt.config.yamlcheck import ConfigError
 from supervisord_batt.paths import DEFAULT_SOCKET, default_socket_path
 
 NAMED = "daemon:\n  log_level: info\n  socket: /run/other/s.sock\n"
