@@ -18,6 +18,8 @@ OutputMode = Literal["file", "daemon"]
 
 @dataclass(frozen=True)
 class DaemonConfig:
+    """The daemon section; the loader sets every field (its defaults are the loader's)."""
+
     socket: Path
     socket_mode: int  # e.g. 0o660
     socket_group: str | None
@@ -31,12 +33,12 @@ class DaemonConfig:
     max_connections: int
     idle_timeout: float  # seconds
     max_message_bytes: int
-    pid_file: Path | None = None
-    lease_log_rate: int = 100  # grant/deny/release lines a second; 0 = every line
-    admin_groups: tuple[str, ...] = ()  # may control (start, stop, reload, tail any)
-    max_connections_per_uid: int = 32  # and per supervised instance; root, admins excepted
-    bad_input_log_rate: int = 10  # lines a second about bad input and refused peers
-    stats_interval: float = 60.0  # seconds between `stats` lines (what `report` reads)
+    pid_file: Path | None
+    lease_log_rate: int  # grant/deny/release lines a second; 0 = every line
+    admin_groups: tuple[str, ...]  # may control (start, stop, reload, tail any)
+    max_connections_per_uid: int  # and per supervised instance; root, admins excepted
+    bad_input_log_rate: int  # lines a second about bad input and refused peers
+    stats_interval: float  # seconds between `stats` lines (what `report` reads)
 
 
 @dataclass(frozen=True)
