@@ -30,10 +30,10 @@ STATUS_PAGE_MAX = 500  # rows of each list in one status reply
 EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status reply
 
 # The most characters (code points) a request's text field may carry. `job` stays with
-# its lease and is shown in every status; `client` stays with its connection; the
-# others go into log lines or are looked up. A longer value is refused (`bad_request`,
-# naming the field and the limit), never cut: the job learns at once that its name is
-# not the one the daemon would show, and the rule is the same for every field.
+# its lease and is shown in every status; `client` (hello's name for itself) is checked
+# and not kept; the others go into log lines or are looked up. A longer value is refused
+# (`bad_request`, naming the field and the limit), never cut: the job learns at once that
+# its name is not the one the daemon would show, and the rule is the same for every field.
 MAX_CHARS = {
     "job": 256,
     "client": 128,

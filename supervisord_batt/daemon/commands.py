@@ -139,7 +139,6 @@ class Commands:
                 protocol.UNSUPPORTED_VERSION,
                 f"client speaks version {msg['version']}, this daemon speaks {protocol.VERSION}",
             )
-        conn.data["client"] = msg.get("client", "")
         return {
             "ok": True,
             "version": protocol.VERSION,
@@ -150,10 +149,9 @@ class Commands:
         """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
         if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
-        peer, data = conn.peer, conn.data
-        if "leases" not in data:  # a connection's peer does not change: read once
-            data["base_tasks"] = thread_count(peer.pid)
-            data["leases"] = set()  # the leases it took, less those it released
+        peer, state = conn.peer, conn.state
+        if state.base_tasks is None:  # a connection's peer does not change: read once
+            state.base_tasks = thread_count(peer.pid)
         request = Request(
             holder=conn.key,
             pid=peer.pid,
@@ -162,9 +160,9 @@ class Commands:
             want=msg["want"],
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
             cgroups=_cgroups(conn),
-            base_tasks=data["base_tasks"],
+            base_tasks=state.base_tasks,
         )
-        held: set[str] = data["leases"]
+        held = state.leases
         if len(held) >= MAX_LEASES_PER_CONNECTION:
             # forget those the daemon ended meanwhile (expired, or their tree is gone)
             held.intersection_update(self.ledger.lease_pids())
@@ -177,7 +175,7 @@ class Commands:
         if grant is None:
             grant = self.ledger.acquire(request)
         held.add(grant.lease_id)
-        data["job"] = request.job
+        state.job = request.job
         signal = self.ledger.level_signal(request.uid)
         self.tallies.granted(grant.kind, request.want, grant.reason, signal)
         self.lease_log.granted(request, grant)
@@ -237,7 +235,7 @@ class Commands:
     def op_release(self, conn: Connection, msg: dict[str, Any]) -> protocol.ReleaseReply:
         """{"op":"release","lease":"L1"} -> {"ok":true,"lease":"L1","kind":...,"workers":N}"""
         lease = self.ledger.release(self._owned(conn, msg["lease"]))
-        conn.data["leases"].discard(lease.lease_id)  # its acquire made the set
+        conn.state.leases.discard(lease.lease_id)
         self.lease_log.ended("release", lease, "released by holder")
         reply: protocol.ReleaseReply = {
             "ok": True,
@@ -266,7 +264,7 @@ class Commands:
             uid=conn.peer.uid,
             pid=pid,
             instance=self.supervisor.instance_of(pid, _cgroups(conn)),
-            job=conn.data.get("job"),
+            job=conn.state.job,
             lease=msg.get("lease"),
             workers=msg.get("workers"),
             stage=msg.get("stage", ""),  # both capped by protocol.MAX_CHARS
@@ -278,7 +276,7 @@ class Commands:
     def holds_lease(self, conn: Connection) -> bool:
         """Whether the connection holds a live lease (at most 16 look-ups: the server
         asks it of the connections it could close to make room)."""
-        for lease_id in conn.data.get("leases", ()):
+        for lease_id in conn.state.leases:
             with contextlib.suppress(LeaseError):
                 if self.ledger.holder_of(lease_id) == conn.key:
                     return True
@@ -425,10 +423,9 @@ def _cgroups(conn: Connection) -> tuple[str, ...]:
     """The peer's pids cgroup directories, read at its first request that needs them (a
     connection's peer does not move: the budget charges its cgroups, and they say which
     supervised instance it belongs to)."""
-    found: tuple[str, ...] | None = conn.data.get("cgroups")
-    if found is None:
-        found = conn.data["cgroups"] = tuple(cgroup_fs_paths(conn.peer.pid))
-    return found
+    if conn.state.cgroups is None:
+        conn.state.cgroups = tuple(cgroup_fs_paths(conn.peer.pid))
+    return conn.state.cgroups
 
 
 def _who(conn: Connection) -> dict[str, int]:

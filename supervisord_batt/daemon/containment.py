@@ -20,7 +20,6 @@ from supervisord_batt.daemon.server import Connection
 from supervisord_batt.supervise.supervisor import Supervisor
 
 MARGIN = 4  # tasks above the lease: a short-lived helper thread or process, a shell
-_UNKNOWN = "?"  # a connection whose instance was not looked up yet
 
 
 @dataclass
@@ -32,11 +31,12 @@ class Containment:
 
     def follow(self, conn: Connection) -> None:
         """Set the pids.max of the worker whose tree holds this connection's peer."""
-        instance = conn.data.get("instance", _UNKNOWN)
-        if instance == _UNKNOWN:  # a peer's tree does not change: look it up once
-            cgroups = conn.data.get("cgroups")  # read by its first acquire
-            instance = self.supervisor.instance_of(conn.peer.pid, cgroups)
-            conn.data["instance"] = instance
+        state = conn.state
+        if not state.instance_known:  # a peer's tree does not change: look it up once
+            # its cgroups were read by its first acquire
+            state.instance = self.supervisor.instance_of(conn.peer.pid, state.cgroups)
+            state.instance_known = True
+        instance = state.instance
         if instance is None:
             return
         pids = self._pids.setdefault(instance, set())

@@ -66,6 +66,21 @@ class Peer:
     groups: frozenset[int] = frozenset()  # supplementary groups when it connected
 
 
+@dataclass
+class PeerState:
+    """What the daemon learns of a connection's peer as it asks, read once: a
+    connection's peer does not change (commands.py and containment.py keep it here)."""
+
+    # the peer's threads at its first acquire; None: it has not acquired yet
+    base_tasks: int | None = None
+    leases: set[str] = field(default_factory=set)  # leases it took, less those it released
+    job: str | None = None  # the job name of its last acquire
+    cgroups: tuple[str, ...] | None = None  # its pids cgroup directories, once read
+    # the supervised instance whose tree holds it (None: none), once looked up
+    instance: str | None = None
+    instance_known: bool = False
+
+
 @dataclass(eq=False)
 class Connection:
     """One client connection; the daemon keys a holder's leases by `key`."""
@@ -74,7 +89,7 @@ class Connection:
     peer: Peer
     transport: asyncio.Transport
     last_active: float
-    data: dict[str, Any] = field(default_factory=dict)  # per-connection state of the daemon
+    state: PeerState = field(default_factory=PeerState)
     key: str = ""
     admin: bool = False  # may control the daemon (PeerPolicy.is_admin), found at connect
     # whose connections it counts against (daemon.fairshare); None: an admin's
