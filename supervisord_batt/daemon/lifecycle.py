@@ -38,7 +38,7 @@ from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.metricsoutputs import MetricsOutputs
 from supervisord_batt.daemon.notify import Notifier
-from supervisord_batt.daemon.server import Connection, PeerPolicy, Server
+from supervisord_batt.daemon.server import Connection, Hooks, PeerPolicy, Server
 from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
@@ -88,11 +88,14 @@ class Daemon:
             lease_changed=self.containment.follow,
             faults=self.faults,
         )
-        self.server = Server(config.daemon, self.commands.handle, self.on_close, self.socket_path)
-        self.server.policy = _policy(config)
-        self.server.instance_of = self.supervisor.instance_of
-        self.server.holds_lease = self.commands.holds_lease
-        self.server.observe = self.commands.tallies.request
+        hooks = Hooks(
+            handle=self.commands.handle,
+            on_close=self.on_close,
+            instance_of=self.supervisor.instance_of,
+            holds_lease=self.commands.holds_lease,
+            observe=self.commands.tallies.request,
+        )
+        self.server = Server(config.daemon, hooks, self.socket_path, _policy(config))
         self.should_exit = asyncio.Event()
         self._last_scan = 0.0
         self.pressure_reason = ""  # why the level is what it is, as of the last tick

@@ -106,6 +106,33 @@ Handler = Callable[[Connection, dict[str, Any]], "Reply | Awaitable[Reply]"]
 Hook = Callable[[Connection], None]
 
 
+def _no_instance(pid: int) -> str | None:
+    return None
+
+
+def _holds_nothing(conn: Connection) -> bool:
+    return False
+
+
+def _unobserved(op: str, result: str, seconds: float) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the server asks of the rest of the daemon (lifecycle passes the commands'
+    and the supervisor's; a test, only the first two)."""
+
+    handle: Handler  # answers a request
+    on_close: Hook  # a connection closed: its leases are released
+    # the supervised instance whose tree a pid is in (asked of ordinary workers' uids)
+    instance_of: Callable[[int], str | None] = _no_instance
+    # whether a connection holds a live lease (asked only to choose one to close)
+    holds_lease: Callable[[Connection], bool] = _holds_nothing
+    # each answered request: (op or "invalid", "ok" or the error code, seconds)
+    observe: Callable[[str, str, float], None] = _unobserved
+
+
 def _code(exc: Exception) -> str:
     """The error code a failed request is counted under."""
     return exc.code if isinstance(exc, protocol.ProtocolError) else protocol.INTERNAL
@@ -375,7 +402,7 @@ class _Link(asyncio.Protocol):
         conn, self.conn = self.conn, None
         if conn is not None:
             self.server.delist(conn)
-            self.server.on_close(conn)
+            self.server.hooks.on_close(conn)
 
     def idle(self) -> bool:
         """Nothing in flight: no request running or half sent, no reply left unread."""
@@ -474,14 +501,14 @@ class _Link(asyncio.Protocol):
         try:
             msg = protocol.decode(line)
             request_id, op = msg.get("id"), msg["op"]
-            reply = self.server.handler(conn, msg)
+            reply = self.server.hooks.handle(conn, msg)
         except Exception as exc:  # every failure gets an error reply
             self._fail(conn, exc, request_id)
-            self.server.observe(op, _code(exc), time.perf_counter() - start)
+            self.server.hooks.observe(op, _code(exc), time.perf_counter() - start)
             return
         if isinstance(reply, dict):
             self._send(conn, reply, request_id)
-            self.server.observe(op, "ok", time.perf_counter() - start)
+            self.server.hooks.observe(op, "ok", time.perf_counter() - start)
             return
         conn.transport.pause_reading()  # nothing more until this request has replied
         finish = self._finish(conn, reply, request_id, op, start)
@@ -496,10 +523,10 @@ class _Link(asyncio.Protocol):
             reply = await pending
         except Exception as exc:
             self._fail(conn, exc, request_id)
-            self.server.observe(op, _code(exc), time.perf_counter() - start)
+            self.server.hooks.observe(op, _code(exc), time.perf_counter() - start)
         else:
             self._send(conn, reply, request_id)
-            self.server.observe(op, "ok", time.perf_counter() - start)
+            self.server.hooks.observe(op, "ok", time.perf_counter() - start)
         finally:
             self.busy = None
             self.server.tasks.discard(task)
@@ -571,24 +598,23 @@ class Server:
     """Accepts connections, checks peers, frames lines, dispatches, replies."""
 
     def __init__(
-        self, config: DaemonConfig, handler: Handler, on_close: Hook, socket_path: Path
+        self,
+        config: DaemonConfig,
+        hooks: Hooks,
+        socket_path: Path,
+        policy: PeerPolicy | None = None,
     ) -> None:
         self.config = config
-        self.handler = handler
-        self.on_close = on_close
+        self.hooks = hooks
         self.path = socket_path
         self.limit = config.max_message_bytes
-        self.policy = PeerPolicy(config.allowed_uids, config.allowed_groups, config.admin_groups)
+        self.policy = policy or PeerPolicy(
+            config.allowed_uids, config.allowed_groups, config.admin_groups
+        )
         self.problems = Throttle(config.bad_input_log_rate)
         # open connections by account (daemon.fairshare), and how many those are
         self.accounts: dict[str, dict[int, _Link]] = {}
         self.ordinary = 0
-        # the supervised instance whose tree a pid is in (asked of ordinary workers' uids)
-        self.instance_of: Callable[[int], str | None] = lambda pid: None
-        # whether a connection holds a live lease (asked only to choose one to close)
-        self.holds_lease: Callable[[Connection], bool] = lambda conn: False
-        # each answered request: (op or "invalid", "ok" or the error code, seconds)
-        self.observe: Callable[[str, str, float], None] = lambda op, result, seconds: None
         self.connections: dict[int, Connection] = {}
         self.links: set[_Link] = set()  # every open socket, refused ones included
         self.tasks: set[asyncio.Task[None]] = set()  # requests that are still running
@@ -682,7 +708,7 @@ class Server:
         if self.policy.is_admin(peer):
             return None
         if peer.uid in self.policy.worker_uids:
-            instance = self.instance_of(peer.pid)
+            instance = self.hooks.instance_of(peer.pid)
             if instance is not None:
                 return f"instance {instance}"
         return f"uid {peer.uid}"
@@ -767,7 +793,7 @@ class Server:
         if mine >= part:
             return f"{full}; {account} holds {mine}, its equal part is {part}"
         idle = [
-            fairshare.Idle(conn.id, other, self.holds_lease(conn), conn.last_active)
+            fairshare.Idle(conn.id, other, self.hooks.holds_lease(conn), conn.last_active)
             for other in fairshare.over_part(held, part)
             for link in self.accounts[other].values()
             if (conn := link.conn) is not None and link.idle()

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from supervisord_batt import protocol
 from supervisord_batt.config.loader import load_config_text
-from supervisord_batt.daemon.server import Connection, Server, _Link
+from supervisord_batt.daemon.server import Connection, Hooks, Server, _Link
 
 LIMIT = 256  # max_message_bytes in these tests
 
@@ -155,7 +155,8 @@ class Harness:
         self.closed: list[Connection] = []
         self.gates: dict[Any, asyncio.Event] = {}  # request id -> what its reply waits for
         self.handled: list[Any] = []  # request ids in the order the handler saw them
-        self.server = Server(self.config, self.handle, self.closed.append, Path("/nonexistent"))
+        hooks = Hooks(handle=self.handle, on_close=self.closed.append)
+        self.server = Server(self.config, hooks, Path("/nonexistent"))
         self.socks: list[socket.socket] = []
 
     def handle(self, conn: Connection, msg: dict[str, Any]) -> Any:
