@@ -71,7 +71,8 @@ from supervisord_batt.config.loader import load_config_text
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.daemon.commands import Commands
 from supervisord_batt.daemon.leaselog import LeaseLog
-from supervisord_batt.daemon.server import Connection, Peer
+from supervisord_batt.daemon.peers import Peer
+from supervisord_batt.daemon.server import Connection
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.host.sample import HostSample, Limit

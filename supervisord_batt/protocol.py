@@ -8,6 +8,12 @@ directions: `SCHEMAS` says what a request may contain (so the server never sees 
 of the wrong type or length), and the TypedDicts below say what each reply carries (the
 daemon builds them, the CLI and the client read them through them; `shapes.check`
 verifies a reply read off the wire, and a test checks the document's examples).
+
+# Why one module
+It is the contract between the daemon, the CLI, the client and other languages' clients:
+every op's request schema, reply type, error code and limit, read side by side. Split by
+op, a field's limit and the reply that echoes it would sit in different files, and the
+standard-library-only rule (a job imports this) would have to be kept in each.
 """
 
 from __future__ import annotations

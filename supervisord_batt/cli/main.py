@@ -1,4 +1,11 @@
-"""The `supervisord-batt` command line: one subcommand per operator task."""
+"""The `supervisord-batt` command line: one subcommand per operator task.
+
+# Why one module
+It is the parser and one short function per verb, each a thin call into the module
+that does the work (`cli.status`, `cli.events`, `cli.report`, `cli.top`, the client);
+the parser is read as one page, like `--help`. The verbs with logic of their own have
+their own modules already.
+"""
 
 from __future__ import annotations
 

@@ -19,6 +19,11 @@ from the page's totals ("+2990 more").
 
 rich is an optional extra (`pip install 'supervisord-batt[top]'`); it is imported here
 only, inside the functions, so the daemon and the other commands never load it.
+
+# Why one module
+Every panel is a pure function of the same status dict, drawn with the same styles and
+column widths; `run_top` is the one loop around them. Split by panel, the shared widths
+and styles would be imported back and forth.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.metricsoutputs import MetricsOutputs
 from supervisord_batt.daemon.notify import Notifier
-from supervisord_batt.daemon.server import Connection, Hooks, PeerPolicy, Server
+from supervisord_batt.daemon.peers import PeerPolicy
+from supervisord_batt.daemon.server import Connection, Hooks, Server
 from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle

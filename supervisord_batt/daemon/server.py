@@ -1,4 +1,4 @@
-"""The asyncio Unix-socket server: peer credentials, framing, bounded connections.
+"""The asyncio Unix-socket server: framing, replies in order, bounded connections.
 
 # Why leases die with the connection
 A job that dies, even by SIGKILL, has its socket closed by the kernel; the server sees
@@ -22,48 +22,43 @@ the requests. Once the replies a peer does not read fill the transport's buffer
 from it until it reads (`resume_writing`), so it cannot make the daemon buffer without
 bound. Measured on the request path (benchmarks/bench_grant.py): the streams
 version spent more of the daemon's CPU per request than the acquire itself.
+
+# Why one module
+The framing (`_Link`) and the admission (`Server`: caps per account, the equal part,
+eviction) work on the same connection table in the same callbacks: a connect is
+admitted, enlisted and framed in one step, and an eviction ends another link in the
+same call. The credentials and the peer policy are apart (`daemon.peers`), and so is
+the listening socket (`daemon.listener`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
-import os
-import resource
 import socket
-import stat
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisord_batt import paths, protocol, safepath
+from supervisord_batt import protocol
 from supervisord_batt.config.records import DaemonConfig
 from supervisord_batt.daemon import fairshare
+from supervisord_batt.daemon.listener import (
+    bind_socket,
+    descriptor_cap,
+    inherited_listener,
+    socket_identity,
+)
+from supervisord_batt.daemon.peers import Peer, PeerPolicy, peer_credentials
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.logs import get_logger
 
 log = get_logger(component="server")
 
-_UCRED = struct.Struct("3i")
 _RESYNC_FACTOR = 16
 _REFUSE_LINGER_S = 1.0
-
-
-class SocketInUse(OSError):
-    """Another live daemon answers on the socket path."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int] = frozenset()  # supplementary groups when it connected
 
 
 @dataclass
@@ -136,191 +131,6 @@ class Hooks:
 def _code(exc: Exception) -> str:
     """The error code a failed request is counted under."""
     return exc.code if isinstance(exc, protocol.ProtocolError) else protocol.INTERNAL
-
-
-def peer_credentials(sock: socket.socket) -> Peer:
-    """Who is at the other end, as the kernel recorded it when the peer connected: its
-    pid, uid, gid (SO_PEERCRED) and supplementary groups (SO_PEERGROUPS). Both come from
-    the socket, never from /proc/PID: a peer that exits and whose pid is reused by a
-    process of another user cannot lend that process's groups to the connection."""
-    pid, uid, gid = _UCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    )
-    return Peer(pid, uid, gid, peer_groups(sock, pid))
-
-
-_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python names it in 3.13
-_MAX_OPTLEN = 1024  # the most Python's getsockopt reads: 256 groups
-
-
-def peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
-    """The peer's supplementary groups, from the socket. A peer in more than 256 groups
-    (more than getsockopt can return here) is read from /proc/PID/status instead; a
-    kernel that cannot say at all gives none (judged by uid and primary gid alone)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _MAX_OPTLEN)
-    except OSError as exc:
-        return _proc_groups(pid) if exc.errno == errno.ERANGE else frozenset()
-    return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
-
-
-def _proc_groups(pid: int) -> frozenset[int]:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
-    except OSError:
-        pass
-    return frozenset()
-
-
-class PeerPolicy:
-    """Who may talk to the daemon, and who may control it.
-
-    Talk (lease, heartbeat, status): root, the daemon's own uid, the allowed uids and
-    members of the allowed groups. Control (start, stop, restart, reload, tail of any
-    program): root, the daemon's own uid and members of the admin groups only.
-    """
-
-    def __init__(
-        self,
-        uids: tuple[int, ...],
-        groups: tuple[str, ...],
-        admin_groups: tuple[str, ...] = (),
-        worker_uids: tuple[int, ...] = (),
-    ) -> None:
-        self.admin_uids = {0, os.geteuid()}
-        self.uids = {*self.admin_uids, *uids}
-        self.gids = _gids(groups, "daemon.allowed_groups")
-        self.admin_gids = _gids(admin_groups, "daemon.admin_groups")
-        # the ordinary uids programs run as: a peer of one may be a supervised worker
-        self.worker_uids = frozenset(worker_uids) - self.admin_uids
-
-    def allows(self, peer: Peer) -> bool:
-        if peer.uid in self.uids or self.is_admin(peer):
-            return True
-        return bool(self.gids) and _in_groups(peer, self.gids)
-
-    def is_admin(self, peer: Peer) -> bool:
-        if peer.uid in self.admin_uids:
-            return True
-        return bool(self.admin_gids) and _in_groups(peer, self.admin_gids)
-
-
-def _gids(names: tuple[str, ...], key: str) -> set[int]:
-    gids = set()
-    for name in names:
-        try:
-            gids.add(grp.getgrnam(name).gr_gid)
-        except KeyError:
-            log.warning("unknown_group", group=name, reason=f"{key} names no group")
-    return gids
-
-
-def _in_groups(peer: Peer, gids: set[int]) -> bool:
-    return peer.gid in gids or bool(gids & peer.groups)
-
-
-def bind_socket(path: Path, mode: int, group: str | None, backlog: int) -> socket.socket:
-    """Bind a listening Unix socket: replace a stale file, refuse a live daemon's.
-
-    The directory must be one only root or the daemon can write in (`safepath`; a
-    missing one is made: 0755 for root, whose socket notebook users must reach, 0700
-    for a user's own daemon). There, nobody else can move the socket aside and bind an
-    impostor, or swap in a symlink for the mode and group to land on: the mode is set by
-    the umask at bind, with no window, and the group without following a link.
-    """
-    if why := paths.socket_path_problem(path):
-        raise OSError(why)
-    safepath.make_dir(path.parent, 0o755 if os.geteuid() == 0 else 0o700)
-    _remove_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o777 & ~mode)  # the socket is made with exactly `mode`
-    try:
-        sock.bind(str(path))
-        if group is not None:
-            os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
-    except (OSError, KeyError):
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
-
-
-def _listening(fd: int | None, path: Path) -> socket.socket | None:
-    """The inherited listening socket at `fd`, if it is a Unix stream socket listening at
-    `path` whose file is still there; None (and `fd` closed) otherwise."""
-    if fd is None:
-        return None
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        return None
-    try:
-        ours = (
-            sock.family == socket.AF_UNIX
-            and sock.type == socket.SOCK_STREAM
-            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-            and sock.getsockname() == str(path)
-            and os.path.exists(path)
-        )
-    except OSError:
-        ours = False
-    if not ours:
-        sock.close()
-        return None
-    sock.set_inheritable(False)
-    log.info("socket_inherited", socket=str(path), fd=fd)
-    return sock
-
-
-def descriptor_cap() -> int:
-    """Connections the daemon may hold and still have descriptors for its own work.
-
-    Each connection is a descriptor; so are each worker's two pipes and pidfd, the
-    monitor's files, the log. A quarter of the soft RLIMIT_NOFILE (at least 32) is kept
-    for those: a flood of connections is refused before `accept`, spawns, scans and logs
-    run out (EMFILE), instead of after."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 30
-    return max(0, soft - max(32, soft // 4))
-
-
-def socket_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of what is at `path` now, without following a link."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _remove_stale(path: Path) -> None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("stale_socket_removed", path=str(path))
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    finally:
-        probe.close()
-    raise SocketInUse(f"another daemon is serving {path}")
 
 
 class _Link(asyncio.Protocol):
@@ -638,7 +448,7 @@ class Server:
         backlog = self.backlog = max(
             8, min(max(128, self.config.max_connections), self.fd_cap // 4)
         )
-        sock = _listening(inherited, self.path)
+        sock = inherited_listener(inherited, self.path)
         if sock is None:
             sock = bind_socket(
                 self.path, self.config.socket_mode, self.config.socket_group, backlog=backlog

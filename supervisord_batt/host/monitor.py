@@ -7,6 +7,12 @@ pids and memory files and its ancestors' (`host.memcg`), meminfo, PSI).
 `HostMonitor.scan()` is the slow O(processes) pass over /proc for the per-user
 RLIMIT_NPROC counts, run on its own longer interval; `sample()` reports the users of the
 last scan. `host.probe` renders a sample for `status` and `probe`.
+
+# Why one module
+`HostMonitor` owns the open file descriptors every reader uses, and the readers share
+its caches (the cgroup ancestors, the last scan): split, each part would hold a
+reference back to the monitor. The pure parsers and records are already apart
+(`host.procfs`, `host.sample`, `host.memcg`).
 """
 
 # Design choices:

@@ -4,6 +4,12 @@
 `ExitWatcher` calls back when a child exits; `collect_tree` finds every process of a worker;
 `kill_tree` stops a tree (stop signal, grace, SIGKILL to what is left, verified gone);
 `become_subreaper` and `reap_adopted` keep orphans from turning into immortal zombies.
+
+# Why one module
+Spawn, exit watch, tree collection and tree kill share the pidfd discipline described
+below (a pid is only signalled through a pidfd held since it was collected), and the
+kill needs the collection's view of sessions, groups and cgroups: one module keeps that
+rule in one place. The worker cgroups are apart (`supervise.cgroups`).
 """
 
 # Why pidfds. The daemon must keep working when the host is out of threads and pids, so it

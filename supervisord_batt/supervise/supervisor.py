@@ -13,6 +13,12 @@ arrive anyway, so the daemon's tick checks it.
 When a worker's tree is killed, its grandchildren lose their parent. Re-parented to PID 1
 they would stay zombies on hosts whose PID 1 does not reap, holding pids; re-parented to
 us, we reap them by pid on the tick.
+
+# Why one module
+It is the one place where the state machine's actions meet the loop: spawn, timers,
+kills, output readers, reload and adoption all change the same instance table, run
+records and tally, in the order the machine's actions say. The pure parts are apart
+(`states`, `changes`, `record`, `output`, `proctree`, `cgroups`).
 """
 
 from __future__ import annotations

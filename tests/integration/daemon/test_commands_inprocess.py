@@ -27,7 +27,8 @@ from supervisord_batt.config.records import Config
 from supervisord_batt.daemon import reexec
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.leaselog import LeaseLog
-from supervisord_batt.daemon.server import Connection, Peer
+from supervisord_batt.daemon.peers import Peer
+from supervisord_batt.daemon.server import Connection
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample
 from supervisord_batt.supervise.supervisor import Supervisor

@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 SCRIPT = """
 import json, os, socket, sys
-from supervisord_batt.daemon.server import peer_credentials
+from supervisord_batt.daemon.peers import peer_credentials
 os.setgroups([int(g) for g in sys.argv[1].split(",")])
 a, b = socket.socketpair()  # each end's peer credentials: this process, as of now
 os.setgroups([])  # its groups change after it connected: /proc says [], the socket not
