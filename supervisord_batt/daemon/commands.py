@@ -183,16 +183,19 @@ class Commands:
 
     def _resumed(self, conn: Connection, msg: dict[str, Any]) -> Grant | None:
         """`resume`: the lease this job held before the daemon's re-execution or restart,
-        given back to it (None: the new daemon does not hold it; a fresh acquire)."""
+        or holds on an earlier connection it gave up, given back to it (None: this daemon
+        holds no such lease for it; a fresh acquire)."""
         old = msg.get("resume")
         if old is None:
             return None
-        peer = conn.peer
-        grant = None
-        if self.resumable is not None:
-            grant = self.resumable.claim(
-                old, peer.pid, peer.uid, conn.key, msg.get("workers_in_use")
-            )
+        peer, in_use = conn.peer, msg.get("workers_in_use")
+        grant, reason = None, "not held by this daemon: acquired afresh"
+        found = self.resumable
+        if found is not None:
+            if (grant := found.claim(old, peer.pid, peer.uid, conn.key, in_use)) is not None:
+                reason = "held for it since the daemon's restart"
+            elif (grant := found.take_over(old, peer.pid, peer.uid, conn.key, in_use)) is not None:
+                reason = "moved from the job's earlier connection"
         log.info(
             "lease_resumed" if grant is not None else "lease_not_resumed",
             lease=old,
@@ -201,9 +204,7 @@ class Commands:
             job=msg.get("job"),
             kind=None if grant is None else grant.kind,
             workers=None if grant is None else grant.workers,
-            reason="held for it since the daemon's restart"
-            if grant is not None
-            else "not held by this daemon: acquired afresh",
+            reason=reason,
         )
         return grant
 

@@ -123,15 +123,36 @@ class Resumable:
         if self.waiting.get(lease_id) != (pid, uid):
             return None
         del self.waiting[lease_id]
-        try:
-            self.ledger.transfer(lease_id, holder)  # it expired meanwhile: LeaseError
-            held = self.ledger.lease(lease_id).workers
-            use = None if in_use is None else max(0, min(in_use, held))
-            return self.ledger.renew(lease_id, use)
-        except LeaseError:
-            return None
+        return _hand_over(self.ledger, lease_id, holder, in_use)
+
+    def take_over(
+        self, lease_id: str, pid: int, uid: int, holder: str, in_use: int | None
+    ) -> Grant | None:
+        """A live lease the same process still holds on an earlier connection, moved to
+        this one (None: no such lease). A job whose request timed out on a slow daemon
+        reconnects and resumes before the daemon has read its old connection's close:
+        the kernel's pid and uid of both connections say it is the same job, so it
+        keeps its lease instead of getting a new one while the old is released."""
+        for lease in self.ledger.held_by([pid]):
+            if lease.lease_id == lease_id and lease.uid == uid and lease.holder != holder:
+                return _hand_over(self.ledger, lease_id, holder, in_use)
+        return None
 
     def forget(self, gone: set[str]) -> None:
         """Drop those the ledger ended (expired unclaimed)."""
         for lease_id in gone & self.waiting.keys():
             del self.waiting[lease_id]
+
+
+def _hand_over(
+    ledger: BudgetLedger, lease_id: str, holder: str, in_use: int | None
+) -> Grant | None:
+    """The lease to `holder`, renewed with the workers its job has in use (capped at the
+    lease's); None if it ended meanwhile."""
+    try:
+        ledger.transfer(lease_id, holder)
+        held = ledger.lease(lease_id).workers
+        use = None if in_use is None else max(0, min(in_use, held))
+        return ledger.renew(lease_id, use)
+    except LeaseError:
+        return None
