@@ -36,7 +36,7 @@ from supervisord_batt.daemon.cgroupcounts import CgroupCounts
 from supervisord_batt.daemon.commands import Commands, ReloadRejected
 from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
-from supervisord_batt.daemon.metricsoutputs import MetricsOutputs
+from supervisord_batt.daemon.metricsoutputs import MetricsOutputs, Sources
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.peers import PeerPolicy
 from supervisord_batt.daemon.server import Connection, Hooks, Server
@@ -108,7 +108,16 @@ class Daemon:
         self.stats_line = StatsLine()
         self._next_stats = 0.0
         self.cgroup_counts = CgroupCounts()  # OOM kills and refused tasks, logged as they move
-        self.metrics = MetricsOutputs(self)
+        self.metrics = MetricsOutputs(
+            Sources(
+                sample=lambda: self.sample,
+                ledger=self.ledger,
+                tallies=self.commands.tallies,
+                supervisor=self.supervisor,
+                level_seconds=lambda: self.stats_line.level_seconds,
+            ),
+            self.faults,
+        )
         # every instance, kept current beside the socket: a restart adopts the workers
         self.state_record = StateRecord(self.socket_path, self._recorded)
         self.supervisor.on_change = self.state_record.mark
@@ -226,10 +235,7 @@ class Daemon:
         if self.config.daemon.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
-        self.lease_log.summarize()
-        self.server.problems.summarize()
-        self.commands.fallback_log.summarize()
-        self.faults.summarize()
+        self._summarize_held_lines()
         pinger.cancel()
         self.state_record.remove()  # stopped: nothing is left to adopt
         self.notifier.close()
@@ -383,10 +389,7 @@ class Daemon:
         self.resumable.forget({lease.lease_id for lease in expired})
         if tuple(self.ledger.lease_pids()) != self._recorded_leases:
             self.state_record.mark()  # at most once a tick for leases: a crash loses less
-        self.lease_log.summarize()
-        self.server.problems.summarize()
-        self.commands.fallback_log.summarize()
-        self.faults.summarize()
+        self._summarize_held_lines()
         self.supervisor.tick(now)
         self.server.sweep_idle(now)
         self.stats_line.observe(now, result.level, self.sample)
@@ -444,6 +447,13 @@ class Daemon:
         }
 
     # -- hooks ------------------------------------------------------------------------
+
+    def _summarize_held_lines(self) -> None:
+        """One line each for what the rate-limited logs held back since the last tick."""
+        self.lease_log.summarize()
+        self.server.problems.summarize()
+        self.commands.fallback_log.summarize()
+        self.faults.summarize()
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):

@@ -10,12 +10,22 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from supervisord_batt import safepath
+from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.config.records import MetricsConfig
+from supervisord_batt.daemon.tallies import Tallies
 from supervisord_batt.daemon.throttle import Throttle
+from supervisord_batt.host.sample import HostSample
 from supervisord_batt.logs import get_logger
+from supervisord_batt.supervise.supervisor import Supervisor
+
+if TYPE_CHECKING:  # both import prometheus-client, loaded only when metrics are on
+    from supervisord_batt.daemon.metrics import DaemonCollector, Rendered
+    from supervisord_batt.daemon.metricshttp import MetricsEndpoint
 
 log = get_logger(component="daemon")
 
@@ -28,20 +38,31 @@ _DROPPED_WHY = {
 }
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What the metrics read of the daemon's live state (the lifecycle's)."""
+
+    sample: Callable[[], HostSample | None]
+    ledger: BudgetLedger
+    tallies: Tallies
+    supervisor: Supervisor
+    level_seconds: Callable[[], Mapping[str, float]]  # time at each pressure level
+
+
 class MetricsOutputs:
     """The metrics' endpoint and textfile, each on only when configured. prometheus-client
     is imported the first time either is on: a daemon without metrics never loads it."""
 
-    # `daemon` is the lifecycle's Daemon (not imported: that module imports this one)
-    def __init__(self, daemon: Any) -> None:
-        self.daemon = daemon
+    def __init__(self, sources: Sources, faults: Throttle) -> None:
+        self.sources = sources
+        self.faults = faults  # the daemon's own faults, counted and summarised
         self.config = MetricsConfig()
-        self.collector: Any = None  # a DaemonCollector once metrics are on
-        self.endpoint: Any = None  # a MetricsEndpoint while listening
+        self.collector: DaemonCollector | None = None  # once metrics are on
+        self.endpoint: MetricsEndpoint | None = None  # while listening
         # one exposition per tick: the host figures change once a tick, and a scrape
         # between two ticks gets the textfile's bytes (counters as of the tick)
         self._rendered: bytes | None = None
-        self._families: dict[str, Any] = {}  # the last rendering, by family (metrics.Rendered)
+        self._families: Rendered = {}  # the last rendering, by family
         self._textdir: safepath.HeldDir | None = None  # the textfile's directory, held
         self.started = time.time()  # this daemon's start, for the metrics
         self.dropped: Counter[str] = Counter()  # endpoint connections closed unanswered
@@ -50,18 +71,18 @@ class MetricsOutputs:
             1, summary="metrics_lines_suppressed", about="metrics connections dropped"
         )
 
-    def _collector(self) -> Any:
+    def _collector(self) -> DaemonCollector:
         if self.collector is None:
             from supervisord_batt.daemon.metrics import DaemonCollector  # noqa: PLC0415
 
-            d = self.daemon  # (imported here: see the class)
+            s = self.sources
             self.collector = DaemonCollector(
-                lambda: d.sample,
-                d.ledger,
-                d.commands.tallies,
-                d.supervisor,
+                s.sample,
+                s.ledger,
+                s.tallies,
+                s.supervisor,
                 started=self.started,
-                level_seconds=lambda: d.stats_line.level_seconds,
+                level_seconds=s.level_seconds,
                 endpoint=self._endpoint_counts,
             )
         return self.collector
@@ -109,10 +130,10 @@ class MetricsOutputs:
         return self._rendered, TEXT_FORMAT
 
     def _scrape_failed(self, exc: Exception) -> None:
-        self.daemon.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
+        self.faults.emit("error", "metrics_failed", reason=repr(exc), exc_info=exc)
 
     def _accept_failed(self, exc: OSError) -> None:
-        self.daemon.faults.emit(
+        self.faults.emit(
             "warning", "metrics_accept_failed", errno=exc.errno, reason=str(exc), paused_s=1.0
         )
 
@@ -145,7 +166,7 @@ class MetricsOutputs:
         try:
             self._textdir.replace_file(path.name, self.render()[0], 0o644)
         except OSError as exc:
-            self.daemon.faults.emit(
+            self.faults.emit(
                 "error", "metrics_textfile_failed", path=str(path), errno=exc.errno, reason=str(exc)
             )
 
