@@ -17,7 +17,7 @@ OFF = replace(QUIET, cpu_high=None, cpu_extreme=None, memory_high=None, memory_e
 
 
 def level(
-    *limits_in_use: tuple[int, int], psi: Psi | None = None, cpu: bool = True, **th: object
+    *limits_in_use: tuple[int, int], psi: Psi | None = None, cpu: bool = True, **th: float | None
 ) -> tuple[str, str]:
     """The level of a sample with the given (limit, in_use) threads-max-like limits."""
     lims = tuple(
@@ -103,8 +103,15 @@ def test_cpu_pressure_does_not_count_when_the_caller_says_so() -> None:
 
 
 def test_thresholds_set_off_are_never_reached() -> None:
-    th = {"cpu_high": None, "cpu_extreme": None, "memory_high": None, "memory_extreme": None}
-    assert level((10_000, 0), psi=Psi(100.0, 100.0), **th)[0] == "normal"
+    off = level(
+        (10_000, 0),
+        psi=Psi(100.0, 100.0),
+        cpu_high=None,
+        cpu_extreme=None,
+        memory_high=None,
+        memory_extreme=None,
+    )
+    assert off[0] == "normal"
     # one of a pair off: the other still grades
     assert level((10_000, 0), psi=Psi(100.0, 0.0), cpu_extreme=None)[0] == "high"
 

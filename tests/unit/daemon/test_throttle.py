@@ -4,6 +4,7 @@ writes everything; the uid table stays bounded however many uids a flood uses.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -12,7 +13,7 @@ from supervisord_batt.daemon.throttle import PerSecond, Throttle
 from tests.fakes import FakeClock
 
 
-def lines(logged: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+def lines(logged: Sequence[Mapping[str, Any]], event: str) -> list[Mapping[str, Any]]:
     return [e for e in logged if e["event"] == event]
 
 
