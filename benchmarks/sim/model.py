@@ -85,6 +85,7 @@ class DaemonSpec:
     renew_interval: float = 1.0  # the executor's
     poll_interval: float = 0.5  # the executor's wait slice
     per_user: bool = False  # each job's lease of its own user's uid; else all of one uid
+    burst_window: float = 0.0  # the ledger's: a newcomer this soon after another starts sequential
 
 
 def default_budget(**changes: object) -> BudgetConfig:
@@ -772,7 +773,9 @@ class Daemon:
         self.trees: dict[str, int] = {}
         self.last_scan = -spec.scan_interval
         kernel = sim.kernel
-        self.ledger = BudgetLedger(spec.budget, lambda: kernel.now, self.sample())
+        self.ledger = BudgetLedger(
+            spec.budget, lambda: kernel.now, self.sample(), burst_window=spec.burst_window
+        )
         self.charged: dict[str, tuple[Kind, int]] = {}  # lease -> (kind, workers) granted
         self.leased_tasks = 0  # what the charged pools cost in tasks
         self.leased_workers = 0  # and in pool workers
