@@ -86,6 +86,9 @@ class DaemonSpec:
     poll_interval: float = 0.5  # the executor's wait slice
     per_user: bool = False  # each job's lease of its own user's uid; else all of one uid
     burst_window: float = 0.0  # the ledger's: a newcomer this soon after another starts sequential
+    # a client that, granted sequential for a burst, waits this long and asks again
+    # before it starts (0: it starts sequential and grows at its first renew, as today's)
+    held_wait: float = 0.0
 
 
 def default_budget(**changes: object) -> BudgetConfig:
@@ -746,7 +749,10 @@ class Executor:
 def budget_body(sim: Sim, job: Job) -> Generator[Step, None, None]:
     daemon = sim.daemon
     assert daemon is not None
-    grant = daemon.acquire(job)
+    grant, reason = daemon.acquire(job)
+    if daemon.spec.held_wait > 0 and reason.startswith("burst:"):
+        yield Sleep(daemon.spec.held_wait)
+        daemon.renew(job, grant, 0)
     ex = Executor(sim, job, grant)
     yield from ex.map()
     ex.close()
@@ -829,7 +835,8 @@ class Daemon:
                     job.lease = None
         self.sim.kernel.after(self.spec.sample_interval, self.tick)
 
-    def acquire(self, job: Job) -> ClientGrant:
+    def acquire(self, job: Job) -> tuple[ClientGrant, str]:
+        """The client's grant, and the ledger's reason for it."""
         req = Request(
             holder=f"conn{job.index}",
             pid=1000 + job.index,
@@ -848,7 +855,7 @@ class Daemon:
         grants[first] = grants.get(first, 0) + 1
         client = ClientGrant("sequential", 1, 1, grant.lease_id, self.sim.kernel.now)
         client.take(grant, self.sim.kernel.now)
-        return client
+        return client, grant.reason
 
     def renew(self, job: Job, client: ClientGrant, in_use: int) -> None:
         if job.lease is None:

@@ -142,13 +142,16 @@ class BudgetLedger:
         burst_window: float = 0.0,
     ) -> None:
         self._config = config
-        # Why a newcomer asking within `burst_window` seconds of another may be granted
-        # sequential at first (0: never). Jobs started together (a scheduler's array, a
-        # shell loop) ask within a fraction of a second of each other, and the first to
-        # ask get the pools the later ones need: they start workers that the next
-        # rebalance drains again (the simulation's 64 jobs on 64 cores reach 0.93 of
-        # sequential so). A newcomer seen in a burst starts sequential and grows at its
-        # first renew, by when the burst has asked and the allocation counts it all.
+        # Why a newcomer may be granted sequential at first (`burst_window` 0: never).
+        # Jobs started together (a scheduler's array, a shell loop) ask within a fraction
+        # of a second of each other, and the first to ask get the pools the later ones
+        # need: they start workers that the next rebalance drains again (the simulation's
+        # 64 jobs on 64 cores reach 0.93 of sequential so). So a newcomer that asks
+        # within `burst_window` of the last one, or into an empty ledger (it may be the
+        # first of a burst), is held sequential with a "burst:" reason and grows at its
+        # next renew, by when the burst has asked and the allocation counts it all. It
+        # pays only with clients that ask again soon after a held grant (the simulation's
+        # `DaemonSpec.held_wait`); with today's, a lone job's first task runs sequential.
         self._burst_window = burst_window
         self._clock = clock
         self._weigh = weigh  # uid -> its weight in the split across users
@@ -716,11 +719,14 @@ class BudgetLedger:
     def _first_grant(
         self, e: _Held, mine: Share, fair: int, cpu: CpuShare | None
     ) -> tuple[Kind, int, str]:
-        """A newcomer's grant: what fits now (`_best_now`), or sequential when it asks in
-        a burst (within `burst_window` of the last newcomer) for a pool it would get."""
+        """A newcomer's grant: what fits now (`_best_now`), or sequential when it may be
+        in a burst (see `burst_window` in `__init__`) and would get a pool."""
         since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
-        if since < self._burst_window and mine.workers >= MIN_POOL:
-            return "sequential", 0, f"burst: another job asked {since:.2f} s before"
+        if self._burst_window > 0 and mine.workers >= MIN_POOL:
+            if since < self._burst_window:
+                return "sequential", 0, f"burst: another job asked {since:.2f} s before"
+            if len(self._leases) == 1:
+                return "sequential", 0, "burst: the first to ask, others may follow"
         return self._best_now(e, mine, fair, None, cpu)
 
     def _best_now(

@@ -733,17 +733,19 @@ def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
 # -- bursts -------------------------------------------------------------------------------
 
 
-def test_a_newcomer_in_a_burst_starts_sequential_and_grows_at_its_first_renew() -> None:
+def test_a_newcomer_in_a_burst_starts_sequential_and_grows_at_its_next_renew() -> None:
     clock = FakeClock()
     led = BudgetLedger(config(), clock, sample(cpus=16.0), burst_window=0.5)
-    first = led.acquire(request("a", 4))
-    assert (first.kind, first.workers) == ("process", 4)  # nobody asked before it
+    first = led.acquire(request("a", 4))  # into an empty ledger: others may follow
+    assert (first.kind, first.workers, first.target) == ("sequential", 0, 0)
+    assert first.reason == "burst: the first to ask, others may follow"
     clock.advance(0.2)
     second = led.acquire(request("b", 4))
     assert (second.kind, second.workers, second.target) == ("sequential", 0, 0)
     assert second.reason == "burst: another job asked 0.20 s before"
+    clock.advance(0.1)
+    grants = [led.renew(g.lease_id, 0) for g in (first, second)]
+    assert [(g.kind, g.workers) for g in grants] == [("process", 4)] * 2  # their shares
     clock.advance(1.0)
-    grown = led.renew(second.lease_id, 0)
-    assert (grown.kind, grown.workers) == ("process", 4)  # the burst is over: its share
-    third = led.acquire(request("c", 4))  # 1.0 s after the last one asked
+    third = led.acquire(request("c", 4))  # 1.0 s after the last one asked, others held
     assert (third.kind, third.workers) == ("process", 4)
