@@ -186,7 +186,8 @@ class Tally:
     peak_leased_tasks: int = 0
     peak_leased_workers: int = 0
     levels: dict[str, int] = field(default_factory=dict)  # level -> samples at it
-    grants: dict[str, int] = field(default_factory=dict)  # kind of first grant -> jobs
+    # kind of first grant -> jobs (of a grant held for a burst: the one after the hold)
+    grants: dict[str, int] = field(default_factory=dict)
     fallbacks: int = 0
     pools_made: int = 0
     timed_out: int = 0  # jobs still running (not hung) when the run gave up on them
@@ -787,6 +788,7 @@ class Daemon:
         kernel = sim.kernel
         self.ledger = BudgetLedger(spec.budget, lambda: kernel.now, self.sample())
         self.charged: dict[str, tuple[Kind, int]] = {}  # lease -> (kind, workers) granted
+        self.held: set[str] = set()  # leases held for a burst, not tallied in grants yet
         self.leased_tasks = 0  # what the charged pools cost in tasks
         self.leased_workers = 0  # and in pool workers
         self.capacity_tasks = 1 << 62  # the cgroup's limit less its reserve
@@ -854,9 +856,7 @@ class Daemon:
         grant = self.ledger.acquire(req)
         job.lease = grant.lease_id
         self._charge(grant.lease_id, grant)
-        grants = self.sim.tally.grants
-        first = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
-        grants[first] = grants.get(first, 0) + 1
+        self._first(grant)
         client = ClientGrant("sequential", 1, 1, grant.lease_id, self.sim.kernel.now)
         client.take(grant, self.sim.kernel.now)
         return client, grant.retry_after
@@ -874,8 +874,20 @@ class Daemon:
             client.kind, client.workers, client.target, client.lease = "sequential", 1, 1, None
             return 0.0
         self._charge(grant.lease_id, grant)
+        if grant.lease_id in self.held:
+            self._first(grant)
         client.take(grant, self.sim.kernel.now)
         return grant.retry_after
+
+    def _first(self, grant: Grant) -> None:
+        """Tally a lease's first grant, or hold it back while the lease is held for a burst."""
+        if grant.retry_after > 0:
+            self.held.add(grant.lease_id)
+            return
+        self.held.discard(grant.lease_id)
+        grants = self.sim.tally.grants
+        first = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
+        grants[first] = grants.get(first, 0) + 1
 
     def release(self, job: Job) -> None:
         if job.lease is not None:

@@ -220,8 +220,9 @@ def test_the_documented_findings_on_the_short_cell_and_max_per_lease() -> None:
     re-checked on the model (a ledger change that breaks a claim fails here, not in a
     reader's hands): at 64 cores and 64 jobs, every job starting in the same instant, the
     budget (its burst window on, as shipped) is within 3% of sequential, and leads once
-    they arrive over time; with fewer jobs
-    than cores, max_per_lease = cores / jobs is the best setting. No budget run fails or hangs."""
+    they arrive over time; with fewer jobs than cores, every job starting at its share,
+    max_per_lease = cores / jobs or more gives the same, and 2 less. No budget run fails
+    or hangs."""
     costs = calibrate(measured())
     got: dict[tuple[str, str], Any] = {}
     for point in run_arrivals(costs, seed=0):
@@ -234,7 +235,8 @@ def test_the_documented_findings_on_the_short_cell_and_max_per_lease() -> None:
         assert got[(rate, "budget")].tasks_per_s > best_other
     by_cap = {int(p.value): p.result for p in run_fewer_jobs(costs, seed=0)}
     assert all(r.failed == 0 and r.hung == 0 for r in by_cap.values())
-    assert max(by_cap, key=lambda most: by_cap[most].tasks_per_s) == 64 // 16
+    at_share = {by_cap[most].tasks_per_s for most in (4, 8, 16, 32)}  # 64 // 16 = 4 up
+    assert len(at_share) == 1 and by_cap[2].tasks_per_s < min(at_share)
 
 
 def test_the_burst_window_closes_the_short_cell_and_keeps_the_pools() -> None:
