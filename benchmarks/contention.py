@@ -658,9 +658,12 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             ("reserve_tasks", args.reserve_tasks),
             ("reserve_percent", args.reserve_percent),
             ("cpu_cap", args.cpu_cap),
+            ("burst_window", args.burst_window),
         )
         if v is not None
     }
+    if args.no_cpu_pressure:  # the CPUs alone decide, not the host's other load
+        budget_overrides["pressure"] = {"cpu_high": "off", "cpu_extreme": "off"}
     demand: int | None = args.demand
     seq_wall: float | None = None
     try:
@@ -859,6 +862,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve-tasks", type=int, default=None, help="daemon budget override")
     p.add_argument("--reserve-percent", type=float, default=None, help="daemon budget override")
     p.add_argument("--cpu-cap", type=float, default=None, help="daemon budget override")
+    p.add_argument(
+        "--burst-window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="daemon budget override (0: off; the issue-24 case: --jobs 4 --workers 3)",
+    )
+    p.add_argument(
+        "--no-cpu-pressure",
+        action="store_true",
+        help="turn the daemon's CPU pressure levels off: on a host busy with other work, "
+        "PSI would make every grant sequential and hide what the budget decides",
+    )
     p.add_argument(
         "--repeat",
         type=int,

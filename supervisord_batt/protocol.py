@@ -284,7 +284,13 @@ class HelloReply(OkReply):
     server: str
 
 
-class GrantReply(OkReply):
+class _GrantHeld(TypedDict, total=False):
+    # only on a grant held for a burst (budget.burst_window): sequential for now; renew
+    # in this many seconds (> 0), before starting a pool, to be granted its share
+    retry_after: float
+
+
+class GrantReply(OkReply, _GrantHeld):
     """acquire and renew. `workers` is the pool granted: 0 for `sequential` (no pool)."""
 
     lease: str

@@ -35,6 +35,8 @@ from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Ste
 from supervisord_batt.budget.costs import pool_cost, reserve_for
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
+from supervisord_batt.client.leases import BURST_WAIT_MAX
+from supervisord_batt.config.loader import DEFAULT_BURST_WINDOW
 from supervisord_batt.config.records import DEFAULT_PRESSURE, BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit, Psi
 from supervisord_batt.protocol import Kind
@@ -85,6 +87,10 @@ class DaemonSpec:
     renew_interval: float = 1.0  # the executor's
     poll_interval: float = 0.5  # the executor's wait slice
     per_user: bool = False  # each job's lease of its own user's uid; else all of one uid
+    # whether the client, held for a burst, waits the grant's retry_after and renews
+    # before it starts, as the project's client does (False: it starts sequential and
+    # grows at its first renew, as a client before retry_after did)
+    waits_held: bool = True
 
 
 def default_budget(**changes: object) -> BudgetConfig:
@@ -99,6 +105,7 @@ def default_budget(**changes: object) -> BudgetConfig:
         "cgroups": (CGROUP,),
         "watch_users": (),
         "pressure": DEFAULT_PRESSURE,
+        "burst_window": DEFAULT_BURST_WINDOW,
     }
     fields.update(changes)
     return BudgetConfig(**fields)  # type: ignore[arg-type]
@@ -179,7 +186,8 @@ class Tally:
     peak_leased_tasks: int = 0
     peak_leased_workers: int = 0
     levels: dict[str, int] = field(default_factory=dict)  # level -> samples at it
-    grants: dict[str, int] = field(default_factory=dict)  # kind of first grant -> jobs
+    # kind of first grant -> jobs (of a grant held for a burst: the one after the hold)
+    grants: dict[str, int] = field(default_factory=dict)
     fallbacks: int = 0
     pools_made: int = 0
     timed_out: int = 0  # jobs still running (not hung) when the run gave up on them
@@ -745,7 +753,13 @@ class Executor:
 def budget_body(sim: Sim, job: Job) -> Generator[Step, None, None]:
     daemon = sim.daemon
     assert daemon is not None
-    grant = daemon.acquire(job)
+    grant, retry_after = daemon.acquire(job)
+    waited = 0.0
+    while daemon.spec.waits_held and retry_after > 0 and waited < BURST_WAIT_MAX:
+        wait = min(retry_after, BURST_WAIT_MAX - waited)  # as client.leases waits
+        yield Sleep(wait)
+        waited += wait
+        retry_after = daemon.renew(job, grant, 0)
     ex = Executor(sim, job, grant)
     yield from ex.map()
     ex.close()
@@ -774,6 +788,7 @@ class Daemon:
         kernel = sim.kernel
         self.ledger = BudgetLedger(spec.budget, lambda: kernel.now, self.sample())
         self.charged: dict[str, tuple[Kind, int]] = {}  # lease -> (kind, workers) granted
+        self.held: set[str] = set()  # leases held for a burst, not tallied in grants yet
         self.leased_tasks = 0  # what the charged pools cost in tasks
         self.leased_workers = 0  # and in pool workers
         self.capacity_tasks = 1 << 62  # the cgroup's limit less its reserve
@@ -826,7 +841,8 @@ class Daemon:
                     job.lease = None
         self.sim.kernel.after(self.spec.sample_interval, self.tick)
 
-    def acquire(self, job: Job) -> ClientGrant:
+    def acquire(self, job: Job) -> tuple[ClientGrant, float]:
+        """The client's grant, and the ledger's retry_after (> 0: held for a burst)."""
         req = Request(
             holder=f"conn{job.index}",
             pid=1000 + job.index,
@@ -840,26 +856,38 @@ class Daemon:
         grant = self.ledger.acquire(req)
         job.lease = grant.lease_id
         self._charge(grant.lease_id, grant)
-        grants = self.sim.tally.grants
-        first = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
-        grants[first] = grants.get(first, 0) + 1
+        self._first(grant)
         client = ClientGrant("sequential", 1, 1, grant.lease_id, self.sim.kernel.now)
         client.take(grant, self.sim.kernel.now)
-        return client
+        return client, grant.retry_after
 
-    def renew(self, job: Job, client: ClientGrant, in_use: int) -> None:
+    def renew(self, job: Job, client: ClientGrant, in_use: int) -> float:
+        """Renew the job's lease into `client`; the grant's retry_after."""
         if job.lease is None:
             client.kind, client.workers, client.target, client.lease = "sequential", 1, 1, None
-            return
+            return 0.0
         try:
             grant = self.ledger.renew(job.lease, in_use)
         except LeaseError:  # expired: the client runs sequential from now on
             self._charge(job.lease, None)
             job.lease = None
             client.kind, client.workers, client.target, client.lease = "sequential", 1, 1, None
-            return
+            return 0.0
         self._charge(grant.lease_id, grant)
+        if grant.lease_id in self.held:
+            self._first(grant)
         client.take(grant, self.sim.kernel.now)
+        return grant.retry_after
+
+    def _first(self, grant: Grant) -> None:
+        """Tally a lease's first grant, or hold it back while the lease is held for a burst."""
+        if grant.retry_after > 0:
+            self.held.add(grant.lease_id)
+            return
+        self.held.discard(grant.lease_id)
+        grants = self.sim.tally.grants
+        first = grant.kind if grant.kind == "sequential" else f"{grant.kind}:{grant.workers}"
+        grants[first] = grants.get(first, 0) + 1
 
     def release(self, job: Job) -> None:
         if job.lease is not None:

@@ -48,6 +48,9 @@ class Grant:
     level: Level
     ttl: float
     reason: str  # one short line for the daemon's log
+    # > 0: held sequential for a burst (`BudgetLedger` burst_window); renew in this many
+    # seconds, before starting a pool, to be granted a share that counts the whole burst
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,9 @@ class _Origin:
 
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between reconnects to a restarting daemon
 RESUME_TIMEOUT = 0.25  # seconds one try to resume may block the job
+# The most a job waits, in all, on grants held for a burst (`retry_after`) before it
+# starts what it has and grows at its renews: a bound against any daemon's value.
+BURST_WAIT_MAX = 2.0
 
 
 @dataclass
@@ -266,6 +269,7 @@ class Grant:
     reason: str = ""
     ttl: float = 60.0
     wanted: int = 0  # workers asked for (0: not known)
+    retry_after: float = 0.0  # > 0: held for a burst, renew in this many seconds
     _conn: Connection | None = field(default=None, repr=False, compare=False)
     _renewed_at: float = field(default_factory=time.monotonic, repr=False, compare=False)
     # while the daemon is away (re-executing, restarting): since when, and the next try
@@ -313,9 +317,24 @@ class Grant:
     def _update(self, reply: protocol.GrantReply) -> None:
         self.kind, self.workers, self.target = reply["kind"], reply["workers"], reply["target"]
         self.level, self.reason, self.ttl = reply["level"], reply["reason"], reply["ttl"]
+        retry = reply.get("retry_after", 0.0)  # a daemon before bursts does not send it
+        self.retry_after = min(retry, BURST_WAIT_MAX) if retry > 0 else 0.0  # NaN: 0
         self._renewed_at = time.monotonic()
         if self.kind != "sequential" and self.size < 1:
             self.kind = "sequential"
+
+    def _wait_held(self) -> None:
+        """A grant held for a burst (`retry_after`): sleep that long and renew, before
+        the job starts a pool, so that it starts at a share that counts the whole burst
+        and not at one the next renew drains again. At most BURST_WAIT_MAX in all; then
+        the job starts sequential and grows at its renews, as with any grant."""
+        deadline = time.monotonic() + BURST_WAIT_MAX
+        while self.retry_after > 0 and self._conn is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(self.retry_after, left))
+            self.renew()
 
     def _lose(self, why: str, *, keep_connection: bool = False) -> None:
         """Run sequential from now on. An expired lease (`keep_connection`) keeps the
@@ -578,6 +597,7 @@ def _acquire(
         origin = _Origin(path, want, kinds, job, timeout)
         grant = Grant(lease_id=reply["lease"], degraded=False, _conn=conn, _origin=origin)
         grant._update(reply)
+        grant._wait_held()
         return grant
     except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
         if conn is not None:

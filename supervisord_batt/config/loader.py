@@ -85,6 +85,11 @@ _stop_grace = duration(
     why=f" (the shipped systemd unit's TimeoutStopSec={UNIT_STOP_TIMEOUT:.0f}s must cover it)",
 )
 
+# A lone job waits one burst window before its pool (budget.ledger), and the client waits
+# at most 2 s in all (client.leases.BURST_WAIT_MAX): a window is a fraction of a second.
+MAX_BURST_WINDOW = 1.0
+DEFAULT_BURST_WINDOW = 0.25
+
 _PROGRAM_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -176,6 +181,15 @@ def _budget(s: Section) -> BudgetConfig:
         pressure=_pressure(s.child("pressure", _keys(PressureThresholds))),
         user_weights=s.get("user_weights", weights, ()),
         group_weights=s.get("group_weights", weights, ()),
+        burst_window=s.get(
+            "burst_window",
+            duration(
+                positive=False,
+                at_most=MAX_BURST_WINDOW,
+                why=" (a lone job waits one window before its pool)",
+            ),
+            DEFAULT_BURST_WINDOW,
+        ),
     )
 
 

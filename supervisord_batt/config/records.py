@@ -76,6 +76,9 @@ class BudgetConfig:
     # the largest of its groups', else 1 (a user name may be a uid, as digits)
     user_weights: tuple[tuple[str, float], ...] = ()
     group_weights: tuple[tuple[str, float], ...] = ()
+    # seconds: a newcomer asking this soon after another, or into no lease, is held
+    # sequential until the burst has asked (budget.ledger); 0: never held
+    burst_window: float = 0.0
 
 
 @dataclass(frozen=True)

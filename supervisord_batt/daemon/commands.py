@@ -441,7 +441,7 @@ async def _with_id(pending: Awaitable[Reply], request_id: Any) -> Reply:
 
 
 def _grant_reply(grant: Grant) -> protocol.GrantReply:
-    return {
+    reply: protocol.GrantReply = {
         "ok": True,
         "lease": grant.lease_id,
         "kind": grant.kind,
@@ -451,3 +451,6 @@ def _grant_reply(grant: Grant) -> protocol.GrantReply:
         "ttl": grant.ttl,
         "reason": grant.reason,
     }
+    if grant.retry_after > 0:  # held for a burst; sent only then (docs/PROTOCOL.md)
+        reply["retry_after"] = round(max(grant.retry_after, 0.001), 3)
+    return reply

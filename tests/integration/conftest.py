@@ -39,6 +39,8 @@ class DaemonHandle:
         config["daemon"].setdefault("log_level", "debug")
         config["daemon"].setdefault("sample_interval", "100ms")
         config["daemon"].setdefault("scan_interval", "500ms")
+        # a test sees each grant at once: only the burst tests hold grants for a burst
+        config.setdefault("budget", {}).setdefault("burst_window", 0)
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "daemon.log"

@@ -40,6 +40,7 @@ budget:
   reserve_tasks: 0
   reserve_percent: 0
   max_per_lease: 8
+  burst_window: 0  # each grant at once (tests/integration/client/test_bursts.py holds them)
   pressure: {cpu_high: off, cpu_extreme: off, memory_high: off, memory_extreme: off}
 """
 

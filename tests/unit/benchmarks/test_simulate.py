@@ -16,7 +16,16 @@ import pytest
 
 from benchmarks.sim.cells import GIVE_UP_FACTOR, calibrate, run_one, sequential_deadline, validate
 from benchmarks.sim.engine import PSI_DECAY_10, Cpu, Kernel, ProcGen
-from benchmarks.sim.model import POLICIES, Background, Costs, HostSpec, Sim, Workload
+from benchmarks.sim.model import (
+    POLICIES,
+    Background,
+    Costs,
+    DaemonSpec,
+    HostSpec,
+    Sim,
+    Workload,
+    default_budget,
+)
 from benchmarks.sim.table import (
     QUICK_CELLS,
     run_arrivals,
@@ -209,22 +218,53 @@ def test_the_budget_never_fails_a_task_it_started() -> None:
 def test_the_documented_findings_on_the_short_cell_and_max_per_lease() -> None:
     """What docs/SIMULATION.md says of the table's one short cell and of max_per_lease,
     re-checked on the model (a ledger change that breaks a claim fails here, not in a
-    reader's hands): at 64 cores and 64 jobs the budget trails sequential only when every
-    job starts in the same instant, and leads once they arrive over time; with fewer jobs
-    than cores, max_per_lease = cores / jobs is the best setting. No budget run fails or hangs."""
+    reader's hands): at 64 cores and 64 jobs, every job starting in the same instant, the
+    budget (its burst window on, as shipped) is within 3% of sequential, and leads once
+    they arrive over time; with fewer jobs than cores, every job starting at its share,
+    max_per_lease = cores / jobs or more gives the same, and 2 less. No budget run fails
+    or hangs."""
     costs = calibrate(measured())
     got: dict[tuple[str, str], Any] = {}
     for point in run_arrivals(costs, seed=0):
         got[(point.value, point.result.policy)] = point.result
     assert all(r.failed == 0 and r.hung == 0 for (_, p), r in got.items() if p == "budget")
     burst = got[("burst", "budget")].tasks_per_s / got[("burst", "sequential")].tasks_per_s
-    assert 0.85 < burst < 0.95
+    assert 0.97 <= burst < 1.0
     for rate in ("8 jobs/s", "2 jobs/s"):
         best_other = max(got[(rate, p)].tasks_per_s for p in ("sequential", "reused"))
         assert got[(rate, "budget")].tasks_per_s > best_other
     by_cap = {int(p.value): p.result for p in run_fewer_jobs(costs, seed=0)}
     assert all(r.failed == 0 and r.hung == 0 for r in by_cap.values())
-    assert max(by_cap, key=lambda most: by_cap[most].tasks_per_s) == 64 // 16
+    at_share = {by_cap[most].tasks_per_s for most in (4, 8, 16, 32)}  # 64 // 16 = 4 up
+    assert len(at_share) == 1 and by_cap[2].tasks_per_s < min(at_share)
+
+
+def test_the_burst_window_closes_the_short_cell_and_keeps_the_pools() -> None:
+    """The shipped burst window, with the client waiting out `retry_after`: the 64 jobs
+    of the short cell no longer start pools of 8 that the rest drain again (0.97 of
+    sequential or more; 0.93 with the window off), and 16 jobs on 64 cores, where pools
+    win, get their share at once instead of draining the first ones' (faster than with
+    the window off). A client that does not wait (one before `retry_after`) gains less
+    but loses nothing against the window off. No failure and no hang."""
+    costs = calibrate(measured())
+    specs = {
+        "on": DaemonSpec(default_budget()),
+        "off": DaemonSpec(default_budget(burst_window=0.0)),
+        "no wait": DaemonSpec(default_budget(), waits_held=False),
+    }
+    assert specs["on"].budget.burst_window > 0
+    got = {}
+    for jobs in (64, 16):
+        work = table_workload(64, jobs)
+        deadline, seq = sequential_deadline(host(64, None), work, costs)
+        got[jobs, "sequential"] = seq.tasks_per_s
+        for name, spec in specs.items():
+            result, _ = run_one(host(64, None), work, "budget", costs, deadline, daemon=spec)
+            assert (result.failed, result.hung) == (0, 0)
+            got[jobs, name] = result.tasks_per_s
+    assert got[64, "on"] / got[64, "sequential"] >= 0.97 > got[64, "off"] / got[64, "sequential"]
+    assert got[16, "on"] > 1.2 * got[16, "off"]
+    assert got[16, "on"] > got[16, "no wait"] >= 0.97 * got[16, "off"]
 
 
 # -- determinism and the validation ------------------------------------------------------------

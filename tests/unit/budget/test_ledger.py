@@ -728,3 +728,49 @@ def test_scopes_of_jobs_in_their_own_cgroups_are_not_kept_forever() -> None:
     free = fresh.statistics().free_tasks
     # "out" is charged on the host's limit only, so the cgroup is charged less than it
     assert 50 - free[f"cgroup:{CGROUP}"] < 10_000 - free["threads-max"]
+
+
+# -- bursts -------------------------------------------------------------------------------
+
+
+def test_a_newcomer_in_a_burst_is_held_until_the_burst_has_quieted_down() -> None:
+    clock = FakeClock()
+    led = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=16.0))
+    first = led.acquire(request("a", 4))  # into an empty ledger: others may follow
+    assert (first.kind, first.workers, first.target) == ("sequential", 0, 0)
+    assert first.reason == "burst: the first to ask, others may follow"
+    assert first.retry_after == pytest.approx(0.5)  # a window after the last ask
+    clock.advance(0.2)
+    second = led.acquire(request("b", 4))
+    assert (second.kind, second.workers, second.target) == ("sequential", 0, 0)
+    assert second.reason == "burst: another job asked 0.20 s before"
+    assert second.retry_after == pytest.approx(0.5)
+    clock.advance(0.1)  # the burst asked 0.1 s ago: still held, until 0.5 s after it
+    early = led.renew(first.lease_id, 0)
+    assert (early.kind, early.workers, early.retry_after) == ("sequential", 0, pytest.approx(0.4))
+    assert early.reason.startswith("burst: another job asked 0.10 s ago")
+    clock.advance(0.4)
+    grants = [led.renew(g.lease_id, 0) for g in (first, second)]
+    assert [(g.kind, g.workers, g.retry_after) for g in grants] == [("process", 4, 0.0)] * 2
+    clock.advance(1.0)
+    third = led.acquire(request("c", 4))  # 1.0 s after the last one asked, others held
+    assert (third.kind, third.workers, third.retry_after) == ("process", 4, 0.0)
+
+
+def test_a_burst_hold_ends_after_two_windows_even_while_newcomers_keep_asking() -> None:
+    clock = FakeClock()
+    led = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=64.0))
+    first = led.acquire(request("a", 2))
+    for name in "bcd":  # one newcomer every 0.3 s, within the window of the one before
+        clock.advance(0.3)
+        held = led.acquire(request(name, 2))
+        assert held.retry_after > 0
+    assert led.renew(first.lease_id, 0).retry_after == pytest.approx(0.1)  # at 0.9 of 1.0 s
+    clock.advance(0.1)
+    assert (led.renew(first.lease_id, 0).kind, held.kind) == ("process", "sequential")
+
+
+def test_without_a_burst_window_nothing_is_held() -> None:
+    led = BudgetLedger(config(), FakeClock(), sample(cpus=16.0))
+    grants = [led.acquire(request(name, 4)) for name in "ab"]
+    assert [(g.kind, g.workers, g.retry_after) for g in grants] == [("process", 4, 0.0)] * 2

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -20,8 +20,10 @@ import structlog
 from supervisord_batt import paths, protocol
 from supervisord_batt.client import leases as client
 from supervisord_batt.client.leases import (
+    BURST_WAIT_MAX,
     Connection,
     DaemonError,
+    Grant,
     default_socket_path,
     exec_main,
     lease,
@@ -379,3 +381,30 @@ def test_exec_forwards_sigterm_to_the_child(tmp_path: Path) -> None:
         if ready.exists() and ready.read_text():  # the grandchild, should the test fail
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(ready.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [(None, 0.0), (0.25, 0.25), (0.0, 0.0), (-1.0, 0.0), (float("nan"), 0.0), (1e9, 2.0)],
+)
+def test_a_grants_retry_after_is_bounded_whatever_the_daemon_sends(
+    sent: float | None, kept: float
+) -> None:
+    """retry_after (a grant held for a burst) is what the client sleeps before its pool:
+    absent (an older daemon) or not above 0 is no wait, and at most BURST_WAIT_MAX."""
+    reply: dict[str, Any] = {
+        "ok": True,
+        "lease": "L1",
+        "kind": "sequential",
+        "workers": 0,
+        "target": 0,
+        "level": "normal",
+        "ttl": 60.0,
+        "reason": "burst: the first to ask, others may follow",
+    }
+    if sent is not None:
+        reply["retry_after"] = sent
+    grant = Grant(lease_id="L1", degraded=False)
+    grant._update(cast(protocol.GrantReply, reply))
+    assert grant.retry_after == kept
+    assert kept <= BURST_WAIT_MAX

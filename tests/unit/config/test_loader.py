@@ -169,6 +169,9 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ("budget:\n  reserve_tasks: -5\n", "budget.reserve_tasks", 2, "at least 0"),
         ("budget:\n  max_per_lease: 0\n", "budget.max_per_lease", 2, "at least 1"),
         ("budget:\n  cpu_cap: 0\n", "budget.cpu_cap", 2, "(0, inf)"),
+        ("budget:\n  burst_window: soon\n", "budget.burst_window", 2, "a duration"),
+        ("budget:\n\n  burst_window: 2s\n", "budget.burst_window", 3, "at most 1s (a lone"),
+        ("budget:\n  burst_window: -1s\n", "budget.burst_window", 2, "got '-1s'"),
         ("budget:\n  cgroups: [/a, {x: 1}]\n", "budget.cgroups[1]", 2, "got a mapping"),
         ("budget:\n  user_weights: [alice]\n", "budget.user_weights", 2, "mapping of names"),
         ("budget:\n  user_weights:\n    alice: 0\n", "budget.user_weights.alice", 3, "(0, 1000]"),
@@ -733,6 +736,7 @@ budget:
   watch_users: [alice, bob]
   user_weights: {alice: 2, "1001": 0.5}
   group_weights: {staff: 3}
+  burst_window: 100ms
   pressure:
     headroom_high_percent: 40
     headroom_extreme_percent: 15.5
