@@ -33,16 +33,15 @@ from typing import Any
 MODES = ("plain", "hand", "sequential", "budget")
 PAGE = 4096
 
-_held: bytearray | None = None  # this process's buffer, allocated by its first task
+_held: list[bytearray] = []  # this process's buffer, allocated by its first task
 
 
 def _buffer(mib: int) -> bytearray:
-    global _held
-    if _held is None:
+    if not _held:
         buf = bytearray(mib << 20)  # zero pages are not charged until written
         buf[::PAGE] = b"\x01" * (len(buf) // PAGE)
-        _held = buf
-    return _held
+        _held.append(buf)
+    return _held[0]
 
 
 def run_task(item: tuple[int, int, float, float]) -> int:
@@ -66,7 +65,6 @@ def _emit(record: dict[str, Any]) -> None:
 def run_pool(items: list[tuple[int, int, float, float]], workers: int) -> dict[str, Any]:
     """A loky pool of `workers`, every task submitted at once; each error recorded."""
     from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
-
     from memory_job import run_task as task  # by module name: workers unpickle it by reference
 
     failed = 0
@@ -92,7 +90,9 @@ def run_sequential(items: list[tuple[int, int, float, float]]) -> dict[str, Any]
     return {"failed": failed}
 
 
-def run_budget(items: list[tuple[int, int, float, float]], workers: int, job: str) -> dict[str, Any]:
+def run_budget(
+    items: list[tuple[int, int, float, float]], workers: int, job: str
+) -> dict[str, Any]:
     from memory_job import run_task as task
 
     from supervisord_batt.client.leases import lease

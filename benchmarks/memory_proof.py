@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,9 +48,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
-from benchmarks.contention import Children, kill_tree  # noqa: E402
-from benchmarks.daemonproc import spawn_daemon  # noqa: E402
-from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root  # noqa: E402
+from benchmarks.contention import PR_SET_CHILD_SUBREAPER, Children, kill_tree
+from benchmarks.daemonproc import spawn_daemon
+from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -99,6 +101,15 @@ class Run:
 # ------------------------------------------------------------------------------ cgroup
 
 
+@dataclass
+class Bench:
+    """Where the runs happen: the memory cgroup, our children, a directory for outputs."""
+
+    cg: MemoryCgroup
+    children: Children
+    workdir: Path
+
+
 def _peak_file(cg: MemoryCgroup) -> Path:
     return cg.path / ("memory.max_usage_in_bytes" if cg.version == 1 else "memory.peak")
 
@@ -127,14 +138,32 @@ def kill_members(cg: MemoryCgroup, children: Children, timeout: float = 10.0) ->
         time.sleep(0.02)  # the kills to land, within the deadline above
 
 
+@contextlib.contextmanager
+def reaping() -> Iterator[Children]:
+    """Our children, and the orphans of killed jobs re-parented to us and reaped here
+    (this host's PID 1 does not reap them), for the block only."""
+    children = Children()
+    children.become_subreaper()
+    try:
+        yield children
+    finally:
+        children.reap()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
 # ------------------------------------------------------------------------------ daemon
 
 
 @contextlib.contextmanager
 def daemon(
-    workdir: Path, cg: MemoryCgroup, children: Children, *, scan: str, cpu_cap: int, name: str
+    bench: Bench,
+    *,
+    scan: str,
+    cpu_cap: int | None,
+    name: str,
 ) -> Iterator[Path]:
     """A real daemon budgeting the cgroup (outside it); yields its socket."""
+    cg, children, workdir = bench.cg, bench.children, bench.workdir
     sock = workdir / f"{name}.sock"
     config = workdir / f"{name}.yaml"
     config.write_text(
@@ -149,10 +178,10 @@ def daemon(
                 },
                 "budget": {
                     "cgroups": [cg.cgroup_path],
-                    "cpu_cap": cpu_cap,
                     "max_per_lease": 64,
                     "memory_per_slot": "512MiB",
                     "pressure": CALM,
+                    **({"cpu_cap": cpu_cap} if cpu_cap is not None else {}),
                 },
             }
         )
@@ -172,9 +201,7 @@ def daemon(
 
 
 def run_jobs(
-    cg: MemoryCgroup,
-    children: Children,
-    workdir: Path,
+    bench: Bench,
     shape: Shape,
     mode: str,
     label: str,
@@ -184,6 +211,7 @@ def run_jobs(
     hand: int = 1,
 ) -> Run:
     """The jobs `names` started together in the cgroup in `mode`, run to their end."""
+    cg, children, workdir = bench.cg, bench.children, bench.workdir
     run = Run(label, mode, int((cg.path / _limit_name(cg)).read_text()), len(names) * shape.tasks)
     kill_members(cg, children)
     oom_before = cg.oom_kills()
@@ -201,7 +229,11 @@ def run_jobs(
             argv += [f"--{key.replace('_', '-')}", str(getattr(shape, key))]
         with out.open("wb") as f:
             proc = subprocess.Popen(
-                argv, stdout=f, stderr=subprocess.DEVNULL, env=env, preexec_fn=cg.preexec()
+                argv,
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=cg.preexec(),  # noqa: PLW1509 (no threads here)
             )
         children.adopt(proc)
         procs.append(proc)
@@ -237,7 +269,8 @@ def _read_job(out: Path, errors: Counter[str], grants: list[str]) -> int:
                 errors[record["error"]] += 1
             elif "grant" in record.get("summary", {}):
                 g = record["summary"]["grant"]
-                grants.append(f"{g['kind']}:{g['workers']}")
+                used = "+".join(record["summary"].get("kinds", []))
+                grants.append(f"{g['kind']}:{g['workers']} ({used})")
     return done
 
 
@@ -251,46 +284,44 @@ class Args:
     small: Shape = Shape(tasks=24, workers=4, mib=50, cpu_ms=20.0, io_ms=180.0)
     small_limit: int = 2048 * MIB
     cpu_cap: int = 16
+    big_caps: tuple[int | None, ...] = (None, 16)  # None: the host's CPUs decide
 
 
-def big_case(cg: MemoryCgroup, children: Children, workdir: Path, args: Args) -> dict[str, Any]:
+def big_case(bench: Bench, args: Args) -> dict[str, Any]:
     shape = args.shape
     need = shape.workers * (shape.mib * MIB + 100 * MIB) + 300 * MIB
-    cg.set_limit(need)  # a safety limit: one job alone, well above what it uses
-    alone = run_jobs(cg, children, workdir, replace(shape, jobs=1), "plain", "alone", names=["a"])
+    bench.cg.set_limit(need)  # a safety limit: one job alone, well above what it uses
+    alone = run_jobs(bench, replace(shape, jobs=1), "plain", "alone", names=["a"])
     if not alone.finished or alone.oom_kills:
         raise RuntimeError(f"one plain job did not finish alone under {need} bytes: {alone}")
     demand = alone.peak * shape.jobs
     limit = int(demand * args.fraction)
-    cg.set_limit(limit)
+    bench.cg.set_limit(limit)
     hand = max(1, (limit // shape.jobs - 100 * MIB) // (shape.mib * MIB + WORKER_EXTRA))
     names = [f"mem-{i}" for i in range(shape.jobs)]
     rows = [
-        run_jobs(cg, children, workdir, shape, m, m, names=names, hand=hand)
+        run_jobs(bench, shape, m, m, names=names, hand=hand)
         for m in ("sequential", "hand", "plain")
     ]
-    with daemon(workdir, cg, children, scan="1s", cpu_cap=args.cpu_cap, name="learn") as sock:
-        for label in ("budget (first run)", "budget (learned)"):
-            rows.append(run_jobs(cg, children, workdir, shape, "budget", label, names=names, sock=sock))
+    for cap in args.big_caps:
+        what = f"cpu_cap {cap}" if cap is not None else "host CPUs"
+        with daemon(bench, scan="1s", cpu_cap=cap, name=f"big{cap}") as sock:
+            for run in ("first run", "learned"):
+                label = f"budget {what}, {run}"
+                rows.append(run_jobs(bench, shape, "budget", label, names=names, sock=sock))
     return {"demand": demand, "limit": limit, "hand": hand, "rows": rows}
 
 
-def small_case(
-    cg: MemoryCgroup, children: Children, workdir: Path, args: Args
-) -> dict[str, Any]:
+def small_case(bench: Bench, args: Args) -> dict[str, Any]:
     shape = replace(args.small, jobs=args.shape.jobs)
-    cg.set_limit(args.small_limit)
+    bench.cg.set_limit(args.small_limit)
     names = [f"small-{i}" for i in range(shape.jobs)]
     rows = []
-    with daemon(workdir, cg, children, scan="3600s", cpu_cap=args.cpu_cap, name="fixed") as sock:
-        rows.append(
-            run_jobs(cg, children, workdir, shape, "budget", "memory_per_slot", names=names, sock=sock)
-        )
-    with daemon(workdir, cg, children, scan="1s", cpu_cap=args.cpu_cap, name="small") as sock:
-        run_jobs(cg, children, workdir, shape, "budget", "learning", names=names, sock=sock)
-        rows.append(
-            run_jobs(cg, children, workdir, shape, "budget", "learned", names=names, sock=sock)
-        )
+    with daemon(bench, scan="3600s", cpu_cap=args.cpu_cap, name="fixed") as sock:
+        rows.append(run_jobs(bench, shape, "budget", "memory_per_slot", names=names, sock=sock))
+    with daemon(bench, scan="1s", cpu_cap=args.cpu_cap, name="small") as sock:
+        run_jobs(bench, shape, "budget", "learning", names=names, sock=sock)
+        rows.append(run_jobs(bench, shape, "budget", "learned", names=names, sock=sock))
     return {"limit": args.small_limit, "rows": rows}
 
 
@@ -299,23 +330,18 @@ def prove(args: Args, small: bool = True) -> dict[str, Any]:
     where = memory_cgroup_root()
     if where is None:
         raise SystemExit("needs root and a memory cgroup hierarchy (v1, or v2 with memory)")
-    children = Children()
-    children.become_subreaper()  # the orphans of killed jobs are reaped here, not left
     workdir = Path(tempfile.mkdtemp(prefix="sbm-", dir="/tmp"))  # short: sockets live here
     cg = MemoryCgroup(*where, name=f"sbbench-mem-{uuid.uuid4().hex[:10]}")
     try:
-        report = {"version": cg.version, "big": big_case(cg, children, workdir, args)}
-        if small:
-            report["small"] = small_case(cg, children, workdir, args)
-        return report
+        with reaping() as children:
+            bench = Bench(cg, children, workdir)
+            report = {"version": cg.version, "big": big_case(bench, args)}
+            if small:
+                report["small"] = small_case(bench, args)
+            return report
     finally:
-        with contextlib.suppress(Exception):
-            kill_members(cg, children)
-        cg.close()
-        children.reap()
-        for f in workdir.iterdir():
-            f.unlink()
-        workdir.rmdir()
+        cg.close()  # kills what is left inside (our jobs' processes only), then rmdir
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ report
@@ -364,7 +390,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def _table(rows: list[Run], base: Run | None) -> None:
     print(
-        f"{'mode':20} {'done':>7} {'failed':>6} {'oom':>4} {'peak MiB':>8} {'wall s':>7}"
+        f"{'mode':32} {'done':>7} {'failed':>6} {'oom':>4} {'peak MiB':>8} {'wall s':>7}"
         f" {'tasks/s':>7} {'ratio':>6}  errors / grants"
     )
     for r in rows:
@@ -372,7 +398,7 @@ def _table(rows: list[Run], base: Run | None) -> None:
         what = ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))
         grants = ", ".join(sorted(r.grants))
         print(
-            f"{r.label:20} {r.done:>3}/{r.total:<3} {r.failed:>6} {r.oom_kills:>4}"
+            f"{r.label:32} {r.done:>3}/{r.total:<3} {r.failed:>6} {r.oom_kills:>4}"
             f" {r.peak / MIB:>8.0f} {r.wall:>7.2f} {r.tasks_per_s:>7.2f} {ratio:>6}"
             f"  {what}{' / ' if what and grants else ''}{grants}"
         )
@@ -403,7 +429,10 @@ def main() -> int:
     args = Args(shape, a.fraction, small, a.small_limit_mib * MIB)
     report = prove(args, small=not a.no_small)
     if a.json:
-        out = {**report, "big": {**report["big"], "rows": [asdict(r) for r in report["big"]["rows"]]}}
+        out = {
+            **report,
+            "big": {**report["big"], "rows": [asdict(r) for r in report["big"]["rows"]]},
+        }
         if "small" in report:
             out["small"] = {**report["small"], "rows": [asdict(r) for r in report["small"]["rows"]]}
         print(json.dumps(out, indent=2))
