@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
-from benchmarks.contention import PR_SET_CHILD_SUBREAPER, Children, kill_tree
+from benchmarks.contention import PR_SET_CHILD_SUBREAPER, Children, host_busy_cpu_s, kill_tree
 from benchmarks.daemonproc import spawn_daemon
 from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
 
@@ -88,6 +89,7 @@ class Run:
     peak: int = 0
     wall: float = 0.0
     grants: list[str] = field(default_factory=list)
+    others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
 
     @property
     def finished(self) -> bool:
@@ -220,6 +222,7 @@ def run_jobs(
     if sock is not None:
         env["SUPERVISORD_BATT_SOCKET"] = str(sock)
     procs, outs = [], []
+    busy, ours = host_busy_cpu_s(), children.cpu_s
     started = time.monotonic()
     for name in names:
         out = workdir / f"{label}-{name}.out".replace(" ", "_")
@@ -239,6 +242,8 @@ def run_jobs(
         procs.append(proc)
     children.wait(procs, RUN_DEADLINE)
     run.wall = max(children.ended.get(p.pid, time.monotonic()) for p in procs) - started
+    elapsed = time.monotonic() - started
+    run.others = max(0.0, host_busy_cpu_s() - busy - (children.cpu_s - ours)) / elapsed
     kill_members(cg, children)  # a job past the deadline, workers it left behind
     run.oom_kills = cg.oom_kills() - oom_before
     run.peak = peak(cg)
@@ -285,6 +290,7 @@ class Args:
     small_limit: int = 2048 * MIB
     cpu_cap: int = 16
     big_caps: tuple[int | None, ...] = (None, 16)  # None: the host's CPUs decide
+    modes: tuple[str, ...] = ("sequential", "hand", "plain")
 
 
 def big_case(bench: Bench, args: Args) -> dict[str, Any]:
@@ -299,10 +305,7 @@ def big_case(bench: Bench, args: Args) -> dict[str, Any]:
     bench.cg.set_limit(limit)
     hand = max(1, (limit // shape.jobs - 100 * MIB) // (shape.mib * MIB + WORKER_EXTRA))
     names = [f"mem-{i}" for i in range(shape.jobs)]
-    rows = [
-        run_jobs(bench, shape, m, m, names=names, hand=hand)
-        for m in ("sequential", "hand", "plain")
-    ]
+    rows = [run_jobs(bench, shape, m, m, names=names, hand=hand) for m in args.modes]
     for cap in args.big_caps:
         what = f"cpu_cap {cap}" if cap is not None else "host CPUs"
         with daemon(bench, scan="1s", cpu_cap=cap, name=f"big{cap}") as sock:
@@ -335,7 +338,12 @@ def prove(args: Args, small: bool = True) -> dict[str, Any]:
     try:
         with reaping() as children:
             bench = Bench(cg, children, workdir)
-            report = {"version": cg.version, "big": big_case(bench, args)}
+            report: dict[str, Any] = {
+                "version": cg.version,
+                "cores": len(os.sched_getaffinity(0)),
+                "shape": asdict(args.shape),
+                "big": big_case(bench, args),
+            }
             if small:
                 report["small"] = small_case(bench, args)
             return report
@@ -391,7 +399,7 @@ def print_report(report: dict[str, Any]) -> None:
 def _table(rows: list[Run], base: Run | None) -> None:
     print(
         f"{'mode':32} {'done':>7} {'failed':>6} {'oom':>4} {'peak MiB':>8} {'wall s':>7}"
-        f" {'tasks/s':>7} {'ratio':>6}  errors / grants"
+        f" {'tasks/s':>7} {'ratio':>6} {'others':>6}  errors / grants"
     )
     for r in rows:
         ratio = f"{r.tasks_per_s / base.tasks_per_s:.2f}" if base and base.tasks_per_s else "-"
@@ -400,6 +408,7 @@ def _table(rows: list[Run], base: Run | None) -> None:
         print(
             f"{r.label:32} {r.done:>3}/{r.total:<3} {r.failed:>6} {r.oom_kills:>4}"
             f" {r.peak / MIB:>8.0f} {r.wall:>7.2f} {r.tasks_per_s:>7.2f} {ratio:>6}"
+            f" {r.others:>6.2f}"
             f"  {what}{' / ' if what and grants else ''}{grants}"
         )
 
@@ -417,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-mib", type=int, default=s.mib)
     p.add_argument("--small-workers", type=int, default=s.workers)
     p.add_argument("--small-limit-mib", type=int, default=2048)
+    p.add_argument(
+        "--cpu-caps",
+        default="host,16",
+        help="the big case's budget daemons: their cpu_cap, 'host' for the host's CPUs",
+    )
+    p.add_argument("--modes", default="sequential,hand,plain", help="the big case's others")
     p.add_argument("--no-small", action="store_true", help="the big case only")
     p.add_argument("--json", action="store_true")
     return p
@@ -426,7 +441,9 @@ def main() -> int:
     a = build_parser().parse_args()
     shape = Shape(a.jobs, a.tasks, a.workers, a.mib)
     small = replace(Args(shape).small, mib=a.small_mib, workers=a.small_workers)
-    args = Args(shape, a.fraction, small, a.small_limit_mib * MIB)
+    caps = tuple(None if c == "host" else int(c) for c in a.cpu_caps.split(",") if c)
+    modes = tuple(m for m in a.modes.split(",") if m)
+    args = Args(shape, a.fraction, small, a.small_limit_mib * MIB, big_caps=caps, modes=modes)
     report = prove(args, small=not a.no_small)
     if a.json:
         out = {
