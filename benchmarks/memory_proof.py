@@ -49,7 +49,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
-from benchmarks.contention import PR_SET_CHILD_SUBREAPER, Children, host_busy_cpu_s, kill_tree
+from benchmarks.contention import (
+    PR_SET_CHILD_SUBREAPER,
+    Children,
+    host_busy_cpu_s,
+    kill_tree,
+    sigterm_as_interrupt,
+)
 from benchmarks.daemonproc import spawn_daemon
 from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
 
@@ -90,6 +96,7 @@ class Run:
     wall: float = 0.0
     grants: list[str] = field(default_factory=list)
     others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
+    runnable: float = 0.0  # threads runnable outside the cgroup, on average (the simulator's)
 
     @property
     def finished(self) -> bool:
@@ -126,6 +133,42 @@ def peak(cg: MemoryCgroup) -> int:
     with contextlib.suppress(OSError, ValueError):
         return int(_peak_file(cg).read_text())
     return 0
+
+
+def wait_watching(
+    cg: MemoryCgroup, children: Children, procs: list[subprocess.Popen[bytes]]
+) -> float:
+    """Wait for the jobs (to RUN_DEADLINE); the mean number of threads runnable on the
+    host outside the cgroup meanwhile (/proc/stat procs_running, less ours in state R)."""
+    deadline = time.monotonic() + RUN_DEADLINE
+    seen: list[int] = []
+    while any(children.alive(p) for p in procs) and time.monotonic() < deadline:
+        children.reap()
+        seen.append(max(0, _procs_running() - _ours_running(cg) - 1))  # - 1: this process
+        time.sleep(0.05)  # a sample every 50 ms, within the deadline above
+    return sum(seen) / len(seen) if seen else 0.0
+
+
+def _procs_running() -> int:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("procs_running "):
+                return int(line.split()[1])
+    return 0
+
+
+def _ours_running(cg: MemoryCgroup) -> int:
+    running = 0
+    with contextlib.suppress(OSError):
+        for pid in (
+            (cg.path / "tasks" if cg.version == 1 else cg.path / "cgroup.threads")
+            .read_text()
+            .split()
+        ):
+            with contextlib.suppress(OSError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                running += stat.rpartition(")")[2].split()[0] == "R"
+    return running
 
 
 def kill_members(cg: MemoryCgroup, children: Children, timeout: float = 10.0) -> None:
@@ -240,7 +283,7 @@ def run_jobs(
             )
         children.adopt(proc)
         procs.append(proc)
-    children.wait(procs, RUN_DEADLINE)
+    run.runnable = wait_watching(cg, children, procs)
     run.wall = max(children.ended.get(p.pid, time.monotonic()) for p in procs) - started
     elapsed = time.monotonic() - started
     run.others = max(0.0, host_busy_cpu_s() - busy - (children.cpu_s - ours)) / elapsed
@@ -444,7 +487,8 @@ def main() -> int:
     caps = tuple(None if c == "host" else int(c) for c in a.cpu_caps.split(",") if c)
     modes = tuple(m for m in a.modes.split(",") if m)
     args = Args(shape, a.fraction, small, a.small_limit_mib * MIB, big_caps=caps, modes=modes)
-    report = prove(args, small=not a.no_small)
+    with sigterm_as_interrupt():  # SIGTERM too removes the cgroup and kills what ran
+        report = prove(args, small=not a.no_small)
     if a.json:
         out = {
             **report,

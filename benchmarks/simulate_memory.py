@@ -46,7 +46,7 @@ def print_validation(checks: list[MemCheck]) -> None:
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / GIB:g} GiB" if nbytes >= GIB else f"{nbytes // MIB} MiB"
+    return f"{nbytes // GIB} GiB" if nbytes % GIB == 0 else f"{nbytes // MIB} MiB"
 
 
 def table_rows() -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ class MemHost:
     learn: bool = True  # the daemon learns each job's worker size from its scans
     sample_interval: float = 1.0
     scan_interval: float = 1.0
-    others: float = 0.0  # CPUs the host's other programs keep busy (a measured run's)
+    others: float = 0.0  # threads the host's other programs keep runnable (a measured run's)
 
 
 @dataclass
@@ -309,7 +309,8 @@ class MemSim:
                 if job.pool is not None and job.lease is not None:
                     sizes = [b.rss for b in job.pool.workers if b.alive]
                     name = f"job{job.index}"
-                    self.learned[name] = max(self.learned.get(name, 0), *sizes, 1 << 20)
+                    if sizes:  # a scan sees live workers only, their data written or not
+                        self.learned[name] = max(self.learned.get(name, 0), *sizes)
             self._teach()
         if any(j.ended is None for j in self.jobs):
             self.kernel.after(self.host.sample_interval, self._tick)
@@ -382,7 +383,7 @@ class MemSim:
         self.grants.append(f"{grant.kind}:{grant.workers}")
         kind, size, fallen, tracker = grant.kind, grant.target, False, False
         pending = deque(range(spec.tasks))
-        while pending or (job.pool is not None and job.pool.inflight):
+        while pending or (job.pool is not None and (job.pool.inflight or job.pool.queue)):
             pool = job.pool
             if pool is not None and pool.broken:  # fall back; the queued tasks are still to do
                 pending.extendleft(pool.queue)
