@@ -7,12 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemSim
+from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
 from benchmarks.sim.memtable import CELLS, POLICIES, run_policy, validate
 from benchmarks.sim.model import GIB, MIB
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks/results/memory-proof-2core.json"
 ONE = JobSpec(tasks=4, workers=3, mib=400, cpu_ms=100.0, io_ms=0.0)
+
+
+def granted(result: MemResult) -> int:
+    """The process workers the jobs' first grants held together ("process:4", ...)."""
+    return sum(int(g.split(":")[1]) for g in result.grants)
 
 
 def test_a_sequential_job_holds_its_data_once_by_hand() -> None:
@@ -38,9 +43,10 @@ def test_the_oom_killer_ends_the_largest_process_and_breaks_the_plain_pool_by_ha
 def test_the_documented_memory_findings() -> None:
     """What docs/SIMULATION.md (Memory) says of the table: plain pools are OOM-killed in
     every cell and sequential in none; learned sizes grant jobs of small workers more
-    than memory_per_slot allows, and they finish faster for it; and the budget is still
-    OOM-killed wherever memory binds and most jobs ask at once (jobs granted sequential
-    write their data in their own process, which no grant charges)."""
+    than memory_per_slot allows and run faster for it, but the budget is OOM-killed
+    wherever memory decides and the jobs ask at once, learned or not (jobs granted
+    sequential write their data in their own process, which no grant charges); a job
+    whose first run was killed before a scan saw its data is learned at its bare size."""
     got = {(c.name, p): run_policy(c, p) for c in CELLS for p in POLICIES}
     for cell in CELLS:
         assert got[(cell.name, "plain")].oom_kills > 0, cell.name
@@ -50,8 +56,13 @@ def test_the_documented_memory_findings() -> None:
     small_learned = got[("small workers", "budget learned")]
     assert (small_fixed.oom_kills, small_fixed.failed) == (0, 0)
     assert small_learned.tasks_per_s > 1.3 * small_fixed.tasks_per_s
-    for name in ("mixed sizes", "big workers", "the proof's shape"):
+    assert granted(small_learned) > 4 * granted(small_fixed)  # first grants: 54 workers, 8
+    for name in ("small workers", "mixed sizes", "big workers", "the proof's shape"):
         assert got[(name, "budget learned")].oom_kills > 0, name
+    big = next(c for c in CELLS if c.name == "big workers")
+    first = MemSim(big.jobs(), "budget", MemHost(cores=16, limit=big.limit, cpu_cap=64))
+    first.run()
+    assert sorted(first.learned.values())[0] < 100 * MIB < 1536 * MIB
 
 
 def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
