@@ -1,7 +1,8 @@
 """Jobs of big workers in a real memory cgroup: OOM kills, tasks done and tasks/s per mode.
 
     python benchmarks/memory_proof.py [--jobs 4] [--tasks 16] [--workers 3] [--mib 400]
-        [--fraction 0.5] [--small-mib 50] [--small-workers 4] [--small-limit-mib 2048] [--json]
+        [--fraction 0.5] [--cpu-caps host,16] [--modes sequential,hand,plain]
+        [--small-mib 50] [--small-workers 4] [--small-limit-mib 2048] [--no-small] [--json]
 
 The big case. K jobs (benchmarks/memory_job.py) start together in one memory cgroup (v1
 here, v2 where the memory controller is enabled); every process that runs a task holds
@@ -11,21 +12,25 @@ to `fraction` of that demand, and each mode runs in turn: `sequential`, `hand` (
 sized by hand to fit: limit / K / (mib + 30 MiB), at least 1), `plain` (a loky pool of W
 per job), and `budget` twice (lease + the project's executor against a real daemon
 watching the cgroup): once for jobs the daemon has never seen (charged memory_per_slot),
-once more for the same jobs, now sized by what the daemon learned. Each row: tasks done
+once more for the same jobs, now sized by what the daemon learned; once per daemon of
+--cpu-caps ("host": the host's CPUs cap the grants, as shipped). Each row: tasks done
 and failed, what ended them (exception names from the jobs, "SIGKILL" for a job killed
 itself), the cgroup's OOM kills (memory.oom_control / memory.events oom_kill, read before
 and after), the cgroup's peak usage, wall time from start to the last job's exit, tasks/s
-and, for the budget, its ratio to the best other mode that finished every task.
+and its ratio to the best mode other than the budget that finished every task, and
+what ran beside it on the host: the CPUs other programs kept busy, the threads they kept
+runnable (benchmarks/simulate_memory.py replays each row with that load).
 
 The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
 that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
 memory_per_slot only (it does not scan during the run, so it learns nothing), against
 the same jobs' second run under a daemon that scans every second and has learned them.
 
-The daemon's CPU cap is raised (--cpu-cap) so that memory, not this host's CPUs, decides
-the grants: a task spends `io_ms` of its time waiting, so more workers than cores help.
-Pressure thresholds are off (a shared host's load must not decide). Needs root. The
-cgroup, the jobs and the daemons are removed or killed by pid on exit, error or Ctrl-C.
+The small case's daemons, and the big case's with a number in --cpu-caps, have their CPU
+cap raised (16) so that memory, not this host's CPUs, decides the grants: a task spends
+`io_ms` of its time waiting, so more workers than cores help. Pressure thresholds are off
+(a shared host's load must not decide). Needs root. The cgroup, the jobs and the daemons
+are removed or killed by pid on exit, error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
