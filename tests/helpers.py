@@ -193,10 +193,13 @@ class MemoryCgroup:
     def set_limit(self, limit: int) -> None:
         """The limit, and swap held to it: past it the OOM killer acts, as with no swap."""
         if self.version == 1:
-            (self.path / "memory.limit_in_bytes").write_text(f"{limit}\n")
+            memory = self.path / "memory.limit_in_bytes"
             swap = self.path / "memory.memsw.limit_in_bytes"  # only where swap accounting is on
-            if swap.exists():
-                swap.write_text(f"{limit}\n")
+            # memsw may never be below the memory limit: raised first, lowered last
+            order = [swap, memory] if limit > int(memory.read_text()) else [memory, swap]
+            for file in order:
+                if file.exists():
+                    file.write_text(f"{limit}\n")
         else:
             (self.path / "memory.max").write_text(f"{limit}\n")
             if (self.path / "memory.swap.max").exists():

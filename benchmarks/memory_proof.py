@@ -1,0 +1,511 @@
+"""Jobs of big workers in a real memory cgroup: OOM kills, tasks done and tasks/s per mode.
+
+    python benchmarks/memory_proof.py [--jobs 4] [--tasks 16] [--workers 3] [--mib 400]
+        [--fraction 0.5] [--cpu-caps host,16] [--modes sequential,hand,plain]
+        [--small-mib 50] [--small-workers 4] [--small-limit-mib 2048] [--no-small] [--json]
+
+The big case. K jobs (benchmarks/memory_job.py) start together in one memory cgroup (v1
+here, v2 where the memory controller is enabled); every process that runs a task holds
+`mib` MiB it wrote. First one plain job runs alone (a safety limit well above its need)
+and its peak usage times K is the demand of K plain loky pools; the cgroup is then limited
+to `fraction` of that demand, and each mode runs in turn: `sequential`, `hand` (a pool
+sized by hand to fit: limit / K / (mib + 30 MiB), at least 1), `plain` (a loky pool of W
+per job), and `budget` twice (lease + the project's executor against a real daemon
+watching the cgroup): once for jobs the daemon has never seen (charged memory_per_slot),
+once more for the same jobs, now sized by what the daemon learned; once per daemon of
+--cpu-caps ("host": the host's CPUs cap the grants, as shipped). Each row: tasks done
+and failed, what ended them (exception names from the jobs, "SIGKILL" for a job killed
+itself), the cgroup's OOM kills (memory.oom_control / memory.events oom_kill, read before
+and after), the cgroup's peak usage, wall time from start to the last job's exit, tasks/s
+and its ratio to the best mode other than the budget that finished every task, and
+what ran beside it on the host: the CPUs other programs kept busy, the threads they kept
+runnable (benchmarks/simulate_memory.py replays each row with that load).
+
+The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
+that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
+memory_per_slot only (it does not scan during the run, so it learns nothing), against
+the same jobs' second run under a daemon that scans every second and has learned them.
+
+The small case's daemons, and the big case's with a number in --cpu-caps, have their CPU
+cap raised (16) so that memory, not this host's CPUs, decides the grants: a task spends
+`io_ms` of its time waiting, so more workers than cores help. Pressure thresholds are off
+(a shared host's load must not decide). Needs root. The cgroup, the jobs and the daemons
+are removed or killed by pid on exit, error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
+
+from benchmarks.contention import (
+    PR_SET_CHILD_SUBREAPER,
+    Children,
+    host_busy_cpu_s,
+    kill_tree,
+    sigterm_as_interrupt,
+)
+from benchmarks.daemonproc import spawn_daemon
+from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+JOB = HERE / "memory_job.py"
+MIB = 1 << 20
+RUN_DEADLINE = 180.0  # seconds a run may take before its jobs are killed
+WORKER_EXTRA = 30 * MIB  # a worker's interpreter and imports beside its buffer (hand sizing)
+TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class Shape:
+    """K jobs of T tasks, each wanting a pool of W whose processes hold `mib` MiB."""
+
+    jobs: int = 4
+    tasks: int = 16
+    workers: int = 3
+    mib: int = 400
+    cpu_ms: float = 40.0
+    io_ms: float = 160.0
+
+
+@dataclass
+class Run:
+    """One mode's run: what the jobs reported and what the cgroup counted."""
+
+    label: str
+    mode: str
+    limit: int
+    total: int
+    done: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    oom_kills: int = 0
+    peak: int = 0
+    wall: float = 0.0
+    grants: list[str] = field(default_factory=list)
+    others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
+    runnable: float = 0.0  # threads runnable outside the cgroup, on average (the simulator's)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.total and not self.failed
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.done / self.wall if self.wall > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------ cgroup
+
+
+@dataclass
+class Bench:
+    """Where the runs happen: the memory cgroup, our children, a directory for outputs."""
+
+    cg: MemoryCgroup
+    children: Children
+    workdir: Path
+
+
+def _peak_file(cg: MemoryCgroup) -> Path:
+    return cg.path / ("memory.max_usage_in_bytes" if cg.version == 1 else "memory.peak")
+
+
+def reset_peak(cg: MemoryCgroup) -> None:
+    """Start the cgroup's peak over (v1; v2 kernels that allow it)."""
+    with contextlib.suppress(OSError):
+        _peak_file(cg).write_text("0\n")
+
+
+def peak(cg: MemoryCgroup) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(_peak_file(cg).read_text())
+    return 0
+
+
+def wait_watching(
+    cg: MemoryCgroup, children: Children, procs: list[subprocess.Popen[bytes]]
+) -> float:
+    """Wait for the jobs (to RUN_DEADLINE); the mean number of threads runnable on the
+    host outside the cgroup meanwhile (/proc/stat procs_running, less ours in state R)."""
+    deadline = time.monotonic() + RUN_DEADLINE
+    seen: list[int] = []
+    while any(children.alive(p) for p in procs) and time.monotonic() < deadline:
+        children.reap()
+        seen.append(max(0, _procs_running() - _ours_running(cg) - 1))  # - 1: this process
+        time.sleep(0.05)  # a sample every 50 ms, within the deadline above
+    return sum(seen) / len(seen) if seen else 0.0
+
+
+def _procs_running() -> int:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("procs_running "):
+                return int(line.split()[1])
+    return 0
+
+
+def _ours_running(cg: MemoryCgroup) -> int:
+    running = 0
+    with contextlib.suppress(OSError):
+        for pid in (
+            (cg.path / "tasks" if cg.version == 1 else cg.path / "cgroup.threads")
+            .read_text()
+            .split()
+        ):
+            with contextlib.suppress(OSError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                running += stat.rpartition(")")[2].split()[0] == "R"
+    return running
+
+
+def kill_members(cg: MemoryCgroup, children: Children, timeout: float = 10.0) -> None:
+    """Kill what is left in our cgroup (our jobs and their workers), each by pid."""
+    deadline = time.monotonic() + timeout
+    while members := [int(p) for p in (cg.path / "cgroup.procs").read_text().split()]:
+        for pid in members:
+            kill_tree(pid)
+        children.reap()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cgroup {cg.path} still has members {members}")
+        time.sleep(0.02)  # the kills to land, within the deadline above
+
+
+@contextlib.contextmanager
+def reaping() -> Iterator[Children]:
+    """Our children, and the orphans of killed jobs re-parented to us and reaped here
+    (this host's PID 1 does not reap them), for the block only."""
+    children = Children()
+    children.become_subreaper()
+    try:
+        yield children
+    finally:
+        children.reap()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------------ daemon
+
+
+@contextlib.contextmanager
+def daemon(
+    bench: Bench,
+    *,
+    scan: str,
+    cpu_cap: int | None,
+    name: str,
+) -> Iterator[Path]:
+    """A real daemon budgeting the cgroup (outside it); yields its socket."""
+    cg, children, workdir = bench.cg, bench.children, bench.workdir
+    sock = workdir / f"{name}.sock"
+    config = workdir / f"{name}.yaml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "daemon": {
+                    "socket": str(sock),
+                    "log_format": "json",
+                    "log_file": str(workdir / f"{name}.log"),
+                    "sample_interval": "1s",
+                    "scan_interval": scan,
+                },
+                "budget": {
+                    "cgroups": [cg.cgroup_path],
+                    "max_per_lease": 64,
+                    "memory_per_slot": "512MiB",
+                    "pressure": CALM,
+                    **({"cpu_cap": cpu_cap} if cpu_cap is not None else {}),
+                },
+            }
+        )
+    )
+    proc = spawn_daemon(config, sock)
+    children.adopt(proc)
+    try:
+        yield sock
+    finally:
+        proc.terminate()
+        if not children.wait([proc], 10.0):
+            proc.kill()
+            children.wait([proc], 10.0)
+
+
+# -------------------------------------------------------------------------------- runs
+
+
+def run_jobs(
+    bench: Bench,
+    shape: Shape,
+    mode: str,
+    label: str,
+    *,
+    names: Sequence[str],
+    sock: Path | None = None,
+    hand: int = 1,
+) -> Run:
+    """The jobs `names` started together in the cgroup in `mode`, run to their end."""
+    cg, children, workdir = bench.cg, bench.children, bench.workdir
+    run = Run(label, mode, int((cg.path / _limit_name(cg)).read_text()), len(names) * shape.tasks)
+    kill_members(cg, children)
+    oom_before = cg.oom_kills()
+    reset_peak(cg)
+    env = {"PYTHONPATH": f"{REPO}:{HERE}", "PATH": "/usr/bin:/bin"}
+    if sock is not None:
+        env["SUPERVISORD_BATT_SOCKET"] = str(sock)
+    procs, outs = [], []
+    busy, ours = host_busy_cpu_s(), children.cpu_s
+    started = time.monotonic()
+    for name in names:
+        out = workdir / f"{label}-{name}.out".replace(" ", "_")
+        outs.append(out)
+        argv = [sys.executable, str(JOB), "--mode", mode, "--job", name, "--hand", str(hand)]
+        for key in ("tasks", "workers", "mib", "cpu_ms", "io_ms"):
+            argv += [f"--{key.replace('_', '-')}", str(getattr(shape, key))]
+        with out.open("wb") as f:
+            proc = subprocess.Popen(
+                argv,
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=cg.preexec(),  # noqa: PLW1509 (no threads here)
+            )
+        children.adopt(proc)
+        procs.append(proc)
+    run.runnable = wait_watching(cg, children, procs)
+    run.wall = max(children.ended.get(p.pid, time.monotonic()) for p in procs) - started
+    elapsed = time.monotonic() - started
+    run.others = max(0.0, host_busy_cpu_s() - busy - (children.cpu_s - ours)) / elapsed
+    kill_members(cg, children)  # a job past the deadline, workers it left behind
+    run.oom_kills = cg.oom_kills() - oom_before
+    run.peak = peak(cg)
+    errors: Counter[str] = Counter()
+    for proc, out in zip(procs, outs, strict=True):
+        done = _read_job(out, errors, run.grants)
+        run.done += done
+        run.failed += shape.tasks - done
+        if proc.returncode is None or proc.returncode < 0:
+            errors["SIGKILL" if proc.returncode == -9 else f"job ended {proc.returncode}"] += 1
+    run.errors = dict(errors)
+    return run
+
+
+def _limit_name(cg: MemoryCgroup) -> str:
+    return "memory.limit_in_bytes" if cg.version == 1 else "memory.max"
+
+
+def _read_job(out: Path, errors: Counter[str], grants: list[str]) -> int:
+    """Tasks the job finished (each value checked), its errors and its first grant."""
+    done = 0
+    for line in out.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if "value" in record:
+                done += record["value"] == record["task"]
+            elif "error" in record:
+                errors[record["error"]] += 1
+            elif "grant" in record.get("summary", {}):
+                g = record["summary"]["grant"]
+                used = "+".join(record["summary"].get("kinds", []))
+                grants.append(f"{g['kind']}:{g['workers']} ({used})")
+    return done
+
+
+# ------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Args:
+    shape: Shape
+    fraction: float = 0.5
+    small: Shape = Shape(tasks=24, workers=4, mib=50, cpu_ms=20.0, io_ms=180.0)
+    small_limit: int = 2048 * MIB
+    cpu_cap: int = 16
+    big_caps: tuple[int | None, ...] = (None, 16)  # None: the host's CPUs decide
+    modes: tuple[str, ...] = ("sequential", "hand", "plain")
+
+
+def big_case(bench: Bench, args: Args) -> dict[str, Any]:
+    shape = args.shape
+    need = shape.workers * (shape.mib * MIB + 100 * MIB) + 300 * MIB
+    bench.cg.set_limit(need)  # a safety limit: one job alone, well above what it uses
+    alone = run_jobs(bench, replace(shape, jobs=1), "plain", "alone", names=["a"])
+    if not alone.finished or alone.oom_kills:
+        raise RuntimeError(f"one plain job did not finish alone under {need} bytes: {alone}")
+    demand = alone.peak * shape.jobs
+    limit = int(demand * args.fraction)
+    bench.cg.set_limit(limit)
+    hand = max(1, (limit // shape.jobs - 100 * MIB) // (shape.mib * MIB + WORKER_EXTRA))
+    names = [f"mem-{i}" for i in range(shape.jobs)]
+    rows = [run_jobs(bench, shape, m, m, names=names, hand=hand) for m in args.modes]
+    for cap in args.big_caps:
+        what = f"cpu_cap {cap}" if cap is not None else "host CPUs"
+        with daemon(bench, scan="1s", cpu_cap=cap, name=f"big{cap}") as sock:
+            for run in ("first run", "learned"):
+                label = f"budget {what}, {run}"
+                rows.append(run_jobs(bench, shape, "budget", label, names=names, sock=sock))
+    return {"demand": demand, "limit": limit, "hand": hand, "rows": rows}
+
+
+def small_case(bench: Bench, args: Args) -> dict[str, Any]:
+    shape = replace(args.small, jobs=args.shape.jobs)
+    bench.cg.set_limit(args.small_limit)
+    names = [f"small-{i}" for i in range(shape.jobs)]
+    rows = []
+    with daemon(bench, scan="3600s", cpu_cap=args.cpu_cap, name="fixed") as sock:
+        rows.append(run_jobs(bench, shape, "budget", "memory_per_slot", names=names, sock=sock))
+    with daemon(bench, scan="1s", cpu_cap=args.cpu_cap, name="small") as sock:
+        run_jobs(bench, shape, "budget", "learning", names=names, sock=sock)
+        rows.append(run_jobs(bench, shape, "budget", "learned", names=names, sock=sock))
+    return {"limit": args.small_limit, "rows": rows}
+
+
+def prove(args: Args, small: bool = True) -> dict[str, Any]:
+    """Both cases in one fresh memory cgroup, removed (its members killed) at the end."""
+    where = memory_cgroup_root()
+    if where is None:
+        raise SystemExit("needs root and a memory cgroup hierarchy (v1, or v2 with memory)")
+    workdir = Path(tempfile.mkdtemp(prefix="sbm-", dir="/tmp"))  # short: sockets live here
+    cg = MemoryCgroup(*where, name=f"sbbench-mem-{uuid.uuid4().hex[:10]}")
+    try:
+        with reaping() as children:
+            bench = Bench(cg, children, workdir)
+            report: dict[str, Any] = {
+                "version": cg.version,
+                "cores": len(os.sched_getaffinity(0)),
+                "shape": asdict(args.shape),
+                "big": big_case(bench, args),
+            }
+            if small:
+                report["small"] = small_case(bench, args)
+            return report
+    finally:
+        cg.close()  # kills what is left inside (our jobs' processes only), then rmdir
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def best_other(rows: list[Run]) -> Run | None:
+    """The fastest mode other than the budget that finished every task."""
+    done = [r for r in rows if r.mode != "budget" and r.finished]
+    return max(done, key=lambda r: r.tasks_per_s, default=None)
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """What missed its goal (empty: every goal met)."""
+    missed = []
+    rows = report["big"]["rows"]
+    best = best_other(rows)
+    for r in rows:
+        if r.mode != "budget":
+            continue
+        if r.oom_kills or not r.finished:
+            missed.append(f"{r.label}: {r.oom_kills} OOM kills, {r.done}/{r.total} done")
+        if best is not None and r.tasks_per_s < TARGET * best.tasks_per_s:
+            missed.append(f"{r.label}: {r.tasks_per_s / best.tasks_per_s:.2f} of {best.label}")
+    if "small" in report:
+        fixed, learned = report["small"]["rows"]
+        if not learned.finished or learned.tasks_per_s <= fixed.tasks_per_s:
+            missed.append("small workers: learned no faster than memory_per_slot")
+    return missed
+
+
+def print_report(report: dict[str, Any]) -> None:
+    big = report["big"]
+    print(
+        f"memory cgroup v{report['version']}: plain demand {big['demand'] / MIB:.0f} MiB,"
+        f" limit {big['limit'] / MIB:.0f} MiB, hand-sized pool {big['hand']}"
+    )
+    _table(big["rows"], best_other(big["rows"]))
+    if "small" in report:
+        small = report["small"]
+        print(f"\nsmall workers, limit {small['limit'] / MIB:.0f} MiB")
+        fixed = small["rows"][0]
+        _table(small["rows"], fixed)
+    missed = verdict(report)
+    print("\n" + ("every goal met" if not missed else "MISSED: " + "; ".join(missed)))
+
+
+def _table(rows: list[Run], base: Run | None) -> None:
+    print(
+        f"{'mode':32} {'done':>7} {'failed':>6} {'oom':>4} {'peak MiB':>8} {'wall s':>7}"
+        f" {'tasks/s':>7} {'ratio':>6} {'others':>6}  errors / grants"
+    )
+    for r in rows:
+        ratio = f"{r.tasks_per_s / base.tasks_per_s:.2f}" if base and base.tasks_per_s else "-"
+        what = ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))
+        grants = ", ".join(sorted(r.grants))
+        print(
+            f"{r.label:32} {r.done:>3}/{r.total:<3} {r.failed:>6} {r.oom_kills:>4}"
+            f" {r.peak / MIB:>8.0f} {r.wall:>7.2f} {r.tasks_per_s:>7.2f} {ratio:>6}"
+            f" {r.others:>6.2f}"
+            f"  {what}{' / ' if what and grants else ''}{grants}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    d, s = Shape(), Args(Shape()).small
+    p.add_argument("--jobs", type=int, default=d.jobs)
+    p.add_argument("--tasks", type=int, default=d.tasks)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--mib", type=int, default=d.mib)
+    p.add_argument("--fraction", type=float, default=0.5, help="of the plain pools' demand")
+    p.add_argument("--small-mib", type=int, default=s.mib)
+    p.add_argument("--small-workers", type=int, default=s.workers)
+    p.add_argument("--small-limit-mib", type=int, default=2048)
+    p.add_argument(
+        "--cpu-caps",
+        default="host,16",
+        help="the big case's budget daemons: their cpu_cap, 'host' for the host's CPUs",
+    )
+    p.add_argument("--modes", default="sequential,hand,plain", help="the big case's others")
+    p.add_argument("--no-small", action="store_true", help="the big case only")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main() -> int:
+    a = build_parser().parse_args()
+    shape = Shape(a.jobs, a.tasks, a.workers, a.mib)
+    small = replace(Args(shape).small, mib=a.small_mib, workers=a.small_workers)
+    caps = tuple(None if c == "host" else int(c) for c in a.cpu_caps.split(",") if c)
+    modes = tuple(m for m in a.modes.split(",") if m)
+    args = Args(shape, a.fraction, small, a.small_limit_mib * MIB, big_caps=caps, modes=modes)
+    with sigterm_as_interrupt():  # SIGTERM too removes the cgroup and kills what ran
+        report = prove(args, small=not a.no_small)
+    if a.json:
+        out = {
+            **report,
+            "big": {**report["big"], "rows": [asdict(r) for r in report["big"]["rows"]]},
+        }
+        if "small" in report:
+            out["small"] = {**report["small"], "rows": [asdict(r) for r in report["small"]["rows"]]}
+        print(json.dumps(out, indent=2))
+    else:
+        print_report(report)
+    return 0 if not verdict(report) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

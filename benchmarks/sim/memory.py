@@ -1,0 +1,422 @@
+"""Memory beside tasks: jobs whose processes hold data, a memory cgroup limit, its OOM
+killer, and the budget charging memory_per_slot or each job's learned worker size.
+
+The shape is benchmarks/memory_proof.py's: each job runs `tasks` tasks; every process
+that runs a task (a loky worker, or the job itself when it runs sequential) first
+allocates and writes `mib` MiB, kept for its life, and each task then takes `cpu_ms` of
+CPU and waits `io_ms`. Processes have a resident size: their interpreter's (`Mem`) and
+the data they wrote. An allocation that would take the cgroup past its limit has the
+OOM killer end the process with the largest resident size there (the allocator
+included), as the kernel's memory cgroup does, until it fits.
+
+What a kill does, as benchmarks/memory_proof.py saw it:
+- a loky worker of a plain or hand-sized pool: the pool is broken
+  (TerminatedWorkerError), every task of the job not done yet fails and the pool's
+  workers exit;
+- a job's own process: the job is gone, its tasks not done fail, its workers exit;
+- a worker of the budget executor's pool: the pool is broken and the executor falls back
+  to sequential (the real one tries a thread pool first: one GIL, the data once in the
+  job's process; sequential is the same memory) and runs the tasks left; the tasks in
+  flight are lost (they fail).
+
+The budget is the project's real BudgetLedger, fed a HostSample every `sample_interval`
+whose memory limit is the cgroup's (limit, usage) and whose trees are the jobs' task
+counts: as in the daemon, a worker in a sampled tree counts as in the usage, its data
+written or not. The executor here follows the grant between tasks (renewing at most
+every second), growing or shrinking its pool once the tasks in flight are done. The
+daemon's learning (daemon/workersizes.py) is modelled by what it records: each job's
+largest worker resident size seen at a scan, given to the ledger (`learn`) as the scans
+see it; `learned` carries the figures from an earlier run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Step, Wait
+from benchmarks.sim.model import MIB, default_budget
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.records import LeaseError, Request
+from supervisord_batt.host.sample import HostSample, Limit
+
+MODES = ("sequential", "hand", "plain", "budget")
+CGROUP = "/simmem"
+UID = 1000
+
+
+@dataclass(frozen=True)
+class Mem:
+    """What processes cost (CPU seconds, bytes): measured on this machine, see
+    docs/SIMULATION.md (Memory)."""
+
+    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU)
+    worker_spawn_cpu: float = 0.25  # one loky worker (model.Costs)
+    touch_cpu_per_gib: float = 0.53  # writing 1 GiB of new pages (page faults)
+    job_rss: int = 30 * MIB  # a job's interpreter with loky or the client imported
+    worker_rss: int = 19 * MIB  # a loky worker before its data
+    tracker_rss: int = 33 * MIB  # loky's and multiprocessing's resource trackers
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    tasks: int = 16
+    workers: int = 3  # the pool the job wants
+    mib: int = 400
+    cpu_ms: float = 40.0
+    io_ms: float = 160.0
+
+
+@dataclass(frozen=True)
+class MemHost:
+    cores: float = 2.0
+    limit: int = 2552 * MIB  # the memory cgroup's
+    cpu_cap: int | None = None  # the daemon's budget.cpu_cap; None: the cores
+    memory_per_slot: int = 512 * MIB
+    learn: bool = True  # the daemon learns each job's worker size from its scans
+    sample_interval: float = 1.0
+    scan_interval: float = 1.0
+    others: float = 0.0  # threads the host's other programs keep runnable (a measured run's)
+
+
+@dataclass
+class MemResult:
+    mode: str
+    done: int
+    failed: int
+    oom_kills: int
+    wall_s: float
+    peak: int
+    grants: list[str] = field(default_factory=list)
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.done / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass(eq=False)
+class Box:
+    """One process of a job: its resident bytes and what ends with it."""
+
+    job: Job
+    role: str  # "main", "worker", "tracker"
+    rss: int = 0
+    data: bool = False  # has written its data
+    proc: Proc | None = None
+    pool: Pool | None = None
+    alive: bool = True
+
+
+@dataclass(eq=False)
+class Job:
+    index: int
+    spec: JobSpec
+    done: int = 0
+    failed: int = 0
+    ended: float | None = None
+    main: Box | None = None
+    lease: str | None = None
+    pool: Pool | None = None
+    boxes: list[Box] = field(default_factory=list)  # its processes, all gone when it ends
+
+
+class Pool:
+    """A loky pool of n workers over a queue of task indices."""
+
+    def __init__(self, sim: MemSim, job: Job, n: int) -> None:
+        self.sim, self.job, self.n = sim, job, n
+        self.queue: deque[int] = deque()
+        self.more, self.progress = Signal(), Signal()
+        self.workers: list[Box] = []
+        self.inflight = 0
+        self.broken = False
+
+    def start(self) -> Generator[Step, None, None]:
+        for _ in range(self.n):
+            box = Box(self.job, "worker", pool=self)
+            self.workers.append(box)
+            box.proc = self.sim.kernel.start(self._serve(box), f"job{self.job.index}:worker")
+            yield Cpu(0.01)  # the job's thread starting one process
+
+    def _serve(self, box: Box) -> ProcGen:
+        sim, spec = self.sim, self.job.spec
+        yield Cpu(sim.mem.worker_spawn_cpu)
+        if not sim.alloc(box, sim.mem.worker_rss):
+            return
+        while True:
+            while self.queue:
+                self.queue.popleft()
+                self.inflight += 1
+                if not (yield from sim.run_task(box, spec)):
+                    return
+                self.inflight -= 1
+                self.job.done += 1
+                sim.kernel.fire(self.progress)
+            if self.more.fired:
+                self.more = Signal()
+            yield Wait(self.more)
+
+    def submit(self, task: int) -> None:
+        self.queue.append(task)
+        self.sim.kernel.fire(self.more)
+
+    def wait(self, timeout: float | None = None) -> Wait:
+        if self.progress.fired:
+            self.progress = Signal()
+        return Wait(self.progress, timeout)
+
+    def close(self) -> None:
+        for box in self.workers:
+            self.sim.free(box)
+        self.workers = []
+
+
+def _busy(share: float, period: float = 0.05) -> ProcGen:
+    """Another program: busy `share` of the time, forever."""
+    while True:
+        yield Cpu(period * share)
+        yield Sleep(period * (1 - share))
+
+
+class MemSim:
+    """One run of jobs in one memory cgroup, under one mode."""
+
+    def __init__(
+        self,
+        jobs: list[JobSpec],
+        mode: str,
+        host: MemHost,
+        *,
+        mem: Mem = Mem(),
+        learned: dict[str, int] | None = None,
+        hand: int = 1,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode, self.host, self.mem, self.hand = mode, host, mem, hand
+        self.kernel = Kernel(host.cores)
+        self.jobs = [Job(i, spec) for i, spec in enumerate(jobs)]
+        self.boxes: list[Box] = []
+        self.used = self.peak = self.oom_kills = 0
+        self.learned: dict[str, int] = dict(learned or {})
+        self.grants: list[str] = []
+        self.ledger: BudgetLedger | None = None
+        if mode == "budget":
+            budget = default_budget(
+                cgroups=(CGROUP,),
+                cpu_cap=host.cpu_cap,
+                memory_per_slot=host.memory_per_slot,
+                max_per_lease=64,
+            )
+            self.ledger = BudgetLedger(budget, lambda: self.kernel.now, self.sample())
+            self._teach()
+
+    # -- memory -----------------------------------------------------------------------------
+
+    def alloc(self, box: Box, nbytes: int) -> bool:
+        """Charge `nbytes` to the box's process; the OOM killer first ends the largest
+        processes until it fits. False: the allocating process itself was killed."""
+        if box not in self.boxes:
+            self.boxes.append(box)
+            box.job.boxes.append(box)
+        while self.used + nbytes > self.host.limit:
+            live = (b for b in self.boxes if b.alive)
+            victim = max(live, key=lambda b: b.rss + (nbytes if b is box else 0))
+            self.oom_kills += 1
+            self.kill(victim)
+            if victim is box:
+                return False
+        box.rss += nbytes
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def free(self, box: Box) -> None:
+        if box.alive:
+            box.alive = False
+            self.used -= box.rss
+            if box.proc is not None:
+                self.kernel.kill(box.proc)
+
+    def kill(self, box: Box) -> None:
+        """The OOM killer's SIGKILL, and what it breaks (see the module's docstring)."""
+        job = box.job
+        self.free(box)
+        if box.role == "main":
+            self.end(job)
+        elif box.pool is not None and not box.pool.broken:
+            pool = box.pool
+            pool.broken = True
+            pool.close()
+            if self.mode == "budget":
+                job.failed += pool.inflight
+            else:
+                self.end(job)
+            self.kernel.fire(pool.progress)
+
+    def end(self, job: Job) -> None:
+        if job.ended is not None:
+            return
+        job.ended = self.kernel.now
+        job.failed = job.spec.tasks - job.done
+        for box in job.boxes:
+            self.free(box)
+        if self.ledger is not None and job.lease is not None:
+            self.ledger.release(job.lease)
+            job.lease = None
+
+    def run_task(self, box: Box, spec: JobSpec) -> Generator[Step, None, bool]:
+        """One task in the box's process: its data first (once). False: it was killed."""
+        if not box.data:
+            yield Cpu(self.mem.touch_cpu_per_gib * spec.mib / 1024)
+            if not box.alive or not self.alloc(box, spec.mib * MIB):
+                return False
+            box.data = True
+        yield Cpu(spec.cpu_ms / 1000)
+        yield Sleep(spec.io_ms / 1000)
+        return box.alive
+
+    # -- the daemon -------------------------------------------------------------------------
+
+    def sample(self) -> HostSample:
+        big = 1 << 40
+        return HostSample(
+            taken_at=self.kernel.now,
+            wall_time=self.kernel.now,
+            threads_total=1000,
+            threads_max=big,
+            pid_max=4_194_304,
+            cgroups=(),
+            users=(),
+            mem_available_bytes=big,
+            mem_total_bytes=big,
+            cpus=float(self.host.cores),
+            psi=None,
+            limits=(Limit("threads-max", "threads-max", None, big, 1000),),
+            memory_limits=(
+                Limit(f"memory:{CGROUP}", "memory", CGROUP, self.host.limit, self.used),
+            ),
+        )
+
+    def _tick(self) -> None:
+        assert self.ledger is not None
+        trees = {j.lease: 3 + (len(j.pool.workers) if j.pool else 0) for j in self.jobs if j.lease}
+        self.ledger.update(self.sample(), trees)
+        if self.host.learn:
+            for job in self.jobs:
+                if job.pool is not None and job.lease is not None:
+                    sizes = [b.rss for b in job.pool.workers if b.alive]
+                    name = f"job{job.index}"
+                    if sizes:  # a scan sees live workers only, their data written or not
+                        self.learned[name] = max(self.learned.get(name, 0), *sizes)
+            self._teach()
+        if any(j.ended is None for j in self.jobs):
+            self.kernel.after(self.host.sample_interval, self._tick)
+
+    def _teach(self) -> None:
+        if self.host.learn and self.ledger is not None:
+            self.ledger.learn({(name, UID): b for name, b in self.learned.items()})
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self, deadline: float = 600.0) -> MemResult:
+        for job in self.jobs:
+            self.kernel.start(self._main(job), f"job{job.index}:main")
+        if self.ledger is not None:
+            self.kernel.after(self.host.sample_interval / 2, self._tick)
+        hogs = math.ceil(self.host.others)
+        for _ in range(hogs):
+            self.kernel.start(_busy(self.host.others / hogs), "others")
+        self.kernel.run(deadline, stop=lambda: all(j.ended is not None for j in self.jobs))
+        for job in self.jobs:
+            self.end(job)
+        done = sum(j.done for j in self.jobs)
+        failed = sum(j.failed for j in self.jobs)
+        wall = max(j.ended or deadline for j in self.jobs)
+        return MemResult(self.mode, done, failed, self.oom_kills, wall, self.peak, self.grants)
+
+    def _main(self, job: Job) -> ProcGen:
+        box = job.main = Box(job, "main")
+        yield Cpu(self.mem.job_start_cpu)
+        if not self.alloc(box, self.mem.job_rss):
+            return
+        if self.mode == "sequential":
+            yield from self._sequential(job, deque(range(job.spec.tasks)))
+        elif self.mode in {"hand", "plain"}:
+            yield from self._pool(job, self.hand if self.mode == "hand" else job.spec.workers)
+        else:
+            yield from self._budget(job)
+        self.end(job)
+
+    def _sequential(self, job: Job, pending: deque[int]) -> Generator[Step, None, None]:
+        assert job.main is not None
+        while pending:
+            pending.popleft()
+            if not (yield from self.run_task(job.main, job.spec)):
+                return
+            job.done += 1
+
+    def _tracker(self, job: Job) -> bool:
+        return self.alloc(Box(job, "tracker"), self.mem.tracker_rss)
+
+    def _pool(self, job: Job, n: int) -> Generator[Step, None, None]:
+        if not self._tracker(job):
+            return
+        pool = job.pool = Pool(self, job, n)
+        yield from pool.start()
+        for task in range(job.spec.tasks):
+            pool.submit(task)
+        while job.done < job.spec.tasks and not pool.broken and job.ended is None:
+            yield pool.wait()
+        pool.close()
+
+    def _budget(self, job: Job) -> Generator[Step, None, None]:
+        """The client: a lease, then BudgetExecutor.map's loop (see the docstring)."""
+        ledger = self.ledger
+        assert ledger is not None and job.main is not None
+        spec, i = job.spec, job.index
+        req = Request(f"conn{i}", 1000 + i, UID, f"job{i}", spec.workers, ("process", "sequential"))
+        grant = ledger.acquire(req)
+        job.lease, renewed = grant.lease_id, self.kernel.now
+        self.grants.append(f"{grant.kind}:{grant.workers}")
+        kind, size, fallen, tracker = grant.kind, grant.target, False, False
+        pending = deque(range(spec.tasks))
+        while pending or (job.pool is not None and (job.pool.inflight or job.pool.queue)):
+            pool = job.pool
+            if pool is not None and pool.broken:  # fall back; the queued tasks are still to do
+                pending.extendleft(pool.queue)
+                job.pool, pool, fallen = None, None, True
+            if job.lease is not None and self.kernel.now - renewed >= 1.0:
+                try:
+                    g = ledger.renew(job.lease, pool.n if pool is not None else 0)
+                    kind, size = g.kind, g.target
+                except LeaseError:
+                    kind, job.lease = "sequential", None
+                renewed = self.kernel.now
+            n = 0 if fallen or kind != "process" else size
+            if (pool.n if pool is not None else 0) != n:
+                if pool is not None and (pool.inflight or pool.queue):
+                    yield pool.wait(0.5)  # switch once the tasks in flight are done
+                    continue
+                if pool is not None:
+                    pool.close()
+                    job.pool = pool = None
+                if n > 0:
+                    if not tracker and not self._tracker(job):
+                        return
+                    tracker = True
+                    job.pool = pool = Pool(self, job, n)
+                    yield from pool.start()
+            if pool is None:
+                pending.popleft()
+                if not (yield from self.run_task(job.main, spec)):
+                    return
+                job.done += 1
+                continue
+            while pending and pool.inflight + len(pool.queue) < pool.n:
+                pool.submit(pending.popleft())
+            yield pool.wait(0.5)
+        if job.pool is not None:
+            job.pool.close()

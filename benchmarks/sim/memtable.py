@@ -1,0 +1,123 @@
+"""The memory table (jobs of different worker sizes under a memory limit: plain pools,
+sequential, the budget charging memory_per_slot and the budget with each job's learned
+size) and the memory model's validation against benchmarks/memory_proof.py's run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from benchmarks.sim.memory import JobSpec, MemHost, MemResult, MemSim
+from benchmarks.sim.model import GIB, MIB
+
+TOLERANCE = 0.15  # the validation's: simulated tasks/s within 15% of the measured
+POLICIES = ("plain", "sequential", "budget memory_per_slot", "budget learned")
+
+
+@dataclass(frozen=True)
+class MemCell:
+    """A host (cores, memory limit) and its jobs: `count` jobs of each (mib, tasks)."""
+
+    name: str
+    cores: int
+    limit: int
+    mix: tuple[tuple[int, int], ...]  # (jobs, MiB per worker)
+    workers: int = 4  # the pool each job wants
+    tasks: int = 32
+
+    def jobs(self) -> list[JobSpec]:
+        return [
+            JobSpec(tasks=self.tasks, workers=self.workers, mib=mib)
+            for count, mib in self.mix
+            for _ in range(count)
+        ]
+
+
+CELLS = (
+    MemCell("small workers", 16, 4 * GIB, ((16, 50),)),
+    MemCell("mixed sizes", 16, 16 * GIB, ((4, 50), (4, 400), (4, 2048))),
+    MemCell("big workers", 16, 16 * GIB, ((8, 1536),)),
+    MemCell("the proof's shape", 2, 2552 * MIB, ((4, 400),), workers=3, tasks=16),
+)
+
+
+def run_policy(cell: MemCell, policy: str) -> MemResult:
+    """One policy in one cell. "budget learned": a first run teaches the daemon each
+    job's size, the second (the figure) starts from it; memory_per_slot: no learning."""
+    # tasks wait on I/O 80% of the time: the CPU cap of 4 per core lets memory bind
+    host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores)
+    jobs = cell.jobs()
+    if policy == "budget memory_per_slot":
+        return MemSim(jobs, "budget", replace(host, learn=False)).run()
+    if policy == "budget learned":
+        first = MemSim(jobs, "budget", host)
+        first.run()
+        return MemSim(jobs, "budget", host, learned=first.learned).run()
+    return MemSim(jobs, policy, host).run()
+
+
+def run_table(cells: tuple[MemCell, ...] = CELLS) -> Iterator[tuple[MemCell, list[MemResult]]]:
+    for cell in cells:
+        yield cell, [run_policy(cell, p) for p in POLICIES]
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemCheck:
+    row: str
+    measured: float  # tasks/s
+    simulated: float
+    measured_oom: int
+    simulated_oom: int
+    measured_done: str
+    simulated_done: str
+
+    @property
+    def error(self) -> float:
+        return abs(self.simulated - self.measured) / self.measured if self.measured else 1.0
+
+    @property
+    def same_outcome(self) -> bool:
+        return (self.measured_oom > 0) == (self.simulated_oom > 0) and (
+            self.measured_done.split("/")[0] == self.measured_done.split("/")[1]
+        ) == (self.simulated_done.split("/")[0] == self.simulated_done.split("/")[1])
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= TOLERANCE and self.same_outcome
+
+
+def validate(report: dict[str, Any]) -> list[MemCheck]:
+    """Each row of memory_proof.py's big case (its --json output) simulated with the same
+    jobs, limit and daemon: tasks/s and the OOM outcome beside the measured ones."""
+    shape, big = report["shape"], report["big"]
+    spec = JobSpec(shape["tasks"], shape["workers"], shape["mib"], shape["cpu_ms"], shape["io_ms"])
+    jobs = [spec] * shape["jobs"]
+    host = MemHost(cores=report["cores"], limit=big["limit"])
+    checks = []
+    learned: dict[str, dict[str, int]] = {}
+    for row in big["rows"]:
+        host = replace(host, others=row.get("runnable", 0.0))
+        if row["mode"] == "budget":
+            cap = row["label"].split(",")[0].removeprefix("budget ")
+            h = replace(host, cpu_cap=None if cap == "host CPUs" else int(cap.split()[-1]))
+            sim = MemSim(jobs, "budget", h, learned=learned.get(cap))
+            result = sim.run()
+            learned[cap] = sim.learned
+        else:
+            result = MemSim(jobs, row["mode"], host, hand=big["hand"]).run()
+        checks.append(
+            MemCheck(
+                row["label"],
+                row["done"] / row["wall"],
+                result.tasks_per_s,
+                row["oom_kills"],
+                result.oom_kills,
+                f"{row['done']}/{row['total']}",
+                f"{result.done}/{row['total']}",
+            )
+        )
+    return checks
