@@ -50,7 +50,7 @@ from supervisord_batt.budget.costs import (
     pool_cost,
 )
 from supervisord_batt.budget.demand import Demand
-from supervisord_batt.budget.hierarchy import allocate_users
+from supervisord_batt.budget.hierarchy import allocate_users, over_parts
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -68,7 +68,6 @@ from supervisord_batt.budget.users import (
     Weigh,
     even,
     exact_weight,
-    over_parts,
 )
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample

@@ -186,6 +186,26 @@ def test_cpu_pressure_no_user_explains_holds_every_user() -> None:
     ] * 2
 
 
+def test_a_user_holding_what_others_left_it_is_not_over_its_part() -> None:
+    """12 CPUs over three users: root asks for 2, so alice and bob have 5 each, one more
+    than an equal split of 4. Bob's 40 sequential jobs keep CPU pressure extreme; alice,
+    holding her 5, is within her part and keeps her pools (judged against the equal
+    split, she was over it and got the level: sequential at her next renew)."""
+    led = ledger(cpus=12.0, max_per_lease=8, pressure=PRESSURE)
+    led.acquire(request("root", 2, uid=ROOT))
+    mine = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(2)]
+    for i in range(40):
+        led.acquire(request(f"b{i}", 1, uid=BOB))
+    for lease_id in mine:  # alice follows her targets: 3 and 2 of her 5
+        led.renew(lease_id, led.lease(lease_id).target)
+    assert sorted(led.renew(lease_id).workers for lease_id in mine) == [2, 3]
+    led.update(sample(cpus=12.0, psi=HOT), {})
+    assert led.level == "extreme"
+    assert sorted(led.renew(lease_id).target for lease_id in mine) == [2, 3]
+    assert led.level_signal(BOB).startswith("psi cpu")
+    assert not led.level_signal(ALICE).startswith("psi cpu")
+
+
 def test_one_user_on_its_own_has_the_whole_budget() -> None:
     led = ledger(cpus=8.0, max_per_lease=64)
     assert led.acquire(request("a", 64, uid=ALICE)).workers == 8
