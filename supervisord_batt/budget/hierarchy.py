@@ -29,14 +29,14 @@ Pure, like `allocation.allocate`, which it calls once per user.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.topup import top_up
-from supervisord_batt.budget.users import User, Weight
+from supervisord_batt.budget.users import User, UserSums, Weight
 
 
 def entitle(capacity: int, demands: Sequence[int], weights: Sequence[Weight]) -> list[int]:
@@ -127,6 +127,27 @@ def allocate_users(users: Sequence[User], idle: Book) -> Allocation:
     if idle.cpus - sum(held) >= 1:  # a worker more costs a CPU: none free, no top-up
         fair = max(fair, top_up(idle, users, shares, held))
     return Allocation(shares, fair, {u.uid: cpus for u, cpus in zip(users, held, strict=True)})
+
+
+# Why a user's part, not an equal split, tells who is over it. CPU pressure is put down to
+# the users holding more CPUs than their part (ledger `_set_level`): sequential jobs
+# beyond it, or pools not given back. A user may hold more than an equal split, the
+# part of a user that asks for less having gone to it: 64 CPUs over six users, one of
+# them with one job of 8, leave the others 11 each, and ten is the equal split. Judged
+# against ten, such a user was over its part whenever it held what it was given, and so
+# got the CPU pressure's level: its next jobs no pool until the next sample, then a
+# pool, as the sample fell. So it is judged against what `entitle` gives it.
+
+
+def over_parts(users: Mapping[int, UserSums], cpus: int) -> frozenset[int]:
+    """The uids holding more CPUs in the charged book than their part of the `cpus`
+    (`entitle` over what each asks, in uid order as `allocate_users` has them). None
+    with one user: its part is everything."""
+    if len(users) < 2:
+        return frozenset()
+    uids = sorted(users)
+    parts = entitle(cpus, [users[u].cpu_demand() for u in uids], [users[u].weight for u in uids])
+    return frozenset(u for u, part in zip(uids, parts, strict=True) if users[u].cpus > part)
 
 
 def user_book(idle: Book, u: User, cpus: int, rooms: list[int], mem: int) -> Book:

@@ -32,6 +32,7 @@ from supervisord_batt.budget.allocation import (
     Planned,
     Share,
     allocate,
+    share,
 )
 from supervisord_batt.budget.books import Book, CpuShare, Size, lease_cpus
 from supervisord_batt.budget.claims import (
@@ -50,7 +51,8 @@ from supervisord_batt.budget.costs import (
     pool_cost,
 )
 from supervisord_batt.budget.demand import Demand
-from supervisord_batt.budget.hierarchy import allocate_users
+from supervisord_batt.budget.hierarchy import allocate_users, over_parts
+from supervisord_batt.budget.hold import GROW_AFTER, GrowHold
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -68,7 +70,6 @@ from supervisord_batt.budget.users import (
     Weigh,
     even,
     exact_weight,
-    over_parts,
 )
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample
@@ -192,6 +193,8 @@ class BudgetLedger:
         # (job, uid) -> bytes per process worker, as the daemon learned them from its
         # scans (`learn`); a job not in it is charged `memory_per_slot`
         self._worker_bytes: dict[tuple[str, int], int] = {}
+        # where several users hold leases, a raised share waits before a lease grows
+        self._hold = GrowHold()
         if sample is not None:
             self.update(sample, {})
 
@@ -252,6 +255,8 @@ class BudgetLedger:
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
         kind, workers, reason = self._first_grant(e, mine, fair, cpu)
+        if cpu is not None:  # several users: short of its share, it is owed it (`hold`)
+            self._hold.granted(e.lease_id, mine.workers, workers)
         self._charge(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
@@ -282,7 +287,11 @@ class BudgetLedger:
             if workers_in_use < e.workers:
                 workers = max(workers_in_use, _target(e, mine))
                 self._resize(e, e.kind if workers else "sequential", workers)
-        return self._grant(e, mine, self._grow(e, mine, self._cpu_share(e, alloc)))
+        held = self._held(e, mine, bool(alloc.cpus))
+        reason = self._grow(e, held, self._cpu_share(e, alloc))
+        if held.workers < mine.workers and reason == "unchanged":
+            reason = f"share {mine.workers} taken once it has stood {GROW_AFTER:g} s"
+        return self._grant(e, held, reason)
 
     def heartbeat(self, lease_id: str) -> float:
         """Record that the holder made progress (for the no-progress timeout); the time."""
@@ -634,6 +643,7 @@ class BudgetLedger:
 
     def _remove(self, e: _Held) -> None:
         del self._leases[e.lease_id]
+        self._hold.forget(e.lease_id)
         fp = e.footprint
         self._charge(e, (e.kind, e.workers), None)
         self._idle.move(fp, _SEQUENTIAL, None)
@@ -804,6 +814,15 @@ class BudgetLedger:
         if workers == self._config.max_per_lease:
             return f"max_per_lease {workers}"
         return f"fair share {mine.workers} across {len(self._leases)} holders"
+
+    def _held(self, e: _Held, mine: Share, split: bool) -> Share:
+        """The share a renewed lease may grow into now: where several users hold leases
+        (`split`), a share that rose above its pool once it has lasted (`hold`)."""
+        if not split:
+            self._hold.forget(e.lease_id)  # alone, a user's leases grow at once
+            return mine
+        size = self._hold.size(e.lease_id, mine.workers, e.workers, e.renewed_at)
+        return mine if size == mine.workers else share(size, mine.kind)
 
     def _grow(self, e: _Held, mine: Share, cpu: CpuShare | None) -> str:
         """Raise the lease toward its share if that fits right now (`cpu`: its user's

@@ -11,7 +11,7 @@ and counts no CPU against anyone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -53,8 +53,7 @@ class User:
 
     def cpu_demand(self) -> int:
         """CPUs it asks for: a seat per lease, and each planned lease's workers beyond it."""
-        d = self.demand
-        return self.seats + sum(cap * n for cap, n in d.caps.items()) - d.n
+        return cpu_demand(self.seats, self.demand)
 
 
 @dataclass(slots=True)
@@ -72,12 +71,10 @@ class UserSums:
     def user(self, uid: int, planned: list[Planned]) -> User:
         return User(uid, self.weight, planned, self.demand, self.seats)
 
+    def cpu_demand(self) -> int:
+        return cpu_demand(self.seats, self.demand)
 
-def over_parts(users: Mapping[int, UserSums], cpus: int) -> frozenset[int]:
-    """The uids holding more CPUs in the charged book than their guaranteed part,
-    floor(cpus * weight / sum of weights): sequential jobs beyond it, or pools not given
-    back. None with one user: its part is everything."""
-    if len(users) < 2:
-        return frozenset()
-    total = sum(sums.weight for sums in users.values())
-    return frozenset(uid for uid, sums in users.items() if sums.cpus > cpus * sums.weight // total)
+
+def cpu_demand(seats: int, demand: Demand) -> int:
+    """CPUs a user asks for: a seat per lease, and each planned lease's workers beyond it."""
+    return seats + sum(cap * n for cap, n in demand.caps.items()) - demand.n

@@ -17,6 +17,8 @@ from supervisord_batt.budget.allocation import allocate
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.costs import MIN_POOL, pool_cost
 from supervisord_batt.budget.hierarchy import allocate_users, entitle, entitlements, user_book
+from supervisord_batt.budget.hold import GROW_AFTER
+from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.users import Weight, exact_weight
 from supervisord_batt.config.records import BudgetConfig
@@ -184,6 +186,73 @@ def test_cpu_pressure_no_user_explains_holds_every_user() -> None:
     assert [(g.kind, g.reason) for g in grants] == [
         ("sequential", "level extreme: sequential only")
     ] * 2
+
+
+def test_a_user_holding_what_others_left_it_is_not_over_its_part() -> None:
+    """12 CPUs over three users: root asks for 2, so alice and bob have 5 each, one more
+    than an equal split of 4. Bob's 40 sequential jobs keep CPU pressure extreme; alice,
+    holding her 5, is within her part and keeps her pools (judged against the equal
+    split, she was over it and got the level: sequential at her next renew)."""
+    led = ledger(cpus=12.0, max_per_lease=8, pressure=PRESSURE)
+    led.acquire(request("root", 2, uid=ROOT))
+    mine = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(2)]
+    for i in range(40):
+        led.acquire(request(f"b{i}", 1, uid=BOB))
+    for lease_id in mine:  # alice follows her targets: 3 and 2 of her 5
+        led.renew(lease_id, led.lease(lease_id).target)
+    assert sorted(led.renew(lease_id).workers for lease_id in mine) == [2, 3]
+    led.update(sample(cpus=12.0, psi=HOT), {})
+    assert led.level == "extreme"
+    assert sorted(led.renew(lease_id).target for lease_id in mine) == [2, 3]
+    assert led.level_signal(BOB).startswith("psi cpu")
+    assert not led.level_signal(ALICE).startswith("psi cpu")
+
+
+def four_and_one(clock: FakeClock) -> tuple[BudgetLedger, list[str]]:
+    """16 CPUs: bob's one job holds 8, alice's four jobs 2 each of her 8."""
+    led = ledger(cpus=16.0, max_per_lease=8, clock=clock)
+    led.acquire(request("b", 8, uid=BOB))
+    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
+    for lease_id in jobs * 2:  # every holder renews and follows its target
+        led.renew(lease_id, led.lease(lease_id).target)
+    assert [led.lease(lease_id).workers for lease_id in jobs] == [2, 2, 2, 2]
+    return led, jobs
+
+
+def test_a_users_next_job_takes_the_room_of_the_one_that_ended() -> None:
+    """One of alice's jobs ends and her next asks half a second later (a user keeping her
+    jobs running): her other jobs' shares rose meanwhile, and had they grown into them,
+    each would have started a new pool and started another when the next job shrank
+    them. They keep their pools, and the next job gets the 2 the last one had."""
+    clock = FakeClock()
+    led, jobs = four_and_one(clock)
+    led.release(jobs[0])
+    clock.advance(0.25)
+    grant = led.renew(jobs[1])
+    assert (grant.workers, grant.reason) == (2, f"share 3 taken once it has stood {GROW_AFTER:g} s")
+    clock.advance(0.25)
+    assert led.acquire(request("a4", 8, uid=ALICE)).workers == 2
+    clock.advance(GROW_AFTER)
+    assert [led.renew(lease_id).workers for lease_id in jobs[1:]] == [2, 2, 2]
+
+
+def test_room_that_lasts_is_taken_once_it_has_stood() -> None:
+    """Alice's job ends and no other follows: her others grow into its room once their
+    larger shares have stood GROW_AFTER seconds. A user alone grows at once, as ever."""
+    clock = FakeClock()
+    led, jobs = four_and_one(clock)
+    led.release(jobs[0])
+    assert [led.renew(lease_id).workers for lease_id in jobs[1:]] == [2, 2, 2]  # of 3, 3, 2
+    clock.advance(GROW_AFTER - 0.5)
+    assert [led.renew(lease_id).workers for lease_id in jobs[1:]] == [2, 2, 2]
+    clock.advance(0.5)
+    assert [led.renew(lease_id).workers for lease_id in jobs[1:]] == [3, 3, 2]
+    alone = ledger(cpus=16.0, max_per_lease=8)
+    first = [alone.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(2)]
+    for lease_id in first:
+        alone.renew(lease_id, alone.lease(lease_id).target)
+    alone.release(first[0])
+    assert alone.renew(first[1]).workers == 8
 
 
 def test_one_user_on_its_own_has_the_whole_budget() -> None:
