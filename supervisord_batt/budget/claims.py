@@ -117,6 +117,8 @@ class Footprint(NamedTuple):
     sampled_process: int = 0  # its process workers at the last sample
     seat: int = 1  # CPUs it holds sequential: 1, or 0 if it asked for no worker
     worker_bytes: int = 0  # memory per process worker not sampled yet
+    # resident bytes of its pool's workers at the last sample; None: not measured
+    measured_bytes: int | None = None
 
     def charge(self, kind: Kind, workers: int) -> int:
         """Tasks counted against each limit in scope if the lease held this pool: its base
@@ -136,6 +138,24 @@ class Footprint(NamedTuple):
             return (workers - sampled) * self.worker_bytes
         return 0
 
+    def memory(self, kind: Kind, workers: int) -> int:
+        """Bytes the lease would add to the sample's memory figure at this pool, signed:
+        the workers the sample saw at what it measured of them (a pool smaller than that
+        gives back its share of `measured_bytes`, sequential or threads all of it), the
+        others at `worker_bytes`. As `charge` is for tasks: where a pool's workers grew
+        past their figure, the sample's headroom shrank by it, and only a smaller pool
+        gets it back. No process worker measured: `unsampled`, which charges the sampled
+        workers nothing
+        and never gives them back."""
+        measured, sampled = self.measured_bytes, self.sampled_process
+        if measured is None or not sampled:  # no process worker measured
+            return self.unsampled(kind, workers)
+        if kind != "process" or workers <= 0:
+            return -measured
+        if workers >= sampled:
+            return (workers - sampled) * self.worker_bytes
+        return -((sampled - workers) * measured // sampled)  # the workers dropped
+
 
 def sampled(  # noqa: PLR0917 (the footprint's parts)
     scope: tuple[int, ...],
@@ -145,11 +165,13 @@ def sampled(  # noqa: PLR0917 (the footprint's parts)
     workers: int,
     seat: int = 1,
     worker_bytes: int = 0,
+    measured_bytes: int | None = None,
 ) -> Footprint:
-    """The footprint of a lease holding (kind, workers) when a sample measured `measured`."""
+    """The footprint of a lease holding (kind, workers) when a sample measured `measured`
+    tasks (and `measured_bytes` of its process workers' memory)."""
     process = workers if kind == "process" else 0
     cost = pool_cost(kind, workers)
-    return Footprint(scope, base_tasks, measured, cost, process, seat, worker_bytes)
+    return Footprint(scope, base_tasks, measured, cost, process, seat, worker_bytes, measured_bytes)
 
 
 class Profile(NamedTuple):
