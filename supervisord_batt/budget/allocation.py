@@ -220,7 +220,7 @@ class _Rounds:
             by_scope[fp.scope] = by_scope.get(fp.scope, 0) + fp.charge(kind, size) - fp.charge(*old)
             cpu += size - max(1, g.size)
             if kind == "process":
-                mem += fp.unsampled(kind, size) - fp.unsampled(*old)
+                mem += fp.memory(kind, size) - fp.memory(*old)
                 process = True
         if cpu > book.cpus or (process and mem > book.mem_bytes):
             return False

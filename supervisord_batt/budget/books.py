@@ -12,7 +12,14 @@ import math
 from dataclasses import dataclass, replace
 
 from supervisord_batt.budget.claims import Footprint
-from supervisord_batt.budget.costs import MIN_POOL, UNBOUNDED, pool_cost, reserve_for, workers_for
+from supervisord_batt.budget.costs import (
+    MIN_POOL,
+    UNBOUNDED,
+    memory_reserve,
+    pool_cost,
+    reserve_for,
+    workers_for,
+)
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
 from supervisord_batt.protocol import Kind
@@ -21,6 +28,7 @@ Size = tuple[Kind, int]  # (kind, workers) of a lease in a book
 # (CPUs of a user's share, CPUs its other leases hold): what bounds a lease's CPUs where
 # several users hold leases (see `Book.fit`)
 CpuShare = tuple[int, int]
+_MIB = 1 << 20
 
 
 def lease_cpus(fp: Footprint, workers: int) -> int:
@@ -42,7 +50,9 @@ class Book:
     caps: tuple[int, ...]  # limit - reserve, per limit
     usage: list[int]  # in_use - measured trees + charges, per limit
     cpus: int
-    mem_bytes: int  # memory headroom for workers not sampled yet (UNBOUNDED: not budgeted)
+    # memory headroom less its reserve, for what the pools add to the sample's figure
+    # (below 0: the measured pools must give some back; UNBOUNDED: not budgeted)
+    mem_bytes: int
     cpu_used: int = 0
     mem_used: int = 0
 
@@ -50,10 +60,14 @@ class Book:
     def of(cls, sample: HostSample, config: BudgetConfig) -> Book:
         """The book of a sample with no lease in it: each limit less its reserve, the CPUs
         (the config's cap, else the sample's) and the memory in bytes: the least of
-        MemAvailable and each memory cgroup's headroom (`HostSample.memory_headroom`), or
-        UNBOUNDED where `memory_per_slot` is 0 (memory is not budgeted)."""
+        MemAvailable and each memory cgroup's headroom (`HostSample.memory_room`) less the
+        reserve of the limit that binds (`costs.memory_reserve`), below 0 where a pool
+        grew into it, or UNBOUNDED where `memory_per_slot` is 0 (memory is not budgeted)."""
         cpus = config.cpu_cap if config.cpu_cap is not None else sample.cpus
-        mem = sample.memory_headroom()[0] if config.memory_per_slot > 0 else UNBOUNDED
+        mem = UNBOUNDED
+        if config.memory_per_slot > 0:
+            room, total, _ = sample.memory_room()
+            mem = room - memory_reserve(total, config)
         caps = tuple(lim.limit - reserve_for(lim, config) for lim in sample.limits)
         usage = [lim.in_use for lim in sample.limits]
         return cls(sample.limits, caps, usage, math.floor(cpus), mem)
@@ -66,21 +80,23 @@ class Book:
 
         A lease adds to each limit in scope its charge less its measured tree, its workers
         or its seat in CPUs (`claims.seat_of`: one, none if it asked for no worker), and its
-        unsampled process workers (inlined: this runs on every request).
+        signed memory (`Footprint.memory`: its unsampled process workers unless its pool is
+        measured; inlined for the common case: this runs on every request).
         """
+        measured = fp.measured_bytes is not None
         delta = cpu = mem = 0
         if old is not None:
             kind, workers = old
             delta -= fp.charge(kind, workers) - (fp.measured or 0)
             cpu -= workers if workers > 1 else fp.seat
-            if kind == "process":
-                mem -= fp.unsampled(kind, workers)
+            if kind == "process" or measured:
+                mem -= fp.memory(kind, workers)
         if new is not None:
             kind, workers = new
             delta += fp.charge(kind, workers) - (fp.measured or 0)
             cpu += workers if workers > 1 else fp.seat
-            if kind == "process":
-                mem += fp.unsampled(kind, workers)
+            if kind == "process" or measured:
+                mem += fp.memory(kind, workers)
         if delta:
             usage = self.usage
             for i in fp.scope:
@@ -113,10 +129,12 @@ class Book:
                 return False
         elif self.cpus - (self.cpu_used - (lease_cpus(fp, old[1]) if old else 0)) < size:
             return False
-        if kind != "process" or fp.sampled_process >= size:
+        if kind != "process":  # threads add no memory, and a measured pool's give some back
             return True
-        spare = self.mem_bytes - (self.mem_used - (fp.unsampled(*old) if old else 0))
-        return spare >= (size - fp.sampled_process) * fp.worker_bytes
+        if fp.measured_bytes is None and fp.sampled_process >= size:
+            return True  # unmeasured: the sampled workers are charged nothing
+        spare = self.mem_bytes - (self.mem_used - (fp.memory(*old) if old else 0))
+        return spare >= fp.memory(kind, size)
 
     def fit(
         self,
@@ -159,12 +177,13 @@ class Book:
             if explain:
                 why = f"{what}: {cpus} CPUs, {others} in use"
         if kind == "process":
-            spare = self.mem_bytes - (self.mem_used - (fp.unsampled(*old) if old else 0))
-            unit = fp.worker_bytes
-            n = fp.sampled_process + max(0, spare) // unit if unit else UNBOUNDED
+            spare = self.mem_bytes - (self.mem_used - (fp.memory(*old) if old else 0))
+            n = _memory_fit(fp, spare)
             if n < best:
                 best, at = n, -1
-                if explain:
+                if explain and self.mem_bytes < 0:  # the pools grew into the reserve
+                    why = f"memory: {-(self.mem_bytes // _MIB)} MiB into the reserve"
+                elif explain:
                     # the recorded replays hold this wording: the size is in `status`
                     why = f"memory: {n - fp.sampled_process} worker slots free"
         if explain and at >= 0:  # formatted once, for the limit that binds in the end
@@ -174,3 +193,20 @@ class Book:
                 f" {size} ({pool_cost(kind, size)} tasks)"
             )
         return max(0, best), why
+
+
+def _memory_fit(fp: Footprint, spare: int) -> int:
+    """The largest process pool whose memory (`Footprint.memory`) is at most `spare`.
+
+    Unmeasured, the sampled workers are free and each one more costs `worker_bytes`. A
+    measured pool below its spare (grown into the reserve) drops the fewest workers whose
+    share of `measured_bytes` covers the deficit: d with d * measured // sampled >= deficit,
+    that is d >= deficit * sampled / measured (the deficit is whole bytes)."""
+    sampled, unit, measured = fp.sampled_process, fp.worker_bytes, fp.measured_bytes
+    if measured is None or not sampled or spare >= 0:
+        return sampled + max(0, spare) // unit if unit else UNBOUNDED
+    if not measured:  # its workers hold nothing to give back
+        return 0
+    deficit = -spare
+    drop = -(-deficit * sampled // measured)  # ceil(deficit * sampled / measured)
+    return max(0, sampled - drop)

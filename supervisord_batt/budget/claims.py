@@ -174,6 +174,9 @@ def sampled(  # noqa: PLR0917 (the footprint's parts)
     return Footprint(scope, base_tasks, measured, cost, process, seat, worker_bytes, measured_bytes)
 
 
+MEASURED = -1  # `Profile.unit` of a measured pool
+
+
 class Profile(NamedTuple):
     """A lease's place in the water-filling's plan, and what it adds to the demand.
 
@@ -187,9 +190,11 @@ class Profile(NamedTuple):
     lo: int  # the last size it grows to without a memory slot (<= cap)
     full_tasks: int  # charge at (kind, cap) less its charge when sequential
     first_tasks: int  # charge at (kind, MIN_POOL) less its charge when sequential
-    full_mem: int  # bytes of the unsampled process workers at (kind, cap)
-    first_mem: int  # bytes of the unsampled process workers at (kind, MIN_POOL)
-    unit: int  # bytes per unsampled process worker (0 unless it starts as a process pool)
+    full_mem: int  # memory at (kind, cap) less its memory sequential (`Footprint.memory`)
+    first_mem: int  # memory at (kind, MIN_POOL) less its memory sequential
+    # bytes per unsampled process worker (0 unless it starts as a process pool; MEASURED:
+    # its pool's memory is measured, and a worker is no one figure)
+    unit: int
     live: bool  # served first, as a live pool
     fallback: bool  # a process pool that may fall back to threads
 
@@ -270,7 +275,13 @@ def profile(  # noqa: PLR0917 (the lease's parts, each of its own lifetime)
         idle = max(measured, base)
         full_tasks = max(measured + max(0, full - sampled_cost), base + full) - idle
         first_tasks = max(measured + max(0, one - sampled_cost), base + one) - idle
-    if first == "process":  # as `unsampled`, and the size it grows to without memory
+    if first == "process" and footprint.measured_bytes is not None and footprint.sampled_process:
+        # a measured pool: every worker costs memory, from the share it gives back
+        idle_mem = footprint.memory("sequential", 0)
+        full_mem = footprint.memory(first, cap) - idle_mem
+        first_mem = footprint.memory(first, MIN_POOL) - idle_mem
+        lo, unit = 0, MEASURED
+    elif first == "process":  # as `unsampled`, and the size it grows to without memory
         # (conditionals, not max/min: a builtin call costs more than the compare here)
         done, unit = footprint.sampled_process, footprint.worker_bytes
         full_mem = (cap - done) * unit if cap > done else 0

@@ -55,3 +55,11 @@ def reserve_for(limit: Limit, config: BudgetConfig) -> int:
     cgroup (a TasksMax of 40, say) would otherwise be all reserve and never get a pool."""
     wanted = max(config.reserve_tasks, math.ceil(limit.limit * config.reserve_percent / 100))
     return min(wanted, limit.limit // 2)
+
+
+def memory_reserve(limit_bytes: int, config: BudgetConfig) -> int:
+    """Bytes kept free under the memory limit that binds (`HostSample.memory_room`):
+    `memory_reserve_percent` of it. Memory is the one limit whose use grows without a grant (a
+    worker's data), so the reserve is where the budget asks a pool to shrink before the
+    OOM killer acts: below it the measured pools give workers back (`claims.Footprint.memory`)."""
+    return math.ceil(max(0, limit_bytes) * config.memory_reserve_percent / 100)

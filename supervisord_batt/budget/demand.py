@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from supervisord_batt.budget.books import Book
-from supervisord_batt.budget.claims import Profile
+from supervisord_batt.budget.claims import MEASURED, Profile
 from supervisord_batt.budget.costs import MIN_POOL
 
 Groups = dict[tuple[int, int], int]  # (lo, cap) -> planned leases
@@ -73,9 +73,10 @@ class Demand:
 
     def unit(self) -> int | None:
         """The bytes per worker every planned process pool shares (0 if there is none);
-        None where they differ, and the rounds cannot be counted in workers alone."""
+        None where they differ, or a planned pool's memory is measured (its workers give
+        back what they grew to), and the rounds cannot be counted in workers alone."""
         units = self.units
-        if len(units) > 1:
+        if len(units) > 1 or MEASURED in units:
             return None
         return next(iter(units)) if units else 0
 

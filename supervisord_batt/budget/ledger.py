@@ -370,8 +370,14 @@ class BudgetLedger:
 
     # -- host -----------------------------------------------------------------------------
 
-    def update(self, sample: HostSample, trees: Mapping[str, int]) -> UpdateResult:
-        """Take a new sample and holder tree sizes; recompute level and targets."""
+    def update(
+        self,
+        sample: HostSample,
+        trees: Mapping[str, int],
+        pool_bytes: Mapping[str, int] | None = None,
+    ) -> UpdateResult:
+        """Take a new sample, holder tree sizes and the resident bytes of each process
+        lease's workers (`pool_bytes`, by lease id); recompute level and targets."""
         # no _fresh(): the allocation is recomputed before anyone reads it again
         self._sample = sample
         for e in self._leases.values():
@@ -382,11 +388,29 @@ class BudgetLedger:
                 scope, e.request.base_tasks, measured, e.kind, e.workers, seat, unit
             )
         self._rebook()
+        if pool_bytes and self._charged.mem_bytes < self._charged.mem_used:
+            self._measure_pools(pool_bytes)
         previous = self._level
         reason = self._set_level()
         self._replan_all()
         self._changed()
         return UpdateResult(self._level, self._level != previous, previous, reason)
+
+    # Why pools are measured only below the reserve. A measured pool's every worker costs
+    # memory in the plan (`Footprint.memory`), so the closed forms that count memory in
+    # slots of one size no longer apply, and acquire would allocate in full. Above the
+    # reserve no pool needs to give anything back, and unmeasured footprints plan the
+    # same pools: their sampled workers are free and stay. Below it, the pools whose
+    # workers grew are what the next allocation takes workers from.
+
+    def _measure_pools(self, pool_bytes: Mapping[str, int]) -> None:
+        """Memory is short of its reserve: charge each measured process pool what its
+        workers hold (they give it back as the pool shrinks), and book again."""
+        for e in self._leases.values():
+            held = pool_bytes.get(e.lease_id)
+            if held is not None and e.kind == "process" and e.workers:
+                e.footprint = e.footprint._replace(measured_bytes=held)
+        self._rebook()
 
     def learn(self, worker_bytes: Mapping[tuple[str, int], int]) -> None:
         """Take the bytes per process worker learned per (job, uid); they size the pools

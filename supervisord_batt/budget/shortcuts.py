@@ -193,8 +193,9 @@ def _later_share(  # noqa: PLR0917 (the state of the rounds after the first)
     if unit is None:  # the planned pools' workers differ in size: no count of rounds
         return None
     # bytes to memory slots of that size (floored, as the books' checks are); with no
-    # planned process pool, or memory not budgeted, nobody needs one
-    mem = mem // unit if unit else UNBOUNDED
+    # planned process pool, or memory not budgeted, nobody needs one. Below the reserve
+    # (spare below 0) no slot is free, as with none: no pool here is measured.
+    mem = max(0, mem) // unit if unit else UNBOUNDED
     cap, counted = e.cap, e.lo  # counted: its lo as the sums have it
     low, high = MIN_POOL, cap  # everyone fits up to low; not known above
     while low < high:

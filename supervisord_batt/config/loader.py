@@ -190,6 +190,7 @@ def _budget(s: Section) -> BudgetConfig:
             ),
             DEFAULT_BURST_WINDOW,
         ),
+        memory_reserve_percent=s.get("memory_reserve_percent", number(0, 100, high_open=True), 5.0),
     )
 
 

@@ -79,6 +79,8 @@ class BudgetConfig:
     # seconds: a newcomer asking this soon after another, or into no lease, is held
     # sequential until the burst has asked (budget.ledger); 0: never held
     burst_window: float = 0.0
+    # percent of the memory limit that binds kept free: below it measured pools shrink
+    memory_reserve_percent: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,18 @@ class HostSample:
         """Bytes a new worker may take before memory runs out, and where: "MemAvailable"
         (the host) or the name of the memory cgroup limit that is nearer (its OOM killer
         acts there first)."""
-        best, name = self.mem_available_bytes, "MemAvailable"
+        best, _, name = self.memory_room()
+        return max(0, best), name
+
+    def memory_room(self) -> tuple[int, int, str]:
+        """`memory_headroom` unclamped (a cgroup over its limit is below 0), with the
+        bytes of the limit that binds (MemTotal for MemAvailable): the budget keeps a
+        percent of it in reserve."""
+        best, total, name = self.mem_available_bytes, self.mem_total_bytes, "MemAvailable"
         for lim in self.memory_limits:
             if lim.headroom < best:
-                best, name = lim.headroom, lim.name
-        return max(0, best), name
+                best, total, name = lim.headroom, lim.limit, lim.name
+        return best, total, name
 
 
 @dataclass(frozen=True)

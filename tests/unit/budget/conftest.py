@@ -52,6 +52,7 @@ def config(**overrides: object) -> BudgetConfig:
     base = BudgetConfig(
         reserve_tasks=0,
         reserve_percent=0.0,
+        memory_reserve_percent=0.0,
         max_per_lease=64,
         cpu_cap=None,
         memory_per_slot=0,
@@ -197,9 +198,12 @@ def samples(draw: st.DrawFn, shape: tuple[Limit, ...] | None = None) -> HostSamp
         if shape is None
         else tuple(replace(lim, in_use=draw(st.integers(0, lim.limit + 10))) for lim in shape)
     )
-    return sample(
+    host = sample(
         *lims, cpus=draw(st.sampled_from([1.0, 2.0, 4.0, 16.0])), mem=draw(st.integers(0, 16)) * GIB
     )
+    # a total beyond what is available: its reserve may be more than is left
+    total = host.mem_available_bytes + draw(st.integers(0, 32)) * GIB
+    return replace(host, mem_total_bytes=total)
 
 
 @st.composite
@@ -211,6 +215,7 @@ def configs(draw: st.DrawFn) -> BudgetConfig:
         max_per_lease=draw(st.integers(1, 16)),
         cpu_cap=draw(st.sampled_from([None, 2.0, 8.0])),
         memory_per_slot=draw(st.sampled_from([0, GIB // 2, GIB])),
+        memory_reserve_percent=draw(st.sampled_from([0.0, 5.0, 15.0])),
         pressure=pressure,
     )
 
@@ -246,6 +251,9 @@ class Held:
     sampled_kind: Kind = "sequential"
     sampled_workers: int = 0
     worker_bytes: int | None = None  # learned bytes per worker; None: memory_per_slot
+    # its pool's resident bytes at the last sample, where the ledger measured it (memory
+    # short of its reserve then: `BudgetLedger.update`)
+    measured_bytes: int | None = None
 
 
 @dataclass
@@ -295,6 +303,7 @@ def world(
             h.sampled_workers,
             seat,
             unit if cfg.memory_per_slot > 0 else 0,
+            h.measured_bytes,
         )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
@@ -337,6 +346,7 @@ class Tracker:
         self.measured: dict[str, tuple[int | None, Kind, int]] = {}
         self.learned: dict[tuple[str, int], int] = {}  # as given to `BudgetLedger.learn`
         self.units: dict[str, int] = {}  # per lease: its bytes per worker at its last sample
+        self.pools: dict[str, int] = {}  # per lease: its pool's bytes the ledger measured
 
     def unit(self, req: Request) -> int:
         """Bytes per worker the ledger charges `req` now: learned, else memory_per_slot."""
@@ -352,12 +362,22 @@ class Tracker:
         self.units[lease_id] = self.unit(req)
         return lease_id
 
-    def update(self, host: HostSample, trees: dict[str, int]) -> None:
+    def update(
+        self, host: HostSample, trees: dict[str, int], pool_bytes: dict[str, int] | None = None
+    ) -> None:
         held = {lease.lease_id: lease for lease in self.ledger.statistics().leases}
-        self.ledger.update(host, trees)
+        self.ledger.update(host, trees, pool_bytes)
         self.host = host
         self.measured = {i: (trees.get(i), lease.kind, lease.workers) for i, lease in held.items()}
         self.units = {i: self.unit(self.requests[i]) for i in held if i in self.requests}
+        self.pools = {}
+        charged = self.world().charged  # the pools are measured below the memory reserve
+        if pool_bytes and charged.mem_bytes < charged.mem_used:
+            self.pools = {
+                i: pool_bytes[i]
+                for i, lease in held.items()
+                if i in pool_bytes and lease.kind == "process" and lease.workers
+            }
 
     def held(self) -> list[Held]:
         out = []
@@ -365,8 +385,19 @@ class Tracker:
             measured, kind, workers = self.measured.get(lease.lease_id, (None, "sequential", 0))
             req = self.requests[lease.lease_id]
             unit = self.units.get(lease.lease_id, self.unit(req))  # acquired directly: now
+            pool = self.pools.get(lease.lease_id)
             out.append(
-                Held(lease.lease_id, req, lease.kind, lease.workers, measured, kind, workers, unit)
+                Held(
+                    lease.lease_id,
+                    req,
+                    lease.kind,
+                    lease.workers,
+                    measured,
+                    kind,
+                    workers,
+                    unit,
+                    pool,
+                )
             )
         return out
 
@@ -409,7 +440,9 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
             live = [i for i in live if i not in gone]
         elif op == "update":
             trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
-            tracker.update(data.draw(samples(lims)), trees)
+            # what each pool's workers hold: some grew past their figure, some did not
+            pools = {i: data.draw(st.integers(0, 24)) * GIB // 4 for i in trees}
+            tracker.update(data.draw(samples(lims)), trees, pools)
         elif op == "learn":  # sizes per (job, uid), as the daemon learns them from its scans
             keys = st.tuples(st.sampled_from(JOBS), st.sampled_from(UIDS))
             tracker.learn(data.draw(st.dictionaries(keys, st.sampled_from(LEARNED), max_size=4)))

@@ -168,6 +168,8 @@ class _Traffic:
             cgroups=(),
             watch_users=(),
             pressure=r.choice([QUIET, QUIET, PRESSURE]),
+            # recorded before the memory reserve: none keeps its answers comparable
+            memory_reserve_percent=0.0,
         )
 
     def new_shape(self) -> tuple[Limit, ...]:

@@ -10,7 +10,7 @@ from supervisord_batt.budget.claims import MAX_SCOPES, Scopes, scope_of
 from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD, pool_cost
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
-from supervisord_batt.host.sample import Limit, Psi
+from supervisord_batt.host.sample import HostSample, Limit, Psi
 from supervisord_batt.protocol import KINDS
 from tests.fakes import FakeClock
 from tests.unit.budget.conftest import (
@@ -230,6 +230,40 @@ def test_a_held_pool_grows_by_the_size_learned_since() -> None:
     led.learn({("big", 1000): 2 * GIB})
     led.update(sample(limit(), mem=8 * GIB), {held.lease_id: 6})
     assert led.renew(held.lease_id).workers == 6  # its 2, and 8 GiB / 2 GiB more
+
+
+def test_a_pool_grown_into_the_memory_reserve_is_asked_to_shrink() -> None:
+    """Issue 24, as with pids: eight workers learned at 512 MiB grow to 1 GiB each in a
+    10 GiB memory cgroup with a 5% (512 MiB) reserve. Above the reserve the lease keeps
+    its 8; once the sample's headroom is 256 MiB short of it, its target drops to the
+    fewest workers whose share of the measured 8 GiB restores it (7), a newcomer gets
+    nothing until the shrink is acknowledged, and then what the dropped worker freed."""
+    led = ledger(mem=64 * GIB, memory_per_slot=GIB // 2, max_per_lease=16, memory_reserve_percent=5)
+    led.learn({("batt", 1000): GIB // 2, ("small", 1000): GIB // 8})
+
+    def grown(in_use: int) -> HostSample:
+        cg = Limit("memory:/batt", "memory", "/sys/fs/cgroup/memory/batt", 10 * GIB, in_use)
+        return dataclasses.replace(sample(limit(), mem=64 * GIB), memory_limits=(cg,))
+
+    led.update(grown(GIB), {})
+    held = led.acquire(request("a", 8, kinds=("process",)))
+    assert (held.kind, held.workers) == ("process", 8)
+    pool = {held.lease_id: 8 * GIB}
+    # grown, 256 MiB above the reserve: nothing to give back
+    led.update(grown(GIB + 8 * GIB + GIB // 4), {held.lease_id: 13}, pool)
+    assert led.renew(held.lease_id).target == 8
+    # 256 MiB into it: one worker's share of the 8 GiB gives it back
+    led.update(grown(GIB + 8 * GIB + 3 * GIB // 4), {held.lease_id: 13}, pool)
+    assert (led.renew(held.lease_id).target, led.lease(held.lease_id).workers) == (7, 8)
+    newcomer = led.acquire(request("b", 8, kinds=("process",), job="small"))
+    assert newcomer.kind == "sequential", newcomer  # not before the shrink is done
+    assert newcomer.reason == "memory: 256 MiB into the reserve", newcomer.reason
+    led.release(newcomer.lease_id)
+    shrunk = led.renew(held.lease_id, workers_in_use=7)
+    assert (shrunk.workers, shrunk.target) == (7, 7)
+    after = led.acquire(request("c", 8, kinds=("process",), job="small"))
+    # the dropped worker's 1 GiB less the 256 MiB owed: 6 workers of 128 MiB
+    assert (after.kind, after.workers) == ("process", 6), after
 
 
 def test_max_per_lease() -> None:

@@ -33,6 +33,7 @@ from tests.unit.budget.conftest import (
     Tracker,
     config,
     configs,
+    limit,
     limits,
     random_calls,
     request,
@@ -350,3 +351,25 @@ def test_with_several_users_acquire_grants_the_full_per_user_share(
             cpu = (full.cpus[req.uid], used)
             fp = w.footprints[NEW]
             assert not w.charged.fits(fp, mine.kind, mine.workers, ("sequential", 0), cpu)
+
+
+def test_the_shortcut_gives_way_while_a_pool_grown_into_the_memory_reserve_is_planned() -> None:
+    """Issue 24: a process pool measured below the memory reserve gives back its share of
+    what its workers hold, which no count of memory slots of one size says (`Demand.unit`):
+    newcomers of every kind, before and after it shrinks, get the full allocation's share
+    (the CPUs bind too: what the pool takes of them is what the newcomer gets)."""
+    cfg = config(memory_per_slot=GIB // 2, max_per_lease=16, memory_reserve_percent=5, cpu_cap=12)
+    mem_cg = Limit("memory:/batt", "memory", "/sys/fs/cgroup/memory/batt", 10 * GIB, GIB)
+    host = replace(sample(limit(), mem=64 * GIB), memory_limits=(mem_cg,))
+    tracker = Tracker(cfg, host)
+    held = tracker.acquire(request("a", 8, kinds=("process",)))
+    grown = replace(mem_cg, in_use=GIB + 8 * GIB + 3 * GIB // 4)  # 256 MiB into the reserve
+    tracker.update(replace(host, memory_limits=(grown,)), {held: 13}, {held: 8 * GIB})
+    assert tracker.pools == {held: 8 * GIB}, "the ledger measured no pool: nothing is tested"
+    for ack in (None, 7):
+        if ack is not None:
+            tracker.ledger.renew(held, workers_in_use=ack)
+        for kinds in KIND_SETS:
+            for want in (2, 4, 8):
+                req = request("n", want, kinds=kinds, job="small")
+                assert differ(tracker, req) is None, (ack, kinds, want)

@@ -166,6 +166,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ),
         ("budget:\n  reserve_percent: 100\n", "budget.reserve_percent", 2, "[0, 100)"),
         ("budget:\n  reserve_percent: -1\n", "budget.reserve_percent", 2, "[0, 100)"),
+        (
+            "budget:\n  memory_reserve_percent: 100\n",
+            "budget.memory_reserve_percent",
+            2,
+            "[0, 100)",
+        ),
         ("budget:\n  reserve_tasks: -5\n", "budget.reserve_tasks", 2, "at least 0"),
         ("budget:\n  max_per_lease: 0\n", "budget.max_per_lease", 2, "at least 1"),
         ("budget:\n  cpu_cap: 0\n", "budget.cpu_cap", 2, "(0, inf)"),
@@ -731,6 +737,7 @@ budget:
   max_per_lease: 3
   cpu_cap: 2.5
   memory_per_slot: 1GiB
+  memory_reserve_percent: 7.5
   lease_ttl: 2m
   cgroups: [/batt, /sys/fs/cgroup/pids/user.slice]
   watch_users: [alice, bob]
