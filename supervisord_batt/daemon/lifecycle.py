@@ -101,6 +101,7 @@ class Daemon:
         self._last_scan = 0.0
         self.pressure_reason = ""  # why the level is what it is, as of the last tick
         self._trees: dict[str, int] = {}
+        self._pool_bytes: dict[str, int] = {}  # lease -> its workers' bytes, last scan
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
         self._reexec: asyncio.Task[None] | None = None  # the exec, once its reply is sent
@@ -365,7 +366,7 @@ class Daemon:
         self.cgroup_counts.observe(now, self.sample)
         # trees from the last scan stand until the next one: a tree that grew since is
         # charged at its lease (counted twice until then: the safe side)
-        result = self.ledger.update(self.sample, self._trees)
+        result = self.ledger.update(self.sample, self._trees, self._pool_bytes)
         self.pressure_reason = result.reason
         if result.changed:
             stats = self.ledger.statistics()
@@ -427,11 +428,13 @@ class Daemon:
 
     def _learn(self, usage: dict[int, TreeUsage], holders: Iterable[int]) -> None:
         """Each job's memory per worker from this scan's trees (`daemon.workersizes`),
-        given to the ledger: it sizes the pools from the next update on."""
+        given to the ledger: it sizes the pools from the next update on, which also takes
+        what each pool's workers hold now (`_pool_bytes`: a pool that grew is asked to
+        shrink)."""
         sizes = self.commands.worker_sizes
         held = self.ledger.held_by(holders)
         rss = self.monitor.resident_bytes(sizes.pool_pids(held, usage))
-        sizes.observe(held, usage, rss)
+        self._pool_bytes = sizes.observe(held, usage, rss)
         figures = sizes.figures()
         self.ledger.learn({key: f.worker_bytes for key, f in figures.items()})
 

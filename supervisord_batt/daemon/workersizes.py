@@ -19,6 +19,9 @@ worker that grows past its job's figure raises it at the next scan, so the job's
 workers are charged what it grew to. A job never seen is charged `memory_per_slot`.
 
 Kept in memory only: a restarted daemon learns again within a run of each job.
+
+Each scan also gives the budget what each process lease's workers hold now (`observe`'s
+result): below the memory reserve, a pool that grew gives that back as it shrinks.
 """
 
 from __future__ import annotations
@@ -63,10 +66,14 @@ class WorkerSizes:
 
     def observe(
         self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage], rss: Mapping[int, int]
-    ) -> None:
+    ) -> dict[str, int]:
         """One scan: `leases` live now, each holder's tree, the resident bytes per pid
         (of the descendants of process pool holders at least). Leases gone since the
-        last scan end their runs."""
+        last scan end their runs. Returns what each process lease's workers hold now, by
+        lease id: its holder's n largest descendants (n: the workers its process leases
+        hold) split by its share of them, which the budget takes back as a pool that grew
+        shrinks (`BudgetLedger.update`)."""
+        pools: dict[str, int] = {}
         by_pid: dict[int, list[Lease]] = {}
         live = set()
         for lease in leases:
@@ -81,13 +88,15 @@ class WorkerSizes:
             sizes = sorted((rss[p] for p in tree.pids[1:] if p in rss), reverse=True)
             if not sizes:
                 continue  # its pool is not started yet
-            biggest = max(sizes[:workers])
+            biggest, held_bytes = max(sizes[:workers]), sum(sizes[:workers])
             for lease in held:
+                pools[lease.lease_id] = held_bytes * lease.workers // workers
                 key = (lease.job, lease.uid)
                 _, peak = self._live.get(lease.lease_id, (key, 0))
                 self._live[lease.lease_id] = (key, max(peak, biggest))
         for lease_id in [i for i in self._live if i not in live]:
             self._end(*self._live.pop(lease_id))
+        return pools
 
     def _end(self, key: Key, peak: int) -> None:
         runs = self._done.pop(key, None)  # popped and put back: the newest last

@@ -52,6 +52,20 @@ def test_a_run_counts_its_largest_workers_not_the_holder_nor_the_trackers() -> N
     assert sizes.figures() == {("batt", 1000): Learned(300 * MIB, 1)}
 
 
+def test_each_process_lease_is_given_what_its_workers_hold_now() -> None:
+    """What a scan returns for the budget to take back as a grown pool shrinks: the
+    holder's n largest descendants now (not the peak), split over its process leases by
+    their workers; a thread lease, or a pool not started, has none."""
+    sizes = WorkerSizes()
+    t, rss = tree(100, 400, 300, 200, 100, 15)  # 4 workers of two leases, one tracker
+    u, rss2 = tree(200)  # a pool not started yet
+    held = [lease("L1", 100, 3), lease("L2", 100, 1), lease("L3", 100, 4, kind="thread")]
+    pools = sizes.observe([*held, lease("L4", 200, 2)], {100: t, 200: u}, {**rss, **rss2})
+    assert pools == {"L1": 750 * MIB, "L2": 250 * MIB}
+    t, rss = tree(100, 100, 100, 100, 100, 15)  # shrunk back: now, not the peak
+    assert sizes.observe(held, {100: t}, rss) == {"L1": 300 * MIB, "L2": 100 * MIB}
+
+
 def test_a_run_keeps_its_peak_and_a_worker_that_grows_raises_the_figure_at_once() -> None:
     sizes = WorkerSizes()
     held = [lease("L1", 100, 2)]
