@@ -16,9 +16,7 @@ from supervisord_batt.budget.costs import (
     MIN_POOL,
     UNBOUNDED,
     memory_reserve,
-    pool_cost,
     reserve_for,
-    workers_for,
 )
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
@@ -114,7 +112,7 @@ class Book:
         Every limit in scope offers the lease the same tasks beyond its slack, so only the
         smallest slack matters; the two task bounds of `fit` become one need.
         """
-        cost = pool_cost(kind, size)
+        cost = fp.cost(kind, size)
         need = fp.base_tasks + cost
         if fp.measured is not None:
             need = max(need, fp.measured - fp.sampled_cost + cost)
@@ -160,7 +158,7 @@ class Book:
             tasks = room - base
             if measured is not None:
                 tasks = min(tasks, fp.sampled_cost + room - measured)
-            n = workers_for(kind, tasks)
+            n = fp.workers_for(kind, tasks)
             if n < best:
                 best, at, at_tasks = n, i, tasks
         if cpu is None:
@@ -190,7 +188,7 @@ class Book:
             size = max(best + 1, MIN_POOL)
             why = (
                 f"{self.limits[at].name} headroom {max(0, at_tasks)} tasks < {kind} pool of"
-                f" {size} ({pool_cost(kind, size)} tasks)"
+                f" {size} ({fp.cost(kind, size)} tasks)"
             )
         return max(0, best), why
 

@@ -23,7 +23,13 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from supervisord_batt.budget.costs import MIN_POOL, pool_cost
+from supervisord_batt.budget.costs import (
+    MIN_POOL,
+    PROCESS_POOL_OVERHEAD,
+    PROCESS_WORKER_TASKS,
+    pool_cost,
+    workers_for,
+)
 from supervisord_batt.budget.records import Request
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Limit
@@ -106,9 +112,10 @@ class Scopes:
 class Footprint(NamedTuple):
     """What the books charge a lease, per host sample: the limits it is in (indices into
     the sample's limits), its base tasks, what the last sample saw of it, the CPUs it
-    holds sequential (`seat_of`, for the lease's life) and the bytes each process worker
+    holds sequential (`seat_of`, for the lease's life), the bytes each process worker
     the sample did not see yet takes (its job's learned figure, else
-    `budget.memory_per_slot`; 0: memory does not bound it)."""
+    `budget.memory_per_slot`; 0: memory does not bound it), and the tasks a process
+    pool of its job costs (its job's learned figures, else the constants of `costs`)."""
 
     scope: tuple[int, ...]
     base_tasks: int
@@ -119,11 +126,26 @@ class Footprint(NamedTuple):
     worker_bytes: int = 0  # memory per process worker not sampled yet
     # resident bytes of its pool's workers at the last sample; None: not measured
     measured_bytes: int | None = None
+    worker_tasks: int = PROCESS_WORKER_TASKS  # tasks per process worker
+    pool_tasks: int = PROCESS_POOL_OVERHEAD  # tasks a process pool adds beyond its workers
+
+    def cost(self, kind: Kind, workers: int) -> int:
+        """Tasks a pool of `workers` adds to the job (`costs.pool_cost`, a process pool at
+        its job's figures)."""
+        if kind == "process" and workers > 0:
+            return workers * self.worker_tasks + self.pool_tasks
+        return pool_cost(kind, workers)
+
+    def workers_for(self, kind: Kind, tasks: int) -> int:
+        """The largest pool of `kind` costing at most `tasks` (`cost`'s inverse; 0: none)."""
+        if kind == "process":
+            return max(0, (tasks - self.pool_tasks) // self.worker_tasks)
+        return workers_for(kind, tasks)
 
     def charge(self, kind: Kind, workers: int) -> int:
         """Tasks counted against each limit in scope if the lease held this pool: its base
         and pool, or its measured tree plus the part of the pool the sample did not see."""
-        cost = pool_cost(kind, workers)
+        cost = self.cost(kind, workers)
         full = self.base_tasks + cost
         if self.measured is None:
             return full
@@ -166,12 +188,17 @@ def sampled(  # noqa: PLR0917 (the footprint's parts)
     seat: int = 1,
     worker_bytes: int = 0,
     measured_bytes: int | None = None,
+    tasks: tuple[int, int] = (PROCESS_WORKER_TASKS, PROCESS_POOL_OVERHEAD),
 ) -> Footprint:
     """The footprint of a lease holding (kind, workers) when a sample measured `measured`
-    tasks (and `measured_bytes` of its process workers' memory)."""
+    tasks (and `measured_bytes` of its process workers' memory); `tasks`: a process
+    pool's tasks per worker and beyond its workers, for its job."""
     process = workers if kind == "process" else 0
-    cost = pool_cost(kind, workers)
-    return Footprint(scope, base_tasks, measured, cost, process, seat, worker_bytes, measured_bytes)
+    each, extra = tasks
+    cost = workers * each + extra if process > 0 else pool_cost(kind, workers)
+    return Footprint(
+        scope, base_tasks, measured, cost, process, seat, worker_bytes, measured_bytes, each, extra
+    )
 
 
 MEASURED = -1  # `Profile.unit` of a measured pool
@@ -268,7 +295,7 @@ def profile(  # noqa: PLR0917 (the lease's parts, each of its own lifetime)
     # charge(first, cap) and charge(first, MIN_POOL) less charge("sequential", 0), inlined
     # (this runs for every lease on every sample)
     base, measured, sampled_cost = footprint.base_tasks, footprint.measured, footprint.sampled_cost
-    full, one = pool_cost(first, cap), pool_cost(first, MIN_POOL)
+    full, one = footprint.cost(first, cap), footprint.cost(first, MIN_POOL)
     if measured is None:
         full_tasks, first_tasks = full, one
     else:

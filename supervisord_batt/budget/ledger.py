@@ -46,10 +46,7 @@ from supervisord_batt.budget.claims import (
     sampled,
     seat_of,
 )
-from supervisord_batt.budget.costs import (
-    MIN_POOL,
-    pool_cost,
-)
+from supervisord_batt.budget.costs import MIN_POOL, PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users, over_parts
 from supervisord_batt.budget.hold import GROW_AFTER, GrowHold
@@ -78,6 +75,7 @@ from supervisord_batt.protocol import Kind, Level
 _SEQUENTIAL: Size = ("sequential", 0)
 # A burst-held lease is held at most this many burst windows after its ask (`__init__`)
 BURST_HOLD_MAX = 2
+_CONSTANT_TASKS = (PROCESS_WORKER_TASKS, PROCESS_POOL_OVERHEAD)
 _UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
 _ASKS_NOTHING = QuickShare(NO_SHARE, 0)
 
@@ -195,6 +193,9 @@ class BudgetLedger:
         self._worker_bytes: dict[tuple[str, int], int] = {}
         # where several users hold leases, a raised share waits before a lease grows
         self._hold = GrowHold()
+        # (job, uid) -> (tasks per process worker, tasks a pool adds beyond its workers),
+        # learned alike (`learn`); a job not in it is charged the constants of `costs`
+        self._pool_tasks: dict[tuple[str, int], tuple[int, int]] = {}
         if sample is not None:
             self.update(sample, {})
 
@@ -217,7 +218,15 @@ class BudgetLedger:
         self._counter += 1
         now = self._clock()
         fp = Footprint(
-            self._scopes.of(req), req.base_tasks, None, 0, 0, seat_of(req), self._unit(req)
+            self._scopes.of(req),
+            req.base_tasks,
+            None,
+            0,
+            0,
+            seat_of(req),
+            self._unit(req),
+            None,
+            *self._pool_tasks.get((req.job, req.uid), _CONSTANT_TASKS),
         )
         pools, cap = pools_of(req), cap_of(req, self._config)
         level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
@@ -383,9 +392,10 @@ class BudgetLedger:
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
-            seat, unit = e.footprint.seat, self._unit(e.request)
+            seat, unit, r = e.footprint.seat, self._unit(e.request), e.request
+            tasks = self._pool_tasks.get((r.job, r.uid), _CONSTANT_TASKS)
             e.footprint = sampled(
-                scope, e.request.base_tasks, measured, e.kind, e.workers, seat, unit
+                scope, r.base_tasks, measured, e.kind, e.workers, seat, unit, None, tasks
             )
         self._rebook()
         if pool_bytes and self._charged.mem_bytes < self._charged.mem_used:
@@ -412,12 +422,23 @@ class BudgetLedger:
                 e.footprint = e.footprint._replace(measured_bytes=held)
         self._rebook()
 
-    def learn(self, worker_bytes: Mapping[tuple[str, int], int]) -> None:
-        """Take the bytes per process worker learned per (job, uid); they size the pools
-        of those jobs from the next `update` (and newcomers' at once): a reload with the
-        same config recounts the books with the sizes they hold. A job not in it is
-        charged `memory_per_slot`."""
+    def learn(
+        self,
+        worker_bytes: Mapping[tuple[str, int], int],
+        pool_tasks: Mapping[tuple[str, int], tuple[int, int]] | None = None,
+    ) -> None:
+        """Take the bytes per process worker learned per (job, uid), and the tasks per
+        process worker and beyond them (`pool_tasks`); they size the pools of those jobs
+        from the next `update` (and newcomers' at once): a reload with the same config
+        recounts the books with the sizes they hold. A job not in them is charged
+        `memory_per_slot` and the constants of `costs` (n + 4 tasks)."""
         self._worker_bytes = dict(worker_bytes)
+        self._pool_tasks = dict(pool_tasks or {})
+
+    def pool_tasks(self, job: str, uid: int) -> tuple[int, int]:
+        """(tasks per process worker, tasks a process pool adds beyond its workers) that
+        (job, uid) is charged: learned, else the constants."""
+        return self._pool_tasks.get((job, uid), _CONSTANT_TASKS)
 
     def worker_bytes(self, job: str, uid: int) -> int:
         """What one more process worker of (job, uid) is charged: the learned figure, else
@@ -467,7 +488,7 @@ class BudgetLedger:
         return LedgerStats(
             capacity=self._capacity(),
             leased=sum(e.workers for e in held),
-            leased_tasks=sum(pool_cost(e.kind, e.workers) for e in held),
+            leased_tasks=sum(e.footprint.cost(e.kind, e.workers) for e in held),
             level=self._level,
             fair_share=alloc.fair_share,
             free_tasks=MappingProxyType(free),
@@ -896,7 +917,7 @@ def _snapshot(e: _Held, mine: Share | None) -> Lease:
         0 if mine is None else _target(e, mine),
         r.want,
         0 if mine is None else mine.workers,
-        pool_cost(e.kind, e.workers),
+        e.footprint.cost(e.kind, e.workers),
         e.footprint.charge(e.kind, e.workers),
         r.base_tasks,
         e.created_at,

@@ -436,7 +436,14 @@ class Daemon:
         rss = self.monitor.resident_bytes(sizes.pool_pids(held, usage))
         self._pool_bytes = sizes.observe(held, usage, rss)
         figures = sizes.figures()
-        self.ledger.learn({key: f.worker_bytes for key, f in figures.items()})
+        self.ledger.learn(
+            {key: f.worker_bytes for key, f in figures.items()},
+            {
+                key: (f.worker_tasks, f.pool_tasks)
+                for key, f in figures.items()
+                if f.worker_tasks is not None and f.pool_tasks is not None
+            },
+        )
 
     def limits_now(self) -> dict[str, Any]:
         """The tightest limit right now, for log events about refusals and pressure."""

@@ -1,4 +1,5 @@
-"""Each job's memory per process worker, learned from the daemon's scans (issue 24).
+"""Each job's memory and tasks per process worker, learned from the daemon's scans
+(issue 24).
 
 # Why learn it
 The budget charges each process worker it grants and no sample has seen yet some bytes
@@ -18,6 +19,14 @@ figure the budget charges is their PERCENTILE, the live runs' peaks counted too:
 worker that grows past its job's figure raises it at the next scan, so the job's next
 workers are charged what it grew to. A job never seen is charged `memory_per_slot`.
 
+The tasks alike: of the same n workers, the most threads one of them runs (a worker
+whose BLAS starts threads counts them), and what the pool adds beyond its workers: the
+holder's tree less the tasks the holder had when it asked (`Lease.base_tasks`) and the
+workers' (loky's manager and feeder threads, the resource trackers, and in a notebook
+kernel the tracker's OpenBLAS thread). A run keeps the peak of each; they are learned
+only where one process lease is the holder's, and the budget charges a pool of n
+workers n times the first plus the second, the constants (n + 4) for a job never seen.
+
 Kept in memory only: a restarted daemon learns again within a run of each job.
 
 Each scan also gives the budget what each process lease's workers hold now (`observe`'s
@@ -30,6 +39,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from supervisord_batt.budget.records import Lease
 from supervisord_batt.host.sample import TreeUsage
@@ -44,10 +54,25 @@ Key = tuple[str, int]  # (job, uid)
 
 @dataclass(frozen=True)
 class Learned:
-    """A job's figure: bytes per worker, and the runs it was learned from."""
+    """A job's figures: bytes per worker and the runs they were learned from, and its
+    tasks per worker and beyond its workers (None: no run showed them)."""
 
     worker_bytes: int
     runs: int
+    worker_tasks: int | None = None
+    pool_tasks: int | None = None
+
+
+class Peak(NamedTuple):
+    """What a run was seen at, at most: its biggest worker's bytes and threads, and the
+    tasks its pool added beyond the workers (worker_tasks 0: the tasks not seen)."""
+
+    worker_bytes: int
+    worker_tasks: int = 0
+    pool_tasks: int = 0
+
+    def top(self, other: Peak) -> Peak:
+        return Peak(*(max(a, b) for a, b in zip(self, other, strict=True)))
 
 
 def percentile(values: Iterable[int], q: float = PERCENTILE) -> int:
@@ -61,8 +86,8 @@ class WorkerSizes:
     """The runs seen per (job, uid), and the figures the budget is given (`figures`)."""
 
     runs: int = RUNS
-    _done: dict[Key, deque[int]] = field(default_factory=dict)  # ended runs' peaks
-    _live: dict[str, tuple[Key, int]] = field(default_factory=dict)  # lease -> key, peak
+    _done: dict[Key, deque[Peak]] = field(default_factory=dict)  # ended runs' peaks
+    _live: dict[str, tuple[Key, Peak]] = field(default_factory=dict)  # lease -> key, peak
 
     def observe(
         self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage], rss: Mapping[int, int]
@@ -85,20 +110,23 @@ class WorkerSizes:
             if tree is None:
                 continue
             workers = sum(lease.workers for lease in held)
-            sizes = sorted((rss[p] for p in tree.pids[1:] if p in rss), reverse=True)
-            if not sizes:
+            ranked = sorted(
+                ((rss[p], i) for i, p in enumerate(tree.pids) if i and p in rss), reverse=True
+            )[:workers]
+            if not ranked:
                 continue  # its pool is not started yet
-            biggest, held_bytes = max(sizes[:workers]), sum(sizes[:workers])
+            peak = Peak(ranked[0][0], *_tasks(tree, held, [i for _, i in ranked]))
+            held_bytes = sum(size for size, _ in ranked)
             for lease in held:
                 pools[lease.lease_id] = held_bytes * lease.workers // workers
                 key = (lease.job, lease.uid)
-                _, peak = self._live.get(lease.lease_id, (key, 0))
-                self._live[lease.lease_id] = (key, max(peak, biggest))
+                _, before = self._live.get(lease.lease_id, (key, peak))
+                self._live[lease.lease_id] = (key, before.top(peak))
         for lease_id in [i for i in self._live if i not in live]:
             self._end(*self._live.pop(lease_id))
         return pools
 
-    def _end(self, key: Key, peak: int) -> None:
+    def _end(self, key: Key, peak: Peak) -> None:
         runs = self._done.pop(key, None)  # popped and put back: the newest last
         if runs is None:
             runs = deque(maxlen=self.runs)
@@ -109,15 +137,32 @@ class WorkerSizes:
 
     def figures(self) -> dict[Key, Learned]:
         """Every (job, uid) seen: the percentile of its last runs' peaks and its live ones'."""
-        peaks: dict[Key, list[int]] = {key: list(runs) for key, runs in self._done.items()}
+        peaks: dict[Key, list[Peak]] = {key: list(runs) for key, runs in self._done.items()}
         for key, peak in self._live.values():
             peaks.setdefault(key, []).append(peak)
-        return {
-            key: Learned(max(FLOOR, percentile(values)), len(values))
-            for key, values in peaks.items()
-        }
+        return {key: _learned(values) for key, values in peaks.items()}
 
     def pool_pids(self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage]) -> list[int]:
         """The descendants of the holders of process pools: whose memory to read."""
         holders = {lease.pid for lease in leases if lease.kind == "process" and lease.workers}
         return [p for pid in holders if pid in trees for p in trees[pid].pids[1:]]
+
+
+def _tasks(tree: TreeUsage, held: list[Lease], workers: list[int]) -> tuple[int, int]:
+    """(the most threads one worker runs, the tasks the pool adds beyond its workers) of a
+    holder's tree, `workers` the indices of its workers in it; (0, 0) where they cannot be
+    told: several leases share the holder, or not every worker is up yet."""
+    if len(held) != 1 or len(workers) < held[0].workers or len(tree.threads) != len(tree.pids):
+        return 0, 0
+    counts = [tree.threads[i] for i in workers]
+    return max(1, *counts), max(0, tree.tasks - held[0].base_tasks - sum(counts))
+
+
+def _learned(peaks: list[Peak]) -> Learned:
+    """A job's figures from its runs' peaks (see the top of the module)."""
+    size = max(FLOOR, percentile(p.worker_bytes for p in peaks))
+    seen = [p for p in peaks if p.worker_tasks]
+    if not seen:
+        return Learned(size, len(peaks))
+    each = percentile(p.worker_tasks for p in seen)
+    return Learned(size, len(peaks), each, percentile(p.pool_tasks for p in seen))

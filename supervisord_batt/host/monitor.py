@@ -555,7 +555,8 @@ def _trees(
             pid = todo.pop()
             tree.append(pid)
             todo += children.get(pid, ())
-        out[root] = TreeUsage(root, tuple(tree), sum(threads.get(p, 0) for p in tree))
+        counts = tuple(threads.get(p, 0) for p in tree)
+        out[root] = TreeUsage(root, tuple(tree), sum(counts), counts)
     return out
 
 

@@ -125,3 +125,4 @@ class TreeUsage:
     root: int
     pids: tuple[int, ...]  # root first, then descendants
     tasks: int
+    threads: tuple[int, ...] = ()  # the tasks of each of `pids`, in their order

@@ -24,6 +24,7 @@ from supervisord_batt.budget.claims import (
     scope_of,
     seat_of,
 )
+from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users
 from supervisord_batt.budget.ledger import BudgetLedger
@@ -220,6 +221,8 @@ def configs(draw: st.DrawFn) -> BudgetConfig:
     )
 
 
+CONSTANT_TASKS = (PROCESS_WORKER_TASKS, PROCESS_POOL_OVERHEAD)  # a job never seen
+TASKS = (CONSTANT_TASKS, (1, 5), (3, 6), (2, 0))  # tasks per worker and beyond, learned
 JOBS = ("batt", "small")  # job names, for the sizes learned per (job, uid)
 LEARNED = (GIB // 8, GIB // 2, 3 * GIB // 4, 2 * GIB)  # bytes per worker a daemon learned
 
@@ -254,6 +257,7 @@ class Held:
     # its pool's resident bytes at the last sample, where the ledger measured it (memory
     # short of its reserve then: `BudgetLedger.update`)
     measured_bytes: int | None = None
+    tasks: tuple[int, int] = CONSTANT_TASKS  # its job's tasks per process worker and beyond
 
 
 @dataclass
@@ -304,6 +308,7 @@ def world(
             seat,
             unit if cfg.memory_per_slot > 0 else 0,
             h.measured_bytes,
+            h.tasks,
         )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
@@ -345,21 +350,33 @@ class Tracker:
         self.requests: dict[str, Request] = {}
         self.measured: dict[str, tuple[int | None, Kind, int]] = {}
         self.learned: dict[tuple[str, int], int] = {}  # as given to `BudgetLedger.learn`
+        self.learned_tasks: dict[tuple[str, int], tuple[int, int]] = {}  # alike
         self.units: dict[str, int] = {}  # per lease: its bytes per worker at its last sample
+        self.tasks: dict[str, tuple[int, int]] = {}  # per lease: its pool's tasks, alike
         self.pools: dict[str, int] = {}  # per lease: its pool's bytes the ledger measured
 
     def unit(self, req: Request) -> int:
         """Bytes per worker the ledger charges `req` now: learned, else memory_per_slot."""
         return self.learned.get((req.job, req.uid), self.cfg.memory_per_slot)
 
-    def learn(self, learned: dict[tuple[str, int], int]) -> None:
-        self.ledger.learn(learned)
+    def tasks_of(self, req: Request) -> tuple[int, int]:
+        """Tasks per process worker and beyond them the ledger charges `req` now."""
+        return self.learned_tasks.get((req.job, req.uid), CONSTANT_TASKS)
+
+    def learn(
+        self,
+        learned: dict[tuple[str, int], int],
+        tasks: dict[tuple[str, int], tuple[int, int]] | None = None,
+    ) -> None:
+        self.ledger.learn(learned, tasks)
         self.learned = dict(learned)
+        self.learned_tasks = dict(tasks or {})
 
     def acquire(self, req: Request) -> str:
         lease_id = self.ledger.acquire(req).lease_id
         self.requests[lease_id] = req
         self.units[lease_id] = self.unit(req)
+        self.tasks[lease_id] = self.tasks_of(req)
         return lease_id
 
     def update(
@@ -370,6 +387,7 @@ class Tracker:
         self.host = host
         self.measured = {i: (trees.get(i), lease.kind, lease.workers) for i, lease in held.items()}
         self.units = {i: self.unit(self.requests[i]) for i in held if i in self.requests}
+        self.tasks = {i: self.tasks_of(self.requests[i]) for i in held if i in self.requests}
         self.pools = {}
         charged = self.world().charged  # the pools are measured below the memory reserve
         if pool_bytes and charged.mem_bytes < charged.mem_used:
@@ -386,6 +404,7 @@ class Tracker:
             req = self.requests[lease.lease_id]
             unit = self.units.get(lease.lease_id, self.unit(req))  # acquired directly: now
             pool = self.pools.get(lease.lease_id)
+            tasks = self.tasks.get(lease.lease_id, self.tasks_of(req))
             out.append(
                 Held(
                     lease.lease_id,
@@ -397,6 +416,7 @@ class Tracker:
                     workers,
                     unit,
                     pool,
+                    tasks,
                 )
             )
         return out
@@ -405,7 +425,9 @@ class Tracker:
         """The books from scratch with the leases held and `newcomers` (charged what the
         ledger would charge them now, unless they say)."""
         fresh = [
-            replace(h, worker_bytes=self.unit(h.request)) if h.worker_bytes is None else h
+            replace(h, worker_bytes=self.unit(h.request), tasks=self.tasks_of(h.request))
+            if h.worker_bytes is None
+            else h
             for h in newcomers
         ]
         held = [*self.held(), *fresh]
@@ -445,5 +467,8 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
             tracker.update(data.draw(samples(lims)), trees, pools)
         elif op == "learn":  # sizes per (job, uid), as the daemon learns them from its scans
             keys = st.tuples(st.sampled_from(JOBS), st.sampled_from(UIDS))
-            tracker.learn(data.draw(st.dictionaries(keys, st.sampled_from(LEARNED), max_size=4)))
+            tracker.learn(
+                data.draw(st.dictionaries(keys, st.sampled_from(LEARNED), max_size=4)),
+                data.draw(st.dictionaries(keys, st.sampled_from(TASKS), max_size=4)),
+            )
     return tracker

@@ -266,6 +266,28 @@ def test_a_pool_grown_into_the_memory_reserve_is_asked_to_shrink() -> None:
     assert (after.kind, after.workers) == ("process", 6), after
 
 
+def test_a_job_is_charged_the_tasks_per_worker_and_per_pool_learned_for_it() -> None:
+    """Issue 24, learned tasks: in a cgroup of 20 tasks a job never seen is charged the
+    constants (n + 4: 15 workers beside its own task), a job learned at 3 tasks per worker
+    and 6 beyond them gets 4 (1 + 3 * 4 + 6 = 19), one at 2 and 0 gets 9; a held pool is
+    charged its job's figures, and the lease shows them as its pool's tasks."""
+    cg = limit(20, 0, "cgroup", CGROUP)
+    led = ledger(cg, max_per_lease=16)
+    led.learn({}, {("blas", 1000): (3, 6), ("lean", 1000): (2, 0)})
+    assert led.pool_tasks("blas", 1000) == (3, 6)
+    assert led.pool_tasks("new", 1000) == (1, PROCESS_POOL_OVERHEAD)
+    inside = (CGROUP + "/job",)
+    for job, workers in (("new", 15), ("blas", 4), ("lean", 9)):
+        grant = led.acquire(request(job, 16, kinds=("process",), job=job, cgroups=inside))
+        assert (grant.kind, grant.workers) == ("process", workers), (job, grant)
+        if job == "blas":
+            assert (
+                grant.reason == f"cgroup:{CGROUP} headroom 19 tasks < process pool of 5 (21 tasks)"
+            )
+            assert led.lease(grant.lease_id).cost_tasks == 3 * 4 + 6
+        led.release(grant.lease_id)
+
+
 def test_max_per_lease() -> None:
     led = ledger(max_per_lease=3)
     grant = led.acquire(request(want=10))
