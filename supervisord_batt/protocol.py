@@ -351,11 +351,15 @@ class TailReply(OkReply):
 
 class LeaseSize(TypedDict, total=False):
     """What the budget charges one more process worker of a lease's job: its learned
-    bytes per worker, and the runs they were learned from (0: `memory_per_slot`).
-    Optional: a daemon from before they were learned does not send them."""
+    bytes per worker, and the runs they were learned from (0: `memory_per_slot`); and
+    the tasks a process pool of the job was learned to cost, per worker and beyond them
+    (sent only once learned: the budget charges n + 4 before). Optional: a daemon from
+    before they were learned does not send them."""
 
     worker_bytes: int
     learned_runs: int
+    worker_tasks: int
+    pool_tasks: int
 
 
 class LeaseRow(LeaseSize, TypedDict):

@@ -383,8 +383,14 @@ def _size_lines(sizes: list[Any]) -> list[str]:
     """The learned memory per worker of the jobs in the latest stats line."""
     out = []
     for row in sizes:
-        with contextlib.suppress(KeyError, TypeError):
-            out.append(size_line(str(row["job"]), int(row["worker_bytes"]), int(row["runs"])))
+        with contextlib.suppress(KeyError, TypeError, AttributeError, ValueError):
+            tasks = row.get("worker_tasks"), row.get("pool_tasks")
+            each, extra = (int(t) if t is not None else None for t in tasks)
+            out.append(
+                size_line(
+                    str(row["job"]), int(row["worker_bytes"]), int(row["runs"]), (each, extra)
+                )
+            )
     return (
         ["worker sizes        " + out[0], *("                    " + x for x in out[1:])]
         if out

@@ -58,23 +58,31 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
     """Per job of the leases shown whose workers the daemon has seen, the memory the
     budget charges each of its process workers: `batt: 1.8 GiB per worker, learned from
     14 runs` (the others are charged `budget.memory_per_slot`)."""
-    seen: dict[tuple[str, int], tuple[int, int]] = {}
+    seen: dict[tuple[str, int], protocol.LeaseRow] = {}
     for lease in leases:
-        size, runs = lease.get("worker_bytes"), lease.get("learned_runs")
-        if size is not None and runs is not None:
-            seen[lease["job"], lease["uid"]] = (size, runs)
+        if lease.get("worker_bytes") is not None and lease.get("learned_runs") is not None:
+            seen[lease["job"], lease["uid"]] = lease
     jobs = {job for job, _ in seen}
     lines = []
-    for (job, uid), (size, runs) in sorted(seen.items()):
+    for (job, uid), row in sorted(seen.items()):
         name = job if len(jobs) == len(seen) else f"{job} (uid {uid})"
+        size, runs = row.get("worker_bytes", 0), row.get("learned_runs", 0)
         if runs and size:
-            lines.append(size_line(name, size, runs))
+            tasks = row.get("worker_tasks"), row.get("pool_tasks")
+            lines.append(size_line(name, size, runs, tasks))
     return ["", *lines] if lines else []
 
 
-def size_line(job: str, size: int, runs: int) -> str:
-    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`)."""
-    return f"{job}: {_bytes(size)} per worker, learned from {runs} runs"
+def size_line(
+    job: str, size: int, runs: int, tasks: tuple[int | None, int | None] = (None, None)
+) -> str:
+    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`), and
+    where its tasks were learned too `; 2 tasks per worker, pool +5 tasks`."""
+    line = f"{job}: {_bytes(size)} per worker, learned from {runs} runs"
+    each, extra = tasks
+    if each is not None and extra is not None:
+        line += f"; {each} tasks per worker, pool +{extra} tasks"
+    return line
 
 
 def _bytes(n: int) -> str:

@@ -89,10 +89,13 @@ def _sizes(sizes: Mapping[Key, Learned]) -> list[dict[str, Any]]:
     """The jobs' learned memory per worker, those learned from the most runs first, at
     most SIZES_SHOWN of them (the line stays short whatever the daemon learned)."""
     ranked = sorted(sizes.items(), key=lambda kv: (-kv[1].runs, kv[0]))[:SIZES_SHOWN]
-    return [
-        {"job": job, "uid": uid, "worker_bytes": f.worker_bytes, "runs": f.runs}
-        for (job, uid), f in ranked
-    ]
+    rows: list[dict[str, Any]] = []
+    for (job, uid), f in ranked:
+        row = {"job": job, "uid": uid, "worker_bytes": f.worker_bytes, "runs": f.runs}
+        if f.worker_tasks is not None:
+            row |= {"worker_tasks": f.worker_tasks, "pool_tasks": f.pool_tasks}
+        rows.append(row)
+    return rows
 
 
 def _percent(sample: HostSample) -> float:

@@ -182,8 +182,7 @@ def _program_of(instance: str) -> str:
 
 def lease_row(x: Lease, now: float, size: protocol.LeaseSize) -> protocol.LeaseRow:
     return {
-        "worker_bytes": size["worker_bytes"],
-        "learned_runs": size["learned_runs"],
+        **size,
         "lease": x.lease_id,
         "pid": x.pid,
         "uid": x.uid,
@@ -200,10 +199,13 @@ def _worker_size(x: Lease, ledger: BudgetLedger, learned: dict[Key, Learned]) ->
     """What the budget charges a process worker of the lease's job, and the runs it was
     learned from (0: never seen, `memory_per_slot`)."""
     seen = learned.get((x.job, x.uid))
-    return {
+    size: protocol.LeaseSize = {
         "worker_bytes": ledger.worker_bytes(x.job, x.uid),
         "learned_runs": seen.runs if seen is not None else 0,
     }
+    if seen is not None and seen.worker_tasks is not None:
+        size["worker_tasks"], size["pool_tasks"] = ledger.pool_tasks(x.job, x.uid)
+    return size
 
 
 def leftover_row(record: dict[str, Any]) -> protocol.LeftoverRow:

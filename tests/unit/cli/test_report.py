@@ -61,6 +61,12 @@ def test_issue24_the_latest_learned_worker_sizes_are_shown() -> None:
     assert "worker sizes        batt: 1.8 GiB per worker, learned from 14 runs" in lines
     assert "                    small: 33 MiB per worker, learned from 1 runs" in lines
     assert not [x for x in render(compute([stats(1)])).splitlines() if "worker sizes" in x]
+    blas = small | {"job": "blas", "worker_tasks": 3, "pool_tasks": 6}
+    lines = render(compute([stats(1, worker_sizes=[blas, ["not", "a", "row"]])])).splitlines()
+    assert (
+        "worker sizes        blas: 33 MiB per worker, learned from 1 runs;"
+        " 3 tasks per worker, pool +6 tasks"
+    ) in lines
 
 
 def test_time_shares_and_percentiles() -> None:

@@ -22,6 +22,16 @@ def test_learned_sizes_are_named_per_job_and_a_job_not_seen_is_not() -> None:
     assert worker_size_lines(rows) == ["", "batt: 1.8 GiB per worker, learned from 14 runs"]
 
 
+def test_learned_tasks_are_named_beside_the_size() -> None:
+    """Issue 24, learned tasks: a job whose pool's tasks were learned says so; one whose
+    were not (a daemon before them, or not seen yet) shows its size alone."""
+    blas = row("blas", 1000, int(1.8 * GIB), 14) | {"worker_tasks": 2, "pool_tasks": 5}
+    assert worker_size_lines([blas, row("batt", 1000, 300 * MIB, 3)])[1:] == [
+        "batt: 300 MiB per worker, learned from 3 runs",
+        "blas: 1.8 GiB per worker, learned from 14 runs; 2 tasks per worker, pool +5 tasks",
+    ]
+
+
 def test_one_job_of_two_users_is_named_with_its_uid() -> None:
     rows = [row("batt", 1000, 300 * MIB, 2), row("batt", 1001, 20 * MIB, 1)]
     assert worker_size_lines(rows)[1:] == [

@@ -1,0 +1,129 @@
+"""Issue 24, learned tasks: a job's tasks per process worker and beyond its workers are
+learned from the daemon's scans and size its grants. In a real pids cgroup of 20 tasks,
+a job never seen is granted what the constants give (n + 4 tasks); it then runs a pool
+whose two workers start two threads each (3 tasks per worker, as a worker whose BLAS
+starts threads) and one thread in the job beside them (+1), `status` names the figures,
+and its next grant is sized by them: a third of the constant's, as the cgroup holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from tests.helpers import CALM, REPO, killing, wait_until
+from tests.integration.conftest import DaemonHandle
+
+if TYPE_CHECKING:
+    from tests.helpers import PidsCgroup
+
+PIDS_MAX = 20
+WANT = 16
+EACH, EXTRA = 3, 1  # tasks per worker, and beyond the workers, of the job's pool
+
+# A job: leases up to `want` process workers through the client, and with "run" starts
+# that many worker processes of EACH threads each and one thread of its own beside them;
+# prints its grant, holds lease and pool until its stdin closes.
+JOB = textwrap.dedent(
+    """
+    import json, subprocess, sys, threading
+    from supervisord_batt.client import lease
+    sock, want, run = sys.argv[1:4]
+    WORKER = (
+        "import sys, threading\\n"
+        "done = threading.Event()\\n"
+        "for _ in range(2):\\n"
+        "    threading.Thread(target=done.wait, daemon=True).start()\\n"
+        "print('up', flush=True)\\n"
+        "sys.stdin.read()\\n"
+    )
+    with lease(int(want), kinds=["process"], job="blas", socket_path=sock) as grant:
+        workers, done = [], threading.Event()
+        if run == "run" and grant.kind == "process":
+            threading.Thread(target=done.wait, daemon=True).start()  # the pool's own
+            for _ in range(grant.workers):
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                ))
+            for w in workers:
+                assert w.stdout.readline() == b"up\\n"
+        print(json.dumps({"kind": grant.kind, "workers": grant.workers}), flush=True)
+        sys.stdin.read()
+        for w in workers:
+            w.stdin.close()
+            w.wait()
+        done.set()
+    """
+)
+
+
+@contextmanager
+def job(d: DaemonHandle, cg: PidsCgroup, want: int, *, run: bool) -> Iterator[dict[str, Any]]:
+    """A job in the cgroup holding its lease (and pool, if `run`) for the block."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", JOB, str(d.socket), str(want), "run" * run],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        preexec_fn=cg.preexec(),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    with killing(proc):
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line, "the job ended before it printed its grant"
+        yield json.loads(line)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
+    pids_cgroup: Callable[..., PidsCgroup], daemon: Callable[..., DaemonHandle]
+) -> None:
+    cg = pids_cgroup()
+    cg.set_max(PIDS_MAX)
+    d = daemon(
+        {
+            "budget": {
+                "cgroups": [cg.cgroup_path],
+                "reserve_tasks": 0,
+                "reserve_percent": 0,
+                "cpu_cap": 64,
+                "max_per_lease": WANT,
+                "memory_per_slot": "1MiB",  # memory cannot bind
+                "pressure": CALM,
+            },
+        }
+    )
+
+    def empty() -> bool:  # the jobs before have left the cgroup
+        return cg.current() == 0
+
+    with job(d, cg, WANT, run=False) as grant:
+        before = grant["workers"]  # never seen: n + 4 tasks beside its own
+    assert 8 <= before < WANT, before
+
+    wait_until(empty, what="the cgroup to empty")
+    with job(d, cg, 2, run=True) as grant:
+        assert (grant["kind"], grant["workers"]) == ("process", 2), grant
+
+        def learned() -> dict[str, Any] | None:
+            rows = [r for r in d.status()["leases"] if r["job"] == "blas"]
+            return rows[0] if rows and rows[0].get("worker_tasks") else None
+
+        row = wait_until(learned, what="the daemon to learn the pool's tasks")
+        assert (row["worker_tasks"], row["pool_tasks"]) == (EACH, EXTRA), row
+        shown = d.cli("status")
+        assert shown.returncode == 0, shown.stderr
+        assert f"; {EACH} tasks per worker, pool +{EXTRA} tasks" in shown.stdout, shown.stdout
+
+    wait_until(empty, what="the cgroup to empty")
+    with job(d, cg, WANT, run=False) as grant:
+        after = grant["workers"]
+    # the same room: before + 4 tasks; now each worker costs EACH and the pool EXTRA
+    assert after == (before + 4 - EXTRA) // EACH, (before, after)
+    assert cg.events_max() == 0
