@@ -40,6 +40,7 @@ from supervisord_batt.daemon.metricsoutputs import MetricsOutputs, Sources
 from supervisord_batt.daemon.notify import Notifier
 from supervisord_batt.daemon.peers import PeerPolicy
 from supervisord_batt.daemon.server import Connection, Hooks, Server
+from supervisord_batt.daemon.sizesfile import SizesFile
 from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
@@ -121,6 +122,8 @@ class Daemon:
         )
         # every instance, kept current beside the socket: a restart adopts the workers
         self.state_record = StateRecord(self.socket_path, self._recorded)
+        # each job's learned figures, kept beside the socket across restarts
+        self.sizes_file = SizesFile(self.socket_path)
         self.supervisor.on_change = self.state_record.mark
         self.supervisor.on_pipes = self._store_pipes
 
@@ -158,6 +161,9 @@ class Daemon:
         self._last_scan = time.monotonic()
         self.sample = self.monitor.sample()
         self.cgroup_counts.observe(time.monotonic(), self.sample)  # the counts at the start
+        if jobs := self.sizes_file.load(self.commands.worker_sizes):
+            log.info("worker_sizes_loaded", path=str(self.sizes_file.path), jobs=jobs)
+            self._teach()
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
         record = self.state_record.load()
@@ -238,6 +244,8 @@ class Daemon:
                 self.config.daemon.pid_file.unlink()
         self._summarize_held_lines()
         pinger.cancel()
+        self.commands.worker_sizes.end_all()  # what the live runs were seen at is kept
+        self.sizes_file.save(self.commands.worker_sizes)
         self.state_record.remove()  # stopped: nothing is left to adopt
         self.notifier.close()
         log.info("stopped", pid=os.getpid(), leases_dropped=len(leases))
@@ -435,7 +443,13 @@ class Daemon:
         held = self.ledger.held_by(holders)
         rss = self.monitor.resident_bytes(sizes.pool_pids(held, usage))
         self._pool_bytes = sizes.observe(held, usage, rss)
-        figures = sizes.figures()
+        if sizes.changed:  # a run ended: kept for the next daemon
+            self.sizes_file.save(sizes)
+        self._teach()
+
+    def _teach(self) -> None:
+        """Give the ledger each job's learned figures (`WorkerSizes.figures`)."""
+        figures = self.commands.worker_sizes.figures()
         self.ledger.learn(
             {key: f.worker_bytes for key, f in figures.items()},
             {

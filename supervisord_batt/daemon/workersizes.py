@@ -27,7 +27,8 @@ kernel the tracker's OpenBLAS thread). A run keeps the peak of each; they are le
 only where one process lease is the holder's, and the budget charges a pool of n
 workers n times the first plus the second, the constants (n + 4) for a job never seen.
 
-Kept in memory only: a restarted daemon learns again within a run of each job.
+Kept in memory, and the ended runs in a small file beside the socket
+(`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
 
 Each scan also gives the budget what each process lease's workers hold now (`observe`'s
 result): below the memory reserve, a pool that grew gives that back as it shrinks.
@@ -86,6 +87,7 @@ class WorkerSizes:
     """The runs seen per (job, uid), and the figures the budget is given (`figures`)."""
 
     runs: int = RUNS
+    changed: bool = False  # a run ended since the ended runs were last saved
     _done: dict[Key, deque[Peak]] = field(default_factory=dict)  # ended runs' peaks
     _live: dict[str, tuple[Key, Peak]] = field(default_factory=dict)  # lease -> key, peak
 
@@ -134,6 +136,24 @@ class WorkerSizes:
                 del self._done[next(iter(self._done))]
         runs.append(peak)
         self._done[key] = runs
+        self.changed = True
+
+    def end_all(self) -> None:
+        """End every live run (the daemon stops: what they were seen at is kept)."""
+        for key, peak in self._live.values():
+            self._end(key, peak)
+        self._live.clear()
+
+    def ended(self) -> dict[Key, list[Peak]]:
+        """The ended runs' peaks per (job, uid), oldest first: what is saved."""
+        return {key: list(runs) for key, runs in self._done.items()}
+
+    def restore(self, ended: Mapping[Key, Iterable[Peak]]) -> None:
+        """Start from the ended runs a daemon before saved (`ended`), oldest first."""
+        for key, runs in ended.items():
+            for peak in runs:
+                self._end(key, peak)
+        self.changed = False
 
     def figures(self) -> dict[Key, Learned]:
         """Every (job, uid) seen: the percentile of its last runs' peaks and its live ones'."""
