@@ -89,11 +89,16 @@ def test_issue24_a_restarted_daemon_starts_from_the_figures_learned_before(
         first = daemon(json.loads(json.dumps(config)))
         with job(first, 2, run=True) as grant:
             assert (grant["kind"], grant["workers"]) == ("process", 2), grant
-            row = wait_until(
-                lambda: (r := kept_row(first)) and r["learned_runs"] and r,
+            row = wait_until(  # a scan after the workers wrote their memory
+                lambda: (
+                    (r := kept_row(first))
+                    and r["learned_runs"]
+                    and r["worker_bytes"] >= SIZE * MIB
+                    and r
+                ),
                 what="the first daemon to learn the job's workers",
             )
-            assert SIZE * MIB <= row["worker_bytes"] < (SIZE + 60) * MIB, row
+            assert row["learned_runs"] == 1 and row["worker_bytes"] < (SIZE + 60) * MIB, row
         assert first.stop() == 0
 
         second = daemon(json.loads(json.dumps(config)))
