@@ -65,6 +65,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an install
 
 from supervisord_batt import logs
+from supervisord_batt.budget.costs import memory_reserve
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
 from supervisord_batt.config.loader import load_config_text
@@ -110,8 +111,11 @@ def synthetic_sample() -> HostSample:
 
 
 def memory_bound_sample(cfg: BudgetConfig, n: int) -> HostSample:
-    """synthetic with memory for one process worker per lease, plus two: memory binds."""
-    return replace(synthetic_sample(), mem_available_bytes=(n + 2) * cfg.memory_per_slot)
+    """synthetic with memory for one process worker per lease, plus two, beyond the
+    memory reserve: memory binds."""
+    host = synthetic_sample()
+    reserve = memory_reserve(host.mem_total_bytes, cfg)
+    return replace(host, mem_available_bytes=(n + 2) * cfg.memory_per_slot + reserve)
 
 
 Row = tuple[str, BudgetConfig, HostSample]
