@@ -389,8 +389,10 @@ class Tracker:
         self.units = {i: self.unit(self.requests[i]) for i in held if i in self.requests}
         self.tasks = {i: self.tasks_of(self.requests[i]) for i in held if i in self.requests}
         self.pools = {}
+        if not pool_bytes or self.cfg.memory_per_slot <= 0:  # no pool measured
+            return
         charged = self.world().charged  # the pools are measured below the memory reserve
-        if pool_bytes and charged.mem_bytes < charged.mem_used:
+        if charged.mem_bytes < charged.mem_used:
             self.pools = {
                 i: pool_bytes[i]
                 for i, lease in held.items()
