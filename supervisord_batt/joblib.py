@@ -33,6 +33,12 @@ One loky pool per process, as joblib's loky executor is one per process: a call 
 starts while another runs on it (another thread; a generator not yet exhausted) leases
 threads instead. A forked child forgets its parent's kept pool and lease, and the loky
 executor it inherited with them, and builds its own.
+
+# Why one module
+The two backends (loky and threads) and the kept pool share one process-wide state: the
+grants of the running calls, the kept pool and its lease, its lock, and the handler that
+makes a forked child forget them. The pools they run on are `client.executor`'s, the
+lease is `client.leases`'.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ with a process pool of n, a thread pool of n or sequential, and tracks the answe
 lease until it is released, expires or its holder disconnects. It does no I/O: the daemon
 feeds it `HostSample`s and the measured task count of every holder's process tree, and a
 clock is injected, so every rule here is tested without sleeping.
+
+# Why one module
+`BudgetLedger` keeps its lease table, its two books and its pending allocation equal to
+a recount after every call (the property tests check it), and each public method changes
+them together. The pure pieces it calls are apart: `allocation`, `books`, `claims`,
+`demand`, `shortcuts`, `hierarchy`, `topup`, `hold`, `users`, `pressure`.
 """
 
 # Why leases are charged at their granted size. A job creates its pool after the grant

@@ -21,6 +21,11 @@ Why each guard exists (see docs/FACTS.md, measured on loky 3.6.0 and 3.7.0):
 Inner threads fit the grant (client.inner): loky workers are spawned with OMP/BLAS
 variables set to cpus / workers, and a thread pool caps the process's BLAS with
 threadpoolctl while it runs, so n workers never run n threads each.
+
+# Why one module
+The executor's loop and its three backends: the loop switches backends between tasks
+and reads each one's ways to fail (a broken pool, a refused thread, a timed-out task)
+to fall back to the next, so their errors and the loop are read together.
 """
 
 from __future__ import annotations

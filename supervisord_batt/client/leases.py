@@ -14,6 +14,11 @@ Why a plain blocking socket and no background thread: the job is the thing that 
 out of threads. A lease lives as long as its connection (the daemon frees it when the
 socket closes, even after SIGKILL), so the socket stays open for the lease's life and
 the TTL is kept alive by `renew()` calls made between tasks.
+
+# Why one module
+It is what a job imports: the connection, the grant and `lease()` / `exec`. A grant's
+renew, its shrink and its resume after a daemon restart use the connection's reconnect,
+so a lease outlives a daemon's restart in one place. The pools are `client.executor`'s.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ YAML-shaped plain data (for `check-config` output and for diffing programs on re
 Reading the node tree and collecting problems is `yamlcheck`'s; checking one value is
 `values`'. This module says which keys each section has, their defaults and the checks
 that span several keys.
+
+# Why one module
+It is the list of every key, section by section, with its default and its checks, read
+side by side with the shipped YAML it describes. Walking the YAML and collecting the
+problems is `yamlcheck`'s, one value's check is `values`' and `durations`'.
 """
 
 from __future__ import annotations

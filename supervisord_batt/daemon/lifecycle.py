@@ -10,6 +10,12 @@ runs the same reload as `supervisord-batt reload`, SIGTERM the same shutdown.
 The daemon must answer, kill and log when the host cannot start one more thread, so it
 never starts one: no executors, no `to_thread`, no loky, no asyncio subprocess (its child
 watcher uses a thread). Everything is one asyncio loop; children are watched by pidfd.
+
+# Why one module
+`Daemon` is the wiring: its methods are the daemon's steps (start, tick, scan, reload,
+reexec, stop) over the same parts, and the order of each step's calls is the design.
+What each part does is in its own module (server, commands, supervisor, ledger, the
+state record, the metrics' outputs).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ lists exactly those functions with exactly those codes."""
 
 from __future__ import annotations
 
+import ast
 import re
 
 from tests.helpers import REPO
@@ -62,3 +63,13 @@ def test_the_ratchet_is_on_for_the_package() -> None:
     ignore = re.search(r"^ignore = \[(.*)\]$", pyproject, re.M)
     assert select and '"C90"' in select.group(1)
     assert ignore and not any(rule in ignore.group(1) for rule in RULES)
+
+
+def test_a_module_over_500_lines_says_why_it_is_one_module() -> None:
+    long = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "supervisord_batt").rglob("*.py"))
+        if len(path.read_text().splitlines()) > 500
+        and "\n# Why one module\n" not in (ast.get_docstring(ast.parse(path.read_text())) or "")
+    ]
+    assert long == []
