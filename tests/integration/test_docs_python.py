@@ -20,7 +20,7 @@ import pytest
 from tests import docblocks
 from tests.docblocks import Block
 from tests.helpers import REPO, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 PYTHON = docblocks.all_blocks("python")
 

@@ -73,3 +73,17 @@ def test_a_module_over_500_lines_says_why_it_is_one_module() -> None:
         and "\n# Why one module\n" not in (ast.get_docstring(ast.parse(path.read_text())) or "")
     ]
     assert long == []
+
+
+def test_no_test_module_imports_a_conftest_or_another_test_module() -> None:
+    """Builders shared by tests live in tests/support; a conftest.py holds fixtures only."""
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")) + sorted(
+        (REPO / "benchmarks").rglob("*.py")
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                last = node.module.rsplit(".", 1)[-1]
+                if last == "conftest" or last.startswith("test_"):
+                    found.append(f"{path.relative_to(REPO)}: from {node.module}")
+    assert found == []

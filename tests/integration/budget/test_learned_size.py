@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tests.helpers import CALM, REPO, killing, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
     from tests.helpers import MemoryCgroup

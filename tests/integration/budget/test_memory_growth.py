@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tests.helpers import CALM, REPO, killing
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
     from tests.helpers import MemoryCgroup

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import CALM, REPO, killing, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 MIB = 1 << 20
 SIZE = 60  # MiB each worker writes

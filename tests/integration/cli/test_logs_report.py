@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import CALM, REPO, killing, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +42,7 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import shutil
     import tempfile
 
-    from tests.integration.conftest import _program, _py
+    from tests.support.daemons import program_entry, python_command
 
     workdir = Path(tempfile.mkdtemp(prefix="sbt-", dir="/tmp"))
     log = workdir / "events.log"
@@ -52,10 +52,15 @@ def incident(tmp_path_factory: pytest.TempPathFactory) -> Any:
         # one CPU: the notebook's pool request gets sequential, for want of CPUs
         "budget": {"cpu_cap": 1, "pressure": CALM},  # a busy host changes nothing
         "programs": {
-            "ok": _program(_py("import time; time.sleep(0.3)"), **once),
-            "bad": _program(_py("import sys, time; time.sleep(0.3); sys.exit(3)"), **once),
-            "hang": _program(
-                _py("import time; time.sleep(600)"), wall_clock_limit="1s", stop_grace="1s", **once
+            "ok": program_entry(python_command("import time; time.sleep(0.3)"), **once),
+            "bad": program_entry(
+                python_command("import sys, time; time.sleep(0.3); sys.exit(3)"), **once
+            ),
+            "hang": program_entry(
+                python_command("import time; time.sleep(600)"),
+                wall_clock_limit="1s",
+                stop_grace="1s",
+                **once,
             ),
         },
     }

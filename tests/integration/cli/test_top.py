@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import CALM, REPO, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests import helpers
-from tests.integration.cli.test_host_checks import cli
-from tests.integration.security.test_rights_and_floods import ask, shared
+from tests.support.daemons import cli
+from tests.support.peers import ask, shared
 
 SLEEP = ["sleep", "600"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from supervisord_batt.client.leases import acquire
 from tests.helpers import CALM, WireClient, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 WINDOW = 1.0  # seconds: budget.burst_window's most
 

@@ -26,7 +26,7 @@ from supervisord_batt.client import connect
 from supervisord_batt.client.leases import Connection, DaemonError
 from tests import helpers
 from tests.helpers import REPO, WireClient, drop_to, interpreter_for_others, killing, wait_until
-from tests.integration.security.test_rights_and_floods import shared
+from tests.support.peers import shared
 
 # connects as fast as it can, never reads, closes the oldest now and then
 FLOOD = textwrap.dedent(

@@ -6,12 +6,12 @@ import os
 import time
 from typing import Any
 
-import psutil
 import pytest
 
 from supervisord_batt.client.executor import BudgetExecutor, TaskTimeout
 from supervisord_batt.client.leases import Grant
 from tests.helpers import wait_until
+from tests.support.pools import loky_workers
 
 
 class Boom(ValueError):
@@ -34,24 +34,13 @@ def sleepy(x: float) -> float:
     return x
 
 
-def _loky_workers() -> list[int]:
-    out = []
-    for child in psutil.Process().children():
-        try:
-            if any("popen_loky_posix" in part for part in child.cmdline()):
-                out.append(child.pid)
-        except psutil.Error:
-            continue
-    return out
-
-
 @pytest.mark.parametrize("kind", ["process", "thread", "sequential"])
 def test_results_in_input_order(kind: str) -> None:
     with BudgetExecutor(Grant.local(kind, 2)) as ex:
         assert ex.map(square_after, range(12)) == [x * x for x in range(12)]
         assert ex.kinds_used == [kind if kind == "sequential" else f"{kind}:2"]
     assert ex.fallbacks == []
-    wait_until(lambda: _loky_workers() == [], timeout=10, what="no loky worker left")
+    wait_until(lambda: loky_workers() == [], timeout=10, what="no loky worker left")
 
 
 @pytest.mark.parametrize("kind", ["process", "thread", "sequential"])
@@ -71,7 +60,7 @@ def test_task_timeout_names_the_task_and_kills_the_workers() -> None:
     assert time.monotonic() - start < 20
     assert err.value.index == 1 and "task 1 (60.0)" in str(err.value)
     assert "process pool of 2" in str(err.value)
-    assert _loky_workers() == []
+    assert loky_workers() == []
 
 
 def test_worker_killed_midway_is_redone_on_the_fallback() -> None:
@@ -80,7 +69,7 @@ def test_worker_killed_midway_is_redone_on_the_fallback() -> None:
 
     def kill_one(index: int, _result: Any) -> None:
         if index == 0 and not killed:
-            pid = _loky_workers()[0]
+            pid = loky_workers()[0]
             killed.append(pid)
             os.kill(pid, 9)
 
@@ -89,7 +78,7 @@ def test_worker_killed_midway_is_redone_on_the_fallback() -> None:
     assert out == [0.01] + [0.3] * 5
     assert killed and ex.fallbacks and ex.fallbacks[0].from_kind == "process"
     assert ex.kinds_used[-1] == "thread:2"
-    assert _loky_workers() == []
+    assert loky_workers() == []
 
 
 class ScriptedGrant(Grant):

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import helpers
-from tests.integration.daemon.test_status_at_size import JOB, USER_LEASES, cli, user_holding
-from tests.integration.security.test_rights_and_floods import shared
+from tests.support.peers import JOB, USER_LEASES, shared, status_cli, user_holding
 
 GROWTH_MIB = 24  # measured here: 1.3 MiB; before the caps 94 MiB, 155 MiB at the peak
 REFRESHES = 5
@@ -48,15 +47,15 @@ def test_issue_22_long_job_names_are_refused_and_cost_the_daemon_no_memory(
             }
         )
     )
-    warm = cli(d, "--json")  # the status path's first allocations are not the leases'
+    warm = status_cli(d, "--json")  # the status path's first allocations are not the leases'
     assert warm.returncode == 0, warm.stderr
     before = memory_mib(d.proc.pid)
     with user_holding(d, user):
         for _ in range(REFRESHES):
-            text = cli(d)
+            text = status_cli(d)
             assert text.returncode == 0, text.stderr
             assert sum(1 for row in text.stdout.splitlines() if JOB in row) == USER_LEASES
-        as_json = cli(d, "--json")
+        as_json = status_cli(d, "--json")
         assert as_json.returncode == 0, as_json.stderr
         leases = json.loads(as_json.stdout)["leases"]
         assert {(x["uid"], x["job"]) for x in leases} == {(user.uid, JOB)}

@@ -18,16 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import CALM, REPO, wait_until
-from tests.integration.conftest import DaemonHandle
-
-P = "supervisord_batt_"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from tests.support.daemons import DaemonHandle
+from tests.support.metrics import P, free_port, samples
 
 # what Prometheus 3 sends: OpenMetrics first, the text format as a fallback
 PROMETHEUS_ACCEPT = (
@@ -55,15 +47,6 @@ def test_prometheus_gets_the_text_format_it_reads(metered: tuple[DaemonHandle, i
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     assert "# EOF" not in text  # OpenMetrics' end marker
     assert (P + "host_tasks", ()) in samples(text)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample, by name and sorted labels, through the library's parser."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def value(found: dict[Any, float], name: str, **labels: str) -> float:

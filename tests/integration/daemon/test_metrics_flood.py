@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.helpers import CALM, REPO, wait_until
-from tests.integration.conftest import DaemonHandle
-from tests.integration.daemon.test_metrics import P, free_port, samples
+from tests.support.daemons import DaemonHandle
+from tests.support.metrics import P, free_port, samples
 
 PEERS = 20
 SCRAPES = 40  # at least; and until every one of the 16 slots has been taken over

@@ -12,70 +12,20 @@ The whole test takes about 45 s here, most of it starting and stopping 1,000 wor
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from supervisord_batt import protocol
 from supervisord_batt.cli.top import _Feed, render_screen
 from tests import helpers
-from tests.helpers import REPO, WireClient, drop_to, interpreter_for_others, killing, wait_until
-from tests.integration.security.test_rights_and_floods import shared
+from tests.helpers import WireClient, wait_until
+from tests.support.peers import JOB, USER_LEASES, shared, status_cli, user_holding
 
 INSTANCES = 1000
-USER_LEASES = 512  # 32 connections (the per-uid cap) of 16 leases (the per-connection cap)
 ROOT_LEASES = 3000 - USER_LEASES
-JOB = "j" * protocol.MAX_CHARS["job"]
-REFUSAL = json.dumps(
-    {"code": "bad_request", "message": "acquire.job: at most 256 characters, got 60000"},
-    sort_keys=True,
-)
-
-# the user's side: each of 512 acquires first with a 60,000-character job name (refused),
-# then, refused, with the longest name allowed; the replies to the first counted by error
-# (null: granted), the 512 leases held until stdin closes
-HOLDER = textwrap.dedent(
-    """
-    import json, socket, sys
-    path, job = sys.argv[1], sys.argv[2]
-    def ask(f, s, msg):
-        s.sendall(json.dumps(msg).encode() + b"\\n")
-        return json.loads(f.readline())
-    held, refusals = [], {}
-    for n in range(32):
-        s = socket.socket(socket.AF_UNIX); s.connect(path)
-        f = s.makefile("rb"); held.append((s, f))
-        for _ in range(16):
-            reply = ask(f, s, {"op": "acquire", "want": 1, "job": "x" * 60000})
-            key = json.dumps(reply.get("error"), sort_keys=True)  # null: granted
-            refusals[key] = refusals.get(key, 0) + 1
-            if not reply["ok"]:
-                reply = ask(f, s, {"op": "acquire", "want": 1, "job": job})
-            assert reply["ok"], reply
-    print(json.dumps(refusals))
-    print("held", flush=True)
-    sys.stdin.read()
-    """
-)
-
-
-def cli(d: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket), PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "supervisord_batt", "status", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_issue_22_roots_status_and_top_read_3000_leases_and_1000_instances(
@@ -122,24 +72,6 @@ def test_issue_22_roots_status_and_top_read_3000_leases_and_1000_instances(
             assert c.request("stop", target="all")["ok"]
 
 
-@contextlib.contextmanager
-def user_holding(d: Any, user: helpers.TestUser) -> Iterator[None]:
-    """The user's 512 leases (HOLDER: each asked first with a 60,000-character name, which
-    must be refused), held until the block ends."""
-    holder = subprocess.Popen(
-        [interpreter_for_others(), "-c", HOLDER, str(d.socket), JOB],
-        preexec_fn=drop_to(user),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with killing(holder):  # type: ignore[arg-type]
-        assert holder.stdout is not None
-        assert json.loads(holder.stdout.readline()) == {REFUSAL: USER_LEASES}
-        assert holder.stdout.readline() == "held\n"
-        yield
-
-
 def hold_and_check(d: Any, user: helpers.TestUser) -> None:
     """The user's 512 leases and root's 2,488 held while root reads status and top."""
     held: list[WireClient] = []
@@ -162,12 +94,12 @@ def check_status_and_top(d: Any) -> None:
     assert summary["counts"]["leases"] == 3000 and summary["counts"]["instances"] == INSTANCES
     assert len(line) < 8 * 1024, f"the summary is {len(line)} bytes"
 
-    as_json = cli(d, "--json")
+    as_json = status_cli(d, "--json")
     assert as_json.returncode == 0, as_json.stderr
     status = json.loads(as_json.stdout)
     assert len(status["leases"]) == 3000 and {x["job"] for x in status["leases"]} == {JOB}
     assert [i["name"] for i in status["instances"]] == [f"sleeper:{i}" for i in range(INSTANCES)]
-    text = cli(d)
+    text = status_cli(d)
     assert text.returncode == 0, text.stderr
     assert "in 3000 leases" in text.stdout
     assert sum(1 for row in text.stdout.splitlines() if row.startswith("sleeper:")) == INSTANCES

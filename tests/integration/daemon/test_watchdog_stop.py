@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 
 def test_the_watchdog_is_pinged_while_workers_stop(

@@ -6,22 +6,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import joblib
-import psutil
 import pytest
 
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
-from tests.helpers import CALM, wait_until
-from tests.integration.conftest import DaemonHandle
-
-BUDGET = {
-    "cpu_cap": 3,
-    "memory_per_slot": "1MiB",
-    "reserve_tasks": 0,
-    "reserve_percent": 0,
-    "max_per_lease": 8,
-    "pressure": CALM,
-}
+from tests.helpers import wait_until
+from tests.support.daemons import DaemonHandle
+from tests.support.pools import BUDGET, loky_workers
 
 
 @pytest.fixture(autouse=True)
@@ -35,17 +26,6 @@ def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[batt_joblib.Keeper[Any]]
         yield fresh
     finally:
         fresh.close()
-
-
-def loky_workers() -> list[int]:
-    out = []
-    for child in psutil.Process().children():
-        try:
-            if any("popen_loky_posix" in part for part in child.cmdline()):
-                out.append(child.pid)
-        except psutil.Error:
-            continue
-    return out
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import CALM, REPO, PidsCgroup, killing
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 JOBS = 4
 N_JOBS = 4

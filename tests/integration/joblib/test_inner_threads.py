@@ -11,7 +11,7 @@ import pytest
 from supervisord_batt.client import inner
 from supervisord_batt.client.executor import BudgetExecutor
 from supervisord_batt.client.leases import Grant
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")

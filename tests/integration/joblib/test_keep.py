@@ -24,8 +24,8 @@ import pytest
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
 from tests.helpers import REPO, WaitTimeout, wait_until
-from tests.integration.conftest import DaemonHandle
-from tests.integration.joblib.conftest import BUDGET, loky_workers
+from tests.support.daemons import DaemonHandle
+from tests.support.pools import BUDGET, loky_workers
 
 
 def square_pid(x: int) -> tuple[int, int]:

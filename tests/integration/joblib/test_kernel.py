@@ -3,69 +3,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.helpers import REPO, wait_until
-from tests.integration.conftest import DaemonHandle
-from tests.integration.joblib.conftest import BUDGET
+from tests.support.daemons import DaemonHandle
+from tests.support.pools import BUDGET, Kernel, loky_workers
 
-jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
-
-CELL_TIMEOUT = 30.0
-
-
-class Kernel:
-    """A kernel of this interpreter and a blocking client; every cell's text output."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.km = jupyter_client.KernelManager(kernel_name="python3")
-        self.km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        self.km.start_kernel(env=env)
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=CELL_TIMEOUT)
-
-    def run(self, code: str) -> str:
-        out: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = self.kc.execute_interactive(code, timeout=CELL_TIMEOUT, output_hook=hook)
-        text = "".join(out)
-        assert reply["content"]["status"] == "ok", text
-        return text
-
-    def close(self) -> None:
-        pid = self.pid()
-        tree = []
-        if pid is not None:
-            with contextlib.suppress(psutil.Error):
-                tree = psutil.Process(pid).children(recursive=True)
-        with contextlib.suppress(Exception):
-            self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
-        for proc in tree:  # the kernel's loky workers and trackers, if it left any
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(tree, timeout=10)
-
-    def pid(self) -> int | None:
-        proc = getattr(self.km.provisioner, "process", None)
-        return None if proc is None else int(proc.pid)
 
 
 @pytest.fixture
@@ -79,15 +29,6 @@ def kernel(daemon: Callable[..., DaemonHandle]) -> Iterator[tuple[Kernel, Daemon
         yield k, d
     finally:
         k.close()
-
-
-def _workers(pid: int) -> list[int]:
-    out = []
-    for child in psutil.Process(pid).children():
-        with contextlib.suppress(psutil.Error):
-            if any("popen_loky_posix" in part for part in child.cmdline()):
-                out.append(child.pid)
-    return out
 
 
 def test_load_ext_then_an_unchanged_parallel_cell_leases(
@@ -122,7 +63,7 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
 
         (held,) = wait_until(kernel_lease, timeout=10, what="the kernel's lease")
         assert (held["kind"], held["workers"], held["job"]) == ("process", want, "notebook")
-        assert len(_workers(pid)) == want
+        assert len(loky_workers(pid)) == want
         wait_until(
             lambda: len(list(started.iterdir())) == want, timeout=30, what="a task in each worker"
         )
@@ -135,7 +76,7 @@ def test_load_ext_then_an_unchanged_parallel_cell_leases(
     )
     assert out.split(None, 1) == [str(want), str([x * x for x in range(8)]) + "\n"], out
     wait_until(lambda: d.status()["leases"] == [], timeout=10, what="the lease given back")
-    assert _workers(pid) == []
+    assert loky_workers(pid) == []
     assert "no lease held now" in k.run("%batt")
 
 

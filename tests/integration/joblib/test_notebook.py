@@ -13,12 +13,12 @@ import pytest
 
 from supervisord_batt import paths
 from tests.helpers import CALM, REPO, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
-from tests.integration.joblib.test_kernel import Kernel, _workers
+from tests.support.pools import Kernel, loky_workers
 
 CALL = "out = joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-x) for x in range(8))\n"
 
@@ -119,7 +119,7 @@ def test_issue_24_a_loop_of_cells_runs_on_one_kept_pool(
                 "joblib.delayed(os.getpid)() for _ in range(8))))"
             )
             ran_on |= set(json.loads(out))
-        workers = _workers(pid)
+        workers = loky_workers(pid)
         assert len(workers) == 2 and ran_on <= set(workers)
         assert grants()[len(at_start) :] == [("process", 2)]  # 12 calls, one lease
     finally:

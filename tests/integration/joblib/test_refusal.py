@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import CALM, REPO, PidsCgroup, killing, wait_until
-from tests.integration.conftest import DaemonHandle
+from tests.support.daemons import DaemonHandle
 
 DEADLINE = 60.0
 

@@ -7,8 +7,8 @@ import os
 import joblib
 import pytest
 
-from tests.integration.conftest import DaemonHandle
-from tests.integration.joblib.conftest import loky_workers
+from tests.support.daemons import DaemonHandle
+from tests.support.pools import loky_workers
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import make_classification  # noqa: E402

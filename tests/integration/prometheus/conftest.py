@@ -10,38 +10,38 @@ takes about 15 s, most of it waiting for runs to end and for Prometheus to see t
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import CALM, PidsCgroup, WireClient, pids_v1_writable, wait_until
-from tests.integration.conftest import DaemonHandle, _program, _py
-from tests.integration.prometheus.tools import Prometheus, free_port, tool
+from tests.helpers import CALM, PidsCgroup, pids_v1_writable, wait_until
+from tests.integration.prometheus.tools import Prometheus, tool
+from tests.support.daemons import DaemonHandle, program_entry, python_command
+from tests.support.metrics import free_port
+from tests.support.prometheus import Fleet, Host
 
 ONCE = {"restart": "never", "min_runtime": "0s", "autostart": False}
-OK = _py("import time; time.sleep(0.3)")
-BAD = _py("import sys, time; time.sleep(0.3); sys.exit(3)")
-HANG = _py("import time; time.sleep(600)")
+OK = python_command("import time; time.sleep(0.3)")
+BAD = python_command("import sys, time; time.sleep(0.3); sys.exit(3)")
+HANG = python_command("import time; time.sleep(600)")
 
 
 def _programs(host: str) -> dict[str, Any]:
     """Each host runs a different mix, so a figure given to the wrong host shows."""
     if host == "host-a":  # one of each: completed, failed, hung (killed at 1 s)
         return {
-            "ok": _program(OK, **ONCE),
-            "bad": _program(BAD, **ONCE),
-            "hang": _program(HANG, wall_clock_limit="1s", stop_grace="1s", **ONCE),
+            "ok": program_entry(OK, **ONCE),
+            "bad": program_entry(BAD, **ONCE),
+            "hang": program_entry(HANG, wall_clock_limit="1s", stop_grace="1s", **ONCE),
         }
     if host == "host-b":  # two that complete
-        return {"ok": _program(OK, numprocs=2, **ONCE)}
+        return {"ok": program_entry(OK, numprocs=2, **ONCE)}
     # host-c: one completes; one fails and is restarted until it is FATAL
     flapping = ONCE | {
         "restart": "on-failure",
@@ -49,37 +49,7 @@ def _programs(host: str) -> dict[str, Any]:
         "start_limit": {"burst": 2, "interval": "60s"},
         "backoff": {"initial": "100ms", "max": "100ms", "factor": 1},
     }
-    return {"ok": _program(OK, **ONCE), "bad": _program(BAD, **flapping)}
-
-
-@dataclass
-class Host:
-    name: str
-    handle: DaemonHandle
-    cgroup: PidsCgroup
-    log: Path
-    job: WireClient | None = None  # a job's connection, holding its lease
-    grant: dict[str, Any] = field(default_factory=dict)
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The daemon's events, from its log file."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                if name is None or event.get("event") == name:
-                    out.append(event)
-        return out
-
-    def last_stats(self) -> dict[str, Any]:
-        """The daemon's own counters: its latest `stats` line."""
-        return self.events("stats")[-1]
-
-
-@dataclass
-class Fleet:
-    prometheus: Prometheus
-    hosts: dict[str, Host]
+    return {"ok": program_entry(OK, **ONCE), "bad": program_entry(BAD, **flapping)}
 
 
 def _config(host: str, port: int, workdir: Path, cgroup: PidsCgroup) -> dict[str, Any]:

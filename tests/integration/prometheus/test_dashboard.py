@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_until
-from tests.integration.prometheus.conftest import Fleet, Host
 from tests.integration.prometheus.tools import DASHBOARD, RULES
+from tests.support.prometheus import Fleet, Host
 
 WINDOW = "10m"
 Result = dict[tuple[str, ...], float]

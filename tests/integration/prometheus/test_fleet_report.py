@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import REPO
-from tests.integration.prometheus.conftest import Fleet
+from tests.support.prometheus import Fleet
 
 pytestmark = pytest.mark.usefixtures("needs_root")  # the fleet's cgroups; marks them `root`
 

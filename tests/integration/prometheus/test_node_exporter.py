@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_until
-from tests.integration.conftest import DaemonHandle
-from tests.integration.daemon.test_metrics import samples
 from tests.integration.prometheus.tools import Server, get
+from tests.support.daemons import DaemonHandle
+from tests.support.metrics import samples
 
 P = "supervisord_batt_"
 

@@ -6,7 +6,6 @@ import itertools
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import urllib.parse
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, wait_until
+from tests.support.metrics import free_port
 
 RULES = REPO / "contrib" / "prometheus" / "supervisord-batt.rules.yml"
 RULES_TESTS = REPO / "contrib" / "prometheus" / "supervisord-batt.rules.test.yml"
@@ -33,12 +33,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed: {INSTALL}")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str, timeout: float = 10) -> bytes:

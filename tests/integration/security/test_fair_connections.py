@@ -19,7 +19,7 @@ import yaml
 
 from tests import helpers
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
-from tests.integration.security.test_rights_and_floods import FLOOD, STATUS, shared
+from tests.support.peers import FLOOD, STATUS, shared
 
 LEASE = '{"op":"acquire","want":1,"kinds":["thread"]}'
 

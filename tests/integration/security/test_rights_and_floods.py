@@ -15,73 +15,7 @@ from typing import Any
 
 from tests import helpers
 from tests.helpers import drop_to, interpreter_for_others, killing, wait_until
-
-# one request per argv line, one connection; prints each reply line
-ASK = textwrap.dedent(
-    """
-    import socket, sys
-    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-    f = s.makefile("rb")
-    for line in sys.argv[2:]:
-        s.sendall(line.encode() + b"\\n")
-        print(f.readline().decode().strip(), flush=True)
-    """
-)
-
-STATUS = '{"op":"status"}'
-# opens N connections to PATH ("-": the worker's $SUPERVISORD_BATT_SOCKET), each sending
-# FIRST, and prints how many were served; then, once GO exists, asks once more on each it
-# holds and prints how many are still served
-FLOOD = textwrap.dedent(
-    """
-    import json, os, socket, sys, time
-    path, n, first, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    path = os.environ["SUPERVISORD_BATT_SOCKET"] if path == "-" else path
-    held, served, refused = [], 0, {}
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(path)
-        s.sendall(first.encode() + b"\\n")
-        reply = json.loads(s.makefile("rb").readline())
-        if reply.get("ok"):
-            served += 1
-            held.append(s)
-        else:
-            code = reply["error"]["code"]
-            refused[code] = refused.get(code, 0) + 1
-            s.close()
-    print(json.dumps({"served": served, "refused": refused}), flush=True)
-    while not os.path.exists(go):
-        time.sleep(0.05)
-    alive = 0
-    for s in held:
-        try:
-            s.sendall(b'{"op":"hello","version":1}\\n')
-            alive += bool(json.loads(s.makefile("rb").readline() or b"{}").get("ok"))
-        except OSError:
-            pass
-    print(json.dumps({"alive": alive}), flush=True)
-    time.sleep(600)
-    """
-)
-
-
-def ask(sock: Path, user: helpers.TestUser, *requests: dict[str, Any]) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [interpreter_for_others(), "-c", ASK, str(sock), *map(json.dumps, requests)],
-        preexec_fn=drop_to(user),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-def shared(d: Any) -> Any:
-    d.workdir.chmod(0o755)  # the socket's directory: others may reach the socket in it
-    return d
-
+from tests.support.peers import FLOOD, STATUS, ask, shared
 
 SLEEP = ["sleep", "600"]
 

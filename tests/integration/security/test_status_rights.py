@@ -20,7 +20,7 @@ from typing import Any
 
 from tests import helpers
 from tests.helpers import WireClient, wait_until
-from tests.integration.security.test_rights_and_floods import ask, shared
+from tests.support.peers import ask, shared
 
 EVERYTHING = {
     "op": "status",

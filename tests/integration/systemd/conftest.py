@@ -3,98 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from supervisord_batt.cli.unit import installed_command
-from supervisord_batt.paths import SOURCE_UNIT
-from tests.helpers import CALM, REPO
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
-
-UNIT = "supervisord-batt.service"
-SLEEPER = ["python3", "-c", "import time; time.sleep(600)"]
-
-
-def base_config() -> dict[str, Any]:
-    """A daemon with two sleeping workers, a fast tick, and no PSI in the way."""
-    return {
-        "daemon": {"sample_interval": "200ms", "scan_interval": "1s", "log_format": "json"},
-        "budget": {
-            "reserve_tasks": 2,
-            "reserve_percent": 0,
-            "max_per_lease": 8,
-            "cpu_cap": 16,
-            "memory_per_slot": "1MiB",
-            "pressure": CALM,
-        },
-        "programs": {
-            "sleeper": {"command": SLEEPER, "numprocs": 2, "stop_grace": "2s", "restart": "always"}
-        },
-    }
-
-
-class Service:
-    """The shipped unit installed in a sandbox, with a drop-in pointing at this code."""
-
-    def __init__(self, box: Sandbox) -> None:
-        self.box = box
-        self.config = box.workdir / "etc" / "supervisord-batt.yaml"
-        self.config.parent.mkdir()
-        self.command = " ".join(installed_command())
-        # the checkout the service imports first; None: only what `command` installed
-        self.pythonpath: Path | None = REPO
-
-    def install(self, config: dict[str, Any], **service: str) -> None:
-        """The unit exactly as shipped, plus a drop-in: ExecStart/ExecReload at the code
-        under test and `config`, and any extra [Service] settings."""
-        (self.box.units / UNIT).write_bytes(SOURCE_UNIT.read_bytes())
-        dropin = self.box.units / f"{UNIT}.d"
-        dropin.mkdir(exist_ok=True)
-        lines = [
-            "[Unit]",
-            "AssertPathExists=",
-            f"AssertPathExists={self.config}",
-            "[Service]",
-            "ExecStart=",
-            f"ExecStart={self.command} run -c {self.config}",
-            "ExecReload=",
-            f"ExecReload={self.command} reload -c {self.config}",
-            "ExecStopPost=",
-            f"ExecStopPost={self.command} cleanup -c {self.config}",
-            "Environment=PYTHONUNBUFFERED=1",
-            # the checkout under test, whichever installation the command belongs to
-            *([f"Environment=PYTHONPATH={self.pythonpath}"] if self.pythonpath else []),
-            *(f"{key}={value}" for key, value in service.items()),
-        ]
-        (dropin / "test.conf").write_text("\n".join(lines) + "\n")
-        self.write_config(config)
-        self.box.systemctl("daemon-reload")
-
-    def write_config(self, config: dict[str, Any] | str) -> None:
-        text = config if isinstance(config, str) else yaml.safe_dump(config)
-        self.config.write_text(text)
-
-    def cli(self, *args: str, check: bool = True) -> Any:
-        """The CLI inside the namespace, as an operator on that host would run it."""
-        argv = self.command.split()
-        return self.box.run(*argv, *args, "-c", str(self.config), check=check)
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.cli("status", "--json", check=False).stdout)
-        return result
-
-    def show(self, *props: str) -> dict[str, str]:
-        return self.box.show(UNIT, *props)
-
-    def instances(self) -> dict[str, dict[str, Any]]:
-        return {inst["name"]: inst for inst in self.status()["instances"]}
+from tests.support.systemd import Service
 
 
 @contextlib.contextmanager

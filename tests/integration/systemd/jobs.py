@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import REPO, killing, wait_until
-from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.sandbox import Sandbox
+from tests.support.systemd import UNIT, Service, base_config
 
 # prints a numbered line every 100 ms, for five minutes
 COUNTER = [

@@ -10,8 +10,8 @@ import subprocess
 from typing import Any
 
 from tests.helpers import killing, wait_until
-from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.sandbox import Sandbox
+from tests.support.systemd import UNIT, Service, base_config
 
 WHAT = ("--event", "started", "--event", "reloaded")
 

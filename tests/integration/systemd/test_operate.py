@@ -14,7 +14,6 @@ from contextlib import ExitStack
 from typing import Any
 
 from tests.helpers import wait_until
-from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.jobs import (
     alive_inside,
     assert_rode_through,
@@ -27,6 +26,7 @@ from tests.integration.systemd.jobs import (
     running_counters,
     ticks,
 )
+from tests.support.systemd import UNIT, Service, base_config
 
 
 def test_a_killed_daemon_is_restarted_and_adopts_its_running_workers(service: Service) -> None:

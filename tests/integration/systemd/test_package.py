@@ -31,7 +31,6 @@ import yaml
 from supervisord_batt import __version__
 from tests.helpers import REPO, wait_until
 from tests.integration.systemd import debs
-from tests.integration.systemd.conftest import UNIT, Service
 from tests.integration.systemd.jobs import (
     alive_inside,
     assert_rode_through,
@@ -42,6 +41,7 @@ from tests.integration.systemd.jobs import (
 )
 from tests.integration.systemd.release import RELEASE_CALM, previous_release, release_source
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
+from tests.support.systemd import UNIT, Service
 
 VENV = "/opt/venvs/supervisord-batt"
 CONFIG = "/etc/supervisord-batt/supervisord-batt.yaml"

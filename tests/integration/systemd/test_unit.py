@@ -25,8 +25,8 @@ from supervisord_batt.cli.unit import (
 )
 from supervisord_batt.paths import SOURCE_UNIT
 from tests.helpers import wait_until
-from tests.integration.systemd.conftest import UNIT, Service, base_config
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
+from tests.support.systemd import UNIT, Service, base_config
 
 # -------------------------------------------------------------------- the unit file
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, wait_until
-from tests.integration.systemd.conftest import UNIT, Service
 from tests.integration.systemd.jobs import (
     assert_rode_through,
     eight_leases,
@@ -31,6 +30,7 @@ from tests.integration.systemd.jobs import (
     running_counters,
 )
 from tests.integration.systemd.release import RELEASE_CALM, release_source
+from tests.support.systemd import UNIT, Service
 
 
 def _wheel(source: Path, out: Path) -> Path:

@@ -11,7 +11,7 @@ from supervisord_batt.budget.books import Size
 from supervisord_batt.budget.claims import sampled
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.protocol import KINDS, Kind
-from tests.unit.budget.conftest import GIB, SETTINGS, configs, random_calls
+from tests.support.budget import GIB, SETTINGS, configs, random_calls
 
 MIB = 1 << 20
 

@@ -13,7 +13,7 @@ from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
 from supervisord_batt.host.sample import HostSample, Limit, Psi
 from supervisord_batt.protocol import KINDS
 from tests.fakes import FakeClock
-from tests.unit.budget.conftest import (
+from tests.support.budget import (
     CGROUP,
     GIB,
     PRESSURE,

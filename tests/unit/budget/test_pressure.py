@@ -11,7 +11,7 @@ import pytest
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.host.sample import Psi
-from tests.unit.budget.conftest import PRESSURE, QUIET, config, limit, sample
+from tests.support.budget import PRESSURE, QUIET, config, limit, sample
 
 OFF = replace(QUIET, cpu_high=None, cpu_extreme=None, memory_high=None, memory_extreme=None)
 

@@ -16,7 +16,7 @@ from supervisord_batt.budget.records import LedgerStats, Request
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
 from tests.fakes import FakeClock
-from tests.unit.budget.conftest import (
+from tests.support.budget import (
     GIB,
     QUIET,
     SETTINGS,

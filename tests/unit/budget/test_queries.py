@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from tests.unit.budget.conftest import ledger, limit, request
+from tests.support.budget import ledger, limit, request
 
 
 def test_lease_pids_maps_every_live_lease_to_its_holder_pid() -> None:

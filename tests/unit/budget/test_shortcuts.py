@@ -20,7 +20,7 @@ from supervisord_batt.budget.shortcuts import newcomer_share, newcomer_user_shar
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit
 from supervisord_batt.protocol import Kind
-from tests.unit.budget.conftest import (
+from tests.support.budget import (
     CGROUP,
     GIB,
     JOBS,

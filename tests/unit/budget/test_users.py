@@ -24,7 +24,7 @@ from supervisord_batt.budget.users import Weight, exact_weight
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Psi
 from tests.fakes import FakeClock
-from tests.unit.budget.conftest import (
+from tests.support.budget import (
     GIB,
     KIND_SETS,
     PRESSURE,

@@ -8,7 +8,7 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant
 from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies, denial_cause
 from supervisord_batt.host.sample import Psi
-from tests.unit.budget.conftest import GIB, PRESSURE, ledger, limit, request, sample
+from tests.support.budget import GIB, PRESSURE, ledger, limit, request, sample
 
 
 def denied(led: BudgetLedger, holders: int = 1, process_only: bool = False) -> Grant:
