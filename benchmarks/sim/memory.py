@@ -210,9 +210,8 @@ class MemSim:
                 cpu_cap=host.cpu_cap,
                 memory_per_slot=host.memory_per_slot,
                 max_per_lease=64,
-                # the real run this model is checked against was made before the memory
-                # reserve (budget.memory_reserve_percent); nor does it feed pool bytes
-                memory_reserve_percent=0.0,
+                # the memory reserve and the burst window as shipped, as the real run this
+                # model is checked against; it does not feed pool bytes
             )
             self.ledger = BudgetLedger(budget, lambda: self.kernel.now, self.sample())
             self._teach()

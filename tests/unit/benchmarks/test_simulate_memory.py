@@ -42,10 +42,11 @@ def test_the_oom_killer_ends_the_largest_process_and_breaks_the_plain_pool_by_ha
 
 def test_the_documented_memory_findings() -> None:
     """What docs/SIMULATION.md (Memory) says of the table: plain pools are OOM-killed in
-    every cell and sequential in none; learned sizes grant jobs of small workers more
-    than memory_per_slot allows and run faster for it, but the budget is OOM-killed
-    wherever memory decides and the jobs ask at once, learned or not (jobs granted
-    sequential write their data in their own process, which no grant charges); a job
+    every cell and sequential in none; jobs of small workers are never OOM-killed under
+    the budget, and learned sizes first grant them more than 4x the workers
+    memory_per_slot does, but no longer run much faster for it: the last jobs to ask are
+    left sequential until others end, and the slowest job decides the wall time; wherever
+    bigger workers meet the memory limit the budget is OOM-killed, learned or not; a job
     whose first run was killed before a scan saw its data is learned at its bare size."""
     got = {(c.name, p): run_policy(c, p) for c in CELLS for p in POLICIES}
     for cell in CELLS:
@@ -54,11 +55,15 @@ def test_the_documented_memory_findings() -> None:
         assert (sequential.oom_kills, sequential.failed) == (0, 0), cell.name
     small_fixed = got[("small workers", "budget memory_per_slot")]
     small_learned = got[("small workers", "budget learned")]
-    assert (small_fixed.oom_kills, small_fixed.failed) == (0, 0)
-    assert small_learned.tasks_per_s > 1.3 * small_fixed.tasks_per_s
-    assert granted(small_learned) > 4 * granted(small_fixed)  # first grants: 54 workers, 8
-    for name in ("small workers", "mixed sizes", "big workers", "the proof's shape"):
-        assert got[(name, "budget learned")].oom_kills > 0, name
+    for small in (small_fixed, small_learned):
+        assert (small.oom_kills, small.failed) == (0, 0)
+        assert "sequential:0" in small.grants  # some jobs wait sequential for memory
+    assert granted(small_learned) > 4 * granted(small_fixed)  # first grants: 26 workers, 4
+    sequential = got[("small workers", "sequential")].tasks_per_s
+    assert small_fixed.tasks_per_s <= small_learned.tasks_per_s < 1.1 * sequential
+    for name in ("mixed sizes", "big workers", "the proof's shape"):
+        for policy in ("budget memory_per_slot", "budget learned"):
+            assert got[(name, policy)].oom_kills > 0, (name, policy)
     big = next(c for c in CELLS if c.name == "big workers")
     first = MemSim(big.jobs(), "budget", MemHost(cores=16, limit=big.limit, cpu_cap=64))
     first.run()
@@ -68,11 +73,14 @@ def test_the_documented_memory_findings() -> None:
 def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
     """What docs/SIMULATION.md (Memory) says of the validation: every row of the measured
     big case has the same OOM outcome simulated (OOM kills or none, every task done or
-    not), and the rows with no pool to break, sequential and the hand-sized pool, are
-    within 15% in tasks/s; the others are not (the doc says why)."""
+    not), and every row with no OOM kill (sequential, the hand-sized pool, the budget on
+    the host's CPUs) is within 20% in tasks/s; the rows with kills are not (the doc says
+    why)."""
     checks = {c.row: c for c in validate(json.loads(RESULTS.read_text()))}
     assert len(checks) == 7
     off = [(c.row, c.measured_oom, c.simulated_oom) for c in checks.values()]
     assert all(c.same_outcome for c in checks.values()), off
-    for row in ("sequential", "hand"):
-        assert checks[row].error <= 0.15, (row, checks[row])
+    calm = [c for c in checks.values() if c.measured_oom == 0]
+    assert {c.row for c in calm} >= {"sequential", "hand", "budget host CPUs, learned"}
+    for check in calm:
+        assert check.error <= 0.20, (check.row, check)
