@@ -216,8 +216,10 @@ class BudgetLedger:
 
     # -- leases ---------------------------------------------------------------------------
 
-    def acquire(self, req: Request) -> Grant:
-        """Grant at once what fits now: process, else thread, else sequential."""
+    def acquire(self, req: Request, *, restoring: bool = False) -> Grant:
+        """Grant at once what fits now: process, else thread, else sequential.
+        `restoring`: the lease of a job that already ran under the daemon before this one
+        (a reexec, a restart): never held for a burst, as it is no newcomer."""
         validate_request(req)
         # no _fresh(): the newcomer's share is computed below, and a pending one is unseen
         before = self._alloc if self._exact and self._pending is None else None
@@ -269,7 +271,7 @@ class BudgetLedger:
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._first_grant(e, mine, fair, cpu)
+        kind, workers, reason = self._first_grant(e, mine, fair, cpu, restoring)
         if cpu is not None:  # several users: short of its share, it is owed it (`hold`)
             self._hold.granted(e.lease_id, mine.workers, workers)
         self._charge(e, None, (kind, workers))
@@ -789,10 +791,12 @@ class BudgetLedger:
         return pool_kinds(e.pools, level, e.kind, e.workers, workers, chosen)
 
     def _first_grant(
-        self, e: _Held, mine: Share, fair: int, cpu: CpuShare | None
+        self, e: _Held, mine: Share, fair: int, cpu: CpuShare | None, restoring: bool
     ) -> tuple[Kind, int, str]:
         """A newcomer's grant: what fits now (`_best_now`), or sequential when it may be
         in a burst (see `burst_window` in `__init__`) and would get a pool."""
+        if restoring:
+            return self._best_now(e, mine, fair, None, cpu)
         since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
         if self._config.burst_window > 0 and mine.workers >= MIN_POOL and self._sample is not None:
             if since < self._config.burst_window:

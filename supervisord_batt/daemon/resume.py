@@ -110,7 +110,7 @@ class Resumable:
         )
         self.ledger.continue_ids(number - 1)
         try:
-            grant = self.ledger.acquire(request)
+            grant = self.ledger.acquire(request, restoring=True)
         except LeaseError:
             return False
         self.waiting[grant.lease_id] = (pid, uid)

@@ -20,7 +20,9 @@ SLEEPER = ["python3", "-c", "import time; time.sleep(600)"]
 
 
 def base_config() -> dict[str, Any]:
-    """A daemon with two sleeping workers, a fast tick, and no PSI in the way."""
+    """A daemon with two sleeping workers, a fast tick, and no PSI in the way; each grant
+    at once (no burst hold: a test that crashes the daemon right after a job's acquire
+    would otherwise catch the job still held sequential)."""
     return {
         "daemon": {"sample_interval": "200ms", "scan_interval": "1s", "log_format": "json"},
         "budget": {
@@ -30,6 +32,7 @@ def base_config() -> dict[str, Any]:
             "cpu_cap": 16,
             "memory_per_slot": "1MiB",
             "pressure": CALM,
+            "burst_window": 0,
         },
         "programs": {
             "sleeper": {"command": SLEEPER, "numprocs": 2, "stop_grace": "2s", "restart": "always"}

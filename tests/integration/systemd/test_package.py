@@ -39,7 +39,7 @@ from tests.integration.systemd.jobs import (
     leases,
     resumed,
 )
-from tests.integration.systemd.release import RELEASE_CALM, previous_release, release_source
+from tests.integration.systemd.release import previous_release, release_budget, release_source
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
 from tests.support.systemd import UNIT, Service
 
@@ -217,8 +217,7 @@ def operator_config(box: Sandbox) -> str:
     config = yaml.safe_load(box.host_path(CONFIG).read_text())
     counters = four_counters()
     config["daemon"].update(counters["daemon"])
-    config["budget"] = counters["budget"]
-    config["budget"]["pressure"] = RELEASE_CALM  # loaded first by the previous release
+    config["budget"] = release_budget(counters["budget"])
     config["programs"] = counters["programs"]
     config["programs"]["batt"]["output"] = {"mode": "file"}
     return "# edited by the operator: the counters\n" + yaml.safe_dump(config)

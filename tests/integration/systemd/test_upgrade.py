@@ -29,7 +29,7 @@ from tests.integration.systemd.jobs import (
     resumed,
     running_counters,
 )
-from tests.integration.systemd.release import RELEASE_CALM, release_source
+from tests.integration.systemd.release import release_budget, release_source
 from tests.support.systemd import UNIT, Service
 
 
@@ -103,7 +103,7 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
     service.command = str(venv / "bin" / "supervisord-batt")
     service.pythonpath = None  # the installed release, not this checkout
     config = four_counters()
-    config["budget"]["pressure"] = RELEASE_CALM
+    config["budget"] = release_budget(config["budget"])
     before = running_counters(service, config)
     hello = service.cli("status", "--json")
     assert json.loads(hello.stdout)["version"] == version, hello.stdout

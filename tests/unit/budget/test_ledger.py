@@ -830,3 +830,19 @@ def test_without_a_burst_window_nothing_is_held() -> None:
     led = BudgetLedger(config(), FakeClock(), sample(cpus=16.0))
     grants = [led.acquire(request(name, 4)) for name in "ab"]
     assert [(g.kind, g.workers, g.retry_after) for g in grants] == [("process", 4, 0.0)] * 2
+
+
+def test_leases_restored_after_a_reexec_are_not_held_for_a_burst() -> None:
+    """The leases a re-executed or restarted daemon restores all arrive at once, but they
+    are jobs that ran before it, not a burst of newcomers: held, each would drop to
+    sequential while resuming (the upgrade test's jobs saw process, sequential, process).
+    Nor do they count as asks: the newcomers after them are held only among themselves."""
+    clock = FakeClock()
+    led = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=16.0))
+    restored = [led.acquire(request(name, 2), restoring=True) for name in "abc"]
+    assert [(g.kind, g.workers, g.retry_after) for g in restored] == [("process", 2, 0.0)] * 3
+    first = led.acquire(request("d", 2))
+    assert (first.kind, first.retry_after) == ("process", 0.0)
+    clock.advance(0.1)
+    second = led.acquire(request("e", 2))
+    assert (second.kind, second.retry_after > 0) == ("sequential", True)
