@@ -441,7 +441,12 @@ class BudgetLedger:
         recounts the books with the sizes they hold. A job not in them is charged
         `memory_per_slot` and the constants of `costs` (n + 4 tasks)."""
         self._worker_bytes = dict(worker_bytes)
-        self._pool_tasks = dict(pool_tasks or {})
+        # the constants are a floor: a pool's threads and trackers that a short run's
+        # scans did not see (one before they started) are still its cost
+        self._pool_tasks = {
+            key: (max(each, PROCESS_WORKER_TASKS), max(extra, PROCESS_POOL_OVERHEAD))
+            for key, (each, extra) in (pool_tasks or {}).items()
+        }
 
     def pool_tasks(self, job: str, uid: int) -> tuple[int, int]:
         """(tasks per process worker, tasks a process pool adds beyond its workers) that

@@ -2,8 +2,10 @@
 learned from the daemon's scans and size its grants. In a real pids cgroup of 20 tasks,
 a job never seen is granted what the constants give (n + 4 tasks); it then runs a pool
 whose two workers start two threads each (3 tasks per worker, as a worker whose BLAS
-starts threads) and one thread in the job beside them (+1), `status` names the figures,
-and its next grant is sized by them: a third of the constant's, as the cgroup holds."""
+starts threads) and one thread in the job beside them (+1, charged at the constants'
+floor of 4: a pool's threads and trackers a short run's scans missed are still its cost),
+`status` names the figures charged, and its next grant is sized by them: a third of the
+constant's, as the cgroup holds."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD
 from tests.helpers import CALM, REPO, killing, wait_until
 from tests.support.daemons import DaemonHandle
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 PIDS_MAX = 20
 WANT = 16
 EACH, EXTRA = 3, 1  # tasks per worker, and beyond the workers, of the job's pool
+CHARGED = max(EXTRA, PROCESS_POOL_OVERHEAD)  # beyond the workers: the constants are a floor
 
 # A job: leases up to `want` process workers through the client, and with "run" starts
 # that many worker processes of EACH threads each and one thread of its own beside them;
@@ -115,14 +119,14 @@ def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
             (row,) = [r for r in d.status()["leases"] if r["job"] == "blas"]
             return row.get("worker_tasks"), row.get("pool_tasks")
 
-        wait_until(lambda: learned() == (EACH, EXTRA), what="the daemon to learn the pool's tasks")
+        wait_until(lambda: learned() == (EACH, CHARGED), what="the pool's tasks learned")
         shown = d.cli("status")
         assert shown.returncode == 0, shown.stderr
-        assert f"; {EACH} tasks per worker, pool +{EXTRA} tasks" in shown.stdout, shown.stdout
+        assert f"; {EACH} tasks per worker, pool +{CHARGED} tasks" in shown.stdout, shown.stdout
 
     wait_until(empty, what="the cgroup to empty")
     with job(d, cg, WANT, run=False) as grant:
         after = grant["workers"]
-    # the same room: before + 4 tasks; now each worker costs EACH and the pool EXTRA
-    assert after == (before + 4 - EXTRA) // EACH, (before, after)
+    # the same room: before + 4 tasks; now each worker costs EACH and the pool CHARGED
+    assert after == (before + 4 - CHARGED) // EACH, (before, after)
     assert cg.events_max() == 0
