@@ -6,16 +6,15 @@ one more, and `status` says what each worker is charged and from how many runs."
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from tests.helpers import CALM, REPO, killing, wait_until
+from tests.helpers import CALM, REPO, wait_until
+from tests.support.allocating import allocating_job
 from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
@@ -26,38 +25,6 @@ GIB = 1 << 30
 SLOT = 128 * MIB
 BIG, SMALL = 300, 20  # MiB each worker of the two jobs writes
 WANT = 16
-
-# A job: leases up to `want` process workers through the client, and with "run" starts
-# that many worker processes that each write `mib` MiB (every page, so it is resident);
-# prints its grant, holds lease and workers until its stdin closes.
-JOB = textwrap.dedent(
-    """
-    import json, subprocess, sys
-    from supervisord_batt.client import lease
-    sock, job, mib, want, run = sys.argv[1:6]
-    ALLOC = (
-        "import sys\\n"
-        "held = [b'\\\\x01' * (1 << 20) for _ in range(int(sys.argv[1]))]\\n"
-        "print('up', flush=True)\\n"
-        "sys.stdin.read()\\n"
-    )
-    with lease(int(want), kinds=["process"], job=job, socket_path=sock) as grant:
-        workers = []
-        if run == "run" and grant.kind == "process":
-            for _ in range(grant.workers):
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-c", ALLOC, mib],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                ))
-            for w in workers:
-                assert w.stdout.readline() == b"up\\n"
-        print(json.dumps({"kind": grant.kind, "workers": grant.workers}), flush=True)
-        sys.stdin.read()
-        for w in workers:
-            w.stdin.close()
-            w.wait()
-    """
-)
 
 
 def budget(cgroup: str) -> dict[str, Any]:
@@ -78,20 +45,8 @@ def job(
     d: DaemonHandle, cg: MemoryCgroup, name: str, mib: int, want: int, *, run: bool
 ) -> Iterator[dict[str, Any]]:
     """A job in the cgroup holding its lease (and workers, if `run`) for the block."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(d.socket), name, str(mib), str(want), "run" * run],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        preexec_fn=cg.preexec(),
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    with killing(proc):
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        assert line, "the job ended before it printed its grant"
-        yield json.loads(line)
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
+    with allocating_job(d, name, mib, want, run=run, preexec_fn=cg.preexec()) as grant:
+        yield grant
 
 
 def learned(d: DaemonHandle, name: str) -> tuple[int, int]:

@@ -6,70 +6,25 @@ and says where it read them."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import CALM, REPO, killing, wait_until
+from tests.helpers import CALM, wait_until
+from tests.support.allocating import allocating_job
 from tests.support.daemons import DaemonHandle
 
 MIB = 1 << 20
 SIZE = 60  # MiB each worker writes
 
-# A job: leases `want` process workers of job "kept"; with "run" starts that many worker
-# processes that each write SIZE MiB; prints its grant and holds all until stdin closes.
-JOB = textwrap.dedent(
-    """
-    import json, subprocess, sys
-    from supervisord_batt.client import lease
-    sock, mib, want, run = sys.argv[1:5]
-    ALLOC = (
-        "import sys\\n"
-        "held = [b'\\\\x01' * (1 << 20) for _ in range(int(sys.argv[1]))]\\n"
-        "print('up', flush=True)\\n"
-        "sys.stdin.read()\\n"
-    )
-    with lease(int(want), kinds=["process"], job="kept", socket_path=sock) as grant:
-        workers = []
-        if run == "run" and grant.kind == "process":
-            for _ in range(grant.workers):
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-c", ALLOC, mib],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                ))
-            for w in workers:
-                assert w.stdout.readline() == b"up\\n"
-        print(json.dumps({"kind": grant.kind, "workers": grant.workers}), flush=True)
-        sys.stdin.read()
-        for w in workers:
-            w.stdin.close()
-            w.wait()
-    """
-)
-
 
 @contextmanager
 def job(d: DaemonHandle, want: int, *, run: bool) -> Iterator[dict[str, Any]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(d.socket), str(SIZE), str(want), "run" * run],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    with killing(proc):
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        assert line, "the job ended before it printed its grant"
-        yield json.loads(line)
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
+    with allocating_job(d, "kept", SIZE, want, run=run) as grant:
+        yield grant
 
 
 def kept_row(d: DaemonHandle) -> dict[str, Any] | None:
