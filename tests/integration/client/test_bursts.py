@@ -59,6 +59,21 @@ def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(daemon):
     assert first["reason"] == "burst: the first to ask, others may follow"
 
 
+def test_a_job_seen_asking_alone_gets_its_pool_at_once_the_next_time(daemon):
+    """A notebook's next cell after its kept pool idled out, a script run again: no one
+    followed the job's first ask within the window, so its next ask into an empty
+    ledger is not held (a job not seen yet still is: the test above)."""
+    d = _daemon(daemon, window=0.25)
+    grants = []
+    for _ in range(2):  # the first waits out its hold, so the second asks after a window
+        grant = acquire(3, job="lone", socket_path=d.socket)
+        grant.release()
+        grants.append((grant.kind, grant.size, grant.reason))
+    assert grants == [("process", 3, "grown to 3"), ("process", 3, "granted in full")], grants
+    denied = [(e["job"], e["reason"]) for e in d.events("deny")]
+    assert denied == [("lone", "burst: the first to ask, others may follow")], denied
+
+
 def test_an_ask_outside_the_window_is_not_held(daemon):
     d = _daemon(daemon, window=0.25)
     with d.client() as a, d.client() as b:
