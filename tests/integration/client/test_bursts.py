@@ -59,13 +59,13 @@ def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(daemon):
     assert first["reason"] == "burst: the first to ask, others may follow"
 
 
-def test_a_job_seen_asking_alone_gets_its_pool_at_once_the_next_time(daemon):
-    """A notebook's next cell after its kept pool idled out, a script run again: no one
-    followed the job's first ask within the window, so its next ask into an empty
-    ledger is not held (a job not seen yet still is: the test above)."""
+def test_a_process_seen_asking_alone_gets_its_pool_at_once_the_next_time(daemon):
+    """A script's next call after its pool was given back, a notebook's next cell: no
+    one followed the process's first ask within the window, so its next ask into an
+    empty ledger is not held (a process not seen yet still is: the test above)."""
     d = _daemon(daemon, window=0.25)
     grants = []
-    for _ in range(2):  # the first waits out its hold, so the second asks after a window
+    for _ in range(2):  # the first waits its hold out, so the second asks a window later
         grant = acquire(3, job="lone", socket_path=d.socket)
         grant.release()
         grants.append((grant.kind, grant.size, grant.reason))
