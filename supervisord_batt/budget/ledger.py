@@ -10,7 +10,7 @@ clock is injected, so every rule here is tested without sleeping.
 `BudgetLedger` keeps its lease table, its two books and its pending allocation equal to
 a recount after every call (the property tests check it), and each public method changes
 them together. The pure pieces it calls are apart: `allocation`, `books`, `claims`,
-`demand`, `shortcuts`, `hierarchy`, `topup`, `hold`, `users`, `pressure`.
+`demand`, `shortcuts`, `hierarchy`, `topup`, `hold`, `lone`, `users`, `pressure`.
 """
 
 # Why leases are charged at their granted size. A job creates its pool after the grant
