@@ -58,7 +58,7 @@ from typing import IO, Any
 
 import psutil
 
-from supervisord_batt.demo import ITERS_PER_MS, Task, _spin, score
+from supervisord_batt.demo import ITERS_PER_MS, Task, score, spin
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -532,7 +532,7 @@ class Cell:
         cg.kill_members(self.children)
         self.children.reap()
         with contextlib.suppress(OSError, ValueError):
-            return len(live), int(cg._read("pids.current"))
+            return len(live), cg.current()
         return len(live), 0
 
     def _tally(self) -> None:
@@ -597,7 +597,7 @@ def check_values(rows: list[Row], params: Params) -> dict[tuple[int, int], int]:
 def estimate_sequential_wall(params: Params) -> float:
     """Seconds the sequential cell should take here, from a short calibration."""
     t0 = time.perf_counter()
-    _spin(200_000, 1)
+    spin(200_000, 1)
     ms_per_planned_ms = (time.perf_counter() - t0) * 1000 / (200_000 / ITERS_PER_MS)
     mean_ms = (params.min_ms + params.max_ms) / 2
     cpu_s = params.jobs * params.tasks * params.samples * mean_ms * ms_per_planned_ms / 1000

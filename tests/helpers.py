@@ -113,15 +113,16 @@ class PidsCgroup:
             return
         for child in sorted(self.path.iterdir()):
             if child.is_dir():
-                PidsCgroup._close_dir(child)
-        PidsCgroup._close_dir(self.path)
+                PidsCgroup.remove_dir(child)
+        PidsCgroup.remove_dir(self.path)
 
     @staticmethod
-    def _close_dir(path: Path) -> None:
+    def remove_dir(path: Path) -> None:
+        """Kill what is in a cgroup directory and its children (by pid), then remove them."""
         with contextlib.suppress(FileNotFoundError):
             for child in sorted(path.iterdir()):
                 if child.is_dir():
-                    PidsCgroup._close_dir(child)
+                    PidsCgroup.remove_dir(child)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -239,7 +240,7 @@ class MemoryCgroup:
     def close(self) -> None:
         """Kill what is still inside (only members of our own cgroup), then remove it."""
         if self.path.exists():
-            PidsCgroup._close_dir(self.path)
+            PidsCgroup.remove_dir(self.path)
 
 
 # a zero-filled buffer would not be charged until touched: each MiB is written

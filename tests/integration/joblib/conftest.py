@@ -19,7 +19,7 @@ from tests.support.pools import BUDGET, loky_workers
 def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[batt_joblib.Keeper[Any]]:
     """A keeper of this test's own: the pool a test's last call left is closed, and its
     lease given back, when the test ends (the module's one lives as long as pytest)."""
-    fresh: batt_joblib.Keeper[Any] = batt_joblib.Keeper(give_back=batt_joblib._give_back_kept)
+    fresh: batt_joblib.Keeper[Any] = batt_joblib.new_keeper()
     monkeypatch.setattr(batt_joblib, "KEEPER", fresh)
     monkeypatch.delenv(paths.KEEP_ALIVE_ENV, raising=False)
     try:
@@ -38,7 +38,7 @@ def batt(
     d = daemon({"budget": BUDGET})
     monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
     monkeypatch.delenv(paths.FALLBACK_ENV, raising=False)
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     try:
         with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
             yield d

@@ -122,7 +122,7 @@ def test_no_daemon_one_warning_then_the_configured_fallback(
     monkeypatch.setattr(structlog, "is_configured", lambda: False)
     monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
     monkeypatch.setenv(paths.FALLBACK_ENV, "process:2")
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         for _ in range(3):
             out = joblib.Parallel(n_jobs=-1)(
@@ -169,7 +169,7 @@ def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
     d = daemon({"budget": {**BUDGET, "lease_ttl": f"{ttl:g}s"}})
     monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
     monkeypatch.setenv(paths.KEEP_ALIVE_ENV, "4.5")
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         start = time.monotonic()
         out = joblib.Parallel(n_jobs=2, batch_size=1)(

@@ -100,7 +100,7 @@ def _remove_cgroups(root: Path) -> None:
     if not root.exists():
         return
     for sub in [d for d in root.iterdir() if d.is_dir()] + [root]:
-        PidsCgroup._close_dir(sub)
+        PidsCgroup.remove_dir(sub)
 
 
 # ---------------------------------------------------------------- isolated scenarios
