@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
 T = TypeVar("T")
-P = TypeVar("P", bound="subprocess.Popen[Any]")
+ProcT = TypeVar("ProcT", bound="subprocess.Popen[Any]")
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the tests run from
 PIDS_V1 = Path("/sys/fs/cgroup/pids")
@@ -278,7 +278,7 @@ class TestUser:
 
 
 @contextlib.contextmanager
-def killing(proc: P) -> Iterator[P]:
+def killing(proc: ProcT) -> Iterator[ProcT]:
     """Kill (by pid) and reap a child we started, whatever happens in the block."""
     try:
         yield proc
