@@ -12,12 +12,15 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import CALM, TestUser, drop_to, interpreter_for_others, killing, wait_until
+from tests.helpers import CALM, drop_to, interpreter_for_others, killing, wait_until
 from tests.support.daemons import DaemonHandle
+
+if TYPE_CHECKING:  # imported for annotations only: pytest would try to collect TestUser
+    from tests.helpers import TestUser
 
 HOLDER = textwrap.dedent(
     """
