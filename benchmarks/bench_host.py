@@ -114,8 +114,9 @@ def memory_limit_on(cgroup_dir: str | None) -> Iterator[str | None]:
         mounts = procfs.parse_mountinfo(f.read())
     v1 = procfs.find_v1_mount(mounts, "memory")
     made: str | None = None
+    path: str | None
     if v1 is not None:
-        path: str | None = os.path.join(v1.mount_point, os.path.basename(cgroup_dir))
+        path = os.path.join(v1.mount_point, os.path.basename(cgroup_dir))
         limit_file = "memory.limit_in_bytes"
         with contextlib.suppress(OSError):
             os.mkdir(path)

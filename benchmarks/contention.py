@@ -570,7 +570,7 @@ class Cell:
 
 def check_values(rows: list[Row], params: Params) -> dict[tuple[int, int], int]:
     """Reference values (sequential cells, else demo.score here); count mismatches."""
-    from contention_job import fold_tasks
+    from benchmarks.contention_job import fold_tasks
 
     ref: dict[tuple[int, int], int] = {}
     for row in rows:
@@ -905,7 +905,7 @@ def main() -> int:
     params = Params(
         args.jobs, args.tasks, args.samples, args.workers, args.min_ms, args.max_ms, args.seed
     )
-    sys.path.insert(0, str(HERE))  # contention_job, for the reference checksums
+    sys.path.insert(0, str(REPO))  # benchmarks.contention_job, for the reference checksums
     with sigterm_as_interrupt():
         report = run(args, params)
     if args.json:

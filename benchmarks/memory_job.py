@@ -64,8 +64,10 @@ def _emit(record: dict[str, Any]) -> None:
 
 def run_pool(items: list[tuple[int, int, float, float]], workers: int) -> dict[str, Any]:
     """A loky pool of `workers`, every task submitted at once; each error recorded."""
+    # `task` by module name: workers unpickle it by reference (the name this script runs
+    # under, benchmarks/ being sys.path[0]; mypy knows the file as benchmarks.memory_job)
     from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
-    from memory_job import run_task as task  # by module name: workers unpickle it by reference
+    from memory_job import run_task as task  # type: ignore[import-not-found]
 
     failed = 0
     with ProcessPoolExecutor(workers) as ex:

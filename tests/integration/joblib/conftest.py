@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import pytest
 
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
+from supervisord_batt.client.keep import Keeper
 from tests.helpers import wait_until
 from tests.support.daemons import DaemonHandle
 from tests.support.pools import BUDGET, loky_workers
 
 
 @pytest.fixture(autouse=True)
-def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[batt_joblib.Keeper[Any]]:
+def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Keeper[Any]]:
     """A keeper of this test's own: the pool a test's last call left is closed, and its
     lease given back, when the test ends (the module's one lives as long as pytest)."""
     fresh: batt_joblib.Keeper[Any] = batt_joblib.new_keeper()
@@ -32,7 +33,7 @@ def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[batt_joblib.Keeper[Any]]
 def batt(
     daemon: Callable[..., DaemonHandle],
     monkeypatch: pytest.MonkeyPatch,
-    keeper: batt_joblib.Keeper[Any],
+    keeper: Keeper[Any],
 ) -> Iterator[DaemonHandle]:
     """A daemon whose budget grants up to 3 workers, the backend pointed at it."""
     d = daemon({"budget": BUDGET})

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import pytest
 
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
+from supervisord_batt.client import inner
 from tests.helpers import wait_until
 from tests.support.daemons import DaemonHandle
 from tests.support.pools import BUDGET, loky_workers
@@ -74,7 +75,7 @@ def test_call_runs_on_the_grant_and_holds_the_lease_as_long_as_its_pool(
 def test_results_equal_the_sequential_run_and_n_jobs_minus_one_asks_for_every_cpu(
     batt: DaemonHandle,
 ) -> None:
-    want = batt_joblib.inner.cpu_count()
+    want = inner.cpu_count()
     with joblib.Parallel(n_jobs=-1) as parallel:
         (held,) = _leases(batt)
         assert held["wanted"] == want and held["workers"] == min(want, 3)

@@ -59,8 +59,8 @@ def test_the_documented_memory_findings() -> None:
         assert (small.oom_kills, small.failed) == (0, 0)
         assert "sequential:0" in small.grants  # some jobs wait sequential for memory
     assert granted(small_learned) > 4 * granted(small_fixed)  # first grants: 26 workers, 4
-    sequential = got[("small workers", "sequential")].tasks_per_s
-    assert small_fixed.tasks_per_s <= small_learned.tasks_per_s < 1.1 * sequential
+    sequential_rate = got[("small workers", "sequential")].tasks_per_s
+    assert small_fixed.tasks_per_s <= small_learned.tasks_per_s < 1.1 * sequential_rate
     for name in ("mixed sizes", "big workers", "the proof's shape"):
         for policy in ("budget memory_per_slot", "budget learned"):
             assert got[(name, policy)].oom_kills > 0, (name, policy)

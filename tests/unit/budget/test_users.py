@@ -23,6 +23,7 @@ from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.users import Weight, exact_weight
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Psi
+from supervisord_batt.protocol import Kind
 from tests.fakes import FakeClock
 from tests.support.budget import (
     GIB,
@@ -436,7 +437,8 @@ def test_a_part_too_small_for_a_first_pool_is_left_to_the_others() -> None:
     assert pool_cost("process", MIN_POOL) == 6
     cg = limit(11, 0, "cgroup", "/sys/fs/cgroup/pids/batt", name="cgroup:/batt")
     led = ledger(limit(), cg, cpus=64.0, max_per_lease=8)
-    inside, kinds = ("/sys/fs/cgroup/pids/batt/job",), ("process",)
+    inside = ("/sys/fs/cgroup/pids/batt/job",)
+    kinds: tuple[Kind, ...] = ("process",)
     a = led.acquire(request("a", 8, uid=ALICE, cgroups=inside, base_tasks=0, kinds=kinds))
     b = led.acquire(request("b", 8, uid=BOB, cgroups=inside, base_tasks=0, kinds=kinds))
     assert [led.lease(g.lease_id).share for g in (a, b)] == [7, 0]

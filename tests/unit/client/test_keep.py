@@ -232,4 +232,5 @@ def test_the_keeper_thread_gives_back_an_idle_pool_and_ends() -> None:
         keeper.checkin(claim, kept)
     wait_until(lambda: keeper.parked() is None, timeout=5, what="the idle pool given back")
     assert log == ["close stuck=False", "give back"]
+    assert thread is not None  # the loop's last one
     wait_until(lambda: not thread.is_alive(), timeout=5, what="the keeper's thread ended")

@@ -524,6 +524,7 @@ def test_json_field_names_are_stable(host: FakeHost) -> None:
         "version",
     } <= set(data["cgroups"][0])
     assert {"uid", "name", "tasks", "nproc_limit", "exempt"} <= set(data["users"][0])
+    assert data["psi"] is not None
     assert set(data["psi"]) == {"cpu_some_avg10", "memory_some_avg10"}
     assert {"name", "kind", "limit", "in_use", "headroom", "percent_used"} <= set(data["limits"][0])
     assert data["tightest"] == {
