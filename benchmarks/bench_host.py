@@ -216,8 +216,9 @@ def kept_sources(
     try:
         for key, path in paths.items():
             if key in PARSERS and os.path.exists(path):
-                kept.append(procfs.PreadFile(path, 512))
-                out[f"src {key}"] = functools.partial(_parse, kept[-1], PARSERS[key])
+                pread = procfs.PreadFile(path, 512)
+                kept.append(pread)
+                out[f"src {key}"] = functools.partial(_parse, pread, PARSERS[key])
         if mem_cg is not None:
             v1 = os.path.exists(os.path.join(mem_cg, "memory.limit_in_bytes"))
             kept.append(memcg.MemNode(mem_cg, mem_cg, 1 if v1 else 2))

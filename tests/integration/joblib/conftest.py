@@ -20,7 +20,7 @@ from tests.support.pools import BUDGET, loky_workers
 def keeper(monkeypatch: pytest.MonkeyPatch) -> Iterator[Keeper[Any]]:
     """A keeper of this test's own: the pool a test's last call left is closed, and its
     lease given back, when the test ends (the module's one lives as long as pytest)."""
-    fresh: batt_joblib.Keeper[Any] = batt_joblib.new_keeper()
+    fresh: Keeper[Any] = batt_joblib.new_keeper()
     monkeypatch.setattr(batt_joblib, "KEEPER", fresh)
     monkeypatch.delenv(paths.KEEP_ALIVE_ENV, raising=False)
     try:
