@@ -55,7 +55,7 @@ from supervisord_batt.budget.claims import (
 from supervisord_batt.budget.costs import MIN_POOL, PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users, over_parts
-from supervisord_batt.budget.hold import GROW_AFTER, GrowHold
+from supervisord_batt.budget.hold import GROW_AFTER, GrowHold, first_size
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -271,9 +271,12 @@ class BudgetLedger:
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._first_grant(e, mine, fair, cpu, restoring)
-        if cpu is not None:  # several users: short of its share, it is owed it (`hold`)
-            self._hold.granted(e.lease_id, mine.workers, workers)
+        start = mine
+        if cpu is not None and not restoring:  # several users: its user's pools (`hold`)
+            start = first_size(mine, self._largest_pool(e))
+        kind, workers, reason = self._first_grant(e, start, fair, cpu, restoring)
+        if cpu is not None:  # several users: short of its start, it is owed it (`hold`)
+            self._hold.granted(e.lease_id, start.workers, workers)
         self._charge(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
@@ -562,12 +565,23 @@ class BudgetLedger:
     def _per_user(self) -> list[User]:
         """The users holding seats in uid order (which breaks ties: the order they came
         in would make the allocation depend on leases already gone), each with its
-        planned leases in the ledger's order. A lease that holds no seat asks for nothing."""
+        planned leases in the ledger's order and the pools they run. A lease that holds no
+        seat asks for nothing."""
         planned: dict[int, list[Planned]] = {uid: [] for uid in sorted(self._users)}
+        held: dict[int, dict[str, int]] = {uid: {} for uid in planned}
         for e in self._leases.values():
             if e.footprint.seat and e.profile.kind is not None:
                 planned[e.request.uid].append(e.planned())
-        return [self._users[uid].user(uid, mine) for uid, mine in planned.items()]
+                if e.workers:
+                    held[e.request.uid][e.lease_id] = e.workers
+        return [self._users[uid].user(uid, mine, held[uid]) for uid, mine in planned.items()]
+
+    def _largest_pool(self, e: _Held) -> int:
+        """Workers of the largest pool the lease's user runs in its other leases, or ran
+        in one that ended lately (`GrowHold.ended`)."""
+        uid = e.request.uid
+        live = max((o.workers for o in self._leases.values() if o.request.uid == uid), default=0)
+        return max(live, self._hold.recent(uid, e.created_at))
 
     def _quick_user_share(self, e: _Held) -> tuple[QuickShare | None, CpuShare | None]:
         """The newcomer's share and CPU bound by `newcomer_user_share`, from the users'
@@ -669,7 +683,7 @@ class BudgetLedger:
                 demand = self._users[e.request.uid].demand
                 demand.count(scope, before, -1)
                 demand.count(scope, after, 1)
-        if not after.plans_as(before):
+        if not after.plans_as(before) or self._split:  # split: the pools' sizes count too
             self._exact = False
 
     def _replan_all(self) -> None:
@@ -702,6 +716,8 @@ class BudgetLedger:
     def _remove(self, e: _Held) -> None:
         del self._leases[e.lease_id]
         self._hold.forget(e.lease_id)
+        if self._split and e.workers:  # its user's next job may start a pool as large
+            self._hold.ended(e.request.uid, e.workers, self._clock())
         fp = e.footprint
         self._charge(e, (e.kind, e.workers), None)
         self._idle.move(fp, _SEQUENTIAL, None)

@@ -89,7 +89,9 @@ def newcomer_user_share(
     the CPUs can bind inside every user's part (`cpu_only` on each user's book), each
     user holds min(what it asks, its CPU part), or its seats if more: with the CPUs all
     taken, or every lease at its cap, the top-up finds nothing to grow. So the newcomer's
-    share is `newcomer_share` on its user's book, which the others do not change.
+    share is `newcomer_share` on its user's book, which the others do not change, unless
+    the newcomer may take an extra worker of its user's remainder: who does depends on the
+    pools its other leases run (`hierarchy.keep_remainders`), which the sums do not say.
     """
     ent = entitlements(users, idle)
     for k, u in enumerate(users):
@@ -97,10 +99,19 @@ def newcomer_user_share(
             return None
     u = users[mine]
     book = user_book(idle, u, ent.cpus[mine], ent.rooms[mine], ent.mem[mine])
+    if newcomer.kind is not None and _may_take_remainder(newcomer.cap, u, book):
+        return None
     quick = newcomer_share(newcomer, footprint, (), book, u.demand)
     if quick is None:
         return None
     return quick, max(u.seats, min(u.cpu_demand(), ent.cpus[mine]))
+
+
+def _may_take_remainder(cap: int, u: User, book: Book) -> bool:
+    """Whether a newcomer capped at `cap` is among the leases that contest the user's
+    remainder (`hierarchy.keep_remainders`) on its `book`, where only the CPUs bind."""
+    level, _, winners = u.demand.level(book.cpus - book.cpu_used)
+    return winners > 0 and level >= MIN_POOL and cap > level
 
 
 def _first_round_share(  # noqa: PLR0917 (newcomer_share's arguments, and the spare CPUs)

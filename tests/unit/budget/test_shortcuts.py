@@ -309,7 +309,10 @@ def test_the_per_user_shortcut_gives_the_full_share_after_random_traffic(
 
 def test_the_per_user_shortcut_applies_where_only_the_cpus_bind() -> None:
     """60 jobs of one user and 4 of another on 32 CPUs, then a newcomer of each, and of
-    a third user: the shortcut applies to all of them, and agrees with `allocate_users`."""
+    a third user: the shortcut agrees with `allocate_users`, and applies to all of them
+    but the two that contest their user's remainder, which goes by the pools its other
+    leases run (`hierarchy.keep_remainders`): the other user's third job (16 CPUs over
+    three) and its fifth (over five)."""
     CHECKED_USERS.clear()
     tracker = Tracker(config(max_per_lease=8), sample(cpus=32.0))
     for i in range(64):
@@ -318,7 +321,7 @@ def test_the_per_user_shortcut_applies_where_only_the_cpus_bind() -> None:
         tracker.acquire(req)
     for uid in (1000, 1001, 0):
         assert differ_users(tracker, request("n", 8, uid=uid)) is None
-    assert CHECKED_USERS["none"] == 0 and CHECKED_USERS["pool"] > 3, CHECKED_USERS
+    assert CHECKED_USERS["none"] == 2 and CHECKED_USERS["pool"] > 3, CHECKED_USERS
 
 
 @SETTINGS
