@@ -580,8 +580,7 @@ class BudgetLedger:
         """Workers of the largest pool the lease's user runs in its other leases, or ran
         in one that ended lately (`GrowHold.ended`)."""
         uid = e.request.uid
-        live = max((o.workers for o in self._leases.values() if o.request.uid == uid), default=0)
-        return max(live, self._hold.recent(uid, e.created_at))
+        return max(max(self._users[uid].pools, default=0), self._hold.recent(uid, e.created_at))
 
     def _quick_user_share(self, e: _Held) -> tuple[QuickShare | None, CpuShare | None]:
         """The newcomer's share and CPU bound by `newcomer_user_share`, from the users'
@@ -589,7 +588,8 @@ class BudgetLedger:
         uids = sorted(self._users)
         users = [self._users[uid].user(uid, []) for uid in uids]
         mine = uids.index(e.request.uid)
-        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle)
+        pools = self._users[e.request.uid].pools  # its others': it is not charged yet
+        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle, pools)
         if found is None:
             return None, None
         quick, held = found
@@ -759,10 +759,15 @@ class BudgetLedger:
                 self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
 
     def _charge(self, e: _Held, old: Size | None, new: Size | None) -> None:
-        """Move a lease in the charged book, and the CPUs its user holds there."""
+        """Move a lease in the charged book, and the CPUs and pools its user holds there."""
         cpu = self._charged.move(e.footprint, old, new)
         if e.footprint.seat:
-            self._users[e.request.uid].cpus += cpu
+            sums = self._users[e.request.uid]
+            sums.cpus += cpu
+            if old is not None:
+                sums.pool(old[1], -1)
+            if new is not None:
+                sums.pool(new[1], 1)
 
     def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,
@@ -786,6 +791,7 @@ class BudgetLedger:
         idle = self._idle = self._charged.copy()
         for sums in self._users.values():
             sums.cpus = 0
+            sums.pools.clear()
         for e in self._leases.values():
             self._charge(e, None, (e.kind, e.workers))
             idle.move(e.footprint, None, _SEQUENTIAL)

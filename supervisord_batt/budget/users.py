@@ -61,14 +61,24 @@ class User:
 @dataclass(slots=True)
 class UserSums:
     """What the ledger keeps per uid holding seats, up to date as its leases come, go and
-    resize: its weight, its seats, the CPUs its leases hold in the charged book, and
-    (while several users hold seats) the demand of its planned leases, as `Demand` sums
-    every user's."""
+    resize: its weight, its seats, the CPUs its leases hold in the charged book, the
+    sizes of the pools they run there, and (while several users hold seats) the demand
+    of its planned leases, as `Demand` sums every user's."""
 
     weight: Weight
     demand: Demand
     seats: int = 0
     cpus: int = 0
+    pools: dict[int, int] = field(default_factory=dict)  # workers -> its leases running so many
+
+    def pool(self, workers: int, sign: int) -> None:
+        """A lease of the user starts (sign 1) or ends (-1) running a pool of `workers`."""
+        if workers:
+            left = self.pools.get(workers, 0) + sign
+            if left:
+                self.pools[workers] = left
+            else:
+                del self.pools[workers]
 
     def user(self, uid: int, planned: list[Planned], held: dict[str, int] | None = None) -> User:
         return User(uid, self.weight, planned, self.demand, self.seats, held or {})

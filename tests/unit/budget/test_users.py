@@ -208,13 +208,20 @@ def test_a_user_holding_what_others_left_it_is_not_over_its_part() -> None:
     assert not led.level_signal(ALICE).startswith("psi cpu")
 
 
+def settled(clock: FakeClock, cpus: float, bob: int) -> tuple[BudgetLedger, list[str]]:
+    """Bob's one job asking `bob` workers, then alice's four asking 8 each, on `cpus`
+    CPUs; every holder has renewed and followed its target. Alice's leases."""
+    led = ledger(cpus=cpus, max_per_lease=8, clock=clock)
+    led.acquire(request("b", bob, uid=BOB))
+    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
+    for lease_id in jobs * 2:
+        led.renew(lease_id, led.lease(lease_id).target)
+    return led, jobs
+
+
 def four_and_one(clock: FakeClock) -> tuple[BudgetLedger, list[str]]:
     """16 CPUs: bob's one job holds 8, alice's four jobs 2 each of her 8."""
-    led = ledger(cpus=16.0, max_per_lease=8, clock=clock)
-    led.acquire(request("b", 8, uid=BOB))
-    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
-    for lease_id in jobs * 2:  # every holder renews and follows its target
-        led.renew(lease_id, led.lease(lease_id).target)
+    led, jobs = settled(clock, 16.0, 8)
     assert [led.lease(lease_id).workers for lease_id in jobs] == [2, 2, 2, 2]
     return led, jobs
 
@@ -257,11 +264,7 @@ def test_room_that_lasts_is_taken_once_it_has_stood() -> None:
 
 def eleven_over_four(clock: FakeClock) -> tuple[BudgetLedger, list[str]]:
     """16 CPUs: bob's one job holds 5, alice's four jobs 3, 3, 3 and 2 of her 11."""
-    led = ledger(cpus=16.0, max_per_lease=8, clock=clock)
-    led.acquire(request("b", 5, uid=BOB))
-    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
-    for lease_id in jobs * 2:  # every holder renews and follows its target
-        led.renew(lease_id, led.lease(lease_id).target)
+    led, jobs = settled(clock, 16.0, 5)
     assert [led.lease(lease_id).workers for lease_id in jobs] == [3, 3, 3, 2]
     return led, jobs
 
@@ -299,11 +302,7 @@ def test_a_newcomer_starts_no_larger_pool_than_its_users_until_its_share_has_sto
     were 4 again. It starts a pool of 4, as her others run, and the second too; a newcomer
     whose larger share lasts takes it once it has stood GROW_AFTER."""
     clock = FakeClock()
-    led = ledger(cpus=24.0, max_per_lease=8, clock=clock)
-    led.acquire(request("b", 8, uid=BOB))
-    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
-    for lease_id in jobs * 2:
-        led.renew(lease_id, led.lease(lease_id).target)
+    led, jobs = settled(clock, 24.0, 8)
     assert [led.lease(lease_id).workers for lease_id in jobs] == [4, 4, 4, 4]
     led.release(jobs[0])
     led.release(jobs[1])
