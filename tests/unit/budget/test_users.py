@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from supervisord_batt.budget.allocation import allocate
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.costs import MIN_POOL, pool_cost
-from supervisord_batt.budget.hierarchy import allocate_users, entitle, entitlements, user_book
+from supervisord_batt.budget.demand import cpu_only
+from supervisord_batt.budget.hierarchy import (
+    allocate_users,
+    entitle,
+    entitlements,
+    keep_remainders,
+    user_book,
+)
 from supervisord_batt.budget.hold import GROW_AFTER
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
@@ -482,6 +489,57 @@ def test_each_user_gets_at_least_its_own_max_min_within_its_entitlements(
     assert_within(
         idle, w, {i: (alloc.share(i).kind, alloc.share(i).workers) for i, _, _ in w.planned}
     )
+
+
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_a_remainder_goes_by_the_pools_the_leases_run(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """Where only the CPUs bind inside a user's part, `keep_remainders` gives out the
+    sizes `allocate` gave the user's leases, the same number of each, and of two leases
+    that contest the remainder, one gets the larger size before the other gets the
+    smaller only if its pool is of the larger size, or the other's of the smaller."""
+    cfg = replace(cfg, pressure=QUIET, memory_per_slot=0)
+    cpus = data.draw(st.sampled_from([8.0, 16.0, 32.0, 64.0]))
+    if data.draw(st.booleans()):
+        w = random_users(cfg, data, cpus, roomy=True).world()
+    else:  # jobs that settled, then some ended and others came: remainders that moved
+        tracker = Tracker(replace(cfg, max_per_lease=8), sample(cpus=cpus))
+        jobs = [tracker.acquire(request("b", data.draw(st.integers(1, 8)), uid=BOB))]
+        jobs += [tracker.acquire(request(f"a{i}", 8, uid=ALICE)) for i in range(7)]
+        for lease_id in jobs * 2:
+            tracker.ledger.renew(lease_id, tracker.ledger.lease(lease_id).target)
+        for lease_id in data.draw(st.lists(st.sampled_from(jobs[1:]), unique=True)):
+            tracker.ledger.release(lease_id)
+        for i in range(data.draw(st.integers(0, 3))):
+            tracker.acquire(request(f"n{i}", 8, uid=ALICE))
+        w = tracker.world()
+    ent = entitlements(w.users, w.idle)
+    for k, u in enumerate(w.users):
+        book = user_book(w.idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k])
+        given = allocate(u.planned, book, u.demand).shares
+        kept = keep_remainders(given, u, book)
+        assert sorted(s.workers for s in kept.values()) == sorted(s.workers for s in given.values())
+        if not cpu_only(u.demand, book):
+            assert kept == given
+            continue
+        level, bonus, winners = u.demand.level(book.cpus - book.cpu_used)
+        if not winners or level < MIN_POOL:
+            assert kept == given
+            continue
+        contested = [i for i, _, p in u.planned if p.kind is not None and p.cap > level]
+        ranks = {i: rank_of(u.held.get(i, 0), level, bonus) for i in contested}
+        larger = [ranks[i] for i in contested if kept[i].workers == bonus]
+        smaller = [ranks[i] for i in contested if kept[i].workers == level]
+        assert len(larger) == winners
+        assert max(larger) <= min(smaller, default=2), (contested, u.held, kept)
+
+
+def rank_of(pool: int, level: int, bonus: int) -> int:
+    """Who gets a remainder first: 0 a pool of the larger size, 2 one of the smaller, 1 any
+    other (a newcomer's none)."""
+    return 0 if pool == bonus else 2 if pool == level else 1
 
 
 def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> None:
