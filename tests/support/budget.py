@@ -327,6 +327,8 @@ def world(
             if p.kind is not None:
                 u.planned.append((h.lease_id, fp, p))
                 u.demand.count(scope, p, 1)
+                if h.workers:
+                    u.held[h.lease_id] = h.workers
     by_uid = [users[uid] for uid in sorted(users)]  # the ledger's order (`_per_user`)
     return World(charged, idle, demand, planned, footprints, profiles, by_uid)
 
