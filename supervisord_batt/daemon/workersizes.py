@@ -50,7 +50,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from supervisord_batt.budget.records import Lease
 from supervisord_batt.host.sample import TreeUsage
@@ -61,6 +61,7 @@ MAX_JOBS = 4096  # (job, uid) kept; the one updated longest ago goes first
 FLOOR = 1 << 20  # bytes: no worker is charged less (0 would mean "not budgeted")
 
 Key = tuple[str, int]  # (job, uid)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,22 +152,10 @@ class WorkerSizes:
                 self._own_live[lease.lease_id] = (key, max(before, rss[lease.pid]))
         for lease_id in [i for i in self._own_live if i not in live]:
             key, size = self._own_live.pop(lease_id)
-            runs = self._own_done.pop(key, None)  # popped and put back: the newest last
-            if runs is None:
-                runs = deque(maxlen=self.runs)
-                if len(self._own_done) >= MAX_JOBS:
-                    del self._own_done[next(iter(self._own_done))]
-            runs.append(size)
-            self._own_done[key] = runs
+            _keep(self._own_done, key, size, self.runs)
 
     def _end(self, key: Key, peak: Peak) -> None:
-        runs = self._done.pop(key, None)  # popped and put back: the newest last
-        if runs is None:
-            runs = deque(maxlen=self.runs)
-            if len(self._done) >= MAX_JOBS:
-                del self._done[next(iter(self._done))]
-        runs.append(peak)
-        self._done[key] = runs
+        _keep(self._done, key, peak, self.runs)
         self.changed = True
 
     def end_all(self) -> None:
@@ -220,6 +209,18 @@ def holder_bytes(leases: Iterable[Lease], rss: Mapping[int, int]) -> dict[str, i
         for lease in leases
         if runs_itself(lease) and lease.pid in rss
     }
+
+
+def _keep(done: dict[Key, deque[T]], key: Key, run: T, runs: int) -> None:
+    """Keep an ended run's figure as its key's newest, at most `runs` per key and
+    MAX_JOBS keys (the key updated longest ago goes first)."""
+    kept = done.pop(key, None)  # popped and put back: the newest last
+    if kept is None:
+        kept = deque(maxlen=runs)
+        if len(done) >= MAX_JOBS:
+            del done[next(iter(done))]
+    kept.append(run)
+    done[key] = kept
 
 
 def _tasks(tree: TreeUsage, held: list[Lease], workers: list[int]) -> tuple[int, int]:
