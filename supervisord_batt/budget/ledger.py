@@ -46,6 +46,7 @@ from supervisord_batt.budget.claims import (
     Profile,
     Scopes,
     cap_of,
+    pending,
     pool_kinds,
     pools_of,
     profile,
@@ -225,16 +226,18 @@ class BudgetLedger:
         before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
+        seat, unit = seat_of(req), self._unit(req)
         fp = Footprint(
             self._scopes.of(req),
             req.base_tasks,
             None,
             0,
             0,
-            seat_of(req),
-            self._unit(req),
+            seat,
+            unit,
             None,
             *self._pool_tasks.get((req.job, req.uid), _CONSTANT_TASKS),
+            seat * unit if self._config.memory_unwritten else 0,  # it may run its tasks
         )
         pools, cap = pools_of(req), cap_of(req, self._config)
         level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
@@ -395,18 +398,27 @@ class BudgetLedger:
         sample: HostSample,
         trees: Mapping[str, int],
         pool_bytes: Mapping[str, int] | None = None,
+        holder_bytes: Mapping[str, int] | None = None,
     ) -> UpdateResult:
         """Take a new sample, holder tree sizes and the resident bytes of each process
-        lease's workers (`pool_bytes`, by lease id); recompute level and targets."""
+        lease's workers (`pool_bytes`, by lease id) and of the holder of each other lease
+        (`holder_bytes`: its own process runs its tasks); recompute level and targets.
+        What they hold less what they will write is charged (`claims.pending`)."""
         # no _fresh(): the allocation is recomputed before anyone reads it again
         self._sample = sample
+        pools, holders = pool_bytes or {}, holder_bytes or {}
+        owe = self._config.memory_unwritten
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
             seat, unit, r = e.footprint.seat, self._unit(e.request), e.request
             tasks = self._pool_tasks.get((r.job, r.uid), _CONSTANT_TASKS)
+            owed = 0
+            if owe:
+                working = pools if e.kind == "process" and e.workers else holders
+                owed = pending(e.kind, e.workers, seat, unit, working.get(e.lease_id))
             e.footprint = sampled(
-                scope, r.base_tasks, measured, e.kind, e.workers, seat, unit, None, tasks
+                scope, r.base_tasks, measured, e.kind, e.workers, seat, unit, None, tasks, owed
             )
         self._rebook()
         if pool_bytes and self._charged.mem_bytes < self._charged.mem_used:

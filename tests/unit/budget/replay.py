@@ -168,8 +168,10 @@ class _Traffic:
             cgroups=(),
             watch_users=(),
             pressure=r.choice([QUIET, QUIET, PRESSURE]),
-            # recorded before the memory reserve: none keeps its answers comparable
+            # recorded before the memory reserve and the charge of memory not written
+            # yet: neither keeps its answers comparable
             memory_reserve_percent=0.0,
+            memory_unwritten=False,
         )
 
     def new_shape(self) -> tuple[Limit, ...]:

@@ -545,7 +545,8 @@ def rank_of(pool: int, level: int, bonus: int) -> int:
 
 def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> None:
     """The planned leases at `pools` on the idle book: no limit past its cap by more than
-    it was already, memory within its slots, and no more pool workers than CPUs."""
+    it was already, memory within its slots (or no further past them than it was), and no
+    more pool workers than CPUs."""
     book = idle.copy()
     for lease_id, fp, _ in w.planned:
         kind, workers = pools[lease_id]
@@ -553,7 +554,9 @@ def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> No
             book.move(fp, ("sequential", 0), (kind, workers))  # type: ignore[arg-type]
     for i, cap in enumerate(book.caps):
         assert book.usage[i] <= max(cap, idle.usage[i]), (i, book.usage, book.caps)
-    assert book.mem_used <= max(book.mem_bytes, 0)
+    # memory as the limits: no more past it than the idle book was (the memory its leases
+    # will still write in their own processes: `claims.pending`)
+    assert book.mem_used <= max(book.mem_bytes, 0, idle.mem_used)
     assert sum(workers for _, workers in pools.values()) <= idle.cpus
 
 
