@@ -200,11 +200,11 @@ def test_the_capacity_check_sees_an_over_grant() -> None:
     daemon.check_capacity()
     assert sim.tally.over_capacity == 0
     grant = Grant("x", "process", 9, 9, "normal", 60.0, "")  # 9 workers on 8 CPUs
-    daemon._charge("x", grant)
+    daemon.charge("x", grant)
     daemon.check_capacity()
     assert sim.tally.over_capacity == 1
     assert sim.tally.peak_leased_tasks == pool_cost("process", 9)
-    daemon._charge("x", None)
+    daemon.charge("x", None)
     assert (daemon.leased_tasks, daemon.leased_workers) == (0, 0)
 
 
