@@ -30,14 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))  # the repository, for benchmarks.*
 
-from daemonproc import spawn_daemon  # noqa: E402
-from views import attached_views, free_port, metrics_config  # noqa: E402
+from benchmarks.daemonproc import spawn_daemon  # noqa: E402
+from benchmarks.views import attached_views, free_port, metrics_config  # noqa: E402
 
 ACQUIRE = json.dumps({"op": "acquire", "want": 2, "job": "bench"}).encode() + b"\n"
 # --op hello: two no-op requests of the same size instead, to measure the daemon's socket
@@ -49,8 +51,8 @@ def _release(lease: str) -> bytes:
     return json.dumps({"op": "release", "lease": lease}).encode() + b"\n"
 
 
-def _client(  # type: ignore[type-arg]
-    path: str, seconds: float, echo: bool, start: float, out: mp.Queue, *, op: str
+def _client(
+    path: str, seconds: float, echo: bool, start: float, out: Queue[list[float]], *, op: str
 ) -> None:
     first = ACQUIRE if op == "grant" else HELLO
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -75,7 +77,7 @@ def _client(  # type: ignore[type-arg]
     out.put(lat)
 
 
-async def _echo_main(path: str, ready: mp.Event) -> None:  # type: ignore[type-arg]
+async def _echo_main(path: str, ready: Event) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -93,7 +95,7 @@ async def _echo_main(path: str, ready: mp.Event) -> None:  # type: ignore[type-a
         await server.serve_forever()
 
 
-def _echo_server(path: str, ready: mp.Event, nice: int) -> None:  # type: ignore[type-arg]
+def _echo_server(path: str, ready: Event, nice: int) -> None:
     os.setpriority(os.PRIO_PROCESS, 0, nice)  # the same priority as the daemon under test
     asyncio.run(_echo_main(path, ready))
 
@@ -107,7 +109,7 @@ def _cpu_s(pid: int) -> float:
 def run_cell(
     path: str, clients: int, seconds: float, echo: bool, *, server_pid: int, op: str
 ) -> dict[str, float]:
-    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    out: Queue[list[float]] = mp.Queue()
     cpu_before = _cpu_s(server_pid)
     start = time.time() + 0.5 + clients * 0.01
     procs = [
@@ -211,7 +213,7 @@ def main() -> int:
     echo.start()
     ready.wait(10)
     daemon = start_daemon(workdir, args.nice, args.lease_log_rate, metrics)
-    rows = []
+    rows: list[dict[str, Any]] = []
     views = contextlib.ExitStack()
     try:
         attached = "none"
@@ -223,9 +225,9 @@ def main() -> int:
             attached = ", ".join(running.alive())
         for n in counts:
             rounds = []
-            for r in range(args.rounds):
+            for i in range(args.rounds):
                 cells = {}
-                for which in ("echo", "daemon") if r % 2 == 0 else ("daemon", "echo"):
+                for which in ("echo", "daemon") if i % 2 == 0 else ("daemon", "echo"):
                     cells[which] = run_cell(
                         echo_path if which == "echo" else str(workdir / "d.sock"),
                         n,

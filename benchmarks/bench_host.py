@@ -31,8 +31,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisord_batt.host import procfs
-from supervisord_batt.host.monitor import HostMonitor, _read_status
+from supervisord_batt.host import memcg, procfs
+from supervisord_batt.host.monitor import HostMonitor, read_pid_status
 
 TICK_S, SCAN_S = 1.0, 10.0
 
@@ -114,8 +114,9 @@ def memory_limit_on(cgroup_dir: str | None) -> Iterator[str | None]:
         mounts = procfs.parse_mountinfo(f.read())
     v1 = procfs.find_v1_mount(mounts, "memory")
     made: str | None = None
+    path: str | None
     if v1 is not None:
-        path: str | None = os.path.join(v1.mount_point, os.path.basename(cgroup_dir))
+        path = os.path.join(v1.mount_point, os.path.basename(cgroup_dir))
         limit_file = "memory.limit_in_bytes"
         with contextlib.suppress(OSError):
             os.mkdir(path)
@@ -152,7 +153,7 @@ def dirfd_scan() -> int:
     n = 0
     try:
         for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and _read_status(fd, entry.name) is not None:
+            if entry.name.isdigit() and read_pid_status(fd, entry.name) is not None:
                 n += 1
     finally:
         os.close(fd)
@@ -189,6 +190,47 @@ def _memory_files(path: str | None) -> tuple[str, ...]:
             "memory.oom_control",
         )
     return ("memory.max", "memory.high", "memory.current", "memory.stat", "memory.events")
+
+
+PARSERS: dict[str, Callable[[bytes | None], object]] = {
+    "loadavg": procfs.parse_loadavg_threads,
+    "threads-max": procfs.parse_int,
+    "pid_max": procfs.parse_int,
+    "meminfo": procfs.parse_meminfo,
+    "psi cpu": procfs.parse_psi_some_avg10,
+    "psi memory": procfs.parse_psi_some_avg10,
+    "pids.current": procfs.parse_int,
+    "pids.max": procfs.parse_pids_max,
+    "pids.events": procfs.parse_pids_events_max,
+}
+
+
+@contextlib.contextmanager
+def kept_sources(
+    paths: dict[str, str], mem_cg: str | None
+) -> Iterator[dict[str, Callable[[], object]]]:
+    """What each of the monitor's reads costs: a kept-open procfs.PreadFile and the parser
+    sample() uses, per file, and a memory cgroup's files as memcg.MemNode reads them."""
+    kept: list[procfs.PreadFile | memcg.MemNode] = []
+    out: dict[str, Callable[[], object]] = {}
+    try:
+        for key, path in paths.items():
+            if key in PARSERS and os.path.exists(path):
+                pread = procfs.PreadFile(path, 512)
+                kept.append(pread)
+                out[f"src {key}"] = functools.partial(_parse, pread, PARSERS[key])
+        if mem_cg is not None:
+            v1 = os.path.exists(os.path.join(mem_cg, "memory.limit_in_bytes"))
+            kept.append(memcg.MemNode(mem_cg, mem_cg, 1 if v1 else 2))
+            out[f"src memory {os.path.basename(mem_cg)[-20:]}"] = kept[-1].read
+        yield out
+    finally:
+        for source in kept:
+            source.close()
+
+
+def _parse(kept: procfs.PreadFile, parse: Callable[[bytes | None], object]) -> object:
+    return parse(kept.read())
 
 
 def run(procs: int, seconds: float) -> dict[str, Any]:
@@ -228,22 +270,11 @@ def run(procs: int, seconds: float) -> dict[str, Any]:
                     os.close(fd)
             rows["raw /proc scan (scandir+open/read status)"] = timeit(bare_scan, seconds)
 
-            # each source of HostMonitor, as sample() reads and parses it
-            m: Any = mon
-            sources: dict[str, Callable[[], object]] = {
-                "src loadavg": lambda: procfs.parse_loadavg_threads(m._loadavg.read()),
-                "src threads-max": lambda: procfs.parse_int(m._threads_max.read()),
-                "src pid_max": lambda: procfs.parse_int(m._pid_max.read()),
-                "src meminfo": lambda: procfs.parse_meminfo(m._meminfo.read()),
-                "src psi cpu": lambda: procfs.parse_psi_some_avg10(m._psi_cpu.read()),
-                "src psi memory": lambda: procfs.parse_psi_some_avg10(m._psi_mem.read()),
-            }
-            for fs, node in m._nodes.items():
-                sources[f"src cgroup {os.path.basename(fs)} (3 files)"] = node.read
-            for fs, mem_node in m._memory._nodes.items():
-                sources[f"src memory {os.path.basename(fs)[-20:]}"] = mem_node.read
-            for key, fn in sources.items():
-                rows[key] = timeit(fn, seconds / 4)
+            # each source as sample() reads it: a kept-open file and its parser, on the
+            # files the raw preads read (of the watched cgroups, the one made here)
+            with kept_sources(raw_fds, mem_cg) as sources:
+                for key, fn in sources.items():
+                    rows[key] = timeit(fn, seconds / 4)
             rows["sample() (whole tick)"] = timeit(mon.sample, seconds)
             rows["scan() (users root, nobody)"] = timeit(mon.scan, seconds)
             rows["alt scan: dir_fd open + parse"] = timeit(dirfd_scan, seconds / 2)

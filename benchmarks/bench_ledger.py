@@ -7,7 +7,9 @@ on four host samples:
 
 - pair:   acquire + release of one more lease (what one client job costs the daemon)
 - renew:  renew of a live lease, cycling through them
-- update: update(sample, trees) with a measured tree for every lease (once per sample)
+- update: update(sample, trees, pools, holders) with a measured tree for every lease and
+  its workers (or its own process) seen at their size, as the scans see them in the
+  steady state (once per sample)
 
 "live" is HostMonitor().sample() of this machine with PSI dropped (so the level does not
 flip between runs); "synthetic" adds a cgroup pids limit around the leases and an nproc
@@ -152,8 +154,22 @@ def loaded(cfg: BudgetConfig, sample: HostSample, n: int) -> tuple[BudgetLedger,
     """A ledger holding n live leases, sampled once with their trees measured."""
     led = BudgetLedger(cfg, _clock, sample)
     ids = [led.acquire(request(i)).lease_id for i in range(n)]
-    led.update(sample, trees(led, ids))
+    led.update(sample, trees(led, ids), *written(led, ids))
     return led, ids
+
+
+def written(led: BudgetLedger, ids: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """What the daemon's scans see in its steady state: every pool's workers and every
+    other holder at its worker size (nothing left to write: `claims.pending`)."""
+    pools, holders = {}, {}
+    for i in ids:
+        lease = led.lease(i)
+        unit = led.worker_bytes(lease.job, lease.uid)
+        if lease.kind == "process" and lease.workers:
+            pools[i] = lease.workers * unit
+        else:
+            holders[i] = unit
+    return pools, holders
 
 
 def trees(led: BudgetLedger, ids: list[str]) -> dict[str, int]:
@@ -189,12 +205,12 @@ def measure(cfg: BudgetConfig, sample: HostSample, n: int, seconds: float) -> tu
         if ids:  # with no lease there is nothing to renew: times the call overhead only
             led.renew(next(cycle))
 
-    sizes = trees(led, ids)
+    sizes, seen = trees(led, ids), written(led, ids)
     row: Timings = {}
     for name, op in (
         ("pair", pair),
         ("renew", renew),
-        ("update", lambda: led.update(sample, sizes)),
+        ("update", lambda: led.update(sample, sizes, *seen)),
     ):
         lat = sorted(timed(op, seconds))
         row[name] = {

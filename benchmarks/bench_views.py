@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks.*
 
-from daemonproc import spawn_daemon
-from views import ALL, attached_views, free_port, metrics_config
+from benchmarks.daemonproc import spawn_daemon
+from benchmarks.views import ALL, attached_views, free_port, metrics_config
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -151,7 +151,7 @@ def main() -> int:
             after = {p.pid: cpu_seconds(p.pid) for p in daemons}
             running = views.alive()
         share = {p.pid: 100 * (after[p.pid] - before[p.pid]) / wall for p in daemons}
-        result = {
+        result: dict[str, Any] = {
             "seconds": round(wall, 1),
             "views": list(views_on),
             "plain_cpu_percent": round(share[plain.pid], 3),

@@ -58,7 +58,7 @@ from typing import IO, Any
 
 import psutil
 
-from supervisord_batt.demo import ITERS_PER_MS, Task, _spin, score
+from supervisord_batt.demo import ITERS_PER_MS, Task, score, spin
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -532,7 +532,7 @@ class Cell:
         cg.kill_members(self.children)
         self.children.reap()
         with contextlib.suppress(OSError, ValueError):
-            return len(live), int(cg._read("pids.current"))
+            return len(live), cg.current()
         return len(live), 0
 
     def _tally(self) -> None:
@@ -570,7 +570,7 @@ class Cell:
 
 def check_values(rows: list[Row], params: Params) -> dict[tuple[int, int], int]:
     """Reference values (sequential cells, else demo.score here); count mismatches."""
-    from contention_job import fold_tasks
+    from benchmarks.contention_job import fold_tasks
 
     ref: dict[tuple[int, int], int] = {}
     for row in rows:
@@ -597,7 +597,7 @@ def check_values(rows: list[Row], params: Params) -> dict[tuple[int, int], int]:
 def estimate_sequential_wall(params: Params) -> float:
     """Seconds the sequential cell should take here, from a short calibration."""
     t0 = time.perf_counter()
-    _spin(200_000, 1)
+    spin(200_000, 1)
     ms_per_planned_ms = (time.perf_counter() - t0) * 1000 / (200_000 / ITERS_PER_MS)
     mean_ms = (params.min_ms + params.max_ms) / 2
     cpu_s = params.jobs * params.tasks * params.samples * mean_ms * ms_per_planned_ms / 1000
@@ -905,7 +905,7 @@ def main() -> int:
     params = Params(
         args.jobs, args.tasks, args.samples, args.workers, args.min_ms, args.max_ms, args.seed
     )
-    sys.path.insert(0, str(HERE))  # contention_job, for the reference checksums
+    sys.path.insert(0, str(REPO))  # benchmarks.contention_job, for the reference checksums
     with sigterm_as_interrupt():
         report = run(args, params)
     if args.json:

@@ -121,8 +121,10 @@ def run_heuristic(
 
 def run_per_task(mode: str, tasks: list[Task], workers: int) -> dict[str, Any]:
     """unguarded, heuristic, sequential: one task after another, errors reported."""
-    # by its importable name (not __main__'s), so loky workers unpickle it by reference
-    from contention_job import score_sample as sample_fn
+    # by its importable name (not __main__'s), so loky workers unpickle it by reference;
+    # that is the name it runs under (benchmarks/ is sys.path[0]), mypy knows the file by
+    # its path, benchmarks.contention_job
+    from contention_job import score_sample as sample_fn  # type: ignore[import-not-found]
 
     paths: Counter[str] = Counter()
     values: list[int] = []

@@ -44,9 +44,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks.*
 
-from daemonproc import spawn_daemon
+from benchmarks.daemonproc import spawn_daemon
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,9 +136,10 @@ def run_script(mode: str, sock: Path, args: argparse.Namespace) -> dict[str, flo
 
 @contextmanager
 def kernel(env: dict[str, str]) -> Iterator[Any]:
-    import jupyter_client
+    from jupyter_client.manager import KernelManager
 
-    km = jupyter_client.KernelManager(kernel_name="python3")
+    # Any: kernel_cmd is a trait of jupyter_client < 7 only (7.0 removed it)
+    km: Any = KernelManager(kernel_name="python3")
     km.kernel_cmd = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     km.start_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kc = km.client()

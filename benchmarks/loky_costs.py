@@ -57,7 +57,8 @@ def main() -> int:
         text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
-    import loky  # only for its version, once the job started
+    # only for its version, once the job started (loky ships no type hints)
+    import loky  # type: ignore[import-untyped]
 
     print(f"loky {loky.__version__}, Python {sys.version.split()[0]}, pool of {args.workers}")
     print(f"{'state of one job':<42} {'threads':>7} {'children':>8} {'tasks':>5}")

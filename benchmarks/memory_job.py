@@ -58,14 +58,17 @@ def run_task(item: tuple[int, int, float, float]) -> int:
 
 
 def _emit(record: dict[str, Any]) -> None:
+    record["at"] = time.time()  # when: the proof splits each job's time by it
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
 
 
 def run_pool(items: list[tuple[int, int, float, float]], workers: int) -> dict[str, Any]:
     """A loky pool of `workers`, every task submitted at once; each error recorded."""
+    # `task` by module name: workers unpickle it by reference (the name this script runs
+    # under, benchmarks/ being sys.path[0]; mypy knows the file as benchmarks.memory_job)
     from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
-    from memory_job import run_task as task  # by module name: workers unpickle it by reference
+    from memory_job import run_task as task  # type: ignore[import-not-found]
 
     failed = 0
     with ProcessPoolExecutor(workers) as ex:
@@ -100,6 +103,7 @@ def run_budget(
 
     with lease(workers, kinds=CPU_BOUND, job=job) as grant:
         first = {"kind": grant.kind, "workers": grant.workers, "reason": grant.reason}
+        _emit({"granted": first})
 
         def done(index: int, value: int) -> None:
             _emit({"task": items[index][0], "value": value})
@@ -132,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _emit({"started": args.mode})
     items = [(i, args.mib, args.cpu_ms, args.io_ms) for i in range(args.tasks)]
     if args.mode == "plain":
         summary = run_pool(items, args.workers)

@@ -102,6 +102,9 @@ class Run:
     grants: list[str] = field(default_factory=list)
     others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
     runnable: float = 0.0  # threads runnable outside the cgroup, on average (the simulator's)
+    # per job, seconds from the jobs' start: its interpreter up, its grant (budget), its
+    # first and last task done, its exit (where a job's time goes, `phases`)
+    timeline: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -271,7 +274,7 @@ def run_jobs(
         env["SUPERVISORD_BATT_SOCKET"] = str(sock)
     procs, outs = [], []
     busy, ours = host_busy_cpu_s(), children.cpu_s
-    started = time.monotonic()
+    started, epoch = time.monotonic(), time.time()
     for name in names:
         out = workdir / f"{label}-{name}.out".replace(" ", "_")
         outs.append(out)
@@ -297,7 +300,11 @@ def run_jobs(
     run.peak = peak(cg)
     errors: Counter[str] = Counter()
     for proc, out in zip(procs, outs, strict=True):
-        done = _read_job(out, errors, run.grants)
+        times: dict[str, float] = {}
+        done = _read_job(out, errors, run.grants, times)
+        run.timeline.append({k: v - epoch for k, v in times.items()})
+        if proc.pid in children.ended:
+            run.timeline[-1]["exit"] = children.ended[proc.pid] - started
         run.done += done
         run.failed += shape.tasks - done
         if proc.returncode is None or proc.returncode < 0:
@@ -310,13 +317,20 @@ def _limit_name(cg: MemoryCgroup) -> str:
     return "memory.limit_in_bytes" if cg.version == 1 else "memory.max"
 
 
-def _read_job(out: Path, errors: Counter[str], grants: list[str]) -> int:
-    """Tasks the job finished (each value checked), its errors and its first grant."""
+def _read_job(out: Path, errors: Counter[str], grants: list[str], times: dict[str, float]) -> int:
+    """Tasks the job finished (each value checked), its errors, its first grant and when
+    (epoch seconds) it started, was granted, finished its first and last task."""
     done = 0
     for line in out.read_text().splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
+            at = record.get("at", 0.0)
+            for key in ("started", "granted"):
+                if key in record:
+                    times[key] = at
             if "value" in record:
+                times.setdefault("first", at)
+                times["last"] = at
                 done += record["value"] == record["task"]
             elif "error" in record:
                 errors[record["error"]] += 1
@@ -444,6 +458,18 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n" + ("every goal met" if not missed else "MISSED: " + "; ".join(missed)))
 
 
+def phases(r: Run) -> str:
+    """The jobs' mean seconds from their start to: interpreter up, grant, first task done,
+    last task done, exit (where the time goes)."""
+    keys = ("started", "granted", "first", "last", "exit")
+    parts = []
+    for key in keys:
+        seen = [t[key] for t in r.timeline if key in t]
+        if seen:
+            parts.append(f"{key} {sum(seen) / len(seen):.2f}")
+    return ", ".join(parts)
+
+
 def _table(rows: list[Run], base: Run | None) -> None:
     print(
         f"{'mode':32} {'done':>7} {'failed':>6} {'oom':>4} {'peak MiB':>8} {'wall s':>7}"
@@ -459,6 +485,8 @@ def _table(rows: list[Run], base: Run | None) -> None:
             f" {r.others:>6.2f}"
             f"  {what}{' / ' if what and grants else ''}{grants}"
         )
+    for r in rows:
+        print(f"  {r.label:30} mean s: {phases(r)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

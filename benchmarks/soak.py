@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,8 @@ programs:
                 buf += chunk
         with self.lock:
             self.served["status/control"] += 1
-        return json.loads(buf.partition(b"\n")[0])
+        reply: dict[str, Any] = json.loads(buf.partition(b"\n")[0])
+        return reply
 
     def full_status(self) -> dict[str, Any]:
         """The summary with every lease and instance, page after page."""
@@ -357,7 +359,7 @@ programs:
             time.sleep(random.uniform(0, 0.05))
 
     def malformed_thread(self) -> None:
-        payloads = [
+        payloads: list[Callable[[], bytes]] = [
             lambda: os.urandom(random.randint(1, 200)).replace(b"\n", b"x") + b"\n",
             lambda: b'{"op": "acquire", "want": \n',
             lambda: b"[1,2,3]\n",
@@ -399,6 +401,8 @@ programs:
         )
         self.children.append(p)
 
+        self.connflood_last: dict[str, int] = {}
+
         def pump() -> None:
             last: dict[str, int] = {}
             assert p.stdout is not None
@@ -407,7 +411,6 @@ programs:
                     last = json.loads(line)
             self.connflood_last = last
 
-        self.connflood_last: dict[str, int] = {}
         threading.Thread(target=pump, daemon=True).start()
         return p
 

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 
 def _conn(path: str, timeout: float = 5.0) -> socket.socket:
@@ -33,7 +34,7 @@ class Lines:
         self.s = s
         self.buf = b""
 
-    def request(self, msg: dict) -> dict:
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.s.sendall(json.dumps(msg).encode() + b"\n")
         while b"\n" not in self.buf:
             chunk = self.s.recv(65536)
@@ -41,7 +42,8 @@ class Lines:
                 raise ConnectionError("closed")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
 
 def lease_main(path: str, want: int, hold: float, end: str) -> int:

@@ -37,7 +37,8 @@ class Task:
     max_ms: float
 
 
-def _spin(iterations: int, h: int) -> int:
+def spin(iterations: int, h: int) -> int:
+    """`iterations` steps of a hashing loop from `h` (ITERS_PER_MS of them take about a ms)."""
     for i in range(iterations):
         h = (h * 6364136223846793005 + i + 1442695040888963407) & MASK
     return h
@@ -47,7 +48,7 @@ def score_sample(task: Task, sample: int) -> int:
     """One sample of a task: a hashing loop whose length comes from a seeded RNG."""
     rng = random.Random(f"{task.seed}:{task.index}:{sample}")
     iterations = int(rng.uniform(task.min_ms, task.max_ms) * ITERS_PER_MS)
-    return _spin(iterations, rng.getrandbits(64))
+    return spin(iterations, rng.getrandbits(64))
 
 
 def score(task: Task) -> int:

@@ -37,8 +37,8 @@ executor it inherited with them, and builds its own.
 # Why one module
 The two backends (loky and threads) and the kept pool share one process-wide state: the
 grants of the running calls, the kept pool and its lease, its lock, and the handler that
-makes a forked child forget them. The pools they run on are `client.executor`'s, the
-lease is `client.leases`'.
+makes a forked child forget them. The pools they run on are `client.pools`', the lease
+is `client.leases`'.
 """
 
 from __future__ import annotations
@@ -62,15 +62,14 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
     SequentialBackend,
     ThreadingBackend,
 )
-from joblib.externals.loky import __version__ as joblib_loky_version  # type: ignore[import-untyped]
-from joblib.externals.loky import reusable_executor
+from joblib.externals import loky as joblib_loky  # type: ignore[import-untyped]
 
 from supervisord_batt import paths
 from supervisord_batt.client import inner
-from supervisord_batt.client.executor import PoolFailure, _Loky, _Threads
 from supervisord_batt.client.keep import RENEW_EVERY, Claim, Keeper, Kept, Lease
 from supervisord_batt.client.leases import DEFAULT_TIMEOUT, KINDS, Grant, acquire
 from supervisord_batt.client.notice import warn
+from supervisord_batt.client.pools import LokyPool, PoolFailure, ThreadPool
 
 if not hasattr(ParallelBackendBase, "submit"):  # joblib < 1.5 calls apply_async instead
     raise ImportError(f"supervisord_batt.joblib needs joblib>=1.5, found {joblib.__version__}")
@@ -112,7 +111,7 @@ class Settings:
 
 
 @dataclass
-class _State:
+class State:
     """What this process leased, for `%batt` and tests: live grants and the last one."""
 
     live: dict[int, Grant] = field(default_factory=dict)
@@ -121,7 +120,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-STATE = _State()
+STATE = State()
 
 
 def describe(grant: Grant) -> str:
@@ -180,7 +179,12 @@ def _give_back_kept(lease: Lease) -> None:
     _give_back(lease)
 
 
-KEEPER: Keeper[_Loky] = Keeper(give_back=_give_back_kept)
+def new_keeper() -> Keeper[LokyPool]:
+    """A keeper that gives its leases back as this module does (KEEPER is one)."""
+    return Keeper(give_back=_give_back_kept)
+
+
+KEEPER = new_keeper()
 atexit.register(KEEPER.close)
 
 
@@ -196,8 +200,7 @@ def _after_fork_in_child() -> None:
         grant.detach()
     STATE.live.clear()
     if had_pool:
-        reusable_executor._executor = None
-        reusable_executor._executor_kwargs = None
+        LokyPool.forget_inherited(joblib_loky)
         joblib_executor._executor_args = None
 
 
@@ -220,7 +223,7 @@ def _key(settings: Settings, want: int) -> tuple[Any, ...]:
 
 def _start_call(
     settings: Settings, want: int, kinds: Sequence[str]
-) -> tuple[Grant, Claim | None, _Loky | None]:
+) -> tuple[Grant, Claim | None, LokyPool | None]:
     """The call's grant, with the claim on this process's loky pool when it may use one,
     and the pool a previous call left for the same request (its lease renewed when the
     last renewal is a second old: the daemon may want it smaller now; calls back to back
@@ -241,7 +244,7 @@ def _start_call(
     return grant, claim, parked.pool
 
 
-def _end_claim(claim: Claim | None, pool: _Loky | None) -> None:
+def _end_claim(claim: Claim | None, pool: LokyPool | None) -> None:
     """A call that will not run on the loky pool: close the pool it was left, if any."""
     if pool is not None:
         pool.close()
@@ -257,7 +260,7 @@ def _backend_for(
     settings: Settings,
     nesting_level: int | None,
     claim: Claim | None = None,
-    pool: _Loky | None = None,
+    pool: LokyPool | None = None,
 ) -> Any:
     """The joblib backend that runs on this grant (sequential gives the lease back:
     the caller's own thread costs the budget nothing). `claim` and `pool` go to a loky
@@ -390,13 +393,13 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
         nesting_level: int | None = None,
         *,
         claim: Claim | None = None,
-        pool: _Loky | None = None,
+        pool: LokyPool | None = None,
     ) -> None:
         LokyBackend.__init__(
             self, nesting_level=nesting_level, inner_max_num_threads=settings.inner_max_num_threads
         )
         self._init_lease(grant, settings)
-        self._pool: _Loky | None = None
+        self._pool: LokyPool | None = None
         self._workers: Any = None
         self._claim = claim  # this call's right to the process's loky pool
         self._left = pool  # the pool a previous call left, to run on if it still fits
@@ -452,7 +455,7 @@ class LeasedLokyBackend(_Leased, LokyBackend):  # type: ignore[misc]
         if self._reuse(n, make):
             return n  # its lease was renewed when the call took it
         try:
-            self._pool = _Loky(n, make=make, version=str(joblib_loky_version))
+            self._pool = LokyPool(n, make=make, loky=joblib_loky)
         except FallbackToBackend:  # joblib's own reasons for one worker (a daemon process)
             self._workers = None
             self._release()
@@ -554,7 +557,7 @@ class LeasedThreadingBackend(_Leased, ThreadingBackend):  # type: ignore[misc]
     ) -> None:
         ThreadingBackend.__init__(self, nesting_level=nesting_level)
         self._init_lease(grant, settings)
-        self._threads: _Threads | None = None
+        self._threads: ThreadPool | None = None
         self.after_refusal = after_refusal  # no BLAS limit then: see inner.limit_here
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -579,7 +582,7 @@ class LeasedThreadingBackend(_Leased, ThreadingBackend):  # type: ignore[misc]
             "thread", n, tight=grant.tight
         )
         try:
-            self._threads = _Threads(n, inner_threads=None if self.after_refusal else threads)
+            self._threads = ThreadPool(n, inner_threads=None if self.after_refusal else threads)
         except PoolFailure as exc:
             self._fall("thread", n, exc, "sequential")
             self._release()

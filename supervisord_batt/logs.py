@@ -23,7 +23,7 @@ every exit of the daemon's loop flushes.
 # Why a backlog when the log cannot be written
 The kill, timeout and pressure lines of a full disk's minutes are the ones an operator
 needs afterwards. A write that fails (ENOSPC, EIO, a closed pipe) keeps the lines it
-could not write, up to `_MAX_BACKLOG` bytes, and each later flush tries them first;
+could not write, up to `MAX_BACKLOG` bytes, and each later flush tries them first;
 past the bound the oldest lines go and are counted. Once the log takes lines again the
 backlog is written in order, then one `log_lines_lost` line with the count, if any.
 
@@ -138,7 +138,7 @@ def flush() -> None:
             _keep(encoded[done:])
 
 
-_MAX_BACKLOG = 1024 * 1024  # bytes of lines kept while the log cannot be written
+MAX_BACKLOG = 1024 * 1024  # bytes of lines kept while the log cannot be written
 
 
 def _write(data: bytes) -> int:
@@ -166,10 +166,10 @@ def _write(data: bytes) -> int:
 
 def _keep(data: bytes) -> None:
     """Keep unwritten bytes for the next flush, dropping (and counting) the oldest whole
-    lines past `_MAX_BACKLOG`. A line written in part is kept whole from where it broke."""
+    lines past `MAX_BACKLOG`. A line written in part is kept whole from where it broke."""
     st = _state
     st.backlog[:0] = data
-    excess = len(st.backlog) - _MAX_BACKLOG
+    excess = len(st.backlog) - MAX_BACKLOG
     if excess > 0:
         cut = st.backlog.find(b"\n", excess - 1)
         cut = len(st.backlog) if cut < 0 else cut + 1

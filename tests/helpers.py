@@ -14,9 +14,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 T = TypeVar("T")
+ProcT = TypeVar("ProcT", bound="subprocess.Popen[Any]")
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout the tests run from
 PIDS_V1 = Path("/sys/fs/cgroup/pids")
@@ -32,19 +33,25 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "",
 ) -> T:
-    """Poll `predicate` until it returns something truthy; fail with the last value seen."""
+    """Poll `predicate` until it returns something truthy; fail with the last value seen.
+    (Its type is the predicate's without None and False: `lambda: ok and reply` gives the
+    reply's.)"""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
-            last = predicate()
+            value = predicate()
         except Exception as exc:  # the last error is the most useful report
             last = exc
         else:
-            if last:
-                return last  # type: ignore[return-value]
+            last = value
+            if value:
+                return value
         if time.monotonic() >= deadline:
             raise WaitTimeout(
                 f"timed out after {timeout}s waiting for {what or predicate}: last saw {last!r}"
@@ -113,15 +120,16 @@ class PidsCgroup:
             return
         for child in sorted(self.path.iterdir()):
             if child.is_dir():
-                PidsCgroup._close_dir(child)
-        PidsCgroup._close_dir(self.path)
+                PidsCgroup.remove_dir(child)
+        PidsCgroup.remove_dir(self.path)
 
     @staticmethod
-    def _close_dir(path: Path) -> None:
+    def remove_dir(path: Path) -> None:
+        """Kill what is in a cgroup directory and its children (by pid), then remove them."""
         with contextlib.suppress(FileNotFoundError):
             for child in sorted(path.iterdir()):
                 if child.is_dir():
-                    PidsCgroup._close_dir(child)
+                    PidsCgroup.remove_dir(child)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -239,7 +247,7 @@ class MemoryCgroup:
     def close(self) -> None:
         """Kill what is still inside (only members of our own cgroup), then remove it."""
         if self.path.exists():
-            PidsCgroup._close_dir(self.path)
+            PidsCgroup.remove_dir(self.path)
 
 
 # a zero-filled buffer would not be charged until touched: each MiB is written
@@ -271,7 +279,7 @@ class TestUser:
 
 
 @contextlib.contextmanager
-def killing(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+def killing(proc: ProcT) -> Iterator[ProcT]:
     """Kill (by pid) and reap a child we started, whatever happens in the block."""
     try:
         yield proc
@@ -301,7 +309,7 @@ def interpreter_for_others() -> str:
     return system
 
 
-def _skip(reason: str) -> None:
+def _skip(reason: str) -> NoReturn:
     import pytest
 
     pytest.skip(reason)
@@ -333,7 +341,8 @@ class WireClient:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def read_reply(self) -> dict[str, object]:
+    def read_reply(self) -> dict[str, Any]:
+        """The next reply, any of the protocol's (or an error): raw, as the daemon sent it."""
         import json
 
         while b"\n" not in self.buf:
@@ -342,10 +351,10 @@ class WireClient:
                 raise ConnectionError(f"daemon closed the connection; partial {self.buf!r:.200}")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
-        reply: dict[str, object] = json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
         return reply
 
-    def request(self, op: str, **fields: object) -> dict[str, object]:
+    def request(self, op: str, **fields: object) -> dict[str, Any]:
         import json
 
         self.send_raw(json.dumps({"op": op, **fields}).encode() + b"\n")

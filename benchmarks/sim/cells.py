@@ -36,7 +36,7 @@ CELL_GAP_S = 1.0
 @dataclass(frozen=True)
 class Result:
     policy: str
-    cores: int
+    cores: float
     jobs: int
     task_limit: int | None
     tasks_per_s: float

@@ -74,7 +74,7 @@ class Proc:
     done: Signal = field(default_factory=Signal)
 
 
-def psi_some(runnable: int, cores: int) -> float:
+def psi_some(runnable: int, cores: float) -> float:
     """The fraction of time some runnable thread waits for a CPU (kernel/sched/psi.c)."""
     if runnable <= cores:
         return 0.0

@@ -21,12 +21,14 @@ What a kill does, as benchmarks/memory_proof.py saw it:
 
 The budget is the project's real BudgetLedger, fed a HostSample every `sample_interval`
 whose memory limit is the cgroup's (limit, usage) and whose trees are the jobs' task
-counts: as in the daemon, a worker in a sampled tree counts as in the usage, its data
-written or not. The executor here follows the grant between tasks (renewing at most
+counts, with what a scan sees the working processes hold (a pool's workers, else the
+job's own process): as in the daemon, memory not written yet is charged until then
+(`budget.memory_unwritten`). The executor here follows the grant between tasks (renewing at most
 every second), growing or shrinking its pool once the tasks in flight are done. The
 daemon's learning (daemon/workersizes.py) is modelled by what it records: each job's
 largest worker resident size seen at a scan, given to the ledger (`learn`) as the scans
-see it; `learned` carries the figures from an earlier run.
+see it, and for a job never seen with a pool its own process's largest size, once its
+run ends (`figures`); `learned` carries the figures from an earlier run.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ class MemSim:
         self.boxes: list[Box] = []
         self.used = self.peak = self.oom_kills = 0
         self.learned: dict[str, int] = dict(learned or {})
+        # jobs never seen with a pool, by the size of their own process (workersizes)
+        self.own: dict[str, int] = {}
         self.grants: list[str] = []
         self.ledger: BudgetLedger | None = None
         if mode == "budget":
@@ -211,7 +215,7 @@ class MemSim:
                 memory_per_slot=host.memory_per_slot,
                 max_per_lease=64,
                 # the memory reserve and the burst window as shipped, as the real run this
-                # model is checked against; it does not feed pool bytes
+                # model is checked against
             )
             self.ledger = BudgetLedger(budget, lambda: self.kernel.now, self.sample())
             self._teach()
@@ -306,21 +310,40 @@ class MemSim:
     def _tick(self) -> None:
         assert self.ledger is not None
         trees = {j.lease: 3 + (len(j.pool.workers) if j.pool else 0) for j in self.jobs if j.lease}
-        self.ledger.update(self.sample(), trees)
+        # what the scan sees the working processes hold (the daemon's `_learn`): a pool's
+        # live workers, else the job's own process, which runs its tasks
+        pools, holders = {}, {}
+        for j in self.jobs:
+            if j.lease is None:
+                continue
+            if j.pool is not None:
+                pools[j.lease] = sum(b.rss for b in j.pool.workers if b.alive)
+            elif j.main is not None and j.main.alive:
+                holders[j.lease] = j.main.rss
+        self.ledger.update(self.sample(), trees, pools, holders)
         if self.host.learn:
             for job in self.jobs:
+                name = f"job{job.index}"
                 if job.pool is not None and job.lease is not None:
                     sizes = [b.rss for b in job.pool.workers if b.alive]
-                    name = f"job{job.index}"
                     if sizes:  # a scan sees live workers only, their data written or not
                         self.learned[name] = max(self.learned.get(name, 0), *sizes)
+                        self.own.pop(name, None)  # a pool's figure wins (workersizes)
+                elif job.lease in holders and name not in self.learned:
+                    self.own[name] = max(self.own.get(name, 0), holders[job.lease])
             self._teach()
         if any(j.ended is None for j in self.jobs):
             self.kernel.after(self.host.sample_interval, self._tick)
 
     def _teach(self) -> None:
         if self.host.learn and self.ledger is not None:
+            # the jobs' own sizes are taught once their run ends: the next run's
             self.ledger.learn({(name, UID): b for name, b in self.learned.items()})
+
+    @property
+    def figures(self) -> dict[str, int]:
+        """What the daemon learned of each job: its pool's workers, else its own process."""
+        return {**self.own, **self.learned}
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ def run_policy(cell: MemCell, policy: str) -> MemResult:
     if policy == "budget learned":
         first = MemSim(jobs, "budget", host)
         first.run()
-        return MemSim(jobs, "budget", host, learned=first.learned).run()
+        return MemSim(jobs, "budget", host, learned=first.figures).run()
     return MemSim(jobs, policy, host).run()
 
 
@@ -106,7 +106,7 @@ def validate(report: dict[str, Any]) -> list[MemCheck]:
             h = replace(host, cpu_cap=None if cap == "host CPUs" else int(cap.split()[-1]))
             sim = MemSim(jobs, "budget", h, learned=learned.get(cap))
             result = sim.run()
-            learned[cap] = sim.learned
+            learned[cap] = sim.figures
         else:
             result = MemSim(jobs, row["mode"], host, hand=big["hand"]).run()
         checks.append(

@@ -835,7 +835,7 @@ class Daemon:
         levels = self.sim.tally.levels
         levels[result.level] = levels.get(result.level, 0) + 1
         for lease in self.ledger.expire():
-            self._charge(lease.lease_id, None)
+            self.charge(lease.lease_id, None)
             for job in self.sim.jobs:
                 if job.lease == lease.lease_id:
                     job.lease = None
@@ -855,7 +855,7 @@ class Daemon:
         )
         grant = self.ledger.acquire(req)
         job.lease = grant.lease_id
-        self._charge(grant.lease_id, grant)
+        self.charge(grant.lease_id, grant)
         self._first(grant)
         client = ClientGrant("sequential", 1, 1, grant.lease_id, self.sim.kernel.now)
         client.take(grant, self.sim.kernel.now)
@@ -869,11 +869,11 @@ class Daemon:
         try:
             grant = self.ledger.renew(job.lease, in_use)
         except LeaseError:  # expired: the client runs sequential from now on
-            self._charge(job.lease, None)
+            self.charge(job.lease, None)
             job.lease = None
             client.kind, client.workers, client.target, client.lease = "sequential", 1, 1, None
             return 0.0
-        self._charge(grant.lease_id, grant)
+        self.charge(grant.lease_id, grant)
         if grant.lease_id in self.held:
             self._first(grant)
         client.take(grant, self.sim.kernel.now)
@@ -892,10 +892,10 @@ class Daemon:
     def release(self, job: Job) -> None:
         if job.lease is not None:
             lease_id, job.lease = job.lease, None
-            self._charge(lease_id, None)
+            self.charge(lease_id, None)
             self.ledger.release(lease_id)
 
-    def _charge(self, lease_id: str, grant: Grant | None) -> None:
+    def charge(self, lease_id: str, grant: Grant | None) -> None:
         """Keep what the ledger has granted, and its running totals (checked per event)."""
         old = self.charged.pop(lease_id, None)
         if old is not None:

@@ -87,12 +87,14 @@ class Book:
             kind, workers = old
             delta -= fp.charge(kind, workers) - (fp.measured or 0)
             cpu -= workers if workers > 1 else fp.seat
+            mem -= fp.pending_bytes
             if kind == "process" or measured:
                 mem -= fp.memory(kind, workers)
         if new is not None:
             kind, workers = new
             delta += fp.charge(kind, workers) - (fp.measured or 0)
             cpu += workers if workers > 1 else fp.seat
+            mem += fp.pending_bytes
             if kind == "process" or measured:
                 mem += fp.memory(kind, workers)
         if delta:
@@ -131,8 +133,7 @@ class Book:
             return True
         if fp.measured_bytes is None and fp.sampled_process >= size:
             return True  # unmeasured: the sampled workers are charged nothing
-        spare = self.mem_bytes - (self.mem_used - (fp.memory(*old) if old else 0))
-        return spare >= fp.memory(kind, size)
+        return self._spare(fp, old) >= fp.memory(kind, size)
 
     def fit(
         self,
@@ -175,8 +176,7 @@ class Book:
             if explain:
                 why = f"{what}: {cpus} CPUs, {others} in use"
         if kind == "process":
-            spare = self.mem_bytes - (self.mem_used - (fp.memory(*old) if old else 0))
-            n = _memory_fit(fp, spare)
+            n = _memory_fit(fp, self._spare(fp, old))
             if n < best:
                 best, at = n, -1
                 if explain and self.mem_bytes < 0:  # the pools grew into the reserve
@@ -191,6 +191,13 @@ class Book:
                 f" {size} ({fp.cost(kind, size)} tasks)"
             )
         return max(0, best), why
+
+    def _spare(self, fp: Footprint, old: Size | None) -> int:
+        """Memory bytes left for the lease's pool beyond what it holds at `old` (None:
+        not in the book, where its `pending_bytes` are charged as they will be)."""
+        if old is None:
+            return self.mem_bytes - self.mem_used - fp.pending_bytes
+        return self.mem_bytes - (self.mem_used - fp.memory(*old))
 
 
 def _memory_fit(fp: Footprint, spare: int) -> int:

@@ -128,6 +128,9 @@ class Footprint(NamedTuple):
     measured_bytes: int | None = None
     worker_tasks: int = PROCESS_WORKER_TASKS  # tasks per process worker
     pool_tasks: int = PROCESS_POOL_OVERHEAD  # tasks a process pool adds beyond its workers
+    # bytes its processes will still write beyond what the last scan saw of them, charged
+    # whatever its pool (`Book.move`): see "Why memory not written yet is charged"
+    pending_bytes: int = 0
 
     def cost(self, kind: Kind, workers: int) -> int:
         """Tasks a pool of `workers` adds to the job (`costs.pool_cost`, a process pool at
@@ -189,16 +192,54 @@ def sampled(  # noqa: PLR0917 (the footprint's parts)
     worker_bytes: int = 0,
     measured_bytes: int | None = None,
     tasks: tuple[int, int] = (PROCESS_WORKER_TASKS, PROCESS_POOL_OVERHEAD),
+    pending_bytes: int = 0,
 ) -> Footprint:
     """The footprint of a lease holding (kind, workers) when a sample measured `measured`
     tasks (and `measured_bytes` of its process workers' memory); `tasks`: a process
-    pool's tasks per worker and beyond its workers, for its job."""
+    pool's tasks per worker and beyond its workers, for its job; `pending_bytes`: what
+    its processes will still write (`pending`)."""
     process = workers if kind == "process" else 0
     each, extra = tasks
     cost = workers * each + extra if process > 0 else pool_cost(kind, workers)
     return Footprint(
-        scope, base_tasks, measured, cost, process, seat, worker_bytes, measured_bytes, each, extra
+        scope,
+        base_tasks,
+        measured,
+        cost,
+        process,
+        seat,
+        worker_bytes,
+        measured_bytes,
+        each,
+        extra,
+        pending_bytes,
     )
+
+
+# Why memory not written yet is charged. The books count a sample's memory usage as
+# what every lease already holds, and charge only process workers granted since. Two
+# holes let a memory cgroup be OOM-killed under the budget (docs/BENCHMARKS.md, Memory):
+# a job granted sequential (or threads) runs its tasks in its own process, which writes
+# a worker's data that no grant charged; and a pool the sample counted may not have
+# written its data yet (its workers just started, or not even that: a sample counts the
+# workers granted, not those seen), so the sample's usage was short of them and the next
+# grants took the difference. So each lease is charged what its working processes will
+# still write: `worker_bytes` per process worker (or its own process, for a lease with a
+# seat that holds no process pool) less what the last scan saw them hold, never below 0.
+# A newcomer is charged its seat in full, whatever it is granted (its pool's workers are
+# charged as ever): until the next sample it may run its tasks itself. The charge is the
+# footprint's, whatever pool the lease moves to before the next sample: a grant between
+# samples is counted once, as a pool's workers or its seat, and a lease that shrinks
+# keeps it until the sample shows what it gave back (the safe side).
+
+
+def pending(kind: Kind, workers: int, seat: int, worker_bytes: int, seen: int | None) -> int:
+    """Bytes a lease holding (kind, workers) will still write in its working processes
+    (see above): its process workers', else its own process's if it has a seat, at
+    `worker_bytes` each, less what the last scan saw them hold (`seen`; None: nothing)."""
+    working = workers if kind == "process" and workers > 0 else seat
+    owed = working * worker_bytes - (seen or 0)
+    return owed if owed > 0 else 0
 
 
 MEASURED = -1  # `Profile.unit` of a measured pool

@@ -18,7 +18,8 @@ Pure, like `allocation.allocate`, which it calls once per user.
 #    excess being that user's alone (cutting the others' parts to make room for it
 #    would let a user's sequential jobs shrink the others, which is what this stops).
 # 2. Within a user (`allocation.allocate`, as for a single user): its leases on a book
-#    whose CPUs, headroom and memory are its parts (`user_book`).
+#    whose CPUs, headroom and memory are its parts (`user_book`); a remainder of workers
+#    goes to the leases whose pools it changes least (`keep_remainders`).
 # 3. The top-up (`topup.top_up`): what is still free on the host's book after that (a
 #    user held back by one resource leaves its part of the others; parts round down) goes
 #    one worker at a time to the user holding the fewest CPUs for its weight, so nothing
@@ -33,8 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate
+from supervisord_batt.budget.allocation import EMPTY, Allocation, Share, allocate, share
 from supervisord_batt.budget.books import Book
+from supervisord_batt.budget.costs import MIN_POOL
+from supervisord_batt.budget.demand import cpu_only
 from supervisord_batt.budget.topup import top_up
 from supervisord_batt.budget.users import User, UserSums, Weight
 
@@ -121,12 +124,57 @@ def allocate_users(users: Sequence[User], idle: Book) -> Allocation:
     for k, u in enumerate(users):
         book = user_book(idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k])
         mine = allocate(u.planned, book, u.demand)
-        shares.update(mine.shares)
+        shares.update(keep_remainders(mine.shares, u, book) if u.held else mine.shares)
         fair = max(fair, mine.fair_share)
     held = [_held_cpus(u, shares) for u in users]
     if idle.cpus - sum(held) >= 1:  # a worker more costs a CPU: none free, no top-up
         fair = max(fair, top_up(idle, users, shares, held))
     return Allocation(shares, fair, {u.uid: cpus for u, cpus in zip(users, held, strict=True)})
+
+
+# Why a remainder stays where it is. A user's part seldom divides evenly among its
+# leases: 11 CPUs over 4 give three pools of 3 and one of 2. `allocate` gives the extra
+# workers in plan order (live pools first, in the order they came), so when a job
+# holding one ended, the next in order, a live pool of 2, took it over and grew (a new
+# pool: the old one drained, every worker started again, for one worker more), while
+# the user's next job, which starts a pool anyway, got the 2. In the six-user cell of
+# benchmarks/simulate.py's users table that was about one such growth per job of the
+# users whose parts did not divide (docs/SIMULATION.md has the figures). So where only
+# the CPUs bind inside the user's part (`cpu_only`: any of its leases can hold either
+# size), the extra workers go to the leases in this order, each group in plan order:
+# those whose pools are of the larger size now (they keep them), those whose pools
+# change in any case (a newcomer, a sequential lease, a pool above or below both sizes),
+# and last those whose pools are of the smaller size (one worker more would start them
+# all again). The sizes and their count are `allocate`'s; only who gets which moves, so
+# every bound on the user's leases holds as it did. (A newcomer given the larger size
+# where its user's pools run the smaller starts at theirs: `hold.first_size`.)
+
+
+def keep_remainders(shares: Mapping[str, Share], u: User, book: Book) -> Mapping[str, Share]:
+    """`shares`, `allocate`'s for the user's leases on its `book`, with the contested
+    round's extra workers given as the comment above says."""
+    if not cpu_only(u.demand, book):
+        return shares
+    level, bonus, winners = u.demand.level(book.cpus - book.cpu_used)
+    if not winners or level < MIN_POOL:  # no remainder, or first pools: plan order
+        return shares
+    held = u.held
+
+    def rank(lease_id: str, live: bool) -> tuple[int, bool]:
+        size = held.get(lease_id, 0)
+        return (0 if size == bonus else 2 if size == level else 1), not live
+
+    contested = [
+        (rank(lease_id, p.live), lease_id, p.kind)
+        for lease_id, _, p in u.planned
+        if p.kind is not None and p.cap > level
+    ]
+    contested.sort(key=lambda c: c[0])  # stable: the leases' order within each group
+    out = dict(shares)
+    for k, (_, lease_id, kind) in enumerate(contested):
+        assert kind is not None  # the contested ask for a pool
+        out[lease_id] = share(bonus if k < winners else level, kind)
+    return out
 
 
 # Why a user's part, not an equal split, tells who is over it. CPU pressure is put down to

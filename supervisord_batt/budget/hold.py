@@ -18,8 +18,19 @@ Pure, like the rest of the budget: the ledger passes the time in.
 # see it: a gap a job's successor fills in time costs nothing, and a lasting one (a job
 # that is not followed, a user that left) is taken a moment later.
 #
-# A lease granted less than its share at acquire (its user's other pools had not shrunk
-# yet) is owed that share: it grows to it at once, and waits only for what rose since.
+# A newcomer alike: a job that ends is followed by its user's next within a second, so
+# two that end together leave the first successor a share counted without the second,
+# and the first grant took it (16 CPUs over three jobs: 5, where the user's pools ran 4)
+# and shrank to 4 when the second came, which had got the 3 left and grew to 4 (in the
+# users table's 4 jobs beside 60 on 32 CPUs, about one job in six). So a newcomer starts
+# no larger pool than its user runs already, or ran in a job that ended less than
+# GROW_AFTER ago (`first_size`: a job that follows one of 6 beside one of 5 starts 6,
+# the size its user's part had for it), and the rest of its share is a share that rose:
+# taken once it has stood. A user that runs no pool, or whose pools are smaller than a
+# first pool, gives no bound.
+#
+# A lease granted less than its start at acquire (its user's other pools had not shrunk
+# yet) is owed it: it grows to it at once, and waits only for what rose since.
 # With one user the ledger never asks: its leases grow as soon as the room is there, as
 # they always did.
 
@@ -27,7 +38,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from supervisord_batt.budget.allocation import Share, share
+from supervisord_batt.budget.costs import MIN_POOL
+
 GROW_AFTER = 2.0  # seconds a share above a lease's pool must stand before it grows into it
+
+
+def first_size(mine: Share, largest: int) -> Share:
+    """A newcomer's share as it starts, where its user runs pools of at most `largest`
+    workers: no larger than them (see above)."""
+    if MIN_POOL <= largest < mine.workers:
+        return share(largest, mine.kind)
+    return mine
 
 
 @dataclass(slots=True)
@@ -37,6 +59,24 @@ class GrowHold:
 
     rose: dict[str, float] = field(default_factory=dict)  # lease id -> first seen above
     owed: dict[str, int] = field(default_factory=dict)  # lease id -> share at acquire
+    # uid -> (when, workers): the largest pool of its that ended in the last GROW_AFTER
+    gone: dict[int, tuple[float, int]] = field(default_factory=dict)
+
+    def ended(self, uid: int, workers: int, now: float) -> None:
+        """A lease of `uid` running a pool of `workers` ended at `now`."""
+        last = self.gone.get(uid)
+        if last is None or now - last[0] >= GROW_AFTER or last[1] <= workers:
+            self.gone[uid] = (now, workers)
+
+    def recent(self, uid: int, now: float) -> int:
+        """The largest pool of `uid` that ended in the last GROW_AFTER seconds (0: none)."""
+        last = self.gone.get(uid)
+        if last is None:
+            return 0
+        if now - last[0] >= GROW_AFTER:
+            del self.gone[uid]
+            return 0
+        return last[1]
 
     def granted(self, lease_id: str, share: int, workers: int) -> None:
         """A lease was granted `workers` under a share of `share`: short of it, it is owed."""

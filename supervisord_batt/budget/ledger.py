@@ -46,6 +46,7 @@ from supervisord_batt.budget.claims import (
     Profile,
     Scopes,
     cap_of,
+    pending,
     pool_kinds,
     pools_of,
     profile,
@@ -55,7 +56,7 @@ from supervisord_batt.budget.claims import (
 from supervisord_batt.budget.costs import MIN_POOL, PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users, over_parts
-from supervisord_batt.budget.hold import GROW_AFTER, GrowHold
+from supervisord_batt.budget.hold import GROW_AFTER, GrowHold, first_size
 from supervisord_batt.budget.lone import LoneAskers
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
@@ -228,16 +229,18 @@ class BudgetLedger:
         before = self._alloc if self._exact and self._pending is None else None
         self._counter += 1
         now = self._clock()
+        seat, unit = seat_of(req), self._unit(req)
         fp = Footprint(
             self._scopes.of(req),
             req.base_tasks,
             None,
             0,
             0,
-            seat_of(req),
-            self._unit(req),
+            seat,
+            unit,
             None,
             *self._pool_tasks.get((req.job, req.uid), _CONSTANT_TASKS),
+            seat * unit if self._config.memory_unwritten else 0,  # it may run its tasks
         )
         pools, cap = pools_of(req), cap_of(req, self._config)
         level = self._level_of(req.uid) if self._over else self._level  # no call: hot path
@@ -274,9 +277,12 @@ class BudgetLedger:
         # The allocation never reads the charged book, so the newcomer enters it only at
         # its grant: what fits a lease not in the book (held None) is what fits it held
         # sequential, its sequential charge and CPU being what it would give back.
-        kind, workers, reason = self._first_grant(e, mine, fair, cpu, restoring)
-        if cpu is not None:  # several users: short of its share, it is owed it (`hold`)
-            self._hold.granted(e.lease_id, mine.workers, workers)
+        start = mine
+        if cpu is not None and not restoring:  # several users: its user's pools (`hold`)
+            start = first_size(mine, self._largest_pool(e))
+        kind, workers, reason = self._first_grant(e, start, fair, cpu, restoring)
+        if cpu is not None:  # several users: short of its start, it is owed it (`hold`)
+            self._hold.granted(e.lease_id, start.workers, workers)
         self._charge(e, None, (kind, workers))
         if workers:
             e.kind, e.workers = kind, workers
@@ -395,18 +401,27 @@ class BudgetLedger:
         sample: HostSample,
         trees: Mapping[str, int],
         pool_bytes: Mapping[str, int] | None = None,
+        holder_bytes: Mapping[str, int] | None = None,
     ) -> UpdateResult:
         """Take a new sample, holder tree sizes and the resident bytes of each process
-        lease's workers (`pool_bytes`, by lease id); recompute level and targets."""
+        lease's workers (`pool_bytes`, by lease id) and of the holder of each other lease
+        (`holder_bytes`: its own process runs its tasks); recompute level and targets.
+        What they hold less what they will write is charged (`claims.pending`)."""
         # no _fresh(): the allocation is recomputed before anyone reads it again
         self._sample = sample
+        pools, holders = pool_bytes or {}, holder_bytes or {}
+        owe = self._config.memory_unwritten
         for e in self._leases.values():
             scope = e.footprint.scope
             measured = trees.get(e.lease_id)
             seat, unit, r = e.footprint.seat, self._unit(e.request), e.request
             tasks = self._pool_tasks.get((r.job, r.uid), _CONSTANT_TASKS)
+            owed = 0
+            if owe:
+                working = pools if e.kind == "process" and e.workers else holders
+                owed = pending(e.kind, e.workers, seat, unit, working.get(e.lease_id))
             e.footprint = sampled(
-                scope, r.base_tasks, measured, e.kind, e.workers, seat, unit, None, tasks
+                scope, r.base_tasks, measured, e.kind, e.workers, seat, unit, None, tasks, owed
             )
         self._rebook()
         if pool_bytes and self._charged.mem_bytes < self._charged.mem_used:
@@ -565,12 +580,22 @@ class BudgetLedger:
     def _per_user(self) -> list[User]:
         """The users holding seats in uid order (which breaks ties: the order they came
         in would make the allocation depend on leases already gone), each with its
-        planned leases in the ledger's order. A lease that holds no seat asks for nothing."""
+        planned leases in the ledger's order and the pools they run. A lease that holds no
+        seat asks for nothing."""
         planned: dict[int, list[Planned]] = {uid: [] for uid in sorted(self._users)}
+        held: dict[int, dict[str, int]] = {uid: {} for uid in planned}
         for e in self._leases.values():
             if e.footprint.seat and e.profile.kind is not None:
                 planned[e.request.uid].append(e.planned())
-        return [self._users[uid].user(uid, mine) for uid, mine in planned.items()]
+                if e.workers:
+                    held[e.request.uid][e.lease_id] = e.workers
+        return [self._users[uid].user(uid, mine, held[uid]) for uid, mine in planned.items()]
+
+    def _largest_pool(self, e: _Held) -> int:
+        """Workers of the largest pool the lease's user runs in its other leases, or ran
+        in one that ended lately (`GrowHold.ended`)."""
+        uid = e.request.uid
+        return max(max(self._users[uid].pools, default=0), self._hold.recent(uid, e.created_at))
 
     def _quick_user_share(self, e: _Held) -> tuple[QuickShare | None, CpuShare | None]:
         """The newcomer's share and CPU bound by `newcomer_user_share`, from the users'
@@ -578,7 +603,8 @@ class BudgetLedger:
         uids = sorted(self._users)
         users = [self._users[uid].user(uid, []) for uid in uids]
         mine = uids.index(e.request.uid)
-        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle)
+        pools = self._users[e.request.uid].pools  # its others': it is not charged yet
+        found = newcomer_user_share(e.profile, e.footprint, mine, users, self._idle, pools)
         if found is None:
             return None, None
         quick, held = found
@@ -672,7 +698,7 @@ class BudgetLedger:
                 demand = self._users[e.request.uid].demand
                 demand.count(scope, before, -1)
                 demand.count(scope, after, 1)
-        if not after.plans_as(before):
+        if not after.plans_as(before) or self._split:  # split: the pools' sizes count too
             self._exact = False
 
     def _replan_all(self) -> None:
@@ -705,6 +731,8 @@ class BudgetLedger:
     def _remove(self, e: _Held) -> None:
         del self._leases[e.lease_id]
         self._hold.forget(e.lease_id)
+        if self._split and e.workers:  # its user's next job may start a pool as large
+            self._hold.ended(e.request.uid, e.workers, self._clock())
         fp = e.footprint
         self._charge(e, (e.kind, e.workers), None)
         self._idle.move(fp, _SEQUENTIAL, None)
@@ -746,10 +774,15 @@ class BudgetLedger:
                 self._users[e.request.uid].demand.count(e.footprint.scope, e.profile, 1)
 
     def _charge(self, e: _Held, old: Size | None, new: Size | None) -> None:
-        """Move a lease in the charged book, and the CPUs its user holds there."""
+        """Move a lease in the charged book, and the CPUs and pools its user holds there."""
         cpu = self._charged.move(e.footprint, old, new)
         if e.footprint.seat:
-            self._users[e.request.uid].cpus += cpu
+            sums = self._users[e.request.uid]
+            sums.cpus += cpu
+            if old is not None:
+                sums.pool(old[1], -1)
+            if new is not None:
+                sums.pool(new[1], 1)
 
     def _resize(self, e: _Held, kind: Kind, workers: int) -> None:
         """Change a lease's charged pool (the allocation's order and kinds depend on it,
@@ -773,6 +806,7 @@ class BudgetLedger:
         idle = self._idle = self._charged.copy()
         for sums in self._users.values():
             sums.cpus = 0
+            sums.pools.clear()
         for e in self._leases.values():
             self._charge(e, None, (e.kind, e.workers))
             idle.move(e.footprint, None, _SEQUENTIAL)

@@ -18,7 +18,7 @@ is tested against `hierarchy.allocate_users` alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from supervisord_batt.budget.allocation import NO_SHARE, Share, share
@@ -78,8 +78,13 @@ def newcomer_share(
     return QuickShare(NO_SHARE, fair)
 
 
-def newcomer_user_share(
-    newcomer: Profile, footprint: Footprint, mine: int, users: Sequence[User], idle: Book
+def newcomer_user_share(  # noqa: PLR0917 (newcomer_share's, its user, and the user's pools)
+    newcomer: Profile,
+    footprint: Footprint,
+    mine: int,
+    users: Sequence[User],
+    idle: Book,
+    pools: Mapping[int, int] | None = None,
 ) -> tuple[QuickShare, int] | None:
     """The newcomer's share where several users hold leases, and the CPUs its user holds
     at the allocation, without allocating (None: no shortcut).
@@ -89,7 +94,10 @@ def newcomer_user_share(
     the CPUs can bind inside every user's part (`cpu_only` on each user's book), each
     user holds min(what it asks, its CPU part), or its seats if more: with the CPUs all
     taken, or every lease at its cap, the top-up finds nothing to grow. So the newcomer's
-    share is `newcomer_share` on its user's book, which the others do not change.
+    share is `newcomer_share` on its user's book, which the others do not change, unless
+    the newcomer may take an extra worker of its user's remainder: it goes ahead of the
+    user's pools of the smaller size (`hierarchy.keep_remainders`), so `pools` (the
+    user's pools by workers, its others; None: not known) tells where it cannot.
     """
     ent = entitlements(users, idle)
     for k, u in enumerate(users):
@@ -97,10 +105,26 @@ def newcomer_user_share(
             return None
     u = users[mine]
     book = user_book(idle, u, ent.cpus[mine], ent.rooms[mine], ent.mem[mine])
+    if newcomer.kind is not None and _may_take_remainder(newcomer.cap, u, book, pools):
+        return None
     quick = newcomer_share(newcomer, footprint, (), book, u.demand)
     if quick is None:
         return None
     return quick, max(u.seats, min(u.cpu_demand(), ent.cpus[mine]))
+
+
+def _may_take_remainder(cap: int, u: User, book: Book, pools: Mapping[int, int] | None) -> bool:
+    """Whether a newcomer capped at `cap` may get an extra worker of its user's remainder
+    on its `book`, where only the CPUs bind (`hierarchy.keep_remainders`). It is last of
+    the leases that contest it but for those whose pools are of the smaller size, which
+    are at most `pools`' count of that size: so where the extra workers run out before
+    the others less those, it cannot."""
+    level, _, winners = u.demand.level(book.cpus - book.cpu_used)
+    if not winners or level < MIN_POOL or cap <= level:
+        return False
+    others = sum(n for c, n in u.demand.caps.items() if c > level) - 1  # it counts there
+    smaller = others if pools is None else pools.get(level, 0)
+    return winners > others - smaller
 
 
 def _first_round_share(  # noqa: PLR0917 (newcomer_share's arguments, and the spare CPUs)

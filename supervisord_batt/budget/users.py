@@ -43,13 +43,15 @@ def even(_uid: int) -> float:
 @dataclass(slots=True)
 class User:
     """One user's leases as the allocation sees them: its plan (the leases that ask for a
-    pool, in the ledger's order), their demand, and the CPUs its leases hold sequential."""
+    pool, in the ledger's order), their demand, the CPUs its leases hold sequential, and
+    the workers of the pools its planned leases run now (`hierarchy.keep_remainders`)."""
 
     uid: int
     weight: Weight
     planned: list[Planned] = field(default_factory=list)
     demand: Demand = field(default_factory=lambda: Demand.empty(0))
     seats: int = 0
+    held: dict[str, int] = field(default_factory=dict)  # lease id -> workers; absent: none
 
     def cpu_demand(self) -> int:
         """CPUs it asks for: a seat per lease, and each planned lease's workers beyond it."""
@@ -59,17 +61,27 @@ class User:
 @dataclass(slots=True)
 class UserSums:
     """What the ledger keeps per uid holding seats, up to date as its leases come, go and
-    resize: its weight, its seats, the CPUs its leases hold in the charged book, and
-    (while several users hold seats) the demand of its planned leases, as `Demand` sums
-    every user's."""
+    resize: its weight, its seats, the CPUs its leases hold in the charged book, the
+    sizes of the pools they run there, and (while several users hold seats) the demand
+    of its planned leases, as `Demand` sums every user's."""
 
     weight: Weight
     demand: Demand
     seats: int = 0
     cpus: int = 0
+    pools: dict[int, int] = field(default_factory=dict)  # workers -> its leases running so many
 
-    def user(self, uid: int, planned: list[Planned]) -> User:
-        return User(uid, self.weight, planned, self.demand, self.seats)
+    def pool(self, workers: int, sign: int) -> None:
+        """A lease of the user starts (sign 1) or ends (-1) running a pool of `workers`."""
+        if workers:
+            left = self.pools.get(workers, 0) + sign
+            if left:
+                self.pools[workers] = left
+            else:
+                del self.pools[workers]
+
+    def user(self, uid: int, planned: list[Planned], held: dict[str, int] | None = None) -> User:
+        return User(uid, self.weight, planned, self.demand, self.seats, held or {})
 
     def cpu_demand(self) -> int:
         return cpu_demand(self.seats, self.demand)

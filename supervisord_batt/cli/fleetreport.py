@@ -31,11 +31,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from supervisord_batt import protocol
 from supervisord_batt.cli import exits, report
+from supervisord_batt.cli.report import Figures, LimitKill, Quantiles, Window
 from supervisord_batt.supervise.states import RUN_OUTCOMES
 
 P = "supervisord_batt_"
@@ -108,7 +109,7 @@ def counter_deltas(prom: Prometheus, name: str, window: int) -> dict[Labels, flo
     for labels in reset:
         matcher = ", ".join(f'{k}="{_escape(v)}"' for k, v in labels)
         (series,) = prom.query(f"{name}{{{matcher}}}[{window}s]") or [{"values": []}]
-        out[labels] = _counted(start.get(labels, 0.0), [float(v) for _, v in series["values"]])
+        out[labels] = counted(start.get(labels, 0.0), [float(v) for _, v in series["values"]])
     return out
 
 
@@ -116,7 +117,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _counted(base: float, values: list[float]) -> float:
+def counted(base: float, values: list[float]) -> float:
     """What a counter counted over its samples, from `base`; a drop is a reset to zero."""
     total, last = 0.0, base
     for value in values:
@@ -138,7 +139,7 @@ def _step(window: int) -> int:
     return max(1, min(60, window // 1440))
 
 
-def host_figures(prom: Prometheus, window: int) -> dict[str, dict[str, Any]]:
+def host_figures(prom: Prometheus, window: int) -> dict[str, Figures]:
     """The local report's figures, for each instance that had the daemon's metrics."""
     counts = {
         name: _by(counter_deltas(prom, P + name + "_total", window), *keys)
@@ -169,97 +170,81 @@ def host_figures(prom: Prometheus, window: int) -> dict[str, dict[str, Any]]:
     changes = prom.by_instance(f"changes({P}pressure_level{w})")
     out = {}
     for instance in sorted(samples):
-        c = {name: counts[name].get(instance, {}) for name in counts}
-        fig = _figures(c)
-        for key, by_q in quantiles.items():
-            fig[key] = {q: by_q[q].get(instance) for q in QUANTILES}
-        fig["pressure_changes"] = int(changes.get(instance, 0))
-        fig["stats_lines"] = int(samples[instance])  # samples, here
-        out[instance] = fig
+        at = {key: {q: by_q[q].get(instance) for q in QUANTILES} for key, by_q in quantiles.items()}
+        out[instance] = replace(
+            counter_figures({name: counts[name].get(instance, {}) for name in counts}),
+            stats_lines=int(samples[instance]),  # samples, here
+            host_tasks=at["host_tasks"],
+            tightest_percent=at["tightest_percent"],
+            pressure_changes=int(changes.get(instance, 0)),
+        )
     return out
 
 
-def _figures(c: dict[str, dict[tuple[str, ...], float]]) -> dict[str, Any]:
-    """One host's counters as the local report's figures (counts are whole numbers)."""
+def counter_figures(c: dict[str, dict[tuple[str, ...], float]]) -> Figures:
+    """One host's counters as the local report's figures (counts are whole numbers); its
+    samples and quantiles are host_figures' to add."""
 
     def n(name: str, *key: str) -> int:
         return round(c[name].get(key, 0.0))
 
-    grants = {k: n("grants", k) for k in ("process", "thread", "sequential")}
-    denied_by = {k[0]: round(v) for k, v in sorted(c["denials"].items()) if round(v) and k[0]}
-    runs = {k: n("runs", k) for k in RUN_OUTCOMES}
-    level_s: dict[str, float] = {
-        lv: c["pressure_seconds"].get((lv,), 0.0) for lv in protocol.LEVELS
-    }
-    return {
-        "daemons": 1,
-        "grants": grants,
-        "denied": round(sum(c["denials"].values())),
-        "denied_by": denied_by,
-        "executor_fallbacks": {
+    return Figures(
+        daemons=1,
+        stats_lines=0,
+        grants={k: n("grants", k) for k in ("process", "thread", "sequential")},
+        denied=round(sum(c["denials"].values())),
+        denied_by={k[0]: round(v) for k, v in sorted(c["denials"].items()) if round(v) and k[0]},
+        executor_fallbacks={
             f"{a}>{b}": round(v)
             for (a, b), v in sorted(c["executor_fallbacks"].items())
             if round(v)
         },
-        "refused_spawns": round(sum(c["cgroup_refused_tasks"].values())),
-        "limit_kills": [
-            {"program": p, "reason": r, "count": round(v)}
-            for (p, r), v in sorted(c["limit_kills"].items())
-            if round(v)
+        refused_spawns=round(sum(c["cgroup_refused_tasks"].values())),
+        limit_kills=[
+            LimitKill(p, r, round(v)) for (p, r), v in sorted(c["limit_kills"].items()) if round(v)
         ],
-        "runs": runs,
-        "level_seconds": level_s,
-    } | report.rates(grants, round(sum(c["denials"].values())), runs, level_s)
+        runs={k: n("runs", k) for k in RUN_OUTCOMES},
+        level_seconds={lv: c["pressure_seconds"].get((lv,), 0.0) for lv in protocol.LEVELS},
+    )
 
 
-def fleet_figures(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def fleet_figures(hosts: dict[str, Figures]) -> Figures:
     """The fleet's figures: the hosts' counts summed; host tasks and the tightest limit's
     use of the busiest host."""
     figs = list(hosts.values())
 
-    def total(key: str, sub: str) -> int:
-        return sum(f[key][sub] for f in figs)
-
-    def summed(key: str) -> dict[str, int]:
+    def summed(counts: list[dict[str, int]]) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
-        for f in figs:
-            for k, v in f[key].items():
+        for by_key in counts:
+            for k, v in by_key.items():
                 out[k] += v
         return dict(sorted(out.items()))
 
     kills: dict[tuple[str, str], int] = defaultdict(int)
     for f in figs:
-        for k in f["limit_kills"]:
-            kills[(k["program"], k["reason"])] += k["count"]
-    grants = {k: total("grants", k) for k in ("process", "thread", "sequential")}
-    runs = {k: total("runs", k) for k in RUN_OUTCOMES}
-    level_s: dict[str, float] = {
-        lv: sum(f["level_seconds"][lv] for f in figs) for lv in protocol.LEVELS
-    }
-    denied = sum(f["denied"] for f in figs)
-    return {
-        "daemons": len(figs),
-        "stats_lines": sum(f["stats_lines"] for f in figs),
-        "host_tasks": _busiest(figs, "host_tasks"),
-        "tightest_percent": _busiest(figs, "tightest_percent"),
-        "pressure_changes": sum(f["pressure_changes"] for f in figs),
-        "grants": grants,
-        "denied": denied,
-        "denied_by": summed("denied_by"),
-        "executor_fallbacks": summed("executor_fallbacks"),
-        "refused_spawns": sum(f["refused_spawns"] for f in figs),
-        "limit_kills": [
-            {"program": p, "reason": r, "count": v} for (p, r), v in sorted(kills.items())
-        ],
-        "runs": runs,
-        "level_seconds": level_s,
-    } | report.rates(grants, denied, runs, level_s)
+        for k in f.limit_kills:
+            kills[(k.program, k.reason)] += k.count
+    return Figures(
+        daemons=len(figs),
+        stats_lines=sum(f.stats_lines for f in figs),
+        grants={k: sum(f.grants[k] for f in figs) for k in ("process", "thread", "sequential")},
+        denied=sum(f.denied for f in figs),
+        denied_by=summed([f.denied_by for f in figs]),
+        executor_fallbacks=summed([f.executor_fallbacks for f in figs]),
+        refused_spawns=sum(f.refused_spawns for f in figs),
+        limit_kills=[LimitKill(p, r, v) for (p, r), v in sorted(kills.items())],
+        runs={k: sum(f.runs[k] for f in figs) for k in RUN_OUTCOMES},
+        level_seconds={lv: sum(f.level_seconds[lv] for f in figs) for lv in protocol.LEVELS},
+        host_tasks=_busiest([f.host_tasks for f in figs]),
+        tightest_percent=_busiest([f.tightest_percent for f in figs]),
+        pressure_changes=sum(f.pressure_changes for f in figs),
+    )
 
 
-def _busiest(figs: list[dict[str, Any]], key: str) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
+def _busiest(quantiles: list[Quantiles]) -> Quantiles:
+    out: Quantiles = {}
     for q in ("p50", "p95", "max"):
-        values = [f[key][q] for f in figs if f[key][q] is not None]
+        values = [v for by_q in quantiles if (v := by_q[q]) is not None]
         out[q] = max(values) if values else None
     return out
 
@@ -280,29 +265,24 @@ def run_fleet_report(args: argparse.Namespace) -> int:
     except PrometheusError as exc:
         print(f"supervisord-batt report: {exc}", file=sys.stderr)
         return exits.UNAVAILABLE
-    fleet = fleet_figures(hosts)
-    window_text = {"first": _stamp(now - window), "last": _stamp(now)}
+    span = Window(_stamp(now - window), _stamp(now))
+    hosts = {instance: replace(fig, window=span) for instance, fig in hosts.items()}
+    fleet = replace(fleet_figures(hosts), window=span)
     if args.json:
-        print(json.dumps(_with_verdicts(hosts, fleet, window_text)))
+        print(json.dumps(_with_verdicts(hosts, fleet)))
         return exits.OK
     for instance, fig in hosts.items():
         print(f"== {instance}")
-        print(report.render(fig | {"window": window_text}, samples=True))
+        print(report.render(fig, samples=True))
         print()
     print(f"== fleet: {len(hosts)} host(s)")
-    print(report.render(fleet | {"window": window_text}, samples=True))
+    print(report.render(fleet, samples=True))
     return exits.OK
 
 
-def _with_verdicts(
-    hosts: dict[str, dict[str, Any]], fleet: dict[str, Any], window: dict[str, str]
-) -> dict[str, Any]:
-    def full(fig: dict[str, Any]) -> dict[str, Any]:
-        return fig | {
-            "window": window,
-            "targets": report.targets(fig),
-            "advice": report.advice(fig),
-        }
+def _with_verdicts(hosts: dict[str, Figures], fleet: Figures) -> dict[str, Any]:
+    def full(fig: Figures) -> dict[str, Any]:
+        return fig.to_json() | {"targets": report.targets(fig), "advice": report.advice(fig)}
 
     return {"hosts": {i: full(f) for i, f in hosts.items()}, "fleet": full(fleet)}
 

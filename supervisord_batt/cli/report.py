@@ -23,7 +23,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt import protocol
@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from supervisord_batt.config.records import Config
 
 _COUNTERS = ("denied", "refused_spawns", "oom_kills", "requests")
+Quantiles = dict[str, float | None]  # p50, p95, max (None: no data)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def _percentiles(values: list[float]) -> Quantiles:
     if not values:
         return {"p50": None, "p95": None, "max": None}
     ordered = sorted(values)
@@ -81,7 +82,88 @@ class _Daemon:
         return {k: v - base.get(k, 0) for k, v in self.last.items()}
 
 
-def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LimitKill:
+    """Runs of a program killed for one limit (a LIMIT_REASONS reason, in current logs)."""
+
+    program: str
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The first and the last timestamp the figures cover."""
+
+    first: str | None = None
+    last: str | None = None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The report's figures over a window: of the daemons in a log (`compute`), of one
+    host's or a fleet's metrics in Prometheus (cli.fleetreport). The shares the targets
+    are checked on are computed from the counts, so they always agree with them."""
+
+    daemons: int
+    stats_lines: int  # the stats lines read (the Prometheus samples, for a host)
+    grants: dict[str, int]  # by kind: process, thread, sequential
+    denied: int  # pool requests given sequential
+    denied_by: dict[str, int]  # those by cause, from the daemon's counters
+    executor_fallbacks: dict[str, int]  # pools that failed in jobs, by "from>to"
+    refused_spawns: int
+    limit_kills: list[LimitKill]
+    runs: dict[str, int]  # by RUN_OUTCOMES
+    level_seconds: dict[str, float]  # seconds at each pressure level
+    host_tasks: Quantiles = field(default_factory=lambda: _percentiles([]))
+    tightest_percent: Quantiles = field(default_factory=lambda: _percentiles([]))
+    pressure_changes: int = 0
+    oom_kills: int | None = None  # None: not counted (Prometheus' figures)
+    worker_sizes: list[Any] | None = None  # the latest stats line's learned sizes, as written
+    window: Window = Window()
+
+    @property
+    def pressure_share(self) -> dict[str, float | None]:
+        total = sum(self.level_seconds.values())
+        return {
+            lv: (self.level_seconds.get(lv, 0.0) / total if total else None)
+            for lv in protocol.LEVELS
+        }
+
+    @property
+    def sequential_share(self) -> float | None:
+        asked_pool = self.grants["process"] + self.grants["thread"] + self.denied
+        return self.denied / asked_pool if asked_pool else None
+
+    @property
+    def completion_rate(self) -> float | None:
+        ended = self._ended()
+        return self.runs["completed"] / ended if ended else None
+
+    @property
+    def hang_rate(self) -> float | None:
+        ended = self._ended()
+        return self.runs["killed"] / ended if ended else None
+
+    def _ended(self) -> int:
+        return self.runs["completed"] + self.runs["failed"] + self.runs["killed"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The figures and their shares, as `report --json` prints them (without what
+        was not counted)."""
+        out = asdict(self)
+        for key in ("oom_kills", "worker_sizes"):
+            if out[key] is None:
+                del out[key]
+        return out | {
+            "pressure_share": self.pressure_share,
+            "sequential_share": self.sequential_share,
+            "completion_rate": self.completion_rate,
+            "hang_rate": self.hang_rate,
+        }
+
+
+def compute(events: Iterable[dict[str, Any]]) -> Figures:
     """The report's figures from the events, oldest first."""
     daemons: dict[Any, _Daemon] = {}
     tasks: list[float] = []
@@ -119,10 +201,12 @@ def compute(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for d in daemons.values():
         for key, n in d.delta().items():
             total[key] = total.get(key, 0) + n
-    return _figures(total, tasks, percent, peaks, runs, kills, pressure_changes, daemons) | {
-        "window": {"first": first_at, "last": last_at},
-        "worker_sizes": sizes,
-    }
+    fig = _figures(total, tasks, percent, peaks, runs, kills, pressure_changes, daemons)
+    return replace(fig, window=Window(_text(first_at), _text(last_at)), worker_sizes=sizes)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _outcome(event: dict[str, Any]) -> str:
@@ -139,67 +223,41 @@ def _figures(  # noqa: PLR0917 (the report's inputs, each named)
     kills: Counter[tuple[str, str]],
     pressure_changes: int,
     daemons: dict[Any, _Daemon],
-) -> dict[str, Any]:
-    grants = {k: int(total.get(f"grants.{k}", 0)) for k in ("process", "thread", "sequential")}
-    denied = int(total.get("denied", 0))
-    level_s: dict[str, float] = {
-        lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in protocol.LEVELS
-    }
-    fallbacks = {
-        k[len("fallbacks.") :]: int(v) for k, v in total.items() if k.startswith("fallbacks.")
-    }
+) -> Figures:
     tight = _percentiles(percent)
     if peaks:
         tight["max"] = max(*peaks, tight["max"] or 0.0)
-    counts = {k: runs[k] for k in RUN_OUTCOMES}
-    return {
-        "stats_lines": sum(d.lines for d in daemons.values()),
-        "daemons": len(daemons),
-        "host_tasks": _percentiles(tasks),
-        "tightest_percent": tight,
-        "pressure_changes": pressure_changes,
-        "grants": grants,
-        "denied": denied,
-        "denied_by": {
+    return Figures(
+        daemons=len(daemons),
+        stats_lines=sum(d.lines for d in daemons.values()),
+        grants={k: int(total.get(f"grants.{k}", 0)) for k in ("process", "thread", "sequential")},
+        denied=int(total.get("denied", 0)),
+        denied_by={
             k[len("denied_by.") :]: int(v)
             for k, v in sorted(total.items())
             if k.startswith("denied_by.") and v
         },
-        "executor_fallbacks": fallbacks,
-        "refused_spawns": int(total.get("refused_spawns", 0)),
-        "oom_kills": int(total.get("oom_kills", 0)),
-        "limit_kills": [
-            {"program": p, "reason": r, "count": n} for (p, r), n in sorted(kills.items())
-        ],
-        "runs": counts,
-    } | rates(grants, denied, counts, level_s)
-
-
-def rates(
-    grants: dict[str, int], denied: int, runs: dict[str, int], level_seconds: dict[str, float]
-) -> dict[str, Any]:
-    """The shares the targets are checked on, from the counts (the fleet report's too)."""
-    asked_pool = grants["process"] + grants["thread"] + denied
-    ended = runs["completed"] + runs["failed"] + runs["killed"]
-    level_total = sum(level_seconds.values())
-    return {
-        "pressure_share": {
-            lv: (level_seconds.get(lv, 0.0) / level_total if level_total else None)
-            for lv in protocol.LEVELS
+        executor_fallbacks={
+            k[len("fallbacks.") :]: int(v) for k, v in total.items() if k.startswith("fallbacks.")
         },
-        "sequential_share": denied / asked_pool if asked_pool else None,
-        "completion_rate": runs["completed"] / ended if ended else None,
-        "hang_rate": runs["killed"] / ended if ended else None,
-    }
+        refused_spawns=int(total.get("refused_spawns", 0)),
+        limit_kills=[LimitKill(p, r, n) for (p, r), n in sorted(kills.items())],
+        runs={k: runs[k] for k in RUN_OUTCOMES},
+        level_seconds={lv: float(total.get(f"level_seconds.{lv}", 0.0)) for lv in protocol.LEVELS},
+        host_tasks=_percentiles(tasks),
+        tightest_percent=tight,
+        pressure_changes=pressure_changes,
+        oom_kills=int(total.get("oom_kills", 0)),
+    )
 
 
-def targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(fig: Figures) -> list[dict[str, Any]]:
     """The incident's three targets, each met, missed, or without data."""
 
     def check(name: str, value: float | None, ok: bool) -> dict[str, Any]:
         return {"target": name, "value": value, "met": None if value is None else ok}
 
-    seq, done, hang = fig["sequential_share"], fig["completion_rate"], fig["hang_rate"]
+    seq, done, hang = fig.sequential_share, fig.completion_rate, fig.hang_rate
     return [
         check("sequential fallback usage < 20%", seq, seq is not None and seq < 0.20),
         check("successful task completion > 95%", done, done is not None and done > 0.95),
@@ -250,11 +308,12 @@ def _advice_by_cause(seq: float, by: dict[str, int]) -> dict[str, str] | None:
     return None
 
 
-def _advice_by_limit(fig: dict[str, Any], seq: float) -> dict[str, str] | None:
+def _advice_by_limit(fig: Figures, seq: float) -> dict[str, str] | None:
     """The advice when a task limit refused (or the lines do not say why): its reserve
     and thresholds if it stayed far from full, else the host is full."""
-    peak_p95 = fig["tightest_percent"]["p95"]
-    high = (fig["pressure_share"]["high"] or 0.0) + (fig["pressure_share"]["extreme"] or 0.0)
+    peak_p95 = fig.tightest_percent["p95"]
+    share = fig.pressure_share
+    high = (share["high"] or 0.0) + (share["extreme"] or 0.0)
     if peak_p95 is not None and peak_p95 < 60:
         return {
             "key": "budget.reserve_percent / budget.reserve_tasks / "
@@ -273,7 +332,7 @@ def _advice_by_limit(fig: dict[str, Any], seq: float) -> dict[str, str] | None:
     return None
 
 
-def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
+def advice(fig: Figures) -> list[dict[str, str]]:
     """Tuning advice the figures support: a key to change and why (none when all is well).
 
     Which key depends on why pool requests got sequential (`denied_by`, counted by the
@@ -285,84 +344,79 @@ def advice(fig: dict[str, Any]) -> list[dict[str, str]]:
     and never caused a failure, so they are worth lowering only when a limit is what
     refused."""
     out: list[dict[str, str]] = []
-    seq = fig["sequential_share"]
-    mostly_sequential = seq is not None and seq > 0.30
-    by: dict[str, int] = fig.get("denied_by") or {}
-    tip = _advice_by_cause(seq, by) if mostly_sequential and sum(by.values()) else None
-    if tip is None and mostly_sequential:
-        tip = _advice_by_limit(fig, seq)
-    if tip is not None:
-        out.append(tip)
-    if fig["refused_spawns"] or fig["executor_fallbacks"]:
+    seq = fig.sequential_share
+    if seq is not None and seq > 0.30:  # mostly sequential
+        by = fig.denied_by
+        tip = _advice_by_cause(seq, by) if sum(by.values()) else None
+        if tip is None:
+            tip = _advice_by_limit(fig, seq)
+        if tip is not None:
+            out.append(tip)
+    if fig.refused_spawns or fig.executor_fallbacks:
         out.append(
             {
                 "key": "budget.reserve_tasks / programs.<name>.contain",
-                "why": f"{fig['refused_spawns']} task creations were refused and jobs reported "
-                f"{sum(fig['executor_fallbacks'].values())} pool fallbacks: something started "
+                "why": f"{fig.refused_spawns} task creations were refused and jobs reported "
+                f"{sum(fig.executor_fallbacks.values())} pool fallbacks: something started "
                 "more than it leased; raise reserve_tasks, and keep contain: true so a job "
                 "that overspends is refused in its own cgroup",
             }
         )
-    for kill in fig["limit_kills"]:
-        if kill["reason"] not in LIMIT_REASONS:  # a log line from another version
+    for kill in fig.limit_kills:
+        if kill.reason not in LIMIT_REASONS:  # a log line from another version
             continue
-        key = kill["reason"]
         out.append(
             {
-                "key": f"programs.{kill['program']}.{key}",
-                "why": f"{kill['count']} runs of {kill['program']} were killed for "
-                f"{kill['reason']}: either they hung (read their output: supervisord-batt "
+                "key": f"programs.{kill.program}.{kill.reason}",
+                "why": f"{kill.count} runs of {kill.program} were killed for "
+                f"{kill.reason}: either they hung (read their output: supervisord-batt "
                 "tail) or the limit is shorter than a normal run",
             }
         )
     return out
 
 
-def render(fig: dict[str, Any], samples: bool = False) -> str:
+def render(fig: Figures, samples: bool = False) -> str:
     """The table; `samples`: the figures came from Prometheus' samples of one host or
     more (the fleet report), not from `stats` lines of daemons."""
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1%}"
 
-    def trio(d: dict[str, float | None], unit: str = "") -> str:
+    def trio(d: Quantiles, unit: str = "") -> str:
         return "  ".join(f"{k} {'-' if v is None else f'{v:.0f}{unit}'}" for k, v in d.items())
 
-    w = fig["window"]
+    w = fig.window
     source = "samples" if samples else "stats lines"
     from_ = "host(s)" if samples else "daemon(s)"
     lines = [
-        f"supervisord-batt report: {w['first'] or '-'} .. {w['last'] or '-'}, "
-        f"{fig['stats_lines']} {source} from {fig['daemons']} {from_}",
+        f"supervisord-batt report: {w.first or '-'} .. {w.last or '-'}, "
+        f"{fig.stats_lines} {source} from {fig.daemons} {from_}",
         "",
         "TARGET                               VALUE    MET",
     ]
     for t in targets(fig):
         met = {True: "yes", False: "NO", None: "no data"}[t["met"]]
         lines.append(f"{t['target']:<36} {pct(t['value']):<8} {met}")
-    g = fig["grants"]
+    g = fig.grants
     lines += [
         "",
-        f"host tasks          {trio(fig['host_tasks'])}",
-        f"tightest limit use  {trio(fig['tightest_percent'], '%')}",
+        f"host tasks          {trio(fig.host_tasks)}",
+        f"tightest limit use  {trio(fig.tightest_percent, '%')}",
         "time at pressure    "
-        + "  ".join(f"{lv} {pct(s)}" for lv, s in fig["pressure_share"].items())
-        + f"  ({fig['pressure_changes']} changes)",
+        + "  ".join(f"{lv} {pct(s)}" for lv, s in fig.pressure_share.items())
+        + f"  ({fig.pressure_changes} changes)",
         f"grants              process {g['process']}  thread {g['thread']}  "
-        f"sequential {g['sequential']}  (pool asked, sequential given: {fig['denied']})",
-        "  sequential because "
-        + (", ".join(f"{k} {v}" for k, v in fig["denied_by"].items()) or "-"),
+        f"sequential {g['sequential']}  (pool asked, sequential given: {fig.denied})",
+        "  sequential because " + (", ".join(f"{k} {v}" for k, v in fig.denied_by.items()) or "-"),
         "executor fallbacks  "
-        + (", ".join(f"{k} {v}" for k, v in fig["executor_fallbacks"].items()) or "0"),
-        f"refused spawns      {fig['refused_spawns']}",
-        *([f"oom kills           {fig['oom_kills']}"] if "oom_kills" in fig else []),
+        + (", ".join(f"{k} {v}" for k, v in fig.executor_fallbacks.items()) or "0"),
+        f"refused spawns      {fig.refused_spawns}",
+        *([f"oom kills           {fig.oom_kills}"] if fig.oom_kills is not None else []),
         "limit kills         "
-        + (
-            ", ".join(f"{k['program']} {k['reason']} {k['count']}" for k in fig["limit_kills"])
-            or "0"
-        ),
-        "runs                " + "  ".join(f"{k} {v}" for k, v in fig["runs"].items()),
-        *_size_lines(fig.get("worker_sizes") or []),
+        + (", ".join(f"{k.program} {k.reason} {k.count}" for k in fig.limit_kills) or "0"),
+        "runs                " + "  ".join(f"{k} {v}" for k, v in fig.runs.items()),
+        *_size_lines(fig.worker_sizes or []),
         "",
     ]
     tips = advice(fig)
@@ -371,7 +425,7 @@ def render(fig: dict[str, Any], samples: bool = False) -> str:
         lines.append("advice: none" + ("" if missed else "; no target missed"))
     for tip in tips:
         lines.append(f"advice: {tip['key']}: {tip['why']}")
-    if fig["stats_lines"] == 0 and not samples:
+    if fig.stats_lines == 0 and not samples:
         lines.append(
             "note: no stats lines in this window (the daemon writes one every "
             "daemon.stats_interval): the host and grant figures are empty"
@@ -412,7 +466,7 @@ def run_report(args: argparse.Namespace, config: Config | None) -> int:
         print(f"supervisord-batt report: {exc.filename}: no such file", file=sys.stderr)
         return exits.UNAVAILABLE
     if args.json:
-        print(json.dumps(fig | {"targets": targets(fig), "advice": advice(fig)}))
+        print(json.dumps(fig.to_json() | {"targets": targets(fig), "advice": advice(fig)}))
     else:
         print(render(fig))
     return exits.OK

@@ -518,7 +518,7 @@ def wait_for_key(fd: int, wakeup: int, deadline: float) -> str:
                 return QUIT
 
 
-class _Feed:
+class StatusFeed:
     """One connection kept across refreshes, made again after the daemon went away."""
 
     def __init__(self, socket: Path, timeout: float) -> None:
@@ -585,7 +585,7 @@ def run_top(socket: Path, interval: float) -> int:  # noqa: PLR0915
 
     interval = max(0.1, interval)
     # a daemon too stalled to answer status within this is shown as down
-    feed = _Feed(socket, timeout=REQUEST_TIMEOUT)
+    feed = StatusFeed(socket, timeout=REQUEST_TIMEOUT)
     with contextlib.suppress(OSError):  # no terminal: said below, after the daemon's check
         feed.rows = os.get_terminal_size(sys.stdout.fileno()).lines
     try:

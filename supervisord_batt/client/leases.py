@@ -18,7 +18,7 @@ the TTL is kept alive by `renew()` calls made between tasks.
 # Why one module
 It is what a job imports: the connection, the grant and `lease()` / `exec`. A grant's
 renew, its shrink and its resume after a daemon restart use the connection's reconnect,
-so a lease outlives a daemon's restart in one place. The pools are `client.executor`'s.
+so a lease outlives a daemon's restart in one place. The executor is `client.executor`'s.
 """
 
 from __future__ import annotations

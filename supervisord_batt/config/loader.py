@@ -196,6 +196,7 @@ def _budget(s: Section) -> BudgetConfig:
             DEFAULT_BURST_WINDOW,
         ),
         memory_reserve_percent=s.get("memory_reserve_percent", number(0, 100, high_open=True), 5.0),
+        memory_unwritten=s.get("memory_unwritten", boolean, True),
     )
 
 

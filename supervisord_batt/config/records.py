@@ -81,6 +81,9 @@ class BudgetConfig:
     burst_window: float = 0.0
     # percent of the memory limit that binds kept free: below it measured pools shrink
     memory_reserve_percent: float = 5.0
+    # charge the memory a lease's processes will still write (its own process while it
+    # runs its tasks, its workers not seen at their size yet): budget.claims.pending
+    memory_unwritten: bool = True
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.daemon.weights import Weights
+from supervisord_batt.daemon.workersizes import holder_bytes, runs_itself
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample, TreeUsage
 from supervisord_batt.logs import get_logger
@@ -109,6 +110,7 @@ class Daemon:
         self.pressure_reason = ""  # why the level is what it is, as of the last tick
         self._trees: dict[str, int] = {}
         self._pool_bytes: dict[str, int] = {}  # lease -> its workers' bytes, last scan
+        self._holder_bytes: dict[str, int] = {}  # lease -> its holder's bytes, alike
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
         self._reexec: asyncio.Task[None] | None = None  # the exec, once its reply is sent
@@ -380,7 +382,7 @@ class Daemon:
         self.cgroup_counts.observe(now, self.sample)
         # trees from the last scan stand until the next one: a tree that grew since is
         # charged at its lease (counted twice until then: the safe side)
-        result = self.ledger.update(self.sample, self._trees, self._pool_bytes)
+        result = self.ledger.update(self.sample, self._trees, self._pool_bytes, self._holder_bytes)
         self.pressure_reason = result.reason
         if result.changed:
             stats = self.ledger.statistics()
@@ -444,11 +446,15 @@ class Daemon:
         """Each job's memory per worker from this scan's trees (`daemon.workersizes`),
         given to the ledger: it sizes the pools from the next update on, which also takes
         what each pool's workers hold now (`_pool_bytes`: a pool that grew is asked to
-        shrink)."""
+        shrink), and what the holders that run their own tasks hold (`_holder_bytes`)."""
         sizes = self.commands.worker_sizes
         held = self.ledger.held_by(holders)
-        rss = self.monitor.resident_bytes(sizes.pool_pids(held, usage))
+        budget = self.config.budget  # holders are read only where their memory is charged
+        charged = budget.memory_unwritten and budget.memory_per_slot > 0
+        own = [lease.pid for lease in held if runs_itself(lease)] if charged else []
+        rss = self.monitor.resident_bytes([*sizes.pool_pids(held, usage), *own])
         self._pool_bytes = sizes.observe(held, usage, rss)
+        self._holder_bytes = holder_bytes(held, rss)
         if sizes.changed:  # a run ended: kept for the next daemon
             self.sizes_file.save(sizes)
         self._teach()

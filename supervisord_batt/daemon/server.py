@@ -13,7 +13,7 @@ sync; a peer that keeps sending without a newline past 16 times the limit is clo
 Everything a peer sends is validated by `protocol.decode` before a handler sees it.
 
 # Why a protocol, not streams
-Each connection is an `asyncio.Protocol` (`_Link`): the bytes a read brings are split
+Each connection is an `asyncio.Protocol` (`Link`): the bytes a read brings are split
 into lines and each is answered in the same callback, with no task, future or stream
 buffer per request. The requests that wait (stop, start, reload) run as a task, and
 the connection reads nothing more until it has replied, so replies keep the order of
@@ -24,7 +24,7 @@ bound. Measured on the request path (benchmarks/bench_grant.py): the streams
 version spent more of the daemon's CPU per request than the acquire itself.
 
 # Why one module
-The framing (`_Link`) and the admission (`Server`: caps per account, the equal part,
+The framing (`Link`) and the admission (`Server`: caps per account, the equal part,
 eviction) work on the same connection table in the same callbacks: a connect is
 admitted, enlisted and framed in one step, and an eviction ends another link in the
 same call. The credentials and the peer policy are apart (`daemon.peers`), and so is
@@ -133,7 +133,7 @@ def _code(exc: Exception) -> str:
     return exc.code if isinstance(exc, protocol.ProtocolError) else protocol.INTERNAL
 
 
-class _Link(asyncio.Protocol):
+class Link(asyncio.Protocol):
     """One accepted socket: the peer check, the framing, the replies in request order."""
 
     def __init__(self, server: Server) -> None:
@@ -423,10 +423,10 @@ class Server:
         )
         self.problems = Throttle(config.bad_input_log_rate)
         # open connections by account (daemon.fairshare), and how many those are
-        self.accounts: dict[str, dict[int, _Link]] = {}
+        self.accounts: dict[str, dict[int, Link]] = {}
         self.ordinary = 0
         self.connections: dict[int, Connection] = {}
-        self.links: set[_Link] = set()  # every open socket, refused ones included
+        self.links: set[Link] = set()  # every open socket, refused ones included
         self.tasks: set[asyncio.Task[None]] = set()  # requests that are still running
         self.links_gone: asyncio.Future[None] | None = None  # set once `links` is empty
         self.next_id = 1
@@ -459,9 +459,7 @@ class Server:
         self._listener = sock
         self._bound = socket_identity(self.path)  # shutdown removes this file and no other
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(
-            lambda: _Link(self), sock=sock, backlog=backlog
-        )
+        self._server = await loop.create_unix_server(lambda: Link(self), sock=sock, backlog=backlog)
         log.info("listening", socket=str(self.path), mode=oct(self.config.socket_mode))
 
     def listener_fd(self) -> int | None:
@@ -523,7 +521,7 @@ class Server:
                 return f"instance {instance}"
         return f"uid {peer.uid}"
 
-    def enlist(self, link: _Link) -> None:
+    def enlist(self, link: Link) -> None:
         conn = link.conn
         assert conn is not None
         self.connections[conn.id] = conn
@@ -662,7 +660,7 @@ class Server:
                 if link is not None:
                     self.enlist(link)
 
-    def _link_of(self, conn: Connection) -> _Link | None:
+    def _link_of(self, conn: Connection) -> Link | None:
         return next((link for link in self.links if link.conn is conn), None)
 
     def holder(self, key: str) -> Connection | None:

@@ -27,6 +27,16 @@ kernel the tracker's OpenBLAS thread). A run keeps the peak of each; they are le
 only where one process lease is the holder's, and the budget charges a pool of n
 workers n times the first plus the second, the constants (n + 4) for a job never seen.
 
+A job never seen with a pool is learned from its own process instead, where the budget
+charges memory not written yet (`budget.memory_unwritten`): a job granted sequential (or
+threads) runs its tasks there, so its holder's resident bytes are what a worker of it
+takes (the interpreter and the data it loads). Its ended runs' peaks are kept alike, in
+memory only (a live run's first scans may come before it loads its data), and give the
+job's figure until a run of it is seen with a pool, whose workers' figure then wins (a
+notebook kernel's own process holds more than its workers do).
+Without it, a job first granted sequential would be charged `memory_per_slot` for every
+run, learn nothing, and jobs of small workers under a tight limit never get a pool.
+
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
 
@@ -40,7 +50,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from supervisord_batt.budget.records import Lease
 from supervisord_batt.host.sample import TreeUsage
@@ -51,6 +61,7 @@ MAX_JOBS = 4096  # (job, uid) kept; the one updated longest ago goes first
 FLOOR = 1 << 20  # bytes: no worker is charged less (0 would mean "not budgeted")
 
 Key = tuple[str, int]  # (job, uid)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class WorkerSizes:
     changed: bool = False  # a run ended since the ended runs were last saved
     _done: dict[Key, deque[Peak]] = field(default_factory=dict)  # ended runs' peaks
     _live: dict[str, tuple[Key, Peak]] = field(default_factory=dict)  # lease -> key, peak
+    # alike for the holders that run their own tasks (`runs_itself`): their bytes' peaks
+    _own_done: dict[Key, deque[int]] = field(default_factory=dict)
+    _own_live: dict[str, tuple[Key, int]] = field(default_factory=dict)
 
     def observe(
         self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage], rss: Mapping[int, int]
@@ -126,20 +140,27 @@ class WorkerSizes:
                 self._live[lease.lease_id] = (key, before.top(peak))
         for lease_id in [i for i in self._live if i not in live]:
             self._end(*self._live.pop(lease_id))
+        self._observe_own(leases, rss, live)
         return pools
 
+    def _observe_own(self, leases: Iterable[Lease], rss: Mapping[int, int], live: set[str]) -> None:
+        """The holders that run their own tasks, where `rss` has them: each run's peak."""
+        for lease in leases:
+            if runs_itself(lease) and lease.pid in rss:
+                key = (lease.job, lease.uid)
+                _, before = self._own_live.get(lease.lease_id, (key, 0))
+                self._own_live[lease.lease_id] = (key, max(before, rss[lease.pid]))
+        for lease_id in [i for i in self._own_live if i not in live]:
+            key, size = self._own_live.pop(lease_id)
+            _keep(self._own_done, key, size, self.runs)
+
     def _end(self, key: Key, peak: Peak) -> None:
-        runs = self._done.pop(key, None)  # popped and put back: the newest last
-        if runs is None:
-            runs = deque(maxlen=self.runs)
-            if len(self._done) >= MAX_JOBS:
-                del self._done[next(iter(self._done))]
-        runs.append(peak)
-        self._done[key] = runs
+        _keep(self._done, key, peak, self.runs)
         self.changed = True
 
     def end_all(self) -> None:
-        """End every live run (the daemon stops: what they were seen at is kept)."""
+        """End every live run (the daemon stops: what they were seen at is kept; the
+        holders' own sizes are not: they are learned again at the next scans)."""
         for key, peak in self._live.values():
             self._end(key, peak)
         self._live.clear()
@@ -160,12 +181,46 @@ class WorkerSizes:
         peaks: dict[Key, list[Peak]] = {key: list(runs) for key, runs in self._done.items()}
         for key, peak in self._live.values():
             peaks.setdefault(key, []).append(peak)
-        return {key: _learned(values) for key, values in peaks.items()}
+        # the holders' own runs once ended: a live one's first scans may come before it
+        # loads its data, and a figure learned then would size pools at its bare size
+        own = self._own_done.items()
+        figures = {key: Learned(max(FLOOR, percentile(v)), len(v)) for key, v in own}
+        figures.update((key, _learned(values)) for key, values in peaks.items())  # pools win
+        return figures
 
     def pool_pids(self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage]) -> list[int]:
         """The descendants of the holders of process pools: whose memory to read."""
         holders = {lease.pid for lease in leases if lease.kind == "process" and lease.workers}
         return [p for pid in holders if pid in trees for p in trees[pid].pids[1:]]
+
+
+def runs_itself(lease: Lease) -> bool:
+    """Whether the lease's holder runs its tasks in its own process: it asked for workers
+    and holds no process pool (sequential, or threads)."""
+    return lease.wanted > 0 and not (lease.kind == "process" and lease.workers)
+
+
+def holder_bytes(leases: Iterable[Lease], rss: Mapping[int, int]) -> dict[str, int]:
+    """What the holder of each lease that runs its own tasks (`runs_itself`) holds, by
+    lease id: the budget charges it a worker of its job until it holds that much
+    (`budget.claims.pending`)."""
+    return {
+        lease.lease_id: rss[lease.pid]
+        for lease in leases
+        if runs_itself(lease) and lease.pid in rss
+    }
+
+
+def _keep(done: dict[Key, deque[T]], key: Key, run: T, runs: int) -> None:
+    """Keep an ended run's figure as its key's newest, at most `runs` per key and
+    MAX_JOBS keys (the key updated longest ago goes first)."""
+    kept = done.pop(key, None)  # popped and put back: the newest last
+    if kept is None:
+        kept = deque(maxlen=runs)
+        if len(done) >= MAX_JOBS:
+            del done[next(iter(done))]
+    kept.append(run)
+    done[key] = kept
 
 
 def _tasks(tree: TreeUsage, held: list[Lease], workers: list[int]) -> tuple[int, int]:

@@ -309,7 +309,7 @@ class HostMonitor:
                     name = entry.name
                     if not name.isdigit():
                         continue
-                    parsed = _read_status(proc_fd, name)
+                    parsed = read_pid_status(proc_fd, name)
                     if parsed is None:
                         continue  # vanished mid-scan
                     uid, count, ppid = parsed
@@ -560,7 +560,7 @@ def _trees(
     return out
 
 
-def _read_status(proc_fd: int, pid: str) -> tuple[int, int, int] | None:
+def read_pid_status(proc_fd: int, pid: str) -> tuple[int, int, int] | None:
     """(real uid, threads, ppid) of one process, or None if it vanished mid-scan."""
     try:
         fd = os.open(f"{pid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)

@@ -44,7 +44,7 @@ def _demo(tmp_path: Path, fallback: str | None) -> tuple[int, dict[str, Any], st
         stderr=subprocess.PIPE,
         text=True,
     )
-    with killing(proc):  # type: ignore[arg-type]
+    with killing(proc):
         out, err = proc.communicate(timeout=60)
     lines = out.strip().splitlines()
     assert len(lines) == 1, out

@@ -18,6 +18,7 @@ from supervisord_batt.budget.claims import (
     Footprint,
     Profile,
     cap_of,
+    pending,
     pools_of,
     profile,
     sampled,
@@ -54,6 +55,7 @@ def config(**overrides: object) -> BudgetConfig:
         reserve_tasks=0,
         reserve_percent=0.0,
         memory_reserve_percent=0.0,
+        memory_unwritten=False,  # the tests of the slots' arithmetic; test_unwritten: on
         max_per_lease=64,
         cpu_cap=None,
         memory_per_slot=0,
@@ -217,6 +219,7 @@ def configs(draw: st.DrawFn) -> BudgetConfig:
         cpu_cap=draw(st.sampled_from([None, 2.0, 8.0])),
         memory_per_slot=draw(st.sampled_from([0, GIB // 2, GIB])),
         memory_reserve_percent=draw(st.sampled_from([0.0, 5.0, 15.0])),
+        memory_unwritten=draw(st.booleans()),
         pressure=pressure,
     )
 
@@ -258,6 +261,9 @@ class Held:
     # short of its reserve then: `BudgetLedger.update`)
     measured_bytes: int | None = None
     tasks: tuple[int, int] = CONSTANT_TASKS  # its job's tasks per process worker and beyond
+    # memory its processes will still write (`claims.pending`); None: a newcomer's, its
+    # seat at its worker bytes where the config charges it
+    pending_bytes: int | None = None
 
 
 @dataclass
@@ -299,6 +305,10 @@ def world(
         scope = scope_of(h.request, host.limits)
         seat = seat_of(h.request)
         unit = h.worker_bytes if h.worker_bytes is not None else cfg.memory_per_slot
+        unit = unit if cfg.memory_per_slot > 0 else 0
+        owed = h.pending_bytes
+        if owed is None:
+            owed = seat * unit if cfg.memory_unwritten else 0
         fp = sampled(
             scope,
             h.request.base_tasks,
@@ -306,9 +316,10 @@ def world(
             h.sampled_kind,
             h.sampled_workers,
             seat,
-            unit if cfg.memory_per_slot > 0 else 0,
+            unit,
             h.measured_bytes,
             h.tasks,
+            owed,
         )
         pools, cap = pools_of(h.request), cap_of(h.request, cfg)
         p = profile(fp, pools, cap, level, h.kind, h.workers)
@@ -327,6 +338,8 @@ def world(
             if p.kind is not None:
                 u.planned.append((h.lease_id, fp, p))
                 u.demand.count(scope, p, 1)
+                if h.workers:
+                    u.held[h.lease_id] = h.workers
     by_uid = [users[uid] for uid in sorted(users)]  # the ledger's order (`_per_user`)
     return World(charged, idle, demand, planned, footprints, profiles, by_uid)
 
@@ -354,6 +367,7 @@ class Tracker:
         self.units: dict[str, int] = {}  # per lease: its bytes per worker at its last sample
         self.tasks: dict[str, tuple[int, int]] = {}  # per lease: its pool's tasks, alike
         self.pools: dict[str, int] = {}  # per lease: its pool's bytes the ledger measured
+        self.owed: dict[str, int] = {}  # per lease: its memory not written yet, alike
 
     def unit(self, req: Request) -> int:
         """Bytes per worker the ledger charges `req` now: learned, else memory_per_slot."""
@@ -380,14 +394,26 @@ class Tracker:
         return lease_id
 
     def update(
-        self, host: HostSample, trees: dict[str, int], pool_bytes: dict[str, int] | None = None
+        self,
+        host: HostSample,
+        trees: dict[str, int],
+        pool_bytes: dict[str, int] | None = None,
+        holder_bytes: dict[str, int] | None = None,
     ) -> None:
         held = {lease.lease_id: lease for lease in self.ledger.statistics().leases}
-        self.ledger.update(host, trees, pool_bytes)
+        self.ledger.update(host, trees, pool_bytes, holder_bytes)
         self.host = host
         self.measured = {i: (trees.get(i), lease.kind, lease.workers) for i, lease in held.items()}
         self.units = {i: self.unit(self.requests[i]) for i in held if i in self.requests}
         self.tasks = {i: self.tasks_of(self.requests[i]) for i in held if i in self.requests}
+        self.owed = {}
+        if self.cfg.memory_unwritten and self.cfg.memory_per_slot > 0:
+            for i, lease in held.items():
+                process = lease.kind == "process" and lease.workers > 0
+                seen = (pool_bytes if process else holder_bytes) or {}
+                seat = seat_of(self.requests[i])
+                owed = pending(lease.kind, lease.workers, seat, self.units[i], seen.get(i))
+                self.owed[i] = owed
         self.pools = {}
         if not pool_bytes or self.cfg.memory_per_slot <= 0:  # no pool measured
             return
@@ -407,6 +433,8 @@ class Tracker:
             unit = self.units.get(lease.lease_id, self.unit(req))  # acquired directly: now
             pool = self.pools.get(lease.lease_id)
             tasks = self.tasks.get(lease.lease_id, self.tasks_of(req))
+            # not sampled since its acquire: its seat in full (None), else as sampled
+            owed = self.owed.get(lease.lease_id, 0) if lease.lease_id in self.measured else None
             out.append(
                 Held(
                     lease.lease_id,
@@ -419,6 +447,7 @@ class Tracker:
                     unit,
                     pool,
                     tasks,
+                    owed,
                 )
             )
         return out
@@ -466,7 +495,9 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
             trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}
             # what each pool's workers hold: some grew past their figure, some did not
             pools = {i: data.draw(st.integers(0, 24)) * GIB // 4 for i in trees}
-            tracker.update(data.draw(samples(lims)), trees, pools)
+            # what the holders of the others hold (memory not written yet: `pending`)
+            holders = {i: data.draw(st.integers(0, 8)) * GIB // 4 for i in trees}
+            tracker.update(data.draw(samples(lims)), trees, pools, holders)
         elif op == "learn":  # sizes per (job, uid), as the daemon learns them from its scans
             keys = st.tuples(st.sampled_from(JOBS), st.sampled_from(UIDS))
             tracker.learn(

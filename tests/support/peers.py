@@ -144,7 +144,7 @@ def user_holding(d: Any, user: helpers.TestUser) -> Iterator[None]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    with killing(holder):  # type: ignore[arg-type]
+    with killing(holder):
         assert holder.stdout is not None
         assert json.loads(holder.stdout.readline()) == {REFUSAL: USER_LEASES}
         assert holder.stdout.readline() == "held\n"

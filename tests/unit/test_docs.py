@@ -26,6 +26,7 @@ from supervisord_batt.cli.main import build_parser
 from supervisord_batt.config.loader import load_config_text
 from tests import docblocks
 from tests.docblocks import Block
+from tests.helpers import REPO
 
 # The PATH a command of the documents runs with: this interpreter's venv (README's
 # commands activate it), the caller's, and root's sbin directories (the documents'
@@ -49,7 +50,7 @@ SHELL = docblocks.all_blocks("sh") + docblocks.all_blocks("console")
 
 @pytest.mark.parametrize("document", docblocks.checked_documents())
 def test_every_block_of_a_document_is_fenced_with_its_kind(document: str) -> None:
-    text = (docblocks.REPO / document).read_text()
+    text = (REPO / document).read_text()
     assert docblocks.indented_blocks(text) == [], f"{document}: indented code blocks"
     unknown = [
         (b.line, b.kind) for b in docblocks.blocks(document) if b.kind not in docblocks.KINDS
@@ -62,7 +63,7 @@ def test_the_documents_not_yet_fenced_are_still_the_other_branchs() -> None:
     """An exception that outlives its reason is a hole: once a listed document has its
     fences, it must leave the list (and be checked like the others)."""
     for document in docblocks.NOT_YET_FENCED:
-        text = (docblocks.REPO / document).read_text()
+        text = (REPO / document).read_text()
         assert docblocks.indented_blocks(text), f"{document} is fenced now: check it"
 
 
@@ -96,7 +97,7 @@ def missing_programs(script: str) -> list[str]:
         script_arg = words[1] if program.startswith("python") and len(words) > 1 else ""
         if docblocks.resolve(program, DOC_PATH, made) is None:
             missing.append(program)
-        elif script_arg.endswith(".py") and not (docblocks.REPO / script_arg).is_file():
+        elif script_arg.endswith(".py") and not (REPO / script_arg).is_file():
             missing.append(script_arg)
     return missing
 
@@ -179,6 +180,6 @@ def test_the_readme_commands_make_and_use_the_checkouts_venv() -> None:
     prefix = "python3 -m venv .venv && . .venv/bin/activate && pip install -e "
     assert run.strip() == prefix + ". && supervisord-batt run"
     assert test.text.strip() == prefix + "'.[test]' && python3 -m pytest"
-    ci = (docblocks.REPO / ".ci" / "run").read_text().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == test.text.strip()
-    assert ".venv/" in (docblocks.REPO / ".gitignore").read_text().splitlines()
+    assert ".venv/" in (REPO / ".gitignore").read_text().splitlines()

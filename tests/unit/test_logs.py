@@ -258,7 +258,7 @@ def test_lines_a_full_log_cannot_take_are_written_once_it_can() -> None:
 def test_past_the_backlog_bound_the_oldest_lines_go_and_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(logs, "_MAX_BACKLOG", 2000)
+    monkeypatch.setattr(logs, "MAX_BACKLOG", 2000)
     pipe = PipeStream()
     logs.configure("json", logging.INFO, stream=pipe)  # type: ignore[arg-type]
     try:

@@ -13,8 +13,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from tests.helpers import CALM, wait_until
+from tests.helpers import CALM, PidsCgroup, wait_until
+from tests.support.daemons import DaemonHandle
 
 JOBS = 4
 DEMAND = JOBS * (1 + 2 + 4)  # unguarded: main thread + 2 workers + manager, feeder, 2 trackers
@@ -45,7 +47,9 @@ def reference_checksum() -> str:
     return str(json.loads(out.stdout.splitlines()[-1])["checksum"])
 
 
-def test_demo_jobs_in_a_half_size_cgroup_all_finish_and_leave_nothing(pids_cgroup, daemon):
+def test_demo_jobs_in_a_half_size_cgroup_all_finish_and_leave_nothing(
+    pids_cgroup: Callable[..., PidsCgroup], daemon: Callable[..., DaemonHandle]
+) -> None:
     expected = reference_checksum()
     cg = pids_cgroup()
     cg.set_max(DEMAND // 2)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tests.helpers import CALM, REPO, wait_until
@@ -55,6 +56,12 @@ def learned(d: DaemonHandle, name: str) -> tuple[int, int]:
     return (rows[0]["worker_bytes"], rows[0]["learned_runs"]) if rows else (0, 0)
 
 
+def learned_at_least(d: DaemonHandle, name: str, mib: int) -> tuple[int, int] | None:
+    """learned(d, name) once the daemon learned a size of at least `mib` MiB a worker."""
+    size, runs = learned(d, name)
+    return (size, runs) if runs and size >= mib * MIB else None
+
+
 def test_issue24_grants_follow_each_jobs_learned_memory_per_worker(
     memory_cgroup: Callable[..., MemoryCgroup], daemon: Callable[..., DaemonHandle]
 ) -> None:
@@ -84,7 +91,7 @@ def test_issue24_grants_follow_each_jobs_learned_memory_per_worker(
         with job(d, cg, name, mib, 2, run=True) as grant:
             assert (grant["kind"], grant["workers"]) == ("process", 2), grant
             size, runs = wait_until(
-                lambda name=name, mib=mib: (s := learned(d, name))[1] and s[0] >= mib * MIB and s,
+                partial(learned_at_least, d, name, mib),
                 what=f"the daemon to learn {name}'s workers",
             )
             assert runs == 1 and size < (mib + 60) * MIB, (size, runs)

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 from supervisord_batt.budget.costs import pool_cost
-from tests.helpers import CALM, wait_until
+from tests.helpers import CALM, PidsCgroup, wait_until
+from tests.support.daemons import DaemonHandle
 
 ACQUIRER = textwrap.dedent(
     """
@@ -28,7 +30,9 @@ PIDS_MAX = 120
 ACQUIRERS = 50
 
 
-def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(pids_cgroup, daemon):
+def test_fifty_concurrent_acquirers_never_exceed_the_cgroup_headroom(
+    pids_cgroup: Callable[..., PidsCgroup], daemon: Callable[..., DaemonHandle]
+) -> None:
     cg = pids_cgroup()
     cg.set_max(PIDS_MAX)
     d = daemon(

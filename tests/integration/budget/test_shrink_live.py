@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from supervisord_batt.client.leases import lease
 from tests.helpers import CALM, wait_until
+from tests.support.daemons import DaemonHandle
 
 
-def test_newcomer_makes_the_holder_shrink_then_grows_itself(daemon):
+def test_newcomer_makes_the_holder_shrink_then_grows_itself(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     d = daemon({"budget": {"cpu_cap": 4, "max_per_lease": 4, "pressure": CALM}})
     with lease(want=4, job="first", socket_path=d.socket) as first:
         assert (first.kind, first.workers) == ("process", 4)

@@ -7,29 +7,32 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
 from supervisord_batt.paths import CONFIG_ENV, KIND_ENV, LEASE_ENV, SOCKET_ENV
-from tests.helpers import REPO, killing, wait_until
+from tests.helpers import REPO, PidsCgroup, killing, wait_until
+from tests.support.daemons import DaemonHandle
 
 
-def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisord_batt", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
-        **kw,  # type: ignore[call-overload]
+        env=env,
     )
 
 
-def test_check_config_accepts_the_shipped_default():
+def test_check_config_accepts_the_shipped_default() -> None:
     out = cli("check-config", str(REPO / "config" / "supervisord-batt.yaml"))
     assert out.returncode == 0, out.stderr
     assert "ok (1 programs: batt)" in out.stdout
 
 
-def test_check_config_lists_every_error_with_key_and_line(tmp_path):
+def test_check_config_lists_every_error_with_key_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         textwrap.dedent(
@@ -62,12 +65,12 @@ def test_check_config_lists_every_error_with_key_and_line(tmp_path):
     )
 
 
-def test_check_config_on_a_missing_file_fails_cleanly(tmp_path):
+def test_check_config_on_a_missing_file_fails_cleanly(tmp_path: Path) -> None:
     out = cli("check-config", str(tmp_path / "nope.yaml"))
     assert out.returncode == 1 and "Traceback" not in out.stderr
 
 
-def test_issue25_check_config_takes_the_file_as_c_too(tmp_path):
+def test_issue25_check_config_takes_the_file_as_c_too(tmp_path: Path) -> None:
     """The shipped config's comment says `check-config -c FILE`: it was rejected."""
     shipped = REPO / "config" / "supervisord-batt.yaml"
     assert "check-config -c FILE" in shipped.read_text()
@@ -88,7 +91,9 @@ def _no_socket_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in (SOCKET_ENV, CONFIG_ENV)}
 
 
-def test_issue25_exec_leases_from_the_daemon_its_config_names(daemon):
+def test_issue25_exec_leases_from_the_daemon_its_config_names(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     """`exec` read no config: pointed at a daemon on another socket than the default, it
     ran sequential and exited 0."""
     d = daemon()
@@ -106,7 +111,7 @@ def test_issue25_exec_leases_from_the_daemon_its_config_names(daemon):
     assert jobs == ["by-config", "by-config"], jobs
 
 
-def test_issue25_exec_without_its_daemon_says_so_and_runs_sequential(tmp_path):
+def test_issue25_exec_without_its_daemon_says_so_and_runs_sequential(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"daemon:\n  socket: {tmp_path / 'nobody.sock'}\nprograms: {{}}\n")
     show = [sys.executable, "-c", f"import os; print(os.environ[{KIND_ENV!r}])"]
@@ -117,7 +122,7 @@ def test_issue25_exec_without_its_daemon_says_so_and_runs_sequential(tmp_path):
     assert "running sequential" in out.stderr
 
 
-def test_probe_json_reports_a_live_cgroup_exactly(pids_cgroup):
+def test_probe_json_reports_a_live_cgroup_exactly(pids_cgroup: Callable[..., PidsCgroup]) -> None:
     cg = pids_cgroup()
     cg.set_max(30)
     child = subprocess.Popen(
@@ -163,7 +168,9 @@ def test_probe_json_reports_a_live_cgroup_exactly(pids_cgroup):
         assert "<- tightest" in table.stdout and "exempt (root)" in table.stdout
 
 
-def test_pid_file_is_written_and_removed(daemon, tmp_path):
+def test_pid_file_is_written_and_removed(
+    daemon: Callable[..., DaemonHandle], tmp_path: Path
+) -> None:
     pid_file = tmp_path / "run" / "d.pid"
     d = daemon({"daemon": {"pid_file": str(pid_file)}})
     assert pid_file.read_text() == f"{d.proc.pid}\n"
@@ -171,7 +178,7 @@ def test_pid_file_is_written_and_removed(daemon, tmp_path):
     assert not pid_file.exists()
 
 
-def test_run_refuses_a_bad_config_with_its_errors(tmp_path):
+def test_run_refuses_a_bad_config_with_its_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("budget:\n  reserve_percent: 120\n")
     env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(tmp_path / "s.sock"))

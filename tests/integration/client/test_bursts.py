@@ -28,11 +28,13 @@ def _held(reply: dict[str, Any]) -> bool:
         reply["ok"] is True
         and reply["kind"] == "sequential"
         and str(reply["reason"]).startswith("burst:")
-        and 0 < float(reply["retry_after"]) <= 2 * WINDOW  # type: ignore[arg-type]
+        and 0 < float(reply["retry_after"]) <= 2 * WINDOW
     )
 
 
-def test_a_burst_is_held_with_retry_after_and_the_clients_renewal_gets_the_pool(daemon):
+def test_a_burst_is_held_with_retry_after_and_the_clients_renewal_gets_the_pool(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     d = _daemon(daemon)
     with d.client() as a, d.client() as b:
         replies = [c.request("acquire", want=2, job="burst") for c in (a, b)]
@@ -48,7 +50,9 @@ def test_a_burst_is_held_with_retry_after_and_the_clients_renewal_gets_the_pool(
     assert len(denied) == 3 and all(e["reason"].startswith("burst:") for e in denied)
 
 
-def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(daemon):
+def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     d = _daemon(daemon)
     grant = acquire(3, job="lone", socket_path=d.socket)
     try:
@@ -59,7 +63,9 @@ def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(daemon):
     assert first["reason"] == "burst: the first to ask, others may follow"
 
 
-def test_a_process_seen_asking_alone_gets_its_pool_at_once_the_next_time(daemon):
+def test_a_process_seen_asking_alone_gets_its_pool_at_once_the_next_time(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     """A script's next call after its pool was given back, a notebook's next cell: no
     one followed the process's first ask within the window, so its next ask into an
     empty ledger is not held (a process not seen yet still is: the test above)."""
@@ -74,7 +80,7 @@ def test_a_process_seen_asking_alone_gets_its_pool_at_once_the_next_time(daemon)
     assert denied == [("lone", "burst: the first to ask, others may follow")], denied
 
 
-def test_an_ask_outside_the_window_is_not_held(daemon):
+def test_an_ask_outside_the_window_is_not_held(daemon: Callable[..., DaemonHandle]) -> None:
     d = _daemon(daemon, window=0.25)
     with d.client() as a, d.client() as b:
         assert _held(a.request("acquire", want=2, job="first"))
@@ -89,7 +95,7 @@ def test_an_ask_outside_the_window_is_not_held(daemon):
         assert "retry_after" not in later
 
 
-def test_no_ask_is_held_with_the_window_off(daemon):
+def test_no_ask_is_held_with_the_window_off(daemon: Callable[..., DaemonHandle]) -> None:
     d = _daemon(daemon, window=0.0)
     with WireClient(d.socket) as a:
         reply = a.request("acquire", want=2, job="off")

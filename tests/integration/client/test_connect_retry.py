@@ -93,7 +93,7 @@ def test_root_gets_through_one_users_connection_flood(
         assert "not reachable" not in cli.stderr
     finally:
         for proc in flooders:
-            with killing(proc):  # type: ignore[arg-type]
+            with killing(proc):
                 pass
 
 

@@ -94,7 +94,7 @@ def _run(cg: PidsCgroup, version: str, tmp_path: Path) -> tuple[int, dict[str, A
         text=True,
         preexec_fn=cg.preexec(),
     )
-    with killing(proc):  # type: ignore[arg-type]
+    with killing(proc):
         try:
             out, err = proc.communicate(timeout=DEADLINE)
         except subprocess.TimeoutExpired:

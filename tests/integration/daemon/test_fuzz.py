@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import WireClient
+from tests.support.daemons import DaemonHandle
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
@@ -74,7 +75,9 @@ SETTINGS = settings(
 
 @SETTINGS
 @given(payload=payloads, newline=st.booleans())
-def test_fuzzed_input_keeps_the_daemon_serving(daemon_once, payload, newline):
+def test_fuzzed_input_keeps_the_daemon_serving(
+    daemon_once: DaemonHandle, payload: bytes, newline: bool
+) -> None:
     c = WireClient(daemon_once.socket, timeout=10)
     try:
         c.send_raw(payload + (b"\n" if newline else b""))

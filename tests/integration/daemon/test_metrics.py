@@ -274,7 +274,7 @@ def test_stats_line_and_reported_fallbacks(metered: tuple[DaemonHandle, int]) ->
         )
         assert reply["ok"], reply
         bad = c.request("fallback", **{"from": "process", "to": "nowhere"})
-        assert bad["error"]["code"] == "bad_request"  # type: ignore[index]
+        assert bad["error"]["code"] == "bad_request"
     found = samples(scrape(port))
     assert value(found, P + "executor_fallbacks_total", **{"from": "process", "to": "thread"}) == 1
     event = wait_until(lambda: handle.events("executor_fallback"))[0]

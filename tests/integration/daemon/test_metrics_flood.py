@@ -62,7 +62,8 @@ def test_issue26_scrapes_and_the_unix_socket_are_answered_under_slow_peers(
     try:
         # the peers fill the endpoint and have been dropped once (a line a second each)
         assert peers.stdout is not None
-        wait_until(lambda: int(peers.stdout.readline() or 0) > 0, what="the peers dropped")
+        said = peers.stdout
+        wait_until(lambda: int(said.readline() or 0) > 0, what="the peers dropped")
         first = evicted(scrape(port) or {})
         with handle.client() as job:
             deadline = time.monotonic() + 60
@@ -72,12 +73,12 @@ def test_issue26_scrapes_and_the_unix_socket_are_answered_under_slow_peers(
                 replies.append(grant)
                 if grant.get("ok"):
                     replies.append(job.request("release", lease=grant["lease"]))
-                last = next((r for r in reversed(results) if r), {})
+                last: dict[Any, float] = next((r for r in reversed(results) if r), {})
                 if len(results) >= SCRAPES and evicted(last) >= first + EVICTIONS:
                     break
         # the peers saw their drops and came back (they print their count each second)
         wait_until(
-            lambda: int(peers.stdout.readline() or 0) >= EVICTIONS,
+            lambda: int(said.readline() or 0) >= EVICTIONS,
             timeout=15,
             what="the peers reconnected",
         )

@@ -48,7 +48,11 @@ def test_issue_22_every_reply_of_a_real_daemon_has_its_ops_shape(
         full = ask("status", leases=True, instances=True, leftovers=True, events=True)
         assert len(full["leases"]) == 2 and len(full["instances"]) == 2 and full["events"]
         assert full["page"]["next_offset"] is None
-        tail = wait_until(lambda: ask("tail", target="p:0")["data"], what="the worker's output")
+        # the line can arrive in two reads: wait for its end, then check it whole
+        tail = wait_until(
+            lambda: (data := ask("tail", target="p:0")["data"]).endswith("\n") and data,
+            what="the worker's whole first line",
+        )
         assert tail == "hello\n"
         ask("release", lease=grant["lease"])
         assert ask("stop", target="p:1")["instances"] == {"p:1": "STOPPED"}

@@ -10,11 +10,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.helpers import CALM, drop_to, interpreter_for_others, killing, wait_until
+from tests.support.daemons import DaemonHandle
+
+if TYPE_CHECKING:  # imported for annotations only: pytest would try to collect TestUser
+    from tests.helpers import TestUser
 
 HOLDER = textwrap.dedent(
     """
@@ -31,20 +37,23 @@ HOLDER = textwrap.dedent(
 
 
 def start_holder(
-    sock: Path, want: int, python: str = sys.executable, **kw: object
+    sock: Path,
+    want: int,
+    python: str = sys.executable,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
     proc = subprocess.Popen(
         [python, "-c", HOLDER, str(sock), str(want)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        **kw,  # type: ignore[call-overload]
+        preexec_fn=preexec_fn,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     return proc, json.loads(line)
 
 
-def test_status_answers_with_stable_fields(daemon):
+def test_status_answers_with_stable_fields(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon()
     status = d.status()
     for key in ("level", "capacity", "leased", "leases", "host", "counts"):
@@ -54,7 +63,7 @@ def test_status_answers_with_stable_fields(daemon):
     assert d.events("started")
 
 
-def test_cli_status_exit_codes(daemon, tmp_path):
+def test_cli_status_exit_codes(daemon: Callable[..., DaemonHandle], tmp_path: Path) -> None:
     d = daemon()
     env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket))
     ok = subprocess.run(
@@ -86,7 +95,7 @@ def test_cli_status_exit_codes(daemon, tmp_path):
     assert "not reachable" in down.stderr
 
 
-def test_acquire_release_round_trip(daemon):
+def test_acquire_release_round_trip(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon({"budget": {"cpu_cap": 4}})
     with d.client() as c:
         assert c.request("hello", version=1, client="test")["ok"]
@@ -105,7 +114,7 @@ def test_acquire_release_round_trip(daemon):
     assert d.status()["leases"] == []
 
 
-def test_cannot_release_another_connections_lease(daemon):
+def test_cannot_release_another_connections_lease(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon()
     with d.client() as owner, d.client() as thief:
         lease = owner.request("acquire", want=2)["lease"]
@@ -114,7 +123,7 @@ def test_cannot_release_another_connections_lease(daemon):
         assert len(d.status()["leases"]) == 1
 
 
-def test_version_mismatch_is_an_error(daemon):
+def test_version_mismatch_is_an_error(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon()
     with d.client() as c:
         reply = c.request("hello", version=99)
@@ -122,7 +131,9 @@ def test_version_mismatch_is_an_error(daemon):
         assert c.request("status")["ok"]
 
 
-def test_sigkilled_holder_frees_its_lease_within_a_second(daemon):
+def test_sigkilled_holder_frees_its_lease_within_a_second(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     d = daemon({"budget": {"cpu_cap": 8}})
     proc, grant = start_holder(d.socket, 2)
     with killing(proc):
@@ -136,7 +147,7 @@ def test_sigkilled_holder_frees_its_lease_within_a_second(daemon):
     assert released and released[0]["reason"] == "connection closed"
 
 
-def test_unrenewed_lease_expires(daemon):
+def test_unrenewed_lease_expires(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon({"budget": {"lease_ttl": "1s"}})
     with d.client() as c:
         lease = c.request("acquire", want=2)["lease"]
@@ -145,7 +156,9 @@ def test_unrenewed_lease_expires(daemon):
     assert any(e["lease"] == lease for e in d.events("lease_expired"))
 
 
-def test_refused_uid_gets_an_error_and_no_lease(daemon, test_user):
+def test_refused_uid_gets_an_error_and_no_lease(
+    daemon: Callable[..., DaemonHandle], test_user: Callable[[], TestUser]
+) -> None:
     user = test_user()
     d = daemon({"daemon": {"socket_mode": "0666"}})
     d.workdir.chmod(0o755)
@@ -173,7 +186,9 @@ def test_refused_uid_gets_an_error_and_no_lease(daemon, test_user):
     assert refused and refused[0]["uid"] == user.uid and refused[0]["pid"] > 0
 
 
-def test_allowed_uid_is_served(daemon, test_user):
+def test_allowed_uid_is_served(
+    daemon: Callable[..., DaemonHandle], test_user: Callable[[], TestUser]
+) -> None:
     user = test_user()
     d = daemon({"daemon": {"socket_mode": "0666", "allowed_uids": [user.uid]}})
     d.workdir.chmod(0o755)
@@ -202,7 +217,9 @@ def test_allowed_uid_is_served(daemon, test_user):
         (b"\xff\xfe\n", "bad_json"),
     ],
 )
-def test_bad_messages_get_error_replies_and_the_connection_survives(daemon_once, payload, code):
+def test_bad_messages_get_error_replies_and_the_connection_survives(
+    daemon_once: DaemonHandle, payload: bytes, code: str
+) -> None:
     with daemon_once.client() as c:
         c.send_raw(payload)
         reply = c.read_reply()
@@ -210,7 +227,9 @@ def test_bad_messages_get_error_replies_and_the_connection_survives(daemon_once,
         assert c.request("status")["ok"]
 
 
-def test_oversized_message_is_skipped_and_connection_resyncs(daemon):
+def test_oversized_message_is_skipped_and_connection_resyncs(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     d = daemon({"daemon": {"max_message_bytes": "1KiB"}})
     with d.client() as c:
         c.send_raw(b'{"op":"status","pad":"' + b"x" * 5000 + b'"}\n')
@@ -225,14 +244,14 @@ def test_oversized_message_is_skipped_and_connection_resyncs(daemon):
     assert d.status()["ok"]
 
 
-def test_half_message_then_close_does_not_disturb(daemon_once):
+def test_half_message_then_close_does_not_disturb(daemon_once: DaemonHandle) -> None:
     c = daemon_once.client()
     c.send_raw(b'{"op": "acq')
     c.close()
     assert daemon_once.status()["ok"]
 
 
-def test_connection_limit_refuses_extra_clients(daemon):
+def test_connection_limit_refuses_extra_clients(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon({"daemon": {"max_connections": 3}})
     held = [d.client() for _ in range(3)]
     try:
@@ -248,7 +267,9 @@ def test_connection_limit_refuses_extra_clients(daemon):
     wait_until(lambda: d.status()["connections"] == 1, timeout=5)
 
 
-def test_stale_socket_is_replaced_live_one_is_not(daemon, tmp_path):
+def test_stale_socket_is_replaced_live_one_is_not(
+    daemon: Callable[..., DaemonHandle], tmp_path: Path
+) -> None:
     d = daemon()
     # a second daemon on the same socket must refuse to start and leave the first serving
     env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket))
@@ -271,7 +292,7 @@ def test_stale_socket_is_replaced_live_one_is_not(daemon, tmp_path):
     assert e.status()["ok"]
 
 
-def test_idle_connections_are_closed(daemon):
+def test_idle_connections_are_closed(daemon: Callable[..., DaemonHandle]) -> None:
     d = daemon({"daemon": {"idle_timeout": "1s"}})
     c = d.client()
     assert c.request("status")["ok"]
@@ -288,7 +309,9 @@ def test_idle_connections_are_closed(daemon):
     assert d.events("connection_idle_closed")
 
 
-def test_pipelined_requests_are_answered_in_order_around_one_that_waits(daemon_once):
+def test_pipelined_requests_are_answered_in_order_around_one_that_waits(
+    daemon_once: DaemonHandle,
+) -> None:
     """Several requests in one write, one of them (reload) answered from a task: every
     reply comes, in request order, with its id."""
     lines = [
@@ -307,7 +330,7 @@ def test_pipelined_requests_are_answered_in_order_around_one_that_waits(daemon_o
         assert c.read_reply()["id"] == 5
 
 
-def test_a_request_split_over_many_reads_is_answered(daemon_once):
+def test_a_request_split_over_many_reads_is_answered(daemon_once: DaemonHandle) -> None:
     message = json.dumps({"op": "hello", "version": 1, "client": "slow", "id": 9}).encode()
     with daemon_once.client() as c:
         for i in range(0, len(message), 7):
@@ -324,7 +347,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_a_peer_that_never_reads_is_paused_not_buffered_for(daemon_once):
+def test_a_peer_that_never_reads_is_paused_not_buffered_for(daemon_once: DaemonHandle) -> None:
     """A client that sends requests and never reads the replies fills its socket, then
     the daemon stops reading from it: it holds a bounded amount for that peer, and
     everyone else is served."""
@@ -354,7 +377,9 @@ def test_a_peer_that_never_reads_is_paused_not_buffered_for(daemon_once):
         assert c.read_reply()["ok"]  # and it answers once the peer reads again
 
 
-def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon):
+def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     """lease_log_rate 5: a burst of 40 acquire+release pairs writes at most 5 lease lines
     a second, and the lease_lines_suppressed lines account for every line held back.
     CALM: on a busy host the grants would be denies (sequential), which this does not count."""
@@ -366,7 +391,7 @@ def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon
 
     def accounted() -> bool:
         written = [e for e in d.events() if e["event"] in ("grant", "release")]
-        held = sum(
+        held: int = sum(
             e.get("grant", 0) + e.get("release", 0) for e in d.events("lease_lines_suppressed")
         )
         return len(written) + held == 80
@@ -381,7 +406,11 @@ def test_a_burst_of_short_leases_is_logged_within_the_rate_and_summarised(daemon
     assert all(s["jobs"] == 1 for s in d.events("lease_lines_suppressed"))
 
 
-def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(daemon, program, py):
+def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     """A peer pipelines thousands of requests whose replies are 64 KiB each (tail) and
     never reads: once its replies fill the socket and the transport's buffer the daemon
     answers no more of them, so what it holds for that peer stays bounded."""
@@ -416,7 +445,9 @@ def test_pipelined_requests_with_big_replies_are_not_all_answered_into_memory(da
     assert d.status()["ok"]
 
 
-def test_stopping_releases_every_connections_lease_before_it_says_stopped(daemon):
+def test_stopping_releases_every_connections_lease_before_it_says_stopped(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
     """At shutdown every connection ends, its leases released and logged (or counted when
     over the lease log rate), before the daemon's last line."""
     d = daemon({"daemon": {"lease_log_rate": 2}})
@@ -435,7 +466,9 @@ def test_stopping_releases_every_connections_lease_before_it_says_stopped(daemon
     assert len(released) + held == 8, (len(released), held)
 
 
-def test_a_peer_that_resets_with_requests_unanswered_is_not_called_overlong(daemon_once):
+def test_a_peer_that_resets_with_requests_unanswered_is_not_called_overlong(
+    daemon_once: DaemonHandle,
+) -> None:
     with daemon_once.client() as c:
         c.send_raw(b'{"op":"status"}\n' * 12_000)
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

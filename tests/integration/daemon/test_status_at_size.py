@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from supervisord_batt.cli.top import _Feed, render_screen
+from supervisord_batt.cli.top import StatusFeed, render_screen
 from tests import helpers
 from tests.helpers import WireClient, wait_until
 from tests.support.peers import JOB, USER_LEASES, shared, status_cli, user_holding
@@ -105,7 +105,7 @@ def check_status_and_top(d: Any) -> None:
     assert sum(1 for row in text.stdout.splitlines() if row.startswith("sleeper:")) == INSTANCES
     assert sum(1 for row in text.stdout.splitlines() if JOB in row) == 3000
 
-    feed = _Feed(d.socket, timeout=5.0)
+    feed = StatusFeed(d.socket, timeout=5.0)
     try:
         reply = feed.status()
     finally:

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import pytest
 
 from supervisord_batt import joblib as batt_joblib
 from supervisord_batt import paths
+from supervisord_batt.client import inner
 from tests.helpers import wait_until
 from tests.support.daemons import DaemonHandle
 from tests.support.pools import BUDGET, loky_workers
@@ -74,7 +75,7 @@ def test_call_runs_on_the_grant_and_holds_the_lease_as_long_as_its_pool(
 def test_results_equal_the_sequential_run_and_n_jobs_minus_one_asks_for_every_cpu(
     batt: DaemonHandle,
 ) -> None:
-    want = batt_joblib.inner.cpu_count()
+    want = inner.cpu_count()
     with joblib.Parallel(n_jobs=-1) as parallel:
         (held,) = _leases(batt)
         assert held["wanted"] == want and held["workers"] == min(want, 3)
@@ -122,7 +123,7 @@ def test_no_daemon_one_warning_then_the_configured_fallback(
     monkeypatch.setattr(structlog, "is_configured", lambda: False)
     monkeypatch.setenv(paths.SOCKET_ENV, str(tmp_path / "none.sock"))
     monkeypatch.setenv(paths.FALLBACK_ENV, "process:2")
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         for _ in range(3):
             out = joblib.Parallel(n_jobs=-1)(
@@ -169,7 +170,7 @@ def test_a_call_longer_than_the_ttl_keeps_its_lease_by_renewing_between_batches(
     d = daemon({"budget": {**BUDGET, "lease_ttl": f"{ttl:g}s"}})
     monkeypatch.setenv(paths.SOCKET_ENV, str(d.socket))
     monkeypatch.setenv(paths.KEEP_ALIVE_ENV, "4.5")
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     with joblib.parallel_config(backend=batt_joblib.BACKEND_NAME):
         start = time.monotonic()
         out = joblib.Parallel(n_jobs=2, batch_size=1)(

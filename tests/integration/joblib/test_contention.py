@@ -55,7 +55,7 @@ def _start(script: Path, mode: str, cg: PidsCgroup, socket: Path | None) -> subp
 def _unguarded_peak(script: Path, cg: PidsCgroup) -> int:
     """Tasks one plain joblib job reaches (sampled: a lower bound of its real peak)."""
     peak = 0
-    with killing(_start(script, "plain", cg, None)) as proc:  # type: ignore[arg-type]
+    with killing(_start(script, "plain", cg, None)) as proc:
         deadline = time.monotonic() + DEADLINE
         while proc.poll() is None and time.monotonic() < deadline:
             peak = max(peak, cg.current())

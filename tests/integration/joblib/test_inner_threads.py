@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import pytest
 
 from supervisord_batt.client import inner

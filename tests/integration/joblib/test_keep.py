@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import psutil
 import pytest
 
@@ -150,7 +150,7 @@ def test_issue_24_a_second_call_while_one_holds_the_pool_runs_on_threads(
     the first call's tasks, neither touches its pool; each leases threads of its own."""
     batt = daemon({"budget": {**BUDGET, "cpu_cap": 6}})  # room for 3 pools of 2
     monkeypatch.setenv(paths.SOCKET_ENV, str(batt.socket))
-    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib._State())
+    monkeypatch.setattr(batt_joblib, "STATE", batt_joblib.State())
     monkeypatch.setattr(joblib.parallel, "DEFAULT_BACKEND", batt_joblib.BACKEND_NAME)
     flag = str(tmp_path / "go")
     gen = joblib.Parallel(n_jobs=2, return_as="generator")(

@@ -69,7 +69,7 @@ def test_a_refused_pool_falls_back_and_the_daemon_hears_of_it(
         text=True,
         preexec_fn=cg.preexec(),
     )
-    with killing(proc):  # type: ignore[arg-type]
+    with killing(proc):
         assert proc.stdin is not None and proc.stdout is not None
         baseline = int(proc.stdout.readline())
         cg.set_max(baseline + headroom)

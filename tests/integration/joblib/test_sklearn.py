@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # joblib ships no type hints
 import pytest
 
 from tests.support.daemons import DaemonHandle

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ def fleet() -> Iterator[Fleet]:
             with host.handle.client() as control:
                 assert control.request("start", target="all")["ok"]
         for host in hosts.values():
-            wait_until(lambda h=host: _settled(h), timeout=30, what=f"{host.name}'s runs over")
+            wait_until(partial(_settled, host), timeout=30, what=f"{host.name}'s runs over")
         wait_until(lambda: _prometheus_caught_up(fleet), timeout=30, what="Prometheus caught up")
         caught_up = float(prometheus.query("time()")[0]["value"][1])
         wait_until(

@@ -41,7 +41,8 @@ def test_the_rules_unit_tests_pass() -> None:
 
 def test_every_alert_is_tested_firing_and_quiet() -> None:
     cases = yaml.safe_load(RULES_TESTS.read_text())["tests"]
-    fires, quiet = set(), set()
+    fires: set[str] = set()
+    quiet: set[str] = set()
     for case in cases:
         for check in case.get("alert_rule_test", []):
             (fires if check.get("exp_alerts") else quiet).add(check["alertname"])

@@ -98,7 +98,7 @@ def test_a_user_below_its_equal_part_is_served_when_six_hold_the_share(
         assert d.status()["connections"] == 192 + 1  # and this status of root's
     finally:
         for h in holders:
-            with killing(h.proc):  # type: ignore[arg-type]
+            with killing(h.proc):
                 pass
     lines = d.events("connection_evicted")
     assert lines and all(e["for_uid"] == late.uid and e["reason"] for e in lines)
@@ -108,7 +108,7 @@ def test_a_user_below_its_equal_part_is_served_when_six_hold_the_share(
 
     def counted() -> int:
         summaries = d.events("bad_input_suppressed")
-        held_back = sum(s["events"].get("connection_evicted", 0) for s in summaries)
+        held_back: int = sum(s["events"].get("connection_evicted", 0) for s in summaries)
         return held_back + len(d.events("connection_evicted"))
 
     # throttled with the other refusal lines: every eviction a line or counted
@@ -183,10 +183,10 @@ def test_an_admin_demoted_by_a_reload_is_counted_like_any_user(
         try:
             assert another.line() == {"served": 0, "refused": {"too_many_connections": 1}}
         finally:
-            with killing(another.proc):  # type: ignore[arg-type]
+            with killing(another.proc):
                 pass
     finally:
-        with killing(admin.proc):  # type: ignore[arg-type]
+        with killing(admin.proc):
             pass
     (refused,) = d.events("connection_refused")
     assert refused["reason"] == f"uid {user.uid} holds 3 connections, the limit per uid or instance"

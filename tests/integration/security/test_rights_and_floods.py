@@ -208,7 +208,7 @@ def test_a_reload_that_drops_a_user_closes_its_open_connection(
         stdout=subprocess.PIPE,
         text=True,
     )
-    with killing(proc):  # type: ignore[arg-type]
+    with killing(proc):
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "served"
         config = yaml.safe_load(d.config_path.read_text())

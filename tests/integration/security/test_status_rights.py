@@ -22,7 +22,7 @@ from tests import helpers
 from tests.helpers import WireClient, wait_until
 from tests.support.peers import ask, shared
 
-EVERYTHING = {
+EVERYTHING: dict[str, Any] = {
     "op": "status",
     "leases": True,
     "instances": True,

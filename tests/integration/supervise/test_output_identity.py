@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from tests.helpers import wait_until
 
 HELLO = "import os, time; print('hello from', os.environ['SUPERVISORD_BATT_SOCKET'], flush=True)\n"
 HELLO += "time.sleep(600)"
+
+
+def _ends_a_line(out: Path) -> bool:
+    return out.exists() and out.read_text().endswith("\n")
 
 
 @pytest.fixture
@@ -43,7 +48,7 @@ def test_two_daemons_default_output_files_are_apart(
         per_daemon_dirs.append(where)
         out = where / "batt-0.out.log"
         wait_until(  # the whole line (the pipe may bring it in pieces)
-            lambda out=out: out.exists() and out.read_text().endswith("\n"),
+            partial(_ends_a_line, out),
             timeout=15,
             what=str(out),
         )

@@ -100,7 +100,7 @@ def _remove_cgroups(root: Path) -> None:
     if not root.exists():
         return
     for sub in [d for d in root.iterdir() if d.is_dir()] + [root]:
-        PidsCgroup._close_dir(sub)
+        PidsCgroup.remove_dir(sub)
 
 
 # ---------------------------------------------------------------- isolated scenarios
@@ -398,14 +398,14 @@ def test_spawn_starts_a_session_leader_with_devnull_stdin() -> None:
 
 
 def test_exit_watcher_reports_code_and_signal_promptly() -> None:
-    async def main() -> dict[str, tuple[int, float]]:
+    async def main() -> dict[str, tuple[int | None, float]]:
         loop = asyncio.get_running_loop()
         watcher = ExitWatcher()
-        got: dict[str, tuple[int, float]] = {}
+        got: dict[str, tuple[int | None, float]] = {}
         quit_seen, done = asyncio.Event(), asyncio.Event()
 
-        def on_exit(name: str) -> Callable[[int], None]:
-            def cb(code: int) -> None:
+        def on_exit(name: str) -> Callable[[int | None], None]:
+            def cb(code: int | None) -> None:
                 got[name] = (code, loop.time())
                 quit_seen.set()
                 if len(got) == 2:

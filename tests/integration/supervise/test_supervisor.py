@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.helpers import CALM, PidsCgroup, WireClient, wait_until
+from tests.support.daemons import DaemonHandle
 
 TREE_WORKER = textwrap.dedent(
     """
@@ -41,14 +42,15 @@ TREE_WORKER = textwrap.dedent(
 )
 
 
-def instance(d, name: str) -> dict[str, Any]:
-    for inst in d.status()["instances"]:
+def instance(d: DaemonHandle, name: str) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = d.status()["instances"]
+    for inst in rows:
         if inst["name"] == name:
             return inst
     raise AssertionError(f"no instance {name}")
 
 
-def _worker_cgroup_root(d) -> Path:
+def _worker_cgroup_root(d: DaemonHandle) -> Path:
     (event,) = d.events("supervisor_started")
     assert event["cgroups"], event
     return Path(event["cgroup_root"])
@@ -68,7 +70,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def cli(d, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(d: DaemonHandle, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SUPERVISORD_BATT_SOCKET=str(d.socket))
     return subprocess.run(
         [sys.executable, "-m", "supervisord_batt", *args],
@@ -79,7 +81,11 @@ def cli(d, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_wall_clock_limit_kills_the_whole_tree_then_restarts(daemon, program, py):
+def test_wall_clock_limit_kills_the_whole_tree_then_restarts(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     d = daemon(
         {
             "programs": {
@@ -117,7 +123,11 @@ def test_wall_clock_limit_kills_the_whole_tree_then_restarts(daemon, program, py
     assert restarted["last_exit"]["by_limit"] is True
 
 
-def test_backoff_grows_and_caps_then_fatal_then_start_recovers(daemon, program, py):
+def test_backoff_grows_and_caps_then_fatal_then_start_recovers(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     d = daemon(
         {
             "programs": {
@@ -155,7 +165,7 @@ def test_backoff_grows_and_caps_then_fatal_then_start_recovers(daemon, program, 
     )
 
 
-def _backoff_waits(d, name: str) -> list[float]:
+def _backoff_waits(d: DaemonHandle, name: str) -> list[float]:
     """Seconds each BACKOFF lasted (BACKOFF -> STARTING), from the transition events."""
     from datetime import datetime
 
@@ -172,7 +182,11 @@ def _backoff_waits(d, name: str) -> list[float]:
     return waits
 
 
-def test_on_failure_does_not_restart_a_clean_exit(daemon, program, py):
+def test_on_failure_does_not_restart_a_clean_exit(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     d = daemon(
         {
             "programs": {
@@ -189,7 +203,11 @@ def test_on_failure_does_not_restart_a_clean_exit(daemon, program, py):
     assert cli(d, "status").returncode == 1  # fails:0 should run and does not
 
 
-def test_progress_timeout_kills_a_silent_worker_before_its_wall_clock(daemon, program, py):
+def test_progress_timeout_kills_a_silent_worker_before_its_wall_clock(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     d = daemon(
         {
             "programs": {
@@ -209,7 +227,11 @@ def test_progress_timeout_kills_a_silent_worker_before_its_wall_clock(daemon, pr
     wait_until(lambda: instance(d, "quiet:0")["state"] == "EXITED", timeout=5)
 
 
-def test_heartbeats_keep_a_worker_alive(daemon, program, py):
+def test_heartbeats_keep_a_worker_alive(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     beat = """
         import json, os, socket, time
         assert os.environ["SUPERVISORD_BATT_WANT"] == "3"  # the program's slots
@@ -228,7 +250,12 @@ def test_heartbeats_keep_a_worker_alive(daemon, program, py):
     assert not d.events("no_progress")
 
 
-def test_spawn_refused_by_pids_limit_retries_and_recovers(pids_cgroup, daemon, program, py):
+def test_spawn_refused_by_pids_limit_retries_and_recovers(
+    pids_cgroup: Callable[..., PidsCgroup],
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     # the cgroup fixture first, so it is torn down after the daemon that lives in it
     cg = pids_cgroup()
     cg.set_max(1)  # room for the daemon's single task only: no worker can start
@@ -271,7 +298,11 @@ def _pids_below(cg: PidsCgroup) -> set[int]:
     return {int(p) for f in cg.path.rglob("cgroup.procs") for p in f.read_text().split()}
 
 
-def test_reload_adds_removes_changes_and_keeps(daemon, program, py):
+def test_reload_adds_removes_changes_and_keeps(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     sleeper = py("import time; time.sleep(600)")
     d = daemon(
         {
@@ -320,7 +351,12 @@ def test_reload_adds_removes_changes_and_keeps(daemon, program, py):
     wait_until(lambda: len(d.events("reload_rejected")) == 2, timeout=5)
 
 
-def test_sigterm_stops_every_tree_and_exits_zero(daemon, program, py, worker_cgroup_root):
+def test_sigterm_stops_every_tree_and_exits_zero(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+    worker_cgroup_root: Callable[..., Path],
+) -> None:
     d = daemon({"programs": {"tree": program(py(TREE_WORKER), stop_grace="300ms")}})
     line = wait_until(
         lambda: [e["line"] for e in d.events("output") if e["line"].startswith("pids")], timeout=15
@@ -334,7 +370,12 @@ def test_sigterm_stops_every_tree_and_exits_zero(daemon, program, py, worker_cgr
     assert not root.exists(), "the daemon removes the worker cgroups it made"
 
 
-def test_tail_shows_output_from_files_and_follows_offsets(daemon, tmp_path, program, py):
+def test_tail_shows_output_from_files_and_follows_offsets(
+    daemon: Callable[..., DaemonHandle],
+    tmp_path: Path,
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     talk = (
         "import sys, time\nfor i in range(3): print('line', i, flush=True)\n"
         "print('oops', file=sys.stderr, flush=True)\ntime.sleep(600)"
@@ -355,7 +396,11 @@ def test_tail_shows_output_from_files_and_follows_offsets(daemon, tmp_path, prog
         assert c.request("tail", target="nope:0")["error"]["code"] == "not_found"
 
 
-def test_status_json_lists_instances_with_their_programs(daemon, program, py):
+def test_status_json_lists_instances_with_their_programs(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     d = daemon({"programs": {"s": program(py("import time; time.sleep(600)"), numprocs=2)}})
     wait_until(
         lambda: all(i["state"] == "RUNNING" for i in d.status()["instances"]),
@@ -373,7 +418,9 @@ def test_status_json_lists_instances_with_their_programs(daemon, program, py):
     assert cli(d, "stop", "nope").returncode == 1
 
 
-def test_demo_worker_over_its_wall_clock_is_killed_with_its_loky_pool(daemon, program):
+def test_demo_worker_over_its_wall_clock_is_killed_with_its_loky_pool(
+    daemon: Callable[..., DaemonHandle], program: Callable[..., dict[str, Any]]
+) -> None:
     demo = [
         sys.executable,
         "-m",
@@ -412,8 +459,11 @@ def test_demo_worker_over_its_wall_clock_is_killed_with_its_loky_pool(daemon, pr
 
 
 def test_shutdown_refuses_leases_and_a_second_signal_forces_exit(
-    daemon, program, py, worker_cgroup_root
-):
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+    worker_cgroup_root: Callable[..., Path],
+) -> None:
     stubborn = py(
         "import signal, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -438,7 +488,11 @@ def test_shutdown_refuses_leases_and_a_second_signal_forces_exit(
     assert not worker_cgroup_root(d).exists(), "a forced exit still removes its cgroups"
 
 
-def test_heartbeats_go_on_after_the_lease_expired(daemon, program, py):
+def test_heartbeats_go_on_after_the_lease_expired(
+    daemon: Callable[..., DaemonHandle],
+    program: Callable[..., dict[str, Any]],
+    py: Callable[[str], list[str]],
+) -> None:
     """A long sequential task outlives its lease's TTL: the job keeps heartbeating without
     the lease, so the no-progress watch does not kill a healthy job."""
     job = """

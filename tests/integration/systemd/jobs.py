@@ -61,7 +61,7 @@ def lease_job(service: Service) -> Iterator[subprocess.Popen[str]]:
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     try:
-        with killing(proc):  # type: ignore[arg-type]
+        with killing(proc):
             yield proc
     finally:
         end_job(proc)

@@ -103,15 +103,16 @@ def test_users_with_unequal_job_counts_get_an_equal_split() -> None:
     shared per user, the 4 jobs reach 0.9 of their equal split, where the single queue
     (every lease of one uid) left them a third of it; with CPU time shared per thread the
     budget cannot give them more than about 0.5 (the 60 sequential jobs take the CPU).
-    The host's total is near the single queue's, which pays no pool starts at all: 0.969
-    (docs/SIMULATION.md), 0.944 when the 4 jobs' pools grew at each end of one of them and
-    shrank when the next asked."""
+    The host's total is near the single queue's, which pays no pool starts at all: 0.975
+    (docs/SIMULATION.md); 0.961 when a job following two that ended together started a
+    pool of the share counted without the other's successor, and 0.944 when the 4 jobs'
+    pools grew at each end of one of them and shrank when the next asked."""
     costs = calibrate(measured())
     cells = {cell.cpu: cell for cell in run_users(costs, quick=True)}
     per_user, per_thread = cells["per user"], cells["per thread"]
     assert per_user.jobs == (60, 4)
     assert min(per_user.ratios) >= 0.9 and per_user.single_ratios[1] < 0.4
-    assert per_user.total >= 0.96
+    assert per_user.total >= 0.97
     assert 0.3 < per_thread.ratios[1] < 0.6 and per_thread.single_ratios[1] < 0.2
     assert per_thread.total >= 0.97  # and nothing is lost by it
 
@@ -199,11 +200,11 @@ def test_the_capacity_check_sees_an_over_grant() -> None:
     daemon.check_capacity()
     assert sim.tally.over_capacity == 0
     grant = Grant("x", "process", 9, 9, "normal", 60.0, "")  # 9 workers on 8 CPUs
-    daemon._charge("x", grant)
+    daemon.charge("x", grant)
     daemon.check_capacity()
     assert sim.tally.over_capacity == 1
     assert sim.tally.peak_leased_tasks == pool_cost("process", 9)
-    daemon._charge("x", None)
+    daemon.charge("x", None)
     assert (daemon.leased_tasks, daemon.leased_workers) == (0, 0)
 
 

@@ -43,11 +43,12 @@ def test_the_oom_killer_ends_the_largest_process_and_breaks_the_plain_pool_by_ha
 def test_the_documented_memory_findings() -> None:
     """What docs/SIMULATION.md (Memory) says of the table: plain pools are OOM-killed in
     every cell and sequential in none; jobs of small workers are never OOM-killed under
-    the budget, and learned sizes first grant them more than 4x the workers
-    memory_per_slot does, but no longer run much faster for it: the last jobs to ask are
-    left sequential until others end, and the slowest job decides the wall time; wherever
-    bigger workers meet the memory limit the budget is OOM-killed, learned or not; a job
-    whose first run was killed before a scan saw its data is learned at its bare size."""
+    the budget: charged memory_per_slot for the seat each runs sequential in, none gets a
+    pool, and learned (from their own processes in the first run) 13 of 16 get pools of 2
+    and run 1.3x faster than sequential; the proof's shape is no longer OOM-killed and
+    runs at least sequential's speed; where workers of 1.5-2 GiB meet the limit the
+    budget is OOM-killed still, learned or not; a job whose first run was killed before a
+    scan saw its data is learned at its bare size."""
     got = {(c.name, p): run_policy(c, p) for c in CELLS for p in POLICIES}
     for cell in CELLS:
         assert got[(cell.name, "plain")].oom_kills > 0, cell.name
@@ -58,11 +59,15 @@ def test_the_documented_memory_findings() -> None:
     for small in (small_fixed, small_learned):
         assert (small.oom_kills, small.failed) == (0, 0)
         assert "sequential:0" in small.grants  # some jobs wait sequential for memory
-    assert granted(small_learned) > 4 * granted(small_fixed)  # first grants: 26 workers, 4
-    sequential = got[("small workers", "sequential")].tasks_per_s
-    assert small_fixed.tasks_per_s <= small_learned.tasks_per_s < 1.1 * sequential
-    for name in ("mixed sizes", "big workers", "the proof's shape"):
-        for policy in ("budget memory_per_slot", "budget learned"):
+    assert granted(small_fixed) == 0 and granted(small_learned) >= 20  # first grants: 0, 26
+    sequential_rate = got[("small workers", "sequential")].tasks_per_s
+    assert small_learned.tasks_per_s > 1.2 * max(sequential_rate, small_fixed.tasks_per_s)
+    proof = got[("the proof's shape", "sequential")].tasks_per_s
+    for policy in ("budget memory_per_slot", "budget learned"):
+        r = got[("the proof's shape", policy)]
+        assert (r.oom_kills, r.failed) == (0, 0), policy
+        assert r.tasks_per_s >= 0.95 * proof, policy
+        for name in ("mixed sizes", "big workers"):
             assert got[(name, policy)].oom_kills > 0, (name, policy)
     big = next(c for c in CELLS if c.name == "big workers")
     first = MemSim(big.jobs(), "budget", MemHost(cores=16, limit=big.limit, cpu_cap=64))
@@ -73,14 +78,17 @@ def test_the_documented_memory_findings() -> None:
 def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
     """What docs/SIMULATION.md (Memory) says of the validation: every row of the measured
     big case has the same OOM outcome simulated (OOM kills or none, every task done or
-    not), and every row with no OOM kill (sequential, the hand-sized pool, the budget on
-    the host's CPUs) is within 20% in tasks/s; the rows with kills are not (the doc says
-    why)."""
+    not), the budget's rows included (no kill, measured or simulated); every row with no
+    OOM kill is within 30% in tasks/s, the simulated one faster (the kept run's host was
+    loaded, and the model leaves out the client's start-up: the doc says so), and 3 of
+    the 7 within 15%."""
     checks = {c.row: c for c in validate(json.loads(RESULTS.read_text()))}
     assert len(checks) == 7
     off = [(c.row, c.measured_oom, c.simulated_oom) for c in checks.values()]
     assert all(c.same_outcome for c in checks.values()), off
     calm = [c for c in checks.values() if c.measured_oom == 0]
-    assert {c.row for c in calm} >= {"sequential", "hand", "budget host CPUs, learned"}
+    assert {c.row for c in calm} == set(checks) - {"plain"}
     for check in calm:
-        assert check.error <= 0.20, (check.row, check)
+        assert check.error <= 0.30, (check.row, check)
+        assert check.simulated >= check.measured, (check.row, check)
+    assert sum(c.error <= 0.15 for c in checks.values()) >= 3

@@ -31,7 +31,7 @@ import json
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, Lease, LeaseError, Request
@@ -90,7 +90,7 @@ def canon(value: object) -> object:
     kind = type(value)
     names = _FIELDS.get(kind)
     if names is None and dataclasses.is_dataclass(value):
-        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
     if names is not None:
         return (kind.__name__, *[canon(getattr(value, name)) for name in names])
     if isinstance(value, Mapping):
@@ -168,8 +168,10 @@ class _Traffic:
             cgroups=(),
             watch_users=(),
             pressure=r.choice([QUIET, QUIET, PRESSURE]),
-            # recorded before the memory reserve: none keeps its answers comparable
+            # recorded before the memory reserve and the charge of memory not written
+            # yet: neither keeps its answers comparable
             memory_reserve_percent=0.0,
+            memory_unwritten=False,
         )
 
     def new_shape(self) -> tuple[Limit, ...]:
@@ -342,10 +344,9 @@ class _Traffic:
             cfg = self.config
             rec.call("reconfigure", lambda: led.reconfigure(cfg))
         elif what == "invalid":
-            bad = dataclasses.replace(
-                self.new_request(),
-                **r.choice([{"want": -1}, {"base_tasks": -2}, {"kinds": ("fork",)}]),
-            )
+            # deliberately out of range or of an unknown kind: Any, past the field types
+            invalid: list[dict[str, Any]] = [{"want": -1}, {"base_tasks": -2}, {"kinds": ("fork",)}]
+            bad = dataclasses.replace(self.new_request(), **r.choice(invalid))
             rec.call("acquire", lambda: led.acquire(bad))
         else:  # a burst of clients that each acquire and then release, in order
             ids = []

@@ -805,7 +805,8 @@ def test_a_newcomer_in_a_burst_is_held_until_the_burst_has_quieted_down() -> Non
     assert second.retry_after == pytest.approx(0.5)
     clock.advance(0.1)  # the burst asked 0.1 s ago: still held, until 0.5 s after it
     early = led.renew(first.lease_id, 0)
-    assert (early.kind, early.workers, early.retry_after) == ("sequential", 0, pytest.approx(0.4))
+    early_grant: tuple[str, int, object] = (early.kind, early.workers, early.retry_after)
+    assert early_grant == ("sequential", 0, pytest.approx(0.4))
     assert early.reason.startswith("burst: another job asked 0.10 s ago")
     clock.advance(0.4)
     grants = [led.renew(g.lease_id, 0) for g in (first, second)]

@@ -260,7 +260,8 @@ def differ_users(tracker: Tracker, req: Request) -> str | None:
     if len(w.users) < 2 or not seat_of(req):
         return None
     mine = [u.uid for u in w.users].index(req.uid)
-    found = newcomer_user_share(w.profiles[NEW], w.footprints[NEW], mine, w.users, w.idle)
+    pools = Counter(w.users[mine].held.values())  # the user's pools, the newcomer's none
+    found = newcomer_user_share(w.profiles[NEW], w.footprints[NEW], mine, w.users, w.idle, pools)
     if found is None:
         CHECKED_USERS["none"] += 1
         return None
@@ -319,6 +320,27 @@ def test_the_per_user_shortcut_applies_where_only_the_cpus_bind() -> None:
     for uid in (1000, 1001, 0):
         assert differ_users(tracker, request("n", 8, uid=uid)) is None
     assert CHECKED_USERS["none"] == 0 and CHECKED_USERS["pool"] > 3, CHECKED_USERS
+
+
+def test_the_per_user_shortcut_gives_way_where_the_newcomer_may_take_a_remainder() -> None:
+    """16 CPUs: bob's job holds 5, alice's four 3, 3, 3 and 2 of her 11. A newcomer of
+    hers beside them contests no remainder (11 over five: 3 and four 2s, the 3 kept by a
+    pool of 3): the shortcut applies. With a job of 3 gone, the newcomer goes ahead of her
+    pool of 2 for the third extra worker (`hierarchy.keep_remainders`), which the sums do
+    not say: the shortcut gives way, and the full allocation gives it 3."""
+    CHECKED_USERS.clear()
+    tracker = Tracker(config(max_per_lease=8), sample(cpus=16.0))
+    tracker.acquire(request("b", 5, uid=1001))
+    jobs = [tracker.acquire(request(f"a{i}", 8, uid=1000)) for i in range(4)]
+    for lease_id in jobs * 2:
+        tracker.ledger.renew(lease_id, tracker.ledger.lease(lease_id).target)
+    assert [tracker.ledger.lease(lease_id).workers for lease_id in jobs] == [3, 3, 3, 2]
+    assert differ_users(tracker, request("n", 8, uid=1000)) is None
+    assert dict(CHECKED_USERS) == {"pool": 1}, CHECKED_USERS
+    tracker.ledger.release(jobs[0])
+    assert differ_users(tracker, request("n", 8, uid=1000)) is None
+    assert dict(CHECKED_USERS) == {"pool": 1, "none": 1}, CHECKED_USERS
+    assert tracker.world(Held(NEW, request("n", 8, uid=1000))).allocation().share(NEW).workers == 3
 
 
 @SETTINGS

@@ -16,13 +16,21 @@ from hypothesis import strategies as st
 from supervisord_batt.budget.allocation import allocate
 from supervisord_batt.budget.books import Book
 from supervisord_batt.budget.costs import MIN_POOL, pool_cost
-from supervisord_batt.budget.hierarchy import allocate_users, entitle, entitlements, user_book
+from supervisord_batt.budget.demand import cpu_only
+from supervisord_batt.budget.hierarchy import (
+    allocate_users,
+    entitle,
+    entitlements,
+    keep_remainders,
+    user_book,
+)
 from supervisord_batt.budget.hold import GROW_AFTER
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.users import Weight, exact_weight
 from supervisord_batt.config.records import BudgetConfig
 from supervisord_batt.host.sample import Psi
+from supervisord_batt.protocol import Kind
 from tests.fakes import FakeClock
 from tests.support.budget import (
     GIB,
@@ -208,13 +216,20 @@ def test_a_user_holding_what_others_left_it_is_not_over_its_part() -> None:
     assert not led.level_signal(ALICE).startswith("psi cpu")
 
 
+def settled(clock: FakeClock, cpus: float, bob: int) -> tuple[BudgetLedger, list[str]]:
+    """Bob's one job asking `bob` workers, then alice's four asking 8 each, on `cpus`
+    CPUs; every holder has renewed and followed its target. Alice's leases."""
+    led = ledger(cpus=cpus, max_per_lease=8, clock=clock)
+    led.acquire(request("b", bob, uid=BOB))
+    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
+    for lease_id in jobs * 2:
+        led.renew(lease_id, led.lease(lease_id).target)
+    return led, jobs
+
+
 def four_and_one(clock: FakeClock) -> tuple[BudgetLedger, list[str]]:
     """16 CPUs: bob's one job holds 8, alice's four jobs 2 each of her 8."""
-    led = ledger(cpus=16.0, max_per_lease=8, clock=clock)
-    led.acquire(request("b", 8, uid=BOB))
-    jobs = [led.acquire(request(f"a{i}", 8, uid=ALICE)).lease_id for i in range(4)]
-    for lease_id in jobs * 2:  # every holder renews and follows its target
-        led.renew(lease_id, led.lease(lease_id).target)
+    led, jobs = settled(clock, 16.0, 8)
     assert [led.lease(lease_id).workers for lease_id in jobs] == [2, 2, 2, 2]
     return led, jobs
 
@@ -253,6 +268,66 @@ def test_room_that_lasts_is_taken_once_it_has_stood() -> None:
         alone.renew(lease_id, alone.lease(lease_id).target)
     alone.release(first[0])
     assert alone.renew(first[1]).workers == 8
+
+
+def eleven_over_four(clock: FakeClock) -> tuple[BudgetLedger, list[str]]:
+    """16 CPUs: bob's one job holds 5, alice's four jobs 3, 3, 3 and 2 of her 11."""
+    led, jobs = settled(clock, 16.0, 5)
+    assert [led.lease(lease_id).workers for lease_id in jobs] == [3, 3, 3, 2]
+    return led, jobs
+
+
+def test_a_remainder_stays_with_the_pools_that_hold_it() -> None:
+    """Alice's part does not divide evenly (11 CPUs over 4 jobs). A job holding one of
+    the extra workers ends and her next asks: the newcomer, which starts a pool anyway,
+    takes the extra worker, and her pool of 2 keeps its size, even once the room has
+    stood (given to it in the leases' order, it grew: a new pool for one worker more)."""
+    clock = FakeClock()
+    led, jobs = eleven_over_four(clock)
+    led.release(jobs[0])
+    clock.advance(0.5)
+    assert led.acquire(request("a4", 8, uid=ALICE)).workers == 3
+    clock.advance(GROW_AFTER)
+    assert [led.renew(lease_id).workers for lease_id in jobs[1:]] == [3, 3, 2]
+    assert [led.lease(lease_id).share for lease_id in jobs[1:]] == [3, 3, 2]
+
+
+def test_a_remainder_goes_to_a_pool_that_changes_anyway() -> None:
+    """Alice's 3, 3, 3, 2 lose a job of 3 and none follows: of her 11 over three, the
+    two extra workers go first to the pool of 2 (it grows in any case) and then to one
+    of the pools of 3; the other keeps its pool."""
+    clock = FakeClock()
+    led, jobs = eleven_over_four(clock)
+    led.release(jobs[0])
+    assert [led.lease(lease_id).share for lease_id in jobs[1:]] == [4, 3, 4]
+
+
+def test_a_newcomer_starts_no_larger_pool_than_its_users_until_its_share_has_stood() -> None:
+    """24 CPUs: bob's one job holds 8, alice's four 4 each of her 16. Two of her jobs end
+    and her next two ask one after the other. The first one's share is 5 (16 over the
+    three she holds then) for as long as the second takes to ask: had it started a pool
+    of 5, the second would have got the 3 left and both changed pools once the shares
+    were 4 again. It starts a pool of 4, as her others run, and the second too; a newcomer
+    whose larger share lasts takes it once it has stood GROW_AFTER."""
+    clock = FakeClock()
+    led, jobs = settled(clock, 24.0, 8)
+    assert [led.lease(lease_id).workers for lease_id in jobs] == [4, 4, 4, 4]
+    led.release(jobs[0])
+    led.release(jobs[1])
+    clock.advance(0.5)
+    first = led.acquire(request("a4", 8, uid=ALICE))
+    assert (first.workers, led.lease(first.lease_id).share) == (4, 5)
+    clock.advance(0.5)
+    second = led.acquire(request("a5", 8, uid=ALICE))
+    assert second.workers == 4
+    clock.advance(GROW_AFTER)
+    held = [*jobs[2:], first.lease_id, second.lease_id]
+    assert [led.renew(lease_id).workers for lease_id in held] == [4, 4, 4, 4]
+    led.release(second.lease_id)
+    # the room of the job not followed is taken once it has stood
+    assert [led.renew(lease_id).workers for lease_id in held[:3]] == [4, 4, 4]
+    clock.advance(GROW_AFTER)
+    assert sorted(led.renew(lease_id).workers for lease_id in held[:3]) == [5, 5, 6]
 
 
 def test_one_user_on_its_own_has_the_whole_budget() -> None:
@@ -385,8 +460,9 @@ def test_each_user_gets_at_least_its_own_max_min_within_its_entitlements(
 ) -> None:
     """Wherever anything binds: every resource is split by `entitle` (so each user's part
     of each is at least min(what it asks, floor(R * w / W))), each user's leases get at
-    least what `allocate` gives them on the book of its parts, the top-up only adds, and
-    the shares together stay within every limit's headroom, the memory and the CPUs."""
+    least the sizes `allocate` gives them on the book of its parts (its remainder may go
+    to other leases of the user: `keep_remainders`), the top-up only adds, and the shares
+    together stay within every limit's headroom, the memory and the CPUs."""
     cpus = data.draw(st.sampled_from([2.0, 4.0, 16.0, 64.0]))
     tracker = random_users(cfg, data, cpus, roomy=data.draw(st.booleans()))
     w = tracker.world()
@@ -408,16 +484,69 @@ def test_each_user_gets_at_least_its_own_max_min_within_its_entitlements(
         own = allocate(
             u.planned, user_book(idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k]), u.demand
         )
-        for lease_id, _, _ in u.planned:
-            assert alloc.share(lease_id).workers >= own.share(lease_id).workers
+        got = sorted(alloc.share(lease_id).workers for lease_id, _, _ in u.planned)
+        given = sorted(own.share(lease_id).workers for lease_id, _, _ in u.planned)
+        assert all(g >= o for g, o in zip(got, given, strict=True)), (got, given)
     assert_within(
         idle, w, {i: (alloc.share(i).kind, alloc.share(i).workers) for i, _, _ in w.planned}
     )
 
 
+@SETTINGS
+@given(cfg=configs(), data=st.data())
+def test_a_remainder_goes_by_the_pools_the_leases_run(
+    cfg: BudgetConfig, data: st.DataObject
+) -> None:
+    """Where only the CPUs bind inside a user's part, `keep_remainders` gives out the
+    sizes `allocate` gave the user's leases, the same number of each, and of two leases
+    that contest the remainder, one gets the larger size before the other gets the
+    smaller only if its pool is of the larger size, or the other's of the smaller."""
+    cfg = replace(cfg, pressure=QUIET, memory_per_slot=0)
+    cpus = data.draw(st.sampled_from([8.0, 16.0, 32.0, 64.0]))
+    if data.draw(st.booleans()):
+        w = random_users(cfg, data, cpus, roomy=True).world()
+    else:  # jobs that settled, then some ended and others came: remainders that moved
+        tracker = Tracker(replace(cfg, max_per_lease=8), sample(cpus=cpus))
+        jobs = [tracker.acquire(request("b", data.draw(st.integers(1, 8)), uid=BOB))]
+        jobs += [tracker.acquire(request(f"a{i}", 8, uid=ALICE)) for i in range(7)]
+        for lease_id in jobs * 2:
+            tracker.ledger.renew(lease_id, tracker.ledger.lease(lease_id).target)
+        for lease_id in data.draw(st.lists(st.sampled_from(jobs[1:]), unique=True)):
+            tracker.ledger.release(lease_id)
+        for i in range(data.draw(st.integers(0, 3))):
+            tracker.acquire(request(f"n{i}", 8, uid=ALICE))
+        w = tracker.world()
+    ent = entitlements(w.users, w.idle)
+    for k, u in enumerate(w.users):
+        book = user_book(w.idle, u, ent.cpus[k], ent.rooms[k], ent.mem[k])
+        given = allocate(u.planned, book, u.demand).shares
+        kept = keep_remainders(given, u, book)
+        assert sorted(s.workers for s in kept.values()) == sorted(s.workers for s in given.values())
+        if not cpu_only(u.demand, book):
+            assert kept == given
+            continue
+        level, bonus, winners = u.demand.level(book.cpus - book.cpu_used)
+        if not winners or level < MIN_POOL:
+            assert kept == given
+            continue
+        contested = [i for i, _, p in u.planned if p.kind is not None and p.cap > level]
+        ranks = {i: rank_of(u.held.get(i, 0), level, bonus) for i in contested}
+        larger = [ranks[i] for i in contested if kept[i].workers == bonus]
+        smaller = [ranks[i] for i in contested if kept[i].workers == level]
+        assert len(larger) == winners
+        assert max(larger) <= min(smaller, default=2), (contested, u.held, kept)
+
+
+def rank_of(pool: int, level: int, bonus: int) -> int:
+    """Who gets a remainder first: 0 a pool of the larger size, 2 one of the smaller, 1 any
+    other (a newcomer's none)."""
+    return 0 if pool == bonus else 2 if pool == level else 1
+
+
 def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> None:
     """The planned leases at `pools` on the idle book: no limit past its cap by more than
-    it was already, memory within its slots, and no more pool workers than CPUs."""
+    it was already, memory within its slots (or no further past them than it was), and no
+    more pool workers than CPUs."""
     book = idle.copy()
     for lease_id, fp, _ in w.planned:
         kind, workers = pools[lease_id]
@@ -425,7 +554,9 @@ def assert_within(idle: Book, w: World, pools: dict[str, tuple[str, int]]) -> No
             book.move(fp, ("sequential", 0), (kind, workers))  # type: ignore[arg-type]
     for i, cap in enumerate(book.caps):
         assert book.usage[i] <= max(cap, idle.usage[i]), (i, book.usage, book.caps)
-    assert book.mem_used <= max(book.mem_bytes, 0)
+    # memory as the limits: no more past it than the idle book was (the memory its leases
+    # will still write in their own processes: `claims.pending`)
+    assert book.mem_used <= max(book.mem_bytes, 0, idle.mem_used)
     assert sum(workers for _, workers in pools.values()) <= idle.cpus
 
 
@@ -436,7 +567,8 @@ def test_a_part_too_small_for_a_first_pool_is_left_to_the_others() -> None:
     assert pool_cost("process", MIN_POOL) == 6
     cg = limit(11, 0, "cgroup", "/sys/fs/cgroup/pids/batt", name="cgroup:/batt")
     led = ledger(limit(), cg, cpus=64.0, max_per_lease=8)
-    inside, kinds = ("/sys/fs/cgroup/pids/batt/job",), ("process",)
+    inside = ("/sys/fs/cgroup/pids/batt/job",)
+    kinds: tuple[Kind, ...] = ("process",)
     a = led.acquire(request("a", 8, uid=ALICE, cgroups=inside, base_tasks=0, kinds=kinds))
     b = led.acquire(request("b", 8, uid=BOB, cgroups=inside, base_tasks=0, kinds=kinds))
     assert [led.lease(g.lease_id).share for g in (a, b)] == [7, 0]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from supervisord_batt.cli.events import Filter, journal_message, parse
-from supervisord_batt.cli.report import advice, compute, render, targets
+from supervisord_batt.cli.report import Figures, advice, compute, render, targets
 
 
 def stats(pid: int, **fields: Any) -> dict[str, Any]:
@@ -35,10 +35,10 @@ def test_counters_are_differences_within_one_daemon_and_add_across_daemons() -> 
         stats(2, grants={"process": 1, "sequential": 1}, denied=1),
     ]
     fig = compute(events)
-    assert fig["grants"] == {"process": 5, "thread": 0, "sequential": 5}
-    assert fig["denied"] == 4
-    assert fig["sequential_share"] == pytest.approx(4 / 9)  # 4 denied of 5 + 4 pool requests
-    assert fig["daemons"] == 2
+    assert fig.grants == {"process": 5, "thread": 0, "sequential": 5}
+    assert fig.denied == 4
+    assert fig.sequential_share == pytest.approx(4 / 9)  # 4 denied of 5 + 4 pool requests
+    assert fig.daemons == 2
 
 
 def test_issue24_oom_kills_are_counted_like_refused_spawns() -> None:
@@ -49,7 +49,7 @@ def test_issue24_oom_kills_are_counted_like_refused_spawns() -> None:
         stats(2, oom_kills=1),
     ]
     fig = compute(events)
-    assert (fig["oom_kills"], fig["refused_spawns"]) == (4, 0)
+    assert (fig.oom_kills, fig.refused_spawns) == (4, 0)
     assert "oom kills           4" in render(fig).splitlines()
 
 
@@ -75,8 +75,8 @@ def test_time_shares_and_percentiles() -> None:
         for i, p in enumerate(range(1, 101))
     ]
     fig = compute(events)
-    assert fig["tightest_percent"]["p50"] == 51 and fig["tightest_percent"]["max"] == 100
-    assert fig["pressure_share"]["normal"] == pytest.approx(10 / 11)
+    assert fig.tightest_percent["p50"] == 51 and fig.tightest_percent["max"] == 100
+    assert fig.pressure_share["normal"] == pytest.approx(10 / 11)
 
 
 def test_targets_and_advice_follow_the_figures() -> None:
@@ -114,7 +114,7 @@ def test_advice_follows_why_pools_were_refused() -> None:
     """The same 40% sequential share on a quiet limit: CPUs all leased is not a reserve to
     lower, a limit's headroom is, memory is memory_per_slot."""
 
-    def fig_for(denied_by: dict[str, int]) -> dict[str, Any]:
+    def fig_for(denied_by: dict[str, int]) -> Figures:
         return compute(
             [
                 stats(1, denied_by={}),
@@ -123,7 +123,7 @@ def test_advice_follows_why_pools_were_refused() -> None:
         )
 
     cpu = fig_for({"cpu": 10, "fair_share": 25, "limit": 5})
-    assert cpu["denied_by"] == {"cpu": 10, "fair_share": 25, "limit": 5}
+    assert cpu.denied_by == {"cpu": 10, "fair_share": 25, "limit": 5}
     keys = [a["key"] for a in advice(cpu)]
     assert keys == ["programs.<name>.numprocs / budget.cpu_cap"]
     assert "88% of them" in advice(cpu)[0]["why"]  # 35 of 40
@@ -144,5 +144,5 @@ def test_advice_follows_why_pools_were_refused() -> None:
     assert [a["key"] for a in short] == ["programs.<name>.numprocs / the host's memory"]
     # lines written before the daemon counted causes: the limit-based rule, as before
     old = compute([stats(1), stats(1, grants={"sequential": 40, "process": 60}, denied=40)])
-    assert old["denied_by"] == {}
+    assert old.denied_by == {}
     assert advice(old)[0]["key"].startswith("budget.reserve_percent")

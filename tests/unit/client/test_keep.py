@@ -220,15 +220,17 @@ def test_the_keeper_thread_gives_back_an_idle_pool_and_ends() -> None:
     log: list[str] = []
     keeper: Keeper[Pool] = Keeper(give_back=lambda grant: log.append("give back"))
     clock = FakeClock()
+    before = set(threading.enumerate())
     for _ in range(2):  # the thread waits through a call, then ends once nothing is left
         claim, _ = keeper.checkout("k")
         grant = Grant(clock, log, ttl=60.0, renewed_at=clock())
         keeper.checkin(claim, Kept(Pool(2, log=log), grant, "k", idle_s=0.2))
-        thread = keeper._thread
-        assert thread is not None and thread.is_alive()
+        (thread,) = [t for t in threading.enumerate() if t not in before]  # the keeper's
+        assert thread.name == "supervisord-batt-keeper" and thread.is_alive()
         claim, kept = keeper.checkout("k")
         assert kept is not None
         keeper.checkin(claim, kept)
     wait_until(lambda: keeper.parked() is None, timeout=5, what="the idle pool given back")
     assert log == ["close stuck=False", "give back"]
+    assert thread is not None  # the loop's last one
     wait_until(lambda: not thread.is_alive(), timeout=5, what="the keeper's thread ended")

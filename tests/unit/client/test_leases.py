@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from supervisord_batt import paths, protocol
+from supervisord_batt.client import inner
 from supervisord_batt.client import leases as client
 from supervisord_batt.client.leases import (
     BURST_WAIT_MAX,
@@ -336,7 +337,7 @@ def test_exec_exports_env_and_passes_exit_code(
     assert env["SUPERVISORD_BATT_KIND"] == "process"
     assert env["SUPERVISORD_BATT_LEASE"] == ""
     assert env["LOKY_MAX_CPU_COUNT"] == "2"  # the pool's size
-    inner_threads = str(max(1, client.inner.cpu_count() // 2))  # each worker's BLAS
+    inner_threads = str(max(1, inner.cpu_count() // 2))  # each worker's BLAS
     for name in client.INNER_THREAD_ENV_VARS:
         assert env[name] == inner_threads, name
 

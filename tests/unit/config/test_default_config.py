@@ -165,6 +165,7 @@ def _claims() -> list[tuple[tuple[str, ...], int, str | None]]:
     text = SHIPPED.read_text()
     lines = text.splitlines()
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert root is not None
     out = []
     for path, line in _leaves(root):
         note = _DEFAULT_NOTE.search(lines[line])

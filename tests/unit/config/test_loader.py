@@ -738,6 +738,7 @@ budget:
   cpu_cap: 2.5
   memory_per_slot: 1GiB
   memory_reserve_percent: 7.5
+  memory_unwritten: false
   lease_ttl: 2m
   cgroups: [/batt, /sys/fs/cgroup/pids/user.slice]
   watch_users: [alice, bob]

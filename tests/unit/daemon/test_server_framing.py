@@ -1,4 +1,4 @@
-"""The server's framing and back-pressure, in process: `_Link` driven by a fake transport.
+"""The server's framing and back-pressure, in process: `Link` driven by a fake transport.
 
 The subprocess tests (tests/integration/daemon/test_socket.py) show the same behaviour
 over a real socket; these pin down each rule of server.py's framing exactly: which reads
@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from supervisord_batt import protocol
 from supervisord_batt.config.loader import load_config_text
-from supervisord_batt.daemon.server import Connection, Hooks, Server, _Link
+from supervisord_batt.daemon.server import Connection, Hooks, Link, Server
 
 LIMIT = 256  # max_message_bytes in these tests
 
@@ -40,7 +40,7 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.sock = sock
         self.high, self.low = high, low
-        self.link: _Link | None = None
+        self.link: Link | None = None
         self.unread = bytearray()  # replies the peer has not read yet
         self.inbox: collections.deque[bytes] = collections.deque()  # sent, not delivered
         self.reading = True
@@ -52,7 +52,7 @@ class FakeTransport(asyncio.Transport):
         self.writes_after_close = 0
         self.pauses = 0
 
-    def attach(self, link: _Link) -> None:
+    def attach(self, link: Link) -> None:
         self.link = link
         link.connection_made(self)
 
@@ -186,7 +186,7 @@ class Harness:
         ours, theirs = socket.socketpair()
         self.socks += [ours, theirs]
         transport = FakeTransport(ours, high=high, low=low)
-        transport.attach(_Link(self.server))
+        transport.attach(Link(self.server))
         return transport
 
     def close(self) -> None:

@@ -15,8 +15,7 @@ from structlog.testing import capture_logs
 from supervisord_batt.daemon import sizesfile
 from supervisord_batt.daemon.sizesfile import SizesFile
 from supervisord_batt.daemon.workersizes import Learned, Peak, WorkerSizes
-
-MIB = 1 << 20
+from tests.support.sizes import MIB, lease, tree
 
 
 @pytest.fixture
@@ -35,8 +34,11 @@ def learned() -> WorkerSizes:
 
 def test_the_ended_runs_are_restored_by_the_next_daemon(socket: Path) -> None:
     before = learned()
-    before._end(("big", 1000), Peak(290 * MIB, 2, 6))
-    assert before.changed
+    # a run of big: two workers of 290 MiB, 2 threads each, 6 more tasks in its pool
+    t, rss = tree(100, 290, 280, threads=(7, 2, 2))
+    before.observe([lease("L1", 100, 2, "big")], {100: t}, rss)
+    before.observe([], {}, {})  # its lease is gone: the run ended
+    assert before.changed and before.ended()[("big", 1000)][-1] == Peak(290 * MIB, 2, 6)
     SizesFile(socket).save(before)
     assert not before.changed
     path = sizesfile.sizes_path(socket)
@@ -113,7 +115,9 @@ def test_a_failed_save_is_said_once_in_a_row(socket: Path) -> None:
 
 def test_end_all_keeps_the_live_runs(socket: Path) -> None:
     sizes = WorkerSizes()
-    sizes._live["L1"] = (("big", 1000), Peak(100 * MIB, 1, 4))
+    t, rss = tree(100, 100, threads=(5, 1))  # one worker of 100 MiB, 4 more tasks
+    sizes.observe([lease("L1", 100, 1, "big")], {100: t}, rss)
+    assert not sizes.changed and sizes.ended() == {}  # a live run, not ended yet
     sizes.end_all()
     assert sizes.changed and sizes.ended() == {("big", 1000): [Peak(100 * MIB, 1, 4)]}
     assert sizes.figures() == {("big", 1000): Learned(100 * MIB, 1, 1, 4)}

@@ -8,6 +8,7 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant
 from supervisord_batt.daemon.tallies import DENIAL_CAUSES, Tallies, denial_cause
 from supervisord_batt.host.sample import Psi
+from supervisord_batt.protocol import Kind
 from tests.support.budget import GIB, PRESSURE, ledger, limit, request, sample
 
 
@@ -16,7 +17,7 @@ def denied(led: BudgetLedger, holders: int = 1, process_only: bool = False) -> G
     back sequential."""
     for i in range(holders - 1):
         led.acquire(request(f"h{i}", 4))
-    kinds = ("process",) if process_only else ("process", "thread", "sequential")
+    kinds: tuple[Kind, ...] = ("process",) if process_only else ("process", "thread", "sequential")
     grant = led.acquire(request("last", 4, kinds=kinds))
     assert grant.kind == "sequential", grant
     return grant

@@ -3,52 +3,19 @@ of a pool's holder, a run's peak, the high percentile over the last runs per (jo
 
 from __future__ import annotations
 
-from supervisord_batt.budget.records import Lease
-from supervisord_batt.daemon.workersizes import FLOOR, RUNS, Learned, WorkerSizes, percentile
+import dataclasses
+
+from supervisord_batt.daemon.workersizes import (
+    FLOOR,
+    RUNS,
+    Learned,
+    WorkerSizes,
+    holder_bytes,
+    percentile,
+    runs_itself,
+)
 from supervisord_batt.host.sample import TreeUsage
-from supervisord_batt.protocol import Kind
-
-MIB = 1 << 20
-
-
-def lease(
-    lease_id: str,
-    pid: int,
-    workers: int,
-    job: str = "batt",
-    kind: Kind = "process",
-    *,
-    base_tasks: int = 1,
-) -> Lease:
-    return Lease(
-        lease_id,
-        "h",
-        pid,
-        1000,
-        job,
-        kind,
-        workers,
-        workers,
-        workers,
-        workers,
-        0,
-        0,
-        base_tasks,
-        0.0,
-        0.0,
-        0.0,
-    )
-
-
-def tree(root: int, *rss: int, threads: tuple[int, ...] = ()) -> tuple[TreeUsage, dict[int, int]]:
-    """A holder `root` with one child per figure in `rss` (MiB), and their RSS; `threads`:
-    the tasks of the holder and each child (none given: one each, not told per pid)."""
-    kids = tuple(range(root + 1, root + 1 + len(rss)))
-    tasks = sum(threads) if threads else 1 + len(kids)
-    return TreeUsage(root, (root, *kids), tasks, threads), {
-        root: 900 * MIB,
-        **{k: r * MIB for k, r in zip(kids, rss, strict=True)},
-    }
+from tests.support.sizes import MIB, lease, tree
 
 
 def test_a_run_counts_its_largest_workers_not_the_holder_nor_the_trackers() -> None:
@@ -124,9 +91,12 @@ def test_the_figure_is_the_high_percentile_of_the_last_runs_per_job_and_user() -
     assert figures[("small", 1000)] == Learned(60 * MIB, 1)
 
 
-def test_sequential_and_thread_leases_and_unstarted_pools_teach_nothing() -> None:
+def test_sequential_and_thread_leases_and_unstarted_pools_teach_no_pool_figure() -> None:
+    """Not from their trees: a thread pool's or a sequential job's descendants are none
+    of its workers (a holder's own size is learned only where the scan read it: below)."""
     sizes = WorkerSizes()
     t, rss = tree(100, 300)
+    del rss[100]  # the daemon reads the holders only where their memory is charged
     sizes.observe([lease("T", 100, 4, kind="thread"), lease("S", 100, 0)], {100: t}, rss)
     bare = TreeUsage(300, (300,), 1)
     sizes.observe([lease("P", 300, 2)], {300: bare}, {300: 500 * MIB})
@@ -144,3 +114,37 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([5]) == 5
     assert percentile(range(1, 11)) == 9
     assert percentile(range(1, 15)) == 13  # 14 runs: the 13th
+
+
+def test_the_holders_that_run_their_own_tasks_are_given_what_they_hold() -> None:
+    """A job granted sequential or threads runs its tasks in its own process: the budget
+    charges it a worker of its job until the holder holds that much (`holder_bytes`). A
+    process pool's holder runs none, nor does a lease that asked for no worker."""
+    rss = {100: 450 * MIB, 200: 30 * MIB, 300: 900 * MIB, 400: 60 * MIB}
+    held = [
+        dataclasses.replace(lease("S", 100, 0, kind="sequential"), wanted=3),
+        lease("T", 200, 4, kind="thread"),
+        lease("P", 300, 2),
+        lease("N", 400, 0, kind="sequential"),  # wanted 0: a job checking in
+        dataclasses.replace(lease("G", 500, 0, kind="sequential"), wanted=2),  # gone
+    ]
+    assert [runs_itself(x) for x in held] == [True, True, False, False, True]
+    assert holder_bytes(held, rss) == {"S": 450 * MIB, "T": 30 * MIB}
+
+
+def test_a_job_never_seen_with_a_pool_is_learned_from_its_own_process() -> None:
+    """A job granted sequential runs its tasks in its own process: its holder's peak is
+    its figure (kept per run, as a pool's), until a run of it is seen with a pool, whose
+    workers' figure wins. Without it a job first granted sequential learned nothing and
+    was charged memory_per_slot at every run."""
+    sizes = WorkerSizes()
+    seq = dataclasses.replace(lease("S", 100, 0, kind="sequential"), wanted=3)
+    t = TreeUsage(100, (100,), 1)
+    sizes.observe([seq], {100: t}, {100: 80 * MIB})
+    sizes.observe([seq], {100: t}, {100: 430 * MIB})
+    assert sizes.figures() == {}  # not while it runs: its data may not be loaded yet
+    sizes.observe([], {}, {})  # its run ended: its peak is its figure
+    assert sizes.figures() == {("batt", 1000): Learned(430 * MIB, 1)}
+    pool, rss = tree(200, 120, 15)
+    sizes.observe([lease("P", 200, 1)], {200: pool}, rss)
+    assert sizes.figures() == {("batt", 1000): Learned(120 * MIB, 1)}

@@ -276,18 +276,22 @@ def test_same_cgroup_watched_once(host: FakeHost) -> None:
         assert [c.path for c in mon.sample().cgroups] == ["/batt/job", "/batt"]
 
 
-def test_removed_cgroup_becomes_none_and_comes_back(
-    host: FakeHost, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def removed_files_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of a removed file fails, as cgroupfs fails a removed cgroup's (ENODEV):
+    tmpfs would still read the old inode through a kept fd."""
     real_pread = os.pread
 
     def cgroupfs_pread(fd: int, n: int, offset: int) -> bytes:
-        # cgroupfs fails reads of a removed cgroup's files (ENODEV); tmpfs would not
         if os.fstat(fd).st_nlink == 0:
             raise OSError(errno.ENODEV, "No such device")
         return real_pread(fd, n, offset)
 
     monkeypatch.setattr(os, "pread", cgroupfs_pread)
+
+
+@pytest.mark.usefixtures("removed_files_fail")
+def test_removed_cgroup_becomes_none_and_comes_back(host: FakeHost) -> None:
     with host.monitor() as mon:
         assert mon.sample().cgroups[0].pids_current == 3
         shutil.rmtree(host.pids_dir / "batt/job")
@@ -330,12 +334,13 @@ def test_missing_host_file_fails_at_construction(host: FakeHost) -> None:
         host.monitor()
 
 
+@pytest.mark.usefixtures("removed_files_fail")
 def test_host_file_read_failure_keeps_last_value(host: FakeHost) -> None:
     with host.monitor() as mon:
         (host.proc / "loadavg").unlink()
         (host.proc / "loadavg").mkdir()
-        mon._loadavg.close()  # the kept fd would still read the old inode
-        assert mon.sample().threads_total == 345
+        assert mon.sample().threads_total == 345  # the kept fd's read failed
+        assert mon.sample().threads_total == 345  # and the directory's, opened again
 
 
 def test_configured_cgroup_without_pids_hierarchy(host: FakeHost) -> None:
@@ -519,6 +524,7 @@ def test_json_field_names_are_stable(host: FakeHost) -> None:
         "version",
     } <= set(data["cgroups"][0])
     assert {"uid", "name", "tasks", "nproc_limit", "exempt"} <= set(data["users"][0])
+    assert data["psi"] is not None
     assert set(data["psi"]) == {"cpu_some_avg10", "memory_some_avg10"}
     assert {"name", "kind", "limit", "in_use", "headroom", "percent_used"} <= set(data["limits"][0])
     assert data["tightest"] == {

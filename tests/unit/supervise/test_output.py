@@ -16,7 +16,7 @@ def file_config(tmp_path: Path, max_bytes: int = 100, backups: int = 2) -> Outpu
     return OutputConfig(mode="file", directory=tmp_path, max_bytes=max_bytes, backups=backups)
 
 
-def test_rotation_keeps_backups_and_caps_sizes(tmp_path):
+def test_rotation_keeps_backups_and_caps_sizes(tmp_path: Path) -> None:
     f = RotatingFile(tmp_path / "w.out.log", max_bytes=10, backups=2)
     for i in range(5):
         f.write(f"{i}".encode() * 10)
@@ -28,7 +28,7 @@ def test_rotation_keeps_backups_and_caps_sizes(tmp_path):
     assert (tmp_path / "w.out.log.2").read_text() == "2" * 10
 
 
-def test_rotation_splits_a_write_larger_than_the_file(tmp_path):
+def test_rotation_splits_a_write_larger_than_the_file(tmp_path: Path) -> None:
     f = RotatingFile(tmp_path / "w.log", max_bytes=4, backups=5)
     f.write(b"abcdefghij")
     f.close()
@@ -37,7 +37,7 @@ def test_rotation_splits_a_write_larger_than_the_file(tmp_path):
     assert (tmp_path / "w.log.2").read_bytes() == b"abcd"
 
 
-def test_no_backups_truncates(tmp_path):
+def test_no_backups_truncates(tmp_path: Path) -> None:
     f = RotatingFile(tmp_path / "w.log", max_bytes=4, backups=0)
     f.write(b"abcdef")
     f.close()
@@ -45,7 +45,7 @@ def test_no_backups_truncates(tmp_path):
     assert (tmp_path / "w.log").read_bytes() == b"ef"
 
 
-def test_file_sink_names_and_tail_offsets(tmp_path):
+def test_file_sink_names_and_tail_offsets(tmp_path: Path) -> None:
     sink = StreamSink("batt:1", "stderr", file_config(tmp_path, max_bytes=1 << 20), tmp_path)
     assert sink.path == tmp_path / "batt-1.err.log"
     sink.write(b"hello\n")
@@ -60,7 +60,7 @@ def test_file_sink_names_and_tail_offsets(tmp_path):
     assert sink.path.read_bytes() == b"hello\nworld\nmore\n"
 
 
-def test_ring_keeps_only_the_last_bytes_and_reports_truncation(tmp_path):
+def test_ring_keeps_only_the_last_bytes_and_reports_truncation(tmp_path: Path) -> None:
     sink = StreamSink("a:0", "stdout", file_config(tmp_path, max_bytes=1 << 30), tmp_path)
     sink.write(b"x" * RING_BYTES)
     sink.write(b"y" * 100)
@@ -70,7 +70,7 @@ def test_ring_keeps_only_the_last_bytes_and_reports_truncation(tmp_path):
     sink.close()
 
 
-def test_daemon_mode_logs_one_event_per_line(tmp_path):
+def test_daemon_mode_logs_one_event_per_line(tmp_path: Path) -> None:
     config = OutputConfig(mode="daemon", directory=None, max_bytes=0, backups=0)
     sink = StreamSink("batt:0", "stdout", config, tmp_path)
     with capture_logs() as logs:
@@ -86,7 +86,7 @@ def test_daemon_mode_logs_one_event_per_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pipe_reader_feeds_the_sink_until_eof(tmp_path):
+def test_pipe_reader_feeds_the_sink_until_eof(tmp_path: Path) -> None:
     async def run() -> StreamSink:
         sink = StreamSink("p:0", "stdout", file_config(tmp_path, max_bytes=1 << 20), tmp_path)
         r, w = os.pipe()
@@ -105,7 +105,7 @@ def test_pipe_reader_feeds_the_sink_until_eof(tmp_path):
     assert (tmp_path / "p-0.out.log").read_bytes() == b"abc\n" * 1000
 
 
-def test_a_file_renamed_away_is_followed_to_its_path(tmp_path):
+def test_a_file_renamed_away_is_followed_to_its_path(tmp_path: Path) -> None:
     """logrotate's default: rename, then expect the writer to reopen the path."""
     f = RotatingFile(tmp_path / "w.out.log", max_bytes=1 << 20, backups=2)
     f.write(b"before\n")
@@ -118,7 +118,7 @@ def test_a_file_renamed_away_is_followed_to_its_path(tmp_path):
     assert (tmp_path / "w.out.log").read_bytes() == b"after\n"
 
 
-def test_a_rotation_that_finds_its_file_gone_opens_the_path_again(tmp_path):
+def test_a_rotation_that_finds_its_file_gone_opens_the_path_again(tmp_path: Path) -> None:
     f = RotatingFile(tmp_path / "w.log", max_bytes=8, backups=2)
     f.write(b"1234")
     (tmp_path / "w.log").unlink()  # removed behind our back, and not yet followed
@@ -128,10 +128,11 @@ def test_a_rotation_that_finds_its_file_gone_opens_the_path_again(tmp_path):
     assert (tmp_path / "w.log").read_bytes() == b"90abcd"  # 8 bytes went to the gone file
 
 
-def test_the_sink_reports_a_path_it_cannot_reopen_as_a_loss_reason(tmp_path):
+def test_the_sink_reports_a_path_it_cannot_reopen_as_a_loss_reason(tmp_path: Path) -> None:
     d = tmp_path / "out"
     d.mkdir()
     sink = StreamSink("w:0", "stdout", file_config(d, max_bytes=1 << 20), d)
+    assert sink.path is not None
     sink.path.unlink()
     d.chmod(0o777)  # writable by others: safepath refuses to open anything in it
     assert not sink.follow_path()
