@@ -3,11 +3,16 @@ start its pool at, with `budget.burst_window` off and on, against real daemons.
 
     python benchmarks/bench_burst.py [--rounds 10] [--window 0.25]
 
-A lone job asks into an empty ledger, so with the window on it is held once ("the first
-to ask, others may follow") and the client (client.leases) sleeps `retry_after` and
-renews before `acquire()` returns. Each round asks each daemon once, alternating which
-goes first (the host is shared: both see the same load); the figures are the median and
-the largest of the rounds, in ms, and the extra wait of the window on over off.
+A lone job asks into an empty ledger. With the window on, a process the daemon has not
+seen asking alone is held once ("the first to ask, others may follow") and the client
+(client.leases) sleeps `retry_after` and renews before `acquire()` returns; one it has
+seen asking alone (no other newcomer within the window of its last first ask:
+budget/lone.py, by job name, uid and pid) is not held. So three arms: `off`; `on, new`,
+a job name not asked before in each round (a new asker, as a new process is); `on,
+seen`, the same job name every round from this process (seen alone after the first).
+Each round asks each arm once, their order turning round by round (the host is shared:
+all see the same load), a window apart; the figures are the median and the largest of
+the rounds, in ms, and the extra wait of each arm with the window on over off.
 """
 
 from __future__ import annotations
@@ -39,13 +44,16 @@ def _config(workdir: Path, name: str, window: float) -> tuple[Path, Path]:
     return config, sock
 
 
-def _ask(sock: Path) -> tuple[float, str]:
+def _ask(sock: Path, job: str) -> tuple[float, str]:
     """Milliseconds until the grant is in hand, and what it was."""
     t0 = time.perf_counter()
-    grant = acquire(3, job="lone", socket_path=sock)
+    grant = acquire(3, job=job, socket_path=sock)
     took = (time.perf_counter() - t0) * 1000
     grant.release()
     return took, grant.describe()
+
+
+ARMS = ("off", "on, new", "on, seen")
 
 
 def main() -> int:
@@ -61,26 +69,30 @@ def main() -> int:
             config, sock = _config(workdir, name, window)
             procs.append(spawn_daemon(config, sock))
             socks[name] = sock
-        times: dict[str, list[float]] = {"off": [], "on": []}
-        grants: dict[str, set[str]] = {"off": set(), "on": set()}
+        times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        grants: dict[str, set[str]] = {arm: set() for arm in ARMS}
         for i in range(args.rounds):
-            for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                took, grant = _ask(socks[name])
-                times[name].append(took)
-                grants[name].add(grant)
+            for arm in ARMS[i % 3 :] + ARMS[: i % 3]:
+                sock = socks["off" if arm == "off" else "on"]
+                job = f"new{i}" if arm == "on, new" else "lone"
+                took, grant = _ask(sock, job)
+                times[arm].append(took)
+                grants[arm].add(grant)
+                time.sleep(args.window)  # the next ask is no burst with this one
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=15)
         shutil.rmtree(workdir, ignore_errors=True)
-    for name in ("off", "on"):
-        ms = times[name]
+    for arm in ARMS:
+        ms = times[arm]
         print(
-            f"window {name:>3}: acquire to pool {statistics.median(ms):7.1f} ms median, "
-            f"{max(ms):7.1f} ms most, grants {sorted(grants[name])}"
+            f"window {arm:>8}: acquire to pool {statistics.median(ms):7.1f} ms median, "
+            f"{max(ms):7.1f} ms most, grants {sorted(grants[arm])}"
         )
-    extra = statistics.median(times["on"]) - statistics.median(times["off"])
-    print(f"a lone job waits {extra:.0f} ms more with a {args.window:g} s window")
+    for arm in ARMS[1:]:
+        extra = statistics.median(times[arm]) - statistics.median(times["off"])
+        print(f"{arm}: a lone job waits {extra:.0f} ms more with a {args.window:g} s window")
     return 0
 
 

@@ -9,7 +9,9 @@ reuses its loky executor across them; the leasing backend built a new pool per c
 same loop under each mode, each in a fresh interpreter (so that every mode pays for its
 first pool), alternating the modes round after round, and prints per round the wall time
 of the calls and the CPU time of the process and its workers, and the ratio to plain
-joblib's in the same round; then the medians.
+joblib's in the same round, and the wall time of the first call alone (which starts the
+pool, and where a burst hold would be paid: `first_extra_s`, over plain's first call in
+the same round); then the medians.
 
 Modes: `plain` (joblib's default loky backend, no daemon), `batt` (the backend
 "supervisord-batt", leasing from a daemon started here, its pool kept between calls),
@@ -72,7 +74,9 @@ JOB = SETUP + textwrap.dedent(
     for i in range(calls):
         out = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(task)(x, ms) for x in range(tasks))
         assert out == [x * x for x in range(tasks)], out
-    print(json.dumps({"wall_s": time.perf_counter() - start}))
+        if i == 0:
+            first = time.perf_counter() - start
+    print(json.dumps({"wall_s": time.perf_counter() - start, "first_s": first}))
     """
 )
 
@@ -181,11 +185,13 @@ def run_kernel(mode: str, sock: Path, args: argparse.Namespace, workdir: Path) -
         pid = int(run_cell(kc, "import os; print(os.getpid())"))
         cpu0 = _tree_cpu(pid)
         start = time.perf_counter()
-        for _ in range(args.calls):
+        run_cell(kc, cell)
+        first = time.perf_counter() - start
+        for _ in range(args.calls - 1):
             run_cell(kc, cell)
         wall = time.perf_counter() - start
         cpu = _tree_cpu(pid) - cpu0
-    return {"wall_s": wall, "cpu_s": cpu}
+    return {"wall_s": wall, "first_s": first, "cpu_s": cpu}
 
 
 def _tree_cpu(pid: int) -> float:
@@ -235,6 +241,7 @@ def main() -> int:
                     for mode in modes:
                         row[mode]["wall_ratio"] = row[mode]["wall_s"] / row["plain"]["wall_s"]
                         row[mode]["cpu_ratio"] = row[mode]["cpu_s"] / row["plain"]["cpu_s"]
+                        row[mode]["first_extra_s"] = row[mode]["first_s"] - row["plain"]["first_s"]
                     rounds[kind].append(row)
                     if not args.json:
                         print_round(kind, r, modes, row)
@@ -244,7 +251,14 @@ def main() -> int:
         kind: {
             mode: {
                 key: statistics.median(row[mode][key] for row in rows)
-                for key in ("wall_s", "cpu_s", "wall_ratio", "cpu_ratio")
+                for key in (
+                    "wall_s",
+                    "cpu_s",
+                    "wall_ratio",
+                    "cpu_ratio",
+                    "first_s",
+                    "first_extra_s",
+                )
             }
             for mode in modes
         }
@@ -262,6 +276,7 @@ def main() -> int:
             print(
                 f"  {kind:6} {mode:14} wall {fig['wall_s']:6.2f} s ({fig['wall_ratio']:.2f}x plain)"
                 f"  cpu {fig['cpu_s']:6.2f} s ({fig['cpu_ratio']:.2f}x plain)"
+                f"  first call {fig['first_s']:5.2f} s ({fig['first_extra_s']:+.2f} s)"
             )
     return 0
 
@@ -270,6 +285,7 @@ def print_round(kind: str, r: int, modes: list[str], row: dict[str, dict[str, fl
     parts = [
         f"{mode} {row[mode]['wall_s']:.2f}s/{row[mode]['wall_ratio']:.2f}x"
         f" cpu {row[mode]['cpu_s']:.2f}s/{row[mode]['cpu_ratio']:.2f}x"
+        f" first {row[mode]['first_s']:.2f}s"
         for mode in modes
     ]
     print(f"{kind} round {r + 1}: " + "; ".join(parts), flush=True)

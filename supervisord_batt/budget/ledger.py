@@ -10,7 +10,7 @@ clock is injected, so every rule here is tested without sleeping.
 `BudgetLedger` keeps its lease table, its two books and its pending allocation equal to
 a recount after every call (the property tests check it), and each public method changes
 them together. The pure pieces it calls are apart: `allocation`, `books`, `claims`,
-`demand`, `shortcuts`, `hierarchy`, `topup`, `hold`, `users`, `pressure`.
+`demand`, `shortcuts`, `hierarchy`, `topup`, `hold`, `lone`, `users`, `pressure`.
 """
 
 # Why leases are charged at their granted size. A job creates its pool after the grant
@@ -57,6 +57,7 @@ from supervisord_batt.budget.costs import MIN_POOL, PROCESS_POOL_OVERHEAD, PROCE
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users, over_parts
 from supervisord_batt.budget.hold import GROW_AFTER, GrowHold, first_size
+from supervisord_batt.budget.lone import LoneAskers
 from supervisord_batt.budget.pressure import pressure_level
 from supervisord_batt.budget.records import (
     Grant,
@@ -163,7 +164,8 @@ class BudgetLedger:
         # been held `BURST_HOLD_MAX` windows (a steady stream of newcomers must not hold
         # it forever); then it grows to its share, which counts the whole burst. The
         # client waits before it starts its pool (client.leases), so a lone job pays one
-        # window of waiting.
+        # window of waiting, once: a process seen asking alone is not held into an
+        # empty ledger again until it comes in a burst (`lone`).
         self._clock = clock
         self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
@@ -183,6 +185,7 @@ class BudgetLedger:
         self._split = False  # whether each UserSums.demand is kept (see `_seated`)
         self._counter = 0
         self._last_acquire = float("-inf")  # when the last newcomer asked (`burst_window`)
+        self._lone = LoneAskers()  # processes seen asking alone: not held as the first
         self._shape: tuple[tuple[str, str | int | None], ...] = ()
         self._scopes = Scopes()
         self._charged = Book((), (), [], 0, 0)  # every lease at its granted pool
@@ -837,11 +840,14 @@ class BudgetLedger:
         if restoring:
             return self._best_now(e, mine, fair, None, cpu)
         since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
+        req, first = e.request, len(self._leases) == 1
+        asker = (req.job, req.uid, req.pid)
+        self._lone.asked(asker, in_burst=since < self._config.burst_window, first=first)
         if self._config.burst_window > 0 and mine.workers >= MIN_POOL and self._sample is not None:
             if since < self._config.burst_window:
                 e.burst_held = True
                 return "sequential", 0, f"burst: another job asked {since:.2f} s before"
-            if len(self._leases) == 1:
+            if first and asker not in self._lone:
                 e.burst_held = True
                 return "sequential", 0, "burst: the first to ask, others may follow"
         return self._best_now(e, mine, fair, None, cpu)

@@ -63,6 +63,23 @@ def test_a_lone_jobs_first_ask_is_held_once_then_granted_its_pool(
     assert first["reason"] == "burst: the first to ask, others may follow"
 
 
+def test_a_process_seen_asking_alone_gets_its_pool_at_once_the_next_time(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
+    """A script's next call after its pool was given back, a notebook's next cell: no
+    one followed the process's first ask within the window, so its next ask into an
+    empty ledger is not held (a process not seen yet still is: the test above)."""
+    d = _daemon(daemon, window=0.25)
+    grants = []
+    for _ in range(2):  # the first waits its hold out, so the second asks a window later
+        grant = acquire(3, job="lone", socket_path=d.socket)
+        grant.release()
+        grants.append((grant.kind, grant.size, grant.reason))
+    assert grants == [("process", 3, "grown to 3"), ("process", 3, "granted in full")], grants
+    denied = [(e["job"], e["reason"]) for e in d.events("deny")]
+    assert denied == [("lone", "burst: the first to ask, others may follow")], denied
+
+
 def test_an_ask_outside_the_window_is_not_held(daemon: Callable[..., DaemonHandle]) -> None:
     d = _daemon(daemon, window=0.25)
     with d.client() as a, d.client() as b:

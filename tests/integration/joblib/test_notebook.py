@@ -124,3 +124,28 @@ def test_issue_24_a_loop_of_cells_runs_on_one_kept_pool(
         assert grants()[len(at_start) :] == [("process", 2)]  # 12 calls, one lease
     finally:
         k.close()
+
+
+def test_issue_24_a_kernels_joblib_calls_are_not_held_for_a_burst_after_its_probe(
+    daemon: Callable[..., DaemonHandle], tmp_path: Path
+) -> None:
+    """With the burst window on, the extension's probe at load is the kernel's one held
+    ask (it waits the hold out before the kernel takes a cell); no one followed it, so
+    the kernel's calls, each a new lease here (keep-alive 0, as after an idle pool), get
+    their pool at once: the first cell no longer pays the window."""
+    budget = {"burst_window": 0.25, "cpu_cap": 2, "memory_per_slot": "1MiB", "pressure": CALM}
+    d = daemon({"budget": budget})
+    env = _env(d.socket, tmp_path / "ipython")
+    env[paths.KEEP_ALIVE_ENV] = "0"
+    k = Kernel(env)
+    try:
+        pid = int(k.run("import os, joblib; print(os.getpid())"))
+        for _ in range(2):
+            k.run(CALL)
+        mine = [(e["event"], e["kind"]) for e in d.events() if e.get("pid") == pid]
+        asks = [x for x in mine if x[0] in ("grant", "deny")]
+        assert asks == [("deny", "sequential"), ("grant", "process"), ("grant", "process")], mine
+        (held,) = [e for e in d.events("deny") if e["pid"] == pid]
+        assert held["reason"] == "burst: the first to ask, others may follow"  # the probe
+    finally:
+        k.close()

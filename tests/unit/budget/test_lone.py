@@ -1,0 +1,96 @@
+"""The burst hold learns which processes ask alone (budget.lone): a process whose first
+ask into an empty ledger was followed by no other within the window is not held there
+again, until it comes in a burst."""
+
+from __future__ import annotations
+
+from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.lone import LONE_MAX, LoneAskers
+from supervisord_batt.budget.records import Grant
+from tests.fakes import FakeClock
+from tests.support.budget import config, request, sample
+
+WINDOW = 0.5
+FIRST = "burst: the first to ask, others may follow"
+
+
+def _ledger(clock: FakeClock) -> BudgetLedger:
+    return BudgetLedger(config(burst_window=WINDOW), clock, sample(cpus=16.0))
+
+
+def _alone(led: BudgetLedger, clock: FakeClock, pid: int) -> Grant:
+    """One lease of process `pid` alone: its ask, the hold waited out, its pool, its
+    release a second later; the grant its renewal got."""
+    first = led.acquire(request(f"c{pid}", 4, pid=pid))
+    clock.advance(first.retry_after)
+    grant = led.renew(first.lease_id, 0)
+    clock.advance(1.0)
+    led.release(first.lease_id)
+    return grant
+
+
+def test_a_process_seen_asking_alone_is_not_held_into_an_empty_ledger_again() -> None:
+    clock = FakeClock()
+    led = _ledger(clock)
+    # a kernel's probe at load: held, waited out, granted, given back
+    probe = led.acquire(request("k1", 4, job="notebook", pid=7))
+    assert (probe.kind, probe.reason, probe.retry_after) == ("sequential", FIRST, WINDOW)
+    clock.advance(WINDOW)
+    assert led.renew(probe.lease_id, 0).kind == "process"
+    led.release(probe.lease_id)
+    for _ in range(2):  # its first joblib call, and a cell after its pool idled out
+        clock.advance(30.0)
+        call = led.acquire(request("k1", 4, job="notebook", pid=7))
+        assert (call.kind, call.workers, call.retry_after) == ("process", 4, 0.0)
+        led.release(call.lease_id)
+    # another process of the same job and user, another user's, another job of the
+    # process: none seen asking alone, each held as before
+    for job, uid, pid in (("notebook", 1000, 8), ("notebook", 1001, 7), ("other", 1000, 7)):
+        clock.advance(10.0)
+        new = led.acquire(request("k2", 4, job=job, uid=uid, pid=pid))
+        assert (new.kind, new.reason) == ("sequential", FIRST), (job, uid, pid)
+        led.release(new.lease_id)
+
+
+def test_a_process_that_comes_in_a_burst_is_held_again() -> None:
+    clock = FakeClock()
+    led = _ledger(clock)
+    assert _alone(led, clock, pid=1).kind == "process"
+    clock.advance(10.0)
+    lone = led.acquire(request("h1", 4, pid=1))  # learned: its pool at once
+    assert (lone.kind, lone.retry_after) == ("process", 0.0)
+    clock.advance(0.1)
+    follower = led.acquire(request("h2", 4, pid=2))  # within the window: a burst
+    assert follower.reason == "burst: another job asked 0.10 s before"
+    for grant in (lone, follower):
+        led.release(grant.lease_id)
+    for pid in (1, 2):  # both came in a burst: held again as the first to ask
+        clock.advance(10.0)
+        held = led.acquire(request("h3", 4, pid=pid))
+        assert (held.kind, held.reason) == ("sequential", FIRST), pid
+        led.release(held.lease_id)
+
+
+def test_a_first_ask_followed_within_the_window_is_not_learned_alone() -> None:
+    clock = FakeClock()
+    led = _ledger(clock)
+    first = led.acquire(request("h1", 4, pid=1))
+    clock.advance(WINDOW / 2)
+    second = led.acquire(request("h2", 4, pid=2))
+    clock.advance(WINDOW)
+    assert [led.renew(g.lease_id, 0).kind for g in (first, second)] == ["process"] * 2
+    for grant in (first, second):
+        led.release(grant.lease_id)
+    clock.advance(10.0)
+    again = led.acquire(request("h1", 4, pid=1))
+    assert (again.kind, again.reason, again.retry_after) == ("sequential", FIRST, WINDOW)
+
+
+def test_the_askers_remembered_are_bounded_the_oldest_forgotten_first() -> None:
+    lone = LoneAskers()
+    for i in range(LONE_MAX + 10):
+        lone.asked(("job", 0, i), in_burst=False, first=True)
+    lone.asked(("job", 0, -1), in_burst=False, first=False)  # the last pid asked alone
+    assert len(lone.alone) == LONE_MAX
+    assert ("job", 0, 0) not in lone and ("job", 0, 10) in lone
+    assert ("job", 0, LONE_MAX + 9) in lone
