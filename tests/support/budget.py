@@ -28,8 +28,9 @@ from supervisord_batt.budget.claims import (
 from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users
+from supervisord_batt.budget.hold import GrowHold
 from supervisord_batt.budget.ledger import BudgetLedger
-from supervisord_batt.budget.records import Request
+from supervisord_batt.budget.records import Lease, Request
 from supervisord_batt.budget.users import User, exact_weight
 from supervisord_batt.config.records import BudgetConfig, PressureThresholds
 from supervisord_batt.host.sample import HostSample, Limit, LimitKind, Psi
@@ -368,6 +369,9 @@ class Tracker:
         self.tasks: dict[str, tuple[int, int]] = {}  # per lease: its pool's tasks, alike
         self.pools: dict[str, int] = {}  # per lease: its pool's bytes the ledger measured
         self.owed: dict[str, int] = {}  # per lease: its memory not written yet, alike
+        # the pools that ended while several users held seats, as the ledger's hold keeps
+        # them: a user's next job starts no larger pool than that (`hold.first_size`)
+        self.ended = GrowHold()
 
     def unit(self, req: Request) -> int:
         """Bytes per worker the ledger charges `req` now: learned, else memory_per_slot."""
@@ -392,6 +396,37 @@ class Tracker:
         self.units[lease_id] = self.unit(req)
         self.tasks[lease_id] = self.tasks_of(req)
         return lease_id
+
+    def release(self, lease_id: str) -> None:
+        seated = self.seated()
+        lease = self.ledger.lease(lease_id)
+        self.ledger.release(lease_id)
+        self.removed([lease], seated)
+
+    def expire(self) -> list[Lease]:
+        seated = self.seated()
+        gone = self.ledger.expire()
+        self.removed(gone, seated)
+        return gone
+
+    def seated(self) -> dict[int, int]:
+        """Per uid, its leases that hold a seat (the ledger splits while two uids do)."""
+        seats: dict[int, int] = {}
+        for lease in self.ledger.statistics().leases:
+            req = self.requests[lease.lease_id]
+            if seat_of(req):
+                seats[req.uid] = seats.get(req.uid, 0) + 1
+        return seats
+
+    def removed(self, gone: Sequence[Lease], seated: dict[int, int]) -> None:
+        """Leases the ledger removed, in its order: a pool that ended while several users
+        held seats is one its user's next job may start as large as."""
+        for lease in gone:
+            req = self.requests[lease.lease_id]
+            if sum(1 for n in seated.values() if n) > 1 and lease.workers:
+                self.ended.ended(req.uid, lease.workers, self.clock())
+            if seat_of(req):
+                seated[req.uid] -= 1
 
     def update(
         self,
@@ -481,7 +516,7 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
         if op == "acquire":
             live.append(tracker.acquire(data.draw(requests())))
         elif op == "release" and live:
-            led.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
+            tracker.release(live.pop(data.draw(st.integers(0, len(live) - 1))))
         elif op == "renew" and live:
             lease_id = data.draw(st.sampled_from(live))
             ack = data.draw(st.sampled_from([None, 0, data.draw(st.integers(0, 16))]))
@@ -489,7 +524,7 @@ def random_calls(cfg: BudgetConfig, data: st.DataObject, steps: int) -> Tracker:
                 led.renew(lease_id, ack)
         elif op == "expire":
             tracker.clock.advance(data.draw(st.sampled_from([1.0, 20.0, 40.0])))
-            gone = {lease.lease_id for lease in led.expire()}
+            gone = {lease.lease_id for lease in tracker.expire()}
             live = [i for i in live if i not in gone]
         elif op == "update":
             trees = {i: data.draw(st.integers(0, 30)) for i in live if data.draw(st.booleans())}

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from supervisord_batt.budget.allocation import allocate
 from supervisord_batt.budget.claims import seat_of
 from supervisord_batt.budget.costs import MIN_POOL
+from supervisord_batt.budget.hold import first_size
 from supervisord_batt.budget.records import Request
 from supervisord_batt.budget.shortcuts import newcomer_share, newcomer_user_share
 from supervisord_batt.config.records import BudgetConfig
@@ -350,9 +351,10 @@ def test_with_several_users_acquire_grants_the_full_per_user_share(
 ) -> None:
     """With several users holding leases the ledger gives the newcomer its share in the
     allocation across users (`hierarchy.allocate_users`, or `newcomer_user_share` where
-    it agrees). The newcomer is granted no more than that share, and all of it unless the
-    charged book cannot hold it now (its user's CPUs as that allocation counts them,
-    every limit, the memory)."""
+    it agrees). The newcomer is granted no more than that share, and all of its start
+    unless the charged book cannot hold it now (its user's CPUs as that allocation counts
+    them, every limit, the memory): the share, or no larger than the pools its user runs
+    or ran in a job that ended lately (`hold.first_size`)."""
     tracker = random_calls(cfg, data, data.draw(st.integers(0, 20)))
     for _ in range(data.draw(st.integers(1, 4))):
         req = data.draw(requests())
@@ -364,15 +366,16 @@ def test_with_several_users_acquire_grants_the_full_per_user_share(
             continue
         mine = full.share(NEW)
         assert grant.workers <= mine.workers, (grant, mine)
-        if mine.workers and grant.workers < mine.workers:
-            used = sum(
-                h.workers if h.workers > 1 else seat_of(h.request)
-                for h in tracker.held()
-                if h.request.uid == req.uid and h.lease_id != grant.lease_id
-            )
+        siblings = [
+            h for h in tracker.held() if h.request.uid == req.uid and h.lease_id != grant.lease_id
+        ]
+        pools = [h.workers for h in siblings if h.workers]
+        start = first_size(mine, max(*pools, tracker.ended.recent(req.uid, tracker.clock()), 0))
+        if start.workers and grant.workers < start.workers:
+            used = sum(h.workers if h.workers > 1 else seat_of(h.request) for h in siblings)
             cpu = (full.cpus[req.uid], used)
             fp = w.footprints[NEW]
-            assert not w.charged.fits(fp, mine.kind, mine.workers, ("sequential", 0), cpu)
+            assert not w.charged.fits(fp, start.kind, start.workers, ("sequential", 0), cpu)
 
 
 def test_the_shortcut_gives_way_while_a_pool_grown_into_the_memory_reserve_is_planned() -> None:
