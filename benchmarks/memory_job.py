@@ -116,6 +116,7 @@ def run_budget(
                 error = type(exc).__name__
                 _emit({"task": None, "error": error})
         kinds = ex.kinds_used
+    _emit({"released": True})  # the lease's end: last task to here is the client's
     return {"failed": 0 if error is None else -1, "grant": first, "kinds": kinds}
 
 

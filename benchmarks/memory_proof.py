@@ -319,13 +319,14 @@ def _limit_name(cg: MemoryCgroup) -> str:
 
 def _read_job(out: Path, errors: Counter[str], grants: list[str], times: dict[str, float]) -> int:
     """Tasks the job finished (each value checked), its errors, its first grant and when
-    (epoch seconds) it started, was granted, finished its first and last task."""
+    (epoch seconds) it started, was granted, finished its first and last task, and
+    released its lease (the client's end, before the interpreter's)."""
     done = 0
     for line in out.read_text().splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             at = record.get("at", 0.0)
-            for key in ("started", "granted"):
+            for key in ("started", "granted", "released"):
                 if key in record:
                     times[key] = at
             if "value" in record:
@@ -460,8 +461,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def phases(r: Run) -> str:
     """The jobs' mean seconds from their start to: interpreter up, grant, first task done,
-    last task done, exit (where the time goes)."""
-    keys = ("started", "granted", "first", "last", "exit")
+    last task done, lease released, exit (where the time goes)."""
+    keys = ("started", "granted", "first", "last", "released", "exit")
     parts = []
     for key in keys:
         seen = [t[key] for t in r.timeline if key in t]

@@ -37,12 +37,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import wait as mp_wait
 from types import ModuleType
-from typing import Any, Protocol, cast
-
-import psutil
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from supervisord_batt.client import inner
 from supervisord_batt.client.notice import warn
+
+if TYPE_CHECKING:
+    import psutil
 
 _LOKY_WORKER_MARK = "loky.backend.popen_loky_posix"
 _REAP_TIMEOUT = 5.0
@@ -189,6 +190,10 @@ class LokyPool:
         make: Callable[[], Any] | None = None,
         loky: ModuleType | None = None,
     ) -> None:
+        # psutil here, not at the top: a job that runs sequential or on threads never
+        # needs it (part of the client's import time, docs/BENCHMARKS.md)
+        import psutil  # noqa: PLC0415
+
         lib = loky if loky is not None else _standalone_loky()
         if make is None:
 
@@ -280,6 +285,8 @@ class LokyPool:
         pids = set(self.pids)
         if self.ex is not None:
             pids.update(getattr(self.ex, "_processes", {}) or {})
+        import psutil  # noqa: PLC0415
+
         others = _live_loky - self.pids
         for child in self.me.children():
             if child.pid in self.before or child.pid in others:
@@ -321,6 +328,8 @@ class LokyPool:
         loky.reusable_executor._executor_kwargs = None
 
     def _reap(self, pids: set[int]) -> None:
+        import psutil  # noqa: PLC0415
+
         alive: list[psutil.Process] = []
         for pid in pids:
             with contextlib.suppress(psutil.Error):
@@ -340,6 +349,8 @@ def _standalone_loky() -> ModuleType:
 
 def _count_trackers(me: psutil.Process) -> int:
     """Resource tracker processes (loky's, multiprocessing's) among our children."""
+    import psutil  # noqa: PLC0415
+
     count = 0
     for child in me.children():
         with contextlib.suppress(psutil.Error):
