@@ -257,6 +257,14 @@ RESUME_TIMEOUT = 0.25  # seconds one try to resume may block the job
 BURST_WAIT_MAX = 2.0
 
 
+def burst_wait(reply: protocol.GrantReply) -> float:
+    """How long a grant held for a burst waits before its pool: the reply's `retry_after`,
+    no wait where it is absent (a daemon before bursts) or not above 0 (NaN too), and at
+    most BURST_WAIT_MAX whatever the daemon sends."""
+    retry = reply.get("retry_after", 0.0)
+    return min(retry, BURST_WAIT_MAX) if retry > 0 else 0.0
+
+
 @dataclass
 class Grant:
     """What the job may run now. Mutable: renew() updates it in place.
@@ -322,8 +330,7 @@ class Grant:
     def _update(self, reply: protocol.GrantReply) -> None:
         self.kind, self.workers, self.target = reply["kind"], reply["workers"], reply["target"]
         self.level, self.reason, self.ttl = reply["level"], reply["reason"], reply["ttl"]
-        retry = reply.get("retry_after", 0.0)  # a daemon before bursts does not send it
-        self.retry_after = min(retry, BURST_WAIT_MAX) if retry > 0 else 0.0  # NaN: 0
+        self.retry_after = burst_wait(reply)
         self._renewed_at = time.monotonic()
         if self.kind != "sequential" and self.size < 1:
             self.kind = "sequential"
