@@ -104,8 +104,11 @@ def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
         }
     )
 
-    def empty() -> bool:  # the jobs before have left the cgroup
-        return cg.current() == 0
+    def empty() -> bool:  # the jobs before have left the cgroup, and the daemon saw it
+        # (until its next sample it counts a released job's tasks as still there: a
+        # grant in between is the smaller, on the safe side, and not what this compares)
+        seen = [c for c in d.status()["host"]["cgroups"] if c["path"] == cg.cgroup_path]
+        return cg.current() == 0 and [c["pids_current"] for c in seen] == [0]
 
     with job(d, cg, WANT, run=False) as grant:
         before = grant["workers"]  # never seen: n + 4 tasks beside its own
@@ -127,6 +130,9 @@ def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
     wait_until(empty, what="the cgroup to empty")
     with job(d, cg, WANT, run=False) as grant:
         after = grant["workers"]
-    # the same room: before + 4 tasks; now each worker costs EACH and the pool CHARGED
-    assert after == (before + 4 - CHARGED) // EACH, (before, after)
+    # the same room: before + 4 tasks; now each worker costs EACH and the pool CHARGED.
+    # A sample taken between the job's start and its acquire counts its own process
+    # beside the seat its lease is charged, until the next sample: one task less room.
+    expected = {(before + 4 - CHARGED) // EACH, (before + 3 - CHARGED) // EACH}
+    assert after in expected, (before, after)
     assert cg.events_max() == 0
