@@ -39,7 +39,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Step, Wait
-from benchmarks.sim.model import MIB, default_budget
+from benchmarks.sim.model import GIB, MIB, default_budget
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import LeaseError, Request
 from supervisord_batt.client.leases import BURST_WAIT_MAX
@@ -55,8 +55,13 @@ class Mem:
     """What processes cost (CPU seconds, bytes): measured on this machine, see
     docs/SIMULATION.md (Memory)."""
 
-    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU)
-    worker_spawn_cpu: float = 0.25  # one loky worker (model.Costs)
+    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU; see below)
+    worker_spawn_cpu: float = 0.287  # one loky worker (the task model's calibrated figure)
+    # a job's process ending after its last task: its interpreter's exit, and freeing
+    # the pages it holds (benchmarks/process_costs.py: 5 ms holding nothing, 29 ms
+    # holding 400 MiB, medians of 15 here)
+    exit_cpu: float = 0.005
+    exit_cpu_per_gib: float = 0.06
     touch_cpu_per_gib: float = 0.53  # writing 1 GiB of new pages (page faults)
     job_rss: int = 30 * MIB  # a job's interpreter with loky or the client imported
     worker_rss: int = 19 * MIB  # a loky worker before its data
@@ -374,6 +379,8 @@ class MemSim:
             yield from self._pool(job, self.hand if self.mode == "hand" else job.spec.workers)
         else:
             yield from self._budget(job)
+        if box.alive:
+            yield Cpu(self.mem.exit_cpu + self.mem.exit_cpu_per_gib * box.rss / GIB)
         self.end(job)
 
     def _sequential(self, job: Job, pending: deque[int]) -> Generator[Step, None, None]:

@@ -25,8 +25,11 @@ def test_a_sequential_job_holds_its_data_once_by_hand() -> None:
     r = MemSim([ONE], "sequential", MemHost(cores=1, limit=GIB)).run()
     assert (r.done, r.failed, r.oom_kills) == (4, 0, 0)
     assert r.peak == mem.job_rss + 400 * MIB
-    # start, writing 400 MiB once, then 4 tasks of 0.1 s on one core
-    assert abs(r.wall_s - (mem.job_start_cpu + mem.touch_cpu_per_gib * 400 / 1024 + 0.4)) < 1e-6
+    # start, writing 400 MiB once, 4 tasks of 0.1 s on one core, then its exit freeing
+    # what it holds
+    write = mem.touch_cpu_per_gib * 400 / 1024
+    exit_cpu = mem.exit_cpu + mem.exit_cpu_per_gib * (mem.job_rss + 400 * MIB) / GIB
+    assert abs(r.wall_s - (mem.job_start_cpu + write + 0.4 + exit_cpu)) < 1e-6
 
 
 def test_the_oom_killer_ends_the_largest_process_and_breaks_the_plain_pool_by_hand() -> None:
