@@ -8,6 +8,10 @@ CPU and waits `io_ms`. Processes have a resident size: their interpreter's (`Mem
 the data they wrote. An allocation that would take the cgroup past its limit has the
 OOM killer end the process with the largest resident size there (the allocator
 included), as the kernel's memory cgroup does, until it fits.
+Each process pays its start and its exit in CPU (`Mem`, measured by
+benchmarks/process_costs.py): a job its interpreter and its mode's imports, a worker its
+spawn, an exit the pages it frees; a pool its job shuts down has its workers exit
+together and the job waits for the last.
 
 What a kill does, as benchmarks/memory_proof.py saw it:
 - a loky worker of a plain or hand-sized pool: the pool is broken
