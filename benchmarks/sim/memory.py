@@ -8,6 +8,10 @@ CPU and waits `io_ms`. Processes have a resident size: their interpreter's (`Mem
 the data they wrote. An allocation that would take the cgroup past its limit has the
 OOM killer end the process with the largest resident size there (the allocator
 included), as the kernel's memory cgroup does, until it fits.
+Each process pays its start and its exit in CPU (`Mem`, measured by
+benchmarks/process_costs.py): a job its interpreter and its mode's imports, a worker its
+spawn, an exit the pages it frees; a pool its job shuts down has its workers exit
+together and the job waits for the last.
 
 What a kill does, as benchmarks/memory_proof.py saw it:
 - a loky worker of a plain or hand-sized pool: the pool is broken
@@ -39,7 +43,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Step, Wait
-from benchmarks.sim.model import MIB, default_budget
+from benchmarks.sim.model import GIB, MIB, default_budget
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import LeaseError, Request
 from supervisord_batt.client.leases import BURST_WAIT_MAX
@@ -55,12 +59,27 @@ class Mem:
     """What processes cost (CPU seconds, bytes): measured on this machine, see
     docs/SIMULATION.md (Memory)."""
 
-    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU)
-    worker_spawn_cpu: float = 0.25  # one loky worker (model.Costs)
+    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU; see below)
+    worker_spawn_cpu: float = 0.287  # one loky worker (the task model's calibrated figure)
+    # a process's exit: its interpreter's, and freeing the pages it holds
+    # (benchmarks/process_costs.py: 5 ms holding nothing, 30 ms holding 400 MiB)
+    exit_cpu: float = 0.005
+    exit_cpu_per_gib: float = 0.06
+    # what a job's mode adds to its start and exit (the same script, medians of 11):
+    # loky's import for a pool (33 ms); the client's import, with psutil loaded by its
+    # executor (42 ms; 114 ms before the client imported structlog and psutil lazily,
+    # as in the kept memory_proof run), and its modules torn down at exit (5 ms; 19 ms)
+    pool_start_cpu: float = 0.033
+    client_start_cpu: float = 0.042
+    client_exit_cpu: float = 0.005
     touch_cpu_per_gib: float = 0.53  # writing 1 GiB of new pages (page faults)
     job_rss: int = 30 * MIB  # a job's interpreter with loky or the client imported
     worker_rss: int = 19 * MIB  # a loky worker before its data
     tracker_rss: int = 33 * MIB  # loky's and multiprocessing's resource trackers
+
+    def exit_s(self, rss: int) -> float:
+        """A process's exit holding `rss` bytes: the interpreter's, the pages it frees."""
+        return self.exit_cpu + self.exit_cpu_per_gib * rss / GIB
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,22 @@ class Pool:
         for box in self.workers:
             self.sim.free(box)
         self.workers = []
+
+    def shutdown(self) -> Generator[Step, None, None]:
+        """A pool closed by its job (loky's shutdown(wait=True)): its workers exit
+        together, each freeing what it holds, and the job waits for the last."""
+        exits = [
+            self.sim.kernel.start(_exit(self.sim.mem.exit_s(b.rss)), "exit")
+            for b in self.workers
+            if b.alive
+        ]
+        self.close()
+        for proc in exits:
+            yield Wait(proc.done)
+
+
+def _exit(cpu: float) -> ProcGen:
+    yield Cpu(cpu)
 
 
 def _busy(share: float, period: float = 0.05) -> ProcGen:
@@ -365,7 +400,9 @@ class MemSim:
 
     def _main(self, job: Job) -> ProcGen:
         box = job.main = Box(job, "main")
-        yield Cpu(self.mem.job_start_cpu)
+        mem, client = self.mem, self.mode == "budget"
+        pool = mem.pool_start_cpu if self.mode in {"hand", "plain"} else 0.0
+        yield Cpu(mem.job_start_cpu + pool + (mem.client_start_cpu if client else 0.0))
         if not self.alloc(box, self.mem.job_rss):
             return
         if self.mode == "sequential":
@@ -374,6 +411,8 @@ class MemSim:
             yield from self._pool(job, self.hand if self.mode == "hand" else job.spec.workers)
         else:
             yield from self._budget(job)
+        if box.alive:  # its exit: the interpreter's, the pages it frees, the client's
+            yield Cpu(mem.exit_s(box.rss) + (mem.client_exit_cpu if client else 0.0))
         self.end(job)
 
     def _sequential(self, job: Job, pending: deque[int]) -> Generator[Step, None, None]:
@@ -396,7 +435,7 @@ class MemSim:
             pool.submit(task)
         while job.done < job.spec.tasks and not pool.broken and job.ended is None:
             yield pool.wait()
-        pool.close()
+        yield from pool.shutdown()
 
     def _budget(self, job: Job) -> Generator[Step, None, None]:
         """The client: a lease, then BudgetExecutor.map's loop (see the docstring)."""
@@ -433,7 +472,7 @@ class MemSim:
                     yield pool.wait(0.5)  # switch once the tasks in flight are done
                     continue
                 if pool is not None:
-                    pool.close()
+                    yield from pool.shutdown()
                     job.pool = pool = None
                 if n > 0:
                     if not tracker and not self._tracker(job):
@@ -453,4 +492,4 @@ class MemSim:
                 pool.submit(pending.popleft())
             yield pool.wait(0.5)
         if job.pool is not None:
-            job.pool.close()
+            yield from job.pool.shutdown()

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
-from benchmarks.sim.memtable import CELLS, POLICIES, run_policy, validate
+from benchmarks.sim.memtable import CELLS, POLICIES, client_of, run_policy, validate
 from benchmarks.sim.model import GIB, MIB
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks/results/memory-proof-2core.json"
@@ -25,8 +25,11 @@ def test_a_sequential_job_holds_its_data_once_by_hand() -> None:
     r = MemSim([ONE], "sequential", MemHost(cores=1, limit=GIB)).run()
     assert (r.done, r.failed, r.oom_kills) == (4, 0, 0)
     assert r.peak == mem.job_rss + 400 * MIB
-    # start, writing 400 MiB once, then 4 tasks of 0.1 s on one core
-    assert abs(r.wall_s - (mem.job_start_cpu + mem.touch_cpu_per_gib * 400 / 1024 + 0.4)) < 1e-6
+    # start, writing 400 MiB once, 4 tasks of 0.1 s on one core, then its exit freeing
+    # what it holds
+    write = mem.touch_cpu_per_gib * 400 / 1024
+    exit_cpu = mem.exit_cpu + mem.exit_cpu_per_gib * (mem.job_rss + 400 * MIB) / GIB
+    assert abs(r.wall_s - (mem.job_start_cpu + write + 0.4 + exit_cpu)) < 1e-6
 
 
 def test_the_oom_killer_ends_the_largest_process_and_breaks_the_plain_pool_by_hand() -> None:
@@ -45,7 +48,7 @@ def test_the_documented_memory_findings() -> None:
     every cell and sequential in none; jobs of small workers are never OOM-killed under
     the budget: charged memory_per_slot for the seat each runs sequential in, none gets a
     pool, and learned (from their own processes in the first run) 13 of 16 get pools of 2
-    and run 1.3x faster than sequential; the proof's shape is no longer OOM-killed and
+    and run 1.2x faster than sequential; the proof's shape is no longer OOM-killed and
     runs at least sequential's speed; where workers of 1.5-2 GiB meet the limit the
     budget is OOM-killed still, learned or not; a job whose first run was killed before a
     scan saw its data is learned at its bare size."""
@@ -79,16 +82,22 @@ def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
     """What docs/SIMULATION.md (Memory) says of the validation: every row of the measured
     big case has the same OOM outcome simulated (OOM kills or none, every task done or
     not), the budget's rows included (no kill, measured or simulated); every row with no
-    OOM kill is within 30% in tasks/s, the simulated one faster (the kept run's host was
-    loaded, and the model leaves out the client's start-up: the doc says so), and 3 of
-    the 7 within 15%."""
-    checks = {c.row: c for c in validate(json.loads(RESULTS.read_text()))}
+    OOM kill is within 20% in tasks/s, the simulated one faster (the kept run's host was
+    loaded beyond what the model's processor sharing slows: the doc says so), and 4 of
+    the 7 within 15%. The kept run predates the client's lazy imports (its timelines do
+    not mark the release), so its budget jobs are charged that client's costs."""
+    report = json.loads(RESULTS.read_text())
+    assert client_of(report).client_start_cpu > Mem().client_start_cpu
+    marked = json.loads(RESULTS.read_text())
+    marked["big"]["rows"][3]["timeline"][0]["released"] = 9.0
+    assert client_of(marked) == Mem()
+    checks = {c.row: c for c in validate(report)}
     assert len(checks) == 7
     off = [(c.row, c.measured_oom, c.simulated_oom) for c in checks.values()]
     assert all(c.same_outcome for c in checks.values()), off
     calm = [c for c in checks.values() if c.measured_oom == 0]
     assert {c.row for c in calm} == set(checks) - {"plain"}
     for check in calm:
-        assert check.error <= 0.30, (check.row, check)
+        assert check.error <= 0.20, (check.row, check)
         assert check.simulated >= check.measured, (check.row, check)
-    assert sum(c.error <= 0.15 for c in checks.values()) >= 3
+    assert sum(c.error <= 0.15 for c in checks.values()) >= 4
