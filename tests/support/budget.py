@@ -388,7 +388,11 @@ class Tracker:
     ) -> None:
         self.ledger.learn(learned, tasks)
         self.learned = dict(learned)
-        self.learned_tasks = dict(tasks or {})
+        # the ledger charges the constants at least: a short run's scans miss threads
+        self.learned_tasks = {
+            key: (max(each, PROCESS_WORKER_TASKS), max(extra, PROCESS_POOL_OVERHEAD))
+            for key, (each, extra) in (tasks or {}).items()
+        }
 
     def acquire(self, req: Request) -> str:
         lease_id = self.ledger.acquire(req).lease_id
