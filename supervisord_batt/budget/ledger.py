@@ -83,6 +83,9 @@ from supervisord_batt.protocol import Kind, Level
 _SEQUENTIAL: Size = ("sequential", 0)
 # A burst-held lease is held at most this many burst windows after its ask (`__init__`)
 BURST_HOLD_MAX = 2
+# Seconds: a reply's precision for `retry_after`. A window with less than this left has
+# ended, for the renew of a held lease and for a newcomer alike (`_first_grant`).
+BURST_PRECISION = 0.001
 _CONSTANT_TASKS = (PROCESS_WORKER_TASKS, PROCESS_POOL_OVERHEAD)
 _UNSPLIT = Demand.empty(0)  # a user's demand while it is not counted: never written
 _ASKS_NOTHING = QuickShare(NO_SHARE, 0)
@@ -842,9 +845,10 @@ class BudgetLedger:
         since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
         req, first = e.request, len(self._leases) == 1
         asker = (req.job, req.uid, req.pid)
-        self._lone.asked(asker, in_burst=since < self._config.burst_window, first=first)
+        in_burst = since < self._config.burst_window - BURST_PRECISION
+        self._lone.asked(asker, in_burst=in_burst, first=first)
         if self._config.burst_window > 0 and mine.workers >= MIN_POOL and self._sample is not None:
-            if since < self._config.burst_window:
+            if in_burst:
                 e.burst_held = True
                 return "sequential", 0, f"burst: another job asked {since:.2f} s before"
             if first and asker not in self._lone:
@@ -858,7 +862,7 @@ class BudgetLedger:
         quiet = self._last_acquire + self._config.burst_window
         latest = e.created_at + BURST_HOLD_MAX * self._config.burst_window
         wait = min(quiet, latest) - self._clock()
-        return wait if wait >= 0.001 else 0.0  # a millisecond: the reply's precision
+        return wait if wait >= BURST_PRECISION else 0.0
 
     def _burst_reason(self, e: _Held) -> str:
         since = self._clock() - self._last_acquire

@@ -91,7 +91,7 @@ def test_an_ask_outside_the_window_is_not_held(daemon: Callable[..., DaemonHandl
 
         wait_until(granted, timeout=30, what="the first lease granted after the window")
         later = b.request("acquire", want=2, job="later")
-        assert (later["kind"], later["workers"]) == ("process", 2), later
+        assert (later["kind"], later["workers"]) == ("process", 2), repr(later)
         assert "retry_after" not in later
 
 
