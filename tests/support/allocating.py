@@ -61,8 +61,18 @@ def allocating_job(
 ) -> Iterator[dict[str, Any]]:
     """ALLOCATING_JOB holding its lease (and workers, if `run`) for the block; its grant."""
     argv = [str(d.socket), name, str(mib), str(want), "run" * run]
+    with holding_job(ALLOCATING_JOB, argv, preexec_fn) as grant:
+        yield grant
+
+
+@contextmanager
+def holding_job(
+    code: str, argv: list[str], preexec_fn: Callable[[], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """A job script (`code`, run with `argv`) that prints its grant as one JSON line and
+    holds its lease until its stdin closes: the grant, for the block; then it must exit 0."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", ALLOCATING_JOB, *argv],
+        [sys.executable, "-c", code, *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         preexec_fn=preexec_fn,

@@ -9,17 +9,14 @@ constant's, as the cgroup holds."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from supervisord_batt.budget.costs import PROCESS_POOL_OVERHEAD
-from tests.helpers import CALM, REPO, killing, wait_until
+from tests.helpers import CALM, wait_until
+from tests.support.allocating import holding_job
 from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
@@ -69,20 +66,8 @@ JOB = textwrap.dedent(
 @contextmanager
 def job(d: DaemonHandle, cg: PidsCgroup, want: int, *, run: bool) -> Iterator[dict[str, Any]]:
     """A job in the cgroup holding its lease (and pool, if `run`) for the block."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(d.socket), str(want), "run" * run],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        preexec_fn=cg.preexec(),
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    with killing(proc):
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        assert line, "the job ended before it printed its grant"
-        yield json.loads(line)
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
+    with holding_job(JOB, [str(d.socket), str(want), "run" * run], cg.preexec()) as grant:
+        yield grant
 
 
 def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
