@@ -842,11 +842,12 @@ class BudgetLedger:
         in a burst (see `burst_window` in `__init__`) and would get a pool."""
         if restoring:
             return self._best_now(e, mine, fair, None, cpu)
-        since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
         req, first = e.request, len(self._leases) == 1
         asker = (req.job, req.uid, req.pid)
-        in_burst = since < self._config.burst_window - BURST_PRECISION
-        self._lone.asked(asker, in_burst=in_burst, first=first)
+        again = self._lone.again(asker, self._leases)  # its next call: not held (`lone`)
+        since, self._last_acquire = e.created_at - self._last_acquire, e.created_at
+        in_burst = not again and since < self._config.burst_window - BURST_PRECISION
+        self._lone.asked(asker, e.lease_id, in_burst=in_burst, first=first)
         if self._config.burst_window > 0 and mine.workers >= MIN_POOL and self._sample is not None:
             if in_burst:
                 e.burst_held = True

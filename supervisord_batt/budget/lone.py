@@ -25,9 +25,19 @@ Pure, like the rest of the budget: the ledger tells it each newcomer's ask.
 # window-off policy pays; the pid and the job name must both match, so a recycled pid
 # rarely passes for another. Kept for the daemon's life, at most LONE_MAX askers (the
 # oldest learned forgotten first): one forgotten is held again, as a new one.
+#
+# Why a process's next ask, once its last lease is given back, is no arrival: a kernel
+# or script whose pool is not kept (keep-alive 0, or a call after it idled out) asks
+# once per joblib call, and short calls follow each other within the window. Counted as
+# a newcomer, the second call was held as a burst ("another job asked 0.23 s before")
+# and the process forgotten as asking alone. One process's calls one after another
+# start no pools the others need; a second ask while its first lease lives (threads
+# asking at once) is still held. Each call still counts as an ask for the others: a
+# job asking within the window of one is held as before.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 LONE_MAX = 4096  # askers remembered as asking alone
@@ -42,10 +52,16 @@ class LoneAskers:
     alone: dict[Asker, None] = field(default_factory=dict)  # in the order learned
     last: Asker | None = None  # the last newcomer's asker
     last_first: bool = False  # whether it asked into an empty ledger
+    last_lease: str = ""  # the lease it was granted
 
-    def asked(self, asker: Asker, *, in_burst: bool, first: bool) -> None:
-        """A newcomer of `asker` asked: `in_burst` within the window of the last ask,
-        `first` into an empty ledger."""
+    def again(self, asker: Asker, live: Container[str]) -> bool:
+        """Whether `asker` is the last newcomer's process asking again with that lease
+        no longer in `live` (the leases held): its next call, not a job arriving."""
+        return asker == self.last and self.last_lease not in live
+
+    def asked(self, asker: Asker, lease: str, *, in_burst: bool, first: bool) -> None:
+        """A newcomer of `asker` asked for `lease`: `in_burst` within the window of the
+        last ask, `first` into an empty ledger."""
         if in_burst:  # neither asks alone
             self.alone.pop(asker, None)
             if self.last is not None:
@@ -55,7 +71,7 @@ class LoneAskers:
             self.alone[self.last] = None
             if len(self.alone) > LONE_MAX:
                 del self.alone[next(iter(self.alone))]
-        self.last, self.last_first = asker, first
+        self.last, self.last_first, self.last_lease = asker, first, lease
 
     def __contains__(self, asker: Asker) -> bool:
         return asker in self.alone
