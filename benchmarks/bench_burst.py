@@ -89,7 +89,8 @@ def together(workdir: Path, n: int, rounds: int, window: float) -> None:
     """`--together`: the held first ask's and the last grant's times, printed."""
     config, sock = _config(workdir, "together", window, cpu_cap=2)
     proc = spawn_daemon(config, sock)
-    slowest, grants = [], set()
+    slowest: list[float] = []
+    grants: set[str] = set()
     try:
         for i in range(rounds):
             results = _burst(sock, [f"b{i}-{k}" for k in range(n)])
