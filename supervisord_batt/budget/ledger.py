@@ -172,8 +172,10 @@ class BudgetLedger:
         # has fallen under a pool (the burst that asked since has taken the CPUs) is
         # let go at its next renew: newcomers only shrink its share, so the end of the
         # window would grant it sequential too, and the wait would be lost time (the
-        # first of four jobs on 2 cores waited a window for nothing). The client renews
-        # a held grant every `client.leases.BURST_POLL` to hear it.
+        # first of four jobs on 2 cores waited a window for nothing). Where jobs end as
+        # others start, its share may rise again later, and a job let go grows to it in
+        # steps (docs/SIMULATION.md has what that costs). The client renews a held
+        # grant every `client.leases.BURST_POLL` to hear it.
         self._clock = clock
         self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
@@ -308,8 +310,8 @@ class BudgetLedger:
         mine = alloc.share(lease_id)
         e.renewed_at = self._clock()
         if e.burst_held:  # held until the burst has asked, unless it cannot get a pool
-            wait = self._burst_wait(e)  # then (its share, the burst counted, is under a
-            if wait > 0 and mine.workers >= MIN_POOL:  # pool) it starts sequential now
+            wait = self._burst_wait(e)
+            if wait > 0 and mine.workers >= MIN_POOL:  # else the burst left it no pool
                 return self._grant(e, mine, self._burst_reason(e), wait)
             e.burst_held = False
         if workers_in_use is not None:

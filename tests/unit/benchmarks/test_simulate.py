@@ -128,10 +128,12 @@ def test_users_with_unequal_job_counts_get_an_equal_split() -> None:
 
 def test_every_pool_in_the_short_users_cell_is_its_jobs_first() -> None:
     """docs/SIMULATION.md ("Trying to close the last gap"): in the users table's
-    40, 12, 4, 1 on 32 cores (16-task jobs, CPU time shared per user), no job starts a
-    pool again, so what keeps its total under 0.97 is the jobs' first pools alone, which
-    no rule on the order, the remainder or a newcomer's first size could save. A pool
-    started again (a raised share taken at once, a remainder moved) shows here."""
+    40, 12, 4, 1 on 32 cores (16-task jobs, CPU time shared per user), almost every pool
+    is its job's first, so what keeps its total under 0.97 is the jobs' first pools,
+    which no rule on the order, the remainder or a newcomer's first size could save.
+    The few started again are jobs the burst hold let go sequential that grew in steps
+    (4 of 95 at seed 0; none before that rule). Pools started again by a raised share
+    taken at once or a remainder moved (dozens) show here."""
     cores, jobs = 32, (40, 12, 4, 1)
     assert (cores, jobs) in USER_CELLS
     work = Workload(jobs=0, tasks=TASKS, samples=SAMPLES, workers=cores, seed=0)
@@ -141,7 +143,7 @@ def test_every_pool_in_the_short_users_cell_is_its_jobs_first() -> None:
     sim.window(WARM_S)
     with_pool = sum(job.loky_tracker for job in sim.jobs)  # jobs that made a pool
     assert with_pool > 60  # the small users' jobs over the run, each with its pool
-    assert sim.tally.pools_made == with_pool
+    assert with_pool <= sim.tally.pools_made <= with_pool * 21 // 20  # 1 in 20 again at most
 
 
 def test_two_sequential_jobs_on_one_core_by_hand() -> None:
