@@ -116,8 +116,9 @@ def test_issue24_grants_follow_each_jobs_learned_tasks_per_worker_and_pool(
     with job(d, cg, WANT, run=False) as grant:
         after = grant["workers"]
     # the same room: before + 4 tasks; now each worker costs EACH and the pool CHARGED.
-    # A sample taken between the job's start and its acquire counts its own process
-    # beside the seat its lease is charged, until the next sample: one task less room.
-    expected = {(before + 4 - CHARGED) // EACH, (before + 3 - CHARGED) // EACH}
+    # A sample taken between a job's start and its acquire counts its own process
+    # beside the seat its lease is charged, until the next sample: one task less room,
+    # for either job (1 run in 8: the first job granted 14 where 15 fit, this one 5).
+    expected = {(before + room - CHARGED) // EACH for room in (3, 4, 5)}
     assert after in expected, (before, after)
     assert cg.events_max() == 0
