@@ -45,7 +45,8 @@ peak is then a lower bound, not a size, and a job learned at its workers' bare s
 (20 MiB of interpreter) would have its next run's pools sized for it. Such a run is kept
 only where its peak is at least what each of its workers was charged (its job's figure,
 its declared size, or `memory_per_slot`): a larger peak is still the truth of what they
-held; a smaller one is dropped, and the job keeps the figure it had. The count says
+held; a smaller one is dropped, and the job keeps the figure it had (a live run so hit
+is left out of the figures until its peak reaches its charge). The count says
 only that some process in the cgroup was killed, not which: every run live then is
 judged so, which costs a job of small workers (charged more than it holds) the one run.
 
@@ -216,8 +217,9 @@ class WorkerSizes:
     def figures(self) -> dict[Key, Learned]:
         """Every (job, uid) seen: the percentile of its last runs' peaks and its live ones'."""
         peaks: dict[Key, list[Peak]] = {key: list(runs) for key, runs in self._done.items()}
-        for key, peak in self._live.values():
-            peaks.setdefault(key, []).append(peak)
+        for lease_id, (key, peak) in self._live.items():
+            if self._teaches(lease_id, peak.worker_bytes):  # a live run cut short: not yet
+                peaks.setdefault(key, []).append(peak)
         # the holders' own runs once ended: a live one's first scans may come before it
         # loads its data, and a figure learned then would size pools at its bare size
         own = self._own_done.items()

@@ -44,7 +44,9 @@ def test_a_kill_counted_while_a_run_lived_judges_it_at_its_end() -> None:
     t, rss = tree(100, 20, 20)
     held = [lease("L1", 100, 2)]
     sizes.observe(held, {100: t}, rss, {"L1": CHARGE})
+    assert sizes.figures() == {("batt", 1000): Learned(20 * MIB, 1)}  # a live run's
     sizes.observe(held, {100: t}, rss, {"L1": CHARGE}, True)
+    assert sizes.figures() == {}  # hit while live: not given to the budget any more
     sizes.observe(held, {100: t}, rss, {"L1": CHARGE})
     sizes.observe([], {}, {})
     assert sizes.figures() == {}
