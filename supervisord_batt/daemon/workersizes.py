@@ -43,8 +43,9 @@ A run during which the OOM killer killed a process in a memory cgroup the daemon
 scans while it was live) may have been killed before its workers wrote their data: its
 peak is then a lower bound, not a size, and a job learned at its workers' bare size
 (20 MiB of interpreter) would have its next run's pools sized for it. Such a run is kept
-only where its peak is at least what each of its workers was charged (its job's figure,
-its declared size, or `memory_per_slot`): a larger peak is still the truth of what they
+only where its peak is at least the most each of its workers was charged at a scan (its
+job's figure, its declared size, or `memory_per_slot`, before its own live peak could
+lower the figure): a larger peak is still the truth of what they
 held; a smaller one is dropped, and the job keeps the figure it had (a live run so hit
 is left out of the figures until its peak reaches its charge). The count says
 only that some process in the cgroup was killed, not which: every run live then is
@@ -117,7 +118,7 @@ class WorkerSizes:
     # alike for the holders that run their own tasks (`runs_itself`): their bytes' peaks
     _own_done: dict[Key, deque[int]] = field(default_factory=dict)
     _own_live: dict[str, tuple[Key, int]] = field(default_factory=dict)
-    # by lease id: the bytes a worker of the run was charged at the last scan, and the
+    # by lease id: the most bytes a worker of the run was charged at a scan, and the
     # runs live while an OOM kill was counted (see "A run cut short" above)
     _charged: dict[str, int] = field(default_factory=dict)
     _hit: set[str] = field(default_factory=set)
@@ -138,7 +139,9 @@ class WorkerSizes:
         descendants (n: the workers its process leases hold) split by its share of them,
         which the budget takes back as a pool that grew shrinks (`BudgetLedger.update`)."""
         leases = list(leases)
-        self._charged.update(charged or {})
+        for lease_id, size in (charged or {}).items():  # the most: the charge before its
+            # own live peak lowered its job's figure (a bare worker seen before its data)
+            self._charged[lease_id] = max(size, self._charged.get(lease_id, 0))
         if oom:  # the runs ending now were live when it was counted too
             self._hit.update(lease.lease_id for lease in leases)
             self._hit.update(self._live, self._own_live)

@@ -52,6 +52,19 @@ def test_a_kill_counted_while_a_run_lived_judges_it_at_its_end() -> None:
     assert sizes.figures() == {}
 
 
+def test_a_run_is_judged_by_its_charge_before_its_own_peak_lowered_it() -> None:
+    """A job never seen is charged memory_per_slot at the first scan of its run; its
+    live peak (bare workers) then makes its figure, and its charge, 20 MiB: the run is
+    still judged against the 512 MiB it was charged first."""
+    sizes = WorkerSizes()
+    t, rss = tree(100, 20, 20)
+    held = [lease("L1", 100, 2)]
+    sizes.observe(held, {100: t}, rss, {"L1": CHARGE})
+    sizes.observe(held, {100: t}, rss, {"L1": 20 * MIB})
+    sizes.observe([], {}, {}, {}, True)
+    assert sizes.figures() == {}
+
+
 def test_a_holder_killed_running_its_own_tasks_teaches_nothing_either() -> None:
     """A job granted sequential writes its data in its own process: killed at its bare
     interpreter's size, it is not learned at it."""
