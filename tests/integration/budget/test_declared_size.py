@@ -62,4 +62,7 @@ def test_issue24_two_jobs_declaring_1_gib_workers_are_granted_what_fits_at_1_gib
                 GIB,
                 0,
             ), row
+        shown = d.cli("status")
+        assert shown.returncode == 0, shown.stderr
+        assert "first: 1.0 GiB per worker, declared" in shown.stdout, shown.stdout
     assert cg.oom_kills() == 0
