@@ -13,6 +13,12 @@ seen`, the same job name every round from this process (seen alone after the fir
 Each round asks each arm once, their order turning round by round (the host is shared:
 all see the same load), a window apart; the figures are the median and the largest of
 the rounds, in ms, and the extra wait of each arm with the window on over off.
+
+`--together N` (0: skip) measures a burst instead: N jobs ask at once (threads of this
+process, new job names each round) of a daemon whose `cpu_cap` is 2, a 2-core host, so
+that from the second ask on no job's share is a pool. The first to ask is held; the
+figure is its acquire to grant (median and largest over the rounds) and the burst's last
+grant. Run it from two checkouts to compare them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,10 +43,10 @@ from supervisord_batt.client.leases import acquire  # noqa: E402
 CALM = {"cpu_high": "off", "cpu_extreme": "off", "memory_high": "off", "memory_extreme": "off"}
 
 
-def _config(workdir: Path, name: str, window: float) -> tuple[Path, Path]:
+def _config(workdir: Path, name: str, window: float, cpu_cap: int = 8) -> tuple[Path, Path]:
     sock = workdir / f"{name}.sock"
     config = workdir / f"{name}.yaml"
-    budget = {"burst_window": window, "cpu_cap": 8, "pressure": CALM}
+    budget = {"burst_window": window, "cpu_cap": cpu_cap, "pressure": CALM}
     config.write_text(json.dumps({"daemon": {"socket": str(sock)}, "budget": budget}))
     return config, sock
 
@@ -56,12 +63,63 @@ def _ask(sock: Path, job: str) -> tuple[float, str]:
 ARMS = ("off", "on, new", "on, seen")
 
 
+def _burst(sock: Path, jobs: list[str]) -> list[tuple[float, str]]:
+    """`jobs` asking at once, each from its own thread, each lease kept until all have
+    their grants: each one's milliseconds to its grant, and the grant."""
+    results: list[tuple[float, str]] = [(0.0, "")] * len(jobs)
+    start, granted = threading.Barrier(len(jobs)), threading.Barrier(len(jobs))
+
+    def ask(i: int) -> None:
+        start.wait()
+        t0 = time.perf_counter()
+        grant = acquire(3, job=jobs[i], socket_path=sock)
+        results[i] = ((time.perf_counter() - t0) * 1000, grant.describe())
+        granted.wait()
+        grant.release()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def together(workdir: Path, n: int, rounds: int, window: float) -> None:
+    """`--together`: the held first ask's and the last grant's times, printed."""
+    config, sock = _config(workdir, "together", window, cpu_cap=2)
+    proc = spawn_daemon(config, sock)
+    slowest: list[float] = []
+    grants: set[str] = set()
+    try:
+        for i in range(rounds):
+            results = _burst(sock, [f"b{i}-{k}" for k in range(n)])
+            slowest.append(max(ms for ms, _ in results))
+            grants.update(g for _, g in results)
+            time.sleep(window)  # the next round is no burst with this one
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    print(
+        f"{n} jobs at once, cpu_cap 2, window {window:g} s: the slowest to its grant "
+        f"{statistics.median(slowest):.1f} ms median, {max(slowest):.1f} ms most "
+        f"({rounds} rounds), grants {sorted(grants)}"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--window", type=float, default=0.25, help="seconds, the window on")
+    p.add_argument("--together", type=int, default=0, help="jobs asking at once (0: skip)")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sbb-", dir="/tmp"))  # short: sockets live here
+    if args.together:
+        try:
+            together(workdir, args.together, args.rounds, args.window)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     procs = []
     try:
         socks = {}

@@ -46,7 +46,7 @@ from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Ste
 from benchmarks.sim.model import GIB, MIB, default_budget
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import LeaseError, Request
-from supervisord_batt.client.leases import BURST_WAIT_MAX
+from supervisord_batt.client.leases import held_sleep
 from supervisord_batt.host.sample import HostSample, Limit
 
 MODES = ("sequential", "hand", "plain", "budget")
@@ -478,8 +478,7 @@ class MemSim:
         )
         grant = ledger.acquire(req)
         waited = 0.0  # held for a burst: wait it out and renew, as client.leases.acquire
-        while grant.retry_after > 0 and waited < BURST_WAIT_MAX:
-            wait = min(grant.retry_after, BURST_WAIT_MAX - waited)
+        while (wait := held_sleep(grant.retry_after, waited)) > 0:
             yield Sleep(wait)
             waited += wait
             grant = ledger.renew(grant.lease_id, 0)

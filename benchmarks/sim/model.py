@@ -35,7 +35,7 @@ from benchmarks.sim.engine import Cpu, Kernel, Proc, ProcGen, Signal, Sleep, Ste
 from supervisord_batt.budget.costs import pool_cost, reserve_for
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
-from supervisord_batt.client.leases import BURST_WAIT_MAX
+from supervisord_batt.client.leases import held_sleep
 from supervisord_batt.config.loader import DEFAULT_BURST_WINDOW
 from supervisord_batt.config.records import DEFAULT_PRESSURE, BudgetConfig
 from supervisord_batt.host.sample import HostSample, Limit, Psi
@@ -755,9 +755,8 @@ def budget_body(sim: Sim, job: Job) -> Generator[Step, None, None]:
     assert daemon is not None
     grant, retry_after = daemon.acquire(job)
     waited = 0.0
-    while daemon.spec.waits_held and retry_after > 0 and waited < BURST_WAIT_MAX:
-        wait = min(retry_after, BURST_WAIT_MAX - waited)  # as client.leases waits
-        yield Sleep(wait)
+    while daemon.spec.waits_held and (wait := held_sleep(retry_after, waited)) > 0:
+        yield Sleep(wait)  # as client.leases waits
         waited += wait
         retry_after = daemon.renew(job, grant, 0)
     ex = Executor(sim, job, grant)

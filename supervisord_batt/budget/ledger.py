@@ -173,7 +173,12 @@ class BudgetLedger:
         # it forever); then it grows to its share, which counts the whole burst. The
         # client waits before it starts its pool (client.leases), so a lone job pays one
         # window of waiting, once: a process seen asking alone is not held into an
-        # empty ledger again until it comes in a burst (`lone`).
+        # empty ledger again until it comes in a burst (`lone`). A held lease whose share
+        # has fallen under a pool (the burst that asked since has taken the CPUs) is
+        # let go at its next renew: newcomers only shrink its share, so the end of the
+        # window would grant it sequential too, and the wait would be lost time (the
+        # first of four jobs on 2 cores waited a window for nothing). The client renews
+        # a held grant every `client.leases.BURST_POLL` to hear it.
         self._clock = clock
         self._weigh = weigh  # uid -> its weight in the split across users
         self._sample: HostSample | None = None
@@ -309,9 +314,9 @@ class BudgetLedger:
         e = self._get(lease_id)
         mine = alloc.share(lease_id)
         e.renewed_at = self._clock()
-        if e.burst_held:
-            wait = self._burst_wait(e)
-            if wait > 0:
+        if e.burst_held:  # held until the burst has asked, unless it cannot get a pool
+            wait = self._burst_wait(e)  # then (its share, the burst counted, is under a
+            if wait > 0 and mine.workers >= MIN_POOL:  # pool) it starts sequential now
                 return self._grant(e, mine, self._burst_reason(e), wait)
             e.burst_held = False
         if workers_in_use is not None:

@@ -256,6 +256,9 @@ RESUME_TIMEOUT = 0.25  # seconds one try to resume may block the job
 # The most a job waits, in all, on grants held for a burst (`retry_after`) before it
 # starts what it has and grows at its renews: a bound against any daemon's value.
 BURST_WAIT_MAX = 2.0
+# How often a held grant renews while it waits: the daemon lets it go early once the
+# burst has left it no pool (budget.ledger), and a job should hear that soon.
+BURST_POLL = 0.05
 
 
 def burst_wait(reply: protocol.GrantReply) -> float:
@@ -264,6 +267,13 @@ def burst_wait(reply: protocol.GrantReply) -> float:
     most BURST_WAIT_MAX whatever the daemon sends."""
     retry = reply.get("retry_after", 0.0)
     return min(retry, BURST_WAIT_MAX) if retry > 0 else 0.0
+
+
+def held_sleep(retry_after: float, waited: float) -> float:
+    """The next sleep of a grant held for a burst, `waited` seconds into its wait: until
+    its `retry_after`, at most BURST_POLL, and never past BURST_WAIT_MAX in all (0: wait
+    no more)."""
+    return max(0.0, min(retry_after, BURST_POLL, BURST_WAIT_MAX - waited))
 
 
 @dataclass
@@ -339,14 +349,15 @@ class Grant:
     def _wait_held(self) -> None:
         """A grant held for a burst (`retry_after`): sleep that long and renew, before
         the job starts a pool, so that it starts at a share that counts the whole burst
-        and not at one the next renew drains again. At most BURST_WAIT_MAX in all; then
-        the job starts sequential and grows at its renews, as with any grant."""
-        deadline = time.monotonic() + BURST_WAIT_MAX
+        and not at one the next renew drains again (renewing every BURST_POLL, to hear
+        the daemon let it go early). At most BURST_WAIT_MAX in all; then the job starts
+        sequential and grows at its renews, as with any grant."""
+        start = time.monotonic()
         while self.retry_after > 0 and self._conn is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            wait = held_sleep(self.retry_after, time.monotonic() - start)
+            if wait <= 0:
                 return
-            time.sleep(min(self.retry_after, left))
+            time.sleep(wait)
             self.renew()
 
     def _lose(self, why: str, *, keep_connection: bool = False) -> None:

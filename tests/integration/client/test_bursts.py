@@ -101,3 +101,22 @@ def test_no_ask_is_held_with_the_window_off(daemon: Callable[..., DaemonHandle])
         reply = a.request("acquire", want=2, job="off")
         assert (reply["kind"], reply["workers"]) == ("process", 2), reply
         assert "retry_after" not in reply
+
+
+def test_a_held_first_ask_left_no_pool_by_the_burst_is_let_go_at_its_next_renew(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
+    """Four jobs on 2 CPUs: the first, alone, would get a pool and is held; the second's
+    ask leaves it a share of one CPU, which the end of the window would grant
+    sequential too. So its next renew (the client renews a held grant every
+    BURST_POLL) lets it go now, not a window later."""
+    budget = {"burst_window": WINDOW, "cpu_cap": 2, "memory_per_slot": "1MiB", "pressure": CALM}
+    d = daemon({"budget": budget})
+    with d.client() as a, d.client() as b:
+        first = a.request("acquire", want=2, job="first")
+        assert _held(first), first
+        second = b.request("acquire", want=2, job="second")  # 1 CPU each: no pool to hold
+        assert (second["kind"], second.get("retry_after")) == ("sequential", None), second
+        renewed = a.request("renew", lease=first["lease"], workers_in_use=0)
+        assert (renewed["kind"], renewed.get("retry_after")) == ("sequential", None), renewed
+        assert not str(renewed["reason"]).startswith("burst:"), renewed

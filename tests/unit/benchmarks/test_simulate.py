@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from benchmarks.sim.cells import GIVE_UP_FACTOR, calibrate, run_one, sequential_deadline, validate
+from benchmarks.sim.cells import (
+    GIVE_UP_FACTOR,
+    budget_spec,
+    calibrate,
+    run_one,
+    sequential_deadline,
+    validate,
+)
 from benchmarks.sim.engine import PSI_DECAY_10, Cpu, Kernel, ProcGen
 from benchmarks.sim.model import (
     POLICIES,
@@ -28,12 +35,14 @@ from benchmarks.sim.model import (
 )
 from benchmarks.sim.table import (
     QUICK_CELLS,
+    SAMPLES,
+    TASKS,
     run_arrivals,
     run_fewer_jobs,
     run_table,
     table_workload,
 )
-from benchmarks.sim.users import equal_parts, run_users
+from benchmarks.sim.users import UNTIL_S, USER_CELLS, WARM_S, UsersSim, equal_parts, run_users
 from supervisord_batt.budget.costs import pool_cost
 from supervisord_batt.budget.records import Grant
 
@@ -115,6 +124,24 @@ def test_users_with_unequal_job_counts_get_an_equal_split() -> None:
     assert per_user.total >= 0.97
     assert 0.3 < per_thread.ratios[1] < 0.6 and per_thread.single_ratios[1] < 0.2
     assert per_thread.total >= 0.97  # and nothing is lost by it
+
+
+def test_every_pool_in_the_short_users_cell_is_its_jobs_first() -> None:
+    """docs/SIMULATION.md ("Trying to close the last gap"): in the users table's
+    40, 12, 4, 1 on 32 cores (16-task jobs, CPU time shared per user), no job starts a
+    pool again, so what keeps its total under 0.97 is the jobs' first pools alone, which
+    no rule on the order, the remainder or a newcomer's first size could save. A pool
+    started again (a raised share taken at once, a remainder moved) shows here."""
+    cores, jobs = 32, (40, 12, 4, 1)
+    assert (cores, jobs) in USER_CELLS
+    work = Workload(jobs=0, tasks=TASKS, samples=SAMPLES, workers=cores, seed=0)
+    at_once = replace(HostSpec.vm(cores, None), cpu_per_user=True)
+    spec = replace(budget_spec(), per_user=True)
+    sim = UsersSim(at_once, work, calibrate(measured()), jobs, spec, UNTIL_S)
+    sim.window(WARM_S)
+    with_pool = sum(job.loky_tracker for job in sim.jobs)  # jobs that made a pool
+    assert with_pool > 60  # the small users' jobs over the run, each with its pool
+    assert sim.tally.pools_made == with_pool
 
 
 def test_two_sequential_jobs_on_one_core_by_hand() -> None:

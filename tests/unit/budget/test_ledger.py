@@ -816,6 +816,28 @@ def test_a_newcomer_in_a_burst_is_held_until_the_burst_has_quieted_down() -> Non
     assert (third.kind, third.workers, third.retry_after) == ("process", 4, 0.0)
 
 
+def test_a_held_lease_the_burst_left_no_pool_is_let_go_at_its_next_renew() -> None:
+    """Held, the first of four jobs on 2 CPUs would wait out the window only to be
+    granted sequential: once the others' asks leave it a share under a pool, its next
+    renew lets it go, while a held lease still owed a pool stays held."""
+    clock = FakeClock()
+    led = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=2.0))
+    first = led.acquire(request("a", 2))
+    assert first.kind == "sequential" and first.retry_after == pytest.approx(0.5)
+    clock.advance(0.05)
+    others = [led.acquire(request(name, 2)) for name in "bcd"]  # a CPU or less each
+    assert [(g.kind, g.retry_after) for g in others] == [("sequential", 0.0)] * 3
+    clock.advance(0.05)
+    let_go = led.renew(first.lease_id, 0)
+    assert (let_go.kind, let_go.workers, let_go.retry_after) == ("sequential", 0, 0.0)
+    assert not let_go.reason.startswith("burst:"), let_go
+    wide = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=16.0))
+    held = wide.acquire(request("a", 2))
+    wide.acquire(request("b", 2))  # 8 CPUs each: still a pool to wait for
+    clock.advance(0.05)
+    assert wide.renew(held.lease_id, 0).retry_after > 0
+
+
 def test_a_burst_hold_ends_after_two_windows_even_while_newcomers_keep_asking() -> None:
     clock = FakeClock()
     led = BudgetLedger(config(burst_window=0.5), clock, sample(cpus=64.0))

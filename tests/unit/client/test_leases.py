@@ -21,12 +21,14 @@ from supervisord_batt import paths, protocol
 from supervisord_batt.client import inner
 from supervisord_batt.client import leases as client
 from supervisord_batt.client.leases import (
+    BURST_POLL,
     BURST_WAIT_MAX,
     Connection,
     DaemonError,
     burst_wait,
     default_socket_path,
     exec_main,
+    held_sleep,
     lease,
 )
 from tests.helpers import REPO, killing, wait_until
@@ -407,3 +409,17 @@ def test_a_grants_retry_after_is_bounded_whatever_the_daemon_sends(
         reply["retry_after"] = sent
     assert burst_wait(cast(protocol.GrantReply, reply)) == kept
     assert kept <= BURST_WAIT_MAX
+
+
+def test_a_held_grant_renews_every_poll_until_its_retry_after_and_never_past_the_cap() -> None:
+    """The daemon may let a held grant go before its retry_after (the burst left it no
+    pool): the client hears it at its next renew, BURST_POLL at most later."""
+    sleeps, waited, retry = [], 0.0, 0.12
+    while (wait := held_sleep(retry, waited)) > 0:
+        sleeps.append(wait)
+        waited, retry = waited + wait, max(0.0, retry - wait)
+    assert sleeps == pytest.approx([BURST_POLL, BURST_POLL, 0.02])
+    assert held_sleep(10.0, 0.0) == BURST_POLL
+    assert held_sleep(10.0, BURST_WAIT_MAX - 0.01) == pytest.approx(0.01)
+    assert held_sleep(10.0, BURST_WAIT_MAX) == held_sleep(10.0, BURST_WAIT_MAX + 1) == 0.0
+    assert held_sleep(0.0, 0.0) == 0.0
