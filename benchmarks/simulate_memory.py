@@ -8,8 +8,9 @@
    the CPUs other programs kept busy during that row: tasks/s within 15% and the same
    OOM outcome (kills or none; every task done or not), or the model is not trusted.
 2. The table (benchmarks/sim/memtable.py): cells of jobs with different worker sizes under
-   a memory limit; plain pools, sequential, the budget charging memory_per_slot (512 MiB)
-   and the budget with each job's learned size: tasks/s, OOM kills, failed tasks.
+   a memory limit; plain pools, sequential, the budget charging memory_per_slot (512 MiB),
+   the budget with each job's learned size, and the budget in the first run of jobs that
+   declare their workers' size: tasks/s, OOM kills, failed tasks.
 What the memory model is: benchmarks/sim/memory.py and docs/SIMULATION.md (Memory).
 """
 

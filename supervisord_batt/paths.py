@@ -23,6 +23,8 @@ KIND_ENV = "SUPERVISORD_BATT_KIND"  # exported by `exec`: the granted pool kind
 LEASE_ENV = "SUPERVISORD_BATT_LEASE"  # exported by `exec`: the lease id
 DEBUG_STALL_ENV = "SUPERVISORD_BATT_DEBUG_STALL"  # "1": SIGUSR2 stalls the loop (tests)
 WANT_ENV = "SUPERVISORD_BATT_WANT"  # set in each supervised worker: its program's slots
+# bytes one worker of the job takes, as declared (a program's worker_memory sets it)
+WORKER_MEMORY_ENV = "SUPERVISORD_BATT_WORKER_MEMORY"
 # "PID;name=fd,name=fd": the descriptors an old program passes to the new one at reexec
 REEXEC_FDS_ENV = "SUPERVISORD_BATT_REEXEC"
 NOTEBOOK_ENV = "SUPERVISORD_BATT_NOTEBOOK"  # "0", "off", "no", "false": leave joblib alone

@@ -40,6 +40,10 @@ EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status re
 # and not kept; the others go into log lines or are looked up. A longer value is refused
 # (`bad_request`, naming the field and the limit), never cut: the job learns at once that
 # its name is not the one the daemon would show, and the rule is the same for every field.
+# The most bytes a job may declare one of its workers takes (acquire's `worker_bytes`, a
+# program's `worker_memory`): 1 TiB, beyond any host these jobs run on; more is a typo.
+MAX_WORKER_BYTES = 1 << 40
+
 MAX_CHARS = {
     "job": 256,
     "client": 128,
@@ -112,6 +116,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # after the daemon's restart: the lease the job held, and the workers it runs
         "resume": Field(_STR),
         "workers_in_use": Field(_INT),
+        # bytes one of its workers takes, as the job declares it: charged until learned
+        "worker_bytes": Field(_INT),
     },
     "renew": {"lease": Field(_STR, True), "workers_in_use": Field(_INT)},
     "release": {"lease": Field(_STR, True)},
@@ -213,6 +219,8 @@ def _validate(op: str, msg: Mapping[str, Any]) -> None:  # noqa: C901, PLR0912
     elif op == "acquire":
         if msg["want"] < 0:
             raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")
+        if not 1 <= msg.get("worker_bytes", 1) <= MAX_WORKER_BYTES:
+            raise ProtocolError(BAD_REQUEST, f"acquire.worker_bytes: 1 to {MAX_WORKER_BYTES}")
         kinds = msg.get("kinds", list(KINDS))
         if not kinds or any(k not in KINDS for k in kinds):
             raise ProtocolError(BAD_REQUEST, f"acquire.kinds: a non-empty list of {KINDS}")
@@ -351,13 +359,15 @@ class TailReply(OkReply):
 
 class LeaseSize(TypedDict, total=False):
     """What the budget charges one more process worker of a lease's job: its learned
-    bytes per worker, and the runs they were learned from (0: `memory_per_slot`); and
-    the tasks a process pool of the job was learned to cost, per worker and beyond them
-    (sent only once learned: the budget charges n + 4 before). Optional: a daemon from
-    before they were learned does not send them."""
+    bytes per worker, and the runs they were learned from (0: the size the job declared,
+    else `memory_per_slot`); the size the lease's job declared (sent only where it did:
+    acquire's `worker_bytes`); and the tasks a process pool of the job was learned to
+    cost, per worker and beyond them (sent only once learned: the budget charges n + 4
+    before). Optional: a daemon from before they were learned does not send them."""
 
     worker_bytes: int
     learned_runs: int
+    declared_bytes: int
     worker_tasks: int
     pool_tasks: int
 

@@ -89,6 +89,7 @@ class JobSpec:
     mib: int = 400
     cpu_ms: float = 40.0
     io_ms: float = 160.0
+    declared: int = 0  # bytes a worker, as its operator declared it (0: not declared)
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ class MemSim:
         self.learned: dict[str, int] = dict(learned or {})
         # jobs never seen with a pool, by the size of their own process (workersizes)
         self.own: dict[str, int] = {}
+        # what this run saw of each job (`learned`'s new peaks), the most bytes a worker
+        # of it was charged, and the jobs live when an OOM kill happened (workersizes: a
+        # run cut short teaches no size below its charge)
+        self.seen: dict[str, int] = {}
+        self.charged: dict[str, int] = {}
+        self.hit: set[str] = set()
         self.grants: list[str] = []
         self.ledger: BudgetLedger | None = None
         if mode == "budget":
@@ -267,6 +274,7 @@ class MemSim:
             live = (b for b in self.boxes if b.alive)
             victim = max(live, key=lambda b: b.rss + (nbytes if b is box else 0))
             self.oom_kills += 1
+            self.hit.update(f"job{j.index}" for j in self.jobs if j.lease is not None)
             self.kill(victim)
             if victim is box:
                 return False
@@ -359,12 +367,15 @@ class MemSim:
         if self.host.learn:
             for job in self.jobs:
                 name = f"job{job.index}"
+                if job.lease is not None:
+                    charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
+                    self.charged[name] = max(charge, self.charged.get(name, 0))
                 if job.pool is not None and job.lease is not None:
                     sizes = [b.rss for b in job.pool.workers if b.alive]
                     if sizes:  # a scan sees live workers only, their data written or not
-                        self.learned[name] = max(self.learned.get(name, 0), *sizes)
+                        self.seen[name] = max(self.seen.get(name, 0), *sizes)
                         self.own.pop(name, None)  # a pool's figure wins (workersizes)
-                elif job.lease in holders and name not in self.learned:
+                elif job.lease in holders and name not in self.learned and name not in self.seen:
                     self.own[name] = max(self.own.get(name, 0), holders[job.lease])
             self._teach()
         if any(j.ended is None for j in self.jobs):
@@ -373,12 +384,26 @@ class MemSim:
     def _teach(self) -> None:
         if self.host.learn and self.ledger is not None:
             # the jobs' own sizes are taught once their run ends: the next run's
-            self.ledger.learn({(name, UID): b for name, b in self.learned.items()})
+            self.ledger.learn({(name, UID): b for name, b in self._learned().items()})
+
+    def _teaches(self, name: str, size: int) -> bool:
+        """Whether this run's figure of a job counts: not where an OOM kill happened while
+        it was live and it is below what its workers were charged (workersizes)."""
+        return name not in self.hit or size >= self.charged.get(name, 0)
+
+    def _learned(self) -> dict[str, int]:
+        """The figures from runs before, raised by what this run saw where it counts."""
+        learned = dict(self.learned)
+        for name, size in self.seen.items():
+            if self._teaches(name, size):
+                learned[name] = max(learned.get(name, 0), size)
+        return learned
 
     @property
     def figures(self) -> dict[str, int]:
         """What the daemon learned of each job: its pool's workers, else its own process."""
-        return {**self.own, **self.learned}
+        own = {name: b for name, b in self.own.items() if self._teaches(name, b)}
+        return {**own, **self._learned()}
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -442,7 +467,15 @@ class MemSim:
         ledger = self.ledger
         assert ledger is not None and job.main is not None
         spec, i = job.spec, job.index
-        req = Request(f"conn{i}", 1000 + i, UID, f"job{i}", spec.workers, ("process", "sequential"))
+        req = Request(
+            f"conn{i}",
+            1000 + i,
+            UID,
+            f"job{i}",
+            spec.workers,
+            ("process", "sequential"),
+            declared_bytes=spec.declared,
+        )
         grant = ledger.acquire(req)
         waited = 0.0  # held for a burst: wait it out and renew, as client.leases.acquire
         while (wait := held_sleep(grant.retry_after, waited)) > 0:

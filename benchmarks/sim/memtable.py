@@ -1,6 +1,7 @@
 """The memory table (jobs of different worker sizes under a memory limit: plain pools,
-sequential, the budget charging memory_per_slot and the budget with each job's learned
-size) and the memory model's validation against benchmarks/memory_proof.py's run."""
+sequential, the budget charging memory_per_slot, the budget with each job's learned
+size, and the budget with each job's declared size in its first run) and the memory
+model's validation against benchmarks/memory_proof.py's run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
 from benchmarks.sim.model import GIB, MIB
 
 TOLERANCE = 0.15  # the validation's: simulated tasks/s within 15% of the measured
-POLICIES = ("plain", "sequential", "budget memory_per_slot", "budget learned")
+POLICIES = ("plain", "sequential", "budget memory_per_slot", "budget learned", "budget declared")
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,21 @@ class MemCell:
     workers: int = 4  # the pool each job wants
     tasks: int = 32
 
-    def jobs(self) -> list[JobSpec]:
+    def jobs(self, *, declared: bool = False) -> list[JobSpec]:
+        """The cell's jobs; `declared`: each declares what one of its workers holds, its
+        data and its interpreter, as `ps` shows a worker of it (a program's worker_memory)."""
         return [
-            JobSpec(tasks=self.tasks, workers=self.workers, mib=mib)
+            JobSpec(tasks=self.tasks, workers=self.workers, mib=mib, declared=declared_size(mib))
+            if declared
+            else JobSpec(tasks=self.tasks, workers=self.workers, mib=mib)
             for count, mib in self.mix
             for _ in range(count)
         ]
+
+
+def declared_size(mib: int) -> int:
+    """What an operator declares for workers that write `mib` MiB: their resident size."""
+    return mib * MIB + Mem().worker_rss
 
 
 CELLS = (
@@ -44,12 +54,15 @@ CELLS = (
 
 def run_policy(cell: MemCell, policy: str) -> MemResult:
     """One policy in one cell. "budget learned": a first run teaches the daemon each
-    job's size, the second (the figure) starts from it; memory_per_slot: no learning."""
+    job's size, the second (the figure) starts from it; memory_per_slot: no learning;
+    "budget declared": every job declares its size, in the run that first sees it."""
     # tasks wait on I/O 80% of the time: the CPU cap of 4 per core lets memory bind
     host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores)
     jobs = cell.jobs()
     if policy == "budget memory_per_slot":
         return MemSim(jobs, "budget", replace(host, learn=False)).run()
+    if policy == "budget declared":
+        return MemSim(cell.jobs(declared=True), "budget", host).run()
     if policy == "budget learned":
         first = MemSim(jobs, "budget", host)
         first.run()

@@ -29,6 +29,8 @@ PROCESS_POOL_OVERHEAD = PROCESS_POOL_THREADS + LOKY_RESOURCE_TRACKERS
 THREAD_WORKER_TASKS = 1
 MIN_POOL = 2  # a pool of 1 never beats sequential (see the comment at the top)
 UNBOUNDED = 1 << 30  # no bound: memory bytes when memory_per_slot is 0, or no fit yet
+# runs a learned figure smaller than the job's declared size must come from to replace it
+DECLARED_RUNS = 3
 
 
 def pool_cost(kind: Kind, workers: int) -> int:
@@ -63,3 +65,24 @@ def memory_reserve(limit_bytes: int, config: BudgetConfig) -> int:
     worker's data), so the reserve is where the budget asks a pool to shrink before the
     OOM killer acts: below it the measured pools give workers back (`claims.Footprint.memory`)."""
     return math.ceil(max(0, limit_bytes) * config.memory_reserve_percent / 100)
+
+
+# Why a declared size gives way to a learned one. The scan is the truth: a learned figure
+# larger than the declared one wins at once (the job's workers were seen holding that
+# much). A smaller one is the percentile of the runs seen, which one short run (one that
+# ended before its workers loaded their data) can pull down: it wins once learned from
+# DECLARED_RUNS runs, the declared size until then. A job that declares nothing is
+# charged `memory_per_slot` until its first run is learned, as before.
+
+
+def per_worker(per_slot: int, declared: int, learned: int | None, runs: int) -> int:
+    """Bytes one process worker of a job is charged: `learned` (its figure, None: never
+    seen, learned from `runs` runs) against `declared` (0: none), else `per_slot`; 0
+    where memory is not budgeted (`per_slot` <= 0)."""
+    if per_slot <= 0:
+        return 0
+    if learned is None:
+        return declared or per_slot
+    if learned >= declared or runs >= DECLARED_RUNS:
+        return learned
+    return declared

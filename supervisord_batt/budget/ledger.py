@@ -53,7 +53,12 @@ from supervisord_batt.budget.claims import (
     sampled,
     seat_of,
 )
-from supervisord_batt.budget.costs import MIN_POOL, PROCESS_POOL_OVERHEAD, PROCESS_WORKER_TASKS
+from supervisord_batt.budget.costs import (
+    MIN_POOL,
+    PROCESS_POOL_OVERHEAD,
+    PROCESS_WORKER_TASKS,
+    per_worker,
+)
 from supervisord_batt.budget.demand import Demand
 from supervisord_batt.budget.hierarchy import allocate_users, over_parts
 from supervisord_batt.budget.hold import GROW_AFTER, GrowHold, first_size
@@ -209,8 +214,10 @@ class BudgetLedger:
         self._last = EMPTY  # the last allocation computed (`held_by` reads it)
         self._pending: _Pending | None = None
         # (job, uid) -> bytes per process worker, as the daemon learned them from its
-        # scans (`learn`); a job not in it is charged `memory_per_slot`
+        # scans (`learn`), and the runs each was learned from; a job not in it is charged
+        # the size its request declared, else `memory_per_slot` (`costs.per_worker`)
         self._worker_bytes: dict[tuple[str, int], int] = {}
+        self._learned_runs: Mapping[tuple[str, int], int] = {}
         # where several users hold leases, a raised share waits before a lease grows
         self._hold = GrowHold()
         # (job, uid) -> (tasks per process worker, tasks a pool adds beyond its workers),
@@ -462,13 +469,17 @@ class BudgetLedger:
         self,
         worker_bytes: Mapping[tuple[str, int], int],
         pool_tasks: Mapping[tuple[str, int], tuple[int, int]] | None = None,
+        runs: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         """Take the bytes per process worker learned per (job, uid), and the tasks per
         process worker and beyond them (`pool_tasks`); they size the pools of those jobs
         from the next `update` (and newcomers' at once): a reload with the same config
-        recounts the books with the sizes they hold. A job not in them is charged
-        `memory_per_slot` and the constants of `costs` (n + 4 tasks)."""
+        recounts the books with the sizes they hold. A job not in them is charged the
+        size its request declared, else `memory_per_slot`, and the constants of `costs`
+        (n + 4 tasks). `runs`: the runs each size was learned from (a size not in it:
+        one), which decides whether one smaller than a declared size replaces it."""
         self._worker_bytes = dict(worker_bytes)
+        self._learned_runs = dict(runs or {})
         # the constants are a floor: a pool's threads and trackers that a short run's
         # scans did not see (one before they started) are still its cost
         self._pool_tasks = {
@@ -481,16 +492,17 @@ class BudgetLedger:
         (job, uid) is charged: learned, else the constants."""
         return self._pool_tasks.get((job, uid), _CONSTANT_TASKS)
 
-    def worker_bytes(self, job: str, uid: int) -> int:
-        """What one more process worker of (job, uid) is charged: the learned figure, else
-        `memory_per_slot` (0 where memory is not budgeted)."""
-        per_slot = self._config.memory_per_slot
-        if per_slot <= 0:
-            return 0
-        return self._worker_bytes.get((job, uid), per_slot)
+    def worker_bytes(self, job: str, uid: int, declared: int = 0) -> int:
+        """What one more process worker of (job, uid) is charged, where its lease declared
+        `declared` bytes a worker (0: nothing): the learned figure, the declared size, or
+        `memory_per_slot` (`costs.per_worker`; 0 where memory is not budgeted)."""
+        key = (job, uid)
+        learned = self._worker_bytes.get(key)
+        runs = self._learned_runs.get(key, 1)
+        return per_worker(self._config.memory_per_slot, declared, learned, runs)
 
     def _unit(self, req: Request) -> int:
-        return self.worker_bytes(req.job, req.uid)
+        return self.worker_bytes(req.job, req.uid, req.declared_bytes)
 
     def reconfigure(self, config: BudgetConfig, weigh: Weigh | None = None) -> None:
         """Take a reloaded budget config (and the users' weights, if given); targets
@@ -506,9 +518,10 @@ class BudgetLedger:
             e.cap = cap_of(e.request, config)
             unit = e.footprint.worker_bytes
             if new_slot != old_slot and (unit == old_slot or not new_slot):
-                # charged memory_per_slot (or memory no longer budgeted): the new one at
-                # once; a learned size stays until the next update, as the trees do
-                e.footprint = e.footprint._replace(worker_bytes=new_slot)
+                # charged memory_per_slot (or memory no longer budgeted): the new one (or
+                # its declared size) at once; a learned size stays until the next update,
+                # as the trees do
+                e.footprint = e.footprint._replace(worker_bytes=self._unit(e.request))
         if self._sample is not None:
             self._rebook()
             self._set_level()
@@ -990,4 +1003,5 @@ def _snapshot(e: _Held, mine: Share | None) -> Lease:
         e.created_at,
         e.renewed_at,
         e.last_progress,
+        r.declared_bytes,
     )

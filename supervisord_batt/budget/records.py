@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisord_batt.protocol import KINDS, Kind, Level
+from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES, Kind, Level
 
 
 class LeaseError(Exception):
@@ -35,6 +35,9 @@ class Request:
     kinds: tuple[Kind, ...] = KINDS
     cgroups: tuple[str, ...] = ()  # the holder's cgroup fs paths
     base_tasks: int = 1  # tasks in the holder's tree when it asks
+    # bytes one of its workers takes, as the job declared it (0: not declared): charged
+    # for a job never seen, and until its learned figure may replace it (`costs.per_worker`)
+    declared_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class Lease:
     created_at: float
     renewed_at: float
     last_progress: float
+    declared_bytes: int = 0  # its request's (0: not declared)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,8 @@ def validate_request(req: Request) -> None:
         problems.append(f"want must be >= 0, got {req.want}")
     if req.base_tasks < 0:
         problems.append(f"base_tasks must be >= 0, got {req.base_tasks}")
+    if not 0 <= req.declared_bytes <= MAX_WORKER_BYTES:
+        problems.append(f"declared_bytes must be 0 to {MAX_WORKER_BYTES}, got {req.declared_bytes}")
     if not _KIND_SET.issuperset(req.kinds):
         problems.append(f"kinds must be among {', '.join(KINDS)}, got {req.kinds}")
     if problems:

@@ -57,7 +57,8 @@ def render_status(status: protocol.StatusListsReply) -> str:
 def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
     """Per job of the leases shown whose workers the daemon has seen, the memory the
     budget charges each of its process workers: `batt: 1.8 GiB per worker, learned from
-    14 runs` (the others are charged `budget.memory_per_slot`)."""
+    14 runs`, or `fit: 2.0 GiB per worker, declared` where it is charged the size it
+    declared (the others are charged `budget.memory_per_slot`)."""
     seen: dict[tuple[str, int], protocol.LeaseRow] = {}
     for lease in leases:
         if lease.get("worker_bytes") is not None and lease.get("learned_runs") is not None:
@@ -67,7 +68,11 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
     for (job, uid), row in sorted(seen.items()):
         name = job if len(jobs) == len(seen) else f"{job} (uid {uid})"
         size, runs = row.get("worker_bytes", 0), row.get("learned_runs", 0)
-        if runs and size:
+        declared = row.get("declared_bytes", 0)
+        if size and declared == size:  # charged what the job declared: not learned (yet)
+            more = f" ({runs} runs learned)" if runs else ""
+            lines.append(f"{name}: {_bytes(size)} per worker, declared{more}")
+        elif runs and size:
             tasks = row.get("worker_tasks"), row.get("pool_tasks")
             lines.append(size_line(name, size, runs, tasks))
     return ["", *lines] if lines else []

@@ -33,7 +33,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +248,7 @@ class _Origin:
     kinds: list[str]
     job: str | None
     timeout: float
+    worker_bytes: int | None = None
 
 
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0  # seconds between reconnects to a restarting daemon
@@ -411,7 +412,7 @@ class Grant:
             # here, and a daemon still starting is asked again at the next try
             timeout = min(origin.timeout, RESUME_TIMEOUT)
             conn = Connection(origin.path, timeout=timeout, retry=0.0)
-            reply = _ask(conn, origin.want, origin.kinds, origin.job, fields)
+            reply = _ask(conn, origin.want, origin.kinds, origin.job, fields, origin.worker_bytes)
         except (OSError, DaemonError, ValueError, KeyError, TypeError) as exc:
             if conn is not None:
                 conn.close()
@@ -563,6 +564,7 @@ def lease(
     fallback: str = "sequential",
     fallback_workers: int = 1,
     timeout: float = DEFAULT_TIMEOUT,
+    worker_bytes: int | None = None,
 ) -> Iterator[Grant]:
     """Lease up to `want` workers for the block; degrade (never raise) without a daemon."""
     grant = acquire(
@@ -573,6 +575,7 @@ def lease(
         fallback=fallback,
         fallback_workers=fallback_workers,
         timeout=timeout,
+        worker_bytes=worker_bytes,
     )
     try:
         yield grant
@@ -590,12 +593,18 @@ def acquire(
     fallback_workers: int = 1,
     timeout: float = DEFAULT_TIMEOUT,
     quiet: bool = False,
+    worker_bytes: int | None = None,
 ) -> Grant:
     """lease() without the block: the caller must call release(). For code whose lease
     does not follow a `with` (a joblib backend: configure, then terminate). `quiet`
-    leaves the warning about an unreachable daemon to the caller."""
+    leaves the warning about an unreachable daemon to the caller. `worker_bytes`: the
+    bytes one of the job's workers takes, declared (1 to protocol.MAX_WORKER_BYTES;
+    None: $SUPERVISORD_BATT_WORKER_MEMORY, else nothing): the budget charges it until it
+    has learned the job's size."""
+    if worker_bytes is not None and not 1 <= worker_bytes <= protocol.MAX_WORKER_BYTES:
+        raise ValueError(f"worker_bytes: 1 to {protocol.MAX_WORKER_BYTES}, got {worker_bytes}")
     path = Path(socket_path) if socket_path is not None else default_socket_path()
-    grant = _acquire(path, want, list(kinds), job, timeout)
+    grant = _acquire(path, want, list(kinds), job, timeout, worker_bytes)
     if grant is None or grant.degraded:
         why = grant.reason if grant is not None else "unknown"
         grant = _degraded(fallback, fallback_workers)
@@ -609,15 +618,20 @@ def acquire(
     return grant
 
 
-def _acquire(
-    path: Path, want: int, kinds: list[str], job: str | None, timeout: float
+def _acquire(  # noqa: PLR0917 (the request's parts)
+    path: Path,
+    want: int,
+    kinds: list[str],
+    job: str | None,
+    timeout: float,
+    worker_bytes: int | None = None,
 ) -> Grant | None:
     """A live grant, or a Grant with degraded=True whose reason says what failed."""
     conn: Connection | None = None
     try:
         conn = Connection(path, timeout=timeout)
-        reply = _ask(conn, want, kinds, job, {})
-        origin = _Origin(path, want, kinds, job, timeout)
+        reply = _ask(conn, want, kinds, job, {}, worker_bytes)
+        origin = _Origin(path, want, kinds, job, timeout, worker_bytes)
         grant = Grant(lease_id=reply["lease"], degraded=False, _conn=conn, _origin=origin)
         grant._update(reply)
         grant._wait_held()
@@ -628,8 +642,13 @@ def _acquire(
         return Grant(degraded=True, reason=_describe(exc))
 
 
-def _ask(
-    conn: Connection, want: int, kinds: list[str], job: str | None, extra: dict[str, Any]
+def _ask(  # noqa: PLR0917 (the request's parts)
+    conn: Connection,
+    want: int,
+    kinds: list[str],
+    job: str | None,
+    extra: dict[str, Any],
+    worker_bytes: int | None = None,
 ) -> protocol.GrantReply:
     """hello, then acquire (with `extra`: a resume); the acquire's reply."""
     hello = {"version": protocol.VERSION, "client": f"supervisord-batt/{os.getpid()}"}
@@ -637,7 +656,37 @@ def _ask(
     fields: dict[str, Any] = {"want": max(0, int(want)), "kinds": kinds, "pid": os.getpid()}
     if job:  # cut, not refused: a long name must not cost the job its lease
         fields["job"] = job[: protocol.MAX_CHARS["job"]]
+    declared = worker_bytes if worker_bytes is not None else declared_worker_bytes()
+    if declared is not None:
+        fields["worker_bytes"] = declared
     return conn.call(protocol.GrantReply, "acquire", **fields, **extra)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def declared_worker_bytes(env: Mapping[str, str] | None = None) -> int | None:
+    """$SUPERVISORD_BATT_WORKER_MEMORY in bytes: 1610612736, "1536MiB", "1.5G" (binary
+    units K, M, G, T, with or without "iB"); None where unset, or not a size from 1 byte
+    to protocol.MAX_WORKER_BYTES (said once, and the acquire declares nothing)."""
+    text = (os.environ if env is None else env).get(paths.WORKER_MEMORY_ENV, "").strip()
+    if not text:
+        return None
+    number = text.rstrip("iBb").rstrip("KkMmGgTt")
+    unit = text[len(number) :].lower().removesuffix("ib").removesuffix("b")
+    try:
+        nbytes = round(float(number) * _UNITS[unit]) if number.strip() else 0
+    except (ValueError, KeyError, OverflowError):
+        nbytes = 0
+    if not 1 <= nbytes <= protocol.MAX_WORKER_BYTES:
+        if text not in _IGNORED:  # once per value: a job may acquire at every call
+            _IGNORED.add(text)
+            warn(f"ignoring {paths.WORKER_MEMORY_ENV}={text!r}: expected a size like 1536MiB")
+        return None
+    return nbytes
+
+
+_IGNORED: set[str] = set()
 
 
 # --- `supervisord-batt exec`: lease for a program that knows nothing about us ----------

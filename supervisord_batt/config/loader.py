@@ -74,6 +74,7 @@ from supervisord_batt.config.values import (
 from supervisord_batt.config.yamlcheck import (
     ConfigError,
     ConfigIssue,
+    Invalid,
     Issues,
     Section,
     is_null,
@@ -89,6 +90,16 @@ _stop_grace = duration(
     at_most=MAX_STOP_GRACE,
     why=f" (the shipped systemd unit's TimeoutStopSec={UNIT_STOP_TIMEOUT:.0f}s must cover it)",
 )
+
+
+def _worker_memory(node: Node) -> int:
+    """The size one worker of a program takes, as its operator declares it: a size, at
+    most what an acquire may carry (`protocol.MAX_WORKER_BYTES`)."""
+    nbytes = size(node)
+    if nbytes > protocol.MAX_WORKER_BYTES:
+        raise Invalid(f"must be at most 1TiB (1099511627776 bytes), got {nbytes} bytes")
+    return nbytes
+
 
 # A lone job waits one burst window before its pool (budget.ledger), and the client waits
 # at most 2 s in all (client.leases.BURST_WAIT_MAX): a window is a fraction of a second.
@@ -261,6 +272,7 @@ def _program(issues: Issues, name: str, node: Node, line: int | None) -> Program
         contain=s.get("contain", boolean, True),
         tasks_without_lease=s.get("tasks_without_lease", integer(1), 64),
         pass_environment=s.get("pass_environment", environment_names, ()),
+        worker_memory=s.get("worker_memory", optional(_worker_memory), None),
     )
 
 

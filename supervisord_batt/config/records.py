@@ -134,6 +134,10 @@ class ProgramConfig:
     # names of the daemon's environment variables a worker run as another user gets
     # (it gets none of the others: see supervise.environ)
     pass_environment: tuple[str, ...] = ()
+    # bytes one of its workers takes, as the operator declares it: given to the job in
+    # $SUPERVISORD_BATT_WORKER_MEMORY, which its client sends with its acquire (None: not
+    # declared; the budget charges memory_per_slot until it learns the job's size)
+    worker_memory: int | None = None
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,8 @@ class Commands:
         }
 
     def op_acquire(self, conn: Connection, msg: dict[str, Any]) -> protocol.GrantReply:
-        """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P} -> a grant"""
+        """{"op":"acquire","want":N,"kinds":[...],"job":"name","pid":P,"worker_bytes":B}
+        -> a grant"""
         if not self.accepting():
             raise protocol.ProtocolError(protocol.SHUTTING_DOWN, "the daemon is shutting down")
         peer, state = conn.peer, conn.state
@@ -161,6 +162,7 @@ class Commands:
             kinds=tuple(msg.get("kinds", protocol.KINDS)),
             cgroups=_cgroups(conn),
             base_tasks=state.base_tasks,
+            declared_bytes=msg.get("worker_bytes", 0),
         )
         held = state.leases
         if len(held) >= MAX_LEASES_PER_CONNECTION:

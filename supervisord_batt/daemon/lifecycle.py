@@ -51,7 +51,7 @@ from supervisord_batt.daemon.staterecord import StateRecord
 from supervisord_batt.daemon.statsline import StatsLine
 from supervisord_batt.daemon.throttle import Throttle
 from supervisord_batt.daemon.weights import Weights
-from supervisord_batt.daemon.workersizes import holder_bytes, runs_itself
+from supervisord_batt.daemon.workersizes import holder_bytes, oom_rose, runs_itself
 from supervisord_batt.host.monitor import HostMonitor
 from supervisord_batt.host.sample import HostSample, TreeUsage
 from supervisord_batt.logs import get_logger
@@ -110,6 +110,7 @@ class Daemon:
         self.pressure_reason = ""  # why the level is what it is, as of the last tick
         self._trees: dict[str, int] = {}
         self._pool_bytes: dict[str, int] = {}  # lease -> its workers' bytes, last scan
+        self._oom_kills: dict[str, int] = {}  # memory cgroup -> its oom_kill count, last scan
         self._holder_bytes: dict[str, int] = {}  # lease -> its holder's bytes, alike
         self._reloading: asyncio.Task[None] | None = None  # the SIGHUP reloads' task
         self._hup_pending = False  # a SIGHUP came while a reload ran: one more after it
@@ -453,7 +454,12 @@ class Daemon:
         charged = budget.memory_unwritten and budget.memory_per_slot > 0
         own = [lease.pid for lease in held if runs_itself(lease)] if charged else []
         rss = self.monitor.resident_bytes([*sizes.pool_pids(held, usage), *own])
-        self._pool_bytes = sizes.observe(held, usage, rss)
+        charges = {
+            x.lease_id: self.ledger.worker_bytes(x.job, x.uid, x.declared_bytes) for x in held
+        }
+        kills, before = self.monitor.oom_kills(), self._oom_kills
+        self._oom_kills = kills  # read after the leases gone: a kill that ended one counts
+        self._pool_bytes = sizes.observe(held, usage, rss, charges, oom_rose(before, kills))
         self._holder_bytes = holder_bytes(held, rss)
         if sizes.changed:  # a run ended: kept for the next daemon
             self.sizes_file.save(sizes)
@@ -469,6 +475,7 @@ class Daemon:
                 for key, f in figures.items()
                 if f.worker_tasks is not None and f.pool_tasks is not None
             },
+            {key: f.runs for key, f in figures.items()},
         )
 
     def limits_now(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.logs import get_logger
-from supervisord_batt.protocol import KINDS
+from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES
 
 log = get_logger(component="leases")
 
@@ -45,9 +45,15 @@ def recorded(ledger: BudgetLedger) -> list[dict[str, Any]]:
             "kinds": list(req.kinds),
             "kind": kind,
             "workers": workers,
+            "worker_bytes": req.declared_bytes,
         }
         for lease_id, req, kind, workers in ledger.requests()
     ]
+
+
+def _is_size(value: int) -> bool:
+    """Whether a recorded declared size is one an acquire could have carried."""
+    return not isinstance(value, bool) and 0 < value <= MAX_WORKER_BYTES
 
 
 def _number(lease_id: object) -> int | None:
@@ -97,7 +103,7 @@ class Resumable:
         if not isinstance(pid, int) or not isinstance(uid, int) or _owner_uid(pid) != uid:
             return False  # the job ended (or its pid is another user's now)
         kinds = tuple(k for k in rec.get("kinds") or KINDS if k in KINDS) or KINDS
-        want = rec.get("want")
+        want, declared = rec.get("want"), rec.get("worker_bytes")
         request = Request(
             holder=f"{HOLDER}L{number}",
             pid=pid,
@@ -107,6 +113,7 @@ class Resumable:
             kinds=kinds,
             cgroups=tuple(cgroup_fs_paths(pid)),
             base_tasks=thread_count(pid),
+            declared_bytes=declared if isinstance(declared, int) and _is_size(declared) else 0,
         )
         self.ledger.continue_ids(number - 1)
         try:

@@ -196,13 +196,16 @@ def lease_row(x: Lease, now: float, size: protocol.LeaseSize) -> protocol.LeaseR
 
 
 def _worker_size(x: Lease, ledger: BudgetLedger, learned: dict[Key, Learned]) -> protocol.LeaseSize:
-    """What the budget charges a process worker of the lease's job, and the runs it was
-    learned from (0: never seen, `memory_per_slot`)."""
+    """What the budget charges a process worker of the lease's job, the runs it was
+    learned from (0: never seen, its declared size or `memory_per_slot`) and the size it
+    declared."""
     seen = learned.get((x.job, x.uid))
     size: protocol.LeaseSize = {
-        "worker_bytes": ledger.worker_bytes(x.job, x.uid),
+        "worker_bytes": ledger.worker_bytes(x.job, x.uid, x.declared_bytes),
         "learned_runs": seen.runs if seen is not None else 0,
     }
+    if x.declared_bytes:
+        size["declared_bytes"] = x.declared_bytes
     if seen is not None and seen.worker_tasks is not None:
         size["worker_tasks"], size["pool_tasks"] = ledger.pool_tasks(x.job, x.uid)
     return size

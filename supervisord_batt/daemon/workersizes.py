@@ -37,6 +37,20 @@ notebook kernel's own process holds more than its workers do).
 Without it, a job first granted sequential would be charged `memory_per_slot` for every
 run, learn nothing, and jobs of small workers under a tight limit never get a pool.
 
+# A run cut short by the OOM killer teaches nothing smaller than its charge
+A run during which the OOM killer killed a process in a memory cgroup the daemon watches
+(an `oom_kill` count, memory.events in v2 or memory.oom_control in v1, rose between two
+scans while it was live) may have been killed before its workers wrote their data: its
+peak is then a lower bound, not a size, and a job learned at its workers' bare size
+(20 MiB of interpreter) would have its next run's pools sized for it. Such a run is kept
+only where its peak is at least the most each of its workers was charged at a scan (its
+job's figure, its declared size, or `memory_per_slot`, before its own live peak could
+lower the figure): a larger peak is still the truth of what they
+held; a smaller one is dropped, and the job keeps the figure it had (a live run so hit
+is left out of the figures until its peak reaches its charge). The count says
+only that some process in the cgroup was killed, not which: every run live then is
+judged so, which costs a job of small workers (charged more than it holds) the one run.
+
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
 
@@ -104,16 +118,33 @@ class WorkerSizes:
     # alike for the holders that run their own tasks (`runs_itself`): their bytes' peaks
     _own_done: dict[Key, deque[int]] = field(default_factory=dict)
     _own_live: dict[str, tuple[Key, int]] = field(default_factory=dict)
+    # by lease id: the most bytes a worker of the run was charged at a scan, and the
+    # runs live while an OOM kill was counted (see "A run cut short" above)
+    _charged: dict[str, int] = field(default_factory=dict)
+    _hit: set[str] = field(default_factory=set)
 
     def observe(
-        self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage], rss: Mapping[int, int]
+        self,
+        leases: Iterable[Lease],
+        trees: Mapping[int, TreeUsage],
+        rss: Mapping[int, int],
+        charged: Mapping[str, int] | None = None,
+        oom: bool = False,
     ) -> dict[str, int]:
         """One scan: `leases` live now, each holder's tree, the resident bytes per pid
-        (of the descendants of process pool holders at least). Leases gone since the
-        last scan end their runs. Returns what each process lease's workers hold now, by
-        lease id: its holder's n largest descendants (n: the workers its process leases
-        hold) split by its share of them, which the budget takes back as a pool that grew
-        shrinks (`BudgetLedger.update`)."""
+        (of the descendants of process pool holders at least), the bytes each lease's
+        workers are charged (by lease id) and whether an OOM kill was counted since the
+        last scan. Leases gone since the last scan end their runs. Returns what each
+        process lease's workers hold now, by lease id: its holder's n largest
+        descendants (n: the workers its process leases hold) split by its share of them,
+        which the budget takes back as a pool that grew shrinks (`BudgetLedger.update`)."""
+        leases = list(leases)
+        for lease_id, size in (charged or {}).items():  # the most: the charge before its
+            # own live peak lowered its job's figure (a bare worker seen before its data)
+            self._charged[lease_id] = max(size, self._charged.get(lease_id, 0))
+        if oom:  # the runs ending now were live when it was counted too
+            self._hit.update(lease.lease_id for lease in leases)
+            self._hit.update(self._live, self._own_live)
         pools: dict[str, int] = {}
         by_pid: dict[int, list[Lease]] = {}
         live = set()
@@ -139,8 +170,11 @@ class WorkerSizes:
                 _, before = self._live.get(lease.lease_id, (key, peak))
                 self._live[lease.lease_id] = (key, before.top(peak))
         for lease_id in [i for i in self._live if i not in live]:
-            self._end(*self._live.pop(lease_id))
+            self._end(*self._live.pop(lease_id), lease_id)
         self._observe_own(leases, rss, live)
+        for lease_id in [i for i in self._charged if i not in live]:
+            del self._charged[lease_id]
+        self._hit.intersection_update(live)
         return pools
 
     def _observe_own(self, leases: Iterable[Lease], rss: Mapping[int, int], live: set[str]) -> None:
@@ -152,17 +186,24 @@ class WorkerSizes:
                 self._own_live[lease.lease_id] = (key, max(before, rss[lease.pid]))
         for lease_id in [i for i in self._own_live if i not in live]:
             key, size = self._own_live.pop(lease_id)
-            _keep(self._own_done, key, size, self.runs)
+            if self._teaches(lease_id, size):
+                _keep(self._own_done, key, size, self.runs)
 
-    def _end(self, key: Key, peak: Peak) -> None:
-        _keep(self._done, key, peak, self.runs)
-        self.changed = True
+    def _teaches(self, lease_id: str, size: int) -> bool:
+        """Whether a run that ends at `size` bytes a worker is kept: not where an OOM
+        kill was counted while it was live and it holds less than its charge."""
+        return lease_id not in self._hit or size >= self._charged.get(lease_id, 0)
+
+    def _end(self, key: Key, peak: Peak, lease_id: str = "") -> None:
+        if self._teaches(lease_id, peak.worker_bytes):
+            _keep(self._done, key, peak, self.runs)
+            self.changed = True
 
     def end_all(self) -> None:
         """End every live run (the daemon stops: what they were seen at is kept; the
         holders' own sizes are not: they are learned again at the next scans)."""
-        for key, peak in self._live.values():
-            self._end(key, peak)
+        for lease_id, (key, peak) in self._live.items():
+            self._end(key, peak, lease_id)
         self._live.clear()
 
     def ended(self) -> dict[Key, list[Peak]]:
@@ -179,8 +220,9 @@ class WorkerSizes:
     def figures(self) -> dict[Key, Learned]:
         """Every (job, uid) seen: the percentile of its last runs' peaks and its live ones'."""
         peaks: dict[Key, list[Peak]] = {key: list(runs) for key, runs in self._done.items()}
-        for key, peak in self._live.values():
-            peaks.setdefault(key, []).append(peak)
+        for lease_id, (key, peak) in self._live.items():
+            if self._teaches(lease_id, peak.worker_bytes):  # a live run cut short: not yet
+                peaks.setdefault(key, []).append(peak)
         # the holders' own runs once ended: a live one's first scans may come before it
         # loads its data, and a figure learned then would size pools at its bare size
         own = self._own_done.items()
@@ -192,6 +234,12 @@ class WorkerSizes:
         """The descendants of the holders of process pools: whose memory to read."""
         holders = {lease.pid for lease in leases if lease.kind == "process" and lease.workers}
         return [p for pid in holders if pid in trees for p in trees[pid].pids[1:]]
+
+
+def oom_rose(before: Mapping[str, int], now: Mapping[str, int]) -> bool:
+    """Whether a cgroup's OOM kill count rose from `before` to `now` (by cgroup path; a
+    cgroup not in `before` was not watched then, one whose count fell was made again)."""
+    return any(count > before.get(path, count) for path, count in now.items())
 
 
 def runs_itself(lease: Lease) -> bool:

@@ -281,6 +281,12 @@ class HostMonitor:
             memory_limits=memory_limits,
         )
 
+    def oom_kills(self) -> dict[str, int]:
+        """Each watched memory cgroup's OOM kill count now (`oom_kill`), by its path: read
+        afresh, not the last sample's (a run that ended since must be judged by it)."""
+        rows, _ = self._memory.sample()
+        return {c.path: c.oom_kills for c in rows if c.oom_kills is not None}
+
     # ------------------------------------------------------------ slow path
 
     def scan(self, roots: Iterable[int] = ()) -> dict[int, TreeUsage]:

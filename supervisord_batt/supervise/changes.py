@@ -24,7 +24,7 @@ from typing import Literal
 from supervisord_batt.config.records import ProgramConfig
 
 # a running worker cannot change these without a new process
-IDENTITY = frozenset({"command", "cwd", "environment", "user", "group", "slots"})
+IDENTITY = frozenset({"command", "cwd", "environment", "user", "group", "slots", "worker_memory"})
 # the output's destination: new sinks (opened before the reload applies, so it can fail
 # whole); its sizes are applied to the open files in place
 OUTPUT_DESTINATION = ("mode", "directory")

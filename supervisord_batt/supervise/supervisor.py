@@ -630,6 +630,8 @@ class Supervisor:
             paths.INSTANCE_ENV: inst.name,
             paths.WANT_ENV: str(program.slots),
         }
+        if program.worker_memory is not None:
+            own[paths.WORKER_MEMORY_ENV] = str(program.worker_memory)
         other = account is not None and account.pw_uid != os.geteuid()
         return worker_environment(program, os.environ, account if other else None, own)
 

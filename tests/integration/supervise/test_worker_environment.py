@@ -66,6 +66,7 @@ def test_a_worker_run_as_another_user_gets_a_login_environment_and_the_first_lim
                     "user": user.name,
                     "environment": {"MINE": "from-the-config"},
                     "pass_environment": ["SBT_PASSED", "SBT_NOT_SET"],
+                    "worker_memory": "1536MiB",  # declared to its client, in bytes
                     **once,
                 },
                 "root": {"command": [python, "-c", REPORT, "some"], **once},
@@ -96,6 +97,7 @@ def test_a_worker_run_as_another_user_gets_a_login_environment_and_the_first_lim
         "SUPERVISORD_BATT_SOCKET": str(d.socket),
         "SUPERVISORD_BATT_INSTANCE": "theirs:0",
         "SUPERVISORD_BATT_WANT": "1",
+        "SUPERVISORD_BATT_WORKER_MEMORY": "1610612736",
     }
     assert theirs["nofile"] == [STARTED_WITH, hard]
 

@@ -79,6 +79,8 @@ OPS = (
 _FIELDS: dict[type, tuple[str, ...]] = {
     # retry_after came after the recordings; the replayed ledgers hold no burst (it is 0)
     Grant: tuple(f.name for f in dataclasses.fields(Grant) if f.name != "retry_after"),
+    # declared_bytes alike: the replayed requests declare no size (it is 0)
+    Lease: tuple(f.name for f in dataclasses.fields(Lease) if f.name != "declared_bytes"),
 }
 
 

@@ -43,3 +43,14 @@ def test_one_job_of_two_users_is_named_with_its_uid() -> None:
 def test_an_older_daemon_or_memory_not_budgeted_shows_nothing() -> None:
     assert worker_size_lines([row("batt", 1000, None, None)]) == []
     assert worker_size_lines([row("batt", 1000, 0, 0)]) == []
+
+
+def test_a_job_charged_its_declared_size_says_so() -> None:
+    declared = row("fit", 1000, 2 * GIB, 0) | {"declared_bytes": 2 * GIB}
+    once = row("fit2", 1000, 2 * GIB, 1) | {"declared_bytes": 2 * GIB}
+    learned = row("fit3", 1000, 3 * GIB, 1) | {"declared_bytes": 2 * GIB}
+    assert worker_size_lines([declared, once, learned])[1:] == [
+        "fit: 2.0 GiB per worker, declared",
+        "fit2: 2.0 GiB per worker, declared (1 runs learned)",
+        "fit3: 3.0 GiB per worker, learned from 1 runs",
+    ]

@@ -315,6 +315,18 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             "expected a list",
         ),
         (
+            "programs:\n  a:\n    command: x\n    worker_memory: lots\n",
+            "programs.a.worker_memory",
+            4,
+            "a size such as 512MiB",
+        ),
+        (
+            "programs:\n  a:\n    command: x\n    worker_memory: 2TiB\n",
+            "programs.a.worker_memory",
+            4,
+            "at most 1TiB",
+        ),
+        (
             "programs:\n  a:\n    command: x\n    backoff:\n      initial: 10s\n      max: 5s\n",
             "programs.a.backoff.max",
             6,
@@ -777,6 +789,7 @@ programs:
     contain: false
     tasks_without_lease: 8
     pass_environment: [LANG, http_proxy]
+    worker_memory: 1536MiB
   alpha:
     command: [echo, hi]
     restart: never
