@@ -415,7 +415,7 @@ def big_case(bench: Bench, args: Args) -> dict[str, Any]:
 
 def small_case(bench: Bench, args: Args) -> dict[str, Any]:
     """`small_rounds` pairs of (memory_per_slot, learned) runs, rows in that order per
-    pair whichever ran first (odd rounds run the learned daemon first)."""
+    pair whichever ran first (every second round runs the learned daemon first)."""
     shape = replace(args.small, jobs=args.shape.jobs)
     bench.cg.set_limit(args.small_limit)
     names = [f"small-{i}" for i in range(shape.jobs)]
