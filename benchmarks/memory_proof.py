@@ -2,7 +2,9 @@
 
     python benchmarks/memory_proof.py [--jobs 4] [--tasks 16] [--workers 3] [--mib 400]
         [--fraction 0.5] [--cpu-caps host,16] [--modes sequential,hand,plain]
-        [--small-mib 50] [--small-workers 4] [--small-limit-mib 2048] [--no-small] [--json]
+        [--small-mib 50] [--small-workers 4] [--small-tasks 40] [--small-cpu-ms 5]
+        [--small-io-ms 495] [--small-limit-mib 2048] [--small-rounds 5]
+        [--no-small | --no-big] [--json]
 
 The big case. K jobs (benchmarks/memory_job.py) start together in one memory cgroup (v1
 here, v2 where the memory controller is enabled); every process that runs a task holds
@@ -24,7 +26,13 @@ runnable (benchmarks/simulate_memory.py replays each row with that load).
 The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
 that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
 memory_per_slot only (it does not scan during the run, so it learns nothing), against
-the same jobs' second run under a daemon that scans every second and has learned them.
+the same jobs under a daemon that scans every second and learned them in a first run.
+Its tasks mostly wait (5 ms of CPU, 495 ms waiting: a fetch, a query): a pool's worker
+starts cost CPU that a 2-core host shared with other work must find, which tasks of
+20 ms CPU and 180 ms waiting in 4.8 s jobs did not pay back (docs/BENCHMARKS.md). Both
+daemons live through the case, their runs alternate (`--small-rounds` pairs, which goes
+first alternating too), and each row says the host's load average, the CPU the jobs and
+the daemon used, and when the jobs' pools were up (grant to first task done).
 
 The small case's daemons, and the big case's with a number in --cpu-caps, have their CPU
 cap raised (16) so that memory, not this host's CPUs, decides the grants: a task spends
@@ -41,6 +49,7 @@ import ctypes
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +80,10 @@ MIB = 1 << 20
 RUN_DEADLINE = 180.0  # seconds a run may take before its jobs are killed
 WORKER_EXTRA = 30 * MIB  # a worker's interpreter and imports beside its buffer (hand sizing)
 TARGET = 0.95
+# the small case's pause before each run: its daemons sample every second, and a run
+# that starts before they sampled the last run's pools gone is granted against memory
+# that is about to be freed (pools of 2-3 grown to 4 a second later, a restart each)
+SETTLE = 1.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,9 @@ class Run:
     peak: int = 0
     wall: float = 0.0
     grants: list[str] = field(default_factory=list)
+    cpu: float = 0.0  # CPU seconds of the jobs, their workers and trackers (all reaped)
+    daemon_cpu: float = 0.0  # CPU seconds of the run's daemon during the run (its scans)
+    load: float = 0.0  # the host's 1-minute load average when the run started
     others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
     runnable: float = 0.0  # threads runnable outside the cgroup, on average (the simulator's)
     # per job, seconds from the jobs' start: its interpreter up, its grant (budget), its
@@ -125,6 +141,7 @@ class Bench:
     cg: MemoryCgroup
     children: Children
     workdir: Path
+    daemons: dict[Path, int] = field(default_factory=dict)  # socket -> the daemon's pid
 
 
 def _peak_file(cg: MemoryCgroup) -> Path:
@@ -241,9 +258,11 @@ def daemon(
     )
     proc = spawn_daemon(config, sock)
     children.adopt(proc)
+    bench.daemons[sock] = proc.pid
     try:
         yield sock
     finally:
+        bench.daemons.pop(sock, None)
         proc.terminate()
         if not children.wait([proc], 10.0):
             proc.kill()
@@ -273,6 +292,9 @@ def run_jobs(
     if sock is not None:
         env["SUPERVISORD_BATT_SOCKET"] = str(sock)
     procs, outs = [], []
+    run.load = os.getloadavg()[0]
+    daemon_pid = bench.daemons.get(sock) if sock is not None else None
+    daemon_cpu = _cpu_of(daemon_pid)
     busy, ours = host_busy_cpu_s(), children.cpu_s
     started, epoch = time.monotonic(), time.time()
     for name in names:
@@ -295,7 +317,9 @@ def run_jobs(
     run.wall = max(children.ended.get(p.pid, time.monotonic()) for p in procs) - started
     elapsed = time.monotonic() - started
     run.others = max(0.0, host_busy_cpu_s() - busy - (children.cpu_s - ours)) / elapsed
+    run.daemon_cpu = _cpu_of(daemon_pid) - daemon_cpu
     kill_members(cg, children)  # a job past the deadline, workers it left behind
+    run.cpu = children.cpu_s - ours
     run.oom_kills = cg.oom_kills() - oom_before
     run.peak = peak(cg)
     errors: Counter[str] = Counter()
@@ -311,6 +335,16 @@ def run_jobs(
             errors["SIGKILL" if proc.returncode == -9 else f"job ended {proc.returncode}"] += 1
     run.errors = dict(errors)
     return run
+
+
+def _cpu_of(pid: int | None) -> float:
+    """CPU seconds a live process has used (0 for None or a process gone)."""
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _limit_name(cg: MemoryCgroup) -> str:
@@ -349,8 +383,9 @@ def _read_job(out: Path, errors: Counter[str], grants: list[str], times: dict[st
 class Args:
     shape: Shape
     fraction: float = 0.5
-    small: Shape = Shape(tasks=24, workers=4, mib=50, cpu_ms=20.0, io_ms=180.0)
+    small: Shape = Shape(tasks=40, workers=4, mib=50, cpu_ms=5.0, io_ms=495.0)
     small_limit: int = 2048 * MIB
+    small_rounds: int = 5  # memory_per_slot and learned pairs, alternating
     cpu_cap: int = 16
     big_caps: tuple[int | None, ...] = (None, 16)  # None: the host's CPUs decide
     modes: tuple[str, ...] = ("sequential", "hand", "plain")
@@ -379,20 +414,33 @@ def big_case(bench: Bench, args: Args) -> dict[str, Any]:
 
 
 def small_case(bench: Bench, args: Args) -> dict[str, Any]:
+    """`small_rounds` pairs of (memory_per_slot, learned) runs, rows in that order per
+    pair whichever ran first (every second round runs the learned daemon first)."""
     shape = replace(args.small, jobs=args.shape.jobs)
     bench.cg.set_limit(args.small_limit)
     names = [f"small-{i}" for i in range(shape.jobs)]
     rows = []
-    with daemon(bench, scan="3600s", cpu_cap=args.cpu_cap, name="fixed") as sock:
-        rows.append(run_jobs(bench, shape, "budget", "memory_per_slot", names=names, sock=sock))
-    with daemon(bench, scan="1s", cpu_cap=args.cpu_cap, name="small") as sock:
-        run_jobs(bench, shape, "budget", "learning", names=names, sock=sock)
-        rows.append(run_jobs(bench, shape, "budget", "learned", names=names, sock=sock))
-    return {"limit": args.small_limit, "rows": rows}
+    cap = args.cpu_cap
+    with (
+        daemon(bench, scan="3600s", cpu_cap=cap, name="fixed") as fixed,
+        daemon(bench, scan="1s", cpu_cap=cap, name="small") as learned,
+    ):
+        run_jobs(bench, shape, "budget", "learning", names=names, sock=learned)
+        for i in range(args.small_rounds):
+            pair = {}
+            order = [("memory_per_slot", fixed), ("learned", learned)]
+            for label, sock in order[:: -1 if i % 2 else 1]:
+                time.sleep(SETTLE)  # a fixed pause: see SETTLE
+                pair[label] = run_jobs(
+                    bench, shape, "budget", f"{label}, round {i + 1}", names=names, sock=sock
+                )
+            rows += [pair["memory_per_slot"], pair["learned"]]
+    return {"limit": args.small_limit, "shape": asdict(shape), "rows": rows}
 
 
-def prove(args: Args, small: bool = True) -> dict[str, Any]:
-    """Both cases in one fresh memory cgroup, removed (its members killed) at the end."""
+def prove(args: Args, small: bool = True, big: bool = True) -> dict[str, Any]:
+    """Both cases (or one) in one fresh memory cgroup, removed (its members killed) at
+    the end."""
     where = memory_cgroup_root()
     if where is None:
         raise SystemExit("needs root and a memory cgroup hierarchy (v1, or v2 with memory)")
@@ -405,8 +453,9 @@ def prove(args: Args, small: bool = True) -> dict[str, Any]:
                 "version": cg.version,
                 "cores": len(os.sched_getaffinity(0)),
                 "shape": asdict(args.shape),
-                "big": big_case(bench, args),
             }
+            if big:
+                report["big"] = big_case(bench, args)
             if small:
                 report["small"] = small_case(bench, args)
             return report
@@ -427,7 +476,7 @@ def best_other(rows: list[Run]) -> Run | None:
 def verdict(report: dict[str, Any]) -> list[str]:
     """What missed its goal (empty: every goal met)."""
     missed = []
-    rows = report["big"]["rows"]
+    rows = report["big"]["rows"] if "big" in report else []
     best = best_other(rows)
     for r in rows:
         if r.mode != "budget":
@@ -437,26 +486,79 @@ def verdict(report: dict[str, Any]) -> list[str]:
         if best is not None and r.tasks_per_s < TARGET * best.tasks_per_s:
             missed.append(f"{r.label}: {r.tasks_per_s / best.tasks_per_s:.2f} of {best.label}")
     if "small" in report:
-        fixed, learned = report["small"]["rows"]
-        if not learned.finished or learned.tasks_per_s <= fixed.tasks_per_s:
-            missed.append("small workers: learned no faster than memory_per_slot")
+        missed += small_verdict(report["small"]["rows"])
     return missed
 
 
+def small_verdict(rows: list[Run]) -> list[str]:
+    """Each round: both finished with no OOM kill, memory decided (the learned daemon
+    granted more workers), and the learned run was the faster."""
+    missed = []
+    for fixed, learned in zip(rows[0::2], rows[1::2], strict=True):
+        for r in (fixed, learned):
+            if r.oom_kills or not r.finished:
+                missed.append(f"{r.label}: {r.oom_kills} OOM kills, {r.done}/{r.total} done")
+        if granted(learned) <= granted(fixed):
+            missed.append(f"{learned.label}: granted no more workers than memory_per_slot")
+        if learned.tasks_per_s <= fixed.tasks_per_s:
+            ratio = learned.tasks_per_s / fixed.tasks_per_s if fixed.tasks_per_s else 0.0
+            missed.append(f"{learned.label}: {ratio:.2f}x of memory_per_slot")
+    return missed
+
+
+def granted(r: Run) -> int:
+    """Workers of the jobs' first grants, together ("process:4 (process:4)" is 4)."""
+    return sum(int(g.split()[0].partition(":")[2] or 0) for g in r.grants)
+
+
 def print_report(report: dict[str, Any]) -> None:
-    big = report["big"]
-    print(
-        f"memory cgroup v{report['version']}: plain demand {big['demand'] / MIB:.0f} MiB,"
-        f" limit {big['limit'] / MIB:.0f} MiB, hand-sized pool {big['hand']}"
-    )
-    _table(big["rows"], best_other(big["rows"]))
+    print(f"memory cgroup v{report['version']}, {report['cores']} CPUs")
+    if "big" in report:
+        big = report["big"]
+        print(
+            f"plain demand {big['demand'] / MIB:.0f} MiB,"
+            f" limit {big['limit'] / MIB:.0f} MiB, hand-sized pool {big['hand']}"
+        )
+        _table(big["rows"], best_other(big["rows"]))
     if "small" in report:
-        small = report["small"]
-        print(f"\nsmall workers, limit {small['limit'] / MIB:.0f} MiB")
-        fixed = small["rows"][0]
-        _table(small["rows"], fixed)
+        print_small(report["small"])
     missed = verdict(report)
     print("\n" + ("every goal met" if not missed else "MISSED: " + "; ".join(missed)))
+
+
+def print_small(small: dict[str, Any]) -> None:
+    """The small case's rows, then per daemon the medians and ranges over the rounds."""
+    sh, rows = small["shape"], small["rows"]
+    print(
+        f"\nsmall workers, limit {small['limit'] / MIB:.0f} MiB: {sh['jobs']} jobs of"
+        f" {sh['tasks']} tasks ({sh['cpu_ms']:g} ms CPU, {sh['io_ms']:g} ms waiting), each"
+        f" wanting {sh['workers']} workers of {sh['mib']} MiB; {len(rows) // 2} rounds"
+    )
+    _table(rows, None)
+    print(f"  {'':30} {'tasks/s':>18} {'jobs CPU s':>17} {'grant to 1st task s':>19}")
+    for label in ("memory_per_slot", "learned"):
+        mine = [r for r in rows if r.label.startswith(label)]
+        starts = [t["first"] - t["granted"] for r in mine for t in r.timeline if "granted" in t]
+        print(
+            f"  {label:30} {_spread([r.tasks_per_s for r in mine]):>18}"
+            f" {_spread([r.cpu for r in mine]):>17} {_spread(starts):>19}"
+            f"  daemon CPU {_spread([r.daemon_cpu for r in mine])} s per run"
+        )
+    pairs = list(zip(rows[0::2], rows[1::2], strict=True))
+    ratios = [b.tasks_per_s / a.tasks_per_s for a, b in pairs if a.tasks_per_s]
+    faster = sum(b.tasks_per_s > a.tasks_per_s for a, b in pairs)
+    print(
+        f"  learned / memory_per_slot, per round: {_spread(ratios)}, faster in {faster} of"
+        f" {len(pairs)}; load average {_spread([r.load for r in rows])}, CPUs busy"
+        f" outside the jobs {_spread([r.others for r in rows])}"
+    )
+
+
+def _spread(values: list[float]) -> str:
+    """Median (smallest-largest), or '-' for none."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def phases(r: Run) -> str:
@@ -502,14 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=0.5, help="of the plain pools' demand")
     p.add_argument("--small-mib", type=int, default=s.mib)
     p.add_argument("--small-workers", type=int, default=s.workers)
+    p.add_argument("--small-tasks", type=int, default=s.tasks)
+    p.add_argument("--small-cpu-ms", type=float, default=s.cpu_ms)
+    p.add_argument("--small-io-ms", type=float, default=s.io_ms)
     p.add_argument("--small-limit-mib", type=int, default=2048)
+    p.add_argument("--small-rounds", type=int, default=Args(Shape()).small_rounds)
     p.add_argument(
         "--cpu-caps",
         default="host,16",
         help="the big case's budget daemons: their cpu_cap, 'host' for the host's CPUs",
     )
     p.add_argument("--modes", default="sequential,hand,plain", help="the big case's others")
-    p.add_argument("--no-small", action="store_true", help="the big case only")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--no-small", action="store_true", help="the big case only")
+    which.add_argument("--no-big", action="store_true", help="the small case only")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -517,19 +625,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     a = build_parser().parse_args()
     shape = Shape(a.jobs, a.tasks, a.workers, a.mib)
-    small = replace(Args(shape).small, mib=a.small_mib, workers=a.small_workers)
+    small = Shape(
+        tasks=a.small_tasks,
+        workers=a.small_workers,
+        mib=a.small_mib,
+        cpu_ms=a.small_cpu_ms,
+        io_ms=a.small_io_ms,
+    )
     caps = tuple(None if c == "host" else int(c) for c in a.cpu_caps.split(",") if c)
     modes = tuple(m for m in a.modes.split(",") if m)
-    args = Args(shape, a.fraction, small, a.small_limit_mib * MIB, big_caps=caps, modes=modes)
+    args = Args(
+        shape,
+        a.fraction,
+        small,
+        a.small_limit_mib * MIB,
+        a.small_rounds,
+        big_caps=caps,
+        modes=modes,
+    )
     with sigterm_as_interrupt():  # SIGTERM too removes the cgroup and kills what ran
-        report = prove(args, small=not a.no_small)
+        report = prove(args, small=not a.no_small, big=not a.no_big)
     if a.json:
-        out = {
-            **report,
-            "big": {**report["big"], "rows": [asdict(r) for r in report["big"]["rows"]]},
-        }
-        if "small" in report:
-            out["small"] = {**report["small"], "rows": [asdict(r) for r in report["small"]["rows"]]}
+        out = dict(report)
+        for case in ("big", "small"):
+            if case in report:
+                out[case] = {**report[case], "rows": [asdict(r) for r in report[case]["rows"]]}
         print(json.dumps(out, indent=2))
     else:
         print_report(report)

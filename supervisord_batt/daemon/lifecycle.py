@@ -62,6 +62,16 @@ log = get_logger(component="daemon")
 RECENT_LINES = 50  # log lines kept in memory for `status` (a live view's latest events)
 
 
+def scan_due(now: float, last_scan: float, scan_interval: float, sample_interval: float) -> bool:
+    """Whether the tick at `now` scans: `scan_interval` has passed since the last scan,
+    give or take half a tick. The ticks keep a fixed cadence but each runs a little late
+    (a loaded host, the event loop): a scan at a tick 10 ms late was not due at the next
+    tick 990 ms on, so a `scan_interval` of one tick scanned every other tick, and the
+    samples between charged the memory that new pools had written since the last scan
+    as still to be written (`budget.claims.pending`), which shrank pools for a second."""
+    return now - last_scan >= scan_interval - sample_interval / 2
+
+
 class Daemon:
     def __init__(self, config: Config, socket_path: Path | None = None) -> None:
         self.config = config
@@ -372,7 +382,8 @@ class Daemon:
     # -- the tick ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        if now - self._last_scan >= self.config.daemon.scan_interval:
+        daemon = self.config.daemon
+        if scan_due(now, self._last_scan, daemon.scan_interval, daemon.sample_interval):
             try:
                 self._trees = self._scan()
             except OSError as exc:  # out of descriptors: the last trees stand, retried
