@@ -12,6 +12,9 @@ package there (`git archive COMMIT supervisord_batt | tar -x -C DIR`):
   imports before it marks `started`);
 - imports: the CPU seconds each mode's imports add in a fresh interpreter (loky's pool,
   the client's lease, demo and psutil, which its executor loads);
+- a loky worker's start: the CPU seconds of a fresh interpreter's reaped children (its
+  pool's workers and resource tracker) after a pool of 4 ran 4 tasks of 0.3 s waiting
+  and shut down, less a pool of 1's, over 3 (what one worker more costs);
 - exit: a child that has written `mib` MiB (as a job's process or a worker does) is told
   to end; from then to its reaping (its pages freed, its modules torn down), against the
   same child holding nothing and holding `mib` MiB with the client imported; its CPU is
@@ -48,6 +51,19 @@ buf = bytearray({mib} << 20)
 buf[::4096] = b"\\x01" * (len(buf) // 4096)
 print(time.process_time(), flush=True)
 sys.stdin.read()
+"""
+
+POOL = """
+import resource, time
+import loky
+def wait(x):
+    time.sleep(0.3)
+    return x
+if __name__ == "__main__":
+    with loky.ProcessPoolExecutor({n}) as ex:
+        list(ex.map(wait, range({n})))
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(r.ru_utime + r.ru_stime)
 """
 
 
@@ -92,6 +108,23 @@ def exit_cost(mib: int, path: str, imp: str = "") -> tuple[float, float]:
     return time.monotonic() - t0, _child_cpu() - cpu - used
 
 
+def worker_start(path: str) -> tuple[float, float]:
+    """CPU seconds one loky worker more costs its pool (children of 4 less 1, over 3),
+    twice: the medians' shape."""
+    cpu = []
+    for n in (1, 4):
+        out = subprocess.run(
+            [sys.executable, "-P", "-c", POOL.format(n=n)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=_env(path),
+        ).stdout
+        cpu.append(float(out))
+    each = (cpu[1] - cpu[0]) / 3
+    return each, each
+
+
 def _env(path: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
@@ -120,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, imp in IMPORTS.items():
         figures[f"{name} imports"] = median(runs, partial(imports, imp, path))
+    figures["loky worker start"] = median(runs, lambda: worker_start(path))
     figures["exit holding nothing"] = median(runs, lambda: exit_cost(0, path))
     figures[f"exit holding {mib} MiB"] = median(runs, lambda: exit_cost(mib, path))
     figures[f"exit holding {mib} MiB, the client imported"] = median(

@@ -3,10 +3,12 @@
     python benchmarks/simulate_memory.py [--results FILE] [--json]
 
 1. Validation: each row of benchmarks/memory_proof.py's big case (its --json output,
-   default benchmarks/results/memory-proof-2core.json: jobs of 400 MiB workers in a real
-   memory cgroup on this 2-core machine) simulated with the same jobs, limit, daemon and
-   the CPUs other programs kept busy during that row: tasks/s within 15% and the same
-   OOM outcome (kills or none; every task done or not), or the model is not trusted.
+   default benchmarks/results/memory-proof-2core-quiet.json: jobs of 400 MiB workers in
+   a real memory cgroup on this 2-core machine, nothing else busy) simulated with the
+   same jobs, limit, daemon and the threads other programs kept runnable during that
+   row: tasks/s within 15% and the same OOM outcome (kills or none; every task done or
+   not), or the model is not trusted. benchmarks/results/memory-proof-2core.json is a
+   run on a loaded host, which the model does not reproduce (docs/SIMULATION.md).
 2. The table (benchmarks/sim/memtable.py): cells of jobs with different worker sizes under
    a memory limit; plain pools, sequential, the budget charging memory_per_slot (512 MiB),
    the budget with each job's learned size, and the budget in the first run of jobs that
@@ -29,7 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script: the repository root, for bench
 from benchmarks.sim.memtable import POLICIES, MemCheck, run_table, validate  # noqa: E402
 from benchmarks.sim.model import GIB, MIB  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "memory-proof-2core.json"
+RESULTS = ROOT / "benchmarks" / "results" / "memory-proof-2core-quiet.json"
 
 
 def print_validation(checks: list[MemCheck]) -> None:

@@ -59,8 +59,11 @@ class Mem:
     """What processes cost (CPU seconds, bytes): measured on this machine, see
     docs/SIMULATION.md (Memory)."""
 
-    job_start_cpu: float = 0.37  # interpreter and imports (cells.JOB_START_CPU; see below)
-    worker_spawn_cpu: float = 0.287  # one loky worker (the task model's calibrated figure)
+    # the job's interpreter and imports, and one loky worker more in its pool
+    # (benchmarks/process_costs.py; docs/SIMULATION.md, Memory, has why these and not
+    # the task model's 0.37 and 0.287, which stood in for a loaded host)
+    job_start_cpu: float = 0.039
+    worker_spawn_cpu: float = 0.106
     # a process's exit: its interpreter's, and freeing the pages it holds
     # (benchmarks/process_costs.py: 5 ms holding nothing, 30 ms holding 400 MiB)
     exit_cpu: float = 0.005

@@ -1,6 +1,7 @@
 """The simulator's memory model (benchmarks/sim/memory.py): by hand, the claims
 docs/SIMULATION.md makes of its memory table, and its validation against the real
-memory-cgroup run that benchmarks/results/memory-proof-2core.json holds."""
+memory-cgroup runs that benchmarks/results/memory-proof-2core-quiet.json (a quiet
+host) and memory-proof-2core.json (a loaded one) hold."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from benchmarks.sim.memtable import CELLS, POLICIES, client_of, run_policy, vali
 from benchmarks.sim.model import GIB, MIB
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks/results/memory-proof-2core.json"
+QUIET = RESULTS.with_name("memory-proof-2core-quiet.json")
 ONE = JobSpec(tasks=4, workers=3, mib=400, cpu_ms=100.0, io_ms=0.0)
 
 
@@ -47,8 +49,8 @@ def test_the_documented_memory_findings() -> None:
     """What docs/SIMULATION.md (Memory) says of the table: plain pools are OOM-killed in
     every cell and sequential in none; jobs of small workers are never OOM-killed under
     the budget: charged memory_per_slot for the seat each runs sequential in, none gets a
-    pool, and learned (from their own processes in the first run) 13 of 16 get pools of 2
-    and run 1.2x faster than sequential; the proof's shape is no longer OOM-killed and
+    pool, and learned (from their own processes in the first run) all 16 get pools of 2
+    and run 1.4x faster than sequential; the proof's shape is no longer OOM-killed and
     runs at least sequential's speed; where workers of 1.5-2 GiB meet the limit the
     budget is OOM-killed still where the jobs declare nothing, charged memory_per_slot or
     learned."""
@@ -61,10 +63,10 @@ def test_the_documented_memory_findings() -> None:
     small_learned = got[("small workers", "budget learned")]
     for small in (small_fixed, small_learned):
         assert (small.oom_kills, small.failed) == (0, 0)
-        assert "sequential:0" in small.grants  # some jobs wait sequential for memory
-    assert granted(small_fixed) == 0 and granted(small_learned) >= 20  # first grants: 0, 26
+    assert small_fixed.grants == ["sequential:0"] * 16  # the seats fill the 4 GiB
+    assert granted(small_learned) >= 30  # first grants: 0, 32
     sequential_rate = got[("small workers", "sequential")].tasks_per_s
-    assert small_learned.tasks_per_s > 1.2 * max(sequential_rate, small_fixed.tasks_per_s)
+    assert small_learned.tasks_per_s > 1.4 * max(sequential_rate, small_fixed.tasks_per_s)
     proof = got[("the proof's shape", "sequential")].tasks_per_s
     for policy in ("budget memory_per_slot", "budget learned"):
         r = got[("the proof's shape", policy)]
@@ -78,8 +80,10 @@ def test_jobs_that_declare_their_size_are_never_oom_killed() -> None:
     """What docs/SIMULATION.md (Memory) says of the declared column: every job declaring
     its workers' resident size, no cell has an OOM kill or a failed task in the run that
     first sees the jobs, nor in the next (learned after it); where workers of 1.5-2 GiB
-    meet the limit it runs at 0.95 or more of sequential (the burst's wait is the rest),
-    and jobs of small workers at 1.4x sequential, above plain pools that are killed."""
+    meet the limit it runs at 0.94 or more of sequential (the worker starts and the
+    burst's wait are the rest),
+    and jobs of small workers at 1.4x sequential with every task done, where plain pools
+    are killed and fail a quarter of theirs."""
     for cell in CELLS:
         declared = run_policy(cell, "budget declared")
         assert (declared.oom_kills, declared.failed) == (0, 0), cell.name
@@ -89,11 +93,12 @@ def test_jobs_that_declare_their_size_are_never_oom_killed() -> None:
         again = MemSim(cell.jobs(declared=True), "budget", host, learned=first.figures).run()
         assert (again.oom_kills, again.failed) == (0, 0), cell.name
         sequential = run_policy(cell, "sequential").tasks_per_s
-        assert declared.tasks_per_s >= 0.95 * sequential, cell.name
+        assert declared.tasks_per_s >= 0.94 * sequential, cell.name
     small = next(c for c in CELLS if c.name == "small workers")
     rate = run_policy(small, "budget declared").tasks_per_s
     assert rate > 1.4 * run_policy(small, "sequential").tasks_per_s
-    assert rate > run_policy(small, "plain").tasks_per_s
+    plain = run_policy(small, "plain")
+    assert plain.oom_kills > 0 and plain.failed >= (plain.done + plain.failed) // 4
 
 
 def test_a_run_cut_short_by_the_oom_killer_teaches_no_bare_size() -> None:
@@ -111,24 +116,32 @@ def test_a_run_cut_short_by_the_oom_killer_teaches_no_bare_size() -> None:
 
 def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
     """What docs/SIMULATION.md (Memory) says of the validation: every row of the measured
-    big case has the same OOM outcome simulated (OOM kills or none, every task done or
-    not), the budget's rows included (no kill, measured or simulated); every row with no
-    OOM kill is within 20% in tasks/s, the simulated one faster (the kept run's host was
-    loaded beyond what the model's processor sharing slows: the doc says so), and 4 of
-    the 7 within 15%. The kept run predates the client's lazy imports (its timelines do
-    not mark the release), so its budget jobs are charged that client's costs."""
-    report = json.loads(RESULTS.read_text())
-    assert client_of(report).client_start_cpu > Mem().client_start_cpu
-    marked = json.loads(RESULTS.read_text())
-    marked["big"]["rows"][3]["timeline"][0]["released"] = 9.0
-    assert client_of(marked) == Mem()
-    checks = {c.row: c for c in validate(report)}
+    big case on a quiet host has the same OOM outcome simulated (OOM kills or none,
+    every task done or not), the budget's rows included (no kill, measured or
+    simulated), and every row with no OOM kill is within 15% in tasks/s (6 of 7: plain,
+    OOM-killed, is not)."""
+    checks = {c.row: c for c in validate(json.loads(QUIET.read_text()))}
     assert len(checks) == 7
     off = [(c.row, c.measured_oom, c.simulated_oom) for c in checks.values()]
     assert all(c.same_outcome for c in checks.values()), off
     calm = [c for c in checks.values() if c.measured_oom == 0]
     assert {c.row for c in calm} == set(checks) - {"plain"}
-    for check in calm:
-        assert check.error <= 0.20, (check.row, check)
-        assert check.simulated >= check.measured, (check.row, check)
-    assert sum(c.error <= 0.15 for c in checks.values()) >= 4
+    assert all(c.error <= 0.15 for c in calm), [(c.row, round(c.error, 3)) for c in calm]
+
+
+def test_the_memory_model_is_faster_than_a_run_on_a_loaded_host() -> None:
+    """docs/SIMULATION.md (Memory): on a host whose other sessions kept 1.5 of its 2
+    CPUs busy, the OOM outcome is still the same in every row, but every row without a
+    kill runs faster simulated: the model shares CPUs among the threads measured
+    runnable, where this kernel shares them among sessions first (autogroup). That run
+    predates the client's lazy imports (its timelines do not mark the release), so its
+    budget jobs are charged that client's costs."""
+    report = json.loads(RESULTS.read_text())
+    assert client_of(report).client_start_cpu > Mem().client_start_cpu
+    marked = json.loads(RESULTS.read_text())
+    marked["big"]["rows"][3]["timeline"][0]["released"] = 9.0
+    assert client_of(marked) == Mem()
+    checks = validate(report)
+    assert all(c.same_outcome for c in checks), [(c.row, c.simulated_oom) for c in checks]
+    calm = [c for c in checks if c.measured_oom == 0]
+    assert len(calm) == 6 and all(c.simulated > c.measured for c in calm)
