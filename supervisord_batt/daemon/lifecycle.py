@@ -486,7 +486,7 @@ class Daemon:
                 for key, f in figures.items()
                 if f.worker_tasks is not None and f.pool_tasks is not None
             },
-            {key: f.runs for key, f in figures.items()},
+            self.commands.worker_sizes.ended_runs(),
         )
 
     def limits_now(self) -> dict[str, Any]:

@@ -230,6 +230,16 @@ class WorkerSizes:
         figures.update((key, _learned(values)) for key, values in peaks.items())  # pools win
         return figures
 
+    def ended_runs(self) -> dict[Key, int]:
+        """Per (job, uid) in `figures`, the runs its figure has from ended runs: what
+        may replace a declared size (budget.costs.per_worker). Live runs do not count:
+        a job array's first scan sees every job of it before their workers load their
+        data, and three bare live runs would outvote what the operator declared."""
+        pools = set(self._done) | {key for key, _ in self._live.values()}
+        runs = {key: len(v) for key, v in self._own_done.items() if key not in pools}
+        runs.update((key, len(self._done.get(key, ()))) for key in pools)
+        return runs
+
     def pool_pids(self, leases: Iterable[Lease], trees: Mapping[int, TreeUsage]) -> list[int]:
         """The descendants of the holders of process pools: whose memory to read."""
         holders = {lease.pid for lease in leases if lease.kind == "process" and lease.workers}

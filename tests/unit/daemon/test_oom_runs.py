@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from supervisord_batt.budget.costs import per_worker
 from supervisord_batt.daemon.workersizes import Learned, WorkerSizes, oom_rose
 from supervisord_batt.host.sample import TreeUsage
 from tests.support.sizes import MIB, lease, tree
@@ -82,3 +83,24 @@ def test_an_oom_count_rises_only_where_a_cgroup_was_watched_before() -> None:
     assert not oom_rose({}, {"/a": 3})  # not watched before: its kills are older
     assert not oom_rose({"/a": 5}, {"/a": 0})  # made again
     assert oom_rose({"/a": 5, "/b": 0}, {"/a": 0, "/b": 1})
+
+
+def test_live_runs_do_not_count_toward_replacing_a_declared_size() -> None:
+    """A job array's first scan sees three of its jobs with bare workers (20 MiB): a
+    figure from three runs, but none ended, so a declared 2 GiB stands (a live-run
+    count once let that scan undo it and the fourth job get a pool of 16)."""
+    sizes = WorkerSizes()
+    held, trees, rss = [], {}, {}
+    for i, pid in enumerate((100, 200, 300)):
+        t, r = tree(pid, 20, 20)
+        held.append(lease(f"L{i}", pid, 2))
+        trees[pid] = t
+        rss.update(r)
+    sizes.observe(held, trees, rss, {})
+    key = ("batt", 1000)
+    assert sizes.figures()[key] == Learned(20 * MIB, 3)
+    assert sizes.ended_runs() == {key: 0}
+    assert per_worker(512 * MIB, 2048 * MIB, 20 * MIB, sizes.ended_runs()[key]) == 2048 * MIB
+    sizes.observe([], {}, {}, {})  # all three end: three ended runs now
+    assert sizes.ended_runs() == {key: 3}
+    assert per_worker(512 * MIB, 2048 * MIB, 20 * MIB, 3) == 20 * MIB
