@@ -40,8 +40,11 @@ EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status re
 # and not kept; the others go into log lines or are looked up. A longer value is refused
 # (`bad_request`, naming the field and the limit), never cut: the job learns at once that
 # its name is not the one the daemon would show, and the rule is the same for every field.
-# The most bytes a job may declare one of its workers takes (acquire's `worker_bytes`, a
-# program's `worker_memory`): 1 TiB, beyond any host these jobs run on; more is a typo.
+# The bytes a job may declare one of its workers takes (acquire's `worker_bytes`, a
+# program's `worker_memory`): at least 1 MiB, as no worker is charged less (a bare
+# number is bytes, so `1536` meant as MiB would declare a worker 1.5 KiB and undercharge
+# the very jobs that declare), at most 1 TiB, beyond any host these jobs run on.
+MIN_WORKER_BYTES = 1 << 20
 MAX_WORKER_BYTES = 1 << 40
 
 MAX_CHARS = {
@@ -157,7 +160,8 @@ def decode(line: bytes) -> dict[str, Any]:
     """Parse and validate one request line; raise ProtocolError with the reason."""
     try:
         msg = _DECODE(line.decode())  # UTF-8 by the protocol: no encoding detection
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of over 4,300 digits
+        # (the interpreter's limit on converting one: a ValueError, not a JSONDecodeError)
         raise ProtocolError(BAD_JSON, f"not a JSON object: {exc}") from None
     except RecursionError:  # [[[[...]]]] thousands deep: the decoder's stack, not a bug
         raise ProtocolError(BAD_JSON, "JSON nested too deeply") from None
@@ -219,8 +223,11 @@ def _validate(op: str, msg: Mapping[str, Any]) -> None:  # noqa: C901, PLR0912
     elif op == "acquire":
         if msg["want"] < 0:
             raise ProtocolError(BAD_REQUEST, "acquire.want: must be >= 0")
-        if not 1 <= msg.get("worker_bytes", 1) <= MAX_WORKER_BYTES:
-            raise ProtocolError(BAD_REQUEST, f"acquire.worker_bytes: 1 to {MAX_WORKER_BYTES}")
+        if not MIN_WORKER_BYTES <= msg.get("worker_bytes", MIN_WORKER_BYTES) <= MAX_WORKER_BYTES:
+            raise ProtocolError(
+                BAD_REQUEST,
+                f"acquire.worker_bytes: {MIN_WORKER_BYTES} to {MAX_WORKER_BYTES} (1MiB to 1TiB)",
+            )
         kinds = msg.get("kinds", list(KINDS))
         if not kinds or any(k not in KINDS for k in kinds):
             raise ProtocolError(BAD_REQUEST, f"acquire.kinds: a non-empty list of {KINDS}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES, Kind, Level
+from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES, MIN_WORKER_BYTES, Kind, Level
 
 
 class LeaseError(Exception):
@@ -108,8 +108,11 @@ def validate_request(req: Request) -> None:
         problems.append(f"want must be >= 0, got {req.want}")
     if req.base_tasks < 0:
         problems.append(f"base_tasks must be >= 0, got {req.base_tasks}")
-    if not 0 <= req.declared_bytes <= MAX_WORKER_BYTES:
-        problems.append(f"declared_bytes must be 0 to {MAX_WORKER_BYTES}, got {req.declared_bytes}")
+    if req.declared_bytes and not MIN_WORKER_BYTES <= req.declared_bytes <= MAX_WORKER_BYTES:
+        problems.append(
+            f"declared_bytes must be 0 or {MIN_WORKER_BYTES} to {MAX_WORKER_BYTES},"
+            f" got {req.declared_bytes}"
+        )
     if not _KIND_SET.issuperset(req.kinds):
         problems.append(f"kinds must be among {', '.join(KINDS)}, got {req.kinds}")
     if problems:

@@ -598,11 +598,14 @@ def acquire(
     """lease() without the block: the caller must call release(). For code whose lease
     does not follow a `with` (a joblib backend: configure, then terminate). `quiet`
     leaves the warning about an unreachable daemon to the caller. `worker_bytes`: the
-    bytes one of the job's workers takes, declared (1 to protocol.MAX_WORKER_BYTES;
+    bytes one of the job's workers takes, declared (protocol.MIN_WORKER_BYTES to _MAX;
     None: $SUPERVISORD_BATT_WORKER_MEMORY, else nothing): the budget charges it until it
     has learned the job's size."""
-    if worker_bytes is not None and not 1 <= worker_bytes <= protocol.MAX_WORKER_BYTES:
-        raise ValueError(f"worker_bytes: 1 to {protocol.MAX_WORKER_BYTES}, got {worker_bytes}")
+    if worker_bytes is not None and not _declarable(worker_bytes):
+        raise ValueError(
+            f"worker_bytes: {protocol.MIN_WORKER_BYTES} to {protocol.MAX_WORKER_BYTES}"
+            f" (1MiB to 1TiB), got {worker_bytes}"
+        )
     path = Path(socket_path) if socket_path is not None else default_socket_path()
     grant = _acquire(path, want, list(kinds), job, timeout, worker_bytes)
     if grant is None or grant.degraded:
@@ -667,8 +670,9 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 def declared_worker_bytes(env: Mapping[str, str] | None = None) -> int | None:
     """$SUPERVISORD_BATT_WORKER_MEMORY in bytes: 1610612736, "1536MiB", "1.5G" (binary
-    units K, M, G, T, with or without "iB"); None where unset, or not a size from 1 byte
-    to protocol.MAX_WORKER_BYTES (said once, and the acquire declares nothing)."""
+    units K, M, G, T, with or without "iB"); None where unset, or not a size from 1 MiB
+    to 1 TiB (protocol.MIN_WORKER_BYTES and _MAX; said once, and the acquire declares
+    nothing)."""
     text = (os.environ if env is None else env).get(paths.WORKER_MEMORY_ENV, "").strip()
     if not text:
         return None
@@ -678,7 +682,7 @@ def declared_worker_bytes(env: Mapping[str, str] | None = None) -> int | None:
         nbytes = round(float(number) * _UNITS[unit]) if number.strip() else 0
     except (ValueError, KeyError, OverflowError):
         nbytes = 0
-    if not 1 <= nbytes <= protocol.MAX_WORKER_BYTES:
+    if not _declarable(nbytes):
         if text not in _IGNORED:  # once per value: a job may acquire at every call
             _IGNORED.add(text)
             warn(f"ignoring {paths.WORKER_MEMORY_ENV}={text!r}: expected a size like 1536MiB")
@@ -687,6 +691,10 @@ def declared_worker_bytes(env: Mapping[str, str] | None = None) -> int | None:
 
 
 _IGNORED: set[str] = set()
+
+
+def _declarable(nbytes: int) -> bool:
+    return protocol.MIN_WORKER_BYTES <= nbytes <= protocol.MAX_WORKER_BYTES
 
 
 # --- `supervisord-batt exec`: lease for a program that knows nothing about us ----------

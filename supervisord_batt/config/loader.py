@@ -94,8 +94,10 @@ _stop_grace = duration(
 
 def _worker_memory(node: Node) -> int:
     """The size one worker of a program takes, as its operator declares it: a size, at
-    most what an acquire may carry (`protocol.MAX_WORKER_BYTES`)."""
+    least and at most what an acquire may carry (`protocol.MIN_WORKER_BYTES`, `_MAX`)."""
     nbytes = size(node)
+    if nbytes < protocol.MIN_WORKER_BYTES:
+        raise Invalid(f"must be at least 1MiB (a bare number is bytes), got {nbytes} bytes")
     if nbytes > protocol.MAX_WORKER_BYTES:
         raise Invalid(f"must be at most 1TiB (1099511627776 bytes), got {nbytes} bytes")
     return nbytes

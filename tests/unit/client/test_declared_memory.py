@@ -18,7 +18,7 @@ from supervisord_batt.client.leases import declared_worker_bytes
         ("1610612736", 1536 << 20),
         ("1536MiB", 1536 << 20),
         ("1.5G", 1536 << 20),
-        (" 64k ", 64 << 10),
+        (" 64M ", 64 << 20),
         ("1TiB", 1 << 40),
     ],
 )
@@ -26,7 +26,7 @@ def test_a_declared_size_is_read_in_bytes(text: str, nbytes: int) -> None:
     assert declared_worker_bytes({paths.WORKER_MEMORY_ENV: text}) == nbytes
 
 
-@pytest.mark.parametrize("text", ["lots", "-5", "0", "MiB", "nan", "2TiB", "1.5 PB"])
+@pytest.mark.parametrize("text", ["lots", "-5", "0", "MiB", "nan", "2TiB", "1.5 PB", "1536", "64k"])
 def test_a_size_not_understood_declares_nothing_and_says_so(text: str) -> None:
     # structlog configured (as here, to capture), the warning is its line; where another
     # test left it configured to a sink of its own, stderr would not show it

@@ -327,6 +327,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             "at most 1TiB",
         ),
         (
+            "programs:\n  a:\n    command: x\n    worker_memory: 1536\n",
+            "programs.a.worker_memory",
+            4,
+            "at least 1MiB (a bare number is bytes)",
+        ),
+        (
             "programs:\n  a:\n    command: x\n    backoff:\n      initial: 10s\n      max: 5s\n",
             "programs.a.backoff.max",
             6,
