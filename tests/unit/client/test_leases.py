@@ -411,6 +411,33 @@ def test_a_grants_retry_after_is_bounded_whatever_the_daemon_sends(
     assert kept <= BURST_WAIT_MAX
 
 
+def test_the_client_hears_a_held_grant_let_go_before_its_retry_after(
+    fake_daemon: Callable[..., FakeDaemon],
+) -> None:
+    """A daemon may let a held grant go early (the burst left it no pool): the client
+    renews every BURST_POLL while held, so it hears that at the fifth renew here, long
+    before the 1 s retry_after each held reply says; a client that slept retry_after
+    would renew twice within BURST_WAIT_MAX and return the grant still held."""
+    renews = {"n": 0}
+
+    def handle(msg: dict[str, Any]) -> dict[str, Any]:
+        if msg["op"] == "renew":
+            renews["n"] += 1
+        if msg["op"] == "acquire" or (msg["op"] == "renew" and renews["n"] < 5):
+            return {**_grant_reply(0, 0, "sequential"), "reason": "burst: held", "retry_after": 1.0}
+        if msg["op"] == "renew":
+            return {**_grant_reply(0, 0, "sequential"), "reason": "let go"}
+        return OTHER_REPLIES[msg["op"]]
+
+    d = fake_daemon(handle)
+    grant = client.acquire(2, job="held", socket_path=d.path)
+    try:
+        assert (grant.kind, grant.reason, grant.retry_after) == ("sequential", "let go", 0.0)
+        assert d.ops().count("renew") == 5
+    finally:
+        grant.release()
+
+
 def test_a_held_grant_renews_every_poll_until_its_retry_after_and_never_past_the_cap() -> None:
     """The daemon may let a held grant go before its retry_after (the burst left it no
     pool): the client hears it at its next renew, BURST_POLL at most later."""
