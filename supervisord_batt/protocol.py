@@ -35,11 +35,6 @@ TAIL_MAX = 64 * 1024  # the most bytes of output one `tail` reply carries
 STATUS_PAGE_MAX = 500  # rows of each list in one status reply
 EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status reply
 
-# The most characters (code points) a request's text field may carry. `job` stays with
-# its lease and is shown in every status; `client` (hello's name for itself) is checked
-# and not kept; the others go into log lines or are looked up. A longer value is refused
-# (`bad_request`, naming the field and the limit), never cut: the job learns at once that
-# its name is not the one the daemon would show, and the rule is the same for every field.
 # The bytes a job may declare one of its workers takes (acquire's `worker_bytes`, a
 # program's `worker_memory`): at least 1 MiB, as no worker is charged less (a bare
 # number is bytes, so `1536` meant as MiB would declare a worker 1.5 KiB and undercharge
@@ -47,6 +42,11 @@ EVENT_TEXT_MAX = 400  # characters of each text field of an event in a status re
 MIN_WORKER_BYTES = 1 << 20
 MAX_WORKER_BYTES = 1 << 40
 
+# The most characters (code points) a request's text field may carry. `job` stays with
+# its lease and is shown in every status; `client` (hello's name for itself) is checked
+# and not kept; the others go into log lines or are looked up. A longer value is refused
+# (`bad_request`, naming the field and the limit), never cut: the job learns at once that
+# its name is not the one the daemon would show, and the rule is the same for every field.
 MAX_CHARS = {
     "job": 256,
     "client": 128,
