@@ -219,14 +219,15 @@ class Daemon:
         self.notifier.ready(self.status_line())
 
     async def main_loop(self) -> None:
-        """Tick every sample_interval; ping the watchdog from here, so a stalled loop is
-        one systemd restarts."""
-        interval = self.config.daemon.sample_interval
+        """Tick every sample_interval (the config's now: a reload may change it, and
+        `scan_due` reads it too); ping the watchdog from here, so a stalled loop is one
+        systemd restarts."""
         next_tick = time.monotonic()
         while not self.should_exit.is_set():
             now = time.monotonic()
             if now >= next_tick:
                 self.tick(now)
+                interval = self.config.daemon.sample_interval
                 next_tick += interval
                 now = time.monotonic()
                 if next_tick < now:  # a slow tick: skip the missed ones, no burst
