@@ -21,7 +21,8 @@ itself), the cgroup's OOM kills (memory.oom_control / memory.events oom_kill, re
 and after), the cgroup's peak usage, wall time from start to the last job's exit, tasks/s
 and its ratio to the best mode other than the budget that finished every task, and
 what ran beside it on the host: the CPUs other programs kept busy, the threads they kept
-runnable (benchmarks/simulate_memory.py replays each row with that load).
+runnable, and the other sessions with a runnable process (this kernel shares CPUs among
+sessions first; benchmarks/simulate_memory.py replays each row with those sessions).
 
 The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
 that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
@@ -118,6 +119,9 @@ class Run:
     load: float = 0.0  # the host's 1-minute load average when the run started
     others: float = 0.0  # CPUs busy outside the run's jobs, on average over its wall time
     runnable: float = 0.0  # threads runnable outside the cgroup, on average (the simulator's)
+    # other sessions with a runnable process, on average: this kernel shares CPUs among
+    # sessions first (`kernel.sched_autogroup_enabled`), and the simulator replays them
+    sessions: float = 0.0
     # per job, seconds from the jobs' start: its interpreter up, its grant (budget), its
     # first and last task done, its exit (where a job's time goes, `phases`)
     timeline: list[dict[str, float]] = field(default_factory=list)
@@ -162,16 +166,46 @@ def peak(cg: MemoryCgroup) -> int:
 
 def wait_watching(
     cg: MemoryCgroup, children: Children, procs: list[subprocess.Popen[bytes]]
-) -> float:
+) -> tuple[float, float]:
     """Wait for the jobs (to RUN_DEADLINE); the mean number of threads runnable on the
-    host outside the cgroup meanwhile (/proc/stat procs_running, less ours in state R)."""
+    host outside the cgroup meanwhile (/proc/stat procs_running, less ours in state R),
+    and of other sessions with a runnable process (`busy_sessions`, every 4th sample)."""
     deadline = time.monotonic() + RUN_DEADLINE
     seen: list[int] = []
+    sessions: list[int] = []
+    ours = _autogroup(os.getpid())
     while any(children.alive(p) for p in procs) and time.monotonic() < deadline:
         children.reap()
         seen.append(max(0, _procs_running() - _ours_running(cg) - 1))  # - 1: this process
+        if len(seen) % 4 == 1:  # about 3 ms a sample here: every 200 ms, not 50
+            sessions.append(busy_sessions(ours))
         time.sleep(0.05)  # a sample every 50 ms, within the deadline above
-    return sum(seen) / len(seen) if seen else 0.0
+    return (
+        sum(seen) / len(seen) if seen else 0.0,
+        sum(sessions) / len(sessions) if sessions else 0.0,
+    )
+
+
+def _autogroup(pid: int) -> str:
+    """The scheduler's session group of a process ("" where the kernel has none)."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def busy_sessions(ours: str) -> int:
+    """Other session groups (autogroups) with a process in state R now: the kernel shares
+    the CPUs among those and this run's first. A process's main thread stands for it."""
+    groups = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            if stat.rpartition(")")[2].split()[0] == "R":
+                groups.add(_autogroup(int(entry.name)))
+    return len(groups - {ours, ""})
 
 
 def _procs_running() -> int:
@@ -313,7 +347,7 @@ def run_jobs(
             )
         children.adopt(proc)
         procs.append(proc)
-    run.runnable = wait_watching(cg, children, procs)
+    run.runnable, run.sessions = wait_watching(cg, children, procs)
     run.wall = max(children.ended.get(p.pid, time.monotonic()) for p in procs) - started
     elapsed = time.monotonic() - started
     run.others = max(0.0, host_busy_cpu_s() - busy - (children.cpu_s - ours)) / elapsed

@@ -5,10 +5,13 @@
 1. Validation: each row of benchmarks/memory_proof.py's big case (its --json output,
    default benchmarks/results/memory-proof-2core-quiet.json: jobs of 400 MiB workers in
    a real memory cgroup on this 2-core machine, nothing else busy) simulated with the
-   same jobs, limit, daemon and the threads other programs kept runnable during that
-   row: tasks/s within 15% and the same OOM outcome (kills or none; every task done or
-   not), or the model is not trusted. benchmarks/results/memory-proof-2core.json is a
-   run on a loaded host, which the model does not reproduce (docs/SIMULATION.md).
+   same jobs, limit, daemon and the sessions (else threads) other programs kept
+   runnable during that row: tasks/s within 15% and the same OOM outcome (kills or
+   none; every task done or not), or the model is not trusted.
+   benchmarks/results/memory-proof-2core-loaded.json
+   was made beside four busy sessions, which the model replays (`--results` it);
+   memory-proof-2core.json, on a loaded host before the sessions were recorded, it does
+   not (docs/SIMULATION.md).
 2. The table (benchmarks/sim/memtable.py): cells of jobs with different worker sizes under
    a memory limit; plain pools, sequential, the budget charging memory_per_slot (512 MiB),
    the budget with each job's learned size, and the budget in the first run of jobs that

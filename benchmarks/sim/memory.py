@@ -105,6 +105,10 @@ class MemHost:
     sample_interval: float = 1.0
     scan_interval: float = 1.0
     others: float = 0.0  # threads the host's other programs keep runnable (a measured run's)
+    # other sessions with a runnable process, on average (a measured run's; 0: not known).
+    # Given, the CPUs are shared among sessions first, as this kernel does (autogroup):
+    # the run's processes are one session, each of the others one more, busy alone
+    sessions: float = 0.0
 
 
 @dataclass
@@ -238,7 +242,7 @@ class MemSim:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode, self.host, self.mem, self.hand = mode, host, mem, hand
-        self.kernel = Kernel(host.cores)
+        self.kernel = Kernel(host.cores, per_group=host.sessions > 0)
         self.jobs = [Job(i, spec) for i, spec in enumerate(jobs)]
         self.boxes: list[Box] = []
         self.used = self.peak = self.oom_kills = 0
@@ -415,9 +419,14 @@ class MemSim:
             self.kernel.start(self._main(job), f"job{job.index}:main")
         if self.ledger is not None:
             self.kernel.after(self.host.sample_interval / 2, self._tick)
-        hogs = math.ceil(self.host.others)
-        for _ in range(hogs):
-            self.kernel.start(_busy(self.host.others / hogs), "others")
+        if self.host.sessions > 0:  # each a session of its own, busy its share of the time
+            groups = math.ceil(self.host.sessions)
+            for g in range(groups):
+                self.kernel.start(_busy(self.host.sessions / groups), "others", group=g + 1)
+        else:
+            hogs = math.ceil(self.host.others)
+            for _ in range(hogs):
+                self.kernel.start(_busy(self.host.others / hogs), "others")
         self.kernel.run(deadline, stop=lambda: all(j.ended is not None for j in self.jobs))
         for job in self.jobs:
             self.end(job)

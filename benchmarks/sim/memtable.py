@@ -123,7 +123,7 @@ def validate(report: dict[str, Any]) -> list[MemCheck]:
     checks = []
     learned: dict[str, dict[str, int]] = {}
     for row in big["rows"]:
-        host = replace(host, others=row.get("runnable", 0.0))
+        host = replace(host, others=row.get("runnable", 0.0), sessions=row.get("sessions", 0.0))
         if row["mode"] == "budget":
             cap = row["label"].split(",")[0].removeprefix("budget ")
             h = replace(host, cpu_cap=None if cap == "host CPUs" else int(cap.split()[-1]))

@@ -1,12 +1,15 @@
 """The simulator's memory model (benchmarks/sim/memory.py): by hand, the claims
 docs/SIMULATION.md makes of its memory table, and its validation against the real
-memory-cgroup runs that benchmarks/results/memory-proof-2core-quiet.json (a quiet
-host) and memory-proof-2core.json (a loaded one) hold."""
+memory-cgroup runs that benchmarks/results/ holds: memory-proof-2core-quiet.json (a
+quiet host), -loaded.json (four busy sessions beside it) and memory-proof-2core.json
+(a loaded host, before the sessions were recorded)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
 from benchmarks.sim.memtable import CELLS, POLICIES, client_of, run_policy, validate
@@ -14,6 +17,7 @@ from benchmarks.sim.model import GIB, MIB
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks/results/memory-proof-2core.json"
 QUIET = RESULTS.with_name("memory-proof-2core-quiet.json")
+LOADED = RESULTS.with_name("memory-proof-2core-loaded.json")
 ONE = JobSpec(tasks=4, workers=3, mib=400, cpu_ms=100.0, io_ms=0.0)
 
 
@@ -114,13 +118,18 @@ def test_a_run_cut_short_by_the_oom_killer_teaches_no_bare_size() -> None:
     assert first.figures and min(first.figures.values()) >= 1536 * MIB, first.figures
 
 
-def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
+@pytest.mark.parametrize("kept", [QUIET, LOADED], ids=["quiet", "four busy sessions"])
+def test_the_memory_model_against_the_real_memory_cgroup_run(kept: Path) -> None:
     """What docs/SIMULATION.md (Memory) says of the validation: every row of the measured
-    big case on a quiet host has the same OOM outcome simulated (OOM kills or none,
-    every task done or not), the budget's rows included (no kill, measured or
-    simulated), and every row with no OOM kill is within 15% in tasks/s (6 of 7: plain,
-    OOM-killed, is not)."""
-    checks = {c.row: c for c in validate(json.loads(QUIET.read_text()))}
+    big case, on a quiet host and beside four busy sessions (their count recorded and
+    replayed: this kernel shares CPUs among sessions first), has the same OOM outcome
+    simulated (OOM kills or none, every task done or not), the budget's rows included
+    (no kill, measured or simulated), and every row with no OOM kill is within 15% in
+    tasks/s (6 of 7: plain, OOM-killed, is not)."""
+    report = json.loads(kept.read_text())
+    busy = {round(row.get("sessions", 0.0)) for row in report["big"]["rows"]}
+    assert busy == ({0} if kept is QUIET else {4})
+    checks = {c.row: c for c in validate(report)}
     assert len(checks) == 7
     off = [(c.row, c.measured_oom, c.simulated_oom) for c in checks.values()]
     assert all(c.same_outcome for c in checks.values()), off
@@ -129,13 +138,14 @@ def test_the_memory_model_against_the_real_memory_cgroup_run() -> None:
     assert all(c.error <= 0.15 for c in calm), [(c.row, round(c.error, 3)) for c in calm]
 
 
-def test_the_memory_model_is_faster_than_a_run_on_a_loaded_host() -> None:
-    """docs/SIMULATION.md (Memory): on a host whose other sessions kept 1.5 of its 2
-    CPUs busy, the OOM outcome is still the same in every row, but every row without a
-    kill runs faster simulated: the model shares CPUs among the threads measured
-    runnable, where this kernel shares them among sessions first (autogroup). That run
-    predates the client's lazy imports (its timelines do not mark the release), so its
-    budget jobs are charged that client's costs."""
+def test_the_memory_model_is_faster_than_a_loaded_run_whose_sessions_were_not_recorded() -> None:
+    """docs/SIMULATION.md (Memory): a run kept before memory_proof recorded the sessions
+    busy beside it (other sessions kept 1.5 of the 2 CPUs busy) is replayed with the
+    threads it measured runnable shared as threads: the OOM outcome is still the same in
+    every row, but every row without a kill runs faster simulated, as this kernel shares
+    CPUs among sessions first. That run predates the client's lazy imports (its
+    timelines do not mark the release), so its budget jobs are charged that client's
+    costs."""
     report = json.loads(RESULTS.read_text())
     assert client_of(report).client_start_cpu > Mem().client_start_cpu
     marked = json.loads(RESULTS.read_text())
