@@ -79,16 +79,22 @@ def start(code: str, path: str) -> tuple[float, float]:
     return time.monotonic() - t0, _child_cpu() - cpu
 
 
-def imports(imp: str, path: str) -> tuple[float, float]:
-    """CPU seconds `imp` adds to a fresh interpreter (twice: the medians' shape)."""
+def _printed(code: str, path: str) -> float:
+    """The number a fresh interpreter running `code` prints."""
     out = subprocess.run(
-        [sys.executable, "-P", "-c", TIMED.format(imp=imp)],
+        [sys.executable, "-P", "-c", code],
         check=True,
         capture_output=True,
         text=True,
         env=_env(path),
     ).stdout
-    return float(out), float(out)
+    return float(out)
+
+
+def imports(imp: str, path: str) -> tuple[float, float]:
+    """CPU seconds `imp` adds to a fresh interpreter (twice: the medians' shape)."""
+    cpu = _printed(TIMED.format(imp=imp), path)
+    return cpu, cpu
 
 
 def exit_cost(mib: int, path: str, imp: str = "") -> tuple[float, float]:
@@ -111,17 +117,7 @@ def exit_cost(mib: int, path: str, imp: str = "") -> tuple[float, float]:
 def worker_start(path: str) -> tuple[float, float]:
     """CPU seconds one loky worker more costs its pool (children of 4 less 1, over 3),
     twice: the medians' shape."""
-    cpu = []
-    for n in (1, 4):
-        out = subprocess.run(
-            [sys.executable, "-P", "-c", POOL.format(n=n)],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=_env(path),
-        ).stdout
-        cpu.append(float(out))
-    each = (cpu[1] - cpu[0]) / 3
+    each = (_printed(POOL.format(n=4), path) - _printed(POOL.format(n=1), path)) / 3
     return each, each
 
 
