@@ -278,7 +278,7 @@ class Filter:
 def since_epoch(text: str | None, now: float | None = None) -> float | None:
     if text is None:
         return None
-    from supervisord_batt.config.durations import parse_duration
+    from supervisord_batt.quantities import parse_duration
 
     return (time.time() if now is None else now) - parse_duration(text)
 

@@ -250,7 +250,7 @@ def _busiest(quantiles: list[Quantiles]) -> Quantiles:
 
 
 def run_fleet_report(args: argparse.Namespace) -> int:
-    from supervisord_batt.config.durations import parse_duration
+    from supervisord_batt.quantities import parse_duration
 
     try:
         window = int(parse_duration(args.since or "1d"))

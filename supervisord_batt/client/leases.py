@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from supervisord_batt import paths, protocol, shapes
 from supervisord_batt.client import connect, inner
 from supervisord_batt.client.notice import warn
+from supervisord_batt.quantities import parse_size
 
 if TYPE_CHECKING:
     from supervisord_batt.client.executor import BudgetExecutor
@@ -665,22 +666,17 @@ def _ask(  # noqa: PLR0917 (the request's parts)
     return conn.call(protocol.GrantReply, "acquire", **fields, **extra)
 
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
 def declared_worker_bytes(env: Mapping[str, str] | None = None) -> int | None:
-    """$SUPERVISORD_BATT_WORKER_MEMORY in bytes: 1610612736, "1536MiB", "1.5G" (binary
-    units K, M, G, T, with or without "iB"); None where unset, or not a size from 1 MiB
-    to 1 TiB (protocol.MIN_WORKER_BYTES and _MAX; said once, and the acquire declares
-    nothing)."""
+    """$SUPERVISORD_BATT_WORKER_MEMORY in bytes: 1610612736, "1536MiB", "1.5G", read as
+    the config reads sizes (`quantities.parse_size`); None where unset, or not a size
+    from 1 MiB to 1 TiB (protocol.MIN_WORKER_BYTES and _MAX; said once, and the acquire
+    declares nothing)."""
     text = (os.environ if env is None else env).get(paths.WORKER_MEMORY_ENV, "").strip()
     if not text:
         return None
-    number = text.rstrip("iBb").rstrip("KkMmGgTt")
-    unit = text[len(number) :].lower().removesuffix("ib").removesuffix("b")
     try:
-        nbytes = round(float(number) * _UNITS[unit]) if number.strip() else 0
-    except (ValueError, KeyError, OverflowError):
+        nbytes = parse_size(text)
+    except ValueError:
         nbytes = 0
     if not _declarable(nbytes):
         if text not in _IGNORED:  # once per value: a job may acquire at every call

@@ -11,7 +11,7 @@ that span several keys.
 # Why one module
 It is the list of every key, section by section, with its default and its checks, read
 side by side with the shipped YAML it describes. Walking the YAML and collecting the
-problems is `yamlcheck`'s, one value's check is `values`' and `durations`'.
+problems is `yamlcheck`'s, one value's check is `values`' and `quantities`'.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each parser raises `Invalid` with a message meant for a person ("must be at least 1, got
 0"); `Section.get` adds the key path and line. Parsers taking arguments (`integer(1)`,
 `one_of(choices)`, `list_of(string)`) return the parser. Durations and sizes are read by
-`durations`, which works on plain values; the parsers here add the YAML side.
+`supervisord_batt.quantities`, which works on plain values; the parsers here add the YAML side.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import TypeVar
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from supervisord_batt.config.durations import format_duration, parse_duration, parse_size
 from supervisord_batt.config.yamlcheck import (
     Invalid,
     Parser,
@@ -31,6 +30,7 @@ from supervisord_batt.config.yamlcheck import (
     scalar,
     suggest,
 )
+from supervisord_batt.quantities import format_duration, parse_duration, parse_size
 
 T = TypeVar("T")
 

@@ -13,11 +13,6 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisord_batt.config.durations import (
-    format_duration,
-    parse_duration,
-    parse_size,
-)
 from supervisord_batt.config.loader import config_to_dict, load_config, load_config_text
 from supervisord_batt.config.records import (
     DEFAULT_BACKOFF,
@@ -29,6 +24,11 @@ from supervisord_batt.config.records import (
 from supervisord_batt.config.values import parse_signal
 from supervisord_batt.config.yamlcheck import ConfigError, ConfigIssue
 from supervisord_batt.paths import default_socket_path
+from supervisord_batt.quantities import (
+    format_duration,
+    parse_duration,
+    parse_size,
+)
 
 
 def load(text: str) -> Config:

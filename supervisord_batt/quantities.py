@@ -1,4 +1,8 @@
-"""Text forms of quantities in the config: durations ("1h30m", "250ms") and sizes ("512MiB").
+"""Text forms of quantities: durations ("1h30m", "250ms") and sizes ("512MiB").
+
+The config reads them (`config.values` adds the YAML side), and so does a job's client
+(a declared worker size in its environment): the standard library only, so a job loads
+neither the config nor YAML for them.
 
 Parsers take the plain value YAML produced (int, float or str) and return seconds or bytes,
 or raise ValueError with a message meant for a person. Booleans are rejected: YAML turns
