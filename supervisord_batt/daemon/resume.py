@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import Grant, LeaseError, Request
 from supervisord_batt.host.procinfo import cgroup_fs_paths, thread_count
 from supervisord_batt.logs import get_logger
-from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES
+from supervisord_batt.protocol import KINDS, MAX_WORKER_BYTES, MIN_WORKER_BYTES
 
 log = get_logger(component="leases")
 
@@ -51,9 +51,14 @@ def recorded(ledger: BudgetLedger) -> list[dict[str, Any]]:
     ]
 
 
-def _is_size(value: int) -> bool:
-    """Whether a recorded declared size is one an acquire could have carried."""
-    return not isinstance(value, bool) and 0 < value <= MAX_WORKER_BYTES
+def _is_size(value: object) -> TypeGuard[int]:
+    """Whether a recorded declared size is one an acquire could have carried (any other,
+    refused by the ledger, would lose the lease: it is restored as not declared)."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and MIN_WORKER_BYTES <= value <= MAX_WORKER_BYTES
+    )
 
 
 def _number(lease_id: object) -> int | None:
@@ -113,7 +118,7 @@ class Resumable:
             kinds=kinds,
             cgroups=tuple(cgroup_fs_paths(pid)),
             base_tasks=thread_count(pid),
-            declared_bytes=declared if isinstance(declared, int) and _is_size(declared) else 0,
+            declared_bytes=declared if _is_size(declared) else 0,
         )
         self.ledger.continue_ids(number - 1)
         try:
