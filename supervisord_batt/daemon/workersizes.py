@@ -194,7 +194,7 @@ class WorkerSizes:
         kill was counted while it was live and it holds less than its charge."""
         return lease_id not in self._hit or size >= self._charged.get(lease_id, 0)
 
-    def _end(self, key: Key, peak: Peak, lease_id: str = "") -> None:
+    def _end(self, key: Key, peak: Peak, lease_id: str) -> None:
         if self._teaches(lease_id, peak.worker_bytes):
             _keep(self._done, key, peak, self.runs)
             self.changed = True
@@ -213,8 +213,8 @@ class WorkerSizes:
     def restore(self, ended: Mapping[Key, Iterable[Peak]]) -> None:
         """Start from the ended runs a daemon before saved (`ended`), oldest first."""
         for key, runs in ended.items():
-            for peak in runs:
-                self._end(key, peak)
+            for peak in runs:  # judged when they ended: kept as they were saved
+                _keep(self._done, key, peak, self.runs)
         self.changed = False
 
     def figures(self) -> dict[Key, Learned]:
