@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,6 +89,23 @@ def _install(venv: Path, wheel: Path) -> None:
     )
 
 
+def _see_these_dependencies(venv: Path) -> None:
+    """Give `venv` this interpreter's site directories too: `--system-site-packages`
+    gives it only the base interpreter's, which hold the dependencies where they were
+    installed globally but not where the tests run in a venv of their own (README's
+    command, e.g. on Debian's python3, whose own site has no psutil). A .pth line adds a
+    directory after the venv's own, so the release installed there is the one loaded."""
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", where],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    (Path(purelib) / "_test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+
+
 def test_an_upgrade_from_the_previous_release_keeps_every_job(
     service: Service, wheels: tuple[str, Path, Path]
 ) -> None:
@@ -99,6 +117,7 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
         check=True,
         timeout=120,
     )
+    _see_these_dependencies(venv)
     _install(venv, old)
     service.command = str(venv / "bin" / "supervisord-batt")
     service.pythonpath = None  # the installed release, not this checkout
