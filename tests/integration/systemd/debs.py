@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import REPO
@@ -74,33 +75,63 @@ def release_key(commit: str) -> str:
     return _digest(REPO, _files(REPO, "debian", "packaging"), seed=commit)
 
 
-def build(source: Path, name: str, key: str) -> Path:
-    """The .deb of `source`, from the cache when one was built with the same `key`."""
+@dataclass
+class Build:
+    """A package being built (or found in the cache): `finish` gives its .deb."""
+
+    name: str
+    done: Path  # the cache directory it ends up in
+    work: Path | None = None  # the build's own directory while it runs
+    proc: subprocess.Popen[str] | None = None
+
+    def finish(self) -> Path:
+        if self.proc is None:
+            return cached(self.done)
+        assert self.work is not None
+        try:
+            out, err = self.proc.communicate(timeout=900)
+            assert self.proc.returncode == 0, f"{BUILD} failed:\n{err[-6000:]}"
+            deb = Path(out.split()[-1])
+            for stale in CACHE.glob(f"{self.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                self.work.rename(self.done)
+            except OSError:  # another session built the same meanwhile
+                if not (self.done / deb.name).is_file():
+                    raise
+        finally:
+            self.abandon()
+        return self.done / deb.name
+
+    def abandon(self) -> None:
+        """Stops the build if it still runs and removes what it left (a no-op once done)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def cached(done: Path) -> Path:
+    debs = sorted(done.glob("*.deb"))
+    assert debs, f"no package in {done}"
+    return debs[0]
+
+
+def start(source: Path, name: str, key: str) -> Build:
+    """Starts building the .deb of `source`, unless one built with the same `key` is in
+    the cache. Two builds started before either is finished run side by side: most of a
+    build's time is dh-virtualenv's pip and byte-compiling, one CPU each, and the
+    upgrade test needs two packages."""
     done = CACHE / f"{name}-{key}"
-    if done.is_dir() and (debs := sorted(done.glob("*.deb"))):
-        return debs[0]
+    if done.is_dir() and any(done.glob("*.deb")):
+        return Build(name, done)
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
-    try:
-        built = subprocess.run(
-            [str(BUILD), "-o", str(work), str(source)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert built.returncode == 0, f"{BUILD} failed:\n{built.stderr[-6000:]}"
-        deb = Path(built.stdout.split()[-1])
-        for stale in CACHE.glob(f"{name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            work.rename(done)
-        except OSError:  # another session built the same meanwhile
-            if not (done / deb.name).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return done / deb.name
+    cmd = [str(BUILD), "-o", str(work), str(source)]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True)
+    return Build(name, done, work, proc)
 
 
 def repack(deb: Path, version: str) -> Path:
