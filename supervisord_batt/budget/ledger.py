@@ -378,6 +378,15 @@ class BudgetLedger:
         """The number of the last lease given (L`last_id`)."""
         return self._counter
 
+    @property
+    def lone(self) -> LoneAskers:
+        """The processes seen asking alone (`lone`): kept across a re-execution."""
+        return self._lone
+
+    @lone.setter
+    def lone(self, askers: LoneAskers) -> None:
+        self._lone = askers
+
     def transfer(self, lease_id: str, holder: str) -> None:
         """Hand a lease to another holder (its job reconnected after a re-execution)."""
         e = self._get(lease_id)

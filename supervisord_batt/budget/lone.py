@@ -34,11 +34,20 @@ Pure, like the rest of the budget: the ledger tells it each newcomer's ask.
 # start no pools the others need; a second ask while its first lease lives (threads
 # asking at once) is still held. Each call still counts as an ask for the others: a
 # job asking within the window of one is held as before.
+#
+# Why kept across a re-execution: an upgrade re-executes the daemon in place while the
+# kernels and scripts run on, and a daemon that forgot them held each one's next call a
+# window, as a newcomer's. The state record written just before the exec carries them
+# (`record`); the new daemon keeps those whose process still runs as the same uid. A
+# daemon restarted after a crash starts without them, as it did.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import Any
+
+from supervisord_batt.protocol import MAX_CHARS
 
 LONE_MAX = 4096  # askers remembered as asking alone
 
@@ -75,3 +84,41 @@ class LoneAskers:
 
     def __contains__(self, asker: Asker) -> bool:
         return asker in self.alone
+
+    def record(self) -> dict[str, Any]:
+        """What a re-executed daemon needs to go on (JSON-ready; `restored` reads it)."""
+        return {
+            "alone": [list(asker) for asker in self.alone],
+            "last": list(self.last) if self.last is not None else None,
+            "last_first": self.last_first,
+            "last_lease": self.last_lease,
+        }
+
+    @classmethod
+    def restored(cls, record: object, live: Callable[[Asker], bool]) -> LoneAskers:
+        """The askers `record` kept whose process `live` says still runs; anything
+        malformed is left out (the record is a file: checked like any input)."""
+        lone = cls()
+        if not isinstance(record, dict):
+            return lone
+        kept = record.get("alone")
+        for value in kept[-LONE_MAX:] if isinstance(kept, list) else []:
+            if (asker := _asker(value)) is not None and live(asker):
+                lone.alone[asker] = None
+        last, lease = _asker(record.get("last")), record.get("last_lease")
+        if last is not None and live(last) and isinstance(lease, str):
+            lone.last, lone.last_lease = last, lease
+            lone.last_first = record.get("last_first") is True
+        return lone
+
+
+def _asker(value: object) -> Asker | None:
+    """A recorded (job, uid, pid), or None when it is not one."""
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    job, uid, pid = value
+    if not isinstance(job, str) or len(job) > MAX_CHARS["job"]:
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (uid, pid)):
+        return None
+    return (job, uid, pid) if uid >= 0 and pid > 0 else None

@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 
 from supervisord_batt import __version__, logs, paths, protocol, safepath
 from supervisord_batt.budget.ledger import BudgetLedger
+from supervisord_batt.budget.lone import LoneAskers
 from supervisord_batt.config.loader import load_config
 from supervisord_batt.config.records import Config
 from supervisord_batt.config.yamlcheck import ConfigError
@@ -188,6 +189,7 @@ class Daemon:
         record = self.state_record.load()
         if record is not None:  # before the socket serves: no newcomer takes their slots
             self.resumable.restore(record.get("leases"), record.get("last_lease"))
+            self.ledger.lone = LoneAskers.restored(record.get("lone"), resume.runs_as)
         listen = self.notifier.passed.pop(LISTEN_NAME, [None])[0]
         pipes = _passed_pipes(self.notifier.passed)
         await self.server.start(inherited=listen)
@@ -623,7 +625,9 @@ class Daemon:
         if listen is not None:
             fds[LISTEN_NAME] = listen
         self.notifier.reloading()
-        self.state_record.write()
+        # who asks alone, for the next daemon only: 4,096 askers are too many for the
+        # writes of every lease change, and a crash losing them costs a window once each
+        self.state_record.write({"lone": self.ledger.lone.record()})
         log.info(
             "reexec",
             daemon_pid=os.getpid(),

@@ -67,6 +67,11 @@ def _number(lease_id: object) -> int | None:
     return None
 
 
+def runs_as(asker: tuple[str, int, int]) -> bool:
+    """Whether a recorded asker's process (job, uid, pid) still runs as its uid."""
+    return _owner_uid(asker[2]) == asker[1]
+
+
 def _owner_uid(pid: int) -> int | None:
     try:
         return os.stat(f"/proc/{pid}").st_uid

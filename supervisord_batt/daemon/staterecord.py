@@ -80,11 +80,13 @@ class StateRecord:
         if self._pending is None:
             self._pending = asyncio.get_running_loop().call_soon(self.write)
 
-    def write(self) -> None:
-        """Replace the record with the current state; a failure is said once in a row."""
+    def write(self, extra: dict[str, Any] | None = None) -> None:
+        """Replace the record with the current state (and `extra`, what only the next
+        daemon needs); a failure is said once in a row."""
         self._pending = None
         data = {"version": VERSION, "socket": str(self.socket), "pid": os.getpid()}
         data.update(self.build())
+        data.update(extra or {})
         try:
             safepath.replace_file(self.path, json.dumps(data).encode(), 0o600)
         except OSError as exc:

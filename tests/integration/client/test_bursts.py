@@ -120,3 +120,20 @@ def test_a_held_first_ask_left_no_pool_by_the_burst_is_let_go_at_its_next_renew(
         renewed = a.request("renew", lease=first["lease"], workers_in_use=0)
         assert (renewed["kind"], renewed.get("retry_after")) == ("sequential", None), renewed
         assert not str(renewed["reason"]).startswith("burst:"), renewed
+
+
+def test_a_reexecuted_daemon_goes_on_knowing_who_asks_alone(
+    daemon: Callable[..., DaemonHandle],
+) -> None:
+    """An upgrade re-executes the daemon under running kernels: a process it had seen
+    asking alone is still not held (the record written before the exec carries it)."""
+    d = _daemon(daemon, window=0.25)
+    for _ in range(2):  # held once; the next call teaches the daemon this one asks alone
+        acquire(3, job="lone", socket_path=d.socket).release()
+    out = d.cli("reexec")
+    assert out.returncode == 0, out.stdout + out.stderr
+    grant = acquire(3, job="lone", socket_path=d.socket)
+    grant.release()
+    assert (grant.kind, grant.size, grant.reason) == ("process", 3, "granted in full"), grant
+    denied = [(e["job"], e["reason"]) for e in d.events("deny")]
+    assert denied == [("lone", "burst: the first to ask, others may follow")], denied

@@ -4,6 +4,8 @@ again, until it comes in a burst."""
 
 from __future__ import annotations
 
+import json
+
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.lone import LONE_MAX, LoneAskers
 from supervisord_batt.budget.records import Grant
@@ -147,3 +149,38 @@ def test_a_process_asking_again_after_its_release_is_its_next_call_not_a_burst()
     clock.advance(0.1)
     newcomer = led.acquire(request("m", 4, pid=10))
     assert newcomer.reason == "burst: another job asked 0.10 s before", newcomer
+
+
+def test_a_ledger_given_the_record_of_another_goes_on_knowing_who_asks_alone() -> None:
+    """A re-executed daemon: the askers its state record carried, through JSON, whose
+    processes still run; a process of them asks into an empty ledger and is not held."""
+    clock = FakeClock()
+    old = _ledger(clock)
+    for pid in (7, 8, 9):
+        _alone(old, clock, pid)
+        clock.advance(WINDOW * 2)
+    record = json.loads(json.dumps(old.lone.record()))
+    new = _ledger(clock)
+    new.lone = LoneAskers.restored(record, lambda asker: asker[2] != 8)  # 8 ended
+    clock.advance(30.0)
+    for pid, held in ((7, False), (9, False), (8, True)):
+        grant = new.acquire(request(f"c{pid}", 4, pid=pid))
+        assert (grant.kind == "sequential" and grant.reason == FIRST) is held, (pid, grant)
+        new.release(grant.lease_id)
+        clock.advance(30.0)
+
+
+def test_a_malformed_record_of_askers_restores_only_what_is_well_formed() -> None:
+    good = ["batt", 1000, 7]
+    record = {
+        "alone": [good, ["x" * 257, 1, 2], ["j", -1, 3], ["j", 1, 0], ["j", True, 4], "no", [1]],
+        "last": ["j", 1, "pid"],
+        "last_first": "yes",
+        "last_lease": 5,
+    }
+    lone = LoneAskers.restored(record, lambda _: True)
+    assert (list(lone.alone), lone.last, lone.last_first) == ([("batt", 1000, 7)], None, False)
+    junks: list[object] = [None, [], "alone", {"alone": "x"}, {"alone": [good] * 3, "last": good}]
+    for junk in junks:
+        restored = LoneAskers.restored(junk, lambda _: True)
+        assert restored.last is None and len(restored.alone) <= 1
