@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.helpers import CALM, REPO, killing, wait_until
-from tests.support.allocating import allocating_job
+from tests.support.allocating import allocating_job, limit_seen
 from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
@@ -61,11 +61,6 @@ def charged(d: DaemonHandle) -> tuple[int, int, bool] | None:
         return None
     row = rows[0]
     return row["worker_bytes"], row["learned_runs"], bool(row.get("learned_from_kill"))
-
-
-def limit_seen(d: DaemonHandle, path: str) -> int | None:
-    rows = d.status()["host"]["memory"]["cgroups"]
-    return next((r["max_bytes"] for r in rows if r["path"] == path), None)
 
 
 def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
