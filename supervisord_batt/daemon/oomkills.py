@@ -179,8 +179,8 @@ class OomWatch:
         first = taught or (leases[0] if leases else None)
         if first is None:
             self.unattributed += 1
-        self._lines.emit(
-            "warning",
+        self._lines.emit(  # a kill of no lease's tree is no job's concern: info
+            "warning" if first else "info",
             "oom_kill_seen",
             uid=first.uid if first else None,
             job=first.job if first else None,

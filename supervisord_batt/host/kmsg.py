@@ -76,6 +76,8 @@ def parse_record(record: bytes) -> OomRecord | None:
         if m is None:
             return None
         return OomRecord(int(m[3]), _text(m[2]), memcg=_text(m[1]))
+    if b"Killed process " not in text:  # most records: no regex run over them
+        return None
     m = _KILLED.search(text)
     if m is None:
         return None

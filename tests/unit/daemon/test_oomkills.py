@@ -126,7 +126,8 @@ def test_the_watch_attributes_a_kill_teaches_the_ledger_and_says_it_once(
         "holder": 100,
         "learned": True,
     }
-    assert logs[1]["lease"] is None and watch.unattributed == 1
+    assert logs[1]["lease"] is None and logs[1]["log_level"] == "info"
+    assert watch.unattributed == 1
     assert sizes.figures() == {("big", 1000): Learned(1536 * MIB, 1, from_kill=True)}
     # the scan's leases stand for a holder whose lease went since (killed with it)
     watch.scanned(led.held_by([100]), {})
