@@ -102,7 +102,9 @@ class OomWatch:
         """Open the log at its end and read it in `loop`; unreadable: said once."""
         try:
             self._log = KernelLog(self.path)
+            loop.add_reader(self._log.fd, self._readable)  # epoll refuses a plain file
         except OSError as exc:
+            self.close()
             log.warning(
                 "kernel_log_unreadable",
                 path=self.path,
@@ -111,7 +113,6 @@ class OomWatch:
             )
             return
         self._loop = loop
-        loop.add_reader(self._log.fd, self._readable)
 
     def close(self) -> None:
         if self._log is not None:

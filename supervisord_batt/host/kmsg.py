@@ -12,8 +12,11 @@ records (as on a 6.18 kernel, in a v1 memory cgroup; docs/FACTS.md):
 
 (each one line; the host's own OOM killer writes "Out of memory: Killed process"). The
 first names the victim's memory cgroup, the second its resident size at the kill (anon
-+ file + shmem). `parse_record` reads one record (pure: tests hand it bytes) and
-`KillReports` pairs the two by pid; `KernelLog` reads the device without blocking.
++ file + shmem). The kernel rate-limits the first (10 kills in a few seconds, then not
+for a while) but never the second: a kill is reported by its "Killed process" record,
+its cgroup added where the first came. `parse_record` reads one record (pure: tests
+hand it bytes), `KillReports` pairs the two by pid, and `KernelLog` reads the device
+without blocking.
 """
 
 # Why /dev/kmsg and not syslog or journald: it is the kernel's own ring, readable by
@@ -127,13 +130,17 @@ class KernelLog:
         records: list[bytes] = []
         for _ in range(limit):  # a read each, a lost one included: bounded either way
             try:
-                records.append(os.read(self.fd, RECORD_BYTES))
+                record = os.read(self.fd, RECORD_BYTES)
             except BlockingIOError:
                 return records, False
             except OSError as exc:
                 if exc.errno != errno.EPIPE:
                     raise
                 self.lost += 1
+                continue
+            if not record:  # no device ends, but a file would: nothing more, not a spin
+                return records, False
+            records.append(record)
         return records, True
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ budget."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -134,3 +135,22 @@ def test_the_watch_attributes_a_kill_teaches_the_ledger_and_says_it_once(
     led.release(grant.lease_id)
     assert watch.seen(OomKill(100, "python3", None, 2 * GIB)) is False  # a pool's holder
     assert watch.unattributed == 1
+
+
+def test_a_log_that_cannot_be_read_is_said_once_and_the_counts_judge(tmp_path: Path) -> None:
+    """No /dev/kmsg (a container), or a file the event loop cannot watch: one warning at
+    start, and every scan's runs are judged by the cgroups' oom_kill counts, as before."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    loop = asyncio.new_event_loop()
+    try:
+        for path in (tmp_path / "absent", plain):
+            watch = OomWatch(WorkerSizes(), ledger(), teach=lambda: None, path=str(path))
+            with capture_logs() as logs:
+                watch.start(loop)
+                watch.summarize()
+            assert [e["event"] for e in logs] == ["kernel_log_unreadable"], logs
+            assert not watch.reading and watch.by_count() and watch.by_count()
+            watch.close()
+    finally:
+        loop.close()

@@ -101,6 +101,8 @@ def test_the_reader_reads_a_record_a_read_bounded_and_counts_lost_ones(
         assert log.read(2) == ([CONTEXT], True)  # the limit counts the lost read too
         assert log.lost == 1
         assert log.read(10) == ([KILLED], False)
+        replies.append(b"")  # the end of a file (no device ends): nothing more, no spin
+        assert log.read(10) == ([], False)
         replies.append(errno.EIO)
         with pytest.raises(OSError):
             log.read(10)
