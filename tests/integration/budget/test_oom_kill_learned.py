@@ -100,10 +100,8 @@ def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
             lambda: (c := charged(d)) is not None and c[0] > 32 * MIB and c,
             what="the daemon to learn the killed worker's size",
         )
-        assert LIMIT - 40 * MIB <= size <= LIMIT + 40 * MIB and runs == 1 and from_kill, (
-            size,
-            runs,
-        )
+        assert LIMIT - 40 * MIB <= size <= LIMIT + 40 * MIB, size
+        assert runs == 1 and from_kill, (runs, from_kill)
         shown = d.cli("status")
         assert shown.returncode == 0, shown.stderr
         assert "oomed: " in shown.stdout and "learned from an OOM kill" in shown.stdout, (
@@ -113,8 +111,11 @@ def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
         assert proc.wait(timeout=30) == 0
     log = d.log_path.read_text()
     seen = [json.loads(x) for x in log.splitlines() if '"oom_kill_seen"' in x]
+    seen = [e for e in seen if e["lease"] is not None]  # other kills on the host: no lease
     assert len(seen) == 1 and seen[0]["job"] == "oomed" and seen[0]["rss"] == size, seen
-    assert seen[0]["cgroup"] == cg.cgroup_path, seen
+    # the kernel names the cgroup in a record it rate-limits (10 kills in a few seconds
+    # on the host, docs/FACTS.md): another test's kills may have taken it
+    assert seen[0]["cgroup"] in (cg.cgroup_path, None), seen
     # its next run is charged that size: a pool of what 1 GiB holds of it, not of 32 MiB
     cg.set_limit(GIB)
     wait_until(lambda: limit_seen(d, cg.cgroup_path) == GIB, what="the limit raised")
