@@ -366,17 +366,20 @@ class TailReply(OkReply):
 
 class LeaseSize(TypedDict, total=False):
     """What the budget charges one more process worker of a lease's job: its learned
-    bytes per worker, and the runs they were learned from (0: the size the job declared,
-    else `memory_per_slot`); the size the lease's job declared (sent only where it did:
-    acquire's `worker_bytes`); and the tasks a process pool of the job was learned to
-    cost, per worker and beyond them (sent only once learned: the budget charges n + 4
-    before). Optional: a daemon from before they were learned does not send them."""
+        bytes per worker, and the runs they were learned from (0: the size the job declared,
+        else `memory_per_slot`); the size the lease's job declared (sent only where it did:
+        acquire's `worker_bytes`); and the tasks a process pool of the job was learned to
+        cost, per worker and beyond them (sent only once learned: the budget charges n + 4
+        before); `learned_from_kill` (sent only as true) where the learned figure is what an
+    OOM-killed worker of the job held at the kill. Optional: a daemon from before they were
+    learned does not send them."""
 
     worker_bytes: int
     learned_runs: int
     declared_bytes: int
     worker_tasks: int
     pool_tasks: int
+    learned_from_kill: bool
 
 
 class LeaseRow(LeaseSize, TypedDict):

@@ -32,7 +32,13 @@ every second), growing or shrinking its pool once the tasks in flight are done. 
 daemon's learning (daemon/workersizes.py) is modelled by what it records: each job's
 largest worker resident size seen at a scan, given to the ledger (`learn`) as the scans
 see it, and for a job never seen with a pool its own process's largest size, once its
-run ends (`figures`); `learned` carries the figures from an earlier run.
+run ends (`figures`); `learned` carries the figures from an earlier run. The daemon
+reads the kernel's report of each OOM kill (daemon/oomkills.py): the victim's job alone
+has its run judged cut short, and a victim that is a worker of its pool (or its own
+process running its tasks) teaches it the victim's resident size at the kill: what it
+held, and for the allocator what it wrote of its data until the cgroup was full
+(`MemHost.kmsg` False: the daemon cannot read the kernel's log, and every job live at a
+kill has its run judged, as the memory cgroups' oom_kill counts tell no more).
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class MemHost:
     cpu_cap: int | None = None  # the daemon's budget.cpu_cap; None: the cores
     memory_per_slot: int = 512 * MIB
     learn: bool = True  # the daemon learns each job's worker size from its scans
+    kmsg: bool = True  # ... and from the kernel's OOM-kill reports (daemon/oomkills.py)
     sample_interval: float = 1.0
     scan_interval: float = 1.0
     others: float = 0.0  # threads the host's other programs keep runnable (a measured run's)
@@ -281,7 +288,9 @@ class MemSim:
             live = (b for b in self.boxes if b.alive)
             victim = max(live, key=lambda b: b.rss + (nbytes if b is box else 0))
             self.oom_kills += 1
-            self.hit.update(f"job{j.index}" for j in self.jobs if j.lease is not None)
+            # the allocator had written its data until the cgroup was full
+            held = victim.rss + (max(0, self.host.limit - self.used) if victim is box else 0)
+            self.reported(victim, held)
             self.kill(victim)
             if victim is box:
                 return False
@@ -382,11 +391,36 @@ class MemSim:
                     if sizes:  # a scan sees live workers only, their data written or not
                         self.seen[name] = max(self.seen.get(name, 0), *sizes)
                         self.own.pop(name, None)  # a pool's figure wins (workersizes)
-                elif job.lease in holders and name not in self.learned and name not in self.seen:
+                elif job.lease in holders and not self._pooled(name):
                     self.own[name] = max(self.own.get(name, 0), holders[job.lease])
             self._teach()
         if any(j.ended is None for j in self.jobs):
             self.kernel.after(self.host.sample_interval, self._tick)
+
+    def reported(self, victim: Box, held: int) -> None:
+        """An OOM kill as the daemon sees it: with the kernel's report (`MemHost.kmsg`),
+        the victim's job's run alone is judged cut short, and a worker of its pool, or its
+        own process running its tasks, teaches it `held` (workersizes' `killed`); else
+        every job live then has its run judged."""
+        if not self.host.kmsg:
+            self.hit.update(f"job{j.index}" for j in self.jobs if j.lease is not None)
+            return
+        job, name = victim.job, f"job{victim.job.index}"
+        if not self.host.learn or self.ledger is None or job.lease is None:
+            return
+        self.hit.add(name)
+        charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
+        self.charged[name] = max(charge, self.charged.get(name, 0))
+        if victim.role == "worker":
+            self.seen[name] = max(self.seen.get(name, 0), held)
+            self.own.pop(name, None)  # a pool's figure wins (workersizes)
+        elif victim.role == "main" and job.pool is None and not self._pooled(name):
+            self.own[name] = max(self.own.get(name, 0), held)
+        self._teach()
+
+    def _pooled(self, name: str) -> bool:
+        """Whether a job was seen with a pool, this run or before (its figure wins)."""
+        return name in self.learned or name in self.seen
 
     def _teach(self) -> None:
         if self.host.learn and self.ledger is not None:

@@ -52,12 +52,13 @@ CELLS = (
 )
 
 
-def run_policy(cell: MemCell, policy: str) -> MemResult:
+def run_policy(cell: MemCell, policy: str, *, kmsg: bool = True) -> MemResult:
     """One policy in one cell. "budget learned": a first run teaches the daemon each
     job's size, the second (the figure) starts from it; memory_per_slot: no learning;
-    "budget declared": every job declares its size, in the run that first sees it."""
+    "budget declared": every job declares its size, in the run that first sees it.
+    `kmsg` False: the daemon cannot read the kernel's OOM-kill reports (`MemHost.kmsg`)."""
     # tasks wait on I/O 80% of the time: the CPU cap of 4 per core lets memory bind
-    host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores)
+    host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores, kmsg=kmsg)
     jobs = cell.jobs()
     if policy == "budget memory_per_slot":
         return MemSim(jobs, "budget", replace(host, learn=False)).run()

@@ -442,7 +442,11 @@ def _size_lines(sizes: list[Any]) -> list[str]:
             each, extra = (int(t) if t is not None else None for t in tasks)
             out.append(
                 size_line(
-                    str(row["job"]), int(row["worker_bytes"]), int(row["runs"]), (each, extra)
+                    str(row["job"]),
+                    int(row["worker_bytes"]),
+                    int(row["runs"]),
+                    (each, extra),
+                    row.get("from_kill") is True,
                 )
             )
     return (

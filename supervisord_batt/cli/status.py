@@ -74,16 +74,22 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
             lines.append(f"{name}: {_bytes(size)} per worker, declared{more}")
         elif runs and size:
             tasks = row.get("worker_tasks"), row.get("pool_tasks")
-            lines.append(size_line(name, size, runs, tasks))
+            lines.append(size_line(name, size, runs, tasks, bool(row.get("learned_from_kill"))))
     return ["", *lines] if lines else []
 
 
 def size_line(
-    job: str, size: int, runs: int, tasks: tuple[int | None, int | None] = (None, None)
+    job: str,
+    size: int,
+    runs: int,
+    tasks: tuple[int | None, int | None] = (None, None),
+    from_kill: bool = False,
 ) -> str:
-    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`), and
-    where its tasks were learned too `; 2 tasks per worker, pool +5 tasks`."""
-    line = f"{job}: {_bytes(size)} per worker, learned from {runs} runs"
+    """`batt: 1.8 GiB per worker, learned from 14 runs` (`status` and `report`), or
+    `learned from an OOM kill` where the figure is what a killed worker held, and where
+    its tasks were learned too `; 2 tasks per worker, pool +5 tasks`."""
+    source = "an OOM kill" if from_kill else f"{runs} runs"
+    line = f"{job}: {_bytes(size)} per worker, learned from {source}"
     each, extra = tasks
     if each is not None and extra is not None:
         line += f"; {each} tasks per worker, pool +{extra} tasks"

@@ -45,6 +45,7 @@ from supervisord_batt.daemon.containment import Containment
 from supervisord_batt.daemon.leaselog import LeaseLog
 from supervisord_batt.daemon.metricsoutputs import MetricsOutputs, Sources
 from supervisord_batt.daemon.notify import Notifier
+from supervisord_batt.daemon.oomkills import OomWatch
 from supervisord_batt.daemon.peers import PeerPolicy
 from supervisord_batt.daemon.server import Connection, Hooks, Server
 from supervisord_batt.daemon.sizesfile import SizesFile
@@ -144,6 +145,8 @@ class Daemon:
         self.state_record = StateRecord(self.socket_path, self._recorded)
         # each job's learned figures, kept beside the socket across restarts
         self.sizes_file = SizesFile(self.socket_path)
+        # the kernel's OOM-kill reports, each taught to its victim's job
+        self.oom_watch = OomWatch(self.commands.worker_sizes, self.ledger, self._teach)
         self.supervisor.on_change = self.state_record.mark
         self.supervisor.on_pipes = self._store_pipes
 
@@ -184,6 +187,7 @@ class Daemon:
         if jobs := self.sizes_file.load(self.commands.worker_sizes):
             log.info("worker_sizes_loaded", path=str(self.sizes_file.path), jobs=jobs)
             self._teach()
+        self.oom_watch.start(asyncio.get_running_loop())
         result = self.ledger.update(self.sample, {})
         self.pressure_reason = result.reason
         record = self.state_record.load()
@@ -246,6 +250,7 @@ class Daemon:
         await self.server.close()
         await self.metrics.close()
         self.monitor.close()
+        self.oom_watch.close()
         self.notifier.close()
 
     async def shutdown(self) -> None:
@@ -261,6 +266,7 @@ class Daemon:
         await self.server.close()
         await self.metrics.close()
         self.monitor.close()
+        self.oom_watch.close()
         if self.config.daemon.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.config.daemon.pid_file.unlink()
@@ -473,7 +479,10 @@ class Daemon:
         }
         kills, before = self.monitor.oom_kills(), self._oom_kills
         self._oom_kills = kills  # read after the leases gone: a kill that ended one counts
-        self._pool_bytes = sizes.observe(held, usage, rss, charges, oom_rose(before, kills))
+        # where the kernel's log says which run a kill hit, only that one was judged
+        oom = self.oom_watch.by_count() and oom_rose(before, kills)
+        self._pool_bytes = sizes.observe(held, usage, rss, charges, oom)
+        self.oom_watch.scanned(held, usage)
         self._holder_bytes = holder_bytes(held, rss)
         if sizes.changed:  # a run ended: kept for the next daemon
             self.sizes_file.save(sizes)
@@ -511,6 +520,7 @@ class Daemon:
         self.server.problems.summarize()
         self.commands.fallback_log.summarize()
         self.faults.summarize()
+        self.oom_watch.summarize()
 
     def on_close(self, conn: Connection) -> None:
         for lease in self.ledger.release_holder(conn.key):

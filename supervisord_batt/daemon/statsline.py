@@ -94,6 +94,8 @@ def _sizes(sizes: Mapping[Key, Learned]) -> list[dict[str, Any]]:
         row = {"job": job, "uid": uid, "worker_bytes": f.worker_bytes, "runs": f.runs}
         if f.worker_tasks is not None:
             row |= {"worker_tasks": f.worker_tasks, "pool_tasks": f.pool_tasks}
+        if f.from_kill:
+            row["from_kill"] = True
         rows.append(row)
     return rows
 

@@ -206,6 +206,8 @@ def _worker_size(x: Lease, ledger: BudgetLedger, learned: dict[Key, Learned]) ->
     }
     if x.declared_bytes:
         size["declared_bytes"] = x.declared_bytes
+    if seen is not None and seen.from_kill:
+        size["learned_from_kill"] = True
     if seen is not None and seen.worker_tasks is not None:
         size["worker_tasks"], size["pool_tasks"] = ledger.pool_tasks(x.job, x.uid)
     return size

@@ -51,6 +51,16 @@ is left out of the figures until its peak reaches its charge). The count says
 only that some process in the cgroup was killed, not which: every run live then is
 judged so, which costs a job of small workers (charged more than it holds) the one run.
 
+# An OOM kill the kernel reported teaches its victim's size
+Where the daemon reads the kernel's log (`daemon.oomkills`), a kill is attributed to the
+lease whose holder's tree its victim was in (`killed`): only that run is judged cut
+short (the count above is then only the fallback), and the victim's resident bytes at
+the kill are a size its job's workers reach at least: a worker's raises its run's peak,
+a holder's that runs its own tasks its own peak. A job of 1.5 GiB workers charged
+`memory_per_slot` (512 MiB) and killed before any scan saw their data taught nothing
+before and was charged 512 MiB and killed again, run after run; now its next run is
+charged at least what the victim held (`Learned.from_kill` while that is the figure).
+
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
 
@@ -63,7 +73,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, TypeVar
 
 from supervisord_batt.budget.records import Lease
@@ -87,6 +97,7 @@ class Learned:
     runs: int
     worker_tasks: int | None = None
     pool_tasks: int | None = None
+    from_kill: bool = False  # the figure is a victim's size at an OOM kill (`killed`)
 
 
 class Peak(NamedTuple):
@@ -122,6 +133,9 @@ class WorkerSizes:
     # runs live while an OOM kill was counted (see "A run cut short" above)
     _charged: dict[str, int] = field(default_factory=dict)
     _hit: set[str] = field(default_factory=set)
+    # per (job, uid): the bytes an OOM kill taught it last (in memory only: what `status`
+    # says the figure came from while it is that)
+    _kills: dict[Key, int] = field(default_factory=dict)
 
     def observe(
         self,
@@ -189,6 +203,28 @@ class WorkerSizes:
             if self._teaches(lease_id, size):
                 _keep(self._own_done, key, size, self.runs)
 
+    def killed(self, lease: Lease, rss: int, holder: bool, charged: int) -> bool:
+        """An OOM kill the kernel reported in `lease`'s tree: its victim held `rss` bytes
+        and was its holder (`holder`) or one of its descendants; its workers were charged
+        `charged` bytes each. The run is judged cut short, and the victim's size is the
+        least one of its job's workers takes where the victim was one: a worker of its
+        process pool, or its holder running its own tasks. Whether it taught a size."""
+        lease_id, key = lease.lease_id, (lease.job, lease.uid)
+        self._hit.add(lease_id)
+        self._charged[lease_id] = max(charged, self._charged.get(lease_id, 0))
+        if holder and runs_itself(lease):
+            _, before = self._own_live.get(lease_id, (key, 0))
+            self._own_live[lease_id] = (key, max(before, rss))
+        elif not holder and lease.kind == "process" and lease.workers > 0:
+            _, peak = self._live.get(lease_id, (key, Peak(0)))
+            self._live[lease_id] = (key, peak.top(Peak(rss)))
+        else:
+            return False  # a holder of a pool, a thread: its size is not a worker's
+        if rss < charged:
+            return False  # killed short of its charge: the job keeps what it had
+        _keep_latest(self._kills, key, rss)
+        return True
+
     def _teaches(self, lease_id: str, size: int) -> bool:
         """Whether a run that ends at `size` bytes a worker is kept: not where an OOM
         kill was counted while it was live and it holds less than its charge."""
@@ -228,6 +264,9 @@ class WorkerSizes:
         own = self._own_done.items()
         figures = {key: Learned(max(FLOOR, percentile(v)), len(v)) for key, v in own}
         figures.update((key, _learned(values)) for key, values in peaks.items())  # pools win
+        for key, size in self._kills.items():
+            if key in figures and figures[key].worker_bytes == size:
+                figures[key] = replace(figures[key], from_kill=True)
         return figures
 
     def ended_runs(self) -> dict[Key, int]:
@@ -279,6 +318,14 @@ def _keep(done: dict[Key, deque[T]], key: Key, run: T, runs: int) -> None:
             del done[next(iter(done))]
     kept.append(run)
     done[key] = kept
+
+
+def _keep_latest(kept: dict[Key, int], key: Key, value: int) -> None:
+    """`value` as `key`'s newest, at most MAX_JOBS keys (the oldest goes first)."""
+    kept.pop(key, None)
+    if len(kept) >= MAX_JOBS:
+        del kept[next(iter(kept))]
+    kept[key] = value
 
 
 def _tasks(tree: TreeUsage, held: list[Lease], workers: list[int]) -> tuple[int, int]:

@@ -85,3 +85,9 @@ def holding_job(
         yield json.loads(line)
         proc.stdin.close()
         assert proc.wait(timeout=60) == 0
+
+
+def limit_seen(d: DaemonHandle, path: str) -> int | None:
+    """The cgroup's limit in the daemon's last sample (the one its budget was given)."""
+    rows = d.status()["host"]["memory"]["cgroups"]
+    return next((r["max_bytes"] for r in rows if r["path"] == path), None)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tests.helpers import CALM, REPO, killing, wait_until
-from tests.support.allocating import allocating_job
+from tests.support.allocating import allocating_job, limit_seen
 from tests.support.daemons import DaemonHandle
 
 if TYPE_CHECKING:
@@ -63,12 +63,6 @@ def size_of(d: DaemonHandle, job: str) -> tuple[int, int] | None:
     """(worker_bytes, learned_runs) of the daemon's lease row for `job`, if it holds one."""
     rows = [r for r in d.status()["leases"] if r["job"] == job]
     return (rows[0]["worker_bytes"], rows[0]["learned_runs"]) if rows else None
-
-
-def limit_seen(d: DaemonHandle, path: str) -> int | None:
-    """The cgroup's limit in the daemon's last sample (the one its budget was given)."""
-    rows = d.status()["host"]["memory"]["cgroups"]
-    return next((r["max_bytes"] for r in rows if r["path"] == path), None)
 
 
 def test_issue24_a_job_oom_killed_at_its_bare_size_is_not_learned_at_it(

@@ -67,6 +67,9 @@ def test_issue24_the_latest_learned_worker_sizes_are_shown() -> None:
         "worker sizes        blas: 33 MiB per worker, learned from 1 runs;"
         " 3 tasks per worker, pool +6 tasks"
     ) in lines
+    killed = batt | {"worker_bytes": int(1.5 * 2**30), "runs": 1, "from_kill": True}
+    lines = render(compute([stats(1, worker_sizes=[killed])])).splitlines()
+    assert "worker sizes        batt: 1.5 GiB per worker, learned from an OOM kill" in lines
 
 
 def test_time_shares_and_percentiles() -> None:

@@ -54,3 +54,9 @@ def test_a_job_charged_its_declared_size_says_so() -> None:
         "fit2: 2.0 GiB per worker, declared (1 runs learned)",
         "fit3: 3.0 GiB per worker, learned from 1 runs",
     ]
+
+
+def test_a_size_learned_from_an_oom_kill_says_so() -> None:
+    """Issue 24: a figure that is what an OOM-killed worker held says where it came from."""
+    killed = row("batt", 1000, int(1.5 * GIB), 1) | {"learned_from_kill": True}
+    assert worker_size_lines([killed])[1:] == ["batt: 1.5 GiB per worker, learned from an OOM kill"]

@@ -1,0 +1,156 @@
+"""Issue 24: an OOM kill the kernel reports is attributed to the lease whose tree its
+victim was in, and teaches that lease's job the victim's size; only that run is judged
+cut short. A /proc tree in a temp dir stands for the processes, a real ledger for the
+budget."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from supervisord_batt.daemon.oomkills import OomWatch, holder_of, parent_reader
+from supervisord_batt.daemon.workersizes import Learned, WorkerSizes
+from supervisord_batt.host.kmsg import OomKill
+from tests.support.budget import GIB, ledger, request
+from tests.support.sizes import MIB, lease, tree
+
+CHARGE = 512 * MIB
+KEY = ("batt", 1000)
+
+
+def proc_tree(root: Path, parents: dict[int, int]) -> Path:
+    """A /proc in `root` whose processes (pid -> ppid) have a stat file each (their comm
+    with a space and a ')', as a real one may have)."""
+    for pid, ppid in parents.items():
+        (root / str(pid)).mkdir()
+        stat = f"{pid} (a) b) Z {ppid} {pid} {pid} 0 -1 4194560 " + "0 " * 40
+        (root / str(pid) / "stat").write_text(stat)
+    return root
+
+
+def test_a_victim_is_found_by_its_parents_or_by_the_last_scan(tmp_path: Path) -> None:
+    """Holder 100; 150 a worker started since the scan (a zombie: its stat is kept) and
+    160 its child; 170 seen in 100's tree at the scan and gone since; 200 a process of
+    no lease; 300 a holder itself; 400 a process whose stat is garbled."""
+    proc = proc_tree(tmp_path, {100: 1, 150: 100, 160: 150, 200: 1, 300: 1, 500: 500})
+    (proc / "400").mkdir()
+    (proc / "400" / "stat").write_text("garbled")
+    parent = parent_reader(str(proc))
+    assert parent(150) == 100 and parent(170) is None and parent(400) is None
+    holders, seen = {100, 300}, {170: 100}
+    assert [holder_of(p, holders, seen, parent) for p in (150, 160, 170, 300)] == [100] * 3 + [300]
+    for pid in (200, 400, 500, 999):  # no lease's: not guessed (500 is its own parent)
+        assert holder_of(pid, holders, seen, parent) is None
+
+
+def test_a_kill_of_a_worker_never_scanned_teaches_its_job_the_victims_size() -> None:
+    """A pool of 1.5 GiB workers charged 512 MiB, killed before any scan saw them:
+    before, its run taught nothing and the next was charged 512 MiB again."""
+    sizes = WorkerSizes()
+    held = lease("L1", 100, 4)
+    assert sizes.killed(held, 1536 * MIB, holder=False, charged=CHARGE)
+    assert sizes.figures() == {KEY: Learned(1536 * MIB, 1, from_kill=True)}  # at once
+    sizes.observe([], {}, {}, {})  # the next scan ends its run: kept, for the next daemon
+    assert sizes.ended() == {KEY: [(1536 * MIB, 0, 0)]}
+    assert sizes.figures()[KEY].from_kill
+    t, rss = tree(100, 2048)  # a later run seen bigger: the figure is no kill's now
+    sizes.observe([held], {100: t}, rss, {"L1": 1536 * MIB})
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures() == {KEY: Learned(2048 * MIB, 2)}
+
+
+def test_a_kill_below_the_charge_or_of_a_pools_holder_teaches_no_size() -> None:
+    sizes = WorkerSizes()
+    assert not sizes.killed(lease("L1", 100, 2), 300 * MIB, holder=False, charged=CHARGE)
+    assert not sizes.killed(lease("L2", 200, 2), 900 * MIB, holder=True, charged=CHARGE)
+    thread = lease("L3", 300, 2, kind="thread", job="t")
+    assert not sizes.killed(thread, 900 * MIB, holder=False, charged=CHARGE)
+    assert sizes.figures() == {}
+    sizes.observe([], {}, {}, {})
+    assert sizes.ended() == {}  # cut short below its charge: dropped, as by the count
+
+
+def test_a_holder_running_its_own_tasks_teaches_its_size_when_its_run_ends() -> None:
+    sizes = WorkerSizes()
+    seq = dataclasses.replace(lease("L1", 100, 0, kind="sequential"), wanted=4)
+    assert sizes.killed(seq, 1536 * MIB, holder=True, charged=CHARGE)
+    assert sizes.figures() == {}  # a holder's own run counts once ended
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures() == {KEY: Learned(1536 * MIB, 1, from_kill=True)}
+
+
+def test_only_the_run_the_kill_hit_is_judged_cut_short() -> None:
+    """Two runs of small workers (charged more than they hold) live when a kill hits
+    a third: by the count every one lost its run; told which, they teach."""
+    sizes = WorkerSizes()
+    t, rss = tree(100, 20)
+    u, rss2 = tree(200, 30)
+    held = [lease("L1", 100, 1, job="a"), lease("L2", 200, 1, job="b")]
+    sizes.observe(held, {100: t, 200: u}, {**rss, **rss2}, {"L1": CHARGE, "L2": CHARGE})
+    sizes.killed(lease("L3", 300, 2, job="c"), 100 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([], {}, {}, {}, oom=False)  # the daemon reads the kernel's log
+    assert set(sizes.ended()) == {("a", 1000), ("b", 1000)}
+
+
+def test_the_watch_attributes_a_kill_teaches_the_ledger_and_says_it_once(
+    tmp_path: Path,
+) -> None:
+    led = ledger(mem=64 * GIB, memory_per_slot=CHARGE)
+    grant = led.acquire(request("h", 4, kinds=("process",), pid=100, job="big"))
+    assert led.worker_bytes("big", 1000) == CHARGE
+    sizes = WorkerSizes()
+    taught: list[bool] = []
+    watch = OomWatch(
+        sizes,
+        led,
+        teach=lambda: taught.append(True),
+        parent=parent_reader(str(proc_tree(tmp_path, {100: 1, 150: 100, 200: 1}))),
+    )
+    with capture_logs() as logs:
+        assert watch.seen(OomKill(150, "python3", "/m", 1536 * MIB))
+        assert not watch.seen(OomKill(200, "other", "/m", 900 * MIB))
+    assert [e["event"] for e in logs] == ["oom_kill_seen"] * 2
+    assert logs[0] == {
+        "event": "oom_kill_seen",
+        "log_level": "warning",
+        "component": "daemon",
+        "uid": 1000,
+        "job": "big",
+        "lease": grant.lease_id,
+        "pid": 150,
+        "task": "python3",
+        "rss": 1536 * MIB,
+        "cgroup": "/m",
+        "holder": 100,
+        "learned": True,
+    }
+    assert logs[1]["lease"] is None and logs[1]["log_level"] == "info"
+    assert watch.unattributed == 1
+    assert sizes.figures() == {("big", 1000): Learned(1536 * MIB, 1, from_kill=True)}
+    # the scan's leases stand for a holder whose lease went since (killed with it)
+    watch.scanned(led.held_by([100]), {})
+    led.release(grant.lease_id)
+    assert watch.seen(OomKill(100, "python3", None, 2 * GIB)) is False  # a pool's holder
+    assert watch.unattributed == 1
+
+
+def test_a_log_that_cannot_be_read_is_said_once_and_the_counts_judge(tmp_path: Path) -> None:
+    """No /dev/kmsg (a container), or a file the event loop cannot watch: one warning at
+    start, and every scan's runs are judged by the cgroups' oom_kill counts, as before."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    loop = asyncio.new_event_loop()
+    try:
+        for path in (tmp_path / "absent", plain):
+            watch = OomWatch(WorkerSizes(), ledger(), teach=lambda: None, path=str(path))
+            with capture_logs() as logs:
+                watch.start(loop)
+                watch.summarize()
+            assert [e["event"] for e in logs] == ["kernel_log_unreadable"], logs
+            assert not watch.reading and watch.by_count() and watch.by_count()
+            watch.close()
+    finally:
+        loop.close()
