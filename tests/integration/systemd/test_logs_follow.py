@@ -64,3 +64,18 @@ def test_issue25_logs_follow_on_the_journal_starts_from_the_last_events(
                 timeout=30,
                 what=f"the new event from logs -f {args}",
             )
+
+
+def test_the_shipped_unit_lets_the_daemon_read_the_kernels_oom_kill_reports(
+    journaled: Sandbox,
+) -> None:
+    """The daemon learns a killed worker's size from /dev/kmsg (issue 24): the unit's
+    hardening must leave it readable (ProtectKernelLogs= would hide it)."""
+    service = Service(journaled)
+    service.install(base_config())
+    journaled.systemctl("start", UNIT)
+    out = journaled.run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert "started" in {e["event"] for e in events}, out
+    unreadable = [e for e in events if e["event"] == "kernel_log_unreadable"]
+    assert unreadable == [], unreadable
