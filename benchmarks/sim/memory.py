@@ -31,12 +31,13 @@ job's own process): as in the daemon, memory not written yet is charged until th
 every second), growing or shrinking its pool once the tasks in flight are done. The
 daemon's learning (daemon/workersizes.py) is modelled by what it records: each job's
 largest worker resident size seen at a scan, given to the ledger (`learn`) as the scans
-see it, and for a job never seen with a pool its own process's largest size, once its
-run ends (`figures`); `learned` carries the figures from an earlier run. The daemon
-reads the kernel's report of each OOM kill (daemon/oomkills.py): the victim's job alone
-has its run judged cut short, and a victim that is a worker of its pool (or its own
-process running its tasks) teaches it the victim's resident size at the kill: what it
-held, and for the allocator what it wrote of its data until the cgroup was full
+see it, and its own process's largest size while it ran its tasks, once its run ends,
+where no pool's figure counts (`figures`); `learned` carries the figures from an
+earlier run. The daemon reads the kernel's report of each OOM kill
+(daemon/oomkills.py): the victim's job alone has its run judged cut short, and a victim
+that is a worker of its pool (or its own process running its tasks, or holding a pool
+after it ran them) teaches it the victim's resident size at the kill: what it held, and
+for the allocator what it wrote of its data until the cgroup was full
 (`MemHost.kmsg` False: the daemon cannot read the kernel's log, and every job live at a
 kill has its run judged, as the memory cgroups' oom_kill counts tell no more).
 """
@@ -254,7 +255,8 @@ class MemSim:
         self.boxes: list[Box] = []
         self.used = self.peak = self.oom_kills = 0
         self.learned: dict[str, int] = dict(learned or {})
-        # jobs never seen with a pool, by the size of their own process (workersizes)
+        # the jobs' own processes while they ran their tasks (workersizes): the figure
+        # where no pool's counts
         self.own: dict[str, int] = {}
         # what this run saw of each job (`learned`'s new peaks), the most bytes a worker
         # of it was charged, and the jobs live when an OOM kill happened (workersizes: a
@@ -390,8 +392,7 @@ class MemSim:
                     sizes = [b.rss for b in job.pool.workers if b.alive]
                     if sizes:  # a scan sees live workers only, their data written or not
                         self.seen[name] = max(self.seen.get(name, 0), *sizes)
-                        self.own.pop(name, None)  # a pool's figure wins (workersizes)
-                elif job.lease in holders and not self._pooled(name):
+                elif job.lease in holders:
                     self.own[name] = max(self.own.get(name, 0), holders[job.lease])
             self._teach()
         if any(j.ended is None for j in self.jobs):
@@ -413,14 +414,9 @@ class MemSim:
         self.charged[name] = max(charge, self.charged.get(name, 0))
         if victim.role == "worker":
             self.seen[name] = max(self.seen.get(name, 0), held)
-            self.own.pop(name, None)  # a pool's figure wins (workersizes)
-        elif victim.role == "main" and job.pool is None and not self._pooled(name):
+        elif victim.role == "main" and (job.pool is None or name in self.own):
             self.own[name] = max(self.own.get(name, 0), held)
         self._teach()
-
-    def _pooled(self, name: str) -> bool:
-        """Whether a job was seen with a pool, this run or before (its figure wins)."""
-        return name in self.learned or name in self.seen
 
     def _teach(self) -> None:
         if self.host.learn and self.ledger is not None:

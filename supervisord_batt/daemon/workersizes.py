@@ -208,11 +208,13 @@ class WorkerSizes:
         and was its holder (`holder`) or one of its descendants; its workers were charged
         `charged` bytes each. The run is judged cut short, and the victim's size is the
         least one of its job's workers takes where the victim was one: a worker of its
-        process pool, or its holder running its own tasks. Whether it taught a size."""
+        process pool, or its holder running its own tasks, or holding a pool after it ran
+        them in this run (seen so at a scan: the data they wrote is still in its
+        process). Whether it taught a size."""
         lease_id, key = lease.lease_id, (lease.job, lease.uid)
         self._hit.add(lease_id)
         self._charged[lease_id] = max(charged, self._charged.get(lease_id, 0))
-        if holder and runs_itself(lease):
+        if holder and (runs_itself(lease) or lease_id in self._own_live):
             _, before = self._own_live.get(lease_id, (key, 0))
             self._own_live[lease_id] = (key, max(before, rss))
         elif not holder and lease.kind == "process" and lease.workers > 0:

@@ -82,6 +82,24 @@ def test_a_holder_running_its_own_tasks_teaches_its_size_when_its_run_ends() -> 
     assert sizes.figures() == {KEY: Learned(1536 * MIB, 1, from_kill=True)}
 
 
+def test_a_holder_that_ran_its_own_tasks_before_its_pool_teaches_its_size() -> None:
+    """Granted sequential first, the holder ran tasks and wrote their data in its own
+    process; grown to a pool, it was killed holding that data while its new workers were
+    still bare. Before, a pool's holder taught nothing, and its job, untaught, had its
+    next run's workers charged memory_per_slot (the memory simulator's big workers)."""
+    sizes = WorkerSizes()
+    seq = dataclasses.replace(lease("L1", 100, 0, kind="sequential"), wanted=4)
+    sizes.observe([seq], {}, {100: 30 * MIB}, {"L1": CHARGE})  # a scan: it runs itself
+    pool = dataclasses.replace(seq, kind="process", workers=4)
+    assert sizes.killed(pool, 1566 * MIB, holder=True, charged=CHARGE)
+    sizes.observe([], {}, {}, {})  # its run ends
+    assert sizes.figures() == {KEY: Learned(1566 * MIB, 1, from_kill=True)}
+    # a holder never seen running its own tasks still teaches nothing (a kernel's own
+    # process holds more than its workers)
+    other = WorkerSizes()
+    assert not other.killed(pool, 1566 * MIB, holder=True, charged=CHARGE)
+
+
 def test_only_the_run_the_kill_hit_is_judged_cut_short() -> None:
     """Two runs of small workers (charged more than they hold) live when a kill hits
     a third: by the count every one lost its run; told which, they teach."""
