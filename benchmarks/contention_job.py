@@ -20,6 +20,9 @@ logs a failed battery and scores the next); the budget executor raises out of ma
 its remaining tasks count as failed. Output, one JSON object per line, flushed as it
 happens so the benchmark still counts the finished tasks of a job it had to kill:
 
+    {"started": "budget", "at": 1765000000.12}  # every line has "at", its epoch time
+    {"granted": {...}}                      # budget: the first grant, then the lease's end:
+    {"released": true}
     {"task": 3, "value": "0123456789abcdef", "path": "process"}
     {"task": 4, "error": "BrokenProcessPool: ..."}
     {"summary": {...}}                      # last line, when the job gets that far
@@ -33,6 +36,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +71,7 @@ def fold_tasks(values: Sequence[int]) -> int:
 
 
 def _emit(record: dict[str, Any]) -> None:
+    record["at"] = time.time()  # when: the benchmark splits each job's time by it
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
 
@@ -166,6 +171,7 @@ def run_budget(tasks: list[Task], workers: int, job: str) -> dict[str, Any]:
             "reason": grant.reason,
             "degraded": grant.degraded,
         }
+        _emit({"granted": first})
 
         def progressed(index: int, value: int) -> None:
             nonlocal done
@@ -183,6 +189,7 @@ def run_budget(tasks: list[Task], workers: int, job: str) -> dict[str, Any]:
             ex.kinds_used,
             [f"{f.from_kind}->{f.to_kind} at {f.stage}" for f in ex.fallbacks],
         )
+    _emit({"released": True})  # the lease's end: last task to here is the client's
     return {
         "failed": len(tasks) - done if error else 0,
         "grant": first,
@@ -209,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _emit({"started": args.mode})
     tasks = [Task(i, args.seed, args.samples, args.min_ms, args.max_ms) for i in range(args.tasks)]
     if args.mode == "budget":
         summary = run_budget(tasks, args.workers, job=f"contention-{args.seed}")
