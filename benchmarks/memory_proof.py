@@ -4,7 +4,7 @@
         [--fraction 0.5] [--cpu-caps host,16] [--modes sequential,hand,plain]
         [--small-mib 50] [--small-workers 4] [--small-tasks 40] [--small-cpu-ms 5]
         [--small-io-ms 495] [--small-limit-mib 2048] [--small-rounds 5]
-        [--no-small | --no-big] [--json]
+        [--alternate N] [--no-small | --no-big] [--json]
 
 The big case. K jobs (benchmarks/memory_job.py) start together in one memory cgroup (v1
 here, v2 where the memory controller is enabled); every process that runs a task holds
@@ -23,6 +23,15 @@ and its ratio to the best mode other than the budget that finished every task, a
 what ran beside it on the host: the CPUs other programs kept busy, the threads they kept
 runnable, and the other sessions with a runnable process (this kernel shares CPUs among
 sessions first; benchmarks/simulate_memory.py replays each row with those sessions).
+
+Alternating (--alternate N). A shared host's load moves a mode's rate between runs more
+than the 5% the budget's ratio must show. With --alternate the big case runs N rounds
+(after the plain job alone): each round runs --modes and the budget's turn (each daemon
+of --cpu-caps: a first run of jobs it has never seen, new names every round, then the
+same jobs learned), every second round in the reverse order, each run SETTLE after the
+last. Each budget row's ratio is then the median over the rounds of its tasks/s over
+the best other mode that finished in the same round, with its range and the number of
+rounds (benchmarks/paired.py); OOM kills and tasks done are checked in every run.
 
 The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
 that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
@@ -72,6 +81,7 @@ from benchmarks.contention import (
     sigterm_as_interrupt,
 )
 from benchmarks.daemonproc import spawn_daemon
+from benchmarks.paired import Paired, paired, round_order
 from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +135,7 @@ class Run:
     # per job, seconds from the jobs' start: its interpreter up, its grant (budget), its
     # first and last task done, its exit (where a job's time goes, `phases`)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    round: int = 0  # --alternate: the round (from 1) the run belongs to
 
     @property
     def finished(self) -> bool:
@@ -423,6 +434,7 @@ class Args:
     cpu_cap: int = 16
     big_caps: tuple[int | None, ...] = (None, 16)  # None: the host's CPUs decide
     modes: tuple[str, ...] = ("sequential", "hand", "plain")
+    rounds: int = 0  # the big case's rounds, alternating (0: one run of each row)
 
 
 def big_case(bench: Bench, args: Args) -> dict[str, Any]:
@@ -437,14 +449,71 @@ def big_case(bench: Bench, args: Args) -> dict[str, Any]:
     bench.cg.set_limit(limit)
     hand = max(1, (limit // shape.jobs - 100 * MIB) // (shape.mib * MIB + WORKER_EXTRA))
     names = [f"mem-{i}" for i in range(shape.jobs)]
+    if args.rounds:
+        rows = big_rounds(bench, args, hand)
+        return {
+            "demand": demand,
+            "limit": limit,
+            "hand": hand,
+            "rows": rows,
+            "paired": pair_rounds(rows),
+        }
     rows = [run_jobs(bench, shape, m, m, names=names, hand=hand) for m in args.modes]
     for cap in args.big_caps:
-        what = f"cpu_cap {cap}" if cap is not None else "host CPUs"
         with daemon(bench, scan="1s", cpu_cap=cap, name=f"big{cap}") as sock:
             for run in ("first run", "learned"):
-                label = f"budget {what}, {run}"
+                label = budget_label(cap, run)
                 rows.append(run_jobs(bench, shape, "budget", label, names=names, sock=sock))
     return {"demand": demand, "limit": limit, "hand": hand, "rows": rows}
+
+
+def budget_label(cap: int | None, run: str) -> str:
+    return f"budget {f'cpu_cap {cap}' if cap is not None else 'host CPUs'}, {run}"
+
+
+def big_rounds(bench: Bench, args: Args, hand: int) -> list[Run]:
+    """--alternate: rounds of the other modes and the budget, the order reversed every
+    second round. The budget's turn is each daemon of --cpu-caps in turn, a first run of
+    jobs it has never seen (new names each round) then the same jobs again (learned); the
+    daemons live through every round. Every run waits SETTLE first (the daemons sample
+    every second: the last run's memory gone from their view)."""
+    shape, rows = args.shape, []
+    with contextlib.ExitStack() as stack:
+        socks = {
+            cap: stack.enter_context(daemon(bench, scan="1s", cpu_cap=cap, name=f"big{cap}"))
+            for cap in args.big_caps
+        }
+        for i in range(args.rounds):
+            names = [f"mem-{i + 1}-{j}" for j in range(shape.jobs)]
+            for arm in round_order(i, [*args.modes, "budget"]):
+                turn = (
+                    [(arm, arm, None)]
+                    if arm != "budget"
+                    else [
+                        ("budget", budget_label(cap, run), sock)
+                        for cap, sock in socks.items()
+                        for run in ("first run", "learned")
+                    ]
+                )
+                for mode, label, sock in turn:
+                    time.sleep(SETTLE)  # a fixed pause: see SETTLE and above
+                    r = run_jobs(bench, shape, mode, label, names=names, sock=sock, hand=hand)
+                    r.round = i + 1
+                    rows.append(r)
+    return rows
+
+
+def pair_rounds(rows: list[Run]) -> dict[str, Paired]:
+    """Per budget row (label): its tasks/s over the best other mode that finished in the
+    same round (a round where none finished has no ratio)."""
+    rounds = sorted({r.round for r in rows})
+    best = [best_other([r for r in rows if r.round == i]) for i in rounds]
+    base = [b.tasks_per_s if b is not None else 0.0 for b in best]
+    out = {}
+    for label in dict.fromkeys(r.label for r in rows if r.mode == "budget"):
+        mine = {r.round: r.tasks_per_s for r in rows if r.label == label}
+        out[label] = paired(base, [mine.get(i, 0.0) for i in rounds])
+    return out
 
 
 def small_case(bench: Bench, args: Args) -> dict[str, Any]:
@@ -512,13 +581,18 @@ def verdict(report: dict[str, Any]) -> list[str]:
     missed = []
     rows = report["big"]["rows"] if "big" in report else []
     best = best_other(rows)
+    pairs = report["big"].get("paired") if "big" in report else None
     for r in rows:
         if r.mode != "budget":
             continue
         if r.oom_kills or not r.finished:
-            missed.append(f"{r.label}: {r.oom_kills} OOM kills, {r.done}/{r.total} done")
-        if best is not None and r.tasks_per_s < TARGET * best.tasks_per_s:
+            what = f"{r.label}, round {r.round}" if r.round else r.label
+            missed.append(f"{what}: {r.oom_kills} OOM kills, {r.done}/{r.total} done")
+        if pairs is None and best is not None and r.tasks_per_s < TARGET * best.tasks_per_s:
             missed.append(f"{r.label}: {r.tasks_per_s / best.tasks_per_s:.2f} of {best.label}")
+    for label, p in (pairs or {}).items():
+        if not p.met(TARGET):
+            missed.append(f"{label}: paired median {p} of the best other mode")
     if "small" in report:
         missed += small_verdict(report["small"]["rows"])
     return missed
@@ -553,11 +627,28 @@ def print_report(report: dict[str, Any]) -> None:
             f"plain demand {big['demand'] / MIB:.0f} MiB,"
             f" limit {big['limit'] / MIB:.0f} MiB, hand-sized pool {big['hand']}"
         )
-        _table(big["rows"], best_other(big["rows"]))
+        if "paired" in big:
+            print_rounds(big["rows"], big["paired"])
+        else:
+            _table(big["rows"], best_other(big["rows"]))
     if "small" in report:
         print_small(report["small"])
     missed = verdict(report)
     print("\n" + ("every goal met" if not missed else "MISSED: " + "; ".join(missed)))
+
+
+def print_rounds(rows: list[Run], pairs: dict[str, Paired]) -> None:
+    """--alternate: each round's rows against that round's best finishing other mode,
+    then each budget row's paired ratios and the load through the rounds."""
+    for i in sorted({r.round for r in rows}):
+        mine = [r for r in rows if r.round == i]
+        order = list(dict.fromkeys(r.mode for r in mine))
+        print(f"\nround {i} ({', '.join(order)}), load average {_spread([r.load for r in mine])}")
+        _table(mine, best_other(mine))
+    print()
+    for label, p in pairs.items():
+        print(f"{label}: / best other mode of its round, paired: {p}")
+    print(f"load average through the rounds: {_spread([r.load for r in rows])}")
 
 
 def print_small(small: dict[str, Any]) -> None:
@@ -649,6 +740,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the big case's budget daemons: their cpu_cap, 'host' for the host's CPUs",
     )
     p.add_argument("--modes", default="sequential,hand,plain", help="the big case's others")
+    p.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the big case in N rounds of --modes and the budget rows, every second round in "
+        "the reverse order; each budget row's ratio is the median of its tasks/s over the "
+        "best other mode that finished in the same round (the range and rounds beside it)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--no-small", action="store_true", help="the big case only")
     which.add_argument("--no-big", action="store_true", help="the small case only")
@@ -676,6 +776,7 @@ def main() -> int:
         a.small_rounds,
         big_caps=caps,
         modes=modes,
+        rounds=a.alternate,
     )
     with sigterm_as_interrupt():  # SIGTERM too removes the cgroup and kills what ran
         report = prove(args, small=not a.no_small, big=not a.no_big)
@@ -684,6 +785,11 @@ def main() -> int:
         for case in ("big", "small"):
             if case in report:
                 out[case] = {**report[case], "rows": [asdict(r) for r in report[case]["rows"]]}
+        if "paired" in report.get("big", {}):
+            out["big"]["paired"] = {
+                label: {**asdict(p), "rounds": p.rounds}
+                for label, p in report["big"]["paired"].items()
+            }
         print(json.dumps(out, indent=2))
     else:
         print_report(report)
