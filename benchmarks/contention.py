@@ -28,11 +28,12 @@ Alternating (--alternate N). On a shared host a mode's rate moves between runs b
 than the few percent a budget ratio must show, so one budget run against one sequential
 run minutes apart measures the host. With --alternate, every cell runs N rounds of its
 modes, every second round in the reverse order (sequential, budget, budget, sequential,
-...), and the budget's ratio is the median over the rounds of its tasks/s over the best
-other mode's in the same round, reported with its range and the number of rounds
-(benchmarks/paired.py); the safety counts are summed over every round as with --repeat,
-and the text and --json give every round: each mode's figures, the load, and each job's
-timeline (interpreter up, grant, first and last task, lease released, exit).
+...), and the budget's ratio is the median over the rounds of its tasks/s over the same
+round's tasks/s of the best other mode (the one whose median over the rounds is best),
+reported with its range and the number of rounds (benchmarks/paired.py); the safety
+counts are summed over every round as with --repeat, and the text and --json give every
+round: each mode's figures, the load, and each job's timeline (interpreter up, grant,
+first and last task, lease released, exit).
 
 Zombies. This machine's PID 1 does not reap orphans, and a zombie still holds its pid in
 the cgroup. So the benchmark makes itself a child subreaper (prctl): orphaned job
@@ -68,7 +69,7 @@ from typing import IO, Any
 
 import psutil
 
-from benchmarks.paired import Paired, paired, round_order
+from benchmarks.paired import Paired, best_arm, paired, round_order
 from supervisord_batt.demo import ITERS_PER_MS, Task, score, spin
 
 HERE = Path(__file__).resolve().parent
@@ -647,14 +648,19 @@ def plan(
     ]
 
 
-def pair_rounds(runs: dict[tuple[str, str], list[Row]], cell: str) -> Paired:
-    """Budget over the best other mode of the same round, per round of `cell`."""
-    others = [rows for (c, m), rows in runs.items() if c == cell and m != "budget"]
+def pair_rounds(runs: dict[tuple[str, str], list[Row]], cell: str) -> tuple[str, Paired]:
+    """The best other mode of `cell` (best median tasks/s over the rounds), and per
+    round the budget's tasks/s over that mode's in the same round."""
+    others = {
+        m: [r.tasks_per_s for r in rows]
+        for (c, m), rows in runs.items()
+        if c == cell and m != "budget"
+    }
     budget = runs.get((cell, "budget"), [])
-    if not others or not budget:
-        return paired([], [])
-    best = [max(r.tasks_per_s for r in one_round) for one_round in zip(*others, strict=True)]
-    return paired(best, [r.tasks_per_s for r in budget])
+    best = best_arm(others)
+    if best is None or not budget:
+        return "", paired([], [])
+    return best, paired(others[best], [r.tasks_per_s for r in budget])
 
 
 def round_report(runs: dict[tuple[str, str], list[Row]], cell: str) -> list[dict[str, Any]]:
@@ -809,7 +815,7 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         children.reap()
         shutil.rmtree(workdir, ignore_errors=True)
     check_values(rows, params)
-    pairs: dict[str, Paired] = {}
+    pairs: dict[str, tuple[str, Paired]] = {}
     for name in args.cells:
         cell_rows = [r for r in rows if r.cell == name]
         others = [r.tasks_per_s for r in cell_rows if r.mode != "budget"]
@@ -817,7 +823,7 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             pairs[name] = pair_rounds(runs, name)
         for r in cell_rows:
             if r.mode == "budget" and args.alternate:
-                r.ratio = pairs[name].median if pairs[name].rounds else None
+                r.ratio = pairs[name][1].median if pairs[name][1].rounds else None
             elif r.mode == "budget" and others and max(others) > 0:
                 r.ratio = r.tasks_per_s / max(others)
     return {
@@ -835,7 +841,9 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         "rows": [{k: v for k, v in asdict(r).items() if k != "jobs"} for r in rows],
         "alternate": args.alternate,
         "target": args.target,
-        "paired": {c: {**asdict(p), "rounds": p.rounds} for c, p in pairs.items()},
+        "paired": {
+            c: {"baseline": mode, **asdict(p), "rounds": p.rounds} for c, (mode, p) in pairs.items()
+        },
         "rounds": {c: round_report(runs, c) for c in pairs},
     }
 
@@ -923,9 +931,8 @@ def print_rounds(report: dict[str, Any]) -> None:
         print(f"\n{name}: rounds in the order run")
         for rnd in rounds:
             modes = rnd["modes"]
-            others = [m for m in rnd["order"] if m != "budget"]
-            best = max((modes[m]["tasks_per_s"] for m in others), default=0.0)
-            ratio = modes["budget"]["tasks_per_s"] / best if "budget" in modes and best else 0
+            base = modes.get(report["paired"][name]["baseline"], {}).get("tasks_per_s", 0.0)
+            ratio = modes["budget"]["tasks_per_s"] / base if "budget" in modes and base else 0
             print(
                 f"  round {rnd['round']}: "
                 + ", ".join(
@@ -933,13 +940,14 @@ def print_rounds(report: dict[str, Any]) -> None:
                     f"bg {modes[m]['background_cpu_pct']:.0f}%, load {modes[m]['load']:.1f})"
                     for m in rnd["order"]
                 )
-                + (f"; budget/best {ratio:.3f}" if ratio else "")
+                + (f"; budget/{report['paired'][name]['baseline']} {ratio:.3f}" if ratio else "")
             )
             for m in rnd["order"]:
                 print(f"    {m:<10} {phases(modes[m]['timelines'])}")
         p = report["paired"][name]
         print(
-            f"{name}: budget / best other, paired per round: median {p['median']:.3f} "
+            f"{name}: budget / {p['baseline']} (the best other mode's median), paired per round:"
+            f" median {p['median']:.3f} "
             f"({p['low']:.3f}-{p['high']:.3f}), {p['rounds']} rounds"
         )
 
@@ -1022,8 +1030,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="N rounds of every mode, every second round in the reverse order (ABBA); the "
-        "budget's ratio is the median of each round's budget over that round's best other "
-        "mode, with its range and the rounds in --json (instead of --repeat)",
+        "budget's ratio is the median of each round's budget over that round's figure of "
+        "the best other mode, with its range and the rounds in --json (instead of --repeat)",
     )
     p.add_argument(
         "--target",

@@ -29,9 +29,11 @@ than the 5% the budget's ratio must show. With --alternate the big case runs N r
 (after the plain job alone): each round runs --modes and the budget's turn (each daemon
 of --cpu-caps: a first run of jobs it has never seen, new names every round, then the
 same jobs learned), every second round in the reverse order, each run SETTLE after the
-last. Each budget row's ratio is then the median over the rounds of its tasks/s over
-the best other mode that finished in the same round, with its range and the number of
-rounds (benchmarks/paired.py); OOM kills and tasks done are checked in every run.
+last. Each budget row's ratio is then the median over the rounds of its tasks/s over the
+same round's tasks/s of the best other mode (of those that finished every run, the one
+whose median is best), with its range and the number of rounds (benchmarks/paired.py);
+OOM kills and tasks done are checked in every run. Give the best other mode last in
+--modes (`--modes hand,sequential`): it then runs next to the budget's turn.
 
 The small case. K jobs of `small_mib` workers, wanting `small_workers` each, under a limit
 that holds all of them but only a few 512 MiB slots: the budget of a daemon that charges
@@ -81,7 +83,7 @@ from benchmarks.contention import (
     sigterm_as_interrupt,
 )
 from benchmarks.daemonproc import spawn_daemon
-from benchmarks.paired import Paired, paired, round_order
+from benchmarks.paired import Paired, best_arm, paired, round_order
 from tests.helpers import CALM, MemoryCgroup, memory_cgroup_root
 
 HERE = Path(__file__).resolve().parent
@@ -451,12 +453,14 @@ def big_case(bench: Bench, args: Args) -> dict[str, Any]:
     names = [f"mem-{i}" for i in range(shape.jobs)]
     if args.rounds:
         rows = big_rounds(bench, args, hand)
+        baseline, pairs = pair_rounds(rows)
         return {
             "demand": demand,
             "limit": limit,
             "hand": hand,
             "rows": rows,
-            "paired": pair_rounds(rows),
+            "baseline": baseline,
+            "paired": pairs,
         }
     rows = [run_jobs(bench, shape, m, m, names=names, hand=hand) for m in args.modes]
     for cap in args.big_caps:
@@ -503,17 +507,24 @@ def big_rounds(bench: Bench, args: Args, hand: int) -> list[Run]:
     return rows
 
 
-def pair_rounds(rows: list[Run]) -> dict[str, Paired]:
-    """Per budget row (label): its tasks/s over the best other mode that finished in the
-    same round (a round where none finished has no ratio)."""
+def pair_rounds(rows: list[Run]) -> tuple[str, dict[str, Paired]]:
+    """The best other mode (of those that finished every run, the best median tasks/s
+    over the rounds), and per budget row (label) its tasks/s over that mode's in the
+    same round."""
     rounds = sorted({r.round for r in rows})
-    best = [best_other([r for r in rows if r.round == i]) for i in rounds]
-    base = [b.tasks_per_s if b is not None else 0.0 for b in best]
+    others = {r.mode for r in rows if r.mode != "budget"}
+    finishing = {
+        m: [r.tasks_per_s for r in rows if r.mode == m]
+        for m in others
+        if all(r.finished for r in rows if r.mode == m)
+    }
+    best = best_arm(finishing) or ""
+    base = {r.round: r.tasks_per_s for r in rows if r.mode == best}
     out = {}
     for label in dict.fromkeys(r.label for r in rows if r.mode == "budget"):
         mine = {r.round: r.tasks_per_s for r in rows if r.label == label}
-        out[label] = paired(base, [mine.get(i, 0.0) for i in rounds])
-    return out
+        out[label] = paired([base.get(i, 0.0) for i in rounds], [mine.get(i, 0.0) for i in rounds])
+    return best, out
 
 
 def small_case(bench: Bench, args: Args) -> dict[str, Any]:
@@ -628,7 +639,7 @@ def print_report(report: dict[str, Any]) -> None:
             f" limit {big['limit'] / MIB:.0f} MiB, hand-sized pool {big['hand']}"
         )
         if "paired" in big:
-            print_rounds(big["rows"], big["paired"])
+            print_rounds(big["rows"], big["baseline"], big["paired"])
         else:
             _table(big["rows"], best_other(big["rows"]))
     if "small" in report:
@@ -637,17 +648,17 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n" + ("every goal met" if not missed else "MISSED: " + "; ".join(missed)))
 
 
-def print_rounds(rows: list[Run], pairs: dict[str, Paired]) -> None:
-    """--alternate: each round's rows against that round's best finishing other mode,
-    then each budget row's paired ratios and the load through the rounds."""
+def print_rounds(rows: list[Run], baseline: str, pairs: dict[str, Paired]) -> None:
+    """--alternate: each round's rows against that round's run of the baseline (the best
+    other mode), then each budget row's paired ratios and the load through the rounds."""
     for i in sorted({r.round for r in rows}):
         mine = [r for r in rows if r.round == i]
         order = list(dict.fromkeys(r.mode for r in mine))
         print(f"\nround {i} ({', '.join(order)}), load average {_spread([r.load for r in mine])}")
-        _table(mine, best_other(mine))
+        _table(mine, next((r for r in mine if r.mode == baseline), None))
     print()
     for label, p in pairs.items():
-        print(f"{label}: / best other mode of its round, paired: {p}")
+        print(f"{label}: / {baseline or '-'} of its round, paired: {p}")
     print(f"load average through the rounds: {_spread([r.load for r in rows])}")
 
 
@@ -747,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the big case in N rounds of --modes and the budget rows, every second round in "
         "the reverse order; each budget row's ratio is the median of its tasks/s over the "
-        "best other mode that finished in the same round (the range and rounds beside it)",
+        "same round's figure of the best other mode that finished (range and rounds beside)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--no-small", action="store_true", help="the big case only")

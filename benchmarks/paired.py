@@ -5,14 +5,17 @@ host as much as the candidate: a baseline's own rate moved by a third between ru
 (docs/BENCHMARKS.md). So a benchmark runs both in short rounds within one invocation,
 the one that goes first alternating (ABBA: baseline, candidate, candidate, baseline, ...),
 takes the candidate's ratio to the baseline of its own round, and reports the median of
-those ratios with their range and the number of rounds. Pure: the benchmarks run the
-rounds, this orders them and sums them up.
+those ratios with their range and the number of rounds. Where there are several
+baselines (the best other mode), the one with the best median over the rounds is the
+baseline in every round: taking each round's faster one would compare the candidate with
+whichever the host's noise lifted in that round, a bias against it. Pure: the
+benchmarks run the rounds, this orders them and sums them up.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +23,13 @@ def round_order(index: int, arms: Sequence[str]) -> list[str]:
     """The arms of round `index` (from 0) in the order they run: as given in even
     rounds, reversed in odd ones, so each arm goes first as often as the other."""
     return list(arms) if index % 2 == 0 else list(reversed(arms))
+
+
+def best_arm(rates: Mapping[str, Sequence[float]]) -> str | None:
+    """The arm whose median rate over the rounds is the highest (None for no arm with
+    a round)."""
+    seen = {arm: statistics.median(r) for arm, r in rates.items() if r}
+    return max(seen, key=lambda arm: seen[arm], default=None)
 
 
 @dataclass(frozen=True)
