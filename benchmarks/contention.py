@@ -905,7 +905,13 @@ def print_table(report: dict[str, Any], modes: list[str]) -> None:
         f"({p['min_ms']:g}-{p['max_ms']:g} ms planned), W={p['workers']}; unguarded demand "
         f"(peak pids.current, no limit) {report['demand_peak_pids']}; hang deadline "
         f"{report['hang_timeout_s']}s; daemon budget {report['daemon_budget']}; "
-        f"repeat {report['repeat']}, settle {report['settle_s']:g}s; "
+        + (
+            f"alternating {report['alternate']} rounds (a row: safety summed, tasks/s the "
+            "fastest round, budget/best the rounds' median)"
+            if report["alternate"]
+            else f"repeat {report['repeat']}"
+        )
+        + f", settle {report['settle_s']:g}s; "
         f"run time {report['run_time_s']}s"
     )
     print(
