@@ -1,23 +1,28 @@
 """How long a memory cgroup at its limit stalls before its OOM killer acts, and what its
 processes do meanwhile (issue 24: the memory simulator's plain row).
 
-    sudo python3 benchmarks/oom_stall.py [--shapes 4x400:1100,12x400:2552] [--reps 3] [--json]
+    sudo python3 benchmarks/oom_stall.py [--shapes 4x400:1100,12x400:2552,plain4x400:2552]
+        [--reps 3] [--json]
 
 Each run starts N writers together in a fresh v1 memory cgroup (no swap to escape to)
 limited to L MiB < N * M: each a Python interpreter that allocates M MiB and writes every
-page of it, as a loky worker of benchmarks/memory_job.py does, then holds it. On one
+page of it, as a loky worker of benchmarks/memory_job.py does, then holds it ("plainN":
+N of memory_proof.py's plain jobs instead, each a loky pool of 3 such workers). On one
 clock (CLOCK_MONOTONIC: time.monotonic here and in the writers, and the kernel log's
-timestamps, checked each run against a record this script writes to /dev/kmsg) it
-records, polling every ~10 ms: when the cgroup first hit its limit (memory.failcnt
-above 0), each OOM kill (the kernel's "invoked oom-killer" and "Killed process" records,
-read with the daemon's parser, supervisord_batt/host/kmsg.py), when each writer
-finished writing, and the writers' CPU time and major faults (/proc/PID/stat) between
-the limit and the first kill. Each shape is also run with no limit (the same writers,
-interleaved): how long the writing takes when nothing stalls.
+timestamps, whose offset is measured each run with a record this script writes to
+/dev/kmsg) it records, sampling every ~10 ms: when the cgroup first reached its limit
+(memory.max_usage_in_bytes; memory.failcnt stays 0 here, docs/FACTS.md) and the sample
+before it, each OOM kill's time and victim (the kernel's "invoked oom-killer" and
+"Killed process" records, the latter read with the daemon's parser,
+supervisord_batt/host/kmsg.py), when each writer finished writing (a job: its first
+task done), the file pages charged to the cgroup at the limit (what reclaim could take)
+and its major faults (pages read back: thrashing). Each writer shape is also run with
+no limit, interleaved: how long the writing takes when nothing is killed.
 
-The stall is the time from the limit to the first kill, and between kills. Needs root,
-a v1 memory hierarchy and a readable /dev/kmsg. The cgroup and the writers are removed
-or killed by pid on exit, error, Ctrl-C or SIGTERM.
+The stall is the time from the limit to the first kill (at most: from the last sample
+below the limit), and between kills. Needs root, a v1 memory hierarchy and a readable
+/dev/kmsg. The cgroup and the processes are removed or killed by pid on exit, error,
+Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class Kill:
     at: float  # seconds from the run's start ("Killed process")
     invoked: float | None  # its "invoked oom-killer" record (the OOM begun)
     writer: int  # the victim's index among the processes started (-1: a child of one)
-    role: str  # "writer", "job", "worker" (a loky worker), "tracker"
+    role: str  # "writer", "job", "worker" (a loky worker), "tracker", "other"
     rss_mib: float
 
 
@@ -243,7 +248,7 @@ def _role(pid: int) -> str:
         return "tracker"
     if b"loky" in cmd or b"multiprocessing" in cmd:
         return "worker"
-    return "writer"
+    return "writer" if _WRITER.encode() in cmd else "other"
 
 
 def _stat_of(cg: MemoryCgroup, key: str) -> int:
@@ -361,7 +366,11 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--shapes", default="4x400:1100,12x400:2552", help="NxMIB:LIMIT_MIB,...")
+    p.add_argument(
+        "--shapes",
+        default="4x400:1100,12x400:2552,plain4x400:2552",
+        help="[plain]NxMIB:LIMIT_MIB,... (plain: memory_proof.py's plain jobs, N of them)",
+    )
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
