@@ -190,7 +190,8 @@ def _watch(
     written or killed; a job: exited) or the deadline."""
     skew = run.clock_skew_ms / 1000
     index = {p.pid: i for i, p in enumerate(procs)}
-    roles: dict[int, str] = {}  # every process seen in the cgroup
+    # every process seen in the cgroup; those started here known from the start
+    roles = {p.pid: "job" if run.kind == "plain" else "writer" for p in procs}
     invoked: float | None = None
     majflt = _stat_of(cg, "total_pgmajfault")
     limit = run.limit_mib * MIB
