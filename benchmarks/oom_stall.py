@@ -201,7 +201,7 @@ def _watch(
         now = time.monotonic()
         run.polls += 1
         for pid in _members(cg):
-            if pid not in roles or (roles[pid] == "job" and pid not in index):
+            if pid not in roles or (roles[pid] in {"job", "other"} and pid not in index):
                 roles[pid] = _role(pid)  # a job's child is the job until its exec
         if run.limit_at is None and limit:
             if _peak(cg) >= limit - NEAR:
