@@ -648,7 +648,9 @@ class Daemon:
             **by,
         )
         logs.flush()
-        return str(reexec.exec_self(fds, self.notifier.environment))
+        why = str(reexec.exec_self(fds, self.notifier.environment))
+        self.state_record.write()  # not exec'd: a crash now restores no lone askers
+        return why
 
     def _reject(self, source: Path, by: dict[str, Any], reason: str) -> NoReturn:
         log.error("reload_rejected", path=str(source), reason=reason, **by)

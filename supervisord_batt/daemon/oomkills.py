@@ -64,16 +64,18 @@ def holder_of(
     seen: Mapping[int, int],
     parent: Callable[[int], int | None],
 ) -> int | None:
-    """The lease holder whose tree `pid` is in: `pid` or an ancestor of it is a holder,
-    or was seen in a holder's tree (`seen`: pid -> holder, at the last scan)."""
+    """The lease holder whose tree `pid` is in: `pid` or a live ancestor of it is a
+    holder; or, where /proc has lost the trail, the process was seen in a holder's tree
+    (`seen`: pid -> holder, at the last scan). The live parents come first: a pid seen
+    at the last scan may have been reused since, by another user's process."""
     at = pid
     for _ in range(MAX_DEPTH):
         if at in holders:
             return at
-        if at in seen:
-            return seen[at]
         up = parent(at)
-        if up is None or up <= 1 or up == at:
+        if up is None:  # gone (reaped): what the last scan saw of it
+            return seen.get(at)
+        if up <= 1 or up == at:
             return None
         at = up
     return None
@@ -95,6 +97,7 @@ class OomWatch:
     _seen: dict[int, int] = field(default_factory=dict)  # pid -> holder, last scan
     _leases: dict[int, list[Lease]] = field(default_factory=dict)  # holder -> its leases
     _lost_judged: int = 0  # records lost as of the last scan
+    _unknown: bool = False  # a kill of no lease's tree since the last scan
     _lost_said: int = 0  # records lost as of the last summary
     _lines: Throttle = field(default_factory=_throttle)
 
@@ -134,11 +137,14 @@ class OomWatch:
 
     def by_count(self) -> bool:
         """Whether this scan's runs are judged by the cgroups' oom_kill counts: the log is
-        not read, or records were lost since the last scan (a kill may be among them)."""
+        not read, or since the last scan records were lost or a kill was of no lease's
+        tree as far as /proc could tell (a worker reaped before its report was read is
+        one: its run may be the one cut short)."""
         if self._log is None:
             return True
         lost, self._lost_judged = self._log.lost - self._lost_judged, self._log.lost
-        return lost > 0
+        unknown, self._unknown = self._unknown, False
+        return lost > 0 or unknown
 
     def summarize(self) -> None:
         """The lines held back, and records lost since the last summary (one line each)."""
@@ -172,6 +178,9 @@ class OomWatch:
         leases = []
         if holder is not None:  # its leases now, else as the last scan saw them
             leases = self.ledger.held_by([holder]) or self._leases.get(holder, [])
+        # a process of another uid in a holder's tree (a setuid helper, a pid reused
+        # since the scan) teaches that lease's job nothing
+        leases = [lease for lease in leases if kill.uid in (None, lease.uid)]
         taught: Lease | None = None
         for lease in leases:
             charged = self.ledger.worker_bytes(lease.job, lease.uid, lease.declared_bytes)
@@ -180,6 +189,7 @@ class OomWatch:
         first = taught or (leases[0] if leases else None)
         if first is None:
             self.unattributed += 1
+            self._unknown = True
         self._lines.emit(  # a kill of no lease's tree is no job's concern: info
             "warning" if first else "info",
             "oom_kill_seen",

@@ -39,9 +39,13 @@ RECORD_BYTES = 8192  # a read's buffer: records are at most ~1 KiB (smaller: EIN
 MAX_PENDING = 64  # "oom-kill:" records kept waiting for their "Killed process" record
 
 _CONTEXT = re.compile(rb"^oom-kill:.*,task_memcg=(.*),task=(.*),pid=(\d+),uid=(\d+)$")
+# anchored at the OOM killer's own words: a record that only contains them (a file name
+# the kernel quotes, a line a program wrote to /dev/kmsg) is no kill. A task name is at
+# most 15 bytes, each escaped as \xNN at worst.
 _KILLED = re.compile(
-    rb"Killed process (\d+) \((.*)\) total-vm:\d+kB, anon-rss:(\d+)kB, "
-    rb"file-rss:(\d+)kB, shmem-rss:(\d+)kB"
+    rb"^(?:Memory cgroup out of memory|Out of memory(?: \(oom_kill_allocating_task\))?): "
+    rb"Killed process (\d+) \((.{0,64})\) total-vm:\d+kB, anon-rss:(\d+)kB, "
+    rb"file-rss:(\d+)kB, shmem-rss:(\d+)kB, UID:(\d+)"
 )
 
 
@@ -54,38 +58,42 @@ class OomRecord:
     task: str
     memcg: str | None = None
     rss: int | None = None
+    uid: int | None = None
 
 
 @dataclass(frozen=True)
 class OomKill:
     """One kill: the victim's pid, name, memory cgroup (None: its record was lost) and
-    resident bytes at the kill (anon + file + shmem)."""
+    resident bytes at the kill (anon + file + shmem), and its uid."""
 
     pid: int
     task: str
     memcg: str | None
     rss: int
+    uid: int | None = None
 
 
 def parse_record(record: bytes) -> OomRecord | None:
     """One /dev/kmsg record ("prio,seq,usec,flags;text" and maybe " KEY=value" lines):
-    the kill it reports, or None for any other record."""
-    _, sep, rest = record.partition(b";")
-    if not sep:
+    the kill it reports, or None for any other record: the kernel's own only (facility
+    0; a program's write to /dev/kmsg has another)."""
+    head, sep, rest = record.partition(b";")
+    prio = head.split(b",", 1)[0]
+    if not sep or not prio.isdigit() or int(prio) >> 3 != 0:
         return None
     text = rest.split(b"\n", 1)[0]
     if text.startswith(b"oom-kill:"):
         m = _CONTEXT.match(text)
         if m is None:
             return None
-        return OomRecord(int(m[3]), _text(m[2]), memcg=_text(m[1]))
+        return OomRecord(int(m[3]), _text(m[2]), memcg=_text(m[1]), uid=int(m[4]))
     if b"Killed process " not in text:  # most records: no regex run over them
         return None
-    m = _KILLED.search(text)
+    m = _KILLED.match(text)
     if m is None:
         return None
     rss = sum(int(m[i]) for i in (3, 4, 5)) * 1024
-    return OomRecord(int(m[1]), _text(m[2]), rss=rss)
+    return OomRecord(int(m[1]), _text(m[2]), rss=rss, uid=int(m[6]))
 
 
 def _text(raw: bytes) -> str:
@@ -108,7 +116,7 @@ class KillReports:
                 self._pending.popitem(last=False)
             return None
         memcg = self._pending.pop(record.pid, None)
-        return OomKill(record.pid, record.task, memcg or None, record.rss)
+        return OomKill(record.pid, record.task, memcg or None, record.rss, record.uid)
 
 
 class KernelLog:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from supervisord_batt.daemon.oomkills import OomWatch, holder_of, parent_reader
 from supervisord_batt.daemon.workersizes import Learned, WorkerSizes
-from supervisord_batt.host.kmsg import OomKill
+from supervisord_batt.host.kmsg import KernelLog, OomKill
 from tests.support.budget import GIB, ledger, request
 from tests.support.sizes import MIB, lease, tree
 
@@ -172,3 +172,39 @@ def test_a_log_that_cannot_be_read_is_said_once_and_the_counts_judge(tmp_path: P
             watch.close()
     finally:
         loop.close()
+
+
+def test_a_pid_seen_at_the_scan_counts_only_once_proc_has_lost_its_trail() -> None:
+    """Pid 7 was in holder 100's tree at the last scan; reused since by a process whose
+    live parents lead to no lease, its kill is not that lease's. A pid gone from /proc
+    (reaped) is still found by what the scan saw."""
+    holders, seen = {100}, {7: 100, 8: 100}
+    parents = {7: 555, 555: 1}
+    assert holder_of(7, holders, seen, parents.get) is None
+    assert holder_of(8, holders, seen, parents.get) == 100
+
+
+def test_a_kill_of_another_uid_or_of_no_lease_teaches_nothing_and_the_counts_judge(
+    tmp_path: Path,
+) -> None:
+    """A victim of another uid in a holder's tree (a setuid helper, a reused pid) teaches
+    the lease's job nothing; and after any kill of no lease's tree (a worker reaped
+    before its report was read looks like one) the next scan's runs are judged by the
+    cgroups' counts, once."""
+    led = ledger(mem=64 * GIB, memory_per_slot=CHARGE)
+    led.acquire(request("h", 4, kinds=("process",), pid=100, job="big"))
+    sizes = WorkerSizes()
+    (tmp_path / "proc").mkdir()
+    parent = parent_reader(str(proc_tree(tmp_path / "proc", {100: 1, 150: 100})))
+    watch = OomWatch(sizes, led, teach=lambda: None, parent=parent)
+    (tmp_path / "log").write_bytes(b"")
+    watch._log = KernelLog(str(tmp_path / "log"))  # read: its records are fed by hand
+    try:
+        assert watch.by_count() is False
+        assert not watch.seen(OomKill(150, "setuid", "/m", 1536 * MIB, uid=0))
+        assert sizes.figures() == {} and watch.unattributed == 1
+        assert watch.by_count() is True and watch.by_count() is False
+        assert watch.seen(OomKill(150, "python3", "/m", 1536 * MIB, uid=1000))
+        assert watch.by_count() is False
+    finally:
+        watch.close()

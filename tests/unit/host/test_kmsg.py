@@ -24,12 +24,13 @@ KILLED = (
 
 
 def test_the_two_records_of_a_kill_give_its_cgroup_and_its_resident_size() -> None:
-    assert parse_record(CONTEXT) == OomRecord(23493, "python3", memcg="/sbtest-mem-probe-oom")
-    assert parse_record(KILLED) == OomRecord(23493, "python3", rss=(102016 + 6644) * 1024)
+    memcg = "/sbtest-mem-probe-oom"
+    assert parse_record(CONTEXT) == OomRecord(23493, "python3", memcg=memcg, uid=0)
+    assert parse_record(KILLED) == OomRecord(23493, "python3", rss=(102016 + 6644) * 1024, uid=0)
     reports = KillReports()
     assert reports.feed(parse_record(CONTEXT)) is None  # type: ignore[arg-type]
     kill = reports.feed(parse_record(KILLED))  # type: ignore[arg-type]
-    assert kill == OomKill(23493, "python3", "/sbtest-mem-probe-oom", 108660 * 1024)
+    assert kill == OomKill(23493, "python3", "/sbtest-mem-probe-oom", 108660 * 1024, 0)
 
 
 def test_the_hosts_own_oom_killer_and_names_with_spaces_and_commas() -> None:
@@ -40,14 +41,15 @@ def test_the_hosts_own_oom_killer_and_names_with_spaces_and_commas() -> None:
         b"file-rss:2kB, shmem-rss:4kB, UID:1000 pgtables:8kB oom_score_adj:0\n"
         b" SUBSYSTEM=x\n"
     )
-    assert parse_record(killed) == OomRecord(7, "(a) (b, c)", rss=7 * 1024)
+    assert parse_record(killed) == OomRecord(7, "(a) (b, c)", rss=7 * 1024, uid=1000)
     context = (
         b"6,8,1,-;oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,"
         b"mems_allowed=0,global_oom,task_memcg=/user.slice/a,b,task=x,y,pid=7,uid=1000\n"
     )
-    assert parse_record(context) == OomRecord(7, "x,y", memcg="/user.slice/a,b")
+    assert parse_record(context) == OomRecord(7, "x,y", memcg="/user.slice/a,b", uid=1000)
     # the kill with its context lost: its cgroup unknown, the kill still reported
-    assert KillReports().feed(parse_record(killed)) == OomKill(7, "(a) (b, c)", None, 7168)  # type: ignore[arg-type]
+    kill = KillReports().feed(parse_record(killed))  # type: ignore[arg-type]
+    assert kill == OomKill(7, "(a) (b, c)", None, 7168, 1000)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,15 @@ def test_the_hosts_own_oom_killer_and_names_with_spaces_and_commas() -> None:
         b"6,1,1,-;Killed process 1 (x) total-vm:1kB, anon-rss:-1kB",
         b"6,1,1,-;oom_reaper: reaped process 23493 (python3), now anon-rss:0kB",
         b"\xff\xfe;\xff Killed process",
+        # the OOM killer's words inside another record: a file name the kernel quotes
+        b"4,1,1,-;process '/home/u/Killed process 4242 (x) total-vm:1kB, anon-rss:99999999kB,"
+        b" file-rss:0kB, shmem-rss:0kB, UID:1000' launched '/bin/x' with NULL argv",
+        # the same words written to /dev/kmsg by a program: facility user (1), not 0
+        b"12,1,1,-;Memory cgroup out of memory: Killed process 4242 (x) total-vm:1kB, "
+        b"anon-rss:99999999kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:1kB",
+        b"12,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,task_memcg=/a,task=x,pid=4242,uid=0",
+        b"x,1,1,-;Memory cgroup out of memory: Killed process 1 (x) total-vm:1kB, "
+        b"anon-rss:1kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:1kB",
     ],
 )
 def test_any_other_record_is_none(record: bytes) -> None:
