@@ -146,7 +146,9 @@ class Daemon:
         # each job's learned figures, kept beside the socket across restarts
         self.sizes_file = SizesFile(self.socket_path)
         # the kernel's OOM-kill reports, each taught to its victim's job
-        self.oom_watch = OomWatch(self.commands.worker_sizes, self.ledger, self._teach)
+        self.oom_watch = OomWatch(
+            self.commands.worker_sizes, self.ledger, self._teach, self._watched_memcgs
+        )
         self.supervisor.on_change = self.state_record.mark
         self.supervisor.on_pipes = self._store_pipes
 
@@ -291,6 +293,11 @@ class Daemon:
             tight = self.sample.tightest()
             line += f"; tasks {tight.in_use}/{tight.limit} of {tight.name} (tightest)"
         return line
+
+    def _watched_memcgs(self) -> list[str]:
+        """The memory cgroups whose oom_kill counts the monitor reads (a reload may make
+        a new monitor: asked each time)."""
+        return list(self.monitor.oom_kills())
 
     def _recorded(self) -> dict[str, Any]:
         """What the state record keeps (`staterecord`)."""

@@ -88,6 +88,8 @@ class OomWatch:
     sizes: WorkerSizes
     ledger: BudgetLedger
     teach: Callable[[], None]  # gives the ledger the figures again
+    # the memory cgroups whose oom_kill counts the daemon reads (host.monitor)
+    watched: Callable[[], Iterable[str]] = tuple
     path: str = KMSG
     parent: Callable[[int], int | None] = field(default_factory=parent_reader)
     unattributed: int = 0  # kills of no lease's tree
@@ -97,7 +99,6 @@ class OomWatch:
     _seen: dict[int, int] = field(default_factory=dict)  # pid -> holder, last scan
     _leases: dict[int, list[Lease]] = field(default_factory=dict)  # holder -> its leases
     _lost_judged: int = 0  # records lost as of the last scan
-    _unknown: bool = False  # a kill of no lease's tree since the last scan
     _lost_said: int = 0  # records lost as of the last summary
     _lines: Throttle = field(default_factory=_throttle)
 
@@ -137,14 +138,11 @@ class OomWatch:
 
     def by_count(self) -> bool:
         """Whether this scan's runs are judged by the cgroups' oom_kill counts: the log is
-        not read, or since the last scan records were lost or a kill was of no lease's
-        tree as far as /proc could tell (a worker reaped before its report was read is
-        one: its run may be the one cut short)."""
+        not read, or records were lost since the last scan (a kill may be among them)."""
         if self._log is None:
             return True
         lost, self._lost_judged = self._log.lost - self._lost_judged, self._log.lost
-        unknown, self._unknown = self._unknown, False
-        return lost > 0 or unknown
+        return lost > 0
 
     def summarize(self) -> None:
         """The lines held back, and records lost since the last summary (one line each)."""
@@ -171,6 +169,13 @@ class OomWatch:
         if taught:
             self.teach()
 
+    def _watched(self, memcg: str | None) -> bool:
+        """Whether a kill in `memcg` (None: its record was lost) is one the counts of the
+        watched memory cgroups would have counted: in one of them, or below one."""
+        if memcg is None:
+            return True
+        return any(memcg == p or memcg.startswith(p.rstrip("/") + "/") for p in self.watched())
+
     def seen(self, kill: OomKill) -> bool:
         """Attribute one kill, judge its run, log it once; whether it taught a size."""
         holders = {*self.ledger.lease_pids().values(), *self._leases}
@@ -189,7 +194,8 @@ class OomWatch:
         first = taught or (leases[0] if leases else None)
         if first is None:
             self.unattributed += 1
-            self._unknown = True
+            if self._watched(kill.memcg):  # it may have cut any of them short
+                self.sizes.judge(self.ledger.lease_pids())
         self._lines.emit(  # a kill of no lease's tree is no job's concern: info
             "warning" if first else "info",
             "oom_kill_seen",

@@ -227,6 +227,12 @@ class WorkerSizes:
         _keep_latest(self._kills, key, rss)
         return True
 
+    def judge(self, lease_ids: Iterable[str]) -> None:
+        """Judge these live runs cut short, as an oom_kill count that rose judges every
+        live run: a kill the kernel reported that no lease's tree could be found for (a
+        worker reaped before its report was read) may have hit any of them."""
+        self._hit.update(lease_ids)
+
     def _teaches(self, lease_id: str, size: int) -> bool:
         """Whether a run that ends at `size` bytes a worker is kept: not where an OOM
         kill was counted while it was live and it holds less than its charge."""

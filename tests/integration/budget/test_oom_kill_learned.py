@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -54,9 +56,9 @@ JOB = textwrap.dedent(
 )
 
 
-def charged(d: DaemonHandle) -> tuple[int, int, bool] | None:
-    """(worker_bytes, learned_runs, learned_from_kill) of the lease row of job "oomed"."""
-    rows = [r for r in d.status()["leases"] if r["job"] == "oomed"]
+def charged(d: DaemonHandle, job: str = "oomed") -> tuple[int, int, bool] | None:
+    """(worker_bytes, learned_runs, learned_from_kill) of the lease row of `job`."""
+    rows = [r for r in d.status()["leases"] if r["job"] == job]
     if not rows:
         return None
     row = rows[0]
@@ -122,3 +124,89 @@ def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
     with allocating_job(d, "oomed", 0, WANT, run=False, preexec_fn=cg.preexec()) as grant:
         assert charged(d) == (size, 1, True)
         assert grant["kind"] == "process" and 1 <= grant["workers"] <= GIB // size, grant
+
+
+# leases a pool of 2 and starts a worker that stays bare; once the file argv[3] exists,
+# a second worker that joins the cgroup (argv[2]) and writes 1 GiB
+REAPED_JOB = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, time
+    from supervisord_batt.client import lease
+    BARE = "import sys; sys.stdin.read()"
+    BIG = (
+        "import os, sys\\n"
+        "with open(sys.argv[1], 'w') as f:\\n"
+        "    f.write(str(os.getpid()))\\n"
+        "held = b'\\\\x01' * (1 << 30)\\n"
+    )
+    with lease(2, kinds=["process"], job="reaped", socket_path=sys.argv[1]) as grant:
+        bare = subprocess.Popen([sys.executable, "-c", BARE], stdin=subprocess.PIPE)
+        print(json.dumps({"kind": grant.kind}), flush=True)
+        while not os.path.exists(sys.argv[3]):
+            time.sleep(0.02)
+        big = subprocess.Popen([sys.executable, "-c", BIG, sys.argv[2]])
+        print(json.dumps({"killed": big.wait()}), flush=True)
+        sys.stdin.read()
+        bare.stdin.close()
+        bare.wait()
+    """
+)
+
+
+def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
+    memory_cgroup: Callable[..., MemoryCgroup],
+    daemon: Callable[..., DaemonHandle],
+    tmp_path: Path,
+) -> None:
+    """The daemon's loop was busy (here: stopped) while a worker started since the last
+    scan was killed and its job reaped it: the report names a pid that neither /proc nor
+    the scan knows, so no lease. The run must still be judged cut short, as the cgroups'
+    counts would judge it: before, those were not read while the log was, and the run
+    taught the bare size a scan saw its other worker at."""
+    if not os.access("/dev/kmsg", os.R_OK):
+        pytest.skip("needs a readable /dev/kmsg")
+    cg = memory_cgroup()
+    cg.set_limit(LIMIT)
+    budget: dict[str, Any] = {
+        "cgroups": [cg.cgroup_path],
+        "reserve_tasks": 0,
+        "reserve_percent": 0,
+        "cpu_cap": 64,
+        "max_per_lease": WANT,
+        "memory_per_slot": "32MiB",
+        "pressure": CALM,
+    }
+    d = daemon({"budget": budget, "daemon": {"scan_interval": "1s"}})
+    go = tmp_path / "go"
+    argv = [sys.executable, "-c", REAPED_JOB, str(d.socket), str(cg.path / "cgroup.procs")]
+    proc = subprocess.Popen(
+        [*argv, str(go)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    with killing(proc):
+        assert proc.stdout is not None and proc.stdin is not None
+        assert json.loads(proc.stdout.readline()) == {"kind": "process"}
+        # a scan saw the bare worker (its live peak lowers the figure)
+        wait_until(
+            lambda: (c := charged(d, "reaped")) is not None and c[0] < 32 * MIB,
+            what="a scan to see the bare worker",
+        )
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            go.touch()
+            assert json.loads(proc.stdout.readline()) == {"killed": -9}  # and reaped
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        assert cg.oom_kills() == 1
+        wait_until(lambda: d.events("oom_kill_seen"), what="the kill read")
+        assert all(e["lease"] is None for e in d.events("oom_kill_seen"))
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    wait_until(lambda: charged(d, "reaped") is None, what="the lease released")
+    # the run ended judged: its bare peak, under its 32 MiB charge, taught nothing (no
+    # ended run; this lease's own live run is the test's tree, not the job's)
+    with d.client() as c:
+        assert c.request("acquire", want=2, job="reaped", kinds=["process"])["ok"]
+        assert (row := charged(d, "reaped")) is not None and row[1:] == (0, False), row

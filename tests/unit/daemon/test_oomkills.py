@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from supervisord_batt.daemon.oomkills import OomWatch, holder_of, parent_reader
 from supervisord_batt.daemon.workersizes import Learned, WorkerSizes
-from supervisord_batt.host.kmsg import KernelLog, OomKill
+from supervisord_batt.host.kmsg import OomKill
 from tests.support.budget import GIB, ledger, request
 from tests.support.sizes import MIB, lease, tree
 
@@ -184,27 +184,31 @@ def test_a_pid_seen_at_the_scan_counts_only_once_proc_has_lost_its_trail() -> No
     assert holder_of(8, holders, seen, parents.get) == 100
 
 
-def test_a_kill_of_another_uid_or_of_no_lease_teaches_nothing_and_the_counts_judge(
+def test_a_kill_of_another_uid_or_of_no_lease_teaches_nothing_and_judges_the_live_runs(
     tmp_path: Path,
 ) -> None:
     """A victim of another uid in a holder's tree (a setuid helper, a reused pid) teaches
-    the lease's job nothing; and after any kill of no lease's tree (a worker reaped
-    before its report was read looks like one) the next scan's runs are judged by the
-    cgroups' counts, once."""
+    the lease's job nothing. A kill of no lease's tree in a watched memory cgroup (a
+    worker reaped before its report was read looks like one) judges every live run cut
+    short, as the cgroup's count would: a run seen only at its bare size teaches nothing.
+    A kill in a cgroup the daemon does not watch judges none."""
     led = ledger(mem=64 * GIB, memory_per_slot=CHARGE)
-    led.acquire(request("h", 4, kinds=("process",), pid=100, job="big"))
+    grant = led.acquire(request("h", 4, kinds=("process",), pid=100, job="big"))
     sizes = WorkerSizes()
-    (tmp_path / "proc").mkdir()
-    parent = parent_reader(str(proc_tree(tmp_path / "proc", {100: 1, 150: 100})))
-    watch = OomWatch(sizes, led, teach=lambda: None, parent=parent)
-    (tmp_path / "log").write_bytes(b"")
-    watch._log = KernelLog(str(tmp_path / "log"))  # read: its records are fed by hand
-    try:
-        assert watch.by_count() is False
-        assert not watch.seen(OomKill(150, "setuid", "/m", 1536 * MIB, uid=0))
-        assert sizes.figures() == {} and watch.unattributed == 1
-        assert watch.by_count() is True and watch.by_count() is False
-        assert watch.seen(OomKill(150, "python3", "/m", 1536 * MIB, uid=1000))
-        assert watch.by_count() is False
-    finally:
-        watch.close()
+    parent = parent_reader(str(proc_tree(tmp_path, {100: 1, 150: 100})))
+    watch = OomWatch(sizes, led, teach=lambda: None, parent=parent, watched=lambda: ["/m"])
+    held = led.held_by([100])
+    t, rss = tree(100, 20)  # a scan sees one bare worker of 20 MiB
+    sizes.observe(held, {100: t}, rss, {grant.lease_id: CHARGE})
+    # in a cgroup the daemon does not watch: neither taught nor judged
+    assert not watch.seen(OomKill(150, "setuid", "/other", 1536 * MIB, uid=0))
+    assert not watch.seen(OomKill(999, "elsewhere", "/other", 900 * MIB, uid=1000))
+    assert watch.unattributed == 2 and sizes.figures()[("big", 1000)].worker_bytes == 20 * MIB
+    sizes.observe([], {}, {}, {}, oom=False)  # the run ends, not judged: its bare size
+    assert list(sizes.ended()) == [("big", 1000)]
+    judged = WorkerSizes()
+    watch = OomWatch(judged, led, teach=lambda: None, parent=parent, watched=lambda: ["/m"])
+    judged.observe(held, {100: t}, rss, {grant.lease_id: CHARGE})
+    assert not watch.seen(OomKill(999, "reaped", "/m/child", 900 * MIB, uid=1000))
+    judged.observe([], {}, {}, {}, oom=False)
+    assert judged.ended() == {}  # judged: 20 MiB under its 512 MiB charge, dropped
