@@ -37,23 +37,39 @@ WANT = 8
 
 # leases a pool of 2 and starts one worker, which joins the cgroup (argv[2]) and writes
 # 1 GiB
+# a worker that joins the memory cgroup whose cgroup.procs is its argv[1], then writes 1 GiB
+WRITER = (
+    "import os, sys\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write(str(os.getpid()))\n"
+    "held = b'\\x01' * (1 << 30)\n"
+)
+
 JOB = textwrap.dedent(
     """
     import json, subprocess, sys
     from supervisord_batt.client import lease
-    WORKER = (
-        "import os, sys\\n"
-        "with open(sys.argv[1], 'w') as f:\\n"
-        "    f.write(str(os.getpid()))\\n"
-        "held = b'\\\\x01' * (1 << 30)\\n"
-    )
+    WORKER = WRITER
     with lease(2, kinds=["process"], job="oomed", socket_path=sys.argv[1]) as grant:
         print(json.dumps({"kind": grant.kind, "workers": grant.workers}), flush=True)
         worker = subprocess.Popen([sys.executable, "-c", WORKER, sys.argv[2]])
         print(json.dumps({"killed": worker.wait()}), flush=True)
         sys.stdin.read()
     """
-)
+).replace("= WRITER", "= " + repr(WRITER))
+
+
+def budget_of(cg: MemoryCgroup) -> dict[str, Any]:
+    """A budget where memory binds (in `cg`): CPUs and tasks cannot, nor pressure."""
+    return {
+        "cgroups": [cg.cgroup_path],
+        "reserve_tasks": 0,
+        "reserve_percent": 0,
+        "cpu_cap": 64,
+        "max_per_lease": WANT,
+        "memory_per_slot": "32MiB",
+        "pressure": CALM,
+    }
 
 
 def charged(d: DaemonHandle, job: str = "oomed") -> tuple[int, int, bool] | None:
@@ -72,16 +88,7 @@ def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
         pytest.skip("needs a readable /dev/kmsg")
     cg = memory_cgroup()
     cg.set_limit(LIMIT)
-    budget: dict[str, Any] = {  # memory must bind: CPUs and tasks cannot, nor pressure
-        "cgroups": [cg.cgroup_path],
-        "reserve_tasks": 0,
-        "reserve_percent": 0,
-        "cpu_cap": 64,
-        "max_per_lease": WANT,
-        "memory_per_slot": "32MiB",
-        "pressure": CALM,
-    }
-    d = daemon({"budget": budget, "daemon": {"scan_interval": "60s"}})
+    d = daemon({"budget": budget_of(cg), "daemon": {"scan_interval": "60s"}})
     procs = str(cg.path / "cgroup.procs")
     proc = subprocess.Popen(
         [sys.executable, "-c", JOB, str(d.socket), procs],
@@ -133,12 +140,7 @@ REAPED_JOB = textwrap.dedent(
     import json, os, subprocess, sys, time
     from supervisord_batt.client import lease
     BARE = "import sys; sys.stdin.read()"
-    BIG = (
-        "import os, sys\\n"
-        "with open(sys.argv[1], 'w') as f:\\n"
-        "    f.write(str(os.getpid()))\\n"
-        "held = b'\\\\x01' * (1 << 30)\\n"
-    )
+    BIG = WRITER
     with lease(2, kinds=["process"], job="reaped", socket_path=sys.argv[1]) as grant:
         bare = subprocess.Popen([sys.executable, "-c", BARE], stdin=subprocess.PIPE)
         print(json.dumps({"kind": grant.kind}), flush=True)
@@ -150,7 +152,7 @@ REAPED_JOB = textwrap.dedent(
         bare.stdin.close()
         bare.wait()
     """
-)
+).replace("= WRITER", "= " + repr(WRITER))
 
 
 def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
@@ -167,16 +169,7 @@ def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
         pytest.skip("needs a readable /dev/kmsg")
     cg = memory_cgroup()
     cg.set_limit(LIMIT)
-    budget: dict[str, Any] = {
-        "cgroups": [cg.cgroup_path],
-        "reserve_tasks": 0,
-        "reserve_percent": 0,
-        "cpu_cap": 64,
-        "max_per_lease": WANT,
-        "memory_per_slot": "32MiB",
-        "pressure": CALM,
-    }
-    d = daemon({"budget": budget, "daemon": {"scan_interval": "1s"}})
+    d = daemon({"budget": budget_of(cg), "daemon": {"scan_interval": "1s"}})
     go = tmp_path / "go"
     argv = [sys.executable, "-c", REAPED_JOB, str(d.socket), str(cg.path / "cgroup.procs")]
     proc = subprocess.Popen(
