@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -133,19 +132,18 @@ def test_issue24_an_oom_kill_teaches_its_jobs_worker_size(
         assert grant["kind"] == "process" and 1 <= grant["workers"] <= GIB // size, grant
 
 
-# leases a pool of 2 and starts a worker that stays bare; once the file argv[3] exists,
-# a second worker that joins the cgroup (argv[2]) and writes 1 GiB
+# leases a pool of 2 and starts a worker that stays bare; once a line comes on stdin, a
+# second worker that joins the cgroup (argv[2]) and writes 1 GiB
 REAPED_JOB = textwrap.dedent(
     """
-    import json, os, subprocess, sys, time
+    import json, subprocess, sys
     from supervisord_batt.client import lease
     BARE = "import sys; sys.stdin.read()"
     BIG = WRITER
     with lease(2, kinds=["process"], job="reaped", socket_path=sys.argv[1]) as grant:
         bare = subprocess.Popen([sys.executable, "-c", BARE], stdin=subprocess.PIPE)
         print(json.dumps({"kind": grant.kind}), flush=True)
-        while not os.path.exists(sys.argv[3]):
-            time.sleep(0.02)
+        sys.stdin.readline()
         big = subprocess.Popen([sys.executable, "-c", BIG, sys.argv[2]])
         print(json.dumps({"killed": big.wait()}), flush=True)
         sys.stdin.read()
@@ -158,7 +156,6 @@ REAPED_JOB = textwrap.dedent(
 def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
     memory_cgroup: Callable[..., MemoryCgroup],
     daemon: Callable[..., DaemonHandle],
-    tmp_path: Path,
 ) -> None:
     """The daemon's loop was busy (here: stopped) while a worker started since the last
     scan was killed and its job reaped it: the report names a pid that neither /proc nor
@@ -170,10 +167,9 @@ def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
     cg = memory_cgroup()
     cg.set_limit(LIMIT)
     d = daemon({"budget": budget_of(cg), "daemon": {"scan_interval": "1s"}})
-    go = tmp_path / "go"
     argv = [sys.executable, "-c", REAPED_JOB, str(d.socket), str(cg.path / "cgroup.procs")]
     proc = subprocess.Popen(
-        [*argv, str(go)],
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
@@ -188,7 +184,8 @@ def test_issue24_a_kill_read_after_its_victim_was_reaped_has_the_run_judged(
         )
         d.proc.send_signal(signal.SIGSTOP)
         try:
-            go.touch()
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
             assert json.loads(proc.stdout.readline()) == {"killed": -9}  # and reaped
         finally:
             d.proc.send_signal(signal.SIGCONT)
