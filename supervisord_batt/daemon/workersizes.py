@@ -56,7 +56,9 @@ Where the daemon reads the kernel's log (`daemon.oomkills`), a kill is attribute
 lease whose holder's tree its victim was in (`killed`): only that run is judged cut
 short (the count above is then only the fallback), and the victim's resident bytes at
 the kill are a size its job's workers reach at least: a worker's raises its run's peak,
-a holder's that runs its own tasks its own peak. A job of 1.5 GiB workers charged
+a holder's that runs its own tasks (or ran them earlier in the run, its data still held)
+its own peak. A kill no lease's tree can be found for judges every live run (`judge`),
+as the count would. A job of 1.5 GiB workers charged
 `memory_per_slot` (512 MiB) and killed before any scan saw their data taught nothing
 before and was charged 512 MiB and killed again, run after run; now its next run is
 charged at least what the victim held (`Learned.from_kill` while that is the figure).
