@@ -12,7 +12,7 @@ import yaml
 
 from supervisord_batt.cli.unit import installed_command
 from supervisord_batt.paths import SOURCE_UNIT
-from tests.helpers import CALM, REPO
+from tests.helpers import CALM, REPO, wait_until
 from tests.integration.systemd.sandbox import Sandbox
 
 UNIT = "supervisord-batt.service"
@@ -38,6 +38,19 @@ def base_config() -> dict[str, Any]:
             "sleeper": {"command": SLEEPER, "numprocs": 2, "stop_grace": "2s", "restart": "always"}
         },
     }
+
+
+def journal_events(box: Sandbox, *args: str, until: str) -> list[dict[str, Any]]:
+    """The unit's JSON events in the sandbox's journal (`args`: journalctl's filters),
+    once one named `until` is among them: journald reads a unit's stdout on its own time,
+    so a line the daemon wrote before `systemctl` returned may not be there yet."""
+
+    def events() -> list[dict[str, Any]] | None:
+        out = box.run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat", *args).stdout
+        found = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return found if until in {e["event"] for e in found} else None
+
+    return wait_until(events, timeout=30, interval=0.1, what=f"{until!r} in the journal")
 
 
 class Service:

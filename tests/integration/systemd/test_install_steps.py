@@ -23,6 +23,7 @@ import pytest
 from tests import docblocks
 from tests.helpers import wait_until
 from tests.integration.systemd.sandbox import Sandbox, cannot_run
+from tests.support.systemd import journal_events
 
 REPO = Path(__file__).resolve().parents[3]
 UNIT = "supervisord-batt.service"
@@ -100,19 +101,14 @@ def test_install_steps_then_tasks_max_work_as_written_on_debians_python(box: San
     )
 
     # the journal: JSON lines, and -p warning filters by the priority each line carries
-    lines = sh(box, "journalctl -u supervisord-batt --no-pager -o cat").splitlines()
-    events = [json.loads(line) for line in lines if line.startswith("{")]
-    assert "started" in {e["event"] for e in events}
+    journal_events(box, until="started")
     box.host_path("/etc/supervisord-batt/supervisord-batt.yaml").write_text("budget: [\n")
     assert (
         "Job for supervisord-batt.service failed"
         in box.run("systemctl", "reload", UNIT, check=False).stderr
     )
-    warned = sh(box, "journalctl -u supervisord-batt -p warning --no-pager -o cat")
-    warned_events = [
-        json.loads(line)["event"] for line in warned.splitlines() if line.startswith("{")
-    ]
-    assert "reload_rejected" in warned_events and "started" not in warned_events
+    warned = journal_events(box, "-p", "warning", until="reload_rejected")
+    assert "started" not in {e["event"] for e in warned}
 
     # the TasksMax step on the installed service (still running its last good config):
     # in this test because a second install would cost the suite another pip install

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.helpers import killing, wait_until
 from tests.integration.systemd.sandbox import Sandbox
-from tests.support.systemd import UNIT, Service, base_config
+from tests.support.systemd import UNIT, Service, base_config, journal_events
 
 WHAT = ("--event", "started", "--event", "reloaded")
 
@@ -74,8 +74,6 @@ def test_the_shipped_unit_lets_the_daemon_read_the_kernels_oom_kill_reports(
     service = Service(journaled)
     service.install(base_config())
     journaled.systemctl("start", UNIT)
-    out = journaled.run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert "started" in {e["event"] for e in events}, out
+    events = journal_events(journaled, until="started")  # it says so before `started`
     unreadable = [e for e in events if e["event"] == "kernel_log_unreadable"]
     assert unreadable == [], unreadable
