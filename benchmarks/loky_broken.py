@@ -3,7 +3,7 @@ time and CPU from the kill to loky noticing (TerminatedWorkerError), to its pool
 to the job's exit, and how long its other workers live on (issue 24: the memory
 simulator's plain row, docs/SIMULATION.md).
 
-    sudo python3 benchmarks/loky_broken.py [--reps 5] [--mib 400] [--json]
+    sudo python3 benchmarks/loky_broken.py [--reps 5] [--mib 400] [--busy N] [--json]
 
 One of memory_proof.py's plain jobs (benchmarks/memory_job.py --trace: a loky pool of 3
 workers, each writing `mib` MiB, 16 tasks of 40 ms CPU and 160 ms waiting) runs alone
@@ -13,8 +13,11 @@ idle host. Once its workers have written their data (`held`), or while they writ
 one of them by pid, as the OOM killer would, and samples every 2 ms: the job's CPU
 (/proc/PID/schedstat, nanoseconds) and its other workers' while they live. The job's
 CPU at its exit is read from its zombie before it is reaped. Runs alternate between
-the two cases. The cgroup and the processes are removed or killed by pid on exit,
-error, Ctrl-C or SIGTERM. Needs root and a memory cgroup hierarchy (v1 or v2).
+the two cases. With --busy N, N busy loops run in the same cgroup and session beside
+the job (as the other jobs' workers do beside a plain job in memory_proof.py's plain
+row): the same steps with the CPUs shared. The cgroup and the processes are removed or
+killed by pid on exit, error, Ctrl-C or SIGTERM. Needs root and a memory cgroup
+hierarchy (v1 or v2).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Kill:
 
     case: str  # "held" or "mid-write"
     load: float
+    busy: int = 0  # busy loops beside it
     dead: float = 0.0  # the victim seen a zombie (or gone): its exit done
     noticed: float = 0.0  # the job's first TerminatedWorkerError record
     closed: float = 0.0  # its pool's shutdown returned
@@ -107,7 +111,7 @@ def _workers(job: int, trackers: bool = False) -> list[int]:
     return out
 
 
-def run_once(cg: MemoryCgroup, case: str, mib: int) -> Kill:
+def run_once(cg: MemoryCgroup, case: str, mib: int, busy: int = 0) -> Kill:
     """One job, one of its workers killed when `case` says; its phases after."""
     usage0 = cg.usage()
     proc = subprocess.Popen(
@@ -132,7 +136,7 @@ def run_once(cg: MemoryCgroup, case: str, mib: int) -> Kill:
             raise RuntimeError(f"the job's workers never wrote {want} bytes")
         victim, others = workers[0], workers[1:]
         trackers = dict.fromkeys(_workers(proc.pid, trackers=True), 0.0)
-        run = Kill(case, os.getloadavg()[0], usage_mib=cg.usage() / MIB)
+        run = Kill(case, os.getloadavg()[0], busy, usage_mib=cg.usage() / MIB)
         threads: dict[int, float] = {}
         cpu0 = _threads(proc.pid, threads)
         ocpu0 = {p: _cpu(p) or 0.0 for p in others}
@@ -214,6 +218,7 @@ def main() -> int:
     )
     p.add_argument("--reps", type=int, default=5, help="runs of each case, alternating")
     p.add_argument("--mib", type=int, default=400)
+    p.add_argument("--busy", type=int, default=0, help="busy loops beside the job")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     where = memory_cgroup_root()
@@ -221,19 +226,33 @@ def main() -> int:
         raise SystemExit("needs root and a memory cgroup hierarchy")
     cg = MemoryCgroup(*where, name=f"sbtest-lokykill-{uuid.uuid4().hex[:10]}")
     runs = []
+    hogs: list[subprocess.Popen[bytes]] = []
     try:
         cg.set_limit(3 * (args.mib + 100) * MIB + 300 * MIB)  # room for the whole job
         with sigterm_as_interrupt():
+            hogs = [
+                subprocess.Popen(
+                    [sys.executable, "-c", "while True: pass"],
+                    preexec_fn=cg.preexec(),  # noqa: PLW1509 (no threads here)
+                )
+                for _ in range(args.busy)
+            ]
             for i in range(args.reps):
                 for case in ("held", "mid-write")[:: -1 if i % 2 else 1]:
-                    runs.append(run_once(cg, case, args.mib))
+                    runs.append(run_once(cg, case, args.mib, args.busy))
     finally:
+        for h in hogs:  # ours, by pid
+            h.kill()
+            h.wait()
         cg.close()
     if args.json:
         print(json.dumps({"runs": [asdict(r) for r in runs], "summary": summary(runs)}))
         return 0
     for case, s in summary(runs).items():
-        print(f"## {case}, {s['runs']} runs, load {min(s['load']):.2f}-{max(s['load']):.2f}")
+        print(
+            f"## {case}, {s['runs']} runs, {args.busy} busy loops beside,"
+            f" load {min(s['load']):.2f}-{max(s['load']):.2f}"
+        )
         print(f"  kill to the victim's exit done  {_spread(s['dead_ms'], 1)} ms")
         print(f"  kill to TerminatedWorkerError   {_spread(s['noticed_ms'], 1)} ms")
         print(f"  ... from the victim's exit      {_spread(s['dead_to_noticed_ms'], 1)} ms")
