@@ -15,8 +15,9 @@ measured each run as oom_stall.py does), it records:
   the daemon's parser, supervisord_batt/host/kmsg.py, from the log's end before the row);
 - each task's start, data written and end in its worker, each job's first error
   (loky's TerminatedWorkerError: when the job noticed the kill), its pool closed, its exit;
-- every process of the cgroup: its job, its role, and from /proc/PID/stat its state,
-  major faults and CPU time, per sample (so the survivors' major faults and CPU);
+- every process of the cgroup: its job, its role (as oom_stall.py names it), and from
+  /proc/PID/stat its state, major faults and CPU time, per sample (so the survivors'
+  major faults and CPU);
 - the cgroup: memory.usage_in_bytes against its limit, and memory.stat's pgmajfault,
   pgpgin, pgpgout, cache and rss (hierarchical `total_*`), per sample.
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, n
 
 from benchmarks.contention import sigterm_as_interrupt
 from benchmarks.memory_proof import _autogroup, busy_sessions
-from benchmarks.oom_stall import clock_skew
+from benchmarks.oom_stall import _role, clock_skew
 from supervisord_batt.host.kmsg import KernelLog, parse_record
 from tests.helpers import MemoryCgroup, memory_cgroup_root
 
@@ -115,18 +116,6 @@ def _proc_stat(pid: int) -> tuple[str, int, int, int, float] | None:
     except OSError:
         return None
     return f[0], int(f[1]), int(f[7]), int(f[9]), (int(f[11]) + int(f[12])) / TICK
-
-
-def _role(pid: int) -> str:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    if b"memory_job.py" in cmd:
-        return "job"
-    if b"resource_tracker" in cmd:
-        return "tracker"
-    return "worker" if b"loky" in cmd or b"multiprocessing" in cmd else "?"
 
 
 def _start(cg: MemoryCgroup, mode: str, trace: bool) -> subprocess.Popen[bytes]:
@@ -225,7 +214,7 @@ def _sample(seen: dict[int, Proc], jobs: dict[int, int], pid: int, now: float) -
     if p is None:
         job = jobs.get(pid, jobs.get(ppid, -1))
         p = seen[pid] = Proc(pid, job, "job" if pid in jobs else _role(pid), now)
-    if pid not in jobs and p.role in {"?", "job"}:  # a job's child, maybe before its exec
+    if pid not in jobs and p.role in {"?", "other", "job"}:  # a job's child, maybe not exec'd
         p.role = _role(pid)
     p.last, p.minflt, p.majflt, p.cpu = now, minflt, majflt, cpu
     p.states[state] = p.states.get(state, 0) + 1
