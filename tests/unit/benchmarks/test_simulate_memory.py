@@ -2,7 +2,8 @@
 docs/SIMULATION.md makes of its memory table, and its validation against the real
 memory-cgroup runs that benchmarks/results/ holds: memory-proof-2core-quiet.json (a
 quiet host), -loaded.json (four busy sessions beside it) and memory-proof-2core.json
-(a loaded host, before the sessions were recorded)."""
+(a loaded host, before the sessions were recorded), and the plain row's 18 traced runs
+(plain-trace-2core.json)."""
 
 from __future__ import annotations
 
