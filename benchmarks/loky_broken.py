@@ -61,6 +61,8 @@ class Kill:
     closed: float = 0.0  # its pool's shutdown returned
     exit: float = 0.0  # the job became a zombie
     cpu_to_exit: float = 0.0  # ... to its exit (its reaped workers' not included)
+    wait_to_exit: float = 0.0  # the job's threads runnable but waiting for a CPU, meanwhile
+    slices_to_exit: int = 0  # times its threads were put on a CPU, meanwhile
     others_gone: list[float] = field(default_factory=list)  # its other workers' last sight
     others_cpu: list[float] = field(default_factory=list)  # their CPU after the kill
     usage_mib: float = 0.0  # the cgroup's usage at the kill
@@ -76,15 +78,21 @@ def _cpu(pid: int) -> float | None:
         return None
 
 
-def _threads(pid: int, last: dict[int, float]) -> float:
-    """CPU seconds of every thread of a process seen so far: `last` keeps each thread's
-    latest figure, so a thread that ended counts what it had at its last sample."""
+def _threads(pid: int, last: dict[int, tuple[float, float, int]]) -> tuple[float, float, int]:
+    """Of every thread of a process seen so far (/proc/PID/task/TID/schedstat): CPU
+    seconds, seconds runnable but waiting for a CPU, and times it was put on one. `last`
+    keeps each thread's latest figures, so a thread that ended counts what it had at its
+    last sample."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError, IndexError, ValueError):
-                ns = int(Path(f"{entry.path}/schedstat").read_text().split()[0])
-                last[int(entry.name)] = ns / 1e9
-    return sum(last.values())
+                run, wait, slices = Path(f"{entry.path}/schedstat").read_text().split()[:3]
+                last[int(entry.name)] = (int(run) / 1e9, int(wait) / 1e9, int(slices))
+    return (
+        sum(v[0] for v in last.values()),
+        sum(v[1] for v in last.values()),
+        sum(v[2] for v in last.values()),
+    )
 
 
 def _state(pid: int) -> str:
@@ -137,8 +145,8 @@ def run_once(cg: MemoryCgroup, case: str, mib: int, busy: int = 0) -> Kill:
         victim, others = workers[0], workers[1:]
         trackers = dict.fromkeys(_workers(proc.pid, trackers=True), 0.0)
         run = Kill(case, os.getloadavg()[0], busy, usage_mib=cg.usage() / MIB)
-        threads: dict[int, float] = {}
-        cpu0 = _threads(proc.pid, threads)
+        threads: dict[int, tuple[float, float, int]] = {}
+        cpu0, wait0, slices0 = _threads(proc.pid, threads)
         ocpu0 = {p: _cpu(p) or 0.0 for p in others}
         ocpu = dict(ocpu0)
         seen = dict.fromkeys(others, 0.0)
@@ -156,7 +164,12 @@ def run_once(cg: MemoryCgroup, case: str, mib: int, busy: int = 0) -> Kill:
                 trackers[p] = _cpu(p) or trackers[p]
             time.sleep(POLL)  # sampling, within the deadline above
         run.exit = time.monotonic() - t0
-        run.cpu_to_exit = _threads(proc.pid, threads) - cpu0
+        cpu, wait, slices = _threads(proc.pid, threads)
+        run.cpu_to_exit, run.wait_to_exit, run.slices_to_exit = (
+            cpu - cpu0,
+            wait - wait0,
+            slices - slices0,
+        )
         run.others_gone = [seen[p] for p in others]
         run.others_cpu = [ocpu[p] - ocpu0[p] for p in others]
         run.trackers_cpu = sorted(trackers.values())
@@ -204,6 +217,8 @@ def summary(runs: list[Kill]) -> dict[str, Any]:
             "closed_ms": [r.closed * 1000 for r in rs],
             "exit_ms": [r.exit * 1000 for r in rs],
             "cpu_to_exit_ms": [r.cpu_to_exit * 1000 for r in rs],
+            "wait_to_exit_ms": [r.wait_to_exit * 1000 for r in rs],
+            "slices_to_exit": [float(r.slices_to_exit) for r in rs],
             "others_gone_ms": [g * 1000 for r in rs for g in r.others_gone],
             "others_cpu_ms": [c * 1000 for r in rs for c in r.others_cpu],
             "trackers_cpu_ms": [sum(r.trackers_cpu) * 1000 for r in rs],
@@ -259,6 +274,8 @@ def main() -> int:
         print(f"  kill to pool closed             {_spread(s['closed_ms'], 1)} ms")
         print(f"  kill to exit                    {_spread(s['exit_ms'], 1)} ms")
         print(f"  the job's CPU, kill to exit     {_spread(s['cpu_to_exit_ms'], 1)} ms")
+        print(f"  ... waiting for a CPU           {_spread(s['wait_to_exit_ms'], 1)} ms")
+        print(f"  ... times put on a CPU          {_spread(s['slices_to_exit'], 1)}")
         print(f"  its other workers live          {_spread(s['others_gone_ms'], 1)} ms")
         print(f"  ... and use CPU                 {_spread(s['others_cpu_ms'], 1)} ms")
         print(f"  its resource trackers' CPU      {_spread(s['trackers_cpu_ms'], 1)} ms")
