@@ -19,12 +19,16 @@ has its finished tasks counted):
     {"task": 3, "value": 1234}
     {"task": 4, "error": "TerminatedWorkerError"}
     {"summary": {...}}                      # last line, when the job gets that far
+
+With --trace (benchmarks/plain_trace.py), each value is [index, worker pid, started,
+data written, ended] on CLOCK_MONOTONIC, and a pool's job says when its pool was closed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -57,19 +61,31 @@ def run_task(item: tuple[int, int, float, float]) -> int:
     return index if acc >= 0 else -1  # acc is never negative: the work is kept
 
 
+def run_traced(item: tuple[int, int, float, float]) -> list[float]:
+    """run_task, and when in the worker it began, had its data written, and ended."""
+    start = time.monotonic()
+    _buffer(item[1])
+    written = time.monotonic()
+    value = run_task(item)
+    return [value, os.getpid(), start, written, time.monotonic()]
+
+
 def _emit(record: dict[str, Any]) -> None:
     record["at"] = time.time()  # when: the proof splits each job's time by it
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
 
 
-def run_pool(items: list[tuple[int, int, float, float]], workers: int) -> dict[str, Any]:
+def run_pool(
+    items: list[tuple[int, int, float, float]], workers: int, trace: bool = False
+) -> dict[str, Any]:
     """A loky pool of `workers`, every task submitted at once; each error recorded."""
     # `task` by module name: workers unpickle it by reference (the name this script runs
     # under, benchmarks/ being sys.path[0]; mypy knows the file as benchmarks.memory_job)
     from loky import ProcessPoolExecutor  # type: ignore[import-untyped]
-    from memory_job import run_task as task  # type: ignore[import-not-found]
+    from memory_job import run_task, run_traced  # type: ignore[import-not-found]
 
+    task = run_traced if trace else run_task
     failed = 0
     with ProcessPoolExecutor(workers) as ex:
         futures = [ex.submit(task, item) for item in items]
@@ -79,6 +95,8 @@ def run_pool(items: list[tuple[int, int, float, float]], workers: int) -> dict[s
             except BaseException as exc:  # MemoryError included: that is what is recorded
                 failed += 1
                 _emit({"task": item[0], "error": type(exc).__name__})
+    if trace:
+        _emit({"closed": True})  # loky's shutdown(wait=True) returned
     return {"failed": failed}
 
 
@@ -132,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-ms", type=float, default=40.0)
     p.add_argument("--io-ms", type=float, default=160.0)
     p.add_argument("--job", default="mem")
+    p.add_argument("--trace", action="store_true", help="pool modes: when each task ran")
     return p
 
 
@@ -140,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _emit({"started": args.mode})
     items = [(i, args.mib, args.cpu_ms, args.io_ms) for i in range(args.tasks)]
     if args.mode == "plain":
-        summary = run_pool(items, args.workers)
+        summary = run_pool(items, args.workers, args.trace)
     elif args.mode == "hand":
-        summary = run_pool(items, args.hand)
+        summary = run_pool(items, args.hand, args.trace)
     elif args.mode == "sequential":
         summary = run_sequential(items)
     else:

@@ -3,11 +3,14 @@ killer, and the budget charging memory_per_slot or each job's learned worker siz
 
 The shape is benchmarks/memory_proof.py's: each job runs `tasks` tasks; every process
 that runs a task (a loky worker, or the job itself when it runs sequential) first
-allocates and writes `mib` MiB, kept for its life, and each task then takes `cpu_ms` of
-CPU and waits `io_ms`. Processes have a resident size: their interpreter's (`Mem`) and
-the data they wrote. An allocation that would take the cgroup past its limit has the
-OOM killer end the process with the largest resident size there (the allocator
-included), as the kernel's memory cgroup does, until it fits.
+allocates and writes `mib` MiB (a step at a time, as the kernel faults pages in), kept
+for its life, and each task then takes `cpu_ms` of CPU and waits `io_ms`. Processes
+have a resident size: their interpreter's (`Mem`) and the data they wrote; the cgroup is
+charged that less the interpreter's shared file pages, which the cgroup that first read
+them was charged. An allocation that would take the cgroup past its limit has the OOM
+killer end the process with the largest resident size there (the allocator included),
+as the kernel's memory cgroup does; the victim's pages are freed by its exit, and
+allocations wait for that before the OOM killer ends another.
 Each process pays its start and its exit in CPU (`Mem`, measured by
 benchmarks/process_costs.py): a job its interpreter and its mode's imports, a worker its
 spawn, an exit the pages it frees; a pool its job shuts down has its workers exit
@@ -15,8 +18,10 @@ together and the job waits for the last.
 
 What a kill does, as benchmarks/memory_proof.py saw it:
 - a loky worker of a plain or hand-sized pool: the pool is broken
-  (TerminatedWorkerError), every task of the job not done yet fails and the pool's
-  workers exit;
+  (TerminatedWorkerError), every task of the job not done yet fails. As loky does it
+  (benchmarks/loky_broken.py): once the victim's exit is done loky reads its exit code
+  (`Mem.broken_notice_s`), the pool's other workers working on meanwhile, then kills
+  them; they exit, and the job shuts down and exits (`Mem.broken_cpu`);
 - a job's own process: the job is gone, its tasks not done fail, its workers exit;
 - a worker of the budget executor's pool: the pool is broken and the executor falls back
   to sequential (the real one tries a thread pool first: one GIL, the data once in the
@@ -82,10 +87,34 @@ class Mem:
     pool_start_cpu: float = 0.033
     client_start_cpu: float = 0.042
     client_exit_cpu: float = 0.005
+    # a pool's two resource trackers (loky's, multiprocessing's): their interpreters'
+    # start and imports, spent beside the job (benchmarks/loky_broken.py, median of 40)
+    tracker_cpu: float = 0.128
     touch_cpu_per_gib: float = 0.53  # writing 1 GiB of new pages (page faults)
-    job_rss: int = 30 * MIB  # a job's interpreter with loky or the client imported
+    # the kernel faults a writer's pages in one by one: the model writes its data in
+    # steps of this many bytes, each charged once its CPU is spent
+    write_step: int = 16 * MIB
+    job_rss: int = 30 * MIB  # a job's interpreter with the client imported
+    # a plain or hand-sized job's, loky imported and its pool running (/proc/PID/status
+    # of a live one: VmRSS 20 MiB, of which RssAnon 13, RssFile 7)
+    loky_job_rss: int = 20 * MIB
     worker_rss: int = 19 * MIB  # a loky worker before its data
     tracker_rss: int = 33 * MIB  # loky's and multiprocessing's resource trackers
+    # of those, the interpreter's shared file pages (RssFile in /proc/PID/status): a
+    # memory cgroup charges a file page once, to the cgroup that first read it, so these
+    # count in a process's resident size (the OOM killer's choice, what a scan sees) but
+    # not in the cgroup's usage
+    job_file: int = 7 * MIB
+    worker_file: int = 7 * MIB
+    tracker_file: int = 13 * MIB  # 7 and 6
+    # a loky pool whose worker was killed (benchmarks/loky_broken.py): once the victim's
+    # exit is done loky reads its exit code, at once (11 of 20) or after two 50 ms
+    # sleeps (9 of 20: loky looked before the exit code was there), 45 ms on average;
+    # its other workers work on until then. Then it kills them, and the job fails its
+    # futures, shuts the pool down and exits: `broken_cpu` of the job's from the kill to
+    # its exit (its threads', its own exit included; median of 20)
+    broken_notice_s: float = 0.045
+    broken_cpu: float = 0.021
 
     def exit_s(self, rss: int) -> float:
         """A process's exit holding `rss` bytes: the interpreter's, the pages it frees."""
@@ -140,7 +169,8 @@ class Box:
 
     job: Job
     role: str  # "main", "worker", "tracker"
-    rss: int = 0
+    rss: int = 0  # its resident size (what the OOM killer and a scan see)
+    charged: int = 0  # of it, what is charged to the cgroup (not shared file pages)
     data: bool = False  # has written its data
     proc: Proc | None = None
     pool: Pool | None = None
@@ -157,6 +187,7 @@ class Job:
     main: Box | None = None
     lease: str | None = None
     pool: Pool | None = None
+    broken: bool = False  # its plain pool broke: loky's shutdown and exit (Mem.broken_*)
     boxes: list[Box] = field(default_factory=list)  # its processes, all gone when it ends
 
 
@@ -170,6 +201,7 @@ class Pool:
         self.workers: list[Box] = []
         self.inflight = 0
         self.broken = False
+        self.dead: Signal | None = None  # a killed worker's exit, done or not (plain loky)
 
     def start(self) -> Generator[Step, None, None]:
         for _ in range(self.n):
@@ -181,7 +213,7 @@ class Pool:
     def _serve(self, box: Box) -> ProcGen:
         sim, spec = self.sim, self.job.spec
         yield Cpu(sim.mem.worker_spawn_cpu)
-        if not sim.alloc(box, sim.mem.worker_rss):
+        if not (yield from sim.charge(box, sim.mem.worker_rss, sim.mem.worker_file)):
             return
         while True:
             while self.queue:
@@ -190,7 +222,8 @@ class Pool:
                 if not (yield from sim.run_task(box, spec)):
                     return
                 self.inflight -= 1
-                self.job.done += 1
+                if not self.broken:  # once loky is broken a result is not the job's
+                    self.job.done += 1
                 sim.kernel.fire(self.progress)
             if self.more.fired:
                 self.more = Signal()
@@ -224,6 +257,7 @@ class Pool:
 
 
 def _exit(cpu: float) -> ProcGen:
+    """A process that spends `cpu` and ends (an exit, a resource tracker's start)."""
     yield Cpu(cpu)
 
 
@@ -253,6 +287,7 @@ class MemSim:
         self.kernel = Kernel(host.cores, per_group=host.sessions > 0)
         self.jobs = [Job(i, spec) for i, spec in enumerate(jobs)]
         self.boxes: list[Box] = []
+        self.dying: dict[Box, Proc] = {}  # OOM victims' exits not done yet, in order
         self.used = self.peak = self.oom_kills = 0
         self.learned: dict[str, int] = dict(learned or {})
         # the jobs' own processes while they ran their tasks (workersizes): the figure
@@ -280,49 +315,74 @@ class MemSim:
 
     # -- memory -----------------------------------------------------------------------------
 
-    def alloc(self, box: Box, nbytes: int) -> bool:
-        """Charge `nbytes` to the box's process; the OOM killer first ends the largest
-        processes until it fits. False: the allocating process itself was killed."""
+    def charge(self, box: Box, nbytes: int, shared: int = 0) -> Generator[Step, None, bool]:
+        """Add `nbytes` to the box's process, of which `shared` are file pages charged
+        elsewhere. Where the charge does not fit, the OOM killer ends the largest process
+        (`oom`) and the allocation waits until the victim's exit has freed its pages: the
+        kernel ends no other process while a victim is still exiting. False: the
+        allocating process itself was killed (or ended meanwhile)."""
         if box not in self.boxes:
             self.boxes.append(box)
             box.job.boxes.append(box)
-        while self.used + nbytes > self.host.limit:
-            live = (b for b in self.boxes if b.alive)
-            victim = max(live, key=lambda b: b.rss + (nbytes if b is box else 0))
-            self.oom_kills += 1
-            # the allocator had written its data until the cgroup was full
-            held = victim.rss + (max(0, self.host.limit - self.used) if victim is box else 0)
-            self.reported(victim, held)
-            self.kill(victim)
-            if victim is box:
+        charge = nbytes - shared
+        while self.used + charge > self.host.limit:
+            if not self.dying and self.oom(box, nbytes) is box:
+                return False
+            yield Wait(next(iter(self.dying.values())).done)
+            if not box.alive:
                 return False
         box.rss += nbytes
-        self.used += nbytes
+        box.charged += charge
+        self.used += charge
         self.peak = max(self.peak, self.used)
         return True
+
+    def oom(self, box: Box, nbytes: int) -> Box:
+        """The OOM killer for `box`'s allocation of `nbytes`: the largest live process
+        (the allocator counted with it) is killed."""
+        live = (b for b in self.boxes if b.alive)
+        victim = max(live, key=lambda b: b.rss + (nbytes if b is box else 0))
+        self.oom_kills += 1
+        # the allocator had written its data until the cgroup was full
+        held = victim.rss + (max(0, self.host.limit - self.used) if victim is box else 0)
+        self.reported(victim, held)
+        self.kill(victim)
+        return victim
 
     def free(self, box: Box) -> None:
         if box.alive:
             box.alive = False
-            self.used -= box.rss
+            self.used -= box.charged
             if box.proc is not None:
                 self.kernel.kill(box.proc)
 
     def kill(self, box: Box) -> None:
-        """The OOM killer's SIGKILL, and what it breaks (see the module's docstring)."""
+        """The OOM killer's SIGKILL, and what it breaks (see the module's docstring). The
+        victim's pages are freed by its own exit, which takes the CPU freeing them takes
+        (the kernel's OOM reaper waits 2 s for that before it steps in)."""
         job = box.job
-        self.free(box)
+        box.alive = False
+        if box.proc is not None:
+            self.kernel.kill(box.proc)
+        dying = self.dying[box] = self.kernel.start(self._dying(box), "exit")
         if box.role == "main":
             self.end(job)
         elif box.pool is not None and not box.pool.broken:
             pool = box.pool
             pool.broken = True
-            pool.close()
-            if self.mode == "budget":
+            if self.mode == "budget":  # the executor kills the pool's workers by pid
+                pool.close()
                 job.failed += pool.inflight
-            else:
-                self.end(job)
+            else:  # plain loky: sees the death once the victim's exit is done (`_broken`)
+                pool.dead = dying.done
             self.kernel.fire(pool.progress)
+
+    def _dying(self, box: Box) -> ProcGen:
+        """An OOM victim's exit: its CPU, then its pages uncharged."""
+        yield Cpu(self.mem.exit_s(box.rss))
+        self.used -= box.charged
+        box.charged = 0
+        self.dying.pop(box, None)
 
     def end(self, job: Job) -> None:
         if job.ended is not None:
@@ -337,11 +397,14 @@ class MemSim:
 
     def run_task(self, box: Box, spec: JobSpec) -> Generator[Step, None, bool]:
         """One task in the box's process: its data first (once). False: it was killed."""
-        if not box.data:
-            yield Cpu(self.mem.touch_cpu_per_gib * spec.mib / 1024)
-            if not box.alive or not self.alloc(box, spec.mib * MIB):
+        left = spec.mib * MIB
+        while not box.data and left > 0:  # its data, written a step at a time
+            step = min(left, self.mem.write_step)
+            yield Cpu(self.mem.touch_cpu_per_gib * step / GIB)
+            if not box.alive or not (yield from self.charge(box, step)):
                 return False
-            box.data = True
+            left -= step
+        box.data = True
         yield Cpu(spec.cpu_ms / 1000)
         yield Sleep(spec.io_ms / 1000)
         return box.alive
@@ -470,7 +533,8 @@ class MemSim:
         mem, client = self.mem, self.mode == "budget"
         pool = mem.pool_start_cpu if self.mode in {"hand", "plain"} else 0.0
         yield Cpu(mem.job_start_cpu + pool + (mem.client_start_cpu if client else 0.0))
-        if not self.alloc(box, self.mem.job_rss):
+        rss = mem.loky_job_rss if pool else mem.job_rss
+        if not (yield from self.charge(box, rss, mem.job_file)):
             return
         if self.mode == "sequential":
             yield from self._sequential(job, deque(range(job.spec.tasks)))
@@ -478,7 +542,7 @@ class MemSim:
             yield from self._pool(job, self.hand if self.mode == "hand" else job.spec.workers)
         else:
             yield from self._budget(job)
-        if box.alive:  # its exit: the interpreter's, the pages it frees, the client's
+        if box.alive and not job.broken:  # its exit: the interpreter's, its pages, the client's
             yield Cpu(mem.exit_s(box.rss) + (mem.client_exit_cpu if client else 0.0))
         self.end(job)
 
@@ -490,19 +554,34 @@ class MemSim:
                 return
             job.done += 1
 
-    def _tracker(self, job: Job) -> bool:
-        return self.alloc(Box(job, "tracker"), self.mem.tracker_rss)
+    def _tracker(self, job: Job) -> Generator[Step, None, bool]:
+        self.kernel.start(_exit(self.mem.tracker_cpu), f"job{job.index}:trackers")
+        box = Box(job, "tracker")
+        return (yield from self.charge(box, self.mem.tracker_rss, self.mem.tracker_file))
 
     def _pool(self, job: Job, n: int) -> Generator[Step, None, None]:
-        if not self._tracker(job):
+        if not (yield from self._tracker(job)):
             return
         pool = job.pool = Pool(self, job, n)
         yield from pool.start()
         for task in range(job.spec.tasks):
             pool.submit(task)
-        while job.done < job.spec.tasks and not pool.broken and job.ended is None:
+        while job.done < job.spec.tasks and pool.dead is None and job.ended is None:
             yield pool.wait()
+        if pool.dead is not None:
+            yield from self._broken(job, pool, pool.dead)
+            return
         yield from pool.shutdown()
+
+    def _broken(self, job: Job, pool: Pool, dead: Signal) -> Generator[Step, None, None]:
+        """A plain pool one of whose workers was killed, as loky goes on (Mem.broken_*):
+        its other workers work on until loky has the dead one's exit code, then are
+        killed and exit, and the job fails its futures, shuts down and exits."""
+        yield Wait(dead)
+        yield Sleep(self.mem.broken_notice_s)
+        yield from pool.shutdown()
+        job.broken = True
+        yield Cpu(self.mem.broken_cpu)
 
     def _budget(self, job: Job) -> Generator[Step, None, None]:
         """The client: a lease, then BudgetExecutor.map's loop (see the docstring)."""
@@ -549,7 +628,7 @@ class MemSim:
                     yield from pool.shutdown()
                     job.pool = pool = None
                 if n > 0:
-                    if not tracker and not self._tracker(job):
+                    if not tracker and not (yield from self._tracker(job)):
                         return
                     tracker = True
                     job.pool = pool = Pool(self, job, n)

@@ -145,3 +145,52 @@ def validate(report: dict[str, Any]) -> list[MemCheck]:
             )
         )
     return checks
+
+
+# -- the plain row, traced ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlainCheck:
+    """One traced plain row (benchmarks/plain_trace.py) beside its simulation with the
+    same limit and the sessions busy beside it."""
+
+    sessions: float
+    measured: float  # tasks/s
+    simulated: float
+    measured_done: int
+    simulated_done: int
+    measured_kills: int
+    simulated_kills: int
+
+    @property
+    def same_outcome(self) -> bool:
+        """The same jobs' worth of tasks done: as many jobs survived."""
+        return self.measured_done == self.simulated_done
+
+    @property
+    def error(self) -> float:
+        return abs(self.simulated - self.measured) / self.measured if self.measured else 1.0
+
+
+def validate_plain(trace: dict[str, Any], mem: Mem | None = None) -> list[PlainCheck]:
+    """Each traced plain row simulated: 4 of memory_proof.py's plain jobs in the row's
+    limit, beside the sessions it recorded."""
+    checks = []
+    for row in trace["rows"]:
+        host = MemHost(cores=2, limit=row["limit"], sessions=row["sessions"])
+        result = MemSim([JobSpec()] * 4, "plain", host, mem=mem or Mem()).run()
+        wall = max(j["exit"] for j in row["jobs"] if j.get("exit") is not None)
+        done = len(row["tasks"])
+        checks.append(
+            PlainCheck(
+                row["sessions"],
+                done / wall,
+                result.tasks_per_s,
+                done,
+                result.done,
+                len(row["kills"]),
+                result.oom_kills,
+            )
+        )
+    return checks

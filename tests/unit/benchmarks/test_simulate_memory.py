@@ -2,22 +2,32 @@
 docs/SIMULATION.md makes of its memory table, and its validation against the real
 memory-cgroup runs that benchmarks/results/ holds: memory-proof-2core-quiet.json (a
 quiet host), -loaded.json (four busy sessions beside it) and memory-proof-2core.json
-(a loaded host, before the sessions were recorded)."""
+(a loaded host, before the sessions were recorded), and the plain row's 18 traced runs
+(plain-trace-2core.json)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
-from benchmarks.sim.memtable import CELLS, POLICIES, client_of, run_policy, validate
+from benchmarks.sim.memtable import (
+    CELLS,
+    POLICIES,
+    client_of,
+    run_policy,
+    validate,
+    validate_plain,
+)
 from benchmarks.sim.model import GIB, MIB
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks/results/memory-proof-2core.json"
 QUIET = RESULTS.with_name("memory-proof-2core-quiet.json")
 LOADED = RESULTS.with_name("memory-proof-2core-loaded.json")
+TRACED = RESULTS.with_name("plain-trace-2core.json")
 ONE = JobSpec(tasks=4, workers=3, mib=400, cpu_ms=100.0, io_ms=0.0)
 
 
@@ -30,7 +40,9 @@ def test_a_sequential_job_holds_its_data_once_by_hand() -> None:
     mem = Mem()
     r = MemSim([ONE], "sequential", MemHost(cores=1, limit=GIB)).run()
     assert (r.done, r.failed, r.oom_kills) == (4, 0, 0)
-    assert r.peak == mem.job_rss + 400 * MIB
+    # the cgroup is charged its data and its interpreter's own pages, not the shared
+    # file pages another cgroup read first
+    assert r.peak == mem.job_rss - mem.job_file + 400 * MIB
     # start, writing 400 MiB once, 4 tasks of 0.1 s on one core, then its exit freeing
     # what it holds
     write = mem.touch_cpu_per_gib * 400 / 1024
@@ -83,22 +95,31 @@ def test_the_documented_memory_findings() -> None:
 def test_an_oom_kill_the_kernel_reports_teaches_its_jobs_size() -> None:
     """docs/SIMULATION.md (Memory), learned: where workers of 1.5-2 GiB meet the limit
     and the jobs declare nothing, a first run's kills teach each victim's job what the
-    victim held (a job's own process too, where it ran tasks before it got its pool),
-    and only its run is judged cut short. The second run of mixed sizes and of big
-    workers has no kill and no failed task, as where every job declares its size; where
-    the daemon cannot read the kernel's log, mixed sizes has 3 kills and big workers 1."""
-    learned = {c.name: run_policy(c, "budget learned") for c in CELLS}
-    counted = {c.name: run_policy(c, "budget learned", kmsg=False) for c in CELLS}
+    victim held. Its data written page by page, a victim is mostly killed mid-write, so
+    what it held is less than a worker takes: the second run of mixed sizes and of big
+    workers is still OOM-killed, less than the first, and its kills teach the rest: the
+    third has no kill and no failed task, as where every job declares its size. Where
+    the daemon cannot read the kernel's log (every live run judged, nothing below its
+    charge taught), the second run of both has no kill."""
     for name in ("mixed sizes", "big workers"):
         cell = next(c for c in CELLS if c.name == name)
-        assert (learned[name].oom_kills, learned[name].failed) == (0, 0), name
-        assert counted[name].oom_kills > 0 and counted[name].failed > 0, name
-        assert learned[name].tasks_per_s > counted[name].tasks_per_s, name
+        host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores)
+        runs, learned = [], None
+        for _ in range(3):
+            sim = MemSim(cell.jobs(), "budget", host, learned=learned)
+            runs.append(sim.run())
+            learned = sim.figures
+        first, second, third = runs
+        assert first.oom_kills > second.oom_kills > 0, name
+        assert second == run_policy(cell, "budget learned"), name
+        assert (third.oom_kills, third.failed) == (0, 0), name
         declared = run_policy(cell, "budget declared")
-        assert learned[name].tasks_per_s >= 0.99 * declared.tasks_per_s, name
-    assert learned["mixed sizes"].tasks_per_s > 1.2 * counted["mixed sizes"].tasks_per_s
-    for name in ("small workers", "the proof's shape"):  # no kill: as before
-        assert learned[name] == counted[name], name
+        assert third.tasks_per_s >= 0.99 * declared.tasks_per_s, name
+        counted = run_policy(cell, "budget learned", kmsg=False)
+        assert (counted.oom_kills, counted.failed) == (0, 0), name
+    for name in ("small workers", "the proof's shape"):  # no kill: the same either way
+        cell = next(c for c in CELLS if c.name == name)
+        assert run_policy(cell, "budget learned") == run_policy(cell, "budget learned", kmsg=False)
 
 
 def test_jobs_that_declare_their_size_are_never_oom_killed() -> None:
@@ -130,13 +151,15 @@ def test_a_run_cut_short_by_the_oom_killer_teaches_no_bare_size() -> None:
     """Big workers declaring nothing: their first run is OOM-killed (memory_per_slot
     undercharges them), and jobs killed before a scan saw their data were learned at
     their workers' bare size (19 MiB) and their next run sized for it. Now what that run
-    teaches is the 1.5 GiB of the workers a scan saw with their data, or nothing."""
+    teaches is what a scan or a kill saw its workers hold, not below what they were
+    charged (memory_per_slot): their data written page by page, part of it for the jobs
+    whose workers were killed mid-write."""
     big = next(c for c in CELLS if c.name == "big workers")
     first = MemSim(big.jobs(), "budget", MemHost(cores=16, limit=big.limit, cpu_cap=64))
     killed = first.run()
     assert killed.oom_kills > 0
-    assert min(first.seen.values()) < 100 * MIB  # a scan saw workers before their data
-    assert first.figures and min(first.figures.values()) >= 1536 * MIB, first.figures
+    assert min(first.seen.values()) < 1536 * MIB  # workers seen mid-write
+    assert first.figures and min(first.figures.values()) >= 512 * MIB, first.figures
 
 
 @pytest.mark.parametrize("kept", [QUIET, LOADED], ids=["quiet", "four busy sessions"])
@@ -176,3 +199,39 @@ def test_the_memory_model_is_faster_than_a_loaded_run_whose_sessions_were_not_re
     assert all(c.same_outcome for c in checks), [(c.row, c.simulated_oom) for c in checks]
     calm = [c for c in checks if c.measured_oom == 0]
     assert len(calm) == 6 and all(c.simulated > c.measured for c in calm)
+
+
+def test_a_plain_pool_whose_worker_is_killed_ends_as_loky_ends_it_by_hand() -> None:
+    """benchmarks/loky_broken.py: loky sees a killed worker's death once the victim's exit
+    is done, reads its exit code (Mem.broken_notice_s), then kills the other workers and
+    the job exits. Three workers of 400 MiB in 1 GiB: the largest is killed mid-write,
+    the others wait for its pages and write on, so one kill ends the job (no task of it
+    counted); the job ends the notice's time later when loky is slower to see it."""
+    runs = {
+        notice: MemSim(
+            [ONE], "plain", MemHost(cores=4, limit=GIB), mem=replace(Mem(), broken_notice_s=notice)
+        ).run()
+        for notice in (0.0, 1.0)
+    }
+    for r in runs.values():
+        assert (r.oom_kills, r.done, r.failed) == (1, 0, 4)
+        assert r.peak <= GIB
+    # a second later, and a little more: the other workers wrote on meanwhile, and
+    # their exits free more
+    assert 1.0 <= runs[1.0].wall_s - runs[0.0].wall_s < 1.05
+
+
+def test_the_plain_row_against_its_traced_runs() -> None:
+    """docs/SIMULATION.md (Memory, the plain row): the 18 traced plain rows (the kernel's
+    record of each kill, the sessions busy beside each) simulated beside the same
+    sessions. The model's outcome is 2 jobs surviving in every run, as in 12 of the 18
+    (the other 6: 1 survivor); over those 12 its tasks/s is within 15% at the median and
+    faster than measured in every one (the killed jobs' exit is slower for real)."""
+    checks = validate_plain(json.loads(TRACED.read_text()))
+    assert len(checks) == 18
+    assert {c.simulated_done for c in checks} == {32}
+    same = [c for c in checks if c.same_outcome]
+    assert len(same) == 12 and {c.measured_done for c in checks} - {32} == {16}
+    errors = sorted(c.error for c in same)
+    assert errors[len(errors) // 2] <= 0.15, errors
+    assert all(c.simulated > c.measured for c in same)
