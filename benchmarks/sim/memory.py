@@ -59,6 +59,7 @@ from benchmarks.sim.model import GIB, MIB, default_budget
 from supervisord_batt.budget.ledger import BudgetLedger
 from supervisord_batt.budget.records import LeaseError, Request
 from supervisord_batt.client.leases import held_sleep
+from supervisord_batt.daemon.workersizes import KILL_MARGIN
 from supervisord_batt.host.sample import HostSample, Limit
 
 MODES = ("sequential", "hand", "plain", "budget")
@@ -279,6 +280,7 @@ class MemSim:
         *,
         mem: Mem = Mem(),
         learned: dict[str, int] | None = None,
+        margins: dict[str, int] | None = None,
         hand: int = 1,
     ) -> None:
         if mode not in MODES:
@@ -290,6 +292,9 @@ class MemSim:
         self.dying: dict[Box, Proc] = {}  # OOM victims' exits not done yet, in order
         self.used = self.peak = self.oom_kills = 0
         self.learned: dict[str, int] = dict(learned or {})
+        # the least a job is charged since an OOM kill taught it (workersizes'
+        # KILL_MARGIN times what the victim held), until a run charged that ends uncut
+        self.margins: dict[str, int] = dict(margins or {})
         # the jobs' own processes while they ran their tasks (workersizes): the figure
         # where no pool's counts
         self.own: dict[str, int] = {}
@@ -389,6 +394,13 @@ class MemSim:
             return
         job.ended = self.kernel.now
         job.failed = job.spec.tasks - job.done
+        name = f"job{job.index}"
+        margin = self.margins.get(name)
+        if margin and name not in self.hit and self.charged.get(name, 0) >= margin:
+            del self.margins[name]  # a run charged the margin ended uncut: its size now
+            if name in self.own and name in self.learned:  # its tasks' whole data, where
+                # its pool's figure was a victim's (workersizes' `_observe_own`)
+                self.seen[name] = max(self.seen.get(name, 0), self.own[name])
         for box in job.boxes:
             self.free(box)
         if self.ledger is not None and job.lease is not None:
@@ -475,16 +487,24 @@ class MemSim:
         self.hit.add(name)
         charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
         self.charged[name] = max(charge, self.charged.get(name, 0))
+        teaches = True
         if victim.role == "worker":
             self.seen[name] = max(self.seen.get(name, 0), held)
         elif victim.role == "main" and (job.pool is None or name in self.own):
             self.own[name] = max(self.own.get(name, 0), held)
+        else:
+            teaches = False
+        if teaches and held >= self.charged[name]:  # killed mid-write: part of its data
+            self.margins[name] = max(self.margins.get(name, 0), KILL_MARGIN * held)
         self._teach()
 
     def _teach(self) -> None:
         if self.host.learn and self.ledger is not None:
             # the jobs' own sizes are taught once their run ends: the next run's
-            self.ledger.learn({(name, UID): b for name, b in self._learned().items()})
+            learned = self._learned()
+            for name, margin in self.margins.items():
+                learned[name] = max(learned.get(name, 0), margin)
+            self.ledger.learn({(name, UID): b for name, b in learned.items()})
 
     def _teaches(self, name: str, size: int) -> bool:
         """Whether this run's figure of a job counts: not where an OOM kill happened while

@@ -67,7 +67,7 @@ def run_policy(cell: MemCell, policy: str, *, kmsg: bool = True) -> MemResult:
     if policy == "budget learned":
         first = MemSim(jobs, "budget", host)
         first.run()
-        return MemSim(jobs, "budget", host, learned=first.figures).run()
+        return MemSim(jobs, "budget", host, learned=first.figures, margins=first.margins).run()
     return MemSim(jobs, policy, host).run()
 
 
@@ -123,14 +123,17 @@ def validate(report: dict[str, Any]) -> list[MemCheck]:
     host = MemHost(cores=report["cores"], limit=big["limit"])
     checks = []
     learned: dict[str, dict[str, int]] = {}
+    margins: dict[str, dict[str, int]] = {}
     for row in big["rows"]:
         host = replace(host, others=row.get("runnable", 0.0), sessions=row.get("sessions", 0.0))
         if row["mode"] == "budget":
             cap = row["label"].split(",")[0].removeprefix("budget ")
             h = replace(host, cpu_cap=None if cap == "host CPUs" else int(cap.split()[-1]))
-            sim = MemSim(jobs, "budget", h, mem=mem, learned=learned.get(cap))
+            sim = MemSim(
+                jobs, "budget", h, mem=mem, learned=learned.get(cap), margins=margins.get(cap)
+            )
             result = sim.run()
-            learned[cap] = sim.figures
+            learned[cap], margins[cap] = sim.figures, sim.margins
         else:
             result = MemSim(jobs, row["mode"], host, mem=mem, hand=big["hand"]).run()
         checks.append(

@@ -63,6 +63,13 @@ as the count would. A job of 1.5 GiB workers charged
 before and was charged 512 MiB and killed again, run after run; now its next run is
 charged at least what the victim held (`Learned.from_kill` while that is the figure).
 
+A victim is often killed mid-write: what it held is part of its data (the kills traced
+in docs/SIMULATION.md's plain rows held 57-105% of their 400 MiB), and a next run
+charged only that is killed again, each kill failing a run's tasks. So a kill that
+teaches charges its job KILL_MARGIN times what the victim held, until a run charged that
+much ends with no kill: that run's peak is then its size, and the margin goes. A run
+sized too small costs a run's tasks; one sized twice too big, half its pool for one run.
+
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
 
@@ -85,6 +92,7 @@ RUNS = 32  # runs per (job, uid) the figure is taken over
 PERCENTILE = 0.9  # of those runs' peaks: high, so one small run does not undersize
 MAX_JOBS = 4096  # (job, uid) kept; the one updated longest ago goes first
 FLOOR = 1 << 20  # bytes: no worker is charged less (0 would mean "not budgeted")
+KILL_MARGIN = 2  # times what an OOM kill's victim held: its job's charge until a run ends
 
 Key = tuple[str, int]  # (job, uid)
 T = TypeVar("T")
@@ -135,8 +143,9 @@ class WorkerSizes:
     # runs live while an OOM kill was counted (see "A run cut short" above)
     _charged: dict[str, int] = field(default_factory=dict)
     _hit: set[str] = field(default_factory=set)
-    # per (job, uid): the bytes an OOM kill taught it last (in memory only: what `status`
-    # says the figure came from while it is that)
+    # per (job, uid): the least its workers are charged since an OOM kill taught it
+    # (KILL_MARGIN times what the victim held), until a run charged that ends uncut (in
+    # memory only; `status` says the figure came from a kill while it is that)
     _kills: dict[Key, int] = field(default_factory=dict)
 
     def observe(
@@ -204,6 +213,10 @@ class WorkerSizes:
             key, size = self._own_live.pop(lease_id)
             if self._teaches(lease_id, size):
                 _keep(self._own_done, key, size, self.runs)
+            if self._uncut(key, lease_id) and key in self._done:
+                # its pool's figure was a victim's, killed mid-write: this run, charged
+                # the margin, ran its tasks whole in its own process
+                _keep(self._done, key, Peak(size), self.runs)
 
     def killed(self, lease: Lease, rss: int, holder: bool, charged: int) -> bool:
         """An OOM kill the kernel reported in `lease`'s tree: its victim held `rss` bytes
@@ -224,9 +237,9 @@ class WorkerSizes:
             self._live[lease_id] = (key, peak.top(Peak(rss)))
         else:
             return False  # a holder of a pool, a thread: its size is not a worker's
-        if rss < charged:
+        if rss < self._charged[lease_id]:  # the most it was charged, as `_teaches` says
             return False  # killed short of its charge: the job keeps what it had
-        _keep_latest(self._kills, key, rss)
+        _keep_latest(self._kills, key, max(KILL_MARGIN * rss, self._kills.get(key, 0)))
         return True
 
     def judge(self, lease_ids: Iterable[str]) -> None:
@@ -244,6 +257,17 @@ class WorkerSizes:
         if self._teaches(lease_id, peak.worker_bytes):
             _keep(self._done, key, peak, self.runs)
             self.changed = True
+        self._uncut(key, lease_id)
+
+    def _uncut(self, key: Key, lease_id: str) -> bool:
+        """A run that ends: with no kill, charged its job's kill margin, it takes the
+        margin away (its peak is the size now; one charged less ran before the kill).
+        Whether it did."""
+        margin = self._kills.get(key)
+        if margin and lease_id not in self._hit and self._charged.get(lease_id, 0) >= margin:
+            del self._kills[key]
+            return True
+        return False
 
     def end_all(self) -> None:
         """End every live run (the daemon stops: what they were seen at is kept; the
@@ -274,9 +298,10 @@ class WorkerSizes:
         own = self._own_done.items()
         figures = {key: Learned(max(FLOOR, percentile(v)), len(v)) for key, v in own}
         figures.update((key, _learned(values)) for key, values in peaks.items())  # pools win
-        for key, size in self._kills.items():
-            if key in figures and figures[key].worker_bytes == size:
-                figures[key] = replace(figures[key], from_kill=True)
+        for key, margin in self._kills.items():
+            learned = figures.get(key, Learned(margin, 0))
+            if learned.worker_bytes <= margin:
+                figures[key] = replace(learned, worker_bytes=margin, from_kill=True)
         return figures
 
     def ended_runs(self) -> dict[Key, int]:

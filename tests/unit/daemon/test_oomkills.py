@@ -48,18 +48,54 @@ def test_a_victim_is_found_by_its_parents_or_by_the_last_scan(tmp_path: Path) ->
 
 def test_a_kill_of_a_worker_never_scanned_teaches_its_job_the_victims_size() -> None:
     """A pool of 1.5 GiB workers charged 512 MiB, killed before any scan saw them:
-    before, its run taught nothing and the next was charged 512 MiB again."""
+    before, its run taught nothing and the next was charged 512 MiB again. Killed
+    mid-write, the victim held part of its data: its job is charged twice that until a
+    run charged so ends with no kill."""
     sizes = WorkerSizes()
     held = lease("L1", 100, 4)
     assert sizes.killed(held, 1536 * MIB, holder=False, charged=CHARGE)
-    assert sizes.figures() == {KEY: Learned(1536 * MIB, 1, from_kill=True)}  # at once
+    assert sizes.figures() == {KEY: Learned(3072 * MIB, 1, from_kill=True)}  # at once
     sizes.observe([], {}, {}, {})  # the next scan ends its run: kept, for the next daemon
     assert sizes.ended() == {KEY: [(1536 * MIB, 0, 0)]}
-    assert sizes.figures()[KEY].from_kill
-    t, rss = tree(100, 2048)  # a later run seen bigger: the figure is no kill's now
-    sizes.observe([held], {100: t}, rss, {"L1": 1536 * MIB})
+    assert sizes.figures() == {KEY: Learned(3072 * MIB, 1, from_kill=True)}
+    t, rss = tree(100, 2048)  # the next run, charged the margin, ends uncut at 2 GiB
+    sizes.observe([held], {100: t}, rss, {"L1": 3072 * MIB})
     sizes.observe([], {}, {}, {})
     assert sizes.figures() == {KEY: Learned(2048 * MIB, 2)}
+
+
+def test_a_run_charged_less_than_the_margin_leaves_it() -> None:
+    """A run of the same job that began before the kill (charged 512 MiB) and ends uncut
+    says nothing of what twice the victim's size would do: the margin stays."""
+    sizes = WorkerSizes()
+    early = lease("L0", 200, 4)
+    t, rss = tree(200, 1000)
+    sizes.observe([early], {200: t}, rss, {"L0": CHARGE})
+    assert sizes.killed(lease("L1", 100, 4), 1536 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([], {}, {}, {})  # both end; L0 was not hit
+    assert sizes.figures() == {KEY: Learned(3072 * MIB, 2, from_kill=True)}
+    again = lease("L2", 300, 4)  # a run charged the margin, killed too: raised, not gone
+    t, rss = tree(300, 2500)
+    sizes.observe([again], {300: t}, rss, {"L2": 3072 * MIB})
+    assert sizes.killed(again, 2600 * MIB, holder=False, charged=3072 * MIB) is False
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures()[KEY] == Learned(3072 * MIB, 2, from_kill=True)
+
+
+def test_a_run_granted_sequential_under_the_margin_gives_its_pool_its_size() -> None:
+    """A pool's worker killed mid-write at 900 MiB of its 1.5 GiB: charged the margin
+    (1.8 GiB) the next run is granted sequential and runs its tasks whole in its own
+    process. Its size then counts for the job's pool too: else the pool's figure stayed
+    the victim's 900 MiB, and the run after was killed again (the memory simulator's
+    mixed sizes)."""
+    sizes = WorkerSizes()
+    assert sizes.killed(lease("L1", 100, 4), 900 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures() == {KEY: Learned(1800 * MIB, 1, from_kill=True)}
+    seq = dataclasses.replace(lease("L2", 200, 0, kind="sequential"), wanted=4)
+    sizes.observe([seq], {}, {200: 1560 * MIB}, {"L2": 1800 * MIB})
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures() == {KEY: Learned(1560 * MIB, 2)}
 
 
 def test_a_kill_below_the_charge_or_of_a_pools_holder_teaches_no_size() -> None:
@@ -77,9 +113,11 @@ def test_a_holder_running_its_own_tasks_teaches_its_size_when_its_run_ends() -> 
     sizes = WorkerSizes()
     seq = dataclasses.replace(lease("L1", 100, 0, kind="sequential"), wanted=4)
     assert sizes.killed(seq, 1536 * MIB, holder=True, charged=CHARGE)
-    assert sizes.figures() == {}  # a holder's own run counts once ended
+    # its run's size counts once ended; the kill's margin at once
+    assert sizes.figures() == {KEY: Learned(3072 * MIB, 0, from_kill=True)}
     sizes.observe([], {}, {}, {})
-    assert sizes.figures() == {KEY: Learned(1536 * MIB, 1, from_kill=True)}
+    assert sizes.figures() == {KEY: Learned(3072 * MIB, 1, from_kill=True)}
+    assert sizes.ended_runs() == {KEY: 1}
 
 
 def test_a_holder_that_ran_its_own_tasks_before_its_pool_teaches_its_size() -> None:
@@ -93,7 +131,7 @@ def test_a_holder_that_ran_its_own_tasks_before_its_pool_teaches_its_size() -> N
     pool = dataclasses.replace(seq, kind="process", workers=4)
     assert sizes.killed(pool, 1566 * MIB, holder=True, charged=CHARGE)
     sizes.observe([], {}, {}, {})  # its run ends
-    assert sizes.figures() == {KEY: Learned(1566 * MIB, 1, from_kill=True)}
+    assert sizes.figures() == {KEY: Learned(2 * 1566 * MIB, 1, from_kill=True)}
     # a holder never seen running its own tasks still teaches nothing (a kernel's own
     # process holds more than its workers)
     other = WorkerSizes()
@@ -147,7 +185,7 @@ def test_the_watch_attributes_a_kill_teaches_the_ledger_and_says_it_once(
     }
     assert logs[1]["lease"] is None and logs[1]["log_level"] == "info"
     assert watch.unattributed == 1
-    assert sizes.figures() == {("big", 1000): Learned(1536 * MIB, 1, from_kill=True)}
+    assert sizes.figures() == {("big", 1000): Learned(3072 * MIB, 1, from_kill=True)}
     # the scan's leases stand for a holder whose lease went since (killed with it)
     watch.scanned(led.held_by([100]), {})
     led.release(grant.lease_id)
