@@ -10,7 +10,10 @@ from /proc; then the weights follow stops, a reload and a re-execution.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,3 +149,71 @@ def test_the_weights_follow_stops_reloads_and_a_reexec(
 
     assert d.stop() == 0
     assert not root.exists()
+
+
+def test_cpu_cgroups_are_removed_with_leftovers_and_by_the_units_cleanup(
+    daemon: Callable[..., Any], tmp_path: Path, needs_root: None
+) -> None:
+    """A daemon killed with SIGKILL leaves its workers' cpu cgroups: the next start
+    removes those it does not adopt (here: no record, nothing adopted), and `cleanup`
+    (the unit's ExecStopPost) removes them with the pids cgroups."""
+    socket = tmp_path / "s.sock"
+    sleep = [sys.executable, "-c", SLEEP]
+    first = daemon(
+        {
+            "daemon": {"socket": str(socket)},
+            "programs": {"gone": {"command": sleep}, "kept": {"command": sleep}},
+        }
+    )
+    seen = list(running(first, 2).values())
+    root, pids_root = cpu_root(first), Path(first.events("supervisor_started")[0]["cgroup_root"])
+    try:
+        assert sorted(shares(root)) == ["gone.0", "kept.0"]
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        socket.with_name(socket.name + ".state").unlink()  # nothing to adopt: all leftovers
+
+        second = daemon(
+            {"daemon": {"socket": str(socket)}, "programs": {"kept": {"command": sleep}}}
+        )
+        new = running(second, 1)["kept:0"]
+        seen.append(new)
+        assert not any(_alive(pid) for pid in seen[:2])
+        assert list(shares(root)) == ["kept.0"]
+        assert (root / "kept.0" / "cgroup.procs").read_text().split() == [str(new)]
+        (removed,) = [e for e in second.events("leftover_removed") if "gone.0" in e["cgroup"]]
+        assert removed["left"] is None
+
+        second.proc.send_signal(signal.SIGKILL)
+        second.proc.wait(timeout=10)
+        out = second.cli("cleanup", "-c", str(second.config_path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not _alive(new)
+        assert not root.exists() and not pids_root.exists()
+    finally:  # whatever failed: the workers (ours, by pid) and the cgroups go
+        for pid in seen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        left = [cg for top in (root, pids_root) if top.exists() for cg in top.glob("*/")]
+        wait_until(lambda: sum(not _removed(cg) for cg in left) == 0, timeout=10, what="rmdir")
+        _removed(root)
+        _removed(pids_root)
+
+
+def _alive(pid: int) -> bool:
+    """Runs (a zombie, which nobody here may reap, has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _removed(cgroup: Path) -> bool:
+    try:
+        os.rmdir(cgroup)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
