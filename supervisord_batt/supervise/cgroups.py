@@ -62,8 +62,9 @@ def _read(path: Path) -> str | None:
 
 
 def write_value(path: Path, value: str) -> None:
-    """Write one value to a cgroup interface file (cgroupfs parses each write alone)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    """Write one value to a cgroup interface file (cgroupfs parses each write alone;
+    O_TRUNC, as a shell's `>`, is a no-op there and keeps a test's plain file whole)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
