@@ -97,9 +97,10 @@ class CpuShares:
         self.reason = reason
         self.weigh = weigh  # uid -> its weight (daemon.weights), swapped on reload
         self.dirs = WorkerCgroups(root, reason, 1) if version == 1 else None
-        self.weights: dict[Account, int] = {}  # as last written, per user
+        self.weights: dict[Account, int] = {}  # as last computed, per user
         self.last_error: str | None = None
         self._live: dict[str, _Live] = {}
+        self._counts: Counter[Account] = Counter()  # live instances per user
 
     def __repr__(self) -> str:
         return f"CpuShares(version={self.version}, reason={self.reason!r})"
@@ -159,18 +160,30 @@ class CpuShares:
         """Make the instance's new run live: v1, its cgroup in the cpu hierarchy, whose
         cgroup.procs path the child writes itself into (returned); v2, its pids cgroup
         `pids` gets the weight (None returned). None, with `last_error`, when there is
-        none: the run shares CPU per thread. `reweigh` next, before the child starts."""
+        none: the run shares CPU per thread. `reweigh(instance)` next, before the child
+        starts, and `reweigh()` of all of them soon."""
         self.last_error = None
         if self.version == 1 and self.dirs is not None:
             cg = self.dirs.create(instance)
             if cg is None:
                 self.last_error = self.dirs.last_error
                 return None
-            self._live[instance] = _Live(account, cg.path / _FILES[1], cg)
+            self._add(instance, _Live(account, cg.path / _FILES[1], cg))
             return cg.preexec_path
         if self.version == 2 and pids is not None:
-            self._live[instance] = _Live(account, pids.path / _FILES[2], None)
+            self._add(instance, _Live(account, pids.path / _FILES[2], None))
         return None
+
+    def _add(self, instance: str, live: _Live) -> None:
+        self._uncount(self._live.get(instance))  # counted once, whatever came before
+        self._live[instance] = live
+        self._counts[live.account] += 1
+
+    def _uncount(self, live: _Live | None) -> None:
+        if live is not None:
+            self._counts[live.account] -= 1
+            if not self._counts[live.account]:
+                del self._counts[live.account]
 
     def killed(self) -> list[int]:
         """What the last `join` killed of an earlier daemon's worker in its cgroup."""
@@ -184,13 +197,13 @@ class CpuShares:
         cgroups): a new one, and the members of its pids cgroup moved in. Whether it is
         live (weighed) now."""
         if self.version == 2 and pids is not None:
-            self._live[instance] = _Live(account, pids.path / _FILES[2], None)
+            self._add(instance, _Live(account, pids.path / _FILES[2], None))
         elif self.version == 1 and self.dirs is not None:
             cg = self.dirs.adopt(path) if path is not None else None
             if cg is None and pids is not None:
                 cg = self._move_in(instance, pids)
             if cg is not None:
-                self._live[instance] = _Live(account, cg.path / _FILES[1], cg)
+                self._add(instance, _Live(account, cg.path / _FILES[1], cg))
         return instance in self._live
 
     def _move_in(self, instance: str, pids: WorkerCgroup) -> WorkerCgroup | None:
@@ -214,24 +227,25 @@ class CpuShares:
         """The instance's run ended (its tree is gone): its cgroup (v1) removed; why it is
         left, if it is. `reweigh` next."""
         live = self._live.pop(instance, None)
+        self._uncount(live)
         if live is None or live.cgroup is None or self.dirs is None:
             return None
         return self.dirs.forget(live.cgroup)
 
     # -- all of them ------------------------------------------------------------------
 
-    def reweigh(self) -> list[tuple[str, str]]:
-        """Write each live instance's weight where it changed; (instance, why) for each
-        write refused (that run keeps the weight it had)."""
-        if not self._live:
-            self.weights = {}
-            return []
-        counts = Counter(live.account for live in self._live.values())
-        user = {a: self.weigh(a) if isinstance(a, int) else 1.0 for a in counts}
+    def reweigh(self, instance: str | None = None) -> list[tuple[str, str]]:
+        """Write each live instance's weight where it changed (only `instance`'s, when
+        named: a new run's before its child starts, in O(users)); (instance, why) for
+        each write refused (that run keeps the weight it had)."""
+        user = {a: self.weigh(a) if isinstance(a, int) else 1.0 for a in self._counts}
         version = 1 if self.dirs is not None else 2
-        self.weights = dict(instance_weights(counts, user, *_RANGES[version]))
+        self.weights = dict(instance_weights(self._counts, user, *_RANGES[version]))
+        todo = self._live
+        if instance is not None:
+            todo = {instance: self._live[instance]} if instance in self._live else {}
         problems = []
-        for name, live in self._live.items():
+        for name, live in todo.items():
             weight = self.weights[live.account]
             if live.failed or live.written == weight:
                 continue
@@ -246,7 +260,7 @@ class CpuShares:
 
     def counts(self) -> dict[Account, int]:
         """Live instances per user."""
-        return dict(Counter(live.account for live in self._live.values()))
+        return dict(self._counts)
 
     def leftovers(self) -> list[tuple[WorkerCgroup, list[int], str | None]]:
         """Remove the cpu cgroups an earlier daemon left (v1): (cgroup, the members it
@@ -263,4 +277,5 @@ class CpuShares:
     def cleanup(self, retry_s: float = 1.0) -> list[str]:
         """Remove every cpu cgroup made here and the root (v1; shutdown); what is left."""
         self._live.clear()
+        self._counts.clear()
         return self.dirs.cleanup(retry_s) if self.dirs is not None else []

@@ -263,6 +263,8 @@ class Supervisor:
         # pid while it runs without a cgroup
         self._by_cgroup: dict[str, str] = {}
         self._mains: dict[int, str] = {}
+        self._reweigh_pending: asyncio.Handle | None = None
+        self._weights_said: dict[str, list[Any]] = {}  # the last `cpu_weights` line's
 
     # -- life -------------------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class Supervisor:
                 data = records.get(name)
                 if data is not None and self._restore(inst, data, pipes, children):
                     adopted.append(name)
-        self.reweigh("adopted")
+        self._reweigh("adopted")
         for fd in pipes.values():  # of instances no longer configured, or not adopted
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -642,7 +644,9 @@ class Supervisor:
                 instance=inst.name,
                 reason=self.cpu.last_error,
             )
-        self.reweigh("start")
+        for instance, problem in self.cpu.reweigh(inst.name):  # before the child runs
+            log.warning("cpu_weight_failed", instance=instance, reason=problem)
+        self._reweigh_soon()  # the others' (coalesced: a mass start rewrites them once)
         return procs
 
     def _cpu_leave(self, instance: str) -> None:
@@ -650,17 +654,24 @@ class Supervisor:
         problem = self.cpu.leave(instance)
         if problem is not None:
             log.warning("cgroup_left", instance=instance, reason=problem)
-        self.reweigh("exit")
+        self._reweigh_soon()
 
-    def reweigh(self, why: str) -> None:
+    def _reweigh_soon(self) -> None:
+        """`_reweigh` once this loop iteration's starts and exits are done."""
+        if self._reweigh_pending is None:
+            loop = asyncio.get_running_loop()
+            self._reweigh_pending = loop.call_soon(self._reweigh, "starts and exits")
+
+    def _reweigh(self, why: str) -> None:
         """Write the live instances' cpu weights (those that changed): each user's
         instances together weigh the same, times the user's weight."""
-        before = (self.cpu.counts(), self.cpu.weights)
+        self._reweigh_pending = None
         for instance, problem in self.cpu.reweigh():
             log.warning("cpu_weight_failed", instance=instance, reason=problem)
         counts = self.cpu.counts()
-        if (counts, self.cpu.weights) != before:
-            users = {str(a): [n, self.cpu.weights.get(a)] for a, n in counts.items()}
+        users = {str(a): [n, self.cpu.weights.get(a)] for a, n in counts.items()}
+        if users != self._weights_said:  # user -> [instances, weight of each]
+            self._weights_said = users
             log.debug("cpu_weights", reason=why, users=users)
 
     def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
@@ -1012,7 +1023,7 @@ class Supervisor:
             if added:
                 names = self._add_program(change.new, prepared.sinks, added)
                 report[change.name]["started"] = names
-        self.reweigh("reload")  # the users' weights may have changed
+        self._reweigh("reload")  # the users' weights may have changed
         lists = {how: [c.name for c in prepared.changes if c.how == how] for how in _HOWS}
         return {**lists, "programs": report}
 
