@@ -217,3 +217,32 @@ def _removed(cgroup: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_cpu_cgroup_the_kernel_refuses_costs_one_spawn_then_cpu_is_shared_per_thread(
+    daemon: Callable[..., Any], needs_root: None
+) -> None:
+    """The kernel refuses a real-time task in a cpu cgroup with no real-time runtime
+    (cgroup v1, cpu.rt_runtime_us 0, EINVAL): a daemon run under SCHED_FIFO spawns
+    children it cannot move. That start fails with backoff, the daemon says once that
+    CPU is shared per thread from then on and why, and the retry runs."""
+    sleep = [sys.executable, "-c", SLEEP]
+    d = daemon({"programs": {"w": {"command": sleep, "autostart": False, "stop_grace": "1s"}}})
+    root = cpu_root(d)
+    assert d.status()["cpu_share"] == "per_user"
+    os.sched_setscheduler(d.proc.pid, os.SCHED_FIFO, os.sched_param(1))
+    try:
+        assert d.cli("start", "w").returncode in (0, 1)  # (1: not RUNNING at the reply)
+        pid = running(d, 1)["w:0"]
+    finally:  # real time only for as long as the spawns take
+        os.sched_setscheduler(d.proc.pid, os.SCHED_OTHER, os.sched_param(0))
+    (failed,) = d.events("spawn_failed")
+    assert "joining the cpu cgroup" in failed["reason"] and failed["kind"] == "EINVAL"
+    (said,) = d.events("cpu_shared_per_thread")
+    assert said["reason"] == failed["reason"]
+    assert d.status()["cpu_share"] == f"per_thread ({failed['reason']})"
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert not any(":cpu:" in line and ".workers" in line for line in f)
+    assert shares(root) == {}
+    assert d.stop() == 0
+    assert not root.exists()
