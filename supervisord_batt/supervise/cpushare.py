@@ -147,7 +147,7 @@ class CpuShares:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.rmdir(root)
-            return cls(None, f"cgroup v1 cpu: cannot use {root}: {exc}")
+            return cls(None, f"cgroup v1 cpu: cannot use {root}: {exc.strerror or exc}")
         return cls(1, f"cgroup v1 cpu at {root}", root)
 
     def disable(self, reason: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 from supervisord_batt import paths
 from supervisord_batt.host import procfs
 from tests import helpers
-from tests.helpers import CALM, interpreter_for_others, wait_until
+from tests.helpers import CALM, REPO, interpreter_for_others, wait_until
 
 BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
 SLEEP = "import time\ntime.sleep(600)\n"
@@ -246,3 +247,22 @@ def test_a_cpu_cgroup_the_kernel_refuses_costs_one_spawn_then_cpu_is_shared_per_
     assert shares(root) == {}
     assert d.stop() == 0
     assert not root.exists()
+
+
+def test_where_the_cpu_hierarchy_is_not_writable_cpu_is_shared_per_thread_and_why(
+    needs_root: None,
+) -> None:
+    code = (
+        "import os\n"
+        "from supervisord_batt.supervise.cgroups import WorkerCgroups\n"
+        "from supervisord_batt.supervise.cpushare import CpuShares\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "print(CpuShares.detect('sbtest-nobody', WorkerCgroups(None, 'none')).describe())\n"
+    )
+    env = {"PATH": os.defpath, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    said = out.stdout.strip()
+    assert said.startswith("per_thread (cgroup v1 cpu: cannot use "), out
+    assert said.endswith("sbtest-nobody.workers: Permission denied)"), out
