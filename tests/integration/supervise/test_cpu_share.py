@@ -24,7 +24,7 @@ import yaml
 from supervisord_batt import paths
 from supervisord_batt.host import procfs
 from tests import helpers
-from tests.helpers import CALM, REPO, interpreter_for_others, wait_until
+from tests.helpers import CALM, REPO, alive, interpreter_for_others, wait_until
 
 BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
 SLEEP = "import time\ntime.sleep(600)\n"
@@ -179,7 +179,7 @@ def test_cpu_cgroups_are_removed_with_leftovers_and_by_the_units_cleanup(
         )
         new = running(second, 1)["kept:0"]
         seen.append(new)
-        assert not any(_alive(pid) for pid in seen[:2])
+        assert not any(alive(pid) for pid in seen[:2])
         assert list(shares(root)) == ["kept.0"]
         assert (root / "kept.0" / "cgroup.procs").read_text().split() == [str(new)]
         (removed,) = [e for e in second.events("leftover_removed") if "gone.0" in e["cgroup"]]
@@ -189,7 +189,7 @@ def test_cpu_cgroups_are_removed_with_leftovers_and_by_the_units_cleanup(
         second.proc.wait(timeout=10)
         out = second.cli("cleanup", "-c", str(second.config_path))
         assert out.returncode == 0, out.stdout + out.stderr
-        assert not _alive(new)
+        assert not alive(new)
         assert not root.exists() and not pids_root.exists()
     finally:  # whatever failed: the workers (ours, by pid) and the cgroups go
         for pid in seen:
@@ -199,15 +199,6 @@ def test_cpu_cgroups_are_removed_with_leftovers_and_by_the_units_cleanup(
         wait_until(lambda: sum(not _removed(cg) for cg in left) == 0, timeout=10, what="rmdir")
         _removed(root)
         _removed(pids_root)
-
-
-def _alive(pid: int) -> bool:
-    """Runs (a zombie, which nobody here may reap, has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def _removed(cgroup: Path) -> bool:
