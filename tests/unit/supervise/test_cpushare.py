@@ -17,7 +17,7 @@ from supervisord_batt.supervise.cpushare import (
     CpuShares,
     instance_weights,
 )
-from tests.unit.supervise.test_cgroups import _cgroup
+from tests.unit.supervise.fakecgroups import v2_cgroup
 
 
 def test_one_user_gets_the_top_weight_on_every_instance() -> None:
@@ -74,10 +74,10 @@ def _weights(root: Path) -> dict[str, int]:
 
 
 def test_v2_enables_cpu_beside_pids_down_to_the_worker_root(tmp_path: Path) -> None:
-    own = _cgroup(tmp_path / "x.service", "cpu memory pids")
+    own = v2_cgroup(tmp_path / "x.service", "cpu memory pids")
     plan = plan_v2(own, "sb")
     assert not isinstance(plan, str)
-    _cgroup(plan.workers_root, "cpu pids")
+    v2_cgroup(plan.workers_root, "cpu pids")
     assert enable_cpu_v2(plan) is None
     for directory in plan.enable:  # a regular file keeps the last write: "+cpu"
         assert (directory / "cgroup.subtree_control").read_text() == "+cpu"
@@ -85,7 +85,7 @@ def test_v2_enables_cpu_beside_pids_down_to_the_worker_root(tmp_path: Path) -> N
 
 
 def test_v2_without_the_cpu_controller_says_why(tmp_path: Path) -> None:
-    own = _cgroup(tmp_path / "x.service", "memory pids")
+    own = v2_cgroup(tmp_path / "x.service", "memory pids")
     plan = plan_v2(own, "sb")
     assert not isinstance(plan, str)
     why = enable_cpu_v2(plan)
