@@ -554,7 +554,13 @@ class StatusPage(TypedDict):
 Event = dict[str, Any]  # a log event: timestamp, level, event, then its own fields
 
 
-class StatusReply(OkReply):
+class _StatusCpu(TypedDict, total=False):
+    # how the supervised workers' CPU time is shared: "per_user", or "per_thread (why)"
+    # (absent from a daemon before cpu cgroups were made)
+    cpu_share: str
+
+
+class StatusReply(OkReply, _StatusCpu):
     """The summary, for everyone. `scope` is `all` for root and the admins, `own` for
     the others: their lists carry only their own leases and the programs they may tail."""
 

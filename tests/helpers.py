@@ -59,6 +59,15 @@ def wait_until(
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, which only its parent may reap, has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 

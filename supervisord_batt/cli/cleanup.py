@@ -5,7 +5,8 @@ costs no job: systemd restarts the daemon, which adopts them from its state reco
 stop must still stop every worker. The daemon does that itself on SIGTERM and removes
 its record; this is for a stop that did not end that way (the daemon was killed at
 TimeoutStopSec, or died during its stop): every process the record names, and every
-member of their worker cgroups, gets SIGKILL, and the record goes.
+member of their worker cgroups, gets SIGKILL, those cgroups (and their cpu counterparts)
+are removed, and the record goes.
 
 After a crash (systemd's $SERVICE_RESULT says signal, core-dump, watchdog, oom-kill or
 exit-code) it does nothing: the restart that follows adopts the workers.
@@ -42,9 +43,10 @@ def cleanup(socket: Path, result: str | None) -> list[str]:
         killed = _kill_instance(inst)
         if killed:
             said.append(f"{name}: SIGKILL to {', '.join(map(str, sorted(killed)))}")
-        if cgroup := (inst.get("run") or {}).get("cgroup"):
-            parents.add(Path(cgroup).parent)
-    for parent in parents:  # the workers' root, once empty
+        for key in ("cgroup", "cpu_cgroup"):
+            if cgroup := (inst.get("run") or {}).get(key):
+                parents.add(Path(cgroup).parent)
+    for parent in parents:  # the workers' roots, once empty
         with contextlib.suppress(OSError):
             os.rmdir(parent)
     record.remove()
@@ -53,7 +55,7 @@ def cleanup(socket: Path, result: str | None) -> list[str]:
 
 def _kill_instance(inst: dict[str, Any]) -> set[int]:
     """SIGKILL to the instance's main process (if it is still the one recorded) and every
-    member of its cgroup, until the cgroup is empty (a few seconds at most); removed."""
+    member of its cgroup and its cpu cgroup, until each is empty; both removed."""
     run = inst.get("run") or {}
     killed: set[int] = set()
     pid, start = inst.get("pid"), run.get("pid_start")
@@ -61,8 +63,16 @@ def _kill_instance(inst: dict[str, Any]) -> set[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             killed.add(pid)
-    cgroup = run.get("cgroup")
-    if not cgroup:
+    for key in ("cgroup", "cpu_cgroup"):
+        killed |= _kill_members(run.get(key))
+    return killed
+
+
+def _kill_members(cgroup: str | None) -> set[int]:
+    """SIGKILL every member of `cgroup` until it is empty (a few seconds at most), then
+    remove it; the pids signalled."""
+    killed: set[int] = set()
+    if not cgroup or not Path(cgroup).parent.name.endswith(".workers"):  # not a worker's
         return killed
     procs = Path(cgroup) / "cgroup.procs"
     deadline = time.monotonic() + 5.0

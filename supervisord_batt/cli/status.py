@@ -28,6 +28,8 @@ def render_status(status: protocol.StatusListsReply) -> str:
         f"instances {counts['instances']} of {counts['programs']} programs: "
         + (", ".join(f"{n} {state}" for state, n in sorted(counts["states"].items())) or "none"),
     ]
+    if (cpu := status.get("cpu_share")) is not None:
+        lines.append(f"cpu share: {cpu}")
     if status["scope"] == "own":
         lines.append("(the lists show your own leases and the programs that run as you)")
     tightest = status["host"]["tightest"] if status["host"] else None

@@ -317,6 +317,7 @@ class Commands:
             "leased_tasks": stats.leased_tasks,
             "connections": self.connections(),
             "all_running": self.supervisor.all_ok(),
+            "cpu_share": self.supervisor.cpu.describe(),
             "scope": "all" if conn.admin else "own",
             "counts": {"leases": 0, "instances": 0, "programs": 0, "states": {}, "leftovers": 0},
             "host": sample_to_json(sample) if sample is not None else None,

@@ -85,11 +85,13 @@ class Daemon:
             self.notifier.passed.setdefault(name, []).extend(fds)
         self.socket_path = socket_path or config.daemon.socket
         self.monitor = HostMonitor(cgroups=config.budget.cgroups, users=_watched_users(config))
-        self.ledger = BudgetLedger(
-            config.budget, clock=time.monotonic, weigh=Weights(config.budget).weigh
-        )
+        # one weight per user for both splits: the budget's and the workers' CPU time
+        weigh = Weights(config.budget).weigh
+        self.ledger = BudgetLedger(config.budget, clock=time.monotonic, weigh=weigh)
         self.lease_log = LeaseLog(config.daemon.lease_log_rate)
-        self.supervisor = Supervisor(config, self.socket_path, self.on_tree_gone, self.limits_now)
+        self.supervisor = Supervisor(
+            config, self.socket_path, self.on_tree_gone, self.limits_now, weigh
+        )
         self.sample: HostSample | None = None
         self.containment = Containment(self.ledger, self.supervisor)
         self.resumable = resume.Resumable(self.ledger)
@@ -697,7 +699,9 @@ class Daemon:
             prepared.discard()
             self._reject(source, by, f"cannot open the new log file: {exc}")
         self.config = new
-        self.ledger.reconfigure(new.budget, Weights(new.budget).weigh)
+        weigh = Weights(new.budget).weigh
+        self.ledger.reconfigure(new.budget, weigh)
+        self.supervisor.cpu.weigh = weigh  # its reload writes the weights again
         self.lease_log.rate = d.lease_log_rate
         self.server.problems.rate = d.bad_input_log_rate
         self.server.reconfigure(d, _policy(new))

@@ -19,6 +19,9 @@ its task count, its limit, and the cgroup.procs path a child writes itself into.
 # the daemon first moves itself to a leaf "<own>/supervisor", then writes +pids to
 # <own>/cgroup.subtree_control and creates "<own>/<base>.workers/<instance>". Hybrid hosts
 # mount both; a controller lives in one hierarchy only, so at most one of the two works.
+# Each instance has a cpu counterpart (supervise.cpushare): on v1 "<daemon's own cpu
+# cgroup>/<base>.workers/<instance>" in the cpu hierarchy, on v2 the same directory, with
+# +cpu enabled beside +pids where the cpu controller is there to enable.
 
 from __future__ import annotations
 
@@ -58,9 +61,10 @@ def _read(path: Path) -> str | None:
     return procfs.read_text(str(path))
 
 
-def _write(path: Path, value: str) -> None:
-    # one value per write(): cgroupfs parses each write on its own
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+def write_value(path: Path, value: str) -> None:
+    """Write one value to a cgroup interface file (cgroupfs parses each write alone;
+    O_TRUNC, as a shell's `>`, is a no-op there and keeps a test's plain file whole)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
@@ -97,7 +101,7 @@ class WorkerCgroup:
 
     def set_max(self, value: int | None) -> None:
         """Write pids.max (None: unlimited)."""
-        _write(self.path / "pids.max", "max" if value is None else str(value))
+        write_value(self.path / "pids.max", "max" if value is None else str(value))
 
     def full(self) -> str | None:
         """Why a new member would exceed a pids.max of this cgroup or an ancestor; None if not.
@@ -201,12 +205,32 @@ def apply_v2(plan: V2Plan) -> None:
         plan.leaf.mkdir(exist_ok=True)
         for pid in _parse_pids(_read(plan.base / "cgroup.procs")):
             with contextlib.suppress(ProcessLookupError):
-                _write(plan.leaf / "cgroup.procs", str(pid))
+                write_value(plan.leaf / "cgroup.procs", str(pid))
     for i, directory in enumerate(plan.enable):
         if i > 0:
             directory.mkdir(exist_ok=True)
         if "pids" not in (_read(directory / "cgroup.subtree_control") or "").split():
-            _write(directory / "cgroup.subtree_control", "+pids")
+            write_value(directory / "cgroup.subtree_control", "+pids")
+
+
+def enable_cpu_v2(plan: V2Plan) -> str | None:
+    """Enable +cpu beside +pids down to the worker leaves (after `apply_v2`), so each
+    leaf has a cpu.weight; None when done, else why not (the pids cgroups work anyway)."""
+    controllers = (_read(plan.base / "cgroup.controllers") or "").split()
+    if "cpu" not in controllers:
+        return (
+            f"cgroup2 at {plan.base}: the cpu controller is not available there "
+            f"(cgroup.controllers: {' '.join(controllers) or 'none'}); on systemd set "
+            "Delegate=yes on the unit"
+        )
+    for directory in plan.enable:
+        if "cpu" in (_read(directory / "cgroup.subtree_control") or "").split():
+            continue
+        try:
+            write_value(directory / "cgroup.subtree_control", "+cpu")
+        except OSError as exc:
+            return f"cgroup2 at {directory}: cannot enable +cpu: {exc}"
+    return None
 
 
 # ----------------------------------------------------------------------------- detection
@@ -216,6 +240,18 @@ def own_pids_dirs(mounts: list[procfs.Mount], entries: list[procfs.ProcCgroup]) 
     """The daemon's own pids cgroup directory on v1 ("v1") and its v2 directory ("v2")."""
     found = procfs.pids_cgroup_dirs(entries, *procfs.pids_mounts(mounts))
     return {f"v{version}": Path(directory) for version, directory in found.items()}
+
+
+def read_own_cgroups() -> tuple[list[procfs.Mount], list[procfs.ProcCgroup]] | str:
+    """This process's cgroup mounts and cgroup lines, or why they cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            mounts = procfs.parse_mountinfo(f.read())
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+            entries = procfs.parse_proc_cgroup(f.read())
+    except OSError as exc:
+        return f"cannot read own cgroups: {exc}"
+    return mounts, entries
 
 
 def _chain_below(directory: Path, stop: Path) -> tuple[Path, ...]:
@@ -235,6 +271,8 @@ class WorkerCgroups:
         self.version = version
         self.last_error: str | None = None
         self.killed: list[int] = []  # what the last `create` killed of a leftover
+        # v2: why the leaves have no cpu.weight (None: +cpu is enabled down to them)
+        self.cpu_problem: str | None = "not cgroup v2"
         self._made: dict[str, WorkerCgroup] = {}
 
     @property
@@ -247,13 +285,10 @@ class WorkerCgroups:
     @classmethod
     def detect(cls, base_name: str = "supervisord-batt") -> WorkerCgroups:
         """Find (and make) the root for worker cgroups: v1 pids first, then v2 pids."""
-        try:
-            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-                mounts = procfs.parse_mountinfo(f.read())
-            with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
-                entries = procfs.parse_proc_cgroup(f.read())
-        except OSError as exc:
-            return cls(None, f"cannot read own cgroups: {exc}; worker trees come from /proc")
+        found = read_own_cgroups()
+        if isinstance(found, str):
+            return cls(None, f"{found}; worker trees come from /proc")
+        mounts, entries = found
         own = own_pids_dirs(mounts, entries)
         reasons = []
         for version, attempt in ((1, cls._try_v1), (2, cls._try_v2)):
@@ -263,7 +298,10 @@ class WorkerCgroups:
                 continue
             root, why = attempt(own[key], base_name)
             if root is not None:
-                return cls(root, f"cgroup v{version} pids at {root}", version)
+                made = cls(root, f"cgroup v{version} pids at {root}", version)
+                if version == 2:
+                    made.cpu_problem = why or None
+                return made
             reasons.append(why)
         reasons.append("worker trees come from /proc (session, process group, descendants)")
         return cls(None, "; ".join(reasons))
@@ -279,6 +317,7 @@ class WorkerCgroups:
 
     @staticmethod
     def _try_v2(own: Path, base_name: str) -> tuple[Path | None, str]:
+        """(root, "") when made; (root, why) when made without +cpu; (None, why) not."""
         plan = plan_v2(own, base_name)
         if isinstance(plan, str):
             return None, plan
@@ -286,7 +325,7 @@ class WorkerCgroups:
             apply_v2(plan)
         except OSError as exc:
             return None, f"cgroup2 at {plan.base}: cannot set up worker cgroups: {exc}"
-        return plan.workers_root, ""
+        return plan.workers_root, enable_cpu_v2(plan) or ""
 
     def create(self, instance: str) -> WorkerCgroup | None:
         """The cgroup of one worker instance; None when disabled or it cannot be made

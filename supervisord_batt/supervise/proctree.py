@@ -53,6 +53,7 @@ from supervisord_batt.supervise.cgroups import WorkerCgroup
 __all__ = [
     "Adopted",
     "Child",
+    "CpuJoinFailed",
     "ExitWatcher",
     "KillReport",
     "UnknownUser",
@@ -134,19 +135,38 @@ def _credentials(user: str | None, group: str | None) -> _Credentials | None:
 
 # ----------------------------------------------------------------------------- spawn
 
-_STEP_CGROUP, _STEP_LIMITS, _STEP_CREDS = 1, 2, 3
+_STEP_CGROUP, _STEP_LIMITS, _STEP_CREDS, _STEP_CPU = 1, 2, 3, 4
 _STEPS = {
     _STEP_CGROUP: "joining {cgroup}",
     _STEP_LIMITS: "setting the descriptor limit",
     _STEP_CREDS: "dropping privileges",
+    _STEP_CPU: "joining the cpu cgroup {cpu}",
 }
 
 
+class CpuJoinFailed(OSError):
+    """The child could not join its cpu cgroup (the spawn failed; the caller may go on
+    without cpu cgroups)."""
+
+
+def _join(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"%d" % os.getpid())
+    finally:
+        os.close(fd)
+
+
 def _child_setup(
-    procs_path: str | None, creds: _Credentials | None, nofile: int | None, err_fd: int
+    procs_path: str | None,
+    cpu_procs: str | None,
+    creds: _Credentials | None,
+    nofile: int | None,
+    err_fd: int,
 ) -> Callable[[], None]:
-    """The preexec_fn: join the cgroup, set the soft descriptor limit (a lower soft
-    limit needs no privilege), then drop groups, gid, uid, in that order.
+    """The preexec_fn: join the cgroup and the cpu cgroup (v1: another hierarchy), set
+    the soft descriptor limit (a lower soft limit needs no privilege), then drop groups,
+    gid, uid, in that order.
 
     It runs between fork and exec. That is safe because the daemon has no threads. Popen's
     own user=/group= would drop privileges before preexec_fn, and an unprivileged child
@@ -158,9 +178,10 @@ def _child_setup(
         step = _STEP_CGROUP
         try:
             if procs_path is not None:
-                fd = os.open(procs_path, os.O_WRONLY | os.O_CLOEXEC)
-                os.write(fd, b"%d" % os.getpid())
-                os.close(fd)
+                _join(procs_path)
+            step = _STEP_CPU
+            if cpu_procs is not None:
+                _join(cpu_procs)
             step = _STEP_LIMITS
             if nofile is not None:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -181,13 +202,17 @@ def _child_setup(
     return setup
 
 
-def _child_error(err_fd: int, cgroup: WorkerCgroup | None, argv: Sequence[str]) -> OSError:
+def _child_error(
+    err_fd: int, cgroup: WorkerCgroup | None, cpu_procs: str | None, argv: Sequence[str]
+) -> OSError:
     data = os.read(err_fd, 16)
     if len(data) < 5:
         return OSError(errno.EIO, f"starting {argv[0]!r} failed before exec")
     step, code = data[0], int.from_bytes(data[1:5], "little")
-    what = _STEPS.get(step, "setting up").format(cgroup=cgroup)
-    return OSError(code, f"{what} for {argv[0]!r}: {os.strerror(code)}")
+    cpu = os.path.dirname(cpu_procs) if cpu_procs else None
+    what = _STEPS.get(step, "setting up").format(cgroup=cgroup, cpu=cpu)
+    kind = CpuJoinFailed if step == _STEP_CPU else OSError
+    return kind(code, f"{what} for {argv[0]!r}: {os.strerror(code)}")
 
 
 def spawn(
@@ -201,14 +226,17 @@ def spawn(
     stdout: int | IO[bytes] | None,
     stderr: int | IO[bytes] | None,
     nofile: int | None = None,
+    cpu_procs: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a worker: own session and process group, stdin from /dev/null, inherited fds
-    closed, moved into `cgroup`, its soft RLIMIT_NOFILE set to `nofile` (None: the
-    daemon's) and switched to `user`/`group` before exec.
+    closed, moved into `cgroup` (and the cpu cgroup whose cgroup.procs is `cpu_procs`),
+    its soft RLIMIT_NOFILE set to `nofile` (None: the daemon's) and switched to
+    `user`/`group` before exec.
 
     Raises OSError with the errno of the failure (EAGAIN when the host or a cgroup is out of
-    pids, ENOENT for a missing program or cwd) and UnknownUser (a ValueError) for a user or
-    group that does not exist. A failed start leaves no process behind.
+    pids, ENOENT for a missing program or cwd; CpuJoinFailed for the cpu cgroup) and
+    UnknownUser (a ValueError) for a user or group that does not exist. A failed start
+    leaves no process behind.
     """
     creds = _credentials(user, group)
     if cgroup is not None and (why := cgroup.full()) is not None:
@@ -218,8 +246,9 @@ def spawn(
         nofile = None  # the daemon's own: nothing to change
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        if cgroup is not None or creds is not None or nofile is not None:
-            setup = _child_setup(cgroup.preexec_path if cgroup else None, creds, nofile, err_w)
+        if cgroup is not None or cpu_procs is not None or creds is not None or nofile is not None:
+            pids_procs = cgroup.preexec_path if cgroup else None
+            setup = _child_setup(pids_procs, cpu_procs, creds, nofile, err_w)
         return subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -234,7 +263,7 @@ def spawn(
     except subprocess.SubprocessError as exc:  # only a preexec_fn failure raises this
         os.close(err_w)
         err_w = -1
-        raise _child_error(err_r, cgroup, argv) from exc
+        raise _child_error(err_r, cgroup, cpu_procs, argv) from exc
     finally:
         os.close(err_r)
         if err_w >= 0:

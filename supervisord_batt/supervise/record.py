@@ -4,7 +4,7 @@ go on supervising a worker the previous one started.
 The daemon keeps the record of every instance current (`daemon.staterecord`) and hands
 the whole of it to the new code on `reexec`. A record holds the state machine's fields
 (state, pid, start and deadline on the monotonic clock, which a new process of the same
-boot shares; restarts and backoff) and the run's (its cgroup, the main pid's start time
+boot shares; restarts and backoff) and the run's (its cgroups, the main pid's start time
 to tell it from a reused pid, the processes seen in its tree, what it was started as).
 Pure: no I/O; `supervisor` opens what the record names.
 """
@@ -35,6 +35,7 @@ class RunRecord:
     known: dict[int, int] = field(default_factory=dict)  # pid -> start time
     spawned: dict[str, Any] = field(default_factory=dict)  # IDENTITY field -> value
     offsets: dict[str, int] = field(default_factory=dict)  # stream -> bytes seen
+    cpu_cgroup: Path | None = None  # its own cgroup in the cpu hierarchy (cgroup v1)
 
 
 def _exit_json(info: ExitInfo | None) -> dict[str, Any] | None:
@@ -102,6 +103,7 @@ def to_json(inst: Instance, run: RunRecord) -> dict[str, Any]:
         "run": {
             "pid_start": run.pid_start,
             "cgroup": str(run.cgroup) if run.cgroup is not None else None,
+            "cpu_cgroup": str(run.cpu_cgroup) if run.cpu_cgroup is not None else None,
             "last_progress": run.last_progress,
             "tasks_max": run.tasks_max,
             "known": {str(k): v for k, v in run.known.items()},
@@ -113,11 +115,12 @@ def to_json(inst: Instance, run: RunRecord) -> dict[str, Any]:
 
 def run_record(data: dict[str, Any]) -> RunRecord:
     run = data.get("run") or {}
-    cgroup = run.get("cgroup")
+    cgroup, cpu_cgroup = run.get("cgroup"), run.get("cpu_cgroup")
     return RunRecord(
         pid=data.get("pid"),
         pid_start=run.get("pid_start"),
         cgroup=Path(cgroup) if cgroup else None,
+        cpu_cgroup=Path(cpu_cgroup) if cpu_cgroup else None,
         last_progress=float(run.get("last_progress", 0.0)),
         tasks_max=run.get("tasks_max"),
         known={int(k): int(v) for k, v in (run.get("known") or {}).items()},

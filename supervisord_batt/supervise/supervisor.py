@@ -1,8 +1,9 @@
 """Runs the configured programs: executes what the state machine decides, on the loop.
 
-`states.Instance` decides (pure); this module does: it spawns into a worker cgroup,
-watches exits by pidfd, arms wall-clock deadlines with `loop.call_at` (exact, not a
-tick), kills whole trees, reads output pipes, and feeds every outcome back as an event.
+`states.Instance` decides (pure); this module does: it spawns into a worker cgroup (and
+its cpu counterpart, weighted per user: `cpushare`), watches exits by pidfd, arms
+wall-clock deadlines with `loop.call_at` (exact, not a tick), kills whole trees, reads
+output pipes, and feeds every outcome back as an event.
 
 # Why deadlines are loop timers and progress is checked on the tick
 A wall-clock limit must be enforced to the millisecond (the kill's overshoot is measured),
@@ -18,7 +19,7 @@ us, we reap them by pid on the tick.
 It is the one place where the state machine's actions meet the loop: spawn, timers,
 kills, output readers, reload and adoption all change the same instance table, run
 records and tally, in the order the machine's actions say. The pure parts are apart
-(`states`, `changes`, `record`, `output`, `proctree`, `cgroups`).
+(`states`, `changes`, `record`, `output`, `proctree`, `cgroups`, `cpushare`).
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ from supervisord_batt.host.procinfo import cgroup_fs_paths
 from supervisord_batt.logs import get_logger
 from supervisord_batt.supervise.cgroups import WorkerCgroup, WorkerCgroups, instance_dir_name
 from supervisord_batt.supervise.changes import ProgramChange, plan, stale
+from supervisord_batt.supervise.cpushare import Account, CpuShares
 from supervisord_batt.supervise.environ import worker_environment
 from supervisord_batt.supervise.output import PipeReader, StreamSink
 from supervisord_batt.supervise.proctree import (
     Adopted,
     Child,
+    CpuJoinFailed,
     ExitWatcher,
     UnknownUser,
     become_subreaper,
@@ -218,6 +221,7 @@ class Supervisor:
         socket_path: Path,
         on_tree_gone: Callable[[str, tuple[int, ...]], None],
         describe_limits: Callable[[], dict[str, Any]],
+        weigh: Callable[[int], float] | None = None,
     ) -> None:
         self.config = config
         self.socket_path = socket_path
@@ -230,6 +234,10 @@ class Supervisor:
         # one cgroup root per daemon: two daemons on a host never touch each other's workers
         base = f"supervisord-batt.{paths.daemon_id(socket_path)}"
         self.cgroups = WorkerCgroups.detect(base_name=base)
+        # each instance's cpu cgroup, weighted so that each user's weigh the same
+        self.cpu = CpuShares.detect(base, self.cgroups)
+        if weigh is not None:
+            self.cpu.weigh = weigh
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         # one queue for control: reloads and operators' start, stop and restart run one at
@@ -255,6 +263,8 @@ class Supervisor:
         # pid while it runs without a cgroup
         self._by_cgroup: dict[str, str] = {}
         self._mains: dict[int, str] = {}
+        self._reweigh_pending: asyncio.Handle | None = None
+        self._weights_said: dict[str, list[Any]] = {}  # the last `cpu_weights` line's
 
     # -- life -------------------------------------------------------------------------
 
@@ -287,6 +297,14 @@ class Supervisor:
                 record["left"] = problem
             log.warning("leftover_stopped", cgroup=str(cg.path), **record)
             self.leftovers.append(record)
+        for cg, killed, problem in self.cpu.leftovers():
+            log.warning(
+                "leftover_removed",
+                cgroup=str(cg.path),
+                pids=killed,
+                left=problem,
+                reason="an earlier daemon's cpu cgroup",
+            )
         return self.leftovers
 
     def start(
@@ -308,8 +326,11 @@ class Supervisor:
             cgroup_root=str(self.cgroups.root),
             cgroup_reason=self.cgroups.reason,
             subreaper=subreaper,
+            cpu_share=self.cpu.describe(),
             programs=[p.name for p in self.config.programs],
         )
+        if not self.cpu.enabled:
+            log.warning("cpu_shared_per_thread", reason=self.cpu.reason)
         records, pipes = records or {}, dict(pipes or {})
         adopted = []
         for program in self.config.programs:
@@ -318,6 +339,7 @@ class Supervisor:
                 data = records.get(name)
                 if data is not None and self._restore(inst, data, pipes, children):
                     adopted.append(name)
+        self._reweigh("adopted")
         for fd in pipes.values():  # of instances no longer configured, or not adopted
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -362,6 +384,7 @@ class Supervisor:
         run.spawned = spawned_as(inst.program, rec.spawned)
         if rec.cgroup is not None:
             run.cgroup = self.cgroups.adopt(rec.cgroup)
+        self.cpu.adopt(inst.name, _account(run.spawned), rec.cpu_cgroup, run.cgroup)
         for stream in ("stdout", "stderr"):
             sink = self.sinks[(inst.name, stream)]
             sink.total = rec.offsets.get(stream, 0)
@@ -396,6 +419,7 @@ class Supervisor:
                 pid=pid,
                 pid_start=start,
                 cgroup=run.cgroup.path if run.cgroup is not None else None,
+                cpu_cgroup=self.cpu.path_of(name),
                 last_progress=run.last_progress,
                 tasks_max=run.tasks_max,
                 known=run.known,
@@ -425,7 +449,7 @@ class Supervisor:
             if lost is not None:
                 log.error("output_lost", **lost)
         self.watcher.close()
-        problems = self.cgroups.cleanup()
+        problems = self.cgroups.cleanup() + self.cpu.cleanup()
         if problems:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
@@ -440,7 +464,7 @@ class Supervisor:
                     os.killpg(run.proc.pid, signal.SIGKILL)
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     run.proc.wait(timeout=1.0)  # ours: reap it so its cgroup empties
-        problems = self.cgroups.cleanup(retry_s=2.0)
+        problems = self.cgroups.cleanup(retry_s=2.0) + self.cpu.cleanup(retry_s=2.0)
         if problems:
             log.warning("cgroup_cleanup_incomplete", problems=problems)
 
@@ -528,6 +552,7 @@ class Supervisor:
         fds: list[int] = []
         try:
             cgroup = self._cgroup_for(inst) if self.cgroups.enabled else None
+            cpu_procs = self._cpu_join(inst, cgroup) if self.cpu.enabled else None
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             fds += (out_r, out_w)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -542,12 +567,17 @@ class Supervisor:
                 stdout=out_w,
                 stderr=err_w,
                 nofile=self.worker_nofile,
+                cpu_procs=cpu_procs,
             )
         except Exception as exc:  # whatever it is, a failed spawn: backoff, never a crash
             for fd in fds:
                 os.close(fd)
             if cgroup is not None:
                 self.cgroups.forget(cgroup)
+            self._cpu_leave(inst.name)
+            if isinstance(exc, CpuJoinFailed):  # the next try (the backoff's) goes without
+                self.cpu.disable(str(exc))
+                log.warning("cpu_shared_per_thread", reason=str(exc))
             self._spawn_failed(inst, exc)
             return
         for fd in (out_w, err_w):  # the child has them; the read ends are ours
@@ -594,6 +624,55 @@ class Supervisor:
                 reason=self.cgroups.last_error,
             )
         return cgroup
+
+    def _cpu_join(self, inst: Instance, cgroup: WorkerCgroup | None) -> str | None:
+        """The new run's cpu cgroup, weighted (with every other live one) before the
+        child starts; the cgroup.procs it joins (v1). One without: said, per thread."""
+        procs = self.cpu.join(inst.name, _account(inst.program), cgroup)
+        if killed := self.cpu.killed():
+            log.warning(
+                "leftover_killed",
+                program=inst.program.name,
+                instance=inst.name,
+                pids=killed,
+                reason="an earlier daemon's worker in the cpu cgroup of a new run",
+            )
+        if self.cpu.last_error is not None:
+            log.warning(
+                "cpu_cgroup_unavailable",
+                program=inst.program.name,
+                instance=inst.name,
+                reason=self.cpu.last_error,
+            )
+        for instance, problem in self.cpu.reweigh(inst.name):  # before the child runs
+            log.warning("cpu_weight_failed", instance=instance, reason=problem)
+        self._reweigh_soon()  # the others' (coalesced: a mass start rewrites them once)
+        return procs
+
+    def _cpu_leave(self, instance: str) -> None:
+        """The run's tree is gone: its cpu cgroup removed, the others weighed again."""
+        problem = self.cpu.leave(instance)
+        if problem is not None:
+            log.warning("cgroup_left", instance=instance, reason=problem)
+        self._reweigh_soon()
+
+    def _reweigh_soon(self) -> None:
+        """`_reweigh` once this loop iteration's starts and exits are done."""
+        if self._reweigh_pending is None:
+            loop = asyncio.get_running_loop()
+            self._reweigh_pending = loop.call_soon(self._reweigh, "starts and exits")
+
+    def _reweigh(self, why: str) -> None:
+        """Write the live instances' cpu weights (those that changed): each user's
+        instances together weigh the same, times the user's weight."""
+        self._reweigh_pending = None
+        for instance, problem in self.cpu.reweigh():
+            log.warning("cpu_weight_failed", instance=instance, reason=problem)
+        counts = self.cpu.counts()
+        users = {str(a): [n, self.cpu.weights.get(a)] for a, n in counts.items()}
+        if users != self._weights_said:  # user -> [instances, weight of each]
+            self._weights_said = users
+            log.debug("cpu_weights", reason=why, users=users)
 
     def _spawn_failed(self, inst: Instance, exc: Exception) -> None:
         """One line and one count per failed spawn; the state machine backs off (and
@@ -700,6 +779,7 @@ class Supervisor:
         self._exited(inst, proc, proc.wait())
         if run.cgroup is not None:
             self.cgroups.forget(run.cgroup)
+        self._cpu_leave(inst.name)
         self._unindex(run)
         run.proc, run.cgroup, run.readers, run.known = None, None, [], {}
         self.on_pipes(inst.name, None)
@@ -943,6 +1023,7 @@ class Supervisor:
             if added:
                 names = self._add_program(change.new, prepared.sinks, added)
                 report[change.name]["started"] = names
+        self._reweigh("reload")  # the users' weights may have changed
         lists = {how: [c.name for c in prepared.changes if c.how == how] for how in _HOWS}
         return {**lists, "programs": report}
 
@@ -1012,6 +1093,8 @@ class Supervisor:
 
     def _drop_instance(self, name: str) -> None:
         self.instances.pop(name, None)
+        if name in self.cpu:
+            self._cpu_leave(name)
         run = self.runs.pop(name, None)
         if run is not None:
             self._unindex(run)
@@ -1054,6 +1137,17 @@ def _outcome(run: Run, inst: Instance, returncode: int | None) -> str:
     if returncode is None:
         return "unknown"
     return "completed" if returncode == 0 else "failed"
+
+
+def _account(program: ProgramConfig | None) -> Account:
+    """Whose CPU share a run counts in: the uid it runs as (a user name no longer on the
+    host stands for itself)."""
+    if program is None or program.user is None:
+        return os.geteuid()
+    try:
+        return lookup_user(program.user).pw_uid
+    except UnknownUser:
+        return f"user {program.user}"
 
 
 def _is_ok(inst: Instance) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import PIDS_V1, pids_v1_writable, wait_until
+from tests.helpers import PIDS_V1, alive, pids_v1_writable, wait_until
 
 # The worker. ESCAPE_AFTER: seconds the grandchild stays in the tree (where a scan sees
 # it) before it escapes; CLEAR_ENV: it drops its environment too (only the daemon's
@@ -43,14 +43,6 @@ if os.fork() == 0:  # the child
     os._exit(0)  # the grandchild is an orphan now
 time.sleep(600)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(
@@ -94,14 +86,15 @@ def test_a_member_that_left_the_cgroup_and_session_is_killed_with_the_tree(  # n
     escaped = 0
     try:
         escaped = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=20))
-        assert _alive(escaped)
+        assert alive(escaped)
         with open(f"/proc/{escaped}/cgroup") as f:  # it did leave the worker's cgroup
-            assert "supervisord-batt" not in f.read()
+            pids = [line for line in f if ":pids:" in line]  # (not its cpu cgroup)
+            assert pids and "supervisord-batt" not in pids[0]
         kill = wait_until(lambda: d.events("timeout_kill"), timeout=30, what="the limit's kill")
-        wait_until(lambda: not _alive(escaped), timeout=10, what="the escaped member gone")
+        wait_until(lambda: not alive(escaped), timeout=10, what="the escaped member gone")
         assert kill[0]["survivors"] == []
         assert kill[0]["processes"] >= 2  # the main pid and the escaped one at least
     finally:
-        if escaped and _alive(escaped):  # ours (the test's worker's): by pid
+        if escaped and alive(escaped):  # ours (the test's worker's): by pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(escaped, signal.SIGKILL)

@@ -227,6 +227,11 @@ def test_stop_leaves_no_process_and_no_worker_cgroup(service: Service) -> None:
     )
     procs = {int(p) for f in service_dir.rglob("cgroup.procs") for p in f.read_text().split()}
     assert len(procs) >= 3  # the daemon and two workers
+    # Delegate=yes gives the daemon its cpu cgroup too: each worker has one there
+    assert service.status()["cpu_share"] == "per_user"
+    cpu_root = service.box.host_path("/sys/fs/cgroup/cpu")
+    workers = list((cpu_root / group.lstrip("/")).glob("supervisord-batt*.workers/*/cpu.shares"))
+    assert len(workers) == 2, workers
 
     service.box.systemctl("stop", UNIT)
     assert service.show("ActiveState")["ActiveState"] == "inactive"
@@ -235,7 +240,8 @@ def test_stop_leaves_no_process_and_no_worker_cgroup(service: Service) -> None:
     assert not service_dir.exists() or not any(
         f.read_text().split() for f in service_dir.rglob("cgroup.procs")
     )
-    assert not [d for d in pids_root.rglob("*") if d.is_dir() and "supervisord-batt" in d.name]
+    for root in (pids_root, cpu_root):
+        assert not [d for d in root.rglob("*") if d.is_dir() and "supervisord-batt" in d.name]
     assert not service.box.host_path("/run/supervisord-batt").exists()
 
 

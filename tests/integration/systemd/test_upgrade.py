@@ -142,6 +142,11 @@ def test_an_upgrade_from_the_previous_release_keeps_every_job(
         after = service.instances()
         assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
         assert all(i["restarts"] == 0 and i["state"] == "RUNNING" for i in after.values())
+        # the release had no cpu cgroups: the adopted workers are moved into theirs
+        for name, inst in after.items():
+            lines = service.box.host_path(f"/proc/{inst['pid']}/cgroup").read_text()
+            cpu = next(line for line in lines.splitlines() if ":cpu:" in line)
+            assert cpu.endswith(f".workers/{name.replace(':', '.')}"), (name, lines)
         wait_until(lambda: resumed(service) == 8, timeout=20, what="the 8 leases resumed")
         assert sorted(leases(service)) == held
         assert_rode_through(jobs)

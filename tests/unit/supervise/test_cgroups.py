@@ -15,6 +15,7 @@ from supervisord_batt.supervise.cgroups import (
     own_pids_dirs,
     plan_v2,
 )
+from tests.unit.supervise.fakecgroups import v2_cgroup
 
 
 @pytest.mark.parametrize(
@@ -40,19 +41,8 @@ def test_instance_dir_name_keeps_long_names_unique_and_short() -> None:
     assert "/" not in instance_dir_name("a/" * 200)
 
 
-def _cgroup(path: Path, controllers: str, subtree: str = "", root: bool = False) -> Path:
-    """A fake v2 cgroup directory: the interface files plan_v2 reads."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "cgroup.controllers").write_text(controllers + "\n")
-    (path / "cgroup.subtree_control").write_text(subtree + "\n")
-    (path / "cgroup.procs").write_text("")
-    if not root:
-        (path / "cgroup.type").write_text("domain\n")
-    return path
-
-
 def test_v2_plan_moves_a_systemd_service_to_a_leaf(tmp_path: Path) -> None:
-    own = _cgroup(tmp_path / "system.slice" / "x.service", "cpu memory pids")
+    own = v2_cgroup(tmp_path / "system.slice" / "x.service", "cpu memory pids")
     plan = plan_v2(own, "sb")
     assert plan == V2Plan(
         base=own,
@@ -63,29 +53,29 @@ def test_v2_plan_moves_a_systemd_service_to_a_leaf(tmp_path: Path) -> None:
 
 
 def test_v2_plan_when_already_in_the_leaf(tmp_path: Path) -> None:
-    base = _cgroup(tmp_path / "x.service", "pids", subtree="pids")
-    own = _cgroup(base / LEAF_NAME, "pids")
+    base = v2_cgroup(tmp_path / "x.service", "pids", subtree="pids")
+    own = v2_cgroup(base / LEAF_NAME, "pids")
     plan = plan_v2(own, "sb")
     assert isinstance(plan, V2Plan)
     assert plan.base == base and plan.leaf is None and plan.workers_root == base / "sb.workers"
 
 
 def test_v2_plan_at_the_root_needs_no_leaf(tmp_path: Path) -> None:
-    root = _cgroup(tmp_path, "cpu pids", root=True)
+    root = v2_cgroup(tmp_path, "cpu pids", root=True)
     plan = plan_v2(root, "sb")
     assert isinstance(plan, V2Plan) and plan.leaf is None
 
 
 def test_v2_plan_without_pids_says_why(tmp_path: Path) -> None:
     # this machine's hybrid layout: cgroup2 with hugetlb only, pids lives on v1
-    own = _cgroup(tmp_path, "hugetlb", root=True)
+    own = v2_cgroup(tmp_path, "hugetlb", root=True)
     reason = plan_v2(own, "sb")
     assert isinstance(reason, str)
     assert "pids controller is not available" in reason and "Delegate=yes" in reason
 
 
 def test_v2_plan_rejects_threaded_cgroups(tmp_path: Path) -> None:
-    own = _cgroup(tmp_path / "t", "pids")
+    own = v2_cgroup(tmp_path / "t", "pids")
     (own / "cgroup.type").write_text("threaded\n")
     reason = plan_v2(own, "sb")
     assert isinstance(reason, str) and "threaded" in reason
