@@ -395,8 +395,10 @@ class MemSim:
         job.ended = self.kernel.now
         job.failed = job.spec.tasks - job.done
         name = f"job{job.index}"
-        margin = self.margins.get(name)
-        if margin and name not in self.hit and self.charged.get(name, 0) >= margin:
+        margin = self.margins.get(name, 0)
+        size = max(self.seen.get(name, 0), self.own.get(name, 0))  # seen at its data
+        uncut = margin > 0 and name not in self.hit and size >= margin // KILL_MARGIN
+        if uncut and self.charged.get(name, 0) >= margin:
             del self.margins[name]  # a run charged the margin ended uncut: its size now
             if name in self.own and name in self.learned:  # its tasks' whole data, where
                 # its pool's figure was a victim's (workersizes' `_observe_own`)

@@ -67,8 +67,11 @@ A victim is often killed mid-write: what it held is part of its data (the kills 
 in docs/SIMULATION.md's plain rows held 57-105% of their 400 MiB), and a next run
 charged only that is killed again, each kill failing a run's tasks. So a kill that
 teaches charges its job KILL_MARGIN times what the victim held, until a run charged that
-much ends with no kill: that run's peak is then its size, and the margin goes. A run
-sized too small costs a run's tasks; one sized twice too big, half its pool for one run.
+much ends with no kill, seen at a scan at least at what the victim held: that run's peak
+is then its size, and the margin goes. A run seen only smaller (its scans came before
+its workers wrote their data) says nothing of its size, and the figure without the
+margin would be the victim's again: the margin stays. A run sized too small costs a
+run's tasks; one sized twice too big, half its pool for one run.
 
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
@@ -213,7 +216,7 @@ class WorkerSizes:
             key, size = self._own_live.pop(lease_id)
             if self._teaches(lease_id, size):
                 _keep(self._own_done, key, size, self.runs)
-            if self._uncut(key, lease_id) and key in self._done:
+            if self._uncut(key, lease_id, size) and key in self._done:
                 # its pool's figure was a victim's, killed mid-write: this run, charged
                 # the margin, ran its tasks whole in its own process
                 _keep(self._done, key, Peak(size), self.runs)
@@ -257,17 +260,20 @@ class WorkerSizes:
         if self._teaches(lease_id, peak.worker_bytes):
             _keep(self._done, key, peak, self.runs)
             self.changed = True
-        self._uncut(key, lease_id)
+        self._uncut(key, lease_id, peak.worker_bytes)
 
-    def _uncut(self, key: Key, lease_id: str) -> bool:
-        """A run that ends: with no kill, charged its job's kill margin, it takes the
-        margin away (its peak is the size now; one charged less ran before the kill).
-        Whether it did."""
+    def _uncut(self, key: Key, lease_id: str, size: int) -> bool:
+        """A run that ends at `size` bytes a worker: with no kill, charged its job's kill
+        margin and seen at least at what the victim held, it takes the margin away (its
+        peak is the size now; one charged less ran before the kill, one seen smaller was
+        not seen at its data). Whether it did."""
         margin = self._kills.get(key)
-        if margin and lease_id not in self._hit and self._charged.get(lease_id, 0) >= margin:
-            del self._kills[key]
-            return True
-        return False
+        if not margin or lease_id in self._hit or size < margin // KILL_MARGIN:
+            return False
+        if self._charged.get(lease_id, 0) < margin:
+            return False
+        del self._kills[key]
+        return True
 
     def end_all(self) -> None:
         """End every live run (the daemon stops: what they were seen at is kept; the

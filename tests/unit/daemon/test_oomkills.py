@@ -250,3 +250,24 @@ def test_a_kill_of_another_uid_or_of_no_lease_teaches_nothing_and_judges_the_liv
     assert not watch.seen(OomKill(999, "reaped", "/m/child", 900 * MIB, uid=1000))
     judged.observe([], {}, {}, {}, oom=False)
     assert judged.ended() == {}  # judged: 20 MiB under its 512 MiB charge, dropped
+
+
+def test_a_run_charged_the_margin_whose_scans_saw_no_data_leaves_it() -> None:
+    """A victim killed mid-write at 900 MiB: its job is charged 1.8 GiB. The next run,
+    charged that, is seen only at a scan before its workers wrote their data (20 MiB of
+    interpreter) and ends uncut: its peak is no size, and were the margin gone the job's
+    figure would be the victim's 900 MiB again, which was killed mid-write."""
+    sizes = WorkerSizes()
+    assert sizes.killed(lease("L1", 100, 4), 900 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([], {}, {}, {})
+    bare = lease("L2", 200, 4)
+    t, rss = tree(200, 20, 20)
+    sizes.observe([bare], {200: t}, rss, {"L2": 1800 * MIB})
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures()[KEY] == Learned(1800 * MIB, 2, from_kill=True)
+    seen = lease("L3", 300, 4)  # one seen at its data: its size is the figure
+    t, rss = tree(300, 1500, 1500)
+    sizes.observe([seen], {300: t}, rss, {"L3": 1800 * MIB})
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures()[KEY] == Learned(1500 * MIB, 3)
+
