@@ -295,6 +295,9 @@ class MemSim:
         # the least a job is charged since an OOM kill taught it (workersizes'
         # KILL_MARGIN times what the victim held), until a run charged that ends uncut
         self.margins: dict[str, int] = dict(margins or {})
+        # the jobs whose margin was set in this run: sized before it, their charge is not
+        # raised to it (workersizes' `_pinned`)
+        self.pinned: set[str] = set()
         # the jobs' own processes while they ran their tasks (workersizes): the figure
         # where no pool's counts
         self.own: dict[str, int] = {}
@@ -462,7 +465,7 @@ class MemSim:
         if self.host.learn:
             for job in self.jobs:
                 name = f"job{job.index}"
-                if job.lease is not None:
+                if job.lease is not None and name not in self.pinned:
                     charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
                     self.charged[name] = max(charge, self.charged.get(name, 0))
                 if job.pool is not None and job.lease is not None:
@@ -487,8 +490,9 @@ class MemSim:
         if not self.host.learn or self.ledger is None or job.lease is None:
             return
         self.hit.add(name)
-        charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
-        self.charged[name] = max(charge, self.charged.get(name, 0))
+        if name not in self.pinned:
+            charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
+            self.charged[name] = max(charge, self.charged.get(name, 0))
         teaches = True
         if victim.role == "worker":
             self.seen[name] = max(self.seen.get(name, 0), held)
@@ -498,6 +502,7 @@ class MemSim:
             teaches = False
         if teaches and held >= self.charged[name]:  # killed mid-write: part of its data
             self.margins[name] = max(self.margins.get(name, 0), KILL_MARGIN * held)
+            self.pinned.add(name)
         self._teach()
 
     def _teach(self) -> None:

@@ -70,8 +70,12 @@ teaches charges its job KILL_MARGIN times what the victim held, until a run char
 much ends with no kill, seen at a scan at least at what the victim held: that run's peak
 is then its size, and the margin goes. A run seen only smaller (its scans came before
 its workers wrote their data) says nothing of its size, and the figure without the
-margin would be the victim's again: the margin stays. A run sized too small costs a
-run's tasks; one sized twice too big, half its pool for one run.
+margin would be the victim's again: the margin stays. The runs of the job live when the
+margin is set were sized before it: their charge stays what it was (a kill's victim
+held more than that, so its run's peak is kept), and none of them takes the margin
+away (a run not scanned yet then is charged the margin at its first scan; its peak
+must still reach the victim's). A run sized too small costs a run's tasks; one sized
+twice too big, half its pool for one run.
 
 Kept in memory, and the ended runs in a small file beside the socket
 (`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
@@ -150,6 +154,9 @@ class WorkerSizes:
     # (KILL_MARGIN times what the victim held), until a run charged that ends uncut (in
     # memory only; `status` says the figure came from a kill while it is that)
     _kills: dict[Key, int] = field(default_factory=dict)
+    # by lease id: the runs live when their job's margin was set, sized before it: their
+    # charge is not raised to it (`killed`)
+    _pinned: set[str] = field(default_factory=set)
 
     def observe(
         self,
@@ -169,7 +176,8 @@ class WorkerSizes:
         leases = list(leases)
         for lease_id, size in (charged or {}).items():  # the most: the charge before its
             # own live peak lowered its job's figure (a bare worker seen before its data)
-            self._charged[lease_id] = max(size, self._charged.get(lease_id, 0))
+            if lease_id not in self._pinned:
+                self._charged[lease_id] = max(size, self._charged.get(lease_id, 0))
         if oom:  # the runs ending now were live when it was counted too
             self._hit.update(lease.lease_id for lease in leases)
             self._hit.update(self._live, self._own_live)
@@ -203,6 +211,7 @@ class WorkerSizes:
         for lease_id in [i for i in self._charged if i not in live]:
             del self._charged[lease_id]
         self._hit.intersection_update(live)
+        self._pinned.intersection_update(live)
         return pools
 
     def _observe_own(self, leases: Iterable[Lease], rss: Mapping[int, int], live: set[str]) -> None:
@@ -231,7 +240,9 @@ class WorkerSizes:
         process). Whether it taught a size."""
         lease_id, key = lease.lease_id, (lease.job, lease.uid)
         self._hit.add(lease_id)
-        self._charged[lease_id] = max(charged, self._charged.get(lease_id, 0))
+        if lease_id not in self._pinned or lease_id not in self._charged:  # pinned: a
+            # kill before taught its job a margin, its workers sized before that
+            self._charged[lease_id] = max(charged, self._charged.get(lease_id, 0))
         if holder and (runs_itself(lease) or lease_id in self._own_live):
             _, before = self._own_live.get(lease_id, (key, 0))
             self._own_live[lease_id] = (key, max(before, rss))
@@ -243,6 +254,10 @@ class WorkerSizes:
         if rss < self._charged[lease_id]:  # the most it was charged, as `_teaches` says
             return False  # killed short of its charge: the job keeps what it had
         _keep_latest(self._kills, key, max(KILL_MARGIN * rss, self._kills.get(key, 0)))
+        # the job's runs live now were sized before the margin: it is not their charge
+        runs = (*self._live.items(), *self._own_live.items())
+        self._pinned.update(i for i, (k, _) in runs if k == key)
+        self._pinned.add(lease_id)
         return True
 
     def judge(self, lease_ids: Iterable[str]) -> None:

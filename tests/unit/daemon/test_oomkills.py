@@ -271,3 +271,47 @@ def test_a_run_charged_the_margin_whose_scans_saw_no_data_leaves_it() -> None:
     sizes.observe([], {}, {}, {})
     assert sizes.figures()[KEY] == Learned(1500 * MIB, 3)
 
+
+def test_the_killed_run_keeps_its_victims_size_when_it_outlives_a_scan() -> None:
+    """The run a kill taught goes on (its pool replaces the worker) and is scanned again,
+    where the job's charge is the margin now: the victim's size is still what the run
+    ends at, saved for the next daemon (it held more than the run's workers were
+    charged when they started)."""
+    sizes = WorkerSizes()
+    held = lease("L1", 100, 4)
+    t, rss = tree(100, 20, 20)
+    sizes.observe([held], {100: t}, rss, {"L1": CHARGE})
+    assert sizes.killed(held, 900 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([held], {100: t}, rss, {"L1": 1800 * MIB})  # charged the margin now
+    # another of its workers started before the margin, killed at 800 MiB: a size too
+    assert sizes.killed(held, 800 * MIB, holder=False, charged=1800 * MIB)
+    sizes.observe([], {}, {}, {})
+    assert sizes.ended() == {KEY: [(900 * MIB, 0, 0)]}
+    assert sizes.figures()[KEY] == Learned(1800 * MIB, 1, from_kill=True)
+
+
+def test_a_run_sized_before_the_kill_and_scanned_after_leaves_the_margin() -> None:
+    """A run of the same job granted at 512 MiB a worker before the kill is scanned
+    after it, when the job's charge is the margin, and ends uncut: its pool was sized
+    before, so it says nothing of the margin (as where no scan came between)."""
+    sizes = WorkerSizes()
+    early = lease("L0", 200, 4)
+    t, rss = tree(200, 1000)
+    sizes.observe([early], {200: t}, rss, {"L0": CHARGE})
+    assert sizes.killed(lease("L1", 100, 4), 900 * MIB, holder=False, charged=CHARGE)
+    sizes.observe([early], {200: t}, rss, {"L0": 1800 * MIB})
+    sizes.observe([], {}, {}, {})
+    assert sizes.figures()[KEY] == Learned(1800 * MIB, 2, from_kill=True)
+
+
+def test_a_run_pinned_before_any_charge_was_given_takes_its_kills_charge() -> None:
+    """A run scanned with no charge given (memory not budgeted then) and live when its
+    job's margin was set: a kill in it later is weighed against the charge it reports."""
+    sizes = WorkerSizes()
+    early = lease("L0", 200, 4)
+    t, rss = tree(200, 20)
+    sizes.observe([early], {200: t}, rss)
+    assert sizes.killed(lease("L1", 100, 4), 900 * MIB, holder=False, charged=CHARGE)
+    assert not sizes.killed(early, 300 * MIB, holder=False, charged=CHARGE)
+    assert sizes.killed(early, 1000 * MIB, holder=False, charged=CHARGE)
+    assert sizes.figures()[KEY] == Learned(2000 * MIB, 2, from_kill=True)
