@@ -229,6 +229,7 @@ class WorkerSizes:
                 # its pool's figure was a victim's, killed mid-write: this run, charged
                 # the margin, ran its tasks whole in its own process
                 _keep(self._done, key, Peak(size), self.runs)
+                self.changed = True
 
     def killed(self, lease: Lease, rss: int, holder: bool, charged: int) -> bool:
         """An OOM kill the kernel reported in `lease`'s tree: its victim held `rss` bytes

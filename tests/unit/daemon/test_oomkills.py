@@ -94,8 +94,11 @@ def test_a_run_granted_sequential_under_the_margin_gives_its_pool_its_size() -> 
     assert sizes.figures() == {KEY: Learned(1800 * MIB, 1, from_kill=True)}
     seq = dataclasses.replace(lease("L2", 200, 0, kind="sequential"), wanted=4)
     sizes.observe([seq], {}, {200: 1560 * MIB}, {"L2": 1800 * MIB})
+    sizes.changed = False  # saved (`SizesFile.save`)
     sizes.observe([], {}, {}, {})
     assert sizes.figures() == {KEY: Learned(1560 * MIB, 2)}
+    # the pool's new figure is saved: a restarted daemon has it, not the victim's alone
+    assert sizes.changed and sizes.ended() == {KEY: [(900 * MIB, 0, 0), (1560 * MIB, 0, 0)]}
 
 
 def test_a_kill_below_the_charge_or_of_a_pools_holder_teaches_no_size() -> None:
