@@ -141,7 +141,7 @@ class MemHost:
     learn: bool = True  # the daemon learns each job's worker size from its scans
     kmsg: bool = True  # ... and from the kernel's OOM-kill reports (daemon/oomkills.py)
     sample_interval: float = 1.0
-    scan_interval: float = 1.0
+    scan_interval: float = 1.0  # the daemon's default is 10 s: runs here last 5-11 s
     others: float = 0.0  # threads the host's other programs keep runnable (a measured run's)
     # other sessions with a runnable process, on average (a measured run's; 0: not known).
     # Given, the CPUs are shared among sessions first, as this kernel does (autogroup):
@@ -307,6 +307,10 @@ class MemSim:
         self.seen: dict[str, int] = {}
         self.charged: dict[str, int] = {}
         self.hit: set[str] = set()
+        # the last scan's time and what it saw (trees, pools' and own processes' bytes by
+        # lease), given to the ledger at each sample until the next (the daemon's `_scan`)
+        self.last_scan = -math.inf
+        self.scanned: tuple[dict[str, int], dict[str, int], dict[str, int]] = ({}, {}, {})
         self.grants: list[str] = []
         self.ledger: BudgetLedger | None = None
         if mode == "budget":
@@ -450,9 +454,20 @@ class MemSim:
 
     def _tick(self) -> None:
         assert self.ledger is not None
+        scan = self.kernel.now - self.last_scan >= self.host.scan_interval - 1e-9
+        if scan:  # the daemon's slow pass: between two, the ledger is given the last one's
+            self.last_scan = self.kernel.now
+            self.scanned = self._scan()
+        self.ledger.update(self.sample(), *self.scanned)
+        if scan and self.host.learn:
+            self._learn(self.scanned[2])
+        if any(j.ended is None for j in self.jobs):
+            self.kernel.after(self.host.sample_interval, self._tick)
+
+    def _scan(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """What a scan sees (the daemon's `_scan`), by lease: the trees' tasks, what a
+        pool's live workers hold, else the job's own process, which runs its tasks."""
         trees = {j.lease: 3 + (len(j.pool.workers) if j.pool else 0) for j in self.jobs if j.lease}
-        # what the scan sees the working processes hold (the daemon's `_learn`): a pool's
-        # live workers, else the job's own process, which runs its tasks
         pools, holders = {}, {}
         for j in self.jobs:
             if j.lease is None:
@@ -461,22 +476,23 @@ class MemSim:
                 pools[j.lease] = sum(b.rss for b in j.pool.workers if b.alive)
             elif j.main is not None and j.main.alive:
                 holders[j.lease] = j.main.rss
-        self.ledger.update(self.sample(), trees, pools, holders)
-        if self.host.learn:
-            for job in self.jobs:
-                name = f"job{job.index}"
-                if job.lease is not None and name not in self.pinned:
-                    charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
-                    self.charged[name] = max(charge, self.charged.get(name, 0))
-                if job.pool is not None and job.lease is not None:
-                    sizes = [b.rss for b in job.pool.workers if b.alive]
-                    if sizes:  # a scan sees live workers only, their data written or not
-                        self.seen[name] = max(self.seen.get(name, 0), *sizes)
-                elif job.lease in holders:
-                    self.own[name] = max(self.own.get(name, 0), holders[job.lease])
-            self._teach()
-        if any(j.ended is None for j in self.jobs):
-            self.kernel.after(self.host.sample_interval, self._tick)
+        return trees, pools, holders
+
+    def _learn(self, holders: dict[str, int]) -> None:
+        """What the daemon learns at a scan (its `_learn`), `holders` the own processes'."""
+        assert self.ledger is not None
+        for job in self.jobs:
+            name = f"job{job.index}"
+            if job.lease is not None and name not in self.pinned:
+                charge = self.ledger.worker_bytes(name, UID, job.spec.declared)
+                self.charged[name] = max(charge, self.charged.get(name, 0))
+            if job.pool is not None and job.lease is not None:
+                sizes = [b.rss for b in job.pool.workers if b.alive]
+                if sizes:  # a scan sees live workers only, their data written or not
+                    self.seen[name] = max(self.seen.get(name, 0), *sizes)
+            elif job.lease in holders:
+                self.own[name] = max(self.own.get(name, 0), holders[job.lease])
+        self._teach()
 
     def reported(self, victim: Box, held: int) -> None:
         """An OOM kill as the daemon sees it: with the kernel's report (`MemHost.kmsg`),

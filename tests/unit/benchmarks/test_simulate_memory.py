@@ -17,6 +17,7 @@ from benchmarks.sim.memory import JobSpec, Mem, MemHost, MemResult, MemSim
 from benchmarks.sim.memtable import (
     CELLS,
     POLICIES,
+    MemCell,
     client_of,
     run_policy,
     validate,
@@ -92,6 +93,18 @@ def test_the_documented_memory_findings() -> None:
         assert got[(name, "budget memory_per_slot")].oom_kills > 0, name
 
 
+def learned_runs(cell: MemCell, host: MemHost, n: int = 4) -> tuple[list[MemResult], list[int]]:
+    """`n` runs of the cell's jobs under the budget, each learning from the one before
+    (its figures and kill margins), and the margins each left."""
+    runs, learned, margins, kept = [], None, None, []
+    for _ in range(n):
+        sim = MemSim(cell.jobs(), "budget", host, learned=learned, margins=margins)
+        runs.append(sim.run())
+        learned, margins = sim.figures, sim.margins
+        kept.append(len(margins))
+    return runs, kept
+
+
 def test_an_oom_kill_the_kernel_reports_teaches_its_jobs_size() -> None:
     """docs/SIMULATION.md (Memory), learned: where workers of 1.5-2 GiB meet the limit
     and the jobs declare nothing, a first run's kills teach each victim's job. Its data
@@ -104,13 +117,7 @@ def test_an_oom_kill_the_kernel_reports_teaches_its_jobs_size() -> None:
     nothing below its charge taught), the second run of both has no kill either."""
     for name in ("mixed sizes", "big workers"):
         cell = next(c for c in CELLS if c.name == name)
-        host = MemHost(cores=cell.cores, limit=cell.limit, cpu_cap=4 * cell.cores)
-        runs, learned, margins, kept = [], None, None, []
-        for _ in range(4):
-            sim = MemSim(cell.jobs(), "budget", host, learned=learned, margins=margins)
-            runs.append(sim.run())
-            learned, margins = sim.figures, sim.margins
-            kept.append(len(margins))
+        runs, kept = learned_runs(cell, MemHost(cell.cores, cell.limit, cpu_cap=4 * cell.cores))
         first, second, *later = runs
         assert first.oom_kills > 0 and kept[0] > 0, name
         assert (second.oom_kills, second.failed) == (0, 0) and kept[1:] == [0, 0, 0], name
@@ -123,6 +130,24 @@ def test_an_oom_kill_the_kernel_reports_teaches_its_jobs_size() -> None:
     for name in ("small workers", "the proof's shape"):  # no kill: the same either way
         cell = next(c for c in CELLS if c.name == name)
         assert run_policy(cell, "budget learned") == run_policy(cell, "budget learned", kmsg=False)
+
+
+def test_at_the_daemons_scan_interval_a_margin_is_kept_until_a_scan_sees_the_data() -> None:
+    """docs/SIMULATION.md (Memory), learned, scanned every 10 s (the daemon's default
+    scan_interval) where these runs last 5-11 s: a scan mostly sees a run's workers bare
+    or not at all. A run charged a kill's margin that ends uncut so seen says nothing of
+    its size: every margin stays, and mixed sizes has no kill after its first run.
+    Clearing them then left the victims' mid-write sizes: big workers' runs 2-4 had 1, 2
+    and 6 kills (31, 63 and 105 tasks failed). Big workers keeps 1 kill a run here: its
+    jobs never killed are learned at 131 MiB, their workers seen bare (the learning's
+    limit at this interval, not the margins')."""
+    for name in ("mixed sizes", "big workers"):
+        cell = next(c for c in CELLS if c.name == name)
+        host = MemHost(cell.cores, cell.limit, cpu_cap=4 * cell.cores, scan_interval=10.0)
+        runs, kept = learned_runs(cell, host)
+        assert runs[0].oom_kills > 0 and kept == [kept[0]] * 4, (name, kept)
+        if name == "mixed sizes":
+            assert all((r.oom_kills, r.failed) == (0, 0) for r in runs[1:]), runs
 
 
 def test_jobs_that_declare_their_size_are_never_oom_killed() -> None:
