@@ -123,8 +123,9 @@ def test_issue24_a_pool_that_grows_into_the_memory_reserve_is_asked_to_shrink(
         assert first == {"kind": "process", "workers": WANT}, first  # 4 x 128 MiB fit
         while (line := proc.stdout.readline()) and "done" not in (said := json.loads(line)):
             row = lease_row(d)  # the job holds its workers until it reads "go"
-            assert (row["target"], row["workers"]) == (said["target"], said["workers"]), row
-            assert row["target"] < row["workers"], row
+            # the lease's workers are what it may run: an acknowledged shrink whose target
+            # rose meanwhile (a stopped worker freed its memory) leaves it more than run
+            assert row["target"] == said["target"] < said["workers"] <= row["workers"], row
             assert cg.oom_kills() == 0, "OOM killed before the shrink was asked"
             shrinks.append(said)
             proc.stdin.write(b"go\n")
