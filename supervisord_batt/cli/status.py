@@ -74,7 +74,7 @@ def worker_size_lines(leases: list[protocol.LeaseRow]) -> list[str]:
         if size and declared == size:  # charged what the job declared: not learned (yet)
             more = f" ({runs} runs learned)" if runs else ""
             lines.append(f"{name}: {_bytes(size)} per worker, declared{more}")
-        elif runs and size:
+        elif size and (runs or row.get("learned_from_kill")):  # a kill's margin: 0 runs yet
             tasks = row.get("worker_tasks"), row.get("pool_tasks")
             lines.append(size_line(name, size, runs, tasks, bool(row.get("learned_from_kill"))))
     return ["", *lines] if lines else []

@@ -60,3 +60,7 @@ def test_a_size_learned_from_an_oom_kill_says_so() -> None:
     """Issue 24: a figure that is what an OOM-killed worker held says where it came from."""
     killed = row("batt", 1000, int(1.5 * GIB), 1) | {"learned_from_kill": True}
     assert worker_size_lines([killed])[1:] == ["batt: 1.5 GiB per worker, learned from an OOM kill"]
+    # a job's own process killed while running its tasks: charged the kill's margin at
+    # once, before its run ends and counts (0 runs): shown all the same
+    margin = row("own", 1000, 3 * GIB, 0) | {"learned_from_kill": True}
+    assert worker_size_lines([margin])[1:] == ["own: 3.0 GiB per worker, learned from an OOM kill"]
