@@ -647,6 +647,7 @@ class Daemon:
         # who asks alone, for the next daemon only: 4,096 askers are too many for the
         # writes of every lease change, and a crash losing them costs a window once each
         self.state_record.write({"lone": self.ledger.lone.record()})
+        self.sizes_file.save(self.commands.worker_sizes)  # a kill's margin since the scan
         log.info(
             "reexec",
             daemon_pid=os.getpid(),

@@ -1,5 +1,6 @@
 """Each job's learned figures kept across restarts (issue 24): the ended runs of
-`WorkerSizes`, in a small file beside the socket.
+`WorkerSizes` and the OOM kills' margins it still charges, in a small file beside the
+socket.
 
 # Why beside the socket
 That directory is one only root (or the daemon's user) can write in, checked at bind
@@ -15,8 +16,8 @@ plain file of the daemon's user with one link, that is reached through a symlink
 is larger than MAX_BYTES or not exactly this module's shape is not read at all, said once
 (`worker_sizes_ignored`), and the daemon learns from scratch. Written atomically
 (`safepath.replace_file`): a crash mid-write leaves the file before, never half of one.
-Written when a run ended since the last write (at most once a scan) and at a clean stop,
-where the live runs end.
+Written when a run ended or a margin changed since the last write (at most once a scan),
+before a re-execution and at a clean stop, where the live runs end.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from supervisord_batt.logs import get_logger
 log = get_logger(component="daemon")
 
 VERSION = 1
-# a job name of 256 characters, 32 runs of three figures of 20 digits each, 4,096 jobs
-MAX_BYTES = MAX_JOBS * (300 + RUNS * 70)
+# a job name of 256 characters, 32 runs of three figures of 20 digits each, 4,096 jobs,
+# and a margin each
+MAX_BYTES = MAX_JOBS * (300 + RUNS * 70 + 300)
 MAX_JOB_NAME = 256
 
 
@@ -62,17 +64,19 @@ class SizesFile:
         with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_BYTES + 1)
         try:
-            ended = _parse(data)
+            ended, margins = _parse(data)
         except ValueError as exc:  # json's errors are ValueErrors too
             log.warning("worker_sizes_ignored", path=str(self.path), reason=str(exc))
             return 0
-        sizes.restore(ended)
-        return len(ended)
+        sizes.restore(ended, margins)
+        return len(ended.keys() | margins.keys())
 
     def save(self, sizes: WorkerSizes) -> None:
         """Replace the file with the ended runs of `sizes`; a failure is said once in a row."""
         jobs = [[job, uid, [list(p) for p in runs]] for (job, uid), runs in sizes.ended().items()]
-        data = json.dumps({"version": VERSION, "jobs": jobs}, separators=(",", ":")).encode()
+        margins = [[job, uid, size] for (job, uid), size in sizes.margins().items()]
+        record = {"version": VERSION, "jobs": jobs, "margins": margins}
+        data = json.dumps(record, separators=(",", ":")).encode()
         try:
             safepath.replace_file(self.path, data, 0o600)
         except OSError as exc:
@@ -84,8 +88,9 @@ class SizesFile:
         self.failures = 0
 
 
-def _parse(data: bytes) -> dict[Key, list[Peak]]:
-    """The runs of a saved file, checked to the last figure (ValueError: why not)."""
+def _parse(data: bytes) -> tuple[dict[Key, list[Peak]], dict[Key, int]]:
+    """The runs and the kills' margins of a saved file, checked to the last figure
+    (ValueError: why not). A file of a release before the margins has none."""
     if len(data) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES} bytes")
     record = json.loads(data)
@@ -106,7 +111,23 @@ def _parse(data: bytes) -> dict[Key, list[Peak]]:
         if not all(isinstance(r, list) and len(r) == 3 and all(map(_count, r)) for r in runs):
             raise ValueError(f"{job}: a run is not three counts")
         out[job, uid] = [Peak(*r) for r in runs]
-    return out
+    return out, _margins(record.get("margins", []))
+
+
+def _margins(entries: Any) -> dict[Key, int]:
+    if not isinstance(entries, list) or len(entries) > MAX_JOBS:
+        raise ValueError(f"margins: not a list of at most {MAX_JOBS}")
+    margins: dict[Key, int] = {}
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise ValueError(f"not a [job, uid, bytes] margin: {entry!r:.80}")
+        job, uid, size = entry
+        if not (isinstance(job, str) and 0 < len(job) <= MAX_JOB_NAME and _count(uid)):
+            raise ValueError(f"not a job and uid: {job!r:.80}, {uid!r:.20}")
+        if not (_count(size) and size > 0):
+            raise ValueError(f"{job}: a margin is not a count of bytes")
+        margins[job, uid] = size
+    return margins
 
 
 def _count(x: Any) -> bool:

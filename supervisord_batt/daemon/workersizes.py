@@ -77,8 +77,9 @@ away (a run not scanned yet then is charged the margin at its first scan; its pe
 must still reach the victim's). A run sized too small costs a run's tasks; one sized
 twice too big, half its pool for one run.
 
-Kept in memory, and the ended runs in a small file beside the socket
-(`daemon.sizesfile`), written when a run ends: a restarted daemon starts from them.
+Kept in memory, and the ended runs and the kills' margins in a small file beside the
+socket (`daemon.sizesfile`), written when a run ends or a margin changes: a restarted
+daemon starts from them.
 
 Each scan also gives the budget what each process lease's workers hold now (`observe`'s
 result): below the memory reserve, a pool that grew gives that back as it shrinks.
@@ -151,8 +152,8 @@ class WorkerSizes:
     _charged: dict[str, int] = field(default_factory=dict)
     _hit: set[str] = field(default_factory=set)
     # per (job, uid): the least its workers are charged since an OOM kill taught it
-    # (KILL_MARGIN times what the victim held), until a run charged that ends uncut (in
-    # memory only; `status` says the figure came from a kill while it is that)
+    # (KILL_MARGIN times what the victim held), until a run charged that ends uncut
+    # (saved with the ended runs; `status` says the figure came from a kill while it is that)
     _kills: dict[Key, int] = field(default_factory=dict)
     # by lease id: the runs live when their job's margin was set, sized before it: their
     # charge is not raised to it (`killed`)
@@ -255,6 +256,7 @@ class WorkerSizes:
         if rss < self._charged[lease_id]:  # the most it was charged, as `_teaches` says
             return False  # killed short of its charge: the job keeps what it had
         _keep_latest(self._kills, key, max(KILL_MARGIN * rss, self._kills.get(key, 0)))
+        self.changed = True  # saved: a restart must not charge the victim's size alone
         # the job's runs live now were sized before the margin: it is not their charge
         runs = (*self._live.items(), *self._own_live.items())
         self._pinned.update(i for i, (k, _) in runs if k == key)
@@ -289,6 +291,7 @@ class WorkerSizes:
         if self._charged.get(lease_id, 0) < margin:
             return False
         del self._kills[key]
+        self.changed = True
         return True
 
     def end_all(self) -> None:
@@ -302,11 +305,20 @@ class WorkerSizes:
         """The ended runs' peaks per (job, uid), oldest first: what is saved."""
         return {key: list(runs) for key, runs in self._done.items()}
 
-    def restore(self, ended: Mapping[Key, Iterable[Peak]]) -> None:
-        """Start from the ended runs a daemon before saved (`ended`), oldest first."""
+    def margins(self) -> dict[Key, int]:
+        """The kills' margins still charged, per (job, uid): saved with the ended runs."""
+        return dict(self._kills)
+
+    def restore(
+        self, ended: Mapping[Key, Iterable[Peak]], margins: Mapping[Key, int] | None = None
+    ) -> None:
+        """Start from the ended runs a daemon before saved (`ended`), oldest first, and
+        the margins it still charged (`margins`)."""
         for key, runs in ended.items():
             for peak in runs:  # judged when they ended: kept as they were saved
                 _keep(self._done, key, peak, self.runs)
+        for key, margin in (margins or {}).items():
+            _keep_latest(self._kills, key, margin)
         self.changed = False
 
     def figures(self) -> dict[Key, Learned]:

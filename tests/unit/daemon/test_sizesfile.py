@@ -51,6 +51,23 @@ def test_the_ended_runs_are_restored_by_the_next_daemon(socket: Path) -> None:
     assert not after.changed  # nothing new to save
 
 
+def test_a_kills_margin_is_restored_by_the_next_daemon(socket: Path) -> None:
+    """A worker killed mid-write at 900 MiB charges its job 1.8 GiB until a run so
+    charged ends uncut; a daemon restarted (or re-executed) before that charged the
+    victim's 900 MiB alone, and its next run was killed again. A file of a release
+    before the margins still reads (no margins)."""
+    before = WorkerSizes()
+    assert before.killed(lease("L1", 100, 4, "big"), 900 * MIB, holder=False, charged=512 * MIB)
+    assert before.changed  # saved at the next scan, though no run ended
+    SizesFile(socket).save(before)
+    after = WorkerSizes()
+    assert SizesFile(socket).load(after) == 1
+    assert after.figures() == {("big", 1000): Learned(1800 * MIB, 0, from_kill=True)}
+    old = {"version": 1, "jobs": [["big", 1000, [[900 * MIB, 0, 0]]]]}
+    sizesfile.sizes_path(socket).write_text(json.dumps(old))
+    assert SizesFile(socket).load(WorkerSizes()) == 1
+
+
 def test_no_file_is_no_figure_and_no_event(socket: Path) -> None:
     with capture_logs() as logs:
         assert SizesFile(socket).load(WorkerSizes()) == 0
@@ -92,6 +109,11 @@ def test_a_symlink_or_another_users_file_is_not_read(socket: Path, tmp_path: Pat
         b'{"version": 1, "jobs": [["", 1000, [[1, 1, 1]]]]}',
         json.dumps({"version": 1, "jobs": [["big", 1000, [[1, 1, 1]] * 33]]}).encode(),
         b" " * (sizesfile.MAX_BYTES + 1),
+        b'{"version": 1, "jobs": [], "margins": {"big": 1}}',
+        b'{"version": 1, "jobs": [], "margins": [["big", 1000, 0]]}',
+        b'{"version": 1, "jobs": [], "margins": [["big", 1000, 1.5]]}',
+        b'{"version": 1, "jobs": [], "margins": [["big", 1000]]}',
+        b'{"version": 1, "jobs": [], "margins": [["", 1000, 1]]}',
     ],
 )
 def test_a_file_of_another_shape_is_not_read_at_all(socket: Path, text: bytes) -> None:
