@@ -39,6 +39,7 @@ from supervisord_batt.host import procfs
 from supervisord_batt.supervise.cgroups import (
     WorkerCgroup,
     WorkerCgroups,
+    instance_dir_name,
     read_own_cgroups,
     write_value,
 )
@@ -194,8 +195,8 @@ class CpuShares:
     ) -> bool:
         """A run the previous daemon started (a re-execution, a restart): its recorded cpu
         cgroup `path` is ours from now on. v1 without one (a daemon from before cpu
-        cgroups): a new one, and the members of its pids cgroup moved in. Whether it is
-        live (weighed) now."""
+        cgroups): the instance's cpu cgroup (the one there, else a new one) with the
+        members of its pids cgroup moved in. Whether it is live (weighed) now."""
         if self.version == 2 and pids is not None:
             self._add(instance, _Live(account, pids.path / _FILES[2], None))
         elif self.version == 1 and self.dirs is not None:
@@ -207,10 +208,13 @@ class CpuShares:
         return instance in self._live
 
     def _move_in(self, instance: str, pids: WorkerCgroup) -> WorkerCgroup | None:
-        """A new cpu cgroup holding what `pids` holds now (a process forked during the
-        move stays where it was: with its parent's weight, per thread)."""
-        assert self.dirs is not None
-        cg = self.dirs.create(instance)
+        """The instance's cpu cgroup holding what `pids` holds now (a process forked
+        during the move stays where it was: with its parent's weight, per thread). One
+        already there is adopted, never emptied: a release without cpu cgroups that
+        adopted the run in between recorded none, and its worker is still in it."""
+        assert self.dirs is not None and self.dirs.root is not None
+        cg = self.dirs.adopt(self.dirs.root / instance_dir_name(instance))
+        cg = cg or self.dirs.create(instance)
         if cg is None:
             return None
         for pid in pids.procs():

@@ -11,6 +11,7 @@ from /proc; then the weights follow stops, a reload and a re-execution.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -270,3 +271,36 @@ def test_where_the_cpu_hierarchy_is_not_writable_cpu_is_shared_per_thread_and_wh
     said = out.stdout.strip()
     assert said.startswith("per_thread (cgroup v1 cpu: cannot use "), out
     assert said.endswith("sbtest-nobody.workers: Permission denied)"), out
+
+
+def test_a_worker_already_in_its_cpu_cgroup_is_adopted_not_killed_when_the_record_has_none(
+    daemon: Callable[..., Any], tmp_path: Path, needs_root: None
+) -> None:
+    """A record with no cpu cgroup for a run whose worker is in one: written by a release
+    without cpu cgroups that had adopted it (a rollback, then this release again). The
+    worker is adopted into the cgroup it is in, never killed as a leftover of it."""
+    socket = tmp_path / "s.sock"
+    sleep = [sys.executable, "-c", SLEEP]
+    config = {"daemon": {"socket": str(socket)}, "programs": {"w": {"command": sleep}}}
+    first = daemon(config)
+    pid = running(first, 1)["w:0"]
+    root = cpu_root(first)
+    try:
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        state = socket.with_name(socket.name + ".state")
+        record = json.loads(state.read_text())
+        assert record["instances"]["w:0"]["run"].pop("cpu_cgroup") == str(root / "w.0")
+        state.write_text(json.dumps(record))
+
+        second = daemon(config)
+        assert running(second, 1) == {"w:0": pid}
+        assert second.events("adopted")[0]["pid"] == pid
+        assert alive(pid)
+        assert (root / "w.0" / "cgroup.procs").read_text().split() == [str(pid)]
+        assert shares(root) == {"w.0": 10_000}
+        assert second.stop() == 0
+        assert not root.exists()
+    finally:  # whatever failed: the worker (ours, by pid) goes
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
