@@ -21,6 +21,15 @@ a start, an exit, a reload, an adoption after a re-execution.
 # the instance's own cgroup is weighted by cpu.weight. Where neither works, CPU time stays
 # shared per thread and `describe` says why.
 #
+# Why the workers' root weighs a thread per live instance: it is a sibling of whatever
+# else is in the daemon's own cpu cgroup (on a v1 host without CPU accounting, or in the
+# v2 root cgroup: every process of every user). At its default weight (a nice-0 thread's)
+# all the workers together would get one thread's worth against those, where as threads
+# they got one each (3 busy workers against 1 process beside the daemon: 0.53 of the CPU
+# instead of 0.75). So it weighs THREAD times the live instances, up to the kernel's
+# maximum (256 instances on v1, 100 on v2): the split per user is inside it, and the
+# workers' total against their neighbours stays what it was per thread.
+#
 # Why the heaviest instance weighs TOP: weights count only among the siblings under
 # "<base>.workers", so any scale gives the same split; a large one keeps the lighter
 # instances' weights apart (60 instances of weight 1 against one: 167 each, not 2).
@@ -52,6 +61,7 @@ V1_RANGE = (2, 262_144)  # cpu.shares
 V2_RANGE = (1, 10_000)  # cpu.weight
 _FILES = {1: "cpu.shares", 2: "cpu.weight"}
 _RANGES = {1: V1_RANGE, 2: V2_RANGE}
+THREAD = {1: 1024, 2: 100}  # a nice-0 thread's weight: cpu.shares, cpu.weight
 
 
 def instance_weights(
@@ -96,12 +106,14 @@ class CpuShares:
     ) -> None:
         self.version = version
         self.reason = reason
+        self.root = root  # the workers' root: weighs a thread per live instance
         self.weigh = weigh  # uid -> its weight (daemon.weights), swapped on reload
         self.dirs = WorkerCgroups(root, reason, 1) if version == 1 else None
         self.weights: dict[Account, int] = {}  # as last computed, per user
         self.last_error: str | None = None
         self._live: dict[str, _Live] = {}
         self._counts: Counter[Account] = Counter()  # live instances per user
+        self._root_written: int | None = None
 
     def __repr__(self) -> str:
         return f"CpuShares(version={self.version}, reason={self.reason!r})"
@@ -135,7 +147,7 @@ class CpuShares:
             return cls._try_v1(directory / f"{base_name}.workers")
         if pids.version == 2 and pids.root is not None:
             if pids.cpu_problem is None:
-                return cls(2, f"cgroup v2 cpu at {pids.root}")
+                return cls(2, f"cgroup v2 cpu at {pids.root}", pids.root)
             return cls(None, pids.cpu_problem)
         return cls(None, "no cgroup v1 cpu hierarchy, and the worker cgroups are not on v2")
 
@@ -248,7 +260,7 @@ class CpuShares:
         todo = self._live
         if instance is not None:
             todo = {instance: self._live[instance]} if instance in self._live else {}
-        problems = []
+        problems = self._weigh_root(version)
         for name, live in todo.items():
             weight = self.weights[live.account]
             if live.failed or live.written == weight:
@@ -261,6 +273,21 @@ class CpuShares:
                 continue
             live.written = weight
         return problems
+
+    def _weigh_root(self, version: int) -> list[tuple[str, str]]:
+        """The workers' root weighs a thread per live instance (one at least); the
+        write, where it changed; (root, why) when refused (said once per weight)."""
+        low, high = _RANGES[version]
+        weight = min(high, max(low, THREAD[version] * max(1, len(self._live))))
+        if self.root is None or weight == self._root_written:
+            return []
+        self._root_written = weight
+        path = self.root / _FILES[version]
+        try:
+            write_value(path, str(weight))
+        except OSError as exc:
+            return [(str(self.root), f"cannot write {path}: {exc}")]
+        return []
 
     def counts(self) -> dict[Account, int]:
         """Live instances per user."""

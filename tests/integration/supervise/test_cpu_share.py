@@ -304,3 +304,37 @@ def test_a_worker_already_in_its_cpu_cgroup_is_adopted_not_killed_when_the_recor
     finally:  # whatever failed: the worker (ours, by pid) goes
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_workers_together_weigh_what_their_threads_did_against_the_daemons_neighbours(
+    daemon: Callable[..., Any], needs_root: None
+) -> None:
+    """On cgroup v1 the workers' cpu cgroups hang below one root cgroup, a sibling of the
+    processes in the daemon's own cpu cgroup (on a host without CPU accounting: every
+    process of every user). That root weighs what its live instances weighed as threads
+    before it existed: three busy workers against one busy process beside the daemon get
+    3/4 of a CPU, not 1/2 (one thread's weight for all of them)."""
+    cpu = min(os.sched_getaffinity(0))
+    busy = [sys.executable, "-c", BUSY, str(cpu)]
+    d = daemon({"budget": {"pressure": CALM}, "programs": {"w": {"command": busy, "numprocs": 3}}})
+    pids = running(d, 3)
+    root = cpu_root(d)
+    own = root.parent / "cgroup.procs"
+    outside = subprocess.Popen(busy)  # in the daemon's cpu cgroup, as the test is
+    try:
+        assert str(outside.pid) in own.read_text().split()
+        every = {**pids, "outside": outside.pid}
+        wait_until(lambda: all(cpu_ticks(p) for p in every.values()), timeout=30, what="busy")
+        start = {name: cpu_ticks(pid) for name, pid in every.items()}
+
+        def used() -> dict[str, int] | None:
+            now = {name: cpu_ticks(pid) - start[name] for name, pid in every.items()}
+            return now if sum(now.values()) >= WINDOW_S * TICK else None
+
+        got = wait_until(used, timeout=120, interval=0.1, what=f"{WINDOW_S}s of CPU in all")
+        share = 1 - got["outside"] / sum(got.values())
+        print(f"the workers' share against one process beside them: {share:.3f} (3/4 per thread)")
+        assert share >= 0.65, got
+    finally:
+        outside.kill()
+        outside.wait(timeout=10)

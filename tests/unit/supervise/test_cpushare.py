@@ -131,3 +131,25 @@ def test_without_a_cpu_controller_status_says_per_thread_and_why() -> None:
     shares = CpuShares(None, "no cgroup v1 cpu hierarchy")
     assert shares.describe() == "per_thread (no cgroup v1 cpu hierarchy)"
     assert shares.join("a:0", 1000, None) is None and shares.cleanup() == []
+
+
+def test_the_workers_root_weighs_a_thread_per_live_instance(tmp_path: Path) -> None:
+    root = tmp_path / "sb.workers"
+    root.mkdir()
+    (root / "cpu.weight").write_text("100\n")
+    shares = CpuShares(2, "test", root)
+    for i in range(3):
+        shares.join(f"a:{i}", 1000, _leaf(root, f"a.{i}"))
+    assert shares.reweigh() == []
+    assert (root / "cpu.weight").read_text() == "300"  # as three nice-0 threads
+    for i in range(200):
+        shares.join(f"b:{i}", 1001, _leaf(root, f"b.{i}"))
+    assert shares.reweigh() == []
+    assert (root / "cpu.weight").read_text() == str(V2_RANGE[1])  # the kernel's maximum
+    shares.leave("b:0")
+    for i in range(3):
+        shares.leave(f"a:{i}")
+    for i in range(1, 200):
+        shares.leave(f"b:{i}")
+    assert shares.reweigh() == []
+    assert (root / "cpu.weight").read_text() == "100"  # none live: one thread's, the default
