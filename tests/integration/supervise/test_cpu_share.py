@@ -284,7 +284,7 @@ def test_a_worker_already_in_its_cpu_cgroup_is_adopted_not_killed_when_the_recor
     config = {"daemon": {"socket": str(socket)}, "programs": {"w": {"command": sleep}}}
     first = daemon(config)
     pid = running(first, 1)["w:0"]
-    root = cpu_root(first)
+    root, pids_root = cpu_root(first), Path(first.events("supervisor_started")[0]["cgroup_root"])
     try:
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(timeout=10)
@@ -301,9 +301,13 @@ def test_a_worker_already_in_its_cpu_cgroup_is_adopted_not_killed_when_the_recor
         assert shares(root) == {"w.0": 10_000}
         assert second.stop() == 0
         assert not root.exists()
-    finally:  # whatever failed: the worker (ours, by pid) goes
+    finally:  # whatever failed: the worker (ours, by pid) and the cgroups go
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        left = [top / "w.0" for top in (root, pids_root)]
+        wait_until(lambda: all(_removed(cg) for cg in left), timeout=10, what="rmdir")
+        _removed(root)
+        _removed(pids_root)
 
 
 def test_the_workers_together_weigh_what_their_threads_did_against_the_daemons_neighbours(
