@@ -142,13 +142,13 @@ def test_the_weights_follow_stops_reloads_and_a_reexec(
     wait_until(lambda: shares(root) == expect, timeout=10, what=f"weights {expect}")
 
     # a reload adds a program of bob's and gives alice weight 2: her 3 instances weigh
-    # twice bob's 2 together (3 x 10000 against 2 x 7500)
+    # twice bob's 2 together (3 x 3333 against 2 x 2500; a lone one of hers: 10000)
     config["programs"]["two"] = {"command": sleep, "user": bob.name, "stop_grace": "1s"}
     config["budget"]["user_weights"] = {alice.name: 2}
     d.config_path.write_text(yaml.safe_dump(config))
     assert d.cli("reload").returncode == 0
     running(d, 5)
-    expect = {**{f"many.{i}": top for i in range(3)}, "one.0": 7500, "two.0": 7500}
+    expect = {**{f"many.{i}": round(top / 3) for i in range(3)}, "one.0": 2500, "two.0": 2500}
     wait_until(lambda: shares(root) == expect, timeout=10, what=f"weights {expect}")
 
     # a re-execution adopts the workers in their cpu cgroups, weights unchanged
