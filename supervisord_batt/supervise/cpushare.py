@@ -310,7 +310,9 @@ class CpuShares:
         return out
 
     def cleanup(self, retry_s: float = 1.0) -> list[str]:
-        """Remove every cpu cgroup made here and the root (v1; shutdown); what is left."""
+        """Remove every cpu cgroup made here and the root (v1; shutdown); what is left.
+        The root is not weighed after (it is gone, on v2 with the pids cgroups)."""
         self._live.clear()
         self._counts.clear()
+        self.root = None
         return self.dirs.cleanup(retry_s) if self.dirs is not None else []

@@ -177,3 +177,18 @@ def test_a_start_or_exit_rewrites_only_its_own_users_weights(tmp_path: Path) -> 
         changed = {name for name in now if now[name] != before[name]}
         assert changed <= {f"u0.{i}" for i in range(100)}, len(changed)
         assert len(set(now.values())) <= 2  # u0's weight and the others'
+
+
+def test_after_cleanup_the_removed_root_is_not_weighed(tmp_path: Path) -> None:
+    root = tmp_path / "sb.workers"
+    root.mkdir()
+    (root / "cpu.weight").write_text("100\n")
+    shares = CpuShares(2, "test", root)
+    shares.join("a:0", 1000, _leaf(root, "a.0"))
+    shares.join("a:1", 1000, _leaf(root, "a.1"))
+    assert shares.reweigh() == []
+    shares.cleanup()
+    for p in sorted(root.rglob("*"), reverse=True):  # the pids cgroups' cleanup
+        p.unlink() if p.is_file() else p.rmdir()
+    root.rmdir()
+    assert shares.reweigh() == []  # a weighing still pending at shutdown says nothing
