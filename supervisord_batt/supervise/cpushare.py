@@ -22,13 +22,14 @@ a start, an exit, a reload, an adoption after a re-execution.
 # shared per thread and `describe` says why.
 #
 # Why the workers' root weighs a thread per live instance: it is a sibling of whatever
-# else is in the daemon's own cpu cgroup (on a v1 host without CPU accounting, or in the
-# v2 root cgroup: every process of every user). At its default weight (a nice-0 thread's)
-# all the workers together would get one thread's worth against those, where as threads
-# they got one each (3 busy workers against 1 process beside the daemon: 0.53 of the CPU
-# instead of 0.75). So it weighs THREAD times the live instances, up to the kernel's
-# maximum (256 instances on v1, 100 on v2): the split per user is inside it, and the
-# workers' total against their neighbours stays what it was per thread.
+# else is in the daemon's own cpu cgroup (under the unit's Delegate=yes the daemon
+# alone; run by hand in the root cgroup, v1 or v2: every process of every user). At its
+# default weight (a nice-0 thread's) all the workers together would get one thread's
+# worth against those, where as threads they got one each (3 busy workers against 1
+# process beside the daemon: 0.53 of the CPU instead of 0.75). So it weighs THREAD times
+# the live instances, up to the kernel's maximum (256 instances on v1, 100 on v2): the
+# split per user is inside it, and the workers' total against their neighbours stays
+# what it was per thread.
 #
 # Why a lone instance of the heaviest user weighs TOP: weights count only among the
 # siblings under "<base>.workers", so any scale gives the same split; a large one keeps
