@@ -74,8 +74,9 @@ def instance_weights(
     """user -> the weight of each of its live instances: the user's weight (1 when not
     given) split evenly among its `counts` instances, scaled so that a lone instance of
     the heaviest user would weigh TOP (or `high`, if less), each clamped to the kernel's
-    range [low, high]. A user with no live instance is left out. The scale does not
-    depend on the counts: a start or an exit changes only its own user's weight."""
+    range [low, high]. A user with no live instance is left out. The scale depends on
+    the live users' weights, not on their counts: a start or an exit changes only its own
+    user's weight (all of them only when the heaviest user comes or goes)."""
     live = {k: (user_weights.get(k, 1.0), n) for k, n in counts.items() if n > 0}
     if not live:
         return {}
