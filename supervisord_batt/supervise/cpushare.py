@@ -21,9 +21,22 @@ a start, an exit, a reload, an adoption after a re-execution.
 # the instance's own cgroup is weighted by cpu.weight. Where neither works, CPU time stays
 # shared per thread and `describe` says why.
 #
-# Why the heaviest instance weighs TOP: weights count only among the siblings under
-# "<base>.workers", so any scale gives the same split; a large one keeps the lighter
-# instances' weights apart (60 instances of weight 1 against one: 167 each, not 2).
+# Why the workers' root weighs a thread per live instance: it is a sibling of whatever
+# else is in the daemon's own cpu cgroup (under the unit's Delegate=yes the daemon
+# alone; run by hand in the root cgroup, v1 or v2: every process of every user). At its
+# default weight (a nice-0 thread's) all the workers together would get one thread's
+# worth against those, where as threads they got one each (3 busy workers against 1
+# process beside the daemon: 0.53 of the CPU instead of 0.75). So it weighs THREAD times
+# the live instances, up to the kernel's maximum (256 instances on v1, 100 on v2): the
+# split per user is inside it, and the workers' total against their neighbours stays
+# what it was per thread.
+#
+# Why a lone instance of the heaviest user weighs TOP: weights count only among the
+# siblings under "<base>.workers", so any scale gives the same split; a large one keeps
+# the instances' weights apart (60 instances of weight 1 against one: 167 each, not 2).
+# The scale follows the users' weights, not their counts: anchored on the heaviest
+# instance, one exit moved every other user's weights too, and each write costs ~44 us
+# on v1 (1,000 instances: a 44 ms stall per start or exit); so only its user's change.
 
 from __future__ import annotations
 
@@ -39,6 +52,7 @@ from supervisord_batt.host import procfs
 from supervisord_batt.supervise.cgroups import (
     WorkerCgroup,
     WorkerCgroups,
+    instance_dir_name,
     read_own_cgroups,
     write_value,
 )
@@ -51,20 +65,23 @@ V1_RANGE = (2, 262_144)  # cpu.shares
 V2_RANGE = (1, 10_000)  # cpu.weight
 _FILES = {1: "cpu.shares", 2: "cpu.weight"}
 _RANGES = {1: V1_RANGE, 2: V2_RANGE}
+THREAD = {1: 1024, 2: 100}  # a nice-0 thread's weight: cpu.shares, cpu.weight
 
 
 def instance_weights(
     counts: Mapping[K, int], user_weights: Mapping[K, float], low: int, high: int
 ) -> dict[K, int]:
     """user -> the weight of each of its live instances: the user's weight (1 when not
-    given) split evenly among its `counts` instances, scaled so that the heaviest instance
-    weighs TOP (or `high`, if less), each clamped to the kernel's range [low, high]. A
-    user with no live instance is left out."""
-    per = {k: user_weights.get(k, 1.0) / n for k, n in counts.items() if n > 0}
-    if not per:
+    given) split evenly among its `counts` instances, scaled so that a lone instance of
+    the heaviest user would weigh TOP (or `high`, if less), each clamped to the kernel's
+    range [low, high]. A user with no live instance is left out. The scale depends on
+    the live users' weights, not on their counts: a start or an exit changes only its own
+    user's weight (all of them only when the heaviest user comes or goes)."""
+    live = {k: (user_weights.get(k, 1.0), n) for k, n in counts.items() if n > 0}
+    if not live:
         return {}
-    scale = min(TOP, high) / max(per.values())
-    return {k: min(high, max(low, round(v * scale))) for k, v in per.items()}
+    scale = min(TOP, high) / max(w for w, _ in live.values())
+    return {k: min(high, max(low, round(w / n * scale))) for k, (w, n) in live.items()}
 
 
 def _equal(uid: int) -> float:
@@ -95,12 +112,14 @@ class CpuShares:
     ) -> None:
         self.version = version
         self.reason = reason
+        self.root = root  # the workers' root: weighs a thread per live instance
         self.weigh = weigh  # uid -> its weight (daemon.weights), swapped on reload
         self.dirs = WorkerCgroups(root, reason, 1) if version == 1 else None
         self.weights: dict[Account, int] = {}  # as last computed, per user
         self.last_error: str | None = None
         self._live: dict[str, _Live] = {}
         self._counts: Counter[Account] = Counter()  # live instances per user
+        self._root_written: int | None = None
 
     def __repr__(self) -> str:
         return f"CpuShares(version={self.version}, reason={self.reason!r})"
@@ -134,7 +153,7 @@ class CpuShares:
             return cls._try_v1(directory / f"{base_name}.workers")
         if pids.version == 2 and pids.root is not None:
             if pids.cpu_problem is None:
-                return cls(2, f"cgroup v2 cpu at {pids.root}")
+                return cls(2, f"cgroup v2 cpu at {pids.root}", pids.root)
             return cls(None, pids.cpu_problem)
         return cls(None, "no cgroup v1 cpu hierarchy, and the worker cgroups are not on v2")
 
@@ -194,8 +213,8 @@ class CpuShares:
     ) -> bool:
         """A run the previous daemon started (a re-execution, a restart): its recorded cpu
         cgroup `path` is ours from now on. v1 without one (a daemon from before cpu
-        cgroups): a new one, and the members of its pids cgroup moved in. Whether it is
-        live (weighed) now."""
+        cgroups): the instance's cpu cgroup (the one there, else a new one) with the
+        members of its pids cgroup moved in. Whether it is live (weighed) now."""
         if self.version == 2 and pids is not None:
             self._add(instance, _Live(account, pids.path / _FILES[2], None))
         elif self.version == 1 and self.dirs is not None:
@@ -207,10 +226,13 @@ class CpuShares:
         return instance in self._live
 
     def _move_in(self, instance: str, pids: WorkerCgroup) -> WorkerCgroup | None:
-        """A new cpu cgroup holding what `pids` holds now (a process forked during the
-        move stays where it was: with its parent's weight, per thread)."""
-        assert self.dirs is not None
-        cg = self.dirs.create(instance)
+        """The instance's cpu cgroup holding what `pids` holds now (a process forked
+        during the move stays where it was: with its parent's weight, per thread). One
+        already there is adopted, never emptied: a release without cpu cgroups that
+        adopted the run in between recorded none, and its worker is still in it."""
+        assert self.dirs is not None and self.dirs.root is not None
+        cg = self.dirs.adopt(self.dirs.root / instance_dir_name(instance))
+        cg = cg or self.dirs.create(instance)
         if cg is None:
             return None
         for pid in pids.procs():
@@ -244,7 +266,7 @@ class CpuShares:
         todo = self._live
         if instance is not None:
             todo = {instance: self._live[instance]} if instance in self._live else {}
-        problems = []
+        problems = self._weigh_root(version)
         for name, live in todo.items():
             weight = self.weights[live.account]
             if live.failed or live.written == weight:
@@ -257,6 +279,21 @@ class CpuShares:
                 continue
             live.written = weight
         return problems
+
+    def _weigh_root(self, version: int) -> list[tuple[str, str]]:
+        """The workers' root weighs a thread per live instance (one at least); the
+        write, where it changed; (root, why) when refused (said once per weight)."""
+        low, high = _RANGES[version]
+        weight = min(high, max(low, THREAD[version] * max(1, len(self._live))))
+        if self.root is None or weight == self._root_written:
+            return []
+        self._root_written = weight
+        path = self.root / _FILES[version]
+        try:
+            write_value(path, str(weight))
+        except OSError as exc:
+            return [(str(self.root), f"cannot write {path}: {exc}")]
+        return []
 
     def counts(self) -> dict[Account, int]:
         """Live instances per user."""
@@ -275,7 +312,9 @@ class CpuShares:
         return out
 
     def cleanup(self, retry_s: float = 1.0) -> list[str]:
-        """Remove every cpu cgroup made here and the root (v1; shutdown); what is left."""
+        """Remove every cpu cgroup made here and the root (v1; shutdown); what is left.
+        The root is not weighed after (it is gone, on v2 with the pids cgroups)."""
         self._live.clear()
         self._counts.clear()
+        self.root = None
         return self.dirs.cleanup(retry_s) if self.dirs is not None else []

@@ -11,6 +11,7 @@ from /proc; then the weights follow stops, a reload and a re-execution.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -141,13 +142,13 @@ def test_the_weights_follow_stops_reloads_and_a_reexec(
     wait_until(lambda: shares(root) == expect, timeout=10, what=f"weights {expect}")
 
     # a reload adds a program of bob's and gives alice weight 2: her 3 instances weigh
-    # twice bob's 2 together (3 x 10000 against 2 x 7500)
+    # twice bob's 2 together (3 x 3333 against 2 x 2500; a lone one of hers: 10000)
     config["programs"]["two"] = {"command": sleep, "user": bob.name, "stop_grace": "1s"}
     config["budget"]["user_weights"] = {alice.name: 2}
     d.config_path.write_text(yaml.safe_dump(config))
     assert d.cli("reload").returncode == 0
     running(d, 5)
-    expect = {**{f"many.{i}": top for i in range(3)}, "one.0": 7500, "two.0": 7500}
+    expect = {**{f"many.{i}": round(top / 3) for i in range(3)}, "one.0": 2500, "two.0": 2500}
     wait_until(lambda: shares(root) == expect, timeout=10, what=f"weights {expect}")
 
     # a re-execution adopts the workers in their cpu cgroups, weights unchanged
@@ -270,3 +271,74 @@ def test_where_the_cpu_hierarchy_is_not_writable_cpu_is_shared_per_thread_and_wh
     said = out.stdout.strip()
     assert said.startswith("per_thread (cgroup v1 cpu: cannot use "), out
     assert said.endswith("sbtest-nobody.workers: Permission denied)"), out
+
+
+def test_a_worker_already_in_its_cpu_cgroup_is_adopted_not_killed_when_the_record_has_none(
+    daemon: Callable[..., Any], tmp_path: Path, needs_root: None
+) -> None:
+    """A record with no cpu cgroup for a run whose worker is in one: written by a release
+    without cpu cgroups that had adopted it (a rollback, then this release again). The
+    worker is adopted into the cgroup it is in, never killed as a leftover of it."""
+    socket = tmp_path / "s.sock"
+    sleep = [sys.executable, "-c", SLEEP]
+    config = {"daemon": {"socket": str(socket)}, "programs": {"w": {"command": sleep}}}
+    first = daemon(config)
+    pid = running(first, 1)["w:0"]
+    root, pids_root = cpu_root(first), Path(first.events("supervisor_started")[0]["cgroup_root"])
+    try:
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        state = socket.with_name(socket.name + ".state")
+        record = json.loads(state.read_text())
+        assert record["instances"]["w:0"]["run"].pop("cpu_cgroup") == str(root / "w.0")
+        state.write_text(json.dumps(record))
+
+        second = daemon(config)
+        assert running(second, 1) == {"w:0": pid}
+        assert second.events("adopted")[0]["pid"] == pid
+        assert alive(pid)
+        assert (root / "w.0" / "cgroup.procs").read_text().split() == [str(pid)]
+        assert shares(root) == {"w.0": 10_000}
+        assert second.stop() == 0
+        assert not root.exists()
+    finally:  # whatever failed: the worker (ours, by pid) and the cgroups go
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        left = [top / "w.0" for top in (root, pids_root)]
+        wait_until(lambda: all(_removed(cg) for cg in left), timeout=10, what="rmdir")
+        _removed(root)
+        _removed(pids_root)
+
+
+def test_the_workers_together_weigh_what_their_threads_did_against_the_daemons_neighbours(
+    daemon: Callable[..., Any], needs_root: None
+) -> None:
+    """On cgroup v1 the workers' cpu cgroups hang below one root cgroup, a sibling of the
+    processes in the daemon's own cpu cgroup (on a host without CPU accounting: every
+    process of every user). That root weighs what its live instances weighed as threads
+    before it existed: three busy workers against one busy process beside the daemon get
+    3/4 of a CPU, not 1/2 (one thread's weight for all of them)."""
+    cpu = min(os.sched_getaffinity(0))
+    busy = [sys.executable, "-c", BUSY, str(cpu)]
+    d = daemon({"budget": {"pressure": CALM}, "programs": {"w": {"command": busy, "numprocs": 3}}})
+    pids = running(d, 3)
+    root = cpu_root(d)
+    own = root.parent / "cgroup.procs"
+    outside = subprocess.Popen(busy)  # in the daemon's cpu cgroup, as the test is
+    try:
+        assert str(outside.pid) in own.read_text().split()
+        every = {**pids, "outside": outside.pid}
+        wait_until(lambda: all(cpu_ticks(p) for p in every.values()), timeout=30, what="busy")
+        start = {name: cpu_ticks(pid) for name, pid in every.items()}
+
+        def used() -> dict[str, int] | None:
+            now = {name: cpu_ticks(pid) - start[name] for name, pid in every.items()}
+            return now if sum(now.values()) >= WINDOW_S * TICK else None
+
+        got = wait_until(used, timeout=120, interval=0.1, what=f"{WINDOW_S}s of CPU in all")
+        share = 1 - got["outside"] / sum(got.values())
+        print(f"the workers' share against one process beside them: {share:.3f} (3/4 per thread)")
+        assert share >= 0.65, got
+    finally:
+        outside.kill()
+        outside.wait(timeout=10)
