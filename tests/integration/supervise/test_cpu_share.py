@@ -29,7 +29,7 @@ from tests import helpers
 from tests.helpers import CALM, REPO, alive, interpreter_for_others, wait_until
 
 BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
-SLEEP = "import time\ntime.sleep(600)\n"
+SLEEP = "import signal\nsignal.pause()\n"  # idle until the daemon stops it
 TICK = os.sysconf("SC_CLK_TCK")
 WINDOW_S = 3.0  # CPU seconds the 7 loops accumulate together before the shares are read
 
