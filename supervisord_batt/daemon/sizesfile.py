@@ -101,11 +101,7 @@ def _parse(data: bytes) -> tuple[dict[Key, list[Peak]], dict[Key, int]]:
         raise ValueError(f"jobs: not a list of at most {MAX_JOBS}")
     out: dict[Key, list[Peak]] = {}
     for entry in jobs:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            raise ValueError(f"not a [job, uid, runs] entry: {entry!r:.80}")
-        job, uid, runs = entry
-        if not (isinstance(job, str) and 0 < len(job) <= MAX_JOB_NAME and _count(uid)):
-            raise ValueError(f"not a job and uid: {job!r:.80}, {uid!r:.20}")
+        job, uid, runs = _keyed(entry, "[job, uid, runs] entry")
         if not (isinstance(runs, list) and 0 < len(runs) <= RUNS):
             raise ValueError(f"{job}: not a list of 1 to {RUNS} runs")
         if not all(isinstance(r, list) and len(r) == 3 and all(map(_count, r)) for r in runs):
@@ -119,15 +115,21 @@ def _margins(entries: Any) -> dict[Key, int]:
         raise ValueError(f"margins: not a list of at most {MAX_JOBS}")
     margins: dict[Key, int] = {}
     for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            raise ValueError(f"not a [job, uid, bytes] margin: {entry!r:.80}")
-        job, uid, size = entry
-        if not (isinstance(job, str) and 0 < len(job) <= MAX_JOB_NAME and _count(uid)):
-            raise ValueError(f"not a job and uid: {job!r:.80}, {uid!r:.20}")
+        job, uid, size = _keyed(entry, "[job, uid, bytes] margin")
         if not (_count(size) and size > 0):
             raise ValueError(f"{job}: a margin is not a count of bytes")
         margins[job, uid] = size
     return margins
+
+
+def _keyed(entry: Any, what: str) -> tuple[str, int, Any]:
+    """A [job, uid, value] entry, its job and uid checked (ValueError: why not)."""
+    if not (isinstance(entry, list) and len(entry) == 3):
+        raise ValueError(f"not a {what}: {entry!r:.80}")
+    job, uid, value = entry
+    if not (isinstance(job, str) and 0 < len(job) <= MAX_JOB_NAME and _count(uid)):
+        raise ValueError(f"not a job and uid: {job!r:.80}, {uid!r:.20}")
+    return job, uid, value
 
 
 def _count(x: Any) -> bool:

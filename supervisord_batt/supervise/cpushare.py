@@ -262,7 +262,7 @@ class CpuShares:
         each write refused (that run keeps the weight it had)."""
         user = {a: self.weigh(a) if isinstance(a, int) else 1.0 for a in self._counts}
         version = 1 if self.dirs is not None else 2
-        self.weights = dict(instance_weights(self._counts, user, *_RANGES[version]))
+        self.weights = instance_weights(self._counts, user, *_RANGES[version])
         todo = self._live
         if instance is not None:
             todo = {instance: self._live[instance]} if instance in self._live else {}
