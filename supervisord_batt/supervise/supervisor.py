@@ -608,14 +608,7 @@ class Supervisor:
         """A new cgroup for the instance's run; what it cost, said: the members of one
         an earlier daemon left (killed), or why there is none (the run goes without)."""
         cgroup = self.cgroups.create(inst.name)
-        if self.cgroups.killed:
-            log.warning(
-                "leftover_killed",
-                program=inst.program.name,
-                instance=inst.name,
-                pids=self.cgroups.killed,
-                reason="an earlier daemon's worker in the cgroup of a new run",
-            )
+        _said_leftovers(inst, self.cgroups.killed, "cgroup")
         if cgroup is None:
             log.warning(
                 "cgroup_unavailable",
@@ -629,14 +622,7 @@ class Supervisor:
         """The new run's cpu cgroup, weighted (with every other live one) before the
         child starts; the cgroup.procs it joins (v1). One without: said, per thread."""
         procs = self.cpu.join(inst.name, _account(inst.program), cgroup)
-        if killed := self.cpu.killed():
-            log.warning(
-                "leftover_killed",
-                program=inst.program.name,
-                instance=inst.name,
-                pids=killed,
-                reason="an earlier daemon's worker in the cpu cgroup of a new run",
-            )
+        _said_leftovers(inst, self.cpu.killed(), "cpu cgroup")
         if self.cpu.last_error is not None:
             log.warning(
                 "cpu_cgroup_unavailable",
@@ -1137,6 +1123,18 @@ def _outcome(run: Run, inst: Instance, returncode: int | None) -> str:
     if returncode is None:
         return "unknown"
     return "completed" if returncode == 0 else "failed"
+
+
+def _said_leftovers(inst: Instance, killed: list[int], where: str) -> None:
+    """What making a new run's cgroup killed of an earlier daemon's worker, said."""
+    if killed:
+        log.warning(
+            "leftover_killed",
+            program=inst.program.name,
+            instance=inst.name,
+            pids=killed,
+            reason=f"an earlier daemon's worker in the {where} of a new run",
+        )
 
 
 def _account(program: ProgramConfig | None) -> Account:
